@@ -1,0 +1,337 @@
+"""Tests for vault.timespec: time, duration and wait parsing with a pinned clock."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vault.errors import UsageError
+from vault.timespec import Duration, format_time, parse_duration, parse_time, parse_wait
+
+UTC = timezone.utc
+NOW = datetime(2026, 11, 20, 10, 0, 0, 123456, tzinfo=UTC)
+
+
+@pytest.fixture
+def new_york(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Run with a DST-observing local timezone (POSIX TZ rule: no tz database needed)."""
+    monkeypatch.setenv("TZ", "EST5EDT,M3.2.0,M11.1.0")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)
+
+
+# --- parse_time: ISO-8601 ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("2026-11-20T10:00:00Z", utc(2026, 11, 20, 10)),
+        ("2026-11-20T10:00:00z", utc(2026, 11, 20, 10)),
+        ("2026-11-20 10:00:00Z", utc(2026, 11, 20, 10)),
+        ("2026-11-20T10:00Z", utc(2026, 11, 20, 10)),
+        ("2026-11-20T10:00:00.123456+02:00", utc(2026, 11, 20, 8, 0, 0, 123456)),
+        ("2026-11-20T10:00:00.5-05:30", utc(2026, 11, 20, 15, 30, 0, 500000)),
+        ("2026-11-20T10:00:00+0200", utc(2026, 11, 20, 8)),
+        ("2026-11-20T10:00:00+02", utc(2026, 11, 20, 8)),
+        ("2026-11-20T10:00:00,25Z", utc(2026, 11, 20, 10, 0, 0, 250000)),
+        ("2026-11-20T10:00:00.123456789Z", utc(2026, 11, 20, 10, 0, 0, 123456)),  # truncated, not rounded
+        ("2026-11-20T10:00:00.9999999Z", utc(2026, 11, 20, 10, 0, 0, 999999)),
+        ("  2026-11-20T10:00:00Z\n", utc(2026, 11, 20, 10)),
+        ("2026-11-20T10:00:00.000000Z", utc(2026, 11, 20, 10)),
+    ],
+)
+def test_iso_with_offset(text: str, expected: datetime) -> None:
+    result = parse_time(text, NOW)
+    assert result == expected
+    assert result.tzinfo is UTC
+
+
+def test_iso_without_offset_is_local() -> None:
+    expected = datetime(2026, 11, 20, 10, 0, 0, 250000).astimezone(UTC)
+    assert parse_time("2026-11-20T10:00:00.25", NOW) == expected
+    assert parse_time("2026-11-20 10:00:00.25", NOW) == expected
+    assert parse_time("2026-11-20", NOW) == datetime(2026, 11, 20).astimezone(UTC)
+
+
+def test_local_time_uses_system_zone(new_york: None) -> None:
+    assert parse_time("2026-11-20T10:00:00", NOW) == utc(2026, 11, 20, 15)  # EST
+    assert parse_time("2026-07-01T10:00:00", NOW) == utc(2026, 7, 1, 14)  # EDT
+    assert parse_time("2026-07-01", NOW) == utc(2026, 7, 1, 4)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "   ",
+        "tomorrow",
+        "2026-13-01",
+        "2026-02-30",
+        "2026-11-20T25:00:00Z",
+        "2026-11-20T10:00:60Z",
+        "2026-11-20T10:00:00+24:00",
+        "2026-11-20Z",
+        "2026-11-20+02:00",
+        "20261120",
+        "2026-11-20T10",
+        "2026-11-20T10:00:00.Z",
+        "2026-11-20T10:00:00 Z",
+        "３ days ago",
+        "3 fortnights ago",
+        "3 m ago",
+        "-3 days ago",
+        "3 days",
+        "days ago",
+        "1.5 hours ago",
+        "99999999999999999999 days ago",
+        "2026-11-20\nT10:00Z",
+    ],
+)
+def test_bad_times(text: str) -> None:
+    with pytest.raises(UsageError, match=r"^cannot parse time .*: use ISO-8601 \(2026-11-20T10:00:00Z\) or 'N days ago'$"):
+        parse_time(text, NOW)
+
+
+def test_bad_time_message_quotes_text_on_one_line() -> None:
+    with pytest.raises(UsageError) as info:
+        parse_time("next week", NOW)
+    assert str(info.value).startswith("cannot parse time 'next week': ")
+    with pytest.raises(UsageError) as info:
+        parse_time("a\nb", NOW)
+    assert "\n" not in str(info.value)
+
+
+# --- parse_time: relative ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, delta",
+    [
+        ("0 seconds ago", timedelta()),
+        ("1 second ago", timedelta(seconds=1)),
+        ("30 s ago", timedelta(seconds=30)),
+        ("30sec ago", timedelta(seconds=30)),
+        ("5 minutes ago", timedelta(minutes=5)),
+        ("5 min ago", timedelta(minutes=5)),
+        ("1 minute ago", timedelta(minutes=1)),
+        ("2 hours ago", timedelta(hours=2)),
+        ("2h ago", timedelta(hours=2)),
+        ("1 hour ago", timedelta(hours=1)),
+        ("2 days ago", timedelta(days=2)),
+        ("2d ago", timedelta(days=2)),
+        ("1 day ago", timedelta(days=1)),
+        ("3 weeks ago", timedelta(weeks=3)),
+        ("3 w ago", timedelta(weeks=3)),
+        ("1 week ago", timedelta(weeks=1)),
+        ("2 months ago", timedelta(days=60)),
+        ("1 month ago", timedelta(days=30)),
+        ("1 year ago", timedelta(days=365)),
+        ("2 years ago", timedelta(days=730)),
+        ("  2  Days   AGO ", timedelta(days=2)),
+    ],
+)
+def test_relative(text: str, delta: timedelta) -> None:
+    result = parse_time(text, NOW)
+    assert result == NOW - delta
+    assert result.tzinfo is UTC
+
+
+def test_relative_with_non_utc_clock() -> None:
+    now = datetime(2026, 11, 20, 12, 0, tzinfo=timezone(timedelta(hours=2)))
+    result = parse_time("1 hour ago", now)
+    assert result == utc(2026, 11, 20, 9)
+    assert result.tzinfo is UTC
+
+
+def test_now_today_yesterday() -> None:
+    assert parse_time("now", NOW) == NOW
+    assert parse_time("NOW", NOW).tzinfo is UTC
+    local_date = NOW.astimezone().date()
+    assert parse_time("today", NOW) == datetime(local_date.year, local_date.month, local_date.day).astimezone(UTC)
+    yesterday = local_date - timedelta(days=1)
+    assert parse_time("yesterday", NOW) == datetime(yesterday.year, yesterday.month, yesterday.day).astimezone(UTC)
+
+
+def test_today_across_dst_change(new_york: None) -> None:
+    # 2026-11-01 is the fall-back day in New York: midnight is EDT, the day before is also EDT,
+    # and the day after is EST.
+    now = utc(2026, 11, 2, 15)  # 10:00 EST on Nov 2
+    assert parse_time("today", now) == utc(2026, 11, 2, 5)
+    assert parse_time("yesterday", now) == utc(2026, 11, 1, 4)
+    # Late evening local time is already the next day in UTC: "today" follows the local calendar.
+    late = utc(2026, 11, 3, 3)  # 22:00 EST on Nov 2
+    assert parse_time("today", late) == utc(2026, 11, 2, 5)
+
+
+# --- format_time and the round trip --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "dt, text",
+    [
+        (utc(2026, 11, 20, 10), "2026-11-20T10:00:00.000000Z"),
+        (utc(2026, 11, 20, 10, 0, 0, 5), "2026-11-20T10:00:00.000005Z"),
+        (datetime(2026, 11, 20, 12, tzinfo=timezone(timedelta(hours=2))), "2026-11-20T10:00:00.000000Z"),
+        (utc(999, 1, 2, 3, 4, 5, 6), "0999-01-02T03:04:05.000006Z"),
+    ],
+)
+def test_format_time(dt: datetime, text: str) -> None:
+    assert format_time(dt) == text
+
+
+def test_format_time_rejects_naive() -> None:
+    with pytest.raises(ValueError):
+        format_time(datetime(2026, 11, 20))
+
+
+OFFSETS = st.integers(min_value=-23 * 60 - 59, max_value=23 * 60 + 59).map(
+    lambda minutes: timezone(timedelta(minutes=minutes))
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    t=st.datetimes(min_value=datetime(2, 1, 1), max_value=datetime(9998, 12, 31), timezones=OFFSETS),
+)
+def test_format_parse_round_trip(t: datetime) -> None:
+    text = format_time(t)
+    parsed = parse_time(text, NOW)
+    assert parsed == t
+    assert parsed.tzinfo is UTC
+    assert format_time(parsed) == text
+    assert len(text) == 27 and text.endswith("Z")
+
+
+@settings(max_examples=100, deadline=None)
+@given(n=st.integers(min_value=0, max_value=10_000), unit=st.sampled_from(["second", "minute", "hour", "day", "week"]))
+def test_relative_plural_and_singular_agree(n: int, unit: str) -> None:
+    seconds = {"second": 1, "minute": 60, "hour": 3600, "day": 86400, "week": 604800}[unit]
+    expected = NOW - timedelta(seconds=n * seconds)
+    assert parse_time(f"{n} {unit} ago", NOW) == expected
+    assert parse_time(f"{n} {unit}s ago", NOW) == expected
+
+
+# --- durations -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("30d", Duration(days=30)),
+        ("2w", Duration(days=14)),
+        ("1y6m", Duration(years=1, months=6)),
+        ("12h", Duration(hours=12)),
+        ("1y2m3w4d5h", Duration(1, 2, 25, 5)),
+        ("5h1y", Duration(years=1, hours=5)),
+        ("1d1d", Duration(days=2)),
+        (" 1y 6m ", Duration(years=1, months=6)),
+        ("0d", Duration()),
+    ],
+)
+def test_parse_duration(text: str, expected: Duration) -> None:
+    assert parse_duration(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "30", "d", "30x", "1.5d", "-1d", "30D", "1y6", "30s", "y1", "1 year"])
+def test_bad_duration(text: str) -> None:
+    with pytest.raises(UsageError, match=r"^cannot parse duration .*: use e\.g\. 30d"):
+        parse_duration(text)
+
+
+def test_duration_str() -> None:
+    assert str(Duration(1, 6, 3, 4)) == "1y6m3d4h"
+    assert str(Duration(days=14)) == "14d"
+    assert str(Duration()) == "0h"
+    assert parse_duration(str(Duration(2, 0, 9, 1))) == Duration(2, 0, 9, 1)
+
+
+def test_duration_approx_timedelta() -> None:
+    assert parse_duration("1y1m1d1h").approx_timedelta() == timedelta(days=365 + 30 + 1, hours=1)
+
+
+@pytest.mark.parametrize(
+    "start, duration, expected",
+    [
+        (utc(2026, 11, 20, 10), "1m", utc(2026, 10, 20, 10)),
+        (utc(2026, 3, 31, 10), "1m", utc(2026, 2, 28, 10)),  # clamp to month end
+        (utc(2028, 3, 31, 10), "1m", utc(2028, 2, 29, 10)),  # leap year
+        (utc(2028, 2, 29), "1y", utc(2027, 2, 28)),
+        (utc(2026, 1, 15), "1m", utc(2025, 12, 15)),
+        (utc(2026, 1, 15), "13m", utc(2024, 12, 15)),
+        (utc(2026, 5, 31), "1y3m", utc(2025, 2, 28)),
+        (utc(2026, 3, 1, 5), "1d6h", utc(2026, 2, 27, 23)),
+        (utc(2026, 3, 31), "1m1d", utc(2026, 2, 27)),  # months first, then days
+        (utc(2026, 11, 20), "2w", utc(2026, 11, 6)),
+        (utc(2026, 11, 20), "0d", utc(2026, 11, 20)),
+    ],
+)
+def test_subtract_from(start: datetime, duration: str, expected: datetime) -> None:
+    assert parse_duration(duration).subtract_from(start) == expected
+
+
+def test_subtract_from_keeps_tzinfo_and_clamps_at_year_one() -> None:
+    tz = timezone(timedelta(hours=2))
+    assert parse_duration("1m").subtract_from(datetime(2026, 3, 31, tzinfo=tz)).tzinfo is tz
+    assert parse_duration("3000y").subtract_from(NOW) == datetime.min.replace(tzinfo=UTC)
+    assert parse_duration("2025y10m19d").subtract_from(NOW) == datetime(1, 1, 1, 10, 0, 0, 123456, tzinfo=UTC)
+    assert parse_duration("2025y10m20d").subtract_from(NOW) == datetime.min.replace(tzinfo=UTC)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    t=st.datetimes(min_value=datetime(1000, 1, 1), max_value=datetime(9000, 1, 1), timezones=st.just(UTC)),
+    years=st.integers(0, 100),
+    months=st.integers(0, 100),
+    days=st.integers(0, 1000),
+    hours=st.integers(0, 1000),
+)
+def test_subtract_from_properties(t: datetime, years: int, months: int, days: int, hours: int) -> None:
+    d = Duration(years, months, days, hours)
+    result = d.subtract_from(t)
+    assert result <= t
+    # calendar months move back exactly; the day only ever clamps down; days and hours are fixed lengths
+    calendar_only = Duration(years, months).subtract_from(t)
+    assert calendar_only.day <= t.day
+    assert (calendar_only.year * 12 + calendar_only.month) == (t.year * 12 + t.month) - (years * 12 + months)
+    assert result == calendar_only - timedelta(days=days, hours=hours)
+
+
+# --- lock wait -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, seconds",
+    [
+        ("0", 0.0),
+        ("30", 30.0),
+        ("2.5", 2.5),
+        ("30s", 30.0),
+        ("5m", 300.0),
+        ("2h", 7200.0),
+        ("1h30m", 5400.0),
+        ("1h30m15s", 5415.0),
+        ("1.5m", 90.0),
+        (" 5M ", 300.0),
+        ("0s", 0.0),
+    ],
+)
+def test_parse_wait(text: str, seconds: float) -> None:
+    assert parse_wait(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "-1", "5 m", "5d", "m", "1h-30m", "inf", "nan", "1e3", "9" * 400, "5x"])
+def test_bad_wait(text: str) -> None:
+    with pytest.raises(UsageError, match=r"^cannot parse wait time .*: use seconds \(30\)"):
+        parse_wait(text)

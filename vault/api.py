@@ -1,0 +1,374 @@
+"""The library facade: one function per command. Opens and locks the repository, returns result dataclasses.
+
+Every function takes a resolved ``Settings`` and a password getter; nothing here prints, exits or reads the
+environment (``vault.config`` does). Results are frozen-ish dataclasses whose ``to_json()`` is the ``--json``
+shape of the command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from .archiver import Archiver, BackupOptions
+from .backend import open_backend, parse_url
+from .backend.counting import CountingBackend
+from .catalog import Catalog, SyncReport, open_synced
+from .checker import Checker, VerifyReport, parse_subset
+from .chunker import ChunkerParams
+from .config import Settings
+from .crypto import KdfParams
+from .errors import SnapshotNotFound, UsageError, VaultError
+from .excludes import Matcher
+from .ids import resolve_prefix
+from .locks import Lock, remove_locks
+from .model import DIR, FILE, Node, Snapshot, format_time
+from .repository import Repository
+from .restorer import RestoreOptions, RestoreResult, Restorer
+from .timespec import parse_time
+
+PasswordFn = Callable[[], bytes]
+
+
+# --- opening ------------------------------------------------------------------------------------------
+@dataclass
+class Session:
+    repo: Repository
+    catalog: Catalog
+    sync: SyncReport
+    counter: CountingBackend
+
+    def requests(self) -> dict:
+        return self.counter.stats()
+
+
+def _backend(settings: Settings) -> CountingBackend:
+    url = settings.require_repo()
+    if settings.s3_endpoint:
+        os.environ.setdefault("AWS_ENDPOINT_URL_S3", settings.s3_endpoint)  # read by boto3
+    return CountingBackend(open_backend(url))
+
+
+@contextlib.contextmanager
+def session(settings: Settings, password: PasswordFn, lock: str | None = None, operation: str = "",
+            sync: bool = True) -> Iterator[Session]:
+    """Open the repository (verify the password), optionally lock it, open and sync the catalog."""
+    counter = _backend(settings)
+    repo = Repository.open(counter, password())
+    held = None
+    if lock is not None:
+        held = Lock(counter, exclusive=(lock == "exclusive"), operation=operation, wait=settings.lock_wait or 0)
+    try:
+        if sync:
+            catalog, report = open_synced(settings.cache_dir, repo)
+        else:
+            catalog, report = Catalog.open(settings.cache_dir, repo.id), SyncReport()
+        try:
+            yield Session(repo, catalog, report, counter)
+        finally:
+            catalog.close()
+    finally:
+        if held is not None:
+            held.release()
+        counter.close()
+
+
+def local_repo_path(settings: Settings) -> str | None:
+    scheme, loc = parse_url(settings.require_repo())
+    return loc if scheme == "file" else None
+
+
+# --- init ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class InitResult:
+    repository_id: str
+    location: str
+
+    def to_json(self) -> dict:
+        return {"repository_id": self.repository_id, "location": self.location}
+
+
+def init(settings: Settings, password: bytes, kdf: KdfParams | None = None, chunker: ChunkerParams | None = None,
+         compression_level: int = 3, pack_size: int = 16 * 1024 * 1024) -> InitResult:
+    backend = _backend(settings)
+    repo = Repository.create(backend, password, kdf=kdf or KdfParams(), chunker=chunker or ChunkerParams(),
+                             compression_level=compression_level, pack_size=pack_size)
+    return InitResult(repo.id, backend.location)
+
+
+# --- snapshots ----------------------------------------------------------------------------------------
+@dataclass
+class SnapshotFilter:
+    hosts: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)  # each item "a,b" = all of a and b; items are alternatives
+    paths: list[str] = field(default_factory=list)
+
+    def matches(self, s: Snapshot) -> bool:
+        if self.hosts and s.host not in self.hosts:
+            return False
+        if self.tags and not any(set(t.split(",")) <= set(s.tags) for t in self.tags):
+            return False
+        if self.paths:
+            want = {os.path.abspath(p) for p in self.paths}
+            if not want <= set(s.paths):
+                return False
+        return True
+
+
+def snapshot_json(s: Snapshot) -> dict:
+    return {"id": s.id, "short_id": s.short_id, "time": format_time(s.time), "host": s.host, "paths": s.paths,
+            "tags": s.tags, "username": s.username, "parent": s.parent, "tree": s.tree.hex(),
+            "summary": s.summary}
+
+
+def list_snapshots(sess: Session, flt: SnapshotFilter | None = None) -> list[Snapshot]:
+    return [s for s in sess.catalog.snapshots() if flt is None or flt.matches(s)]
+
+
+def find_snapshot(sess: Session, spec: str | None, at: str | None = None, flt: SnapshotFilter | None = None,
+                  now: datetime | None = None) -> Snapshot:
+    """Resolve a full id, unique prefix, ``latest``, or ``--at TIME`` (newest at or before TIME)."""
+    snaps = list_snapshots(sess, flt)
+    if at is not None:
+        when = parse_time(at, now or datetime.now(timezone.utc))
+        older = [s for s in snaps if s.time <= when]
+        if not older:
+            raise SnapshotNotFound(f"no snapshot taken at or before {format_time(when)}")
+        return older[-1]
+    if spec is None:
+        raise UsageError("name a snapshot (id, prefix or 'latest') or use --at TIME")
+    if spec == "latest":
+        if not snaps:
+            raise SnapshotNotFound("the repository has no snapshots" + (" matching the filters" if flt else ""))
+        return snaps[-1]
+    sid = resolve_prefix(spec, [s.id for s in list_snapshots(sess)])
+    return next(s for s in sess.catalog.snapshots() if s.id == sid)
+
+
+# --- backup -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BackupResult:
+    snapshot_id: str | None
+    files_new: int
+    files_changed: int
+    files_unmodified: int
+    dirs: int
+    bytes_processed: int
+    bytes_added: int
+    duration_s: float
+    errors: list[tuple[str, str]]
+    warnings: list[tuple[str, str]]
+    dry_run: bool
+    requests: dict
+
+    def to_json(self) -> dict:
+        return {"snapshot_id": self.snapshot_id, "files_new": self.files_new, "files_changed": self.files_changed,
+                "files_unmodified": self.files_unmodified, "dirs": self.dirs,
+                "bytes_processed": self.bytes_processed, "bytes_added": self.bytes_added,
+                "duration_s": round(self.duration_s, 3), "dry_run": self.dry_run,
+                "errors": [{"path": p, "error": m} for p, m in self.errors],
+                "warnings": [{"path": p, "warning": m} for p, m in self.warnings], **self.requests}
+
+
+def backup(settings: Settings, password: PasswordFn, opts: BackupOptions) -> BackupResult:
+    skip = [settings.cache_dir]
+    local = local_repo_path(settings)
+    if local:
+        skip.append(local)
+    opts = BackupOptions(**{**opts.__dict__, "skip_paths": [*opts.skip_paths, *skip],
+                            "jobs": opts.jobs or settings.jobs})
+    with session(settings, password, lock=None if opts.dry_run else "shared", operation="backup") as sess:
+        arch = Archiver(sess.repo, sess.catalog, opts)
+        snap = arch.run()
+        s = arch.stats
+        return BackupResult(snap.id if snap else None, s.files_new, s.files_changed, s.files_unmodified, s.dirs,
+                            s.bytes_processed, s.bytes_added, arch.stats_duration, s.errors, s.warnings,
+                            opts.dry_run, sess.requests())
+
+
+# --- restore ------------------------------------------------------------------------------------------
+def restore(settings: Settings, password: PasswordFn, spec: str | None, opts: RestoreOptions, at: str | None = None,
+            flt: SnapshotFilter | None = None) -> tuple[Snapshot, RestoreResult]:
+    with session(settings, password, lock="shared", operation="restore") as sess:
+        snap = find_snapshot(sess, spec, at, flt)
+        opts = RestoreOptions(**{**opts.__dict__, "jobs": opts.jobs or settings.jobs})
+        return snap, Restorer(sess.repo, sess.catalog, snap, opts).run()
+
+
+# --- ls / find / diff ---------------------------------------------------------------------------------
+def node_json(path: bytes, n: Node) -> dict:
+    d = {"path": os.fsdecode(path), "type": n.type, "mode": n.mode, "mtime_ns": n.mtime_ns, "uid": n.uid,
+         "gid": n.gid}
+    if n.type == FILE:
+        d["size"] = n.size
+    if n.target is not None:
+        d["target"] = os.fsdecode(n.target)
+    return d
+
+
+def _normalize(path: str) -> bytes:
+    b = os.fsencode(path)
+    b = b"/" + b.strip(b"/")
+    return os.path.normpath(b) if b != b"/" else b
+
+
+def ls(sess: Session, snap: Snapshot, path: str | None = None) -> Iterator[tuple[bytes, Node]]:
+    """Every entry below ``path`` (default: the whole snapshot), recursively; ``path`` itself first."""
+    want = _normalize(path) if path else b"/"
+    if want == b"/":
+        yield from sess.catalog.walk(sess.repo, snap.tree)
+        return
+    tree_id, base, node = snap.tree, b"", None
+    for part in want.strip(b"/").split(b"/"):
+        if node is not None:
+            if node.type != DIR or node.subtree is None:
+                node = None
+                break
+            tree_id = node.subtree
+        node = next((n for n in sess.catalog.tree(sess.repo, tree_id) if n.name == part), None)
+        if node is None:
+            break
+        base = base + b"/" + part
+    if node is None:
+        raise UsageError(f"{os.fsdecode(want)} is not in snapshot {snap.short_id}")
+    yield base, node
+    if node.type == DIR and node.subtree is not None:
+        yield from sess.catalog.walk(sess.repo, node.subtree, base)
+
+
+def find(sess: Session, pattern: str, flt: SnapshotFilter | None = None) -> Iterator[tuple[Snapshot, bytes, Node]]:
+    m = Matcher([pattern])
+    for snap in list_snapshots(sess, flt):
+        for path, node in sess.catalog.walk(sess.repo, snap.tree):
+            if m.matches(path, node.type == DIR):
+                yield snap, path, node
+
+
+@dataclass
+class DiffResult:
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    modified: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"added": self.added, "removed": self.removed, "modified": self.modified}
+
+
+def diff(sess: Session, a: Snapshot, b: Snapshot) -> DiffResult:
+    out = DiffResult()
+
+    def content(n: Node) -> tuple:
+        return (n.type, n.size, n.blocks, n.target, n.mode, n.mtime_ns)
+
+    def all_below(tid: bytes | None, base: bytes, into: list[str]) -> None:
+        if tid is not None:
+            into.extend(os.fsdecode(p) for p, _ in sess.catalog.walk(sess.repo, tid, base))
+
+    def walk(ta: bytes | None, tb: bytes | None, base: bytes) -> None:
+        if ta == tb:
+            return
+        na = {n.name: n for n in sess.catalog.tree(sess.repo, ta)} if ta else {}
+        nb = {n.name: n for n in sess.catalog.tree(sess.repo, tb)} if tb else {}
+        for name in sorted(set(na) | set(nb)):
+            path = base + b"/" + name
+            x, y = na.get(name), nb.get(name)
+            if x is None:
+                out.added.append(os.fsdecode(path))
+                if y.type == DIR:
+                    all_below(y.subtree, path, out.added)
+            elif y is None:
+                out.removed.append(os.fsdecode(path))
+                if x.type == DIR:
+                    all_below(x.subtree, path, out.removed)
+            elif x.type == DIR and y.type == DIR:
+                walk(x.subtree, y.subtree, path)
+            elif content(x) != content(y):
+                out.modified.append(os.fsdecode(path))
+
+    walk(a.tree, b.tree, b"")
+    return out
+
+
+# --- verify / stats / keys / locks / catalog ----------------------------------------------------------
+def verify(settings: Settings, password: PasswordFn, read_data: bool = False,
+           subset: str | None = None) -> tuple[VerifyReport, dict]:
+    with session(settings, password, lock="shared", operation="verify") as sess:
+        report = Checker(sess.repo, sess.catalog, read_data, parse_subset(subset)).run()
+        for p in sess.sync.problems:
+            from .checker import Damage
+
+            obj, _, why = p.partition(": ")
+            report.damage.insert(0, Damage(obj.replace("index segment ", "index/").replace("snapshot ", "snapshots/"),
+                                           why))
+        return report, sess.requests()
+
+
+def stats(sess: Session) -> dict:
+    d = sess.catalog.stats()
+    d["dedup_ratio"] = round(d["raw_bytes"] / d["stored_bytes"], 3) if d["stored_bytes"] else None
+    total = 0
+    for name, size in sess.repo.backend.list(""):
+        total += size
+    d["repository_bytes"] = total
+    return d
+
+
+def unlock(settings: Settings, password: PasswordFn, remove_all: bool = False) -> list[str]:
+    counter = _backend(settings)
+    Repository.open(counter, password())
+    return [lk.describe() for lk in remove_locks(counter, remove_all)]
+
+
+def catalog_rebuild(settings: Settings, password: PasswordFn) -> dict:
+    counter = _backend(settings)
+    repo = Repository.open(counter, password())
+    path = os.path.join(settings.cache_dir, repo.id, "catalog.db")
+    Catalog.remove_files(path)
+    catalog, report = open_synced(settings.cache_dir, repo)
+    try:
+        trees = 0
+        for snap in catalog.snapshots():
+            for _ in catalog.walk(repo, snap.tree):
+                pass
+            trees += 1
+        st = catalog.stats()
+    finally:
+        catalog.close()
+    return {"snapshots": st["snapshots"], "packs": st["packs"], "blocks": st["blocks"],
+            "problems": report.problems}
+
+
+# --- keys ---------------------------------------------------------------------------------------------
+def key_add(sess: Session, new_password: bytes, kdf: KdfParams | None = None) -> str:
+    return sess.repo.add_key(new_password, kdf or KdfParams()).rsplit("/", 1)[-1]
+
+
+def key_list(sess: Session) -> list[dict]:
+    out = []
+    for name, info in sess.repo.list_keys():
+        kid = name.rsplit("/", 1)[-1]
+        d = {"id": kid, "current": name == sess.repo.key_name, "damaged": info is None}
+        if info:
+            d.update(created=info.get("created"), host=info.get("host"), username=info.get("username"),
+                     kdf=info.get("kdf", {}).get("name"))
+        out.append(d)
+    return out
+
+
+def key_remove(sess: Session, key_id: str) -> str:
+    names = [n.rsplit("/", 1)[-1] for n, _ in sess.repo.list_keys()]
+    kid = resolve_prefix(key_id, names, what="key")
+    if f"keys/{kid}" == sess.repo.key_name:
+        raise VaultError("refusing to remove the key in use; open the repository with another key to remove it")
+    sess.repo.backend.delete(f"keys/{kid}")
+    return kid
+
+
+def key_passwd(sess: Session, new_password: bytes, kdf: KdfParams | None = None) -> str:
+    """Add a slot for the new password, then remove the slot the old password opened."""
+    new = sess.repo.add_key(new_password, kdf or KdfParams())
+    sess.repo.backend.delete(sess.repo.key_name)
+    return new.rsplit("/", 1)[-1]

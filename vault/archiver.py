@@ -1,0 +1,412 @@
+"""Backup engine: walk + exclude + chunk + dedup + store -> snapshot.
+
+The walk runs in the calling thread, depth-first in name order. Files whose size, mtime, ctime and inode
+match the parent snapshot reuse its block list without being read; the others go to a pool of worker
+threads that read, chunk (FastCDC), hash, compress, encrypt and hand blocks to the PackWriter. A directory's
+tree is stored once all its entries are known. Order of writes: packs, then index segments naming them
+(also as checkpoints during long runs), then the snapshot -- so a crash never leaves a snapshot pointing at
+missing data, and an interrupted run's packs are reused by the next.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from . import index as index_mod
+from .catalog import Catalog
+from .errors import SourceNotFound
+from .excludes import Matcher
+from .fsmeta import node_from_stat, node_type, unchanged
+from .model import DIR, FILE, SYMLINK, Node, Snapshot, Tree
+from .pack import DATA, TREE, PackEntry
+from .packwriter import PackWriter
+from .repository import Repository
+
+CHECKPOINT_SECONDS = 300.0
+CHECKPOINT_PACKS = 64
+_O_NOATIME = getattr(os, "O_NOATIME", 0)
+_READ = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class BackupOptions:
+    paths: list[str]
+    tags: list[str] = field(default_factory=list)
+    host: str | None = None
+    time: datetime | None = None
+    excludes: list[str] = field(default_factory=list)
+    one_file_system: bool = False
+    dry_run: bool = False
+    jobs: int = 0
+    skip_paths: list[str] = field(default_factory=list)  # repository and cache dirs, never backed up
+
+
+@dataclass
+class BackupStats:
+    files_new: int = 0
+    files_changed: int = 0
+    files_unmodified: int = 0
+    dirs: int = 0
+    bytes_processed: int = 0
+    bytes_read: int = 0
+    bytes_added: int = 0
+    blocks_added: int = 0
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class _FileResult:
+    node: Node | None
+    is_new: bool
+    read: int = 0
+    added: int = 0
+    blocks_added: int = 0
+    error: str | None = None
+    changed_while_reading: bool = False
+
+
+def _join(base: bytes, name: bytes) -> bytes:
+    return base + name if base.endswith(b"/") else base + b"/" + name
+
+
+def _display(path: bytes) -> str:
+    return os.fsdecode(path)
+
+
+def _skeleton(paths: list[bytes]) -> dict | None:
+    """Nested dict of the path components to back up; None at a leaf means 'everything below'."""
+    root: dict = {}
+    for p in sorted(paths, key=len):
+        parts = [c for c in p.split(b"/") if c]
+        if not parts:
+            return None  # "/" itself: everything
+        node = root
+        for i, part in enumerate(parts):
+            if node.get(part, 0) is None:
+                break  # an ancestor is already backed up whole
+            if i == len(parts) - 1:
+                node[part] = None
+            else:
+                node = node.setdefault(part, {})
+    return root
+
+
+class Archiver:
+    def __init__(self, repo: Repository, catalog: Catalog, opts: BackupOptions,
+                 now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+                 progress: Callable[[BackupStats], None] | None = None):
+        self.repo, self.catalog, self.opts = repo, catalog, opts
+        self._now = now
+        self._progress = progress
+        self.stats = BackupStats()
+        self._lock = threading.Lock()
+        self._seen: set[bytes] = set()
+        self._pending: list[tuple[bytes, int, list[PackEntry]]] = []
+        self._tree_rows: list[tuple[bytes, list[Node]]] = []
+        self._hardlinks: dict[tuple[int, int], Future] = {}
+        self._excludes = Matcher(opts.excludes)
+        self._skip = set()
+        for p in opts.skip_paths:
+            try:
+                st = os.stat(p)
+                self._skip.add((st.st_dev, st.st_ino))
+            except OSError:
+                pass
+        self.packer = PackWriter(repo, self._on_pack)
+        jobs = opts.jobs or os.cpu_count() or 2
+        self._pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="vault-backup")
+        self._inflight = threading.BoundedSemaphore(jobs * 16)
+        self._last_checkpoint = time.monotonic()
+        self._root_devs: set[int] = set()
+
+    # --- dedup and storing --------------------------------------------------------------------------
+    def _claim(self, bid: bytes) -> bool:
+        """True when the caller must store this block (first time seen, not in the repository)."""
+        with self._lock:
+            if bid in self._seen:
+                return False
+        known = self.catalog.has_block(bid)
+        with self._lock:
+            if bid in self._seen:
+                return False
+            self._seen.add(bid)
+            return not known
+
+    def _store(self, kind: str, bid: bytes, data: bytes | memoryview) -> int:
+        if self.opts.dry_run:
+            return len(data)
+        sealed = self.repo.seal_block(bid, data)
+        self.packer.add(kind, bid, sealed, len(data))
+        return len(sealed)
+
+    def _on_pack(self, pid: bytes, size: int, entries: list[PackEntry]) -> None:
+        with self._lock:
+            self._pending.append((pid, size, entries))
+
+    def _checkpoint(self, force: bool = False) -> None:
+        """Write an index segment for the packs stored so far (so a crash loses little)."""
+        with self._lock:
+            due = force or len(self._pending) >= CHECKPOINT_PACKS or (
+                self._pending and time.monotonic() - self._last_checkpoint > CHECKPOINT_SECONDS)
+            if not due:
+                return
+            pending, self._pending = self._pending, []
+        if pending and not self.opts.dry_run:
+            seg = index_mod.from_packs(pending)
+            sid = self.repo.save_index(seg)
+            self.catalog.add_segment(sid, seg)
+        self._flush_tree_rows()
+        self._last_checkpoint = time.monotonic()
+
+    def _flush_tree_rows(self) -> None:
+        rows, self._tree_rows = self._tree_rows, []
+        if not self.opts.dry_run:
+            for tid, nodes in rows:
+                self.catalog.add_tree(tid, nodes)
+
+    # --- files --------------------------------------------------------------------------------------
+    def _read_file(self, path: bytes, name: bytes, is_new: bool) -> _FileResult:
+        res = _FileResult(node=None, is_new=is_new)
+        try:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | _O_NOATIME)
+            except PermissionError:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError as exc:
+            res.error = exc.strerror or str(exc)
+            return res
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                res.error = "changed type while being backed up"
+                return res
+            node = node_from_stat(name, st)
+            blocks: list[bytes] = []
+            if st.st_size < self.repo.config.chunker.min_size:
+                chunks = [self._read_all(fd, st.st_size)]
+            else:
+                chunks = self.repo.chunker.cut_stream(os.fdopen(os.dup(fd), "rb", buffering=0))
+            for chunk in chunks:
+                if not len(chunk):
+                    continue
+                bid = self.repo.block_id(chunk)
+                res.read += len(chunk)
+                if self._claim(bid):
+                    res.added += self._store(DATA, bid, chunk)
+                    res.blocks_added += 1
+                blocks.append(bid)
+            after = os.fstat(fd)
+            if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (st.st_size, st.st_mtime_ns,
+                                                                       st.st_ctime_ns) or res.read != st.st_size:
+                res.changed_while_reading = True
+            node.size = res.read
+            node.blocks = blocks
+            res.node = node
+        except OSError as exc:
+            res.error = exc.strerror or str(exc)
+        finally:
+            os.close(fd)
+        return res
+
+    @staticmethod
+    def _read_all(fd: int, hint: int) -> bytes:
+        parts = []
+        while True:
+            b = os.read(fd, max(hint, 65536))
+            if not b:
+                break
+            parts.append(b)
+        return b"".join(parts)
+
+    def _submit_file(self, path: bytes, name: bytes, st: os.stat_result, is_new: bool) -> Future:
+        if st.st_nlink > 1:
+            key = (st.st_dev, st.st_ino)
+            prior = self._hardlinks.get(key)
+            if prior is not None:
+                return prior
+        self._inflight.acquire()
+
+        def job() -> _FileResult:
+            try:
+                return self._read_file(path, name, is_new)
+            finally:
+                self._inflight.release()
+
+        fut = self._pool.submit(job)
+        if st.st_nlink > 1:
+            self._hardlinks[(st.st_dev, st.st_ino)] = fut
+        return fut
+
+    # --- directories --------------------------------------------------------------------------------
+    def _parent_nodes(self, tree_id: bytes | None) -> dict[bytes, Node]:
+        if tree_id is None:
+            return {}
+        try:
+            return {n.name: n for n in self.catalog.tree(self.repo, tree_id)}
+        except Exception:  # noqa: BLE001 - a missing parent tree only costs re-reading files
+            return {}
+
+    def _save_dir(self, path: bytes, parent_tree: bytes | None, only: dict | None, root_dev: int) -> bytes:
+        parent = self._parent_nodes(parent_tree)
+        if only is None:
+            try:
+                names = sorted(os.listdir(path))
+            except OSError as exc:
+                self._error(path, exc.strerror or str(exc))
+                names = []
+        else:
+            names = sorted(only)
+        items: list[Node | tuple[Future, bytes, str]] = []
+        for name in names:
+            child = _join(path, name)
+            try:
+                st = os.lstat(child)
+            except FileNotFoundError:
+                if only is not None:
+                    self._error(child, "no such file or directory")
+                continue
+            except OSError as exc:
+                self._error(child, exc.strerror or str(exc))
+                continue
+            t = node_type(st.st_mode)
+            if t is None:
+                continue
+            if only is None and self._excludes and self._excludes.matches(child, t == DIR):
+                continue
+            old = parent.get(name)
+            if t == DIR:
+                if (st.st_dev, st.st_ino) in self._skip:
+                    continue
+                node = node_from_stat(name, st)
+                old_sub = old.subtree if old is not None and old.type == DIR else None
+                sub_only = only[name] if only is not None else None
+                if only is None and self.opts.one_file_system and st.st_dev != root_dev:
+                    node.subtree = self._store_tree(Tree([]))
+                else:
+                    dev = st.st_dev if only is not None and sub_only is None else root_dev
+                    node.subtree = self._save_dir(child, old_sub, sub_only, dev)
+                self.stats.dirs += 1
+                items.append(node)
+            elif t == FILE:
+                self.stats.bytes_processed += st.st_size
+                if old is not None and unchanged(old, st):
+                    node = node_from_stat(name, st)
+                    node.blocks = old.blocks
+                    self.stats.files_unmodified += 1
+                    items.append(node)
+                else:
+                    items.append((self._submit_file(child, name, st, old is None), child, name))
+            elif t == SYMLINK:
+                node = node_from_stat(name, st)
+                try:
+                    node.target = os.readlink(child)
+                except OSError as exc:
+                    self._error(child, exc.strerror or str(exc))
+                    continue
+                items.append(node)
+            else:
+                items.append(node_from_stat(name, st))
+        nodes = []
+        for it in items:
+            if isinstance(it, Node):
+                nodes.append(it)
+                continue
+            fut, child, name = it
+            res: _FileResult = fut.result()
+            if res.error is not None or res.node is None:
+                self._error(child, res.error or "unreadable")
+                continue
+            node = res.node
+            if node.name != name:  # a hardlink sharing another name's read
+                node = Node(**{**node.__dict__, "name": name})
+            if res.changed_while_reading:
+                self.stats.warnings.append((_display(child), "file changed while it was being read"))
+            if res.is_new:
+                self.stats.files_new += 1
+            else:
+                self.stats.files_changed += 1
+            self.stats.bytes_read += res.read
+            self.stats.bytes_added += res.added
+            self.stats.blocks_added += res.blocks_added
+            nodes.append(node)
+        tid = self._store_tree(Tree(nodes))
+        self._checkpoint()
+        if self._progress is not None:
+            self._progress(self.stats)
+        return tid
+
+    def _store_tree(self, tree: Tree) -> bytes:
+        data = tree.encode()
+        tid = self.repo.block_id(data)
+        if self._claim(tid):
+            self.stats.bytes_added += self._store(TREE, tid, data)
+            self.stats.blocks_added += 1
+            self._tree_rows.append((tid, tree.nodes))
+        return tid
+
+    def _error(self, path: bytes, message: str) -> None:
+        self.stats.errors.append((_display(path), message))
+
+    # --- the run ------------------------------------------------------------------------------------
+    def find_parent(self, host: str, paths: list[str]) -> Snapshot | None:
+        key = (host, tuple(sorted(paths)))
+        candidates = [s for s in self.catalog.snapshots() if s.group_key() == key]
+        return candidates[-1] if candidates else None
+
+    def run(self) -> Snapshot | None:
+        t0 = time.monotonic()
+        abs_paths = []
+        for p in self.opts.paths:
+            b = os.path.abspath(os.fsencode(p))
+            if os.path.lexists(b):
+                abs_paths.append(b)
+            else:
+                self._error(b, "no such file or directory")
+        if not abs_paths:
+            raise SourceNotFound("nothing to back up: " + "; ".join(f"{p}: {m}" for p, m in self.stats.errors))
+        host = self.opts.host or socket.gethostname()
+        paths = sorted({_display(p) for p in abs_paths})
+        parent = self.find_parent(host, paths)
+        skeleton = _skeleton(abs_paths)
+        try:
+            root_dev = os.lstat(b"/").st_dev
+            root = self._save_dir(b"/", parent.tree if parent else None, skeleton, root_dev)
+            self._pool.shutdown(wait=True)
+            if not self.opts.dry_run:
+                self.packer.flush()
+            self._checkpoint(force=True)
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        self.stats_duration = time.monotonic() - t0
+        if self.opts.dry_run:
+            return None
+        when = self.opts.time or self._now()
+        when = when.astimezone(timezone.utc).replace(microsecond=when.microsecond)
+        s = self.stats
+        snap = Snapshot(time=when, host=host, paths=paths, tree=root, tags=sorted(set(self.opts.tags)),
+                        username=_username(), parent=parent.id if parent else None,
+                        summary={"files_new": s.files_new, "files_changed": s.files_changed,
+                                 "files_unmodified": s.files_unmodified, "dirs": s.dirs,
+                                 "bytes_processed": s.bytes_processed, "bytes_added": s.bytes_added,
+                                 "errors": len(s.errors), "duration_s": round(self.stats_duration, 3)})
+        self.repo.save_snapshot(snap)
+        self.catalog.add_snapshot(snap)
+        return snap
+
+
+def _username() -> str:
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.getuid()).pw_name
+    except (KeyError, ImportError):
+        return str(os.getuid())

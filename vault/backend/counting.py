@@ -1,0 +1,84 @@
+"""CountingBackend: counts requests by type and bytes moved, for stats and for tests.
+
+Request types follow S3's: PUT (put), GET (get), LIST (list), DELETE (delete), HEAD (size, exists,
+exists_store). A request is counted when it is made, whether or not it succeeds; bytes up are counted per
+put made, bytes down per get that returned. ``create_store`` and ``close`` are not counted.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from vault.backend.base import Backend
+
+REQUEST_TYPES = ("PUT", "GET", "LIST", "DELETE", "HEAD")
+
+
+class CountingBackend:
+    """Wrap ``inner`` and count what goes through it. Thread-safe."""
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+        self.location = inner.location
+        self._lock = threading.Lock()
+        self._requests = dict.fromkeys(REQUEST_TYPES, 0)
+        self._bytes_up = 0
+        self._bytes_down = 0
+
+    def _count(self, kind: str, up: int = 0) -> None:
+        with self._lock:
+            self._requests[kind] += 1
+            self._bytes_up += up
+
+    def stats(self) -> dict[str, Any]:
+        """``{"requests": {"PUT": n, "GET": n, "LIST": n, "DELETE": n, "HEAD": n}, "bytes_up": n, "bytes_down": n}``"""
+        with self._lock:
+            return {"requests": dict(self._requests), "bytes_up": self._bytes_up, "bytes_down": self._bytes_down}
+
+    def put(self, name: str, data: bytes | memoryview, *, overwrite: bool = False) -> None:
+        """Count a PUT of ``len(data)`` bytes, then put."""
+        self._count("PUT", up=memoryview(data).nbytes)
+        self.inner.put(name, data, overwrite=overwrite)
+
+    def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        """Count a GET, then the bytes it returned."""
+        self._count("GET")
+        data = self.inner.get(name, offset, length)
+        with self._lock:
+            self._bytes_down += len(data)
+        return data
+
+    def size(self, name: str) -> int:
+        """Count a HEAD."""
+        self._count("HEAD")
+        return self.inner.size(name)
+
+    def exists(self, name: str) -> bool:
+        """Count a HEAD."""
+        self._count("HEAD")
+        return self.inner.exists(name)
+
+    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
+        """Count one LIST per call."""
+        self._count("LIST")
+        return self.inner.list(prefix)
+
+    def delete(self, name: str) -> None:
+        """Count a DELETE."""
+        self._count("DELETE")
+        self.inner.delete(name)
+
+    def exists_store(self) -> bool:
+        """Count a HEAD."""
+        self._count("HEAD")
+        return self.inner.exists_store()
+
+    def create_store(self) -> None:
+        """Not counted."""
+        self.inner.create_store()
+
+    def close(self) -> None:
+        """Close the inner backend."""
+        self.inner.close()

@@ -1,0 +1,248 @@
+"""LocalBackend: objects are files under a root directory, at their slash-separated name.
+
+Writes follow the contract in ``base.py``: the data goes to a temp file (``.tmp-<16 hex>``) in the target
+directory, is fsynced, then hard-linked under its final name (create-only, atomic: ``link`` fails if the name
+is taken) or renamed over it (``overwrite=True``), and the directory is fsynced. Parent directories
+(``data/ab/``) are created on demand. OSError is translated once, in ``_os_errors``, into vault's error tree.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+
+from vault.backend.base import check_name
+from vault.errors import BackendError, ObjectExists, ObjectNotFound, PermanentError
+
+TEMP_PREFIX = ".tmp-"
+
+_PERMANENT = {
+    errno.ENOSPC: "disk full",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "read-only file system",
+}
+if hasattr(errno, "EDQUOT"):
+    _PERMANENT[errno.EDQUOT] = "disk quota exceeded"
+
+# link() is not supported everywhere (exFAT/FAT USB drives, some network and FUSE file systems).
+_NO_LINK = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS}
+
+
+def translate_os_error(err: OSError, verb: str, name: str, root: str, *, missing: bool) -> BackendError:
+    """Map an OSError to our error tree. ``missing`` makes ENOENT/ENOTDIR an ObjectNotFound."""
+    what = f"{name} in {root}" if name else root
+    if missing and err.errno in (errno.ENOENT, errno.ENOTDIR):
+        return ObjectNotFound(f"{name} not found in {root}")
+    reason = _PERMANENT.get(err.errno or 0)
+    if reason:
+        return PermanentError(f"{reason} {verb} {what}")
+    return BackendError(f"error {verb} {what}: {err.strerror or err}")
+
+
+def _fsync_dir(path: str) -> None:
+    """Make a directory's entries (a new name, a new subdirectory) durable."""
+    if os.name == "nt":  # directories cannot be opened (or fsynced) on Windows
+        return
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _check_range(offset: int, length: int | None) -> None:
+    if offset < 0 or (length is not None and length < 0):
+        raise ValueError(f"invalid range offset={offset} length={length}")
+
+
+class LocalBackend:
+    """A store in a local (or mounted) directory. ``location`` is the absolute root path."""
+
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = os.path.abspath(os.fspath(root))
+        self.location = self.root
+
+    # -- helpers -------------------------------------------------------------------------------------------
+
+    def _path(self, name: str) -> str:
+        check_name(name)
+        if name.rsplit("/", 1)[-1].startswith(TEMP_PREFIX):
+            raise ValueError(f"invalid object name {name!r} (reserved for temp files)")
+        return os.path.join(self.root, *name.split("/"))
+
+    @contextmanager
+    def _os_errors(self, verb: str, name: str, *, missing: bool = False) -> Iterator[None]:
+        try:
+            yield
+        except OSError as err:
+            raise translate_os_error(err, verb, name, self.root, missing=missing) from err
+
+    def _make_dirs(self, directory: str) -> None:
+        """Create ``directory`` and its missing parents below root, fsyncing each parent."""
+        if not os.path.isdir(self.root):
+            raise PermanentError(f"store {self.root} does not exist")
+        missing = []
+        while directory != self.root and not os.path.isdir(directory):
+            missing.append(directory)
+            directory = os.path.dirname(directory)
+        for path in reversed(missing):
+            try:
+                os.mkdir(path)
+            except FileExistsError:  # another writer made it; a file in the way fails on open
+                continue
+            _fsync_dir(os.path.dirname(path))
+
+    def _open_temp(self, directory: str) -> tuple[int, str]:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+        for attempt in (1, 2):
+            tmp = os.path.join(directory, TEMP_PREFIX + secrets.token_hex(8))
+            try:
+                return os.open(tmp, flags, 0o644), tmp
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
+                self._make_dirs(directory)
+        raise AssertionError("unreachable")
+
+    def _link_into_place(self, name: str, tmp: str, final: str) -> None:
+        """Create-only publish: link fails with EEXIST if the name is taken."""
+        try:
+            os.link(tmp, final)
+        except FileExistsError:
+            raise ObjectExists(f"{name} already exists in {self.root}") from None
+        except OSError as err:
+            if err.errno not in _NO_LINK:
+                raise
+            # No hard links here: check, then rename. Racy only against a concurrent writer of the same
+            # name, which for content-addressed names writes the same bytes.
+            if os.path.lexists(final):
+                raise ObjectExists(f"{name} already exists in {self.root}") from None
+            os.rename(tmp, final)
+
+    # -- the Backend protocol ------------------------------------------------------------------------------
+
+    def put(self, name: str, data: bytes | memoryview, *, overwrite: bool = False) -> None:
+        """Write ``data`` atomically and durably under ``name`` (see the module docstring)."""
+        final = self._path(name)
+        directory = os.path.dirname(final)
+        tmp: str | None = None
+        try:
+            with self._os_errors("writing", name):
+                fd, tmp = self._open_temp(directory)
+                with open(fd, "wb", closefd=True) as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                if overwrite:
+                    os.replace(tmp, final)
+                else:
+                    self._link_into_place(name, tmp, final)
+                    if os.path.lexists(tmp):
+                        os.unlink(tmp)
+                tmp = None
+                _fsync_dir(directory)
+        finally:
+            if tmp is not None:
+                with suppress(OSError):
+                    os.unlink(tmp)
+
+    def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        """Read the object, or ``length`` bytes from ``offset`` (short when the range passes the end)."""
+        path = self._path(name)
+        _check_range(offset, length)
+        with self._os_errors("reading", name, missing=True):
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            try:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    raise ObjectNotFound(f"{name} not found in {self.root} (not a regular file)")
+                if length is None:
+                    length = max(st.st_size - offset, 0)
+                parts: list[bytes] = []
+                pos, remaining = offset, length
+                while remaining > 0:
+                    part = os.pread(fd, remaining, pos)
+                    if not part:
+                        break
+                    parts.append(part)
+                    pos += len(part)
+                    remaining -= len(part)
+                return b"".join(parts)
+            finally:
+                os.close(fd)
+
+    def size(self, name: str) -> int:
+        """Return the object's size. Raises ObjectNotFound."""
+        path = self._path(name)
+        with self._os_errors("reading", name, missing=True):
+            st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise ObjectNotFound(f"{name} not found in {self.root} (not a regular file)")
+        return st.st_size
+
+    def exists(self, name: str) -> bool:
+        """True when ``name`` is a stored object."""
+        try:
+            self.size(name)
+        except ObjectNotFound:
+            return False
+        return True
+
+    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
+        """Yield (name, size) for objects starting with ``prefix``; only the directories it names are walked.
+
+        Temp files are skipped. Names come sorted within each directory; no global order is promised."""
+        head, _, _ = prefix.rpartition("/")
+        if head:
+            check_name(head)
+        start = os.path.join(self.root, *head.split("/")) if head else self.root
+        with self._os_errors("listing", prefix or "/"):
+            yield from self._walk(start, head + "/" if head else "", prefix)
+
+    def _walk(self, directory: str, name_prefix: str, prefix: str) -> Iterator[tuple[str, int]]:
+        try:
+            with os.scandir(directory) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        for entry in entries:
+            name = name_prefix + entry.name
+            if entry.name.startswith(TEMP_PREFIX):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                if prefix.startswith(name + "/") or (name + "/").startswith(prefix):
+                    yield from self._walk(entry.path, name + "/", prefix)
+            elif name.startswith(prefix) and entry.is_file(follow_symlinks=False):
+                try:
+                    yield name, entry.stat(follow_symlinks=False).st_size
+                except FileNotFoundError:  # deleted while we listed
+                    continue
+
+    def delete(self, name: str) -> None:
+        """Remove the object; a missing object is not an error."""
+        path = self._path(name)
+        with self._os_errors("deleting", name):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+    def exists_store(self) -> bool:
+        """True when the root directory exists and holds a ``config`` file."""
+        return os.path.isdir(self.root) and os.path.isfile(os.path.join(self.root, "config"))
+
+    def create_store(self) -> None:
+        """Create the root directory (and its parents) if needed."""
+        with self._os_errors("creating", ""):
+            os.makedirs(self.root, exist_ok=True)
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    def __repr__(self) -> str:
+        return f"LocalBackend({self.root!r})"

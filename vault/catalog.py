@@ -1,0 +1,332 @@
+"""The catalog: a local SQLite database (sqlite-utils) indexing one repository. A cache, never the truth.
+
+Tables (schema version ``SCHEMA_VERSION``; any mismatch or damage makes it be rebuilt from the repository):
+
+* ``meta``       key/value: schema version, repository id.
+* ``segments``   index segments already loaded.
+* ``packs``      pack id, kind, size, the segment that lists it, when it was last verified.
+* ``blocks``     block id -> pack (rowid in packs), offset, length, raw length, kind. 56-ish bytes a row.
+* ``snapshots``  the decrypted manifests.
+* ``trees``      trees whose entries are loaded into ``nodes``.
+* ``nodes``      the files table, deduplicated by tree: (tree, name) -> type, size, mode, mtime_ns, ctime_ns,
+                 inode, subtree, block list, other metadata. A path is a chain of trees from a snapshot root.
+
+Block lookups are SQL (no in-memory index), so memory does not grow with the repository. All methods are
+thread-safe (one connection behind a lock).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import sqlite_utils
+
+from . import index as index_mod
+from .errors import CatalogError, IntegrityError, ObjectNotFound, VaultError
+from .model import Node, Snapshot, Tree, parse_stored_time, format_time
+from .pack import PackEntry
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS segments (id TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS packs (
+    rowid INTEGER PRIMARY KEY, id BLOB UNIQUE NOT NULL, kind TEXT NOT NULL, size INTEGER NOT NULL,
+    segment TEXT NOT NULL, verified_at REAL);
+CREATE TABLE IF NOT EXISTS blocks (
+    id BLOB PRIMARY KEY, pack INTEGER NOT NULL, offset INTEGER NOT NULL, length INTEGER NOT NULL,
+    raw_length INTEGER NOT NULL, kind TEXT NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS blocks_pack ON blocks(pack);
+CREATE TABLE IF NOT EXISTS snapshots (
+    id TEXT PRIMARY KEY, time TEXT NOT NULL, host TEXT NOT NULL, paths TEXT NOT NULL, tags TEXT NOT NULL,
+    tree BLOB NOT NULL, username TEXT, parent TEXT, summary TEXT);
+CREATE TABLE IF NOT EXISTS trees (id BLOB PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS nodes (
+    tree BLOB NOT NULL, name BLOB NOT NULL, type TEXT NOT NULL, size INTEGER, mode INTEGER,
+    mtime_ns INTEGER, ctime_ns INTEGER, inode INTEGER, subtree BLOB, blocks BLOB, extra TEXT,
+    PRIMARY KEY (tree, name)) WITHOUT ROWID;
+"""
+
+
+@dataclass
+class SyncReport:
+    segments_loaded: int = 0
+    snapshots_loaded: int = 0
+    snapshots_removed: int = 0
+    rebuilt_index: bool = False
+    problems: list[str] = field(default_factory=list)
+
+
+def _node_row(tree: bytes, n: Node) -> tuple:
+    extra = {"uid": n.uid, "gid": n.gid, "dev": n.dev, "nlink": n.nlink}
+    if n.target is not None:
+        extra["target"] = n.target.hex()
+    if n.rdev:
+        extra["rdev"] = n.rdev
+    return (tree, n.name, n.type, n.size, n.mode, n.mtime_ns, n.ctime_ns, n.inode, n.subtree,
+            b"".join(n.blocks), json.dumps(extra, separators=(",", ":")))
+
+
+def _row_node(row: tuple) -> Node:
+    name, typ, size, mode, mtime_ns, ctime_ns, inode, subtree, blocks, extra = row
+    x = json.loads(extra)
+    blocks = bytes(blocks or b"")
+    return Node(name=bytes(name), type=typ, mode=mode, uid=x["uid"], gid=x["gid"], size=size, mtime_ns=mtime_ns,
+                ctime_ns=ctime_ns, inode=inode, dev=x["dev"], nlink=x["nlink"],
+                blocks=[blocks[i : i + 32] for i in range(0, len(blocks), 32)],
+                subtree=bytes(subtree) if subtree is not None else None,
+                target=bytes.fromhex(x["target"]) if "target" in x else None, rdev=x.get("rdev", 0))
+
+
+class Catalog:
+    def __init__(self, path: str, repo_id: str):
+        self.path = path
+        self.repo_id = repo_id
+        self._lock = threading.RLock()
+        self._conn = self._connect()
+
+    # --- opening, damage, rebuild -------------------------------------------------------------------
+    @classmethod
+    def open(cls, cache_dir: str, repo_id: str) -> "Catalog":
+        """Open (or create) the catalog for a repository; a damaged or outdated one is recreated empty."""
+        directory = os.path.join(cache_dir, repo_id)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        path = os.path.join(directory, "catalog.db")
+        try:
+            return cls(path, repo_id)
+        except (sqlite3.DatabaseError, CatalogError, ValueError):
+            cls.remove_files(path)
+            return cls(path, repo_id)
+
+    @staticmethod
+    def remove_files(path: str) -> None:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            try:
+                os.unlink(path + suffix)
+            except FileNotFoundError:
+                pass
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, check_same_thread=False, timeout=60, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self.db = sqlite_utils.Database(conn)
+            self.db.executescript(SCHEMA)
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+            if not meta:
+                self.db["meta"].insert_all([{"key": "schema_version", "value": str(SCHEMA_VERSION)},
+                                            {"key": "repository", "value": self.repo_id}])
+            elif meta.get("schema_version") != str(SCHEMA_VERSION) or meta.get("repository") != self.repo_id:
+                raise CatalogError("catalog belongs to another schema or repository")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def _q(self, sql: str, params: Iterable = ()) -> list[tuple]:
+        with self._lock:
+            try:
+                return self._conn.execute(sql, tuple(params)).fetchall()
+            except sqlite3.DatabaseError as exc:
+                raise CatalogError(f"catalog damaged ({exc}); run 'vault catalog rebuild'") from None
+
+    def _tx(self, fn) -> None:
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    fn(self._conn)
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+                self._conn.execute("COMMIT")
+            except sqlite3.DatabaseError as exc:
+                raise CatalogError(f"catalog damaged ({exc}); run 'vault catalog rebuild'") from None
+
+    def clear(self) -> None:
+        def run(c: sqlite3.Connection) -> None:
+            for t in ("segments", "packs", "blocks", "snapshots", "trees", "nodes"):
+                c.execute(f"DELETE FROM {t}")
+        self._tx(run)
+
+    # --- sync from the repository ---------------------------------------------------------------------
+    def sync(self, repo) -> SyncReport:
+        """Bring the catalog in line with the repository: new/removed index segments and snapshots."""
+        rep = SyncReport()
+        in_repo = set(repo.list_index())
+        known = {r[0] for r in self._q("SELECT id FROM segments")}
+        if known - in_repo:
+            # a segment was superseded (prune) or lost: rebuild the block table from what exists
+            self._tx(lambda c: (c.execute("DELETE FROM segments"), c.execute("DELETE FROM packs"),
+                                c.execute("DELETE FROM blocks")))
+            known = set()
+            rep.rebuilt_index = True
+        for sid in sorted(in_repo - known):
+            try:
+                seg = repo.load_index(sid)
+            except (IntegrityError, ObjectNotFound) as exc:
+                rep.problems.append(f"index segment {sid[:16]}: {exc}")
+                continue
+            self.add_segment(sid, seg)
+            rep.segments_loaded += 1
+        snaps_repo = set(repo.list_snapshots())
+        snaps_known = {r[0] for r in self._q("SELECT id FROM snapshots")}
+        gone = snaps_known - snaps_repo
+        if gone:
+            self._tx(lambda c: c.executemany("DELETE FROM snapshots WHERE id=?", [(s,) for s in gone]))
+            rep.snapshots_removed = len(gone)
+        for sid in sorted(snaps_repo - snaps_known):
+            try:
+                snap = repo.load_snapshot(sid)
+            except (IntegrityError, ObjectNotFound) as exc:
+                rep.problems.append(f"snapshot {sid[:8]}: {exc}")
+                continue
+            self.add_snapshot(snap)
+            rep.snapshots_loaded += 1
+        return rep
+
+    def add_segment(self, sid: str, seg: index_mod.IndexSegment) -> None:
+        def run(c: sqlite3.Connection) -> None:
+            c.execute("INSERT OR IGNORE INTO segments (id) VALUES (?)", (sid,))
+            for pid, entries in seg.packs.items():
+                kind = entries[0].kind if entries else "D"
+                c.execute("INSERT OR IGNORE INTO packs (id, kind, size, segment) VALUES (?, ?, ?, ?)",
+                          (pid, kind, seg.sizes.get(pid, 0), sid))
+                (rowid,) = c.execute("SELECT rowid FROM packs WHERE id=?", (pid,)).fetchone()
+                c.executemany("INSERT OR IGNORE INTO blocks (id, pack, offset, length, raw_length, kind) "
+                              "VALUES (?, ?, ?, ?, ?, ?)",
+                              [(e.block_id, rowid, e.offset, e.length, e.raw_length, e.kind) for e in entries])
+        self._tx(run)
+
+    # --- blocks -------------------------------------------------------------------------------------
+    def has_block(self, bid: bytes) -> bool:
+        return bool(self._q("SELECT 1 FROM blocks WHERE id=?", (bid,)))
+
+    def lookup(self, bid: bytes) -> tuple[bytes, PackEntry] | None:
+        rows = self._q("SELECT p.id, b.kind, b.offset, b.length, b.raw_length FROM blocks b "
+                       "JOIN packs p ON p.rowid = b.pack WHERE b.id=?", (bid,))
+        if not rows:
+            return None
+        pid, kind, off, length, raw = rows[0]
+        return bytes(pid), PackEntry(kind, bid, off, length, raw)
+
+    def lookup_many(self, ids: Iterable[bytes], batch: int = 500) -> dict[bytes, tuple[bytes, PackEntry]]:
+        out: dict[bytes, tuple[bytes, PackEntry]] = {}
+        todo = list(dict.fromkeys(ids))
+        for i in range(0, len(todo), batch):
+            part = todo[i : i + batch]
+            marks = ",".join("?" * len(part))
+            for bid, pid, kind, off, length, raw in self._q(
+                    f"SELECT b.id, p.id, b.kind, b.offset, b.length, b.raw_length FROM blocks b "
+                    f"JOIN packs p ON p.rowid = b.pack WHERE b.id IN ({marks})", part):
+                out[bytes(bid)] = (bytes(pid), PackEntry(kind, bytes(bid), off, length, raw))
+        return out
+
+    def packs(self) -> list[tuple[bytes, str, int]]:
+        return [(bytes(p), k, s) for p, k, s in self._q("SELECT id, kind, size FROM packs")]
+
+    def pack_blocks(self, pid: bytes) -> list[PackEntry]:
+        rows = self._q("SELECT b.id, b.kind, b.offset, b.length, b.raw_length FROM blocks b JOIN packs p "
+                       "ON p.rowid=b.pack WHERE p.id=? ORDER BY b.offset", (pid,))
+        return [PackEntry(k, bytes(b), o, n, r) for b, k, o, n, r in rows]
+
+    def mark_verified(self, pids: Iterable[bytes], when: float) -> None:
+        self._tx(lambda c: c.executemany("UPDATE packs SET verified_at=? WHERE id=?", [(when, p) for p in pids]))
+
+    # --- snapshots ----------------------------------------------------------------------------------
+    def add_snapshot(self, snap: Snapshot) -> None:
+        self._tx(lambda c: c.execute(
+            "INSERT OR REPLACE INTO snapshots (id, time, host, paths, tags, tree, username, parent, summary) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (snap.id, format_time(snap.time), snap.host, json.dumps(snap.paths), json.dumps(snap.tags), snap.tree,
+             snap.username, snap.parent, json.dumps(snap.summary))))
+
+    def snapshots(self) -> list[Snapshot]:
+        rows = self._q("SELECT id, time, host, paths, tags, tree, username, parent, summary FROM snapshots")
+        out = [Snapshot(time=parse_stored_time(t), host=h, paths=json.loads(p), tags=json.loads(tg), tree=bytes(tr),
+                        username=u or "", parent=par, summary=json.loads(s or "{}"), id=i)
+               for i, t, h, p, tg, tr, u, par, s in rows]
+        out.sort(key=lambda s: (s.time, s.id))
+        return out
+
+    # --- trees --------------------------------------------------------------------------------------
+    def has_tree(self, tree_id: bytes) -> bool:
+        return bool(self._q("SELECT 1 FROM trees WHERE id=?", (tree_id,)))
+
+    def add_tree(self, tree_id: bytes, nodes: list[Node]) -> None:
+        def run(c: sqlite3.Connection) -> None:
+            if c.execute("SELECT 1 FROM trees WHERE id=?", (tree_id,)).fetchone():
+                return
+            c.execute("INSERT INTO trees (id) VALUES (?)", (tree_id,))
+            c.executemany("INSERT OR REPLACE INTO nodes (tree, name, type, size, mode, mtime_ns, ctime_ns, inode, "
+                          "subtree, blocks, extra) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                          [_node_row(tree_id, n) for n in nodes])
+        self._tx(run)
+
+    def cached_tree(self, tree_id: bytes) -> list[Node] | None:
+        if not self.has_tree(tree_id):
+            return None
+        rows = self._q("SELECT name, type, size, mode, mtime_ns, ctime_ns, inode, subtree, blocks, extra "
+                       "FROM nodes WHERE tree=? ORDER BY name", (tree_id,))
+        return [_row_node(r) for r in rows]
+
+    def tree(self, repo, tree_id: bytes) -> list[Node]:
+        """The entries of a tree: from the catalog, else loaded (verified) from the repository and cached."""
+        nodes = self.cached_tree(tree_id)
+        if nodes is not None:
+            return nodes
+        loc = self.lookup(tree_id)
+        if loc is None:
+            raise IntegrityError(f"tree {tree_id.hex()[:16]} is not in the index (missing)")
+        nodes = repo.load_tree(*loc).nodes
+        self.add_tree(tree_id, nodes)
+        return nodes
+
+    def walk(self, repo, tree_id: bytes, prefix: bytes = b"") -> Iterator[tuple[bytes, Node]]:
+        """Every (path, node) below a tree, depth-first in name order; paths start with ``/``."""
+        stack = [(prefix, tree_id)]
+        while stack:
+            base, tid = stack.pop()
+            nodes = self.tree(repo, tid)
+            subdirs = []
+            for n in nodes:
+                path = base + b"/" + n.name
+                yield path, n
+                if n.type == "dir" and n.subtree is not None:
+                    subdirs.append((path, n.subtree))
+            stack.extend(reversed(subdirs))
+
+    # --- stats --------------------------------------------------------------------------------------
+    def stats(self) -> dict:
+        (nblocks, stored, raw), = self._q("SELECT count(*), coalesce(sum(length),0), coalesce(sum(raw_length),0) "
+                                          "FROM blocks")
+        (npacks, pack_bytes), = self._q("SELECT count(*), coalesce(sum(size),0) FROM packs")
+        (nsnaps,), = self._q("SELECT count(*) FROM snapshots")
+        return {"snapshots": nsnaps, "packs": npacks, "pack_bytes": pack_bytes, "blocks": nblocks,
+                "stored_bytes": stored, "raw_bytes": raw}
+
+
+def open_synced(cache_dir: str, repo) -> tuple[Catalog, SyncReport]:
+    """Open the catalog and sync it; a catalog that fails mid-way is rebuilt once from scratch."""
+    cat = Catalog.open(cache_dir, repo.id)
+    try:
+        return cat, cat.sync(repo)
+    except CatalogError:
+        cat.close()
+        Catalog.remove_files(cat.path)
+        cat = Catalog.open(cache_dir, repo.id)
+        return cat, cat.sync(repo)
+
+
+__all__ = ["Catalog", "SyncReport", "open_synced", "VaultError", "Tree"]

@@ -1,0 +1,236 @@
+"""Verification: structure, and optionally data -> one damage report naming objects, snapshots and files.
+
+Structure (always): every index segment and snapshot decrypts and matches its name, every tree reachable
+from a snapshot loads and verifies, every block a file or tree references is in the index, and every indexed
+pack exists with the size the index records. Data (``--read-data`` or a subset): each pack is read whole,
+its SHA-256 checked against its name, its header decrypted and compared with the index, and every block
+decrypted, decompressed and checked against its id. Packs no index names are leftovers of an interrupted
+backup: reported as info, not damage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass, field
+
+from .catalog import Catalog
+from .errors import IntegrityError, VaultError
+from .model import DIR, FILE, Tree
+from .pack import parse_pack
+from .repository import Repository, pack_name
+
+
+@dataclass
+class Damage:
+    object: str  # e.g. "data/ab/ab12...", "block 1f2e...", "snapshots/...", "index/..."
+    problem: str  # missing, wrong size, hash mismatch, authentication failed, ...
+    snapshots: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"object": self.object, "problem": self.problem, "snapshots": self.snapshots, "files": self.files}
+
+
+@dataclass
+class VerifyReport:
+    snapshots: int = 0
+    trees: int = 0
+    blocks_referenced: int = 0
+    packs: int = 0
+    packs_read: int = 0
+    bytes_read: int = 0
+    damage: list[Damage] = field(default_factory=list)
+    info: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.damage
+
+
+def parse_subset(text: str | None) -> tuple[str, float] | None:
+    """``P%`` -> ("percent", P), ``n/m`` -> ("slice", n/m encoded); None for no subset."""
+    if text is None:
+        return None
+    t = text.strip()
+    try:
+        if t.endswith("%"):
+            p = float(t[:-1])
+            if 0 < p <= 100:
+                return ("percent", p)
+        elif "/" in t:
+            n, m = (int(x) for x in t.split("/", 1))
+            if 1 <= n <= m:
+                return ("slice", n * 1_000_000 + m)
+    except ValueError:
+        pass
+    from .errors import UsageError
+
+    raise UsageError(f"bad --read-data-subset {text!r}: use a percentage like 5% or n/m like 1/20")
+
+
+class Checker:
+    def __init__(self, repo: Repository, catalog: Catalog, read_data: bool = False,
+                 subset: tuple[str, float] | None = None, now: float | None = None):
+        self.repo, self.catalog = repo, catalog
+        self.read_data = read_data or subset is not None
+        self.subset = subset
+        self.now = time.time() if now is None else now
+        self.report = VerifyReport()
+        self._bad_blocks: dict[bytes, str] = {}  # block id -> problem
+        self._bad_trees: dict[bytes, str] = {}
+        self._affected: dict[bytes, tuple[set[str], set[str]]] = {}  # block id -> (snapshots, files)
+
+    def _damage(self, obj: str, problem: str) -> Damage:
+        d = Damage(obj, problem)
+        self.report.damage.append(d)
+        return d
+
+    def _check_packs(self) -> list[tuple[bytes, str, int]]:
+        present = dict(self.repo.list_packs())
+        indexed = self.catalog.packs()
+        self.report.packs = len(indexed)
+        seen = set()
+        usable = []
+        for pid, kind, size in indexed:
+            seen.add(pid)
+            if pid not in present:
+                self._mark_pack_blocks(pid, "pack missing")
+                self._damage(pack_name(pid), "missing")
+            elif present[pid] != size:
+                self._mark_pack_blocks(pid, "pack has the wrong size")
+                self._damage(pack_name(pid), f"wrong size: {present[pid]} bytes, index says {size}")
+            else:
+                usable.append((pid, kind, size))
+        extra = [p for p in present if p not in seen]
+        if extra:
+            self.report.info.append(f"{len(extra)} pack(s) not in any index (left by an interrupted backup; "
+                                    "'vault prune' removes them)")
+        return usable
+
+    def _mark_pack_blocks(self, pid: bytes, problem: str) -> None:
+        for e in self.catalog.pack_blocks(pid):
+            self._bad_blocks.setdefault(e.block_id, problem)
+
+    def _choose(self, packs: list[tuple[bytes, str, int]]) -> list[tuple[bytes, str, int]]:
+        if self.subset is None:
+            return packs
+        kind, val = self.subset
+        if kind == "slice":
+            n, m = divmod(int(val), 1_000_000)
+            return [p for p in packs if int.from_bytes(p[0][:4], "big") % m == n - 1]
+        count = max(1, math.ceil(len(packs) * val / 100))
+        when = {bytes(pid): v for pid, v in self.catalog._q("SELECT id, verified_at FROM packs")}
+        ordered = sorted(packs, key=lambda p: (when.get(p[0]) or 0.0, p[0]))
+        return ordered[:count]
+
+    def _read_packs(self, packs: list[tuple[bytes, str, int]]) -> None:
+        good = []
+        for pid, _kind, _size in packs:
+            name = pack_name(pid)
+            try:
+                data = self.repo.backend.get(name)
+            except VaultError as exc:
+                self._mark_pack_blocks(pid, f"unreadable: {exc}")
+                self._damage(name, f"unreadable: {exc}")
+                continue
+            self.report.packs_read += 1
+            self.report.bytes_read += len(data)
+            if hashlib.sha256(data).digest() != pid:
+                self._damage(name, "hash mismatch (content does not match its name)")
+            indexed = {e.block_id: e for e in self.catalog.pack_blocks(pid)}
+            try:
+                header = {e.block_id: e for e in parse_pack(data, self.repo.cipher)}
+            except IntegrityError as exc:
+                header = {}
+                self._damage(name, f"header unreadable: {exc}")
+            bad_here = 0
+            for bid, e in indexed.items():
+                h = header.get(bid)
+                if header and (h is None or (h.offset, h.length) != (e.offset, e.length)):
+                    self._bad_blocks.setdefault(bid, "index entry does not match the pack header")
+                    bad_here += 1
+                    continue
+                try:
+                    self.repo.open_block(e, memoryview(data)[e.offset : e.offset + e.length])
+                except IntegrityError as exc:
+                    self._bad_blocks.setdefault(bid, f"{exc}")
+                    bad_here += 1
+            if not bad_here:
+                good.append(pid)
+        self.catalog.mark_verified(good, self.now)
+
+    def _walk_snapshots(self, damaged_only: bool = False) -> None:
+        snaps = []
+        for sid in self.repo.list_snapshots():
+            try:
+                snaps.append(self.repo.load_snapshot(sid))
+            except VaultError as exc:
+                self._damage(f"snapshots/{sid}", f"unreadable: {exc}")
+        self.report.snapshots = len(snaps)
+        checked: dict[bytes, list] = {}
+        referenced: set[bytes] = set()
+        for snap in snaps:
+            stack = [(b"", snap.tree)]
+            while stack:
+                base, tid = stack.pop()
+                nodes = checked.get(tid)
+                if nodes is None:
+                    nodes = self._load_tree(tid)
+                    checked[tid] = nodes
+                if isinstance(nodes, str):
+                    d = self._tree_damage(tid, nodes)
+                    if snap.short_id not in d.snapshots:
+                        d.snapshots.append(snap.short_id)
+                    d.files.append((base or b"/").decode("utf-8", "replace") + " (directory listing)")
+                    continue
+                for n in nodes:
+                    path = base + b"/" + n.name
+                    if n.type == DIR and n.subtree is not None:
+                        stack.append((path, n.subtree))
+                    elif n.type == FILE:
+                        for bid in n.blocks:
+                            referenced.add(bid)
+                            if bid in self._bad_blocks or bid in self._missing:
+                                snaps_, files_ = self._affected.setdefault(bid, (set(), set()))
+                                snaps_.add(snap.short_id)
+                                files_.add(path.decode("utf-8", "replace"))
+        self.report.trees = len(checked)
+        self.report.blocks_referenced = len(referenced)
+
+    def _tree_damage(self, tid: bytes, problem: str) -> Damage:
+        for d in self.report.damage:
+            if d.object == f"tree {tid.hex()}":
+                return d
+        return self._damage(f"tree {tid.hex()}", problem)
+
+    def _load_tree(self, tid: bytes) -> list | str:
+        loc = self.catalog.lookup(tid)
+        if loc is None:
+            return "tree block missing from the index"
+        if tid in self._bad_blocks:
+            return self._bad_blocks[tid]
+        try:
+            nodes = Tree.decode(self.repo.load_block(*loc)).nodes
+        except VaultError as exc:
+            return f"unreadable: {exc}"
+        ids = [b for n in nodes if n.type == FILE for b in n.blocks]
+        found = self.catalog.lookup_many(ids)
+        for b in ids:
+            if b not in found:
+                self._missing.add(b)
+        return nodes
+
+    def run(self) -> VerifyReport:
+        self._missing: set[bytes] = set()
+        usable = self._check_packs()
+        if self.read_data:
+            self._read_packs(self._choose(usable))
+        self._walk_snapshots()
+        for bid, (snaps, files) in sorted(self._affected.items()):
+            problem = self._bad_blocks.get(bid) or "missing from the index"
+            d = self._damage(f"block {bid.hex()}", problem)
+            d.snapshots = sorted(snaps)
+            d.files = sorted(files)
+        return self.report

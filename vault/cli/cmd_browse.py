@@ -1,0 +1,130 @@
+"""Read-only commands answered from the catalog: snapshots, ls, find, diff, stats."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import click
+
+from .. import api
+from ..model import FILE, SYMLINK, format_time
+from .common import get_ctx, global_options, human_bytes
+from .main import cli
+
+
+def _filters(f):
+    f = click.option("--path", "paths", multiple=True, help="Only snapshots of this path.")(f)
+    f = click.option("--tag", "tags", multiple=True, help="Only snapshots with this tag (a,b = both).")(f)
+    f = click.option("--host", "hosts", multiple=True, help="Only snapshots of this host.")(f)
+    return f
+
+
+@cli.command()
+@_filters
+@global_options
+def snapshots(hosts, tags, paths) -> None:
+    """List snapshots, oldest first.
+
+    Example: vault --repo /srv/backup snapshots --host web1 --json
+    """
+    c = get_ctx()
+    with api.session(c.settings, c.password_fn()) as sess:
+        snaps = api.list_snapshots(sess, api.SnapshotFilter(list(hosts), list(tags), list(paths)))
+    if c.json:
+        c.emit_json([api.snapshot_json(s) for s in snaps])
+        return
+    for s in snaps:
+        c.out(f"{s.short_id}  {format_time(s.time)[:19].replace('T', ' ')}  {s.host:<16} "
+              f"{','.join(s.tags) or '-':<12} {' '.join(s.paths)}")
+    c.out(f"{len(snaps)} snapshot(s)")
+
+
+def _line(path: bytes, n) -> str:
+    mode = stat.filemode(n.mode | {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK}.get(
+        n.type, 0))
+    size = n.size if n.type == FILE else 0
+    tail = f" -> {os.fsdecode(n.target)}" if n.type == SYMLINK and n.target is not None else ""
+    return f"{mode} {size:>12} {os.fsdecode(path)}{tail}"
+
+
+@cli.command()
+@click.argument("snapshot")
+@click.argument("path", required=False)
+@click.option("-l", "--long", "long_", is_flag=True, help="Show mode and size.")
+@global_options
+def ls(snapshot: str, path: str | None, long_: bool) -> None:
+    """List every entry of SNAPSHOT below PATH (default: all), recursively.
+
+    Example: vault --repo /srv/backup ls latest /etc
+    """
+    c = get_ctx()
+    with api.session(c.settings, c.password_fn()) as sess:
+        snap = api.find_snapshot(sess, snapshot)
+        entries = list(api.ls(sess, snap, path))
+    if c.json:
+        c.emit_json({"snapshot_id": snap.id, "entries": [api.node_json(p, n) for p, n in entries]})
+        return
+    for p, n in entries:
+        c.out(_line(p, n) if long_ else os.fsdecode(p))
+
+
+@cli.command()
+@click.argument("pattern")
+@_filters
+@global_options
+def find(pattern: str, hosts, tags, paths) -> None:
+    """Find paths matching a GLOB in every snapshot (a GLOB without '/' matches names at any depth).
+
+    Example: vault --repo /srv/backup find '*.conf'
+    """
+    c = get_ctx()
+    with api.session(c.settings, c.password_fn()) as sess:
+        hits = list(api.find(sess, pattern, api.SnapshotFilter(list(hosts), list(tags), list(paths))))
+    if c.json:
+        c.emit_json([{"snapshot_id": s.id, "short_id": s.short_id, "time": format_time(s.time),
+                      **api.node_json(p, n)} for s, p, n in hits])
+        return
+    for s, p, n in hits:
+        c.out(f"{s.short_id}  {format_time(s.time)[:19].replace('T', ' ')}  {os.fsdecode(p)}")
+
+
+@cli.command()
+@click.argument("snapshot_a")
+@click.argument("snapshot_b")
+@global_options
+def diff(snapshot_a: str, snapshot_b: str) -> None:
+    """Show what was added (+), removed (-) and modified (M) from SNAPSHOT_A to SNAPSHOT_B.
+
+    Example: vault --repo /srv/backup diff 1a2b3c4d latest
+    """
+    c = get_ctx()
+    with api.session(c.settings, c.password_fn()) as sess:
+        a, b = api.find_snapshot(sess, snapshot_a), api.find_snapshot(sess, snapshot_b)
+        res = api.diff(sess, a, b)
+    if c.json:
+        c.emit_json({"snapshot_a": a.id, "snapshot_b": b.id, **res.to_json()})
+        return
+    for sign, items in (("+", res.added), ("-", res.removed), ("M", res.modified)):
+        for p in items:
+            c.out(f"{sign} {p}")
+    c.out(f"{len(res.added)} added, {len(res.removed)} removed, {len(res.modified)} modified")
+
+
+@cli.command()
+@global_options
+def stats() -> None:
+    """Show repository statistics: snapshots, packs, blocks, bytes stored, dedup ratio.
+
+    Example: vault --repo /srv/backup stats --json
+    """
+    c = get_ctx()
+    with api.session(c.settings, c.password_fn()) as sess:
+        d = api.stats(sess)
+    if c.json:
+        c.emit_json(d)
+        return
+    c.out(f"snapshots:        {d['snapshots']}\npacks:            {d['packs']} ({human_bytes(d['pack_bytes'])})"
+          f"\nblocks:           {d['blocks']}\ndata (raw):       {human_bytes(d['raw_bytes'])}"
+          f"\nstored:           {human_bytes(d['stored_bytes'])}\nrepository size:  {human_bytes(d['repository_bytes'])}"
+          f"\ndedup+compression ratio: {d['dedup_ratio']}")

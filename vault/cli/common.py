@@ -1,0 +1,101 @@
+"""Options every command accepts (before or after the command name), the context they build, and output."""
+
+from __future__ import annotations
+
+import functools
+import getpass
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import click
+
+from ..config import Settings, get_password
+from ..errors import UsageError
+from ..timespec import parse_wait
+
+_KEY = "vault.globals"
+
+
+def _store(ctx: click.Context, param: click.Parameter, value: object) -> None:
+    if value is None or value is False or value == () or value == 0:
+        return
+    ctx.find_root().meta.setdefault(_KEY, {})[param.name] = value
+
+
+_GLOBALS: list[tuple[tuple[str, ...], dict]] = [
+    (("-r", "--repo"), dict(metavar="URL", help="Repository: a path, file://PATH or s3://BUCKET[/PREFIX] "
+                            "[env: VAULT_REPOSITORY].")),
+    (("--password-file",), dict(metavar="FILE", help="Read the password from FILE [env: VAULT_PASSWORD_FILE].")),
+    (("--password-command",), dict(metavar="CMD", help="Run CMD and use its output as the password "
+                                   "[env: VAULT_PASSWORD_COMMAND].")),
+    (("--cache-dir",), dict(metavar="DIR", help="Where the local catalog lives [env: VAULT_CACHE_DIR; "
+                            "default: ~/.cache/vault].")),
+    (("--s3-endpoint",), dict(metavar="URL", help="S3 endpoint URL [env: VAULT_S3_ENDPOINT].")),
+    (("--lock-wait",), dict(metavar="DURATION", help="Wait this long for a conflicting lock before failing "
+                            "with exit 11 (0, 30s, 5m, 1h; default 3m).")),
+    (("-j", "--jobs"), dict(type=click.IntRange(0, 256), help="Worker threads (default: number of cores) "
+                            "[env: VAULT_JOBS].")),
+    (("--json", "json_out"), dict(is_flag=True, help="Machine-readable output: one JSON document on stdout.")),
+    (("-q", "--quiet"), dict(is_flag=True, help="Print nothing on success.")),
+    (("-v", "--verbose"), dict(count=True, help="More detail.")),
+]
+
+
+def global_options(f: Callable) -> Callable:
+    """Attach the global options to the group or to a subcommand (so both ``vault --repo R backup`` and
+    ``vault backup --repo R`` work). Values are stored on the root context, the later one winning."""
+    for decls, kw in reversed(_GLOBALS):
+        f = click.option(*decls, expose_value=False, callback=_store, **kw)(f)
+    return f
+
+
+@dataclass
+class Ctx:
+    settings: Settings
+    json: bool
+    quiet: bool
+    verbose: int
+
+    def password(self, confirm: bool = False) -> bytes:
+        prompt = getpass.getpass if sys.stdin.isatty() else None
+        return get_password(self.settings, prompt, confirm=confirm)
+
+    def password_fn(self) -> Callable[[], bytes]:
+        return functools.partial(self.password)
+
+    def emit_json(self, doc: object) -> None:
+        click.echo(json.dumps(doc, indent=2, ensure_ascii=False, default=str))
+
+    def out(self, text: str) -> None:
+        if not self.quiet and not self.json:
+            click.echo(text)
+
+    def err(self, text: str) -> None:
+        click.echo(text, err=True)
+
+
+def get_ctx() -> Ctx:
+    ctx = click.get_current_context()
+    g = ctx.find_root().meta.get(_KEY, {})
+    wait = g.get("lock_wait")
+    s = Settings(repo=g.get("repo"), password_file=g.get("password_file"),
+                 password_command=g.get("password_command"), cache_dir=g.get("cache_dir"),
+                 s3_endpoint=g.get("s3_endpoint"), lock_wait=parse_wait(wait) if wait is not None else None,
+                 jobs=g.get("jobs") or 0)
+    return Ctx(settings=s.resolved(), json=bool(g.get("json_out")), quiet=bool(g.get("quiet")),
+               verbose=int(g.get("verbose") or 0))
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def require(value: object, message: str) -> None:
+    if not value:
+        raise UsageError(message)

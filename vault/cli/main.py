@@ -1,0 +1,68 @@
+"""Entry point: the ``vault`` group, and the one place that turns errors into messages and exit codes.
+
+Exit codes: 0 ok, 1 error, 2 usage error, 3 backup written but some sources unreadable, 10 repository not
+found, 11 repository locked, 12 wrong password, 20 verify/restore found damage.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .. import __version__
+from ..errors import VaultError
+from .common import global_options
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="vault")
+@global_options
+def cli() -> None:
+    """vault: deduplicated, compressed, encrypted backups with point-in-time restore.
+
+    Example: vault --repo /srv/backup init && vault --repo /srv/backup backup /etc /home
+    """
+
+
+def _register() -> None:
+    from . import cmd_admin, cmd_backup, cmd_browse, cmd_restore  # noqa: F401  (commands attach to cli)
+
+
+def main(argv: list[str] | None = None) -> int:
+    _register()
+    verbose = "-v" in (argv or sys.argv) or "--verbose" in (argv or sys.argv)
+    try:
+        rv = cli.main(args=argv, prog_name="vault", standalone_mode=False)
+        code = rv if isinstance(rv, int) else 0
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        code = exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("vault: aborted", err=True)
+        code = 130
+    except VaultError as exc:
+        click.echo(f"vault: {exc}", err=True)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        click.echo("vault: interrupted", err=True)
+        code = 130
+    except BrokenPipeError:
+        code = 1
+    except Exception as exc:  # noqa: BLE001 - the promise is one line, never a traceback
+        if verbose:
+            raise
+        click.echo(f"vault: internal error: {type(exc).__name__}: {exc} (run with -v for details)", err=True)
+        code = 1
+    sys.stdout.flush()
+    return code
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

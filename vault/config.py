@@ -1,0 +1,136 @@
+"""Settings: repository URL, password sources, cache dir, S3 endpoint, lock wait. The one reader of os.environ.
+
+Precedence: a command-line option, then its environment variable, then the default.
+Password sources, first found wins: ``--password-file``, ``--password-command``, ``VAULT_PASSWORD_FILE``,
+``VAULT_PASSWORD_COMMAND``, ``VAULT_PASSWORD``, then a prompt -- only when stdin is a terminal.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .errors import NoPassword, UsageError, VaultError
+
+DEFAULT_LOCK_WAIT = 180.0
+
+
+@dataclass
+class Settings:
+    repo: str | None = None
+    password_file: str | None = None
+    password_command: str | None = None
+    cache_dir: str | None = None
+    s3_endpoint: str | None = None
+    lock_wait: float | None = None
+    jobs: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def resolved(self) -> "Settings":
+        """A copy with every unset field filled from the environment or the default."""
+        env = os.environ
+        return Settings(
+            repo=self.repo or env.get("VAULT_REPOSITORY") or None,
+            password_file=self.password_file,
+            password_command=self.password_command,
+            cache_dir=self.cache_dir or env.get("VAULT_CACHE_DIR") or default_cache_dir(),
+            s3_endpoint=self.s3_endpoint or env.get("VAULT_S3_ENDPOINT") or None,
+            lock_wait=DEFAULT_LOCK_WAIT if self.lock_wait is None else self.lock_wait,
+            jobs=self.jobs or _int_env("VAULT_JOBS"),
+            extra=dict(self.extra),
+        )
+
+    def require_repo(self) -> str:
+        repo = self.repo or os.environ.get("VAULT_REPOSITORY")
+        if not repo:
+            raise UsageError("no repository given: use --repo URL or set VAULT_REPOSITORY")
+        return repo
+
+
+def _int_env(name: str) -> int:
+    v = os.environ.get(name, "")
+    return int(v) if v.isdigit() else 0
+
+
+def default_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "vault")
+
+
+def _strip_newline(data: bytes) -> bytes:
+    if data.endswith(b"\r\n"):
+        return data[:-2]
+    if data.endswith(b"\n"):
+        return data[:-1]
+    return data
+
+
+def _read_password_file(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return _strip_newline(f.read())
+    except OSError as exc:
+        raise NoPassword(f"cannot read password file {path}: {exc.strerror}") from None
+
+
+def _run_password_command(cmd: str) -> bytes:
+    try:
+        out = subprocess.run(shlex.split(cmd), stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, check=False,
+                             timeout=120)
+    except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
+        raise NoPassword(f"password command failed: {exc}") from None
+    if out.returncode != 0:
+        raise NoPassword(f"password command exited with status {out.returncode}")
+    return _strip_newline(out.stdout)
+
+
+def get_password(settings: Settings, prompt: Callable[[str], str] | None, what: str = "repository password",
+                 confirm: bool = False) -> bytes:
+    """The password from the first source that is set; ``prompt`` only when no source is set."""
+    env = os.environ
+    if settings.password_file:
+        pw = _read_password_file(settings.password_file)
+    elif settings.password_command:
+        pw = _run_password_command(settings.password_command)
+    elif env.get("VAULT_PASSWORD_FILE"):
+        pw = _read_password_file(env["VAULT_PASSWORD_FILE"])
+    elif env.get("VAULT_PASSWORD_COMMAND"):
+        pw = _run_password_command(env["VAULT_PASSWORD_COMMAND"])
+    elif "VAULT_PASSWORD" in env:
+        pw = os.fsencode(env["VAULT_PASSWORD"])
+    elif prompt is not None:
+        pw = os.fsencode(prompt(f"Enter {what}: "))
+        if confirm and os.fsencode(prompt(f"Repeat {what}: ")) != pw:
+            raise NoPassword("the passwords do not match")
+    else:
+        raise NoPassword("no password given: set VAULT_PASSWORD, VAULT_PASSWORD_FILE or VAULT_PASSWORD_COMMAND "
+                         "(or use --password-file); there is no terminal to ask on")
+    if not pw:
+        raise NoPassword("empty password")
+    return pw
+
+
+def get_new_password(source_file: str | None, prompt: Callable[[str], str] | None) -> bytes:
+    """The new password for ``key add``/``key passwd``: --new-password-file, VAULT_NEW_PASSWORD(_FILE), prompt."""
+    env = os.environ
+    if source_file:
+        pw = _read_password_file(source_file)
+    elif env.get("VAULT_NEW_PASSWORD_FILE"):
+        pw = _read_password_file(env["VAULT_NEW_PASSWORD_FILE"])
+    elif "VAULT_NEW_PASSWORD" in env:
+        pw = os.fsencode(env["VAULT_NEW_PASSWORD"])
+    elif prompt is not None:
+        pw = os.fsencode(prompt("Enter new password: "))
+        if os.fsencode(prompt("Repeat new password: ")) != pw:
+            raise NoPassword("the passwords do not match")
+    else:
+        raise NoPassword("no new password given: use --new-password-file or set VAULT_NEW_PASSWORD")
+    if not pw:
+        raise NoPassword("empty password")
+    return pw
+
+
+__all__ = ["Settings", "get_password", "get_new_password", "default_cache_dir", "VaultError"]

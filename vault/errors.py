@@ -1,0 +1,93 @@
+"""The one error tree. Every class carries the process exit code the CLI uses for it.
+
+The library raises these and never prints or exits; ``vault.cli`` catches ``VaultError`` in one place.
+Foreign errors (OSError, botocore) are translated at the boundary that sees them (the backends).
+"""
+
+from __future__ import annotations
+
+
+class VaultError(Exception):
+    """Root of every error vault raises on purpose. ``exit_code`` is the documented process exit code."""
+
+    exit_code = 1
+
+
+class UsageError(VaultError):
+    """Bad input the user can fix: malformed URL, unknown snapshot, bad time, nonexistent source path."""
+
+    exit_code = 2
+
+
+class RepositoryNotFound(VaultError):
+    exit_code = 10
+
+
+class RepositoryExists(VaultError):
+    exit_code = 1
+
+
+class RepositoryLocked(VaultError):
+    exit_code = 11
+
+
+class WrongPassword(VaultError):
+    exit_code = 12
+
+
+class NoPassword(VaultError):
+    exit_code = 1
+
+
+class DamageFound(VaultError):
+    """Verify or restore found damaged or missing data. Carries the report."""
+
+    exit_code = 20
+
+    def __init__(self, message: str, report: object = None):
+        super().__init__(message)
+        self.report = report
+
+
+class IntegrityError(VaultError):
+    """One object failed its hash/authentication check or is malformed (hostile or damaged content)."""
+
+    exit_code = 20
+
+
+class SnapshotNotFound(VaultError):
+    """No snapshot matches the id, prefix, ``latest`` or ``--at`` given (or the prefix is ambiguous)."""
+
+    exit_code = 1
+
+
+class SourceNotFound(VaultError):
+    """None of the paths given to ``backup`` exists."""
+
+    exit_code = 1
+
+
+class CatalogError(VaultError):
+    exit_code = 1
+
+
+class BackendError(VaultError):
+    """Something went wrong talking to the store."""
+
+    exit_code = 1
+
+
+class ObjectNotFound(BackendError):
+    """The named object does not exist in the store."""
+
+
+class ObjectExists(BackendError):
+    """A create-only write found the name already taken."""
+
+
+class TransientError(BackendError):
+    """A failure worth retrying (timeouts, resets, throttling, 5xx)."""
+
+
+class PermanentError(BackendError):
+    """A failure retrying cannot fix (permission denied, no such bucket, disk full)."""

@@ -1,0 +1,337 @@
+"""Shell-style glob matching on byte paths, for backup excludes, restore include/exclude and ``vault find``.
+
+Paths are absolute, normalized ``bytes`` (``b"/home/a/x.tmp"``: no trailing ``/``, no ``//``, ``.`` or ``..``);
+a name may hold any byte but ``/`` and NUL. Patterns given as ``str`` are encoded with :func:`os.fsencode`, so a
+non-UTF-8 name that reached us through ``argv`` (surrogate-escaped) still matches its bytes.
+
+Pattern syntax:
+
+* ``*`` any run of bytes except ``/``; ``?`` one byte except ``/``.
+* ``[abc]``, ``[a-z]``, ``[!a-z]`` (``[^a-z]`` too): one byte except ``/``. A ``]`` first in the class is literal;
+  ``[:alpha:]``-style ASCII classes work inside brackets. A ``[`` with no closing ``]`` in the same path component
+  is a literal ``[``, as in the shell.
+* ``\\x`` matches ``x`` literally (``\\*``, ``\\[``, ``\\#``). A trailing lone ``\\`` is a :class:`UsageError`.
+* ``**`` as a whole component matches zero or more directories (``a/**/b`` matches ``a/b`` and ``a/x/y/b``);
+  as the last component it matches everything below (``a/**``). Inside a component of a pattern that contains
+  ``/`` (``/home/**.tmp``) it matches any bytes including ``/``. In a pattern without ``/`` it is the same as ``*``.
+
+Where a pattern matches:
+
+* without ``/`` (``*.tmp``): the last path component, at any depth;
+* starting with ``/`` (``/home/*/cache``): the full path, anchored at the root;
+* containing ``/`` elsewhere (``b/*.tmp``): a trailing run of whole components (``/a/b/x.tmp``, not ``/a/cb/x.tmp``).
+
+A trailing ``/`` restricts the pattern to directories (the caller says whether a path is one). Repeated ``/`` in
+a pattern count as one. Only the pattern ``/`` matches the root path ``b"/"``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+
+from vault.errors import UsageError
+
+__all__ = ["Glob", "Matcher", "compile_glob", "read_exclude_file"]
+
+_SLASH = ord("/")
+
+# ASCII character classes usable inside brackets, as in ``[[:digit:]_]``.
+_POSIX_CLASSES: dict[bytes, frozenset[int]] = {
+    name: frozenset(b for b in range(128) if test(chr(b)))
+    for name, test in {
+        b"alpha": str.isalpha,
+        b"digit": str.isdigit,
+        b"alnum": str.isalnum,
+        b"upper": str.isupper,
+        b"lower": str.islower,
+        b"space": str.isspace,
+        b"xdigit": lambda c: c in "0123456789abcdefABCDEF",
+        b"punct": lambda c: c.isprintable() and not c.isalnum() and not c.isspace(),
+        b"print": str.isprintable,
+        b"blank": lambda c: c in " \t",
+        b"cntrl": lambda c: ord(c) < 32 or ord(c) == 127,
+    }.items()
+}
+
+# Tokens of one path component: _STAR for an unescaped ``*``, otherwise a regex fragment (bytes).
+_STAR = None
+_Token = bytes | None
+
+
+def _bad(pattern: bytes, why: str) -> UsageError:
+    return UsageError(f"bad glob pattern {os.fsdecode(pattern)!r}: {why}")
+
+
+def _byte_set_regex(allowed: set[int]) -> bytes:
+    """A regex matching one byte of ``allowed`` (which never holds ``/``), written as \\xHH ranges."""
+    if not allowed:
+        return b"(?!)"
+    runs: list[bytes] = []
+    values = sorted(allowed)
+    start = prev = values[0]
+    for b in values[1:] + [-1]:
+        if b == prev + 1:
+            prev = b
+            continue
+        runs.append(b"\\x%02x" % start if start == prev else b"\\x%02x-\\x%02x" % (start, prev))
+        start = prev = b
+    return b"[" + b"".join(runs) + b"]"
+
+
+def _parse_class(pattern: bytes, i: int) -> tuple[bytes, int] | None:
+    """Parse the bracket expression starting at ``pattern[i] == '['``.
+
+    Returns (regex, index after the closing ``]``), or None when there is no closing ``]`` before the next ``/``
+    (the caller then takes the ``[`` literally).
+    """
+    n = len(pattern)
+    j = i + 1
+    negate = j < n and pattern[j] in b"!^"
+    if negate:
+        j += 1
+    members: set[int] = set()
+    first = True
+    while True:
+        if j >= n or pattern[j] == _SLASH:
+            return None
+        ch = pattern[j]
+        if ch == ord("]") and not first:
+            j += 1
+            break
+        first = False
+        if pattern.startswith(b"[:", j):
+            end = pattern.find(b":]", j + 2)
+            if end != -1 and _SLASH not in pattern[j:end]:
+                name = pattern[j + 2 : end]
+                if name not in _POSIX_CLASSES:
+                    raise _bad(pattern, f"unknown character class [:{os.fsdecode(name)}:]")
+                members |= _POSIX_CLASSES[name]
+                j = end + 2
+                continue
+        lo, j = _class_char(pattern, j)
+        if lo is None:
+            return None
+        if j + 1 < n and pattern[j] == ord("-") and pattern[j + 1] != ord("]"):
+            hi, j = _class_char(pattern, j + 1)
+            if hi is None:
+                return None
+            if hi < lo:
+                raise _bad(pattern, f"reversed range {chr(lo)!r}-{chr(hi)!r}")
+            members.update(range(lo, hi + 1))
+        else:
+            members.add(lo)
+    if negate:
+        members = set(range(256)) - members
+    members.discard(_SLASH)
+    return _byte_set_regex(members), j
+
+
+def _class_char(pattern: bytes, j: int) -> tuple[int | None, int]:
+    """One (possibly backslash-escaped) byte inside brackets; None if the pattern ends or hits ``/`` first."""
+    if pattern[j] == ord("\\"):
+        j += 1
+        if j >= len(pattern) or pattern[j] == _SLASH:
+            return None, j
+    if pattern[j] == _SLASH:
+        return None, j
+    return pattern[j], j + 1
+
+
+def _tokenize(pattern: bytes) -> list[list[_Token]]:
+    """Split ``pattern`` on unescaped ``/`` into components of tokens (empty components kept)."""
+    components: list[list[_Token]] = [[]]
+    i, n = 0, len(pattern)
+    while i < n:
+        ch = pattern[i]
+        if ch == ord("\\"):
+            if i + 1 >= n:
+                raise _bad(pattern, "trailing backslash")
+            i += 1
+            if pattern[i] == _SLASH:
+                components.append([])
+            else:
+                components[-1].append(re.escape(pattern[i : i + 1]))
+            i += 1
+        elif ch == _SLASH:
+            components.append([])
+            i += 1
+        elif ch == ord("*"):
+            components[-1].append(_STAR)
+            i += 1
+        elif ch == ord("?"):
+            components[-1].append(b"[^/]")
+            i += 1
+        elif ch == ord("["):
+            parsed = _parse_class(pattern, i)
+            if parsed is None:
+                components[-1].append(re.escape(b"["))
+                i += 1
+            else:
+                components[-1].append(parsed[0])
+                i = parsed[1]
+        else:
+            components[-1].append(re.escape(pattern[i : i + 1]))
+            i += 1
+    return components
+
+
+def _is_globstar(component: list[_Token]) -> bool:
+    return len(component) >= 2 and all(t is _STAR for t in component)
+
+
+def _component_regex(component: list[_Token], cross: bool) -> tuple[bytes, bool]:
+    """Regex for one component; the flag says whether it contains a ``**`` that crosses ``/``."""
+    out: list[bytes] = []
+    crossed = False
+    k = 0
+    while k < len(component):
+        token = component[k]
+        if token is _STAR:
+            run = 1
+            while k + run < len(component) and component[k + run] is _STAR:
+                run += 1
+            if run >= 2 and cross:
+                out.append(b".*")
+                crossed = True
+            else:
+                out.append(b"[^/]*")
+            k += run
+        else:
+            out.append(token)
+            k += 1
+    return b"".join(out), crossed
+
+
+class Glob:
+    """One compiled pattern. Build with :func:`compile_glob`."""
+
+    __slots__ = ("pattern", "dir_only", "anchored", "_root", "_re", "_below_re", "_prefix")
+
+    def __init__(self, pattern: bytes) -> None:
+        if not pattern:
+            raise _bad(pattern, "empty pattern")
+        if b"\0" in pattern:
+            raise _bad(pattern, "NUL byte")
+        self.pattern = pattern
+        raw = _tokenize(pattern)
+        self.anchored = not raw[0]
+        self.dir_only = len(raw) > 1 and not raw[-1]
+        components = [c for c in raw if c]
+        has_slash = self.anchored or len(components) > 1
+        self._root = not components  # the pattern is just "/"
+
+        parts: list[bytes] = []
+        # For anchored patterns: per-component regexes to prune walks; None = globstar or crossing '**'.
+        prefix: list[re.Pattern[bytes] | None] = []
+        for idx, component in enumerate(components):
+            last = idx == len(components) - 1
+            if has_slash and _is_globstar(component):
+                if not last and parts and parts[-1] == b"(?:.*/)?":
+                    continue  # "**/**/" is the same as "**/"
+                parts.append(b".+" if last else b"(?:.*/)?")
+                prefix.append(None)
+                continue
+            regex, crossed = _component_regex(component, cross=has_slash)
+            parts.append(regex if last else regex + b"/")
+            prefix.append(None if crossed else re.compile(regex, re.DOTALL))
+        body = b"".join(parts)
+        full = (b"/" if self.anchored else b".*/") + body
+        self._re = re.compile(full, re.DOTALL)
+        self._below_re = re.compile(b"/.+" if self._root else full + b"/.+", re.DOTALL)
+        self._prefix = tuple(prefix) if self.anchored else None
+
+    def __repr__(self) -> str:
+        return f"Glob({self.pattern!r})"
+
+    def matches(self, path: bytes, is_dir: bool = False) -> bool:
+        """True if ``path`` itself matches (a directory-only pattern needs ``is_dir``)."""
+        _check_path(path)
+        if self.dir_only and not is_dir:
+            return False
+        if path == b"/":
+            return self._root
+        return self._re.fullmatch(path) is not None
+
+    def matches_ancestor(self, path: bytes) -> bool:
+        """True if some proper ancestor directory of ``path`` matches."""
+        _check_path(path)
+        return path != b"/" and self._below_re.fullmatch(path) is not None
+
+    def could_match_below(self, dir_path: bytes) -> bool:
+        """False only when no path strictly below ``dir_path`` can satisfy :meth:`matches` or
+        :meth:`matches_ancestor`. Exact for anchored patterns up to the first ``**``; True otherwise."""
+        _check_path(dir_path)
+        if self._prefix is None:
+            return True
+        names = dir_path.split(b"/")[1:] if dir_path != b"/" else []
+        for i, name in enumerate(names):
+            if i >= len(self._prefix):
+                return True  # an ancestor-or-self of dir_path matched the whole pattern
+            regex = self._prefix[i]
+            if regex is None:
+                return True
+            if regex.fullmatch(name) is None:
+                return False
+        return True
+
+
+def _check_path(path: bytes) -> None:
+    if path[:1] != b"/":
+        raise ValueError(f"expected an absolute bytes path, got {path!r}")
+
+
+def compile_glob(pattern: str | bytes) -> Glob:
+    """Compile one shell-style pattern (see the module docstring). Raises UsageError if malformed."""
+    return Glob(os.fsencode(pattern) if isinstance(pattern, str) else bytes(pattern))
+
+
+class Matcher:
+    """A set of patterns; a path matches if any pattern does. An empty Matcher matches nothing."""
+
+    __slots__ = ("globs",)
+
+    def __init__(self, patterns: Iterable[str | bytes | Glob] = ()) -> None:
+        self.globs: tuple[Glob, ...] = tuple(p if isinstance(p, Glob) else compile_glob(p) for p in patterns)
+
+    def __bool__(self) -> bool:
+        return bool(self.globs)
+
+    def __repr__(self) -> str:
+        return f"Matcher({[g.pattern for g in self.globs]!r})"
+
+    def matches(self, path: bytes, is_dir: bool = False) -> bool:
+        """True if any pattern matches ``path`` itself."""
+        return any(g.matches(path, is_dir) for g in self.globs)
+
+    def matches_or_parent(self, path: bytes, is_dir: bool = False) -> bool:
+        """True if any pattern matches ``path`` or one of its ancestor directories.
+
+        Excludes use this (an excluded directory excludes everything below it), and so does restore
+        ``--include`` (a file is included if it or an ancestor matches).
+        """
+        return any(g.matches(path, is_dir) or g.matches_ancestor(path) for g in self.globs)
+
+    def could_match_below(self, dir_path: bytes) -> bool:
+        """Conservative pruning test for walks: False only when no path strictly below ``dir_path`` can satisfy
+        :meth:`matches_or_parent`. Always True for patterns not starting with ``/``."""
+        return any(g.could_match_below(dir_path) for g in self.globs)
+
+
+def read_exclude_file(text: str) -> list[str]:
+    """Patterns from an exclude file: one per line; blank lines and lines starting with ``#`` are skipped.
+
+    Trailing whitespace is stripped, leading whitespace kept. ``\\#`` starts a pattern with a literal ``#``;
+    a trailing ``\\ `` keeps one escaped trailing space.
+    """
+    patterns: list[str] = []
+    for line in text.splitlines():
+        stripped = line.rstrip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        backslashes = len(stripped) - len(stripped.rstrip("\\"))
+        if backslashes % 2 == 1 and len(stripped) < len(line):
+            stripped = line[: len(stripped) + 1]  # "foo\ " keeps its escaped space
+        patterns.append(stripped)
+    return patterns

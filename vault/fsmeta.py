@@ -1,0 +1,85 @@
+"""Filesystem metadata: ``stat`` -> Node, and applying a Node's metadata back (mode, owner, times).
+
+Everything works on bytes paths. Nothing here follows symlinks when it touches metadata.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+from .model import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SOCKET, SYMLINK, Node
+
+IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def node_type(mode: int) -> str | None:
+    if stat.S_ISREG(mode):
+        return FILE
+    if stat.S_ISDIR(mode):
+        return DIR
+    if stat.S_ISLNK(mode):
+        return SYMLINK
+    if stat.S_ISFIFO(mode):
+        return FIFO
+    if stat.S_ISCHR(mode):
+        return CHARDEV
+    if stat.S_ISBLK(mode):
+        return BLOCKDEV
+    if stat.S_ISSOCK(mode):
+        return SOCKET
+    return None
+
+
+def node_from_stat(name: bytes, st: os.stat_result) -> Node:
+    t = node_type(st.st_mode)
+    if t is None:
+        raise ValueError(f"unsupported file type {st.st_mode:o}")
+    return Node(name=name, type=t, mode=stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid,
+                size=st.st_size if t == FILE else 0, mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns,
+                inode=st.st_ino, dev=st.st_dev, nlink=st.st_nlink,
+                rdev=st.st_rdev if t in (CHARDEV, BLOCKDEV) else 0)
+
+
+def unchanged(old: Node, st: os.stat_result) -> bool:
+    """Same size, mtime, ctime and inode as recorded: the file's content need not be read again."""
+    return (old.type == FILE and old.size == st.st_size and old.mtime_ns == st.st_mtime_ns
+            and old.ctime_ns == st.st_ctime_ns and old.inode == st.st_ino)
+
+
+def apply_metadata(path: bytes, node: Node) -> list[str]:
+    """Owner (when root), mode (not for symlinks) and mtime; return problems instead of raising."""
+    problems = []
+    link = node.type == SYMLINK
+    if IS_ROOT:
+        try:
+            os.chown(path, node.uid, node.gid, follow_symlinks=False)
+        except OSError as exc:
+            problems.append(f"chown: {exc.strerror}")
+    if not link:
+        try:
+            os.chmod(path, node.mode)
+        except OSError as exc:
+            problems.append(f"chmod: {exc.strerror}")
+    try:
+        os.utime(path, ns=(node.mtime_ns, node.mtime_ns), follow_symlinks=False)
+    except OSError as exc:
+        if not (link and exc.errno in (errno.ENOTSUP, errno.EPERM)):
+            problems.append(f"utime: {exc.strerror}")
+    return problems
+
+
+def make_special(path: bytes, node: Node) -> None:
+    """Create a fifo or device node (devices need root); sockets are not recreated."""
+    if node.type == FIFO:
+        os.mkfifo(path, 0o600)
+    elif node.type in (CHARDEV, BLOCKDEV):
+        kind = stat.S_IFCHR if node.type == CHARDEV else stat.S_IFBLK
+        os.mknod(path, 0o600 | kind, node.rdev)
+    elif node.type == SOCKET:
+        raise OSError(errno.ENOTSUP, "sockets are not restored")
+
+
+__all__ = ["node_from_stat", "unchanged", "apply_metadata", "make_special", "node_type", "IS_ROOT", "DIR",
+           "SOCKET"]

@@ -1,0 +1,164 @@
+"""Repository locks: shared (backup, restore, verify) and exclusive (forget, prune, repair).
+
+A lock is an object ``locks/<random id>`` holding JSON {host, pid, username, operation, exclusive, time,
+refreshed}. Acquiring writes our lock first and then looks for conflicting ones (so two racing lockers
+cannot both win); on conflict we remove ours and retry until ``wait`` runs out. A lock expires by itself:
+one not refreshed for ``STALE_AFTER`` seconds, or one held by a dead process on this host, is ignored, so a
+crashed cron job never blocks the next night's run. Held locks are refreshed by a daemon thread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .backend.base import Backend
+from .errors import ObjectNotFound, RepositoryLocked, VaultError
+
+STALE_AFTER = 30 * 60.0
+REFRESH_EVERY = 5 * 60.0
+
+
+@dataclass(frozen=True)
+class LockInfo:
+    name: str
+    host: str
+    pid: int
+    username: str
+    operation: str
+    exclusive: bool
+    time: float
+    refreshed: float
+
+    def describe(self) -> str:
+        kind = "exclusive" if self.exclusive else "shared"
+        age = max(0, int(time.time() - self.time))
+        return f"{kind} lock held by {self.operation} (pid {self.pid} on {self.host}, {age}s ago)"
+
+    def is_stale(self, now: float) -> bool:
+        if now - self.refreshed > STALE_AFTER:
+            return True
+        if self.host == socket.gethostname():
+            return not _pid_alive(self.pid)
+        return False
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def list_locks(backend: Backend) -> list[LockInfo]:
+    out = []
+    for name, _size in backend.list("locks/"):
+        try:
+            d = json.loads(backend.get(name))
+            out.append(LockInfo(name, str(d["host"]), int(d["pid"]), str(d.get("username", "")),
+                                str(d.get("operation", "")), bool(d["exclusive"]), float(d["time"]),
+                                float(d.get("refreshed", d["time"]))))
+        except ObjectNotFound:
+            continue
+        except (ValueError, KeyError, TypeError):
+            # A malformed lock cannot be honoured; treat it as stale (unlock removes it).
+            out.append(LockInfo(name, "?", 0, "", "malformed", False, 0.0, 0.0))
+    return out
+
+
+class Lock:
+    """A held lock; use as a context manager. ``release()`` is idempotent."""
+
+    def __init__(self, backend: Backend, exclusive: bool, operation: str, wait: float,
+                 clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep):
+        self.backend, self.exclusive, self.operation = backend, exclusive, operation
+        self._clock, self._sleep = clock, sleep
+        self._name: str | None = None
+        self._started = clock()
+        self._stop = threading.Event()
+        self._mutex = threading.Lock()
+        self._acquire(wait)
+        self._thread = threading.Thread(target=self._refresher, name="vault-lock-refresh", daemon=True)
+        self._thread.start()
+
+    def _write(self) -> str:
+        now = self._clock()
+        doc = {"host": socket.gethostname(), "pid": os.getpid(), "username": _username(),
+               "operation": self.operation, "exclusive": self.exclusive, "time": self._started, "refreshed": now}
+        name = f"locks/{secrets.token_hex(16)}"
+        self.backend.put(name, json.dumps(doc).encode())
+        return name
+
+    def _acquire(self, wait: float) -> None:
+        deadline = self._clock() + max(0.0, wait)
+        delay = 0.2
+        while True:
+            self._name = self._write()
+            now = self._clock()
+            conflicts = [lk for lk in list_locks(self.backend)
+                         if lk.name != self._name and not lk.is_stale(now) and (self.exclusive or lk.exclusive)]
+            if not conflicts:
+                return
+            self.backend.delete(self._name)
+            self._name = None
+            if self._clock() >= deadline:
+                raise RepositoryLocked(f"repository is locked: {conflicts[0].describe()}; "
+                                       "wait with --lock-wait, or remove a stale lock with 'vault unlock'")
+            self._sleep(min(delay, max(0.0, deadline - self._clock())) + secrets.randbelow(100) / 1000)
+            delay = min(delay * 2, 5.0)
+
+    def _refresher(self) -> None:
+        while not self._stop.wait(REFRESH_EVERY):
+            try:
+                with self._mutex:
+                    if self._name is None:
+                        return
+                    old, self._name = self._name, self._write()
+                    self.backend.delete(old)
+            except VaultError:
+                continue  # try again at the next tick; the lock only goes stale after STALE_AFTER
+
+    def release(self) -> None:
+        self._stop.set()
+        with self._mutex:
+            if self._name is not None:
+                try:
+                    self.backend.delete(self._name)
+                except VaultError:
+                    pass  # it will go stale by itself
+                self._name = None
+
+    def __enter__(self) -> "Lock":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def remove_locks(backend: Backend, all_locks: bool, now: float | None = None) -> list[LockInfo]:
+    """Remove stale locks (or every lock with ``all_locks``); return what was removed."""
+    now = time.time() if now is None else now
+    removed = []
+    for lk in list_locks(backend):
+        if all_locks or lk.is_stale(now):
+            backend.delete(lk.name)
+            removed.append(lk)
+    return removed
+
+
+def _username() -> str:
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.getuid()).pw_name
+    except (KeyError, ImportError):
+        return str(os.getuid())

@@ -1,0 +1,205 @@
+"""Snapshot / Tree / Node and their canonical serialisation. Knows no storage. Pure.
+
+Names and symlink targets are bytes (any bytes but '/' and NUL). In JSON a name that is valid UTF-8 is
+stored as ``"name"``; any other as ``"name_b64"`` (likewise ``target``/``target_b64``). Decoding
+validates everything: hostile trees (``..``, ``/`` in names, duplicates, bad ids) are rejected.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from .errors import IntegrityError
+from .ids import ID_LEN
+
+FILE, DIR, SYMLINK, FIFO, CHARDEV, BLOCKDEV, SOCKET = "file", "dir", "symlink", "fifo", "chardev", "blockdev", "socket"
+NODE_TYPES = (FILE, DIR, SYMLINK, FIFO, CHARDEV, BLOCKDEV, SOCKET)
+FORMAT_VERSION = 1
+
+
+def _enc_bytes(d: dict, key: str, value: bytes) -> None:
+    try:
+        d[key] = value.decode("utf-8")
+    except UnicodeDecodeError:
+        d[key + "_b64"] = base64.b64encode(value).decode("ascii")
+
+
+def _dec_bytes(d: dict, key: str) -> bytes | None:
+    if key in d:
+        v = d[key]
+        if not isinstance(v, str):
+            raise IntegrityError(f"tree: {key} is not a string")
+        return v.encode("utf-8", "surrogatepass")
+    if key + "_b64" in d:
+        try:
+            return base64.b64decode(d[key + "_b64"], validate=True)
+        except (ValueError, TypeError):
+            raise IntegrityError(f"tree: bad base64 in {key}") from None
+    return None
+
+
+def valid_name(name: bytes) -> bool:
+    return bool(name) and name not in (b".", b"..") and b"/" not in name and b"\0" not in name
+
+
+@dataclass
+class Node:
+    """One directory entry with its metadata; for a file, its ordered block ids."""
+
+    name: bytes
+    type: str
+    mode: int = 0  # permission bits incl. setuid/setgid/sticky (stat.S_IMODE)
+    uid: int = 0
+    gid: int = 0
+    size: int = 0
+    mtime_ns: int = 0
+    ctime_ns: int = 0
+    inode: int = 0
+    dev: int = 0
+    nlink: int = 1
+    blocks: list[bytes] = field(default_factory=list)
+    subtree: bytes | None = None
+    target: bytes | None = None
+    rdev: int = 0
+
+    def to_json(self) -> dict:
+        d: dict = {}
+        _enc_bytes(d, "name", self.name)
+        d.update(type=self.type, mode=self.mode, uid=self.uid, gid=self.gid, mtime_ns=self.mtime_ns,
+                 ctime_ns=self.ctime_ns, inode=self.inode, dev=self.dev, nlink=self.nlink)
+        if self.type == FILE:
+            d["size"] = self.size
+            d["blocks"] = [b.hex() for b in self.blocks]
+        elif self.type == DIR:
+            d["subtree"] = self.subtree.hex() if self.subtree else None
+        elif self.type == SYMLINK:
+            _enc_bytes(d, "target", self.target or b"")
+        elif self.type in (CHARDEV, BLOCKDEV):
+            d["rdev"] = self.rdev
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Node":
+        if not isinstance(d, dict):
+            raise IntegrityError("tree: node is not an object")
+        name = _dec_bytes(d, "name")
+        if name is None or not valid_name(name):
+            raise IntegrityError(f"tree: invalid entry name {name!r}"[:120])
+        t = d.get("type")
+        if t not in NODE_TYPES:
+            raise IntegrityError(f"tree: unknown node type {t!r}"[:80])
+        try:
+            n = cls(name=name, type=t, mode=_int(d, "mode", 0, 0o7777), uid=_int(d, "uid"), gid=_int(d, "gid"),
+                    size=_int(d, "size"), mtime_ns=_int(d, "mtime_ns", -(1 << 63), (1 << 63) - 1),
+                    ctime_ns=_int(d, "ctime_ns", -(1 << 63), (1 << 63) - 1), inode=_int(d, "inode"),
+                    dev=_int(d, "dev"), nlink=_int(d, "nlink", 0, 1 << 32) or 1, rdev=_int(d, "rdev"))
+            if t == FILE:
+                n.blocks = [_id(b) for b in d.get("blocks", [])]
+            elif t == DIR:
+                sub = d.get("subtree")
+                n.subtree = _id(sub) if sub is not None else None
+            elif t == SYMLINK:
+                n.target = _dec_bytes(d, "target") or b""
+                if b"\0" in n.target:
+                    raise IntegrityError("tree: NUL in symlink target")
+        except (TypeError, ValueError):
+            raise IntegrityError("tree: malformed node") from None
+        return n
+
+
+def _int(d: dict, key: str, lo: int = 0, hi: int = (1 << 64) - 1) -> int:
+    v = d.get(key, 0)
+    if type(v) is not int or not lo <= v <= hi:
+        raise IntegrityError(f"tree: field {key} out of range")
+    return v
+
+
+def _id(text: object) -> bytes:
+    if not isinstance(text, str):
+        raise IntegrityError("tree: id is not a string")
+    raw = bytes.fromhex(text)
+    if len(raw) != ID_LEN:
+        raise IntegrityError("tree: id of wrong length")
+    return raw
+
+
+@dataclass
+class Tree:
+    nodes: list[Node] = field(default_factory=list)
+
+    def encode(self) -> bytes:
+        """Canonical JSON: nodes sorted by name bytes, sorted keys, no spaces."""
+        nodes = sorted(self.nodes, key=lambda n: n.name)
+        doc = {"v": FORMAT_VERSION, "nodes": [n.to_json() for n in nodes]}
+        return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+    @classmethod
+    def decode(cls, data: bytes) -> "Tree":
+        try:
+            doc = json.loads(data)
+        except (ValueError, UnicodeDecodeError):
+            raise IntegrityError("tree: not valid JSON") from None
+        if not isinstance(doc, dict) or doc.get("v") != FORMAT_VERSION or not isinstance(doc.get("nodes"), list):
+            raise IntegrityError("tree: unsupported format")
+        nodes = [Node.from_json(n) for n in doc["nodes"]]
+        names = [n.name for n in nodes]
+        if len(set(names)) != len(names):
+            raise IntegrityError("tree: duplicate entry names")
+        return cls(nodes)
+
+
+def format_time(t: datetime) -> str:
+    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_stored_time(text: str) -> datetime:
+    try:
+        t = datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ")
+    except (ValueError, TypeError):
+        raise IntegrityError(f"snapshot: bad time {text!r}"[:80]) from None
+    return t.replace(tzinfo=timezone.utc)
+
+
+@dataclass
+class Snapshot:
+    """The manifest of one backup run. Its id is the SHA-256 of the stored (encrypted) object."""
+
+    time: datetime
+    host: str
+    paths: list[str]
+    tree: bytes
+    tags: list[str] = field(default_factory=list)
+    username: str = ""
+    parent: str | None = None
+    summary: dict = field(default_factory=dict)
+    id: str = ""  # filled in when stored or loaded
+
+    def encode(self) -> bytes:
+        doc = {"v": FORMAT_VERSION, "time": format_time(self.time), "host": self.host, "paths": self.paths,
+               "tags": self.tags, "tree": self.tree.hex(), "username": self.username, "parent": self.parent,
+               "summary": self.summary}
+        return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+    @classmethod
+    def decode(cls, data: bytes, snap_id: str) -> "Snapshot":
+        try:
+            doc = json.loads(data)
+            if doc.get("v") != FORMAT_VERSION:
+                raise IntegrityError("snapshot: unsupported format version")
+            snap = cls(time=parse_stored_time(doc["time"]), host=str(doc["host"]),
+                       paths=[str(p) for p in doc["paths"]], tree=_id(doc["tree"]),
+                       tags=[str(t) for t in doc.get("tags", [])], username=str(doc.get("username", "")),
+                       parent=doc.get("parent"), summary=dict(doc.get("summary") or {}), id=snap_id)
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+            raise IntegrityError(f"snapshot {snap_id[:8]}: malformed manifest") from None
+        return snap
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:8]
+
+    def group_key(self) -> tuple[str, tuple[str, ...]]:
+        return (self.host, tuple(sorted(self.paths)))

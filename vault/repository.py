@@ -1,0 +1,250 @@
+"""The repository: config, key slots, and verified reads and atomic writes of every object kind.
+
+Objects (docs/format.md is the binding spec)::
+
+    config              JSON in clear: format version, repository id, chunker/compression/pack parameters
+    keys/<id>           key slots (vault.keys)
+    data/<xx>/<id>      packs (vault.pack); id = SHA-256 of the pack's bytes
+    index/<id>          index segments (vault.index); id = SHA-256 of the stored bytes
+    snapshots/<id>      sealed snapshot manifests; id = SHA-256 of the stored bytes
+    locks/<id>          locks (vault.locks)
+
+Every read is verified: the object's name against the SHA-256 of its bytes, then authentication,
+then (for blocks) the HMAC id of the plaintext.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import os
+import secrets
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from . import index as index_mod
+from . import pack as pack_mod
+from .backend.base import Backend
+from .chunker import Chunker, ChunkerParams
+from .compress import compress, decompress
+from .crypto import Cipher, KdfParams, MasterKeys, block_id
+from .errors import (IntegrityError, ObjectExists, ObjectNotFound, RepositoryExists, RepositoryNotFound, UsageError,
+                     WrongPassword)
+from .keys import make_slot, open_slot, slot_info
+from .model import Snapshot, Tree, format_time
+
+FORMAT_VERSION = 1
+SNAPSHOT_AAD = b"vault snapshot"
+
+
+@dataclass(frozen=True)
+class RepoConfig:
+    id: str
+    chunker: ChunkerParams
+    compression_level: int = 3
+    pack_size: int = 16 * 1024 * 1024
+    version: int = FORMAT_VERSION
+
+    def encode(self) -> bytes:
+        doc = {"version": self.version, "id": self.id, "chunker": self.chunker.to_json(),
+               "compression": {"algorithm": "zstd", "level": self.compression_level},
+               "pack_size": self.pack_size, "block_id": "hmac-sha256", "cipher": "aes-256-gcm"}
+        return json.dumps(doc, sort_keys=True, indent=1).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> "RepoConfig":
+        try:
+            d = json.loads(data)
+            if d["version"] != FORMAT_VERSION:
+                raise UsageError(f"repository format version {d['version']} is not supported by this vault")
+            cfg = cls(id=str(d["id"]), chunker=ChunkerParams.from_json(d["chunker"]),
+                      compression_level=int(d["compression"]["level"]), pack_size=int(d["pack_size"]))
+        except (ValueError, KeyError, TypeError):
+            raise IntegrityError("repository config is damaged or not a vault repository") from None
+        if not (len(cfg.id) == 64 and 1024 <= cfg.pack_size <= 1 << 30 and -7 <= cfg.compression_level <= 22):
+            raise IntegrityError("repository config holds impossible values")
+        return cfg
+
+
+def pack_name(pid: bytes) -> str:
+    h = pid.hex()
+    return f"data/{h[:2]}/{h}"
+
+
+def _hex_name(name: str, prefix: str) -> bytes | None:
+    tail = name[len(prefix):].rsplit("/", 1)[-1]
+    try:
+        raw = bytes.fromhex(tail)
+    except ValueError:
+        return None
+    return raw if len(raw) == 32 else None
+
+
+class Repository:
+    """An open, unlocked repository. Thread-safe for block encode/decode and object I/O."""
+
+    def __init__(self, backend: Backend, config: RepoConfig, keys: MasterKeys, key_name: str):
+        self.backend = backend
+        self.config = config
+        self.keys = keys
+        self.key_name = key_name
+        self.cipher = Cipher(keys.enc_key)
+        self.chunker = Chunker(config.chunker, keys.chunker_seed)
+
+    @property
+    def id(self) -> str:
+        return self.config.id
+
+    # --- creating and opening -----------------------------------------------------------------------
+    @classmethod
+    def create(cls, backend: Backend, password: bytes, *, kdf: KdfParams = KdfParams(),
+               chunker: ChunkerParams = ChunkerParams(), compression_level: int = 3,
+               pack_size: int = 16 * 1024 * 1024, keys: MasterKeys | None = None) -> "Repository":
+        if backend.exists_store() or backend.exists("config"):
+            raise RepositoryExists(f"a repository already exists at {backend.location}; refusing to overwrite it")
+        backend.create_store()
+        config = RepoConfig(id=secrets.token_hex(32), chunker=chunker, compression_level=compression_level,
+                            pack_size=pack_size)
+        keys = keys or MasterKeys.generate()
+        slot = make_slot(keys, config.id, password, kdf, format_time(datetime.now(timezone.utc)),
+                         socket.gethostname(), _username())
+        key_name = f"keys/{hashlib.sha256(slot).hexdigest()}"
+        backend.put(key_name, slot)
+        backend.put("config", config.encode())  # last: a half-made repository has no config
+        return cls(backend, config, keys, key_name)
+
+    @classmethod
+    def open(cls, backend: Backend, password: bytes) -> "Repository":
+        try:
+            raw_config = backend.get("config")
+        except ObjectNotFound:
+            raise RepositoryNotFound(f"no repository at {backend.location} (run 'vault init' to create one)") from None
+        config = RepoConfig.decode(raw_config)
+        damaged = 0
+        for name, _ in backend.list("keys/"):
+            try:
+                keys = open_slot(backend.get(name), password, config.id)
+            except (IntegrityError, ObjectNotFound):
+                damaged += 1
+                continue
+            if keys is not None:
+                return cls(backend, config, keys, name)
+        extra = f" ({damaged} key slot(s) are damaged; see 'vault verify')" if damaged else ""
+        raise WrongPassword(f"wrong password: no key slot of the repository opens with it{extra}")
+
+    # --- key slots ----------------------------------------------------------------------------------
+    def add_key(self, password: bytes, kdf: KdfParams = KdfParams()) -> str:
+        slot = make_slot(self.keys, self.id, password, kdf, format_time(datetime.now(timezone.utc)),
+                         socket.gethostname(), _username())
+        name = f"keys/{hashlib.sha256(slot).hexdigest()}"
+        self.backend.put(name, slot)
+        return name
+
+    def list_keys(self) -> list[tuple[str, dict | None]]:
+        out = []
+        for name, _ in self.backend.list("keys/"):
+            try:
+                out.append((name, slot_info(self.backend.get(name))))
+            except (IntegrityError, ObjectNotFound):
+                out.append((name, None))
+        return out
+
+    # --- blocks ---------------------------------------------------------------------------------------
+    def block_id(self, data: bytes | memoryview) -> bytes:
+        return block_id(self.keys.mac_key, data)
+
+    def seal_block(self, bid: bytes, data: bytes | memoryview) -> bytes:
+        """Compress (when it helps) and encrypt one chunk or tree, bound to its id."""
+        return pack_mod.seal_block(self.cipher, bid, compress(data, self.config.compression_level))
+
+    def open_block(self, entry: pack_mod.PackEntry, blob: bytes | memoryview) -> bytes:
+        """Decrypt, decompress and check one stored block against its id. Raises IntegrityError."""
+        if len(blob) != entry.length:
+            raise IntegrityError(f"block {entry.block_id.hex()[:16]}: short read")
+        plain = decompress(pack_mod.open_block(self.cipher, entry.block_id, blob), entry.raw_length)
+        if self.block_id(plain) != entry.block_id:
+            raise IntegrityError(f"block {entry.block_id.hex()[:16]}: content does not match its id")
+        return plain
+
+    def load_block(self, pid: bytes, entry: pack_mod.PackEntry) -> bytes:
+        return self.open_block(entry, self.backend.get(pack_name(pid), entry.offset, entry.length))
+
+    def load_tree(self, pid: bytes, entry: pack_mod.PackEntry) -> Tree:
+        return Tree.decode(self.load_block(pid, entry))
+
+    # --- packs --------------------------------------------------------------------------------------
+    def put_pack(self, data: bytes) -> bytes:
+        pid = pack_mod.pack_id(data)
+        name = pack_name(pid)
+        try:
+            self.backend.put(name, data)
+        except ObjectExists:
+            pass  # same name = same bytes: another run stored this pack already
+        # verify after write: the store must hold exactly what we sent
+        if self.backend.size(name) != len(data):
+            raise IntegrityError(f"pack {pid.hex()[:16]} was stored with the wrong size")
+        return pid
+
+    def read_pack_header(self, pid: bytes, size: int | None = None) -> list[pack_mod.PackEntry]:
+        name = pack_name(pid)
+        size = self.backend.size(name) if size is None else size
+        tail = self.backend.get(name, max(0, size - 64 * 1024), min(size, 64 * 1024))
+        n = pack_mod.header_length(tail, size)
+        if n + 4 <= len(tail):
+            sealed = tail[len(tail) - 4 - n : len(tail) - 4]
+        else:
+            sealed = self.backend.get(name, size - 4 - n, n)
+        return pack_mod.decode_header(sealed, size, self.cipher)
+
+    def list_packs(self) -> Iterator[tuple[bytes, int]]:
+        for name, size in self.backend.list("data/"):
+            pid = _hex_name(name, "data/")
+            if pid is not None:
+                yield pid, size
+
+    # --- index segments -----------------------------------------------------------------------------
+    def save_index(self, seg: index_mod.IndexSegment) -> str:
+        stored = index_mod.encode(seg, self.cipher)
+        sid = index_mod.segment_id(stored).hex()
+        self.backend.put(f"index/{sid}", stored)
+        return sid
+
+    def load_index(self, sid: str) -> index_mod.IndexSegment:
+        return index_mod.decode(self._load_verified(f"index/{sid}", sid), self.cipher)
+
+    def list_index(self) -> list[str]:
+        return [n.rsplit("/", 1)[-1] for n, _ in self.backend.list("index/") if _hex_name(n, "index/")]
+
+    # --- snapshots ----------------------------------------------------------------------------------
+    def save_snapshot(self, snap: Snapshot) -> str:
+        stored = self.cipher.seal(snap.encode(), SNAPSHOT_AAD)
+        sid = hashlib.sha256(stored).hexdigest()
+        self.backend.put(f"snapshots/{sid}", stored)
+        snap.id = sid
+        return sid
+
+    def load_snapshot(self, sid: str) -> Snapshot:
+        stored = self._load_verified(f"snapshots/{sid}", sid)
+        return Snapshot.decode(self.cipher.open(stored, SNAPSHOT_AAD, f"snapshot {sid[:8]}"), sid)
+
+    def list_snapshots(self) -> list[str]:
+        return [n.rsplit("/", 1)[-1] for n, _ in self.backend.list("snapshots/") if _hex_name(n, "snapshots/")]
+
+    def delete_snapshot(self, sid: str) -> None:
+        self.backend.delete(f"snapshots/{sid}")
+
+    def _load_verified(self, name: str, hex_id: str) -> bytes:
+        data = self.backend.get(name)
+        if hashlib.sha256(data).hexdigest() != hex_id:
+            raise IntegrityError(f"{name}: content does not match its name (damaged)")
+        return data
+
+
+def _username() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())

@@ -1,0 +1,325 @@
+"""Restore engine: plan by pack, fetch each pack (range) once, verify, write temp files, rename, metadata.
+
+1. Plan: walk the snapshot's trees (include/exclude applied), create directories, and map every needed
+   block to the files and offsets that use it, grouped by pack.
+2. Fetch: worker threads read each pack once (coalesced ranged reads), decrypt, decompress and check every
+   block against its id, and write it with positioned writes into ``.vault-<random>.tmp`` files beside the
+   final names (all-zero blocks are left as holes, so sparse files stay sparse).
+3. Finish: a complete file gets its size, mode, owner and mtime and is renamed over its final name; a file
+   with a damaged or missing block is removed and named in the result. Then hardlinks, symlinks and special
+   files, and last the directories' metadata (deepest first).
+
+Names come from verified trees whose entries were validated (no ``/``, ``..``, NUL or duplicates), every
+path is ``target + snapshot path``, directories are checked with lstat (an existing symlink is never
+followed), and temp files are opened with O_EXCL|O_NOFOLLOW: nothing is written outside the target.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import stat
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from .catalog import Catalog
+from .errors import IntegrityError, VaultError
+from .excludes import Matcher
+from .fsmeta import apply_metadata, make_special
+from .model import DIR, FILE, SYMLINK, Node, Snapshot
+from .pack import PackEntry
+from .repository import Repository, pack_name
+
+MAX_GAP = 256 * 1024
+MAX_RANGE = 32 * 1024 * 1024
+_OPEN_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+
+
+@dataclass(frozen=True)
+class RestoreOptions:
+    target: str
+    include: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+    jobs: int = 0
+    dry_run: bool = False
+
+
+@dataclass
+class RestoreResult:
+    files: int = 0
+    dirs: int = 0
+    symlinks: int = 0
+    other: int = 0
+    bytes_written: int = 0
+    damaged: list[tuple[str, str]] = field(default_factory=list)  # (snapshot path, why)
+    errors: list[tuple[str, str]] = field(default_factory=list)  # could not create / conflicts
+    warnings: list[tuple[str, str]] = field(default_factory=list)
+
+
+class _FileTask:
+    __slots__ = ("path", "final", "tmp", "node", "remaining", "problem", "created", "lock")
+
+    def __init__(self, path: bytes, final: bytes, node: Node):
+        self.path, self.final, self.node = path, final, node
+        self.tmp = os.path.join(os.path.dirname(final), b".vault-" + secrets.token_hex(8).encode() + b".tmp")
+        self.remaining = len(node.blocks)
+        self.problem: str | None = None
+        self.created = False
+        self.lock = threading.Lock()
+
+
+def _show(path: bytes) -> str:
+    return os.fsdecode(path)
+
+
+class Restorer:
+    def __init__(self, repo: Repository, catalog: Catalog, snapshot: Snapshot, opts: RestoreOptions):
+        self.repo, self.catalog, self.snap, self.opts = repo, catalog, snapshot, opts
+        self.result = RestoreResult()
+        self._include = Matcher(opts.include)
+        self._exclude = Matcher(opts.exclude)
+        self._target = os.path.abspath(os.fsencode(opts.target))
+        self._files: list[_FileTask] = []
+        self._links: list[tuple[bytes, bytes, _FileTask]] = []  # (path, final, first task)
+        self._others: list[tuple[bytes, bytes, Node]] = []  # symlinks and special files
+        self._dirs: list[tuple[bytes, bytes, Node]] = []
+        self._lock = threading.Lock()
+
+    # --- plan ---------------------------------------------------------------------------------------
+    def _wanted(self, path: bytes, is_dir: bool) -> tuple[bool, bool]:
+        """(restore this entry, descend into it)."""
+        if self._exclude and self._exclude.matches(path, is_dir):
+            return False, False
+        if not self._include:
+            return True, True
+        if self._include.matches_or_parent(path, is_dir):
+            return True, True
+        below = is_dir and self._include.could_match_below(path)
+        return below, below
+
+    def _ensure_dir(self, final: bytes) -> bool:
+        try:
+            os.mkdir(final, 0o700)
+            return True
+        except FileExistsError:
+            pass
+        st = os.lstat(final)
+        return stat.S_ISDIR(st.st_mode)
+
+    def _plan(self) -> None:
+        os.makedirs(self._target, exist_ok=True)
+        first_of_inode: dict[tuple[int, int], _FileTask] = {}
+        stack: list[tuple[bytes, bytes]] = [(b"", self.snap.tree)]
+        while stack:
+            base, tid = stack.pop()
+            try:
+                nodes = self.catalog.tree(self.repo, tid)
+            except (IntegrityError, VaultError) as exc:
+                self.result.damaged.append((_show(base or b"/"), f"directory listing lost: {exc}"))
+                continue
+            for n in nodes:
+                path = base + b"/" + n.name
+                final = self._target + path
+                want, descend = self._wanted(path, n.type == DIR)
+                if not want:
+                    continue
+                if n.type == DIR:
+                    try:
+                        ok = self._ensure_dir(final)
+                    except OSError as exc:
+                        self.result.errors.append((_show(path), f"cannot create directory: {exc.strerror}"))
+                        continue
+                    if not ok:
+                        self.result.errors.append((_show(path), "kept: something that is not a directory "
+                                                   "is in the way"))
+                        continue
+                    self._dirs.append((path, final, n))
+                    if descend and n.subtree is not None:
+                        stack.append((path, n.subtree))
+                elif n.type == FILE:
+                    key = (n.dev, n.inode)
+                    if n.nlink > 1 and key in first_of_inode:
+                        self._links.append((path, final, first_of_inode[key]))
+                        continue
+                    task = _FileTask(path, final, n)
+                    self._files.append(task)
+                    if n.nlink > 1:
+                        first_of_inode[key] = task
+                else:
+                    self._others.append((path, final, n))
+
+    # --- fetch --------------------------------------------------------------------------------------
+    def _group_by_pack(self) -> dict[bytes, dict[int, tuple[PackEntry, list[tuple[_FileTask, int]]]]]:
+        ids = [b for t in self._files for b in t.node.blocks]
+        where = self.catalog.lookup_many(ids)
+        packs: dict[bytes, dict[int, tuple[PackEntry, list[tuple[_FileTask, int]]]]] = {}
+        for task in self._files:
+            offset = 0
+            for bid in task.node.blocks:
+                loc = where.get(bid)
+                if loc is None:
+                    task.problem = task.problem or f"block {bid.hex()[:16]} is missing from the repository"
+                    task.remaining -= 1
+                    continue
+                pid, entry = loc
+                slot = packs.setdefault(pid, {}).setdefault(entry.offset, (entry, []))
+                slot[1].append((task, offset))
+                offset += entry.raw_length
+        return packs
+
+    def _fetch_pack(self, pid: bytes, wanted: dict[int, tuple[PackEntry, list[tuple[_FileTask, int]]]]) -> None:
+        entries = sorted(wanted.values(), key=lambda x: x[0].offset)
+        i = 0
+        while i < len(entries):
+            j, start = i, entries[i][0].offset
+            end = start + entries[i][0].length
+            while (j + 1 < len(entries) and entries[j + 1][0].offset - end <= MAX_GAP
+                   and entries[j + 1][0].offset + entries[j + 1][0].length - start <= MAX_RANGE):
+                j += 1
+                end = entries[j][0].offset + entries[j][0].length
+            try:
+                data = memoryview(self.repo.backend.get(pack_name(pid), start, end - start))
+            except VaultError as exc:
+                data, why = None, f"pack {pid.hex()[:16]} unreadable: {exc}"
+            for entry, users in entries[i : j + 1]:
+                plain, problem = None, None
+                if data is None:
+                    problem = why
+                else:
+                    try:
+                        plain = self.repo.open_block(entry, data[entry.offset - start : entry.offset - start + entry.length])
+                    except IntegrityError as exc:
+                        problem = f"damaged: {exc}"
+                for task, off in users:
+                    self._write(task, off, plain, problem)
+            i = j + 1
+
+    def _write(self, task: _FileTask, offset: int, plain: bytes | None, problem: str | None) -> None:
+        with task.lock:
+            if problem is not None:
+                task.problem = task.problem or problem
+            elif task.problem is None:
+                try:
+                    self._write_block(task, offset, plain)
+                except OSError as exc:
+                    task.problem = f"write failed: {exc.strerror}"
+            task.remaining -= 1
+            done = task.remaining == 0
+        if done:
+            self._finish_file(task)
+
+    def _write_block(self, task: _FileTask, offset: int, plain: bytes) -> None:
+        flags = _OPEN_FLAGS if task.created else _OPEN_FLAGS | os.O_CREAT | os.O_EXCL
+        fd = os.open(task.tmp, flags, 0o600)
+        task.created = True
+        try:
+            if plain.count(0) != len(plain):  # all-zero blocks stay holes
+                os.pwrite(fd, plain, offset)
+                with self._lock:
+                    self.result.bytes_written += len(plain)
+        finally:
+            os.close(fd)
+
+    # --- finish -------------------------------------------------------------------------------------
+    def _finish_file(self, task: _FileTask) -> None:
+        if task.problem is not None:
+            self._discard(task.tmp, task.created)
+            with self._lock:
+                self.result.damaged.append((_show(task.path), task.problem))
+            return
+        try:
+            if not task.created:
+                os.close(os.open(task.tmp, _OPEN_FLAGS | os.O_CREAT | os.O_EXCL, 0o600))
+                task.created = True
+            os.truncate(task.tmp, task.node.size)
+            problems = apply_metadata(task.tmp, task.node)
+            self._rename(task.tmp, task.final)
+        except OSError as exc:
+            self._discard(task.tmp, task.created)
+            with self._lock:
+                self.result.errors.append((_show(task.path), f"cannot restore: {exc.strerror or exc}"))
+            return
+        with self._lock:
+            self.result.files += 1
+            for p in problems:
+                self.result.warnings.append((_show(task.path), p))
+
+    @staticmethod
+    def _rename(tmp: bytes, final: bytes) -> None:
+        try:
+            st = os.lstat(final)
+        except FileNotFoundError:
+            st = None
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            raise OSError(errno.EISDIR, "kept: a directory is in the way")
+        os.rename(tmp, final)
+
+    @staticmethod
+    def _discard(tmp: bytes, created: bool) -> None:
+        if created:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+
+    def _finish_links(self) -> None:
+        for path, final, first in self._links:
+            if first.problem is not None:
+                self.result.damaged.append((_show(path), first.problem))
+                continue
+            tmp = os.path.join(os.path.dirname(final), b".vault-" + secrets.token_hex(8).encode() + b".tmp")
+            try:
+                os.link(first.final, tmp)
+                self._rename(tmp, final)
+                self.result.files += 1
+            except OSError as exc:
+                self._discard(tmp, os.path.lexists(tmp))
+                self.result.errors.append((_show(path), f"cannot create hardlink: {exc.strerror or exc}"))
+
+    def _finish_others(self) -> None:
+        for path, final, node in self._others:
+            tmp = os.path.join(os.path.dirname(final), b".vault-" + secrets.token_hex(8).encode() + b".tmp")
+            try:
+                if node.type == SYMLINK:
+                    os.symlink(node.target or b"", tmp)
+                else:
+                    make_special(tmp, node)
+                problems = apply_metadata(tmp, node)
+                self._rename(tmp, final)
+            except OSError as exc:
+                self._discard(tmp, os.path.lexists(tmp))
+                if exc.errno in (errno.ENOTSUP, errno.EPERM):
+                    self.result.warnings.append((_show(path), f"not restored: {exc.strerror}"))
+                else:
+                    self.result.errors.append((_show(path), f"cannot create {node.type}: {exc.strerror or exc}"))
+                continue
+            if node.type == SYMLINK:
+                self.result.symlinks += 1
+            else:
+                self.result.other += 1
+            self.result.warnings.extend((_show(path), p) for p in problems)
+
+    def _finish_dirs(self) -> None:
+        for path, final, node in sorted(self._dirs, key=lambda d: d[0].count(b"/"), reverse=True):
+            for p in apply_metadata(final, node):
+                self.result.warnings.append((_show(path), p))
+            self.result.dirs += 1
+
+    # --- run ----------------------------------------------------------------------------------------
+    def run(self) -> RestoreResult:
+        self._plan()
+        packs = self._group_by_pack()
+        for task in self._files:  # empty files and files whose blocks are all missing
+            if task.remaining == 0:
+                self._finish_file(task)
+        jobs = self.opts.jobs or max(2, os.cpu_count() or 2)
+        with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="vault-restore") as pool:
+            for fut in [pool.submit(self._fetch_pack, pid, wanted) for pid, wanted in packs.items()]:
+                fut.result()
+        self._finish_links()
+        self._finish_others()
+        self._finish_dirs()
+        self.result.damaged.sort()
+        return self.result

@@ -1,0 +1,204 @@
+"""Parsing and formatting of times and durations given on the command line. Pure: the clock is passed in.
+
+* :func:`parse_time` -- ``--time``, ``--at``: ISO-8601, ``N UNIT ago``, ``now``/``today``/``yesterday``.
+* :func:`format_time` -- the one text form of a snapshot time (``2026-11-20T10:00:00.000000Z``).
+* :func:`parse_duration` -- ``--keep-within``: ``1y6m``, ``30d``, ``2w``, ``12h`` (calendar years and months).
+* :func:`parse_wait` -- ``--lock-wait``: ``30s``, ``5m``, ``1h30m`` or bare seconds.
+
+Local time (an ISO-8601 time without offset, ``today``) is the system timezone, as ``datetime.astimezone()``
+sees it; that reads the process's TZ setting, but nothing here touches the environment itself.
+"""
+
+from __future__ import annotations
+
+import calendar
+import math
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from vault.errors import UsageError
+
+__all__ = ["Duration", "format_time", "parse_duration", "parse_time", "parse_wait"]
+
+_ISO = re.compile(
+    r"""
+    (?P<year>\d{4})-(?P<month>\d{2})-(?P<day>\d{2})
+    (?:[Tt\ ]
+        (?P<hour>\d{2}):(?P<minute>\d{2})
+        (?::(?P<second>\d{2})(?:[.,](?P<fraction>\d+))?)?
+        (?P<tz>[Zz]|[+-]\d{2}(?::?\d{2})?)?
+    )?
+    """,
+    re.VERBOSE | re.ASCII,
+)
+
+_UNIT_SECONDS: dict[str, int] = {}
+for _names, _seconds in (
+    (("s", "sec", "secs", "second", "seconds"), 1),
+    (("min", "mins", "minute", "minutes"), 60),
+    (("h", "hr", "hrs", "hour", "hours"), 3600),
+    (("d", "day", "days"), 86400),
+    (("w", "wk", "wks", "week", "weeks"), 7 * 86400),
+    (("month", "months"), 30 * 86400),
+    (("y", "yr", "yrs", "year", "years"), 365 * 86400),
+):
+    _UNIT_SECONDS.update(dict.fromkeys(_names, _seconds))
+
+_AGO = re.compile(r"(?P<n>\d+)\s*(?P<unit>[a-z]+)\s+ago", re.ASCII)
+
+
+def _quote(text: str) -> str:
+    """``'text'`` for a message, or its repr when it holds newlines or other unprintables (one-line errors)."""
+    return f"'{text}'" if text.isprintable() else repr(text)
+
+
+def _local_midnight_utc(day: datetime) -> datetime:
+    """Local midnight of ``day``'s calendar date, as UTC (DST-correct: the naive time is resolved by the OS)."""
+    return datetime(day.year, day.month, day.day).astimezone(timezone.utc)
+
+
+def _to_utc(dt: datetime) -> datetime:
+    """Convert to aware UTC; a naive ``dt`` is taken as local time."""
+    return dt.astimezone(timezone.utc)
+
+
+def parse_time(text: str, now: datetime) -> datetime:
+    """Parse a user-given time into an aware UTC datetime.
+
+    Accepts ISO-8601 with ``Z`` or an offset (``2026-11-20T10:00:00Z``, ``2026-11-20T10:00:00.123456+02:00``);
+    without an offset the time is local; a date alone (``2026-11-20``) is local midnight; ``T`` may be a space
+    and seconds may be left out. Fractional seconds beyond microseconds are truncated. Also ``N UNIT ago`` (units
+    s/sec/second, min/minute, h/hour, d/day, w/week, month (30 days), y/year (365 days), plural ok, ``N`` a whole
+    number), ``now``, ``today`` and ``yesterday`` (local midnight). ``now`` is the clock; naive means local.
+    """
+    raw = text.strip()
+    lowered = raw.lower()
+    try:
+        if lowered == "now":
+            return _to_utc(now)
+        if lowered in ("today", "yesterday"):
+            local = now.astimezone()
+            if lowered == "yesterday":
+                local = local.replace(tzinfo=None) - timedelta(days=1)
+            return _local_midnight_utc(local)
+        match = _AGO.fullmatch(lowered)
+        if match and match["unit"] in _UNIT_SECONDS:
+            return _to_utc(now) - timedelta(seconds=int(match["n"]) * _UNIT_SECONDS[match["unit"]])
+        match = _ISO.fullmatch(raw)
+        if match:
+            return _from_iso(match)
+    except (ValueError, OverflowError):
+        pass
+    raise UsageError(
+        f"cannot parse time {_quote(text)}: use ISO-8601 (2026-11-20T10:00:00Z) or 'N days ago'"
+    )
+
+
+def _from_iso(match: re.Match[str]) -> datetime:
+    """Build the UTC datetime of an ``_ISO`` match; ValueError for out-of-range fields."""
+    fraction = (match["fraction"] or "")[:6].ljust(6, "0")
+    naive = datetime(
+        int(match["year"]),
+        int(match["month"]),
+        int(match["day"]),
+        int(match["hour"] or 0),
+        int(match["minute"] or 0),
+        int(match["second"] or 0),
+        int(fraction),
+    )
+    tz = match["tz"]
+    if tz is None:
+        return _to_utc(naive)
+    if tz in "Zz":
+        return naive.replace(tzinfo=timezone.utc)
+    digits = tz[1:].replace(":", "")
+    hours, minutes = int(digits[:2]), int(digits[2:] or 0)
+    if hours > 23 or minutes > 59:
+        raise ValueError("offset out of range")
+    offset = timedelta(hours=hours, minutes=minutes)
+    return naive.replace(tzinfo=timezone(-offset if tz[0] == "-" else offset)).astimezone(timezone.utc)
+
+
+def format_time(dt: datetime) -> str:
+    """ISO-8601 UTC with exactly six fractional digits and ``Z``: ``2026-11-20T10:00:00.000000Z``.
+
+    ``dt`` must be aware. ``parse_time(format_time(t), now) == t`` for every aware ``t``.
+    """
+    if dt.tzinfo is None or dt.utcoffset() is None:
+        raise ValueError("format_time needs an aware datetime")
+    u = dt.astimezone(timezone.utc)
+    return (
+        f"{u.year:04d}-{u.month:02d}-{u.day:02d}T{u.hour:02d}:{u.minute:02d}:{u.second:02d}.{u.microsecond:06d}Z"
+    )
+
+
+@dataclass(frozen=True)
+class Duration:
+    """A retention span: calendar years and months plus fixed days and hours (weeks are stored as days)."""
+
+    years: int = 0
+    months: int = 0
+    days: int = 0
+    hours: int = 0
+
+    def __str__(self) -> str:
+        parts = [f"{n}{u}" for n, u in zip((self.years, self.months, self.days, self.hours), "ymdh") if n]
+        return "".join(parts) or "0h"
+
+    def subtract_from(self, dt: datetime) -> datetime:
+        """``dt`` minus this span: years and months on the calendar (the day is clamped to the month's end,
+        so 2026-03-31 minus 1m is 2026-02-28), then days and hours as fixed lengths. Keeps ``dt``'s tzinfo;
+        a result before year 1 is clamped to ``datetime.min`` (in ``dt``'s tzinfo)."""
+        floor = datetime.min.replace(tzinfo=dt.tzinfo)
+        total = dt.year * 12 + (dt.month - 1) - (self.years * 12 + self.months)
+        year, month0 = divmod(total, 12)
+        if year < 1:
+            return floor
+        month = month0 + 1
+        day = min(dt.day, calendar.monthrange(year, month)[1])
+        try:
+            return dt.replace(year=year, month=month, day=day) - timedelta(days=self.days, hours=self.hours)
+        except OverflowError:
+            return floor
+
+    def approx_timedelta(self) -> timedelta:
+        """A fixed-length approximation: y = 365 days, m = 30 days."""
+        return timedelta(days=self.years * 365 + self.months * 30 + self.days, hours=self.hours)
+
+
+_DURATION_PART = re.compile(r"\s*(\d+)\s*([ymwdh])", re.ASCII)
+_DURATION = re.compile(r"(?:\s*\d+\s*[ymwdh])+\s*", re.ASCII)
+
+
+def parse_duration(text: str) -> Duration:
+    """Parse a ``--keep-within`` span: one or more ``N UNIT`` with unit y (years), m (months), w (weeks = 7 days),
+    d (days), h (hours), e.g. ``30d``, ``2w``, ``1y6m``, ``12h``. A repeated unit adds up. No bare numbers."""
+    if not _DURATION.fullmatch(text):
+        raise UsageError(
+            f"cannot parse duration {_quote(text)}: use e.g. 30d, 2w, 1y6m, 12h "
+            "(y=years, m=months, w=weeks, d=days, h=hours)"
+        )
+    totals = dict.fromkeys("ymwdh", 0)
+    for number, unit in _DURATION_PART.findall(text):
+        totals[unit] += int(number)
+    return Duration(totals["y"], totals["m"], totals["d"] + 7 * totals["w"], totals["h"])
+
+
+_WAIT_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0}
+_WAIT_PART = re.compile(r"(\d+(?:\.\d+)?)([hms])", re.ASCII)
+_WAIT = re.compile(r"(?:\d+(?:\.\d+)?[hms])+", re.ASCII)
+
+
+def parse_wait(text: str) -> float:
+    """Parse a ``--lock-wait`` value into seconds: a bare number of seconds (``0``, ``30``, ``2.5``) or parts
+    with units h, m (minutes), s, e.g. ``30s``, ``5m``, ``2h``, ``1h30m``."""
+    raw = text.strip().lower()
+    seconds = math.nan
+    if re.fullmatch(r"\d+(?:\.\d+)?", raw, re.ASCII):
+        seconds = float(raw)
+    elif _WAIT.fullmatch(raw):
+        seconds = sum(float(n) * _WAIT_UNITS[u] for n, u in _WAIT_PART.findall(raw))
+    if math.isfinite(seconds):
+        return seconds
+    raise UsageError(f"cannot parse wait time {_quote(text)}: use seconds (30) or e.g. 30s, 5m, 1h30m")
