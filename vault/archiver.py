@@ -30,8 +30,8 @@ from .pack import DATA, TREE, PackEntry
 from .packwriter import PackWriter
 from .repository import Repository
 
-CHECKPOINT_SECONDS = 300.0
-CHECKPOINT_PACKS = 64
+CHECKPOINT_SECONDS = 60.0
+CHECKPOINT_PACKS = 16
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
 _READ = 8 * 1024 * 1024
 

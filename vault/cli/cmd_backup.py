@@ -8,6 +8,8 @@ import click
 
 from .. import api
 from ..archiver import BackupOptions
+from ..chunker import ChunkerParams
+from ..crypto import KdfParams
 from ..errors import UsageError
 from ..excludes import read_exclude_file
 from ..timespec import parse_time
@@ -16,14 +18,38 @@ from .main import cli
 
 
 @cli.command()
+@click.option("--pack-size", type=click.IntRange(1, 1024), default=16, show_default=True, metavar="MiB",
+              help="Target size of pack files.")
+@click.option("--compression-level", type=click.IntRange(0, 19), default=3, show_default=True,
+              help="zstd level for data (0 = store uncompressed).")
+@click.option("--chunk-min", type=click.IntRange(64, 1 << 20), default=512 * 1024, show_default=True,
+              metavar="BYTES", help="Smallest chunk the chunker cuts.")
+@click.option("--chunk-avg", type=click.IntRange(256, 4 << 20), default=1 << 20, show_default=True,
+              metavar="BYTES", help="Average chunk size.")
+@click.option("--chunk-max", type=click.IntRange(1024, 16 << 20), default=8 << 20, show_default=True,
+              metavar="BYTES", help="Largest chunk.")
+@click.option("--kdf", type=click.Choice(["argon2id", "scrypt"]), default="argon2id", show_default=True,
+              help="Password key derivation function.")
+@click.option("--kdf-memory", type=click.IntRange(1, 4096), default=64, show_default=True, metavar="MiB",
+              help="Argon2id memory cost.")
+@click.option("--kdf-iterations", type=click.IntRange(1, 100), default=3, show_default=True,
+              help="Argon2id time cost.")
 @global_options
-def init() -> None:
+def init(pack_size: int, compression_level: int, chunk_min: int, chunk_avg: int, chunk_max: int, kdf: str,
+         kdf_memory: int, kdf_iterations: int) -> None:
     """Create a new repository; refuses to touch an existing one.
 
     Example: VAULT_PASSWORD_FILE=~/.vault-pw vault --repo /srv/backup init
     """
     c = get_ctx()
-    res = api.init(c.settings, c.password(confirm=True))
+    chunker = ChunkerParams(chunk_min, chunk_avg, chunk_max)
+    try:
+        chunker.validate()
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    params = KdfParams(name=kdf, iterations=kdf_iterations, memory_kib=kdf_memory * 1024)
+    res = api.init(c.settings, c.password(confirm=True), kdf=params, chunker=chunker,
+                   compression_level=compression_level, pack_size=pack_size * 1024 * 1024)
     if c.json:
         c.emit_json(res.to_json())
     else:

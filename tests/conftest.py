@@ -1,0 +1,167 @@
+"""Shared fixtures: a clean environment, a CLI runner, a fast-KDF repository, tree builders and comparers."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from vault.cli.main import main
+
+PASSWORD = "correct horse battery staple"
+FAST_INIT = ["--kdf-memory", "1", "--kdf-iterations", "1"]
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch, tmp_path):
+    """No VAULT_* leaks in from the developer's shell; HOME and the cache point into tmp."""
+    for k in list(os.environ):
+        if k.startswith("VAULT_") or k.startswith("AWS_"):
+            monkeypatch.delenv(k, raising=False)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / ".cache"))
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def json(self):
+        import json
+
+        return json.loads(self.out)
+
+
+class Cli:
+    """Runs ``vault`` in-process (fast) with a repository, password and cache preset."""
+
+    def __init__(self, capfd, repo: Path, cache: Path):
+        self.capfd, self.repo, self.cache = capfd, repo, cache
+
+    def env(self) -> dict:
+        return {"VAULT_REPOSITORY": str(self.repo), "VAULT_PASSWORD": PASSWORD, "VAULT_CACHE_DIR": str(self.cache)}
+
+    def __call__(self, *args: str, ok: bool | int = True) -> Result:
+        self.capfd.readouterr()
+        old = {k: os.environ.get(k) for k in self.env()}
+        os.environ.update(self.env())
+        try:
+            code = main([str(a) for a in args])
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        cap = self.capfd.readouterr()
+        res = Result(code, cap.out, cap.err)
+        if ok is True:
+            assert code == 0, f"vault {' '.join(map(str, args))} -> {code}\n{cap.out}\n{cap.err}"
+        elif ok is not False:
+            assert code == ok, f"vault {' '.join(map(str, args))} -> {code}, wanted {ok}\n{cap.out}\n{cap.err}"
+        return res
+
+    def proc(self, *args: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
+        """Run vault as a real process (for kills, TTY-less runs, exit codes end to end)."""
+        e = {**os.environ, **self.env(), **(env or {})}
+        return subprocess.run([sys.executable, "-m", "vault.cli.main", *map(str, args)], env=e,
+                              capture_output=True, **kw)
+
+
+@pytest.fixture
+def cli(capfd, tmp_path) -> Cli:
+    return Cli(capfd, tmp_path / "repo", tmp_path / "cache")
+
+
+@pytest.fixture
+def repo(cli) -> Cli:
+    """An initialised local repository (fast KDF)."""
+    cli("init", *FAST_INIT)
+    return cli
+
+
+# --- trees ------------------------------------------------------------------------------------------
+class Symlink(str):
+    """make_tree value: a symlink with this target."""
+
+
+class Hardlink(str):
+    """make_tree value: a hardlink to this path (relative to the tree root), made after it."""
+
+
+def make_tree(root: Path, spec: dict, mtime_ns: int = 1_700_000_000_123_456_789) -> Path:
+    """Build a tree: bytes -> file, dict -> dir, Symlink -> symlink, Hardlink -> hardlink; keys may be bytes."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    links = []
+
+    def build(base: bytes, d: dict) -> None:
+        for name, v in d.items():
+            p = os.path.join(base, os.fsencode(name))
+            if isinstance(v, dict):
+                os.mkdir(p)
+                build(p, v)
+            elif isinstance(v, Symlink):
+                os.symlink(os.fsencode(str(v)), p)
+            elif isinstance(v, Hardlink):
+                links.append((os.path.join(os.fsencode(root), os.fsencode(str(v))), p))
+            else:
+                with open(p, "wb") as f:
+                    f.write(v)
+                os.utime(p, ns=(mtime_ns, mtime_ns))
+
+    build(os.fsencode(root), spec)
+    for src, dst in links:
+        os.link(src, dst)
+    return root
+
+
+def scan(root: Path) -> dict[bytes, tuple]:
+    """{relative path: (type, content/target, mode, mtime_ns or None, inode group)} with bytes names."""
+    out = {}
+    rootb = os.fsencode(root)
+    inodes: dict[tuple, bytes] = {}
+    for dirpath, dirnames, filenames in os.walk(rootb):
+        for name in sorted(dirnames + filenames):
+            p = os.path.join(dirpath, name)
+            rel = os.path.relpath(p, rootb)
+            st = os.lstat(p)
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = ("l", os.readlink(p), None, None, None)
+            elif stat.S_ISDIR(st.st_mode):
+                out[rel] = ("d", None, stat.S_IMODE(st.st_mode), st.st_mtime_ns, None)
+            elif stat.S_ISREG(st.st_mode):
+                with open(p, "rb") as f:
+                    import hashlib
+
+                    digest = hashlib.sha256(f.read()).hexdigest()
+                group = None
+                if st.st_nlink > 1:
+                    group = inodes.setdefault((st.st_dev, st.st_ino), rel)
+                out[rel] = ("f", digest, stat.S_IMODE(st.st_mode), st.st_mtime_ns, group)
+            else:
+                out[rel] = ("o", None, stat.S_IMODE(st.st_mode), st.st_mtime_ns, None)
+    return out
+
+
+def assert_trees_equal(a: Path, b: Path) -> None:
+    """Same names (bytes), types, contents, symlink targets, modes, mtimes (ns) and hardlink groups."""
+    sa, sb = scan(a), scan(b)
+    assert sorted(sa) == sorted(sb), f"paths differ: only in source {set(sa) - set(sb)}, only in restore {set(sb) - set(sa)}"
+    diffs = {k: (sa[k], sb[k]) for k in sa if sa[k] != sb[k]}
+    assert not diffs, f"entries differ: {diffs}"
+
+
+@pytest.fixture
+def tree_tools():
+    return make_tree, assert_trees_equal
