@@ -273,8 +273,18 @@ class Vault(Tool):
         ver = ver.splitlines()[-1] if rc == 0 and ver else "vault (no --version)"
         rc, head = quick(["git", "-C", REPO_ROOT, "rev-parse", "--short", "HEAD"])
         if rc == 0:
-            rc2, dirty = quick(["git", "-C", REPO_ROOT, "status", "--porcelain", "--untracked-files=no"])
+            # read-only: --no-optional-locks keeps status from refreshing .git/index
+            rc2, dirty = quick(["git", "--no-optional-locks", "-C", REPO_ROOT, "status", "--porcelain",
+                                "--untracked-files=no"])
             ver += f"  [{REPO_ROOT} @ {head}{' +dirty' if rc2 == 0 and dirty else ''}]"
+        if not args.vault_cmd:  # which vault package gets imported (a non-editable install may be stale)
+            rc, where = quick([sys.executable, "-c", "import os, vault; print(os.path.dirname(vault.__file__))"],
+                              env=env, cwd="/")
+            if rc == 0:
+                where = where.splitlines()[-1]
+                ver += f"  package {where}"
+                if not os.path.realpath(where).startswith(os.path.realpath(REPO_ROOT) + os.sep):
+                    ver += "  WARNING: not this checkout"
         return exe, f"{ver}  via `{' '.join(exe)}`"
 
     def env(self):

@@ -144,9 +144,7 @@ class Archiver:
     def _store(self, kind: str, bid: bytes, data: bytes | memoryview) -> int:
         if self.opts.dry_run:
             return len(data)
-        sealed = self.repo.seal_block(bid, data)
-        self.packer.add(kind, bid, sealed, len(data))
-        return len(sealed)
+        return self.packer.add(kind, bid, data)
 
     def _on_pack(self, pid: bytes, size: int, entries: list[PackEntry]) -> None:
         with self._lock:
@@ -194,7 +192,7 @@ class Archiver:
             if st.st_size < self.repo.config.chunker.min_size:
                 chunks = [self._read_all(fd, st.st_size)]
             else:
-                chunks = self.repo.chunker.cut_stream(os.fdopen(os.dup(fd), "rb", buffering=0))
+                chunks = self.repo.chunker.cut_fd(fd)
             for chunk in chunks:
                 if not len(chunk):
                     continue

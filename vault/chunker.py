@@ -7,6 +7,7 @@ Pure apart from reading the stream it is given.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -58,6 +59,42 @@ class Chunker:
                 p.avg_size, min_size=p.min_size, max_size=p.max_size,
                 normalized_chunking=p.normalization, seed=self._seed)
         return cdc
+
+    def _buffer(self) -> bytearray:
+        buf = getattr(self._local, "buf", None)
+        if buf is None:
+            buf = self._local.buf = bytearray(2 * self.params.max_size)
+        return buf
+
+    def cut_fd(self, fd: int) -> Iterator[memoryview]:
+        """Chunk a file descriptor from its current position through one reusable per-thread buffer of
+        2 x max_size. Each view is valid only until the next one is requested."""
+        buf = self._buffer()
+        mv = memoryview(buf)
+        max_size = self.params.max_size
+        cdc = self._cdc()
+        start = end = 0
+        eof = False
+        while True:
+            while not eof and end < len(buf):
+                n = os.readv(fd, [mv[end:]])
+                if n == 0:
+                    eof = True
+                end += n
+            if start == end:
+                return
+            chunk = None
+            for chunk in cdc.cut_buf(mv[start:end]):
+                if not eof and end - start < max_size:
+                    break  # a cut here could be forced by the buffer's end: read more first
+                yield chunk.data
+                start += chunk.length
+            del chunk
+            if start == end and eof:
+                return
+            rest = end - start
+            mv[:rest] = mv[start:end]
+            start, end = 0, rest
 
     def cut_stream(self, stream: BinaryIO) -> Iterator[memoryview]:
         """Yield chunk views; each view is valid only until the next one is requested."""

@@ -1,6 +1,7 @@
 """zstd compression of block payloads: skip it when it does not help; bounded decompression.
 
-A compressed payload is one flag byte (0 = stored raw, 1 = zstd) followed by the bytes. Pure: no I/O.
+``compress`` returns a flag (0 = stored raw, 1 = zstd) and the payload; the flag travels with the sealed
+block (see vault.pack). Raw payloads are the caller's buffer, not a copy. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -42,22 +43,19 @@ def looks_incompressible(data: bytes | memoryview, level: int) -> bool:
     return len(_compressor(1).compress(sample)) > 0.97 * len(sample)
 
 
-def compress(data: bytes | memoryview, level: int) -> bytes:
-    """Return flag + payload: zstd when it saves at least 3 %, else the raw bytes."""
+def compress(data: bytes | memoryview, level: int) -> tuple[int, bytes | memoryview]:
+    """(ZSTD, frame) when zstd saves at least 3 %, else (RAW, data) -- the same buffer, uncopied."""
     if level > 0 and len(data) >= 64 and not looks_incompressible(data, level):
         packed = _compressor(level).compress(data)
         if len(packed) < 0.97 * len(data):
-            return bytes((ZSTD,)) + packed
-    return bytes((RAW,)) + bytes(data)
+            return ZSTD, packed
+    return RAW, data
 
 
-def decompress(payload: bytes, raw_length: int) -> bytes:
+def decompress(flag: int, body: bytes | memoryview, raw_length: int) -> bytes:
     """Invert ``compress``; the output must be exactly ``raw_length`` bytes (bounds zstd bombs)."""
-    if not payload:
-        raise IntegrityError("empty block payload")
-    flag, body = payload[0], memoryview(payload)[1:]
     if flag == RAW:
-        out = bytes(body)
+        out = body if isinstance(body, bytes) else bytes(body)
     elif flag == ZSTD:
         try:
             out = _decompressor().decompress(body, max_output_size=max(raw_length, 1))

@@ -4,7 +4,8 @@ Layout (see docs/format.md)::
 
     block_0 || block_1 || ... || block_n-1 || sealed_header || u32le(len(sealed_header))
 
-Each block is ``seal(flag || payload, aad=block_id)``. The header plaintext is ``b"VPH1"``, ``u32le count``,
+Each block is ``flag (1) || nonce (12) || AES-256-GCM(payload) || tag (16)`` with associated data
+``block id || flag``; flag 0 = payload stored raw, 1 = zstd frame. The header plaintext is ``b"VPH1"``, ``u32le count``,
 then ``count`` entries of 41 bytes: ``kind (1) || block id (32) || stored length (u32le) ||
 raw length (u32le)``; a block's offset is the sum of the stored lengths before it. A pack's name is the
 SHA-256 of its bytes, so anyone can check a pack's integrity without the key.
@@ -13,10 +14,11 @@ SHA-256 of its bytes, so anyone can check a pack's integrity without the key.
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
 from dataclasses import dataclass
 
-from .crypto import OVERHEAD, Cipher
+from .crypto import NONCE_LEN, OVERHEAD, Cipher
 from .errors import IntegrityError
 
 DATA, TREE = "D", "T"
@@ -26,6 +28,7 @@ _ENTRY = struct.Struct("<c32sII")
 _TRAILER = struct.Struct("<I")
 HEADER_AAD = b"vault pack header"
 MAX_HEADER = 64 * 1024 * 1024
+BLOCK_OVERHEAD = 1 + OVERHEAD  # flag + nonce + tag
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,7 @@ def decode_header(sealed: bytes, pack_size: int, cipher: Cipher) -> list[PackEnt
     for i in range(count):
         kind, bid, length, raw = _ENTRY.unpack_from(plain, 8 + i * _ENTRY.size)
         k = kind.decode("latin-1")
-        if k not in KINDS or length < OVERHEAD + 1:
+        if k not in KINDS or length < BLOCK_OVERHEAD:
             raise IntegrityError("pack header: malformed entry")
         entries.append(PackEntry(k, bid, offset, length, raw))
         offset += length
@@ -86,9 +89,28 @@ def parse_pack(data: bytes, cipher: Cipher) -> list[PackEntry]:
     return decode_header(data[len(data) - _TRAILER.size - n : len(data) - _TRAILER.size], len(data), cipher)
 
 
-def seal_block(cipher: Cipher, block_id: bytes, payload: bytes) -> bytes:
-    return cipher.seal(payload, block_id)
+def sealed_size(payload_len: int) -> int:
+    return BLOCK_OVERHEAD + payload_len
 
 
-def open_block(cipher: Cipher, block_id: bytes, blob: bytes | memoryview) -> bytes:
-    return cipher.open(blob, block_id, f"block {block_id.hex()[:16]}")
+def seal_block_into(cipher: Cipher, block_id: bytes, flag: int, payload: bytes | memoryview,
+                    out: memoryview) -> None:
+    """Write the sealed block into ``out`` (exactly ``sealed_size(len(payload))`` bytes), no extra copy."""
+    out[0] = flag
+    out[1 : 1 + NONCE_LEN] = os.urandom(NONCE_LEN)
+    cipher.encrypt_into(out[1 : 1 + NONCE_LEN], payload, block_id + bytes((flag,)), out[1 + NONCE_LEN :])
+
+
+def seal_block(cipher: Cipher, block_id: bytes, flag: int, payload: bytes | memoryview) -> bytes:
+    out = bytearray(sealed_size(len(payload)))
+    seal_block_into(cipher, block_id, flag, payload, memoryview(out))
+    return bytes(out)
+
+
+def open_block(cipher: Cipher, block_id: bytes, blob: bytes | memoryview) -> tuple[int, bytes]:
+    """(flag, payload) of a sealed block; IntegrityError when it does not authenticate."""
+    if len(blob) < BLOCK_OVERHEAD:
+        raise IntegrityError(f"block {block_id.hex()[:16]}: too short")
+    mv = memoryview(blob)
+    flag = mv[0]
+    return flag, cipher.open(mv[1:], block_id + bytes((flag,)), f"block {block_id.hex()[:16]}")

@@ -1,24 +1,29 @@
 """Packs blocks into pack files of about ``pack_size`` bytes and stores them; thread-safe.
 
-Data and tree blocks go to separate packs. A full pack is sealed (header appended), named by the SHA-256
-of its bytes, stored atomically and checked after write; then ``on_pack`` is told (pack id, size, entries)
-so the caller can put it in the next index segment. Nothing here decides what is stored: callers dedup.
+Data and tree blocks go to separate packs. Each open pack is one anonymous memory mapping, so only the
+pages actually filled cost memory and all of it goes back to the OS when the pack is stored: a block is
+compressed by the calling thread, then encrypted straight into its place in the mapping (no intermediate
+copies). A full pack is sealed (header appended), named by the SHA-256 of its bytes, stored atomically and
+checked after write; then ``on_pack`` is told (pack id, size, entries) so the caller can put it in the next
+index segment. Callers decide what to store (dedup); this only packs.
 """
 
 from __future__ import annotations
 
+import mmap
 import threading
 from collections.abc import Callable
 
-from .pack import DATA, KINDS, PackEntry, encode_header
+from .pack import DATA, KINDS, PackEntry, encode_header, seal_block_into, sealed_size
 from .repository import Repository
 
 OnPack = Callable[[bytes, int, list[PackEntry]], None]
 
 
 class _Open:
-    def __init__(self) -> None:
-        self.buf = bytearray()
+    def __init__(self, capacity: int) -> None:
+        self.buf = mmap.mmap(-1, capacity)
+        self.used = 0
         self.entries: list[PackEntry] = []
 
 
@@ -27,37 +32,59 @@ class PackWriter:
         self.repo = repo
         self.on_pack = on_pack
         self._lock = threading.Lock()
-        self._open = {k: _Open() for k in KINDS}
         self._target = repo.config.pack_size
+        # virtual size: untouched pages cost nothing; room for the last block and a header of tiny blocks
+        self._capacity = 2 * (self._target + sealed_size(repo.config.chunker.max_size))
+        self._open: dict[str, _Open | None] = {k: None for k in KINDS}
         self.bytes_written = 0
         self.packs_written = 0
 
-    def add(self, kind: str, block_id: bytes, sealed: bytes, raw_length: int) -> None:
-        """Append one sealed block; stores the pack (in the calling thread) when it is full."""
+    def add(self, kind: str, block_id: bytes, data: bytes | memoryview) -> int:
+        """Compress, encrypt and append one block; store the pack (in this thread) when it is full.
+
+        Returns the stored (sealed) size of the block."""
+        flag, payload = self.repo.compress(data)
+        size = sealed_size(len(payload))
         full = None
         with self._lock:
             op = self._open[kind]
-            op.entries.append(PackEntry(kind, block_id, len(op.buf), len(sealed), raw_length))
-            op.buf += sealed
-            if len(op.buf) >= self._target:
-                full, self._open[kind] = op, _Open()
+            if op is None or op.used + size > len(op.buf):
+                if op is not None and op.entries:
+                    full = op
+                op = self._open[kind] = _Open(max(self._capacity, size))
+            seal_block_into(self.repo.cipher, block_id, flag, payload, memoryview(op.buf)[op.used : op.used + size])
+            op.entries.append(PackEntry(kind, block_id, op.used, size, len(data)))
+            op.used += size
+            if op.used >= self._target:
+                full, self._open[kind] = op, None
         if full is not None:
             self._store(full)
+        return size
 
     def flush(self) -> None:
         """Store every partly filled pack (data first, then trees)."""
         with self._lock:
-            todo = [self._open[k] for k in (DATA, *[k for k in KINDS if k != DATA]) if self._open[k].entries]
-            self._open = {k: _Open() for k in KINDS}
+            todo = [self._open[k] for k in (DATA, *[k for k in KINDS if k != DATA])]
+            self._open = {k: None for k in KINDS}
         for op in todo:
-            self._store(op)
+            if op is not None and op.entries:
+                self._store(op)
 
     def _store(self, op: _Open) -> None:
-        op.buf += encode_header(op.entries, self.repo.cipher)
-        data = bytes(op.buf)
-        op.buf = bytearray()
-        pid = self.repo.put_pack(data)
+        header = encode_header(op.entries, self.repo.cipher)
+        end = op.used + len(header)
+        try:
+            if end <= len(op.buf):
+                op.buf[op.used : end] = header
+                with memoryview(op.buf) as mv, mv[:end] as data:
+                    pid = self.repo.put_pack(data)
+            else:  # pathological: a header of countless tiny blocks that overflows the mapping
+                data = op.buf[: op.used] + header
+                end = len(data)
+                pid = self.repo.put_pack(data)
+        finally:
+            op.buf.close()
         with self._lock:
-            self.bytes_written += len(data)
+            self.bytes_written += end
             self.packs_written += 1
-        self.on_pack(pid, len(data), op.entries)
+        self.on_pack(pid, end, op.entries)

@@ -156,15 +156,20 @@ class Repository:
     def block_id(self, data: bytes | memoryview) -> bytes:
         return block_id(self.keys.mac_key, data)
 
+    def compress(self, data: bytes | memoryview) -> tuple[int, bytes | memoryview]:
+        return compress(data, self.config.compression_level)
+
     def seal_block(self, bid: bytes, data: bytes | memoryview) -> bytes:
         """Compress (when it helps) and encrypt one chunk or tree, bound to its id."""
-        return pack_mod.seal_block(self.cipher, bid, compress(data, self.config.compression_level))
+        flag, payload = self.compress(data)
+        return pack_mod.seal_block(self.cipher, bid, flag, payload)
 
     def open_block(self, entry: pack_mod.PackEntry, blob: bytes | memoryview) -> bytes:
         """Decrypt, decompress and check one stored block against its id. Raises IntegrityError."""
         if len(blob) != entry.length:
             raise IntegrityError(f"block {entry.block_id.hex()[:16]}: short read")
-        plain = decompress(pack_mod.open_block(self.cipher, entry.block_id, blob), entry.raw_length)
+        flag, payload = pack_mod.open_block(self.cipher, entry.block_id, blob)
+        plain = decompress(flag, payload, entry.raw_length)
         if self.block_id(plain) != entry.block_id:
             raise IntegrityError(f"block {entry.block_id.hex()[:16]}: content does not match its id")
         return plain
@@ -176,7 +181,7 @@ class Repository:
         return Tree.decode(self.load_block(pid, entry))
 
     # --- packs --------------------------------------------------------------------------------------
-    def put_pack(self, data: bytes) -> bytes:
+    def put_pack(self, data: bytes | bytearray | memoryview) -> bytes:
         pid = pack_mod.pack_id(data)
         name = pack_name(pid)
         try:

@@ -33,7 +33,7 @@ from .pack import PackEntry
 from .repository import Repository, pack_name
 
 MAX_GAP = 256 * 1024
-MAX_RANGE = 32 * 1024 * 1024
+MAX_RANGE = 8 * 1024 * 1024
 _OPEN_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
 

@@ -30,9 +30,9 @@ from .main import cli
               metavar="BYTES", help="Largest chunk.")
 @click.option("--kdf", type=click.Choice(["argon2id", "scrypt"]), default="argon2id", show_default=True,
               help="Password key derivation function.")
-@click.option("--kdf-memory", type=click.IntRange(1, 4096), default=64, show_default=True, metavar="MiB",
+@click.option("--kdf-memory", type=click.IntRange(1, 4096), default=32, show_default=True, metavar="MiB",
               help="Argon2id memory cost.")
-@click.option("--kdf-iterations", type=click.IntRange(1, 100), default=3, show_default=True,
+@click.option("--kdf-iterations", type=click.IntRange(1, 100), default=4, show_default=True,
               help="Argon2id time cost.")
 @global_options
 def init(pack_size: int, compression_level: int, chunk_min: int, chunk_avg: int, chunk_max: int, kdf: str,

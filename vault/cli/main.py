@@ -13,6 +13,7 @@ import click
 from .. import __version__
 from ..errors import VaultError
 from .common import global_options
+from .memory import tune_malloc
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -31,6 +32,7 @@ def _register() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     _register()
+    tune_malloc()
     verbose = "-v" in (argv or sys.argv) or "--verbose" in (argv or sys.argv)
     try:
         rv = cli.main(args=argv, prog_name="vault", standalone_mode=False)
@@ -65,4 +67,7 @@ def entry() -> None:
 
 
 if __name__ == "__main__":
-    entry()
+    # Run through the package module, so the commands (which attach to vault.cli.main.cli) are found.
+    from vault.cli.main import entry as _entry
+
+    _entry()

@@ -1,0 +1,5 @@
+"""``python -m vault`` runs the command-line interface."""
+
+from vault.cli.main import entry
+
+entry()
