@@ -165,3 +165,20 @@ def assert_trees_equal(a: Path, b: Path) -> None:
 @pytest.fixture
 def tree_tools():
     return make_tree, assert_trees_equal
+
+
+def tree_listing(root: Path) -> dict[str, tuple]:
+    """{relative path: (file type, size, mtime_ns)} for everything below ``root`` (and ``root`` itself as ".");
+    compare before/after to prove a command changed nothing in a repository."""
+    root = Path(root)
+    if not root.exists():
+        return {}
+    st = os.lstat(root)
+    out = {".": (stat.S_IFMT(st.st_mode), None, st.st_mtime_ns)}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            size = st.st_size if stat.S_ISREG(st.st_mode) else None
+            out[os.path.relpath(p, root)] = (stat.S_IFMT(st.st_mode), size, st.st_mtime_ns)
+    return out

@@ -7,6 +7,7 @@ shape of the command.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 from collections.abc import Callable, Iterator
@@ -202,6 +203,10 @@ def restore(settings: Settings, password: PasswordFn, spec: str | None, opts: Re
 def node_json(path: bytes, n: Node) -> dict:
     d = {"path": os.fsdecode(path), "type": n.type, "mode": n.mode, "mtime_ns": n.mtime_ns, "uid": n.uid,
          "gid": n.gid}
+    try:
+        path.decode("utf-8")
+    except UnicodeDecodeError:
+        d["path_b64"] = base64.b64encode(path).decode("ascii")  # the exact bytes of a non-UTF-8 name
     if n.type == FILE:
         d["size"] = n.size
     if n.target is not None:

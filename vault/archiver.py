@@ -112,6 +112,7 @@ class Archiver:
         self._seen: set[bytes] = set()
         self._pending: list[tuple[bytes, int, list[PackEntry]]] = []
         self._tree_rows: list[tuple[bytes, list[Node]]] = []
+        self._tree_row_nodes = 0
         self._hardlinks: dict[tuple[int, int], Future] = {}
         self._excludes = Matcher(opts.excludes)
         self._skip = set()
@@ -147,8 +148,11 @@ class Archiver:
         return self.packer.add(kind, bid, data)
 
     def _on_pack(self, pid: bytes, size: int, entries: list[PackEntry]) -> None:
+        """Called by whichever thread stored a pack; writes an index checkpoint when one is due, so even
+        one huge file or one huge directory is resumable after a crash."""
         with self._lock:
             self._pending.append((pid, size, entries))
+        self._checkpoint()
 
     def _checkpoint(self, force: bool = False) -> None:
         """Write an index segment for the packs stored so far (so a crash loses little)."""
@@ -158,15 +162,17 @@ class Archiver:
             if not due:
                 return
             pending, self._pending = self._pending, []
+            self._last_checkpoint = time.monotonic()
         if pending and not self.opts.dry_run:
             seg = index_mod.from_packs(pending)
             sid = self.repo.save_index(seg)
             self.catalog.add_segment(sid, seg)
-        self._flush_tree_rows()
-        self._last_checkpoint = time.monotonic()
 
-    def _flush_tree_rows(self) -> None:
-        rows, self._tree_rows = self._tree_rows, []
+    def _flush_tree_rows(self, force: bool = False) -> None:
+        """Cache the new trees' entries in the catalog (main thread; batched)."""
+        if not force and self._tree_row_nodes < 20000:
+            return
+        rows, self._tree_rows, self._tree_row_nodes = self._tree_rows, [], 0
         if not self.opts.dry_run:
             for tid, nodes in rows:
                 self.catalog.add_tree(tid, nodes)
@@ -337,7 +343,7 @@ class Archiver:
             self.stats.blocks_added += res.blocks_added
             nodes.append(node)
         tid = self._store_tree(Tree(nodes))
-        self._checkpoint()
+        self._flush_tree_rows()
         if self._progress is not None:
             self._progress(self.stats)
         return tid
@@ -349,6 +355,7 @@ class Archiver:
             self.stats.bytes_added += self._store(TREE, tid, data)
             self.stats.blocks_added += 1
             self._tree_rows.append((tid, tree.nodes))
+            self._tree_row_nodes += len(tree.nodes)
         return tid
 
     def _error(self, path: bytes, message: str) -> None:
@@ -382,6 +389,7 @@ class Archiver:
             if not self.opts.dry_run:
                 self.packer.flush()
             self._checkpoint(force=True)
+            self._flush_tree_rows(force=True)
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
         self.stats_duration = time.monotonic() - t0

@@ -76,15 +76,21 @@ def _parse(plain: bytes) -> IndexSegment:
     pos = 4
     (ns,) = struct.unpack_from("<I", plain, pos)
     pos += 4
+    if pos + 32 * ns > len(plain):
+        raise IntegrityError("index segment: superseded list longer than the segment")
     seg = IndexSegment()
     for _ in range(ns):
         seg.supersedes.append(plain[pos : pos + 32])
         pos += 32
     (npacks,) = struct.unpack_from("<I", plain, pos)
     pos += 4
+    if pos + npacks * _PACK.size > len(plain):
+        raise IntegrityError("index segment: pack count longer than the segment")
     for _ in range(npacks):
         pid, kind, count, size = _PACK.unpack_from(plain, pos)
         pos += _PACK.size
+        if pos + count * _ENTRY.size > len(plain):
+            raise IntegrityError("index segment: entry count longer than the segment")
         k = kind.decode("latin-1")
         if k not in KINDS:
             raise IntegrityError("index segment: unknown block kind")

@@ -39,7 +39,7 @@ def slot_info(data: bytes) -> dict:
         base64.b64decode(doc["salt"], validate=True)
         base64.b64decode(doc["wrapped"], validate=True)
         return doc
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         raise IntegrityError("key slot is malformed") from None
 
 
@@ -55,7 +55,7 @@ def open_slot(data: bytes, password: bytes, repo_id: str) -> MasterKeys | None:
         keys = MasterKeys(enc_key=base64.b64decode(s["enc_key"]), mac_key=base64.b64decode(s["mac_key"]),
                           chunker_seed=int(s["chunker_seed"]))
         slot_repo = s["repository"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise IntegrityError("key slot: malformed secret") from None
     if slot_repo != repo_id or len(keys.enc_key) != 32 or len(keys.mac_key) != 32:
         raise IntegrityError("key slot belongs to another repository")

@@ -140,7 +140,7 @@ class Tree:
     def decode(cls, data: bytes) -> "Tree":
         try:
             doc = json.loads(data)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise IntegrityError("tree: not valid JSON") from None
         if not isinstance(doc, dict) or doc.get("v") != FORMAT_VERSION or not isinstance(doc.get("nodes"), list):
             raise IntegrityError("tree: unsupported format")
@@ -193,7 +193,7 @@ class Snapshot:
                        paths=[str(p) for p in doc["paths"]], tree=_id(doc["tree"]),
                        tags=[str(t) for t in doc.get("tags", [])], username=str(doc.get("username", "")),
                        parent=doc.get("parent"), summary=dict(doc.get("summary") or {}), id=snap_id)
-        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError, RecursionError):
             raise IntegrityError(f"snapshot {snap_id[:8]}: malformed manifest") from None
         return snap
 

@@ -167,6 +167,8 @@ class Restorer:
                 slot = packs.setdefault(pid, {}).setdefault(entry.offset, (entry, []))
                 slot[1].append((task, offset))
                 offset += entry.raw_length
+            if task.problem is None and offset != task.node.size:
+                task.problem = f"its blocks hold {offset} bytes but the file is recorded as {task.node.size}"
         return packs
 
     def _fetch_pack(self, pid: bytes, wanted: dict[int, tuple[PackEntry, list[tuple[_FileTask, int]]]]) -> None:

@@ -57,7 +57,7 @@ def init(pack_size: int, compression_level: int, chunk_min: int, chunk_avg: int,
 
 
 @cli.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.argument("paths", nargs=-1, required=True, type=click.Path(readable=False))
 @click.option("--tag", "tags", multiple=True, metavar="TAG", help="Tag the snapshot (repeatable).")
 @click.option("--host", metavar="HOST", help="Host name to record (default: this machine's).")
 @click.option("--time", "time_", metavar="TIME", help="Record TIME (ISO-8601) as the snapshot's time.")

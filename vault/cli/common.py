@@ -66,7 +66,8 @@ class Ctx:
         return functools.partial(self.password)
 
     def emit_json(self, doc: object) -> None:
-        click.echo(json.dumps(doc, indent=2, ensure_ascii=False, default=str))
+        # ASCII-escaped: names that are not UTF-8 come out as \udcXX escapes, still valid JSON
+        click.echo(json.dumps(doc, indent=2, ensure_ascii=True, default=str))
 
     def out(self, text: str) -> None:
         if not self.quiet and not self.json:

@@ -1,0 +1,330 @@
+"""backup options: excludes, tags/host/time, snapshot filters, --dry-run, change detection, several paths, and
+never backing up the repository or cache inside the backed-up tree."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from datetime import datetime, timezone
+
+import pytest
+
+from conftest import Cli, FAST_INIT, assert_trees_equal, make_tree, tree_listing
+
+ISO_UTC_SUBSECOND = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z$")
+
+
+def paths_in(repo, snap="latest") -> set[str]:
+    return {e["path"] for e in repo("--json", "ls", snap).json["entries"]}
+
+
+def rel(src, paths: set[str]) -> set[str]:
+    base = str(src)
+    return {p[len(base) + 1:] for p in paths if p.startswith(base + "/")}
+
+
+# --- excludes ---------------------------------------------------------------------------------------------
+@pytest.fixture
+def tree(tmp_path):
+    return make_tree(tmp_path / "src", {
+        "keep.txt": b"k", "x.tmp": b"t", "cache": {"c1": b"c"},
+        "a": {"y.tmp": b"t", "b": {"z.tmp": b"t", "keep.c": b"c", "cache": {"c2": b"c"}}, "build": {"o": b"o"}},
+        "build": {"out.bin": b"o"},
+    })
+
+
+def test_exclude_glob_without_slash_matches_at_any_depth(repo, tree):
+    repo("backup", tree, "--exclude", "*.tmp", "--exclude", "cache")
+    got = rel(tree, paths_in(repo))
+    assert not any(p.endswith(".tmp") for p in got), got
+    assert not any(p == "cache" or p.endswith("/cache") or "cache/" in p for p in got), got
+    assert {"keep.txt", "a/b/keep.c", "build/out.bin", "a/build/o"} <= got
+
+
+def test_exclude_anchored_glob(repo, tree):
+    anchored = f"{tree}/build"
+    repo("backup", tree, "--exclude", anchored, "-e", f"{tree}/a/*.tmp")
+    got = rel(tree, paths_in(repo))
+    assert "build" not in got and "build/out.bin" not in got
+    assert "a/build/o" in got, "an anchored pattern matches only at its own place"
+    assert "a/y.tmp" not in got
+    assert "a/b/z.tmp" in got and "x.tmp" in got, "'*' in an anchored pattern does not cross '/'"
+
+
+def test_exclude_file_with_comments(repo, tree, tmp_path):
+    ef = tmp_path / "excludes"
+    ef.write_text("# editor and build junk\n\n*.tmp\n# another comment\n"
+                  f"{tree}/build\n#cache\n")
+    repo("backup", tree, "--exclude-file", ef)
+    got = rel(tree, paths_in(repo))
+    assert not any(p.endswith(".tmp") for p in got)
+    assert "build/out.bin" not in got
+    assert "cache/c1" in got and "a/b/cache/c2" in got, "a commented-out pattern must not apply"
+
+
+def test_exclude_does_not_apply_to_given_path(repo, tree):
+    # naming a path explicitly backs it up even though a pattern would exclude it below
+    repo("backup", tree / "x.tmp", tree / "keep.txt", "--exclude", "*.tmp")
+    got = paths_in(repo)
+    assert str(tree / "keep.txt") in got
+
+
+def test_excluded_files_restore_absent(repo, tree, tmp_path):
+    repo("backup", tree, "--exclude", "*.tmp")
+    repo("restore", "latest", "--target", tmp_path / "r")
+    r = tmp_path / "r" / tree.relative_to("/")
+    assert not list(r.rglob("*.tmp"))
+    assert (r / "a" / "b" / "keep.c").read_bytes() == b"c"
+
+
+# --- tags, host, time and the snapshot filters ------------------------------------------------------------
+def test_tag_host_time_recorded(repo, tree):
+    out = repo("--json", "backup", tree, "--tag", "nightly", "--tag", "db", "--host", "web1",
+               "--time", "2024-02-03T04:05:06.789Z").json
+    (s,) = repo("--json", "snapshots").json
+    assert s["id"] == out["snapshot_id"]
+    assert s["host"] == "web1"
+    assert sorted(s["tags"]) == ["db", "nightly"]
+    assert s["paths"] == [str(tree)]
+    assert ISO_UTC_SUBSECOND.match(s["time"]), s["time"]
+    t = datetime.fromisoformat(s["time"].replace("Z", "+00:00"))
+    assert t == datetime(2024, 2, 3, 4, 5, 6, 789000, tzinfo=timezone.utc)
+
+
+def test_time_with_offset_is_stored_as_utc(repo, tree):
+    repo("backup", tree, "--time", "2024-02-03T04:05:06+02:00")
+    (s,) = repo("--json", "snapshots").json
+    assert s["time"].startswith("2024-02-03T02:05:06") and s["time"].endswith("Z")
+
+
+def test_default_time_is_now_with_subseconds(repo, tree):
+    before = datetime.now(timezone.utc)
+    repo("backup", tree)
+    after = datetime.now(timezone.utc)
+    (s,) = repo("--json", "snapshots").json
+    assert ISO_UTC_SUBSECOND.match(s["time"]), s["time"]
+    t = datetime.fromisoformat(s["time"].replace("Z", "+00:00"))
+    assert before.replace(microsecond=0) <= t <= after
+    assert s["host"]  # this machine's name by default
+
+
+def test_at_with_snapshot_time_string_selects_that_snapshot(repo, tree, tmp_path):
+    repo("backup", tree)
+    (tree / "keep.txt").write_bytes(b"second")
+    time.sleep(0.01)
+    repo("backup", tree)
+    s1, s2 = repo("--json", "snapshots").json
+    assert s1["time"] != s2["time"]
+    out = repo("--json", "restore", "--at", s1["time"], "--target", tmp_path / "r").json
+    assert out["snapshot_id"] == s1["id"]
+    out = repo("--json", "restore", "--at", s2["time"], "--target", tmp_path / "r2").json
+    assert out["snapshot_id"] == s2["id"]
+
+
+def test_snapshot_filters(repo, tmp_path):
+    a = make_tree(tmp_path / "a", {"f": b"1"})
+    b = make_tree(tmp_path / "b", {"g": b"2"})
+    repo("backup", a, "--host", "h1", "--tag", "daily", "--time", "2024-01-01T00:00:00Z")
+    repo("backup", b, "--host", "h2", "--tag", "daily", "--tag", "db", "--time", "2024-01-02T00:00:00Z")
+    repo("backup", a, b, "--host", "h1", "--tag", "weekly", "--time", "2024-01-03T00:00:00Z")
+
+    def ids(*args):
+        return [s["time"][:10] for s in repo("--json", "snapshots", *args).json]
+
+    assert ids() == ["2024-01-01", "2024-01-02", "2024-01-03"]
+    assert ids("--host", "h1") == ["2024-01-01", "2024-01-03"]
+    assert ids("--host", "h2") == ["2024-01-02"]
+    assert ids("--host", "nope") == []
+    assert ids("--tag", "daily") == ["2024-01-01", "2024-01-02"]
+    assert ids("--tag", "daily,db") == ["2024-01-02"]
+    assert ids("--tag", "db", "--tag", "weekly") == ["2024-01-02", "2024-01-03"]
+    assert ids("--path", str(a)) == ["2024-01-01", "2024-01-03"]
+    assert ids("--path", str(b), "--host", "h1") == ["2024-01-03"]
+    assert ids("--path", str(tmp_path / "c")) == []
+    # a relative --path is taken from the current directory, like backup's paths
+    old = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        assert ids("--path", "b") == ["2024-01-02", "2024-01-03"]
+    finally:
+        os.chdir(old)
+    # the filters also choose 'latest'
+    out = repo("--json", "restore", "latest", "--host", "h2", "--target", tmp_path / "r").json
+    assert out["snapshot_id"] == repo("--json", "snapshots", "--host", "h2").json[0]["id"]
+
+
+def test_empty_tag_ignored_and_tags_deduplicated(repo, tree):
+    repo("backup", tree, "--tag", "x", "--tag", "x", "--tag", "")
+    (s,) = repo("--json", "snapshots").json
+    assert s["tags"] == ["x"]
+
+
+# --- dry run ----------------------------------------------------------------------------------------------
+def test_dry_run_changes_nothing_but_reports(repo, tree):
+    before = tree_listing(repo.repo)
+    out = repo("--json", "backup", "--dry-run", tree).json
+    assert tree_listing(repo.repo) == before
+    assert out["snapshot_id"] is None
+    assert out["files_new"] == 9 and out["files_changed"] == 0
+    assert out["bytes_processed"] == sum(len(b) for b in (b"k", b"t", b"c", b"t", b"t", b"c", b"c", b"o", b"o"))
+    assert out["bytes_added"] > 0
+    assert repo("--json", "snapshots").json == []
+    res = repo("backup", "-n", tree)
+    assert "dry run" in res.out
+    assert tree_listing(repo.repo) == before
+
+
+def test_dry_run_after_a_backup(repo, tree):
+    repo("backup", tree)
+    (tree / "keep.txt").write_bytes(b"changed!")
+    os.utime(tree / "keep.txt", ns=(1_800_000_000_000_000_000,) * 2)
+    (tree / "brand-new").write_bytes(os.urandom(1000))
+    before = tree_listing(repo.repo)
+    out = repo("--json", "backup", "--dry-run", tree).json
+    assert tree_listing(repo.repo) == before
+    assert (out["files_new"], out["files_changed"], out["files_unmodified"]) == (1, 1, 8)
+    # and the next real backup is unaffected by the dry run (it still stores the new data)
+    out = repo("--json", "backup", tree).json
+    assert (out["files_new"], out["files_changed"], out["files_unmodified"]) == (1, 1, 8)
+    assert out["bytes_added"] >= 1000
+
+
+# --- change detection -------------------------------------------------------------------------------------
+@pytest.fixture
+def five(tmp_path):
+    return make_tree(tmp_path / "src", {f"f{i}": os.urandom(2000 + i) for i in range(5)} | {"d": {"g": b"g"}})
+
+
+def test_modified_file_detected(repo, five, tmp_path):
+    repo("backup", five)
+    (five / "f2").write_bytes(b"new content")
+    out = repo("--json", "backup", five).json
+    assert (out["files_new"], out["files_changed"], out["files_unmodified"]) == (0, 1, 5)
+    repo("restore", "latest", "--target", tmp_path / "r")
+    assert_trees_equal(five, tmp_path / "r" / five.relative_to("/"))
+
+
+def test_same_size_same_mtime_content_change_detected_by_ctime(repo, five, tmp_path):
+    repo("backup", five)
+    st = os.stat(five / "f1")
+    data = bytearray((five / "f1").read_bytes())
+    data[0] ^= 0xFF
+    (five / "f1").write_bytes(bytes(data))
+    os.utime(five / "f1", ns=(st.st_atime_ns, st.st_mtime_ns))  # hide the change from size and mtime
+    out = repo("--json", "backup", five).json
+    assert out["files_changed"] == 1 and out["files_unmodified"] == 5
+    repo("restore", "latest", "--target", tmp_path / "r")
+    assert (tmp_path / "r" / five.relative_to("/") / "f1").read_bytes() == bytes(data)
+
+
+def test_touched_file_is_reread(repo, five):
+    repo("backup", five)
+    os.utime(five / "f3", ns=(1_800_000_000_000_000_000,) * 2)
+    out = repo("--json", "backup", five).json
+    assert (out["files_new"], out["files_changed"], out["files_unmodified"]) == (0, 1, 5)
+    assert out["bytes_added"] < 2000, "same content: nothing new stored but the tree"
+    ls = {e["path"]: e for e in repo("--json", "ls", "latest").json["entries"]}
+    assert ls[str(five / "f3")]["mtime_ns"] == 1_800_000_000_000_000_000
+
+
+def test_new_and_deleted_files(repo, five):
+    repo("backup", five)
+    (five / "f0").unlink()
+    (five / "d" / "h").write_bytes(b"h")
+    out = repo("--json", "backup", five).json
+    assert (out["files_new"], out["files_changed"], out["files_unmodified"]) == (1, 0, 5)
+    d = repo("--json", "diff", *[s["id"] for s in repo("--json", "snapshots").json]).json
+    assert d["removed"] == [str(five / "f0")] and d["added"] == [str(five / "d" / "h")]
+
+
+def test_unmodified_after_restore_of_metadata_only_not_confused_by_inode(repo, five, tmp_path):
+    """A file replaced by another with the same size and mtime (new inode) is re-read."""
+    repo("backup", five)
+    st = os.stat(five / "f4")
+    new = five / "f4.new"
+    data = os.urandom(st.st_size)
+    new.write_bytes(data)
+    os.utime(new, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(new, five / "f4")
+    out = repo("--json", "backup", five).json
+    assert out["files_changed"] == 1
+    repo("restore", "latest", "--target", tmp_path / "r")
+    assert (tmp_path / "r" / five.relative_to("/") / "f4").read_bytes() == data
+
+
+# --- several paths, and what is never backed up -----------------------------------------------------------
+def test_two_paths_in_one_snapshot(repo, tmp_path):
+    a = make_tree(tmp_path / "one" / "a", {"x": b"1", "sub": {"y": b"2"}})
+    b = make_tree(tmp_path / "two" / "b", {"z": b"3"})
+    out = repo("--json", "backup", a, b).json
+    (s,) = repo("--json", "snapshots").json
+    assert sorted(s["paths"]) == sorted([str(a), str(b)])
+    assert out["files_new"] == 3
+    repo("restore", "latest", "--target", tmp_path / "r")
+    assert_trees_equal(a, tmp_path / "r" / a.relative_to("/"))
+    assert_trees_equal(b, tmp_path / "r" / b.relative_to("/"))
+    # siblings of the given paths are not in the snapshot
+    assert not (tmp_path / "r" / tmp_path.relative_to("/") / "cache").exists()
+    # the second backup of the same two paths (any order) is incremental
+    out = repo("--json", "backup", b, a).json
+    assert out["files_unmodified"] == 3 and out["files_new"] == 0
+
+
+def test_overlapping_paths(repo, tmp_path):
+    a = make_tree(tmp_path / "a", {"x": b"1", "sub": {"y": b"2"}})
+    out = repo("--json", "backup", a, a / "sub", a / "sub" / "y").json
+    assert out["files_new"] == 2, "a file is counted (and stored) once"
+    entries = [e["path"] for e in repo("--json", "ls", "latest").json["entries"]]
+    assert len(entries) == len(set(entries))
+
+
+def test_relative_paths(repo, tmp_path):
+    a = make_tree(tmp_path / "a", {"x": b"1"})
+    old = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        repo("backup", "a")
+    finally:
+        os.chdir(old)
+    (s,) = repo("--json", "snapshots").json
+    assert s["paths"] == [str(a)]
+
+
+def test_repository_and_cache_inside_backed_up_tree_are_skipped(capfd, tmp_path):
+    home = make_tree(tmp_path / "home", {"doc.txt": b"important", "sub": {"x": b"x"}})
+    c = Cli(capfd, home / "backups" / "repo", home / ".cache" / "vault")
+    c("init", *FAST_INIT)
+    c("backup", home)
+    out = c("--json", "backup", home).json
+    assert out["files_new"] == 0 and out["files_unmodified"] == 2, \
+        "the second run must not pick up the first run's repository or catalog files"
+    got = {e["path"] for e in c("--json", "ls", "latest").json["entries"]}
+    assert str(home / "doc.txt") in got and str(home / "sub" / "x") in got
+    assert not any(p.startswith(str(c.repo) + "/") or p == str(c.repo) for p in got), got
+    assert not any(p.startswith(str(c.cache) + "/") or p == str(c.cache) for p in got), got
+    assert str(home / "backups") in got  # only the repository itself is skipped, not its parent
+
+
+def test_repository_given_by_relative_path_inside_tree_is_skipped(capfd, tmp_path):
+    home = make_tree(tmp_path / "home", {"doc.txt": b"important"})
+    old = os.getcwd()
+    os.chdir(home)
+    try:
+        c = Cli(capfd, "repo", tmp_path / "cache")
+        c("init", *FAST_INIT)
+        c("backup", ".")
+        got = {e["path"] for e in c("--json", "ls", "latest").json["entries"]}
+    finally:
+        os.chdir(old)
+    assert str(home / "doc.txt") in got
+    assert not any(p == str(home / "repo") or p.startswith(str(home / "repo") + "/") for p in got), got
+
+
+def test_repository_url_form_inside_tree_is_skipped(capfd, tmp_path):
+    home = make_tree(tmp_path / "home", {"doc.txt": b"important"})
+    c = Cli(capfd, f"file://{home}/repo", tmp_path / "cache")
+    c("init", *FAST_INIT)
+    c("backup", home)
+    got = {e["path"] for e in c("--json", "ls", "latest").json["entries"]}
+    assert not any(p.startswith(str(home / "repo")) for p in got), got

@@ -1,0 +1,545 @@
+"""Bad input: one line on stderr starting with "vault:" (click's usage text for its own exit 2), never a traceback,
+and the documented exit code. Also the password sources, where global options may go, and --json / -q output."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import FAST_INIT, PASSWORD, Cli, make_tree, tree_listing
+
+
+def one_error_line(res, code: int) -> str:
+    """Assert ``code`` and exactly one stderr line starting with 'vault:'; return that line."""
+    err = res.err if hasattr(res, "err") else res.stderr.decode(errors="replace")
+    rc = res.code if hasattr(res, "code") else res.returncode
+    assert rc == code, f"exit {rc}, wanted {code}; stderr: {err!r}"
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1, f"wanted exactly one stderr line, got {lines!r}"
+    assert lines[0].startswith("vault:"), lines
+    return lines[0]
+
+
+def click_usage(res) -> None:
+    assert res.code == 2, res
+    assert "Traceback" not in res.err
+    assert "Usage:" in res.err or res.err.startswith("vault:"), res.err
+
+
+class EnvCli(Cli):
+    """A Cli whose environment is exactly ``env`` (the autouse fixture already removed every VAULT_*)."""
+
+    def __init__(self, capfd, repo, cache, env: dict):
+        super().__init__(capfd, repo, cache)
+        self._env = env
+
+    def env(self) -> dict:
+        return dict(self._env)
+
+
+@pytest.fixture
+def src(tmp_path):
+    return make_tree(tmp_path / "src", {"a.txt": b"alpha\n", "d": {"b.bin": os.urandom(3000)}})
+
+
+# --- repository not found ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("cmd", [["snapshots"], ["backup", "SRC"], ["verify"], ["ls", "latest"], ["stats"],
+                                 ["key", "list"], ["unlock"]])
+def test_repository_not_found_nonexistent_dir(cli, tmp_path, src, cmd):
+    cmd = [str(src) if c == "SRC" else c for c in cmd]
+    res = cli(*cmd, ok=False)
+    one_error_line(res, 10)
+    assert not cli.repo.exists(), "a failed command must not create the repository directory"
+
+
+@pytest.mark.parametrize("cmd", [["snapshots"], ["backup", "SRC"], ["restore", "latest", "--target", "T"]])
+def test_repository_not_found_empty_dir(cli, tmp_path, src, cmd):
+    cli.repo.mkdir()
+    cmd = [str(src) if c == "SRC" else str(tmp_path / "t") if c == "T" else c for c in cmd]
+    res = cli(*cmd, ok=False)
+    line = one_error_line(res, 10)
+    assert str(cli.repo) in line
+    assert os.listdir(cli.repo) == [], "nothing may be written into a directory that is not a repository"
+
+
+def test_repository_not_found_exit_code_end_to_end(cli, tmp_path):
+    p = cli.proc("snapshots", stdin=subprocess.DEVNULL)
+    one_error_line(p, 10)
+    assert p.stdout == b""
+
+
+# --- wrong password ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("cmd", [["snapshots"], ["backup", "SRC"], ["verify", "--read-data"], ["unlock"],
+                                 ["key", "add", "--new-password-file", "PW2"], ["key", "passwd",
+                                 "--new-password-file", "PW2"], ["catalog", "rebuild"], ["init"]])
+def test_wrong_password_changes_nothing(repo, tmp_path, src, cmd):
+    repo("backup", src)
+    pw2 = tmp_path / "pw2"
+    pw2.write_text("another password\n")
+    cmd = [str(src) if c == "SRC" else str(pw2) if c == "PW2" else c for c in cmd]
+    before = tree_listing(repo.repo)
+    wrong = EnvCli(repo.capfd, repo.repo, repo.cache, {**repo.env(), "VAULT_PASSWORD": "not the password"})
+    res = wrong(*cmd, ok=False)
+    one_error_line(res, 1 if cmd == ["init"] else 12)
+    assert tree_listing(repo.repo) == before
+
+
+def test_wrong_password_end_to_end(repo):
+    p = repo.proc("snapshots", env={"VAULT_PASSWORD": "wrong"}, stdin=subprocess.DEVNULL)
+    line = one_error_line(p, 12)
+    assert "password" in line
+
+
+# --- init on an existing repository -----------------------------------------------------------------------
+def test_init_refuses_existing_repository(repo, src):
+    repo("backup", src)
+    before = tree_listing(repo.repo)
+    res = repo("init", *FAST_INIT, ok=False)
+    line = one_error_line(res, 1)
+    assert "exist" in line
+    assert tree_listing(repo.repo) == before
+    # and the repository still opens with its password and holds its snapshot
+    assert len(repo("--json", "snapshots").json) == 1
+
+
+def test_init_refuses_with_other_password_too(repo):
+    before = tree_listing(repo.repo)
+    other = EnvCli(repo.capfd, repo.repo, repo.cache, {**repo.env(), "VAULT_PASSWORD": "other"})
+    one_error_line(other("init", *FAST_INIT, ok=False), 1)
+    assert tree_listing(repo.repo) == before
+
+
+# --- no password, no TTY ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("cmd", [["snapshots"], ["init", *FAST_INIT]])
+def test_no_password_and_no_tty(repo, cmd, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VAULT_")}
+    env.update(VAULT_REPOSITORY=str(repo.repo if cmd[0] != "init" else tmp_path / "newrepo"),
+               VAULT_CACHE_DIR=str(repo.cache))
+    p = subprocess.run([sys.executable, "-m", "vault.cli.main", *cmd], env=env, stdin=subprocess.DEVNULL,
+                       capture_output=True, timeout=60)
+    line = one_error_line(p, 1)
+    assert "password" in line.lower()
+    assert p.stdout == b"", "no prompt may go to stdout"
+    assert not (tmp_path / "newrepo").exists()
+
+
+# --- snapshots that do not exist --------------------------------------------------------------------------
+def test_unknown_snapshot_id(repo, src, tmp_path):
+    repo("backup", src)
+    sid = repo("--json", "snapshots").json[0]["id"]
+    unknown = ("0" if sid[0] != "0" else "1") * 8
+    for cmd in (["ls", unknown], ["restore", unknown, "--target", tmp_path / "t"], ["diff", unknown, "latest"]):
+        line = one_error_line(repo(*cmd, ok=False), 1)
+        assert unknown in line
+    assert not (tmp_path / "t").exists() or not os.listdir(tmp_path / "t")
+
+
+def test_latest_in_empty_repository(repo, tmp_path):
+    one_error_line(repo("ls", "latest", ok=False), 1)
+    one_error_line(repo("restore", "latest", "--target", tmp_path / "t", ok=False), 1)
+
+
+@pytest.mark.parametrize("bad", ["xyz!", "g123", "..", "-", " "])
+def test_invalid_snapshot_prefix(repo, src, bad):
+    repo("backup", src)
+    res = repo("ls", bad, ok=False)
+    assert res.code in (1, 2)
+    if res.code == 1 or res.err.startswith("vault:"):
+        one_error_line(res, res.code)
+    else:
+        click_usage(res)
+
+
+def test_ambiguous_snapshot_prefix(repo, tmp_path):
+    # 17 snapshots: two of them must share their first hex digit (pigeonhole)
+    src = make_tree(tmp_path / "s", {"f": b"x"})
+    for i in range(17):
+        repo("backup", src, "--time", f"2024-01-01T00:00:{i:02d}Z")
+    ids = [s["id"] for s in repo("--json", "snapshots").json]
+    firsts = [i[0] for i in ids]
+    digit = next(d for d in firsts if firsts.count(d) > 1)
+    line = one_error_line(repo("ls", digit, ok=False), 1)
+    assert "ambiguous" in line
+    # a unique prefix of the same id works
+    full = next(i for i in ids if i[0] == digit)
+    assert repo("--json", "ls", full[:12]).json["snapshot_id"] == full
+
+
+# --- bad source paths, URLs, times ------------------------------------------------------------------------
+def test_nonexistent_source_path(repo, tmp_path):
+    before = tree_listing(repo.repo)
+    line = one_error_line(repo("backup", tmp_path / "nope", ok=False), 1)
+    assert "nope" in line
+    assert len(repo("--json", "snapshots").json) == 0
+    # the repository gained no data, index or snapshot
+    after = tree_listing(repo.repo)
+    assert {k for k in after if k.startswith(("data", "index", "snapshots"))} == \
+        {k for k in before if k.startswith(("data", "index", "snapshots"))}
+
+
+def test_one_of_two_sources_missing(repo, src, tmp_path):
+    res = repo("backup", src, tmp_path / "nope", ok=False)
+    assert res.code in (1, 3), res
+    assert "nope" in res.err and "Traceback" not in res.err
+
+
+@pytest.mark.parametrize("url", ["ftp://x", "s3:/x", "s3://", "http://host/path", "file://"])
+def test_malformed_repository_url(capfd, tmp_path, url):
+    c = EnvCli(capfd, tmp_path / "r", tmp_path / "c", {"VAULT_PASSWORD": PASSWORD, "VAULT_CACHE_DIR":
+                                                        str(tmp_path / "c")})
+    for cmd in (["--repo", url, "snapshots"], ["--repo", url, "init", *FAST_INIT]):
+        res = c(*cmd, ok=False)
+        line = one_error_line(res, 2)
+        assert url in line
+
+
+@pytest.mark.parametrize("at", ["yesterday-ish", "2024-13-45", "5 fortnights ago", "", "12:00"])
+def test_bad_at_time(repo, src, tmp_path, at):
+    repo("backup", src)
+    res = repo("restore", "--at", at, "--target", tmp_path / "t", ok=False)
+    assert res.code == 2, res
+    assert "Traceback" not in res.err
+    if res.err.startswith("vault:"):
+        one_error_line(res, 2)
+
+
+def test_bad_backup_time(repo, src):
+    res = repo("backup", src, "--time", "not a time", ok=False)
+    one_error_line(res, 2)
+    assert repo("--json", "snapshots").json == []
+
+
+def test_bad_lock_wait(repo):
+    one_error_line(repo("--lock-wait", "soon", "snapshots", ok=False), 2)
+
+
+def test_unknown_option_is_click_usage(repo):
+    res = repo("snapshots", "--no-such-option", ok=False)
+    click_usage(res)
+
+
+def test_no_repository_given(capfd, tmp_path):
+    c = EnvCli(capfd, tmp_path / "r", tmp_path / "c", {"VAULT_PASSWORD": PASSWORD})
+    for cmd in (["snapshots"], ["init", *FAST_INIT], ["backup", str(tmp_path)]):
+        res = c(*cmd, ok=False)
+        assert res.code in (1, 2)
+        line = one_error_line(res, res.code)
+        assert "--repo" in line and "VAULT_REPOSITORY" in line
+
+
+# --- password sources -------------------------------------------------------------------------------------
+def _without_password(cli: Cli) -> EnvCli:
+    return EnvCli(cli.capfd, cli.repo, cli.cache, {"VAULT_REPOSITORY": str(cli.repo),
+                                                   "VAULT_CACHE_DIR": str(cli.cache)})
+
+
+def test_password_file_option(repo, tmp_path):
+    pw = tmp_path / "pw"
+    pw.write_text(PASSWORD + "\n")
+    c = _without_password(repo)
+    assert c("--json", "snapshots", "--password-file", pw).json == []
+    assert c("--password-file", pw, "--json", "snapshots").json == []
+    # it wins over a wrong VAULT_PASSWORD
+    c2 = EnvCli(repo.capfd, repo.repo, repo.cache, {**c.env(), "VAULT_PASSWORD": "wrong"})
+    c2("snapshots", "--password-file", pw)
+    # a wrong file is a wrong password; a missing file a clear error
+    bad = tmp_path / "bad"
+    bad.write_text("nope\n")
+    one_error_line(c("snapshots", "--password-file", bad, ok=False), 12)
+    line = one_error_line(c("snapshots", "--password-file", tmp_path / "missing", ok=False), 1)
+    assert "missing" in line
+
+
+def test_password_file_env(repo, tmp_path):
+    pw = tmp_path / "pw"
+    pw.write_bytes(PASSWORD.encode() + b"\r\n")
+    c = EnvCli(repo.capfd, repo.repo, repo.cache, {**_without_password(repo).env(), "VAULT_PASSWORD_FILE": str(pw)})
+    assert c("--json", "snapshots").json == []
+
+
+def test_password_command(repo, tmp_path):
+    pw = tmp_path / "pw"
+    pw.write_text(PASSWORD + "\n")
+    c = _without_password(repo)
+    assert c("--json", "snapshots", "--password-command", f"cat {pw}").json == []
+    c_env = EnvCli(repo.capfd, repo.repo, repo.cache, {**c.env(), "VAULT_PASSWORD_COMMAND": f"cat {pw}"})
+    assert c_env("--json", "snapshots").json == []
+    line = one_error_line(c("snapshots", "--password-command", "false", ok=False), 1)
+    assert "password command" in line
+    one_error_line(c("snapshots", "--password-command", str(tmp_path / "no-such-program"), ok=False), 1)
+
+
+def test_password_file_used_by_init(cli, tmp_path):
+    pw = tmp_path / "pw"
+    pw.write_text("init via file\n")
+    c = EnvCli(cli.capfd, cli.repo, cli.cache, {"VAULT_REPOSITORY": str(cli.repo), "VAULT_CACHE_DIR": str(cli.cache)})
+    c("init", *FAST_INIT, "--password-file", pw)
+    c("snapshots", "--password-file", pw)
+    one_error_line(cli("snapshots", ok=False), 12)  # the fixture's password is not this one
+
+
+# --- global options before and after the subcommand ---------------------------------------------------
+def test_global_options_before_and_after(repo, src, tmp_path):
+    repo("backup", src)
+    pw = tmp_path / "pw"
+    pw.write_text(PASSWORD)
+    c = EnvCli(repo.capfd, repo.repo, repo.cache, {})
+    common = ["--repo", repo.repo, "--password-file", pw, "--cache-dir", repo.cache]
+    a = c(*common, "--json", "snapshots").json
+    b = c("snapshots", *common, "--json").json
+    m = c("--repo", repo.repo, "snapshots", "--password-file", pw, "--cache-dir", repo.cache, "--json").json
+    assert len(a) == 1 and a == b == m
+    # key subgroup: options after the sub-subcommand too
+    assert len(c("key", "list", *common, "--json").json) == 1
+    assert len(c(*common, "--json", "key", "list").json) == 1
+
+
+def test_global_options_end_to_end(repo, src, tmp_path):
+    repo("backup", src)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VAULT_")}
+    pw = tmp_path / "pw"
+    pw.write_text(PASSWORD)
+    for args in (["--repo", repo.repo, "--password-file", pw, "--cache-dir", repo.cache, "--json", "snapshots"],
+                 ["snapshots", "--repo", repo.repo, "--password-file", pw, "--cache-dir", repo.cache, "--json"]):
+        p = subprocess.run([sys.executable, "-m", "vault.cli.main", *map(str, args)], env=env,
+                           stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        assert len(json.loads(p.stdout)) == 1
+
+
+# --- --json: exactly one JSON document on stdout ----------------------------------------------------------
+def test_json_one_document_per_command(repo, src, tmp_path):
+    def doc(*args):
+        res = repo("--json", *args)
+        return json.loads(res.out)  # json.loads rejects trailing text: exactly one document
+
+    b1 = doc("backup", src)
+    assert isinstance(b1["snapshot_id"], str)
+    for k in ("files_new", "files_changed", "files_unmodified", "bytes_processed", "bytes_added"):
+        assert isinstance(b1[k], int), k
+    assert isinstance(b1["duration_s"], (int, float))
+    (src / "a.txt").write_text("changed content\n")
+    b2 = doc("backup", src)
+    snaps = doc("snapshots")
+    assert [s["id"] for s in snaps] == [b1["snapshot_id"], b2["snapshot_id"]]
+    for s in snaps:
+        assert s["id"].startswith(s["short_id"])
+        assert set(s) >= {"id", "short_id", "time", "host", "paths", "tags"}
+    r = doc("restore", "latest", "--target", tmp_path / "r")
+    assert r["snapshot_id"] == b2["snapshot_id"]
+    entries = doc("ls", "latest")["entries"]
+    assert any(e["path"].endswith("/d/b.bin") for e in entries)
+    hits = doc("find", "*.bin")
+    assert len(hits) == 2 and all(h["path"].endswith("/d/b.bin") for h in hits)
+    d = doc("diff", b1["snapshot_id"], b2["snapshot_id"])
+    assert [p for p in d["modified"] if p.endswith("/a.txt")]
+    st = doc("stats")
+    assert st["snapshots"] == 2
+    v = doc("verify", "--read-data")
+    assert v["ok"] is True
+    keys = doc("key", "list")
+    assert len(keys) == 1 and keys[0]["current"] is True
+    assert isinstance(doc("unlock")["removed"], list)
+    dry = doc("backup", "--dry-run", src)
+    assert dry["snapshot_id"] is None
+
+
+def test_json_output_end_to_end_has_no_progress_on_stdout(repo, src):
+    p = repo.proc("--json", "backup", src, stdin=subprocess.DEVNULL)
+    assert p.returncode == 0, p.stderr
+    json.loads(p.stdout)
+    p = repo.proc("--json", "-v", "verify", stdin=subprocess.DEVNULL)
+    assert p.returncode == 0, p.stderr
+    json.loads(p.stdout)
+
+
+# --- -q: nothing on success -------------------------------------------------------------------------------
+def test_quiet_backup_prints_nothing(repo, src):
+    res = repo("-q", "backup", src)
+    assert res.out == "" and res.err == ""
+    res = repo("backup", src, "-q")
+    assert res.out == "" and res.err == ""
+    p = repo.proc("-q", "backup", src, stdin=subprocess.DEVNULL)
+    assert (p.returncode, p.stdout, p.stderr) == (0, b"", b"")
+
+
+def test_quiet_still_reports_failure(repo, tmp_path):
+    res = repo("-q", "backup", tmp_path / "nope", ok=False)
+    one_error_line(res, 1)
+    assert res.out == ""
+
+
+# --- more bad input: each one line, a sensible code -------------------------------------------------------
+def test_restore_target_is_a_file(repo, src, tmp_path):
+    repo("backup", src)
+    f = tmp_path / "afile"
+    f.write_bytes(b"keep me")
+    res = repo("restore", "latest", "--target", f, ok=False)
+    assert res.code in (1, 2), res
+    assert "Traceback" not in res.err and "internal error" not in res.err, res.err
+    assert f.read_bytes() == b"keep me"
+
+
+def test_missing_exclude_file(repo, src, tmp_path):
+    res = repo("backup", src, "--exclude-file", tmp_path / "missing", ok=False)
+    assert res.code in (1, 2)
+    line = one_error_line(res, res.code)
+    assert "missing" in line
+    assert repo("--json", "snapshots").json == []
+
+
+@pytest.mark.parametrize("cmd", [["backup", "SRC", "--exclude", "[z-a]"], ["find", "[z-a]"],
+                                 ["restore", "latest", "--target", "T", "--include", "[z-a]"],
+                                 ["backup", "SRC", "--exclude", "trailing\\"]])
+def test_malformed_glob(repo, src, tmp_path, cmd):
+    repo("backup", src)
+    cmd = [str(src) if c == "SRC" else str(tmp_path / "t") if c == "T" else c for c in cmd]
+    res = repo(*cmd, ok=False)
+    line = one_error_line(res, 2)
+    assert "internal error" not in line
+    assert len(repo("--json", "snapshots").json) == 1
+
+
+@pytest.mark.parametrize("subset", ["200%", "abc", "0/3", "4/3", "-5%"])
+def test_bad_read_data_subset(repo, src, subset):
+    repo("backup", src)
+    res = repo("verify", "--read-data-subset", subset, ok=False)
+    assert res.code in (1, 2), res
+    if res.err.startswith("vault:"):
+        line = one_error_line(res, res.code)
+        assert "internal error" not in line
+    else:
+        click_usage(res)
+
+
+def test_init_bad_chunker_params(cli):
+    res = cli("init", *FAST_INIT, "--chunk-min", "1048576", "--chunk-avg", "4096", ok=False)
+    assert res.code == 2
+    assert "Traceback" not in res.err
+    assert not (cli.repo / "config").exists()
+
+
+def test_restore_both_snapshot_and_at(repo, src, tmp_path):
+    repo("backup", src)
+    one_error_line(repo("restore", "latest", "--at", "now", "--target", tmp_path / "t", ok=False), 2)
+    one_error_line(repo("restore", "--target", tmp_path / "t", ok=False), 2)
+
+
+def test_at_before_first_snapshot(repo, src, tmp_path):
+    repo("backup", src, "--time", "2024-06-01T00:00:00Z")
+    line = one_error_line(repo("restore", "--at", "2024-05-01T00:00:00Z", "--target", tmp_path / "t", ok=False), 1)
+    assert "2024-05-01" in line
+
+
+def test_remove_unknown_key(repo):
+    res = repo("key", "remove", "abcdef12", ok=False)
+    line = one_error_line(res, 1)
+    assert "abcdef12" in line
+
+
+# --- more --json and -q -----------------------------------------------------------------------------------
+def test_json_init_key_add_catalog_rebuild(cli, tmp_path):
+    init = json.loads(cli("--json", "init", *FAST_INIT).out)
+    assert len(init["repository_id"]) == 64
+    pw = tmp_path / "pw2"
+    pw.write_text("second")
+    assert json.loads(cli("--json", "key", "add", "--new-password-file", pw).out)["id"]
+    rb = json.loads(cli("--json", "catalog", "rebuild").out)
+    assert rb["snapshots"] == 0
+
+
+def test_quiet_other_commands_print_nothing(repo, src, tmp_path):
+    repo("backup", src)
+    for args in (["restore", "latest", "--target", tmp_path / "r"], ["verify", "--read-data"], ["unlock"],
+                 ["catalog", "rebuild"]):
+        res = repo("-q", *args)
+        assert (res.out, res.err) == ("", ""), (args, res)
+    res = EnvCli(repo.capfd, tmp_path / "r2", tmp_path / "c2", {**repo.env(), "VAULT_REPOSITORY": str(tmp_path / "r2")})(
+        "-q", "init", *FAST_INIT)
+    assert (res.out, res.err) == ("", "")
+
+
+def test_empty_password_refused(cli, tmp_path):
+    c = EnvCli(cli.capfd, cli.repo, cli.cache, {**cli.env(), "VAULT_PASSWORD": ""})
+    line = one_error_line(c("init", *FAST_INIT, ok=False), 1)
+    assert "empty" in line
+    assert not (cli.repo / "config").exists()
+
+
+def test_unknown_command_and_no_command(repo):
+    click_usage(repo("no-such-command", ok=False))
+    res = repo(ok=False)
+    assert res.code in (0, 2) and "Usage" in (res.out + res.err) and "Traceback" not in res.err
+
+
+# --- prompting on a terminal ------------------------------------------------------------------------------
+def _run_on_tty(args: list[str], env: dict, answers: list[str], timeout: float = 60) -> tuple[int, str]:
+    """Run vault with a pseudo-terminal as its controlling terminal; answer each password prompt in turn."""
+    import pty
+    import select
+    import time as _time
+
+    pid, fd = pty.fork()
+    if pid == 0:  # child
+        try:
+            os.execve(sys.executable, [sys.executable, "-m", "vault.cli.main", *args], env)
+        finally:
+            os._exit(127)
+    out = b""
+    todo = list(answers)
+    answered = 0
+    deadline = _time.monotonic() + timeout
+    try:
+        while _time.monotonic() < deadline:
+            r, _, _ = select.select([fd], [], [], 0.1)
+            if r:
+                try:
+                    chunk = os.read(fd, 4096)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                out += chunk
+                if todo and out.lower().count(b"password: ") > answered:
+                    os.write(fd, todo.pop(0).encode() + b"\n")
+                    answered += 1
+            wpid, status = os.waitpid(pid, os.WNOHANG)
+            if wpid:
+                return os.waitstatus_to_exitcode(status), out.decode(errors="replace")
+        else:
+            os.kill(pid, 9)
+    finally:
+        os.close(fd)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), out.decode(errors="replace")
+
+
+def test_prompts_on_a_tty(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VAULT_")}
+    env.update(VAULT_REPOSITORY=str(tmp_path / "repo"), VAULT_CACHE_DIR=str(tmp_path / "cache"))
+    # init asks twice; a mismatch is refused and creates nothing
+    code, out = _run_on_tty(["init", *FAST_INIT], env, ["pw-one", "pw-two"])
+    assert code == 1 and "match" in out, out
+    assert not (tmp_path / "repo" / "config").exists()
+    code, out = _run_on_tty(["init", *FAST_INIT], env, ["typed secret", "typed secret"])
+    assert code == 0, out
+    assert "typed secret" not in out, "the password must not be echoed"
+    code, out = _run_on_tty(["snapshots"], env, ["typed secret"])
+    assert code == 0, out
+    code, out = _run_on_tty(["snapshots"], env, ["wrong"])
+    assert code == 12, out
+
+
+def test_repository_path_is_a_file(cli, tmp_path):
+    f = tmp_path / "repo"
+    f.write_bytes(b"not a directory")
+    one_error_line(cli("snapshots", ok=False), 10)
+    res = cli("init", *FAST_INIT, ok=False)
+    assert res.code in (1, 2)
+    one_error_line(res, res.code)
+    assert f.read_bytes() == b"not a directory"

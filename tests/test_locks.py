@@ -1,0 +1,189 @@
+"""Repository locks: live locks block (exit 11, naming the holder), stale ones never do, unlock cleans up,
+--lock-wait waits, and shared backup locks let two hosts back up at the same time."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from conftest import assert_trees_equal, make_tree
+from vault.backend.local import LocalBackend
+from vault.locks import STALE_AFTER, Lock
+
+
+@pytest.fixture
+def src(tmp_path):
+    return make_tree(tmp_path / "src", {"a": b"alpha" * 100, "d": {"b": os.urandom(5000)}})
+
+
+def backend(repo) -> LocalBackend:
+    return LocalBackend(repo.repo)
+
+
+def dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def put_lock(be: LocalBackend, name: str, **fields) -> str:
+    now = time.time()
+    doc = {"host": socket.gethostname(), "pid": os.getpid(), "username": "someone", "operation": "prune",
+           "exclusive": True, "time": now, "refreshed": now, **fields}
+    be.put(f"locks/{name}", json.dumps(doc).encode())
+    return f"locks/{name}"
+
+
+def lock_names(be: LocalBackend) -> set[str]:
+    return {n for n, _ in be.list("locks/")}
+
+
+def snapshot_count(repo) -> int:
+    return len(repo("--json", "snapshots").json)
+
+
+# --- a live exclusive lock blocks -------------------------------------------------------------------------
+def test_live_exclusive_lock_blocks_backup(repo, src):
+    be = backend(repo)
+    with Lock(be, exclusive=True, operation="prune", wait=0):
+        res = repo("backup", src, "--lock-wait", "0", ok=11)
+        lines = res.err.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("vault:"), res.err
+        assert "prune" in res.err and str(os.getpid()) in res.err and socket.gethostname() in res.err
+        # same from a real process: its pid differs from the holder's, the lock is still live
+        p = repo.proc("backup", src, "--lock-wait", "0", stdin=subprocess.DEVNULL, timeout=60)
+        assert p.returncode == 11, p.stderr
+        assert b"prune" in p.stderr and b"Traceback" not in p.stderr
+        assert len(lock_names(be)) == 1, "the failed backup must remove its own lock"
+    assert lock_names(be) == set()
+    assert snapshot_count(repo) == 0
+    repo("backup", src, "--lock-wait", "0")
+    assert snapshot_count(repo) == 1
+    assert lock_names(be) == set(), "a finished backup leaves no lock behind"
+
+
+def test_shared_lock_does_not_block_backup_but_blocks_exclusive(repo, src):
+    be = backend(repo)
+    with Lock(be, exclusive=False, operation="backup", wait=0):
+        repo("backup", src, "--lock-wait", "0")
+        with pytest.raises(Exception) as ei:
+            Lock(be, exclusive=True, operation="prune", wait=0)
+        assert getattr(ei.value, "exit_code", None) == 11
+
+
+def test_exclusive_lock_blocks_restore_and_verify(repo, src, tmp_path):
+    repo("backup", src)
+    with Lock(backend(repo), exclusive=True, operation="prune", wait=0):
+        repo("verify", "--lock-wait", "0", ok=11)
+        repo("restore", "latest", "--target", tmp_path / "r", "--lock-wait", "0", ok=11)
+        # read-only catalog queries need no lock
+        assert snapshot_count(repo) == 1
+
+
+# --- stale locks are ignored ------------------------------------------------------------------------------
+def test_lock_of_dead_process_on_this_host_is_ignored(repo, src):
+    be = backend(repo)
+    put_lock(be, "a" * 32, pid=dead_pid())
+    repo("backup", src, "--lock-wait", "0")
+    assert snapshot_count(repo) == 1
+
+
+def test_lock_from_other_host_not_refreshed_is_ignored(repo, src):
+    be = backend(repo)
+    old = time.time() - STALE_AFTER - 60
+    put_lock(be, "b" * 32, host="some-other-host.example", pid=1, time=old - 3600, refreshed=old)
+    repo("backup", src, "--lock-wait", "0")
+    assert snapshot_count(repo) == 1
+
+
+def test_recent_lock_from_other_host_blocks(repo, src):
+    be = backend(repo)
+    # pid 1 is alive here, but that says nothing about another host: the lock must be honoured
+    put_lock(be, "c" * 32, host="some-other-host.example", pid=dead_pid(), refreshed=time.time() - 60)
+    res = repo("backup", src, "--lock-wait", "0", ok=11)
+    assert "some-other-host.example" in res.err
+
+
+def test_malformed_lock_does_not_block(repo, src):
+    be = backend(repo)
+    be.put("locks/" + "d" * 32, b"{not json")
+    repo("backup", src, "--lock-wait", "0")
+
+
+# --- unlock -----------------------------------------------------------------------------------------------
+def test_unlock_removes_stale_keeps_live(repo, src):
+    be = backend(repo)
+    old = time.time() - STALE_AFTER - 60
+    dead = put_lock(be, "1" * 32, pid=dead_pid())
+    expired = put_lock(be, "2" * 32, host="elsewhere", pid=1, time=old, refreshed=old)
+    other_live = put_lock(be, "3" * 32, host="elsewhere", pid=dead_pid(), refreshed=time.time(), exclusive=False,
+                          operation="backup")
+    with Lock(be, exclusive=False, operation="backup", wait=0) as mine:
+        live = mine._name
+        out = repo("--json", "unlock").json
+        assert len(out["removed"]) == 2
+        assert lock_names(be) == {other_live, live}
+        assert dead not in lock_names(be) and expired not in lock_names(be)
+        repo("unlock")  # idempotent
+        assert lock_names(be) == {other_live, live}
+    assert lock_names(be) == {other_live}
+    repo("unlock", "--remove-all")
+    assert lock_names(be) == set()
+
+
+# --- waiting for a lock -----------------------------------------------------------------------------------
+def test_lock_wait_succeeds_when_holder_releases(repo, src):
+    be = backend(repo)
+    held = Lock(be, exclusive=True, operation="prune", wait=0)
+    t = threading.Timer(0.5, held.release)
+    t.start()
+    try:
+        t0 = time.monotonic()
+        repo("backup", src, "--lock-wait", "2s")
+        waited = time.monotonic() - t0
+    finally:
+        t.join()
+        held.release()
+    assert waited >= 0.4, "the backup cannot have run while the exclusive lock was held"
+    assert snapshot_count(repo) == 1
+
+
+def test_lock_wait_gives_up(repo, src):
+    be = backend(repo)
+    with Lock(be, exclusive=True, operation="prune", wait=0):
+        t0 = time.monotonic()
+        repo("backup", src, "--lock-wait", "1s", ok=11)
+        waited = time.monotonic() - t0
+    assert 0.8 <= waited < 10
+
+
+# --- concurrency: two hosts back up at once ---------------------------------------------------------------
+@pytest.mark.parametrize("shared_cache", [False, True], ids=["own-cache", "shared-cache"])
+def test_two_concurrent_backups(repo, tmp_path, shared_cache):
+    a = make_tree(tmp_path / "srcA", {f"f{i}": os.urandom(500_000) for i in range(40)} | {"common": b"x" * 300_000})
+    b = make_tree(tmp_path / "srcB", {f"g{i}": os.urandom(500_000) for i in range(40)} | {"common": b"x" * 300_000})
+    procs = []
+    for host, src in (("hostA", a), ("hostB", b)):
+        cache = repo.cache if shared_cache else tmp_path / f"cache-{host}"
+        env = {**os.environ, **repo.env(), "VAULT_CACHE_DIR": str(cache)}
+        procs.append(subprocess.Popen([sys.executable, "-m", "vault.cli.main", "--json", "backup", str(src),
+                                       "--host", host, "--lock-wait", "0"], env=env, stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    outs = [p.communicate(timeout=120) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err.decode()
+    snaps = repo("--json", "snapshots").json
+    assert sorted(s["host"] for s in snaps) == ["hostA", "hostB"]
+    assert lock_names(backend(repo)) == set()
+    for s, src in zip(sorted(snaps, key=lambda s: s["host"]), (a, b)):
+        target = tmp_path / f"restore-{s['host']}"
+        repo("restore", s["id"], "--target", target)
+        assert_trees_equal(src, target / src.relative_to("/"))
+    repo("verify", "--read-data")

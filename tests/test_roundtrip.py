@@ -1,0 +1,453 @@
+"""Round trips of tricky trees: names, links, modes, mtimes, sparse files, ownership; snapshot selection
+(id, prefix, latest, --at), restore filters, restoring into a non-empty target; ls, diff and find."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import stat
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from conftest import Hardlink, Symlink, assert_trees_equal, make_tree, scan
+
+MiB = 1024 * 1024
+IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+NON_UTF8 = b"caf\xe9"
+LONG_NAME = b"L" * 251 + b".txt"  # 255 bytes
+DEEP = 60
+
+
+def restored(target: Path, src: Path) -> Path:
+    """Where a source tree lands under a restore target (target + absolute source path)."""
+    return Path(target) / Path(src).relative_to("/")
+
+
+def deep_spec(levels: int) -> dict:
+    spec: dict = {"bottom.txt": b"the deepest file\n"}
+    for i in reversed(range(levels)):
+        spec = {f"d{i:02d}": spec}
+    return spec
+
+
+def tricky_spec() -> dict:
+    return {
+        "plain.txt": b"hello\n",
+        "empty": b"",
+        "caf\u00e9.txt": "é".encode() * 100,
+        "日本": {"語.txt": "日本語\n".encode(), "empty-sub": {}},
+        "emoji \U0001f600 ✓": b"smile",
+        NON_UTF8: b"latin-1 name\n",
+        b"dir-" + NON_UTF8: {b"inner-" + NON_UTF8: b"x" * 1000},
+        LONG_NAME: b"long name\n",
+        b"spaces and\ttab\nnewline": b"odd",
+        "deep": deep_spec(DEEP),
+        "empty-dir": {},
+        "modes": {"m0600": b"a", "m0755": b"b", "m0700": b"c", "m0644": b"d", "suid": b"e",
+                  "ro-dir": {"inside": b"in a 0500 dir"}},
+        "big.bin": os.urandom(3 * MiB + 12345),
+        "links": {
+            "rel": Symlink("../plain.txt"),
+            "abs": Symlink("/etc/hostname"),
+            "dangling": Symlink("does/not/exist"),
+            "to-dir": Symlink("../日本"),
+            "non-utf8-target": Symlink(os.fsdecode(b"../" + NON_UTF8)),
+        },
+        "hard1": Hardlink("plain.txt"),
+        "hard2": Hardlink("plain.txt"),
+        "hard-big": Hardlink("big.bin"),
+        "hard-empty": Hardlink("empty"),
+    }
+
+
+def set_modes_and_times(src: Path) -> None:
+    m = src / "modes"
+    for name, mode in (("m0600", 0o600), ("m0755", 0o755), ("m0700", 0o700), ("m0644", 0o644),
+                       ("suid", 0o4755)):
+        os.chmod(m / name, mode)
+    os.chmod(m / "ro-dir", 0o500)
+    # distinct mtimes for every directory (deepest first, since touching a child changes its parent)
+    dirs = []
+    for dirpath, dirnames, _ in os.walk(os.fsencode(src)):
+        dirs += [os.path.join(dirpath, d) for d in dirnames]
+    dirs.sort(key=lambda d: d.count(b"/"), reverse=True)
+    for i, d in enumerate(dirs):
+        t = 1_600_000_000_000_000_000 + i * 1_000_000_007
+        os.utime(d, ns=(t, t), follow_symlinks=False)
+    # symlinks get their own mtimes too
+    for name in ("rel", "abs", "dangling", "to-dir"):
+        os.utime(src / "links" / name, ns=(1_500_000_000_111_111_111, 1_500_000_000_111_111_111),
+                 follow_symlinks=False)
+    os.utime(src, ns=(1_650_000_000_987_654_321, 1_650_000_000_987_654_321))
+
+
+@pytest.fixture
+def tricky(tmp_path) -> Path:
+    src = make_tree(tmp_path / "src", tricky_spec())
+    set_modes_and_times(src)
+    return src
+
+
+def test_tricky_tree_round_trip(repo, tmp_path, tricky):
+    out = repo("--json", "backup", tricky).json
+    assert out["snapshot_id"]
+    r = tmp_path / "r"
+    repo("restore", "latest", "--target", r)
+    dst = restored(r, tricky)
+    assert_trees_equal(tricky, dst)
+    # the root of the backed-up tree keeps its metadata too
+    assert os.stat(dst).st_mtime_ns == os.stat(tricky).st_mtime_ns
+    # explicit spot checks (scan() compares these, but a failure here reads better)
+    m = dst / "modes"
+    for name, mode in (("m0600", 0o600), ("m0755", 0o755), ("m0700", 0o700), ("m0644", 0o644),
+                       ("suid", 0o4755)):
+        assert stat.S_IMODE(os.lstat(m / name).st_mode) == mode, name
+    assert stat.S_IMODE(os.lstat(m / "ro-dir").st_mode) == 0o500
+    assert (m / "ro-dir" / "inside").read_bytes() == b"in a 0500 dir"
+    assert os.path.exists(os.path.join(os.fsencode(dst), NON_UTF8))
+    assert os.path.exists(os.path.join(os.fsencode(dst), LONG_NAME))
+    deep = dst / "deep" / Path(*[f"d{i:02d}" for i in range(DEEP)]) / "bottom.txt"
+    assert deep.read_bytes() == b"the deepest file\n"
+    # hardlinks: one inode, link count kept
+    ino = {os.lstat(dst / n).st_ino for n in ("plain.txt", "hard1", "hard2")}
+    assert len(ino) == 1 and os.lstat(dst / "plain.txt").st_nlink == 3
+    assert os.lstat(dst / "big.bin").st_ino == os.lstat(dst / "hard-big").st_ino
+    # symlinks: targets verbatim (never resolved), mtimes kept
+    links = dst / "links"
+    assert os.readlink(links / "rel") == "../plain.txt"
+    assert os.readlink(links / "abs") == "/etc/hostname"
+    assert os.readlink(links / "dangling") == "does/not/exist"
+    assert os.readlink(os.fsencode(links / "non-utf8-target")) == b"../" + NON_UTF8
+    assert os.path.islink(links / "to-dir") and os.path.isdir(links / "to-dir")
+    for name in ("rel", "abs", "dangling", "to-dir"):
+        assert os.lstat(links / name).st_mtime_ns == 1_500_000_000_111_111_111, name
+    # no temp files left behind
+    leftovers = [p for p in scan(r) if b".vault-" in p]
+    assert not leftovers
+
+
+def test_restore_twice_into_same_target(repo, tmp_path, tricky):
+    repo("backup", tricky)
+    r = tmp_path / "r"
+    repo("restore", "latest", "--target", r)
+    repo("restore", "latest", "--target", r)
+    assert_trees_equal(tricky, restored(r, tricky))
+    assert not [p for p in scan(r) if b".vault-" in p]
+
+
+def test_sparse_file_stays_sparse(repo, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    f = src / "sparse.img"
+    data = os.urandom(4096)
+    with open(f, "wb") as fh:
+        fh.truncate(100 * MiB)
+        fh.seek(50 * MiB + 1234)
+        fh.write(data)
+    os.utime(f, ns=(1_700_000_000_000_000_001, 1_700_000_000_000_000_001))
+    assert os.stat(f).st_blocks * 512 < 1 * MiB, "the test filesystem does not support sparse files"
+    repo("backup", src)
+    r = tmp_path / "r"
+    repo("restore", "latest", "--target", r)
+    g = restored(r, src) / "sparse.img"
+    st = os.stat(g)
+    assert st.st_size == 100 * MiB
+    assert st.st_blocks * 512 < 10 * MiB, f"restored sparse file allocates {st.st_blocks * 512} bytes"
+    with open(g, "rb") as fh:
+        h = hashlib.sha256()
+        while b := fh.read(8 * MiB):
+            h.update(b)
+    with open(f, "rb") as fh:
+        h2 = hashlib.sha256()
+        while b := fh.read(8 * MiB):
+            h2.update(b)
+    assert h.hexdigest() == h2.hexdigest()
+    with open(g, "rb") as fh:
+        fh.seek(50 * MiB + 1234)
+        assert fh.read(4096) == data
+    assert st.st_mtime_ns == 1_700_000_000_000_000_001
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="ownership is restored only when running as root")
+def test_ownership_restored_as_root(repo, tmp_path):
+    src = make_tree(tmp_path / "src", {"owned": b"x", "link": Symlink("owned"), "d": {"f": b"y"}, "suid": b"s"})
+    os.chown(src / "owned", 1234, 5678)
+    os.chown(src / "suid", 1234, 5678)
+    os.chmod(src / "suid", 0o6755)
+    os.lchown(src / "link", 4321, 8765)
+    os.chown(src / "d", 1111, 2222)
+    repo("backup", src)
+    r = tmp_path / "r"
+    repo("restore", "latest", "--target", r)
+    dst = restored(r, src)
+    st = os.lstat(dst / "owned")
+    assert (st.st_uid, st.st_gid) == (1234, 5678)
+    st = os.lstat(dst / "link")
+    assert (st.st_uid, st.st_gid) == (4321, 8765)
+    st = os.lstat(dst / "d")
+    assert (st.st_uid, st.st_gid) == (1111, 2222)
+    st = os.lstat(dst / "d" / "f")
+    assert (st.st_uid, st.st_gid) == (0, 0)
+    st = os.lstat(dst / "suid")  # chown clears set-id bits: the mode must be applied after the owner
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (1234, 5678, 0o6755)
+
+
+# --- choosing the snapshot --------------------------------------------------------------------------------
+@pytest.fixture
+def history(repo, tmp_path):
+    """Snapshots of one tree at fixed times, each with different content of version.txt."""
+    src = make_tree(tmp_path / "src", {"version.txt": b"v1", "keep": b"same"})
+    times = ["2024-01-01T10:00:00Z", "2024-01-02T10:00:00.123456Z", "2024-01-03T10:00:00Z"]
+    ids = []
+    for i, t in enumerate(times, 1):
+        (src / "version.txt").write_bytes(f"v{i}".encode())
+        ids.append(repo("--json", "backup", src, "--time", t).json["snapshot_id"])
+    return src, ids
+
+
+def restore_version(repo, tmp_path, src, *args) -> tuple[str, str]:
+    target = tmp_path / f"r{len(list(tmp_path.iterdir()))}"
+    out = repo("--json", "restore", *args, "--target", target).json
+    return out["snapshot_id"], (restored(target, src) / "version.txt").read_text()
+
+
+def test_restore_by_id_prefix_and_latest(repo, tmp_path, history):
+    src, ids = history
+    snaps = repo("--json", "snapshots").json
+    assert [s["id"] for s in snaps] == ids
+    for s in snaps:
+        assert s["id"].startswith(s["short_id"])
+    assert restore_version(repo, tmp_path, src, ids[0]) == (ids[0], "v1")
+    assert restore_version(repo, tmp_path, src, ids[1][:6]) == (ids[1], "v2")
+    assert restore_version(repo, tmp_path, src, snaps[0]["short_id"]) == (ids[0], "v1")
+    assert restore_version(repo, tmp_path, src, "latest") == (ids[2], "v3")
+
+
+def test_restore_at_exact_time_string(repo, tmp_path, history):
+    src, ids = history
+    snaps = repo("--json", "snapshots").json
+    assert snaps[1]["time"] == "2024-01-02T10:00:00.123456Z"
+    for s, want in zip(snaps, ("v1", "v2", "v3")):
+        assert restore_version(repo, tmp_path, src, "--at", s["time"]) == (s["id"], want)
+    # one microsecond before the second snapshot: the first one
+    assert restore_version(repo, tmp_path, src, "--at", "2024-01-02T10:00:00.123455Z") == (ids[0], "v1")
+
+
+def test_restore_at_between_snapshots_picks_older(repo, tmp_path, history):
+    src, ids = history
+    assert restore_version(repo, tmp_path, src, "--at", "2024-01-02T00:00:00Z") == (ids[0], "v1")
+    assert restore_version(repo, tmp_path, src, "--at", "2024-01-02T23:59:59Z") == (ids[1], "v2")
+    assert restore_version(repo, tmp_path, src, "--at", "2030-01-01T00:00:00Z") == (ids[2], "v3")
+    res = repo("restore", "--at", "2023-12-31T00:00:00Z", "--target", tmp_path / "none", ok=False)
+    assert res.code != 0 and "Traceback" not in res.err
+
+
+def test_restore_at_with_offset(repo, tmp_path, history):
+    src, ids = history
+    # 2024-01-02T12:00:00+02:00 is 10:00:00Z, before 10:00:00.123456Z -> first snapshot
+    assert restore_version(repo, tmp_path, src, "--at", "2024-01-02T12:00:00+02:00") == (ids[0], "v1")
+    assert restore_version(repo, tmp_path, src, "--at", "2024-01-02T12:00:01+02:00") == (ids[1], "v2")
+    # a negative offset: 2024-01-03T05:00:00-05:00 = 10:00Z exactly -> third snapshot
+    assert restore_version(repo, tmp_path, src, "--at", "2024-01-03T05:00:00-05:00") == (ids[2], "v3")
+    assert restore_version(repo, tmp_path, src, "--at", "2024-01-03T04:59:59-05:00") == (ids[1], "v2")
+
+
+def test_restore_at_naive_time_is_local(repo, tmp_path, history, monkeypatch):
+    import time
+
+    monkeypatch.setenv("TZ", "UTC-03:00")  # POSIX: three hours east of UTC, no DST
+    time.tzset()
+    src, ids = history
+    try:
+        # 13:00 local = 10:00Z, before the second snapshot (10:00:00.123456Z)
+        assert restore_version(repo, tmp_path, src, "--at", "2024-01-02T13:00:00") == (ids[0], "v1")
+        assert restore_version(repo, tmp_path, src, "--at", "2024-01-02 13:00:01") == (ids[1], "v2")
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def test_restore_at_days_ago(repo, tmp_path, history):
+    src, ids = history
+    ten_days_ago = (datetime.now(timezone.utc) - timedelta(days=10)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    (src / "version.txt").write_bytes(b"v4")
+    old = repo("--json", "backup", src, "--time", ten_days_ago).json["snapshot_id"]
+    (src / "version.txt").write_bytes(b"v5")
+    now = repo("--json", "backup", src).json["snapshot_id"]
+    assert restore_version(repo, tmp_path, src, "--at", "5 days ago") == (old, "v4")
+    assert restore_version(repo, tmp_path, src, "--at", "1 day ago") == (old, "v4")
+    assert restore_version(repo, tmp_path, src, "--at", "2 weeks ago")[0] == ids[2]
+    assert restore_version(repo, tmp_path, src, "--at", "1 hour ago") == (old, "v4")
+    assert restore_version(repo, tmp_path, src, "latest") == (now, "v5")
+
+
+# --- restore filters and non-empty targets -----------------------------------------------------------------
+FILTER_SPEC = {
+    "a.txt": b"a", "a.log": b"alog",
+    "sub": {"b.txt": b"b", "b.log": b"blog", "deeper": {"c.txt": b"c", "c.log": b"clog", "c.bin": b"cbin"}},
+    "other": {"d.bin": b"d"},
+}
+
+
+def files_under(root: Path) -> set[str]:
+    out = set()
+    for dirpath, _, filenames in os.walk(root):
+        for f in filenames:
+            out.add(os.path.relpath(os.path.join(dirpath, f), root))
+    return out
+
+
+def test_restore_include_glob_any_depth(repo, tmp_path):
+    src = make_tree(tmp_path / "src", FILTER_SPEC)
+    repo("backup", src)
+    r = tmp_path / "r"
+    repo("restore", "latest", "--target", r, "--include", "*.txt")
+    assert files_under(restored(r, src)) == {"a.txt", "sub/b.txt", "sub/deeper/c.txt"}
+    assert (restored(r, src) / "sub/deeper/c.txt").read_bytes() == b"c"
+
+
+def test_restore_exclude_glob_any_depth(repo, tmp_path):
+    src = make_tree(tmp_path / "src", FILTER_SPEC)
+    repo("backup", src)
+    r = tmp_path / "r"
+    repo("restore", "latest", "--target", r, "--exclude", "*.log")
+    assert files_under(restored(r, src)) == {"a.txt", "sub/b.txt", "sub/deeper/c.txt", "sub/deeper/c.bin",
+                                             "other/d.bin"}
+
+
+def test_restore_include_directory_and_exclude_combined(repo, tmp_path):
+    src = make_tree(tmp_path / "src", FILTER_SPEC)
+    repo("backup", src)
+    r = tmp_path / "r"
+    repo("restore", "latest", "--target", r, "--include", str(src / "sub"), "--exclude", "*.bin")
+    assert files_under(restored(r, src)) == {"sub/b.txt", "sub/b.log", "sub/deeper/c.txt", "sub/deeper/c.log"}
+    r2 = tmp_path / "r2"
+    repo("restore", "latest", "--target", r2, "--exclude", "deeper")
+    assert files_under(restored(r2, src)) == {"a.txt", "a.log", "sub/b.txt", "sub/b.log", "other/d.bin"}
+
+
+def test_restore_into_non_empty_target(repo, tmp_path):
+    src = make_tree(tmp_path / "src", {"in-snap.txt": b"snapshot content", "d": {"also.txt": b"also"}})
+    repo("backup", src)
+    r = tmp_path / "r"
+    dst = restored(r, src)
+    make_tree(dst, {"in-snap.txt": b"local edits that are longer than the snapshot's",
+                    "not-in-snap.txt": b"mine", "d": {"also.txt": b"x", "mine.txt": b"mine too"}},
+              mtime_ns=1_234_567_890_123_456_789)
+    before = os.stat(dst / "not-in-snap.txt")
+    repo("restore", "latest", "--target", r)
+    assert (dst / "in-snap.txt").read_bytes() == b"snapshot content"
+    assert (dst / "d" / "also.txt").read_bytes() == b"also"
+    assert os.stat(dst / "in-snap.txt").st_mtime_ns == os.stat(src / "in-snap.txt").st_mtime_ns
+    assert (dst / "not-in-snap.txt").read_bytes() == b"mine"
+    assert (dst / "d" / "mine.txt").read_bytes() == b"mine too"
+    after = os.stat(dst / "not-in-snap.txt")
+    assert (after.st_ino, after.st_mtime_ns, after.st_mode) == (before.st_ino, before.st_mtime_ns, before.st_mode)
+
+
+def test_restore_conflicting_types_in_target(repo, tmp_path):
+    """Where the target holds a directory in place of a snapshot file (or a file in place of a snapshot
+    directory), it is kept and named; everything else is restored."""
+    src = make_tree(tmp_path / "src", {"f": b"file in snapshot", "d": {"inner": b"i"}, "ok": b"fine"})
+    repo("backup", src)
+    r = tmp_path / "r"
+    dst = restored(r, src)
+    make_tree(dst, {"f": {"mine": b"local dir where the snapshot has a file"}, "d": b"local file"})
+    res = repo("restore", "latest", "--target", r, ok=False)
+    assert "Traceback" not in res.err
+    assert (dst / "f" / "mine").read_bytes() == b"local dir where the snapshot has a file"
+    assert (dst / "d").read_bytes() == b"local file"
+    assert (dst / "ok").read_bytes() == b"fine"
+    both = res.out + res.err
+    assert f"{src}/f" in both and f"{src}/d" in both, both
+    assert not [p for p in scan(r) if b".vault-" in p]
+
+
+# --- ls / diff / find ----------------------------------------------------------------------------------------
+def test_ls_lists_everything_recursively(repo, tmp_path):
+    src = make_tree(tmp_path / "src", {"a": b"1", "d": {"b": b"2", "e": {"c": b"3", "empty": {}}},
+                                       "l": Symlink("a")})
+    repo("backup", src)
+    s = str(src)
+    all_paths = {s, f"{s}/a", f"{s}/d", f"{s}/d/b", f"{s}/d/e", f"{s}/d/e/c", f"{s}/d/e/empty", f"{s}/l"}
+    out = repo("--json", "ls", "latest").json
+    paths = {e["path"] for e in out["entries"]}
+    assert all_paths <= paths
+    # the ancestors of the source path are in the snapshot too, nothing else
+    assert paths - all_paths == {str(p) for p in src.parents if str(p) != "/"}
+    below = repo("--json", "ls", "latest", f"{s}/d").json["entries"]
+    assert {e["path"] for e in below} == {f"{s}/d", f"{s}/d/b", f"{s}/d/e", f"{s}/d/e/c", f"{s}/d/e/empty"}
+    types = {e["path"]: e["type"] for e in below}
+    assert types[f"{s}/d/e/c"] == "file" and types[f"{s}/d/e/empty"] == "dir"
+    text = repo("ls", "latest", f"{s}/d/").out.splitlines()
+    assert sorted(text) == sorted(e["path"] for e in below)
+    res = repo("ls", "latest", f"{s}/nope", ok=False)
+    assert res.code != 0 and "Traceback" not in res.err
+
+
+def test_ls_tricky_names(repo, tmp_path, tricky):
+    """Every name the filesystem accepts is listed, in text and JSON, by a real process (stdout a pipe)."""
+    repo("backup", tricky)
+    root = os.fsencode(tricky)
+    expected = {root} | {root + b"/" + p for p in scan(tricky)}
+    res = repo.proc("ls", "latest", tricky)
+    assert res.returncode == 0, res.stderr.decode(errors="replace")
+    lines = set(res.stdout.split(b"\n"))
+    one_line = {p for p in expected if b"\n" not in p}
+    assert one_line - lines == set(), "entries missing from 'vault ls' output"
+    assert os.path.join(root, NON_UTF8) in lines
+    resj = repo.proc("--json", "ls", "latest", tricky)
+    assert resj.returncode == 0, resj.stderr.decode(errors="replace")
+    try:
+        text = resj.stdout.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        pytest.fail(f"'vault --json ls' wrote invalid UTF-8 (JSON must be UTF-8; a non-UTF-8 name needs an "
+                    f"escaped or base64 form): {exc}")
+    entries = json.loads(text)["entries"]
+    assert len(entries) == len(expected)
+    # each path recovers its exact bytes (surrogate-escaped in "path", or base64 in "path_b64" if given)
+    got = {base64.b64decode(e["path_b64"]) if "path_b64" in e else os.fsencode(e["path"]) for e in entries}
+    assert got == expected
+
+
+def test_diff_reports_added_removed_modified(repo, tmp_path):
+    src = make_tree(tmp_path / "src", {"same": b"s", "mod": b"old", "gone": b"g",
+                                       "d": {"x": b"x", "gone-dir": {"y": b"y"}}})
+    a = repo("--json", "backup", src).json["snapshot_id"]
+    (src / "mod").write_bytes(b"new content")
+    (src / "gone").unlink()
+    (src / "d" / "gone-dir" / "y").unlink()
+    (src / "d" / "gone-dir").rmdir()
+    (src / "new").write_bytes(b"n")
+    (src / "d" / "new-dir").mkdir()
+    (src / "d" / "new-dir" / "z").write_bytes(b"z")
+    b = repo("--json", "backup", src).json["snapshot_id"]
+    out = repo("--json", "diff", a, b).json
+    s = str(src)
+    assert set(out["added"]) == {f"{s}/new", f"{s}/d/new-dir", f"{s}/d/new-dir/z"}
+    assert set(out["removed"]) == {f"{s}/gone", f"{s}/d/gone-dir", f"{s}/d/gone-dir/y"}
+    assert set(out["modified"]) == {f"{s}/mod"}
+    back = repo("--json", "diff", b[:10], a[:10]).json
+    assert set(back["added"]) == set(out["removed"]) and set(back["removed"]) == set(out["added"])
+    text = repo("diff", a, "latest").out
+    assert f"+ {s}/new" in text and f"- {s}/gone" in text and f"M {s}/mod" in text
+    assert repo("--json", "diff", a, a).json == {"snapshot_a": a, "snapshot_b": a, "added": [], "removed": [],
+                                                 "modified": []}
+
+
+def test_find_glob_any_depth(repo, tmp_path):
+    src = make_tree(tmp_path / "src", {"a.conf": b"1", "x": {"b.conf": b"2", "y": {"c.conf": b"3", "d.txt": b"4"}}})
+    s1 = repo("--json", "backup", src).json["snapshot_id"]
+    (src / "x" / "y" / "c.conf").unlink()
+    s2 = repo("--json", "backup", src).json["snapshot_id"]
+    hits = repo("--json", "find", "*.conf").json
+    got = {(h["snapshot_id"], h["path"]) for h in hits}
+    s = str(src)
+    assert got == {(s1, f"{s}/a.conf"), (s1, f"{s}/x/b.conf"), (s1, f"{s}/x/y/c.conf"),
+                   (s2, f"{s}/a.conf"), (s2, f"{s}/x/b.conf")}
+    anchored = repo("--json", "find", f"{s}/x/*").json
+    assert {h["path"] for h in anchored} == {f"{s}/x/b.conf", f"{s}/x/y"}
+    assert repo("--json", "find", "*.nothing").json == []

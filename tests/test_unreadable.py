@@ -1,0 +1,190 @@
+"""Unreadable source entries: the backup still writes a snapshot of everything else, names each unreadable path
+on stderr, and exits 3.
+
+Root reads everything, so as root the backup runs without CAP_DAC_OVERRIDE / CAP_DAC_READ_SEARCH (dropped from
+the capability bounding set before exec): it stays uid 0 -- the interpreter under /root stays reachable -- but
+a mode-000 file or directory is then as unreadable to it as to any user."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import make_tree, scan
+
+IS_ROOT = os.geteuid() == 0
+PR_CAPBSET_DROP = 24
+CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 1, 2
+
+
+def _drop_dac_caps() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
+        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+def run_unprivileged(args: list[str], env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                          timeout=120, preexec_fn=_drop_dac_caps if IS_ROOT else None)
+
+
+@pytest.fixture
+def restricted_ok(tmp_path):
+    """Check that the restricted process really cannot read a mode-000 file (else the test means nothing)."""
+    probe = tmp_path / "probe"
+    probe.write_bytes(b"secret")
+    probe.chmod(0)
+    p = run_unprivileged(["-c", f"open({str(probe)!r}, 'rb').read()"], dict(os.environ))
+    probe.chmod(0o600)
+    if p.returncode == 0:
+        pytest.skip("cannot make a file unreadable to the backup process here")
+
+
+@pytest.fixture
+def unreadable_tree(tmp_path):
+    src = make_tree(tmp_path / "src", {
+        "ok.txt": b"readable\n",
+        "locked.bin": b"no one may read me" * 100,
+        "lockeddir": {"inside.txt": b"hidden", "deeper": {"x": b"y"}},
+        "sub": {"fine.bin": os.urandom(4000), "secret.key": b"k" * 64, "empty": {}},
+        "zlast.txt": b"after the unreadable ones\n",
+    })
+    (src / "locked.bin").chmod(0)
+    (src / "sub" / "secret.key").chmod(0)
+    (src / "lockeddir").chmod(0)
+    yield src
+    for p in (src / "locked.bin", src / "sub" / "secret.key", src / "lockeddir"):
+        p.chmod(0o700)
+
+
+def test_unreadable_entries_exit_3(repo, unreadable_tree, tmp_path, restricted_ok):
+    src = unreadable_tree
+    # the repository and cache already exist (made by the fixture); the backup runs restricted
+    p = run_unprivileged(["-m", "vault.cli.main", "--json", "backup", str(src)], {**os.environ, **repo.env()})
+    err = p.stderr.decode(errors="replace")
+    assert p.returncode == 3, err
+    assert "Traceback" not in err
+    for bad in (src / "locked.bin", src / "sub" / "secret.key", src / "lockeddir"):
+        assert any(str(bad) in line for line in err.splitlines()), f"{bad} not named in stderr:\n{err}"
+    for good in ("ok.txt", "fine.bin", "zlast.txt"):
+        assert not any(line.endswith(good) or f"{good}:" in line for line in err.splitlines()), err
+    out = json.loads(p.stdout)
+    assert out["snapshot_id"]
+    assert {e["path"] for e in out["errors"]} == {str(src / "locked.bin"), str(src / "sub" / "secret.key"),
+                                                  str(src / "lockeddir")}
+    assert out["files_new"] == 3
+
+    snaps = repo("--json", "snapshots").json
+    assert [s["id"] for s in snaps] == [out["snapshot_id"]]
+    target = tmp_path / "r"
+    repo("restore", "latest", "--target", target)
+    restored = scan(target / src.relative_to("/"))
+    (src / "lockeddir").chmod(0o700)  # so the comparison can look inside (as root it could anyway)
+    source = scan(src)
+    skipped = {b"locked.bin", b"sub/secret.key"}
+    below_locked = {k for k in source if k.startswith(b"lockeddir/")}
+    expect = {k: v for k, v in source.items() if k not in skipped and k not in below_locked}
+    assert set(restored) - {b"lockeddir"} == set(expect) - {b"lockeddir"}
+    for k in set(expect) - {b"lockeddir"}:
+        assert restored[k] == expect[k], k
+    # nothing from inside the unreadable directory and no trace of the unreadable files
+    assert not any(k.startswith(b"lockeddir/") for k in restored)
+
+
+def test_unreadable_text_output_and_quiet(repo, unreadable_tree, restricted_ok):
+    src = unreadable_tree
+    env = {**os.environ, **repo.env()}
+    p = run_unprivileged(["-m", "vault.cli.main", "backup", str(src)], env)
+    assert p.returncode == 3
+    err = p.stderr.decode()
+    assert err.splitlines()[-1].startswith("vault:"), err
+    # -q: still exit 3 and still every unreadable path named (cron must mail this), nothing on stdout
+    p = run_unprivileged(["-m", "vault.cli.main", "-q", "backup", str(src)], env)
+    assert p.returncode == 3
+    assert p.stdout == b""
+    err = p.stderr.decode()
+    assert str(src / "locked.bin") in err and str(src / "lockeddir") in err
+
+
+def test_incremental_after_unreadable_becomes_readable(repo, unreadable_tree, tmp_path, restricted_ok):
+    src = unreadable_tree
+    env = {**os.environ, **repo.env()}
+    assert run_unprivileged(["-m", "vault.cli.main", "backup", str(src)], env).returncode == 3
+    for p in (src / "locked.bin", src / "sub" / "secret.key", src / "lockeddir"):
+        p.chmod(0o700)
+    p = run_unprivileged(["-m", "vault.cli.main", "--json", "backup", str(src)], env)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    # the two files and the directory's contents were not in the parent: they are new now
+    assert out["files_new"] == 4 and out["errors"] == []
+    target = tmp_path / "r"
+    repo("restore", "latest", "--target", target)
+    assert (target / src.relative_to("/") / "lockeddir" / "deeper" / "x").read_bytes() == b"y"
+    assert (target / src.relative_to("/") / "locked.bin").read_bytes() == b"no one may read me" * 100
+
+
+def test_only_path_unreadable(repo, tmp_path, restricted_ok):
+    """A single source file that cannot be read: a snapshot (of nothing readable) or a clear failure -- never
+    exit 0, never a traceback."""
+    f = tmp_path / "only.bin"
+    f.write_bytes(b"data")
+    f.chmod(0)
+    try:
+        p = run_unprivileged(["-m", "vault.cli.main", "backup", str(f)], {**os.environ, **repo.env()})
+    finally:
+        f.chmod(0o600)
+    err = p.stderr.decode()
+    assert p.returncode in (1, 3), err
+    assert "Traceback" not in err and str(f) in err
+
+
+def test_one_of_two_paths_unreadable(repo, tmp_path, restricted_ok):
+    """`vault backup /etc /root` from cron, with /root unreadable: /etc must still be backed up (exit 3)."""
+    good = make_tree(tmp_path / "good", {"a": b"1", "d": {"b": b"2"}})
+    bad = make_tree(tmp_path / "bad", {"c": b"3"})
+    bad.chmod(0)
+    try:
+        p = run_unprivileged(["-m", "vault.cli.main", "--json", "backup", str(good), str(bad)],
+                             {**os.environ, **repo.env()})
+    finally:
+        bad.chmod(0o700)
+    err = p.stderr.decode()
+    assert p.returncode == 3, err
+    assert str(bad) in err and "Traceback" not in err
+    assert json.loads(p.stdout)["files_new"] == 2
+    repo("restore", "latest", "--target", tmp_path / "r")
+    assert (tmp_path / "r" / good.relative_to("/") / "d" / "b").read_bytes() == b"2"
+
+
+def test_file_changing_while_read_is_a_warning(repo, tmp_path, monkeypatch):
+    """Made deterministic by appending to the file from inside the archiver's read (in-process)."""
+    from vault import archiver
+
+    src = make_tree(tmp_path / "src", {"growing.log": b"line\n" * 100, "steady.txt": b"same\n"})
+    real = archiver.Archiver._read_all
+
+    def read_and_grow(fd: int, hint: int) -> bytes:
+        data = real(fd, hint)
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        if path.endswith("growing.log"):
+            with open(path, "ab") as f:
+                f.write(b"appended while vault was reading\n")
+        return data
+
+    monkeypatch.setattr(archiver.Archiver, "_read_all", staticmethod(read_and_grow))
+    res = repo("--json", "backup", src, ok=False)
+    assert res.code in (0, 3), res.err
+    out = json.loads(res.out)
+    assert out["snapshot_id"]
+    assert [w["path"] for w in out["warnings"]] == [str(src / "growing.log")]
+    assert str(src / "growing.log") in res.err and "steady.txt" not in res.err
+    # the next backup sees a changed file (it must not trust the metadata recorded mid-change)
+    monkeypatch.setattr(archiver.Archiver, "_read_all", staticmethod(real))
+    out = repo("--json", "backup", src).json
+    assert out["files_changed"] == 1 and out["files_unmodified"] == 1
