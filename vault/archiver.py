@@ -111,7 +111,7 @@ class Archiver:
         self._lock = threading.Lock()
         self._seen: set[bytes] = set()
         self._pending: list[tuple[bytes, int, list[PackEntry]]] = []
-        self._tree_rows: list[tuple[bytes, list[Node]]] = []
+        self._tree_rows: list[tuple[bytes, list[Node], bytes]] = []
         self._tree_row_nodes = 0
         self._hardlinks: dict[tuple[int, int], Future] = {}
         self._excludes = Matcher(opts.excludes)
@@ -174,8 +174,8 @@ class Archiver:
             return
         rows, self._tree_rows, self._tree_row_nodes = self._tree_rows, [], 0
         if not self.opts.dry_run:
-            for tid, nodes in rows:
-                self.catalog.add_tree(tid, nodes)
+            for tid, nodes, raw in rows:
+                self.catalog.add_tree(tid, nodes, raw)
 
     # --- files --------------------------------------------------------------------------------------
     def _read_file(self, path: bytes, name: bytes, is_new: bool) -> _FileResult:
@@ -354,7 +354,7 @@ class Archiver:
         if self._claim(tid):
             self.stats.bytes_added += self._store(TREE, tid, data)
             self.stats.blocks_added += 1
-            self._tree_rows.append((tid, tree.nodes))
+            self._tree_rows.append((tid, tree.nodes, data))
             self._tree_row_nodes += len(tree.nodes)
         return tid
 

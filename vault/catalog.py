@@ -7,7 +7,7 @@ Tables (schema version ``SCHEMA_VERSION``; any mismatch or damage makes it be re
 * ``packs``      pack id, kind, size, the segment that lists it, when it was last verified.
 * ``blocks``     block id -> pack (rowid in packs), offset, length, raw length, kind. 56-ish bytes a row.
 * ``snapshots``  the decrypted manifests.
-* ``trees``      trees whose entries are loaded into ``nodes``.
+* ``trees``      each tree's canonical bytes (zstd), checked against the tree id (HMAC) on every read.
 * ``nodes``      the files table, deduplicated by tree: (tree, name) -> type, size, mode, mtime_ns, ctime_ns,
                  inode, subtree, block list, other metadata. A path is a chain of trees from a snapshot root.
 
@@ -21,6 +21,8 @@ import json
 import os
 import sqlite3
 import threading
+
+import zstandard
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -29,7 +31,7 @@ from .errors import CatalogError, IntegrityError, ObjectNotFound, VaultError
 from .model import Node, Snapshot, Tree, parse_stored_time, format_time
 from .pack import PackEntry
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
@@ -44,7 +46,7 @@ CREATE INDEX IF NOT EXISTS blocks_pack ON blocks(pack);
 CREATE TABLE IF NOT EXISTS snapshots (
     id TEXT PRIMARY KEY, time TEXT NOT NULL, host TEXT NOT NULL, paths TEXT NOT NULL, tags TEXT NOT NULL,
     tree BLOB NOT NULL, username TEXT, parent TEXT, summary TEXT);
-CREATE TABLE IF NOT EXISTS trees (id BLOB PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS trees (id BLOB PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS nodes (
     tree BLOB NOT NULL, name BLOB NOT NULL, type TEXT NOT NULL, size INTEGER, mode INTEGER,
     mtime_ns INTEGER, ctime_ns INTEGER, inode INTEGER, subtree BLOB, blocks BLOB, extra TEXT,
@@ -71,7 +73,8 @@ def _node_row(tree: bytes, n: Node) -> tuple:
             b"".join(n.blocks), json.dumps(extra, separators=(",", ":")))
 
 
-def _row_node(row: tuple) -> Node:
+def row_node(row: tuple) -> Node:
+    """A Node from a ``nodes`` row (name, type, size, mode, mtime_ns, ctime_ns, inode, subtree, blocks, extra)."""
     name, typ, size, mode, mtime_ns, ctime_ns, inode, subtree, blocks, extra = row
     x = json.loads(extra)
     blocks = bytes(blocks or b"")
@@ -269,33 +272,41 @@ class Catalog:
     def has_tree(self, tree_id: bytes) -> bool:
         return bool(self._q("SELECT 1 FROM trees WHERE id=?", (tree_id,)))
 
-    def add_tree(self, tree_id: bytes, nodes: list[Node]) -> None:
+    def add_tree(self, tree_id: bytes, nodes: list[Node], raw: bytes) -> None:
+        """Cache a tree: its canonical bytes (what the tree id authenticates) and its entries as rows."""
+        packed = zstandard.ZstdCompressor(level=1).compress(raw)
+
         def run(c: sqlite3.Connection) -> None:
             if c.execute("SELECT 1 FROM trees WHERE id=?", (tree_id,)).fetchone():
                 return
-            c.execute("INSERT INTO trees (id) VALUES (?)", (tree_id,))
+            c.execute("INSERT INTO trees (id, data) VALUES (?, ?)", (tree_id, packed))
             c.executemany("INSERT OR REPLACE INTO nodes (tree, name, type, size, mode, mtime_ns, ctime_ns, inode, "
                           "subtree, blocks, extra) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                           [_node_row(tree_id, n) for n in nodes])
         self._tx(run)
 
-    def cached_tree(self, tree_id: bytes) -> list[Node] | None:
-        if not self.has_tree(tree_id):
-            return None
-        rows = self._q("SELECT name, type, size, mode, mtime_ns, ctime_ns, inode, subtree, blocks, extra "
-                       "FROM nodes WHERE tree=? ORDER BY name", (tree_id,))
-        return [_row_node(r) for r in rows]
+    def _forget_tree(self, tree_id: bytes) -> None:
+        self._tx(lambda c: (c.execute("DELETE FROM trees WHERE id=?", (tree_id,)),
+                            c.execute("DELETE FROM nodes WHERE tree=?", (tree_id,))))
 
     def tree(self, repo, tree_id: bytes) -> list[Node]:
-        """The entries of a tree: from the catalog, else loaded (verified) from the repository and cached."""
-        nodes = self.cached_tree(tree_id)
-        if nodes is not None:
-            return nodes
+        """The entries of a tree, verified: from the catalog when its bytes still match the tree id (HMAC),
+        else loaded (verified) from the repository and cached again."""
+        rows = self._q("SELECT data FROM trees WHERE id=?", (tree_id,))
+        if rows:
+            try:
+                raw = zstandard.ZstdDecompressor().decompress(rows[0][0], max_output_size=1 << 30)
+                if repo.block_id(raw) == tree_id:
+                    return Tree.decode(raw).nodes
+            except (zstandard.ZstdError, IntegrityError):
+                pass
+            self._forget_tree(tree_id)  # the cached copy is damaged: never trust it, fetch it again
         loc = self.lookup(tree_id)
         if loc is None:
             raise IntegrityError(f"tree {tree_id.hex()[:16]} is not in the index (missing)")
-        nodes = repo.load_tree(*loc).nodes
-        self.add_tree(tree_id, nodes)
+        raw = repo.load_block(*loc)
+        nodes = Tree.decode(raw).nodes
+        self.add_tree(tree_id, nodes, raw)
         return nodes
 
     def walk(self, repo, tree_id: bytes, prefix: bytes = b"") -> Iterator[tuple[bytes, Node]]:
