@@ -562,7 +562,7 @@ def test_open_backend_s3_not_available(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_open_backend_s3_plugs_in(monkeypatch: pytest.MonkeyPatch) -> None:
     class FakeS3(MemoryBackend):
-        def __init__(self, bucket: str, prefix: str) -> None:
+        def __init__(self, bucket: str, prefix: str, endpoint: str | None = None) -> None:
             super().__init__(f"s3://{bucket}/{prefix}")
 
     monkeypatch.setitem(sys.modules, "vault.backend.s3", types.SimpleNamespace(S3Backend=FakeS3))

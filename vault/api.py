@@ -47,10 +47,7 @@ class Session:
 
 
 def _backend(settings: Settings) -> CountingBackend:
-    url = settings.require_repo()
-    if settings.s3_endpoint:
-        os.environ.setdefault("AWS_ENDPOINT_URL_S3", settings.s3_endpoint)  # read by boto3
-    return CountingBackend(open_backend(url))
+    return CountingBackend(open_backend(settings.require_repo(), settings.s3_endpoint))
 
 
 @contextlib.contextmanager
