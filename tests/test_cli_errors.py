@@ -543,3 +543,11 @@ def test_repository_path_is_a_file(cli, tmp_path):
     assert res.code in (1, 2)
     one_error_line(res, res.code)
     assert f.read_bytes() == b"not a directory"
+
+
+def test_init_refuses_a_non_empty_directory_that_is_not_a_repository(cli, tmp_path):
+    cli.repo.mkdir()
+    (cli.repo / "precious.txt").write_text("keep me")
+    r = cli("init", "--kdf-memory", "1", ok=1)
+    assert "not empty" in r.err and r.err.count("\n") == 1
+    assert sorted(p.name for p in cli.repo.iterdir()) == ["precious.txt"]

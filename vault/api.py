@@ -171,7 +171,8 @@ class BackupResult:
                 "warnings": [{"path": p, "warning": m} for p, m in self.warnings], **self.requests}
 
 
-def backup(settings: Settings, password: PasswordFn, opts: BackupOptions) -> BackupResult:
+def backup(settings: Settings, password: PasswordFn, opts: BackupOptions,
+           progress: Callable[[object], None] | None = None) -> BackupResult:
     skip = [settings.cache_dir]
     local = local_repo_path(settings)
     if local:
@@ -179,7 +180,7 @@ def backup(settings: Settings, password: PasswordFn, opts: BackupOptions) -> Bac
     opts = BackupOptions(**{**opts.__dict__, "skip_paths": [*opts.skip_paths, *skip],
                             "jobs": opts.jobs or settings.jobs})
     with session(settings, password, lock=None if opts.dry_run else "shared", operation="backup") as sess:
-        arch = Archiver(sess.repo, sess.catalog, opts)
+        arch = Archiver(sess.repo, sess.catalog, opts, progress=progress)
         snap = arch.run()
         s = arch.stats
         return BackupResult(snap.id if snap else None, s.files_new, s.files_changed, s.files_unmodified, s.dirs,

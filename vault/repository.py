@@ -106,6 +106,9 @@ class Repository:
         if backend.exists_store() or backend.exists("config"):
             raise RepositoryExists(f"a repository already exists at {backend.location}; refusing to overwrite it")
         backend.create_store()
+        if next(iter(backend.list("")), None) is not None:
+            raise RepositoryExists(f"{backend.location} is not empty and holds no repository; refusing to "
+                                   "create one among other files")
         config = RepoConfig(id=secrets.token_hex(32), chunker=chunker, compression_level=compression_level,
                             pack_size=pack_size)
         keys = keys or MasterKeys.generate()

@@ -14,6 +14,7 @@ from ..errors import UsageError
 from ..excludes import read_exclude_file
 from ..timespec import parse_time
 from .common import get_ctx, global_options, human_bytes
+from .progress import BackupProgress
 from .main import cli
 
 
@@ -87,7 +88,11 @@ def backup(paths: tuple[str, ...], tags: tuple[str, ...], host: str | None, time
     when = parse_time(time_, datetime.now(timezone.utc)) if time_ else None
     opts = BackupOptions(paths=list(paths), tags=[t for t in tags if t], host=host, time=when, excludes=patterns,
                          one_file_system=one_file_system, dry_run=dry_run)
-    res = api.backup(c.settings, c.password_fn(), opts)
+    progress = BackupProgress(enabled=not (c.quiet or c.json))
+    try:
+        res = api.backup(c.settings, c.password_fn(), opts, progress=progress)
+    finally:
+        progress.done()
     for path, msg in res.errors:
         c.err(f"error: {path}: {msg}")
     if not c.quiet:
