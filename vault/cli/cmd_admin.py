@@ -32,14 +32,13 @@ def verify(read_data: bool, read_data_subset: str | None) -> int:
                      "packs_read": report.packs_read, "bytes_read": report.bytes_read,
                      "damage": [d.to_json() for d in report.damage], "info": report.info, **requests})
     else:
+        # the damage report goes to stderr like every error (so -q and cron mail keep it)
         for d in report.damage:
             c.err(f"damaged: {d.object}: {d.problem}")
             if d.snapshots:
                 c.err(f"  snapshots: {' '.join(d.snapshots)}")
-            for f in d.files[:50]:
+            for f in d.files:
                 c.err(f"  file: {f}")
-            if len(d.files) > 50:
-                c.err(f"  ... and {len(d.files) - 50} more files")
         for line in report.info:
             c.out(f"info: {line}")
         c.out(f"checked {report.snapshots} snapshots, {report.trees} trees, {report.packs} packs; read "
