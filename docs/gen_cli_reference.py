@@ -21,7 +21,8 @@ def render() -> str:
     _register()
     out = ["# vault CLI reference", "", "Generated from `--help` by `docs/gen_cli_reference.py`; do not edit by hand.", ""]
     for path, cmd in _walk(cli, ["vault"]):
-        with click.Context(cmd, info_name=" ".join(path), terminal_width=100, max_content_width=100) as ctx:
+        with click.Context(cmd, info_name=" ".join(path), terminal_width=100, max_content_width=100,
+                           help_option_names=["-h", "--help"]) as ctx:
             text = cmd.get_help(ctx)
         out += [f"## {' '.join(path)}", "", "```", text.rstrip(), "```", ""]
     return "\n".join(out)

@@ -10,6 +10,9 @@ missing data, and an interrupted run's packs are reused by the next.
 
 from __future__ import annotations
 
+import collections
+import dataclasses
+import sys
 import os
 import socket
 import stat
@@ -30,6 +33,7 @@ from .pack import DATA, TREE, PackEntry
 from .packwriter import PackWriter
 from .repository import Repository
 
+MAX_PENDING_ITEMS = 100_000  # entries of walked directories waiting to be stored (bounds memory)
 CHECKPOINT_SECONDS = 60.0
 CHECKPOINT_PACKS = 16
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
@@ -61,6 +65,24 @@ class BackupStats:
     blocks_added: int = 0
     errors: list[tuple[str, str]] = field(default_factory=list)
     warnings: list[tuple[str, str]] = field(default_factory=list)
+
+
+class _PendingDir:
+    """A walked directory whose tree is not stored yet; ``node`` is its entry in the parent (None: root)."""
+
+    __slots__ = ("items", "node", "_checked")
+
+    def __init__(self, items: list, node: Node | None):
+        self.items, self.node, self._checked = items, node, 0
+
+    def ready(self) -> bool:
+        """True when no entry waits for a worker (amortised: entries already seen done are skipped)."""
+        while self._checked < len(self.items):
+            it = self.items[self._checked]
+            if not isinstance(it, Node) and not it[0].done():
+                return False
+            self._checked += 1
+        return True
 
 
 @dataclass
@@ -127,7 +149,9 @@ class Archiver:
         self._pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="vault-backup")
         self._inflight = threading.BoundedSemaphore(jobs * 16)
         self._last_checkpoint = time.monotonic()
-        self._root_devs: set[int] = set()
+        self._dirs: collections.deque[_PendingDir] = collections.deque()
+        self._pending_items = 0
+        self._root: bytes = b""
 
     # --- dedup and storing --------------------------------------------------------------------------
     def _claim(self, bid: bytes) -> bool:
@@ -259,7 +283,11 @@ class Archiver:
         except Exception:  # noqa: BLE001 - a missing parent tree only costs re-reading files
             return {}
 
-    def _save_dir(self, path: bytes, parent_tree: bytes | None, only: dict | None, root_dev: int) -> bytes:
+    def _save_dir(self, path: bytes, parent_tree: bytes | None, only: dict | None, root_dev: int,
+                  node: Node | None) -> None:
+        """Walk one directory: stat its entries, reuse unchanged files, submit the others to the workers,
+        recurse into subdirectories. Its tree is stored later, by ``_finalize``, once every entry is known
+        -- so the walk never waits for the workers at a directory boundary."""
         parent = self._parent_nodes(parent_tree)
         if only is None:
             try:
@@ -269,7 +297,7 @@ class Archiver:
                 names = []
         else:
             names = sorted(only)
-        items: list[Node | tuple[Future, bytes, str]] = []
+        items: list[Node | tuple[Future, bytes, bytes]] = []
         for name in names:
             child = _join(path, name)
             try:
@@ -290,37 +318,62 @@ class Archiver:
             if t == DIR:
                 if (st.st_dev, st.st_ino) in self._skip:
                     continue
-                node = node_from_stat(name, st)
+                sub = node_from_stat(name, st)
                 old_sub = old.subtree if old is not None and old.type == DIR else None
                 sub_only = only[name] if only is not None else None
                 if only is None and self.opts.one_file_system and st.st_dev != root_dev:
-                    node.subtree = self._store_tree(Tree([]))
+                    sub.subtree = self._store_tree(Tree([]))
                 else:
                     dev = st.st_dev if only is not None and sub_only is None else root_dev
-                    node.subtree = self._save_dir(child, old_sub, sub_only, dev)
+                    self._save_dir(child, old_sub, sub_only, dev, sub)
                 self.stats.dirs += 1
-                items.append(node)
+                items.append(sub)
             elif t == FILE:
                 self.stats.bytes_processed += st.st_size
                 if old is not None and unchanged(old, st):
-                    node = node_from_stat(name, st)
-                    node.blocks = old.blocks
+                    n = node_from_stat(name, st)
+                    n.blocks = old.blocks
                     self.stats.files_unmodified += 1
-                    items.append(node)
+                    items.append(n)
                 else:
                     items.append((self._submit_file(child, name, st, old is None), child, name))
             elif t == SYMLINK:
-                node = node_from_stat(name, st)
+                n = node_from_stat(name, st)
                 try:
-                    node.target = os.readlink(child)
+                    n.target = os.readlink(child)
                 except OSError as exc:
                     self._error(child, exc.strerror or str(exc))
                     continue
-                items.append(node)
+                items.append(n)
             else:
                 items.append(node_from_stat(name, st))
+        self._dirs.append(_PendingDir(items, node))
+        self._pending_items += len(items)
+        self._finalize(block=False)
+
+    def _finalize(self, block: bool) -> None:
+        """Store the trees of walked directories whose entries are all known, oldest first.
+
+        Directories are queued in post-order (children before parents), so a parent is stored after its
+        subdirectories and can name their tree ids. Without ``block`` this stops at the first directory
+        still waiting for a worker -- unless too many entries are queued (memory bound)."""
+        while self._dirs:
+            head = self._dirs[0]
+            if not block and self._pending_items < MAX_PENDING_ITEMS and not head.ready():
+                return
+            self._dirs.popleft()
+            self._pending_items -= len(head.items)
+            tid = self._finish_dir(head)
+            if head.node is None:
+                self._root = tid
+            else:
+                head.node.subtree = tid
+        if self._progress is not None:
+            self._progress(self.stats)
+
+    def _finish_dir(self, d: "_PendingDir") -> bytes:
         nodes = []
-        for it in items:
+        for it in d.items:
             if isinstance(it, Node):
                 nodes.append(it)
                 continue
@@ -331,7 +384,7 @@ class Archiver:
                 continue
             node = res.node
             if node.name != name:  # a hardlink sharing another name's read
-                node = Node(**{**node.__dict__, "name": name})
+                node = dataclasses.replace(node, name=name)
             if res.changed_while_reading:
                 self.stats.warnings.append((_display(child), "file changed while it was being read"))
             if res.is_new:
@@ -344,8 +397,6 @@ class Archiver:
             nodes.append(node)
         tid = self._store_tree(Tree(nodes))
         self._flush_tree_rows()
-        if self._progress is not None:
-            self._progress(self.stats)
         return tid
 
     def _store_tree(self, tree: Tree) -> bytes:
@@ -369,6 +420,7 @@ class Archiver:
 
     def run(self) -> Snapshot | None:
         t0 = time.monotonic()
+        sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))  # one frame per directory level
         abs_paths = []
         for p in self.opts.paths:
             b = os.path.abspath(os.fsencode(p))
@@ -384,7 +436,9 @@ class Archiver:
         skeleton = _skeleton(abs_paths)
         try:
             root_dev = os.lstat(b"/").st_dev
-            root = self._save_dir(b"/", parent.tree if parent else None, skeleton, root_dev)
+            self._save_dir(b"/", parent.tree if parent else None, skeleton, root_dev, None)
+            self._finalize(block=True)
+            root = self._root
             self._pool.shutdown(wait=True)
             if not self.opts.dry_run:
                 self.packer.flush()
@@ -392,6 +446,7 @@ class Archiver:
             self._flush_tree_rows(force=True)
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
+            self.packer.close()
         self.stats_duration = time.monotonic() - t0
         if self.opts.dry_run:
             return None

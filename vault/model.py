@@ -45,7 +45,7 @@ def valid_name(name: bytes) -> bool:
     return bool(name) and name not in (b".", b"..") and b"/" not in name and b"\0" not in name
 
 
-@dataclass
+@dataclass(slots=True)
 class Node:
     """One directory entry with its metadata; for a file, its ordered block ids."""
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import mmap
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable
 
 from .pack import DATA, KINDS, PackEntry, encode_header, seal_block_into, sealed_size
@@ -28,10 +29,15 @@ class _Open:
 
 
 class PackWriter:
-    def __init__(self, repo: Repository, on_pack: OnPack):
+    def __init__(self, repo: Repository, on_pack: OnPack, uploaders: int = 2):
         self.repo = repo
         self.on_pack = on_pack
         self._lock = threading.Lock()
+        # full packs are stored by uploader threads (local: write + fsync; S3: PUT) while workers go on
+        self._uploads = ThreadPoolExecutor(max_workers=uploaders, thread_name_prefix="vault-upload")
+        self._in_flight = threading.BoundedSemaphore(uploaders)
+        self._futures: list[Future] = []
+        self._failure: BaseException | None = None
         self._target = repo.config.pack_size
         # virtual size: untouched pages cost nothing; room for the last block and a header of tiny blocks
         self._capacity = 2 * (self._target + sealed_size(repo.config.chunker.max_size))
@@ -43,6 +49,8 @@ class PackWriter:
         """Compress, encrypt and append one block; store the pack (in this thread) when it is full.
 
         Returns the stored (sealed) size of the block."""
+        if self._failure is not None:
+            raise self._failure
         flag, payload = self.repo.compress(data)
         size = sealed_size(len(payload))
         full = None
@@ -62,15 +70,48 @@ class PackWriter:
         return size
 
     def flush(self) -> None:
-        """Store every partly filled pack (data first, then trees)."""
+        """Store every partly filled pack (data first, then trees) and wait until all are stored."""
         with self._lock:
             todo = [self._open[k] for k in (DATA, *[k for k in KINDS if k != DATA])]
             self._open = {k: None for k in KINDS}
         for op in todo:
             if op is not None and op.entries:
                 self._store(op)
+        for fut in self._futures:
+            fut.result()
+        self._futures = []
+        if self._failure is not None:
+            raise self._failure
+
+    def close(self) -> None:
+        """Stop the uploaders; packs not flushed are dropped (a crash-equivalent: nothing references them)."""
+        for op in self._open.values():
+            if op is not None:
+                op.buf.close()
+        self._uploads.shutdown(wait=True, cancel_futures=True)
 
     def _store(self, op: _Open) -> None:
+        """Hand a full pack to an uploader (waits while ``uploaders`` packs are already in flight)."""
+        self._in_flight.acquire()
+        try:
+            fut = self._uploads.submit(self._upload, op)
+        except BaseException:
+            self._in_flight.release()
+            raise
+        with self._lock:
+            self._futures = [f for f in self._futures if not f.done() or f.exception() is not None]
+            self._futures.append(fut)
+
+    def _upload(self, op: _Open) -> None:
+        try:
+            self._write(op)
+        except BaseException as exc:
+            self._failure = self._failure or exc
+            raise
+        finally:
+            self._in_flight.release()
+
+    def _write(self, op: _Open) -> None:
         header = encode_header(op.entries, self.repo.cipher)
         end = op.used + len(header)
         try:

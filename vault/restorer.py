@@ -1,7 +1,8 @@
 """Restore engine: plan by pack, fetch each pack (range) once, verify, write temp files, rename, metadata.
 
-1. Plan: walk the snapshot's trees (include/exclude applied), create directories, and map every needed
-   block to the files and offsets that use it, grouped by pack.
+1. Plan, in batches of a few thousand files (memory stays bounded): walk the snapshot's trees
+   (include/exclude applied), create directories, and map every needed block to the files and offsets
+   that use it, grouped by pack.
 2. Fetch: worker threads read each pack once (coalesced ranged reads), decrypt, decompress and check every
    block against its id, and write it with positioned writes into ``.vault-<random>.tmp`` files beside the
    final names (all-zero blocks are left as holes, so sparse files stay sparse).
@@ -21,7 +22,8 @@ import os
 import secrets
 import stat
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .catalog import Catalog
@@ -33,7 +35,9 @@ from .pack import PackEntry
 from .repository import Repository, pack_name
 
 MAX_GAP = 256 * 1024
-MAX_RANGE = 8 * 1024 * 1024
+MAX_RANGE = 4 * 1024 * 1024
+BATCH_FILES = 8192
+BATCH_BLOCKS = 8192
 _OPEN_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
 
@@ -81,7 +85,6 @@ class Restorer:
         self._include = Matcher(opts.include)
         self._exclude = Matcher(opts.exclude)
         self._target = os.path.abspath(os.fsencode(opts.target))
-        self._files: list[_FileTask] = []
         self._links: list[tuple[bytes, bytes, _FileTask]] = []  # (path, final, first task)
         self._others: list[tuple[bytes, bytes, Node]] = []  # symlinks and special files
         self._dirs: list[tuple[bytes, bytes, Node]] = []
@@ -108,8 +111,8 @@ class Restorer:
         st = os.lstat(final)
         return stat.S_ISDIR(st.st_mode)
 
-    def _plan(self) -> None:
-        os.makedirs(self._target, exist_ok=True)
+    def _walk(self) -> Iterator[_FileTask]:
+        """Walk the snapshot: create directories, note links/symlinks/specials, yield the files to fill."""
         first_of_inode: dict[tuple[int, int], _FileTask] = {}
         stack: list[tuple[bytes, bytes]] = [(b"", self.snap.tree)]
         while stack:
@@ -144,18 +147,18 @@ class Restorer:
                         self._links.append((path, final, first_of_inode[key]))
                         continue
                     task = _FileTask(path, final, n)
-                    self._files.append(task)
                     if n.nlink > 1:
                         first_of_inode[key] = task
+                    yield task
                 else:
                     self._others.append((path, final, n))
 
     # --- fetch --------------------------------------------------------------------------------------
-    def _group_by_pack(self) -> dict[bytes, dict[int, tuple[PackEntry, list[tuple[_FileTask, int]]]]]:
-        ids = [b for t in self._files for b in t.node.blocks]
+    def _group_by_pack(self, tasks: list[_FileTask]) -> dict[bytes, dict[int, tuple[PackEntry, list[tuple[_FileTask, int]]]]]:
+        ids = [b for t in tasks for b in t.node.blocks]
         where = self.catalog.lookup_many(ids)
         packs: dict[bytes, dict[int, tuple[PackEntry, list[tuple[_FileTask, int]]]]] = {}
-        for task in self._files:
+        for task in tasks:
             offset = 0
             for bid in task.node.blocks:
                 loc = where.get(bid)
@@ -171,32 +174,41 @@ class Restorer:
                 task.problem = f"its blocks hold {offset} bytes but the file is recorded as {task.node.size}"
         return packs
 
-    def _fetch_pack(self, pid: bytes, wanted: dict[int, tuple[PackEntry, list[tuple[_FileTask, int]]]]) -> None:
+    @staticmethod
+    def _ranges(wanted: dict[int, tuple[PackEntry, list[tuple[_FileTask, int]]]]) -> list[list]:
+        """Coalesce a pack's needed blocks into ranges (gaps <= MAX_GAP, size <= MAX_RANGE): units of work."""
         entries = sorted(wanted.values(), key=lambda x: x[0].offset)
-        i = 0
-        while i < len(entries):
-            j, start = i, entries[i][0].offset
-            end = start + entries[i][0].length
-            while (j + 1 < len(entries) and entries[j + 1][0].offset - end <= MAX_GAP
-                   and entries[j + 1][0].offset + entries[j + 1][0].length - start <= MAX_RANGE):
-                j += 1
-                end = entries[j][0].offset + entries[j][0].length
-            try:
-                data = memoryview(self.repo.backend.get(pack_name(pid), start, end - start))
-            except VaultError as exc:
-                data, why = None, f"pack {pid.hex()[:16]} unreadable: {exc}"
-            for entry, users in entries[i : j + 1]:
-                plain, problem = None, None
-                if data is None:
-                    problem = why
-                else:
-                    try:
-                        plain = self.repo.open_block(entry, data[entry.offset - start : entry.offset - start + entry.length])
-                    except IntegrityError as exc:
-                        problem = f"damaged: {exc}"
-                for task, off in users:
-                    self._write(task, off, plain, problem)
-            i = j + 1
+        out: list[list] = []
+        for item in entries:
+            e = item[0]
+            if out:
+                first, last = out[-1][0][0], out[-1][-1][0]
+                if (e.offset - (last.offset + last.length) <= MAX_GAP
+                        and e.offset + e.length - first.offset <= MAX_RANGE):
+                    out[-1].append(item)
+                    continue
+            out.append([item])
+        return out
+
+    def _fetch_range(self, pid: bytes, items: list) -> None:
+        start = items[0][0].offset
+        end = items[-1][0].offset + items[-1][0].length
+        why = ""
+        try:
+            data = memoryview(self.repo.backend.get(pack_name(pid), start, end - start))
+        except VaultError as exc:
+            data, why = None, f"pack {pid.hex()[:16]} unreadable: {exc}"
+        for entry, users in items:
+            plain, problem = None, None
+            if data is None:
+                problem = why
+            else:
+                try:
+                    plain = self.repo.open_block(entry, data[entry.offset - start : entry.offset - start + entry.length])
+                except IntegrityError as exc:
+                    problem = f"damaged: {exc}"
+            for task, off in users:
+                self._write(task, off, plain, problem)
 
     def _write(self, task: _FileTask, offset: int, plain: bytes | None, problem: str | None) -> None:
         with task.lock:
@@ -310,15 +322,33 @@ class Restorer:
             self.result.dirs += 1
 
     # --- run ----------------------------------------------------------------------------------------
-    def run(self) -> RestoreResult:
-        self._plan()
-        packs = self._group_by_pack()
-        for task in self._files:  # empty files and files whose blocks are all missing
+    def _submit_batch(self, tasks: list[_FileTask], pool: ThreadPoolExecutor) -> list[Future]:
+        packs = self._group_by_pack(tasks)
+        for task in tasks:  # empty files and files whose blocks are all missing
             if task.remaining == 0:
                 self._finish_file(task)
+        return [pool.submit(self._fetch_range, pid, items)
+                for pid, wanted in packs.items() for items in self._ranges(wanted)]
+
+    def run(self) -> RestoreResult:
+        """Restore in batches of files, so memory stays bounded however large the snapshot: the walk of
+        the next batch overlaps the fetching and writing of the previous one."""
+        os.makedirs(self._target, exist_ok=True)
         jobs = self.opts.jobs or max(2, os.cpu_count() or 2)
         with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="vault-restore") as pool:
-            for fut in [pool.submit(self._fetch_pack, pid, wanted) for pid, wanted in packs.items()]:
+            running: list[Future] = []
+            batch: list[_FileTask] = []
+            blocks = 0
+            for task in self._walk():
+                batch.append(task)
+                blocks += len(task.node.blocks)
+                if len(batch) >= BATCH_FILES or blocks >= BATCH_BLOCKS:
+                    for fut in running:
+                        fut.result()
+                    running, batch, blocks = self._submit_batch(batch, pool), [], 0
+            for fut in running:
+                fut.result()
+            for fut in self._submit_batch(batch, pool):
                 fut.result()
         self._finish_links()
         self._finish_others()
