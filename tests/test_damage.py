@@ -212,3 +212,17 @@ def test_undamaged_repository_is_clean(cli, tmp_path, damaged_setup):
     cli("restore", "latest", "--target", tmp_path / "r")
     for f in lay.files:
         assert Path(str(tmp_path / "r") + f).read_bytes() == Path(f).read_bytes()
+
+
+def test_corrupt_key_slot_is_reported_and_the_good_one_still_opens(repo, tmp_path):
+    import os as _os
+
+    newpw = tmp_path / "pw2"
+    newpw.write_text("second password\n")
+    repo("key", "add", "--new-password-file", newpw)
+    slots = sorted((repo.repo / "keys").iterdir(), key=lambda p: p.stat().st_mtime_ns)
+    slots[-1].write_bytes(b'{"v": 1, "kdf": "garbage"')  # the newest slot: not the one our password opens
+    r = repo("--json", "verify", ok=20)
+    names = [d["object"] for d in r.json["damage"]]
+    assert names == [f"keys/{slots[-1].name}"], names
+    assert _os.path.exists(repo.repo / "config")

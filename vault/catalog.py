@@ -27,6 +27,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from . import index as index_mod
+from .compress import bounded_decompress
 from .errors import CatalogError, IntegrityError, ObjectNotFound, VaultError
 from .model import Node, Snapshot, Tree, parse_stored_time, format_time
 from .pack import PackEntry
@@ -295,10 +296,10 @@ class Catalog:
         rows = self._q("SELECT data FROM trees WHERE id=?", (tree_id,))
         if rows:
             try:
-                raw = zstandard.ZstdDecompressor().decompress(rows[0][0], max_output_size=1 << 30)
+                raw = bounded_decompress(rows[0][0], 1 << 30)
                 if repo.block_id(raw) == tree_id:
                     return Tree.decode(raw).nodes
-            except (zstandard.ZstdError, IntegrityError):
+            except IntegrityError:
                 pass
             self._forget_tree(tree_id)  # the cached copy is damaged: never trust it, fetch it again
         loc = self.lookup(tree_id)

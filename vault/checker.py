@@ -222,8 +222,14 @@ class Checker:
                 self._missing.add(b)
         return nodes
 
+    def _check_keys(self) -> None:
+        for name, info in self.repo.list_keys():
+            if info is None:
+                self._damage(name, "key slot malformed (the password it held no longer opens the repository)")
+
     def run(self) -> VerifyReport:
         self._missing: set[bytes] = set()
+        self._check_keys()
         usable = self._check_packs()
         if self.read_data:
             self._read_packs(self._choose(usable))

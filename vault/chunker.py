@@ -1,6 +1,6 @@
 """Content-defined chunking: FastCDC 2020 with normalized chunking (pyfastcdc, Cython, releases the GIL).
 
-The gear table is permuted by a per-repository secret seed (``MasterKeys.chunker_seed``), so chunk
+The gear table is XORed with a per-repository secret 64-bit seed (``MasterKeys.chunker_seed``), so chunk
 boundaries -- and therefore chunk sizes -- do not reveal which well-known files a repository holds.
 Pure apart from reading the stream it is given.
 """
@@ -24,8 +24,8 @@ class ChunkerParams:
     normalization: int = 2
 
     def validate(self) -> None:
-        if not (64 <= self.min_size <= self.avg_size <= self.max_size <= 16 * 1024 * 1024):
-            raise ValueError("chunker sizes must satisfy 64 <= min <= avg <= max <= 16 MiB")
+        if not (64 <= self.min_size <= self.avg_size <= self.max_size <= 16 * 1024 * 1024 and self.max_size >= 1024):
+            raise ValueError("chunker sizes must satisfy 64 <= min <= avg <= max <= 16 MiB, max >= 1 KiB")
         if self.min_size > 1024 * 1024 or not 256 <= self.avg_size <= 4 * 1024 * 1024:
             raise ValueError("chunker min must be <= 1 MiB and avg within 256 B .. 4 MiB")
         if self.normalization not in (0, 1, 2, 3):

@@ -52,15 +52,27 @@ def compress(data: bytes | memoryview, level: int) -> tuple[int, bytes | memoryv
     return RAW, data
 
 
+def bounded_decompress(frame: bytes | memoryview, limit: int) -> bytes:
+    """Decompress one zstd frame into at most ``limit`` bytes. zstd ignores ``max_output_size`` when the
+    frame declares its size, so the declared size is checked first (a hostile frame cannot claim 10 GB)."""
+    try:
+        declared = zstandard.frame_content_size(frame)
+        if declared > limit:
+            raise IntegrityError(f"compressed data claims {declared} bytes, more than the {limit} allowed")
+        out = _decompressor().decompress(frame, max_output_size=max(limit, 1))
+    except zstandard.ZstdError as exc:
+        raise IntegrityError(f"corrupt compressed data: {exc}") from None
+    if len(out) > limit:
+        raise IntegrityError(f"compressed data holds more than the {limit} bytes allowed")
+    return out
+
+
 def decompress(flag: int, body: bytes | memoryview, raw_length: int) -> bytes:
     """Invert ``compress``; the output must be exactly ``raw_length`` bytes (bounds zstd bombs)."""
     if flag == RAW:
         out = body if isinstance(body, bytes) else bytes(body)
     elif flag == ZSTD:
-        try:
-            out = _decompressor().decompress(body, max_output_size=max(raw_length, 1))
-        except zstandard.ZstdError as exc:
-            raise IntegrityError(f"corrupt compressed block: {exc}") from None
+        out = bounded_decompress(body, raw_length)
     else:
         raise IntegrityError(f"unknown compression flag {flag}")
     if len(out) != raw_length:

@@ -63,15 +63,18 @@ FAST_KDF = KdfParams(name="argon2id", iterations=1, memory_kib=64, lanes=1)
 
 def derive_key(password: bytes, salt: bytes, params: KdfParams) -> bytes:
     """Derive the 32-byte key-encryption key from a password."""
+    if len(salt) < 16:
+        raise IntegrityError("key slot salt is too short")
     if params.name == "argon2id":
-        if not (1 <= params.iterations <= 100 and 8 <= params.memory_kib <= 4 * 1024 * 1024
+        if not (1 <= params.iterations <= 100 and 8 <= params.memory_kib <= 1024 * 1024
                 and 1 <= params.lanes <= 64):
             raise IntegrityError("key slot KDF parameters out of range")
         kdf = Argon2id(salt=salt, length=32, iterations=params.iterations, lanes=params.lanes,
                        memory_cost=max(params.memory_kib, 8 * params.lanes))
         return kdf.derive(password)
     if params.name == "scrypt":
-        if not (2 <= params.n <= 1 << 22 and 1 <= params.r <= 32 and 1 <= params.p <= 16):
+        if not (2 <= params.n <= 1 << 20 and params.n & (params.n - 1) == 0 and 1 <= params.r <= 16
+                and 1 <= params.p <= 16 and 128 * params.r * params.n <= 1 << 30 and len(salt) >= 16):
             raise IntegrityError("key slot KDF parameters out of range")
         return Scrypt(salt=salt, length=32, n=params.n, r=params.r, p=params.p).derive(password)
     raise UsageError(f"unknown KDF {params.name!r}")
@@ -83,7 +86,7 @@ class MasterKeys:
 
     enc_key: bytes  # AES-256-GCM key for every block, tree, header, index segment and snapshot
     mac_key: bytes  # HMAC-SHA256 key for block ids
-    chunker_seed: int  # 64-bit secret that permutes the chunker's gear table
+    chunker_seed: int  # 64-bit secret XORed into the chunker's gear table
 
     @classmethod
     def generate(cls) -> "MasterKeys":

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import zstandard
 
+from .compress import bounded_decompress
 from .crypto import Cipher
 from .errors import IntegrityError
 from .pack import KINDS, PackEntry
@@ -59,11 +60,7 @@ def segment_id(stored: bytes) -> bytes:
 
 
 def decode(stored: bytes, cipher: Cipher) -> IndexSegment:
-    try:
-        plain = zstandard.ZstdDecompressor().decompress(
-            cipher.open(stored, AAD, "index segment"), max_output_size=MAX_SEGMENT_PLAIN)
-    except zstandard.ZstdError as exc:
-        raise IntegrityError(f"index segment: corrupt compression ({exc})") from None
+    plain = bounded_decompress(cipher.open(stored, AAD, "index segment"), MAX_SEGMENT_PLAIN)
     try:
         return _parse(plain)
     except struct.error:

@@ -118,8 +118,8 @@ def _int(d: dict, key: str, lo: int = 0, hi: int = (1 << 64) - 1) -> int:
 
 
 def _id(text: object) -> bytes:
-    if not isinstance(text, str):
-        raise IntegrityError("tree: id is not a string")
+    if not isinstance(text, str) or len(text) != 2 * ID_LEN or text != text.lower() or not text.isalnum():
+        raise IntegrityError("tree: id is not 64 lowercase hex digits")
     raw = bytes.fromhex(text)
     if len(raw) != ID_LEN:
         raise IntegrityError("tree: id of wrong length")
@@ -193,6 +193,8 @@ class Snapshot:
                        paths=[str(p) for p in doc["paths"]], tree=_id(doc["tree"]),
                        tags=[str(t) for t in doc.get("tags", [])], username=str(doc.get("username", "")),
                        parent=doc.get("parent"), summary=dict(doc.get("summary") or {}), id=snap_id)
+            if snap.parent is not None and not (isinstance(snap.parent, str) and len(snap.parent) == 64):
+                raise ValueError("bad parent")
         except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError, RecursionError):
             raise IntegrityError(f"snapshot {snap_id[:8]}: malformed manifest") from None
         return snap

@@ -31,7 +31,7 @@ from .backend.base import Backend
 from .chunker import Chunker, ChunkerParams
 from .compress import compress, decompress
 from .crypto import Cipher, KdfParams, MasterKeys, block_id
-from .errors import (IntegrityError, ObjectExists, ObjectNotFound, RepositoryExists, RepositoryNotFound, UsageError,
+from .errors import (IntegrityError, ObjectExists, ObjectNotFound, RepositoryExists, RepositoryNotFound, VaultError,
                      WrongPassword)
 from .keys import make_slot, open_slot, slot_info
 from .model import Snapshot, Tree, format_time
@@ -59,12 +59,17 @@ class RepoConfig:
         try:
             d = json.loads(data)
             if d["version"] != FORMAT_VERSION:
-                raise UsageError(f"repository format version {d['version']} is not supported by this vault")
+                raise VaultError(f"repository format version {d['version']} is not supported by this vault "
+                                 f"(it reads version {FORMAT_VERSION}); upgrade vault")
+            if (d.get("cipher", "aes-256-gcm"), d.get("block_id", "hmac-sha256"),
+                    d["compression"].get("algorithm"), d["chunker"].get("algorithm")) != (
+                    "aes-256-gcm", "hmac-sha256", "zstd", "fastcdc2020"):
+                raise VaultError("repository uses a cipher, hash, compression or chunker this vault does not know")
             cfg = cls(id=str(d["id"]), chunker=ChunkerParams.from_json(d["chunker"]),
                       compression_level=int(d["compression"]["level"]), pack_size=int(d["pack_size"]))
         except (ValueError, KeyError, TypeError):
             raise IntegrityError("repository config is damaged or not a vault repository") from None
-        if not (len(cfg.id) == 64 and 1024 <= cfg.pack_size <= 1 << 30 and -7 <= cfg.compression_level <= 22):
+        if not (len(cfg.id) == 64 and all(c in "0123456789abcdef" for c in cfg.id) and 1024 <= cfg.pack_size <= 1 << 30 and -7 <= cfg.compression_level <= 22):
             raise IntegrityError("repository config holds impossible values")
         return cfg
 
@@ -130,12 +135,12 @@ class Repository:
         for name, _ in backend.list("keys/"):
             try:
                 keys = open_slot(backend.get(name), password, config.id)
-            except (IntegrityError, ObjectNotFound):
+            except (IntegrityError, ObjectNotFound, ValueError, TypeError, OverflowError, MemoryError):
                 damaged += 1
                 continue
             if keys is not None:
                 return cls(backend, config, keys, name)
-        extra = f" ({damaged} key slot(s) are damaged; see 'vault verify')" if damaged else ""
+        extra = f" ({damaged} key slot(s) are damaged; see 'vault key list')" if damaged else ""
         raise WrongPassword(f"wrong password: no key slot of the repository opens with it{extra}")
 
     # --- key slots ----------------------------------------------------------------------------------

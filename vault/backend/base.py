@@ -9,7 +9,7 @@ Guarantees every implementation must give (the contract tests in tests/test_back
   never sees a partial object, and a crash during ``put`` leaves either nothing or the whole object
   (local: temp file, fsync, rename, fsync of the directory; S3: single PUT or completed multipart upload).
 * **Create-only by default.** ``put(name, data)`` refuses (``ObjectExists``) to replace an existing object
-  unless ``overwrite=True`` is passed (only lock files use that). Nothing is rewritten in place.
+  unless ``overwrite=True`` is passed (nothing in vault needs it today). Nothing is rewritten in place.
 * **Read-after-write.** ``get``/``exists``/``list`` see an object once ``put`` returned.
 * **Errors are ours.** ``ObjectNotFound`` for a missing name, ``TransientError`` for anything worth a retry,
   ``PermanentError``/``BackendError`` otherwise; no OSError or botocore exception escapes.
