@@ -50,6 +50,7 @@ class BackupOptions:
     one_file_system: bool = False
     dry_run: bool = False
     jobs: int = 0
+    uploaders: int = 1  # packs being stored at once (local: 1 keeps the disk busy; S3: the connections)
     skip_paths: list[str] = field(default_factory=list)  # repository and cache dirs, never backed up
 
 
@@ -144,7 +145,7 @@ class Archiver:
                 self._skip.add((st.st_dev, st.st_ino))
             except OSError:
                 pass
-        self.packer = PackWriter(repo, self._on_pack)
+        self.packer = PackWriter(repo, self._on_pack, uploaders=max(1, opts.uploaders))
         jobs = opts.jobs or os.cpu_count() or 2
         self._pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="vault-backup")
         self._inflight = threading.BoundedSemaphore(jobs * 16)
