@@ -434,8 +434,10 @@ def test_diff_reports_added_removed_modified(repo, tmp_path):
     assert set(back["added"]) == set(out["removed"]) and set(back["removed"]) == set(out["added"])
     text = repo("diff", a, "latest").out
     assert f"+ {s}/new" in text and f"- {s}/gone" in text and f"M {s}/mod" in text
-    assert repo("--json", "diff", a, a).json == {"snapshot_a": a, "snapshot_b": a, "added": [], "removed": [],
-                                                 "modified": []}
+    same = repo("--json", "diff", a, a).json
+    assert same["requests"]["PUT"] == 0  # diff reads only
+    assert {k: same[k] for k in ("snapshot_a", "snapshot_b", "added", "removed", "modified")} == {
+        "snapshot_a": a, "snapshot_b": a, "added": [], "removed": [], "modified": []}
 
 
 def test_find_glob_any_depth(repo, tmp_path):

@@ -47,7 +47,8 @@ class Session:
 
 
 def _backend(settings: Settings) -> CountingBackend:
-    return CountingBackend(open_backend(settings.require_repo(), settings.s3_endpoint))
+    return CountingBackend(open_backend(settings.require_repo(), settings.s3_endpoint, settings.connections or 8,
+                                        settings.s3_storage_class))
 
 
 @contextlib.contextmanager
@@ -177,8 +178,10 @@ def backup(settings: Settings, password: PasswordFn, opts: BackupOptions,
     local = local_repo_path(settings)
     if local:
         skip.append(local)
+    remote = local is None
     opts = BackupOptions(**{**opts.__dict__, "skip_paths": [*opts.skip_paths, *skip],
-                            "jobs": opts.jobs or settings.jobs})
+                            "jobs": opts.jobs or settings.jobs,
+                            "uploaders": settings.connections if remote else opts.uploaders})
     with session(settings, password, lock=None if opts.dry_run else "shared", operation="backup") as sess:
         arch = Archiver(sess.repo, sess.catalog, opts, progress=progress)
         snap = arch.run()
@@ -193,8 +196,13 @@ def restore(settings: Settings, password: PasswordFn, spec: str | None, opts: Re
             flt: SnapshotFilter | None = None) -> tuple[Snapshot, RestoreResult]:
     with session(settings, password, lock="shared", operation="restore") as sess:
         snap = find_snapshot(sess, spec, at, flt)
-        opts = RestoreOptions(**{**opts.__dict__, "jobs": opts.jobs or settings.jobs})
-        return snap, Restorer(sess.repo, sess.catalog, snap, opts).run()
+        jobs = opts.jobs or settings.jobs or 0
+        if local_repo_path(settings) is None:  # remote: one range fetch per connection
+            jobs = max(jobs or 0, settings.connections or 8)
+        opts = RestoreOptions(**{**opts.__dict__, "jobs": jobs})
+        result = Restorer(sess.repo, sess.catalog, snap, opts).run()
+        result.requests = sess.requests()
+        return snap, result
 
 
 # --- ls / find / diff ---------------------------------------------------------------------------------
@@ -299,7 +307,10 @@ def diff(sess: Session, a: Snapshot, b: Snapshot) -> DiffResult:
 def verify(settings: Settings, password: PasswordFn, read_data: bool = False,
            subset: str | None = None) -> tuple[VerifyReport, dict]:
     with session(settings, password, lock="shared", operation="verify") as sess:
-        report = Checker(sess.repo, sess.catalog, read_data, parse_subset(subset)).run()
+        jobs = settings.jobs or 0
+        if local_repo_path(settings) is None:
+            jobs = max(jobs, min(settings.connections or 8, 8))
+        report = Checker(sess.repo, sess.catalog, read_data, parse_subset(subset), jobs=jobs).run()
         for p in sess.sync.problems:
             from .checker import Damage
 
@@ -312,10 +323,12 @@ def verify(settings: Settings, password: PasswordFn, read_data: bool = False,
 def stats(sess: Session) -> dict:
     d = sess.catalog.stats()
     d["dedup_ratio"] = round(d["raw_bytes"] / d["stored_bytes"], 3) if d["stored_bytes"] else None
-    total = 0
-    for name, size in sess.repo.backend.list(""):
+    total = count = 0
+    for _name, size in sess.repo.backend.list(""):
         total += size
+        count += 1
     d["repository_bytes"] = total
+    d["repository_objects"] = count
     return d
 
 

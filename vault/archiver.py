@@ -33,6 +33,8 @@ from .pack import DATA, TREE, PackEntry
 from .packwriter import PackWriter
 from .repository import Repository
 
+BATCH_FILES = 64
+BATCH_BYTES = 4 * 1024 * 1024
 MAX_PENDING_ITEMS = 100_000  # entries of walked directories waiting to be stored (bounds memory)
 CHECKPOINT_SECONDS = 60.0
 CHECKPOINT_PACKS = 16
@@ -68,6 +70,27 @@ class BackupStats:
     warnings: list[tuple[str, str]] = field(default_factory=list)
 
 
+class _Batch:
+    """Files read by one worker job. ``submit`` is idempotent; ``result`` submits first if needed."""
+
+    __slots__ = ("arch", "files", "bytes", "future")
+
+    def __init__(self, arch: "Archiver"):
+        self.arch, self.files, self.bytes, self.future = arch, [], 0, None
+
+    def submit(self) -> None:
+        if self.future is None:
+            self.arch._inflight.acquire()
+            self.future = self.arch._pool.submit(self.arch._run_batch, self.files)
+
+    def done(self) -> bool:
+        return self.future is not None and self.future.done()
+
+    def result(self) -> list["_FileResult"]:
+        self.submit()
+        return self.future.result()
+
+
 class _PendingDir:
     """A walked directory whose tree is not stored yet; ``node`` is its entry in the parent (None: root)."""
 
@@ -80,7 +103,7 @@ class _PendingDir:
         """True when no entry waits for a worker (amortised: entries already seen done are skipped)."""
         while self._checked < len(self.items):
             it = self.items[self._checked]
-            if not isinstance(it, Node) and not it[0].done():
+            if not isinstance(it, Node) and not it[0].done():  # (batch, index, path, name)
                 return False
             self._checked += 1
         return True
@@ -136,7 +159,7 @@ class Archiver:
         self._pending: list[tuple[bytes, int, list[PackEntry]]] = []
         self._tree_rows: list[tuple[bytes, list[Node], bytes]] = []
         self._tree_row_nodes = 0
-        self._hardlinks: dict[tuple[int, int], Future] = {}
+        self._hardlinks: dict[tuple[int, int], tuple[_Batch, int]] = {}
         self._excludes = Matcher(opts.excludes)
         self._skip = set()
         for p in opts.skip_paths:
@@ -148,7 +171,10 @@ class Archiver:
         self.packer = PackWriter(repo, self._on_pack, uploaders=max(1, opts.uploaders))
         jobs = opts.jobs or os.cpu_count() or 2
         self._pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="vault-backup")
-        self._inflight = threading.BoundedSemaphore(jobs * 16)
+        self._inflight = threading.BoundedSemaphore(jobs * 4)  # batches queued or running
+        self._batch = _Batch(self)
+        # a first backup into an empty repository needs no index lookups at all
+        self._catalog_empty = not catalog.has_any_block()
         self._last_checkpoint = time.monotonic()
         self._dirs: collections.deque[_PendingDir] = collections.deque()
         self._pending_items = 0
@@ -160,7 +186,7 @@ class Archiver:
         with self._lock:
             if bid in self._seen:
                 return False
-        known = self.catalog.has_block(bid)
+        known = False if self._catalog_empty else self.catalog.has_block(bid)
         with self._lock:
             if bid in self._seen:
                 return False
@@ -256,24 +282,31 @@ class Archiver:
             parts.append(b)
         return b"".join(parts)
 
-    def _submit_file(self, path: bytes, name: bytes, st: os.stat_result, is_new: bool) -> Future:
+    def _submit_file(self, path: bytes, name: bytes, st: os.stat_result, is_new: bool) -> tuple["_Batch", int]:
+        """Queue a file for reading; returns (batch, index of its result). Small files travel in batches of
+        up to BATCH_FILES / BATCH_BYTES (one job, one future for many files: far less thread hand-off);
+        a large file is a batch of its own."""
+        key = (st.st_dev, st.st_ino)
+        if st.st_nlink > 1 and key in self._hardlinks:
+            return self._hardlinks[key]
+        small = st.st_size < self.repo.config.chunker.min_size
+        batch = self._batch if small else _Batch(self)
+        slot = (batch, len(batch.files))
+        batch.files.append((path, name, is_new))
+        batch.bytes += st.st_size
         if st.st_nlink > 1:
-            key = (st.st_dev, st.st_ino)
-            prior = self._hardlinks.get(key)
-            if prior is not None:
-                return prior
-        self._inflight.acquire()
+            self._hardlinks[key] = slot
+        if not small or len(batch.files) >= BATCH_FILES or batch.bytes >= BATCH_BYTES:
+            batch.submit()
+            if small:
+                self._batch = _Batch(self)
+        return slot
 
-        def job() -> _FileResult:
-            try:
-                return self._read_file(path, name, is_new)
-            finally:
-                self._inflight.release()
-
-        fut = self._pool.submit(job)
-        if st.st_nlink > 1:
-            self._hardlinks[(st.st_dev, st.st_ino)] = fut
-        return fut
+    def _run_batch(self, files: list[tuple[bytes, bytes, bool]]) -> list[_FileResult]:
+        try:
+            return [self._read_file(path, name, is_new) for path, name, is_new in files]
+        finally:
+            self._inflight.release()
 
     # --- directories --------------------------------------------------------------------------------
     def _parent_nodes(self, tree_id: bytes | None) -> dict[bytes, Node]:
@@ -337,7 +370,7 @@ class Archiver:
                     self.stats.files_unmodified += 1
                     items.append(n)
                 else:
-                    items.append((self._submit_file(child, name, st, old is None), child, name))
+                    items.append((*self._submit_file(child, name, st, old is None), child, name))
             elif t == SYMLINK:
                 n = node_from_stat(name, st)
                 try:
@@ -378,8 +411,8 @@ class Archiver:
             if isinstance(it, Node):
                 nodes.append(it)
                 continue
-            fut, child, name = it
-            res: _FileResult = fut.result()
+            batch, idx, child, name = it
+            res: _FileResult = batch.result()[idx]
             if res.error is not None or res.node is None:
                 self._error(child, res.error or "unreadable")
                 continue

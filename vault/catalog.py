@@ -219,6 +219,9 @@ class Catalog:
         self._tx(run)
 
     # --- blocks -------------------------------------------------------------------------------------
+    def has_any_block(self) -> bool:
+        return bool(self._q("SELECT 1 FROM blocks LIMIT 1"))
+
     def has_block(self, bid: bytes) -> bool:
         return bool(self._q("SELECT 1 FROM blocks WHERE id=?", (bid,)))
 

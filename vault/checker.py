@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .catalog import Catalog
@@ -31,6 +33,14 @@ class Damage:
 
     def to_json(self) -> dict:
         return {"object": self.object, "problem": self.problem, "snapshots": self.snapshots, "files": self.files}
+
+
+@dataclass
+class _PackCheck:
+    pid: bytes
+    read: int = 0
+    damage: list[tuple[str, str]] = field(default_factory=list)
+    bad: dict[bytes, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -72,8 +82,9 @@ def parse_subset(text: str | None) -> tuple[str, float] | None:
 
 class Checker:
     def __init__(self, repo: Repository, catalog: Catalog, read_data: bool = False,
-                 subset: tuple[str, float] | None = None, now: float | None = None):
+                 subset: tuple[str, float] | None = None, now: float | None = None, jobs: int = 0):
         self.repo, self.catalog = repo, catalog
+        self.jobs = jobs or os.cpu_count() or 2
         self.read_data = read_data or subset is not None
         self.subset = subset
         self.now = time.time() if now is None else now
@@ -125,43 +136,54 @@ class Checker:
         ordered = sorted(packs, key=lambda p: (when.get(p[0]) or 0.0, p[0]))
         return ordered[:count]
 
+    def _check_pack(self, pid: bytes) -> _PackCheck:
+        """Read one pack whole and check it: its name (SHA-256), its header against the index, every block.
+        Runs in worker threads: it only reads shared state."""
+        res = _PackCheck(pid)
+        name = pack_name(pid)
+        try:
+            data = self.repo.backend.get(name)
+        except VaultError as exc:
+            res.damage.append((name, f"unreadable: {exc}"))
+            res.bad.update((e.block_id, f"unreadable: {exc}") for e in self.catalog.pack_blocks(pid))
+            return res
+        res.read = len(data)
+        if hashlib.sha256(data).digest() != pid:
+            res.damage.append((name, "hash mismatch (content does not match its name)"))
+        indexed = {e.block_id: e for e in self.catalog.pack_blocks(pid)}
+        try:
+            header = {e.block_id: e for e in parse_pack(data, self.repo.cipher)}
+        except IntegrityError as exc:
+            header = {}
+            res.damage.append((name, f"header unreadable: {exc}"))
+        view = memoryview(data)
+        for bid, e in indexed.items():
+            h = header.get(bid)
+            if header and (h is None or (h.offset, h.length) != (e.offset, e.length)):
+                res.bad[bid] = "index entry does not match the pack header"
+                continue
+            try:
+                self.repo.open_block(e, view[e.offset : e.offset + e.length])
+            except IntegrityError as exc:
+                res.bad[bid] = str(exc)
+        return res
+
     def _read_packs(self, packs: list[tuple[bytes, str, int]]) -> None:
         good = []
-        for pid, _kind, _size in packs:
-            name = pack_name(pid)
-            try:
-                data = self.repo.backend.get(name)
-            except VaultError as exc:
-                self._mark_pack_blocks(pid, f"unreadable: {exc}")
-                self._damage(name, f"unreadable: {exc}")
-                continue
-            self.report.packs_read += 1
-            self.report.bytes_read += len(data)
-            if hashlib.sha256(data).digest() != pid:
-                self._damage(name, "hash mismatch (content does not match its name)")
-            indexed = {e.block_id: e for e in self.catalog.pack_blocks(pid)}
-            try:
-                header = {e.block_id: e for e in parse_pack(data, self.repo.cipher)}
-            except IntegrityError as exc:
-                header = {}
-                self._damage(name, f"header unreadable: {exc}")
-            bad_here = 0
-            for bid, e in indexed.items():
-                h = header.get(bid)
-                if header and (h is None or (h.offset, h.length) != (e.offset, e.length)):
-                    self._bad_blocks.setdefault(bid, "index entry does not match the pack header")
-                    bad_here += 1
-                    continue
-                try:
-                    self.repo.open_block(e, memoryview(data)[e.offset : e.offset + e.length])
-                except IntegrityError as exc:
-                    self._bad_blocks.setdefault(bid, f"{exc}")
-                    bad_here += 1
-            if not bad_here:
-                good.append(pid)
+        with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="vault-verify") as pool:
+            for res in pool.map(self._check_pack, [p[0] for p in packs]):
+                for obj, problem in res.damage:
+                    self._damage(obj, problem)
+                for bid, problem in res.bad.items():
+                    self._bad_blocks.setdefault(bid, problem)
+                if res.read:
+                    self.report.packs_read += 1
+                    self.report.bytes_read += res.read
+                if not res.damage and not res.bad:
+                    good.append(res.pid)
         self.catalog.mark_verified(good, self.now)
 
-    def _walk_snapshots(self, damaged_only: bool = False) -> None:
+    def _walk_snapshots(self) -> None:
         snaps = []
         for sid in self.repo.list_snapshots():
             try:

@@ -27,6 +27,8 @@ class Settings:
     s3_endpoint: str | None = None
     lock_wait: float | None = None
     jobs: int = 0
+    connections: int = 0
+    s3_storage_class: str | None = None
     extra: dict = field(default_factory=dict)
 
     def resolved(self) -> "Settings":
@@ -40,6 +42,8 @@ class Settings:
             s3_endpoint=self.s3_endpoint or env.get("VAULT_S3_ENDPOINT") or None,
             lock_wait=DEFAULT_LOCK_WAIT if self.lock_wait is None else self.lock_wait,
             jobs=self.jobs or _int_env("VAULT_JOBS"),
+            connections=self.connections or _int_env("VAULT_CONNECTIONS") or 8,
+            s3_storage_class=self.s3_storage_class or env.get("VAULT_S3_STORAGE_CLASS") or None,
             extra=dict(self.extra),
         )
 

@@ -60,6 +60,7 @@ class RestoreResult:
     damaged: list[tuple[str, str]] = field(default_factory=list)  # (snapshot path, why)
     errors: list[tuple[str, str]] = field(default_factory=list)  # could not create / conflicts
     warnings: list[tuple[str, str]] = field(default_factory=list)
+    requests: dict = field(default_factory=dict)  # backend requests and bytes, filled in by the api
 
 
 class _FileTask:

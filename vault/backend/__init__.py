@@ -73,7 +73,7 @@ def parse_url(url: str) -> tuple[str, str]:
     return "s3", f"{bucket}/{prefix}" if prefix else bucket
 
 
-def _open_s3(location: str, endpoint: str | None) -> Backend:
+def _open_s3(location: str, endpoint: str | None, connections: int, storage_class: str | None) -> Backend:
     try:
         from vault.backend.s3 import S3Backend
     except ModuleNotFoundError as err:
@@ -81,11 +81,13 @@ def _open_s3(location: str, endpoint: str | None) -> Backend:
             raise
         raise UsageError("S3 repositories are not supported yet") from None
     bucket, _, prefix = location.partition("/")
-    return S3Backend(bucket, prefix, endpoint=endpoint)
+    return S3Backend(bucket, prefix, endpoint=endpoint, connections=connections, storage_class=storage_class)
 
 
-def open_backend(url: str, s3_endpoint: str | None = None) -> Backend:
+def open_backend(url: str, s3_endpoint: str | None = None, connections: int = 8,
+                 s3_storage_class: str | None = None) -> Backend:
     """Open the backend a repository URL names, wrapped in a RetryBackend. The store need not exist yet."""
     scheme, location = parse_url(url)
-    inner: Backend = _open_s3(location, s3_endpoint) if scheme == "s3" else LocalBackend(location)
+    inner: Backend = (_open_s3(location, s3_endpoint, connections, s3_storage_class) if scheme == "s3"
+                      else LocalBackend(location))
     return RetryBackend(inner)

@@ -62,8 +62,9 @@ def ls(snapshot: str, path: str | None, long_: bool) -> None:
     with api.session(c.settings, c.password_fn()) as sess:
         snap = api.find_snapshot(sess, snapshot)
         entries = list(api.ls(sess, snap, path))
+        requests = sess.requests()
     if c.json:
-        c.emit_json({"snapshot_id": snap.id, "entries": [api.node_json(p, n) for p, n in entries]})
+        c.emit_json({"snapshot_id": snap.id, "entries": [api.node_json(p, n) for p, n in entries], **requests})
         return
     for p, n in entries:
         c.out(_line(p, n) if long_ else os.fsdecode(p))
@@ -102,8 +103,9 @@ def diff(snapshot_a: str, snapshot_b: str) -> None:
     with api.session(c.settings, c.password_fn()) as sess:
         a, b = api.find_snapshot(sess, snapshot_a), api.find_snapshot(sess, snapshot_b)
         res = api.diff(sess, a, b)
+        requests = sess.requests()
     if c.json:
-        c.emit_json({"snapshot_a": a.id, "snapshot_b": b.id, **res.to_json()})
+        c.emit_json({"snapshot_a": a.id, "snapshot_b": b.id, **res.to_json(), **requests})
         return
     for sign, items in (("+", res.added), ("-", res.removed), ("M", res.modified)):
         for p in items:
@@ -121,10 +123,11 @@ def stats() -> None:
     c = get_ctx()
     with api.session(c.settings, c.password_fn()) as sess:
         d = api.stats(sess)
+        d.update(sess.requests())
     if c.json:
         c.emit_json(d)
         return
     c.out(f"snapshots:        {d['snapshots']}\npacks:            {d['packs']} ({human_bytes(d['pack_bytes'])})"
           f"\nblocks:           {d['blocks']}\ndata (raw):       {human_bytes(d['raw_bytes'])}"
-          f"\nstored:           {human_bytes(d['stored_bytes'])}\nrepository size:  {human_bytes(d['repository_bytes'])}"
+          f"\nstored:           {human_bytes(d['stored_bytes'])}\nrepository size:  {human_bytes(d['repository_bytes'])} in {d['repository_objects']} objects"
           f"\ndedup+compression ratio: {d['dedup_ratio']}")

@@ -51,7 +51,7 @@ def restore(snapshot: str | None, target: str, at: str | None, includes: tuple[s
                      "symlinks": res.symlinks, "other": res.other, "bytes_written": res.bytes_written,
                      "damaged": [{"path": p, "problem": w} for p, w in res.damaged],
                      "errors": [{"path": p, "error": w} for p, w in res.errors],
-                     "warnings": [{"path": p, "warning": w} for p, w in res.warnings]})
+                     "warnings": [{"path": p, "warning": w} for p, w in res.warnings], **res.requests})
     else:
         c.out(f"restored snapshot {snap.short_id} to {target}: {res.files} files, {res.dirs} dirs, "
               f"{res.symlinks} symlinks, {human_bytes(res.bytes_written)}")

@@ -37,6 +37,10 @@ _GLOBALS: list[tuple[tuple[str, ...], dict]] = [
                             "with exit 11 (0, 30s, 5m, 1h; default 3m).")),
     (("-j", "--jobs"), dict(type=click.IntRange(0, 256), help="Worker threads (default: number of cores) "
                             "[env: VAULT_JOBS].")),
+    (("--connections",), dict(type=click.IntRange(1, 256), help="Parallel connections to a remote repository "
+                              "(default 8) [env: VAULT_CONNECTIONS].")),
+    (("--s3-storage-class",), dict(metavar="CLASS", help="Storage class for data packs, e.g. STANDARD_IA "
+                                   "(metadata stays STANDARD) [env: VAULT_S3_STORAGE_CLASS].")),
     (("--json", "json_out"), dict(is_flag=True, help="Machine-readable output: one JSON document on stdout.")),
     (("-q", "--quiet"), dict(is_flag=True, help="Print nothing on success.")),
     (("-v", "--verbose"), dict(count=True, help="More detail.")),
@@ -84,7 +88,8 @@ def get_ctx() -> Ctx:
     s = Settings(repo=g.get("repo"), password_file=g.get("password_file"),
                  password_command=g.get("password_command"), cache_dir=g.get("cache_dir"),
                  s3_endpoint=g.get("s3_endpoint"), lock_wait=parse_wait(wait) if wait is not None else None,
-                 jobs=g.get("jobs") or 0)
+                 jobs=g.get("jobs") or 0, connections=g.get("connections") or 0,
+                 s3_storage_class=g.get("s3_storage_class"))
     return Ctx(settings=s.resolved(), json=bool(g.get("json_out")), quiet=bool(g.get("quiet")),
                verbose=int(g.get("verbose") or 0))
 

@@ -1,0 +1,232 @@
+"""S3 backend: a repository under ``s3://BUCKET[/PREFIX]`` on AWS or any S3-compatible store (boto3).
+
+What it guarantees, on top of ``backend.base``:
+
+* **Only keys under ``PREFIX/``** are ever read, written, listed or deleted.
+* **Atomic, create-only writes.** One PUT (or a completed multipart upload, for objects over
+  ``MULTIPART_THRESHOLD``) makes an object appear whole. ``If-None-Match: *`` makes creation conditional where
+  the store supports it (AWS, MinIO, moto); a store that answers 501 is detected once and served with a
+  HEAD-then-PUT instead. A failed multipart upload is aborted. Bodies carry a checksum (boto3's default
+  CRC32 / Content-MD5), so a body damaged on the wire is refused by the store.
+* **Errors are ours.** Throttling (503 SlowDown), 5xx, timeouts and connection resets become
+  ``TransientError`` (``RetryBackend`` retries them with backoff and jitter; botocore's own retries are off so
+  the two do not multiply); 403 and missing credentials become ``PermanentError`` (fail fast); a missing key
+  or bucket becomes ``ObjectNotFound``.
+* **Load spreading.** One client with a connection pool of ``connections`` is shared by every thread.
+
+Endpoint: the ``endpoint`` argument (``--s3-endpoint`` / ``VAULT_S3_ENDPOINT``), else boto3's own
+``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``. Credentials and region: the standard AWS chain. A custom
+endpoint uses path-style addressing (what MinIO and most S3-compatible stores want).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+
+import boto3
+import botocore.config
+from botocore.exceptions import (BotoCoreError, ClientError, ConnectionError as BotoConnectionError,
+                                 NoCredentialsError, PartialCredentialsError, ReadTimeoutError,
+                                 ResponseStreamingError)
+
+from ..errors import BackendError, ObjectExists, ObjectNotFound, PermanentError, TransientError
+from .base import check_name
+
+MULTIPART_THRESHOLD = 64 * 1024 * 1024
+PART_SIZE = 16 * 1024 * 1024
+_TRANSIENT_CODES = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling",
+                    "ThrottlingException", "RequestTimeTooSkewed", "OperationAborted", "BadDigest",
+                    "IncompleteBody", "XAmzContentSHA256Mismatch", "InvalidDigest"}
+_NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound", "NoSuchBucket"}
+_DENIED_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled",
+                 "AccountProblem", "InvalidToken", "ExpiredToken", "403"}
+
+
+class S3Backend:
+    def __init__(self, bucket: str, prefix: str = "", endpoint: str | None = None, connections: int = 8,
+                 storage_class: str | None = None, region: str | None = None, path_style: bool | None = None):
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        if self.prefix:
+            check_name(self.prefix)
+        self.location = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+        self.storage_class = storage_class
+        session = boto3.session.Session()
+        config = botocore.config.Config(
+            max_pool_connections=max(4, connections + 4),
+            retries={"total_max_attempts": 1},  # RetryBackend retries, with backoff and jitter
+            connect_timeout=10, read_timeout=120, tcp_keepalive=True,
+            s3={"addressing_style": "path" if (path_style or (path_style is None and endpoint)) else "auto"},
+        )
+        self._s3 = session.client("s3", endpoint_url=endpoint or None, config=config,
+                                  region_name=region or session.region_name or "us-east-1")
+        self._conditional = True  # If-None-Match supported until the store says otherwise
+        self._lock = threading.Lock()
+
+    # --- naming and errors --------------------------------------------------------------------------
+    def _key(self, name: str) -> str:
+        check_name(name)
+        return f"{self.prefix}/{name}" if self.prefix else name
+
+    @contextlib.contextmanager
+    def _errors(self, op: str, name: str) -> Iterator[None]:
+        what = f"{op} {self.location}/{name}" if name else f"{op} {self.location}"
+        try:
+            yield
+        except ClientError as exc:
+            err = exc.response.get("Error", {})
+            code = str(err.get("Code", ""))
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+            msg = err.get("Message") or code
+            if code == "NoSuchBucket":
+                raise ObjectNotFound(f"bucket {self.bucket!r} does not exist ({what})") from None
+            if code in _NOT_FOUND_CODES or status == 404:
+                raise ObjectNotFound(f"no such object: {what}") from None
+            if code == "PreconditionFailed" or status == 412:
+                raise ObjectExists(f"object already exists: {what}") from None
+            if code in _TRANSIENT_CODES or status in (408, 429) or status >= 500:
+                raise TransientError(f"S3 {what}: {status} {code}: {msg}") from None
+            if code in _DENIED_CODES or status == 403:
+                raise PermanentError(f"S3 access denied for {what}: {msg} (check the credentials and the "
+                                     "bucket policy)") from None
+            raise BackendError(f"S3 {what}: {status} {code}: {msg}") from None
+        except (NoCredentialsError, PartialCredentialsError):
+            raise PermanentError("no AWS credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+                                 "~/.aws/credentials or an instance role") from None
+        except (BotoConnectionError, ReadTimeoutError, ResponseStreamingError) as exc:
+            raise TransientError(f"S3 {what}: {exc}") from None
+        except BotoCoreError as exc:
+            raise BackendError(f"S3 {what}: {exc}") from None
+        except OSError as exc:  # a reset while streaming a body
+            raise TransientError(f"S3 {what}: {exc}") from None
+
+    # --- the Backend protocol -----------------------------------------------------------------------
+    def put(self, name: str, data: bytes | memoryview, *, overwrite: bool = False) -> None:
+        key = self._key(name)
+        extra = {}
+        if self.storage_class and name.startswith("data/"):
+            extra["StorageClass"] = self.storage_class
+        if len(data) > MULTIPART_THRESHOLD:
+            if not overwrite and self.exists(name):
+                raise ObjectExists(f"object already exists: {self.location}/{name}")
+            self._put_multipart(name, key, data, extra)
+            return
+        body = bytes(data)
+        if not overwrite and self._conditional:
+            try:
+                with self._errors("PUT", name):
+                    self._s3.put_object(Bucket=self.bucket, Key=key, Body=body, IfNoneMatch="*", **extra)
+                return
+            except BackendError as exc:
+                if "NotImplemented" not in str(exc) and " 501 " not in str(exc):
+                    raise
+                with self._lock:
+                    self._conditional = False  # this store cannot do conditional writes: check first
+        if not overwrite and self.exists(name):
+            raise ObjectExists(f"object already exists: {self.location}/{name}")
+        with self._errors("PUT", name):
+            self._s3.put_object(Bucket=self.bucket, Key=key, Body=body, **extra)
+
+    def _put_multipart(self, name: str, key: str, data: bytes | memoryview, extra: dict) -> None:
+        with self._errors("CREATE-MULTIPART", name):
+            upload_id = self._s3.create_multipart_upload(Bucket=self.bucket, Key=key, **extra)["UploadId"]
+        try:
+            view, parts = memoryview(data), []
+            for i, off in enumerate(range(0, len(view), PART_SIZE), start=1):
+                with self._errors("UPLOAD-PART", name):
+                    r = self._s3.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=i,
+                                             Body=bytes(view[off : off + PART_SIZE]))
+                parts.append({"PartNumber": i, "ETag": r["ETag"]})
+            with self._errors("COMPLETE-MULTIPART", name):
+                self._s3.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id,
+                                                   MultipartUpload={"Parts": parts})
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._s3.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            raise
+
+    def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        key = self._key(name)
+        if length == 0:
+            return b""
+        args = {"Bucket": self.bucket, "Key": key}
+        if offset or length is not None:
+            end = "" if length is None else str(offset + length - 1)
+            args["Range"] = f"bytes={offset}-{end}"
+        try:
+            with self._errors("GET", name):
+                resp = self._s3.get_object(**args)
+                return resp["Body"].read()
+        except BackendError as exc:
+            if "InvalidRange" in str(exc) or " 416 " in str(exc):
+                return b""  # a range starting past the end: nothing there
+            raise
+
+    def size(self, name: str) -> int:
+        with self._errors("HEAD", name):
+            return int(self._s3.head_object(Bucket=self.bucket, Key=self._key(name))["ContentLength"])
+
+    def exists(self, name: str) -> bool:
+        try:
+            self.size(name)
+        except ObjectNotFound:
+            return False
+        return True
+
+    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
+        base = f"{self.prefix}/" if self.prefix else ""
+        pages = self._s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base + prefix)
+        with self._errors("LIST", prefix):
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    yield obj["Key"][len(base):], int(obj["Size"])
+
+    def delete(self, name: str) -> None:
+        with self._errors("DELETE", name):
+            self._s3.delete_object(Bucket=self.bucket, Key=self._key(name))
+
+    def exists_store(self) -> bool:
+        try:
+            with self._errors("HEAD-BUCKET", ""):
+                self._s3.head_bucket(Bucket=self.bucket)
+        except ObjectNotFound:
+            return False
+        return self.exists("config")
+
+    def create_store(self) -> None:
+        try:
+            with self._errors("HEAD-BUCKET", ""):
+                self._s3.head_bucket(Bucket=self.bucket)
+            return
+        except ObjectNotFound:
+            pass
+        region = self._s3.meta.region_name
+        args = {"Bucket": self.bucket}
+        if region and region != "us-east-1":
+            args["CreateBucketConfiguration"] = {"LocationConstraint": region}
+        with self._errors("CREATE-BUCKET", ""):
+            self._s3.create_bucket(**args)
+
+    def list_multipart_uploads(self) -> list[tuple[str, str, float]]:
+        """(key, upload id, initiated epoch) of unfinished multipart uploads under the prefix."""
+        base = f"{self.prefix}/" if self.prefix else ""
+        out = []
+        with self._errors("LIST-MULTIPART", ""):
+            for page in self._s3.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=base):
+                for u in page.get("Uploads", []):
+                    out.append((u["Key"], u["UploadId"], u["Initiated"].timestamp()))
+        return out
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        base = f"{self.prefix}/" if self.prefix else ""
+        if not key.startswith(base):
+            raise ValueError(f"refusing to touch {key!r}: outside {self.location}")
+        with self._errors("ABORT-MULTIPART", key):
+            self._s3.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._s3.close()
+
