@@ -225,8 +225,7 @@ class Archiver:
             return
         rows, self._tree_rows, self._tree_row_nodes = self._tree_rows, [], 0
         if not self.opts.dry_run:
-            for tid, nodes, raw in rows:
-                self.catalog.add_tree(tid, nodes, raw)
+            self.catalog.add_trees(rows)
 
     # --- files --------------------------------------------------------------------------------------
     def _read_file(self, path: bytes, name: bytes, is_new: bool) -> _FileResult:

@@ -278,15 +278,21 @@ class Catalog:
 
     def add_tree(self, tree_id: bytes, nodes: list[Node], raw: bytes) -> None:
         """Cache a tree: its canonical bytes (what the tree id authenticates) and its entries as rows."""
-        packed = zstandard.ZstdCompressor(level=1).compress(raw)
+        self.add_trees([(tree_id, nodes, raw)])
+
+    def add_trees(self, trees: list[tuple[bytes, list[Node], bytes]]) -> None:
+        """Cache many trees in one transaction."""
+        cctx = zstandard.ZstdCompressor(level=1)
+        packed = [(tid, nodes, cctx.compress(raw)) for tid, nodes, raw in trees]
 
         def run(c: sqlite3.Connection) -> None:
-            if c.execute("SELECT 1 FROM trees WHERE id=?", (tree_id,)).fetchone():
-                return
-            c.execute("INSERT INTO trees (id, data) VALUES (?, ?)", (tree_id, packed))
-            c.executemany("INSERT OR REPLACE INTO nodes (tree, name, type, size, mode, mtime_ns, ctime_ns, inode, "
-                          "subtree, blocks, extra) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                          [_node_row(tree_id, n) for n in nodes])
+            for tid, nodes, data in packed:
+                if c.execute("SELECT 1 FROM trees WHERE id=?", (tid,)).fetchone():
+                    continue
+                c.execute("INSERT INTO trees (id, data) VALUES (?, ?)", (tid, data))
+                c.executemany("INSERT OR REPLACE INTO nodes (tree, name, type, size, mode, mtime_ns, ctime_ns, "
+                              "inode, subtree, blocks, extra) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                              [_node_row(tid, n) for n in nodes])
         self._tx(run)
 
     def _forget_tree(self, tree_id: bytes) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+import threading
 from dataclasses import dataclass
 
 from .crypto import NONCE_LEN, OVERHEAD, Cipher
@@ -93,11 +94,23 @@ def sealed_size(payload_len: int) -> int:
     return BLOCK_OVERHEAD + payload_len
 
 
+_nonces = threading.local()
+
+
+def _nonce() -> bytes:
+    """A fresh random 96-bit nonce; drawn from the OS CSPRNG 4096 at a time (one syscall, not one a block)."""
+    pool = getattr(_nonces, "pool", None)
+    if not pool:
+        raw = os.urandom(NONCE_LEN * 4096)
+        pool = _nonces.pool = [raw[i : i + NONCE_LEN] for i in range(0, len(raw), NONCE_LEN)]
+    return pool.pop()
+
+
 def seal_block_into(cipher: Cipher, block_id: bytes, flag: int, payload: bytes | memoryview,
                     out: memoryview) -> None:
     """Write the sealed block into ``out`` (exactly ``sealed_size(len(payload))`` bytes), no extra copy."""
     out[0] = flag
-    out[1 : 1 + NONCE_LEN] = os.urandom(NONCE_LEN)
+    out[1 : 1 + NONCE_LEN] = _nonce()
     cipher.encrypt_into(out[1 : 1 + NONCE_LEN], payload, block_id + bytes((flag,)), out[1 + NONCE_LEN :])
 
 
