@@ -6,6 +6,7 @@ import os
 import stat
 import subprocess
 import sys
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,14 +43,24 @@ class Result:
         return json.loads(self.out)
 
 
-class Cli:
-    """Runs ``vault`` in-process (fast) with a repository, password and cache preset."""
+# Variables an S3 repository needs, passed from os.environ (set by the ``s3_env`` fixture) to every run.
+S3_ENV_PREFIXES = ("AWS_", "VAULT_S3_ENDPOINT")
 
-    def __init__(self, capfd, repo: Path, cache: Path):
+
+class Cli:
+    """Runs ``vault`` in-process (fast) with a repository, password and cache preset.
+
+    ``repo`` is a Path (local repository) or a URL string (``s3://bucket/prefix``); ``extra`` is more
+    environment for every run (e.g. ``{"VAULT_S3_ENDPOINT": proxy.url}``)."""
+
+    def __init__(self, capfd, repo: Path | str, cache: Path, extra: dict | None = None):
         self.capfd, self.repo, self.cache = capfd, repo, cache
+        self.extra = dict(extra or {})
 
     def env(self) -> dict:
-        return {"VAULT_REPOSITORY": str(self.repo), "VAULT_PASSWORD": PASSWORD, "VAULT_CACHE_DIR": str(self.cache)}
+        s3 = {k: v for k, v in os.environ.items() if k.startswith(S3_ENV_PREFIXES)}
+        return {**s3, "VAULT_REPOSITORY": str(self.repo), "VAULT_PASSWORD": PASSWORD,
+                "VAULT_CACHE_DIR": str(self.cache), **self.extra}
 
     def __call__(self, *args: str, ok: bool | int = True) -> Result:
         self.capfd.readouterr()
@@ -88,6 +99,60 @@ def repo(cli) -> Cli:
     """An initialised local repository (fast KDF)."""
     cli("init", *FAST_INIT)
     return cli
+
+
+# --- S3: a moto server in its own process, test credentials, s3:// repositories -----------------------------
+S3_TEST_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+               "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint(tmp_path_factory) -> str:
+    """URL of moto's standalone S3 server (``python -m moto.server``), one process for the session."""
+    from s3server import MotoServer
+
+    server = MotoServer.start(log_path=tmp_path_factory.mktemp("moto") / "moto.log")
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(monkeypatch, moto_endpoint) -> str:
+    """AWS test credentials and VAULT_S3_ENDPOINT (the moto server) in os.environ; returns the endpoint."""
+    for k, v in S3_TEST_ENV.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("VAULT_S3_ENDPOINT", moto_endpoint)
+    return moto_endpoint
+
+
+def unique_bucket() -> str:
+    return f"vault-{uuid.uuid4().hex[:20]}"
+
+
+def moto_client(endpoint: str):
+    """A boto3 client on the moto server, for tests to look at buckets (list, head) directly."""
+    import boto3
+
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                        aws_secret_access_key="testing")
+
+
+@pytest.fixture
+def s3cli(capfd, tmp_path, s3_env) -> Cli:
+    """Like ``cli``, with the repository ``s3://vault-<unique>/repo`` on the moto server.
+
+    Extra attributes: ``bucket``, ``prefix``, ``endpoint`` and ``client`` (a boto3 client to inspect the bucket)."""
+    c = Cli(capfd, f"s3://{unique_bucket()}/repo", tmp_path / "cache")
+    c.bucket, c.prefix, c.endpoint = c.repo[len("s3://"):].split("/")[0], "repo", s3_env
+    c.client = moto_client(s3_env)
+    return c
+
+
+@pytest.fixture
+def s3_repo(s3cli) -> Cli:
+    """An initialised S3 repository (fast KDF)."""
+    s3cli("init", *FAST_INIT)
+    return s3cli
 
 
 # --- trees ------------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ from vault.errors import (
     UsageError,
 )
 
-BACKEND_KINDS = ["memory", "local"]
+BACKEND_KINDS = ["memory", "local", "s3"]
 
 
 @pytest.fixture
@@ -48,6 +48,17 @@ def memory_backend() -> Backend:
 @pytest.fixture
 def local_backend(tmp_path: Path) -> LocalBackend:
     backend = LocalBackend(str(tmp_path / "repo"))
+    backend.create_store()
+    return backend
+
+
+@pytest.fixture
+def s3_backend(s3_env: str) -> Backend:
+    """A fresh bucket per test on the moto server (a separate process, real HTTP), under a prefix."""
+    from conftest import unique_bucket
+    from vault.backend.s3 import S3Backend
+
+    backend = S3Backend(unique_bucket(), "team/repo", endpoint=s3_env)
     backend.create_store()
     return backend
 
@@ -562,7 +573,7 @@ def test_open_backend_s3_not_available(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_open_backend_s3_plugs_in(monkeypatch: pytest.MonkeyPatch) -> None:
     class FakeS3(MemoryBackend):
-        def __init__(self, bucket: str, prefix: str, endpoint: str | None = None) -> None:
+        def __init__(self, bucket: str, prefix: str, endpoint: str | None = None, **options: object) -> None:
             super().__init__(f"s3://{bucket}/{prefix}")
 
     monkeypatch.setitem(sys.modules, "vault.backend.s3", types.SimpleNamespace(S3Backend=FakeS3))

@@ -22,20 +22,28 @@ endpoint uses path-style addressing (what MinIO and most S3-compatible stores wa
 from __future__ import annotations
 
 import contextlib
+import random
 import threading
+import time
 from collections.abc import Iterator
 
 import boto3
 import botocore.config
 from botocore.exceptions import (BotoCoreError, ClientError, ConnectionError as BotoConnectionError,
-                                 NoCredentialsError, PartialCredentialsError, ReadTimeoutError,
-                                 ResponseStreamingError)
+                                 FlexibleChecksumError, HTTPClientError, IncompleteReadError,
+                                 NoCredentialsError, PartialCredentialsError)
 
 from ..errors import BackendError, ObjectExists, ObjectNotFound, PermanentError, TransientError
 from .base import check_name
 
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
 PART_SIZE = 16 * 1024 * 1024
+# A multipart upload's own requests (parts, complete, abort) are retried here, each on its own: RetryBackend
+# can only redo the whole put, and one upload is many requests, so under a steady rate of transient failures
+# whole-put retries alone would rarely get one through (and each failed try would leave parts behind).
+SUB_ATTEMPTS = 6
+SUB_BASE_DELAY = 0.2
+SUB_MAX_DELAY = 10.0
 _TRANSIENT_CODES = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling",
                     "ThrottlingException", "RequestTimeTooSkewed", "OperationAborted", "BadDigest",
                     "IncompleteBody", "XAmzContentSHA256Mismatch", "InvalidDigest"}
@@ -95,7 +103,10 @@ class S3Backend:
         except (NoCredentialsError, PartialCredentialsError):
             raise PermanentError("no AWS credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
                                  "~/.aws/credentials or an instance role") from None
-        except (BotoConnectionError, ReadTimeoutError, ResponseStreamingError) as exc:
+        except (BotoConnectionError, HTTPClientError, IncompleteReadError, FlexibleChecksumError) as exc:
+            # ConnectionError: refused, connect timeout; HTTPClientError: read timeout, connection closed or
+            # reset before the response (ConnectionClosedError) or inside its body (ResponseStreamingError);
+            # a short or damaged body: all worth a retry
             raise TransientError(f"S3 {what}: {exc}") from None
         except BotoCoreError as exc:
             raise BackendError(f"S3 {what}: {exc}") from None
@@ -129,26 +140,49 @@ class S3Backend:
         with self._errors("PUT", name):
             self._s3.put_object(Bucket=self.bucket, Key=key, Body=body, **extra)
 
+    def _sub_request(self, op: str, name: str, call):
+        """One request of a multipart upload, retried on TransientError with backoff and full jitter."""
+        for attempt in range(SUB_ATTEMPTS):
+            try:
+                with self._errors(op, name):
+                    return call()
+            except TransientError:
+                if attempt == SUB_ATTEMPTS - 1:
+                    raise
+            time.sleep(random.uniform(0, min(SUB_MAX_DELAY, SUB_BASE_DELAY * 2**attempt)))
+        raise AssertionError("unreachable")
+
     def _put_multipart(self, name: str, key: str, data: bytes | memoryview, extra: dict) -> None:
         with self._errors("CREATE-MULTIPART", name):
             upload_id = self._s3.create_multipart_upload(Bucket=self.bucket, Key=key, **extra)["UploadId"]
         try:
-            view, parts = memoryview(data), []
-            for i, off in enumerate(range(0, len(view), PART_SIZE), start=1):
-                with self._errors("UPLOAD-PART", name):
-                    r = self._s3.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=i,
-                                             Body=bytes(view[off : off + PART_SIZE]))
-                parts.append({"PartNumber": i, "ETag": r["ETag"]})
-            with self._errors("COMPLETE-MULTIPART", name):
-                self._s3.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id,
-                                                   MultipartUpload={"Parts": parts})
+            parts = []
+            # released on the way out, error or not: the caller may close the buffer under ``data`` (an mmap)
+            # while the exception's traceback still holds this frame
+            with memoryview(data) as view:
+                for i, off in enumerate(range(0, len(view), PART_SIZE), start=1):
+                    body = bytes(view[off : off + PART_SIZE])
+                    r = self._sub_request("UPLOAD-PART", name, lambda: self._s3.upload_part(
+                        Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=i, Body=body))
+                    parts.append({"PartNumber": i, "ETag": r["ETag"]})
+                del body
+                size = len(view)
+            try:
+                self._sub_request("COMPLETE-MULTIPART", name, lambda: self._s3.complete_multipart_upload(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}))
+            except ObjectNotFound:  # NoSuchUpload: an earlier try completed it and only the answer was lost
+                if self.size(name) != size:
+                    raise
         except BaseException:
             with contextlib.suppress(Exception):
-                self._s3.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+                self._sub_request("ABORT-MULTIPART", name, lambda: self._s3.abort_multipart_upload(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id))
             raise
 
     def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         key = self._key(name)
+        if offset < 0 or (length is not None and length < 0):
+            raise ValueError(f"invalid range offset={offset} length={length}")
         if length == 0:
             return b""
         args = {"Bucket": self.bucket, "Key": key}
