@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 
 from .archiver import Archiver, BackupOptions
 from .backend import open_backend, parse_url
-from .backend.counting import CountingBackend
+from .backend.retry import RetryBackend
 from .catalog import Catalog, SyncReport, open_synced
 from .checker import Checker, VerifyReport, parse_subset
 from .chunker import ChunkerParams
@@ -40,15 +40,16 @@ class Session:
     repo: Repository
     catalog: Catalog
     sync: SyncReport
-    counter: CountingBackend
+    counter: RetryBackend
 
     def requests(self) -> dict:
-        return self.counter.stats()
+        return self.counter.inner.stats()
 
 
-def _backend(settings: Settings) -> CountingBackend:
-    return CountingBackend(open_backend(settings.require_repo(), settings.s3_endpoint, settings.connections or 8,
-                                        settings.s3_storage_class))
+def _backend(settings: Settings) -> RetryBackend:
+    """The repository's backend: retries above a request counter above the store (every attempt counted)."""
+    return open_backend(settings.require_repo(), settings.s3_endpoint, settings.connections or 8,
+                        settings.s3_storage_class, count=True)
 
 
 @contextlib.contextmanager
@@ -162,12 +163,13 @@ class BackupResult:
     warnings: list[tuple[str, str]]
     dry_run: bool
     requests: dict
+    packs_adopted: int = 0
 
     def to_json(self) -> dict:
         return {"snapshot_id": self.snapshot_id, "files_new": self.files_new, "files_changed": self.files_changed,
                 "files_unmodified": self.files_unmodified, "dirs": self.dirs,
                 "bytes_processed": self.bytes_processed, "bytes_added": self.bytes_added,
-                "duration_s": round(self.duration_s, 3), "dry_run": self.dry_run,
+                "duration_s": round(self.duration_s, 3), "dry_run": self.dry_run, "packs_adopted": self.packs_adopted,
                 "errors": [{"path": p, "error": m} for p, m in self.errors],
                 "warnings": [{"path": p, "warning": m} for p, m in self.warnings], **self.requests}
 
@@ -188,7 +190,7 @@ def backup(settings: Settings, password: PasswordFn, opts: BackupOptions,
         s = arch.stats
         return BackupResult(snap.id if snap else None, s.files_new, s.files_changed, s.files_unmodified, s.dirs,
                             s.bytes_processed, s.bytes_added, arch.stats_duration, s.errors, s.warnings,
-                            opts.dry_run, sess.requests())
+                            opts.dry_run, sess.requests(), s.packs_adopted)
 
 
 # --- restore ------------------------------------------------------------------------------------------

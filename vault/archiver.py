@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 
 from . import index as index_mod
 from .catalog import Catalog
-from .errors import SourceNotFound
+from .errors import SourceNotFound, VaultError
 from .excludes import Matcher
 from .fsmeta import node_from_stat, node_type, unchanged
 from .model import DIR, FILE, SYMLINK, Node, Snapshot, Tree
@@ -66,6 +66,7 @@ class BackupStats:
     bytes_read: int = 0
     bytes_added: int = 0
     blocks_added: int = 0
+    packs_adopted: int = 0
     errors: list[tuple[str, str]] = field(default_factory=list)
     warnings: list[tuple[str, str]] = field(default_factory=list)
 
@@ -218,6 +219,27 @@ class Archiver:
             seg = index_mod.from_packs(pending)
             sid = self.repo.save_index(seg)
             self.catalog.add_segment(sid, seg)
+
+    def _adopt_leftover_packs(self) -> None:
+        """Index the packs an interrupted run stored after its last checkpoint (they are complete: a pack is
+        written whole or not at all), so their blocks are reused instead of uploaded again."""
+        adopted = []
+        for pid, size in self.repo.list_packs():
+            if self.catalog.has_pack(pid):
+                continue
+            try:
+                adopted.append((pid, size, self.repo.read_pack_header(pid, size)))
+            except VaultError:
+                continue  # damaged or vanished: verify reports it, prune will remove it
+        if adopted:
+            try:
+                seg = index_mod.from_packs(adopted)
+                sid = self.repo.save_index(seg)
+            except (ValueError, VaultError):
+                return  # a malformed leftover (mixed kinds): leave it to prune
+            self.catalog.add_segment(sid, seg)
+            self._catalog_empty = False
+            self.stats.packs_adopted = len(adopted)
 
     def _flush_tree_rows(self, force: bool = False) -> None:
         """Cache the new trees' entries in the catalog (main thread; batched)."""
@@ -467,6 +489,8 @@ class Archiver:
         paths = sorted({_display(p) for p in abs_paths})
         parent = self.find_parent(host, paths)
         skeleton = _skeleton(abs_paths)
+        if not self.opts.dry_run:
+            self._adopt_leftover_packs()
         try:
             root_dev = os.lstat(b"/").st_dev
             self._save_dir(b"/", parent.tree if parent else None, skeleton, root_dev, None)

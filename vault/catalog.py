@@ -245,6 +245,9 @@ class Catalog:
                 out[bytes(bid)] = (bytes(pid), PackEntry(kind, bytes(bid), off, length, raw))
         return out
 
+    def has_pack(self, pid: bytes) -> bool:
+        return bool(self._q("SELECT 1 FROM packs WHERE id=?", (pid,)))
+
     def packs(self) -> list[tuple[bytes, str, int]]:
         return [(bytes(p), k, s) for p, k, s in self._q("SELECT id, kind, size FROM packs")]
 

@@ -124,7 +124,10 @@ class PackWriter:
                 end = len(data)
                 pid = self.repo.put_pack(data)
         finally:
-            op.buf.close()
+            try:
+                op.buf.close()
+            except BufferError:  # a backend still holds a view (e.g. in a traceback): let GC unmap it
+                pass
         with self._lock:
             self.bytes_written += end
             self.packs_written += 1

@@ -85,9 +85,12 @@ def _open_s3(location: str, endpoint: str | None, connections: int, storage_clas
 
 
 def open_backend(url: str, s3_endpoint: str | None = None, connections: int = 8,
-                 s3_storage_class: str | None = None) -> Backend:
-    """Open the backend a repository URL names, wrapped in a RetryBackend. The store need not exist yet."""
+                 s3_storage_class: str | None = None, count: bool = False) -> Backend:
+    """Open the backend a repository URL names, wrapped in a RetryBackend. The store need not exist yet.
+
+    With ``count``, a CountingBackend sits between the retries and the store, so every attempt is counted
+    (``backend.inner.stats()``): what a cloud bill counts."""
     scheme, location = parse_url(url)
     inner: Backend = (_open_s3(location, s3_endpoint, connections, s3_storage_class) if scheme == "s3"
                       else LocalBackend(location))
-    return RetryBackend(inner)
+    return RetryBackend(CountingBackend(inner) if count else inner)
