@@ -167,17 +167,17 @@ def test_file_changing_while_read_is_a_warning(repo, tmp_path, monkeypatch):
     from vault import archiver
 
     src = make_tree(tmp_path / "src", {"growing.log": b"line\n" * 100, "steady.txt": b"same\n"})
-    real = archiver.Archiver._read_all
+    real = archiver.Archiver._read_small
 
-    def read_and_grow(fd: int, hint: int) -> bytes:
-        data = real(fd, hint)
+    def read_and_grow(self, fd: int):
+        data = real(self, fd)
         path = os.readlink(f"/proc/self/fd/{fd}")
         if path.endswith("growing.log"):
             with open(path, "ab") as f:
                 f.write(b"appended while vault was reading\n")
         return data
 
-    monkeypatch.setattr(archiver.Archiver, "_read_all", staticmethod(read_and_grow))
+    monkeypatch.setattr(archiver.Archiver, "_read_small", read_and_grow)
     res = repo("--json", "backup", src, ok=False)
     assert res.code in (0, 3), res.err
     out = json.loads(res.out)
@@ -185,6 +185,6 @@ def test_file_changing_while_read_is_a_warning(repo, tmp_path, monkeypatch):
     assert [w["path"] for w in out["warnings"]] == [str(src / "growing.log")]
     assert str(src / "growing.log") in res.err and "steady.txt" not in res.err
     # the next backup sees a changed file (it must not trust the metadata recorded mid-change)
-    monkeypatch.setattr(archiver.Archiver, "_read_all", staticmethod(real))
+    monkeypatch.setattr(archiver.Archiver, "_read_small", real)
     out = repo("--json", "backup", src).json
     assert out["files_changed"] == 1 and out["files_unmodified"] == 1

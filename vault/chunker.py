@@ -63,12 +63,13 @@ class Chunker:
     def _buffer(self) -> bytearray:
         buf = getattr(self._local, "buf", None)
         if buf is None:
-            buf = self._local.buf = bytearray(2 * self.params.max_size)
+            # max_size + 4 MiB: a cut is only final with max_size bytes ahead; refills read >= 4 MiB
+            buf = self._local.buf = bytearray(self.params.max_size + 4 * 1024 * 1024)
         return buf
 
     def cut_fd(self, fd: int) -> Iterator[memoryview]:
         """Chunk a file descriptor from its current position through one reusable per-thread buffer of
-        2 x max_size. Each view is valid only until the next one is requested."""
+        max_size + 4 MiB. Each view is valid only until the next one is requested."""
         buf = self._buffer()
         mv = memoryview(buf)
         max_size = self.params.max_size

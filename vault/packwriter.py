@@ -34,8 +34,9 @@ class PackWriter:
         self.on_pack = on_pack
         self._lock = threading.Lock()
         # full packs are stored by uploader threads (local: write + fsync; S3: PUT) while workers go on
-        self._uploads = ThreadPoolExecutor(max_workers=uploaders, thread_name_prefix="vault-upload")
-        self._in_flight = threading.BoundedSemaphore(uploaders)
+        self._sync = uploaders == 0
+        self._uploads = ThreadPoolExecutor(max_workers=max(1, uploaders), thread_name_prefix="vault-upload")
+        self._in_flight = threading.BoundedSemaphore(max(1, uploaders))
         self._futures: list[Future] = []
         self._failure: BaseException | None = None
         self._target = repo.config.pack_size
@@ -91,7 +92,11 @@ class PackWriter:
         self._uploads.shutdown(wait=True, cancel_futures=True)
 
     def _store(self, op: _Open) -> None:
-        """Hand a full pack to an uploader (waits while ``uploaders`` packs are already in flight)."""
+        """Hand a full pack to an uploader (waits while ``uploaders`` packs are already in flight); with
+        ``uploaders=0`` the calling thread stores it (no second pack buffer held: lowest memory)."""
+        if self._sync:
+            self._write(op)
+            return
         self._in_flight.acquire()
         try:
             fut = self._uploads.submit(self._upload, op)
