@@ -17,6 +17,7 @@ followed), and temp files are opened with O_EXCL|O_NOFOLLOW: nothing is written 
 
 from __future__ import annotations
 
+import collections
 import errno
 import os
 import secrets
@@ -36,6 +37,7 @@ from .repository import Repository, pack_name
 
 MAX_GAP = 256 * 1024
 MAX_RANGE = 4 * 1024 * 1024
+BATCHES_IN_FLIGHT = 2  # the next batch's fetches start while the last ones of the previous finish
 BATCH_FILES = 8192
 BATCH_BLOCKS = 8192
 _OPEN_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
@@ -337,20 +339,22 @@ class Restorer:
         os.makedirs(self._target, exist_ok=True)
         jobs = self.opts.jobs or max(2, os.cpu_count() or 2)
         with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="vault-restore") as pool:
-            running: list[Future] = []
+            running: collections.deque[list[Future]] = collections.deque()  # batches in flight, oldest first
             batch: list[_FileTask] = []
             blocks = 0
             for task in self._walk():
                 batch.append(task)
                 blocks += len(task.node.blocks)
                 if len(batch) >= BATCH_FILES or blocks >= BATCH_BLOCKS:
-                    for fut in running:
-                        fut.result()
-                    running, batch, blocks = self._submit_batch(batch, pool), [], 0
-            for fut in running:
-                fut.result()
-            for fut in self._submit_batch(batch, pool):
-                fut.result()
+                    while len(running) >= BATCHES_IN_FLIGHT:
+                        for fut in running.popleft():
+                            fut.result()
+                    running.append(self._submit_batch(batch, pool))
+                    batch, blocks = [], 0
+            running.append(self._submit_batch(batch, pool))
+            for futs in running:
+                for fut in futs:
+                    fut.result()
         self._finish_links()
         self._finish_others()
         self._finish_dirs()
