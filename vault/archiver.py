@@ -244,7 +244,7 @@ class Archiver:
 
     def _flush_tree_rows(self, force: bool = False) -> None:
         """Cache the new trees' entries in the catalog (main thread; batched)."""
-        if not force and self._tree_row_nodes < 20000:
+        if not force and self._tree_row_nodes < 5000:
             return
         rows, self._tree_rows, self._tree_row_nodes = self._tree_rows, [], 0
         if not self.opts.dry_run:

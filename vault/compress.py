@@ -39,8 +39,8 @@ def looks_incompressible(data: bytes | memoryview, level: int) -> bool:
     if len(data) < 4 * _SAMPLE:
         return False
     mid = len(data) // 2
-    sample = bytes(data[mid : mid + _SAMPLE])
-    return len(_compressor(1).compress(sample)) > 0.97 * len(sample)
+    sample = data[mid : mid + _SAMPLE]
+    return len(_compressor(level).compress(sample)) > 0.97 * len(sample)
 
 
 def compress(data: bytes | memoryview, level: int) -> tuple[int, bytes | memoryview]:

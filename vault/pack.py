@@ -32,7 +32,7 @@ MAX_HEADER = 64 * 1024 * 1024
 BLOCK_OVERHEAD = 1 + OVERHEAD  # flag + nonce + tag
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PackEntry:
     kind: str
     block_id: bytes
