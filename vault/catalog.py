@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from . import index as index_mod
 from .compress import bounded_decompress
-from .errors import CatalogError, IntegrityError, ObjectNotFound, VaultError
+from .errors import CatalogError, IntegrityError, ObjectNotFound
 from .model import Node, Snapshot, Tree, parse_stored_time, format_time
 from .pack import PackEntry
 
@@ -72,18 +72,6 @@ def _node_row(tree: bytes, n: Node) -> tuple:
         extra["rdev"] = n.rdev
     return (tree, n.name, n.type, n.size, n.mode, n.mtime_ns, n.ctime_ns, n.inode, n.subtree,
             b"".join(n.blocks), json.dumps(extra, separators=(",", ":")))
-
-
-def row_node(row: tuple) -> Node:
-    """A Node from a ``nodes`` row (name, type, size, mode, mtime_ns, ctime_ns, inode, subtree, blocks, extra)."""
-    name, typ, size, mode, mtime_ns, ctime_ns, inode, subtree, blocks, extra = row
-    x = json.loads(extra)
-    blocks = bytes(blocks or b"")
-    return Node(name=bytes(name), type=typ, mode=mode, uid=x["uid"], gid=x["gid"], size=size, mtime_ns=mtime_ns,
-                ctime_ns=ctime_ns, inode=inode, dev=x["dev"], nlink=x["nlink"],
-                blocks=[blocks[i : i + 32] for i in range(0, len(blocks), 32)],
-                subtree=bytes(subtree) if subtree is not None else None,
-                target=bytes.fromhex(x["target"]) if "target" in x else None, rdev=x.get("rdev", 0))
 
 
 class Catalog:
@@ -276,9 +264,6 @@ class Catalog:
         return out
 
     # --- trees --------------------------------------------------------------------------------------
-    def has_tree(self, tree_id: bytes) -> bool:
-        return bool(self._q("SELECT 1 FROM trees WHERE id=?", (tree_id,)))
-
     def add_tree(self, tree_id: bytes, nodes: list[Node], raw: bytes) -> None:
         """Cache a tree: its canonical bytes (what the tree id authenticates) and its entries as rows."""
         self.add_trees([(tree_id, nodes, raw)])
@@ -358,4 +343,4 @@ def open_synced(cache_dir: str, repo) -> tuple[Catalog, SyncReport]:
         return cat, cat.sync(repo)
 
 
-__all__ = ["Catalog", "SyncReport", "open_synced", "VaultError", "Tree"]
+__all__ = ["Catalog", "SyncReport", "open_synced"]

@@ -13,7 +13,7 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .errors import NoPassword, UsageError, VaultError
+from .errors import NoPassword, UsageError
 
 DEFAULT_LOCK_WAIT = 180.0
 
@@ -137,4 +137,4 @@ def get_new_password(source_file: str | None, prompt: Callable[[str], str] | Non
     return pw
 
 
-__all__ = ["Settings", "get_password", "get_new_password", "default_cache_dir", "VaultError"]
+__all__ = ["Settings", "get_password", "get_new_password", "default_cache_dir"]

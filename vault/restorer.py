@@ -49,7 +49,6 @@ class RestoreOptions:
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
     jobs: int = 0
-    dry_run: bool = False
 
 
 @dataclass

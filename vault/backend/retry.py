@@ -21,6 +21,19 @@ from vault.errors import ObjectExists, TransientError
 T = TypeVar("T")
 
 
+def retry_transient(fn: Callable[[], T], attempts: int, backoff: Callable[[int], None], where: str) -> T:
+    """Call ``fn`` up to ``attempts`` times while it raises TransientError, ``backoff(i)`` between tries."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except TransientError as err:
+            if attempt == attempts - 1:
+                err.add_note(f"gave up after {attempts} attempts on {where}")
+                raise
+        backoff(attempt)
+    raise AssertionError("unreachable")
+
+
 class RetryBackend:
     """Wrap ``inner`` so each method is tried up to ``attempts`` times on TransientError.
 
@@ -51,15 +64,7 @@ class RetryBackend:
         self._sleep(self._rng.uniform(0, min(self.max_delay, self.base_delay * 2**retry)))
 
     def _call(self, fn: Callable[[], T]) -> T:
-        for attempt in range(self.attempts):
-            try:
-                return fn()
-            except TransientError as err:
-                if attempt == self.attempts - 1:
-                    err.add_note(f"gave up after {self.attempts} attempts on {self.location}")
-                    raise
-            self._backoff(attempt)
-        raise AssertionError("unreachable")
+        return retry_transient(fn, self.attempts, self._backoff, self.location)
 
     def put(self, name: str, data: bytes | memoryview, *, overwrite: bool = False) -> None:
         """Put with retries; ObjectExists after a transient failure is success if the bytes match."""

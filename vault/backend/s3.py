@@ -35,6 +35,7 @@ from botocore.exceptions import (BotoCoreError, ClientError, ConnectionError as 
 
 from ..errors import BackendError, ObjectExists, ObjectNotFound, PermanentError, TransientError
 from .base import check_name
+from .retry import retry_transient
 
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
 PART_SIZE = 16 * 1024 * 1024
@@ -142,15 +143,14 @@ class S3Backend:
 
     def _sub_request(self, op: str, name: str, call):
         """One request of a multipart upload, retried on TransientError with backoff and full jitter."""
-        for attempt in range(SUB_ATTEMPTS):
-            try:
-                with self._errors(op, name):
-                    return call()
-            except TransientError:
-                if attempt == SUB_ATTEMPTS - 1:
-                    raise
-            time.sleep(random.uniform(0, min(SUB_MAX_DELAY, SUB_BASE_DELAY * 2**attempt)))
-        raise AssertionError("unreachable")
+        def attempt():
+            with self._errors(op, name):
+                return call()
+
+        def backoff(retry: int) -> None:
+            time.sleep(random.uniform(0, min(SUB_MAX_DELAY, SUB_BASE_DELAY * 2**retry)))
+
+        return retry_transient(attempt, SUB_ATTEMPTS, backoff, f"{self.location}/{name}")
 
     def _put_multipart(self, name: str, key: str, data: bytes | memoryview, extra: dict) -> None:
         with self._errors("CREATE-MULTIPART", name):
@@ -162,7 +162,7 @@ class S3Backend:
             with memoryview(data) as view:
                 for i, off in enumerate(range(0, len(view), PART_SIZE), start=1):
                     body = bytes(view[off : off + PART_SIZE])
-                    r = self._sub_request("UPLOAD-PART", name, lambda: self._s3.upload_part(
+                    r = self._sub_request("UPLOAD-PART", name, lambda i=i, body=body: self._s3.upload_part(
                         Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=i, Body=body))
                     parts.append({"PartNumber": i, "ETag": r["ETag"]})
                 del body

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import click
 
 from ..config import Settings, get_password
-from ..errors import UsageError
 from ..timespec import parse_wait
 
 _KEY = "vault.globals"
@@ -100,8 +99,3 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n} B"
-
-
-def require(value: object, message: str) -> None:
-    if not value:
-        raise UsageError(message)
