@@ -169,8 +169,8 @@ def test_file_changing_while_read_is_a_warning(repo, tmp_path, monkeypatch):
     src = make_tree(tmp_path / "src", {"growing.log": b"line\n" * 100, "steady.txt": b"same\n"})
     real = archiver.Archiver._read_small
 
-    def read_and_grow(self, fd: int):
-        data = real(self, fd)
+    def read_and_grow(self, fd: int, expected: int):
+        data = real(self, fd, expected)
         path = os.readlink(f"/proc/self/fd/{fd}")
         if path.endswith("growing.log"):
             with open(path, "ab") as f:

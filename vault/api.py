@@ -92,7 +92,7 @@ class InitResult:
 
 
 def init(settings: Settings, password: bytes, kdf: KdfParams | None = None, chunker: ChunkerParams | None = None,
-         compression_level: int = 3, pack_size: int = 16 * 1024 * 1024) -> InitResult:
+         compression_level: int = 1, pack_size: int = 16 * 1024 * 1024) -> InitResult:
     backend = _backend(settings)
     repo = Repository.create(backend, password, kdf=kdf or KdfParams(), chunker=chunker or ChunkerParams(),
                              compression_level=compression_level, pack_size=pack_size)

@@ -270,7 +270,7 @@ class Archiver:
             blocks: list[bytes] = []
             chunks = None
             if st.st_size < self.repo.config.chunker.min_size:
-                small = self._read_small(fd)
+                small = self._read_small(fd, st.st_size)
                 if small is not None:
                     chunks = [small]
                 else:  # it grew past the small-file buffer while we looked: chunk it like a big one
@@ -299,18 +299,24 @@ class Archiver:
             os.close(fd)
         return res
 
-    def _read_small(self, fd: int) -> memoryview | None:
+    def _read_small(self, fd: int, expected: int) -> memoryview | None:
         """Read a whole small file into this thread's reusable buffer (no allocation per file, so the heap
-        does not fragment over 100,000 files); None if it does not fit (the file grew)."""
+        does not fragment over 100,000 files); None if it does not fit (the file grew).
+
+        A short read that ends exactly at the size fstat gave is taken as the end of the file (one read
+        per file, not two); growth after that is caught by the second fstat in ``_read_file``."""
         buf = getattr(self._local, "small", None)
         if buf is None:
             buf = self._local.small = memoryview(bytearray(self.repo.config.chunker.min_size + 1))
         n = 0
         while n < len(buf):
+            want = len(buf) - n
             got = os.readv(fd, [buf[n:]])
             if got == 0:
                 return buf[:n]
             n += got
+            if n == expected and got < want:
+                return buf[:n]
         return None
 
     def _submit_file(self, path: bytes, name: bytes, st: os.stat_result, is_new: bool) -> tuple["_Batch", int]:

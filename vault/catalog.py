@@ -8,8 +8,12 @@ Tables (schema version ``SCHEMA_VERSION``; any mismatch or damage makes it be re
 * ``blocks``     block id -> pack (rowid in packs), offset, length, raw length, kind. 56-ish bytes a row.
 * ``snapshots``  the decrypted manifests.
 * ``trees``      each tree's canonical bytes (zstd), checked against the tree id (HMAC) on every read.
-* ``nodes``      the files table, deduplicated by tree: (tree, name) -> type, size, mode, mtime_ns, ctime_ns,
-                 inode, subtree, block list, other metadata. A path is a chain of trees from a snapshot root.
+* ``nodes``      the files table, deduplicated by tree: (tree rowid, name) -> type, size, mode, uid, gid,
+                 mtime_ns, ctime_ns, inode, dev, nlink, subtree, block list, symlink target / rdev. A path is
+                 a chain of trees from a snapshot root.
+
+Tables that grow by the million are rowid tables filled in rowid order, indexed by small keys: random
+32-byte keys as the primary key of wide rows would make every insert rewrite pages all over the file.
 
 Block lookups are SQL (no in-memory index), so memory does not grow with the repository. All methods are
 thread-safe (one connection behind a lock).
@@ -32,7 +36,7 @@ from .errors import CatalogError, IntegrityError, ObjectNotFound
 from .model import Node, Snapshot, Tree, parse_stored_time, format_time
 from .pack import PackEntry
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
@@ -47,11 +51,12 @@ CREATE INDEX IF NOT EXISTS blocks_pack ON blocks(pack);
 CREATE TABLE IF NOT EXISTS snapshots (
     id TEXT PRIMARY KEY, time TEXT NOT NULL, host TEXT NOT NULL, paths TEXT NOT NULL, tags TEXT NOT NULL,
     tree BLOB NOT NULL, username TEXT, parent TEXT, summary TEXT);
-CREATE TABLE IF NOT EXISTS trees (id BLOB PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS trees (rowid INTEGER PRIMARY KEY, id BLOB UNIQUE NOT NULL, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS nodes (
-    tree BLOB NOT NULL, name BLOB NOT NULL, type TEXT NOT NULL, size INTEGER, mode INTEGER,
-    mtime_ns INTEGER, ctime_ns INTEGER, inode INTEGER, subtree BLOB, blocks BLOB, extra TEXT,
-    PRIMARY KEY (tree, name)) WITHOUT ROWID;
+    tree INTEGER NOT NULL, name BLOB NOT NULL, type TEXT NOT NULL, size INTEGER, mode INTEGER, uid INTEGER,
+    gid INTEGER, mtime_ns INTEGER, ctime_ns INTEGER, inode INTEGER, dev INTEGER, nlink INTEGER,
+    subtree BLOB, blocks BLOB, extra TEXT);
+CREATE INDEX IF NOT EXISTS nodes_tree ON nodes(tree);
 """
 
 
@@ -64,14 +69,12 @@ class SyncReport:
     problems: list[str] = field(default_factory=list)
 
 
-def _node_row(tree: bytes, n: Node) -> tuple:
-    extra = {"uid": n.uid, "gid": n.gid, "dev": n.dev, "nlink": n.nlink}
-    if n.target is not None:
-        extra["target"] = n.target.hex()
-    if n.rdev:
-        extra["rdev"] = n.rdev
-    return (tree, n.name, n.type, n.size, n.mode, n.mtime_ns, n.ctime_ns, n.inode, n.subtree,
-            b"".join(n.blocks), json.dumps(extra, separators=(",", ":")))
+def _node_row(tree: int, n: Node) -> tuple:
+    extra = None
+    if n.target is not None or n.rdev:
+        extra = json.dumps({"target": n.target.hex()} if n.target is not None else {"rdev": n.rdev})
+    return (tree, n.name, n.type, n.size, n.mode, n.uid, n.gid, n.mtime_ns, n.ctime_ns, n.inode, n.dev, n.nlink,
+            n.subtree, b"".join(n.blocks), extra)
 
 
 class Catalog:
@@ -277,15 +280,19 @@ class Catalog:
             for tid, nodes, data in packed:
                 if c.execute("SELECT 1 FROM trees WHERE id=?", (tid,)).fetchone():
                     continue
-                c.execute("INSERT INTO trees (id, data) VALUES (?, ?)", (tid, data))
-                c.executemany("INSERT OR REPLACE INTO nodes (tree, name, type, size, mode, mtime_ns, ctime_ns, "
-                              "inode, subtree, blocks, extra) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                              [_node_row(tid, n) for n in nodes])
+                rowid = c.execute("INSERT INTO trees (id, data) VALUES (?, ?)", (tid, data)).lastrowid
+                c.executemany("INSERT INTO nodes (tree, name, type, size, mode, uid, gid, mtime_ns, ctime_ns, "
+                              "inode, dev, nlink, subtree, blocks, extra) VALUES "
+                              "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                              [_node_row(rowid, n) for n in nodes])
         self._tx(run)
 
     def _forget_tree(self, tree_id: bytes) -> None:
-        self._tx(lambda c: (c.execute("DELETE FROM trees WHERE id=?", (tree_id,)),
-                            c.execute("DELETE FROM nodes WHERE tree=?", (tree_id,))))
+        def run(c: sqlite3.Connection) -> None:
+            for (rowid,) in c.execute("SELECT rowid FROM trees WHERE id=?", (tree_id,)).fetchall():
+                c.execute("DELETE FROM nodes WHERE tree=?", (rowid,))
+                c.execute("DELETE FROM trees WHERE rowid=?", (rowid,))
+        self._tx(run)
 
     def tree(self, repo, tree_id: bytes) -> list[Node]:
         """The entries of a tree, verified: from the catalog when its bytes still match the tree id (HMAC),

@@ -3,7 +3,8 @@
 Data and tree blocks go to separate packs. Each open pack is one anonymous memory mapping, so only the
 pages actually filled cost memory and all of it goes back to the OS when the pack is stored: a block is
 compressed by the calling thread, then encrypted straight into its place in the mapping (no intermediate
-copies). A full pack is sealed (header appended), named by the SHA-256 of its bytes, stored atomically and
+copies). Pages are faulted in ahead of the writer by reading /dev/zero into them: the fault handling and
+zeroing then run in a system call without the GIL, instead of inside the encryption, which holds it. A full pack is sealed (header appended), named by the SHA-256 of its bytes, stored atomically and
 checked after write; then ``on_pack`` is told (pack id, size, entries) so the caller can put it in the next
 index segment. Callers decide what to store (dedup); this only packs.
 """
@@ -11,6 +12,7 @@ index segment. Callers decide what to store (dedup); this only packs.
 from __future__ import annotations
 
 import mmap
+import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable
@@ -21,11 +23,25 @@ from .repository import Repository
 OnPack = Callable[[bytes, int, list[PackEntry]], None]
 
 
+PREFAULT = 2 << 20  # bytes of a pack's mapping faulted in at a time, ahead of the block being written
+
+
 class _Open:
     def __init__(self, capacity: int) -> None:
         self.buf = mmap.mmap(-1, capacity)
         self.used = 0
+        self.faulted = 0  # bytes [0, faulted) are backed by pages already
         self.entries: list[PackEntry] = []
+
+    def prefault(self, end: int, zero_fd: int) -> None:
+        """Make sure [0, end) is backed by pages, faulting them in a GIL-free read of /dev/zero."""
+        target = min(len(self.buf), max(end, self.faulted + PREFAULT))
+        with memoryview(self.buf) as mv:
+            while self.faulted < target:
+                got = os.preadv(zero_fd, [mv[self.faulted : target]], 0)
+                if got <= 0:
+                    return
+                self.faulted += got
 
 
 class PackWriter:
@@ -43,6 +59,10 @@ class PackWriter:
         # virtual size: untouched pages cost nothing; room for the last block and a header of tiny blocks
         self._capacity = 2 * (self._target + sealed_size(repo.config.chunker.max_size))
         self._open: dict[str, _Open | None] = {k: None for k in KINDS}
+        try:
+            self._zero_fd: int | None = os.open("/dev/zero", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            self._zero_fd = None
         self.bytes_written = 0
         self.packs_written = 0
 
@@ -61,6 +81,8 @@ class PackWriter:
                 if op is not None and op.entries:
                     full = op
                 op = self._open[kind] = _Open(max(self._capacity, size))
+            if self._zero_fd is not None and op.used + size > op.faulted:
+                op.prefault(op.used + size, self._zero_fd)
             seal_block_into(self.repo.cipher, block_id, flag, payload, memoryview(op.buf)[op.used : op.used + size])
             op.entries.append(PackEntry(kind, block_id, op.used, size, len(data)))
             op.used += size
@@ -90,6 +112,9 @@ class PackWriter:
             if op is not None:
                 op.buf.close()
         self._uploads.shutdown(wait=True, cancel_futures=True)
+        if self._zero_fd is not None:
+            os.close(self._zero_fd)
+            self._zero_fd = None
 
     def _store(self, op: _Open) -> None:
         """Hand a full pack to an uploader (waits while ``uploaders`` packs are already in flight); with

@@ -106,7 +106,7 @@ class Repository:
     # --- creating and opening -----------------------------------------------------------------------
     @classmethod
     def create(cls, backend: Backend, password: bytes, *, kdf: KdfParams = KdfParams(),
-               chunker: ChunkerParams = ChunkerParams(), compression_level: int = 3,
+               chunker: ChunkerParams = ChunkerParams(), compression_level: int = 1,
                pack_size: int = 16 * 1024 * 1024, keys: MasterKeys | None = None) -> "Repository":
         if backend.exists_store() or backend.exists("config"):
             raise RepositoryExists(f"a repository already exists at {backend.location}; refusing to overwrite it")

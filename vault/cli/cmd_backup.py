@@ -21,7 +21,7 @@ from .main import cli
 @cli.command()
 @click.option("--pack-size", type=click.IntRange(1, 1024), default=16, show_default=True, metavar="MiB",
               help="Target size of pack files.")
-@click.option("--compression-level", type=click.IntRange(0, 19), default=3, show_default=True,
+@click.option("--compression-level", type=click.IntRange(0, 19), default=1, show_default=True,
               help="zstd level for data (0 = store uncompressed).")
 @click.option("--chunk-min", type=click.IntRange(64, 1 << 20), default=512 * 1024, show_default=True,
               metavar="BYTES", help="Smallest chunk the chunker cuts.")

@@ -15,14 +15,24 @@ M_ARENA_MAX = -8
 M_MMAP_THRESHOLD = -3
 
 
-def tune_malloc(threshold: int = 1 << 20, arenas: int = 2) -> bool:
+def _mallopt():
+    """glibc's mallopt, from the symbols already loaded (``find_library`` would run ldconfig/gcc: ~0.2 s)."""
+    try:
+        return ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        pass
     name = ctypes.util.find_library("c")
     if not name:
-        return False
+        return None
     try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
+        return ctypes.CDLL(name).mallopt
     except (OSError, AttributeError):
+        return None
+
+
+def tune_malloc(threshold: int = 1 << 20, arenas: int = 2) -> bool:
+    mallopt = _mallopt()
+    if mallopt is None:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     return bool(mallopt(M_MMAP_THRESHOLD, threshold)) and bool(mallopt(M_ARENA_MAX, arenas))
