@@ -187,3 +187,38 @@ def test_two_concurrent_backups(repo, tmp_path, shared_cache):
         repo("restore", s["id"], "--target", target)
         assert_trees_equal(src, target / src.relative_to("/"))
     repo("verify", "--read-data")
+
+
+def test_a_lost_lock_stops_the_commit(repo, src, monkeypatch):
+    """A held lock that vanished (unlock --remove-all) or could not be refreshed for too long (a suspended
+    laptop: a prune elsewhere may have taken over) makes check() raise, and a backup then writes no snapshot."""
+    from vault.locks import LockLost
+
+    be = backend(repo)
+    now = [1000.0]
+    lk = Lock(be, exclusive=False, operation="backup", wait=0, clock=lambda: now[0])
+    lk.check()
+    now[0] += STALE_AFTER  # no refresh happened in all that time
+    with pytest.raises(LockLost):
+        lk.check()
+    lk.release()
+    lk = Lock(be, exclusive=False, operation="backup", wait=0)
+    for name, _ in list(be.list("locks/")):
+        be.delete(name)
+    with pytest.raises(LockLost):
+        lk.check()
+    lk.release()
+    # end to end: the lock disappears while the backup runs -> error, no snapshot
+    from vault import archiver
+
+    real = archiver.Archiver._finalize
+
+    def finalize_and_lose_lock(self, block):
+        for name, _ in list(be.list("locks/")):
+            be.delete(name)
+        return real(self, block)
+
+    monkeypatch.setattr(archiver.Archiver, "_finalize", finalize_and_lose_lock)
+    r = repo("backup", src, ok=1)
+    assert "lock was removed" in r.err
+    assert not list(be.list("snapshots/"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -27,6 +28,9 @@ from .excludes import Matcher
 from .ids import resolve_prefix
 from .locks import Lock, remove_locks
 from .model import DIR, FILE, Node, Snapshot, format_time
+from .pruner import PruneOptions, PruneReport, Pruner
+from . import retention
+from .retention import Decision, Group, Policy
 from .repository import Repository
 from .restorer import RestoreOptions, RestoreResult, Restorer
 from .timespec import parse_time
@@ -41,6 +45,11 @@ class Session:
     catalog: Catalog
     sync: SyncReport
     counter: RetryBackend
+    lock: Lock | None = None
+
+    def check_lock(self) -> None:
+        if self.lock is not None:
+            self.lock.check()
 
     def requests(self) -> dict:
         return self.counter.inner.stats()
@@ -67,7 +76,7 @@ def session(settings: Settings, password: PasswordFn, lock: str | None = None, o
         else:
             catalog, report = Catalog.open(settings.cache_dir, repo.id), SyncReport()
         try:
-            yield Session(repo, catalog, report, counter)
+            yield Session(repo, catalog, report, counter, held)
         finally:
             catalog.close()
     finally:
@@ -185,6 +194,7 @@ def backup(settings: Settings, password: PasswordFn, opts: BackupOptions,
                             "jobs": opts.jobs or settings.jobs,
                             "uploaders": settings.connections if remote else opts.uploaders})
     with session(settings, password, lock=None if opts.dry_run else "shared", operation="backup") as sess:
+        opts = dataclasses.replace(opts, before_commit=sess.check_lock)
         arch = Archiver(sess.repo, sess.catalog, opts, progress=progress)
         snap = arch.run()
         s = arch.stats
@@ -303,6 +313,85 @@ def diff(sess: Session, a: Snapshot, b: Snapshot) -> DiffResult:
 
     walk(a.tree, b.tree, b"")
     return out
+
+
+# --- forget / prune -----------------------------------------------------------------------------------
+@dataclass
+class ForgetResult:
+    groups: list[Group]
+    removed: list[str]
+    dry_run: bool
+    prune: PruneReport | None
+    requests: dict
+
+    def to_json(self) -> dict:
+        return {"dry_run": self.dry_run, "removed": self.removed,
+                "groups": [{"key": g.key, "keep": [d.snapshot.id for d in g.decisions if d.keep],
+                            "remove": [d.snapshot.id for d in g.decisions if not d.keep],
+                            "decisions": [{"id": d.snapshot.id, "short_id": d.snapshot.short_id,
+                                           "time": format_time(d.snapshot.time), "keep": d.keep,
+                                           "reasons": d.reasons} for d in g.decisions]}
+                           for g in self.groups],
+                "prune": self.prune.to_json() if self.prune is not None else None, **self.requests}
+
+
+def _prune_in_session(sess: Session, settings: Settings, opts: PruneOptions,
+                      log: Callable[[str], None]) -> PruneReport:
+    remote = local_repo_path(settings) is None
+    if remote:
+        opts = PruneOptions(**{**opts.__dict__, "workers": max(opts.workers, min(settings.connections or 8, 8))})
+    report = Pruner(sess.repo, sess.catalog, opts, log=log, uploaders=(settings.connections or 8) if remote else 0,
+                    before_delete=sess.check_lock).run()
+    if not opts.dry_run:
+        sess.sync = sess.catalog.sync(sess.repo)  # the index changed under the catalog: reload what moved
+    return report
+
+
+def forget(settings: Settings, password: PasswordFn, ids: list[str], policy: Policy | None,
+           flt: SnapshotFilter, group_by: tuple[str, ...], dry_run: bool, prune: PruneOptions | None,
+           log: Callable[[str], None] = lambda _m: None) -> ForgetResult:
+    """Forget snapshots named by id or by a retention policy; then prune if asked. Forgetting only deletes
+    snapshot manifests (each delete atomic), so it runs beside backups under a shared lock; pruning takes
+    the exclusive lock afterwards."""
+    if policy is None and not ids:
+        raise UsageError("no policy and no snapshot given: refusing to forget anything "
+                         "(e.g. --keep-daily 7 --keep-weekly 5, or name snapshots)")
+    if policy is not None and policy.is_empty() and not ids:
+        raise UsageError("no --keep-* option given: refusing to forget every snapshot (e.g. --keep-daily 7)")
+    with session(settings, password, lock=None if dry_run else "shared", operation="forget") as sess:
+        snaps = [s for s in sess.catalog.snapshots() if flt.matches(s)]
+        if ids:
+            chosen = {find_snapshot(sess, spec).id for spec in ids}
+            named = sorted((s for s in sess.catalog.snapshots() if s.id in chosen), key=lambda s: (s.time, s.id),
+                           reverse=True)
+            groups = [Group({"snapshots": "named"}, [Decision(s, False, ["named"]) for s in named])]
+        else:
+            assert policy is not None
+            groups = retention.plan(snaps, policy, group_by, tz=_local_tz())
+        removed = [d.snapshot.id for g in groups for d in g.decisions if not d.keep]
+        if not dry_run:
+            for sid in removed:
+                sess.repo.delete_snapshot(sid)
+            if removed:
+                sess.catalog.sync(sess.repo)
+        requests = sess.requests()
+    report = None
+    if prune is not None:
+        report, requests = prune_repository(settings, password, PruneOptions(**{**prune.__dict__,
+                                                                                 "dry_run": dry_run}), log)
+    return ForgetResult(groups, removed, dry_run, report, requests)
+
+
+def prune_repository(settings: Settings, password: PasswordFn, opts: PruneOptions,
+                     log: Callable[[str], None] = lambda _m: None) -> tuple[PruneReport, dict]:
+    """Delete unreferenced data under the exclusive lock (a dry run takes no lock and changes nothing)."""
+    with session(settings, password, lock=None if opts.dry_run else "exclusive", operation="prune") as sess:
+        report = _prune_in_session(sess, settings, opts, log)
+        return report, sess.requests()
+
+
+def _local_tz():
+    return datetime.now().astimezone().tzinfo
 
 
 # --- verify / stats / keys / locks / catalog ----------------------------------------------------------

@@ -54,6 +54,7 @@ class BackupOptions:
     jobs: int = 0
     uploaders: int = 0  # packs stored in the background at once (local: 0 = by the worker; S3: connections)
     skip_paths: list[str] = field(default_factory=list)  # repository and cache dirs, never backed up
+    before_commit: Callable[[], None] | None = None  # raises to stop before the snapshot is written (lock check)
 
 
 @dataclass
@@ -532,6 +533,8 @@ class Archiver:
                                  "files_unmodified": s.files_unmodified, "dirs": s.dirs,
                                  "bytes_processed": s.bytes_processed, "bytes_added": s.bytes_added,
                                  "errors": len(s.errors), "duration_s": round(self.stats_duration, 3)})
+        if self.opts.before_commit is not None:
+            self.opts.before_commit()
         self.repo.save_snapshot(snap)
         self.catalog.add_snapshot(snap)
         return snap

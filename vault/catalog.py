@@ -162,24 +162,37 @@ class Catalog:
 
     # --- sync from the repository ---------------------------------------------------------------------
     def sync(self, repo) -> SyncReport:
-        """Bring the catalog in line with the repository: new/removed index segments and snapshots."""
+        """Bring the catalog in line with the repository: new/removed index segments and snapshots.
+
+        Index segments that another present segment supersedes (left by an interrupted prune) are ignored."""
         rep = SyncReport()
         in_repo = set(repo.list_index())
         known = {r[0] for r in self._q("SELECT id FROM segments")}
-        if known - in_repo:
-            # a segment was superseded (prune) or lost: rebuild the block table from what exists
-            self._tx(lambda c: (c.execute("DELETE FROM segments"), c.execute("DELETE FROM packs"),
-                                c.execute("DELETE FROM blocks")))
-            known = set()
+        rebuild = bool(known - in_repo)  # a segment was superseded (prune) or lost
+        if not rebuild:
+            for sid in sorted(in_repo - known):
+                seg = self._load_segment(repo, sid, rep)
+                if seg is None:
+                    continue
+                if set(s.hex() for s in seg.supersedes) & in_repo:
+                    rebuild = True  # an interrupted prune: reload everything, minus what is superseded
+                    break
+                self.add_segment(sid, seg)
+                rep.segments_loaded += 1
+        if rebuild:
+            self.reset_index()
             rep.rebuilt_index = True
-        for sid in sorted(in_repo - known):
-            try:
-                seg = repo.load_index(sid)
-            except (IntegrityError, ObjectNotFound) as exc:
-                rep.problems.append(f"index segment {sid[:16]}: {exc}")
-                continue
-            self.add_segment(sid, seg)
-            rep.segments_loaded += 1
+            rep.segments_loaded = 0
+            superseded: set[str] = set()
+            for sid in sorted(in_repo):  # pass 1: which segments are replaced by others (one in memory at a time)
+                seg = self._load_segment(repo, sid, SyncReport())
+                if seg is not None:
+                    superseded.update(s.hex() for s in seg.supersedes)
+            for sid in sorted(in_repo - superseded):
+                seg = self._load_segment(repo, sid, rep)
+                if seg is not None:
+                    self.add_segment(sid, seg)
+                    rep.segments_loaded += 1
         snaps_repo = set(repo.list_snapshots())
         snaps_known = {r[0] for r in self._q("SELECT id FROM snapshots")}
         gone = snaps_known - snaps_repo
@@ -195,6 +208,19 @@ class Catalog:
             self.add_snapshot(snap)
             rep.snapshots_loaded += 1
         return rep
+
+    @staticmethod
+    def _load_segment(repo, sid: str, rep: SyncReport) -> index_mod.IndexSegment | None:
+        try:
+            return repo.load_index(sid)
+        except (IntegrityError, ObjectNotFound) as exc:
+            rep.problems.append(f"index segment {sid[:16]}: {exc}")
+            return None
+
+    def reset_index(self) -> None:
+        """Forget every loaded index segment (the next sync reloads them all)."""
+        self._tx(lambda c: (c.execute("DELETE FROM segments"), c.execute("DELETE FROM packs"),
+                            c.execute("DELETE FROM blocks")))
 
     def add_segment(self, sid: str, seg: index_mod.IndexSegment) -> None:
         def run(c: sqlite3.Connection) -> None:
@@ -327,6 +353,57 @@ class Catalog:
                 if n.type == "dir" and n.subtree is not None:
                     subdirs.append((path, n.subtree))
             stack.extend(reversed(subdirs))
+
+    # --- prune support (temporary tables, on disk: memory stays flat however big the repository) ----------
+    def used_begin(self) -> None:
+        """Start an empty set of referenced block ids (``used``) and of stored packs (``stored``)."""
+        def run(c: sqlite3.Connection) -> None:
+            c.execute("CREATE TEMP TABLE IF NOT EXISTS used (id BLOB PRIMARY KEY) WITHOUT ROWID")
+            c.execute("CREATE TEMP TABLE IF NOT EXISTS stored (id BLOB PRIMARY KEY, size INTEGER) WITHOUT ROWID")
+            c.execute("DELETE FROM temp.used")
+            c.execute("DELETE FROM temp.stored")
+        self._tx(run)
+
+    def used_add(self, ids: Iterable[bytes]) -> None:
+        self._tx(lambda c: c.executemany("INSERT OR IGNORE INTO temp.used (id) VALUES (?)", ((i,) for i in ids)))
+
+    def used_has(self, bid: bytes) -> bool:
+        return bool(self._q("SELECT 1 FROM temp.used WHERE id=?", (bid,)))
+
+    def used_count(self) -> int:
+        return self._q("SELECT count(*) FROM temp.used")[0][0]
+
+    def used_missing(self, limit: int = 10) -> tuple[int, list[bytes]]:
+        """Referenced block ids that no index entry locates: (count, the first ``limit``)."""
+        q = "FROM temp.used u WHERE NOT EXISTS (SELECT 1 FROM blocks b WHERE b.id = u.id)"
+        (n,), = self._q(f"SELECT count(*) {q}")
+        return n, [bytes(r[0]) for r in self._q(f"SELECT u.id {q} LIMIT ?", (limit,))]
+
+    def stored_add(self, packs: Iterable[tuple[bytes, int]]) -> None:
+        self._tx(lambda c: c.executemany("INSERT OR REPLACE INTO temp.stored (id, size) VALUES (?, ?)", packs))
+
+    def pack_usage(self) -> Iterator[tuple[bytes, str, int, int | None, int, int, int]]:
+        """Per indexed pack: (id, kind, indexed size, stored size or None, blocks located here, of which
+        referenced, referenced bytes)."""
+        rows = self._q(
+            "SELECT p.id, p.kind, p.size, s.size, count(b.id), count(u.id), "
+            "coalesce(sum(CASE WHEN u.id IS NOT NULL THEN b.length END), 0) "
+            "FROM packs p LEFT JOIN temp.stored s ON s.id = p.id LEFT JOIN blocks b ON b.pack = p.rowid "
+            "LEFT JOIN temp.used u ON u.id = b.id GROUP BY p.rowid ORDER BY p.rowid")
+        for pid, kind, size, stored, nblocks, nused, used_bytes in rows:
+            yield bytes(pid), kind, size, stored, nblocks, nused, used_bytes
+
+    def unindexed_packs(self) -> list[tuple[bytes, int]]:
+        """Stored packs that no loaded index segment lists (leftovers of interrupted runs)."""
+        return [(bytes(i), s) for i, s in self._q(
+            "SELECT s.id, s.size FROM temp.stored s WHERE NOT EXISTS (SELECT 1 FROM packs p WHERE p.id = s.id)")]
+
+    def live_blocks(self, pid: bytes) -> list[PackEntry]:
+        """The referenced blocks whose indexed location is this pack, by offset."""
+        rows = self._q("SELECT b.id, b.kind, b.offset, b.length, b.raw_length FROM blocks b "
+                       "JOIN packs p ON p.rowid = b.pack JOIN temp.used u ON u.id = b.id "
+                       "WHERE p.id = ? ORDER BY b.offset", (pid,))
+        return [PackEntry(k, bytes(i), o, n, r) for i, k, o, n, r in rows]
 
     # --- stats --------------------------------------------------------------------------------------
     def stats(self) -> dict:

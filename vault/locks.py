@@ -21,6 +21,10 @@ from dataclasses import dataclass
 from .backend.base import Backend
 from .errors import ObjectNotFound, RepositoryLocked, VaultError
 
+
+class LockLost(VaultError):
+    """Our lock vanished or went stale while we held it: stop before committing anything."""
+
 STALE_AFTER = 30 * 60.0
 REFRESH_EVERY = 5 * 60.0
 
@@ -84,6 +88,7 @@ class Lock:
         self._clock, self._sleep = clock, sleep
         self._name: str | None = None
         self._started = clock()
+        self._refreshed = self._started  # when our lock object was last written
         self._stop = threading.Event()
         self._mutex = threading.Lock()
         self._acquire(wait)
@@ -123,9 +128,26 @@ class Lock:
                     if self._name is None:
                         return
                     old, self._name = self._name, self._write()
+                    self._refreshed = self._clock()
                     self.backend.delete(old)
             except VaultError:
                 continue  # try again at the next tick; the lock only goes stale after STALE_AFTER
+
+    def check(self) -> None:
+        """Raise unless the lock is still ours: its object exists and was refreshed recently enough that no
+        other process can have taken it for stale. Called before a commit point (a snapshot, prune's deletes)."""
+        with self._mutex:
+            name = self._name
+            if name is None:
+                raise LockLost("the repository lock was released")
+            if self._clock() - self._refreshed > STALE_AFTER - REFRESH_EVERY:
+                raise LockLost("the repository lock could not be refreshed for too long and may have been "
+                               "taken over (was the machine suspended?); nothing was committed, run again")
+            try:
+                self.backend.size(name)
+            except ObjectNotFound:
+                raise LockLost("the repository lock was removed (by 'vault unlock --remove-all'?); nothing was "
+                               "committed, run again") from None
 
     def release(self) -> None:
         self._stop.set()

@@ -52,6 +52,11 @@ def encode_header(entries: list[PackEntry], cipher: Cipher) -> bytes:
     return sealed + _TRAILER.pack(len(sealed))
 
 
+def header_size(n_entries: int) -> int:
+    """Bytes the sealed header (with its trailer) of a pack of ``n_entries`` blocks takes."""
+    return len(HEADER_MAGIC) + 4 + n_entries * _ENTRY.size + OVERHEAD + _TRAILER.size
+
+
 def header_length(tail: bytes, pack_size: int) -> int:
     """From the last 4 bytes of a pack, the length of its sealed header (validated against the size)."""
     if pack_size < _TRAILER.size + OVERHEAD or len(tail) < _TRAILER.size:

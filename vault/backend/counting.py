@@ -75,6 +75,19 @@ class CountingBackend:
         self._count("HEAD")
         return self.inner.exists_store()
 
+    def list_multipart_uploads(self) -> list[tuple[str, str, float]]:
+        """Unfinished multipart uploads of an object store (none elsewhere); one LIST."""
+        fn = getattr(self.inner, "list_multipart_uploads", None)
+        if fn is None:
+            return []
+        self._count("LIST")
+        return fn()
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        """Count a DELETE."""
+        self._count("DELETE")
+        self.inner.abort_multipart(key, upload_id)
+
     def create_store(self) -> None:
         """Not counted."""
         self.inner.create_store()

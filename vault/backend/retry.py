@@ -114,6 +114,15 @@ class RetryBackend:
         """exists_store with retries."""
         return self._call(self.inner.exists_store)
 
+    def list_multipart_uploads(self) -> list[tuple[str, str, float]]:
+        """Unfinished multipart uploads (object stores only; [] elsewhere), with retries."""
+        fn = getattr(self.inner, "list_multipart_uploads", None)
+        return [] if fn is None else self._call(fn)
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        """Abort an unfinished multipart upload, with retries (idempotent)."""
+        self._call(lambda: self.inner.abort_multipart(key, upload_id))
+
     def create_store(self) -> None:
         """create_store with retries."""
         self._call(self.inner.create_store)

@@ -1,4 +1,4 @@
-"""Maintenance commands: verify, unlock, key, catalog (and forget/prune/repair/copy placeholders)."""
+"""Maintenance commands: verify, forget, prune, unlock, key, catalog (and repair/copy placeholders)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ import click
 
 from .. import api
 from ..config import get_new_password
-from ..errors import DamageFound, VaultError
+from .. import retention
+from ..errors import DamageFound, UsageError, VaultError
+from ..model import format_time
+from ..pruner import PruneOptions
 from .common import get_ctx, global_options, human_bytes
 from .main import cli
 
@@ -48,6 +51,119 @@ def verify(read_data: bool, read_data_subset: str | None) -> int:
         return DamageFound.exit_code
     c.out("no errors found")
     return 0
+
+
+def _percent(ctx, param, value: str) -> float:
+    try:
+        v = float(value.strip().rstrip("%"))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a percentage (e.g. 10%)") from None
+    if not 0 <= v <= 100:
+        raise click.BadParameter(f"{value!r} is not between 0% and 100%")
+    return v / 100
+
+
+def _duration(ctx, param, value: str | None):
+    if value is None:
+        return None
+    try:
+        return retention.parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _group_by(ctx, param, value: str):
+    try:
+        return retention.parse_group_by(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+_max_unused = click.option("--max-unused", default="10%", show_default=True, callback=_percent, metavar="PCT",
+                           help="Repack a pack when more than this share of it is unreferenced.")
+
+
+def _print_prune(c, rep) -> None:
+    verb = "would free" if rep.dry_run else "freed"
+    c.out(f"prune: {rep.packs_deleted} packs deleted, {rep.packs_repacked} repacked ({rep.blocks_repacked} blocks "
+          f"into {rep.packs_written} new packs), {rep.packs_unindexed_deleted} leftovers removed, "
+          f"{rep.packs_kept} kept; {verb} {human_bytes(rep.bytes_freed)} of {human_bytes(rep.bytes_total)}")
+    for w in rep.warnings:
+        c.err(f"warning: {w}")
+
+
+@cli.command()
+@click.argument("snapshots", nargs=-1)
+@click.option("--keep-last", type=click.IntRange(0), default=0, metavar="N", help="Keep the N newest snapshots.")
+@click.option("--keep-hourly", type=click.IntRange(0), default=0, metavar="N",
+              help="Keep the newest snapshot of each of the last N hours that have one.")
+@click.option("--keep-daily", type=click.IntRange(0), default=0, metavar="N", help="... of the last N days.")
+@click.option("--keep-weekly", type=click.IntRange(0), default=0, metavar="N", help="... of the last N ISO weeks.")
+@click.option("--keep-monthly", type=click.IntRange(0), default=0, metavar="N", help="... of the last N months.")
+@click.option("--keep-yearly", type=click.IntRange(0), default=0, metavar="N", help="... of the last N years.")
+@click.option("--keep-within", callback=_duration, metavar="DURATION",
+              help="Keep every snapshot newer than the newest one minus DURATION (e.g. 30d, 2w, 1y6m, 12h).")
+@click.option("--keep-tag", "keep_tags", multiple=True, metavar="TAG",
+              help="Keep every snapshot with this tag (a,b = both); repeatable.")
+@click.option("--host", "hosts", multiple=True, help="Only consider snapshots of this host.")
+@click.option("--tag", "tags", multiple=True, help="Only consider snapshots with this tag (a,b = both).")
+@click.option("--path", "paths", multiple=True, help="Only consider snapshots of this path.")
+@click.option("--group-by", default="host,paths", show_default=True, callback=_group_by, metavar="FIELDS",
+              help="Apply the policy per group: any of host,paths,tags, or '' for one group.")
+@click.option("--dry-run", "-n", is_flag=True, help="Show what would be forgotten (and pruned); change nothing.")
+@click.option("--prune", "do_prune", is_flag=True, help="Prune right after forgetting.")
+@_max_unused
+@global_options
+def forget(snapshots, keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly, keep_within,
+           keep_tags, hosts, tags, paths, group_by, dry_run, do_prune, max_unused) -> None:
+    """Forget snapshots by retention policy (or the SNAPSHOTS named), per host and paths; the newest snapshot
+    of each group is always kept. Data is freed by prune (--prune does both).
+
+    Example: vault --repo /srv/backup forget --keep-daily 7 --keep-weekly 5 --keep-monthly 12 --prune
+    """
+    c = get_ctx()
+    policy = retention.Policy(last=keep_last, hourly=keep_hourly, daily=keep_daily, weekly=keep_weekly,
+                              monthly=keep_monthly, yearly=keep_yearly, within=keep_within, tags=tuple(keep_tags))
+    if snapshots and not policy.is_empty():
+        raise UsageError("give either snapshots to forget or a --keep-* policy, not both")
+    res = api.forget(c.settings, c.password_fn(), list(snapshots), None if snapshots else policy,
+                     api.SnapshotFilter(list(hosts), list(tags), list(paths)), group_by, dry_run,
+                     PruneOptions(max_unused=max_unused) if do_prune else None, log=c.err if c.verbose else _quiet)
+    if c.json:
+        c.emit_json(res.to_json())
+        return
+    for g in res.groups:
+        key = " ".join(f"{k}={','.join(v) if isinstance(v, list) else v}" for k, v in g.key.items()) or "all"
+        c.out(f"{key}: keep {len(g.keep)}, {'would forget' if dry_run else 'forget'} {len(g.forget)}")
+        for d in g.decisions:
+            when = format_time(d.snapshot.time)[:19].replace("T", " ")
+            c.out(f"  {'keep  ' if d.keep else 'forget'}  {d.snapshot.short_id}  {when}  {', '.join(d.reasons)}")
+    c.out(f"{'would forget' if dry_run else 'forgot'} {len(res.removed)} snapshot(s)")
+    if res.prune is not None:
+        _print_prune(c, res.prune)
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+@cli.command()
+@click.option("--dry-run", "-n", is_flag=True, help="Show what would be deleted and repacked; change nothing.")
+@_max_unused
+@global_options
+def prune(dry_run: bool, max_unused: float) -> None:
+    """Delete data that no snapshot references and repack mostly-empty packs (exclusive lock).
+
+    Example: vault --repo /srv/backup prune --max-unused 5%
+    """
+    c = get_ctx()
+    rep, requests = api.prune_repository(c.settings, c.password_fn(), PruneOptions(max_unused=max_unused,
+                                                                                   dry_run=dry_run),
+                                         log=c.err if c.verbose else _quiet)
+    if c.json:
+        c.emit_json({**rep.to_json(), **requests})
+        return
+    _print_prune(c, rep)
 
 
 @cli.command()
@@ -159,8 +275,6 @@ def _not_yet(name: str, doc: str) -> None:
         raise VaultError(f"'vault {name}' is not available in this version yet")
 
 
-for _name, _doc in (("forget", "Remove snapshots by retention policy (not available yet)."),
-                    ("prune", "Delete unreferenced data (not available yet)."),
-                    ("repair", "Repair index or snapshots (not available yet)."),
+for _name, _doc in (("repair", "Repair index or snapshots (not available yet)."),
                     ("copy", "Copy snapshots to another repository (not available yet).")):
     _not_yet(_name, _doc)

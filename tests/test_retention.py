@@ -1,0 +1,142 @@
+"""Retention policies (vault.retention) against an independent, deliberately plain reference."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from dateutil.relativedelta import relativedelta
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vault import retention
+from vault.model import Snapshot
+from vault.retention import Duration, Policy, parse_duration
+
+UTC = timezone.utc
+
+
+def snap(i: int, t: datetime, tags=()) -> Snapshot:
+    return Snapshot(time=t, host="h", paths=["/p"], tree=bytes(32), tags=list(tags), id=f"{i:064x}")
+
+
+# --- the reference: each rule on its own, as a person would compute it by hand ---------------------------
+def reference_keep(snaps: list[Snapshot], p: Policy) -> set[str]:
+    newest_first = sorted(snaps, key=lambda s: (s.time, s.id), reverse=True)
+    keep = {newest_first[0].id}
+    keep |= {s.id for s in newest_first[: p.last]}
+    periods = {
+        "hourly": lambda t: t.strftime("%Y-%m-%d %H"),
+        "daily": lambda t: t.strftime("%Y-%m-%d"),
+        "weekly": lambda t: "%d-W%02d" % t.isocalendar()[:2],
+        "monthly": lambda t: t.strftime("%Y-%m"),
+        "yearly": lambda t: t.strftime("%Y"),
+    }
+    for rule, period in periods.items():
+        n = getattr(p, rule)
+        seen: list[str] = []
+        for s in newest_first:  # newest in each period, for the n most recent periods that have one
+            key = period(s.time)
+            if key not in seen and len(seen) < n:
+                seen.append(key)
+                keep.add(s.id)
+    if p.within is not None:
+        w = p.within
+        cutoff = newest_first[0].time - relativedelta(years=w.years, months=w.months) - timedelta(days=w.days,
+                                                                                                  hours=w.hours)
+        keep |= {s.id for s in snaps if s.time > cutoff}
+    for spec in p.tags:
+        want = set(spec.split(","))
+        keep |= {s.id for s in snaps if want <= set(s.tags)}
+    return keep
+
+
+times = st.datetimes(min_value=datetime(2019, 1, 1), max_value=datetime(2026, 12, 31),
+                     timezones=st.just(UTC))
+small = st.integers(min_value=0, max_value=6)
+durations = st.none() | st.builds(Duration, years=st.integers(0, 2), months=st.integers(0, 14),
+                                  days=st.integers(0, 40), hours=st.integers(0, 50))
+policies = st.builds(Policy, last=small, hourly=small, daily=small, weekly=small, monthly=small, yearly=small,
+                     within=durations, tags=st.lists(st.sampled_from(["a", "b", "a,b"]), max_size=2).map(tuple))
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=st.lists(st.tuples(times, st.sets(st.sampled_from(["a", "b", "c"]))), min_size=1, max_size=40),
+       policy=policies)
+def test_policy_matches_reference(data, policy):
+    snaps = [snap(i, t, sorted(tags)) for i, (t, tags) in enumerate(data)]
+    decisions = retention.decide(snaps, policy, tz=UTC)
+    kept = {d.snapshot.id for d in decisions if d.keep}
+    assert kept == reference_keep(snaps, policy)
+    # the newest is always kept; a decision has reasons exactly when it keeps; every snapshot is decided once
+    newest = max(snaps, key=lambda s: (s.time, s.id))
+    assert newest.id in kept
+    assert all(bool(d.reasons) == d.keep for d in decisions)
+    assert sorted(d.snapshot.id for d in decisions) == sorted(s.id for s in snaps)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.lists(times, min_size=1, max_size=30, unique=True), n=st.integers(1, 10))
+def test_keep_last_and_daily_counts(data, n):
+    snaps = [snap(i, t) for i, t in enumerate(data)]
+    kept = [d for d in retention.decide(snaps, Policy(last=n), tz=UTC) if d.keep]
+    assert len(kept) == min(n, len(snaps))
+    days = {s.time.date() for s in snaps}
+    kept_daily = [d for d in retention.decide(snaps, Policy(daily=n), tz=UTC) if d.keep]
+    assert len(kept_daily) == min(n, len(days))
+    assert len({d.snapshot.time.date() for d in kept_daily}) == len(kept_daily)  # one per day
+
+
+def test_reasons_name_the_rule_and_rank():
+    base = datetime(2026, 11, 20, 10, tzinfo=UTC)
+    snaps = [snap(i, base - timedelta(days=i)) for i in range(10)] + [snap(99, base - timedelta(days=40), ["release"])]
+    d = {x.snapshot.id: x for x in retention.decide(snaps, Policy(daily=3, tags=("release",)), tz=UTC)}
+    assert d[snaps[0].id].reasons == ["newest", "daily #1"]
+    assert d[snaps[2].id].reasons == ["daily #3"]
+    assert d[snaps[3].id].keep is False
+    assert d[snaps[-1].id].reasons == ["tag: release"]
+
+
+def test_keep_within_is_relative_to_the_newest_snapshot_not_the_clock():
+    """A host that stopped backing up a year ago keeps its last month of history."""
+    newest = datetime(2025, 3, 31, 12, tzinfo=UTC)
+    snaps = [snap(i, newest - timedelta(days=i)) for i in range(60)]
+    kept = [d.snapshot for d in retention.decide(snaps, Policy(within=parse_duration("1m")), tz=UTC) if d.keep]
+    # one calendar month before 31 March is 28 February (clamped): 31 days of snapshots, strictly newer
+    assert min(s.time for s in kept) == datetime(2025, 3, 1, 12, tzinfo=UTC)
+    assert len(kept) == 31
+
+
+def test_weekly_uses_iso_weeks_and_yearly_years():
+    # Sunday 2026-01-04 and Monday 2025-12-29 are both ISO week 2026-W01
+    snaps = [snap(0, datetime(2026, 1, 4, tzinfo=UTC)), snap(1, datetime(2025, 12, 29, tzinfo=UTC)),
+             snap(2, datetime(2025, 12, 28, tzinfo=UTC))]
+    kept = {d.snapshot.id for d in retention.decide(snaps, Policy(weekly=2), tz=UTC) if d.keep}
+    assert kept == {snaps[0].id, snaps[2].id}
+    kept = {d.snapshot.id for d in retention.decide(snaps, Policy(yearly=5), tz=UTC) if d.keep}
+    assert kept == {snaps[0].id, snaps[1].id}
+
+
+def test_groups_are_decided_separately():
+    t = datetime(2026, 1, 1, tzinfo=UTC)
+    a = [Snapshot(time=t + timedelta(hours=i), host="a", paths=["/x"], tree=bytes(32), id=f"a{i:063x}")
+         for i in range(5)]
+    b = [Snapshot(time=t + timedelta(hours=i), host="b", paths=["/x"], tree=bytes(32), id=f"b{i:063x}")
+         for i in range(3)]
+    groups = retention.plan(a + b, Policy(last=2), ("host", "paths"), tz=UTC)
+    assert [(g.key["host"], len(g.keep), len(g.forget)) for g in groups] == [("a", 2, 3), ("b", 2, 1)]
+    one = retention.plan(a + b, Policy(last=2), (), tz=UTC)
+    assert len(one) == 1 and len(one[0].keep) == 2
+
+
+@pytest.mark.parametrize("text,want", [("30d", Duration(days=30)), ("2w", Duration(days=14)),
+                                       ("1y6m", Duration(years=1, months=6)), ("12h", Duration(hours=12)),
+                                       ("1y2m3w4d5h", Duration(1, 2, 25, 5))])
+def test_parse_duration(text, want):
+    assert parse_duration(text) == want
+
+
+@pytest.mark.parametrize("bad", ["", "30", "d", "3x", "1.5d", "-2d", "1d 2h"])
+def test_parse_duration_rejects(bad):
+    with pytest.raises(ValueError):
+        parse_duration(bad)

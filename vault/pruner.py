@@ -1,0 +1,279 @@
+"""Prune: delete what no snapshot references, repack mostly-empty packs. Runs under the exclusive lock.
+
+1. Mark: walk every snapshot's trees; every tree id and file block id goes into a temporary SQLite table
+   (memory stays flat). A tree that cannot be read, a referenced block that no index entry locates, or an
+   indexed pack holding referenced blocks that is missing from the store makes prune refuse: it cannot know
+   what is safe to delete, and deleting nothing is always safe.
+2. Plan, per indexed pack, from the catalog (a block counts as live in the one pack the index locates it in):
+   no live block -> delete; unused share above ``max_unused`` -> repack; else keep. Stored packs that no index
+   segment lists are leftovers of interrupted runs -> delete.
+3. Repack: read each such pack whole (one GET), authenticate every live block, store them again in new packs.
+4. Rewrite the index: every segment that lists a removed pack is replaced by a segment that lists its surviving
+   packs and names the old one as superseded; the new packs get segments of their own.
+5. Delete the replaced (and already superseded) segments, then the removed packs, then abort unfinished
+   multipart uploads. Readers ignore a segment that a present segment supersedes, so a kill at any moment
+   leaves a repository where every snapshot restores: at worst leftovers that the next prune removes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from . import index as index_mod
+from . import pack as pack_mod
+from .catalog import Catalog
+from .errors import IntegrityError, ObjectNotFound, VaultError
+from .model import DIR, FILE
+from .packwriter import PackWriter
+from .repository import Repository, pack_name
+
+SEGMENT_PACKS = 64  # packs listed per new index segment
+
+
+class PruneRefused(VaultError):
+    """Prune cannot prove what is unreferenced; nothing was changed."""
+
+
+@dataclass
+class PruneOptions:
+    max_unused: float = 0.10  # repack a pack when more than this share of its bytes is unreferenced
+    dry_run: bool = False
+    workers: int = 2  # packs read at a time for repacking, parallel deletes
+
+
+@dataclass
+class PruneReport:
+    dry_run: bool = False
+    snapshots: int = 0
+    blocks_referenced: int = 0
+    packs_total: int = 0
+    packs_deleted: int = 0
+    packs_repacked: int = 0
+    packs_kept: int = 0
+    packs_unindexed_deleted: int = 0
+    packs_written: int = 0
+    packs_damaged_kept: int = 0
+    blocks_repacked: int = 0
+    bytes_total: int = 0
+    bytes_deleted: int = 0  # bytes of the packs deleted (including repacked ones and leftovers)
+    bytes_repacked_written: int = 0
+    bytes_freed: int = 0  # net: deleted - written
+    bytes_unused_kept: int = 0  # unreferenced bytes left in packs below the repack threshold
+    segments_written: int = 0
+    segments_deleted: int = 0
+    multipart_aborted: int = 0
+    duration_s: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        d = dict(self.__dict__)
+        d["duration_s"] = round(self.duration_s, 2)
+        return d
+
+
+@dataclass
+class _Plan:
+    delete: list[tuple[bytes, int]] = field(default_factory=list)  # (pack id, size)
+    repack: list[tuple[bytes, int]] = field(default_factory=list)
+    unindexed: list[tuple[bytes, int]] = field(default_factory=list)
+
+
+class Pruner:
+    def __init__(self, repo: Repository, catalog: Catalog, opts: PruneOptions,
+                 log: Callable[[str], None] = lambda _m: None, uploaders: int = 0,
+                 before_delete: Callable[[], None] = lambda: None):
+        self.repo, self.catalog, self.opts, self.log = repo, catalog, opts, log
+        self._before_delete = before_delete
+        self.report = PruneReport(dry_run=opts.dry_run)
+        self._uploaders = uploaders
+        self._new_packs: list[tuple[bytes, int, list[pack_mod.PackEntry]]] = []
+
+    # --- 1. mark ------------------------------------------------------------------------------------
+    def _mark(self) -> None:
+        cat = self.catalog
+        cat.used_begin()
+        snaps = cat.snapshots()
+        self.report.snapshots = len(snaps)
+        for snap in snaps:
+            stack = [snap.tree]
+            while stack:
+                tid = stack.pop()
+                if cat.used_has(tid):
+                    continue
+                try:
+                    nodes = cat.tree(self.repo, tid)
+                except (IntegrityError, ObjectNotFound) as exc:
+                    raise PruneRefused(f"prune refused, nothing deleted: snapshot {snap.short_id} cannot be read "
+                                       f"({exc}); run 'vault verify' and 'vault repair'") from None
+                ids = [tid]
+                for n in nodes:
+                    if n.type == FILE:
+                        ids.extend(n.blocks)
+                    elif n.type == DIR and n.subtree is not None:
+                        stack.append(n.subtree)
+                cat.used_add(ids)
+        self.report.blocks_referenced = cat.used_count()
+        missing, examples = cat.used_missing()
+        if missing:
+            raise PruneRefused(f"prune refused, nothing deleted: {missing} referenced block(s) are not in the index "
+                               f"(e.g. {examples[0].hex()[:16]}); run 'vault verify' and 'vault repair index'")
+
+    # --- 2. plan ------------------------------------------------------------------------------------
+    def _plan(self) -> _Plan:
+        cat = self.catalog
+        cat.stored_add(self.repo.list_packs())
+        plan = _Plan()
+        rep = self.report
+        for pid, _kind, size, stored, nblocks, nused, used_bytes in cat.pack_usage():
+            rep.packs_total += 1
+            if stored is None:
+                if nused:
+                    raise PruneRefused(f"prune refused, nothing deleted: pack {pid.hex()[:16]} holds referenced "
+                                       "blocks but is missing from the repository; run 'vault verify'")
+                rep.warnings.append(f"pack {pid.hex()[:16]} is indexed but missing (it holds nothing referenced)")
+                continue
+            rep.bytes_total += stored
+            unused = max(0, stored - used_bytes - pack_mod.header_size(nused))  # vs. a pack of only live blocks
+            if nused == 0:
+                plan.delete.append((pid, stored))
+            elif unused > self.opts.max_unused * stored:
+                plan.repack.append((pid, stored))
+            else:
+                rep.packs_kept += 1
+                rep.bytes_unused_kept += unused
+        plan.unindexed = cat.unindexed_packs()
+        rep.bytes_total += sum(s for _, s in plan.unindexed)
+        rep.packs_deleted = len(plan.delete)
+        rep.packs_repacked = len(plan.repack)
+        rep.packs_unindexed_deleted = len(plan.unindexed)
+        rep.bytes_deleted = sum(s for _, s in plan.delete + plan.repack + plan.unindexed)
+        return plan
+
+    # --- 3. repack ----------------------------------------------------------------------------------
+    def _on_pack(self, pid: bytes, size: int, entries: list[pack_mod.PackEntry]) -> None:
+        self._new_packs.append((pid, size, entries))
+
+    def _repack(self, plan: _Plan) -> None:
+        if not plan.repack:
+            return
+        packer = PackWriter(self.repo, self._on_pack, uploaders=self._uploaders)
+        done: list[tuple[bytes, int]] = []
+        window = max(1, self.opts.workers)  # packs read at a time: memory is bounded by this many packs
+        try:
+            with ThreadPoolExecutor(max_workers=window) as pool:
+                for i in range(0, len(plan.repack), window):
+                    todo = [(pid, size, self.catalog.live_blocks(pid)) for pid, size in plan.repack[i : i + window]]
+                    for (pid, size, _live), result in zip(todo, pool.map(self._read_live, todo)):
+                        if isinstance(result, str):
+                            self.report.warnings.append(result)
+                            self.report.packs_damaged_kept += 1
+                            continue
+                        for entry, plain in result:
+                            packer.add(entry.kind, entry.block_id, plain)
+                            self.report.blocks_repacked += 1
+                        done.append((pid, size))
+            packer.flush()
+        finally:
+            packer.close()
+        plan.repack = done
+        self.report.packs_repacked = len(done)
+        self.report.packs_written = len(self._new_packs)
+        self.report.bytes_repacked_written = sum(s for _, s, _ in self._new_packs)
+
+    def _read_live(self, item: tuple[bytes, int, list[pack_mod.PackEntry]]) -> list | str:
+        """The live blocks of one pack, authenticated; or a message when the pack is damaged (then kept)."""
+        pid, _size, live = item
+        try:
+            data = self.repo.backend.get(pack_name(pid))
+            if pack_mod.pack_id(data) != pid:
+                return f"pack {pid.hex()[:16]} is damaged (content does not match its name): kept, not repacked"
+            return [(e, self.repo.open_block(e, data[e.offset : e.offset + e.length])) for e in live]
+        except (IntegrityError, ObjectNotFound) as exc:
+            return f"pack {pid.hex()[:16]} could not be repacked ({exc}): kept"
+
+    # --- 4. index -----------------------------------------------------------------------------------
+    def _rewrite_index(self, plan: _Plan) -> list[str]:
+        """Write the new index; return the segment ids to delete afterwards. Segments are read one at a time
+        (twice: first for their superseded lists), so memory does not grow with the index."""
+        removed = {pid for pid, _ in plan.delete + plan.repack + plan.unindexed}
+        for i in range(0, len(self._new_packs), SEGMENT_PACKS):
+            self.repo.save_index(index_mod.from_packs(self._new_packs[i : i + SEGMENT_PACKS]))
+            self.report.segments_written += 1
+        present = self.repo.list_index()
+        superseded: set[str] = set()
+        for sid in present:
+            superseded.update(s.hex() for s in self._load_segment(sid).supersedes)
+        # left by an interrupted prune: already replaced, so deleted (never rewritten: they may name removed packs)
+        to_delete = [s for s in present if s in superseded]
+        for sid in present:
+            if sid in superseded:
+                continue
+            seg = self._load_segment(sid)
+            if not removed.intersection(seg.packs):
+                continue
+            keep = [(pid, seg.sizes.get(pid, 0), entries) for pid, entries in seg.packs.items() if pid not in removed]
+            if keep:
+                self.repo.save_index(index_mod.from_packs(keep, supersedes=[bytes.fromhex(sid)]))
+                self.report.segments_written += 1
+            to_delete.append(sid)
+        return to_delete
+
+    def _load_segment(self, sid: str) -> index_mod.IndexSegment:
+        try:
+            return self.repo.load_index(sid)
+        except (IntegrityError, ObjectNotFound) as exc:
+            raise PruneRefused(f"prune stopped before deleting anything: index segment {sid[:16]}: {exc}") from None
+
+    # --- 5. delete ----------------------------------------------------------------------------------
+    def _delete_all(self, names: list[str]) -> None:
+        def one(name: str) -> None:
+            try:
+                self.repo.backend.delete(name)
+            except ObjectNotFound:
+                pass
+        with ThreadPoolExecutor(max_workers=max(1, self.opts.workers)) as pool:
+            list(pool.map(one, names))
+
+    def _abort_multipart(self, started: float) -> None:
+        backend = self.repo.backend
+        for key, upload_id, initiated in backend.list_multipart_uploads():
+            if initiated > started:
+                continue  # cannot be ours to clean: we hold the exclusive lock, but be conservative
+            try:
+                backend.abort_multipart(key, upload_id)
+                self.report.multipart_aborted += 1
+            except ObjectNotFound:
+                pass
+
+    # --- the run ------------------------------------------------------------------------------------
+    def run(self) -> PruneReport:
+        started = time.time()
+        t0 = time.monotonic()
+        self._mark()
+        plan = self._plan()
+        rep = self.report
+        self.log(f"prune: {rep.snapshots} snapshots reference {rep.blocks_referenced} blocks; {rep.packs_total} "
+                 f"packs: {len(plan.delete)} to delete, {len(plan.repack)} to repack, {rep.packs_kept} kept; "
+                 f"{len(plan.unindexed)} unindexed leftovers")
+        if not self.opts.dry_run and (plan.delete or plan.repack or plan.unindexed):
+            self._repack(plan)
+            # the replaced index first, then (only then) what it no longer names
+            old_segments = self._rewrite_index(plan)
+            self._before_delete()  # still our exclusive lock? else stop: deleting is the one unsafe step
+            self._delete_all([f"index/{s}" for s in old_segments])
+            rep.segments_deleted = len(old_segments)
+            self._delete_all([pack_name(pid) for pid, _ in plan.delete + plan.repack + plan.unindexed])
+            rep.bytes_deleted = sum(s for _, s in plan.delete + plan.repack + plan.unindexed)
+        if not self.opts.dry_run:
+            self._abort_multipart(started)
+        else:
+            rep.bytes_repacked_written = self._estimate_repack_bytes(plan)
+        rep.bytes_freed = rep.bytes_deleted - rep.bytes_repacked_written
+        rep.duration_s = time.monotonic() - t0
+        return rep
+
+    def _estimate_repack_bytes(self, plan: _Plan) -> int:
+        return sum(e.length for pid, _ in plan.repack for e in self.catalog.live_blocks(pid))

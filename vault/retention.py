@@ -1,0 +1,201 @@
+"""Retention policies: which snapshots ``vault forget`` keeps, and why. Pure: no I/O, no clock.
+
+Semantics are restic's, so its users need not relearn them:
+
+* Snapshots are grouped (by default per host and set of paths) and each group is decided on its own.
+* Within a group, snapshots are walked newest first. ``--keep-last N`` keeps the N newest. Each bucket rule
+  (hourly, daily, weekly = ISO week, monthly, yearly) keeps the newest snapshot of each of the N most recent
+  periods that hold a snapshot: a snapshot counts for a rule when its period differs from the period of the
+  last snapshot that rule kept.
+* ``--keep-within D`` keeps every snapshot newer than (newest snapshot's time - D), so a host that stopped
+  backing up keeps its history; ``--keep-tag T`` keeps every snapshot carrying T (``a,b``: both).
+* The newest snapshot of every group is always kept. A policy with no rule at all is refused by the caller.
+
+Periods are taken in the local time zone given to ``plan`` (UTC unless told otherwise).
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone, tzinfo
+
+from .model import Snapshot
+
+BUCKET_RULES = ("hourly", "daily", "weekly", "monthly", "yearly")
+GROUP_FIELDS = ("host", "paths", "tags")
+
+
+@dataclass(frozen=True)
+class Duration:
+    years: int = 0
+    months: int = 0
+    days: int = 0
+    hours: int = 0
+
+    def before(self, t: datetime) -> datetime:
+        """``t`` minus this duration, calendar-aware (1 month before 31 March is 28/29 February)."""
+        months = t.year * 12 + (t.month - 1) - (self.years * 12 + self.months)
+        year, month = divmod(months, 12)
+        month += 1
+        if year < 1:
+            return datetime.min.replace(tzinfo=t.tzinfo)
+        day = min(t.day, calendar.monthrange(year, month)[1])
+        shifted = t.replace(year=year, month=month, day=day)
+        try:
+            return shifted - timedelta(days=self.days, hours=self.hours)
+        except OverflowError:
+            return datetime.min.replace(tzinfo=t.tzinfo)
+
+    def __str__(self) -> str:
+        parts = [f"{v}{u}" for v, u in ((self.years, "y"), (self.months, "m"), (self.days, "d"), (self.hours, "h"))
+                 if v]
+        return "".join(parts) or "0d"
+
+
+_DURATION_PART = re.compile(r"(\d+)([ymwdh])")
+
+
+def parse_duration(text: str) -> Duration:
+    """``30d``, ``2w``, ``1y6m``, ``36h``, ``1y2m3w4d5h``: years, months, weeks, days, hours. ValueError if not."""
+    s = text.strip().lower()
+    if not s or _DURATION_PART.sub("", s):
+        raise ValueError(f"invalid duration {text!r} (expected e.g. 30d, 2w, 1y6m, 12h)")
+    total = {"y": 0, "m": 0, "w": 0, "d": 0, "h": 0}
+    for num, unit in _DURATION_PART.findall(s):
+        total[unit] += int(num)
+    if total["y"] > 10000 or total["m"] > 120000:
+        raise ValueError(f"duration {text!r} is too long")
+    return Duration(years=total["y"], months=total["m"], days=total["d"] + 7 * total["w"], hours=total["h"])
+
+
+@dataclass(frozen=True)
+class Policy:
+    last: int = 0
+    hourly: int = 0
+    daily: int = 0
+    weekly: int = 0
+    monthly: int = 0
+    yearly: int = 0
+    within: Duration | None = None
+    tags: tuple[str, ...] = ()  # each "a,b" = all of a and b; items are alternatives
+
+    def is_empty(self) -> bool:
+        return not (self.last or self.hourly or self.daily or self.weekly or self.monthly or self.yearly
+                    or self.within is not None or self.tags)
+
+    def describe(self) -> str:
+        parts = [f"keep-{name} {getattr(self, name)}" for name in ("last", *BUCKET_RULES) if getattr(self, name)]
+        if self.within is not None:
+            parts.append(f"keep-within {self.within}")
+        parts += [f"keep-tag {t}" for t in self.tags]
+        return ", ".join(parts) or "(none)"
+
+
+@dataclass
+class Decision:
+    snapshot: Snapshot
+    keep: bool
+    reasons: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Group:
+    key: dict  # the grouping fields and their values, e.g. {"host": "web1", "paths": ["/etc"]}
+    decisions: list[Decision]  # newest first
+
+    @property
+    def keep(self) -> list[Snapshot]:
+        return [d.snapshot for d in self.decisions if d.keep]
+
+    @property
+    def forget(self) -> list[Snapshot]:
+        return [d.snapshot for d in self.decisions if not d.keep]
+
+
+def _bucket(rule: str, t: datetime) -> tuple:
+    if rule == "hourly":
+        return (t.year, t.month, t.day, t.hour)
+    if rule == "daily":
+        return (t.year, t.month, t.day)
+    if rule == "weekly":
+        iso = t.isocalendar()
+        return (iso[0], iso[1])
+    if rule == "monthly":
+        return (t.year, t.month)
+    return (t.year,)
+
+
+def _has_tags(snap: Snapshot, spec: str) -> bool:
+    want = {t for t in spec.split(",") if t}
+    return bool(want) and want <= set(snap.tags)
+
+
+def decide(snaps: list[Snapshot], policy: Policy, tz: tzinfo = timezone.utc) -> list[Decision]:
+    """Keep/forget with reasons for one group of snapshots; returned newest first."""
+    ordered = sorted(snaps, key=lambda s: (s.time, s.id), reverse=True)
+    if not ordered:
+        return []
+    counts = {"last": policy.last, **{r: getattr(policy, r) for r in BUCKET_RULES}}
+    used = dict.fromkeys(counts, 0)
+    last_bucket: dict[str, tuple | None] = dict.fromkeys(counts)
+    cutoff = policy.within.before(ordered[0].time) if policy.within is not None else None
+    out = []
+    for i, snap in enumerate(ordered):
+        local = snap.time.astimezone(tz)
+        reasons = []
+        if i == 0:
+            reasons.append("newest")
+        for rule, limit in counts.items():
+            if used[rule] >= limit:
+                continue
+            bucket = (i,) if rule == "last" else _bucket(rule, local)
+            if bucket != last_bucket[rule]:
+                last_bucket[rule] = bucket
+                used[rule] += 1
+                reasons.append(f"{rule} #{used[rule]}")
+        if cutoff is not None and snap.time > cutoff:
+            reasons.append(f"within {policy.within}")
+        for spec in policy.tags:
+            if _has_tags(snap, spec):
+                reasons.append(f"tag: {spec}")
+        out.append(Decision(snap, bool(reasons), reasons))
+    return out
+
+
+def group_key(snap: Snapshot, group_by: tuple[str, ...]) -> tuple:
+    parts = []
+    for f in group_by:
+        if f == "host":
+            parts.append(snap.host)
+        elif f == "paths":
+            parts.append(tuple(sorted(snap.paths)))
+        elif f == "tags":
+            parts.append(tuple(sorted(snap.tags)))
+    return tuple(parts)
+
+
+def parse_group_by(text: str) -> tuple[str, ...]:
+    """``host,paths`` (default), any subset of host/paths/tags, or empty for one group."""
+    fields = tuple(f.strip() for f in text.split(",") if f.strip())
+    bad = [f for f in fields if f not in GROUP_FIELDS]
+    if bad:
+        raise ValueError(f"invalid --group-by field {bad[0]!r} (use host, paths, tags)")
+    return fields
+
+
+def plan(snaps: list[Snapshot], policy: Policy, group_by: tuple[str, ...] = ("host", "paths"),
+         tz: tzinfo = timezone.utc) -> list[Group]:
+    """Decide every snapshot, group by group (groups ordered by key)."""
+    groups: dict[tuple, list[Snapshot]] = {}
+    for s in snaps:
+        groups.setdefault(group_key(s, group_by), []).append(s)
+    out = []
+    for key in sorted(groups):
+        members = groups[key]
+        desc = {}
+        for f, v in zip(group_by, key):
+            desc[f] = list(v) if isinstance(v, tuple) else v
+        out.append(Group(desc, decide(members, policy, tz)))
+    return out
