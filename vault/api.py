@@ -22,13 +22,15 @@ from .catalog import Catalog, SyncReport, open_synced
 from .checker import Checker, VerifyReport, parse_subset
 from .chunker import ChunkerParams
 from .config import Settings
-from .crypto import KdfParams
+from .crypto import KdfParams, MasterKeys
+from .copier import Copier, CopyReport
 from .errors import SnapshotNotFound, UsageError, VaultError
 from .excludes import Matcher
 from .ids import resolve_prefix
 from .locks import Lock, remove_locks
 from .model import DIR, FILE, Node, Snapshot, format_time
 from .pruner import PruneOptions, PruneReport, Pruner
+from .repairer import RepairReport, Repairer
 from . import retention
 from .retention import Decision, Group, Policy
 from .repository import Repository
@@ -101,10 +103,18 @@ class InitResult:
 
 
 def init(settings: Settings, password: bytes, kdf: KdfParams | None = None, chunker: ChunkerParams | None = None,
-         compression_level: int = 1, pack_size: int = 16 * 1024 * 1024) -> InitResult:
+         compression_level: int = 1, pack_size: int = 16 * 1024 * 1024,
+         chunker_from: tuple[Settings, PasswordFn] | None = None) -> InitResult:
+    """Create a repository. ``chunker_from`` (settings, password) of another repository: use its chunker
+    parameters and secret seed, so copies between the two cut data identically and deduplicate."""
+    keys = None
+    if chunker_from is not None:
+        other = Repository.open(_backend(chunker_from[0]), chunker_from[1]())
+        chunker = other.config.chunker
+        keys = dataclasses.replace(MasterKeys.generate(), chunker_seed=other.keys.chunker_seed)
     backend = _backend(settings)
     repo = Repository.create(backend, password, kdf=kdf or KdfParams(), chunker=chunker or ChunkerParams(),
-                             compression_level=compression_level, pack_size=pack_size)
+                             compression_level=compression_level, pack_size=pack_size, keys=keys)
     return InitResult(repo.id, backend.location)
 
 
@@ -139,8 +149,11 @@ def list_snapshots(sess: Session, flt: SnapshotFilter | None = None) -> list[Sna
 
 def find_snapshot(sess: Session, spec: str | None, at: str | None = None, flt: SnapshotFilter | None = None,
                   now: datetime | None = None) -> Snapshot:
-    """Resolve a full id, unique prefix, ``latest``, or ``--at TIME`` (newest at or before TIME)."""
+    """Resolve a full id, unique prefix, ``latest``, or ``--at TIME`` (newest at or before TIME). For
+    ``latest`` and ``--at``, a snapshot that 'vault repair' replaced yields to its replacement."""
     snaps = list_snapshots(sess, flt)
+    replaced = {s.summary.get("repaired_from") for s in snaps if s.summary.get("repaired_from")}
+    snaps = [s for s in snaps if s.id not in replaced]
     if at is not None:
         when = parse_time(at, now or datetime.now(timezone.utc))
         older = [s for s in snaps if s.time <= when]
@@ -394,14 +407,79 @@ def _local_tz():
     return datetime.now().astimezone().tzinfo
 
 
+# --- copy ---------------------------------------------------------------------------------------------
+def second_settings(settings: Settings, url: str) -> Settings:
+    """Settings for a second repository: same cache dir, endpoint, connections and lock wait."""
+    return dataclasses.replace(settings, repo=url, password_file=None, password_command=None)
+
+
+def copy(settings: Settings, password: PasswordFn, specs: list[str], to: Settings, to_password: PasswordFn,
+         flt: SnapshotFilter | None = None, log: Callable[[str], None] = lambda _m: None) -> tuple[CopyReport, dict]:
+    """Copy snapshots (all matching ``flt`` when ``specs`` is empty) into the repository ``to``."""
+    with session(settings, password, lock="shared", operation="copy") as src:
+        if specs:
+            snaps = list({(s := find_snapshot(src, spec, flt=flt)).id: s for spec in specs}.values())
+        else:
+            snaps = list_snapshots(src, flt)
+        with session(to, to_password, lock="shared", operation="copy") as dst:
+            if dst.repo.id == src.repo.id:
+                raise UsageError("source and destination are the same repository")
+            remote = local_repo_path(to) is None
+            workers = max(settings.jobs or 0, min(settings.connections or 8, 8)) if (
+                remote or local_repo_path(settings) is None) else max(settings.jobs or 0, 2)
+            report = Copier(src.repo, src.catalog, dst.repo, dst.catalog, workers=workers,
+                            uploaders=(to.connections or 8) if remote else 0, log=log).run(snaps, dst.check_lock)
+            requests = {"source": src.requests(), "destination": dst.requests()}
+    return report, requests
+
+
+# --- repair -------------------------------------------------------------------------------------------
+def repair(settings: Settings, password: PasswordFn, what: str = "all", read_data: bool = False,
+           from_repo: tuple[Settings, PasswordFn] | None = None, dry_run: bool = False,
+           log: Callable[[str], None] = lambda _m: None) -> tuple[RepairReport, VerifyReport | None, dict]:
+    """``what``: "index", "snapshots" or "all"; ``from_repo`` heals lost blocks from a second repository.
+    Ends with a verify (with data when ``read_data``) unless ``dry_run``."""
+    remote = local_repo_path(settings) is None
+    with session(settings, password, lock=None if dry_run else "exclusive", operation="repair") as sess:
+        rep = Repairer(sess.repo, sess.catalog, read_data=read_data, dry_run=dry_run,
+                       uploaders=(settings.connections or 8) if remote else 0, log=log,
+                       before_delete=sess.check_lock)
+        try:
+            if what in ("index", "all"):
+                log("repair: rebuilding the index from the packs")
+                rep.repair_index()
+                rep.repair_keys()
+            if from_repo is not None:
+                with session(from_repo[0], from_repo[1], lock="shared", operation="repair (source)") as other:
+                    if other.repo.id == sess.repo.id:
+                        raise UsageError("--from-repo names this same repository")
+                    log(f"repair: healing lost blocks from {other.repo.backend.location}")
+                    rep.heal_from(other.repo, other.catalog)
+                    if what in ("snapshots", "all"):
+                        rep.repair_manifests(other.repo, other.catalog)
+            elif what in ("snapshots", "all"):
+                rep.repair_manifests()
+            if what in ("snapshots", "all"):
+                log("repair: rewriting snapshots that still reference lost data")
+                rep.repair_snapshots()
+            rep.still_missing()
+        finally:
+            rep.close()
+        verify_report = None
+        if not dry_run:
+            verify_report = Checker(sess.repo, sess.catalog, read_data, None).run()
+        return rep.report, verify_report, sess.requests()
+
+
 # --- verify / stats / keys / locks / catalog ----------------------------------------------------------
 def verify(settings: Settings, password: PasswordFn, read_data: bool = False,
-           subset: str | None = None) -> tuple[VerifyReport, dict]:
+           subset: str | None = None, max_bytes: int | None = None) -> tuple[VerifyReport, dict]:
     with session(settings, password, lock="shared", operation="verify") as sess:
         jobs = settings.jobs or 0
         if local_repo_path(settings) is None:
             jobs = max(jobs, min(settings.connections or 8, 8))
-        report = Checker(sess.repo, sess.catalog, read_data, parse_subset(subset), jobs=jobs).run()
+        report = Checker(sess.repo, sess.catalog, read_data or max_bytes is not None, parse_subset(subset), jobs=jobs,
+                         max_bytes=max_bytes).run()
         for p in sess.sync.problems:
             from .checker import Damage
 

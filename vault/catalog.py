@@ -158,6 +158,7 @@ class Catalog:
         def run(c: sqlite3.Connection) -> None:
             for t in ("segments", "packs", "blocks", "snapshots", "trees", "nodes"):
                 c.execute(f"DELETE FROM {t}")
+            c.execute("DROP TABLE IF EXISTS copy_map")
         self._tx(run)
 
     # --- sync from the repository ---------------------------------------------------------------------
@@ -273,6 +274,12 @@ class Catalog:
                        "ON p.rowid=b.pack WHERE p.id=? ORDER BY b.offset", (pid,))
         return [PackEntry(k, bytes(b), o, n, r) for b, k, o, n, r in rows]
 
+    def verified_times(self) -> dict[bytes, float | None]:
+        return {bytes(pid): v for pid, v in self._q("SELECT id, verified_at FROM packs")}
+
+    def tree_block_ids(self) -> list[bytes]:
+        return [bytes(r[0]) for r in self._q("SELECT id FROM blocks WHERE kind='T'")]
+
     def mark_verified(self, pids: Iterable[bytes], when: float) -> None:
         self._tx(lambda c: c.executemany("UPDATE packs SET verified_at=? WHERE id=?", [(when, p) for p in pids]))
 
@@ -353,6 +360,18 @@ class Catalog:
                 if n.type == "dir" and n.subtree is not None:
                     subdirs.append((path, n.subtree))
             stack.extend(reversed(subdirs))
+
+    # --- copy support: source block id -> destination block id (created on first use) -------------------
+    def copy_map_init(self) -> None:
+        self._tx(lambda c: c.execute("CREATE TABLE IF NOT EXISTS copy_map (src BLOB PRIMARY KEY, dst BLOB NOT NULL) "
+                                     "WITHOUT ROWID"))
+
+    def copy_map_get(self, src: bytes) -> bytes | None:
+        rows = self._q("SELECT dst FROM copy_map WHERE src=?", (src,))
+        return bytes(rows[0][0]) if rows else None
+
+    def copy_map_put(self, pairs: list[tuple[bytes, bytes]]) -> None:
+        self._tx(lambda c: c.executemany("INSERT OR REPLACE INTO copy_map (src, dst) VALUES (?, ?)", pairs))
 
     # --- prune support (temporary tables, on disk: memory stays flat however big the repository) ----------
     def used_begin(self) -> None:

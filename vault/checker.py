@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .catalog import Catalog
-from .errors import IntegrityError, VaultError
+from .errors import UsageError, IntegrityError, VaultError
 from .model import DIR, FILE, Tree
 from .pack import parse_pack
 from .repository import Repository, pack_name
@@ -53,10 +53,26 @@ class VerifyReport:
     bytes_read: int = 0
     damage: list[Damage] = field(default_factory=list)
     info: list[str] = field(default_factory=list)
+    coverage: dict = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         return not self.damage
+
+
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 10**3, "kib": 1 << 10, "m": 1 << 20, "mb": 10**6, "mib": 1 << 20,
+          "g": 1 << 30, "gb": 10**9, "gib": 1 << 30, "t": 1 << 40, "tb": 10**12, "tib": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """``500M``, ``2GiB``, ``1.5G``, ``10GB``, ``4096``: bytes (K/M/G/T are binary; KB/MB/GB/TB decimal)."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text or "")
+    unit = m.group(2).lower() if m else None
+    if m is None or unit not in _UNITS:
+        raise UsageError(f"invalid size {text!r} (e.g. 500M, 2G, 10GB)")
+    return int(float(m.group(1)) * _UNITS[unit])
 
 
 def parse_subset(text: str | None) -> tuple[str, float] | None:
@@ -82,8 +98,10 @@ def parse_subset(text: str | None) -> tuple[str, float] | None:
 
 class Checker:
     def __init__(self, repo: Repository, catalog: Catalog, read_data: bool = False,
-                 subset: tuple[str, float] | None = None, now: float | None = None, jobs: int = 0):
+                 subset: tuple[str, float] | None = None, now: float | None = None, jobs: int = 0,
+                 max_bytes: int | None = None):
         self.repo, self.catalog = repo, catalog
+        self.max_bytes = max_bytes
         self.jobs = jobs or os.cpu_count() or 2
         self.read_data = read_data or subset is not None
         self.subset = subset
@@ -125,16 +143,28 @@ class Checker:
             self._bad_blocks.setdefault(e.block_id, problem)
 
     def _choose(self, packs: list[tuple[bytes, str, int]]) -> list[tuple[bytes, str, int]]:
-        if self.subset is None:
-            return packs
-        kind, val = self.subset
-        if kind == "slice":
-            n, m = divmod(int(val), 1_000_000)
-            return [p for p in packs if int.from_bytes(p[0][:4], "big") % m == n - 1]
-        count = max(1, math.ceil(len(packs) * val / 100))
-        when = {bytes(pid): v for pid, v in self.catalog._q("SELECT id, verified_at FROM packs")}
-        ordered = sorted(packs, key=lambda p: (when.get(p[0]) or 0.0, p[0]))
-        return ordered[:count]
+        """The packs to read: all, a slice n/m, or the P% verified least recently; then at most --max-bytes."""
+        when = self.catalog.verified_times()
+        ordered = sorted(packs, key=lambda p: (when.get(p[0]) or 0.0, p[0]))  # least recently verified first
+        if self.subset is not None:
+            kind, val = self.subset
+            if kind == "slice":
+                n, m = divmod(int(val), 1_000_000)
+                ordered = [p for p in ordered if int.from_bytes(p[0][:4], "big") % m == n - 1]
+            else:
+                ordered = ordered[: max(1, math.ceil(len(packs) * val / 100))]
+        if self.max_bytes is not None:
+            chosen, total = [], 0
+            for p in ordered:
+                if total + p[2] > self.max_bytes:
+                    break
+                chosen.append(p)
+                total += p[2]
+            if len(chosen) < len(ordered):
+                self.report.info.append(f"--max-bytes: read {len(chosen)} of {len(ordered)} packs chosen "
+                                        f"({total} bytes); the rest are first in line next time")
+            ordered = chosen
+        return ordered
 
     def _check_pack(self, pid: bytes) -> _PackCheck:
         """Read one pack whole and check it: its name (SHA-256), its header against the index, every block.
@@ -193,7 +223,13 @@ class Checker:
         self.report.snapshots = len(snaps)
         checked: dict[bytes, list] = {}
         referenced: set[bytes] = set()
+        repaired = {s.summary.get("repaired_from") for s in snaps if s.summary.get("repaired_from")}
         for snap in snaps:
+            if snap.id in repaired:
+                # 'vault repair' wrote a complete replacement; the original is kept for what it still holds
+                self.report.info.append(f"snapshot {snap.short_id} references lost data and was repaired "
+                                        "(tag 'repaired'); forget it when it is no longer needed")
+                continue
             stack = [(b"", snap.tree)]
             while stack:
                 base, tid = stack.pop()
@@ -261,4 +297,14 @@ class Checker:
             d = self._damage(f"block {bid.hex()}", problem)
             d.snapshots = sorted(snaps)
             d.files = sorted(files)
+        self.report.coverage = self._coverage()
         return self.report
+
+    def _coverage(self) -> dict:
+        """How recently the packs were read (from this machine's catalog): what a verify-subset cron proves."""
+        times = list(self.catalog.verified_times().values())
+        never = sum(1 for t in times if not t)
+        oldest = min((t for t in times if t), default=None)
+        return {"packs": len(times), "packs_never_read": never,
+                "all_read_within_days": None if never or oldest is None or not times
+                else round((self.now - oldest) / 86400, 2)}

@@ -117,6 +117,30 @@ def get_password(settings: Settings, prompt: Callable[[str], str] | None, what: 
     return pw
 
 
+def get_second_password(settings: Settings, role: str, source_file: str | None, source_command: str | None,
+                        prompt: Callable[[str], str] | None) -> bytes:
+    """The password of a second repository (``role`` "TO" for copy, "FROM" for repair --from-repo):
+    --{to,from}-password-file / -command, VAULT_{ROLE}_PASSWORD_FILE / _COMMAND / VAULT_{ROLE}_PASSWORD; when none
+    is set, the first repository's password sources (the same password, other keys)."""
+    env = os.environ
+    if source_file:
+        return _read_password_file(source_file) or _empty()
+    if source_command:
+        return _run_password_command(source_command) or _empty()
+    if env.get(f"VAULT_{role}_PASSWORD_FILE"):
+        return _read_password_file(env[f"VAULT_{role}_PASSWORD_FILE"]) or _empty()
+    if env.get(f"VAULT_{role}_PASSWORD_COMMAND"):
+        return _run_password_command(env[f"VAULT_{role}_PASSWORD_COMMAND"]) or _empty()
+    if f"VAULT_{role}_PASSWORD" in env:
+        return os.fsencode(env[f"VAULT_{role}_PASSWORD"]) or _empty()
+    return get_password(settings, prompt, what=f"password of the {'destination' if role == 'TO' else 'second'} "
+                                                "repository")
+
+
+def _empty() -> bytes:
+    raise NoPassword("empty password")
+
+
 def get_new_password(source_file: str | None, prompt: Callable[[str], str] | None) -> bytes:
     """The new password for ``key add``/``key passwd``: --new-password-file, VAULT_NEW_PASSWORD(_FILE), prompt."""
     env = os.environ
@@ -137,4 +161,4 @@ def get_new_password(source_file: str | None, prompt: Callable[[str], str] | Non
     return pw
 
 
-__all__ = ["Settings", "get_password", "get_new_password", "default_cache_dir"]
+__all__ = ["Settings", "get_password", "get_second_password", "get_new_password", "default_cache_dir"]

@@ -65,6 +65,7 @@ class PruneReport:
     segments_written: int = 0
     segments_deleted: int = 0
     multipart_aborted: int = 0
+    temp_files_removed: int = 0  # left by killed writers (local repositories)
     duration_s: float = 0.0
     warnings: list[str] = field(default_factory=list)
 
@@ -269,6 +270,7 @@ class Pruner:
             rep.bytes_deleted = sum(s for _, s in plan.delete + plan.repack + plan.unindexed)
         if not self.opts.dry_run:
             self._abort_multipart(started)
+            rep.temp_files_removed = self.repo.backend.remove_temp_files()
         else:
             rep.bytes_repacked_written = self._estimate_repack_bytes(plan)
         rep.bytes_freed = rep.bytes_deleted - rep.bytes_repacked_written

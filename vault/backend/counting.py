@@ -88,6 +88,11 @@ class CountingBackend:
         self._count("DELETE")
         self.inner.abort_multipart(key, upload_id)
 
+    def remove_temp_files(self) -> int:
+        """Leftover temp files of killed writers (stores that have them; 0 elsewhere)."""
+        fn = getattr(self.inner, "remove_temp_files", None)
+        return fn() if fn is not None else 0
+
     def create_store(self) -> None:
         """Not counted."""
         self.inner.create_store()

@@ -8,6 +8,7 @@ is taken) or renamed over it (``overwrite=True``), and the directory is fsynced.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
@@ -222,6 +223,20 @@ class LocalBackend:
                     yield name, entry.stat(follow_symlinks=False).st_size
                 except FileNotFoundError:  # deleted while we listed
                     continue
+
+    def remove_temp_files(self, prefixes: tuple[str, ...] = ("data/", "index/", "snapshots/")) -> int:
+        """Delete the temp files a killed writer left under ``prefixes``; only call this while holding the
+        exclusive lock (every writer of those directories holds a lock). Returns how many were removed."""
+        removed = 0
+        for prefix in prefixes:
+            top = os.path.join(self.root, prefix.rstrip("/"))
+            for dirpath, _dirs, files in os.walk(top):
+                for f in files:
+                    if f.startswith(TEMP_PREFIX):
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(os.path.join(dirpath, f))
+                            removed += 1
+        return removed
 
     def delete(self, name: str) -> None:
         """Remove the object; a missing object is not an error."""

@@ -123,6 +123,11 @@ class RetryBackend:
         """Abort an unfinished multipart upload, with retries (idempotent)."""
         self._call(lambda: self.inner.abort_multipart(key, upload_id))
 
+    def remove_temp_files(self) -> int:
+        """Leftover temp files of killed writers (stores that have them; 0 elsewhere)."""
+        fn = getattr(self.inner, "remove_temp_files", None)
+        return fn() if fn is not None else 0
+
     def create_store(self) -> None:
         """create_store with retries."""
         self._call(self.inner.create_store)

@@ -1,4 +1,4 @@
-"""Maintenance commands: verify, forget, prune, unlock, key, catalog (and repair/copy placeholders)."""
+"""Maintenance commands: verify, forget, prune, copy, repair, unlock, key, catalog."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import click
 from .. import api
 from ..config import get_new_password
 from .. import retention
-from ..errors import DamageFound, UsageError, VaultError
+from ..errors import DamageFound, UsageError
 from ..model import format_time
+from ..checker import parse_size
 from ..pruner import PruneOptions
 from .common import get_ctx, global_options, human_bytes
 from .main import cli
@@ -21,19 +22,23 @@ from .main import cli
 @click.option("--read-data", is_flag=True, help="Read every pack and check every block.")
 @click.option("--read-data-subset", metavar="P%|n/m", help="Read a subset of packs: a percentage (least "
               "recently verified first) or slice n of m.")
+@click.option("--max-bytes", metavar="SIZE", help="Read at most SIZE of pack data this run (e.g. 2G: a cloud "
+              "egress budget); the packs verified least recently go first. Implies reading data.")
 @global_options
-def verify(read_data: bool, read_data_subset: str | None) -> int:
+def verify(read_data: bool, read_data_subset: str | None, max_bytes: str | None) -> int:
     """Check the repository; exit 20 with a report naming damaged objects, snapshots and files.
 
     Example: vault --repo /srv/backup verify --read-data-subset 5%
     """
     c = get_ctx()
-    report, requests = api.verify(c.settings, c.password_fn(), read_data, read_data_subset)
+    report, requests = api.verify(c.settings, c.password_fn(), read_data, read_data_subset,
+                                  parse_size(max_bytes) if max_bytes is not None else None)
     if c.json:
         c.emit_json({"ok": report.ok, "snapshots": report.snapshots, "trees": report.trees,
                      "blocks_referenced": report.blocks_referenced, "packs": report.packs,
                      "packs_read": report.packs_read, "bytes_read": report.bytes_read,
-                     "damage": [d.to_json() for d in report.damage], "info": report.info, **requests})
+                     "damage": [d.to_json() for d in report.damage], "info": report.info,
+                     "coverage": report.coverage, **requests})
     else:
         # the damage report goes to stderr like every error (so -q and cron mail keep it)
         for d in report.damage:
@@ -167,6 +172,39 @@ def prune(dry_run: bool, max_unused: float) -> None:
 
 
 @cli.command()
+@click.argument("snapshots", nargs=-1)
+@click.option("--to", "to_url", required=True, metavar="URL", help="The destination repository (initialised; "
+              "ideally with --copy-chunker-params-from this one).")
+@click.option("--to-password-file", type=click.Path(dir_okay=False),
+              help="Password file of the destination (else VAULT_TO_PASSWORD_FILE / _COMMAND / VAULT_TO_PASSWORD, "
+                   "else this repository's password).")
+@click.option("--to-password-command", metavar="CMD", help="Command printing the destination's password.")
+@click.option("--host", "hosts", multiple=True, help="Only snapshots of this host.")
+@click.option("--tag", "tags", multiple=True, help="Only snapshots with this tag (a,b = both).")
+@click.option("--path", "paths", multiple=True, help="Only snapshots of this path.")
+@global_options
+def copy(snapshots, to_url, to_password_file, to_password_command, hosts, tags, paths) -> None:
+    """Copy snapshots (default: all) into a second repository with its own keys. Snapshots already there are
+    skipped and only blocks the destination lacks are transferred: a nightly copy moves only new data.
+
+    Example: vault --repo /srv/backup copy --to s3://offsite-bucket/vault
+    """
+    c = get_ctx()
+    to = api.second_settings(c.settings, to_url)
+    rep, requests = api.copy(c.settings, c.password_fn(), list(snapshots), to,
+                             lambda: c.second_password("TO", to_password_file, to_password_command),
+                             api.SnapshotFilter(list(hosts), list(tags), list(paths)),
+                             log=c.err if c.verbose else _quiet)
+    if c.json:
+        c.emit_json({**rep.to_json(), "requests": requests})
+        return
+    for s, d in rep.copied:
+        c.out(f"copied snapshot {s[:8]} -> {d[:8]}")
+    c.out(f"copied {len(rep.copied)} snapshot(s), {len(rep.skipped)} already there; stored {rep.blocks_stored} "
+          f"new blocks ({human_bytes(rep.bytes_stored)}), read {rep.blocks_read}")
+
+
+@cli.command()
 @click.option("--remove-all", is_flag=True, help="Remove every lock, not only stale ones (make sure no "
               "vault process is running).")
 @global_options
@@ -268,13 +306,49 @@ def catalog_rebuild() -> None:
             c.err(f"warning: {p}")
 
 
-def _not_yet(name: str, doc: str) -> None:
-    @cli.command(name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True}, help=doc)
-    @global_options
-    def _cmd() -> None:
-        raise VaultError(f"'vault {name}' is not available in this version yet")
+@cli.command()
+@click.argument("what", type=click.Choice(["all", "index", "snapshots"]), default="all")
+@click.option("--read-data", is_flag=True, help="Read every pack whole: find damaged bytes, not only damaged "
+              "headers (implied by --from-repo).")
+@click.option("--from-repo", metavar="URL", help="Heal lost or damaged blocks from this second repository "
+              "(e.g. made with 'vault copy').")
+@click.option("--from-password-file", type=click.Path(dir_okay=False), help="Password file of --from-repo "
+              "(else VAULT_FROM_PASSWORD_FILE / _COMMAND / VAULT_FROM_PASSWORD, else this repository's).")
+@click.option("--dry-run", "-n", is_flag=True, help="Report what would be repaired; change nothing.")
+@global_options
+def repair(what: str, read_data: bool, from_repo: str | None, from_password_file: str | None,
+           dry_run: bool) -> int:
+    """Repair the repository: rebuild the index from the packs (salvaging what still authenticates in damaged
+    packs), heal lost blocks from a second repository, and write new snapshots without the files whose data is
+    lost (tagged 'repaired'; the old ones stay until forgotten). Ends with a verify: exit 0 when clean, 20 if
+    damage remains.
 
-
-for _name, _doc in (("repair", "Repair index or snapshots (not available yet)."),
-                    ("copy", "Copy snapshots to another repository (not available yet).")):
-    _not_yet(_name, _doc)
+    Example: vault --repo /srv/backup repair --from-repo s3://offsite-bucket/vault
+    """
+    c = get_ctx()
+    other = None
+    if from_repo:
+        read_data = True
+        other = (api.second_settings(c.settings, from_repo),
+                 lambda: c.second_password("FROM", from_password_file, None))
+    rep, verify_report, requests = api.repair(c.settings, c.password_fn(), what, read_data, other, dry_run,
+                                              log=c.err if c.verbose else _quiet)
+    ok = verify_report is None or verify_report.ok
+    if c.json:
+        c.emit_json({**rep.to_json(), "verify": None if verify_report is None else {
+            "ok": verify_report.ok, "damage": [d.to_json() for d in verify_report.damage]}, **requests})
+    else:
+        verb = "would " if dry_run else ""
+        c.out(f"repair: {rep.packs_checked} packs checked, {len(rep.packs_damaged)} damaged ({rep.blocks_salvaged} "
+              f"blocks salvaged, {rep.blocks_lost} lost), {rep.packs_missing} missing; {rep.blocks_healed} blocks "
+              f"and {rep.trees_healed} trees healed from the second repository")
+        for s in rep.snapshots_rewritten:
+            c.out(f"{verb}rewrite snapshot {s['old'][:8]} -> {(s['new'] or '-')[:8]}: {s['files_dropped']} file(s) "
+                  "dropped")
+        for f in rep.files_dropped:
+            c.err(f"  lost: {f}")
+        if verify_report is not None:
+            for d in verify_report.damage:
+                c.err(f"damaged: {d.object}: {d.problem}")
+            c.out("verify after repair: " + ("no errors found" if ok else f"{len(verify_report.damage)} problem(s)"))
+    return 0 if ok else DamageFound.exit_code

@@ -35,9 +35,15 @@ from .main import cli
               help="Argon2id memory cost.")
 @click.option("--kdf-iterations", type=click.IntRange(1, 100), default=4, show_default=True,
               help="Argon2id time cost.")
+@click.option("--copy-chunker-params-from", "chunker_from", metavar="URL",
+              help="Use the chunker parameters and secret seed of the repository at URL (its password: "
+                   "--from-password-file or VAULT_FROM_PASSWORD*, else this one's), so copies between the two "
+                   "deduplicate.")
+@click.option("--from-password-file", type=click.Path(dir_okay=False), help="Password file of the --copy-"
+              "chunker-params-from repository.")
 @global_options
 def init(pack_size: int, compression_level: int, chunk_min: int, chunk_avg: int, chunk_max: int, kdf: str,
-         kdf_memory: int, kdf_iterations: int) -> None:
+         kdf_memory: int, kdf_iterations: int, chunker_from: str | None, from_password_file: str | None) -> None:
     """Create a new repository; refuses to touch an existing one.
 
     Example: VAULT_PASSWORD_FILE=~/.vault-pw vault --repo /srv/backup init
@@ -49,8 +55,12 @@ def init(pack_size: int, compression_level: int, chunk_min: int, chunk_avg: int,
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     params = KdfParams(name=kdf, iterations=kdf_iterations, memory_kib=kdf_memory * 1024)
+    other = None
+    if chunker_from:
+        other = (api.second_settings(c.settings, chunker_from),
+                 lambda: c.second_password("FROM", from_password_file, None))
     res = api.init(c.settings, c.password(confirm=True), kdf=params, chunker=chunker,
-                   compression_level=compression_level, pack_size=pack_size * 1024 * 1024)
+                   compression_level=compression_level, pack_size=pack_size * 1024 * 1024, chunker_from=other)
     if c.json:
         c.emit_json(res.to_json())
     else:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import click
 
-from ..config import Settings, get_password
+from ..config import Settings, get_password, get_second_password
 from ..timespec import parse_wait
 
 _KEY = "vault.globals"
@@ -64,6 +64,10 @@ class Ctx:
     def password(self, confirm: bool = False) -> bytes:
         prompt = getpass.getpass if sys.stdin.isatty() else None
         return get_password(self.settings, prompt, confirm=confirm)
+
+    def second_password(self, role: str, source_file: str | None, source_command: str | None) -> bytes:
+        prompt = getpass.getpass if sys.stdin.isatty() else None
+        return get_second_password(self.settings, role, source_file, source_command, prompt)
 
     def password_fn(self) -> Callable[[], bytes]:
         return functools.partial(self.password)

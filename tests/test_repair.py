@@ -1,0 +1,265 @@
+"""Integrity and recovery: each kind of damage is found by verify (exit 20, object, snapshot and files named),
+unaffected files still restore, and `repair` brings the repository back to a clean verify with every file whose
+data still exists restorable; `repair --from-repo` heals everything from a copy; verify subsets cover every pack;
+a new machine with only the repository and the password restores."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from conftest import FAST_INIT, PASSWORD, assert_trees_equal, make_tree
+from test_damage import layout, pack_path
+
+from vault.pack import DATA
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def setup(cli, tmp_path):
+    cli("init", *FAST_INIT, "--pack-size", "1")
+    rnd = random.Random(99)
+    spec = {f"f{i}.bin": rnd.randbytes(MiB + rnd.randrange(200_000)) for i in range(6)}
+    spec["small"] = {f"s{i}.txt": f"small {i}\n".encode() * 20 for i in range(4)}
+    src = make_tree(tmp_path / "src", spec)
+    cli("backup", src, "--time", "2026-03-01T10:00:00Z")
+    return src, layout(cli.repo)
+
+
+def data_pack_of(lay, suffix: str) -> bytes:
+    f = next(f for f in lay.files if f.endswith(suffix))
+    return lay.blocks[lay.files[f][0]][0]
+
+
+def restored_files(cli, tmp_path, name: str, spec: str = "latest") -> dict[str, bytes]:
+    target = tmp_path / name
+    cli("restore", spec, "--target", target)
+    out = {}
+    for d, _, names in os.walk(target):
+        for n in names:
+            p = os.path.join(d, n)
+            out[p[len(str(target)):]] = Path(p).read_bytes()
+    return out
+
+
+def flip(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x20
+    os.chmod(path, 0o644)
+    path.write_bytes(bytes(data))
+
+
+def test_flipped_byte_then_repair(cli, tmp_path, setup):
+    src, lay = setup
+    pid = data_pack_of(lay, "/f2.bin")
+    victim = min((e for p, e in lay.blocks.values() if p == pid), key=lambda e: e.offset)
+    flip(pack_path(cli.repo, pid), victim.offset + 10)
+    lost = {f for f, bids in lay.files.items() if victim.block_id in bids}
+    rep = cli("--json", "verify", "--read-data", ok=20).json
+    assert any(pid.hex() in d["object"] for d in rep["damage"])
+    assert any(set(d["files"]) >= lost and lay.snapshot[:8] in d["snapshots"] for d in rep["damage"])
+    res = cli("--json", "repair", "--read-data").json
+    assert res["verify"]["ok"] is True and res["blocks_lost"] == 1 and res["blocks_salvaged"] >= 1
+    assert set(res["files_dropped"]) == lost
+    assert cli("--json", "verify", "--read-data").json["ok"] is True
+    got = restored_files(cli, tmp_path, "r")
+    for f in lay.files:
+        if f in lost:
+            assert f not in got
+        else:
+            assert got[f] == Path(f).read_bytes(), f
+    snaps = cli("--json", "snapshots").json
+    assert [s["tags"] for s in snaps if s["id"] != lay.snapshot] == [["repaired"]]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete"])
+def test_truncated_or_deleted_pack_then_repair(cli, tmp_path, setup, damage):
+    src, lay = setup
+    pid = data_pack_of(lay, "/f4.bin")
+    path = pack_path(cli.repo, pid)
+    if damage == "truncate":
+        os.chmod(path, 0o644)
+        os.truncate(path, path.stat().st_size // 2)
+    else:
+        path.unlink()
+    lost = lay.files_using(lambda p, e: p == pid)
+    assert lost and len(lost) < len(lay.files)
+    assert cli("--json", "verify", ok=20).json["ok"] is False
+    res = cli("--json", "repair").json
+    assert res["verify"]["ok"] is True
+    assert cli("--json", "verify", "--read-data").json["ok"] is True
+    got = restored_files(cli, tmp_path, "r")
+    for f in lay.files:
+        if f not in lost:
+            assert got[f] == Path(f).read_bytes(), f
+    assert not (set(got) & (lost - lay.files_using(lambda p, e: p == pid and damage == "truncate")))
+
+
+def test_deleted_index_segment_then_repair(cli, tmp_path, setup):
+    src, lay = setup
+    for seg in (cli.repo / "index").iterdir():
+        seg.unlink()
+    shutil.rmtree(cli.cache)
+    rep = cli("--json", "verify", ok=20).json
+    assert any(d["object"].startswith("tree ") or d["object"].startswith("block ") for d in rep["damage"])
+    res = cli("--json", "repair", "index").json
+    assert res["verify"]["ok"] is True and res["files_dropped"] == []
+    got = restored_files(cli, tmp_path, "r")
+    for f in lay.files:
+        assert got[f] == Path(f).read_bytes()
+
+
+def test_corrupt_snapshot_manifest_then_repair(cli, tmp_path, setup):
+    """Without a copy the manifest cannot come back, but its data can: the orphaned directory tree becomes a
+    snapshot tagged 'recovered' that restores every file."""
+    src, lay = setup
+    manifest = cli.repo / "snapshots" / lay.snapshot
+    flip(manifest, 40)
+    rep = cli("--json", "verify", ok=20).json
+    assert any(lay.snapshot in d["object"] for d in rep["damage"])
+    res = cli("--json", "repair").json
+    assert res["verify"]["ok"] is True
+    (snap,) = cli("--json", "snapshots").json
+    assert snap["tags"] == ["recovered"]
+    got = restored_files(cli, tmp_path, "r")
+    for f in lay.files:
+        assert got[f] == Path(f).read_bytes()
+
+
+def test_corrupt_key_slot_then_repair(cli, tmp_path, setup):
+    pw2 = tmp_path / "pw2"
+    pw2.write_text("another password\n")
+    cli("key", "add", "--new-password-file", pw2)
+    slots = sorted((cli.repo / "keys").iterdir(), key=lambda p: p.stat().st_mtime_ns)
+    os.chmod(slots[-1], 0o644)
+    slots[-1].write_bytes(b"{not json")
+    rep = cli("--json", "verify", ok=20).json
+    assert [d["object"] for d in rep["damage"]] == [f"keys/{slots[-1].name}"]
+    res = cli("--json", "repair").json
+    assert res["verify"]["ok"] is True
+    assert not slots[-1].exists() and slots[0].exists()
+
+
+# --- redundancy: a copy, and healing from it ---------------------------------------------------------------
+def test_copy_is_incremental_and_idempotent(cli, tmp_path, setup):
+    src, lay = setup
+    second = tmp_path / "second"
+    cli("init", *FAST_INIT, "--repo", second, "--copy-chunker-params-from", cli.repo)
+    first = cli("--json", "copy", "--to", second).json
+    assert len(first["copied"]) == 1 and first["blocks_stored"] > 0
+    again = cli("--json", "copy", "--to", second).json
+    assert again["copied"] == [] and again["skipped"] == [lay.snapshot] and again["blocks_read"] == 0
+    # a new backup with one changed file: the next copy reads and stores only the new data
+    (src / "f0.bin").write_bytes(random.Random(5).randbytes(300_000))
+    cli("backup", src, "--time", "2026-03-02T10:00:00Z")
+    third = cli("--json", "copy", "--to", second).json
+    assert len(third["copied"]) == 1 and third["bytes_read"] < 400_000
+    # the copy deduplicates like the original (same chunker parameters and seed): about the same size
+    size = lambda d: sum(p.stat().st_size for p in (d / "data").rglob("*") if p.is_file())  # noqa: E731
+    assert abs(size(second) - size(cli.repo)) < 0.05 * size(cli.repo)
+    # the copy stands on its own: its own keys, restores byte-identical, verifies
+    snaps = cli("--json", "--repo", second, "snapshots").json
+    assert [s["time"][:19] for s in snaps] == ["2026-03-01T10:00:00", "2026-03-02T10:00:00"]
+    assert cli("--json", "--repo", second, "verify", "--read-data").json["ok"] is True
+    cli("--repo", second, "restore", "latest", "--target", tmp_path / "r")
+    assert_trees_equal(src, tmp_path / "r" / src.relative_to("/"))
+    r = cli("copy", "--to", cli.repo, ok=2)
+    assert "same repository" in r.err
+
+
+def test_heal_from_a_copy(cli, tmp_path, setup):
+    src, lay = setup
+    second = tmp_path / "second"
+    pw2 = tmp_path / "pw2"
+    pw2.write_text("the copy's own password\n")
+    cli.extra.update({"VAULT_TO_PASSWORD_FILE": str(pw2)})
+    pw1 = tmp_path / "pw1"
+    pw1.write_text(PASSWORD + "\n")
+    cli("init", *FAST_INIT, "--repo", second, "--copy-chunker-params-from", cli.repo, "--password-file", pw2,
+        "--from-password-file", pw1)
+    cli("copy", "--to", second)
+    # damage the first: delete a data pack, flip a byte in another, delete every tree pack and the index
+    data_packs = sorted({p for p, e in lay.blocks.values() if e.kind == DATA})
+    pack_path(cli.repo, data_packs[0]).unlink()
+    e = min((e for p, e in lay.blocks.values() if p == data_packs[-1]), key=lambda e: e.offset)
+    flip(pack_path(cli.repo, data_packs[-1]), e.offset + 5)
+    for p in {p for p, e in lay.blocks.values() if e.kind != DATA}:
+        pack_path(cli.repo, p).unlink()
+    for seg in (cli.repo / "index").iterdir():
+        seg.unlink()
+    assert cli("--json", "verify", "--read-data", ok=20).json["ok"] is False
+    res = cli("--json", "repair", "--from-repo", second, "--from-password-file", pw2).json
+    assert res["verify"]["ok"] is True and res["blocks_healed"] >= 1 and res["files_dropped"] == []
+    assert cli("--json", "verify", "--read-data").json["ok"] is True
+    cli("restore", lay.snapshot, "--target", tmp_path / "r")
+    assert_trees_equal(src, tmp_path / "r" / src.relative_to("/"))
+
+
+def test_heal_a_lost_manifest_from_a_copy(cli, tmp_path, setup):
+    src, lay = setup
+    second = tmp_path / "second"
+    cli("init", *FAST_INIT, "--repo", second, "--copy-chunker-params-from", cli.repo)
+    cli("copy", "--to", second)
+    (cli.repo / "snapshots" / lay.snapshot).unlink()
+    manifest_gone = cli("--json", "snapshots").json
+    assert manifest_gone == []
+    # a deleted manifest is not damage (forget does that); a corrupt one is: write garbage under its name
+    (cli.repo / "snapshots" / lay.snapshot).write_bytes(b"garbage")
+    res = cli("--json", "repair", "--from-repo", second).json
+    assert res["verify"]["ok"] is True
+    (snap,) = cli("--json", "snapshots").json
+    assert snap["time"].startswith("2026-03-01T10:00:00") and "recovered" not in snap["tags"]
+    cli("restore", "latest", "--target", tmp_path / "r")
+    assert_trees_equal(src, tmp_path / "r" / src.relative_to("/"))
+
+
+# --- coverage: 20 nightly 5% subsets read every pack -------------------------------------------------------
+def test_twenty_subset_runs_read_every_pack(cli, tmp_path):
+    cli("init", *FAST_INIT, "--pack-size", "1")
+    rnd = random.Random(1)
+    src = make_tree(tmp_path / "src", {f"f{i}": rnd.randbytes(700_000) for i in range(45)})
+    cli("backup", src)
+    read = 0
+    for night in range(20):
+        out = cli("--json", "verify", "--read-data-subset", "5%").json
+        assert out["ok"] is True
+        read += out["packs_read"]
+    (db,) = list(Path(cli.cache).rglob("catalog.db"))
+    rows = sqlite3.connect(db).execute("SELECT count(*), count(verified_at) FROM packs").fetchone()
+    assert rows[0] >= 20 and rows[0] == rows[1], rows
+    cov = cli("--json", "verify", "--read-data-subset", "5%").json["coverage"]
+    assert cov["packs_never_read"] == 0 and cov["all_read_within_days"] is not None
+
+
+def test_max_bytes_caps_what_verify_reads(cli, tmp_path):
+    cli("init", *FAST_INIT, "--pack-size", "1")
+    src = make_tree(tmp_path / "src", {f"f{i}": random.Random(i).randbytes(600_000) for i in range(10)})
+    cli("backup", src)
+    out = cli("--json", "verify", "--max-bytes", "2M").json
+    assert 0 < out["bytes_read"] <= 2 * MiB and out["packs_read"] < out["packs"]
+    r = cli("verify", "--max-bytes", "lots", ok=2)
+    assert "invalid size" in r.err
+
+
+# --- disaster recovery: only the repository and the password ------------------------------------------------
+def test_new_machine_with_only_repository_and_password(cli, tmp_path):
+    cli("init", *FAST_INIT)
+    src = make_tree(tmp_path / "src", {"etc": {"hosts": b"127.0.0.1 localhost\n", "fstab": b"/ ext4\n"}})
+    cli("backup", src, "--time", "2026-05-01T10:00:00Z")
+    (src / "etc" / "hosts").write_bytes(b"changed\n")
+    cli("backup", src, "--time", "2026-05-02T10:00:00Z")
+    shutil.rmtree(cli.cache)
+    cli.cache = tmp_path / "brand-new-cache"
+    assert len(cli("--json", "snapshots").json) == 2
+    cli("restore", "--at", "2026-05-01T12:00:00Z", "--target", tmp_path / "r")
+    assert (tmp_path / "r" / src.relative_to("/") / "etc" / "hosts").read_bytes() == b"127.0.0.1 localhost\n"
+    assert cli("--json", "verify", "--read-data").json["ok"] is True
+    assert json.loads(cli("--json", "stats").out)["snapshots"] == 2
+    assert PASSWORD  # the only secret needed

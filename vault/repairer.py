@@ -1,0 +1,429 @@
+"""Repair: rebuild the index from the packs, heal lost blocks from a second repository, and rewrite snapshots
+that still lack data. Runs under the exclusive lock; each step is crash-safe like prune.
+
+* index: every pack's header is read (``--read-data``: every pack whole, checked against its name). A pack
+  whose header or bytes are damaged is salvaged: each block that still authenticates is stored again in a new
+  pack, the rest is lost, and the damaged pack is deleted at the end. New index segments list every good pack
+  and the salvaged blocks; a last, empty segment supersedes all the old ones, which are then deleted. A crash
+  before that last segment leaves old and new segments side by side (both valid); after it, the old ones are
+  ignored.
+* heal (``--from-repo URL``): blocks the snapshots reference but no index locates are looked for in the copy
+  of each snapshot in the second repository (``copy`` records ``copied_from``; snapshots with the same time,
+  host and paths also pair). The two trees are walked side by side; a block is taken only when its plaintext,
+  hashed with this repository's key, gives exactly the id that is missing -- so a wrong pairing can never
+  store wrong data. Lost trees are rebuilt the same way and checked against their id.
+* snapshots: a snapshot that still references lost data is written again without the files whose blocks are
+  lost (an unreadable directory becomes empty); the new snapshot has the tag ``repaired`` and
+  ``summary.repaired_from``; the old one is kept until forgotten.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from . import index as index_mod
+from .catalog import Catalog
+from .errors import IntegrityError, ObjectNotFound, VaultError
+from .model import DIR, FILE, Node, Snapshot, Tree
+from .pack import DATA, TREE, PackEntry
+from .packwriter import PackWriter
+from .repository import Repository, pack_name
+
+SEGMENT_PACKS = 64
+
+
+@dataclass
+class RepairReport:
+    dry_run: bool = False
+    packs_checked: int = 0
+    packs_damaged: list[str] = field(default_factory=list)
+    packs_missing: int = 0  # indexed but absent
+    blocks_salvaged: int = 0
+    blocks_lost: int = 0
+    blocks_healed: int = 0
+    trees_healed: int = 0
+    segments_written: int = 0
+    segments_deleted: int = 0
+    packs_deleted: int = 0
+    snapshots_rewritten: list[dict] = field(default_factory=list)
+    files_dropped: list[str] = field(default_factory=list)
+    still_missing: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+class Repairer:
+    def __init__(self, repo: Repository, catalog: Catalog, *, read_data: bool = False, dry_run: bool = False,
+                 uploaders: int = 0, log: Callable[[str], None] = lambda _m: None,
+                 before_delete: Callable[[], None] = lambda: None):
+        self.repo, self.catalog = repo, catalog
+        self.read_data, self.dry_run, self.log = read_data, dry_run, log
+        self._before_delete = before_delete
+        self._uploaders = uploaders
+        self.report = RepairReport(dry_run=dry_run)
+        self._new: list[tuple[bytes, int, list[PackEntry]]] = []
+        self._unindexed: set[bytes] = set()
+        self._packer: PackWriter | None = None
+        self._written: set[str] = set()  # index segments this run wrote
+
+    # --- storing (new packs, indexed at the end of each step) -----------------------------------------
+    def _on_pack(self, pid: bytes, size: int, entries: list[PackEntry]) -> None:
+        self._new.append((pid, size, entries))
+
+    def _store(self, kind: str, bid: bytes, plain: bytes, force: bool = False) -> None:
+        """Store a block unless the repository has it (``force``: unless this run stored it already -- for
+        salvage, where the catalog still lists the damaged pack)."""
+        if bid in self._unindexed or (not force and self.catalog.has_block(bid)):
+            return
+        if self._packer is None:
+            self._packer = PackWriter(self.repo, self._on_pack, uploaders=self._uploaders)
+        if not self.dry_run:
+            self._packer.add(kind, bid, plain)
+        self._unindexed.add(bid)
+
+    def _flush_new(self) -> None:
+        """Store the open packs and index everything stored so far."""
+        if self._packer is not None:
+            self._packer.flush()
+        new, self._new = self._new, []
+        for i in range(0, len(new), SEGMENT_PACKS):
+            seg = index_mod.from_packs(new[i : i + SEGMENT_PACKS])
+            sid = self.repo.save_index(seg)
+            self._written.add(sid)
+            self.catalog.add_segment(sid, seg)
+            self.report.segments_written += 1
+        self._unindexed.clear()
+
+    def _save_segment(self, packs: list[tuple[bytes, int, list[PackEntry]]], supersedes: list[bytes] = ()) -> None:
+        self._written.add(self.repo.save_index(index_mod.from_packs(packs, supersedes)))
+        self.report.segments_written += 1
+
+    def close(self) -> None:
+        if self._packer is not None:
+            self._packer.close()
+
+    # --- index ----------------------------------------------------------------------------------------
+    def repair_index(self) -> None:
+        rep = self.report
+        stored = dict(self.repo.list_packs())
+        indexed = {pid: size for pid, _kind, size in self.catalog.packs()}
+        rep.packs_missing = len([p for p in indexed if p not in stored])
+        good: list[tuple[bytes, int, list[PackEntry]]] = []  # listed in new segments, SEGMENT_PACKS at a time
+        damaged: list[bytes] = []
+        old = set(self.repo.list_index())
+        for pid, size in sorted(stored.items()):
+            rep.packs_checked += 1
+            if len(good) >= SEGMENT_PACKS and not self.dry_run:
+                self._save_segment(good)
+                good = []
+            try:
+                entries: list[PackEntry] | None = self.repo.read_pack_header(pid, size)
+            except (IntegrityError, ObjectNotFound):
+                entries = None
+            if entries is not None and not self.read_data:
+                good.append((pid, size, entries))
+                continue
+            try:
+                data = self.repo.backend.get(pack_name(pid))
+            except ObjectNotFound:
+                continue
+            if entries is not None and hashlib.sha256(data).digest() == pid:
+                good.append((pid, size, entries))
+                continue
+            rep.packs_damaged.append(pid.hex())
+            damaged.append(pid)
+            self._salvage(pid, data, entries)
+        if self.dry_run:
+            return
+        if good:
+            self._save_segment(good)
+        self._flush_new()
+        # last: one segment superseding every old one (the new ones are complete by then), then deletions
+        retire = sorted(s for s in old if s not in self._written)
+        self._save_segment([], [bytes.fromhex(s) for s in retire])
+        self._before_delete()
+        for s in retire:
+            self.repo.backend.delete(f"index/{s}")
+        rep.segments_deleted = len(retire)
+        for pid in damaged:
+            self.repo.backend.delete(pack_name(pid))
+        rep.packs_deleted = len(damaged)
+        self.catalog.sync(self.repo)
+
+    def _salvage(self, pid: bytes, data: bytes, entries: list[PackEntry] | None) -> None:
+        """Store again every block of a damaged pack that still authenticates."""
+        candidates = entries if entries is not None else self.catalog.pack_blocks(pid)
+        view = memoryview(data)
+        for e in candidates:
+            if e.offset + e.length > len(data):
+                self.report.blocks_lost += 1
+                continue
+            try:
+                plain = self.repo.open_block(e, view[e.offset : e.offset + e.length])
+            except IntegrityError:
+                self.report.blocks_lost += 1
+                continue
+            self._store(e.kind, e.block_id, plain, force=True)
+            self.report.blocks_salvaged += 1
+
+    # --- what the snapshots need that the index lacks ----------------------------------------------------
+    def _missing(self, ids: list[bytes]) -> set[bytes]:
+        found = self.catalog.lookup_many(ids)
+        return {b for b in ids if b not in found and b not in self._unindexed}
+
+    def _tree(self, cat: Catalog, repo: Repository, tid: bytes) -> list[Node] | None:
+        try:
+            return cat.tree(repo, tid)
+        except (IntegrityError, ObjectNotFound, VaultError):
+            return None
+
+    # --- heal from a second repository --------------------------------------------------------------------
+    def heal_from(self, other: Repository, other_cat: Catalog) -> None:
+        sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
+        theirs = other_cat.snapshots()
+        by_origin = {s.summary.get("copied_from"): s for s in theirs if s.summary.get("copied_from")}
+        by_id = {s.id: s for s in theirs}
+        by_key = {(s.time, s.host, tuple(s.paths)): s for s in theirs}
+        for snap in self.catalog.snapshots():
+            mate = (by_origin.get(snap.id) or by_id.get(snap.summary.get("copied_from") or "")
+                    or by_key.get((snap.time, snap.host, tuple(snap.paths))))
+            if mate is None:
+                continue
+            self._heal_tree(snap.tree, mate.tree, other, other_cat, set())
+        if not self.dry_run:
+            self._flush_new()
+
+    def _have(self, bid: bytes) -> bool:
+        return bid in self._unindexed or self.catalog.has_block(bid)
+
+    def _heal_tree(self, ours: bytes, theirs: bytes, other: Repository, other_cat: Catalog, seen: set) -> bool:
+        """Make tree ``ours`` and everything below it complete, from their tree; True when it is."""
+        if (ours, theirs) in seen:
+            return True
+        seen.add((ours, theirs))
+        their_nodes = self._tree(other_cat, other, theirs)
+        if their_nodes is None:
+            return False
+        nodes = self._tree(self.catalog, self.repo, ours) if self._have(ours) else None
+        if nodes is None:  # our tree is lost: rebuild it from theirs, it must hash to our id
+            rebuilt = []
+            for n in their_nodes:
+                if n.type == FILE:
+                    ids = [self._take(b, other, other_cat, None) for b in n.blocks]
+                    if None in ids:
+                        return False
+                    n = dataclasses.replace(n, blocks=ids)
+                elif n.type == DIR and n.subtree is not None:
+                    sub = self._rebuild_tree(n.subtree, other, other_cat)
+                    if sub is None:
+                        return False
+                    n = dataclasses.replace(n, subtree=sub)
+                rebuilt.append(n)
+            data = Tree(rebuilt).encode()
+            if self.repo.block_id(data) != ours:
+                return False
+            self._store(TREE, ours, data)
+            self.report.trees_healed += 1
+            return True
+        mates = {n.name: n for n in their_nodes}
+        ok = True
+        for n in nodes:
+            m = mates.get(n.name)
+            if n.type == FILE:
+                missing = self._missing(n.blocks)
+                if not missing:
+                    continue
+                if m is None or m.type != FILE or len(m.blocks) != len(n.blocks):
+                    ok = False
+                    continue
+                for mine, theirs_b in zip(n.blocks, m.blocks):
+                    if mine in missing and self._take(theirs_b, other, other_cat, mine) is None:
+                        ok = False
+            elif n.type == DIR and n.subtree is not None and m is not None and m.type == DIR and m.subtree:
+                ok = self._heal_tree(n.subtree, m.subtree, other, other_cat, seen) and ok
+        return ok
+
+    def _rebuild_tree(self, theirs: bytes, other: Repository, other_cat: Catalog) -> bytes | None:
+        nodes = self._tree(other_cat, other, theirs)
+        if nodes is None:
+            return None
+        out = []
+        for n in nodes:
+            if n.type == FILE:
+                ids = [self._take(b, other, other_cat, None) for b in n.blocks]
+                if None in ids:
+                    return None
+                n = dataclasses.replace(n, blocks=ids)
+            elif n.type == DIR and n.subtree is not None:
+                sub = self._rebuild_tree(n.subtree, other, other_cat)
+                if sub is None:
+                    return None
+                n = dataclasses.replace(n, subtree=sub)
+            out.append(n)
+        data = Tree(out).encode()
+        tid = self.repo.block_id(data)
+        self._store(TREE, tid, data)
+        return tid
+
+    def _take(self, their_id: bytes, other: Repository, other_cat: Catalog, want: bytes | None) -> bytes | None:
+        """Read their block; store it here under our id (which must be ``want`` when given)."""
+        loc = other_cat.lookup(their_id)
+        if loc is None:
+            return None
+        try:
+            plain = other.load_block(*loc)
+        except VaultError:
+            return None
+        ours = self.repo.block_id(plain)
+        if want is not None and ours != want:
+            return None
+        if not self._have(ours):
+            self._store(DATA, ours, plain)
+            self.report.blocks_healed += 1
+        return ours
+
+    # --- manifests and key slots ---------------------------------------------------------------------------
+    def repair_manifests(self, other: Repository | None = None, other_cat: Catalog | None = None) -> None:
+        """Remove snapshot manifests that cannot be read; with a second repository, first write them again
+        from its copy (same time, host, paths and tags; the tree rebuilt and checked block by block)."""
+        mates = {}
+        if other_cat is not None:
+            mates = {s.summary.get("copied_from"): s for s in other_cat.snapshots() if s.summary.get("copied_from")}
+        for sid in self.repo.list_snapshots():
+            try:
+                self.repo.load_snapshot(sid)
+                continue
+            except (IntegrityError, ObjectNotFound):
+                pass
+            except VaultError:
+                continue
+            entry = {"old": sid, "new": None, "files_dropped": 0, "manifest": "unreadable"}
+            mate = mates.get(sid)
+            if mate is not None and other is not None and not self.dry_run:
+                root = self._rebuild_tree(mate.tree, other, other_cat)
+                if root is not None:
+                    self._flush_new()
+                    new = Snapshot(time=mate.time, host=mate.host, paths=list(mate.paths), tree=root,
+                                   tags=list(mate.tags), username=mate.username, parent=None,
+                                   summary={**{k: v for k, v in mate.summary.items() if k != "copied_from"},
+                                            "restored_from_copy": mate.id})
+                    self.repo.save_snapshot(new)
+                    self.catalog.add_snapshot(new)
+                    entry["new"] = new.id
+            self.report.snapshots_rewritten.append(entry)
+            if not self.dry_run:
+                self._before_delete()
+                self.repo.backend.delete(f"snapshots/{sid}")
+        lost = [e for e in self.report.snapshots_rewritten if e.get("manifest") and e["new"] is None]
+        if not self.dry_run:
+            self.catalog.sync(self.repo)
+            if lost:
+                self._recover_orphan_roots()
+
+    def _recover_orphan_roots(self) -> None:
+        """A lost manifest leaves its directory trees behind: every tree that no other tree and no snapshot
+        names becomes a snapshot tagged ``recovered`` (host ``recovered``, time of the repair), so its files
+        can be restored. (A root left by an interrupted backup is recovered too: forget it if unwanted.)"""
+        from datetime import datetime, timezone
+
+        trees = self.catalog.tree_block_ids()
+        named = {s.tree for s in self.catalog.snapshots()}
+        for tid in trees:
+            nodes = self._tree(self.catalog, self.repo, tid)
+            for n in nodes or []:
+                if n.type == DIR and n.subtree is not None:
+                    named.add(n.subtree)
+        for tid in trees:
+            if tid in named:
+                continue
+            new = Snapshot(time=datetime.now(timezone.utc), host="recovered", paths=["/recovered"], tree=tid,
+                           tags=["recovered"], summary={"recovered_tree": tid.hex()})
+            self.repo.save_snapshot(new)
+            self.catalog.add_snapshot(new)
+            self.report.snapshots_rewritten.append({"old": None, "new": new.id, "files_dropped": 0,
+                                                    "manifest": "recovered from an orphan tree"})
+
+    def repair_keys(self) -> None:
+        """Delete key slots that no longer parse (never the one this run opened with): they open nothing."""
+        for name, info in self.repo.list_keys():
+            if info is None and name != self.repo.key_name:
+                self.report.warnings.append(f"{name}: malformed key slot removed")
+                if not self.dry_run:
+                    self.repo.backend.delete(name)
+
+    # --- snapshots -------------------------------------------------------------------------------------
+    def repair_snapshots(self) -> None:
+        sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
+        for snap in self.catalog.snapshots():
+            memo: dict[bytes, bytes | None] = {}
+            dropped: list[str] = []
+            new_root = self._clean_tree(snap.tree, b"", memo, dropped)
+            if new_root == snap.tree:
+                continue
+            self.report.files_dropped += dropped
+            if self.dry_run:
+                self.report.snapshots_rewritten.append({"old": snap.id, "new": None, "files_dropped": len(dropped)})
+                continue
+            self._flush_new()
+            new = Snapshot(time=snap.time, host=snap.host, paths=list(snap.paths), tree=new_root,
+                           tags=sorted(set(snap.tags) | {"repaired"}), username=snap.username, parent=snap.id,
+                           summary={**snap.summary, "repaired_from": snap.id, "files_dropped": len(dropped)})
+            self.repo.save_snapshot(new)
+            self.catalog.add_snapshot(new)
+            self.report.snapshots_rewritten.append({"old": snap.id, "new": new.id, "files_dropped": len(dropped)})
+
+    def _clean_tree(self, tid: bytes, base: bytes, memo: dict, dropped: list[str]) -> bytes:
+        """The id of ``tid`` without the entries whose data is lost (itself when nothing is lost)."""
+        if tid in memo:
+            return memo[tid]
+        nodes = self._tree(self.catalog, self.repo, tid) if self._have(tid) else None
+        if nodes is None:
+            dropped.append((base or b"/").decode("utf-8", "replace") + "/ (directory listing lost)")
+            out_nodes: list[Node] = []
+        else:
+            out_nodes = []
+            for n in nodes:
+                path = base + b"/" + n.name
+                if n.type == FILE and self._missing(n.blocks):
+                    dropped.append(path.decode("utf-8", "replace"))
+                    continue
+                if n.type == DIR and n.subtree is not None:
+                    sub = self._clean_tree(n.subtree, path, memo, dropped)
+                    if sub != n.subtree:
+                        n = dataclasses.replace(n, subtree=sub)
+                out_nodes.append(n)
+            if len(out_nodes) == len(nodes) and all(a is b for a, b in zip(out_nodes, nodes)):
+                memo[tid] = tid
+                return tid
+        data = Tree(out_nodes).encode()
+        new = self.repo.block_id(data)
+        self._store(TREE, new, data)
+        memo[tid] = new
+        return new
+
+    def still_missing(self) -> int:
+        """Referenced blocks no index locates (after the steps run), over every snapshot."""
+        missing: set[bytes] = set()
+        seen: set[bytes] = set()
+        for snap in self.catalog.snapshots():
+            stack = [snap.tree]
+            while stack:
+                tid = stack.pop()
+                if tid in seen:
+                    continue
+                seen.add(tid)
+                nodes = self._tree(self.catalog, self.repo, tid) if self._have(tid) else None
+                if nodes is None:
+                    missing.add(tid)
+                    continue
+                missing |= self._missing([b for n in nodes if n.type == FILE for b in n.blocks])
+                stack.extend(n.subtree for n in nodes if n.type == DIR and n.subtree is not None)
+        self.report.still_missing = len(missing)
+        return len(missing)
+
