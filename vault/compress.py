@@ -67,10 +67,11 @@ def bounded_decompress(frame: bytes | memoryview, limit: int) -> bytes:
     return out
 
 
-def decompress(flag: int, body: bytes | memoryview, raw_length: int) -> bytes:
-    """Invert ``compress``; the output must be exactly ``raw_length`` bytes (bounds zstd bombs)."""
+def decompress(flag: int, body: bytes | memoryview, raw_length: int, copy: bool = True) -> bytes | memoryview:
+    """Invert ``compress``; the output must be exactly ``raw_length`` bytes (bounds zstd bombs). With
+    ``copy=False`` an uncompressed body is returned as is (a view the caller must not keep)."""
     if flag == RAW:
-        out = body if isinstance(body, bytes) else bytes(body)
+        out = body if isinstance(body, bytes) or not copy else bytes(body)
     elif flag == ZSTD:
         out = bounded_decompress(body, raw_length)
     else:

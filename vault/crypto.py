@@ -119,6 +119,23 @@ class Cipher:
             raise IntegrityError(f"{what}: authentication failed (damaged or not ours)") from None
 
 
+    def open_into(self, blob: bytes | memoryview, aad: bytes, out: bytearray, what: str = "object") -> memoryview:
+        """Like ``open``, decrypting into ``out`` (grown if needed, reused by the caller): no fresh pages to
+        fault in while the AEAD holds the GIL. Returns a view of the plaintext, valid until ``out`` is reused."""
+        if len(blob) < OVERHEAD:
+            raise IntegrityError(f"{what}: too short to be encrypted data ({len(blob)} bytes)")
+        mv = memoryview(blob)
+        n = len(mv) - OVERHEAD
+        if len(out) < n:
+            out.extend(bytes(n - len(out)))
+        view = memoryview(out)[:n]
+        try:
+            self._aead.decrypt_into(mv[:NONCE_LEN], mv[NONCE_LEN:], aad, view)
+        except InvalidTag:
+            raise IntegrityError(f"{what}: authentication failed (damaged or not ours)") from None
+        return view
+
+
 def wrap_key(kek: bytes, secret: bytes) -> bytes:
     return Cipher(kek).seal(secret, b"vault key slot")
 

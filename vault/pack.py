@@ -125,6 +125,15 @@ def seal_block(cipher: Cipher, block_id: bytes, flag: int, payload: bytes | memo
     return bytes(out)
 
 
+def open_block_into(cipher: Cipher, block_id: bytes, blob: bytes | memoryview, out: bytearray) -> tuple[int, memoryview]:
+    """``open_block`` decrypting into the reusable ``out``; the payload view is valid until ``out`` is reused."""
+    if len(blob) < BLOCK_OVERHEAD:
+        raise IntegrityError(f"block {block_id.hex()[:16]}: too short")
+    mv = memoryview(blob)
+    flag = mv[0]
+    return flag, cipher.open_into(mv[1:], block_id + bytes((flag,)), out, f"block {block_id.hex()[:16]}")
+
+
 def open_block(cipher: Cipher, block_id: bytes, blob: bytes | memoryview) -> tuple[int, bytes]:
     """(flag, payload) of a sealed block; IntegrityError when it does not authenticate."""
     if len(blob) < BLOCK_OVERHEAD:

@@ -182,6 +182,17 @@ class Repository:
             raise IntegrityError(f"block {entry.block_id.hex()[:16]}: content does not match its id")
         return plain
 
+    def open_block_into(self, entry: pack_mod.PackEntry, blob: bytes | memoryview, buf: bytearray) -> bytes | memoryview:
+        """``open_block`` for streaming readers (restore): decrypts into the reusable ``buf``; the result may be
+        a view into it, valid until ``buf`` is used again."""
+        if len(blob) != entry.length:
+            raise IntegrityError(f"block {entry.block_id.hex()[:16]}: short read")
+        flag, payload = pack_mod.open_block_into(self.cipher, entry.block_id, blob, buf)
+        plain = decompress(flag, payload, entry.raw_length, copy=False)
+        if self.block_id(plain) != entry.block_id:
+            raise IntegrityError(f"block {entry.block_id.hex()[:16]}: content does not match its id")
+        return plain
+
     def load_block(self, pid: bytes, entry: pack_mod.PackEntry) -> bytes:
         return self.open_block(entry, self.backend.get(pack_name(pid), entry.offset, entry.length))
 

@@ -48,7 +48,8 @@ class RestoreOptions:
     target: str
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
-    jobs: int = 0
+    jobs: int = 0  # fetching threads (remote repositories: the connections)
+    cpu_jobs: int = 0  # of those, how many decrypt/decompress/write at once (default: cores)
 
 
 @dataclass
@@ -76,6 +77,12 @@ class _FileTask:
         self.lock = threading.Lock()
 
 
+def _all_zero(data: bytes | memoryview) -> bool:
+    if not len(data) or data[0] or data[-1]:  # the common case, decided without a scan
+        return not len(data)
+    return (data if isinstance(data, bytes) else bytes(data)).count(0) == len(data)
+
+
 def _show(path: bytes) -> str:
     return os.fsdecode(path)
 
@@ -91,6 +98,8 @@ class Restorer:
         self._others: list[tuple[bytes, bytes, Node]] = []  # symlinks and special files
         self._dirs: list[tuple[bytes, bytes, Node]] = []
         self._lock = threading.Lock()
+        self._cpu = threading.BoundedSemaphore(opts.cpu_jobs or max(2, os.cpu_count() or 2))
+        self._bufs: list[bytearray] = []  # decryption buffers, one per CPU slot (list ops are atomic)
 
     # --- plan ---------------------------------------------------------------------------------------
     def _wanted(self, path: bytes, is_dir: bool) -> tuple[bool, bool]:
@@ -200,13 +209,23 @@ class Restorer:
             data = memoryview(self.repo.backend.get(pack_name(pid), start, end - start))
         except VaultError as exc:
             data, why = None, f"pack {pid.hex()[:16]} unreadable: {exc}"
+        with self._cpu:  # network waits overlap freely; the CPU work never oversubscribes the cores (GIL)
+            buf = self._bufs.pop() if self._bufs else bytearray()
+            try:
+                self._process_range(items, start, data, why, buf)
+            finally:
+                self._bufs.append(buf)
+
+    def _process_range(self, items: list, start: int, data: memoryview | None, why: str, buf: bytearray) -> None:
+        """Decrypt into ``buf`` (one per CPU slot, reused: no fresh pages faulted in under the GIL) and write."""
         for entry, users in items:
             plain, problem = None, None
             if data is None:
                 problem = why
             else:
                 try:
-                    plain = self.repo.open_block(entry, data[entry.offset - start : entry.offset - start + entry.length])
+                    plain = self.repo.open_block_into(entry, data[entry.offset - start : entry.offset - start + entry.length],
+                                                      buf)
                 except IntegrityError as exc:
                     problem = f"damaged: {exc}"
             for task, off in users:
@@ -226,12 +245,12 @@ class Restorer:
         if done:
             self._finish_file(task)
 
-    def _write_block(self, task: _FileTask, offset: int, plain: bytes) -> None:
+    def _write_block(self, task: _FileTask, offset: int, plain: bytes | memoryview) -> None:
         flags = _OPEN_FLAGS if task.created else _OPEN_FLAGS | os.O_CREAT | os.O_EXCL
         fd = os.open(task.tmp, flags, 0o600)
         task.created = True
         try:
-            if plain.count(0) != len(plain):  # all-zero blocks stay holes
+            if not _all_zero(plain):  # all-zero blocks stay holes
                 os.pwrite(fd, plain, offset)
                 with self._lock:
                     self.result.bytes_written += len(plain)
