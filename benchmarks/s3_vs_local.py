@@ -29,10 +29,31 @@ _BESIDE = Path(sys.executable).parent / "vault"
 VAULT = [str(_BESIDE)] if os.access(_BESIDE, os.X_OK) else [sys.executable, "-m", "vault.cli.main"]
 
 
+SERVER_PID = None  # the moto server, whose CPU time is reported beside vault's (they share the cores)
+CPU: dict = {}
+
+
+def _server_cpu() -> float:
+    try:
+        import psutil
+
+        t = psutil.Process(SERVER_PID).cpu_times()
+        return t.user + t.system
+    except Exception:  # noqa: BLE001 - informational only
+        return 0.0
+
+
 def run(args: list[str], env: dict) -> tuple[float, dict]:
+    import resource
+
     t0 = time.monotonic()
+    c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    s0 = _server_cpu()
     p = subprocess.run([*VAULT, "--json", *args], env=env, capture_output=True, text=True)
     dt = time.monotonic() - t0
+    c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    CPU["vault"] = (c1.ru_utime + c1.ru_stime) - (c0.ru_utime + c0.ru_stime)
+    CPU["server"] = _server_cpu() - s0
     if p.returncode != 0:
         sys.exit(f"vault {' '.join(args)} failed ({p.returncode}): {p.stderr.strip()[-500:]}")
     return dt, json.loads(p.stdout) if p.stdout.strip() else {}
@@ -56,6 +77,8 @@ def main() -> int:
                         "--seed", str(a.seed)], check=True, stdout=subprocess.DEVNULL)
     size = sum(f.stat().st_size for f in corpus.rglob("*") if f.is_file() and not f.is_symlink())
     server = MotoServer.start(log_path=work / "moto.log")
+    global SERVER_PID
+    SERVER_PID = server.proc.pid
     base = {**os.environ, "VAULT_PASSWORD": "bench", "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
             "AWS_DEFAULT_REGION": "us-east-1", "VAULT_S3_ENDPOINT": server.url,
             "VAULT_CONNECTIONS": str(a.connections)}
@@ -71,11 +94,16 @@ def main() -> int:
                 shutil.rmtree(target, ignore_errors=True)
                 run(["init"], env)
                 tb, b = run(["backup", str(corpus)], env)
+                cpu_b = dict(CPU)
                 tr, r = run(["restore", "latest", "--target", str(target)], env)
+                cpu_r = dict(CPU)
                 rows.append((kind, tb, tr, b.get("requests", {}), b.get("bytes_up", 0), r.get("requests", {}),
                              r.get("bytes_down", 0)))
                 print(f"rep {rep} {kind:5}: backup {tb:6.2f} s ({size / tb / 2**20:6.1f} MiB/s), "
                       f"restore {tr:6.2f} s ({size / tr / 2**20:6.1f} MiB/s)", flush=True)
+                print(f"      cpu s: backup vault {cpu_b['vault']:.2f}" + (f" + server {cpu_b['server']:.2f}" if kind == "s3"
+                      else "") + f"; restore vault {cpu_r['vault']:.2f}" + (f" + server {cpu_r['server']:.2f}"
+                                                                             if kind == "s3" else ""))
                 print(f"      backup requests {b.get('requests')} up {b.get('bytes_up', 0) / 2**20:.1f} MiB; "
                       f"restore requests {r.get('requests')} down {r.get('bytes_down', 0) / 2**20:.1f} MiB")
     finally:
