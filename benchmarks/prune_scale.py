@@ -67,7 +67,7 @@ def main() -> int:
             d = os.path.join(src, f"d{i // 500:03d}")
             os.makedirs(d, exist_ok=True)
             with open(os.path.join(d, f"f{i:06d}"), "wb") as f:
-                f.write(rng.randbytes(3000))
+                f.write(rng.randbytes(5000))  # one block per 4 KiB pack
         halves.append(src)
     t = time.monotonic()
     first = json.loads(vault(env, "--json", "backup", halves[0], "--host", "a").stdout)["snapshot_id"]
@@ -82,7 +82,7 @@ def main() -> int:
     verify = json.loads(vault(env, "--json", "verify").stdout)
     out = {"packs_before": n_packs, "build_s": round(build_s, 1), "prune_s": round(prune_s, 1),
            "prune_peak_rss_mib": round(rss, 1), "packs_deleted": res["packs_deleted"],
-           "packs_repacked": res["packs_repacked"], "GET": res["GET"], "index_segments_before": n_index_before,
+           "packs_repacked": res["packs_repacked"], "GET": res["requests"]["GET"], "index_segments_before": n_index_before,
            "index_segments_after": n_index,
            "bytes_down": res["bytes_down"], "verify_ok": verify["ok"]}
     print(json.dumps(out, indent=2))
