@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAST_INIT, Cli, assert_trees_equal, make_tree
+from conftest import FAST_INIT, PASSWORD, Cli, assert_trees_equal, make_tree
 
 MiB = 1 << 20
 
@@ -102,6 +102,13 @@ def test_forget_named_snapshot_and_refusals(repo, tmp_path):
     res = repo("--json", "forget", vs[0][0][:8]).json
     assert res["removed"] == [vs[0][0]]
     assert len(repo("--json", "snapshots").json) == 2
+    # the decision is recorded in the repository (encrypted), before the manifest was deleted
+    from vault.backend.local import LocalBackend
+    from vault.repository import Repository
+
+    r = Repository.open(LocalBackend(repo.repo), PASSWORD.encode())
+    (log,) = [r.load_log(lid) for lid in r.list_logs()]
+    assert log["operation"] == "forget" and [d["id"] for d in log["decisions"] if not d["keep"]] == [vs[0][0]]
     r = repo("forget", ok=2)
     assert "refusing" in r.err and "Traceback" not in r.err
     r = repo("forget", vs[1][0][:8], "--keep-last", "1", ok=2)

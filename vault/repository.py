@@ -38,6 +38,7 @@ from .model import Snapshot, Tree, format_time
 
 FORMAT_VERSION = 1
 SNAPSHOT_AAD = b"vault snapshot"
+LOG_AAD = b"vault log"
 
 
 @dataclass(frozen=True)
@@ -256,6 +257,19 @@ class Repository:
 
     def list_snapshots(self) -> list[str]:
         return [n.rsplit("/", 1)[-1] for n, _ in self.backend.list("snapshots/") if _hex_name(n, "snapshots/")]
+
+    def save_log(self, doc: dict) -> str:
+        """Record a maintenance decision (e.g. what forget removed and why): ``logs/<id>``, sealed JSON."""
+        stored = self.cipher.seal(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode(), LOG_AAD)
+        lid = hashlib.sha256(stored).hexdigest()
+        self.backend.put(f"logs/{lid}", stored)
+        return lid
+
+    def load_log(self, lid: str) -> dict:
+        return json.loads(self.cipher.open(self._load_verified(f"logs/{lid}", lid), LOG_AAD, f"log {lid[:8]}"))
+
+    def list_logs(self) -> list[str]:
+        return [n.rsplit("/", 1)[-1] for n, _ in self.backend.list("logs/") if _hex_name(n, "logs/")]
 
     def delete_snapshot(self, sid: str) -> None:
         self.backend.delete(f"snapshots/{sid}")
