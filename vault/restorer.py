@@ -174,7 +174,7 @@ class Restorer:
             for bid in task.node.blocks:
                 loc = where.get(bid)
                 if loc is None:
-                    task.problem = task.problem or f"block {bid.hex()[:16]} is missing from the repository"
+                    task.problem = task.problem or f"block {bid.hex()[:16]}: missing from the index"
                     task.remaining -= 1
                     continue
                 pid, entry = loc
