@@ -101,6 +101,25 @@ def repo(cli) -> Cli:
     return cli
 
 
+def kill_when(p: subprocess.Popen, ready, timeout: float = 60.0, poll: float = 0.002, what: str = "it") -> None:
+    """SIGKILL ``p`` as soon as ``ready()`` is true; fail if ``p`` ends first (the kill point was missed).
+    Always reaps ``p`` (its output pipes are drained)."""
+    import signal
+    import time
+
+    deadline = time.monotonic() + timeout
+    try:
+        while p.poll() is None and time.monotonic() < deadline and not ready():
+            time.sleep(poll)
+        assert p.poll() is None, f"{what} finished before it could be killed: {p.communicate()}"
+        p.send_signal(signal.SIGKILL)
+    finally:
+        if p.poll() is None:
+            p.kill()
+        p.communicate()
+    assert p.returncode == -signal.SIGKILL
+
+
 # --- S3: a moto server in its own process, test credentials, s3:// repositories -----------------------------
 S3_TEST_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}

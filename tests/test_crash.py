@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAST_INIT, Cli, assert_trees_equal, make_tree, tree_listing
+from conftest import FAST_INIT, Cli, assert_trees_equal, kill_when, make_tree, tree_listing
 from vault import archiver
 
 
@@ -47,24 +47,17 @@ def test_killed_backup_leaves_consistent_repo_and_next_run_resumes(small_packs, 
     env = {**os.environ, **repo.env(), "VAULT_JOBS": "2"}
     p = subprocess.Popen([sys.executable, "-m", "vault.cli.main", "backup", str(src)], env=env,
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
     index_at_kill = 0
-    try:
-        while time.monotonic() < deadline and p.poll() is None:
-            index_at_kill = count_files(repo.repo / "index")
-            packs = count_files(repo.repo / "data")
-            # kill once a checkpoint is out (it covers >= CHECKPOINT_PACKS packs), with more packs written
-            # after it, but well before the end
-            if (index_at_kill and packs >= archiver.CHECKPOINT_PACKS + 8) or packs >= 70:
-                break
-            time.sleep(0.005)
-        assert p.poll() is None, "the backup finished before it could be killed; make the tree bigger"
-        p.send_signal(signal.SIGKILL)
-    finally:
-        if p.poll() is None:
-            p.kill()
-        p.wait()
-    assert p.returncode == -signal.SIGKILL
+
+    def ready() -> bool:
+        # kill once a checkpoint is out (it covers >= CHECKPOINT_PACKS packs), with more packs written after
+        # it, but well before the end
+        nonlocal index_at_kill
+        index_at_kill = count_files(repo.repo / "index")
+        packs = count_files(repo.repo / "data")
+        return bool(index_at_kill and packs >= archiver.CHECKPOINT_PACKS + 8) or packs >= 70
+
+    kill_when(p, ready, poll=0.005, what="the backup (make the tree bigger)")
     packs_at_kill = count_files(repo.repo / "data")
     assert packs_at_kill > 0
     assert count_files(repo.repo / "snapshots") == 0

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 
-from conftest import FAST_INIT, Cli, Hardlink, Symlink, assert_trees_equal, make_tree
+from conftest import FAST_INIT, Cli, Hardlink, Symlink, assert_trees_equal, kill_when, make_tree
 from s3server import FaultProxy
 
 from vault.backend import s3 as s3_module
@@ -297,18 +297,7 @@ def test_storage_class_for_data_packs_only(s3_repo, tmp_path):
 def test_killed_backup_leaves_no_multipart_upload_below_threshold(s3cli, tmp_path):
     s3cli("init", *FAST_INIT, "--pack-size", "1")
     src = random_tree(tmp_path / "src", seed=11, files=30, size=MiB)
-    p = popen(s3cli, "backup", src)
-    deadline = time.monotonic() + 60
-    try:
-        while p.poll() is None and time.monotonic() < deadline and count(s3cli, "data/") < 5:
-            time.sleep(0.01)
-        assert p.poll() is None, "the backup finished before it could be killed"
-        p.send_signal(signal.SIGKILL)
-    finally:
-        if p.poll() is None:
-            p.kill()
-        p.communicate()
-    assert p.returncode == -signal.SIGKILL
+    kill_when(popen(s3cli, "backup", src), lambda: count(s3cli, "data/") >= 5, poll=0.01, what="the backup")
     assert count(s3cli, "data/") >= 5 and count(s3cli, "snapshots/") == 0
     assert multipart_uploads(s3cli) == []
     # the repository is consistent after the kill

@@ -212,23 +212,10 @@ class Repairer:
             return False
         nodes = self._tree(self.catalog, self.repo, ours) if self._have(ours) else None
         if nodes is None:  # our tree is lost: rebuild it from theirs, it must hash to our id
-            rebuilt = []
-            for n in their_nodes:
-                if n.type == FILE:
-                    ids = [self._take(b, other, other_cat, None) for b in n.blocks]
-                    if None in ids:
-                        return False
-                    n = dataclasses.replace(n, blocks=ids)
-                elif n.type == DIR and n.subtree is not None:
-                    sub = self._rebuild_tree(n.subtree, other, other_cat)
-                    if sub is None:
-                        return False
-                    n = dataclasses.replace(n, subtree=sub)
-                rebuilt.append(n)
-            data = Tree(rebuilt).encode()
-            if self.repo.block_id(data) != ours:
+            built = self._rebuild(their_nodes, other, other_cat)
+            if built is None or built[0] != ours:
                 return False
-            self._store(TREE, ours, data)
+            self._store(TREE, ours, built[1])
             self.report.trees_healed += 1
             return True
         mates = {n.name: n for n in their_nodes}
@@ -250,11 +237,18 @@ class Repairer:
         return ok
 
     def _rebuild_tree(self, theirs: bytes, other: Repository, other_cat: Catalog) -> bytes | None:
+        """Store their tree (and what it needs) here, with our ids; our tree id, or None if incomplete."""
         nodes = self._tree(other_cat, other, theirs)
-        if nodes is None:
+        built = None if nodes is None else self._rebuild(nodes, other, other_cat)
+        if built is None:
             return None
+        self._store(TREE, *built)
+        return built[0]
+
+    def _rebuild(self, their_nodes: list[Node], other: Repository, other_cat: Catalog) -> tuple[bytes, bytes] | None:
+        """(our tree id, its bytes) for their tree's entries, storing the blocks and subtrees it needs."""
         out = []
-        for n in nodes:
+        for n in their_nodes:
             if n.type == FILE:
                 ids = [self._take(b, other, other_cat, None) for b in n.blocks]
                 if None in ids:
@@ -267,9 +261,7 @@ class Repairer:
                 n = dataclasses.replace(n, subtree=sub)
             out.append(n)
         data = Tree(out).encode()
-        tid = self.repo.block_id(data)
-        self._store(TREE, tid, data)
-        return tid
+        return self.repo.block_id(data), data
 
     def _take(self, their_id: bytes, other: Repository, other_cat: Catalog, want: bytes | None) -> bytes | None:
         """Read their block; store it here under our id (which must be ``want`` when given)."""

@@ -16,58 +16,14 @@ Periods are taken in the local time zone given to ``plan`` (UTC unless told othe
 
 from __future__ import annotations
 
-import calendar
-import re
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone, tzinfo
+from datetime import datetime, timezone, tzinfo
 
 from .model import Snapshot
+from .timespec import Duration, parse_duration  # noqa: F401  (parse_duration: re-exported for the CLI)
 
 BUCKET_RULES = ("hourly", "daily", "weekly", "monthly", "yearly")
 GROUP_FIELDS = ("host", "paths", "tags")
-
-
-@dataclass(frozen=True)
-class Duration:
-    years: int = 0
-    months: int = 0
-    days: int = 0
-    hours: int = 0
-
-    def before(self, t: datetime) -> datetime:
-        """``t`` minus this duration, calendar-aware (1 month before 31 March is 28/29 February)."""
-        months = t.year * 12 + (t.month - 1) - (self.years * 12 + self.months)
-        year, month = divmod(months, 12)
-        month += 1
-        if year < 1:
-            return datetime.min.replace(tzinfo=t.tzinfo)
-        day = min(t.day, calendar.monthrange(year, month)[1])
-        shifted = t.replace(year=year, month=month, day=day)
-        try:
-            return shifted - timedelta(days=self.days, hours=self.hours)
-        except OverflowError:
-            return datetime.min.replace(tzinfo=t.tzinfo)
-
-    def __str__(self) -> str:
-        parts = [f"{v}{u}" for v, u in ((self.years, "y"), (self.months, "m"), (self.days, "d"), (self.hours, "h"))
-                 if v]
-        return "".join(parts) or "0d"
-
-
-_DURATION_PART = re.compile(r"(\d+)([ymwdh])")
-
-
-def parse_duration(text: str) -> Duration:
-    """``30d``, ``2w``, ``1y6m``, ``36h``, ``1y2m3w4d5h``: years, months, weeks, days, hours. ValueError if not."""
-    s = text.strip().lower()
-    if not s or _DURATION_PART.sub("", s):
-        raise ValueError(f"invalid duration {text!r} (expected e.g. 30d, 2w, 1y6m, 12h)")
-    total = {"y": 0, "m": 0, "w": 0, "d": 0, "h": 0}
-    for num, unit in _DURATION_PART.findall(s):
-        total[unit] += int(num)
-    if total["y"] > 10000 or total["m"] > 120000:
-        raise ValueError(f"duration {text!r} is too long")
-    return Duration(years=total["y"], months=total["m"], days=total["d"] + 7 * total["w"], hours=total["h"])
 
 
 @dataclass(frozen=True)
@@ -140,7 +96,7 @@ def decide(snaps: list[Snapshot], policy: Policy, tz: tzinfo = timezone.utc) -> 
     counts = {"last": policy.last, **{r: getattr(policy, r) for r in BUCKET_RULES}}
     used = dict.fromkeys(counts, 0)
     last_bucket: dict[str, tuple | None] = dict.fromkeys(counts)
-    cutoff = policy.within.before(ordered[0].time) if policy.within is not None else None
+    cutoff = policy.within.subtract_from(ordered[0].time) if policy.within is not None else None
     out = []
     for i, snap in enumerate(ordered):
         local = snap.time.astimezone(tz)

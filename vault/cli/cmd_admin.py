@@ -69,12 +69,7 @@ def _percent(ctx, param, value: str) -> float:
 
 
 def _duration(ctx, param, value: str | None):
-    if value is None:
-        return None
-    try:
-        return retention.parse_duration(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+    return None if value is None else retention.parse_duration(value)  # UsageError (exit 2) when malformed
 
 
 def _group_by(ctx, param, value: str):
