@@ -302,7 +302,7 @@ def catalog_rebuild() -> None:
 
 
 @cli.command()
-@click.argument("what", type=click.Choice(["all", "index", "snapshots"]), default="all")
+@click.argument("what", type=click.Choice(["all", "index", "snapshots"]), default="all", metavar="WHAT")
 @click.option("--read-data", is_flag=True, help="Read every pack whole: find damaged bytes, not only damaged "
               "headers (implied by --from-repo).")
 @click.option("--from-repo", metavar="URL", help="Heal lost or damaged blocks from this second repository "
@@ -313,7 +313,7 @@ def catalog_rebuild() -> None:
 @global_options
 def repair(what: str, read_data: bool, from_repo: str | None, from_password_file: str | None,
            dry_run: bool) -> int:
-    """Repair the repository: rebuild the index from the packs (salvaging what still authenticates in damaged
+    """Repair the repository (WHAT: all, index or snapshots; default all): rebuild the index from the packs (salvaging what still authenticates in damaged
     packs), heal lost blocks from a second repository, and write new snapshots without the files whose data is
     lost (tagged 'repaired'; the old ones stay until forgotten). Ends with a verify: exit 0 when clean, 20 if
     damage remains.
