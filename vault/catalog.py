@@ -141,6 +141,20 @@ class Catalog:
             except sqlite3.DatabaseError as exc:
                 raise CatalogError(f"catalog damaged ({exc}); run 'vault catalog rebuild'") from None
 
+    def _iter(self, sql: str, params: Iterable = (), batch: int = 2000) -> Iterator[tuple]:
+        """Rows of a query, fetched ``batch`` at a time (memory does not grow with the result)."""
+        with self._lock:
+            try:
+                cur = self._conn.execute(sql, tuple(params))
+            except sqlite3.DatabaseError as exc:
+                raise CatalogError(f"catalog damaged ({exc}); run 'vault catalog rebuild'") from None
+        while True:
+            with self._lock:
+                rows = cur.fetchmany(batch)
+            if not rows:
+                return
+            yield from rows
+
     def _tx(self, fn) -> None:
         with self._lock:
             try:
@@ -404,7 +418,7 @@ class Catalog:
     def pack_usage(self) -> Iterator[tuple[bytes, str, int, int | None, int, int, int]]:
         """Per indexed pack: (id, kind, indexed size, stored size or None, blocks located here, of which
         referenced, referenced bytes)."""
-        rows = self._q(
+        rows = self._iter(
             "SELECT p.id, p.kind, p.size, s.size, count(b.id), count(u.id), "
             "coalesce(sum(CASE WHEN u.id IS NOT NULL THEN b.length END), 0) "
             "FROM packs p LEFT JOIN temp.stored s ON s.id = p.id LEFT JOIN blocks b ON b.pack = p.rowid "
