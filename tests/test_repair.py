@@ -264,3 +264,17 @@ def test_new_machine_with_only_repository_and_password(cli, tmp_path):
     assert cli("--json", "verify", "--read-data").json["ok"] is True
     assert json.loads(cli("--json", "stats").out)["snapshots"] == 2
     assert PASSWORD  # the only secret needed
+
+
+def test_recovering_a_lost_manifest_never_resurrects_a_forgotten_snapshot(cli, tmp_path, setup):
+    src, lay = setup
+    (src / "f0.bin").write_bytes(b"changed\n")
+    second = cli("--json", "backup", src, "--time", "2026-03-02T10:00:00Z").json["snapshot_id"]
+    cli("forget", lay.snapshot)  # forgotten, not pruned: its trees are still in the repository
+    flip(cli.repo / "snapshots" / second, 40)
+    res = cli("--json", "repair").json
+    assert res["verify"]["ok"] is True
+    snaps = cli("--json", "snapshots").json
+    assert [s["tags"] for s in snaps] == [["recovered"]], snaps
+    got = restored_files(cli, tmp_path, "r")
+    assert got[str(src / "f0.bin")] == b"changed\n"

@@ -387,7 +387,8 @@ def forget(settings: Settings, password: PasswordFn, ids: list[str], policy: Pol
             # the decision is recorded before anything is deleted: a kill leaves the record and a partial forget
             sess.repo.save_log({"v": 1, "operation": "forget", "time": format_time(datetime.now(timezone.utc)),
                                 "host": socket.gethostname(), "policy": policy.describe() if policy else "named",
-                                "decisions": [{"id": d.snapshot.id, "keep": d.keep, "reasons": d.reasons}
+                                "decisions": [{"id": d.snapshot.id, "tree": d.snapshot.tree.hex(), "keep": d.keep,
+                                               "reasons": d.reasons}
                                               for g in groups for d in g.decisions]})
             for sid in removed:
                 sess.repo.delete_snapshot(sid)

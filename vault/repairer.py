@@ -319,13 +319,21 @@ class Repairer:
                 self._recover_orphan_roots()
 
     def _recover_orphan_roots(self) -> None:
-        """A lost manifest leaves its directory trees behind: every tree that no other tree and no snapshot
-        names becomes a snapshot tagged ``recovered`` (host ``recovered``, time of the repair), so its files
-        can be restored. (A root left by an interrupted backup is recovered too: forget it if unwanted.)"""
+        """A lost manifest leaves its directory trees behind: every tree that no other tree, no snapshot and no
+        forget record names becomes a snapshot tagged ``recovered`` (host ``recovered``, time of the repair), so
+        its files can be restored. (A root left by an interrupted backup is recovered too: forget it if
+        unwanted.)"""
         from datetime import datetime, timezone
 
         trees = self.catalog.tree_block_ids()
         named = {s.tree for s in self.catalog.snapshots()}
+        for lid in self.repo.list_logs():  # the roots of forgotten snapshots stay forgotten
+            try:
+                log = self.repo.load_log(lid)
+                named.update(bytes.fromhex(d["tree"]) for d in log.get("decisions", []) if not d.get("keep") and
+                             isinstance(d.get("tree"), str) and len(d["tree"]) == 64)
+            except (VaultError, ValueError, TypeError, AttributeError):
+                continue
         for tid in trees:
             nodes = self._tree(self.catalog, self.repo, tid)
             for n in nodes or []:
