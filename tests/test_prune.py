@@ -243,3 +243,18 @@ def test_prune_of_10000_packs_is_bounded_and_reads_only_what_it_repacks(tmp_path
     # GETs: config + key slot + index segments (each read at most three times: sync, and prune's two passes)
     # + the packs it repacks + a handful; never the ~10,000 pack bodies
     assert res["GET"] <= 3 * res["index_segments_before"] + res["packs_repacked"] + 20, res
+
+
+def test_prune_refuses_while_a_snapshot_cannot_be_read(repo, tmp_path):
+    """A damaged manifest still counts on its data (repair can recover it): prune must not free that data."""
+    src, vs = versions(tmp_path, repo, 2, unique=200_000)
+    manifest = repo.repo / "snapshots" / vs[0][0]
+    data = bytearray(manifest.read_bytes())
+    data[40] ^= 1
+    os.chmod(manifest, 0o644)
+    manifest.write_bytes(bytes(data))
+    shutil.rmtree(repo.cache)  # a new machine: the catalog cannot load that manifest
+    before = _names(repo.repo / "data")
+    r = repo("prune", ok=1)
+    assert "prune refused" in r.err and vs[0][0][:8] in r.err
+    assert _names(repo.repo / "data") == before

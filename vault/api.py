@@ -354,8 +354,10 @@ def _prune_in_session(sess: Session, settings: Settings, opts: PruneOptions,
     remote = local_repo_path(settings) is None
     if remote:
         opts = PruneOptions(**{**opts.__dict__, "workers": max(opts.workers, min(settings.connections or 8, 8))})
-    report = Pruner(sess.repo, sess.catalog, opts, log=log, uploaders=(settings.connections or 8) if remote else 0,
-                    before_delete=sess.check_lock).run()
+    pruner = Pruner(sess.repo, sess.catalog, opts, log=log, uploaders=(settings.connections or 8) if remote else 0,
+                    before_delete=sess.check_lock)
+    pruner.sync_problems = list(sess.sync.problems)
+    report = pruner.run()
     if not opts.dry_run:
         sess.sync = sess.catalog.sync(sess.repo)  # the index changed under the catalog: reload what moved
     return report

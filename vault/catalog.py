@@ -392,6 +392,8 @@ class Catalog:
         """Start an empty set of referenced block ids (``used``) and of stored packs (``stored``)."""
         def run(c: sqlite3.Connection) -> None:
             c.execute("CREATE TEMP TABLE IF NOT EXISTS used (id BLOB PRIMARY KEY) WITHOUT ROWID")
+            c.execute("CREATE TEMP TABLE IF NOT EXISTS walked (id BLOB PRIMARY KEY) WITHOUT ROWID")
+            c.execute("DELETE FROM temp.walked")
             c.execute("CREATE TEMP TABLE IF NOT EXISTS stored (id BLOB PRIMARY KEY, size INTEGER) WITHOUT ROWID")
             c.execute("DELETE FROM temp.used")
             c.execute("DELETE FROM temp.stored")
@@ -400,8 +402,11 @@ class Catalog:
     def used_add(self, ids: Iterable[bytes]) -> None:
         self._tx(lambda c: c.executemany("INSERT OR IGNORE INTO temp.used (id) VALUES (?)", ((i,) for i in ids)))
 
-    def used_has(self, bid: bytes) -> bool:
-        return bool(self._q("SELECT 1 FROM temp.used WHERE id=?", (bid,)))
+    def walked_add(self, tid: bytes) -> bool:
+        """Note a tree as walked; False when it was already."""
+        with self._lock:
+            cur = self._conn.execute("INSERT OR IGNORE INTO temp.walked (id) VALUES (?)", (tid,))
+            return cur.rowcount == 1
 
     def used_count(self) -> int:
         return self._q("SELECT count(*) FROM temp.used")[0][0]

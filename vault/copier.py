@@ -15,6 +15,7 @@ copy resumes without re-uploading), the snapshot last. Idempotent: copying again
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -59,24 +60,35 @@ class Copier:
         self._pending: list[tuple[bytes, int, list[PackEntry]]] = []
         self._unindexed: set[bytes] = set()  # destination ids stored by this run and not yet in its catalog
         self._uploaders = uploaders
+        self._lock = threading.Lock()  # uploader threads call _on_pack
+        # tree mappings are saved only once their snapshot is written: a tree pack can be indexed before the
+        # data pack holding its files is stored, and after a kill a mapped tree must not be skipped unread
+        self._tree_pairs: list[tuple[bytes, bytes]] = []
         dst_cat.copy_map_init()
 
     # --- blocks ---------------------------------------------------------------------------------------
     def _on_pack(self, pid: bytes, size: int, entries: list[PackEntry]) -> None:
-        self._pending.append((pid, size, entries))
-        if len(self._pending) >= CHECKPOINT_PACKS:
+        with self._lock:
+            self._pending.append((pid, size, entries))
+            due = len(self._pending) >= CHECKPOINT_PACKS
+        if due:
             self._checkpoint()
 
     def _checkpoint(self) -> None:
-        pending, self._pending = self._pending, []
+        with self._lock:
+            pending, self._pending = self._pending, []
         if pending:
             seg = index_mod.from_packs(pending)
             self.dst_cat.add_segment(self.dst.save_index(seg), seg)
-            for _pid, _size, entries in pending:
-                self._unindexed.difference_update(e.block_id for e in entries)
+            with self._lock:
+                for _pid, _size, entries in pending:
+                    self._unindexed.difference_update(e.block_id for e in entries)
 
     def _present(self, dst_id: bytes) -> bool:
-        return dst_id in self._unindexed or self.dst_cat.has_block(dst_id)
+        with self._lock:
+            if dst_id in self._unindexed:
+                return True
+        return self.dst_cat.has_block(dst_id)
 
     def _known(self, src_id: bytes) -> bytes | None:
         """The destination id of a source block the destination already holds, if known without reading it."""
@@ -92,8 +104,9 @@ class Copier:
     def _store(self, kind: str, plain: bytes, packer: PackWriter) -> bytes:
         dst_id = self.dst.block_id(plain)
         if not self._present(dst_id):
+            with self._lock:
+                self._unindexed.add(dst_id)
             packer.add(kind, dst_id, plain)
-            self._unindexed.add(dst_id)
             self.report.blocks_stored += 1
             self.report.bytes_stored += len(plain)
         return dst_id
@@ -148,7 +161,7 @@ class Copier:
             tree = Tree(out)
             data = tree.encode()
             dst_tid = self._store(TREE, data, packer)
-            self.dst_cat.copy_map_put([(tid, dst_tid)])
+            self._tree_pairs.append((tid, dst_tid))
             self.dst_cat.add_tree(dst_tid, tree.nodes, data)
             done[tid] = dst_tid
         return done[root]
@@ -174,6 +187,8 @@ class Copier:
                     before_commit()
                     self.dst.save_snapshot(new)
                     self.dst_cat.add_snapshot(new)
+                    self.dst_cat.copy_map_put(self._tree_pairs)  # now every block below them is indexed
+                    self._tree_pairs = []
                     self.report.copied.append((snap.id, new.id))
         finally:
             packer.close()

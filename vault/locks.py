@@ -1,4 +1,4 @@
-"""Repository locks: shared (backup, restore, verify) and exclusive (forget, prune, repair).
+"""Repository locks: shared (backup, restore, verify, forget, copy) and exclusive (prune, repair, key changes).
 
 A lock is an object ``locks/<random id>`` holding JSON {host, pid, username, operation, exclusive, time,
 refreshed}. Acquiring writes our lock first and then looks for conflicting ones (so two racing lockers

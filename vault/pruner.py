@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -90,7 +91,9 @@ class Pruner:
         self._before_delete = before_delete
         self.report = PruneReport(dry_run=opts.dry_run)
         self._uploaders = uploaders
-        self._new_packs: list[tuple[bytes, int, list[pack_mod.PackEntry]]] = []
+        self._new_packs: list[tuple[bytes, int, list[pack_mod.PackEntry]]] = []  # not yet in a segment
+        self._new_lock = threading.Lock()
+        self.sync_problems: list[str] = []  # problems the session's catalog sync met (set by the caller)
 
     # --- 1. mark ------------------------------------------------------------------------------------
     def _mark(self) -> None:
@@ -98,11 +101,16 @@ class Pruner:
         cat.used_begin()
         snaps = cat.snapshots()
         self.report.snapshots = len(snaps)
+        # a manifest the catalog could not load (damaged, or a read that failed) still counts on its data
+        unreadable = sorted(set(self.repo.list_snapshots()) - {s.id for s in snaps})
+        if unreadable or self.sync_problems:
+            what = f"snapshot {unreadable[0][:8]} could not be read" if unreadable else self.sync_problems[0]
+            raise PruneRefused(f"prune refused, nothing deleted: {what}; run 'vault verify' and 'vault repair'")
         for snap in snaps:
             stack = [snap.tree]
             while stack:
                 tid = stack.pop()
-                if cat.used_has(tid):
+                if not cat.walked_add(tid):  # walked already (a separate set: a chunk may equal a tree's bytes)
                     continue
                 try:
                     nodes = cat.tree(self.repo, tid)
@@ -155,7 +163,22 @@ class Pruner:
 
     # --- 3. repack ----------------------------------------------------------------------------------
     def _on_pack(self, pid: bytes, size: int, entries: list[pack_mod.PackEntry]) -> None:
-        self._new_packs.append((pid, size, entries))
+        """A repacked pack is stored (any thread): index it in segments of SEGMENT_PACKS as they fill, so
+        memory stays bounded and a kill keeps the work (the old packs stay indexed until the rewrite)."""
+        with self._new_lock:
+            self._new_packs.append((pid, size, entries))
+            self.report.packs_written += 1
+            self.report.bytes_repacked_written += size
+            full = self._new_packs if len(self._new_packs) >= SEGMENT_PACKS else None
+            if full is not None:
+                self._new_packs = []
+        if full is not None:
+            self._save_new(full)
+
+    def _save_new(self, packs: list) -> None:
+        self.repo.save_index(index_mod.from_packs(packs))
+        with self._new_lock:
+            self.report.segments_written += 1
 
     def _repack(self, plan: _Plan) -> None:
         if not plan.repack:
@@ -181,8 +204,6 @@ class Pruner:
             packer.close()
         plan.repack = done
         self.report.packs_repacked = len(done)
-        self.report.packs_written = len(self._new_packs)
-        self.report.bytes_repacked_written = sum(s for _, s, _ in self._new_packs)
 
     def _read_live(self, item: tuple[bytes, int, list[pack_mod.PackEntry]]) -> list | str:
         """The live blocks of one pack, authenticated; or a message when the pack is damaged (then kept)."""
@@ -200,9 +221,10 @@ class Pruner:
         """Write the new index; return the segment ids to delete afterwards. Segments are read one at a time
         (twice: first for their superseded lists), so memory does not grow with the index."""
         removed = {pid for pid, _ in plan.delete + plan.repack + plan.unindexed}
-        for i in range(0, len(self._new_packs), SEGMENT_PACKS):
-            self.repo.save_index(index_mod.from_packs(self._new_packs[i : i + SEGMENT_PACKS]))
-            self.report.segments_written += 1
+        with self._new_lock:
+            rest, self._new_packs = self._new_packs, []
+        if rest:
+            self._save_new(rest)
         present = self.repo.list_index()
         superseded: set[str] = set()
         for sid in present:

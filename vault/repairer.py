@@ -29,7 +29,7 @@ from . import index as index_mod
 from .catalog import Catalog
 from .errors import IntegrityError, ObjectNotFound, VaultError
 from .model import DIR, FILE, Node, Snapshot, Tree
-from .pack import DATA, TREE, PackEntry
+from .pack import DATA, TREE, PackEntry, parse_pack
 from .packwriter import PackWriter
 from .repository import Repository, pack_name
 
@@ -129,16 +129,21 @@ class Repairer:
             if entries is not None and not self.read_data:
                 good.append((pid, size, entries))
                 continue
-            try:
-                data = self.repo.backend.get(pack_name(pid))
-            except ObjectNotFound:
+            data = self._read_pack_twice(pid)
+            if data is None:
                 continue
-            if entries is not None and hashlib.sha256(data).digest() == pid:
-                good.append((pid, size, entries))
-                continue
+            if hashlib.sha256(data).digest() == pid:  # intact: its header is what was written
+                try:
+                    good.append((pid, size, entries if entries is not None else parse_pack(data, self.repo.cipher)))
+                    continue
+                except IntegrityError:
+                    pass
             rep.packs_damaged.append(pid.hex())
-            damaged.append(pid)
-            self._salvage(pid, data, entries)
+            if self._salvage(pid, data, entries):
+                damaged.append(pid)  # every block it may hold is stored again: the pack can go
+            else:
+                rep.warnings.append(f"pack {pid.hex()[:16]} is damaged and not every block could be salvaged; "
+                                    "it is kept (a copy may still heal it: repair --from-repo)")
         if self.dry_run:
             return
         if good:
@@ -156,21 +161,40 @@ class Repairer:
         rep.packs_deleted = len(damaged)
         self.catalog.sync(self.repo)
 
-    def _salvage(self, pid: bytes, data: bytes, entries: list[PackEntry] | None) -> None:
-        """Store again every block of a damaged pack that still authenticates."""
+    def _read_pack_twice(self, pid: bytes) -> bytes | None:
+        """The pack's bytes; read again when they do not match its name (a read can fail once)."""
+        data = None
+        for _ in range(2):
+            try:
+                data = self.repo.backend.get(pack_name(pid))
+            except ObjectNotFound:
+                return None
+            if hashlib.sha256(data).digest() == pid:
+                break
+        return data
+
+    def _salvage(self, pid: bytes, data: bytes, entries: list[PackEntry] | None) -> bool:
+        """Store again every block of a damaged pack that still authenticates. True when the pack's block list
+        was known (from its header or the old index) and every block in it was salvaged."""
         candidates = entries if entries is not None else self.catalog.pack_blocks(pid)
         view = memoryview(data)
+        complete = bool(candidates)
         for e in candidates:
             if e.offset + e.length > len(data):
                 self.report.blocks_lost += 1
+                complete = False
                 continue
             try:
                 plain = self.repo.open_block(e, view[e.offset : e.offset + e.length])
             except IntegrityError:
                 self.report.blocks_lost += 1
+                complete = False
                 continue
-            self._store(e.kind, e.block_id, plain, force=True)
+            loc = self.catalog.lookup(e.block_id)
+            # stored again unless the index already locates it in another pack (e.g. salvaged by an earlier run)
+            self._store(e.kind, e.block_id, plain, force=loc is None or loc[0] == pid)
             self.report.blocks_salvaged += 1
+        return complete
 
     # --- what the snapshots need that the index lacks ----------------------------------------------------
     def _missing(self, ids: list[bytes]) -> set[bytes]:
@@ -287,14 +311,9 @@ class Repairer:
         mates = {}
         if other_cat is not None:
             mates = {s.summary.get("copied_from"): s for s in other_cat.snapshots() if s.summary.get("copied_from")}
-        for sid in self.repo.list_snapshots():
-            try:
-                self.repo.load_snapshot(sid)
-                continue
-            except (IntegrityError, ObjectNotFound):
-                pass
-            except VaultError:
-                continue
+        unreadable = [sid for sid in self.repo.list_snapshots() if not self._readable(sid)]
+        entries = []
+        for sid in unreadable:
             entry = {"old": sid, "new": None, "files_dropped": 0, "manifest": "unreadable"}
             mate = mates.get(sid)
             if mate is not None and other is not None and not self.dry_run:
@@ -308,17 +327,31 @@ class Repairer:
                     self.repo.save_snapshot(new)
                     self.catalog.add_snapshot(new)
                     entry["new"] = new.id
-            self.report.snapshots_rewritten.append(entry)
-            if not self.dry_run:
-                self._before_delete()
-                self.repo.backend.delete(f"snapshots/{sid}")
-        lost = [e for e in self.report.snapshots_rewritten if e.get("manifest") and e["new"] is None]
-        if not self.dry_run:
-            self.catalog.sync(self.repo)
-            if lost:
-                self._recover_orphan_roots()
+            entries.append(entry)
+        self.report.snapshots_rewritten += entries
+        if self.dry_run or not unreadable:
+            return
+        if any(e["new"] is None for e in entries):
+            # before any manifest is deleted: a kill in between must not leave a root tree nothing names
+            self._recover_orphan_roots(set(unreadable))
+        self._before_delete()
+        for sid in unreadable:
+            self.repo.backend.delete(f"snapshots/{sid}")
+        self.catalog.sync(self.repo)
 
-    def _recover_orphan_roots(self) -> None:
+    def _readable(self, sid: str) -> bool:
+        """False only when the manifest fails to load twice (a read can fail once) for a reason of its own."""
+        for _ in range(2):
+            try:
+                self.repo.load_snapshot(sid)
+                return True
+            except (IntegrityError, ObjectNotFound):
+                continue
+            except VaultError:
+                return True  # not the manifest's fault (e.g. the store is down): never delete on that
+        return False
+
+    def _recover_orphan_roots(self, unreadable: set[str]) -> None:
         """A lost manifest leaves its directory trees behind: every tree that no other tree, no snapshot and no
         forget record names becomes a snapshot tagged ``recovered`` (host ``recovered``, time of the repair), so
         its files can be restored. (A root left by an interrupted backup is recovered too: forget it if
@@ -326,7 +359,7 @@ class Repairer:
         from datetime import datetime, timezone
 
         trees = self.catalog.tree_block_ids()
-        named = {s.tree for s in self.catalog.snapshots()}
+        named = {s.tree for s in self.catalog.snapshots() if s.id not in unreadable}  # (cached before the damage)
         for lid in self.repo.list_logs():  # the roots of forgotten snapshots stay forgotten
             try:
                 log = self.repo.load_log(lid)
@@ -360,7 +393,11 @@ class Repairer:
     # --- snapshots -------------------------------------------------------------------------------------
     def repair_snapshots(self) -> None:
         sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
-        for snap in self.catalog.snapshots():
+        snaps = self.catalog.snapshots()
+        replaced = {s.summary.get("repaired_from") for s in snaps if s.summary.get("repaired_from")}
+        for snap in snaps:
+            if snap.id in replaced:
+                continue  # an earlier repair wrote its replacement already
             memo: dict[bytes, bytes | None] = {}
             dropped: list[str] = []
             new_root = self._clean_tree(snap.tree, b"", memo, dropped)

@@ -90,7 +90,8 @@ def _has_tags(snap: Snapshot, spec: str) -> bool:
 
 def decide(snaps: list[Snapshot], policy: Policy, tz: tzinfo = timezone.utc) -> list[Decision]:
     """Keep/forget with reasons for one group of snapshots; returned newest first."""
-    ordered = sorted(snaps, key=lambda s: (s.time, s.id), reverse=True)
+    # at equal times a replacement written by 'vault repair' ranks above the original it replaces
+    ordered = sorted(snaps, key=lambda s: (s.time, bool(s.summary.get("repaired_from")), s.id), reverse=True)
     if not ordered:
         return []
     counts = {"last": policy.last, **{r: getattr(policy, r) for r in BUCKET_RULES}}
