@@ -278,3 +278,28 @@ def test_recovering_a_lost_manifest_never_resurrects_a_forgotten_snapshot(cli, t
     assert [s["tags"] for s in snaps] == [["recovered"]], snaps
     got = restored_files(cli, tmp_path, "r")
     assert got[str(src / "f0.bin")] == b"changed\n"
+
+
+def test_a_killed_copy_resumes_into_a_sound_destination(cli, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import kill_when
+
+    cli("init", *FAST_INIT, "--pack-size", "1")
+    rnd = random.Random(8)
+    src = make_tree(tmp_path / "src", {f"d{d}": {f"f{i}": rnd.randbytes(300_000) for i in range(12)}
+                                       for d in range(8)})
+    cli("backup", src)
+    second = tmp_path / "second"
+    cli("init", *FAST_INIT, "--repo", second, "--pack-size", "1", "--copy-chunker-params-from", cli.repo)
+    p = subprocess.Popen([sys.executable, "-m", "vault.cli.main", "copy", "--to", str(second)],
+                         env={**os.environ, **cli.env()}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    data = second / "data"
+    kill_when(p, lambda: data.exists() and sum(1 for x in data.rglob("*") if x.is_file()) >= 6, poll=0.001,
+              what="the copy")
+    again = cli("--json", "copy", "--to", second).json
+    assert len(again["copied"]) == 1
+    assert cli("--json", "--repo", second, "verify", "--read-data").json["ok"] is True
+    cli("--repo", second, "restore", "latest", "--target", tmp_path / "r")
+    assert_trees_equal(src, tmp_path / "r" / src.relative_to("/"))
