@@ -258,3 +258,11 @@ def test_prune_refuses_while_a_snapshot_cannot_be_read(repo, tmp_path):
     r = repo("prune", ok=1)
     assert "prune refused" in r.err and vs[0][0][:8] in r.err
     assert _names(repo.repo / "data") == before
+
+
+def test_dry_run_forget_and_prune_counts_what_the_forgotten_snapshots_free(repo, tmp_path):
+    src, vs = versions(tmp_path, repo, 5, unique=MiB)
+    dry = repo("--json", "forget", "--keep-last", "2", "--prune", "--dry-run").json
+    real = repo("--json", "forget", "--keep-last", "2", "--prune").json
+    assert dry["prune"]["packs_deleted"] == real["prune"]["packs_deleted"] > 0
+    assert abs(dry["prune"]["bytes_freed"] - real["prune"]["bytes_freed"]) < 0.1 * real["prune"]["bytes_freed"]

@@ -399,8 +399,8 @@ def forget(settings: Settings, password: PasswordFn, ids: list[str], policy: Pol
         requests = sess.requests()
     report = None
     if prune is not None:
-        report, requests = prune_repository(settings, password, PruneOptions(**{**prune.__dict__,
-                                                                                 "dry_run": dry_run}), log)
+        extra = {"dry_run": dry_run, "ignore_snapshots": tuple(removed) if dry_run else ()}
+        report, requests = prune_repository(settings, password, PruneOptions(**{**prune.__dict__, **extra}), log)
     return ForgetResult(groups, removed, dry_run, report, requests)
 
 

@@ -43,6 +43,7 @@ class PruneOptions:
     max_unused: float = 0.10  # repack a pack when more than this share of its bytes is unreferenced
     dry_run: bool = False
     workers: int = 2  # packs read at a time for repacking, parallel deletes
+    ignore_snapshots: tuple[str, ...] = ()  # a dry run after a dry-run forget: as if these were gone
 
 
 @dataclass
@@ -99,10 +100,13 @@ class Pruner:
     def _mark(self) -> None:
         cat = self.catalog
         cat.used_begin()
-        snaps = cat.snapshots()
+        if self.opts.ignore_snapshots and not self.opts.dry_run:
+            raise ValueError("ignore_snapshots is for dry runs only: it would free data existing snapshots need")
+        ignored = set(self.opts.ignore_snapshots)
+        snaps = [s for s in cat.snapshots() if s.id not in ignored]
         self.report.snapshots = len(snaps)
         # a manifest the catalog could not load (damaged, or a read that failed) still counts on its data
-        unreadable = sorted(set(self.repo.list_snapshots()) - {s.id for s in snaps})
+        unreadable = sorted(set(self.repo.list_snapshots()) - {s.id for s in snaps} - ignored)
         if unreadable or self.sync_problems:
             what = f"snapshot {unreadable[0][:8]} could not be read" if unreadable else self.sync_problems[0]
             raise PruneRefused(f"prune refused, nothing deleted: {what}; run 'vault verify' and 'vault repair'")
