@@ -288,9 +288,6 @@ class Catalog:
                        "ON p.rowid=b.pack WHERE p.id=? ORDER BY b.offset", (pid,))
         return [PackEntry(k, bytes(b), o, n, r) for b, k, o, n, r in rows]
 
-    def verified_times(self) -> dict[bytes, float | None]:
-        return {bytes(pid): v for pid, v in self._q("SELECT id, verified_at FROM packs")}
-
     def tree_block_ids(self) -> list[bytes]:
         return [bytes(r[0]) for r in self._q("SELECT id FROM blocks WHERE kind='T'")]
 
@@ -416,6 +413,38 @@ class Catalog:
         q = "FROM temp.used u WHERE NOT EXISTS (SELECT 1 FROM blocks b WHERE b.id = u.id)"
         (n,), = self._q(f"SELECT count(*) {q}")
         return n, [bytes(r[0]) for r in self._q(f"SELECT u.id {q} LIMIT ?", (limit,))]
+
+    def stored_begin(self) -> None:
+        """An empty temporary table of the packs the store holds (filled by ``stored_add``)."""
+        def run(c: sqlite3.Connection) -> None:
+            c.execute("CREATE TEMP TABLE IF NOT EXISTS stored (id BLOB PRIMARY KEY, size INTEGER) WITHOUT ROWID")
+            c.execute("DELETE FROM temp.stored")
+        self._tx(run)
+
+    def pack_count(self) -> int:
+        return self._q("SELECT count(*) FROM packs")[0][0]
+
+    def stored_pack_count(self) -> int:
+        """Indexed packs the store holds with their indexed size."""
+        return self._q("SELECT count(*) FROM packs p JOIN temp.stored s ON s.id = p.id AND s.size = p.size")[0][0]
+
+    def packs_not_stored(self) -> Iterator[tuple[bytes, int, int | None]]:
+        """(id, indexed size, stored size or None) of indexed packs missing from the store or of another size."""
+        for pid, size, stored in self._iter("SELECT p.id, p.size, s.size FROM packs p LEFT JOIN temp.stored s "
+                                            "ON s.id = p.id WHERE s.size IS NULL OR s.size != p.size"):
+            yield bytes(pid), size, stored
+
+    def stored_packs_by_verification(self) -> Iterator[tuple[bytes, int]]:
+        """(id, size) of the indexed packs the store holds intact in size, least recently verified first."""
+        for pid, size in self._iter("SELECT p.id, p.size FROM packs p JOIN temp.stored s ON s.id = p.id AND "
+                                    "s.size = p.size ORDER BY coalesce(p.verified_at, 0), p.id"):
+            yield bytes(pid), size
+
+    def verification_summary(self) -> tuple[int, int, float | None]:
+        """(packs, packs never verified, oldest verification time)."""
+        (total, never, oldest), = self._q("SELECT count(*), count(*) - count(verified_at), min(verified_at) "
+                                          "FROM packs")
+        return total, never, oldest
 
     def stored_add(self, packs: Iterable[tuple[bytes, int]]) -> None:
         self._tx(lambda c: c.executemany("INSERT OR REPLACE INTO temp.stored (id, size) VALUES (?, ?)", packs))

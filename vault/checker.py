@@ -11,10 +11,12 @@ backup: reported as info, not damage.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from .catalog import Catalog
@@ -116,55 +118,53 @@ class Checker:
         self.report.damage.append(d)
         return d
 
-    def _check_packs(self) -> list[tuple[bytes, str, int]]:
-        present = dict(self.repo.list_packs())
-        indexed = self.catalog.packs()
-        self.report.packs = len(indexed)
-        seen = set()
-        usable = []
-        for pid, kind, size in indexed:
-            seen.add(pid)
-            if pid not in present:
+    def _check_packs(self) -> None:
+        """Every indexed pack exists with its indexed size: the store's listing goes into a temporary table and
+        the comparison is SQL, streamed (memory does not grow with the number of packs)."""
+        cat = self.catalog
+        cat.stored_begin()
+        cat.stored_add(self.repo.list_packs())
+        self.report.packs = cat.pack_count()
+        for pid, size, stored in cat.packs_not_stored():
+            if stored is None:
                 self._mark_pack_blocks(pid, "pack missing")
                 self._damage(pack_name(pid), "missing")
-            elif present[pid] != size:
-                self._mark_pack_blocks(pid, "pack has the wrong size")
-                self._damage(pack_name(pid), f"wrong size: {present[pid]} bytes, index says {size}")
             else:
-                usable.append((pid, kind, size))
-        extra = [p for p in present if p not in seen]
+                self._mark_pack_blocks(pid, "pack has the wrong size")
+                self._damage(pack_name(pid), f"wrong size: {stored} bytes, index says {size}")
+        extra = len(cat.unindexed_packs())
         if extra:
-            self.report.info.append(f"{len(extra)} pack(s) not in any index (left by an interrupted backup; "
+            self.report.info.append(f"{extra} pack(s) not in any index (left by an interrupted backup; "
                                     "'vault prune' removes them)")
-        return usable
 
     def _mark_pack_blocks(self, pid: bytes, problem: str) -> None:
         for e in self.catalog.pack_blocks(pid):
             self._bad_blocks.setdefault(e.block_id, problem)
 
-    def _choose(self, packs: list[tuple[bytes, str, int]]) -> list[tuple[bytes, str, int]]:
-        """The packs to read: all, a slice n/m, or the P% verified least recently; then at most --max-bytes."""
-        when = self.catalog.verified_times()
-        ordered = sorted(packs, key=lambda p: (when.get(p[0]) or 0.0, p[0]))  # least recently verified first
-        if self.subset is not None:
-            kind, val = self.subset
-            if kind == "slice":
-                n, m = divmod(int(val), 1_000_000)
-                ordered = [p for p in ordered if int.from_bytes(p[0][:4], "big") % m == n - 1]
-            else:
-                ordered = ordered[: max(1, math.ceil(len(packs) * val / 100))]
-        if self.max_bytes is not None:
-            chosen, total = [], 0
-            for p in ordered:
-                if total + p[2] > self.max_bytes:
-                    break
-                chosen.append(p)
-                total += p[2]
-            if len(chosen) < len(ordered):
-                self.report.info.append(f"--max-bytes: read {len(chosen)} of {len(ordered)} packs chosen "
-                                        f"({total} bytes); the rest are first in line next time")
-            ordered = chosen
-        return ordered
+    def _choose(self) -> Iterator[bytes]:
+        """The packs to read, streamed from the catalog, least recently verified first: all, a slice n/m, or the
+        first P%; then at most --max-bytes."""
+        usable = self.catalog.stored_packs_by_verification()
+        limit = None
+        if self.subset is not None and self.subset[0] != "slice":
+            limit = max(1, math.ceil(self.catalog.stored_pack_count() * self.subset[1] / 100))
+        taken = total = skipped = 0
+        for pid, size in usable:
+            if self.subset is not None and self.subset[0] == "slice":
+                n, m = divmod(int(self.subset[1]), 1_000_000)
+                if int.from_bytes(pid[:4], "big") % m != n - 1:
+                    continue
+            if limit is not None and taken >= limit:
+                break
+            if self.max_bytes is not None and total + size > self.max_bytes:
+                skipped += 1
+                continue
+            taken += 1
+            total += size
+            yield pid
+        if skipped:
+            self.report.info.append(f"--max-bytes: read {taken} packs ({total} bytes), {skipped} more were due; "
+                                    "they are first in line next time")
 
     def _check_pack(self, pid: bytes) -> _PackCheck:
         """Read one pack whole and check it: its name (SHA-256), its header against the index, every block.
@@ -198,19 +198,26 @@ class Checker:
                 res.bad[bid] = str(exc)
         return res
 
-    def _read_packs(self, packs: list[tuple[bytes, str, int]]) -> None:
-        good = []
+    def _read_packs(self, packs: Iterator[bytes]) -> None:
         with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="vault-verify") as pool:
-            for res in pool.map(self._check_pack, [p[0] for p in packs]):
-                for obj, problem in res.damage:
-                    self._damage(obj, problem)
-                for bid, problem in res.bad.items():
-                    self._bad_blocks.setdefault(bid, problem)
-                if res.read:
-                    self.report.packs_read += 1
-                    self.report.bytes_read += res.read
-                if not res.damage and not res.bad:
-                    good.append(res.pid)
+            while True:  # a window at a time: the list of packs is never held whole
+                window = list(itertools.islice(packs, 4 * self.jobs))
+                if not window:
+                    break
+                self._check_window(pool, window)
+
+    def _check_window(self, pool: ThreadPoolExecutor, window: list[bytes]) -> None:
+        good = []
+        for res in pool.map(self._check_pack, window):
+            for obj, problem in res.damage:
+                self._damage(obj, problem)
+            for bid, problem in res.bad.items():
+                self._bad_blocks.setdefault(bid, problem)
+            if res.read:
+                self.report.packs_read += 1
+                self.report.bytes_read += res.read
+            if not res.damage and not res.bad:
+                good.append(res.pid)
         self.catalog.mark_verified(good, self.now)
 
     def _walk_snapshots(self) -> None:
@@ -288,9 +295,9 @@ class Checker:
     def run(self) -> VerifyReport:
         self._missing: set[bytes] = set()
         self._check_keys()
-        usable = self._check_packs()
+        self._check_packs()
         if self.read_data:
-            self._read_packs(self._choose(usable))
+            self._read_packs(self._choose())
         self._walk_snapshots()
         for bid, (snaps, files) in sorted(self._affected.items()):
             problem = self._bad_blocks.get(bid) or "missing from the index"
@@ -302,9 +309,7 @@ class Checker:
 
     def _coverage(self) -> dict:
         """How recently the packs were read (from this machine's catalog): what a verify-subset cron proves."""
-        times = list(self.catalog.verified_times().values())
-        never = sum(1 for t in times if not t)
-        oldest = min((t for t in times if t), default=None)
-        return {"packs": len(times), "packs_never_read": never,
-                "all_read_within_days": None if never or oldest is None or not times
+        total, never, oldest = self.catalog.verification_summary()
+        return {"packs": total, "packs_never_read": never,
+                "all_read_within_days": None if never or oldest is None or not total
                 else round((self.now - oldest) / 86400, 2)}
