@@ -580,3 +580,29 @@ def test_open_backend_s3_plugs_in(monkeypatch: pytest.MonkeyPatch) -> None:
     backend = open_backend("s3://bucket/team/repo")
     assert isinstance(backend, RetryBackend) and isinstance(backend.inner, FakeS3)
     assert backend.location == "s3://bucket/team/repo"
+
+
+def test_retry_list_resumes_after_a_failure_without_repeating_or_skipping():
+    """The retry wrapper streams a listing; a transient failure mid-way restarts it after the last name."""
+    from vault.backend.memory import MemoryBackend
+    from vault.backend.retry import RetryBackend
+    from vault.errors import TransientError
+
+    inner = MemoryBackend()
+    names = [f"data/{i:02x}/{i:064x}" for i in range(50)]
+    for n in names:
+        inner.put(n, b"x")
+    fails = [17, 33]
+
+    class Flaky:
+        location = "flaky"
+
+        def list(self, prefix):
+            for i, item in enumerate(inner.list(prefix)):
+                if fails and i == fails[0]:
+                    fails.pop(0)
+                    raise TransientError("connection reset")
+                yield item
+
+    got = [n for n, _ in RetryBackend(Flaky(), attempts=3, sleep=lambda _s: None).list("data/")]
+    assert got == names

@@ -59,7 +59,8 @@ class Backend(Protocol):
         """True when the object exists."""
 
     def list(self, prefix: str) -> Iterator[tuple[str, int]]:
-        """Yield (name, size) for every object whose name starts with ``prefix`` (e.g. ``"data/"``)."""
+        """Yield (name, size) for every object whose name starts with ``prefix`` (e.g. ``"data/"``), in name
+        order (the retry wrapper relies on it to resume a listing after a failure)."""
 
     def delete(self, name: str) -> None:
         """Remove the object. Deleting a missing object is not an error."""

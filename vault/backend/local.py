@@ -197,7 +197,8 @@ class LocalBackend:
     def list(self, prefix: str) -> Iterator[tuple[str, int]]:
         """Yield (name, size) for objects starting with ``prefix``; only the directories it names are walked.
 
-        Temp files are skipped. Names come sorted within each directory; no global order is promised."""
+        Temp files are skipped. Names come in name order (directories are walked sorted, and repository
+        names never put a file beside a directory whose name it extends)."""
         head, _, _ = prefix.rpartition("/")
         if head:
             check_name(head)

@@ -103,8 +103,23 @@ class RetryBackend:
         return self._call(lambda: self.inner.exists(name))
 
     def list(self, prefix: str) -> Iterator[tuple[str, int]]:
-        """List with retries. The listing is collected whole, so a retry never yields an entry twice."""
-        return iter(self._call(lambda: list(self.inner.list(prefix))))
+        """List with retries, streamed (a listing of a million packs is never held whole). Backends list in
+        name order, so after a transient failure the listing restarts and skips every name up to the last one
+        already yielded: nothing is yielded twice or skipped."""
+        last: str | None = None
+        for attempt in range(self.attempts):
+            try:
+                for name, size in self.inner.list(prefix):
+                    if last is not None and name <= last:
+                        continue
+                    yield name, size
+                    last = name
+                return
+            except TransientError as err:
+                if attempt == self.attempts - 1:
+                    err.add_note(f"gave up after {self.attempts} attempts on {self.location}")
+                    raise
+            self._backoff(attempt)
 
     def delete(self, name: str) -> None:
         """Delete with retries (deleting is idempotent)."""
