@@ -14,13 +14,13 @@ import argparse
 import json
 import os
 import random
-import shutil
 import subprocess
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
+from childrss import finish, run_vault, scratch_repo  # noqa: E402
 
 
 def vault(env, *args, check=True):
@@ -31,16 +31,11 @@ def vault(env, *args, check=True):
 
 
 def measured(env, *args):
-    """Run vault; return (stdout, its own peak RSS in MiB, wall seconds) -- from wait4, this child only."""
-    t = time.monotonic()
-    p = subprocess.Popen([sys.executable, "-m", "vault.cli.main", *args], env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
-    out, err = p.stdout.read(), p.stderr.read()  # (communicate() would reap the child before wait4)
-    _, status, usage = os.wait4(p.pid, 0)
-    p.returncode = os.waitstatus_to_exitcode(status)
-    if p.returncode != 0:
-        raise SystemExit(f"vault {' '.join(args)} -> {p.returncode}\n{err}")
-    return out, usage.ru_maxrss / 1024, time.monotonic() - t
+    """Run vault; return (stdout, its own peak RSS in MiB, wall seconds)."""
+    r = run_vault(env, *args)
+    if r.code != 0:
+        raise SystemExit(f"vault {' '.join(args)} -> {r.code}\n{r.err}")
+    return r.out, r.peak_rss_mib, r.seconds
 
 
 def main() -> int:
@@ -50,15 +45,7 @@ def main() -> int:
     ap.add_argument("--json", dest="json_out")
     args = ap.parse_args()
 
-    from vault import api
-    from vault.config import Settings
-    from vault.crypto import FAST_KDF
-
-    shutil.rmtree(args.workdir, ignore_errors=True)
-    repo, cache = os.path.join(args.workdir, "repo"), os.path.join(args.workdir, "cache")
-    env = {**os.environ, "VAULT_REPOSITORY": repo, "VAULT_PASSWORD": "pw", "VAULT_CACHE_DIR": cache,
-           "PYTHONPATH": os.path.dirname(HERE)}
-    api.init(Settings(repo=repo, cache_dir=cache).resolved(), b"pw", kdf=FAST_KDF, pack_size=4096)
+    repo, _cache, env = scratch_repo(args.workdir, pack_size=4096)
     rng = random.Random(1)
     halves = []
     for h in range(2):
@@ -85,12 +72,7 @@ def main() -> int:
            "packs_repacked": res["packs_repacked"], "GET": res["requests"]["GET"], "index_segments_before": n_index_before,
            "index_segments_after": n_index,
            "bytes_down": res["bytes_down"], "verify_ok": verify["ok"]}
-    print(json.dumps(out, indent=2))
-    if args.json_out:
-        with open(args.json_out, "w") as f:
-            json.dump(out, f, indent=2)
-    shutil.rmtree(args.workdir, ignore_errors=True)
-    return 0
+    return finish(out, args.json_out, args.workdir)
 
 
 if __name__ == "__main__":

@@ -12,30 +12,18 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import random
-import shutil
-import subprocess
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
+from childrss import finish, run_vault, scratch_repo  # noqa: E402
 
 BLOCKS_PER_PACK = 16
 BLOCK = (1 << 20) + 29  # sealed size of a 1 MiB block
 PACKS_PER_SEGMENT = 64
-
-
-def measured(env, *args):
-    t = time.monotonic()
-    p = subprocess.Popen([sys.executable, "-m", "vault.cli.main", *args], env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
-    out, err = p.stdout.read(), p.stderr.read()  # (communicate() would reap the child before wait4)
-    _, status, usage = os.wait4(p.pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    return code, out, err, usage.ru_maxrss / 1024, time.monotonic() - t
 
 
 def main() -> int:
@@ -45,19 +33,12 @@ def main() -> int:
     ap.add_argument("--json", dest="json_out")
     args = ap.parse_args()
 
-    from vault import api
     from vault import index as index_mod
     from vault.backend.local import LocalBackend
-    from vault.config import Settings
-    from vault.crypto import FAST_KDF
     from vault.pack import DATA, PackEntry
     from vault.repository import Repository, pack_name
 
-    shutil.rmtree(args.workdir, ignore_errors=True)
-    repo_dir, cache = os.path.join(args.workdir, "repo"), os.path.join(args.workdir, "cache")
-    env = {**os.environ, "VAULT_REPOSITORY": repo_dir, "VAULT_PASSWORD": "pw", "VAULT_CACHE_DIR": cache,
-           "PYTHONPATH": os.path.dirname(HERE)}
-    api.init(Settings(repo=repo_dir, cache_dir=cache).resolved(), b"pw", kdf=FAST_KDF)
+    repo_dir, _cache, env = scratch_repo(args.workdir)
     repo = Repository.open(LocalBackend(repo_dir), b"pw")
     rng = random.Random(1)
     t = time.monotonic()
@@ -87,17 +68,13 @@ def main() -> int:
     for label, cmd in [("first sync (snapshots)", ["snapshots"]), ("backup of a small new tree", ["backup", src]),
                        ("prune planning (--dry-run)", ["--json", "prune", "--dry-run"]),
                        ("verify (structure)", ["--json", "verify"])]:
-        code, stdout, err, rss, secs = measured(env, *cmd)
+        r = run_vault(env, *cmd)
+        code, err, rss, secs = r.code, r.err, r.peak_rss_mib, r.seconds
         out[label] = {"exit": code, "peak_rss_mib": round(rss, 1), "seconds": round(secs, 1)}
         print(f"{label:30} exit {code}  peak RSS {rss:7.1f} MiB  {secs:6.1f} s" + (f"  {err.strip()[-200:]}"
                                                                                   if code not in (0,) else ""),
               flush=True)
-    print(json.dumps(out, indent=2))
-    if args.json_out:
-        with open(args.json_out, "w") as f:
-            json.dump(out, f, indent=2)
-    shutil.rmtree(args.workdir, ignore_errors=True)
-    return 0
+    return finish(out, args.json_out, args.workdir)
 
 
 if __name__ == "__main__":
