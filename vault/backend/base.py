@@ -24,6 +24,8 @@ import re
 from collections.abc import Iterator
 from typing import Protocol, runtime_checkable
 
+from vault.errors import ObjectNotFound
+
 _NAME_COMPONENT = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
@@ -35,6 +37,15 @@ def check_name(name: str) -> str:
         if part in ("", ".", "..") or not _NAME_COMPONENT.match(part):
             raise ValueError(f"invalid object name {name!r}")
     return name
+
+
+def exists_by_size(backend: "Backend", name: str) -> bool:
+    """``exists`` for stores whose cheapest existence check is the size lookup (a stat, a HEAD)."""
+    try:
+        backend.size(name)
+    except ObjectNotFound:
+        return False
+    return True
 
 
 @runtime_checkable

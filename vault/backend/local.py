@@ -16,7 +16,7 @@ import stat
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
-from vault.backend.base import check_name
+from vault.backend.base import check_name, exists_by_size
 from vault.errors import BackendError, ObjectExists, ObjectNotFound, PermanentError
 
 TEMP_PREFIX = ".tmp-"
@@ -188,11 +188,7 @@ class LocalBackend:
 
     def exists(self, name: str) -> bool:
         """True when ``name`` is a stored object."""
-        try:
-            self.size(name)
-        except ObjectNotFound:
-            return False
-        return True
+        return exists_by_size(self, name)
 
     def list(self, prefix: str) -> Iterator[tuple[str, int]]:
         """Yield (name, size) for objects starting with ``prefix``; only the directories it names are walked.

@@ -36,7 +36,7 @@ from botocore.exceptions import (BotoCoreError, ClientError, ConnectionError as 
                                  NoCredentialsError, PartialCredentialsError)
 
 from ..errors import BackendError, ObjectExists, ObjectNotFound, PermanentError, TransientError
-from .base import check_name
+from .base import check_name, exists_by_size
 from .retry import retry_transient
 
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
@@ -211,11 +211,7 @@ class S3Backend:
             return int(self._s3.head_object(Bucket=self.bucket, Key=self._key(name))["ContentLength"])
 
     def exists(self, name: str) -> bool:
-        try:
-            self.size(name)
-        except ObjectNotFound:
-            return False
-        return True
+        return exists_by_size(self, name)
 
     def list(self, prefix: str) -> Iterator[tuple[str, int]]:
         base = f"{self.prefix}/" if self.prefix else ""
