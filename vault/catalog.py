@@ -386,15 +386,13 @@ class Catalog:
 
     # --- prune support (temporary tables, on disk: memory stays flat however big the repository) ----------
     def used_begin(self) -> None:
-        """Start an empty set of referenced block ids (``used``) and of stored packs (``stored``)."""
+        """Start empty sets of referenced block ids (``used``), walked trees (``walked``) and stored packs."""
         def run(c: sqlite3.Connection) -> None:
-            c.execute("CREATE TEMP TABLE IF NOT EXISTS used (id BLOB PRIMARY KEY) WITHOUT ROWID")
-            c.execute("CREATE TEMP TABLE IF NOT EXISTS walked (id BLOB PRIMARY KEY) WITHOUT ROWID")
-            c.execute("DELETE FROM temp.walked")
-            c.execute("CREATE TEMP TABLE IF NOT EXISTS stored (id BLOB PRIMARY KEY, size INTEGER) WITHOUT ROWID")
-            c.execute("DELETE FROM temp.used")
-            c.execute("DELETE FROM temp.stored")
+            for table in ("used", "walked"):
+                c.execute(f"CREATE TEMP TABLE IF NOT EXISTS {table} (id BLOB PRIMARY KEY) WITHOUT ROWID")
+                c.execute(f"DELETE FROM temp.{table}")
         self._tx(run)
+        self.stored_begin()
 
     def used_add(self, ids: Iterable[bytes]) -> None:
         self._tx(lambda c: c.executemany("INSERT OR IGNORE INTO temp.used (id) VALUES (?)", ((i,) for i in ids)))

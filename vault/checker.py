@@ -145,15 +145,15 @@ class Checker:
         """The packs to read, streamed from the catalog, least recently verified first: all, a slice n/m, or the
         first P%; then at most --max-bytes."""
         usable = self.catalog.stored_packs_by_verification()
-        limit = None
-        if self.subset is not None and self.subset[0] != "slice":
+        limit = piece = None
+        if self.subset is not None and self.subset[0] == "slice":
+            piece = divmod(int(self.subset[1]), 1_000_000)  # (n, m)
+        elif self.subset is not None:
             limit = max(1, math.ceil(self.catalog.stored_pack_count() * self.subset[1] / 100))
         taken = total = skipped = 0
         for pid, size in usable:
-            if self.subset is not None and self.subset[0] == "slice":
-                n, m = divmod(int(self.subset[1]), 1_000_000)
-                if int.from_bytes(pid[:4], "big") % m != n - 1:
-                    continue
+            if piece is not None and int.from_bytes(pid[:4], "big") % piece[1] != piece[0] - 1:
+                continue
             if limit is not None and taken >= limit:
                 break
             if self.max_bytes is not None and total + size > self.max_bytes:

@@ -83,6 +83,11 @@ class _Plan:
     repack: list[tuple[bytes, int]] = field(default_factory=list)
     unindexed: list[tuple[bytes, int]] = field(default_factory=list)
 
+    @property
+    def removed(self) -> list[tuple[bytes, int]]:
+        """Every pack this prune deletes: unreferenced, repacked and unindexed leftovers."""
+        return self.delete + self.repack + self.unindexed
+
 
 class Pruner:
     def __init__(self, repo: Repository, catalog: Catalog, opts: PruneOptions,
@@ -162,7 +167,7 @@ class Pruner:
         rep.packs_deleted = len(plan.delete)
         rep.packs_repacked = len(plan.repack)
         rep.packs_unindexed_deleted = len(plan.unindexed)
-        rep.bytes_deleted = sum(s for _, s in plan.delete + plan.repack + plan.unindexed)
+        rep.bytes_deleted = sum(s for _, s in plan.removed)
         return plan
 
     # --- 3. repack ----------------------------------------------------------------------------------
@@ -222,25 +227,28 @@ class Pruner:
 
     # --- 4. index -----------------------------------------------------------------------------------
     def _rewrite_index(self, plan: _Plan) -> list[str]:
-        """Write the new index; return the segment ids to delete afterwards. Segments are read one at a time
-        (twice: first for their superseded lists), so memory does not grow with the index."""
-        removed = {pid for pid, _ in plan.delete + plan.repack + plan.unindexed}
+        """Write the new index; return the segment ids to delete afterwards. Segments are read one at a time, so
+        memory does not grow with the index; the ones to rewrite are read a second time, once it is known that no
+        other segment supersedes them."""
+        removed = {pid for pid, _ in plan.removed}
         with self._new_lock:
             rest, self._new_packs = self._new_packs, []
         if rest:
             self._save_new(rest)
         present = self.repo.list_index()
         superseded: set[str] = set()
+        affected: list[str] = []
         for sid in present:
-            superseded.update(s.hex() for s in self._load_segment(sid).supersedes)
+            seg = self._load_segment(sid)
+            superseded.update(s.hex() for s in seg.supersedes)
+            if removed.intersection(seg.packs):
+                affected.append(sid)
         # left by an interrupted prune: already replaced, so deleted (never rewritten: they may name removed packs)
         to_delete = [s for s in present if s in superseded]
-        for sid in present:
+        for sid in affected:
             if sid in superseded:
                 continue
             seg = self._load_segment(sid)
-            if not removed.intersection(seg.packs):
-                continue
             keep = [(pid, seg.sizes.get(pid, 0), entries) for pid, entries in seg.packs.items() if pid not in removed]
             if keep:
                 self.repo.save_index(index_mod.from_packs(keep, supersedes=[bytes.fromhex(sid)]))
@@ -293,7 +301,7 @@ class Pruner:
             self._delete_all([f"index/{s}" for s in old_segments])
             rep.segments_deleted = len(old_segments)
             self._delete_all([pack_name(pid) for pid, _ in plan.delete + plan.repack + plan.unindexed])
-            rep.bytes_deleted = sum(s for _, s in plan.delete + plan.repack + plan.unindexed)
+            rep.bytes_deleted = sum(s for _, s in plan.removed)
         if not self.opts.dry_run:
             self._abort_multipart(started)
             rep.temp_files_removed = self.repo.backend.remove_temp_files()

@@ -204,7 +204,7 @@ class Repairer:
     def _tree(self, cat: Catalog, repo: Repository, tid: bytes) -> list[Node] | None:
         try:
             return cat.tree(repo, tid)
-        except (IntegrityError, ObjectNotFound, VaultError):
+        except VaultError:  # damaged, missing or unreadable: all mean "not usable here"
             return None
 
     # --- heal from a second repository --------------------------------------------------------------------
