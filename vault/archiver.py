@@ -27,8 +27,9 @@ from . import index as index_mod
 from .catalog import Catalog
 from .errors import SourceNotFound, VaultError
 from .excludes import Matcher
-from .fsmeta import node_from_stat, node_type, unchanged
-from .model import DIR, FILE, SYMLINK, Node, Snapshot, Tree
+from .errors import IntegrityError
+from .fsmeta import node_from_stat, node_type, stat_matches_doc, unchanged
+from .model import DIR, FILE, SYMLINK, Node, Snapshot, Tree, name_from_doc, parse_id
 from .pack import DATA, TREE, PackEntry
 from .packwriter import PackWriter
 from .repository import Repository
@@ -93,19 +94,33 @@ class _Batch:
         return self.future.result()
 
 
+class _Reuse:
+    """An unchanged file: its Node (stat + the parent's block list) is built only if its directory's tree
+    turns out to differ from the parent's; an unchanged directory reuses the parent's tree id as is."""
+
+    __slots__ = ("path", "name", "st", "doc")
+
+    def __init__(self, path: bytes, name: bytes, st: os.stat_result, doc: dict):
+        self.path, self.name, self.st, self.doc = path, name, st, doc
+
+
 class _PendingDir:
-    """A walked directory whose tree is not stored yet; ``node`` is its entry in the parent (None: root)."""
+    """A walked directory whose tree is not stored yet; ``node`` is its entry in the parent (None: root).
 
-    __slots__ = ("items", "node", "_checked")
+    ``same_as`` is the parent snapshot's tree id while every entry so far matches it exactly; ``subdirs``
+    pairs each subdirectory's new Node with its old subtree id (compared once their trees are known)."""
 
-    def __init__(self, items: list, node: Node | None):
+    __slots__ = ("items", "node", "_checked", "same_as", "subdirs")
+
+    def __init__(self, items: list, node: Node | None, same_as: bytes | None, subdirs: list):
         self.items, self.node, self._checked = items, node, 0
+        self.same_as, self.subdirs = same_as, subdirs
 
     def ready(self) -> bool:
         """True when no entry waits for a worker (amortised: entries already seen done are skipped)."""
         while self._checked < len(self.items):
             it = self.items[self._checked]
-            if not isinstance(it, Node) and not it[0].done():  # (batch, index, path, name)
+            if type(it) is tuple and not it[0].done():  # (batch, index, path, name)
                 return False
             self._checked += 1
         return True
@@ -120,6 +135,21 @@ class _FileResult:
     blocks_added: int = 0
     error: str | None = None
     changed_while_reading: bool = False
+
+
+def _old_subtree(doc: dict | None) -> bytes | None:
+    sub = doc.get("subtree") if doc is not None and doc.get("type") == DIR else None
+    try:
+        return parse_id(sub) if sub is not None else None
+    except IntegrityError:
+        return None
+
+
+def _old_target(doc: dict | None) -> bytes | None:
+    try:
+        return Node.from_json(doc).target if doc is not None else None
+    except IntegrityError:
+        return None
 
 
 def _join(base: bytes, name: bytes) -> bytes:
@@ -347,20 +377,31 @@ class Archiver:
             self._inflight.release()
 
     # --- directories --------------------------------------------------------------------------------
-    def _parent_nodes(self, tree_id: bytes | None) -> dict[bytes, Node]:
+    def _parent_docs(self, tree_id: bytes | None) -> tuple[dict[bytes, dict], int, bool]:
+        """The parent snapshot's entries of this directory by name, as parsed JSON (validated when used), how
+        many there are, and whether the index lists that tree; ({}, -1, False) when there is none or it
+        cannot be read. Names are not validated here: they are only looked up with names the directory
+        listing gave, and a bad or duplicate one makes the entry counts differ."""
         if tree_id is None:
-            return {}
+            return {}, -1, False
         try:
-            return {n.name: n for n in self.catalog.tree(self.repo, tree_id)}
-        except Exception:  # noqa: BLE001 - a missing parent tree only costs re-reading files
-            return {}
+            docs, indexed = self.catalog.tree_docs_indexed(self.repo, tree_id)
+            by_name = {}
+            for d in docs:
+                name = d.get("name")
+                by_name[name.encode("utf-8", "surrogatepass") if type(name) is str else name_from_doc(d)] = d
+            return by_name, len(docs), indexed
+        except Exception:  # noqa: BLE001 - a missing or malformed parent tree only costs re-reading files
+            return {}, -1, False
 
     def _save_dir(self, path: bytes, parent_tree: bytes | None, only: dict | None, root_dev: int,
                   node: Node | None) -> None:
         """Walk one directory: stat its entries, reuse unchanged files, submit the others to the workers,
         recurse into subdirectories. Its tree is stored later, by ``_finalize``, once every entry is known
         -- so the walk never waits for the workers at a directory boundary."""
-        parent = self._parent_nodes(parent_tree)
+        parent, n_parent, indexed = self._parent_docs(parent_tree)
+        same = indexed  # still identical to the parent's tree (which is in the repository)
+        subdirs: list[tuple[Node, bytes | None]] = []
         if only is None:
             try:
                 names = sorted(os.listdir(path))
@@ -387,11 +428,16 @@ class Archiver:
             if only is None and self._excludes and self._excludes.matches(child, t == DIR):
                 continue
             old = parent.get(name)
+            if same and (old is None or not stat_matches_doc(old, t, st)):
+                same = False
             if t == DIR:
                 if (st.st_dev, st.st_ino) in self._skip:
+                    same = False
                     continue
                 sub = node_from_stat(name, st)
-                old_sub = old.subtree if old is not None and old.type == DIR else None
+                old_sub = _old_subtree(old)
+                if same:
+                    subdirs.append((sub, old_sub))
                 sub_only = only[name] if only is not None else None
                 if only is None and self.opts.one_file_system and st.st_dev != root_dev:
                     sub.subtree = self._store_tree(Tree([]))
@@ -403,11 +449,10 @@ class Archiver:
             elif t == FILE:
                 self.stats.bytes_processed += st.st_size
                 if old is not None and unchanged(old, st):
-                    n = node_from_stat(name, st)
-                    n.blocks = old.blocks
                     self.stats.files_unmodified += 1
-                    items.append(n)
+                    items.append(_Reuse(child, name, st, old))
                 else:
+                    same = False
                     items.append((*self._submit_file(child, name, st, old is None), child, name))
             elif t == SYMLINK:
                 n = node_from_stat(name, st)
@@ -415,11 +460,16 @@ class Archiver:
                     n.target = os.readlink(child)
                 except OSError as exc:
                     self._error(child, exc.strerror or str(exc))
+                    same = False
                     continue
+                if same and _old_target(old) != n.target:
+                    same = False
                 items.append(n)
             else:
                 items.append(node_from_stat(name, st))
-        self._dirs.append(_PendingDir(items, node))
+        if len(items) != n_parent:
+            same = False  # entries were added, removed or skipped (an error, an exclude)
+        self._dirs.append(_PendingDir(items, node, parent_tree if same else None, subdirs))
         self._pending_items += len(items)
         self._finalize(block=False)
 
@@ -444,13 +494,26 @@ class Archiver:
             self._progress(self.stats)
 
     def _finish_dir(self, d: "_PendingDir") -> bytes:
+        if d.same_as is not None and all(sub.subtree == old for sub, old in d.subdirs):
+            return d.same_as  # nothing changed: the parent's tree, already in the repository
         nodes = []
         for it in d.items:
-            if isinstance(it, Node):
+            if type(it) is _Reuse:
+                try:
+                    node = node_from_stat(it.name, it.st)
+                    node.blocks = [parse_id(b) for b in it.doc.get("blocks", [])]
+                    nodes.append(node)
+                    continue
+                except (IntegrityError, TypeError):  # a malformed parent entry: read the file instead
+                    self.stats.files_unmodified -= 1
+                    res = self._read_file(it.path, it.name, False)
+                    child, name = it.path, it.name
+            elif isinstance(it, Node):
                 nodes.append(it)
                 continue
-            batch, idx, child, name = it
-            res: _FileResult = batch.result()[idx]
+            else:
+                batch, idx, child, name = it
+                res: _FileResult = batch.result()[idx]
             if res.error is not None or res.node is None:
                 self._error(child, res.error or "unreadable")
                 continue

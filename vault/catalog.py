@@ -341,12 +341,22 @@ class Catalog:
     def tree(self, repo, tree_id: bytes) -> list[Node]:
         """The entries of a tree, verified: from the catalog when its bytes still match the tree id (HMAC),
         else loaded (verified) from the repository and cached again."""
-        rows = self._q("SELECT data FROM trees WHERE id=?", (tree_id,))
+        return Tree.from_docs(self.tree_docs(repo, tree_id)).nodes
+
+    def tree_docs(self, repo, tree_id: bytes) -> list:
+        """A tree's entries as parsed JSON (``Tree.docs``): its bytes are authenticated (HMAC = tree id) but
+        the entries are not validated yet -- the caller validates what it uses (``Node.from_json``)."""
+        return self.tree_docs_indexed(repo, tree_id)[0]
+
+    def tree_docs_indexed(self, repo, tree_id: bytes) -> tuple[list, bool]:
+        """``tree_docs`` and whether the index lists the tree (one query for both)."""
+        rows = self._q("SELECT data, EXISTS(SELECT 1 FROM blocks b WHERE b.id = t.id) FROM trees t WHERE t.id=?",
+                       (tree_id,))
         if rows:
             try:
                 raw = bounded_decompress(rows[0][0], 1 << 30)
                 if repo.block_id(raw) == tree_id:
-                    return Tree.decode(raw).nodes
+                    return Tree.docs(raw), bool(rows[0][1])
             except IntegrityError:
                 pass
             self._forget_tree(tree_id)  # the cached copy is damaged: never trust it, fetch it again
@@ -354,9 +364,9 @@ class Catalog:
         if loc is None:
             raise IntegrityError(f"tree {tree_id.hex()[:16]} is not in the index (missing)")
         raw = repo.load_block(*loc)
-        nodes = Tree.decode(raw).nodes
-        self.add_tree(tree_id, nodes, raw)
-        return nodes
+        docs = Tree.docs(raw)
+        self.add_tree(tree_id, Tree.from_docs(docs).nodes, raw)  # validated once before it is cached
+        return docs, True
 
     def walk(self, repo, tree_id: bytes, prefix: bytes = b"") -> Iterator[tuple[bytes, Node]]:
         """Every (path, node) below a tree, depth-first in name order; paths start with ``/``."""

@@ -42,10 +42,24 @@ def node_from_stat(name: bytes, st: os.stat_result) -> Node:
                 rdev=st.st_rdev if t in (CHARDEV, BLOCKDEV) else 0)
 
 
-def unchanged(old: Node, st: os.stat_result) -> bool:
-    """Same size, mtime, ctime and inode as recorded: the file's content need not be read again."""
-    return (old.type == FILE and old.size == st.st_size and old.mtime_ns == st.st_mtime_ns
-            and old.ctime_ns == st.st_ctime_ns and old.inode == st.st_ino)
+def stat_matches_doc(d: dict, t: str, st: os.stat_result) -> bool:
+    """True when a stored entry (its parsed JSON, see ``Tree.docs``) records exactly what ``node_from_stat``
+    would build from ``st``: every metadata field, not only the ones ``unchanged`` looks at. (A symlink's
+    target and a directory's subtree are the caller's to compare.)"""
+    g = d.get
+    return (g("type") == t and g("mtime_ns") == st.st_mtime_ns and g("ctime_ns") == st.st_ctime_ns
+            and g("inode") == st.st_ino and g("size", 0) == (st.st_size if t == FILE else 0)
+            and g("mode") == stat.S_IMODE(st.st_mode) and g("uid") == st.st_uid and g("gid") == st.st_gid
+            and g("dev") == st.st_dev and g("nlink") == st.st_nlink
+            and g("rdev", 0) == (st.st_rdev if t in (CHARDEV, BLOCKDEV) else 0))
+
+
+def unchanged(d: dict, st: os.stat_result) -> bool:
+    """Same size, mtime, ctime and inode as the stored entry (its parsed JSON): the file's content need not be
+    read again."""
+    g = d.get
+    return (g("type") == FILE and g("size") == st.st_size and g("mtime_ns") == st.st_mtime_ns
+            and g("ctime_ns") == st.st_ctime_ns and g("inode") == st.st_ino)
 
 
 def apply_metadata(path: bytes, node: Node) -> list[str]:
@@ -81,5 +95,5 @@ def make_special(path: bytes, node: Node) -> None:
         raise OSError(errno.ENOTSUP, "sockets are not restored")
 
 
-__all__ = ["node_from_stat", "unchanged", "apply_metadata", "make_special", "node_type", "IS_ROOT", "DIR",
+__all__ = ["node_from_stat", "unchanged", "stat_matches_doc", "apply_metadata", "make_special", "node_type", "IS_ROOT", "DIR",
            "SOCKET"]

@@ -41,6 +41,14 @@ def _dec_bytes(d: dict, key: str) -> bytes | None:
     return None
 
 
+def name_from_doc(d: dict) -> bytes:
+    """A stored entry's name (its parsed JSON), validated."""
+    name = _dec_bytes(d, "name")
+    if name is None or not valid_name(name):
+        raise IntegrityError(f"tree: invalid entry name {name!r}"[:120])
+    return name
+
+
 def valid_name(name: bytes) -> bool:
     return bool(name) and name not in (b".", b"..") and b"/" not in name and b"\0" not in name
 
@@ -85,9 +93,7 @@ class Node:
     def from_json(cls, d: dict) -> "Node":
         if not isinstance(d, dict):
             raise IntegrityError("tree: node is not an object")
-        name = _dec_bytes(d, "name")
-        if name is None or not valid_name(name):
-            raise IntegrityError(f"tree: invalid entry name {name!r}"[:120])
+        name = name_from_doc(d)
         t = d.get("type")
         if t not in NODE_TYPES:
             raise IntegrityError(f"tree: unknown node type {t!r}"[:80])
@@ -97,10 +103,10 @@ class Node:
                     ctime_ns=_int(d, "ctime_ns", -(1 << 63), (1 << 63) - 1), inode=_int(d, "inode"),
                     dev=_int(d, "dev"), nlink=_int(d, "nlink", 0, 1 << 32) or 1, rdev=_int(d, "rdev"))
             if t == FILE:
-                n.blocks = [_id(b) for b in d.get("blocks", [])]
+                n.blocks = [parse_id(b) for b in d.get("blocks", [])]
             elif t == DIR:
                 sub = d.get("subtree")
-                n.subtree = _id(sub) if sub is not None else None
+                n.subtree = parse_id(sub) if sub is not None else None
             elif t == SYMLINK:
                 n.target = _dec_bytes(d, "target") or b""
                 if b"\0" in n.target:
@@ -117,7 +123,7 @@ def _int(d: dict, key: str, lo: int = 0, hi: int = (1 << 64) - 1) -> int:
     return v
 
 
-def _id(text: object) -> bytes:
+def parse_id(text: object) -> bytes:
     if not isinstance(text, str) or len(text) != 2 * ID_LEN or text != text.lower() or not text.isalnum():
         raise IntegrityError("tree: id is not 64 lowercase hex digits")
     raw = bytes.fromhex(text)
@@ -138,13 +144,23 @@ class Tree:
 
     @classmethod
     def decode(cls, data: bytes) -> "Tree":
+        return cls.from_docs(cls.docs(data))
+
+    @staticmethod
+    def docs(data: bytes) -> list:
+        """The entries as parsed JSON objects, not yet validated (``from_docs`` or ``Node.from_json`` does
+        that): lets a backup compare entries against ``stat`` without building a Node for each."""
         try:
             doc = json.loads(data)
         except (ValueError, UnicodeDecodeError, RecursionError):
             raise IntegrityError("tree: not valid JSON") from None
         if not isinstance(doc, dict) or doc.get("v") != FORMAT_VERSION or not isinstance(doc.get("nodes"), list):
             raise IntegrityError("tree: unsupported format")
-        nodes = [Node.from_json(n) for n in doc["nodes"]]
+        return doc["nodes"]
+
+    @classmethod
+    def from_docs(cls, docs: list) -> "Tree":
+        nodes = [Node.from_json(n) for n in docs]
         names = [n.name for n in nodes]
         if len(set(names)) != len(names):
             raise IntegrityError("tree: duplicate entry names")
@@ -190,7 +206,7 @@ class Snapshot:
             if doc.get("v") != FORMAT_VERSION:
                 raise IntegrityError("snapshot: unsupported format version")
             snap = cls(time=parse_stored_time(doc["time"]), host=str(doc["host"]),
-                       paths=[str(p) for p in doc["paths"]], tree=_id(doc["tree"]),
+                       paths=[str(p) for p in doc["paths"]], tree=parse_id(doc["tree"]),
                        tags=[str(t) for t in doc.get("tags", [])], username=str(doc.get("username", "")),
                        parent=doc.get("parent"), summary=dict(doc.get("summary") or {}), id=snap_id)
             if snap.parent is not None and not (isinstance(snap.parent, str) and len(snap.parent) == 64):

@@ -1,0 +1,97 @@
+"""Re-runs against a parent snapshot: unchanged directories reuse the parent's tree without rebuilding it,
+and every way a directory can differ (content, metadata, names, a missing or malformed parent tree) still
+produces a correct snapshot."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from datetime import datetime, timezone
+
+from conftest import assert_trees_equal, make_tree
+from test_hostile import Crafter
+
+from vault.model import Snapshot
+
+SPEC = {"a": b"x" * 1000, "caf\udce9": b"latin-1 name", "d": {"b": b"y" * 10, "e": {"c": b"z" * 20}},
+        "f": {"g": b"w" * 30}}
+
+
+def _tree(repo, snap_id: str) -> str:
+    return next(s["tree"] for s in repo("--json", "snapshots").json if s["id"] == snap_id)
+
+
+def _backup(repo, src, *extra):
+    return repo("--json", "backup", "--host", "h", *extra, src).json
+
+
+def test_an_unchanged_tree_is_the_parents_tree(repo, tmp_path):
+    src = make_tree(tmp_path / "src", SPEC)
+    one = _backup(repo, src)
+    two = _backup(repo, src)
+    assert (two["files_new"], two["files_changed"], two["files_unmodified"]) == (0, 0, 5)
+    assert two["bytes_added"] == 0
+    assert _tree(repo, one["snapshot_id"]) == _tree(repo, two["snapshot_id"])
+
+
+def test_every_kind_of_change_reaches_the_new_snapshot(repo, tmp_path):
+    src = make_tree(tmp_path / "src", SPEC)
+    first = _backup(repo, src)
+    os.chmod(src / "d" / "e", 0o700)  # metadata only, deep down
+    (src / "f" / "g").rename(src / "f" / "g2")  # a rename: same inode, new name
+    (src / "d" / "b").write_bytes(b"new content")  # content
+    os.symlink("a", src / "link")  # an added entry
+    os.unlink(src / "a")  # a removed one
+    out = _backup(repo, src)
+    assert _tree(repo, out["snapshot_id"]) != _tree(repo, first["snapshot_id"])
+    # a, removed; d/b, rewritten; f/g2, renamed (a new ctime): read again; the other two are not
+    assert out["files_unmodified"] == 2 and out["files_changed"] + out["files_new"] == 2
+    repo("restore", "latest", "--target", tmp_path / "r")
+    assert_trees_equal(src, tmp_path / "r" / src.relative_to("/"))
+    # and only the chmod: the file below is not read again, the directory's new mode is recorded
+    os.chmod(src / "d" / "e", 0o750)
+    out = _backup(repo, src)
+    assert (out["files_changed"], out["files_new"]) == (0, 0)
+    repo("restore", "latest", "--target", tmp_path / "r2")
+    assert_trees_equal(src, tmp_path / "r2" / src.relative_to("/"))
+
+
+def test_a_non_utf8_name_is_recognised_as_unchanged(repo, tmp_path):
+    src = make_tree(tmp_path / "src", {"caf\udce9": b"latin-1 name", "ok": b"1"})
+    assert any(b"\xe9" in n for n in os.listdir(os.fsencode(src)))
+    one = _backup(repo, src)
+    two = _backup(repo, src)
+    assert two["files_unmodified"] == 2
+    assert _tree(repo, one["snapshot_id"]) == _tree(repo, two["snapshot_id"])
+
+
+def test_a_parent_tree_the_index_lost_is_stored_again(repo, tmp_path):
+    src = make_tree(tmp_path / "src", SPEC)
+    _backup(repo, src)
+    db = next((tmp_path / "cache").rglob("catalog.db"))
+    with sqlite3.connect(db) as c:  # the index no longer lists any tree (the cached tree bytes remain)
+        c.execute("DELETE FROM blocks WHERE kind='T'")
+    out = _backup(repo, src)
+    assert out["files_unmodified"] == 5 and out["bytes_added"] > 0
+    repo("verify", "--read-data")
+    repo("restore", "latest", "--target", tmp_path / "r")
+    assert_trees_equal(src, tmp_path / "r" / src.relative_to("/"))
+
+
+def test_a_malformed_parent_entry_makes_the_file_be_read_again(repo, tmp_path):
+    """A parent snapshot (crafted with the key) whose entry matches the file's stat but names a block id
+    that is not an id: the file is read again, never stored with that list."""
+    src = make_tree(tmp_path / "src", {"a": b"real content"})
+    st = os.lstat(src / "a")
+    c = Crafter(repo.repo)
+    tree = c.tree([{"name": "a", "type": "file", "mode": 0o644, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                    "ctime_ns": st.st_ctime_ns, "inode": st.st_ino, "blocks": ["not-an-id"]}])
+    for part in reversed(src.parts[1:]):  # the trees from "/" down to src
+        tree = c.tree([{"name": part, "type": "dir", "mode": 0o755, "subtree": tree}])
+    c.flush()
+    c.r.save_snapshot(Snapshot(time=datetime(2020, 1, 1, tzinfo=timezone.utc), host="h", paths=[str(src)],
+                               tree=bytes.fromhex(tree)))
+    out = _backup(repo, src)
+    assert out["files_unmodified"] == 0  # read again (the malformed tree is not even cached)
+    repo("restore", "latest", "--target", tmp_path / "r")
+    assert (tmp_path / "r" / src.relative_to("/") / "a").read_bytes() == b"real content"
