@@ -226,3 +226,24 @@ def test_corrupt_key_slot_is_reported_and_the_good_one_still_opens(repo, tmp_pat
     names = [d["object"] for d in r.json["damage"]]
     assert names == [f"keys/{slots[-1].name}"], names
     assert _os.path.exists(repo.repo / "config")
+
+
+def test_damage_shared_by_snapshots_names_each_of_them(cli, tmp_path, damaged_setup):
+    """Verify walks each tree once; the files a damaged block affects are still named for every snapshot
+    that shares it (a second snapshot of the unchanged tree, and a third of a subdirectory)."""
+    src, lay = damaged_setup
+    second = cli("--json", "backup", src).json["snapshot_id"][:8]
+    third = cli("--json", "backup", src / "small").json["snapshot_id"][:8]
+    victim = next(bids[0] for f, bids in lay.files.items() if f.endswith("/small/s2.txt"))
+    pid, entry = lay.blocks[victim]
+    path = pack_path(cli.repo, pid)
+    data = bytearray(path.read_bytes())
+    data[entry.offset + entry.length // 2] ^= 0x01
+    os.chmod(path, 0o644)
+    path.write_bytes(bytes(data))
+    for args in (["--read-data"], ["--read-data", "--jobs", "1"]):
+        rep = cli("--json", "verify", *args, ok=20).json
+        (d,) = [d for d in rep["damage"] if d["object"] == f"block {victim.hex()}"]
+        assert set(d["snapshots"]) == {lay.snapshot[:8], second, third}
+        assert any(f.endswith("/small/s2.txt") for f in d["files"])
+        assert rep["blocks_referenced"] == len({b for bids in lay.files.values() for b in bids})

@@ -396,28 +396,41 @@ class Catalog:
 
     # --- prune support (temporary tables, on disk: memory stays flat however big the repository) ----------
     def used_begin(self) -> None:
-        """Start empty sets of referenced block ids (``used``), walked trees (``walked``) and stored packs."""
+        """Start empty sets of referenced block ids (``used``) and walked trees (``walked``)."""
         def run(c: sqlite3.Connection) -> None:
             for table in ("used", "walked"):
                 c.execute(f"CREATE TEMP TABLE IF NOT EXISTS {table} (id BLOB PRIMARY KEY) WITHOUT ROWID")
                 c.execute(f"DELETE FROM temp.{table}")
         self._tx(run)
-        self.stored_begin()
 
-    def used_add(self, ids: Iterable[bytes]) -> None:
-        self._tx(lambda c: c.executemany("INSERT OR IGNORE INTO temp.used (id) VALUES (?)", ((i,) for i in ids)))
+    def marker(self) -> "UsedMarker":
+        """Fills ``used`` and ``walked`` (after ``used_begin``) in batches: one transaction per ~20,000 ids,
+        not one per tree (each costs a temporary-journal write)."""
+        return UsedMarker(self)
 
-    def walked_add(self, tid: bytes) -> bool:
-        """Note a tree as walked; False when it was already."""
-        with self._lock:
-            cur = self._conn.execute("INSERT OR IGNORE INTO temp.walked (id) VALUES (?)", (tid,))
-            return cur.rowcount == 1
+    def _mark_flush(self, trees: Iterable[bytes], ids: Iterable[bytes]) -> None:
+        def run(c: sqlite3.Connection) -> None:
+            c.executemany("INSERT OR IGNORE INTO temp.walked (id) VALUES (?)", ((t,) for t in trees))
+            c.executemany("INSERT OR IGNORE INTO temp.used (id) VALUES (?)", ((i,) for i in ids))
+        self._tx(run)
+
+    def _walked(self, tid: bytes) -> bool:
+        return bool(self._q("SELECT 1 FROM temp.walked WHERE id=?", (tid,)))
 
     def used_count(self) -> int:
         return self._q("SELECT count(*) FROM temp.used")[0][0]
 
+    def used_contains(self, ids: Iterable[bytes], batch: int = 500) -> bool:
+        """Whether any of these block ids is in ``used``."""
+        todo = list(ids)
+        for i in range(0, len(todo), batch):
+            part = todo[i : i + batch]
+            if self._q(f"SELECT 1 FROM temp.used WHERE id IN ({','.join('?' * len(part))}) LIMIT 1", part):
+                return True
+        return False
+
     def used_missing(self, limit: int = 10) -> tuple[int, list[bytes]]:
-        """Referenced block ids that no index entry locates: (count, the first ``limit``)."""
+        """Referenced block ids that no index entry locates: (count, the first ``limit``; -1: all)."""
         q = "FROM temp.used u WHERE NOT EXISTS (SELECT 1 FROM blocks b WHERE b.id = u.id)"
         (n,), = self._q(f"SELECT count(*) {q}")
         return n, [bytes(r[0]) for r in self._q(f"SELECT u.id {q} LIMIT ?", (limit,))]
@@ -503,3 +516,30 @@ def open_synced(cache_dir: str, repo) -> tuple[Catalog, SyncReport]:
 
 
 __all__ = ["Catalog", "SyncReport", "open_synced"]
+
+
+class UsedMarker:
+    """Marks walked trees and referenced block ids in the catalog's temporary tables, buffering at most
+    ``limit`` ids in memory. ``first_visit(tid)`` is True once per tree; ``flush()`` before querying ``used``."""
+
+    def __init__(self, catalog: Catalog, limit: int = 20_000):
+        self.catalog, self.limit = catalog, limit
+        self._trees: set[bytes] = set()
+        self._ids: list[bytes] = []
+
+    def first_visit(self, tid: bytes) -> bool:
+        if tid in self._trees or self.catalog._walked(tid):
+            return False
+        self._trees.add(tid)
+        return True
+
+    def add(self, ids: Iterable[bytes]) -> None:
+        self._ids.extend(ids)
+        if len(self._ids) + len(self._trees) >= self.limit:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._trees or self._ids:
+            self.catalog._mark_flush(self._trees, self._ids)
+            self._trees, self._ids = set(), []
+

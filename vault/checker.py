@@ -14,6 +14,7 @@ import hashlib
 import itertools
 import math
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
@@ -98,6 +99,26 @@ def parse_subset(text: str | None) -> tuple[str, float] | None:
     raise UsageError(f"bad --read-data-subset {text!r}: use a percentage like 5% or n/m like 1/20")
 
 
+class _Thread(threading.Thread):
+    """Runs ``fn(*args)`` in the background; ``join`` re-raises what it raised."""
+
+    def __init__(self, fn, *args):
+        super().__init__(target=self._run, args=(fn, args), name="vault-verify-walk", daemon=True)
+        self.error: BaseException | None = None
+        self.start()
+
+    def _run(self, fn, args) -> None:
+        try:
+            fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the joining thread
+            self.error = exc
+
+    def join(self, timeout: float | None = None) -> None:
+        super().join(timeout)
+        if self.error is not None:
+            raise self.error
+
+
 class Checker:
     def __init__(self, repo: Repository, catalog: Catalog, read_data: bool = False,
                  subset: tuple[str, float] | None = None, now: float | None = None, jobs: int = 0,
@@ -105,6 +126,7 @@ class Checker:
         self.repo, self.catalog = repo, catalog
         self.max_bytes = max_bytes
         self.jobs = jobs or os.cpu_count() or 2
+        self._local = threading.local()  # per worker: a reusable decryption buffer
         self.read_data = read_data or subset is not None
         self.subset = subset
         self.now = time.time() if now is None else now
@@ -187,13 +209,16 @@ class Checker:
             header = {}
             res.damage.append((name, f"header unreadable: {exc}"))
         view = memoryview(data)
+        buf = getattr(self._local, "buf", None)
+        if buf is None:  # decrypted into one reused buffer: no fresh pages faulted in while holding the GIL
+            buf = self._local.buf = bytearray()
         for bid, e in indexed.items():
             h = header.get(bid)
             if header and (h is None or (h.offset, h.length) != (e.offset, e.length)):
                 res.bad[bid] = "index entry does not match the pack header"
                 continue
             try:
-                self.repo.open_block(e, view[e.offset : e.offset + e.length])
+                self.repo.open_block_into(e, view[e.offset : e.offset + e.length], buf)
             except IntegrityError as exc:
                 res.bad[bid] = str(exc)
         return res
@@ -220,7 +245,9 @@ class Checker:
                 good.append(res.pid)
         self.catalog.mark_verified(good, self.now)
 
-    def _walk_snapshots(self) -> None:
+    def _load_snapshots(self) -> list:
+        """The snapshots to walk; a repaired original (``vault repair`` wrote a complete replacement; the
+        original is kept for what it still holds) is reported as info, not walked."""
         snaps = []
         for sid in self.repo.list_snapshots():
             try:
@@ -228,41 +255,74 @@ class Checker:
             except VaultError as exc:
                 self._damage(f"snapshots/{sid}", f"unreadable: {exc}")
         self.report.snapshots = len(snaps)
-        checked: dict[bytes, list] = {}
-        referenced: set[bytes] = set()
         repaired = {s.summary.get("repaired_from") for s in snaps if s.summary.get("repaired_from")}
         for snap in snaps:
             if snap.id in repaired:
-                # 'vault repair' wrote a complete replacement; the original is kept for what it still holds
                 self.report.info.append(f"snapshot {snap.short_id} references lost data and was repaired "
                                         "(tag 'repaired'); forget it when it is no longer needed")
-                continue
+        return [s for s in snaps if s.id not in repaired]
+
+    def _walk_trees(self, snaps: list) -> None:
+        """Every tree reachable from a snapshot, once (walked ids in a catalog table, not in memory): it must
+        load, authenticate and parse; the file blocks it names go into the catalog's ``used`` table, and
+        those no index entry locates into ``_missing``. Runs beside the pack reads (another thread)."""
+        cat = self.catalog
+        cat.used_begin()
+        marker = cat.marker()
+        trees = 0
+        for snap in snaps:
+            stack = [snap.tree]
+            while stack:
+                tid = stack.pop()
+                if not marker.first_visit(tid):
+                    continue
+                trees += 1
+                nodes = self._load_tree(tid)
+                if isinstance(nodes, str):
+                    self._bad_trees[tid] = nodes
+                    continue
+                ids = []
+                for n in nodes:
+                    if n.type == FILE:
+                        ids.extend(n.blocks)
+                    elif n.type == DIR and n.subtree is not None:
+                        stack.append(n.subtree)
+                marker.add(ids)
+        marker.flush()
+        self.report.trees = trees
+        self.report.blocks_referenced = cat.used_count()
+        self._missing.update(cat.used_missing(limit=-1)[1])
+
+    def _attribute(self, snaps: list) -> None:
+        """Name the snapshots and files each damaged tree or block affects: a second walk, per snapshot (a
+        shared subtree is walked for each), only when something referenced is damaged or missing."""
+        if not (self._bad_trees or self._missing or (self._bad_blocks and self.catalog.used_contains(self._bad_blocks))):
+            return
+        for snap in snaps:
             stack = [(b"", snap.tree)]
             while stack:
                 base, tid = stack.pop()
-                nodes = checked.get(tid)
-                if nodes is None:
-                    nodes = self._load_tree(tid)
-                    checked[tid] = nodes
-                if isinstance(nodes, str):
-                    d = self._tree_damage(tid, nodes)
+                problem = self._bad_trees.get(tid)
+                if problem is not None:
+                    d = self._tree_damage(tid, problem)
                     if snap.short_id not in d.snapshots:
                         d.snapshots.append(snap.short_id)
                     d.files.append((base or b"/").decode("utf-8", "replace") + " (directory listing)")
                     continue
+                try:
+                    nodes = self.catalog.tree(self.repo, tid)
+                except VaultError:
+                    continue  # it loaded in the first walk; vanished since: the next verify reports it
                 for n in nodes:
                     path = base + b"/" + n.name
                     if n.type == DIR and n.subtree is not None:
                         stack.append((path, n.subtree))
                     elif n.type == FILE:
                         for bid in n.blocks:
-                            referenced.add(bid)
                             if bid in self._bad_blocks or bid in self._missing:
                                 snaps_, files_ = self._affected.setdefault(bid, (set(), set()))
                                 snaps_.add(snap.short_id)
                                 files_.add(path.decode("utf-8", "replace"))
-        self.report.trees = len(checked)
-        self.report.blocks_referenced = len(referenced)
 
     def _tree_damage(self, tid: bytes, problem: str) -> Damage:
         for d in self.report.damage:
@@ -280,11 +340,6 @@ class Checker:
             nodes = Tree.decode(self.repo.load_block(*loc)).nodes
         except VaultError as exc:
             return f"unreadable: {exc}"
-        ids = [b for n in nodes if n.type == FILE for b in n.blocks]
-        found = self.catalog.lookup_many(ids)
-        for b in ids:
-            if b not in found:
-                self._missing.add(b)
         return nodes
 
     def _check_keys(self) -> None:
@@ -296,9 +351,16 @@ class Checker:
         self._missing: set[bytes] = set()
         self._check_keys()
         self._check_packs()
-        if self.read_data:
-            self._read_packs(self._choose())
-        self._walk_snapshots()
+        snaps = self._load_snapshots()
+        if self.read_data:  # the tree walk (mostly Python) beside the pack reads (mostly GIL-free hashing)
+            walker = _Thread(self._walk_trees, snaps)
+            try:
+                self._read_packs(self._choose())
+            finally:
+                walker.join()
+        else:
+            self._walk_trees(snaps)
+        self._attribute(snaps)
         for bid, (snaps, files) in sorted(self._affected.items()):
             problem = self._bad_blocks.get(bid) or "missing from the index"
             d = self._damage(f"block {bid.hex()}", problem)

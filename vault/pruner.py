@@ -115,11 +115,12 @@ class Pruner:
         if unreadable or self.sync_problems:
             what = f"snapshot {unreadable[0][:8]} could not be read" if unreadable else self.sync_problems[0]
             raise PruneRefused(f"prune refused, nothing deleted: {what}; run 'vault verify' and 'vault repair'")
+        marker = cat.marker()
         for snap in snaps:
             stack = [snap.tree]
             while stack:
                 tid = stack.pop()
-                if not cat.walked_add(tid):  # walked already (a separate set: a chunk may equal a tree's bytes)
+                if not marker.first_visit(tid):  # walked already (a separate set: a chunk may equal a tree's bytes)
                     continue
                 try:
                     nodes = cat.tree(self.repo, tid)
@@ -132,7 +133,8 @@ class Pruner:
                         ids.extend(n.blocks)
                     elif n.type == DIR and n.subtree is not None:
                         stack.append(n.subtree)
-                cat.used_add(ids)
+                marker.add(ids)
+        marker.flush()
         self.report.blocks_referenced = cat.used_count()
         missing, examples = cat.used_missing()
         if missing:
@@ -142,6 +144,7 @@ class Pruner:
     # --- 2. plan ------------------------------------------------------------------------------------
     def _plan(self) -> _Plan:
         cat = self.catalog
+        cat.stored_begin()
         cat.stored_add(self.repo.list_packs())
         plan = _Plan()
         rep = self.report
