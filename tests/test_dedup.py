@@ -183,3 +183,24 @@ def test_chunker_shift_resistant(buf64):
     after = [hashlib.sha256(c).digest() for c in cut(edited, seed)]
     unchanged = sum(1 for h in after if h in before)
     assert unchanged >= len(after) - 3
+
+
+@pytest.mark.parametrize("params", [ChunkerParams(), ChunkerParams(4096, 16384, 65536)])
+def test_chunker_fd_equals_buffer_across_long_chunks(params, tmp_path):
+    """cut_fd reads through a buffer smaller than max_size: chunks longer than it (zero runs, repeated text)
+    take the temporary large buffer, and every cut is still the one chunking the whole file at once gives,
+    also when the caller keeps each view until it asks for the next."""
+    rnd = random.Random(11)
+    big = 3 * params.max_size
+    data = b"".join([rnd.randbytes(big // 2), bytes(big), rnd.randbytes(params.avg_size * 3 + 17),
+                     b"abc" * (big // 3), bytes(params.max_size - 1), rnd.randbytes(big)])
+    f = tmp_path / "f"
+    f.write_bytes(data)
+    c = Chunker(params, 99)
+    want = [bytes(x) for x in c.cut_bytes(data)]
+    assert max(map(len, want)) == params.max_size  # the case under test happens
+    with open(f, "rb") as fh:
+        got = []
+        for view in c.cut_fd(fh.fileno()):  # 'view' stays bound while the next is made
+            got.append(bytes(view))
+    assert got == want

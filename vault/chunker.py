@@ -7,6 +7,7 @@ Pure apart from reading the stream it is given.
 
 from __future__ import annotations
 
+import mmap
 import os
 import threading
 from collections.abc import Iterator
@@ -14,6 +15,9 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 import pyfastcdc
+
+
+_SLACK = 1 << 20  # a buffer holds this much beyond the longest chunk it is for: refills read >= 1 MiB
 
 
 @dataclass(frozen=True)
@@ -63,21 +67,26 @@ class Chunker:
     def _buffer(self) -> bytearray:
         buf = getattr(self._local, "buf", None)
         if buf is None:
-            # max_size + 4 MiB: a cut is only final with max_size bytes ahead; refills read >= 4 MiB
-            buf = self._local.buf = bytearray(self.params.max_size + 4 * 1024 * 1024)
+            buf = self._local.buf = bytearray(min(self.params.max_size, 4 * self.params.avg_size) + _SLACK)
         return buf
 
     def cut_fd(self, fd: int) -> Iterator[memoryview]:
-        """Chunk a file descriptor from its current position through one reusable per-thread buffer of
-        max_size + 4 MiB. Each view is valid only until the next one is requested."""
-        buf = self._buffer()
-        mv = memoryview(buf)
+        """Chunk a file descriptor from its current position. Each view is valid only until the next one is
+        requested.
+
+        Reads go through one reusable per-thread buffer of 4 x avg_size + 1 MiB (5 MiB by default), not of
+        max_size: a cut is final as soon as the chunk ends before the data read so far (the cut point
+        depends only on the bytes up to it), so the buffer need only hold a typical chunk. A rare longer
+        one (no cut point for > 4 MiB, e.g. a run of zeros) moves to a temporary mapping of max_size +
+        1 MiB, unmapped once it is no longer used. The cuts are the same as over the whole file at once."""
+        small = memoryview(self._buffer())
+        mv, big = small, None
         max_size = self.params.max_size
         cdc = self._cdc()
         start = end = 0
         eof = False
         while True:
-            while not eof and end < len(buf):
+            while not eof and end < len(mv):
                 n = os.readv(fd, [mv[end:]])
                 if n == 0:
                     eof = True
@@ -86,16 +95,23 @@ class Chunker:
                 return
             chunk = None
             for chunk in cdc.cut_buf(mv[start:end]):
-                if not eof and end - start < max_size:
-                    break  # a cut here could be forced by the buffer's end: read more first
+                if not eof and start + chunk.length == end:
+                    break  # it may have been cut short by the end of what was read: read more first
                 yield chunk.data
                 start += chunk.length
             del chunk
             if start == end and eof:
                 return
             rest = end - start
-            mv[:rest] = mv[start:end]
-            start, end = 0, rest
+            if start == 0 and big is None and len(mv) <= max_size:  # one chunk longer than the buffer
+                big = mmap.mmap(-1, max_size + _SLACK)
+                target = memoryview(big)
+            elif big is not None and rest <= len(small):  # back to the reusable buffer
+                target, big = small, None  # the mapping is unmapped when its last view is gone
+            else:
+                target = mv
+            target[:rest] = mv[start:end]
+            mv, start, end = target, 0, rest
 
     def cut_stream(self, stream: BinaryIO) -> Iterator[memoryview]:
         """Yield chunk views; each view is valid only until the next one is requested."""

@@ -11,6 +11,7 @@ index segment. Callers decide what to store (dedup); this only packs.
 
 from __future__ import annotations
 
+import hashlib
 import mmap
 import os
 import threading
@@ -26,12 +27,40 @@ OnPack = Callable[[bytes, int, list[PackEntry]], None]
 PREFAULT = 2 << 20  # bytes of a pack's mapping faulted in at a time, ahead of the block being written
 
 
+SPILL = 4 << 20  # staging: the filled part of a pack is written out (and its pages freed) this much at a time
+
+
 class _Open:
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, stage: Callable[[], object] | None = None) -> None:
         self.buf = mmap.mmap(-1, capacity)
         self.used = 0
         self.faulted = 0  # bytes [0, faulted) are backed by pages already
         self.entries: list[PackEntry] = []
+        self._stage = stage  # makes the backend's staged object on the first spill (None: no staging)
+        self.staged = None
+        self.spilled = 0  # bytes [0, spilled) are written to ``staged`` and hashed; their pages are freed
+        self.hash = hashlib.sha256()
+
+    def spill(self, end: int, final: bool = False) -> None:
+        """Write [spilled, end) out to the staged object and hash it; free those pages (whole pages only,
+        unless ``final``). Called in order, under the writer's lock, so the hash sees the bytes in order."""
+        if not final:
+            end -= end % mmap.PAGESIZE
+            if end - self.spilled < SPILL:
+                return
+        if self.staged is None:
+            self.staged = self._stage()
+        with memoryview(self.buf) as mv, mv[self.spilled : end] as piece:
+            self.staged.write_at(piece, self.spilled)
+            self.hash.update(piece)
+        if not final:
+            self.buf.madvise(mmap.MADV_REMOVE, self.spilled, end - self.spilled)
+        self.spilled = end
+
+    def discard(self) -> None:
+        if self.staged is not None:
+            self.staged.discard()
+            self.staged = None
 
     def prefault(self, end: int, zero_fd: int) -> None:
         """Make sure [0, end) is backed by pages, faulting them in a GIL-free read of /dev/zero."""
@@ -59,6 +88,10 @@ class PackWriter:
         # virtual size: untouched pages cost nothing; room for the last block and a header of tiny blocks
         self._capacity = 2 * (self._target + sealed_size(repo.config.chunker.max_size))
         self._open: dict[str, _Open | None] = {k: None for k in KINDS}
+        # a local store writes each pack as it fills (4 MiB at a time) instead of holding it whole in memory
+        backend = repo.backend
+        self._stage = (lambda: backend.stage("data")) if (
+            self._sync and getattr(backend, "supports_staging", False) and hasattr(mmap, "MADV_REMOVE")) else None
         try:
             self._zero_fd: int | None = os.open("/dev/zero", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         except OSError:
@@ -80,7 +113,7 @@ class PackWriter:
             if op is None or op.used + size > len(op.buf):
                 if op is not None and op.entries:
                     full = op
-                op = self._open[kind] = _Open(max(self._capacity, size))
+                op = self._open[kind] = _Open(max(self._capacity, size), self._stage)
             if self._zero_fd is not None and op.used + size > op.faulted:
                 op.prefault(op.used + size, self._zero_fd)
             seal_block_into(self.repo.cipher, block_id, flag, payload, memoryview(op.buf)[op.used : op.used + size])
@@ -88,6 +121,8 @@ class PackWriter:
             op.used += size
             if op.used >= self._target:
                 full, self._open[kind] = op, None
+            elif self._stage is not None:
+                op.spill(op.used)
         if full is not None:
             self._store(full)
         return size
@@ -110,6 +145,7 @@ class PackWriter:
         """Stop the uploaders; packs not flushed are dropped (a crash-equivalent: nothing references them)."""
         for op in self._open.values():
             if op is not None:
+                op.discard()
                 op.buf.close()
         self._uploads.shutdown(wait=True, cancel_futures=True)
         if self._zero_fd is not None:
@@ -145,7 +181,12 @@ class PackWriter:
         header = encode_header(op.entries, self.repo.cipher)
         end = op.used + len(header)
         try:
-            if end <= len(op.buf):
+            if op.staged is not None:  # the rest and the header, then name it by the hash of it all
+                op.spill(op.used, final=True)
+                op.staged.write_at(header, op.used)
+                op.hash.update(header)
+                pid = self.repo.publish_pack(op.staged, op.hash.digest(), end)
+            elif end <= len(op.buf):
                 op.buf[op.used : end] = header
                 with memoryview(op.buf) as mv, mv[:end] as data:
                     pid = self.repo.put_pack(data)
@@ -154,6 +195,7 @@ class PackWriter:
                 end = len(data)
                 pid = self.repo.put_pack(data)
         finally:
+            op.discard()
             try:
                 op.buf.close()
             except BufferError:  # a backend still holds a view (e.g. in a traceback): let GC unmap it

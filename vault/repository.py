@@ -213,6 +213,17 @@ class Repository:
             raise IntegrityError(f"pack {pid.hex()[:16]} was stored with the wrong size")
         return pid
 
+    def publish_pack(self, staged, pid: bytes, size: int) -> bytes:
+        """``put_pack`` for a pack written piecewise (``backend.stage``) and hashed as it was written."""
+        name = pack_name(pid)
+        try:
+            staged.publish(name)
+        except ObjectExists:
+            pass  # same name = same bytes: another run stored this pack already
+        if self.backend.size(name) != size:  # verify after write
+            raise IntegrityError(f"pack {pid.hex()[:16]} was stored with the wrong size")
+        return pid
+
     def read_pack_header(self, pid: bytes, size: int | None = None) -> list[pack_mod.PackEntry]:
         name = pack_name(pid)
         size = self.backend.size(name) if size is None else size

@@ -42,6 +42,21 @@ class CountingBackend:
         self._count("PUT", up=memoryview(data).nbytes)
         self.inner.put(name, data, overwrite=overwrite)
 
+    @property
+    def supports_staging(self) -> bool:
+        return getattr(self.inner, "supports_staging", False)
+
+    def stage(self, directory: str):
+        """The inner backend's staged write; its publish is counted as one PUT of the whole object."""
+        staged = self.inner.stage(directory)
+        publish = staged.publish
+
+        def counted(name: str) -> None:
+            self._count("PUT", up=staged.size)
+            publish(name)
+        staged.publish = counted
+        return staged
+
     def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         """Count a GET, then the bytes it returned."""
         self._count("GET")

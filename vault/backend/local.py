@@ -125,6 +125,19 @@ class LocalBackend:
                 raise ObjectExists(f"{name} already exists in {self.root}") from None
             os.rename(tmp, final)
 
+    # -- staged writes (optional; see ``Staged``) -----------------------------------------------------------
+
+    supports_staging = True
+
+    def stage(self, directory: str) -> "Staged":
+        """An object written piece by piece into a temp file in ``directory`` (an object-name prefix such as
+        ``data``), named only when complete: a pack's name is the hash of all its bytes, and writing it as
+        it fills keeps only the unwritten part of it in memory."""
+        path = self._path(directory)
+        with self._os_errors("writing", directory):
+            fd, tmp = self._open_temp(path)
+        return Staged(self, fd, tmp)
+
     # -- the Backend protocol ------------------------------------------------------------------------------
 
     def put(self, name: str, data: bytes | memoryview, *, overwrite: bool = False) -> None:
@@ -258,3 +271,48 @@ class LocalBackend:
 
     def __repr__(self) -> str:
         return f"LocalBackend({self.root!r})"
+
+
+class Staged:
+    """A temp file being written at offsets; ``publish`` makes it durable under its final name exactly as
+    ``put`` does (fsync, create-only link, fsync of the directory); ``discard`` removes it. Not thread-safe:
+    the pack writer calls it under its lock."""
+
+    def __init__(self, backend: LocalBackend, fd: int, tmp: str):
+        self.backend, self.fd, self.tmp = backend, fd, tmp
+        self.size = 0
+
+    def write_at(self, data: bytes | memoryview, offset: int) -> None:
+        with memoryview(data) as mv, self.backend._os_errors("writing", self.tmp):
+            done = 0
+            while done < len(mv):
+                done += os.pwrite(self.fd, mv[done:], offset + done)
+        self.size = max(self.size, offset + len(data))
+
+    def publish(self, name: str) -> None:
+        """Raises ObjectExists when the name is taken (the temp file is removed either way)."""
+        b = self.backend
+        final = b._path(name)
+        directory = os.path.dirname(final)
+        try:
+            with b._os_errors("writing", name):
+                os.fsync(self.fd)
+                os.close(self.fd)
+                self.fd = -1
+                try:
+                    b._link_into_place(name, self.tmp, final)
+                except FileNotFoundError:  # its directory (data/ab/) does not exist yet
+                    b._make_dirs(directory)
+                    b._link_into_place(name, self.tmp, final)
+                _fsync_dir(directory)
+        finally:
+            self.discard()
+
+    def discard(self) -> None:
+        if self.fd >= 0:
+            with suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
+        with suppress(OSError):
+            os.unlink(self.tmp)
+

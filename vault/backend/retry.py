@@ -84,6 +84,15 @@ class RetryBackend:
                     raise
             self._backoff(attempt)
 
+    @property
+    def supports_staging(self) -> bool:
+        return getattr(self.inner, "supports_staging", False)
+
+    def stage(self, directory: str):
+        """The inner backend's staged write, not retried (only local directories stage: their errors are not
+        transient; a failure fails the pack, as a failed put does after its retries)."""
+        return self.inner.stage(directory)
+
     def _stored_equals(self, name: str, data: bytes | memoryview) -> bool:
         expected = data if isinstance(data, bytes) else bytes(data)
         if self._call(lambda: self.inner.size(name)) != len(expected):

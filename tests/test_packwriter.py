@@ -1,0 +1,121 @@
+"""The pack writer on a local store writes each pack as it fills (staged), so only the unwritten part of a
+pack is in memory: the packs it stores are named by their hash, parse, and hold every block; a failure or a
+close leaves no temp file behind; stores without staging (S3, wrappers) keep whole packs in memory."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+
+import pytest
+from conftest import PASSWORD
+
+from vault.backend import open_backend
+from vault.backend.local import TEMP_PREFIX, LocalBackend
+from vault.backend.memory import MemoryBackend
+from vault.crypto import FAST_KDF
+from vault.errors import PermanentError
+from vault.pack import DATA, parse_pack
+from vault.packwriter import SPILL, PackWriter
+from vault.repository import Repository, pack_name
+
+MiB = 1 << 20
+
+
+def _repo(backend, pack_size: int = 16 * MiB) -> Repository:
+    return Repository.create(backend, PASSWORD.encode(), kdf=FAST_KDF, pack_size=pack_size, compression_level=0)
+
+
+def _blocks(repo: Repository, n: int, size: int) -> list[tuple[bytes, bytes]]:
+    rnd = random.Random(n * size)
+    return [(repo.block_id(d), d) for d in (rnd.randbytes(size) for _ in range(n))]
+
+
+def _temp_files(root) -> list[str]:
+    return [f for _, _, files in os.walk(root) for f in files if f.startswith(TEMP_PREFIX)]
+
+
+def test_staged_packs_are_named_by_their_hash_and_hold_every_block(tmp_path):
+    backend = open_backend(str(tmp_path / "r"), count=True)  # as the CLI opens it: retry + counting wrappers
+    repo = _repo(backend)
+    stages = []
+    real_stage = backend.stage
+    backend.stage = lambda d: stages.append(d) or real_stage(d)
+    stored = []
+    w = PackWriter(repo, lambda pid, size, entries: stored.append((pid, size, entries)), uploaders=0)
+    blocks = _blocks(repo, 40, MiB + 123)  # ~40 MiB: three packs, each written out 4 MiB at a time
+    for bid, data in blocks:
+        w.add(DATA, bid, data)
+    w.flush()
+    w.close()
+    assert stages and len(stored) == 3
+    seen = {}
+    for pid, size, entries in stored:
+        raw = (tmp_path / "r" / pack_name(pid)).read_bytes()
+        assert len(raw) == size and hashlib.sha256(raw).digest() == pid
+        assert [e.block_id for e in parse_pack(raw, repo.cipher)] == [e.block_id for e in entries]
+        for e in entries:
+            seen[e.block_id] = repo.open_block(e, raw[e.offset : e.offset + e.length])
+    assert seen == dict(blocks)
+    assert _temp_files(tmp_path / "r") == []
+    assert backend.inner.stats()["requests"]["PUT"] >= 3  # a staged pack is counted as one PUT
+
+
+def test_small_packs_are_not_staged(tmp_path):
+    backend = LocalBackend(tmp_path / "r")
+    repo = _repo(backend)
+    stages = []
+    real_stage = backend.stage
+    backend.stage = lambda d: stages.append(d) or real_stage(d)
+    w = PackWriter(repo, lambda *a: None, uploaders=0)
+    for bid, data in _blocks(repo, 3, SPILL // 4):
+        w.add(DATA, bid, data)
+    w.flush()
+    assert stages == []
+
+
+def test_a_failed_publish_leaves_no_temp_file(tmp_path):
+    backend = LocalBackend(tmp_path / "r")
+    repo = _repo(backend, pack_size=8 * MiB)
+    real_stage = backend.stage
+
+    def failing(d):
+        staged = real_stage(d)
+
+        def publish(name):  # fails before linking, leaving its temp file to the writer to remove
+            raise PermanentError("disk full writing " + name)
+        staged.publish = publish
+        return staged
+    backend.stage = failing
+    w = PackWriter(repo, lambda *a: None, uploaders=0)
+    with pytest.raises(PermanentError):
+        for bid, data in _blocks(repo, 12, MiB):
+            w.add(DATA, bid, data)
+    w.close()
+    assert _temp_files(tmp_path / "r") == []
+    assert list(backend.list("data/")) == []
+
+
+def test_close_without_flush_discards_the_staged_part(tmp_path):
+    backend = LocalBackend(tmp_path / "r")
+    repo = _repo(backend)
+    w = PackWriter(repo, lambda *a: None, uploaders=0)
+    for bid, data in _blocks(repo, 6, MiB):  # 6 MiB: one spill, not full
+        w.add(DATA, bid, data)
+    assert _temp_files(tmp_path / "r")  # the staged part is on disk ...
+    w.close()
+    assert _temp_files(tmp_path / "r") == []  # ... and gone: nothing references it
+    assert list(backend.list("data/")) == []
+
+
+def test_stores_without_staging_keep_the_whole_pack(tmp_path):
+    repo = _repo(MemoryBackend())
+    stored = []
+    w = PackWriter(repo, lambda pid, size, entries: stored.append(pid), uploaders=0)
+    for bid, data in _blocks(repo, 20, MiB):
+        w.add(DATA, bid, data)
+    w.flush()
+    assert len(stored) == 2
+    for pid in stored:
+        assert hashlib.sha256(repo.backend.get(pack_name(pid))).digest() == pid
