@@ -27,13 +27,13 @@ import sqlite3
 import threading
 
 import zstandard
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from . import index as index_mod
 from .compress import bounded_decompress
 from .errors import CatalogError, IntegrityError, ObjectNotFound
-from .model import Node, Snapshot, Tree, parse_stored_time, format_time
+from .model import DIR, FILE, Node, Snapshot, Tree, parse_stored_time, format_time
 from .pack import PackEntry
 
 SCHEMA_VERSION = 3
@@ -110,6 +110,10 @@ class Catalog:
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
+            # temporary tables (prune's and verify's marks): no rollback journal, and up to 32 MiB of them kept
+            # in memory before they spill to a temp file (bounded, but no I/O for most repositories)
+            conn.execute("PRAGMA temp.journal_mode=OFF")
+            conn.execute("PRAGMA temp.cache_size=-32768")
             has_meta = conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
             meta = dict(conn.execute("SELECT key, value FROM meta").fetchall()) if has_meta else {}
             if not meta:
@@ -537,6 +541,29 @@ class UsedMarker:
         self._ids.extend(ids)
         if len(self._ids) + len(self._trees) >= self.limit:
             self.flush()
+
+    def walk(self, root: bytes, load: Callable[[bytes], list | None], with_trees: bool = False) -> int:
+        """Mark every tree below ``root`` not walked yet, each once: ``load(tree id)`` gives its nodes (None:
+        unreadable, skipped); their file block ids (and, ``with_trees``, the tree ids) go into ``used``.
+        Returns how many trees were walked."""
+        walked = 0
+        stack = [root]
+        while stack:
+            tid = stack.pop()
+            if not self.first_visit(tid):  # a separate set from used: a chunk may equal a tree's bytes
+                continue
+            walked += 1
+            nodes = load(tid)
+            if nodes is None:
+                continue
+            ids = [tid] if with_trees else []
+            for n in nodes:
+                if n.type == FILE:
+                    ids.extend(n.blocks)
+                elif n.type == DIR and n.subtree is not None:
+                    stack.append(n.subtree)
+            self.add(ids)
+        return walked
 
     def flush(self) -> None:
         if self._trees or self._ids:

@@ -99,26 +99,6 @@ def parse_subset(text: str | None) -> tuple[str, float] | None:
     raise UsageError(f"bad --read-data-subset {text!r}: use a percentage like 5% or n/m like 1/20")
 
 
-class _Thread(threading.Thread):
-    """Runs ``fn(*args)`` in the background; ``join`` re-raises what it raised."""
-
-    def __init__(self, fn, *args):
-        super().__init__(target=self._run, args=(fn, args), name="vault-verify-walk", daemon=True)
-        self.error: BaseException | None = None
-        self.start()
-
-    def _run(self, fn, args) -> None:
-        try:
-            fn(*args)
-        except BaseException as exc:  # noqa: BLE001 - handed to the joining thread
-            self.error = exc
-
-    def join(self, timeout: float | None = None) -> None:
-        super().join(timeout)
-        if self.error is not None:
-            raise self.error
-
-
 class Checker:
     def __init__(self, repo: Repository, catalog: Catalog, read_data: bool = False,
                  subset: tuple[str, float] | None = None, now: float | None = None, jobs: int = 0,
@@ -265,29 +245,13 @@ class Checker:
     def _walk_trees(self, snaps: list) -> None:
         """Every tree reachable from a snapshot, once (walked ids in a catalog table, not in memory): it must
         load, authenticate and parse; the file blocks it names go into the catalog's ``used`` table, and
-        those no index entry locates into ``_missing``. Runs beside the pack reads (another thread)."""
+        those no index entry locates into ``_missing``."""
         cat = self.catalog
         cat.used_begin()
         marker = cat.marker()
         trees = 0
         for snap in snaps:
-            stack = [snap.tree]
-            while stack:
-                tid = stack.pop()
-                if not marker.first_visit(tid):
-                    continue
-                trees += 1
-                nodes = self._load_tree(tid)
-                if isinstance(nodes, str):
-                    self._bad_trees[tid] = nodes
-                    continue
-                ids = []
-                for n in nodes:
-                    if n.type == FILE:
-                        ids.extend(n.blocks)
-                    elif n.type == DIR and n.subtree is not None:
-                        stack.append(n.subtree)
-                marker.add(ids)
+            trees += marker.walk(snap.tree, self._loaded_tree)
         marker.flush()
         self.report.trees = trees
         self.report.blocks_referenced = cat.used_count()
@@ -330,6 +294,13 @@ class Checker:
                 return d
         return self._damage(f"tree {tid.hex()}", problem)
 
+    def _loaded_tree(self, tid: bytes) -> list | None:
+        nodes = self._load_tree(tid)
+        if isinstance(nodes, str):
+            self._bad_trees[tid] = nodes
+            return None
+        return nodes
+
     def _load_tree(self, tid: bytes) -> list | str:
         loc = self.catalog.lookup(tid)
         if loc is None:
@@ -352,14 +323,11 @@ class Checker:
         self._check_keys()
         self._check_packs()
         snaps = self._load_snapshots()
-        if self.read_data:  # the tree walk (mostly Python) beside the pack reads (mostly GIL-free hashing)
-            walker = _Thread(self._walk_trees, snaps)
-            try:
-                self._read_packs(self._choose())
-            finally:
-                walker.join()
-        else:
-            self._walk_trees(snaps)
+        # the walk first, then the reads: run side by side in threads they fight over the GIL and take more
+        # CPU and as long (measured on the bench corpus: 4.9 vs 4.5 s)
+        self._walk_trees(snaps)
+        if self.read_data:
+            self._read_packs(self._choose())
         self._attribute(snaps)
         for bid, (snaps, files) in sorted(self._affected.items()):
             problem = self._bad_blocks.get(bid) or "missing from the index"

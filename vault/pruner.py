@@ -27,7 +27,6 @@ from . import index as index_mod
 from . import pack as pack_mod
 from .catalog import Catalog
 from .errors import IntegrityError, ObjectNotFound, VaultError
-from .model import DIR, FILE
 from .packwriter import PackWriter
 from .repository import Repository, pack_name
 
@@ -117,23 +116,13 @@ class Pruner:
             raise PruneRefused(f"prune refused, nothing deleted: {what}; run 'vault verify' and 'vault repair'")
         marker = cat.marker()
         for snap in snaps:
-            stack = [snap.tree]
-            while stack:
-                tid = stack.pop()
-                if not marker.first_visit(tid):  # walked already (a separate set: a chunk may equal a tree's bytes)
-                    continue
+            def load(tid: bytes, snap=snap) -> list:
                 try:
-                    nodes = cat.tree(self.repo, tid)
+                    return cat.tree(self.repo, tid)
                 except (IntegrityError, ObjectNotFound) as exc:
                     raise PruneRefused(f"prune refused, nothing deleted: snapshot {snap.short_id} cannot be read "
                                        f"({exc}); run 'vault verify' and 'vault repair'") from None
-                ids = [tid]
-                for n in nodes:
-                    if n.type == FILE:
-                        ids.extend(n.blocks)
-                    elif n.type == DIR and n.subtree is not None:
-                        stack.append(n.subtree)
-                marker.add(ids)
+            marker.walk(snap.tree, load, with_trees=True)
         marker.flush()
         self.report.blocks_referenced = cat.used_count()
         missing, examples = cat.used_missing()
