@@ -25,11 +25,10 @@ from datetime import datetime, timezone
 
 from . import index as index_mod
 from .catalog import Catalog
-from .errors import SourceNotFound, VaultError
+from .errors import IntegrityError, SourceNotFound, VaultError
 from .excludes import Matcher
-from .errors import IntegrityError
 from .fsmeta import node_from_stat, node_type, stat_matches_doc, unchanged
-from .model import DIR, FILE, SYMLINK, Node, Snapshot, Tree, name_from_doc, parse_id
+from .model import DIR, FILE, SYMLINK, Node, Snapshot, Tree, name_from_doc, parse_id, parse_ids
 from .pack import DATA, TREE, PackEntry
 from .packwriter import PackWriter
 from .repository import Repository
@@ -501,7 +500,7 @@ class Archiver:
             if type(it) is _Reuse:
                 try:
                     node = node_from_stat(it.name, it.st)
-                    node.blocks = [parse_id(b) for b in it.doc.get("blocks", [])]
+                    node.blocks = parse_ids(it.doc.get("blocks", []))
                     nodes.append(node)
                     continue
                 except (IntegrityError, TypeError):  # a malformed parent entry: read the file instead
