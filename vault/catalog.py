@@ -110,10 +110,10 @@ class Catalog:
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
-            # temporary tables (prune's and verify's marks): no rollback journal, and up to 32 MiB of them kept
+            # temporary tables (prune's and verify's marks): no rollback journal, and up to 8 MiB of them kept
             # in memory before they spill to a temp file (bounded, but no I/O for most repositories)
             conn.execute("PRAGMA temp.journal_mode=OFF")
-            conn.execute("PRAGMA temp.cache_size=-32768")
+            conn.execute("PRAGMA temp.cache_size=-8192")
             has_meta = conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
             meta = dict(conn.execute("SELECT key, value FROM meta").fetchall()) if has_meta else {}
             if not meta:
