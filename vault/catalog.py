@@ -345,15 +345,12 @@ class Catalog:
     def tree(self, repo, tree_id: bytes) -> list[Node]:
         """The entries of a tree, verified: from the catalog when its bytes still match the tree id (HMAC),
         else loaded (verified) from the repository and cached again."""
-        return Tree.from_docs(self.tree_docs(repo, tree_id)).nodes
-
-    def tree_docs(self, repo, tree_id: bytes) -> list:
-        """A tree's entries as parsed JSON (``Tree.docs``): its bytes are authenticated (HMAC = tree id) but
-        the entries are not validated yet -- the caller validates what it uses (``Node.from_json``)."""
-        return self.tree_docs_indexed(repo, tree_id)[0]
+        return Tree.from_docs(self.tree_docs_indexed(repo, tree_id)[0]).nodes
 
     def tree_docs_indexed(self, repo, tree_id: bytes) -> tuple[list, bool]:
-        """``tree_docs`` and whether the index lists the tree (one query for both)."""
+        """A tree's entries as parsed JSON (``Tree.docs``) and whether the index lists the tree (one query for
+        both). The bytes are authenticated (HMAC = tree id) but the entries are not validated yet: the caller
+        validates what it uses (``Node.from_json``)."""
         rows = self._q("SELECT data, EXISTS(SELECT 1 FROM blocks b WHERE b.id = t.id) FROM trees t WHERE t.id=?",
                        (tree_id,))
         if rows:
@@ -399,17 +396,14 @@ class Catalog:
         self._tx(lambda c: c.executemany("INSERT OR REPLACE INTO copy_map (src, dst) VALUES (?, ?)", pairs))
 
     # --- prune support (temporary tables, on disk: memory stays flat however big the repository) ----------
-    def used_begin(self) -> None:
-        """Start empty sets of referenced block ids (``used``) and walked trees (``walked``)."""
+    def marker(self) -> "UsedMarker":
+        """Empty sets of referenced block ids (``used``) and walked trees (``walked``), and a marker that fills
+        them in batches: one transaction per ~20,000 ids, not one per tree."""
         def run(c: sqlite3.Connection) -> None:
             for table in ("used", "walked"):
                 c.execute(f"CREATE TEMP TABLE IF NOT EXISTS {table} (id BLOB PRIMARY KEY) WITHOUT ROWID")
                 c.execute(f"DELETE FROM temp.{table}")
         self._tx(run)
-
-    def marker(self) -> "UsedMarker":
-        """Fills ``used`` and ``walked`` (after ``used_begin``) in batches: one transaction per ~20,000 ids,
-        not one per tree (each costs a temporary-journal write)."""
         return UsedMarker(self)
 
     def _mark_flush(self, trees: Iterable[bytes], ids: Iterable[bytes]) -> None:

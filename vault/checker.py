@@ -247,11 +247,10 @@ class Checker:
         load, authenticate and parse; the file blocks it names go into the catalog's ``used`` table, and
         those no index entry locates into ``_missing``."""
         cat = self.catalog
-        cat.used_begin()
         marker = cat.marker()
         trees = 0
         for snap in snaps:
-            trees += marker.walk(snap.tree, self._loaded_tree)
+            trees += marker.walk(snap.tree, self._load_tree)
         marker.flush()
         self.report.trees = trees
         self.report.blocks_referenced = cat.used_count()
@@ -294,24 +293,22 @@ class Checker:
                 return d
         return self._damage(f"tree {tid.hex()}", problem)
 
-    def _loaded_tree(self, tid: bytes) -> list | None:
-        nodes = self._load_tree(tid)
-        if isinstance(nodes, str):
-            self._bad_trees[tid] = nodes
-            return None
-        return nodes
-
-    def _load_tree(self, tid: bytes) -> list | str:
+    def _load_tree(self, tid: bytes) -> list | None:
+        """A tree's nodes, loaded from the repository and authenticated; None (and the problem noted in
+        ``_bad_trees``) when it is missing from the index, in a damaged pack, or unreadable."""
+        problem = None
         loc = self.catalog.lookup(tid)
         if loc is None:
-            return "tree block missing from the index"
-        if tid in self._bad_blocks:
-            return self._bad_blocks[tid]
-        try:
-            nodes = Tree.decode(self.repo.load_block(*loc)).nodes
-        except VaultError as exc:
-            return f"unreadable: {exc}"
-        return nodes
+            problem = "tree block missing from the index"
+        elif tid in self._bad_blocks:
+            problem = self._bad_blocks[tid]
+        else:
+            try:
+                return Tree.decode(self.repo.load_block(*loc)).nodes
+            except VaultError as exc:
+                problem = f"unreadable: {exc}"
+        self._bad_trees[tid] = problem
+        return None
 
     def _check_keys(self) -> None:
         for name, info in self.repo.list_keys():
@@ -329,10 +326,10 @@ class Checker:
         if self.read_data:
             self._read_packs(self._choose())
         self._attribute(snaps)
-        for bid, (snaps, files) in sorted(self._affected.items()):
+        for bid, (in_snaps, files) in sorted(self._affected.items()):
             problem = self._bad_blocks.get(bid) or "missing from the index"
             d = self._damage(f"block {bid.hex()}", problem)
-            d.snapshots = sorted(snaps)
+            d.snapshots = sorted(in_snaps)
             d.files = sorted(files)
         self.report.coverage = self._coverage()
         return self.report

@@ -103,7 +103,6 @@ class Pruner:
     # --- 1. mark ------------------------------------------------------------------------------------
     def _mark(self) -> None:
         cat = self.catalog
-        cat.used_begin()
         if self.opts.ignore_snapshots and not self.opts.dry_run:
             raise ValueError("ignore_snapshots is for dry runs only: it would free data existing snapshots need")
         ignored = set(self.opts.ignore_snapshots)
