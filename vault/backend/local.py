@@ -133,37 +133,24 @@ class LocalBackend:
         """An object written piece by piece into a temp file in ``directory`` (an object-name prefix such as
         ``data``), named only when complete: a pack's name is the hash of all its bytes, and writing it as
         it fills keeps only the unwritten part of it in memory."""
-        path = self._path(directory)
-        with self._os_errors("writing", directory):
+        return self._staged(self._path(directory), directory)
+
+    def _staged(self, path: str, label: str) -> "Staged":
+        with self._os_errors("writing", label):
             fd, tmp = self._open_temp(path)
-        return Staged(self, fd, tmp)
+        return Staged(self, fd, tmp, label)
 
     # -- the Backend protocol ------------------------------------------------------------------------------
 
     def put(self, name: str, data: bytes | memoryview, *, overwrite: bool = False) -> None:
         """Write ``data`` atomically and durably under ``name`` (see the module docstring)."""
-        final = self._path(name)
-        directory = os.path.dirname(final)
-        tmp: str | None = None
+        staged = self._staged(os.path.dirname(self._path(name)), name)
         try:
-            with self._os_errors("writing", name):
-                fd, tmp = self._open_temp(directory)
-                with open(fd, "wb", closefd=True) as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                if overwrite:
-                    os.replace(tmp, final)
-                else:
-                    self._link_into_place(name, tmp, final)
-                    if os.path.lexists(tmp):
-                        os.unlink(tmp)
-                tmp = None
-                _fsync_dir(directory)
-        finally:
-            if tmp is not None:
-                with suppress(OSError):
-                    os.unlink(tmp)
+            staged.write_at(data, 0)
+        except BaseException:
+            staged.discard()
+            raise
+        staged.publish(name, overwrite=overwrite)
 
     def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         """Read the object, or ``length`` bytes from ``offset`` (short when the range passes the end)."""
@@ -274,23 +261,24 @@ class LocalBackend:
 
 
 class Staged:
-    """A temp file being written at offsets; ``publish`` makes it durable under its final name exactly as
-    ``put`` does (fsync, create-only link, fsync of the directory); ``discard`` removes it. Not thread-safe:
-    the pack writer calls it under its lock."""
+    """A temp file being written at offsets; ``publish`` makes it durable under its final name (fsync, then a
+    create-only link or, with ``overwrite``, a rename, then fsync of the directory); ``discard`` removes it.
+    ``put`` is a staged write of one piece. Not thread-safe: the pack writer calls it under its lock."""
 
-    def __init__(self, backend: LocalBackend, fd: int, tmp: str):
-        self.backend, self.fd, self.tmp = backend, fd, tmp
+    def __init__(self, backend: LocalBackend, fd: int, tmp: str, label: str):
+        self.backend, self.fd, self.tmp, self.label = backend, fd, tmp, label
         self.size = 0
 
     def write_at(self, data: bytes | memoryview, offset: int) -> None:
-        with memoryview(data) as mv, self.backend._os_errors("writing", self.tmp):
+        with memoryview(data) as mv, self.backend._os_errors("writing", self.label):
             done = 0
-            while done < len(mv):
+            while done < mv.nbytes:
                 done += os.pwrite(self.fd, mv[done:], offset + done)
-        self.size = max(self.size, offset + len(data))
+            self.size = max(self.size, offset + mv.nbytes)
 
-    def publish(self, name: str) -> None:
-        """Raises ObjectExists when the name is taken (the temp file is removed either way)."""
+    def publish(self, name: str, *, overwrite: bool = False) -> None:
+        """Raises ObjectExists when the name is taken and not ``overwrite`` (the temp file is removed
+        either way)."""
         b = self.backend
         final = b._path(name)
         directory = os.path.dirname(final)
@@ -299,11 +287,14 @@ class Staged:
                 os.fsync(self.fd)
                 os.close(self.fd)
                 self.fd = -1
-                try:
-                    b._link_into_place(name, self.tmp, final)
-                except FileNotFoundError:  # its directory (data/ab/) does not exist yet
-                    b._make_dirs(directory)
-                    b._link_into_place(name, self.tmp, final)
+                if overwrite:
+                    os.replace(self.tmp, final)
+                else:
+                    try:
+                        b._link_into_place(name, self.tmp, final)
+                    except FileNotFoundError:  # its directory (data/ab/) does not exist yet
+                        b._make_dirs(directory)
+                        b._link_into_place(name, self.tmp, final)
                 _fsync_dir(directory)
         finally:
             self.discard()
@@ -315,4 +306,3 @@ class Staged:
             self.fd = -1
         with suppress(OSError):
             os.unlink(self.tmp)
-
