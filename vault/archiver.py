@@ -447,7 +447,7 @@ class Archiver:
                 items.append(sub)
             elif t == FILE:
                 self.stats.bytes_processed += st.st_size
-                if old is not None and unchanged(old, st):
+                if old is not None and (same or unchanged(old, st)):  # same: every field matched just above
                     self.stats.files_unmodified += 1
                     items.append(_Reuse(child, name, st, old))
                 else:
