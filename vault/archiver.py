@@ -27,8 +27,9 @@ from . import index as index_mod
 from .catalog import Catalog
 from .errors import IntegrityError, SourceNotFound, VaultError
 from .excludes import Matcher
-from .fsmeta import node_from_stat, node_type, stat_matches_doc, unchanged
-from .model import DIR, FILE, SYMLINK, Node, Snapshot, Tree, name_from_doc, parse_id, parse_ids
+from .entries import split_ids
+from .fsmeta import node_from_stat, node_type, stat_key
+from .model import DIR, FILE, SYMLINK, Node, Snapshot, Tree
 from .pack import DATA, TREE, PackEntry
 from .packwriter import PackWriter
 from .repository import Repository
@@ -97,10 +98,10 @@ class _Reuse:
     """An unchanged file: its Node (stat + the parent's block list) is built only if its directory's tree
     turns out to differ from the parent's; an unchanged directory reuses the parent's tree id as is."""
 
-    __slots__ = ("path", "name", "st", "doc")
+    __slots__ = ("name", "st", "blocks")
 
-    def __init__(self, path: bytes, name: bytes, st: os.stat_result, doc: dict):
-        self.path, self.name, self.st, self.doc = path, name, st, doc
+    def __init__(self, name: bytes, st: os.stat_result, blocks: bytes):
+        self.name, self.st, self.blocks = name, st, blocks
 
 
 class _PendingDir:
@@ -134,21 +135,6 @@ class _FileResult:
     blocks_added: int = 0
     error: str | None = None
     changed_while_reading: bool = False
-
-
-def _old_subtree(doc: dict | None) -> bytes | None:
-    sub = doc.get("subtree") if doc is not None and doc.get("type") == DIR else None
-    try:
-        return parse_id(sub) if sub is not None else None
-    except IntegrityError:
-        return None
-
-
-def _old_target(doc: dict | None) -> bytes | None:
-    try:
-        return Node.from_json(doc).target if doc is not None else None
-    except IntegrityError:
-        return None
 
 
 def _join(base: bytes, name: bytes) -> bytes:
@@ -189,7 +175,7 @@ class Archiver:
         self._local = threading.local()
         self._seen: set[bytes] = set()
         self._pending: list[tuple[bytes, int, list[PackEntry]]] = []
-        self._tree_rows: list[tuple[bytes, list[Node], bytes]] = []
+        self._tree_rows: list[tuple[bytes, list[Node]]] = []
         self._tree_row_nodes = 0
         self._hardlinks: dict[tuple[int, int], tuple[_Batch, int]] = {}
         self._excludes = Matcher(opts.excludes)
@@ -278,7 +264,7 @@ class Archiver:
             return
         rows, self._tree_rows, self._tree_row_nodes = self._tree_rows, [], 0
         if not self.opts.dry_run:
-            self.catalog.add_trees(rows)
+            self.catalog.add_trees(self.repo, rows)
 
     # --- files --------------------------------------------------------------------------------------
     def _read_file(self, path: bytes, name: bytes, is_new: bool) -> _FileResult:
@@ -376,30 +362,24 @@ class Archiver:
             self._inflight.release()
 
     # --- directories --------------------------------------------------------------------------------
-    def _parent_docs(self, tree_id: bytes | None) -> tuple[dict[bytes, dict], int, bool]:
-        """The parent snapshot's entries of this directory by name, as parsed JSON (validated when used), how
-        many there are, and whether the index lists that tree; ({}, -1, False) when there is none or it
-        cannot be read. Names are not validated here: they are only looked up with names the directory
-        listing gave, and a bad or duplicate one makes the entry counts differ."""
+    def _parent_entries(self, tree_id: bytes | None) -> tuple[dict[bytes, tuple], bool]:
+        """The parent snapshot's entries of this directory by name (the catalog's validated tuples,
+        ``entries.py``) and whether the index lists that tree; ({}, False) when there is none or it cannot be
+        read (a missing or malformed parent tree only costs re-reading the files)."""
         if tree_id is None:
-            return {}, -1, False
+            return {}, False
         try:
-            docs, indexed = self.catalog.tree_docs_indexed(self.repo, tree_id)
-            by_name = {}
-            for d in docs:
-                name = d.get("name")
-                by_name[name.encode("utf-8", "surrogatepass") if type(name) is str else name_from_doc(d)] = d
-            return by_name, len(docs), indexed
-        except Exception:  # noqa: BLE001 - a missing or malformed parent tree only costs re-reading files
-            return {}, -1, False
+            entries, indexed = self.catalog.tree_entries_indexed(self.repo, tree_id)
+        except IntegrityError:
+            return {}, False
+        return {e[0]: e for e in entries}, indexed
 
     def _save_dir(self, path: bytes, parent_tree: bytes | None, only: dict | None, root_dev: int,
                   node: Node | None) -> None:
         """Walk one directory: stat its entries, reuse unchanged files, submit the others to the workers,
         recurse into subdirectories. Its tree is stored later, by ``_finalize``, once every entry is known
         -- so the walk never waits for the workers at a directory boundary."""
-        parent, n_parent, indexed = self._parent_docs(parent_tree)
-        same = indexed  # still identical to the parent's tree (which is in the repository)
+        parent, same = self._parent_entries(parent_tree)  # same: still identical to the parent's tree (indexed)
         subdirs: list[tuple[Node, bytes | None]] = []
         if only is None:
             try:
@@ -427,14 +407,15 @@ class Archiver:
             if only is None and self._excludes and self._excludes.matches(child, t == DIR):
                 continue
             old = parent.get(name)
-            if same and (old is None or not stat_matches_doc(old, t, st)):
+            key = stat_key(t, st)
+            if same and (old is None or old[1] != key):
                 same = False
             if t == DIR:
                 if (st.st_dev, st.st_ino) in self._skip:
                     same = False
                     continue
                 sub = node_from_stat(name, st)
-                old_sub = _old_subtree(old)
+                old_sub = old[2] if old is not None and old[1][0] == DIR else None
                 if same:
                     subdirs.append((sub, old_sub))
                 sub_only = only[name] if only is not None else None
@@ -447,9 +428,11 @@ class Archiver:
                 items.append(sub)
             elif t == FILE:
                 self.stats.bytes_processed += st.st_size
-                if old is not None and (same or unchanged(old, st)):  # same: every field matched just above
+                # same: every field matched just above; else the content is unchanged when the type, size,
+                # mtime, ctime and inode are (a chmod or chown changes only the tree)
+                if old is not None and (same or (old[1][0] == FILE and old[1][4:8] == key[4:8])):
                     self.stats.files_unmodified += 1
-                    items.append(_Reuse(child, name, st, old))
+                    items.append(_Reuse(name, st, old[2]))
                 else:
                     same = False
                     items.append((*self._submit_file(child, name, st, old is None), child, name))
@@ -461,12 +444,12 @@ class Archiver:
                     self._error(child, exc.strerror or str(exc))
                     same = False
                     continue
-                if same and _old_target(old) != n.target:
+                if same and old[2] != n.target:
                     same = False
                 items.append(n)
             else:
                 items.append(node_from_stat(name, st))
-        if len(items) != n_parent:
+        if len(items) != len(parent):
             same = False  # entries were added, removed or skipped (an error, an exclude)
         self._dirs.append(_PendingDir(items, node, parent_tree if same else None, subdirs))
         self._pending_items += len(items)
@@ -498,16 +481,11 @@ class Archiver:
         nodes = []
         for it in d.items:
             if type(it) is _Reuse:
-                try:
-                    node = node_from_stat(it.name, it.st)
-                    node.blocks = parse_ids(it.doc.get("blocks", []))
-                    nodes.append(node)
-                    continue
-                except (IntegrityError, TypeError):  # a malformed parent entry: read the file instead
-                    self.stats.files_unmodified -= 1
-                    res = self._read_file(it.path, it.name, False)
-                    child, name = it.path, it.name
-            elif isinstance(it, Node):
+                node = node_from_stat(it.name, it.st)
+                node.blocks = split_ids(it.blocks)
+                nodes.append(node)
+                continue
+            if isinstance(it, Node):
                 nodes.append(it)
                 continue
             else:
@@ -539,7 +517,7 @@ class Archiver:
         if self._claim(tid):
             self.stats.bytes_added += self._store(TREE, tid, data)
             self.stats.blocks_added += 1
-            self._tree_rows.append((tid, tree.nodes, data))
+            self._tree_rows.append((tid, tree.nodes))
             self._tree_row_nodes += len(tree.nodes)
         return tid
 

@@ -7,10 +7,9 @@ Tables (schema version ``SCHEMA_VERSION``; any mismatch or damage makes it be re
 * ``packs``      pack id, kind, size, the segment that lists it, when it was last verified.
 * ``blocks``     block id -> pack (rowid in packs), offset, length, raw length, kind. 56-ish bytes a row.
 * ``snapshots``  the decrypted manifests.
-* ``trees``      each tree's canonical bytes (zstd), checked against the tree id (HMAC) on every read.
-* ``nodes``      the files table, deduplicated by tree: (tree rowid, name) -> type, size, mode, uid, gid,
-                 mtime_ns, ctime_ns, inode, dev, nlink, subtree, block list, symlink target / rdev. A path is
-                 a chain of trees from a snapshot root.
+* ``trees``      the files table, deduplicated by tree: each tree's entries (name, type, mode, owner, size,
+                 times, inode, block list / subtree / target), sealed with a keyed MAC checked on every read
+                 (``entries.py``). A path is a chain of trees from a snapshot root.
 
 Tables that grow by the million are rowid tables filled in rowid order, indexed by small keys: random
 32-byte keys as the primary key of wide rows would make every insert rewrite pages all over the file.
@@ -26,17 +25,16 @@ import os
 import sqlite3
 import threading
 
-import zstandard
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
+from . import entries as entries_mod
 from . import index as index_mod
-from .compress import bounded_decompress
 from .errors import CatalogError, IntegrityError, ObjectNotFound
 from .model import DIR, FILE, Node, Snapshot, Tree, parse_stored_time, format_time
 from .pack import PackEntry
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
@@ -51,12 +49,7 @@ CREATE INDEX IF NOT EXISTS blocks_pack ON blocks(pack);
 CREATE TABLE IF NOT EXISTS snapshots (
     id TEXT PRIMARY KEY, time TEXT NOT NULL, host TEXT NOT NULL, paths TEXT NOT NULL, tags TEXT NOT NULL,
     tree BLOB NOT NULL, username TEXT, parent TEXT, summary TEXT);
-CREATE TABLE IF NOT EXISTS trees (rowid INTEGER PRIMARY KEY, id BLOB UNIQUE NOT NULL, data BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS nodes (
-    tree INTEGER NOT NULL, name BLOB NOT NULL, type TEXT NOT NULL, size INTEGER, mode INTEGER, uid INTEGER,
-    gid INTEGER, mtime_ns INTEGER, ctime_ns INTEGER, inode INTEGER, dev INTEGER, nlink INTEGER,
-    subtree BLOB, blocks BLOB, extra TEXT);
-CREATE INDEX IF NOT EXISTS nodes_tree ON nodes(tree);
+CREATE TABLE IF NOT EXISTS trees (rowid INTEGER PRIMARY KEY, id BLOB UNIQUE NOT NULL, entries BLOB NOT NULL);
 """
 
 
@@ -69,20 +62,13 @@ class SyncReport:
     problems: list[str] = field(default_factory=list)
 
 
-def _node_row(tree: int, n: Node) -> tuple:
-    extra = None
-    if n.target is not None or n.rdev:
-        extra = json.dumps({"target": n.target.hex()} if n.target is not None else {"rdev": n.rdev})
-    return (tree, n.name, n.type, n.size, n.mode, n.uid, n.gid, n.mtime_ns, n.ctime_ns, n.inode, n.dev, n.nlink,
-            n.subtree, b"".join(n.blocks), extra)
-
-
 class Catalog:
     def __init__(self, path: str, repo_id: str):
         self.path = path
         self.repo_id = repo_id
         self._lock = threading.RLock()
         self._conn = self._connect()
+        self._sealing: tuple[bytes, bytes] = (b"", b"")  # (MAC key, the trees' sealing key derived from it)
 
     # --- opening, damage, rebuild -------------------------------------------------------------------
     @classmethod
@@ -174,7 +160,7 @@ class Catalog:
 
     def clear(self) -> None:
         def run(c: sqlite3.Connection) -> None:
-            for t in ("segments", "packs", "blocks", "snapshots", "trees", "nodes"):
+            for t in ("segments", "packs", "blocks", "snapshots", "trees"):
                 c.execute(f"DELETE FROM {t}")
             c.execute("DROP TABLE IF EXISTS copy_map")
         self._tx(run)
@@ -315,59 +301,51 @@ class Catalog:
         return out
 
     # --- trees --------------------------------------------------------------------------------------
-    def add_tree(self, tree_id: bytes, nodes: list[Node], raw: bytes) -> None:
-        """Cache a tree: its canonical bytes (what the tree id authenticates) and its entries as rows."""
-        self.add_trees([(tree_id, nodes, raw)])
+    def _key(self, repo) -> bytes:
+        mac_key = repo.keys.mac_key
+        if self._sealing[0] != mac_key:
+            self._sealing = (mac_key, entries_mod.cache_key(mac_key))
+        return self._sealing[1]
 
-    def add_trees(self, trees: list[tuple[bytes, list[Node], bytes]]) -> None:
+    def add_tree(self, repo, tree_id: bytes, nodes: list[Node]) -> None:
+        """Cache a tree's entries (validated: built by vault, or decoded from the repository)."""
+        self.add_trees(repo, [(tree_id, nodes)])
+
+    def add_trees(self, repo, trees: list[tuple[bytes, list[Node]]]) -> None:
         """Cache many trees in one transaction."""
-        cctx = zstandard.ZstdCompressor(level=1)
-        packed = [(tid, nodes, cctx.compress(raw)) for tid, nodes, raw in trees]
-
-        def run(c: sqlite3.Connection) -> None:
-            for tid, nodes, data in packed:
-                if c.execute("SELECT 1 FROM trees WHERE id=?", (tid,)).fetchone():
-                    continue
-                rowid = c.execute("INSERT INTO trees (id, data) VALUES (?, ?)", (tid, data)).lastrowid
-                c.executemany("INSERT INTO nodes (tree, name, type, size, mode, uid, gid, mtime_ns, ctime_ns, "
-                              "inode, dev, nlink, subtree, blocks, extra) VALUES "
-                              "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                              [_node_row(rowid, n) for n in nodes])
-        self._tx(run)
+        key = self._key(repo)
+        sealed = [(tid, entries_mod.seal(key, tid, nodes)) for tid, nodes in trees]
+        self._tx(lambda c: c.executemany("INSERT OR IGNORE INTO trees (id, entries) VALUES (?, ?)", sealed))
 
     def _forget_tree(self, tree_id: bytes) -> None:
-        def run(c: sqlite3.Connection) -> None:
-            for (rowid,) in c.execute("SELECT rowid FROM trees WHERE id=?", (tree_id,)).fetchall():
-                c.execute("DELETE FROM nodes WHERE tree=?", (rowid,))
-                c.execute("DELETE FROM trees WHERE rowid=?", (rowid,))
-        self._tx(run)
+        self._tx(lambda c: c.execute("DELETE FROM trees WHERE id=?", (tree_id,)))
 
     def tree(self, repo, tree_id: bytes) -> list[Node]:
-        """The entries of a tree, verified: from the catalog when its bytes still match the tree id (HMAC),
-        else loaded (verified) from the repository and cached again."""
-        return Tree.from_docs(self.tree_docs_indexed(repo, tree_id)[0]).nodes
+        """The entries of a tree, verified: from the catalog when their seal (keyed MAC) holds, else loaded
+        (verified, validated) from the repository and cached again."""
+        entries, _, nodes = self._tree(repo, tree_id)
+        return nodes if nodes is not None else [entries_mod.node(e) for e in entries]
 
-    def tree_docs_indexed(self, repo, tree_id: bytes) -> tuple[list, bool]:
-        """A tree's entries as parsed JSON (``Tree.docs``) and whether the index lists the tree (one query for
-        both). The bytes are authenticated (HMAC = tree id) but the entries are not validated yet: the caller
-        validates what it uses (``Node.from_json``)."""
-        rows = self._q("SELECT data, EXISTS(SELECT 1 FROM blocks b WHERE b.id = t.id) FROM trees t WHERE t.id=?",
+    def tree_entries_indexed(self, repo, tree_id: bytes) -> tuple[list[tuple], bool]:
+        """A tree's entries in the catalog's form (``entries.py``: plain tuples, validated) and whether the
+        index lists the tree, in one query."""
+        entries, indexed, nodes = self._tree(repo, tree_id)
+        return (entries if nodes is None else [entries_mod.entry(n) for n in nodes]), indexed
+
+    def _tree(self, repo, tree_id: bytes) -> tuple[list[tuple], bool, list[Node] | None]:
+        rows = self._q("SELECT entries, EXISTS(SELECT 1 FROM blocks b WHERE b.id = t.id) FROM trees t WHERE t.id=?",
                        (tree_id,))
         if rows:
             try:
-                raw = bounded_decompress(rows[0][0], 1 << 30)
-                if repo.block_id(raw) == tree_id:
-                    return Tree.docs(raw), bool(rows[0][1])
+                return entries_mod.unseal(self._key(repo), tree_id, rows[0][0]), bool(rows[0][1]), None
             except IntegrityError:
-                pass
-            self._forget_tree(tree_id)  # the cached copy is damaged: never trust it, fetch it again
+                self._forget_tree(tree_id)  # the cached copy is damaged: never trust it, fetch it again
         loc = self.lookup(tree_id)
         if loc is None:
             raise IntegrityError(f"tree {tree_id.hex()[:16]} is not in the index (missing)")
-        raw = repo.load_block(*loc)
-        docs = Tree.docs(raw)
-        self.add_tree(tree_id, Tree.from_docs(docs).nodes, raw)  # validated once before it is cached
-        return docs, True
+        nodes = Tree.decode(repo.load_block(*loc)).nodes
+        self.add_tree(repo, tree_id, nodes)
+        return [], True, nodes
 
     def walk(self, repo, tree_id: bytes, prefix: bytes = b"") -> Iterator[tuple[bytes, Node]]:
         """Every (path, node) below a tree, depth-first in name order; paths start with ``/``."""

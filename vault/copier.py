@@ -162,7 +162,7 @@ class Copier:
             data = tree.encode()
             dst_tid = self._store(TREE, data, packer)
             self._tree_pairs.append((tid, dst_tid))
-            self.dst_cat.add_tree(dst_tid, tree.nodes, data)
+            self.dst_cat.add_tree(self.dst, dst_tid, tree.nodes)
             done[tid] = dst_tid
         return done[root]
 

@@ -42,24 +42,11 @@ def node_from_stat(name: bytes, st: os.stat_result) -> Node:
                 rdev=st.st_rdev if t in (CHARDEV, BLOCKDEV) else 0)
 
 
-def stat_matches_doc(d: dict, t: str, st: os.stat_result) -> bool:
-    """True when a stored entry (its parsed JSON, see ``Tree.docs``) records exactly what ``node_from_stat``
-    would build from ``st``: every metadata field, not only the ones ``unchanged`` looks at. (A symlink's
-    target and a directory's subtree are the caller's to compare.)"""
-    g = d.get
-    return (g("type") == t and g("mtime_ns") == st.st_mtime_ns and g("ctime_ns") == st.st_ctime_ns
-            and g("inode") == st.st_ino and g("size", 0) == (st.st_size if t == FILE else 0)
-            and g("mode") == stat.S_IMODE(st.st_mode) and g("uid") == st.st_uid and g("gid") == st.st_gid
-            and g("dev") == st.st_dev and g("nlink") == st.st_nlink
-            and g("rdev", 0) == (st.st_rdev if t in (CHARDEV, BLOCKDEV) else 0))
-
-
-def unchanged(d: dict, st: os.stat_result) -> bool:
-    """Same size, mtime, ctime and inode as the stored entry (its parsed JSON): the file's content need not be
-    read again."""
-    g = d.get
-    return (g("type") == FILE and g("size") == st.st_size and g("mtime_ns") == st.st_mtime_ns
-            and g("ctime_ns") == st.st_ctime_ns and g("inode") == st.st_ino)
+def stat_key(t: str, st: os.stat_result) -> tuple:
+    """The metadata ``node_from_stat`` would record, in the catalog's entry order (``entries.py``): equal to a
+    cached entry's key exactly when the stored entry says what ``lstat`` says now."""
+    return (t, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_size if t == FILE else 0, st.st_mtime_ns,
+            st.st_ctime_ns, st.st_ino, st.st_dev, st.st_nlink, st.st_rdev if t in (CHARDEV, BLOCKDEV) else 0)
 
 
 def apply_metadata(path: bytes, node: Node) -> list[str]:
@@ -95,5 +82,5 @@ def make_special(path: bytes, node: Node) -> None:
         raise OSError(errno.ENOTSUP, "sockets are not restored")
 
 
-__all__ = ["node_from_stat", "unchanged", "stat_matches_doc", "apply_metadata", "make_special", "node_type", "IS_ROOT", "DIR",
+__all__ = ["node_from_stat", "stat_key", "apply_metadata", "make_special", "node_type", "IS_ROOT", "DIR",
            "SOCKET"]

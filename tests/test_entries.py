@@ -1,0 +1,53 @@
+"""The catalog's sealed form of a tree (entries.py): lossless for every node type, and any damage, another key or
+another tree id is rejected before marshal reads a byte."""
+
+import os
+
+import pytest
+
+from vault import entries
+from vault.errors import IntegrityError
+from vault.model import Node
+
+KEY = entries.cache_key(b"k" * 32)
+TID = bytes(range(32))
+
+
+def _nodes() -> list[Node]:
+    return [
+        Node(b"a file", "file", 0o644, 1000, 1000, 12345, -5, 1_795_765_934_651_265_029, 42, 65024, 2,
+             blocks=[os.urandom(32) for _ in range(3)]),
+        Node(b"empty", "file", 0o600, size=0),
+        Node(b"\xff\xfe not utf-8", "dir", 0o755, subtree=os.urandom(32)),
+        Node(b"no-subtree", "dir"),
+        Node(b"link", "symlink", 0o777, target=b"../\xff/target"),
+        Node(b"dev", "chardev", 0o660, rdev=(1 << 40) + 3),
+        Node(b"fifo", "fifo", 0o644),
+    ]
+
+
+def test_round_trip_is_lossless():
+    nodes = _nodes()
+    got = [entries.node(e) for e in entries.unseal(KEY, TID, entries.seal(KEY, TID, nodes))]
+    assert got == nodes
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "extend", "other-id", "other-key", "empty"])
+def test_damage_is_rejected(damage):
+    sealed = entries.seal(KEY, TID, _nodes())
+    key, tid = KEY, TID
+    if damage == "flip":
+        i = len(sealed) // 2
+        sealed = sealed[:i] + bytes([sealed[i] ^ 1]) + sealed[i + 1 :]
+    elif damage == "truncate":
+        sealed = sealed[:-1]
+    elif damage == "extend":
+        sealed += b"\0"
+    elif damage == "other-id":
+        tid = bytes(32)
+    elif damage == "other-key":
+        key = entries.cache_key(b"j" * 32)
+    else:
+        sealed = b""
+    with pytest.raises(IntegrityError):
+        entries.unseal(key, tid, sealed)
