@@ -204,6 +204,40 @@ def test_missing_tree_pack(cli, tmp_path, damaged_setup):
         assert not os.path.lexists(str(tmp_path / "r") + f)
 
 
+@pytest.mark.parametrize("read_data", [False, True])
+def test_flipped_byte_in_a_tree_block(cli, tmp_path, damaged_setup, read_data):
+    """A directory listing damaged in the repository is found whether verify loads it from the repository or
+    (--read-data: every pack is read anyway) walks this machine's cached copy: it is named as a tree of the
+    snapshot, and a fresh machine cannot restore the files below it."""
+    src, lay = damaged_setup
+    small = next(p for p in lay.files if p.endswith("/small/s0.txt")).rsplit("/", 1)[0]
+    tid = next(n.subtree for n in _tree_nodes(cli.repo, lay) if n.name == b"small")
+    pid, e = lay.blocks[tid]
+    path = pack_path(cli.repo, pid)
+    data = bytearray(path.read_bytes())
+    data[e.offset + e.length // 2] ^= 0x40
+    path.write_bytes(bytes(data))
+    rep = cli("--json", "verify", *(["--read-data"] if read_data else []), ok=20).json
+    (d,) = [d for d in rep["damage"] if d["object"] == f"tree {tid.hex()}"]
+    assert d["snapshots"] == [lay.snapshot[:8]] and d["files"] == [small + " (directory listing)"]
+    res = cli("--cache-dir", tmp_path / "fresh-cache", "restore", "latest", "--target", tmp_path / "r", ok=20)
+    assert "Traceback" not in res.err
+    assert not os.path.lexists(str(tmp_path / "r") + small + "/s0.txt")
+    assert Path(str(tmp_path / "r") + next(f for f in lay.files if f.endswith("/f0.bin"))).exists()
+
+
+def _tree_nodes(repo_dir: Path, lay: Layout) -> list:
+    """The nodes of the directory that holds ``small`` (the source root)."""
+    r = Repository.open(LocalBackend(repo_dir), PASSWORD.encode())
+    stack = [r.load_snapshot(lay.snapshot).tree]
+    while stack:
+        nodes = r.load_tree(*lay.blocks[stack.pop()]).nodes
+        if any(n.name == b"small" for n in nodes):
+            return nodes
+        stack.extend(n.subtree for n in nodes if n.type == DIR and n.subtree)
+    raise AssertionError("no directory holds 'small'")
+
+
 def test_undamaged_repository_is_clean(cli, tmp_path, damaged_setup):
     src, lay = damaged_setup
     rep = cli("--json", "verify", "--read-data").json

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from . import entries as entries_mod
 from . import index as index_mod
 from .errors import CatalogError, IntegrityError, ObjectNotFound
+from .entries import split_ids
 from .model import DIR, FILE, Node, Snapshot, Tree, parse_stored_time, format_time
 from .pack import PackEntry
 
@@ -326,6 +327,21 @@ class Catalog:
         entries, _, nodes = self._tree(repo, tree_id)
         return nodes if nodes is not None else [entries_mod.node(e) for e in entries]
 
+    def tree_entries(self, repo, tree_id: bytes) -> list[tuple]:
+        """A tree's entries in the catalog's form (``entries.py``), from the cache or the repository."""
+        return self.tree_entries_indexed(repo, tree_id)[0]
+
+    def cached_entries(self, repo, tree_id: bytes) -> list[tuple] | None:
+        """A tree's entries if this catalog holds them (sealed, checked); None otherwise. Never reads the
+        repository."""
+        rows = self._q("SELECT entries FROM trees WHERE id=?", (tree_id,))
+        if rows:
+            try:
+                return entries_mod.unseal(self._key(repo), tree_id, rows[0][0])
+            except IntegrityError:
+                self._forget_tree(tree_id)
+        return None
+
     def tree_entries_indexed(self, repo, tree_id: bytes) -> tuple[list[tuple], bool]:
         """A tree's entries in the catalog's form (``entries.py``: plain tuples, validated) and whether the
         index lists the tree, in one query."""
@@ -390,7 +406,7 @@ class Catalog:
             c.executemany("INSERT OR IGNORE INTO temp.used (id) VALUES (?)", ((i,) for i in ids))
         self._tx(run)
 
-    def _walked(self, tid: bytes) -> bool:
+    def walked(self, tid: bytes) -> bool:
         return bool(self._q("SELECT 1 FROM temp.walked WHERE id=?", (tid,)))
 
     def used_count(self) -> int:
@@ -504,7 +520,7 @@ class UsedMarker:
         self._ids: list[bytes] = []
 
     def first_visit(self, tid: bytes) -> bool:
-        if tid in self._trees or self.catalog._walked(tid):
+        if tid in self._trees or self.catalog.walked(tid):
             return False
         self._trees.add(tid)
         return True
@@ -515,9 +531,9 @@ class UsedMarker:
             self.flush()
 
     def walk(self, root: bytes, load: Callable[[bytes], list | None], with_trees: bool = False) -> int:
-        """Mark every tree below ``root`` not walked yet, each once: ``load(tree id)`` gives its nodes (None:
-        unreadable, skipped); their file block ids (and, ``with_trees``, the tree ids) go into ``used``.
-        Returns how many trees were walked."""
+        """Mark every tree below ``root`` not walked yet, each once: ``load(tree id)`` gives its entries
+        (``entries.py``; None: unreadable, skipped); their file block ids (and, ``with_trees``, the tree ids)
+        go into ``used``. Returns how many trees were walked."""
         walked = 0
         stack = [root]
         while stack:
@@ -525,15 +541,16 @@ class UsedMarker:
             if not self.first_visit(tid):  # a separate set from used: a chunk may equal a tree's bytes
                 continue
             walked += 1
-            nodes = load(tid)
-            if nodes is None:
+            entries = load(tid)
+            if entries is None:
                 continue
             ids = [tid] if with_trees else []
-            for n in nodes:
-                if n.type == FILE:
-                    ids.extend(n.blocks)
-                elif n.type == DIR and n.subtree is not None:
-                    stack.append(n.subtree)
+            for e in entries:
+                t = e[1][0]
+                if t == FILE:
+                    ids.extend(split_ids(e[2]))
+                elif t == DIR and e[2] is not None:
+                    stack.append(e[2])
             self.add(ids)
         return walked
 

@@ -117,7 +117,7 @@ class Pruner:
         for snap in snaps:
             def load(tid: bytes, snap=snap) -> list:
                 try:
-                    return cat.tree(self.repo, tid)
+                    return cat.tree_entries(self.repo, tid)
                 except (IntegrityError, ObjectNotFound) as exc:
                     raise PruneRefused(f"prune refused, nothing deleted: snapshot {snap.short_id} cannot be read "
                                        f"({exc}); run 'vault verify' and 'vault repair'") from None
