@@ -29,7 +29,7 @@ from . import index as index_mod
 from . import pack as pack_mod
 from .backend.base import Backend
 from .chunker import Chunker, ChunkerParams
-from .compress import compress, decompress
+from .compress import compress, decompress, decompress_into
 from .crypto import Cipher, KdfParams, MasterKeys, block_id
 from .errors import (IntegrityError, ObjectExists, ObjectNotFound, RepositoryExists, RepositoryNotFound, VaultError,
                      WrongPassword)
@@ -73,6 +73,16 @@ class RepoConfig:
         if not (len(cfg.id) == 64 and all(c in "0123456789abcdef" for c in cfg.id) and 1024 <= cfg.pack_size <= 1 << 30 and -7 <= cfg.compression_level <= 22):
             raise IntegrityError("repository config holds impossible values")
         return cfg
+
+
+class Scratch:
+    """Reusable buffers for ``Repository.open_block_into``: the decrypted block and its decompressed bytes.
+    One per thread; a result viewing them is valid until the next block."""
+
+    __slots__ = ("sealed", "plain")
+
+    def __init__(self) -> None:
+        self.sealed, self.plain = bytearray(), bytearray()
 
 
 def pack_name(pid: bytes) -> str:
@@ -183,13 +193,14 @@ class Repository:
             raise IntegrityError(f"block {entry.block_id.hex()[:16]}: content does not match its id")
         return plain
 
-    def open_block_into(self, entry: pack_mod.PackEntry, blob: bytes | memoryview, buf: bytearray) -> bytes | memoryview:
-        """``open_block`` for streaming readers (restore): decrypts into the reusable ``buf``; the result may be
-        a view into it, valid until ``buf`` is used again."""
+    def open_block_into(self, entry: pack_mod.PackEntry, blob: bytes | memoryview, scratch: "Scratch") -> bytes | memoryview:
+        """``open_block`` for streaming readers (restore, verify): decrypts and decompresses into the reusable
+        buffers of ``scratch`` (one per thread: no fresh pages faulted in and zeroed for every block); the
+        result may be a view into them, valid until ``scratch`` is used again."""
         if len(blob) != entry.length:
             raise IntegrityError(f"block {entry.block_id.hex()[:16]}: short read")
-        flag, payload = pack_mod.open_block_into(self.cipher, entry.block_id, blob, buf)
-        plain = decompress(flag, payload, entry.raw_length, copy=False)
+        flag, payload = pack_mod.open_block_into(self.cipher, entry.block_id, blob, scratch.sealed)
+        plain = decompress_into(flag, payload, entry.raw_length, scratch.plain)
         if self.block_id(plain) != entry.block_id:
             raise IntegrityError(f"block {entry.block_id.hex()[:16]}: content does not match its id")
         return plain

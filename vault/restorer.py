@@ -33,7 +33,7 @@ from .excludes import Matcher
 from .fsmeta import apply_metadata, make_special
 from .model import DIR, FILE, SYMLINK, Node, Snapshot
 from .pack import PackEntry
-from .repository import Repository, pack_name
+from .repository import Repository, Scratch, pack_name
 
 MAX_GAP = 256 * 1024
 MAX_RANGE = 4 * 1024 * 1024
@@ -99,7 +99,7 @@ class Restorer:
         self._dirs: list[tuple[bytes, bytes, Node]] = []
         self._lock = threading.Lock()
         self._cpu = threading.BoundedSemaphore(opts.cpu_jobs or max(2, os.cpu_count() or 2))
-        self._bufs: list[bytearray] = []  # decryption buffers, one per CPU slot (list ops are atomic)
+        self._bufs: list[Scratch] = []  # decryption buffers, one per CPU slot (list ops are atomic)
 
     # --- plan ---------------------------------------------------------------------------------------
     def _wanted(self, path: bytes, is_dir: bool) -> tuple[bool, bool]:
@@ -210,14 +210,14 @@ class Restorer:
         except VaultError as exc:
             data, why = None, f"pack {pid.hex()[:16]} unreadable: {exc}"
         with self._cpu:  # network waits overlap freely; the CPU work never oversubscribes the cores (GIL)
-            buf = self._bufs.pop() if self._bufs else bytearray()
+            buf = self._bufs.pop() if self._bufs else Scratch()
             try:
                 self._process_range(items, start, data, why, buf)
             finally:
                 self._bufs.append(buf)
 
-    def _process_range(self, items: list, start: int, data: memoryview | None, why: str, buf: bytearray) -> None:
-        """Decrypt into ``buf`` (one per CPU slot, reused: no fresh pages faulted in under the GIL) and write."""
+    def _process_range(self, items: list, start: int, data: memoryview | None, why: str, buf: Scratch) -> None:
+        """Decrypt and decompress into ``buf`` (one per CPU slot, reused: no fresh pages faulted in) and write."""
         for entry, users in items:
             plain, problem = None, None
             if data is None:
