@@ -351,18 +351,19 @@ def test_restore_into_non_empty_target(repo, tmp_path):
 def test_restore_conflicting_types_in_target(repo, tmp_path):
     """Where the target holds a directory in place of a snapshot file (or a file in place of a snapshot
     directory), it is kept and named; everything else is restored."""
-    src = make_tree(tmp_path / "src", {"f": b"file in snapshot", "d": {"inner": b"i"}, "ok": b"fine"})
+    src = make_tree(tmp_path / "src", {"f": b"file in snapshot", "d": {"inner": b"i"}, "ok": b"fine", "e": b"e"})
     repo("backup", src)
     r = tmp_path / "r"
     dst = restored(r, src)
-    make_tree(dst, {"f": {"mine": b"local dir where the snapshot has a file"}, "d": b"local file"})
+    make_tree(dst, {"f": {"mine": b"local dir where the snapshot has a file"}, "d": b"local file", "e": {}})
     res = repo("restore", "latest", "--target", r, ok=False)
     assert "Traceback" not in res.err
     assert (dst / "f" / "mine").read_bytes() == b"local dir where the snapshot has a file"
     assert (dst / "d").read_bytes() == b"local file"
     assert (dst / "ok").read_bytes() == b"fine"
     both = res.out + res.err
-    assert f"{src}/f" in both and f"{src}/d" in both, both
+    assert f"{src}/f" in both and f"{src}/d" in both and f"{src}/e" in both, both
+    assert (dst / "e").is_dir() and not any((dst / "e").iterdir())  # an empty directory is not replaced either
     assert not [p for p in scan(r) if b".vault-" in p]
 
 

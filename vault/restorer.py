@@ -66,7 +66,7 @@ class RestoreResult:
 
 
 class _FileTask:
-    __slots__ = ("path", "final", "tmp", "node", "remaining", "problem", "created", "lock")
+    __slots__ = ("path", "final", "tmp", "node", "remaining", "problem", "created", "end", "lock")
 
     def __init__(self, path: bytes, final: bytes, node: Node):
         self.path, self.final, self.node = path, final, node
@@ -74,6 +74,7 @@ class _FileTask:
         self.remaining = len(node.blocks)
         self.problem: str | None = None
         self.created = False
+        self.end = 0  # where the data written so far ends (all-zero blocks are left as holes)
         self.lock = threading.Lock()
 
 
@@ -252,6 +253,7 @@ class Restorer:
         try:
             if not _all_zero(plain):  # all-zero blocks stay holes
                 os.pwrite(fd, plain, offset)
+                task.end = max(task.end, offset + len(plain))
                 with self._lock:
                     self.result.bytes_written += len(plain)
         finally:
@@ -268,7 +270,8 @@ class Restorer:
             if not task.created:
                 os.close(os.open(task.tmp, _OPEN_FLAGS | os.O_CREAT | os.O_EXCL, 0o600))
                 task.created = True
-            os.truncate(task.tmp, task.node.size)
+            if task.end != task.node.size:  # a hole at the end (or a size the blocks do not fill)
+                os.truncate(task.tmp, task.node.size)
             problems = apply_metadata(task.tmp, task.node)
             self._rename(task.tmp, task.final)
         except OSError as exc:
@@ -284,12 +287,9 @@ class Restorer:
     @staticmethod
     def _rename(tmp: bytes, final: bytes) -> None:
         try:
-            st = os.lstat(final)
-        except FileNotFoundError:
-            st = None
-        if st is not None and stat.S_ISDIR(st.st_mode):
-            raise OSError(errno.EISDIR, "kept: a directory is in the way")
-        os.rename(tmp, final)
+            os.rename(tmp, final)  # never replaces a directory, empty or not: rename(2) fails with EISDIR
+        except IsADirectoryError:
+            raise OSError(errno.EISDIR, "kept: a directory is in the way") from None
 
     @staticmethod
     def _discard(tmp: bytes, created: bool) -> None:
