@@ -49,10 +49,12 @@ def stat_key(t: str, st: os.stat_result) -> tuple:
             st.st_ctime_ns, st.st_ino, st.st_dev, st.st_nlink, st.st_rdev if t in (CHARDEV, BLOCKDEV) else 0)
 
 
-def apply_metadata(path: bytes, node: Node) -> list[str]:
-    """Owner (when root), mode (not for symlinks) and mtime; return problems instead of raising."""
+def apply_metadata(path: bytes, node: Node, mode_set: bool = False) -> list[str]:
+    """Owner (when root), mode (not for symlinks; not when ``mode_set``: the file was created with exactly
+    ``node.mode``, which holds no setuid/setgid bit a chown could clear) and mtime; return problems instead of
+    raising."""
     problems = []
-    link = node.type == SYMLINK
+    link = node.type == SYMLINK or mode_set
     if IS_ROOT:
         try:
             os.chown(path, node.uid, node.gid, follow_symlinks=False)
@@ -66,9 +68,23 @@ def apply_metadata(path: bytes, node: Node) -> list[str]:
     try:
         os.utime(path, ns=(node.mtime_ns, node.mtime_ns), follow_symlinks=False)
     except OSError as exc:
-        if not (link and exc.errno in (errno.ENOTSUP, errno.EPERM)):
+        if not (node.type == SYMLINK and exc.errno in (errno.ENOTSUP, errno.EPERM)):
             problems.append(f"utime: {exc.strerror}")
     return problems
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the kernel tells (Linux >= 4.7)."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o077)  # the most restrictive value meanwhile, should another thread create a file
+    os.umask(old)
+    return old
 
 
 def make_special(path: bytes, node: Node) -> None:
@@ -82,5 +98,5 @@ def make_special(path: bytes, node: Node) -> None:
         raise OSError(errno.ENOTSUP, "sockets are not restored")
 
 
-__all__ = ["node_from_stat", "stat_key", "apply_metadata", "make_special", "node_type", "IS_ROOT", "DIR",
+__all__ = ["node_from_stat", "stat_key", "apply_metadata", "current_umask", "make_special", "node_type", "IS_ROOT", "DIR",
            "SOCKET"]

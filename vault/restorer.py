@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import itertools
 import os
 import secrets
 import stat
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 from .catalog import Catalog
 from .errors import IntegrityError, VaultError
 from .excludes import Matcher
-from .fsmeta import apply_metadata, make_special
+from .fsmeta import apply_metadata, current_umask, make_special
 from .model import DIR, FILE, SYMLINK, Node, Snapshot
 from .pack import PackEntry
 from .repository import Repository, Scratch, pack_name
@@ -70,12 +71,21 @@ class _FileTask:
 
     def __init__(self, path: bytes, final: bytes, node: Node):
         self.path, self.final, self.node = path, final, node
-        self.tmp = os.path.join(os.path.dirname(final), b".vault-" + secrets.token_hex(8).encode() + b".tmp")
+        self.tmp = _tmp_beside(final)
         self.remaining = len(node.blocks)
         self.problem: str | None = None
         self.created = False
         self.end = 0  # where the data written so far ends (all-zero blocks are left as holes)
         self.lock = threading.Lock()
+
+
+_TMP_PREFIX = b".vault-" + secrets.token_hex(6).encode() + b"-"  # random per process; then a counter
+_tmp_numbers = itertools.count()
+
+
+def _tmp_beside(final: bytes) -> bytes:
+    """A temp name in the final name's directory: no random draw (a system call) per file."""
+    return os.path.join(os.path.dirname(final), _TMP_PREFIX + b"%d.tmp" % next(_tmp_numbers))
 
 
 def _all_zero(data: bytes | memoryview) -> bool:
@@ -101,6 +111,7 @@ class Restorer:
         self._lock = threading.Lock()
         self._cpu = threading.BoundedSemaphore(opts.cpu_jobs or max(2, os.cpu_count() or 2))
         self._bufs: list[Scratch] = []  # decryption buffers, one per CPU slot (list ops are atomic)
+        self._umask = current_umask()
 
     # --- plan ---------------------------------------------------------------------------------------
     def _wanted(self, path: bytes, is_dir: bool) -> tuple[bool, bool]:
@@ -246,9 +257,17 @@ class Restorer:
         if done:
             self._finish_file(task)
 
+    def _create_mode(self, node: Node) -> int:
+        """The mode a temp file is created with: the file's own when the umask leaves it whole, the owner may
+        read and write it (later blocks reopen it; a read-only file gets its mode at the end) and it has no
+        setuid/setgid/sticky bit -- then no chmod is needed (the directories stay 0700 until restore ends);
+        else 0600 and a chmod at the end."""
+        m = node.mode
+        return m if m & 0o600 == 0o600 and m == m & 0o777 & ~self._umask else 0o600
+
     def _write_block(self, task: _FileTask, offset: int, plain: bytes | memoryview) -> None:
         flags = _OPEN_FLAGS if task.created else _OPEN_FLAGS | os.O_CREAT | os.O_EXCL
-        fd = os.open(task.tmp, flags, 0o600)
+        fd = os.open(task.tmp, flags, self._create_mode(task.node))
         task.created = True
         try:
             if not _all_zero(plain):  # all-zero blocks stay holes
@@ -268,11 +287,11 @@ class Restorer:
             return
         try:
             if not task.created:
-                os.close(os.open(task.tmp, _OPEN_FLAGS | os.O_CREAT | os.O_EXCL, 0o600))
+                os.close(os.open(task.tmp, _OPEN_FLAGS | os.O_CREAT | os.O_EXCL, self._create_mode(task.node)))
                 task.created = True
             if task.end != task.node.size:  # a hole at the end (or a size the blocks do not fill)
                 os.truncate(task.tmp, task.node.size)
-            problems = apply_metadata(task.tmp, task.node)
+            problems = apply_metadata(task.tmp, task.node, mode_set=self._create_mode(task.node) == task.node.mode)
             self._rename(task.tmp, task.final)
         except OSError as exc:
             self._discard(task.tmp, task.created)
@@ -304,7 +323,7 @@ class Restorer:
             if first.problem is not None:
                 self.result.damaged.append((_show(path), first.problem))
                 continue
-            tmp = os.path.join(os.path.dirname(final), b".vault-" + secrets.token_hex(8).encode() + b".tmp")
+            tmp = _tmp_beside(final)
             try:
                 os.link(first.final, tmp)
                 self._rename(tmp, final)
@@ -315,7 +334,7 @@ class Restorer:
 
     def _finish_others(self) -> None:
         for path, final, node in self._others:
-            tmp = os.path.join(os.path.dirname(final), b".vault-" + secrets.token_hex(8).encode() + b".tmp")
+            tmp = _tmp_beside(final)
             try:
                 if node.type == SYMLINK:
                     os.symlink(node.target or b"", tmp)
