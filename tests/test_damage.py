@@ -238,6 +238,26 @@ def _tree_nodes(repo_dir: Path, lay: Layout) -> list:
     raise AssertionError("no directory holds 'small'")
 
 
+def test_tree_missing_from_the_index_is_found_by_read_data(cli, tmp_path, damaged_setup):
+    """The second backup's index segment (it lists only that backup's tree pack) and its pack are lost. The
+    catalog still holds the trees (a cache outlives index rebuilds): verify --read-data must not walk them from
+    there, it must report the tree as missing, as a structure verify does."""
+    src, lay = damaged_setup
+    os.chmod(src / "small" / "s0.txt", 0o600)
+    snap2 = cli("--json", "backup", src).json["snapshot_id"]
+    r = Repository.open(LocalBackend(cli.repo), PASSWORD.encode())
+    newest = max(r.list_index(), key=lambda sid: os.stat(cli.repo / "index" / sid).st_mtime_ns)
+    lost = r.load_index(newest)
+    assert all(e.kind == TREE for _, e in lost.entries())
+    os.unlink(cli.repo / "index" / newest)
+    for pid in lost.sizes:
+        pack_path(cli.repo, pid).unlink()
+    for args in (["--read-data"], []):
+        rep = cli("--json", "verify", *args, ok=20).json
+        missing = [d for d in rep["damage"] if d["object"].startswith("tree ") and "missing" in d["problem"]]
+        assert missing and all(snap2[:8] in d["snapshots"] for d in missing), (args, rep["damage"])
+
+
 def test_undamaged_repository_is_clean(cli, tmp_path, damaged_setup):
     src, lay = damaged_setup
     rep = cli("--json", "verify", "--read-data").json

@@ -51,3 +51,9 @@ def test_damage_is_rejected(damage):
         sealed = b""
     with pytest.raises(IntegrityError):
         entries.unseal(key, tid, sealed)
+
+
+@pytest.mark.parametrize("stored", ["text", 12345, None, 1.5, bytearray(b"x" * 64)])
+def test_a_row_of_another_type_is_rejected(stored):
+    with pytest.raises(IntegrityError):
+        entries.unseal(KEY, TID, stored)

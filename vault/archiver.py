@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 
 from . import index as index_mod
 from .catalog import Catalog
-from .errors import IntegrityError, SourceNotFound, VaultError
+from .errors import SourceNotFound, VaultError
 from .excludes import Matcher
 from .entries import split_ids
 from .fsmeta import node_from_stat, node_type, stat_key
@@ -370,7 +370,7 @@ class Archiver:
             return {}, False
         try:
             entries, indexed = self.catalog.tree_entries_indexed(self.repo, tree_id)
-        except IntegrityError:
+        except VaultError:  # damaged, missing, unreadable (the backup goes on: a damaged repository needs one most)
             return {}, False
         return {e[0]: e for e in entries}, indexed
 

@@ -331,10 +331,13 @@ class Catalog:
         """A tree's entries in the catalog's form (``entries.py``), from the cache or the repository."""
         return self.tree_entries_indexed(repo, tree_id)[0]
 
-    def cached_entries(self, repo, tree_id: bytes) -> list[tuple] | None:
-        """A tree's entries if this catalog holds them (sealed, checked); None otherwise. Never reads the
-        repository."""
-        rows = self._q("SELECT entries FROM trees WHERE id=?", (tree_id,))
+    def cached_entries(self, repo, tree_id: bytes, indexed: bool = False) -> list[tuple] | None:
+        """A tree's entries if this catalog holds them (sealed, checked) -- and, with ``indexed``, the index
+        lists the tree (the cache outlives index rebuilds); None otherwise. Never reads the repository."""
+        sql = "SELECT entries FROM trees t WHERE t.id=?"
+        if indexed:
+            sql += " AND EXISTS(SELECT 1 FROM blocks b WHERE b.id = t.id)"
+        rows = self._q(sql, (tree_id,))
         if rows:
             try:
                 return entries_mod.unseal(self._key(repo), tree_id, rows[0][0])

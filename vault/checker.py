@@ -304,12 +304,12 @@ class Checker:
         (and the problem noted in ``_bad_trees``) when it is missing from the index, in a damaged pack, or
         unreadable.
 
-        When every pack is read afterwards (``_reads_all``), a tree this machine's catalog holds is taken from
-        there: its entries were validated when cached and are sealed with a key derived from the repository's,
+        When every pack is read afterwards (``_reads_all``), a tree this machine's catalog holds and the index
+        lists is taken from there: its entries were validated when cached and are sealed with a key derived from the repository's,
         and the pack read checks the tree block's bytes against the same id -- the repository's copy is
         proved as strictly, without decoding 7,000 trees twice (structure-only verify still loads them)."""
         if self._reads_all:
-            cached = self.catalog.cached_entries(self.repo, tid)
+            cached = self.catalog.cached_entries(self.repo, tid, indexed=True)  # else: "missing" below
             if cached is not None:
                 return cached
         problem = None

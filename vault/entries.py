@@ -75,8 +75,10 @@ def seal(key: bytes, tree_id: bytes, nodes: list[Node]) -> bytes:
 
 def unseal(key: bytes, tree_id: bytes, sealed: bytes) -> list[tuple]:
     """The entries, or IntegrityError when the tag does not match (damaged, tampered, another tree's)."""
+    if type(sealed) is not bytes or len(sealed) <= _TAG:  # (a damaged row may even hold another SQLite type)
+        raise IntegrityError(f"cached tree {tree_id.hex()[:16]}: malformed")
     payload = memoryview(sealed)[_TAG:]
-    if len(sealed) <= _TAG or not hmac.compare_digest(_tag(key, tree_id, payload), sealed[:_TAG]):
+    if not hmac.compare_digest(_tag(key, tree_id, payload), sealed[:_TAG]):
         raise IntegrityError(f"cached tree {tree_id.hex()[:16]}: bad tag")
     try:
         entries = marshal.loads(payload)

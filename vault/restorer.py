@@ -67,25 +67,59 @@ class RestoreResult:
 
 
 class _FileTask:
-    __slots__ = ("path", "final", "tmp", "node", "remaining", "problem", "created", "end", "lock")
+    __slots__ = ("path", "final", "tmp", "node", "remaining", "problem", "created", "mode_ok", "end", "lock")
 
     def __init__(self, path: bytes, final: bytes, node: Node):
         self.path, self.final, self.node = path, final, node
         self.tmp = _tmp_beside(final)
         self.remaining = len(node.blocks)
         self.problem: str | None = None
-        self.created = False
+        self.created = False  # the temp file exists and is ours (created with O_EXCL)
+        self.mode_ok = False  # it was created with exactly node.mode (no chmod needed)
         self.end = 0  # where the data written so far ends (all-zero blocks are left as holes)
         self.lock = threading.Lock()
 
 
-_TMP_PREFIX = b".vault-" + secrets.token_hex(6).encode() + b"-"  # random per process; then a counter
+def _new_tmp_prefix() -> None:
+    global _TMP_PREFIX
+    _TMP_PREFIX = b".vault-" + secrets.token_hex(6).encode() + b"-"  # random per process; then a counter
+
+
+_new_tmp_prefix()
+os.register_at_fork(after_in_child=_new_tmp_prefix)  # a forked child must not reuse its parent's names
 _tmp_numbers = itertools.count()
 
 
 def _tmp_beside(final: bytes) -> bytes:
-    """A temp name in the final name's directory: no random draw (a system call) per file."""
+    """A temp name in the final name's directory: no random draw (a system call) per file. Created with
+    O_EXCL (or link/symlink/mknod, which fail on an existing name) and removed only by whoever created it."""
     return os.path.join(os.path.dirname(final), _TMP_PREFIX + b"%d.tmp" % next(_tmp_numbers))
+
+
+_ZERO_RUN = 64 * 1024
+_ZEROS = bytes(_ZERO_RUN)
+
+
+def _data_runs(data: bytes | memoryview) -> list[tuple[int, int]]:
+    """The (start, end) ranges of a block to write: 64 KiB pieces that are all zero are left out (they stay
+    holes, so zero runs inside a block -- a disk image's free space around a little data -- stay sparse).
+    ``bytes.startswith`` compares at memcmp speed and stops at the first nonzero byte."""
+    n = len(data)
+    if n < 2 * _ZERO_RUN:
+        return [] if _all_zero(data) else [(0, n)]
+    mv = memoryview(data)
+    runs: list[tuple[int, int]] = []
+    start = None
+    for off in range(0, n, _ZERO_RUN):
+        if _ZEROS.startswith(mv[off : off + _ZERO_RUN]):
+            if start is not None:
+                runs.append((start, off))
+                start = None
+        elif start is None:
+            start = off
+    if start is not None:
+        runs.append((start, n))
+    return runs
 
 
 def _all_zero(data: bytes | memoryview) -> bool:
@@ -260,21 +294,36 @@ class Restorer:
     def _create_mode(self, node: Node) -> int:
         """The mode a temp file is created with: the file's own when the umask leaves it whole, the owner may
         read and write it (later blocks reopen it; a read-only file gets its mode at the end) and it has no
-        setuid/setgid/sticky bit -- then no chmod is needed (the directories stay 0700 until restore ends);
-        else 0600 and a chmod at the end."""
+        setuid/setgid/sticky bit -- then no chmod is needed if ``fstat`` confirms it (a default ACL or a
+        filesystem without modes can differ; the directories stay 0700 until restore ends); else 0600 and a
+        chmod at the end."""
         m = node.mode
         return m if m & 0o600 == 0o600 and m == m & 0o777 & ~self._umask else 0o600
 
-    def _write_block(self, task: _FileTask, offset: int, plain: bytes | memoryview) -> None:
-        flags = _OPEN_FLAGS if task.created else _OPEN_FLAGS | os.O_CREAT | os.O_EXCL
-        fd = os.open(task.tmp, flags, self._create_mode(task.node))
+    def _open_tmp(self, task: _FileTask) -> int:
+        if task.created:
+            return os.open(task.tmp, _OPEN_FLAGS)
+        mode = self._create_mode(task.node)
+        fd = os.open(task.tmp, _OPEN_FLAGS | os.O_CREAT | os.O_EXCL, mode)
         task.created = True
+        if mode == task.node.mode:
+            try:
+                task.mode_ok = os.fstat(fd).st_mode & 0o7777 == mode  # cheaper than a chmod by path
+            except OSError:
+                pass
+        return fd
+
+    def _write_block(self, task: _FileTask, offset: int, plain: bytes | memoryview) -> None:
+        fd = self._open_tmp(task)
         try:
-            if not _all_zero(plain):  # all-zero blocks stay holes
-                os.pwrite(fd, plain, offset)
-                task.end = max(task.end, offset + len(plain))
+            written = 0
+            for a, b in _data_runs(plain):  # zero runs stay holes (the temp file is new: holes read as zeros)
+                os.pwrite(fd, plain[a:b], offset + a)
+                task.end = max(task.end, offset + b)
+                written += b - a
+            if written:
                 with self._lock:
-                    self.result.bytes_written += len(plain)
+                    self.result.bytes_written += written
         finally:
             os.close(fd)
 
@@ -287,11 +336,10 @@ class Restorer:
             return
         try:
             if not task.created:
-                os.close(os.open(task.tmp, _OPEN_FLAGS | os.O_CREAT | os.O_EXCL, self._create_mode(task.node)))
-                task.created = True
+                os.close(self._open_tmp(task))
             if task.end != task.node.size:  # a hole at the end (or a size the blocks do not fill)
                 os.truncate(task.tmp, task.node.size)
-            problems = apply_metadata(task.tmp, task.node, mode_set=self._create_mode(task.node) == task.node.mode)
+            problems = apply_metadata(task.tmp, task.node, mode_set=task.mode_ok)
             self._rename(task.tmp, task.final)
         except OSError as exc:
             self._discard(task.tmp, task.created)
@@ -324,26 +372,30 @@ class Restorer:
                 self.result.damaged.append((_show(path), first.problem))
                 continue
             tmp = _tmp_beside(final)
+            created = False
             try:
                 os.link(first.final, tmp)
+                created = True
                 self._rename(tmp, final)
                 self.result.files += 1
             except OSError as exc:
-                self._discard(tmp, os.path.lexists(tmp))
+                self._discard(tmp, created)
                 self.result.errors.append((_show(path), f"cannot create hardlink: {exc.strerror or exc}"))
 
     def _finish_others(self) -> None:
         for path, final, node in self._others:
             tmp = _tmp_beside(final)
+            created = False
             try:
                 if node.type == SYMLINK:
                     os.symlink(node.target or b"", tmp)
                 else:
                     make_special(tmp, node)
+                created = True
                 problems = apply_metadata(tmp, node)
                 self._rename(tmp, final)
             except OSError as exc:
-                self._discard(tmp, os.path.lexists(tmp))
+                self._discard(tmp, created)
                 if exc.errno in (errno.ENOTSUP, errno.EPERM):
                     self.result.warnings.append((_show(path), f"not restored: {exc.strerror}"))
                 else:
