@@ -266,3 +266,18 @@ def test_dry_run_forget_and_prune_counts_what_the_forgotten_snapshots_free(repo,
     real = repo("--json", "forget", "--keep-last", "2", "--prune").json
     assert dry["prune"]["packs_deleted"] == real["prune"]["packs_deleted"] > 0
     assert abs(dry["prune"]["bytes_freed"] - real["prune"]["bytes_freed"]) < 0.1 * real["prune"]["bytes_freed"]
+
+
+def test_pack_list_is_compact_and_lossless():
+    import os as _os
+
+    from vault.pruner import _PackList, _Plan
+
+    pairs = [(_os.urandom(32), i * 1000 + 7) for i in range(2500)]
+    pl = _PackList(pairs)
+    assert len(pl) == 2500 and list(pl) == pairs and pl.total() == sum(s for _, s in pairs)
+    with pytest.raises(ValueError):
+        pl.append(b"short", 1)
+    plan = _Plan(delete=_PackList(pairs[:3]), repack=_PackList(pairs[3:5]), unindexed=_PackList(pairs[5:6]))
+    assert list(plan.removed) == pairs[:6] and plan.removed_bytes() == sum(s for _, s in pairs[:6])
+    assert not _PackList() and _PackList(pairs[:1])

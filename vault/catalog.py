@@ -476,6 +476,22 @@ class Catalog:
         for pid, kind, size, stored, nblocks, nused, used_bytes in rows:
             yield bytes(pid), kind, size, stored, nblocks, nused, used_bytes
 
+    def removed_begin(self, ids: Iterable[bytes]) -> None:
+        """Prune: the packs it removes, in a temporary table (``removed_among`` asks it), not in memory."""
+        def run(c: sqlite3.Connection) -> None:
+            c.execute("CREATE TEMP TABLE IF NOT EXISTS removed (id BLOB PRIMARY KEY) WITHOUT ROWID")
+            c.execute("DELETE FROM temp.removed")
+            c.executemany("INSERT OR IGNORE INTO temp.removed (id) VALUES (?)", ((i,) for i in ids))
+        self._tx(run)
+
+    def removed_among(self, ids: list[bytes]) -> set[bytes]:
+        out: set[bytes] = set()
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            out.update(bytes(r[0]) for r in self._q(
+                f"SELECT id FROM temp.removed WHERE id IN ({','.join('?' * len(chunk))})", chunk))
+        return out
+
     def unindexed_packs(self) -> list[tuple[bytes, int]]:
         """Stored packs that no loaded index segment lists (leftovers of interrupted runs)."""
         return [(bytes(i), s) for i, s in self._q(
