@@ -67,3 +67,13 @@ def test_garbage_is_rejected(flag):
 def test_raw_length_must_match():
     with pytest.raises(IntegrityError):
         decompress_into(RAW, b"x" * INTO_MIN, INTO_MIN + 1, bytearray())
+
+
+def test_a_huge_block_does_not_grow_the_reused_buffer():
+    from vault.compress import INTO_MAX
+
+    data = b"tree entry " * (INTO_MAX // 11 + 10)
+    flag, payload = compress(data, 1)
+    out = bytearray()
+    assert bytes(decompress_into(flag, payload, len(data), out)) == data
+    assert len(out) == 0

@@ -526,3 +526,57 @@ def test_zero_runs_inside_a_block_are_left_out():
     b[0] = b[Z] = 1
     assert _data_runs(b) == [(0, 2 * Z), (3 * Z, 4 * Z), (10 * Z, 10 * Z + 5)]
     assert _data_runs(memoryview(b)[Z:]) == [(0, Z), (2 * Z, 3 * Z), (9 * Z, 9 * Z + 5)]
+
+
+def _with_file_size_limit(limit: int, fn):
+    import resource
+    import signal
+
+    old_sig = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail (EFBIG) or fall short
+    old = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, old[1]))
+    try:
+        return fn()
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old)
+        signal.signal(signal.SIGXFSZ, old_sig)
+
+
+@pytest.mark.parametrize("content", ["data", "sparse-tail"])
+def test_a_short_write_is_an_error_never_a_short_file(repo, tmp_path, content):
+    """At a file-size limit (or on a full disk) Linux writes part of a block and returns the shorter count: the
+    file is reported and left out, never renamed into place short; its hardlink is not pointed at an older
+    file that happens to be there."""
+    import random
+
+    src = make_tree(tmp_path / "src", {"f": b"old", "small": b"fine"})
+    os.link(src / "f", src / "g")
+    repo("backup", src)
+    r = tmp_path / "r"
+    repo("restore", "latest", "--target", r)
+    dst = restored(r, src)
+    # one block (under the chunker's minimum) that crosses the limit: the write falls short and raises nothing
+    # (sparse-tail: 64 KiB of data are written, then extending the file to its size fails instead)
+    head = random.Random(3).randbytes(400 * 1024 if content == "data" else 64 * 1024)
+    (src / "f").write_bytes(head + bytes(400 * 1024 - len(head)))  # g is the same inode: it grows too
+    repo("backup", src)
+    res = _with_file_size_limit(256 * 1024, lambda: repo("restore", "latest", "--target", r, ok=False))
+    assert res.code != 0 and "Traceback" not in res.err
+    assert f"{src}/f" in res.err and f"{src}/g" in res.err, res.err
+    assert (dst / "f").read_bytes() == b"old" and (dst / "g").read_bytes() == b"old"  # untouched, not replaced
+    assert (dst / "small").read_bytes() == b"fine"
+    assert not [p for p in os.listdir(dst) if p.startswith(".vault-")]
+
+
+def test_pwrite_all_goes_on_after_a_short_write(tmp_path):
+    from vault.restorer import _pwrite_all
+
+    fd = os.open(tmp_path / "x", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        data = os.urandom(300_000)
+        with pytest.raises(OSError):
+            _with_file_size_limit(100_000, lambda: _pwrite_all(fd, data, 0))
+        _pwrite_all(fd, memoryview(data)[:1000], 5)
+    finally:
+        os.close(fd)
+    assert (tmp_path / "x").read_bytes()[5:1005] == data[:1000]

@@ -85,13 +85,15 @@ def decompress(flag: int, body: bytes | memoryview, raw_length: int, copy: bool 
 #: caller's reused buffer: with the CLI's 1 MiB mmap threshold every fresh multi-megabyte output was a new
 #: mapping, faulted in and zeroed page by page (measured: 816 vs 224 us for a 1.3 MB block).
 INTO_MIN = 64 * 1024
+#: ...and only up to here (data chunks are at most 8 MiB): a rare huge tree does not grow every thread's buffer.
+INTO_MAX = 16 * 1024 * 1024
 
 
 def decompress_into(flag: int, body: bytes | memoryview, raw_length: int, out: bytearray) -> bytes | memoryview:
     """``decompress`` without copies for large blocks: a zstd body is decompressed into ``out`` (grown as
     needed, reused by the caller) and a RAW body returned as is. The result may be a view into ``out`` or
     ``body``, valid until either is reused; its length is exactly ``raw_length`` or IntegrityError."""
-    if flag != ZSTD or raw_length < INTO_MIN:
+    if flag != ZSTD or not INTO_MIN <= raw_length <= INTO_MAX:
         return decompress(flag, body, raw_length, copy=False)
     need = raw_length + 1  # room for one byte more than promised: a longer frame is caught, not truncated
     if len(out) < need:

@@ -161,4 +161,12 @@ def get_new_password(source_file: str | None, prompt: Callable[[str], str] | Non
     return pw
 
 
-__all__ = ["Settings", "get_password", "get_second_password", "get_new_password", "default_cache_dir"]
+__all__ = ["Settings", "get_password", "get_second_password", "get_new_password", "default_cache_dir",
+           "bytecode_disabled_by_environment"]
+
+
+def bytecode_disabled_by_environment() -> bool:
+    """PYTHONDONTWRITEBYTECODE is set (not merely ``python -B``): the console script then keeps its own bytecode
+    cache anyway (see ``cli.main.entry``)."""
+    return bool(os.environ.get("PYTHONDONTWRITEBYTECODE"))
+

@@ -67,7 +67,8 @@ class RestoreResult:
 
 
 class _FileTask:
-    __slots__ = ("path", "final", "tmp", "node", "remaining", "problem", "created", "mode_ok", "end", "lock")
+    __slots__ = ("path", "final", "tmp", "node", "remaining", "problem", "created", "mode_ok", "end", "done",
+                 "lock")
 
     def __init__(self, path: bytes, final: bytes, node: Node):
         self.path, self.final, self.node = path, final, node
@@ -77,6 +78,7 @@ class _FileTask:
         self.created = False  # the temp file exists and is ours (created with O_EXCL)
         self.mode_ok = False  # it was created with exactly node.mode (no chmod needed)
         self.end = 0  # where the data written so far ends (all-zero blocks are left as holes)
+        self.done = False  # renamed into place
         self.lock = threading.Lock()
 
 
@@ -120,6 +122,17 @@ def _data_runs(data: bytes | memoryview) -> list[tuple[int, int]]:
     if start is not None:
         runs.append((start, n))
     return runs
+
+
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    """pwrite until every byte is written: on a full disk or at a file-size limit Linux may write part of it
+    and return the shorter count without an error (the next call then raises)."""
+    view = memoryview(data)
+    while len(view):
+        n = os.pwrite(fd, view, offset)
+        if n <= 0:
+            raise OSError(errno.EIO, "write made no progress")
+        view, offset = view[n:], offset + n
 
 
 def _all_zero(data: bytes | memoryview) -> bool:
@@ -318,7 +331,7 @@ class Restorer:
         try:
             written = 0
             for a, b in _data_runs(plain):  # zero runs stay holes (the temp file is new: holes read as zeros)
-                os.pwrite(fd, plain[a:b], offset + a)
+                _pwrite_all(fd, plain[a:b], offset + a)
                 task.end = max(task.end, offset + b)
                 written += b - a
             if written:
@@ -346,6 +359,7 @@ class Restorer:
             with self._lock:
                 self.result.errors.append((_show(task.path), f"cannot restore: {exc.strerror or exc}"))
             return
+        task.done = True
         with self._lock:
             self.result.files += 1
             for p in problems:
@@ -371,12 +385,18 @@ class Restorer:
             if first.problem is not None:
                 self.result.damaged.append((_show(path), first.problem))
                 continue
+            if not first.done:  # its first name could not be restored: never link to whatever is there
+                self.result.errors.append((_show(path), f"cannot create hardlink: {_show(first.path)} was not "
+                                           "restored"))
+                continue
             tmp = _tmp_beside(final)
             created = False
             try:
                 os.link(first.final, tmp)
                 created = True
                 self._rename(tmp, final)
+                if os.path.lexists(tmp):  # final already was this inode: rename(2) did nothing
+                    os.unlink(tmp)
                 self.result.files += 1
             except OSError as exc:
                 self._discard(tmp, created)
