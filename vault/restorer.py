@@ -330,8 +330,9 @@ class Restorer:
         fd = self._open_tmp(task)
         try:
             written = 0
-            for a, b in _data_runs(plain):  # zero runs stay holes (the temp file is new: holes read as zeros)
-                _pwrite_all(fd, plain[a:b], offset + a)
+            view = memoryview(plain)  # (slicing bytes would copy)
+            for a, b in _data_runs(view):  # zero runs stay holes (the temp file is new: holes read as zeros)
+                _pwrite_all(fd, view[a:b], offset + a)
                 task.end = max(task.end, offset + b)
                 written += b - a
             if written:
