@@ -338,12 +338,15 @@ class Catalog:
         if indexed:
             sql += " AND EXISTS(SELECT 1 FROM blocks b WHERE b.id = t.id)"
         rows = self._q(sql, (tree_id,))
-        if rows:
-            try:
-                return entries_mod.unseal(self._key(repo), tree_id, rows[0][0])
-            except IntegrityError:
-                self._forget_tree(tree_id)
-        return None
+        return self._unseal(repo, tree_id, rows[0][0]) if rows else None
+
+    def _unseal(self, repo, tree_id: bytes, sealed: object) -> list[tuple] | None:
+        """A cached row's entries; None when its seal does not hold (the row is dropped: never trust it)."""
+        try:
+            return entries_mod.unseal(self._key(repo), tree_id, sealed)
+        except IntegrityError:
+            self._forget_tree(tree_id)
+            return None
 
     def tree_entries_indexed(self, repo, tree_id: bytes) -> tuple[list[tuple], bool]:
         """A tree's entries in the catalog's form (``entries.py``: plain tuples, validated) and whether the
@@ -355,11 +358,10 @@ class Catalog:
         rows = self._q("SELECT entries, EXISTS(SELECT 1 FROM blocks b WHERE b.id = t.id) FROM trees t WHERE t.id=?",
                        (tree_id,))
         if rows:
-            try:
-                return entries_mod.unseal(self._key(repo), tree_id, rows[0][0]), bool(rows[0][1]), None
-            except IntegrityError:
-                self._forget_tree(tree_id)  # the cached copy is damaged: never trust it, fetch it again
-        loc = self.lookup(tree_id)
+            entries = self._unseal(repo, tree_id, rows[0][0])
+            if entries is not None:
+                return entries, bool(rows[0][1]), None
+        loc = self.lookup(tree_id)  # not cached, or the cached copy was damaged: fetch it again
         if loc is None:
             raise IntegrityError(f"tree {tree_id.hex()[:16]} is not in the index (missing)")
         nodes = Tree.decode(repo.load_block(*loc)).nodes
@@ -415,14 +417,17 @@ class Catalog:
     def used_count(self) -> int:
         return self._q("SELECT count(*) FROM temp.used")[0][0]
 
-    def used_contains(self, ids: Iterable[bytes], batch: int = 500) -> bool:
-        """Whether any of these block ids is in ``used``."""
+    def _present(self, table: str, ids: Iterable[bytes], batch: int = 500) -> Iterator[bytes]:
+        """Those of ``ids`` that the temporary table holds, asked ``batch`` at a time."""
         todo = list(ids)
         for i in range(0, len(todo), batch):
             part = todo[i : i + batch]
-            if self._q(f"SELECT 1 FROM temp.used WHERE id IN ({','.join('?' * len(part))}) LIMIT 1", part):
-                return True
-        return False
+            for (found,) in self._q(f"SELECT id FROM temp.{table} WHERE id IN ({','.join('?' * len(part))})", part):
+                yield bytes(found)
+
+    def used_contains(self, ids: Iterable[bytes]) -> bool:
+        """Whether any of these block ids is in ``used``."""
+        return next(self._present("used", ids), None) is not None
 
     def used_missing(self, limit: int = 10) -> tuple[int, list[bytes]]:
         """Referenced block ids that no index entry locates: (count, the first ``limit``; -1: all)."""
@@ -484,13 +489,8 @@ class Catalog:
             c.executemany("INSERT OR IGNORE INTO temp.removed (id) VALUES (?)", ((i,) for i in ids))
         self._tx(run)
 
-    def removed_among(self, ids: list[bytes]) -> set[bytes]:
-        out: set[bytes] = set()
-        for i in range(0, len(ids), 500):
-            chunk = ids[i : i + 500]
-            out.update(bytes(r[0]) for r in self._q(
-                f"SELECT id FROM temp.removed WHERE id IN ({','.join('?' * len(chunk))})", chunk))
-        return out
+    def removed_among(self, ids: Iterable[bytes]) -> set[bytes]:
+        return set(self._present("removed", ids))
 
     def unindexed_packs(self) -> list[tuple[bytes, int]]:
         """Stored packs that no loaded index segment lists (leftovers of interrupted runs)."""

@@ -268,7 +268,7 @@ class Pruner:
         for sid in present:
             seg = self._load_segment(sid)
             superseded.update(s.hex() for s in seg.supersedes)
-            if self.catalog.removed_among(list(seg.packs)):
+            if self.catalog.removed_among(seg.packs):
                 affected.append(sid)
         # left by an interrupted prune: already replaced, so deleted (never rewritten: they may name removed packs)
         to_delete = [s for s in present if s in superseded]
@@ -276,7 +276,7 @@ class Pruner:
             if sid in superseded:
                 continue
             seg = self._load_segment(sid)
-            removed = self.catalog.removed_among(list(seg.packs))
+            removed = self.catalog.removed_among(seg.packs)
             keep = [(pid, seg.sizes.get(pid, 0), entries) for pid, entries in seg.packs.items() if pid not in removed]
             if keep:
                 self.repo.save_index(index_mod.from_packs(keep, supersedes=[bytes.fromhex(sid)]))
