@@ -21,7 +21,7 @@ import json
 import os
 import secrets
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -213,25 +213,20 @@ class Repository:
 
     # --- packs --------------------------------------------------------------------------------------
     def put_pack(self, data: bytes | bytearray | memoryview) -> bytes:
-        pid = pack_mod.pack_id(data)
-        name = pack_name(pid)
-        try:
-            self.backend.put(name, data)
-        except ObjectExists:
-            pass  # same name = same bytes: another run stored this pack already
-        # verify after write: the store must hold exactly what we sent
-        if self.backend.size(name) != len(data):
-            raise IntegrityError(f"pack {pid.hex()[:16]} was stored with the wrong size")
-        return pid
+        return self._land_pack(pack_mod.pack_id(data), len(data), lambda name: self.backend.put(name, data))
 
     def publish_pack(self, staged, pid: bytes, size: int) -> bytes:
         """``put_pack`` for a pack written piecewise (``backend.stage``) and hashed as it was written."""
+        return self._land_pack(pid, size, staged.publish)
+
+    def _land_pack(self, pid: bytes, size: int, store: Callable[[str], None]) -> bytes:
         name = pack_name(pid)
         try:
-            staged.publish(name)
+            store(name)
         except ObjectExists:
             pass  # same name = same bytes: another run stored this pack already
-        if self.backend.size(name) != size:  # verify after write
+        # verify after write: the store must hold exactly what we sent
+        if self.backend.size(name) != size:
             raise IntegrityError(f"pack {pid.hex()[:16]} was stored with the wrong size")
         return pid
 
