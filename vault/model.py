@@ -41,14 +41,6 @@ def _dec_bytes(d: dict, key: str) -> bytes | None:
     return None
 
 
-def name_from_doc(d: dict) -> bytes:
-    """A stored entry's name (its parsed JSON), validated."""
-    name = _dec_bytes(d, "name")
-    if name is None or not valid_name(name):
-        raise IntegrityError(f"tree: invalid entry name {name!r}"[:120])
-    return name
-
-
 def valid_name(name: bytes) -> bool:
     return bool(name) and name not in (b".", b"..") and b"/" not in name and b"\0" not in name
 
@@ -93,7 +85,9 @@ class Node:
     def from_json(cls, d: dict) -> "Node":
         if not isinstance(d, dict):
             raise IntegrityError("tree: node is not an object")
-        name = name_from_doc(d)
+        name = _dec_bytes(d, "name")
+        if name is None or not valid_name(name):
+            raise IntegrityError(f"tree: invalid entry name {name!r}"[:120])
         g = d.get
         t = g("type")
         if t not in NODE_TYPES:
@@ -179,23 +173,13 @@ class Tree:
 
     @classmethod
     def decode(cls, data: bytes) -> "Tree":
-        return cls.from_docs(cls.docs(data))
-
-    @staticmethod
-    def docs(data: bytes) -> list:
-        """The entries as parsed JSON objects, not yet validated (``from_docs`` or ``Node.from_json`` does
-        that): lets a backup compare entries against ``stat`` without building a Node for each."""
         try:
             doc = json.loads(data)
         except (ValueError, UnicodeDecodeError, RecursionError):
             raise IntegrityError("tree: not valid JSON") from None
         if not isinstance(doc, dict) or doc.get("v") != FORMAT_VERSION or not isinstance(doc.get("nodes"), list):
             raise IntegrityError("tree: unsupported format")
-        return doc["nodes"]
-
-    @classmethod
-    def from_docs(cls, docs: list) -> "Tree":
-        nodes = [Node.from_json(n) for n in docs]
+        nodes = [Node.from_json(n) for n in doc["nodes"]]
         names = [n.name for n in nodes]
         if len(set(names)) != len(names):
             raise IntegrityError("tree: duplicate entry names")
