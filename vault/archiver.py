@@ -407,7 +407,7 @@ class Archiver:
             if only is None and self._excludes and self._excludes.matches(child, t == DIR):
                 continue
             old = parent.get(name)
-            key = stat_key(t, st)
+            key = stat_key(t, st) if old is not None else None  # (a first backup has no parent to compare)
             if same and (old is None or old[1] != key):
                 same = False
             if t == DIR:
@@ -488,9 +488,8 @@ class Archiver:
             if isinstance(it, Node):
                 nodes.append(it)
                 continue
-            else:
-                batch, idx, child, name = it
-                res: _FileResult = batch.result()[idx]
+            batch, idx, child, name = it
+            res: _FileResult = batch.result()[idx]
             if res.error is not None or res.node is None:
                 self._error(child, res.error or "unreadable")
                 continue

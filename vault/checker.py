@@ -305,9 +305,10 @@ class Checker:
         unreadable.
 
         When every pack is read afterwards (``_reads_all``), a tree this machine's catalog holds and the index
-        lists is taken from there: its entries were validated when cached and are sealed with a key derived from the repository's,
-        and the pack read checks the tree block's bytes against the same id -- the repository's copy is
-        proved as strictly, without decoding 7,000 trees twice (structure-only verify still loads them)."""
+        lists is taken from there: its entries were validated when cached and are sealed with a key derived
+        from the repository's, and the pack read checks the tree block's bytes against the same id -- the
+        repository's copy is proved as strictly, without decoding 7,000 trees twice (structure-only verify
+        still loads them)."""
         if self._reads_all:
             cached = self.catalog.cached_entries(self.repo, tid, indexed=True)  # else: "missing" below
             if cached is not None:

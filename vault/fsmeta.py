@@ -54,13 +54,12 @@ def apply_metadata(path: bytes, node: Node, mode_set: bool = False) -> list[str]
     ``node.mode``, which holds no setuid/setgid bit a chown could clear) and mtime; return problems instead of
     raising."""
     problems = []
-    link = node.type == SYMLINK or mode_set
     if IS_ROOT:
         try:
             os.chown(path, node.uid, node.gid, follow_symlinks=False)
         except OSError as exc:
             problems.append(f"chown: {exc.strerror}")
-    if not link:
+    if not (node.type == SYMLINK or mode_set):
         try:
             os.chmod(path, node.mode)
         except OSError as exc:
