@@ -1,6 +1,7 @@
 """The catalog is a cache: a damaged cached tree is detected (keyed MAC) and fetched again, never trusted."""
 
 import sqlite3
+from pathlib import Path
 
 from conftest import make_tree
 
@@ -52,3 +53,71 @@ def test_catalog_of_an_older_schema_is_rebuilt(repo, tmp_path):
     conn.commit()
     conn.close()
     assert len(repo("--json", "snapshots").json) == 1
+
+
+# --- a cache directory shared by concurrent processes ---------------------------------------------------------
+def _open_and_mark(cache: str, barrier, i: int, errors) -> None:
+    from vault.catalog import Catalog
+
+    try:
+        barrier.wait()
+        cat = Catalog.open(cache, "rid")
+        cat._tx(lambda c: c.execute("INSERT INTO meta (key, value) VALUES (?, 'x')", (f"opener-{i}",)))
+        cat.close()
+    except Exception as exc:  # reported to the test: every opener must succeed
+        errors.put(f"{i}: {exc!r}")
+
+
+def test_processes_creating_a_shared_catalog_at_once_neither_fail_nor_remove_it(tmp_path):
+    """Four processes open the same new catalog at the same instant, 25 times: each opens it, and none removes
+    the catalog another one created (every opener's mark survives). Before the open lock, a 'database is
+    locked' while another process set the catalog up was taken for damage, and the catalog was deleted."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    for round_ in range(25):
+        cache = str(tmp_path / f"cache{round_}")
+        barrier, errors = ctx.Barrier(4), ctx.Queue()
+        procs = [ctx.Process(target=_open_and_mark, args=(cache, barrier, i, errors)) for i in range(4)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        assert errors.empty(), errors.get()
+        conn = sqlite3.connect(f"{cache}/rid/catalog.db")
+        marks = {k for (k,) in conn.execute("SELECT key FROM meta WHERE key LIKE 'opener-%'")}
+        conn.close()
+        assert marks == {f"opener-{i}" for i in range(4)}, round_
+
+
+def _make_outdated(tmp_path) -> Path:
+    db = next((tmp_path / "cache").rglob("catalog.db"))
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE meta SET value='0' WHERE key='schema_version'")
+    conn.commit()
+    conn.close()
+    return db
+
+
+def test_a_catalog_another_process_has_open_is_never_replaced(repo, tmp_path):
+    """Damage found while another process has the catalog open: a clear error, the catalog is left alone; once
+    the other process has closed it, the next command replaces it and works."""
+    from vault.catalog import Catalog
+
+    src = make_tree(tmp_path / "src", {"a": b"1"})
+    repo("backup", src)
+    db = next((tmp_path / "cache").rglob("catalog.db"))
+    holder = Catalog.open(str(tmp_path / "cache"), db.parent.name)  # another user of the same cache
+    try:
+        _make_outdated(tmp_path)
+        inode = db.stat().st_ino
+        for args in (("snapshots",), ("catalog", "rebuild")):
+            p = repo.proc(*args)
+            err = p.stderr.decode()
+            assert p.returncode == 1 and "another vault process has it open" in err, err
+            assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+            assert db.stat().st_ino == inode
+    finally:
+        holder.close()
+    assert len(repo("--json", "snapshots").json) == 1
+    assert db.stat().st_ino != inode  # replaced, and synced again from the repository

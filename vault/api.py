@@ -519,15 +519,12 @@ def unlock(settings: Settings, password: PasswordFn, remove_all: bool = False) -
 def catalog_rebuild(settings: Settings, password: PasswordFn) -> dict:
     counter = _backend(settings)
     repo = Repository.open(counter, password())
-    path = os.path.join(settings.cache_dir, repo.id, "catalog.db")
-    Catalog.remove_files(path)
-    catalog, report = open_synced(settings.cache_dir, repo)
+    catalog = Catalog.open(settings.cache_dir, repo.id, fresh=True)
     try:
-        trees = 0
-        for snap in catalog.snapshots():
+        report = catalog.sync(repo)
+        for snap in catalog.snapshots():  # cache every tree (verified as it is read)
             for _ in catalog.walk(repo, snap.tree):
                 pass
-            trees += 1
         st = catalog.stats()
     finally:
         catalog.close()

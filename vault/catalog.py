@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 from . import entries as entries_mod
 from . import index as index_mod
+from .cachelock import FileLock
 from .errors import CatalogError, IntegrityError, ObjectNotFound
 from .entries import split_ids
 from .model import DIR, FILE, Node, Snapshot, Tree, parse_stored_time, format_time
@@ -64,25 +65,44 @@ class SyncReport:
 
 
 class Catalog:
-    def __init__(self, path: str, repo_id: str):
+    def __init__(self, path: str, repo_id: str, in_use: FileLock):
         self.path = path
         self.repo_id = repo_id
         self._lock = threading.RLock()
+        self._in_use = in_use  # held shared while open: nobody removes the catalog under us
         self._conn = self._connect()
         self._sealing: tuple[bytes, bytes] = (b"", b"")  # (MAC key, the trees' sealing key derived from it)
 
     # --- opening, damage, rebuild -------------------------------------------------------------------
     @classmethod
-    def open(cls, cache_dir: str, repo_id: str) -> "Catalog":
-        """Open (or create) the catalog for a repository; a damaged or outdated one is recreated empty."""
+    def open(cls, cache_dir: str, repo_id: str, fresh: bool = False) -> "Catalog":
+        """Open (or create) the catalog for a repository. A damaged or outdated one, or any one when ``fresh``,
+        is replaced by an empty one, unless another process has it open (CatalogError then).
+
+        Processes sharing a cache directory open it one at a time (``catalog.open.lock``) and hold
+        ``catalog.lock`` shared while it is open."""
         directory = os.path.join(cache_dir, repo_id)
         os.makedirs(directory, mode=0o700, exist_ok=True)
         path = os.path.join(directory, "catalog.db")
-        try:
-            return cls(path, repo_id)
-        except (sqlite3.DatabaseError, CatalogError, ValueError):
-            cls.remove_files(path)
-            return cls(path, repo_id)
+        with FileLock(os.path.join(directory, "catalog.open.lock")):
+            in_use = FileLock(os.path.join(directory, "catalog.lock"), shared=True)
+            try:
+                reason = "a rebuild was asked for"
+                if not fresh:
+                    try:
+                        return cls(path, repo_id, in_use)
+                    except (sqlite3.DatabaseError, CatalogError, ValueError) as exc:
+                        reason = str(exc)
+                if not in_use.try_exclusive():
+                    raise CatalogError(f"catalog {path} cannot be replaced ({reason}): another vault process has "
+                                       f"it open; run this command again when that one has finished")
+                cls.remove_files(path)
+                cat = cls(path, repo_id, in_use)
+                in_use.share()
+                return cat
+            except BaseException:
+                in_use.release()
+                raise
 
     @staticmethod
     def remove_files(path: str) -> None:
@@ -124,6 +144,7 @@ class Catalog:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+            self._in_use.release()
 
     def _q(self, sql: str, params: Iterable = ()) -> list[tuple]:
         with self._lock:
@@ -521,8 +542,7 @@ def open_synced(cache_dir: str, repo) -> tuple[Catalog, SyncReport]:
         return cat, cat.sync(repo)
     except CatalogError:
         cat.close()
-        Catalog.remove_files(cat.path)
-        cat = Catalog.open(cache_dir, repo.id)
+        cat = Catalog.open(cache_dir, repo.id, fresh=True)
         return cat, cat.sync(repo)
 
 

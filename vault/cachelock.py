@@ -1,0 +1,51 @@
+"""flock(2) locks on files of the local cache, between the vault processes (and threads) sharing a cache directory.
+
+The catalog uses two: a short exclusive one around opening it (creating its tables, or replacing a damaged
+catalog, is done by one process at a time), and a shared one held while it is open, which must be taken
+exclusively to remove the catalog, so that no process removes a catalog another one is using. The kernel drops
+these locks when a process dies (a SIGKILL leaves nothing to clean up). Each lock has its own descriptor, so two
+users in one process conflict exactly as two processes would."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+
+
+class FileLock:
+    def __init__(self, path: str, shared: bool = False):
+        """Wait for and take the lock on ``path`` (created if missing)."""
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        except BaseException:
+            os.close(self._fd)
+            raise
+
+    def try_exclusive(self) -> bool:
+        """Shared -> exclusive when nobody else holds the lock; on False the lock is held shared again (a failed
+        conversion drops the shared lock, so it is taken again before returning)."""
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            fcntl.flock(self._fd, fcntl.LOCK_SH)
+            return False
+
+    def share(self) -> None:
+        """Exclusive -> shared (nothing conflicts with a shared lock, so no other user slips in between)."""
+        fcntl.flock(self._fd, fcntl.LOCK_SH)
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)  # closing the descriptor drops the lock
+            self._fd = -1
+
+    def __enter__(self) -> "FileLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+__all__ = ["FileLock"]
