@@ -121,3 +121,26 @@ def test_a_catalog_another_process_has_open_is_never_replaced(repo, tmp_path):
         holder.close()
     assert len(repo("--json", "snapshots").json) == 1
     assert db.stat().st_ino != inode  # replaced, and synced again from the repository
+
+
+def test_a_cache_on_a_filesystem_without_flock_still_works(tmp_path, monkeypatch):
+    """Some network and FUSE mounts refuse flock (ENOLCK): the catalog opens, and is replaced when damaged,
+    as it would be for a single user."""
+    import errno
+
+    from vault import cachelock
+    from vault.catalog import Catalog
+
+    def refuse(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(cachelock.fcntl, "flock", refuse)
+    cat = Catalog.open(str(tmp_path), "rid")
+    cat.close()
+    conn = sqlite3.connect(tmp_path / "rid" / "catalog.db")
+    conn.execute("UPDATE meta SET value='0' WHERE key='schema_version'")
+    conn.commit()
+    conn.close()
+    cat = Catalog.open(str(tmp_path), "rid")  # outdated: replaced
+    assert dict(cat._q("SELECT key, value FROM meta"))["schema_version"] != "0"
+    cat.close()

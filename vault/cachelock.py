@@ -4,12 +4,26 @@ The catalog uses two: a short exclusive one around opening it (creating its tabl
 catalog, is done by one process at a time), and a shared one held while it is open, which must be taken
 exclusively to remove the catalog, so that no process removes a catalog another one is using. The kernel drops
 these locks when a process dies (a SIGKILL leaves nothing to clean up). Each lock has its own descriptor, so two
-users in one process conflict exactly as two processes would."""
+users in one process conflict exactly as two processes would. On a filesystem without flock (some network and
+FUSE mounts) the locks are no-ops and every upgrade succeeds: the behaviour of a single user."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+
+_UNSUPPORTED = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
+
+
+def _flock(fd: int, op: int) -> None:
+    try:
+        fcntl.flock(fd, op)
+    except BlockingIOError:
+        raise
+    except OSError as exc:
+        if exc.errno not in _UNSUPPORTED:
+            raise
 
 
 class FileLock:
@@ -17,7 +31,7 @@ class FileLock:
         """Wait for and take the lock on ``path`` (created if missing)."""
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            fcntl.flock(self._fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            _flock(self._fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         except BaseException:
             os.close(self._fd)
             raise
@@ -26,15 +40,15 @@ class FileLock:
         """Shared -> exclusive when nobody else holds the lock; on False the lock is held shared again (a failed
         conversion drops the shared lock, so it is taken again before returning)."""
         try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return True
         except BlockingIOError:
-            fcntl.flock(self._fd, fcntl.LOCK_SH)
+            _flock(self._fd, fcntl.LOCK_SH)
             return False
 
     def share(self) -> None:
         """Exclusive -> shared (nothing conflicts with a shared lock, so no other user slips in between)."""
-        fcntl.flock(self._fd, fcntl.LOCK_SH)
+        _flock(self._fd, fcntl.LOCK_SH)
 
     def release(self) -> None:
         if self._fd >= 0:
