@@ -3,6 +3,8 @@
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from conftest import make_tree
 
 
@@ -152,3 +154,40 @@ def test_a_cache_on_a_filesystem_without_flock_still_works(tmp_path, monkeypatch
     cat = Catalog.open(str(tmp_path), "rid")  # outdated: replaced
     assert dict(cat._q("SELECT key, value FROM meta"))["schema_version"] != "0"
     cat.close()
+
+
+@pytest.mark.parametrize("limits", [(20_000, 50_000, 64), (3, 2, 2), (1, 1, 1)], ids=["default", "tiny", "one"])
+def test_the_marker_walks_every_tree_once_whatever_spills(repo, tmp_path, limits):
+    """The marker buffers ids and walked trees in memory up to limits and spills them to the catalog's
+    temporary tables; whatever the limits and the batch size, it marks exactly the trees and file blocks the
+    snapshots reference, and walks each shared subtree once."""
+    from conftest import PASSWORD
+
+    from vault import api
+    from vault.config import Settings
+
+    shared = {"s1": b"shared one" * 100, "deep": {"s2": b"shared two" * 100, "e": {}}}
+    src = make_tree(tmp_path / "src", {"a": shared, "b": shared, "c": {"x": b"only c" * 50, "l": {"m": b"m" * 9}}})
+    repo("backup", src)
+    (src / "c" / "new").write_bytes(b"second snapshot only" * 30)
+    repo("backup", src)
+    settings = Settings(repo=str(repo.repo), cache_dir=str(repo.cache)).resolved()
+    with api.session(settings, lambda: PASSWORD.encode()) as sess:
+        cat, r = sess.catalog, sess.repo
+        want_trees, want_ids = set(), set()
+        for snap in cat.snapshots():
+            want_trees.add(snap.tree)
+            for _, node in cat.walk(r, snap.tree):
+                if node.type == "dir" and node.subtree:
+                    want_trees.add(node.subtree)
+                want_ids.update(node.blocks or ())
+        limit, tree_limit, batch = limits
+        marker = cat.marker()
+        marker.limit, marker.tree_limit = limit, tree_limit
+        walked = sum(marker.walk(s.tree, lambda tids: cat.tree_entries_many(r, tids), with_trees=True, batch=batch)
+                     for s in cat.snapshots())
+        marker.flush()
+        assert walked == len(want_trees)
+        assert all(cat.walked(t) for t in want_trees)
+        used = {bytes(i) for (i,) in cat._q("SELECT id FROM temp.used")}
+        assert used == want_ids | want_trees

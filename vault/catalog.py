@@ -355,11 +355,25 @@ class Catalog:
     def cached_entries(self, repo, tree_id: bytes, indexed: bool = False) -> list[tuple] | None:
         """A tree's entries if this catalog holds them (sealed, checked) -- and, with ``indexed``, the index
         lists the tree (the cache outlives index rebuilds); None otherwise. Never reads the repository."""
-        sql = "SELECT entries FROM trees t WHERE t.id=?"
+        return self.cached_entries_many(repo, [tree_id], indexed).get(tree_id)
+
+    def cached_entries_many(self, repo, tree_ids: list[bytes], indexed: bool = False) -> dict[bytes, list[tuple]]:
+        """``cached_entries`` for many trees in one query (at most 500): those the catalog holds, by id."""
+        sql = f"SELECT id, entries FROM trees t WHERE t.id IN ({','.join('?' * len(tree_ids))})"
         if indexed:
             sql += " AND EXISTS(SELECT 1 FROM blocks b WHERE b.id = t.id)"
-        rows = self._q(sql, (tree_id,))
-        return self._unseal(repo, tree_id, rows[0][0]) if rows else None
+        out = {}
+        for tid, sealed in self._q(sql, tree_ids):
+            tid = bytes(tid)
+            entries = self._unseal(repo, tid, sealed)
+            if entries is not None:
+                out[tid] = entries
+        return out
+
+    def tree_entries_many(self, repo, tree_ids: list[bytes]) -> list[list[tuple]]:
+        """``tree_entries`` of each of ``tree_ids`` (at most 500): one query for those cached."""
+        cached = self.cached_entries_many(repo, tree_ids)
+        return [cached[t] if t in cached else self.tree_entries(repo, t) for t in tree_ids]
 
     def _unseal(self, repo, tree_id: bytes, sealed: object) -> list[tuple] | None:
         """A cached row's entries; None when its seal does not hold (the row is dropped: never trust it)."""
@@ -551,50 +565,63 @@ __all__ = ["Catalog", "SyncReport", "open_synced"]
 
 class UsedMarker:
     """Marks walked trees and referenced block ids in the catalog's temporary tables, buffering at most
-    ``limit`` ids in memory. ``first_visit(tid)`` is True once per tree; ``flush()`` before querying ``used``."""
+    ``limit`` block ids and ``tree_limit`` tree ids in memory. ``first_visit(tid)`` is True once per tree
+    (the table is asked only once trees have spilled to it); ``flush()`` before querying ``used``."""
 
-    def __init__(self, catalog: Catalog, limit: int = 20_000):
-        self.catalog, self.limit = catalog, limit
+    def __init__(self, catalog: Catalog, limit: int = 20_000, tree_limit: int = 50_000):
+        self.catalog, self.limit, self.tree_limit = catalog, limit, tree_limit
         self._trees: set[bytes] = set()
         self._ids: list[bytes] = []
+        self._spilled = False  # some walked tree ids are only in the table
 
     def first_visit(self, tid: bytes) -> bool:
-        if tid in self._trees or self.catalog.walked(tid):
+        if tid in self._trees or (self._spilled and self.catalog.walked(tid)):
             return False
         self._trees.add(tid)
+        if len(self._trees) >= self.tree_limit:
+            self.flush()
         return True
 
     def add(self, ids: Iterable[bytes]) -> None:
         self._ids.extend(ids)
-        if len(self._ids) + len(self._trees) >= self.limit:
-            self.flush()
+        if len(self._ids) >= self.limit:
+            self.catalog._mark_flush((), self._ids)
+            self._ids = []
 
-    def walk(self, root: bytes, load: Callable[[bytes], list | None], with_trees: bool = False) -> int:
-        """Mark every tree below ``root`` not walked yet, each once: ``load(tree id)`` gives its entries
-        (``entries.py``; None: unreadable, skipped); their file block ids (and, ``with_trees``, the tree ids)
-        go into ``used``. Returns how many trees were walked."""
+    def walk(self, root: bytes, load: Callable[[list[bytes]], list], with_trees: bool = False,
+             batch: int = 64) -> int:
+        """Mark every tree below ``root`` not walked yet, each once: ``load(tree ids)`` gives their entries
+        (``entries.py``; None: unreadable, skipped), asked ``batch`` trees at a time; their file block ids
+        (and, ``with_trees``, the tree ids) go into ``used``. Returns how many trees were walked."""
         walked = 0
         stack = [root]
         while stack:
-            tid = stack.pop()
-            if not self.first_visit(tid):  # a separate set from used: a chunk may equal a tree's bytes
+            todo: list[bytes] = []
+            while stack and len(todo) < batch:
+                tid = stack.pop()
+                if self.first_visit(tid):  # a separate set from used: a chunk may equal a tree's bytes
+                    todo.append(tid)
+            if not todo:
                 continue
-            walked += 1
-            entries = load(tid)
-            if entries is None:
-                continue
-            ids = [tid] if with_trees else []
-            for e in entries:
-                t = e[1][0]
-                if t == FILE:
-                    ids.extend(split_ids(e[2]))
-                elif t == DIR and e[2] is not None:
-                    stack.append(e[2])
+            walked += len(todo)
+            ids: list[bytes] = []
+            for tid, entries in zip(todo, load(todo)):
+                if entries is None:
+                    continue
+                if with_trees:
+                    ids.append(tid)
+                for e in entries:
+                    t = e[1][0]
+                    if t == FILE:
+                        ids.extend(split_ids(e[2]))
+                    elif t == DIR and e[2] is not None:
+                        stack.append(e[2])
             self.add(ids)
         return walked
 
     def flush(self) -> None:
         if self._trees or self._ids:
             self.catalog._mark_flush(self._trees, self._ids)
+            self._spilled = self._spilled or bool(self._trees)
             self._trees, self._ids = set(), []
 

@@ -251,7 +251,7 @@ class Checker:
         marker = cat.marker()
         trees = 0
         for snap in snaps:
-            trees += marker.walk(snap.tree, self._load_tree)
+            trees += marker.walk(snap.tree, self._load_trees)
         marker.flush()
         self.report.trees = trees
         self.report.blocks_referenced = cat.used_count()
@@ -299,20 +299,20 @@ class Checker:
                 return d
         return self._damage(f"tree {tid.hex()}", problem)
 
-    def _load_tree(self, tid: bytes) -> list | None:
-        """A tree's entries (``entries.py``), loaded from the repository, authenticated and validated; None
-        (and the problem noted in ``_bad_trees``) when it is missing from the index, in a damaged pack, or
+    def _load_trees(self, tids: list[bytes]) -> list[list | None]:
+        """The trees' entries (``entries.py``), each loaded from the repository, authenticated and validated;
+        None (and the problem noted in ``_bad_trees``) for one missing from the index, in a damaged pack, or
         unreadable.
 
         When every pack is read afterwards (``_reads_all``), a tree this machine's catalog holds and the index
-        lists is taken from there: its entries were validated when cached and are sealed with a key derived
-        from the repository's, and the pack read checks the tree block's bytes against the same id -- the
-        repository's copy is proved as strictly, without decoding 7,000 trees twice (structure-only verify
-        still loads them)."""
-        if self._reads_all:
-            cached = self.catalog.cached_entries(self.repo, tid, indexed=True)  # else: "missing" below
-            if cached is not None:
-                return cached
+        lists is taken from there (one query for the batch): its entries were validated when cached and are
+        sealed with a key derived from the repository's, and the pack read checks the tree block's bytes
+        against the same id -- the repository's copy is proved as strictly, without decoding 7,000 trees
+        twice (structure-only verify still loads them)."""
+        cached = self.catalog.cached_entries_many(self.repo, tids, indexed=True) if self._reads_all else {}
+        return [cached[t] if t in cached else self._load_tree(t) for t in tids]  # not cached: "missing" below
+
+    def _load_tree(self, tid: bytes) -> list | None:
         problem = None
         loc = self.catalog.lookup(tid)
         if loc is None:
