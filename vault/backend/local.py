@@ -273,7 +273,10 @@ class Staged:
         with memoryview(data) as mv, self.backend._os_errors("writing", self.label):
             done = 0
             while done < mv.nbytes:
-                done += os.pwrite(self.fd, mv[done:], offset + done)
+                n = os.pwrite(self.fd, mv[done:], offset + done)
+                if n <= 0:  # no progress (never loop forever): report it as a full disk
+                    raise OSError(errno.ENOSPC, "no space left: write made no progress")
+                done += n
             self.size = max(self.size, offset + mv.nbytes)
 
     def publish(self, name: str, *, overwrite: bool = False) -> None:
