@@ -175,6 +175,17 @@ def test_dry_run_changes_nothing_but_reports(repo, tree):
     assert tree_listing(repo.repo) == before
 
 
+def test_dry_run_reports_what_the_backup_will_add(repo, tmp_path):
+    """bytes_added of a dry run is what the real backup then adds: compressed and sealed, not the raw size."""
+    src = make_tree(tmp_path / "src", {"text": b"hello world\n" * 500_000, "random": os.urandom(300_000),
+                                       "d": {"zeros": bytes(2_000_000)}})
+    dry = repo("--json", "backup", "--dry-run", src).json
+    real = repo("--json", "backup", src).json
+    assert dry["bytes_added"] == real["bytes_added"]
+    assert real["bytes_added"] < 400_000  # compressed: 8 MB processed
+    assert "would add to the repository" in repo("backup", "-n", src).out
+
+
 def test_dry_run_after_a_backup(repo, tree):
     repo("backup", tree)
     (tree / "keep.txt").write_bytes(b"changed!")

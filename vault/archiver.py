@@ -30,7 +30,7 @@ from .excludes import Matcher
 from .entries import split_ids
 from .fsmeta import node_from_stat, node_type, stat_key
 from .model import DIR, FILE, SYMLINK, Node, Snapshot, Tree
-from .pack import DATA, TREE, PackEntry
+from .pack import DATA, TREE, PackEntry, sealed_size
 from .packwriter import PackWriter
 from .repository import Repository
 
@@ -212,8 +212,8 @@ class Archiver:
             return not known
 
     def _store(self, kind: str, bid: bytes, data: bytes | memoryview) -> int:
-        if self.opts.dry_run:
-            return len(data)
+        if self.opts.dry_run:  # what it would take: compressed and sealed, not stored
+            return sealed_size(len(self.repo.compress(data)[1]))
         return self.packer.add(kind, bid, data)
 
     def _on_pack(self, pid: bytes, size: int, entries: list[PackEntry]) -> None:

@@ -113,7 +113,7 @@ def backup(paths: tuple[str, ...], tags: tuple[str, ...], host: str | None, time
     else:
         head = "dry run: nothing stored" if dry_run else f"snapshot {res.snapshot_id[:8]} saved"
         c.out(f"{head}\nfiles: {res.files_new} new, {res.files_changed} changed, {res.files_unmodified} unmodified"
-              f"\nadded to the repository: {human_bytes(res.bytes_added)} "
+              f"\n{'would add' if dry_run else 'added'} to the repository: {human_bytes(res.bytes_added)} "
               f"(processed {human_bytes(res.bytes_processed)} in {res.duration_s:.1f} s)")
     if res.errors:
         c.err(f"vault: {len(res.errors)} path(s) could not be read; the snapshot holds everything else")
