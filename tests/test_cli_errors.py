@@ -551,3 +551,9 @@ def test_init_refuses_a_non_empty_directory_that_is_not_a_repository(cli, tmp_pa
     r = cli("init", "--kdf-memory", "1", ok=1)
     assert "not empty" in r.err and r.err.count("\n") == 1
     assert sorted(p.name for p in cli.repo.iterdir()) == ["precious.txt"]
+
+
+def test_stats_of_an_empty_repository_reads_as_text(repo):
+    out = repo("stats").out
+    assert "None" not in out and "dedup+compression ratio: -" in out
+    assert repo("--json", "stats").json["dedup_ratio"] is None

@@ -130,4 +130,4 @@ def stats() -> None:
     c.out(f"snapshots:        {d['snapshots']}\npacks:            {d['packs']} ({human_bytes(d['pack_bytes'])})"
           f"\nblocks:           {d['blocks']}\ndata (raw):       {human_bytes(d['raw_bytes'])}"
           f"\nstored:           {human_bytes(d['stored_bytes'])}\nrepository size:  {human_bytes(d['repository_bytes'])} in {d['repository_objects']} objects"
-          f"\ndedup+compression ratio: {d['dedup_ratio']}")
+          f"\ndedup+compression ratio: {'-' if d['dedup_ratio'] is None else d['dedup_ratio']}")
