@@ -385,6 +385,18 @@ def test_restore_target_is_a_file(repo, src, tmp_path):
     assert f.read_bytes() == b"keep me"
 
 
+def test_restore_target_is_a_dangling_symlink_or_empty(repo, src, tmp_path):
+    repo("backup", src)
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "nowhere")
+    res = repo("restore", "latest", "--target", link, ok=1)
+    line = one_error_line(res, 1)
+    assert "exists and is not a directory" in line and "internal error" not in line
+    assert os.path.islink(link) and not (tmp_path / "nowhere").exists()
+    res = repo("restore", "latest", "--target", "", ok=2)
+    assert "--target" in res.err and "Traceback" not in res.err
+
+
 def test_missing_exclude_file(repo, src, tmp_path):
     res = repo("backup", src, "--exclude-file", tmp_path / "missing", ok=False)
     assert res.code in (1, 2)
@@ -557,3 +569,9 @@ def test_stats_of_an_empty_repository_reads_as_text(repo):
     out = repo("stats").out
     assert "None" not in out and "dedup+compression ratio: -" in out
     assert repo("--json", "stats").json["dedup_ratio"] is None
+
+
+def test_verify_read_data_and_a_subset_together_is_a_usage_error(repo, src):
+    repo("backup", src)
+    line = one_error_line(repo("verify", "--read-data", "--read-data-subset", "1/3", ok=2), 2)
+    assert "--read-data-subset" in line

@@ -310,6 +310,30 @@ def test_restore_include_glob_any_depth(repo, tmp_path):
     assert (restored(r, src) / "sub/deeper/c.txt").read_bytes() == b"c"
 
 
+def dirs_under(root: Path) -> set[str]:
+    return {os.path.relpath(os.path.join(d, n), root) for d, names, _ in os.walk(root) for n in names}
+
+
+@pytest.mark.parametrize("pattern", ["c.txt", "*/deeper/c.txt", "**/c.txt", "FULL", "nomatch"])
+def test_restore_include_creates_only_the_directories_above_what_it_matches(repo, tmp_path, pattern):
+    """--include restores the matching paths and the directories above them, not the rest of the tree's
+    skeleton (other/ and empty/ hold nothing that matches). The directories above get their metadata."""
+    src = make_tree(tmp_path / "src", {**FILTER_SPEC, "empty": {}})
+    os.utime(src / "sub", ns=(1_500_000_000_000_000_000,) * 2)
+    repo("backup", src)
+    r = tmp_path / "r"
+    pattern = str(src / "sub" / "deeper" / "c.txt") if pattern == "FULL" else pattern
+    out = repo("--json", "restore", "latest", "--target", r, "--include", pattern).json
+    if pattern == "nomatch":
+        assert out["files"] == 0 and out["dirs"] == 0
+        assert not r.exists() or not any(r.iterdir())
+        return
+    assert files_under(restored(r, src)) == {"sub/deeper/c.txt"}
+    assert dirs_under(restored(r, src)) == {"sub", "sub/deeper"}
+    assert out["dirs"] == len(src.parts) - 1 + 2  # the directories from / down to src, then sub, sub/deeper
+    assert os.stat(restored(r, src) / "sub").st_mtime_ns == 1_500_000_000_000_000_000
+
+
 def test_restore_exclude_glob_any_depth(repo, tmp_path):
     src = make_tree(tmp_path / "src", FILTER_SPEC)
     repo("backup", src)
@@ -365,6 +389,36 @@ def test_restore_conflicting_types_in_target(repo, tmp_path):
     both = res.out + res.err
     assert f"{src}/f" in both and f"{src}/d" in both and f"{src}/e" in both, both
     assert (dst / "e").is_dir() and not any((dst / "e").iterdir())  # an empty directory is not replaced either
+    assert not [p for p in scan(r) if b".vault-" in p]
+
+
+@pytest.mark.parametrize("blocked", ["a", "b"])
+def test_hardlinks_are_restored_when_one_name_is_blocked(repo, tmp_path, blocked):
+    """A directory in the target where the snapshot has one name of a hardlinked file: that name is kept and
+    named, and the file's other names are restored, linked to each other -- whichever name is blocked,
+    including the one restored first."""
+    src = make_tree(tmp_path / "src", {"a": b"linked data", "b": Hardlink("a"), "d": {"c": Hardlink("a")}})
+    repo("backup", src)
+    r = tmp_path / "r"
+    dst = restored(r, src)
+    make_tree(dst, {blocked: {"mine": b"local"}})
+    res = repo("restore", "latest", "--target", r, ok=False)
+    assert res.code == 1 and f"{src}/{blocked}" in res.err and "Traceback" not in res.err
+    assert (dst / blocked / "mine").read_bytes() == b"local"
+    others = [dst / n for n in ("a", "b", "d/c") if n != blocked]
+    assert [p.read_bytes() for p in others] == [b"linked data"] * 2
+    assert os.stat(others[0]).st_ino == os.stat(others[1]).st_ino and os.stat(others[0]).st_nlink == 2
+    assert os.stat(others[0]).st_mtime_ns == os.stat(src / "a").st_mtime_ns
+    assert not [p for p in scan(r) if b".vault-" in p]
+
+
+def test_hardlinks_all_blocked_leave_no_temp_file(repo, tmp_path):
+    src = make_tree(tmp_path / "src", {"a": b"linked data", "b": Hardlink("a")})
+    repo("backup", src)
+    r = tmp_path / "r"
+    make_tree(restored(r, src), {"a": {}, "b": {}})
+    res = repo("restore", "latest", "--target", r, ok=False)
+    assert f"{src}/a" in res.err and f"{src}/b" in res.err
     assert not [p for p in scan(r) if b".vault-" in p]
 
 

@@ -66,9 +66,18 @@ class RestoreResult:
     requests: dict = field(default_factory=dict)  # backend requests and bytes, filled in by the api
 
 
+class _LazyDir:
+    """A directory above paths --include may match: created when the first of them is restored."""
+    __slots__ = ("path", "final", "node", "parent", "made")
+
+    def __init__(self, path: bytes, final: bytes, node: Node, parent: "_LazyDir | None"):
+        self.path, self.final, self.node, self.parent = path, final, node, parent
+        self.made: bool | None = None  # not tried yet / created / could not be
+
+
 class _FileTask:
     __slots__ = ("path", "final", "tmp", "node", "remaining", "problem", "created", "mode_ok", "end", "done",
-                 "lock")
+                 "spare", "lock")
 
     def __init__(self, path: bytes, final: bytes, node: Node):
         self.path, self.final, self.node = path, final, node
@@ -79,6 +88,7 @@ class _FileTask:
         self.mode_ok = False  # it was created with exactly node.mode (no chmod needed)
         self.end = 0  # where the data written so far ends (all-zero blocks are left as holes)
         self.done = False  # renamed into place
+        self.spare = False  # complete, but its name was taken: tmp waits for another name of its hardlinks
         self.lock = threading.Lock()
 
 
@@ -162,15 +172,33 @@ class Restorer:
 
     # --- plan ---------------------------------------------------------------------------------------
     def _wanted(self, path: bytes, is_dir: bool) -> tuple[bool, bool]:
-        """(restore this entry, descend into it)."""
+        """(restore this entry, descend into it): (False, True) for a directory that is not included itself
+        but may hold included paths (created only when one of them is restored)."""
         if self._exclude and self._exclude.matches(path, is_dir):
             return False, False
-        if not self._include:
+        if not self._include or self._include.matches_or_parent(path, is_dir):
             return True, True
-        if self._include.matches_or_parent(path, is_dir):
-            return True, True
-        below = is_dir and self._include.could_match_below(path)
-        return below, below
+        return False, is_dir and self._include.could_match_below(path)
+
+    def _make_dirs(self, lazy: "_LazyDir | None") -> bool:
+        """Create the not yet created directories above an entry to restore (--include creates only the
+        directories above what it matches); False when one of them cannot be (named once, in errors)."""
+        if lazy is None or lazy.made is not None:
+            return lazy is None or lazy.made
+        lazy.made = self._make_dirs(lazy.parent) and self._make_dir(lazy.path, lazy.final, lazy.node)
+        return lazy.made
+
+    def _make_dir(self, path: bytes, final: bytes, node: Node) -> bool:
+        try:
+            ok = self._ensure_dir(final)
+        except OSError as exc:
+            self.result.errors.append((_show(path), f"cannot create directory: {exc.strerror}"))
+            return False
+        if not ok:
+            self.result.errors.append((_show(path), "kept: something that is not a directory is in the way"))
+            return False
+        self._dirs.append((path, final, node))
+        return True
 
     def _ensure_dir(self, final: bytes) -> bool:
         try:
@@ -184,9 +212,9 @@ class Restorer:
     def _walk(self) -> Iterator[_FileTask]:
         """Walk the snapshot: create directories, note links/symlinks/specials, yield the files to fill."""
         first_of_inode: dict[tuple[int, int], _FileTask] = {}
-        stack: list[tuple[bytes, bytes]] = [(b"", self.snap.tree)]
+        stack: list[tuple[bytes, bytes, _LazyDir | None]] = [(b"", self.snap.tree, None)]
         while stack:
-            base, tid = stack.pop()
+            base, tid, lazy = stack.pop()
             try:
                 nodes = self.catalog.tree(self.repo, tid)
             except (IntegrityError, VaultError) as exc:
@@ -197,20 +225,16 @@ class Restorer:
                 final = self._target + path
                 want, descend = self._wanted(path, n.type == DIR)
                 if not want:
+                    if descend and n.subtree is not None:  # only what --include matches below it
+                        stack.append((path, n.subtree, _LazyDir(path, final, n, lazy)))
                     continue
+                if not self._make_dirs(lazy):
+                    break
                 if n.type == DIR:
-                    try:
-                        ok = self._ensure_dir(final)
-                    except OSError as exc:
-                        self.result.errors.append((_show(path), f"cannot create directory: {exc.strerror}"))
+                    if not self._make_dir(path, final, n):
                         continue
-                    if not ok:
-                        self.result.errors.append((_show(path), "kept: something that is not a directory "
-                                                   "is in the way"))
-                        continue
-                    self._dirs.append((path, final, n))
                     if descend and n.subtree is not None:
-                        stack.append((path, n.subtree))
+                        stack.append((path, n.subtree, None))
                 elif n.type == FILE:
                     key = (n.dev, n.inode)
                     if n.nlink > 1 and key in first_of_inode:
@@ -348,15 +372,20 @@ class Restorer:
             with self._lock:
                 self.result.damaged.append((_show(task.path), task.problem))
             return
+        ready = False
         try:
             if not task.created:
                 os.close(self._open_tmp(task))
             if task.end != task.node.size:  # a hole at the end (or a size the blocks do not fill)
                 os.truncate(task.tmp, task.node.size)
             problems = apply_metadata(task.tmp, task.node, mode_set=task.mode_ok)
+            ready = True
             self._rename(task.tmp, task.final)
         except OSError as exc:
-            self._discard(task.tmp, task.created)
+            if ready and task.node.nlink > 1:
+                task.spare = True  # complete: the hardlink group's other names may still take it
+            else:
+                self._discard(task.tmp, task.created)
             with self._lock:
                 self.result.errors.append((_show(task.path), f"cannot restore: {exc.strerror or exc}"))
             return
@@ -382,11 +411,23 @@ class Restorer:
                 pass
 
     def _finish_links(self) -> None:
+        """The other names of each hardlinked file: linked to the first name restored. When that first name
+        could not take the file (something in the way), the complete temp file goes to the next name that
+        can, and the rest link to it; never to whatever was already at a name."""
         for path, final, first in self._links:
             if first.problem is not None:
                 self.result.damaged.append((_show(path), first.problem))
                 continue
-            if not first.done:  # its first name could not be restored: never link to whatever is there
+            if not first.done and first.spare:
+                try:
+                    self._rename(first.tmp, final)
+                except OSError as exc:
+                    self.result.errors.append((_show(path), f"cannot restore: {exc.strerror or exc}"))
+                    continue
+                first.final, first.path, first.done, first.spare = final, path, True, False
+                self.result.files += 1
+                continue
+            if not first.done:
                 self.result.errors.append((_show(path), f"cannot create hardlink: {_show(first.path)} was not "
                                            "restored"))
                 continue
@@ -402,6 +443,10 @@ class Restorer:
             except OSError as exc:
                 self._discard(tmp, created)
                 self.result.errors.append((_show(path), f"cannot create hardlink: {exc.strerror or exc}"))
+        for _, _, first in self._links:  # no name could take it
+            if first.spare:
+                first.spare = False
+                self._discard(first.tmp, True)
 
     def _finish_others(self) -> None:
         for path, final, node in self._others:
@@ -443,10 +488,18 @@ class Restorer:
         return [pool.submit(self._fetch_range, pid, items)
                 for pid, wanted in packs.items() for items in self._ranges(wanted)]
 
+    def _make_target(self) -> None:
+        try:
+            os.makedirs(self._target, exist_ok=True)
+        except FileExistsError:  # a file, or a symlink to nowhere
+            raise VaultError(f"--target {_show(self._target)} exists and is not a directory") from None
+        except OSError as exc:
+            raise VaultError(f"cannot create --target {_show(self._target)}: {exc.strerror or exc}") from None
+
     def run(self) -> RestoreResult:
         """Restore in batches of files, so memory stays bounded however large the snapshot: the walk of
         the next batch overlaps the fetching and writing of the previous one."""
-        os.makedirs(self._target, exist_ok=True)
+        self._make_target()
         jobs = self.opts.jobs or max(2, os.cpu_count() or 2)
         with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="vault-restore") as pool:
             running: collections.deque[list[Future]] = collections.deque()  # batches in flight, oldest first

@@ -31,6 +31,8 @@ def verify(read_data: bool, read_data_subset: str | None, max_bytes: str | None)
     Example: vault --repo /srv/backup verify --read-data-subset 5%
     """
     c = get_ctx()
+    if read_data and read_data_subset is not None:
+        raise UsageError("--read-data reads every pack and --read-data-subset some of them: give one")
     report, requests = api.verify(c.settings, c.password_fn(), read_data, read_data_subset,
                                   parse_size(max_bytes) if max_bytes is not None else None)
     if c.json:

@@ -11,9 +11,16 @@ from .common import get_ctx, global_options, human_bytes
 from .main import cli
 
 
+def _target(ctx, param, value: str) -> str:
+    if not value:
+        raise click.BadParameter("must name a directory (an empty path is not the current one)")
+    return value
+
+
 @cli.command()
 @click.argument("snapshot", required=False)
-@click.option("-t", "--target", required=True, type=click.Path(file_okay=False), help="Directory to restore into.")
+@click.option("-t", "--target", required=True, type=click.Path(file_okay=False), callback=_target,
+              help="Directory to restore into.")
 @click.option("--at", "at", metavar="TIME", help="Instead of SNAPSHOT: the newest snapshot taken at or before "
               "TIME (ISO-8601 or 'N days ago').")
 @click.option("-i", "--include", "includes", multiple=True, metavar="GLOB", help="Restore only matching paths.")
