@@ -339,3 +339,43 @@ def test_repository_url_form_inside_tree_is_skipped(capfd, tmp_path):
     c("backup", home)
     got = {e["path"] for e in c("--json", "ls", "latest").json["entries"]}
     assert not any(p.startswith(str(home / "repo")) for p in got), got
+
+
+# --- --one-file-system ------------------------------------------------------------------------------------
+@pytest.fixture
+def mounted(tmp_path):
+    """src/ with a tmpfs mounted at src/mnt (skipped where mounting is not allowed)."""
+    import subprocess
+
+    src = make_tree(tmp_path / "src", {"top.txt": b"on the main fs", "mnt": {}})
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(src / "mnt")],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        make_tree(src / "mnt", {"inner.txt": b"on the tmpfs", "d": {"deep.txt": b"deep"}})
+        yield src
+    finally:
+        subprocess.run(["umount", "-l", str(src / "mnt")], capture_output=True)
+
+
+def _listed(repo) -> set[str]:
+    return {e["path"] for e in repo("--json", "ls", "latest").json["entries"]}
+
+
+def test_one_file_system_stops_at_a_mount_point(repo, mounted):
+    repo("backup", "-x", mounted)
+    paths = _listed(repo)
+    assert f"{mounted}/top.txt" in paths and f"{mounted}/mnt" in paths  # the mount point, empty
+    assert not any(p.startswith(f"{mounted}/mnt/") for p in paths)
+    repo("backup", mounted)  # without -x: everything
+    assert f"{mounted}/mnt/d/deep.txt" in _listed(repo)
+
+
+def test_one_file_system_keeps_a_mount_point_named_as_a_path(repo, mounted, tmp_path):
+    """A PATH given on the command line is backed up even when it is a mount point below another PATH
+    (as restic does): -x only stops at mounts the walk finds by itself."""
+    repo("backup", "-x", mounted, mounted / "mnt")
+    paths = _listed(repo)
+    assert {f"{mounted}/top.txt", f"{mounted}/mnt/inner.txt", f"{mounted}/mnt/d/deep.txt"} <= paths
+    repo("restore", "latest", "--target", tmp_path / "r")
+    assert (tmp_path / "r" / mounted.relative_to("/") / "mnt" / "d" / "deep.txt").read_bytes() == b"deep"

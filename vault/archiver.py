@@ -179,6 +179,7 @@ class Archiver:
         self._tree_row_nodes = 0
         self._hardlinks: dict[tuple[int, int], tuple[_Batch, int]] = {}
         self._excludes = Matcher(opts.excludes)
+        self._named: set[bytes] = set()  # the PATHs given, absolute
         self._skip = set()
         for p in opts.skip_paths:
             try:
@@ -419,10 +420,11 @@ class Archiver:
                 if same:
                     subdirs.append((sub, old_sub))
                 sub_only = only[name] if only is not None else None
-                if only is None and self.opts.one_file_system and st.st_dev != root_dev:
+                named = only is None and child in self._named  # a PATH given inside another PATH
+                if only is None and self.opts.one_file_system and st.st_dev != root_dev and not named:
                     sub.subtree = self._store_tree(Tree([]))
-                else:
-                    dev = st.st_dev if only is not None and sub_only is None else root_dev
+                else:  # a named PATH is walked whole, on its own file system (-x stops at mounts below it)
+                    dev = st.st_dev if (only is not None and sub_only is None) or named else root_dev
                     self._save_dir(child, old_sub, sub_only, dev, sub)
                 self.stats.dirs += 1
                 items.append(sub)
@@ -539,6 +541,7 @@ class Archiver:
                 abs_paths.append(b)
             else:
                 self._error(b, "no such file or directory")
+        self._named = set(abs_paths)
         if not abs_paths:
             raise SourceNotFound("nothing to back up: " + "; ".join(f"{p}: {m}" for p, m in self.stats.errors))
         host = self.opts.host or socket.gethostname()
