@@ -422,6 +422,40 @@ def test_hardlinks_all_blocked_leave_no_temp_file(repo, tmp_path):
     assert not [p for p in scan(r) if b".vault-" in p]
 
 
+@pytest.mark.parametrize("other", ["outside", "excluded"])
+def test_a_blocked_hardlink_whose_other_names_are_not_restored_leaves_no_temp_file(repo, tmp_path, other):
+    """The kept temp file of a blocked hardlinked file is removed when no other name of it is restored (the
+    other name is outside the backed-up paths, or excluded)."""
+    src = make_tree(tmp_path / "src", {"a": b"linked data"})
+    if other == "outside":
+        os.link(src / "a", tmp_path / "outside")
+    else:
+        os.link(src / "a", src / "b")
+    repo("backup", src)
+    r = tmp_path / "r"
+    make_tree(restored(r, src), {"a": {"mine": b"x"}})
+    extra = ("--exclude", str(src / "b")) if other == "excluded" else ()
+    res = repo("restore", "latest", "--target", r, *extra, ok=1)
+    assert f"{src}/a" in res.err
+    assert not [p for p in scan(r) if b".vault-" in p]
+
+
+def test_restore_include_below_deep_nesting(repo, tmp_path):
+    """The directories above an --include match are made in a loop, not by recursion: 1,100 levels restore
+    in a process with Python's default recursion limit."""
+    src = tmp_path / "s"
+    deep = bytes(src) + b"/d" * 1100
+    os.makedirs(deep)
+    with open(deep + b"/leaf.txt", "wb") as f:
+        f.write(b"x")
+    repo("backup", src)
+    r = tmp_path / "r"
+    p = repo.proc("restore", "latest", "--target", r, "--include", "**/leaf.txt")
+    assert p.returncode == 0, p.stderr.decode()[-500:]
+    with open(bytes(r) + deep + b"/leaf.txt", "rb") as f:
+        assert f.read() == b"x"
+
+
 # --- ls / diff / find ----------------------------------------------------------------------------------------
 def test_ls_lists_everything_recursively(repo, tmp_path):
     src = make_tree(tmp_path / "src", {"a": b"1", "d": {"b": b"2", "e": {"c": b"3", "empty": {}}},

@@ -163,6 +163,7 @@ class Restorer:
         self._exclude = Matcher(opts.exclude)
         self._target = os.path.abspath(os.fsencode(opts.target))
         self._links: list[tuple[bytes, bytes, _FileTask]] = []  # (path, final, first task)
+        self._spares: list[_FileTask] = []  # complete files whose name was taken (see _finish_file)
         self._others: list[tuple[bytes, bytes, Node]] = []  # symlinks and special files
         self._dirs: list[tuple[bytes, bytes, Node]] = []
         self._lock = threading.Lock()
@@ -183,10 +184,14 @@ class Restorer:
     def _make_dirs(self, lazy: "_LazyDir | None") -> bool:
         """Create the not yet created directories above an entry to restore (--include creates only the
         directories above what it matches); False when one of them cannot be (named once, in errors)."""
-        if lazy is None or lazy.made is not None:
-            return lazy is None or lazy.made
-        lazy.made = self._make_dirs(lazy.parent) and self._make_dir(lazy.path, lazy.final, lazy.node)
-        return lazy.made
+        chain = []  # from this directory up to the nearest one already tried (a loop: any depth)
+        while lazy is not None and lazy.made is None:
+            chain.append(lazy)
+            lazy = lazy.parent
+        ok = lazy is None or lazy.made
+        for d in reversed(chain):
+            ok = d.made = ok and self._make_dir(d.path, d.final, d.node)
+        return ok
 
     def _make_dir(self, path: bytes, final: bytes, node: Node) -> bool:
         try:
@@ -384,6 +389,8 @@ class Restorer:
         except OSError as exc:
             if ready and task.node.nlink > 1:
                 task.spare = True  # complete: the hardlink group's other names may still take it
+                with self._lock:
+                    self._spares.append(task)
             else:
                 self._discard(task.tmp, task.created)
             with self._lock:
@@ -443,10 +450,10 @@ class Restorer:
             except OSError as exc:
                 self._discard(tmp, created)
                 self.result.errors.append((_show(path), f"cannot create hardlink: {exc.strerror or exc}"))
-        for _, _, first in self._links:  # no name could take it
-            if first.spare:
-                first.spare = False
-                self._discard(first.tmp, True)
+        for task in self._spares:  # no other name took it (or none is being restored)
+            if task.spare:
+                task.spare = False
+                self._discard(task.tmp, True)
 
     def _finish_others(self) -> None:
         for path, final, node in self._others:
