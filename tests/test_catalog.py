@@ -191,3 +191,29 @@ def test_the_marker_walks_every_tree_once_whatever_spills(repo, tmp_path, limits
         assert all(cat.walked(t) for t in want_trees)
         used = {bytes(i) for (i,) in cat._q("SELECT id FROM temp.used")}
         assert used == want_ids | want_trees
+
+
+def test_a_sync_that_fails_releases_the_catalog(repo, tmp_path, monkeypatch):
+    """A backend error during the catalog's sync closes the catalog (and drops its lock): the next command
+    in the same process -- a library user, a test -- can replace it."""
+    from vault.errors import PermanentError
+    from vault.repository import Repository
+
+    repo("backup", make_tree(tmp_path / "src", {"a": b"1"}))
+    real = Repository.list_index
+
+    def fail(self):
+        raise PermanentError("listing index/: connection reset")
+
+    monkeypatch.setattr(Repository, "list_index", fail)
+    assert "connection reset" in repo("snapshots", ok=1).err
+    monkeypatch.setattr(Repository, "list_index", real)
+    repo("catalog", "rebuild")
+
+
+def test_an_unusable_cache_directory_is_a_one_line_error(repo, tmp_path):
+    cache = tmp_path / "cache-file"
+    cache.write_bytes(b"a file where the cache directory should be")
+    res = repo("--cache-dir", cache, "snapshots", ok=1)
+    assert res.err.startswith("vault: cannot use the cache directory") and "--cache-dir" in res.err
+    assert len(res.err.strip().splitlines()) == 1 and "internal error" not in res.err

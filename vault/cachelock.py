@@ -4,8 +4,9 @@ The catalog uses two: a short exclusive one around opening it (creating its tabl
 catalog, is done by one process at a time), and a shared one held while it is open, which must be taken
 exclusively to remove the catalog, so that no process removes a catalog another one is using. The kernel drops
 these locks when a process dies (a SIGKILL leaves nothing to clean up). Each lock has its own descriptor, so two
-users in one process conflict exactly as two processes would. On a filesystem without flock (some network and
-FUSE mounts) the locks are no-ops and every upgrade succeeds: the behaviour of a single user."""
+users in one process conflict exactly as two processes would (not on NFS, where Linux emulates flock with
+per-process POSIX locks: there only other processes are kept out). On a filesystem without flock (some network
+and FUSE mounts) the locks are no-ops and every upgrade succeeds: the behaviour of a single user."""
 
 from __future__ import annotations
 

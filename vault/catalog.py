@@ -64,6 +64,10 @@ class SyncReport:
     problems: list[str] = field(default_factory=list)
 
 
+def _unusable(directory: str, exc: OSError) -> CatalogError:
+    return CatalogError(f"cannot use the cache directory {directory}: {exc.strerror or exc} (see --cache-dir)")
+
+
 class Catalog:
     def __init__(self, path: str, repo_id: str, in_use: FileLock):
         self.path = path
@@ -82,10 +86,17 @@ class Catalog:
         Processes sharing a cache directory open it one at a time (``catalog.open.lock``) and hold
         ``catalog.lock`` shared while it is open."""
         directory = os.path.join(cache_dir, repo_id)
-        os.makedirs(directory, mode=0o700, exist_ok=True)
         path = os.path.join(directory, "catalog.db")
-        with FileLock(os.path.join(directory, "catalog.open.lock")):
-            in_use = FileLock(os.path.join(directory, "catalog.lock"), shared=True)
+        try:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            opening = FileLock(os.path.join(directory, "catalog.open.lock"))
+        except OSError as exc:  # a read-only or full cache directory, a lock file that is a directory
+            raise _unusable(directory, exc) from None
+        with opening:
+            try:
+                in_use = FileLock(os.path.join(directory, "catalog.lock"), shared=True)
+            except OSError as exc:
+                raise _unusable(directory, exc) from None
             try:
                 reason = "a rebuild was asked for"
                 if not fresh:
@@ -95,7 +106,8 @@ class Catalog:
                         reason = str(exc)
                 if not in_use.try_exclusive():
                     raise CatalogError(f"catalog {path} cannot be replaced ({reason}): another vault process has "
-                                       f"it open; run this command again when that one has finished")
+                                       f"it open (or another user in this one); run this command again when "
+                                       f"that one has finished")
                 cls.remove_files(path)
                 cat = cls(path, repo_id, in_use)
                 in_use.share()
@@ -556,8 +568,15 @@ def open_synced(cache_dir: str, repo) -> tuple[Catalog, SyncReport]:
         return cat, cat.sync(repo)
     except CatalogError:
         cat.close()
-        cat = Catalog.open(cache_dir, repo.id, fresh=True)
+    except BaseException:  # a backend error, an interrupt: the catalog (and its lock) is closed, never leaked
+        cat.close()
+        raise
+    cat = Catalog.open(cache_dir, repo.id, fresh=True)
+    try:
         return cat, cat.sync(repo)
+    except BaseException:
+        cat.close()
+        raise
 
 
 __all__ = ["Catalog", "SyncReport", "open_synced"]
