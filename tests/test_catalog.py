@@ -1,5 +1,6 @@
 """The catalog is a cache: a damaged cached tree is detected (keyed MAC) and fetched again, never trusted."""
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -184,7 +185,7 @@ def test_the_marker_walks_every_tree_once_whatever_spills(repo, tmp_path, limits
         limit, tree_limit, batch = limits
         marker = cat.marker()
         marker.limit, marker.tree_limit = limit, tree_limit
-        walked = sum(marker.walk(s.tree, lambda tids: cat.tree_entries_many(r, tids), with_trees=True, batch=batch)
+        walked = sum(marker.walk(s.tree, lambda tids: cat.iter_tree_entries(r, tids), with_trees=True, batch=batch)
                      for s in cat.snapshots())
         marker.flush()
         assert walked == len(want_trees)
@@ -217,3 +218,34 @@ def test_an_unusable_cache_directory_is_a_one_line_error(repo, tmp_path):
     res = repo("--cache-dir", cache, "snapshots", ok=1)
     assert res.err.startswith("vault: cannot use the cache directory") and "--cache-dir" in res.err
     assert len(res.err.strip().splitlines()) == 1 and "internal error" not in res.err
+
+
+def test_the_batched_walk_holds_one_tree_at_a_time(repo, tmp_path):
+    """Trees are asked for 64 at a time but handed over one by one: the walk's peak memory with 16 sibling
+    directories of 1,000 files each is that of one of them, not of all 16 (Invariant 4)."""
+    import tracemalloc
+
+    from conftest import PASSWORD
+
+    from vault import api
+    from vault.config import Settings
+
+    src = tmp_path / "src"
+    for d in range(16):
+        os.makedirs(src / f"d{d}")
+        for f in range(1000):
+            (src / f"d{d}" / f"file-with-a-longish-name-{f:05d}").write_bytes(b"%d/%d" % (d, f))
+    repo("backup", src)
+    settings = Settings(repo=str(repo.repo), cache_dir=str(repo.cache)).resolved()
+    with api.session(settings, lambda: PASSWORD.encode()) as sess:
+        cat, r = sess.catalog, sess.repo
+        (snap,) = cat.snapshots()
+        peaks = {}
+        for batch in (1, 64):
+            marker = cat.marker()
+            marker.limit = 10 ** 9  # keep every id in memory alike: only the trees held at once differ
+            tracemalloc.start()
+            marker.walk(snap.tree, lambda tids: cat.iter_tree_entries(r, tids), batch=batch)
+            peaks[batch] = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+        assert peaks[64] < peaks[1] * 1.3, peaks

@@ -367,32 +367,44 @@ class Catalog:
     def cached_entries(self, repo, tree_id: bytes, indexed: bool = False) -> list[tuple] | None:
         """A tree's entries if this catalog holds them (sealed, checked) -- and, with ``indexed``, the index
         lists the tree (the cache outlives index rebuilds); None otherwise. Never reads the repository."""
-        return self.cached_entries_many(repo, [tree_id], indexed).get(tree_id)
+        return next((e for _, e in self.iter_cached_entries(repo, [tree_id], indexed)), None)
 
-    def cached_entries_many(self, repo, tree_ids: list[bytes], indexed: bool = False) -> dict[bytes, list[tuple]]:
-        """``cached_entries`` for many trees in one query (at most 500): those the catalog holds, by id."""
+    def iter_cached_entries(self, repo, tree_ids: list[bytes], indexed: bool = False) -> Iterator[tuple[bytes, list]]:
+        """``cached_entries`` for many trees (at most 500) in one query: (id, entries) of those the catalog
+        holds, in no particular order, fetched one row at a time (one tree in memory, however many are asked)."""
         sql = f"SELECT id, entries FROM trees t WHERE t.id IN ({','.join('?' * len(tree_ids))})"
         if indexed:
             sql += " AND EXISTS(SELECT 1 FROM blocks b WHERE b.id = t.id)"
-        out = {}
-        for tid, sealed in self._q(sql, tree_ids):
+        damaged = []
+        for tid, sealed in self._iter(sql, tree_ids, batch=1):
             tid = bytes(tid)
-            entries = self._unseal(repo, tid, sealed)
-            if entries is not None:
-                out[tid] = entries
-        return out
+            entries = self._unseal(repo, tid, sealed, forget=False)
+            if entries is None:
+                damaged.append(tid)
+                continue
+            yield tid, entries
+        for tid in damaged:
+            self._forget_tree(tid)
 
-    def tree_entries_many(self, repo, tree_ids: list[bytes]) -> list[list[tuple]]:
-        """``tree_entries`` of each of ``tree_ids`` (at most 500): one query for those cached."""
-        cached = self.cached_entries_many(repo, tree_ids)
-        return [cached[t] if t in cached else self.tree_entries(repo, t) for t in tree_ids]
+    def iter_tree_entries(self, repo, tree_ids: list[bytes]) -> Iterator[tuple[bytes, list[tuple]]]:
+        """(id, ``tree_entries``) of each of ``tree_ids`` (at most 500): one query for those cached, the rest
+        loaded from the repository; one tree in memory at a time."""
+        done = set()
+        for tid, entries in self.iter_cached_entries(repo, tree_ids):
+            done.add(tid)
+            yield tid, entries
+        for tid in tree_ids:
+            if tid not in done:
+                yield tid, self.tree_entries(repo, tid)
 
-    def _unseal(self, repo, tree_id: bytes, sealed: object) -> list[tuple] | None:
-        """A cached row's entries; None when its seal does not hold (the row is dropped: never trust it)."""
+    def _unseal(self, repo, tree_id: bytes, sealed: object, forget: bool = True) -> list[tuple] | None:
+        """A cached row's entries; None when its seal does not hold (never trust it: the row is dropped, now or,
+        without ``forget``, by the caller once its query is done)."""
         try:
             return entries_mod.unseal(self._key(repo), tree_id, sealed)
         except IntegrityError:
-            self._forget_tree(tree_id)
+            if forget:
+                self._forget_tree(tree_id)
             return None
 
     def tree_entries_indexed(self, repo, tree_id: bytes) -> tuple[list[tuple], bool]:
@@ -607,11 +619,12 @@ class UsedMarker:
             self.catalog._mark_flush((), self._ids)
             self._ids = []
 
-    def walk(self, root: bytes, load: Callable[[list[bytes]], list], with_trees: bool = False,
-             batch: int = 64) -> int:
-        """Mark every tree below ``root`` not walked yet, each once: ``load(tree ids)`` gives their entries
-        (``entries.py``; None: unreadable, skipped), asked ``batch`` trees at a time; their file block ids
-        (and, ``with_trees``, the tree ids) go into ``used``. Returns how many trees were walked."""
+    def walk(self, root: bytes, load: Callable[[list[bytes]], Iterator[tuple[bytes, list | None]]],
+             with_trees: bool = False, batch: int = 64) -> int:
+        """Mark every tree below ``root`` not walked yet, each once: ``load(tree ids)`` yields (id, entries)
+        for each (``entries.py``; None: unreadable, skipped), asked ``batch`` trees at a time and handed over one
+        at a time; their file block ids (and, ``with_trees``, the tree ids) go into ``used``. Returns how many
+        trees were walked."""
         walked = 0
         stack = [root]
         while stack:
@@ -620,22 +633,18 @@ class UsedMarker:
                 tid = stack.pop()
                 if self.first_visit(tid):  # a separate set from used: a chunk may equal a tree's bytes
                     todo.append(tid)
-            if not todo:
-                continue
             walked += len(todo)
-            ids: list[bytes] = []
-            for tid, entries in zip(todo, load(todo)):
+            for tid, entries in load(todo) if todo else ():
                 if entries is None:
                     continue
-                if with_trees:
-                    ids.append(tid)
+                ids = [tid] if with_trees else []
                 for e in entries:
                     t = e[1][0]
                     if t == FILE:
                         ids.extend(split_ids(e[2]))
                     elif t == DIR and e[2] is not None:
                         stack.append(e[2])
-            self.add(ids)
+                self.add(ids)
         return walked
 
     def flush(self) -> None:

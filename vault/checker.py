@@ -299,7 +299,7 @@ class Checker:
                 return d
         return self._damage(f"tree {tid.hex()}", problem)
 
-    def _load_trees(self, tids: list[bytes]) -> list[list | None]:
+    def _load_trees(self, tids: list[bytes]) -> Iterator[tuple[bytes, list | None]]:
         """The trees' entries (``entries.py``), each loaded from the repository, authenticated and validated;
         None (and the problem noted in ``_bad_trees``) for one missing from the index, in a damaged pack, or
         unreadable.
@@ -309,8 +309,14 @@ class Checker:
         sealed with a key derived from the repository's, and the pack read checks the tree block's bytes
         against the same id -- the repository's copy is proved as strictly, without decoding 7,000 trees
         twice (structure-only verify still loads them)."""
-        cached = self.catalog.cached_entries_many(self.repo, tids, indexed=True) if self._reads_all else {}
-        return [cached[t] if t in cached else self._load_tree(t) for t in tids]  # not cached: "missing" below
+        done = set()
+        if self._reads_all:
+            for tid, entries in self.catalog.iter_cached_entries(self.repo, tids, indexed=True):
+                done.add(tid)
+                yield tid, entries
+        for tid in tids:
+            if tid not in done:  # not cached, or not indexed: "missing" in _load_tree
+                yield tid, self._load_tree(tid)
 
     def _load_tree(self, tid: bytes) -> list | None:
         problem = None

@@ -150,9 +150,9 @@ class Pruner:
             raise PruneRefused(f"prune refused, nothing deleted: {what}; run 'vault verify' and 'vault repair'")
         marker = cat.marker()
         for snap in snaps:
-            def load(tids: list[bytes], snap=snap) -> list:
+            def load(tids: list[bytes], snap=snap) -> Iterator[tuple[bytes, list]]:
                 try:
-                    return cat.tree_entries_many(self.repo, tids)
+                    yield from cat.iter_tree_entries(self.repo, tids)
                 except (IntegrityError, ObjectNotFound) as exc:
                     raise PruneRefused(f"prune refused, nothing deleted: snapshot {snap.short_id} cannot be read "
                                        f"({exc}); run 'vault verify' and 'vault repair'") from None
