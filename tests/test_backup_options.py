@@ -379,3 +379,16 @@ def test_one_file_system_keeps_a_mount_point_named_as_a_path(repo, mounted, tmp_
     assert {f"{mounted}/top.txt", f"{mounted}/mnt/inner.txt", f"{mounted}/mnt/d/deep.txt"} <= paths
     repo("restore", "latest", "--target", tmp_path / "r")
     assert (tmp_path / "r" / mounted.relative_to("/") / "mnt" / "d" / "deep.txt").read_bytes() == b"deep"
+
+
+def test_one_file_system_keeps_a_path_named_below_a_mount_point(repo, mounted, tmp_path):
+    """A PATH below a mount point that -x would skip is still backed up (and nothing else of that mount)."""
+    repo("backup", "-x", mounted, mounted / "mnt" / "d")
+    paths = _listed(repo)
+    assert {f"{mounted}/top.txt", f"{mounted}/mnt/d/deep.txt"} <= paths
+    assert f"{mounted}/mnt/inner.txt" not in paths
+    repo("restore", "latest", "--target", tmp_path / "r")
+    assert (tmp_path / "r" / mounted.relative_to("/") / "mnt" / "d" / "deep.txt").read_bytes() == b"deep"
+    # and a named PATH is never excluded, inside another PATH as at the top
+    repo("backup", mounted, mounted / "mnt", "--exclude", str(mounted / "mnt"))
+    assert f"{mounted}/mnt/inner.txt" in _listed(repo)

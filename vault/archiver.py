@@ -405,8 +405,8 @@ class Archiver:
             t = node_type(st.st_mode)
             if t is None:
                 continue
-            if only is None and self._excludes and self._excludes.matches(child, t == DIR):
-                continue
+            if only is None and self._excludes and self._excludes.matches(child, t == DIR) and child not in self._named:
+                continue  # (a PATH named on the command line is never excluded, at the top or inside another)
             old = parent.get(name)
             key = stat_key(t, st) if old is not None else None  # (a first backup has no parent to compare)
             if same and (old is None or old[1] != key):
@@ -422,7 +422,12 @@ class Archiver:
                 sub_only = only[name] if only is not None else None
                 named = only is None and child in self._named  # a PATH given inside another PATH
                 if only is None and self.opts.one_file_system and st.st_dev != root_dev and not named:
-                    sub.subtree = self._store_tree(Tree([]))
+                    # another file system: left empty, except for the PATHs named below it
+                    inner = [p[len(child):] for p in self._named if p.startswith(child + b"/")]
+                    if inner:
+                        self._save_dir(child, old_sub, _skeleton(inner), root_dev, sub)
+                    else:
+                        sub.subtree = self._store_tree(Tree([]))
                 else:  # a named PATH is walked whole, on its own file system (-x stops at mounts below it)
                     dev = st.st_dev if (only is not None and sub_only is None) or named else root_dev
                     self._save_dir(child, old_sub, sub_only, dev, sub)
