@@ -219,6 +219,10 @@ def test_heal_a_lost_manifest_from_a_copy(cli, tmp_path, setup):
     assert snap["time"].startswith("2026-03-01T10:00:00") and "recovered" not in snap["tags"]
     cli("restore", "latest", "--target", tmp_path / "r")
     assert_trees_equal(src, tmp_path / "r" / src.relative_to("/"))
+    # the nightly copy that follows does not copy the healed manifest back as a second snapshot
+    out = cli("--json", "copy", "--to", second).json
+    assert out["copied"] == [] and len(out["skipped"]) == 1, out
+    assert len(cli("--json", "--repo", second, "snapshots").json) == 1
 
 
 # --- coverage: 20 nightly 5% subsets read every pack -------------------------------------------------------

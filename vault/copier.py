@@ -169,12 +169,16 @@ class Copier:
     # --- the run ------------------------------------------------------------------------------------
     def run(self, snaps: list[Snapshot], before_commit: Callable[[], None] = lambda: None) -> CopyReport:
         t0 = time.monotonic()
-        present = {s.summary.get("copied_from") for s in self.dst_cat.snapshots()}
+        theirs = self.dst_cat.snapshots()
+        # copied before (the copy records its source), or a manifest `repair --from-repo` healed from one
+        # of theirs (it records that snapshot): either way the destination holds it already
+        present = {s.summary.get("copied_from") for s in theirs}
+        theirs_ids = {s.id for s in theirs}
         packer = PackWriter(self.dst, self._on_pack, uploaders=self._uploaders)
         try:
             with ThreadPoolExecutor(max_workers=self.workers) as pool:
                 for snap in sorted(snaps, key=lambda s: (s.time, s.id)):
-                    if snap.id in present:
+                    if snap.id in present or snap.summary.get("restored_from_copy") in theirs_ids:
                         self.report.skipped.append(snap.id)
                         continue
                     self.log(f"copying snapshot {snap.short_id} ({snap.host}: {' '.join(snap.paths)})")
