@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import stat
+import subprocess
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -444,16 +445,22 @@ def test_restore_include_below_deep_nesting(repo, tmp_path):
     """The directories above an --include match are made in a loop, not by recursion: 1,100 levels restore
     in a process with Python's default recursion limit."""
     src = tmp_path / "s"
-    deep = bytes(src) + b"/d" * 1100
-    os.makedirs(deep)
+    deep = bytes(src)
+    os.mkdir(deep)
+    for _ in range(1100):  # not os.makedirs: it recurses once per level
+        deep += b"/d"
+        os.mkdir(deep)
     with open(deep + b"/leaf.txt", "wb") as f:
         f.write(b"x")
-    repo("backup", src)
     r = tmp_path / "r"
-    p = repo.proc("restore", "latest", "--target", r, "--include", "**/leaf.txt")
-    assert p.returncode == 0, p.stderr.decode()[-500:]
-    with open(bytes(r) + deep + b"/leaf.txt", "rb") as f:
-        assert f.read() == b"x"
+    try:
+        repo("backup", src)
+        p = repo.proc("restore", "latest", "--target", r, "--include", "**/leaf.txt")
+        assert p.returncode == 0, p.stderr.decode()[-500:]
+        with open(bytes(r) + deep + b"/leaf.txt", "rb") as f:
+            assert f.read() == b"x"
+    finally:  # pytest's own clean-up (a recursive rmtree) cannot remove 1,100 levels
+        subprocess.run(["rm", "-rf", str(src), str(r)], check=False)
 
 
 # --- ls / diff / find ----------------------------------------------------------------------------------------
