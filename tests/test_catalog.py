@@ -249,3 +249,36 @@ def test_the_batched_walk_holds_one_tree_at_a_time(repo, tmp_path):
             peaks[batch] = tracemalloc.get_traced_memory()[1]
             tracemalloc.stop()
         assert peaks[64] < peaks[1] * 1.3, peaks
+
+
+def test_a_full_cache_disk_is_said_and_the_catalog_kept(repo, tmp_path):
+    """A full disk under the cache directory (a real 8 MiB tmpfs, filled): one clear line naming the cache,
+    exit 1, and the catalog is not deleted (it is not damaged); with space again everything works."""
+    import subprocess
+
+    cache = tmp_path / "small"
+    cache.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(cache)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        src = make_tree(tmp_path / "src", {"a": os.urandom(100_000)})
+        repo("--cache-dir", cache, "backup", src)
+        db = next(cache.rglob("catalog.db"))
+        size = db.stat().st_size
+        filler = cache / "filler"
+        with open(filler, "wb") as f:
+            try:
+                while True:
+                    f.write(bytes(1 << 20))
+            except OSError:
+                pass
+        for args in (("snapshots",), ("backup", src)):
+            res = repo("--cache-dir", cache, *args, ok=1)
+            assert res.err.startswith("vault: the disk under the cache directory is full"), res.err
+            assert len(res.err.strip().splitlines()) == 1
+            assert db.stat().st_size == size  # kept, not replaced by an empty one
+        filler.unlink()
+        assert len(repo("--cache-dir", cache, "--json", "snapshots").json) == 1
+    finally:
+        subprocess.run(["umount", "-l", str(cache)], capture_output=True)

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from . import entries as entries_mod
 from . import index as index_mod
 from .cachelock import FileLock
-from .errors import CatalogError, IntegrityError, ObjectNotFound
+from .errors import CacheUnavailable, CatalogError, IntegrityError, ObjectNotFound
 from .entries import split_ids
 from .model import DIR, FILE, Node, Snapshot, Tree, parse_stored_time, format_time
 from .pack import PackEntry
@@ -62,6 +62,22 @@ class SyncReport:
     snapshots_removed: int = 0
     rebuilt_index: bool = False
     problems: list[str] = field(default_factory=list)
+
+
+_SQLITE_IOERR_SHMSIZE = sqlite3.SQLITE_IOERR | (19 << 8)  # the shared-memory file cannot grow: a full disk
+
+
+def _db_error(exc: sqlite3.DatabaseError, path: str) -> CatalogError:
+    """vault's error for a failed catalog query. A full or failing disk is not damage: said as such, and the
+    catalog is kept (CacheUnavailable); anything else is damage (the catalog is rebuilt)."""
+    code = getattr(exc, "sqlite_errorcode", None) or 0
+    if code & 0xFF == sqlite3.SQLITE_FULL or code == _SQLITE_IOERR_SHMSIZE or "disk is full" in str(exc):
+        return CacheUnavailable(f"the disk under the cache directory is full (catalog {path}); free some space, "
+                                "or give --cache-dir another place")
+    if code & 0xFF == sqlite3.SQLITE_IOERR:
+        return CacheUnavailable(f"cannot read or write the catalog {path} ({exc}); check the disk under the cache "
+                                "directory, or give --cache-dir another place")
+    return CatalogError(f"catalog damaged ({exc}); run 'vault catalog rebuild'")
 
 
 def _unusable(directory: str, exc: OSError) -> CatalogError:
@@ -103,13 +119,19 @@ class Catalog:
                     try:
                         return cls(path, repo_id, in_use)
                     except (sqlite3.DatabaseError, CatalogError, ValueError) as exc:
+                        err = _db_error(exc, path) if isinstance(exc, sqlite3.DatabaseError) else exc
+                        if isinstance(err, CacheUnavailable):
+                            raise err from None  # not damage: never delete a catalog for that
                         reason = str(exc)
                 if not in_use.try_exclusive():
                     raise CatalogError(f"catalog {path} cannot be replaced ({reason}): another vault process has "
                                        f"it open (or another user in this one); run this command again when "
                                        f"that one has finished")
                 cls.remove_files(path)
-                cat = cls(path, repo_id, in_use)
+                try:
+                    cat = cls(path, repo_id, in_use)
+                except sqlite3.DatabaseError as exc:
+                    raise _db_error(exc, path) from None
                 in_use.share()
                 return cat
             except BaseException:
@@ -163,7 +185,7 @@ class Catalog:
             try:
                 return self._conn.execute(sql, tuple(params)).fetchall()
             except sqlite3.DatabaseError as exc:
-                raise CatalogError(f"catalog damaged ({exc}); run 'vault catalog rebuild'") from None
+                raise _db_error(exc, self.path) from None
 
     def _iter(self, sql: str, params: Iterable = (), batch: int = 2000) -> Iterator[tuple]:
         """Rows of a query, fetched ``batch`` at a time (memory does not grow with the result)."""
@@ -171,10 +193,13 @@ class Catalog:
             try:
                 cur = self._conn.execute(sql, tuple(params))
             except sqlite3.DatabaseError as exc:
-                raise CatalogError(f"catalog damaged ({exc}); run 'vault catalog rebuild'") from None
+                raise _db_error(exc, self.path) from None
         while True:
             with self._lock:
-                rows = cur.fetchmany(batch)
+                try:
+                    rows = cur.fetchmany(batch)
+                except sqlite3.DatabaseError as exc:
+                    raise _db_error(exc, self.path) from None
             if not rows:
                 return
             yield from rows
@@ -190,7 +215,7 @@ class Catalog:
                     raise
                 self._conn.execute("COMMIT")
             except sqlite3.DatabaseError as exc:
-                raise CatalogError(f"catalog damaged ({exc}); run 'vault catalog rebuild'") from None
+                raise _db_error(exc, self.path) from None
 
     def clear(self) -> None:
         def run(c: sqlite3.Connection) -> None:
@@ -578,8 +603,10 @@ def open_synced(cache_dir: str, repo) -> tuple[Catalog, SyncReport]:
     cat = Catalog.open(cache_dir, repo.id)
     try:
         return cat, cat.sync(repo)
-    except CatalogError:
+    except CatalogError as exc:
         cat.close()
+        if isinstance(exc, CacheUnavailable):
+            raise
     except BaseException:  # a backend error, an interrupt: the catalog (and its lock) is closed, never leaked
         cat.close()
         raise

@@ -71,6 +71,11 @@ class CatalogError(VaultError):
     exit_code = 1
 
 
+class CacheUnavailable(CatalogError):
+    """The cache directory cannot be used now (its disk is full, or fails): the catalog is not damaged and is
+    never deleted or rebuilt for that."""
+
+
 class BackendError(VaultError):
     """Something went wrong talking to the store."""
 
