@@ -93,8 +93,13 @@ def test_truncated_or_deleted_pack_then_repair(cli, tmp_path, setup, damage):
     lost = lay.files_using(lambda p, e: p == pid)
     assert lost and len(lost) < len(lay.files)
     assert cli("--json", "verify", ok=20).json["ok"] is False
+    before = sorted(p.name for p in cli.repo.rglob("*"))
+    dry = cli("--json", "repair", "--dry-run").json  # a preview of what the real run drops, changing nothing
+    assert sorted(p.name for p in cli.repo.rglob("*")) == before
     res = cli("--json", "repair").json
     assert res["verify"]["ok"] is True
+    assert sorted(dry["files_dropped"]) == sorted(res["files_dropped"]) and res["files_dropped"]
+    assert [s["files_dropped"] for s in dry["snapshots_rewritten"]] == [s["files_dropped"] for s in res["snapshots_rewritten"]]
     assert cli("--json", "verify", "--read-data").json["ok"] is True
     got = restored_files(cli, tmp_path, "r")
     for f in lay.files:
@@ -196,8 +201,12 @@ def test_heal_from_a_copy(cli, tmp_path, setup):
     for seg in (cli.repo / "index").iterdir():
         seg.unlink()
     assert cli("--json", "verify", "--read-data", ok=20).json["ok"] is False
+    dry = cli("--json", "repair", "--from-repo", second, "--from-password-file", pw2, "--dry-run").json
     res = cli("--json", "repair", "--from-repo", second, "--from-password-file", pw2).json
     assert res["verify"]["ok"] is True and res["blocks_healed"] >= 1 and res["files_dropped"] == []
+    # the dry run foresaw it: the same blocks and trees healed, nothing dropped
+    assert (dry["blocks_healed"], dry["trees_healed"], dry["files_dropped"]) == (
+        res["blocks_healed"], res["trees_healed"], [])
     assert cli("--json", "verify", "--read-data").json["ok"] is True
     cli("restore", lay.snapshot, "--target", tmp_path / "r")
     assert_trees_equal(src, tmp_path / "r" / src.relative_to("/"))

@@ -565,16 +565,27 @@ class Catalog:
         for pid, kind, size, stored, nblocks, nused, used_bytes in rows:
             yield bytes(pid), kind, size, stored, nblocks, nused, used_bytes
 
+    def id_table(self, table: str, ids: Iterable[bytes] = ()) -> None:
+        """A temporary table of ids named ``table`` (emptied, then filled with ``ids``): a set on disk, not in
+        memory. ``id_table_add`` adds to it, ``id_table_among`` asks it."""
+        def run(c: sqlite3.Connection) -> None:
+            c.execute(f"CREATE TEMP TABLE IF NOT EXISTS {table} (id BLOB PRIMARY KEY) WITHOUT ROWID")
+            c.execute(f"DELETE FROM temp.{table}")
+        self._tx(run)
+        self.id_table_add(table, ids)
+
+    def id_table_add(self, table: str, ids: Iterable[bytes]) -> None:
+        self._tx(lambda c: c.executemany(f"INSERT OR IGNORE INTO temp.{table} (id) VALUES (?)", ((i,) for i in ids)))
+
+    def id_table_among(self, table: str, ids: Iterable[bytes]) -> set[bytes]:
+        return set(self._present(table, ids))
+
     def removed_begin(self, ids: Iterable[bytes]) -> None:
         """Prune: the packs it removes, in a temporary table (``removed_among`` asks it), not in memory."""
-        def run(c: sqlite3.Connection) -> None:
-            c.execute("CREATE TEMP TABLE IF NOT EXISTS removed (id BLOB PRIMARY KEY) WITHOUT ROWID")
-            c.execute("DELETE FROM temp.removed")
-            c.executemany("INSERT OR IGNORE INTO temp.removed (id) VALUES (?)", ((i,) for i in ids))
-        self._tx(run)
+        self.id_table("removed", ids)
 
     def removed_among(self, ids: Iterable[bytes]) -> set[bytes]:
-        return set(self._present("removed", ids))
+        return self.id_table_among("removed", ids)
 
     def unindexed_packs(self) -> list[tuple[bytes, int]]:
         """Stored packs that no loaded index segment lists (leftovers of interrupted runs)."""

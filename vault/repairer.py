@@ -71,6 +71,10 @@ class Repairer:
         self._unindexed: set[bytes] = set()
         self._packer: PackWriter | None = None
         self._written: set[str] = set()  # index segments this run wrote
+        # a dry run writes no new index, so the catalog still lists what the real run's index would not: the
+        # packs that are missing or damaged (their blocks count as lost unless salvaged or healed)
+        self._gone: set[bytes] = set()
+        self._planned = False  # ... and the blocks of intact packs that it would list: catalog table "planned"
 
     # --- storing (new packs, indexed at the end of each step) -----------------------------------------
     def _on_pack(self, pid: bytes, size: int, entries: list[PackEntry]) -> None:
@@ -79,7 +83,7 @@ class Repairer:
     def _store(self, kind: str, bid: bytes, plain: bytes, force: bool = False) -> None:
         """Store a block unless the repository has it (``force``: unless this run stored it already -- for
         salvage, where the catalog still lists the damaged pack)."""
-        if bid in self._unindexed or (not force and self.catalog.has_block(bid)):
+        if bid in self._unindexed or (not force and self._indexed(bid)):
             return
         if self._packer is None:
             self._packer = PackWriter(self.repo, self._on_pack, uploaders=self._uploaders)
@@ -117,10 +121,15 @@ class Repairer:
         good: list[tuple[bytes, int, list[PackEntry]]] = []  # listed in new segments, SEGMENT_PACKS at a time
         damaged: list[bytes] = []
         old = set(self.repo.list_index())
+        if self.dry_run:  # the blocks the new index would list, kept on disk (a dry run writes no index)
+            self.catalog.id_table("planned")
         for pid, size in sorted(stored.items()):
             rep.packs_checked += 1
-            if len(good) >= SEGMENT_PACKS and not self.dry_run:
-                self._save_segment(good)
+            if len(good) >= SEGMENT_PACKS:
+                if self.dry_run:
+                    self.catalog.id_table_add("planned", (e.block_id for _, _, es in good for e in es))
+                else:
+                    self._save_segment(good)
                 good = []
             try:
                 entries: list[PackEntry] | None = self.repo.read_pack_header(pid, size)
@@ -145,6 +154,9 @@ class Repairer:
                 rep.warnings.append(f"pack {pid.hex()[:16]} is damaged and not every block could be salvaged; "
                                     "it is kept (a copy may still heal it: repair --from-repo)")
         if self.dry_run:
+            self.catalog.id_table_add("planned", (e.block_id for _, _, es in good for e in es))
+            self._planned = True
+            self._gone = {p for p in indexed if p not in stored} | {bytes.fromhex(h) for h in rep.packs_damaged}
             return
         if good:
             self._save_segment(good)
@@ -199,7 +211,17 @@ class Repairer:
     # --- what the snapshots need that the index lacks ----------------------------------------------------
     def _missing(self, ids: list[bytes]) -> set[bytes]:
         found = self.catalog.lookup_many(ids)
-        return {b for b in ids if b not in found and b not in self._unindexed}
+        out = {b for b in ids if (b not in found or found[b][0] in self._gone) and b not in self._unindexed}
+        if out and self._planned:
+            out -= self.catalog.id_table_among("planned", out)
+        return out
+
+    def _indexed(self, bid: bytes) -> bool:
+        """The index (as the run leaves it) locates the block."""
+        loc = self.catalog.lookup(bid)
+        if loc is not None and loc[0] not in self._gone:
+            return True
+        return self._planned and bool(self.catalog.id_table_among("planned", [bid]))
 
     def _tree(self, cat: Catalog, repo: Repository, tid: bytes) -> list[Node] | None:
         try:
@@ -224,7 +246,7 @@ class Repairer:
             self._flush_new()
 
     def _have(self, bid: bytes) -> bool:
-        return bid in self._unindexed or self.catalog.has_block(bid)
+        return bid in self._unindexed or self._indexed(bid)
 
     def _heal_tree(self, ours: bytes, theirs: bytes, other: Repository, other_cat: Catalog, seen: set) -> bool:
         """Make tree ``ours`` and everything below it complete, from their tree; True when it is."""
@@ -316,9 +338,11 @@ class Repairer:
         for sid in unreadable:
             entry = {"old": sid, "new": None, "files_dropped": 0, "manifest": "unreadable"}
             mate = mates.get(sid)
-            if mate is not None and other is not None and not self.dry_run:
+            if mate is not None and other is not None:
                 root = self._rebuild_tree(mate.tree, other, other_cat)
-                if root is not None:
+                if root is not None and self.dry_run:
+                    entry["healed_from_copy"] = mate.id
+                elif root is not None:
                     self._flush_new()
                     new = Snapshot(time=mate.time, host=mate.host, paths=list(mate.paths), tree=root,
                                    tags=list(mate.tags), username=mate.username, parent=None,
@@ -421,7 +445,7 @@ class Repairer:
             return memo[tid]
         nodes = self._tree(self.catalog, self.repo, tid) if self._have(tid) else None
         if nodes is None:
-            dropped.append((base or b"/").decode("utf-8", "replace") + "/ (directory listing lost)")
+            dropped.append(base.decode("utf-8", "replace") + "/ (directory listing lost)")
             out_nodes: list[Node] = []
         else:
             out_nodes = []

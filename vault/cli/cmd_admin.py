@@ -336,10 +336,14 @@ def repair(what: str, read_data: bool, from_repo: str | None, from_password_file
             "ok": verify_report.ok, "damage": [d.to_json() for d in verify_report.damage]}, **requests})
     else:
         verb = "would " if dry_run else ""
-        c.out(f"repair: {rep.packs_checked} packs checked, {len(rep.packs_damaged)} damaged ({rep.blocks_salvaged} "
-              f"blocks salvaged, {rep.blocks_lost} lost), {rep.packs_missing} missing; {rep.blocks_healed} blocks "
-              f"and {rep.trees_healed} trees healed from the second repository")
+        c.out(f"repair{' (dry run: nothing changed)' if dry_run else ''}: {rep.packs_checked} packs checked, "
+              f"{len(rep.packs_damaged)} damaged ({rep.blocks_salvaged} blocks {'to salvage' if dry_run else 'salvaged'}, "
+              f"{rep.blocks_lost} lost), {rep.packs_missing} missing; {rep.blocks_healed} blocks and "
+              f"{rep.trees_healed} trees {'would be ' if dry_run else ''}healed from the second repository")
         for s in rep.snapshots_rewritten:
+            if s.get("healed_from_copy"):
+                c.out(f"would restore snapshot {s['old'][:8]} from the copy's {s['healed_from_copy'][:8]}")
+                continue
             c.out(f"{verb}rewrite snapshot {s['old'][:8]} -> {(s['new'] or '-')[:8]}: {s['files_dropped']} file(s) "
                   "dropped")
         for f in rep.files_dropped:
