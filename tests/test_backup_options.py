@@ -392,3 +392,13 @@ def test_one_file_system_keeps_a_path_named_below_a_mount_point(repo, mounted, t
     # and a named PATH is never excluded, inside another PATH as at the top
     repo("backup", mounted, mounted / "mnt", "--exclude", str(mounted / "mnt"))
     assert f"{mounted}/mnt/inner.txt" in _listed(repo)
+
+
+def test_a_path_named_below_an_excluded_directory_is_backed_up(repo, tmp_path):
+    """--exclude never drops a PATH named on the command line, even through an excluded directory above it:
+    that directory then holds only the named PATH."""
+    src = make_tree(tmp_path / "src", {"a": b"1", "cache": {"junk": b"j", "keep": {"k.txt": b"kept"}}})
+    repo("backup", src, src / "cache" / "keep", "--exclude", str(src / "cache"))
+    paths = _listed(repo)
+    assert f"{src}/cache/keep/k.txt" in paths and f"{src}/a" in paths
+    assert f"{src}/cache/junk" not in paths

@@ -405,8 +405,12 @@ class Archiver:
             t = node_type(st.st_mode)
             if t is None:
                 continue
-            if only is None and self._excludes and self._excludes.matches(child, t == DIR) and child not in self._named:
-                continue  # (a PATH named on the command line is never excluded, at the top or inside another)
+            # a PATH named on the command line is never excluded (at the top or inside another PATH), nor are
+            # the directories leading to it: an excluded one holds only the named PATHs below it
+            excluded = (only is None and self._excludes and child not in self._named
+                        and self._excludes.matches(child, t == DIR))
+            if excluded and (t != DIR or not self._named_below(child)):
+                continue
             old = parent.get(name)
             key = stat_key(t, st) if old is not None else None  # (a first backup has no parent to compare)
             if same and (old is None or old[1] != key):
@@ -421,9 +425,9 @@ class Archiver:
                     subdirs.append((sub, old_sub))
                 sub_only = only[name] if only is not None else None
                 named = only is None and child in self._named  # a PATH given inside another PATH
-                if only is None and self.opts.one_file_system and st.st_dev != root_dev and not named:
-                    # another file system: left empty, except for the PATHs named below it
-                    inner = [p[len(child):] for p in self._named if p.startswith(child + b"/")]
+                if excluded or (only is None and self.opts.one_file_system and st.st_dev != root_dev and not named):
+                    # excluded, or another file system: left empty, except for the PATHs named below it
+                    inner = self._named_below(child)
                     if inner:
                         self._save_dir(child, old_sub, _skeleton(inner), root_dev, sub)
                     else:
@@ -526,6 +530,10 @@ class Archiver:
             self._tree_rows.append((tid, tree.nodes))
             self._tree_row_nodes += len(tree.nodes)
         return tid
+
+    def _named_below(self, path: bytes) -> list[bytes]:
+        """The PATHs named on the command line that lie strictly below ``path``, relative to it."""
+        return [p[len(path):] for p in self._named if p.startswith(path + b"/")]
 
     def _error(self, path: bytes, message: str) -> None:
         self.stats.errors.append((_display(path), message))
