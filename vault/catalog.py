@@ -67,16 +67,22 @@ class SyncReport:
 _SQLITE_IOERR_SHMSIZE = sqlite3.SQLITE_IOERR | (19 << 8)  # the shared-memory file cannot grow: a full disk
 
 
+# errors of the place, not of the catalog's contents: never a reason to delete it
+_ENVIRONMENT = {sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM,
+                sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_NOMEM, sqlite3.SQLITE_INTERRUPT}
+
+
 def _db_error(exc: sqlite3.DatabaseError, path: str) -> CatalogError:
-    """vault's error for a failed catalog query. A full or failing disk is not damage: said as such, and the
-    catalog is kept (CacheUnavailable); anything else is damage (the catalog is rebuilt)."""
+    """vault's error for a failed catalog query. A full, failing, read-only or busy place is not damage: said
+    as such, and the catalog is kept (CacheUnavailable); anything else (corrupt pages, a file that is not a
+    database, a table missing) is damage, and the catalog is rebuilt."""
     code = getattr(exc, "sqlite_errorcode", None) or 0
     if code & 0xFF == sqlite3.SQLITE_FULL or code == _SQLITE_IOERR_SHMSIZE or "disk is full" in str(exc):
         return CacheUnavailable(f"the disk under the cache directory is full (catalog {path}); free some space, "
                                 "or give --cache-dir another place")
-    if code & 0xFF == sqlite3.SQLITE_IOERR:
-        return CacheUnavailable(f"cannot read or write the catalog {path} ({exc}); check the disk under the cache "
-                                "directory, or give --cache-dir another place")
+    if code & 0xFF in _ENVIRONMENT:
+        return CacheUnavailable(f"cannot use the catalog {path} ({exc}); check the cache directory and its disk, "
+                                "or give --cache-dir another place")
     return CatalogError(f"catalog damaged ({exc}); run 'vault catalog rebuild'")
 
 
@@ -210,12 +216,21 @@ class Catalog:
                 self._conn.execute("BEGIN IMMEDIATE")
                 try:
                     fn(self._conn)
+                    self._conn.execute("COMMIT")
                 except BaseException:
-                    self._conn.execute("ROLLBACK")
+                    self._rollback()
                     raise
-                self._conn.execute("COMMIT")
-            except sqlite3.DatabaseError as exc:
+            except sqlite3.DatabaseError as exc:  # the original error, not the rollback's
                 raise _db_error(exc, self.path) from None
+
+    def _rollback(self) -> None:
+        """Undo an open transaction, if SQLite has not already (it does itself on a full disk or an I/O error:
+        a second ROLLBACK would fail and hide why)."""
+        if self._conn.in_transaction:
+            try:
+                self._conn.execute("ROLLBACK")
+            except sqlite3.DatabaseError:
+                pass
 
     def clear(self) -> None:
         def run(c: sqlite3.Connection) -> None:
