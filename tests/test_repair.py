@@ -108,6 +108,38 @@ def test_truncated_or_deleted_pack_then_repair(cli, tmp_path, setup, damage):
     assert not (set(got) & (lost - lay.files_using(lambda p, e: p == pid and damage == "truncate")))
 
 
+def _listing(repo: Path) -> list:
+    return sorted((str(p.relative_to(repo)), p.stat().st_size) for p in repo.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("damage", ["index deleted", "tree packs lost, a copy heals them"])
+def test_dry_run_on_a_new_machine_predicts_the_real_run(cli, tmp_path, setup, damage):
+    """repair --dry-run with a new cache (no cached trees): it loads the trees the new index would locate, and
+    those a copy would heal, so it predicts exactly what the real run does -- and changes nothing."""
+    src, lay = setup
+    extra = []
+    if damage == "index deleted":
+        for seg in (cli.repo / "index").iterdir():
+            seg.unlink()
+    else:
+        second = tmp_path / "second"
+        cli("init", *FAST_INIT, "--repo", second, "--copy-chunker-params-from", cli.repo)
+        cli("copy", "--to", second)
+        for p in {p for p, e in lay.blocks.values() if e.kind != DATA}:
+            pack_path(cli.repo, p).unlink()
+        extra = ["--from-repo", second]
+    shutil.rmtree(cli.cache)
+    before = _listing(cli.repo)
+    dry = cli("--json", "repair", *extra, "--dry-run").json
+    assert _listing(cli.repo) == before
+    shutil.rmtree(cli.cache)
+    res = cli("--json", "repair", *extra).json
+    assert res["verify"]["ok"] is True
+    keys = ("blocks_healed", "trees_healed", "files_dropped")
+    assert [dry[k] for k in keys] == [res[k] for k in keys] and res["files_dropped"] == []
+    assert dry["snapshots_rewritten"] == res["snapshots_rewritten"] == []
+
+
 def test_deleted_index_segment_then_repair(cli, tmp_path, setup):
     src, lay = setup
     for seg in (cli.repo / "index").iterdir():

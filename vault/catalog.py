@@ -595,6 +595,29 @@ class Catalog:
     def id_table_among(self, table: str, ids: Iterable[bytes]) -> set[bytes]:
         return set(self._present(table, ids))
 
+    def planned_begin(self) -> None:
+        """repair --dry-run: an empty temporary table of the block locations the new index would hold."""
+        def run(c: sqlite3.Connection) -> None:
+            c.execute("CREATE TEMP TABLE IF NOT EXISTS planned (id BLOB PRIMARY KEY, pack BLOB NOT NULL, "
+                      "offset INTEGER, length INTEGER, raw_length INTEGER, kind TEXT) WITHOUT ROWID")
+            c.execute("DELETE FROM temp.planned")
+        self._tx(run)
+
+    def planned_add(self, packs: Iterable[tuple[bytes, int, list[PackEntry]]]) -> None:
+        self._tx(lambda c: c.executemany(
+            "INSERT OR IGNORE INTO temp.planned (id, pack, offset, length, raw_length, kind) VALUES (?,?,?,?,?,?)",
+            ((e.block_id, pid, e.offset, e.length, e.raw_length, e.kind) for pid, _, es in packs for e in es)))
+
+    def planned_lookup(self, bid: bytes) -> tuple[bytes, PackEntry] | None:
+        rows = self._q("SELECT pack, kind, offset, length, raw_length FROM temp.planned WHERE id=?", (bid,))
+        if not rows:
+            return None
+        pid, kind, off, length, raw = rows[0]
+        return bytes(pid), PackEntry(kind, bid, off, length, raw)
+
+    def planned_among(self, ids: Iterable[bytes]) -> set[bytes]:
+        return set(self._present("planned", ids))
+
     def removed_begin(self, ids: Iterable[bytes]) -> None:
         """Prune: the packs it removes, in a temporary table (``removed_among`` asks it), not in memory."""
         self.id_table("removed", ids)

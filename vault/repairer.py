@@ -89,6 +89,8 @@ class Repairer:
             self._packer = PackWriter(self.repo, self._on_pack, uploaders=self._uploaders)
         if not self.dry_run:
             self._packer.add(kind, bid, plain)
+        elif kind == TREE:  # a dry run stores nothing: the catalog keeps the (validated) tree for the next steps
+            self.catalog.add_tree(self.repo, bid, Tree.decode(plain).nodes)
         self._unindexed.add(bid)
 
     def _flush_new(self) -> None:
@@ -122,12 +124,12 @@ class Repairer:
         damaged: list[bytes] = []
         old = set(self.repo.list_index())
         if self.dry_run:  # the blocks the new index would list, kept on disk (a dry run writes no index)
-            self.catalog.id_table("planned")
+            self.catalog.planned_begin()
         for pid, size in sorted(stored.items()):
             rep.packs_checked += 1
             if len(good) >= SEGMENT_PACKS:
                 if self.dry_run:
-                    self.catalog.id_table_add("planned", (e.block_id for _, _, es in good for e in es))
+                    self.catalog.planned_add(good)
                 else:
                     self._save_segment(good)
                 good = []
@@ -154,7 +156,7 @@ class Repairer:
                 rep.warnings.append(f"pack {pid.hex()[:16]} is damaged and not every block could be salvaged; "
                                     "it is kept (a copy may still heal it: repair --from-repo)")
         if self.dry_run:
-            self.catalog.id_table_add("planned", (e.block_id for _, _, es in good for e in es))
+            self.catalog.planned_add(good)
             self._planned = True
             self._gone = {p for p in indexed if p not in stored} | {bytes.fromhex(h) for h in rep.packs_damaged}
             return
@@ -213,7 +215,7 @@ class Repairer:
         found = self.catalog.lookup_many(ids)
         out = {b for b in ids if (b not in found or found[b][0] in self._gone) and b not in self._unindexed}
         if out and self._planned:
-            out -= self.catalog.id_table_among("planned", out)
+            out -= self.catalog.planned_among(out)
         return out
 
     def _indexed(self, bid: bytes) -> bool:
@@ -221,13 +223,20 @@ class Repairer:
         loc = self.catalog.lookup(bid)
         if loc is not None and loc[0] not in self._gone:
             return True
-        return self._planned and bool(self.catalog.id_table_among("planned", [bid]))
+        return self._planned and bool(self.catalog.planned_among([bid]))
 
     def _tree(self, cat: Catalog, repo: Repository, tid: bytes) -> list[Node] | None:
         try:
             return cat.tree(repo, tid)
         except VaultError:  # damaged, missing or unreadable: all mean "not usable here"
-            return None
+            pass
+        loc = cat.planned_lookup(tid) if self._planned and cat is self.catalog else None
+        if loc is not None:  # a dry run: where the new index would find it
+            try:
+                return Tree.decode(repo.load_block(*loc)).nodes
+            except VaultError:
+                pass
+        return None
 
     # --- heal from a second repository --------------------------------------------------------------------
     def heal_from(self, other: Repository, other_cat: Catalog) -> None:
