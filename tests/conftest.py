@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import subprocess
@@ -99,6 +100,34 @@ def repo(cli) -> Cli:
     """An initialised local repository (fast KDF)."""
     cli("init", *FAST_INIT)
     return cli
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str):
+    """A real tmpfs of ``size`` (e.g. "8m") mounted at ``path`` (created) for the block; the test is skipped
+    where mounting is not allowed."""
+    path.mkdir(parents=True, exist_ok=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def fill(path: Path, leave: int = 0) -> Path:
+    """Fill the file system under directory ``path`` with a file, then give ``leave`` bytes back."""
+    filler = path / "filler"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(bytes(65536))
+        except OSError:
+            pass
+    if leave:
+        os.truncate(filler, filler.stat().st_size - leave)
+    return filler
 
 
 def kill_when(p: subprocess.Popen, ready, timeout: float = 60.0, poll: float = 0.002, what: str = "it") -> None:

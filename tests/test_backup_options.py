@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from conftest import Cli, FAST_INIT, assert_trees_equal, make_tree, tree_listing
+from conftest import Cli, FAST_INIT, assert_trees_equal, make_tree, tmpfs, tree_listing
 
 ISO_UTC_SUBSECOND = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z$")
 
@@ -345,17 +345,10 @@ def test_repository_url_form_inside_tree_is_skipped(capfd, tmp_path):
 @pytest.fixture
 def mounted(tmp_path):
     """src/ with a tmpfs mounted at src/mnt (skipped where mounting is not allowed)."""
-    import subprocess
-
     src = make_tree(tmp_path / "src", {"top.txt": b"on the main fs", "mnt": {}})
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(src / "mnt")],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
+    with tmpfs(src / "mnt", "4m"):
         make_tree(src / "mnt", {"inner.txt": b"on the tmpfs", "d": {"deep.txt": b"deep"}})
         yield src
-    finally:
-        subprocess.run(["umount", "-l", str(src / "mnt")], capture_output=True)
 
 
 def _listed(repo) -> set[str]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_tree
+from conftest import fill, make_tree, tmpfs
 
 
 def _tamper_cached_trees(tmp_path, change) -> int:
@@ -254,25 +254,12 @@ def test_the_batched_walk_holds_one_tree_at_a_time(repo, tmp_path):
 def test_a_full_cache_disk_is_said_and_the_catalog_kept(repo, tmp_path):
     """A full disk under the cache directory (a real 8 MiB tmpfs, filled): one clear line naming the cache,
     exit 1, and the catalog is not deleted (it is not damaged); with space again everything works."""
-    import subprocess
-
-    cache = tmp_path / "small"
-    cache.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(cache)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
+    with tmpfs(tmp_path / "small", "8m") as cache:
         src = make_tree(tmp_path / "src", {"a": os.urandom(100_000)})
         repo("--cache-dir", cache, "backup", src)
         db = next(cache.rglob("catalog.db"))
         size = db.stat().st_size
-        filler = cache / "filler"
-        with open(filler, "wb") as f:
-            try:
-                while True:
-                    f.write(bytes(1 << 20))
-            except OSError:
-                pass
+        filler = fill(cache)
         for args in (("snapshots",), ("backup", src)):
             res = repo("--cache-dir", cache, *args, ok=1)
             assert res.err.startswith("vault: the disk under the cache directory is full"), res.err
@@ -280,40 +267,21 @@ def test_a_full_cache_disk_is_said_and_the_catalog_kept(repo, tmp_path):
             assert db.stat().st_size == size  # kept, not replaced by an empty one
         filler.unlink()
         assert len(repo("--cache-dir", cache, "--json", "snapshots").json) == 1
-    finally:
-        subprocess.run(["umount", "-l", str(cache)], capture_output=True)
-
 
 
 def test_a_cache_disk_that_fills_in_the_middle_of_a_sync_keeps_the_catalog(repo, tmp_path):
     """The disk fills while a sync inserts a large index segment: SQLite rolls the transaction back itself,
     and that is still said as a full disk -- never taken for damage, never a reason to delete the catalog."""
-    import subprocess
-
-    cache = tmp_path / "small"
-    cache.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(cache)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
+    with tmpfs(tmp_path / "small", "12m") as cache:
         repo("--cache-dir", cache, "backup", make_tree(tmp_path / "src", {"a": os.urandom(100_000)}))
         db = next(cache.rglob("catalog.db"))
         trees = sqlite3.connect(db).execute("SELECT count(*) FROM trees").fetchone()[0]
         # another machine adds 40,000 blocks: this cache's next sync inserts them in one transaction
         many = make_tree(tmp_path / "many", {f"f{i}": os.urandom(64) for i in range(40_000)})
         repo("--cache-dir", tmp_path / "other", "backup", many)
-        filler = cache / "filler"
-        with open(filler, "wb") as f:
-            try:
-                while True:
-                    f.write(bytes(65536))
-            except OSError:
-                pass
-        os.truncate(filler, filler.stat().st_size - 100_000)
+        filler = fill(cache, leave=100_000)
         res = repo("--cache-dir", cache, "snapshots", ok=1)
         assert res.err.startswith("vault: the disk under the cache directory is full"), res.err
         assert sqlite3.connect(db).execute("SELECT count(*) FROM trees").fetchone()[0] == trees  # kept
         filler.unlink()
         assert len(repo("--cache-dir", cache, "--json", "snapshots").json) == 2
-    finally:
-        subprocess.run(["umount", "-l", str(cache)], capture_output=True)
