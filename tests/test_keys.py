@@ -135,6 +135,23 @@ def test_key_passwd_keeps_other_slots(repo, pwfiles, tmp_path):
     repo("snapshots", ok=12)
 
 
+def test_key_passwd_retires_every_slot_of_the_old_password(repo, pwfiles, tmp_path):
+    """A second slot with the same password (a `key add` of it) would keep the old password working after a
+    password change: key passwd removes every slot the old password opens, and only those."""
+    old, new = pwfiles
+    third = tmp_path / "third"
+    third.write_text("third password")
+    repo("key", "add", "--new-password-file", old)  # the same password again, in its own slot
+    repo("key", "add", "--new-password-file", third)
+    assert len(keys(repo)) == 3
+    out = repo("key", "passwd", "--new-password-file", new)
+    assert "password changed" in out.out
+    with_pw(repo, old, "snapshots", ok=12)
+    with_pw(repo, new, "snapshots")
+    with_pw(repo, third, "snapshots")
+    assert len(keys(repo, new)) == 2
+
+
 def test_key_commands_wrong_password_change_nothing(repo, pwfiles, tmp_path):
     old, new = pwfiles
     wrong = tmp_path / "wrong"

@@ -558,8 +558,15 @@ def key_remove(sess: Session, key_id: str) -> str:
     return kid
 
 
-def key_passwd(sess: Session, new_password: bytes, kdf: KdfParams | None = None) -> str:
-    """Add a slot for the new password, then remove the slot the old password opened."""
+def key_passwd(sess: Session, new_password: bytes, kdf: KdfParams | None = None,
+               old_password: bytes | None = None) -> str:
+    """Add a slot for the new password, then remove the slot the old password opened -- and, given the old
+    password, every other slot it opens too (a ``key add`` of the same password), so that afterwards it
+    opens nothing."""
     new = sess.repo.add_key(new_password, kdf or KdfParams())
     sess.repo.backend.delete(sess.repo.key_name)
+    if old_password is not None and old_password != new_password:
+        for name in sess.repo.slots_opened_by(old_password):
+            if name != new:
+                sess.repo.backend.delete(name)
     return new.rsplit("/", 1)[-1]

@@ -162,6 +162,17 @@ class Repository:
         self.backend.put(name, slot)
         return name
 
+    def slots_opened_by(self, password: bytes) -> list[str]:
+        """The names of the key slots this password opens (each costs one key derivation)."""
+        out = []
+        for name, _ in self.backend.list("keys/"):
+            try:
+                if open_slot(self.backend.get(name), password, self.id) is not None:
+                    out.append(name)
+            except (IntegrityError, ObjectNotFound, ValueError, KeyError, TypeError):
+                continue  # malformed or gone: not this password's
+        return out
+
     def list_keys(self) -> list[tuple[str, dict | None]]:
         out = []
         for name, _ in self.backend.list("keys/"):

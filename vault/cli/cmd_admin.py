@@ -275,8 +275,9 @@ def key_remove(key_id: str) -> None:
 def key_passwd(new_password_file: str | None) -> None:
     """Change the password of the key slot in use. Example: vault key passwd --new-password-file pw2"""
     c = get_ctx()
-    with api.session(c.settings, c.password_fn(), lock="exclusive", operation="key passwd", sync=False) as sess:
-        kid = api.key_passwd(sess, _new_password(new_password_file))
+    old = c.password()
+    with api.session(c.settings, lambda: old, lock="exclusive", operation="key passwd", sync=False) as sess:
+        kid = api.key_passwd(sess, _new_password(new_password_file), old_password=old)
     c.emit_json({"id": kid}) if c.json else c.out(f"password changed (new key {kid[:8]})")
 
 
