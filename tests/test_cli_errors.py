@@ -575,3 +575,19 @@ def test_verify_read_data_and_a_subset_together_is_a_usage_error(repo, src):
     repo("backup", src)
     line = one_error_line(repo("verify", "--read-data", "--read-data-subset", "1/3", ok=2), 2)
     assert "--read-data-subset" in line
+
+
+def test_closed_or_full_stdout(repo, src):
+    """Run from cron with stdout closed (`>&-`), a successful backup exits 0 without a traceback; an output
+    that cannot take the text (/dev/full) is one line, exit 1."""
+    env = {**os.environ, **repo.env()}
+    cmd = [sys.executable, "-m", "vault.cli.main"]
+    p = subprocess.run(cmd + ["-q", "backup", str(src)], env=env, capture_output=False, stderr=subprocess.PIPE,
+                       preexec_fn=lambda: os.close(1))
+    assert p.returncode == 0 and b"Traceback" not in p.stderr, p.stderr
+    p = subprocess.run(cmd + ["snapshots"], env=env, stderr=subprocess.PIPE, preexec_fn=lambda: os.close(1))
+    assert p.returncode == 0 and p.stderr == b"", p.stderr
+    assert len(repo("--json", "snapshots").json) == 1
+    with open("/dev/full", "wb") as full:
+        p = subprocess.run(cmd + ["snapshots"], env=env, stdout=full, stderr=subprocess.PIPE)
+    assert p.returncode == 1 and p.stderr.decode().strip() == "vault: cannot write the output: No space left on device"

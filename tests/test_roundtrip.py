@@ -526,7 +526,8 @@ def test_diff_reports_added_removed_modified(repo, tmp_path):
     s = str(src)
     assert set(out["added"]) == {f"{s}/new", f"{s}/d/new-dir", f"{s}/d/new-dir/z"}
     assert set(out["removed"]) == {f"{s}/gone", f"{s}/d/gone-dir", f"{s}/d/gone-dir/y"}
-    assert set(out["modified"]) == {f"{s}/mod"}
+    # and the directories whose listing changed (their mtime): src and d
+    assert set(out["modified"]) == {f"{s}/mod", s, f"{s}/d"}
     back = repo("--json", "diff", b[:10], a[:10]).json
     assert set(back["added"]) == set(out["removed"]) and set(back["removed"]) == set(out["added"])
     text = repo("diff", a, "latest").out
@@ -535,6 +536,31 @@ def test_diff_reports_added_removed_modified(repo, tmp_path):
     assert same["requests"]["PUT"] == 0  # diff reads only
     assert {k: same[k] for k in ("snapshot_a", "snapshot_b", "added", "removed", "modified")} == {
         "snapshot_a": a, "snapshot_b": a, "added": [], "removed": [], "modified": []}
+
+
+def test_diff_reports_metadata_and_type_changes(repo, tmp_path):
+    """A directory's mode, a file's owner, and an entry that changed type -- with what the old directory held
+    listed as removed (and a new directory's content as added)."""
+    src = make_tree(tmp_path / "src", {"sub": {"a": b"a"}, "x": {"child1": b"1", "child2": b"2"}, "f": b"file",
+                                       "owned": b"o"})
+    a = repo("--json", "backup", src).json["snapshot_id"]
+    os.chmod(src / "sub", 0o700)
+    os.utime(src / "sub", ns=(1_600_000_000_000_000_000,) * 2)
+    os.chown(src / "owned", 4321, 4321)
+    for n in ("child1", "child2"):
+        (src / "x" / n).unlink()
+    (src / "x").rmdir()
+    (src / "x").write_bytes(b"now a file")
+    (src / "f").unlink()
+    (src / "f").mkdir()
+    (src / "f" / "inside").write_bytes(b"i")
+    b = repo("--json", "backup", src).json["snapshot_id"]
+    out = repo("--json", "diff", a, b).json
+    s = str(src)
+    assert {f"{s}/sub", f"{s}/owned", f"{s}/x", f"{s}/f"} <= set(out["modified"])
+    assert f"{s}/sub/a" not in out["modified"]
+    assert set(out["removed"]) == {f"{s}/x/child1", f"{s}/x/child2"}
+    assert set(out["added"]) == {f"{s}/f/inside"}
 
 
 def test_find_glob_any_depth(repo, tmp_path):

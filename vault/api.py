@@ -298,7 +298,10 @@ def diff(sess: Session, a: Snapshot, b: Snapshot) -> DiffResult:
     out = DiffResult()
 
     def content(n: Node) -> tuple:
-        return (n.type, n.size, n.blocks, n.target, n.mode, n.mtime_ns)
+        return (n.type, n.size, n.blocks, n.target, n.mode, n.mtime_ns, n.uid, n.gid)
+
+    def meta(n: Node) -> tuple:
+        return (n.mode, n.mtime_ns, n.uid, n.gid)
 
     def all_below(tid: bytes | None, base: bytes, into: list[str]) -> None:
         if tid is not None:
@@ -321,9 +324,15 @@ def diff(sess: Session, a: Snapshot, b: Snapshot) -> DiffResult:
                 if x.type == DIR:
                     all_below(x.subtree, path, out.removed)
             elif x.type == DIR and y.type == DIR:
+                if meta(x) != meta(y):
+                    out.modified.append(os.fsdecode(path))
                 walk(x.subtree, y.subtree, path)
             elif content(x) != content(y):
                 out.modified.append(os.fsdecode(path))
+                if x.type == DIR:  # a directory that became something else: what was in it is gone
+                    all_below(x.subtree, path, out.removed)
+                if y.type == DIR:
+                    all_below(y.subtree, path, out.added)
 
     walk(a.tree, b.tree, b"")
     return out

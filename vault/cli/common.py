@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import click
 
 from ..config import Settings, get_password, get_second_password
+from ..errors import VaultError
 from ..timespec import parse_wait
 
 _KEY = "vault.globals"
@@ -74,14 +75,25 @@ class Ctx:
 
     def emit_json(self, doc: object) -> None:
         # ASCII-escaped: names that are not UTF-8 come out as \udcXX escapes, still valid JSON
-        click.echo(json.dumps(doc, indent=2, ensure_ascii=True, default=str))
+        _stdout(json.dumps(doc, indent=2, ensure_ascii=True, default=str))
 
     def out(self, text: str) -> None:
         if not self.quiet and not self.json:
-            click.echo(text)
+            _stdout(text)
 
     def err(self, text: str) -> None:
         click.echo(text, err=True)
+
+
+def _stdout(text: str) -> None:
+    """One line (or document) to stdout; an output that cannot take it (a full disk behind a redirection) is a
+    one-line error, not an internal one. A closed pipe is left to main (BrokenPipeError)."""
+    try:
+        click.echo(text)
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise VaultError(f"cannot write the output: {exc.strerror or exc}") from None
 
 
 def get_ctx() -> Ctx:

@@ -60,7 +60,14 @@ def main(argv: list[str] | None = None) -> int:
             raise
         click.echo(f"vault: internal error: {type(exc).__name__}: {exc} (run with -v for details)", err=True)
         code = 1
-    sys.stdout.flush()
+    try:
+        if sys.stdout is not None:  # None when the command runs with stdout closed (`>&-`)
+            sys.stdout.flush()
+    except BrokenPipeError:
+        pass
+    except OSError as exc:  # the output could not be delivered (e.g. >/dev/full): say so, do not claim success
+        click.echo(f"vault: cannot write the output: {exc.strerror or exc}", err=True)
+        code = code or 1
     return code
 
 
