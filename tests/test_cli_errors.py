@@ -591,3 +591,21 @@ def test_closed_or_full_stdout(repo, src):
     with open("/dev/full", "wb") as full:
         p = subprocess.run(cmd + ["snapshots"], env=env, stdout=full, stderr=subprocess.PIPE)
     assert p.returncode == 1 and p.stderr.decode().strip() == "vault: cannot write the output: No space left on device"
+
+
+def test_text_times_are_local_as_at_reads_them(repo, src, monkeypatch):
+    """The time `snapshots` prints (local time, like --at without an offset) selects that snapshot when it
+    is given to --at, under a time zone with a half-hour offset."""
+    import time
+
+    monkeypatch.setenv("TZ", "Asia/Kolkata")
+    time.tzset()
+    try:
+        repo("backup", src, "--time", "2025-06-01T04:30:00Z")
+        line = repo("snapshots").out.splitlines()[0]
+        assert "2025-06-01 10:00:00" in line, line
+        out = repo("--json", "restore", "--at", "2025-06-01 10:00:00", "--target", src.parent / "r").json
+        assert out["files"] > 0
+    finally:
+        monkeypatch.undo()
+        time.tzset()

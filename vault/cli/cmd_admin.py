@@ -11,10 +11,9 @@ from .. import api
 from ..config import get_new_password
 from .. import retention
 from ..errors import DamageFound, UsageError
-from ..model import format_time
 from ..checker import parse_size
 from ..pruner import PruneOptions
-from .common import get_ctx, global_options, human_bytes
+from .common import get_ctx, global_options, human_bytes, local_time
 from .main import cli
 
 
@@ -138,7 +137,7 @@ def forget(snapshots, keep_last, keep_hourly, keep_daily, keep_weekly, keep_mont
         key = " ".join(f"{k}={','.join(v) if isinstance(v, list) else v}" for k, v in g.key.items()) or "all"
         c.out(f"{key}: keep {len(g.keep)}, {'would forget' if dry_run else 'forget'} {len(g.forget)}")
         for d in g.decisions:
-            when = format_time(d.snapshot.time)[:19].replace("T", " ")
+            when = local_time(d.snapshot.time)
             c.out(f"  {'keep  ' if d.keep else 'forget'}  {d.snapshot.short_id}  {when}  {', '.join(d.reasons)}")
     c.out(f"{'would forget' if dry_run else 'forgot'} {len(res.removed)} snapshot(s)")
     if res.prune is not None:

@@ -9,7 +9,7 @@ import click
 
 from .. import api
 from ..model import FILE, SYMLINK, format_time
-from .common import get_ctx, global_options, human_bytes
+from .common import get_ctx, global_options, human_bytes, local_time
 from .main import cli
 
 
@@ -35,7 +35,7 @@ def snapshots(hosts, tags, paths) -> None:
         c.emit_json([api.snapshot_json(s) for s in snaps])
         return
     for s in snaps:
-        c.out(f"{s.short_id}  {format_time(s.time)[:19].replace('T', ' ')}  {s.host:<16} "
+        c.out(f"{s.short_id}  {local_time(s.time)}  {s.host:<16} "
               f"{','.join(s.tags) or '-':<12} {' '.join(s.paths)}")
     c.out(f"{len(snaps)} snapshot(s)")
 
@@ -87,7 +87,7 @@ def find(pattern: str, hosts, tags, paths) -> None:
                       **api.node_json(p, n)} for s, p, n in hits])
         return
     for s, p, n in hits:
-        c.out(f"{s.short_id}  {format_time(s.time)[:19].replace('T', ' ')}  {os.fsdecode(p)}")
+        c.out(f"{s.short_id}  {local_time(s.time)}  {os.fsdecode(p)}")
 
 
 @cli.command()

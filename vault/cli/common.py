@@ -8,6 +8,7 @@ import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 import click
 
@@ -83,6 +84,11 @@ class Ctx:
 
     def err(self, text: str) -> None:
         click.echo(text, err=True)
+
+
+def local_time(t: datetime) -> str:
+    """A snapshot time for text output: this machine's local time, as ``--at`` without an offset reads it."""
+    return t.astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _stdout(text: str) -> None:
