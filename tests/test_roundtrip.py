@@ -483,6 +483,12 @@ def test_ls_lists_everything_recursively(repo, tmp_path):
     assert sorted(text) == sorted(e["path"] for e in below)
     res = repo("ls", "latest", f"{s}/nope", ok=False)
     assert res.code != 0 and "Traceback" not in res.err
+    old = os.getcwd()
+    os.chdir(src)
+    try:  # a relative PATH is relative to the working directory, as for backup
+        assert {e["path"] for e in repo("--json", "ls", "latest", "d").json["entries"]} == {e["path"] for e in below}
+    finally:
+        os.chdir(old)
 
 
 def test_ls_tricky_names(repo, tmp_path, tricky):

@@ -247,7 +247,8 @@ def node_json(path: bytes, n: Node) -> dict:
 
 
 def _normalize(path: str) -> bytes:
-    b = os.fsencode(path)
+    """A PATH in a snapshot: absolute as given, or relative to the working directory (as backup took it)."""
+    b = os.path.abspath(os.fsencode(path))
     b = b"/" + b.strip(b"/")
     return os.path.normpath(b) if b != b"/" else b
 
