@@ -120,7 +120,7 @@ class _PendingDir:
         """True when no entry waits for a worker (amortised: entries already seen done are skipped)."""
         while self._checked < len(self.items):
             it = self.items[self._checked]
-            if type(it) is tuple and not it[0].done():  # (batch, index, path, name)
+            if type(it) is tuple and not it[0].done():  # (batch, index, path, name, size seen)
                 return False
             self._checked += 1
         return True
@@ -446,7 +446,7 @@ class Archiver:
                     items.append(_Reuse(name, st, old[2]))
                 else:
                     same = False
-                    items.append((*self._submit_file(child, name, st, old is None), child, name))
+                    items.append((*self._submit_file(child, name, st, old is None), child, name, st.st_size))
             elif t == SYMLINK:
                 n = node_from_stat(name, st)
                 try:
@@ -499,11 +499,13 @@ class Archiver:
             if isinstance(it, Node):
                 nodes.append(it)
                 continue
-            batch, idx, child, name = it
+            batch, idx, child, name, seen = it
             res: _FileResult = batch.result()[idx]
             if res.error is not None or res.node is None:
                 self._error(child, res.error or "unreadable")
+                self.stats.bytes_processed -= seen  # not in the snapshot
                 continue
+            self.stats.bytes_processed += res.read - seen  # it grew or shrank while being read
             node = res.node
             if node.name != name:  # a hardlink sharing another name's read
                 node = dataclasses.replace(node, name=name)
