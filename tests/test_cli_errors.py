@@ -609,3 +609,15 @@ def test_text_times_are_local_as_at_reads_them(repo, src, monkeypatch):
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+def test_a_relative_xdg_cache_home_is_ignored(monkeypatch, tmp_path):
+    """The XDG spec: a relative XDG_CACHE_HOME is invalid; the cache goes to ~/.cache/vault, not to a
+    directory below wherever the command happens to run."""
+    from vault.config import default_cache_dir
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", "relcache")
+    assert default_cache_dir() == str(tmp_path / "home" / ".cache" / "vault")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == str(tmp_path / "xdg" / "vault")

@@ -60,7 +60,9 @@ def _int_env(name: str) -> int:
 
 
 def default_cache_dir() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    # the XDG spec: a relative value is invalid and ignored (it would put the cache wherever the command runs)
+    base = xdg if os.path.isabs(xdg) else os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "vault")
 
 
