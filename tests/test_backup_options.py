@@ -395,3 +395,25 @@ def test_a_path_named_below_an_excluded_directory_is_backed_up(repo, tmp_path):
     paths = _listed(repo)
     assert f"{src}/cache/keep/k.txt" in paths and f"{src}/a" in paths
     assert f"{src}/cache/junk" not in paths
+
+
+def test_a_file_deleted_while_the_backup_runs_is_a_warning_not_an_error(repo, tmp_path, monkeypatch):
+    """Listed, then deleted before it is read: the snapshot is as if listed a moment later (exit 0, a
+    warning names it), like a file deleted just before the listing -- never exit 3 for it."""
+    from vault import archiver
+
+    src = make_tree(tmp_path / "src", {"keep": b"k", "vanish": b"v" * 1000})
+    real_open = os.open
+
+    def open_after_delete(path, *a, **kw):
+        if isinstance(path, bytes) and path.endswith(b"/vanish") and os.path.exists(path):
+            os.unlink(path)
+        return real_open(path, *a, **kw)
+
+    monkeypatch.setattr(archiver.os, "open", open_after_delete)
+    res = repo("--json", "backup", src)
+    monkeypatch.undo()
+    assert res.code == 0 and "vanish" in res.err and "deleted while the backup ran" in res.err
+    paths = {e["path"] for e in repo("--json", "ls", "latest").json["entries"]}
+    assert f"{src}/keep" in paths and f"{src}/vanish" not in paths
+    assert res.json["bytes_processed"] == 1

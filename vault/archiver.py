@@ -134,6 +134,7 @@ class _FileResult:
     added: int = 0
     blocks_added: int = 0
     error: str | None = None
+    vanished: bool = False  # deleted between the directory listing and the read: not in the snapshot, no error
     changed_while_reading: bool = False
 
 
@@ -275,6 +276,9 @@ class Archiver:
                 fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | _O_NOATIME)
             except PermissionError:
                 fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            res.vanished = True
+            return res
         except OSError as exc:
             res.error = exc.strerror or str(exc)
             return res
@@ -501,6 +505,10 @@ class Archiver:
                 continue
             batch, idx, child, name, seen = it
             res: _FileResult = batch.result()[idx]
+            if res.vanished:  # as if the listing had been taken a moment later
+                self.stats.warnings.append((_display(child), "deleted while the backup ran: not in the snapshot"))
+                self.stats.bytes_processed -= seen
+                continue
             if res.error is not None or res.node is None:
                 self._error(child, res.error or "unreadable")
                 self.stats.bytes_processed -= seen  # not in the snapshot
