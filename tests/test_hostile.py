@@ -436,3 +436,32 @@ def test_garbage_key_slot_does_not_lock_out(repo, tmp_path, variant):
     listed = repo("--json", "key", "list", ok=False)
     assert listed.code == 0 and "Traceback" not in listed.err, listed.err
     assert any(k["damaged"] for k in listed.json)
+
+
+def test_an_index_placing_two_blocks_at_one_offset_never_restores_the_wrong_bytes(repo, tmp_path):
+    """An authentic but hostile index segment (loaded first) says block B lies where block A does: restore
+    checks each block id against the bytes on its own, so b is named damaged (exit 20) -- never written with
+    a's content and exit 0 (it was: the blob at an offset was checked against one id and written for all)."""
+    c = Crafter(repo.repo)
+    a_content, b_content = b"AAAAAAAAAAAAAAAA secret of a\n", b"BBBBBBBBBBBBBBBB content b!\n"
+    a, b = c.data(a_content), c.data(b_content)
+    root = c.tree([fnode("a", a, len(a_content)), fnode("b", b, len(b_content))])
+    c.snapshot(root)
+    segs = {s: c.r.load_index(s) for s in c.r.list_index()}
+    pid, entries = next((p, e) for s in segs.values() for p, e in s.packs.items() if e[0].kind == DATA)
+    ea = next(e for e in entries if e.block_id.hex() == a)
+    size = next(s.sizes[pid] for s in segs.values() if pid in s.sizes)
+    lie = index_mod.IndexSegment(packs={pid: [PackEntry(DATA, bytes.fromhex(b), ea.offset, ea.length, len(b_content))]},
+                                 sizes={pid: size})
+    first = min(segs)
+    while True:  # a name that sorts before the real segment, so its entry for B is the one loaded
+        stored = index_mod.encode(lie, c.r.cipher)
+        name = hashlib.sha256(stored).hexdigest()
+        if name < first:
+            break
+    c.r.backend.put(f"index/{name}", stored)
+    res = repo("--json", "restore", "latest", "--target", tmp_path / "r", ok=20)
+    out = res.json
+    assert [d["path"] for d in out["damaged"]] == ["/b"], out
+    assert (tmp_path / "r" / "a").read_bytes() == a_content
+    assert not (tmp_path / "r" / "b").exists()

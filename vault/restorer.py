@@ -253,10 +253,10 @@ class Restorer:
                     self._others.append((path, final, n))
 
     # --- fetch --------------------------------------------------------------------------------------
-    def _group_by_pack(self, tasks: list[_FileTask]) -> dict[bytes, dict[int, tuple[PackEntry, list[tuple[_FileTask, int]]]]]:
+    def _group_by_pack(self, tasks: list[_FileTask]) -> dict[bytes, dict[tuple[int, bytes], tuple[PackEntry, list[tuple[_FileTask, int]]]]]:
         ids = [b for t in tasks for b in t.node.blocks]
         where = self.catalog.lookup_many(ids)
-        packs: dict[bytes, dict[int, tuple[PackEntry, list[tuple[_FileTask, int]]]]] = {}
+        packs: dict[bytes, dict[tuple[int, bytes], tuple[PackEntry, list[tuple[_FileTask, int]]]]] = {}
         for task in tasks:
             offset = 0
             for bid in task.node.blocks:
@@ -266,7 +266,8 @@ class Restorer:
                     task.remaining -= 1
                     continue
                 pid, entry = loc
-                slot = packs.setdefault(pid, {}).setdefault(entry.offset, (entry, []))
+                # keyed by id too: a (hostile) index placing two ids at one offset gets each checked on its own
+                slot = packs.setdefault(pid, {}).setdefault((entry.offset, bid), (entry, []))
                 slot[1].append((task, offset))
                 offset += entry.raw_length
             if task.problem is None and offset != task.node.size:
@@ -274,7 +275,7 @@ class Restorer:
         return packs
 
     @staticmethod
-    def _ranges(wanted: dict[int, tuple[PackEntry, list[tuple[_FileTask, int]]]]) -> list[list]:
+    def _ranges(wanted: dict[tuple[int, bytes], tuple[PackEntry, list[tuple[_FileTask, int]]]]) -> list[list]:
         """Coalesce a pack's needed blocks into ranges (gaps <= MAX_GAP, size <= MAX_RANGE): units of work."""
         entries = sorted(wanted.values(), key=lambda x: x[0].offset)
         out: list[list] = []
@@ -291,7 +292,7 @@ class Restorer:
 
     def _fetch_range(self, pid: bytes, items: list) -> None:
         start = items[0][0].offset
-        end = items[-1][0].offset + items[-1][0].length
+        end = max(e.offset + e.length for e, _ in items)  # entries may overlap (a hostile index): the furthest
         why = ""
         try:
             data = memoryview(self.repo.backend.get(pack_name(pid), start, end - start))
