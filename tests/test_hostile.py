@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import resource
+import sqlite3
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -465,3 +466,34 @@ def test_an_index_placing_two_blocks_at_one_offset_never_restores_the_wrong_byte
     assert [d["path"] for d in out["damaged"]] == ["/b"], out
     assert (tmp_path / "r" / "a").read_bytes() == a_content
     assert not (tmp_path / "r" / "b").exists()
+
+
+def test_segments_an_interrupted_prune_superseded_stay_ignored_on_later_syncs(repo, tmp_path):
+    """An interrupted prune leaves its new segment (superseding the old ones) beside the old ones. A new
+    machine's first sync ignores the old ones; its next sync must not take them for new and load them: they
+    list blocks in packs the prune is about to delete, and a backup would dedup against those."""
+    c = Crafter(repo.repo)
+    gone = c.data(b"only in a pack the prune deletes")
+    c.flush()
+    kept = c.data(b"still referenced")
+    root = c.tree([fnode("f", kept, len(b"still referenced"))])
+    c.snapshot(root)
+    old = sorted(c.r.list_index())
+    packs, sizes = {}, {}
+    for sid in old:
+        seg = c.r.load_index(sid)
+        for pid, entries in seg.packs.items():
+            if all(e.block_id.hex() != gone for e in entries):
+                packs[pid], sizes[pid] = entries, seg.sizes[pid]
+    c.r.save_index(index_mod.IndexSegment(packs=packs, sizes=sizes,
+                                          supersedes=[bytes.fromhex(s) for s in old]))
+    fresh = ("--cache-dir", tmp_path / "fresh")
+    for _ in range(2):  # the first sync and the one after it
+        repo(*fresh, "snapshots")
+        db = next((tmp_path / "fresh").rglob("catalog.db"))
+        conn = sqlite3.connect(db)
+        present = conn.execute("SELECT count(*) FROM blocks WHERE id=?", (bytes.fromhex(gone),)).fetchone()[0]
+        conn.close()
+        assert present == 0
+    repo(*fresh, "restore", "latest", "--target", tmp_path / "r")
+    assert (tmp_path / "r" / "f").read_bytes() == b"still referenced"

@@ -272,6 +272,10 @@ class Catalog:
                 if seg is not None:
                     self.add_segment(sid, seg)
                     rep.segments_loaded += 1
+            # the superseded ones are known too (and ignored): a later sync must not take them for new ones
+            # and load what an interrupted prune replaced -- blocks in packs it is about to delete
+            self._tx(lambda c: c.executemany("INSERT OR IGNORE INTO segments (id) VALUES (?)",
+                                             [(s,) for s in sorted(superseded & in_repo)]))
         snaps_repo = set(repo.list_snapshots())
         snaps_known = {r[0] for r in self._q("SELECT id FROM snapshots")}
         gone = snaps_known - snaps_repo
