@@ -497,3 +497,48 @@ def test_segments_an_interrupted_prune_superseded_stay_ignored_on_later_syncs(re
         assert present == 0
     repo(*fresh, "restore", "latest", "--target", tmp_path / "r")
     assert (tmp_path / "r" / "f").read_bytes() == b"still referenced"
+
+
+def test_an_owner_beyond_this_systems_range_is_a_warning(repo, tmp_path):
+    """The format allows owners up to 2**64-1: restoring one this system cannot represent is a warning for
+    that entry (as root; the rest restores), never an internal error."""
+    c = Crafter(repo.repo)
+    big, ok = c.data(b"owned by 2**40"), c.data(b"fine")
+    root = c.tree([{**fnode("big", big, 14), "uid": 1 << 40, "gid": 1 << 40}, fnode("ok", ok, 4)])
+    c.snapshot(root)
+    res = repo("--json", "restore", "latest", "--target", tmp_path / "r")
+    assert (tmp_path / "r" / "ok").read_bytes() == b"fine" and (tmp_path / "r" / "big").read_bytes() == b"owned by 2**40"
+    if os.geteuid() == 0:
+        assert any("out of this system's range" in w["warning"] for w in res.json["warnings"]), res.json
+    assert "internal error" not in res.err and not [p for p in (tmp_path / "r").iterdir() if p.name.startswith(".vault-")]
+
+
+def test_a_repaired_from_that_is_not_an_id_or_does_not_match_is_ignored(repo, tmp_path):
+    """summary.repaired_from of another type crashed every command that resolves 'latest'; one naming the
+    newest snapshot from an older, different manifest made that one 'latest'. Both are ignored now."""
+    c = Crafter(repo.repo)
+    real = c.tree([fnode("f", c.data(b"real"), 4)])
+    c.flush()
+    newest = c.r.save_snapshot(Snapshot(time=datetime(2026, 1, 1, tzinfo=timezone.utc), host="h", paths=["/hostile"],
+                                        tree=bytes.fromhex(real)))
+    other = c.tree([fnode("f", c.data(b"fake"), 4)])
+    c.flush()
+    for summary in ({"repaired_from": ["x"]}, {"repaired_from": {"a": 1}}, {"repaired_from": newest}):
+        c.r.save_snapshot(Snapshot(time=datetime(2000, 1, 1, tzinfo=timezone.utc), host="h", paths=["/hostile"],
+                                   tree=bytes.fromhex(other), summary=summary))
+    out = repo("--json", "restore", "latest", "--target", tmp_path / "r").json
+    assert out["snapshot_id"] == newest and (tmp_path / "r" / "f").read_bytes() == b"real"
+    repo("verify")
+
+
+def test_snapshot_times_before_year_1000(repo, tmp_path):
+    """--time 0001-01-01: the manifest's time is written with a four-digit year (it was '1-01-01...', which
+    every later command rejected), and it lists, restores and verifies."""
+    src = make_tree(tmp_path / "src", {"a": b"1"})
+    repo("backup", src, "--time", "0001-01-01T00:00:00Z")
+    repo("backup", src, "--time", "0999-06-01T12:00:00Z")
+    times = sorted(s["time"] for s in repo("--json", "snapshots").json)
+    assert times == ["0001-01-01T00:00:00.000000Z", "0999-06-01T12:00:00.000000Z"]
+    assert "0999-06-01" in repo("snapshots").out
+    repo("restore", "--at", "0999-06-01T12:00:00Z", "--target", tmp_path / "r")
+    repo("verify")

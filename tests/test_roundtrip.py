@@ -569,6 +569,29 @@ def test_diff_reports_metadata_and_type_changes(repo, tmp_path):
     assert set(out["added"]) == {f"{s}/f/inside"}
 
 
+def test_diff_of_a_deep_tree(repo, tmp_path):
+    """diff walks with a stack: a change 1,200 levels down is found (in a fresh process, default recursion
+    limit), not a RecursionError."""
+    src = tmp_path / "s"
+    deep = bytes(src)
+    os.mkdir(deep)
+    for _ in range(1200):
+        deep += b"/d"
+        os.mkdir(deep)
+    try:
+        with open(deep + b"/leaf", "wb") as f:
+            f.write(b"1")
+        a = repo("--json", "backup", src).json["snapshot_id"]
+        with open(deep + b"/leaf", "wb") as f:
+            f.write(b"22")
+        b = repo("--json", "backup", src).json["snapshot_id"]
+        p = repo.proc("--json", "diff", a, b)
+        assert p.returncode == 0, p.stderr.decode()[-300:]
+        assert json.loads(p.stdout)["modified"][-1].endswith("/d/leaf")
+    finally:
+        subprocess.run(["rm", "-rf", str(src)], check=False)
+
+
 def test_find_glob_any_depth(repo, tmp_path):
     src = make_tree(tmp_path / "src", {"a.conf": b"1", "x": {"b.conf": b"2", "y": {"c.conf": b"3", "d.txt": b"4"}}})
     s1 = repo("--json", "backup", src).json["snapshot_id"]

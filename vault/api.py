@@ -29,7 +29,7 @@ from .errors import SnapshotNotFound, UsageError, VaultError
 from .excludes import Matcher
 from .ids import resolve_prefix
 from .locks import Lock, remove_locks
-from .model import DIR, FILE, Node, Snapshot, format_time
+from .model import DIR, FILE, Node, Snapshot, format_time, replaced_by_repair
 from .pruner import PruneOptions, PruneReport, Pruner
 from .repairer import RepairReport, Repairer
 from . import retention
@@ -153,7 +153,7 @@ def find_snapshot(sess: Session, spec: str | None, at: str | None = None, flt: S
     """Resolve a full id, unique prefix, ``latest``, or ``--at TIME`` (newest at or before TIME). For
     ``latest`` and ``--at``, a snapshot that 'vault repair' replaced yields to its replacement."""
     snaps = list_snapshots(sess, flt)
-    replaced = {s.summary.get("repaired_from") for s in snaps if s.summary.get("repaired_from")}
+    replaced = replaced_by_repair(snaps)
     snaps = [s for s in snaps if s.id not in replaced]
     if at is not None:
         when = parse_time(at, now or datetime.now(timezone.utc))
@@ -308,11 +308,14 @@ def diff(sess: Session, a: Snapshot, b: Snapshot) -> DiffResult:
         if tid is not None:
             into.extend(os.fsdecode(p) for p, _ in sess.catalog.walk(sess.repo, tid, base))
 
-    def walk(ta: bytes | None, tb: bytes | None, base: bytes) -> None:
+    stack: list[tuple[bytes | None, bytes | None, bytes]] = [(a.tree, b.tree, b"")]
+    while stack:  # a stack, not recursion: any depth
+        ta, tb, base = stack.pop()
         if ta == tb:
-            return
+            continue
         na = {n.name: n for n in sess.catalog.tree(sess.repo, ta)} if ta else {}
         nb = {n.name: n for n in sess.catalog.tree(sess.repo, tb)} if tb else {}
+        subdirs = []
         for name in sorted(set(na) | set(nb)):
             path = base + b"/" + name
             x, y = na.get(name), nb.get(name)
@@ -327,15 +330,14 @@ def diff(sess: Session, a: Snapshot, b: Snapshot) -> DiffResult:
             elif x.type == DIR and y.type == DIR:
                 if meta(x) != meta(y):
                     out.modified.append(os.fsdecode(path))
-                walk(x.subtree, y.subtree, path)
+                subdirs.append((x.subtree, y.subtree, path))
             elif content(x) != content(y):
                 out.modified.append(os.fsdecode(path))
                 if x.type == DIR:  # a directory that became something else: what was in it is gone
                     all_below(x.subtree, path, out.removed)
                 if y.type == DIR:
                     all_below(y.subtree, path, out.added)
-
-    walk(a.tree, b.tree, b"")
+        stack.extend(reversed(subdirs))
     return out
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from .catalog import Catalog
 from .errors import UsageError, IntegrityError, VaultError
 from .entries import entry, split_ids
-from .model import DIR, FILE, Tree
+from .model import DIR, FILE, Tree, replaced_by_repair
 from .pack import parse_pack
 from .repository import Repository, Scratch, pack_name
 
@@ -236,7 +236,7 @@ class Checker:
             except VaultError as exc:
                 self._damage(f"snapshots/{sid}", f"unreadable: {exc}")
         self.report.snapshots = len(snaps)
-        repaired = {s.summary.get("repaired_from") for s in snaps if s.summary.get("repaired_from")}
+        repaired = replaced_by_repair(snaps)
         for snap in snaps:
             if snap.id in repaired:
                 self.report.info.append(f"snapshot {snap.short_id} references lost data and was repaired "

@@ -59,6 +59,8 @@ def apply_metadata(path: bytes, node: Node, mode_set: bool = False) -> list[str]
             os.chown(path, node.uid, node.gid, follow_symlinks=False)
         except OSError as exc:
             problems.append(f"chown: {exc.strerror}")
+        except OverflowError:  # the format allows ids up to 2**64-1; this system's uid_t does not
+            problems.append(f"chown: owner {node.uid}:{node.gid} is out of this system's range")
     if not (node.type == SYMLINK or mode_set):
         try:
             os.chmod(path, node.mode)

@@ -187,15 +187,31 @@ class Tree:
 
 
 def format_time(t: datetime) -> str:
-    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """``YYYY-MM-DDTHH:MM:SS.ffffffZ``, the year always four digits (strftime's %Y leaves years < 1000 short)."""
+    u = t.astimezone(timezone.utc)
+    return f"{u.year:04d}-{u.month:02d}-{u.day:02d}T{u.hour:02d}:{u.minute:02d}:{u.second:02d}.{u.microsecond:06d}Z"
 
 
 def parse_stored_time(text: str) -> datetime:
     try:
+        if isinstance(text, str) and 1 <= text.find("-") < 4:  # a short year: how earlier versions wrote years < 1000
+            text = text.zfill(len(text) + 4 - text.find("-"))
         t = datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ")
     except (ValueError, TypeError):
         raise IntegrityError(f"snapshot: bad time {text!r}"[:80]) from None
     return t.replace(tzinfo=timezone.utc)
+
+
+def replaced_by_repair(snaps: list["Snapshot"]) -> set[str]:
+    """Ids of the snapshots that ``vault repair`` replaced: named by another's ``repaired_from`` *and* of the
+    same time, host and paths as it (a manifest cannot hide another snapshot just by naming it)."""
+    by_id = {s.id: s for s in snaps}
+    out = set()
+    for s in snaps:
+        old = by_id.get(s.repaired_from or "")
+        if old is not None and old is not s and (old.time, old.host, old.paths) == (s.time, s.host, s.paths):
+            out.add(old.id)
+    return out
 
 
 @dataclass
@@ -237,6 +253,12 @@ class Snapshot:
     @property
     def short_id(self) -> str:
         return self.id[:8]
+
+    @property
+    def repaired_from(self) -> str | None:
+        """The snapshot ``vault repair`` wrote this one to replace (``summary.repaired_from``), if well-formed."""
+        rid = self.summary.get("repaired_from")
+        return rid if isinstance(rid, str) and len(rid) == 64 else None
 
     def group_key(self) -> tuple[str, tuple[str, ...]]:
         return (self.host, tuple(sorted(self.paths)))

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from . import index as index_mod
 from .catalog import Catalog
 from .errors import IntegrityError, ObjectNotFound, VaultError
-from .model import DIR, FILE, Node, Snapshot, Tree
+from .model import DIR, FILE, Node, Snapshot, Tree, replaced_by_repair
 from .pack import DATA, TREE, PackEntry, parse_pack
 from .packwriter import PackWriter
 from .repository import Repository, pack_name
@@ -427,7 +427,7 @@ class Repairer:
     def repair_snapshots(self) -> None:
         sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
         snaps = self.catalog.snapshots()
-        replaced = {s.summary.get("repaired_from") for s in snaps if s.summary.get("repaired_from")}
+        replaced = replaced_by_repair(snaps)
         for snap in snaps:
             if snap.id in replaced:
                 continue  # an earlier repair wrote its replacement already

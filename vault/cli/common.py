@@ -88,7 +88,11 @@ class Ctx:
 
 def local_time(t: datetime) -> str:
     """A snapshot time for text output: this machine's local time, as ``--at`` without an offset reads it."""
-    return t.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    try:
+        local = t.astimezone()
+    except OverflowError:  # the edge of datetime's range (year 9999 east of UTC): shown in UTC instead
+        return f"{t.year:04d}-{t:%m-%d %H:%M:%S}Z"
+    return f"{local.year:04d}-{local:%m-%d %H:%M:%S}"
 
 
 def _stdout(text: str) -> None:
