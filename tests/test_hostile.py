@@ -542,3 +542,16 @@ def test_snapshot_times_before_year_1000(repo, tmp_path):
     assert "0999-06-01" in repo("snapshots").out
     repo("restore", "--at", "0999-06-01T12:00:00Z", "--target", tmp_path / "r")
     repo("verify")
+
+
+def test_names_of_one_inode_with_different_contents_are_not_linked(repo, tmp_path):
+    """A crafted tree gives two entries the same dev/inode (nlink 2) but different blocks: each is restored
+    with its own content, not b hardlinked to a's bytes."""
+    c = Crafter(repo.repo)
+    a, b = c.data(b"a" * 18), c.data(b"B" * 1000)
+    same = {"inode": 77, "dev": 5, "nlink": 2}
+    c.snapshot(c.tree([{**fnode("a", a, 18), **same}, {**fnode("b", b, 1000), **same}]))
+    repo("restore", "latest", "--target", tmp_path / "r")
+    assert (tmp_path / "r" / "a").read_bytes() == b"a" * 18
+    assert (tmp_path / "r" / "b").read_bytes() == b"B" * 1000
+    assert os.stat(tmp_path / "r" / "a").st_ino != os.stat(tmp_path / "r" / "b").st_ino

@@ -242,11 +242,12 @@ class Restorer:
                         stack.append((path, n.subtree, None))
                 elif n.type == FILE:
                     key = (n.dev, n.inode)
-                    if n.nlink > 1 and key in first_of_inode:
-                        self._links.append((path, final, first_of_inode[key]))
-                        continue
+                    first = first_of_inode.get(key) if n.nlink > 1 else None
+                    if first is not None and (first.node.size, first.node.blocks) == (n.size, n.blocks):
+                        self._links.append((path, final, first))
+                        continue  # (names of one inode with other contents -- a crafted tree -- stay apart)
                     task = _FileTask(path, final, n)
-                    if n.nlink > 1:
+                    if n.nlink > 1 and first is None:
                         first_of_inode[key] = task
                     yield task
                 else:
