@@ -621,3 +621,13 @@ def test_a_relative_xdg_cache_home_is_ignored(monkeypatch, tmp_path):
     assert default_cache_dir() == str(tmp_path / "home" / ".cache" / "vault")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert default_cache_dir() == str(tmp_path / "xdg" / "vault")
+
+
+def test_snapshots_text_output_shows_no_control_characters(repo, src):
+    """A host or tag with a newline or a terminal escape sequence (OSC) is shown with '?' in the text
+    listing (one line per snapshot, nothing sent to the terminal); JSON keeps it exactly."""
+    host = "evil\n\x1b]0;owned\x07host"
+    repo("backup", src, "--host", host, "--tag", "t\x1b[2J")
+    lines = repo("snapshots").out.splitlines()
+    assert len(lines) == 2 and "\x1b" not in lines[0] and "evil?" in lines[0]
+    assert repo("--json", "snapshots").json[0]["host"] == host

@@ -9,7 +9,7 @@ import click
 
 from .. import api
 from ..model import FILE, SYMLINK, format_time
-from .common import get_ctx, global_options, human_bytes, local_time
+from .common import get_ctx, global_options, human_bytes, local_time, printable
 from .main import cli
 
 
@@ -34,9 +34,9 @@ def snapshots(hosts, tags, paths) -> None:
     if c.json:
         c.emit_json([api.snapshot_json(s) for s in snaps])
         return
-    for s in snaps:
-        c.out(f"{s.short_id}  {local_time(s.time)}  {s.host:<16} "
-              f"{','.join(s.tags) or '-':<12} {' '.join(s.paths)}")
+    for s in snaps:  # host, tags and paths come from the repository: no control characters to the terminal
+        c.out(f"{s.short_id}  {local_time(s.time)}  {printable(s.host):<16} "
+              f"{printable(','.join(s.tags)) or '-':<12} {printable(' '.join(s.paths))}")
     c.out(f"{len(snaps)} snapshot(s)")
 
 

@@ -95,6 +95,15 @@ def local_time(t: datetime) -> str:
     return f"{local.year:04d}-{local:%m-%d %H:%M:%S}"
 
 
+_CONTROL = {c: "?" for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)]}
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters (newlines, escape sequences) shown as '?': for one-line fields of the
+    text output whose content the repository supplies (host names, tags)."""
+    return text.translate(_CONTROL)
+
+
 def _stdout(text: str) -> None:
     """One line (or document) to stdout; an output that cannot take it (a full disk behind a redirection) is a
     one-line error, not an internal one. A closed pipe is left to main (BrokenPipeError)."""
