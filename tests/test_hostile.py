@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from conftest import PASSWORD, Symlink, make_tree
+from conftest import FAST_INIT, PASSWORD, Symlink, make_tree
 
 from vault import index as index_mod
 from vault.backend.local import LocalBackend
@@ -555,3 +555,16 @@ def test_names_of_one_inode_with_different_contents_are_not_linked(repo, tmp_pat
     assert (tmp_path / "r" / "a").read_bytes() == b"a" * 18
     assert (tmp_path / "r" / "b").read_bytes() == b"B" * 1000
     assert os.stat(tmp_path / "r" / "a").st_ino != os.stat(tmp_path / "r" / "b").st_ino
+
+
+def test_catalog_rebuild_and_copy_name_a_snapshot_with_a_malformed_tree(repo, tmp_path):
+    """One snapshot whose tree is malformed: catalog rebuild finishes and lists it as a problem; copy names
+    the snapshot in its one-line error (exit 20)."""
+    c = Crafter(repo.repo)
+    bad = c.snapshot(c.tree([{**fnode("f", c.data(b"x"), 1), "mode": 0o77777}]))
+    out = repo("--json", "catalog", "rebuild").json
+    assert any(p.startswith(f"snapshot {bad[:8]}") for p in out["problems"]), out
+    second = tmp_path / "second"
+    repo("init", *FAST_INIT, "--repo", second, "--copy-chunker-params-from", repo.repo)
+    res = repo("copy", "--to", second, ok=20)
+    assert f"snapshot {bad[:8]}" in res.err and len(res.err.strip().splitlines()) == 1, res.err

@@ -535,8 +535,11 @@ def catalog_rebuild(settings: Settings, password: PasswordFn) -> dict:
     try:
         report = catalog.sync(repo)
         for snap in catalog.snapshots():  # cache every tree (verified as it is read)
-            for _ in catalog.walk(repo, snap.tree):
-                pass
+            try:
+                for _ in catalog.walk(repo, snap.tree):
+                    pass
+            except VaultError as exc:  # damage is verify's to report in full: note it, go on
+                report.problems.append(f"snapshot {snap.short_id}: {exc}")
         st = catalog.stats()
     finally:
         catalog.close()

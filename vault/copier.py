@@ -182,7 +182,11 @@ class Copier:
                         self.report.skipped.append(snap.id)
                         continue
                     self.log(f"copying snapshot {snap.short_id} ({snap.host}: {' '.join(snap.paths)})")
-                    root = self._copy_tree(snap.tree, packer, pool)
+                    try:
+                        root = self._copy_tree(snap.tree, packer, pool)
+                    except IntegrityError as exc:  # say which snapshot (those before it are copied)
+                        raise IntegrityError(f"snapshot {snap.short_id}: {exc}; the snapshots before it are "
+                                             "copied ('vault verify' names the damage)") from None
                     packer.flush()
                     self._checkpoint()
                     new = Snapshot(time=snap.time, host=snap.host, paths=list(snap.paths), tree=root,
