@@ -430,16 +430,21 @@ class Catalog:
         for tid in damaged:
             self._forget_tree(tid)
 
-    def iter_tree_entries(self, repo, tree_ids: list[bytes]) -> Iterator[tuple[bytes, list[tuple]]]:
-        """(id, ``tree_entries``) of each of ``tree_ids`` (at most 500): one query for those cached, the rest
-        loaded from the repository; one tree in memory at a time."""
+    def iter_cached_or(self, repo, tree_ids: list[bytes], load: Callable[[bytes], list | None],
+                       indexed: bool = False) -> Iterator[tuple[bytes, list | None]]:
+        """(id, entries) of each of ``tree_ids`` (at most 500): one query for those cached (see
+        ``iter_cached_entries``), ``load(id)`` for the rest; one tree in memory at a time."""
         done = set()
-        for tid, entries in self.iter_cached_entries(repo, tree_ids):
+        for tid, entries in self.iter_cached_entries(repo, tree_ids, indexed):
             done.add(tid)
             yield tid, entries
         for tid in tree_ids:
             if tid not in done:
-                yield tid, self.tree_entries(repo, tid)
+                yield tid, load(tid)
+
+    def iter_tree_entries(self, repo, tree_ids: list[bytes]) -> Iterator[tuple[bytes, list[tuple]]]:
+        """(id, ``tree_entries``) of each of ``tree_ids`` (at most 500), cached or loaded from the repository."""
+        return self.iter_cached_or(repo, tree_ids, lambda tid: self.tree_entries(repo, tid))
 
     def _unseal(self, repo, tree_id: bytes, sealed: object, forget: bool = True) -> list[tuple] | None:
         """A cached row's entries; None when its seal does not hold (never trust it: the row is dropped, now or,
@@ -584,21 +589,6 @@ class Catalog:
         for pid, kind, size, stored, nblocks, nused, used_bytes in rows:
             yield bytes(pid), kind, size, stored, nblocks, nused, used_bytes
 
-    def id_table(self, table: str, ids: Iterable[bytes] = ()) -> None:
-        """A temporary table of ids named ``table`` (emptied, then filled with ``ids``): a set on disk, not in
-        memory. ``id_table_add`` adds to it, ``id_table_among`` asks it."""
-        def run(c: sqlite3.Connection) -> None:
-            c.execute(f"CREATE TEMP TABLE IF NOT EXISTS {table} (id BLOB PRIMARY KEY) WITHOUT ROWID")
-            c.execute(f"DELETE FROM temp.{table}")
-        self._tx(run)
-        self.id_table_add(table, ids)
-
-    def id_table_add(self, table: str, ids: Iterable[bytes]) -> None:
-        self._tx(lambda c: c.executemany(f"INSERT OR IGNORE INTO temp.{table} (id) VALUES (?)", ((i,) for i in ids)))
-
-    def id_table_among(self, table: str, ids: Iterable[bytes]) -> set[bytes]:
-        return set(self._present(table, ids))
-
     def planned_begin(self) -> None:
         """repair --dry-run: an empty temporary table of the block locations the new index would hold."""
         def run(c: sqlite3.Connection) -> None:
@@ -624,10 +614,14 @@ class Catalog:
 
     def removed_begin(self, ids: Iterable[bytes]) -> None:
         """Prune: the packs it removes, in a temporary table (``removed_among`` asks it), not in memory."""
-        self.id_table("removed", ids)
+        def run(c: sqlite3.Connection) -> None:
+            c.execute("CREATE TEMP TABLE IF NOT EXISTS removed (id BLOB PRIMARY KEY) WITHOUT ROWID")
+            c.execute("DELETE FROM temp.removed")
+            c.executemany("INSERT OR IGNORE INTO temp.removed (id) VALUES (?)", ((i,) for i in ids))
+        self._tx(run)
 
     def removed_among(self, ids: Iterable[bytes]) -> set[bytes]:
-        return self.id_table_among("removed", ids)
+        return set(self._present("removed", ids))
 
     def unindexed_packs(self) -> list[tuple[bytes, int]]:
         """Stored packs that no loaded index segment lists (leftovers of interrupted runs)."""

@@ -309,14 +309,9 @@ class Checker:
         sealed with a key derived from the repository's, and the pack read checks the tree block's bytes
         against the same id -- the repository's copy is proved as strictly, without decoding 7,000 trees
         twice (structure-only verify still loads them)."""
-        done = set()
-        if self._reads_all:
-            for tid, entries in self.catalog.iter_cached_entries(self.repo, tids, indexed=True):
-                done.add(tid)
-                yield tid, entries
-        for tid in tids:
-            if tid not in done:  # not cached, or not indexed: "missing" in _load_tree
-                yield tid, self._load_tree(tid)
+        if self._reads_all:  # not cached, or not indexed: "missing" in _load_tree
+            return self.catalog.iter_cached_or(self.repo, tids, self._load_tree, indexed=True)
+        return ((tid, self._load_tree(tid)) for tid in tids)
 
     def _load_tree(self, tid: bytes) -> list | None:
         problem = None
