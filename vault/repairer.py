@@ -128,10 +128,7 @@ class Repairer:
         for pid, size in sorted(stored.items()):
             rep.packs_checked += 1
             if len(good) >= SEGMENT_PACKS:
-                if self.dry_run:
-                    self.catalog.planned_add(good)
-                else:
-                    self._save_segment(good)
+                self._list_packs(good)
                 good = []
             try:
                 entries: list[PackEntry] | None = self.repo.read_pack_header(pid, size)
@@ -155,13 +152,11 @@ class Repairer:
             else:
                 rep.warnings.append(f"pack {pid.hex()[:16]} is damaged and not every block could be salvaged; "
                                     "it is kept (a copy may still heal it: repair --from-repo)")
+        self._list_packs(good)
         if self.dry_run:
-            self.catalog.planned_add(good)
             self._planned = True
             self._gone = {p for p in indexed if p not in stored} | {bytes.fromhex(h) for h in rep.packs_damaged}
             return
-        if good:
-            self._save_segment(good)
         self._flush_new()
         # last: one segment superseding every old one (the new ones are complete by then), then deletions
         retire = sorted(s for s in old if s not in self._written)
@@ -174,6 +169,13 @@ class Repairer:
             self.repo.backend.delete(pack_name(pid))
         rep.packs_deleted = len(damaged)
         self.catalog.sync(self.repo)
+
+    def _list_packs(self, packs: list[tuple[bytes, int, list[PackEntry]]]) -> None:
+        """Packs the new index lists: written as a segment -- or, in a dry run, kept in the plan table."""
+        if self.dry_run:
+            self.catalog.planned_add(packs)
+        elif packs:
+            self._save_segment(packs)
 
     def _read_pack_twice(self, pid: bytes) -> bytes | None:
         """The pack's bytes; read again when they do not match its name (a read can fail once)."""
