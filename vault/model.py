@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 
 from .errors import IntegrityError
 from .ids import ID_LEN
+from .timespec import format_time  # noqa: F401  (snapshot times: the one formatter, re-exported)
 
 FILE, DIR, SYMLINK, FIFO, CHARDEV, BLOCKDEV, SOCKET = "file", "dir", "symlink", "fifo", "chardev", "blockdev", "socket"
 NODE_TYPES = (FILE, DIR, SYMLINK, FIFO, CHARDEV, BLOCKDEV, SOCKET)
@@ -184,12 +185,6 @@ class Tree:
         if len(set(names)) != len(names):
             raise IntegrityError("tree: duplicate entry names")
         return cls(nodes)
-
-
-def format_time(t: datetime) -> str:
-    """``YYYY-MM-DDTHH:MM:SS.ffffffZ``, the year always four digits (strftime's %Y leaves years < 1000 short)."""
-    u = t.astimezone(timezone.utc)
-    return f"{u.year:04d}-{u.month:02d}-{u.day:02d}T{u.hour:02d}:{u.minute:02d}:{u.second:02d}.{u.microsecond:06d}Z"
 
 
 def parse_stored_time(text: str) -> datetime:
