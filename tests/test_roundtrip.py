@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -441,26 +442,34 @@ def test_a_blocked_hardlink_whose_other_names_are_not_restored_leaves_no_temp_fi
     assert not [p for p in scan(r) if b".vault-" in p]
 
 
+@contextlib.contextmanager
+def deep_tree(root: Path, levels: int, also: tuple[Path, ...] = ()):
+    """root/d/d/.../d (``levels`` deep), made in a loop (os.makedirs recurses once per level) and removed, with
+    ``also`` (a restore of it), by ``rm -rf`` afterwards (pytest's own clean-up, a recursive rmtree, cannot
+    remove it). Yields the deepest directory as bytes."""
+    deep = bytes(root)
+    os.mkdir(deep)
+    for _ in range(levels):
+        deep += b"/d"
+        os.mkdir(deep)
+    try:
+        yield deep
+    finally:
+        subprocess.run(["rm", "-rf", str(root), *map(str, also)], check=False)
+
+
 def test_restore_include_below_deep_nesting(repo, tmp_path):
     """The directories above an --include match are made in a loop, not by recursion: 1,100 levels restore
     in a process with Python's default recursion limit."""
-    src = tmp_path / "s"
-    deep = bytes(src)
-    os.mkdir(deep)
-    for _ in range(1100):  # not os.makedirs: it recurses once per level
-        deep += b"/d"
-        os.mkdir(deep)
-    with open(deep + b"/leaf.txt", "wb") as f:
-        f.write(b"x")
     r = tmp_path / "r"
-    try:
-        repo("backup", src)
+    with deep_tree(tmp_path / "s", 1100, also=(r,)) as deep:
+        with open(deep + b"/leaf.txt", "wb") as f:
+            f.write(b"x")
+        repo("backup", tmp_path / "s")
         p = repo.proc("restore", "latest", "--target", r, "--include", "**/leaf.txt")
         assert p.returncode == 0, p.stderr.decode()[-500:]
         with open(bytes(r) + deep + b"/leaf.txt", "rb") as f:
             assert f.read() == b"x"
-    finally:  # pytest's own clean-up (a recursive rmtree) cannot remove 1,100 levels
-        subprocess.run(["rm", "-rf", str(src), str(r)], check=False)
 
 
 # --- ls / diff / find ----------------------------------------------------------------------------------------
@@ -572,24 +581,16 @@ def test_diff_reports_metadata_and_type_changes(repo, tmp_path):
 def test_diff_of_a_deep_tree(repo, tmp_path):
     """diff walks with a stack: a change 1,200 levels down is found (in a fresh process, default recursion
     limit), not a RecursionError."""
-    src = tmp_path / "s"
-    deep = bytes(src)
-    os.mkdir(deep)
-    for _ in range(1200):
-        deep += b"/d"
-        os.mkdir(deep)
-    try:
+    with deep_tree(tmp_path / "s", 1200) as deep:
         with open(deep + b"/leaf", "wb") as f:
             f.write(b"1")
-        a = repo("--json", "backup", src).json["snapshot_id"]
+        a = repo("--json", "backup", tmp_path / "s").json["snapshot_id"]
         with open(deep + b"/leaf", "wb") as f:
             f.write(b"22")
-        b = repo("--json", "backup", src).json["snapshot_id"]
+        b = repo("--json", "backup", tmp_path / "s").json["snapshot_id"]
         p = repo.proc("--json", "diff", a, b)
         assert p.returncode == 0, p.stderr.decode()[-300:]
         assert json.loads(p.stdout)["modified"][-1].endswith("/d/leaf")
-    finally:
-        subprocess.run(["rm", "-rf", str(src)], check=False)
 
 
 def test_find_glob_any_depth(repo, tmp_path):
