@@ -417,3 +417,40 @@ def test_a_file_deleted_while_the_backup_runs_is_a_warning_not_an_error(repo, tm
     paths = {e["path"] for e in repo("--json", "ls", "latest").json["entries"]}
     assert f"{src}/keep" in paths and f"{src}/vanish" not in paths
     assert res.json["bytes_processed"] == 1
+
+
+# --- symlinks on the way to a named PATH ----------------------------------------------------------------
+@pytest.fixture
+def linked(tmp_path):
+    """t/real/sub/f and t/lnk -> real: /bin -> usr/bin on a merged-/usr system, in small."""
+    t = make_tree(tmp_path / "t", {"real": {"sub": {"f": b"hello"}, "g": b"g"}})
+    os.symlink("real", t / "lnk")
+    return t
+
+
+def test_a_path_below_a_symlinked_directory_is_backed_up(repo, linked, tmp_path):
+    out = repo("--json", "backup", linked / "lnk" / "sub").json
+    assert out["files_new"] == 1
+    got = rel(linked, paths_in(repo))
+    assert {"lnk", "lnk/sub", "lnk/sub/f"} <= got, got
+    assert "lnk/g" not in got, "only the named PATH below the link, not all the link leads to"
+    repo("restore", "latest", "--target", tmp_path / "out")
+    restored = tmp_path / "out" / str(linked).lstrip("/") / "lnk"
+    assert not restored.is_symlink() and (restored / "sub" / "f").read_bytes() == b"hello"
+
+
+def test_a_path_below_a_symlink_inside_another_path_is_backed_up(repo, linked):
+    repo("backup", linked / "real" / "g", linked / "lnk" / "sub")
+    got = rel(linked, paths_in(repo))
+    assert {"real/g", "lnk/sub/f"} <= got, got
+    repo("backup", linked, linked / "lnk" / "sub")  # the link inside a PATH walked whole
+    got = rel(linked, paths_in(repo))
+    assert {"real/g", "real/sub/f", "lnk/sub/f"} <= got, got
+    assert "lnk/g" not in got
+
+
+def test_a_symlink_named_as_a_path_is_stored_as_a_symlink(repo, linked):
+    repo("backup", linked / "lnk")
+    entries = {e["path"]: e for e in repo("--json", "ls", "latest").json["entries"]}
+    assert entries[f"{linked}/lnk"]["type"] == "symlink"
+    assert not any(p.startswith(f"{linked}/lnk/") for p in entries)

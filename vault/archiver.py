@@ -409,6 +409,16 @@ class Archiver:
             t = node_type(st.st_mode)
             if t is None:
                 continue
+            via_link = False
+            if t == SYMLINK and self._named_below(child):
+                # a symlink on the way to a PATH named below it (/bin -> usr/bin for /bin/true): followed, as
+                # the kernel follows it for that PATH, and stored as the directory it leads to
+                try:
+                    st_dir = os.stat(child)
+                except OSError:
+                    st_dir = None
+                if st_dir is not None and stat.S_ISDIR(st_dir.st_mode):
+                    st, t, via_link = st_dir, DIR, True
             # a PATH named on the command line is never excluded (at the top or inside another PATH), nor are
             # the directories leading to it: an excluded one holds only the named PATHs below it
             excluded = (only is None and self._excludes and child not in self._named
@@ -428,6 +438,8 @@ class Archiver:
                 if same:
                     subdirs.append((sub, old_sub))
                 sub_only = only[name] if only is not None else None
+                if via_link and only is None and child not in self._named:  # only the PATHs named below it
+                    sub_only = _skeleton(self._named_below(child))
                 named = only is None and child in self._named  # a PATH given inside another PATH
                 if excluded or (only is None and self.opts.one_file_system and st.st_dev != root_dev and not named):
                     # excluded, or another file system: left empty, except for the PATHs named below it
