@@ -568,3 +568,25 @@ def test_catalog_rebuild_and_copy_name_a_snapshot_with_a_malformed_tree(repo, tm
     repo("init", *FAST_INIT, "--repo", second, "--copy-chunker-params-from", repo.repo)
     res = repo("copy", "--to", second, ok=20)
     assert f"snapshot {bad[:8]}" in res.err and len(res.err.strip().splitlines()) == 1, res.err
+
+
+def test_a_host_that_is_not_utf8_is_refused_and_an_old_manifest_with_one_stays_usable(repo, tmp_path):
+    """An older vault wrote a manifest whose host held lone surrogates (bytes that are not UTF-8 on the command
+    line); the catalog could not store it and every command failed. Now --host must be text, and such a
+    manifest is read with U+FFFD in place of those bytes."""
+    src = make_tree(tmp_path / "src", {"f": b"x"})
+    bad = os.fsdecode(b"h\xff")
+    r = repo("backup", src, "--host", bad, ok=2)
+    assert "--host" in r.err and "Traceback" not in r.err
+    assert not repo("--json", "snapshots").json, "refused before anything is written"
+    repo("backup", src)
+    c = Crafter(repo.repo)
+    root = repo("--json", "snapshots").json[0]
+    snap = c.r.load_snapshot(root["id"])
+    c.r.save_snapshot(Snapshot(time=datetime.now(timezone.utc), host=bad, paths=snap.paths, tree=snap.tree,
+                               username=bad))
+    for args in (["snapshots"], ["ls", "latest"], ["verify"], ["catalog", "rebuild"], ["stats"]):
+        r = repo("--json", *args)
+        assert "Traceback" not in r.err, (args, r.err)
+    hosts = {s["host"] for s in repo("--json", "snapshots").json}
+    assert "h\ufffd\ufffd\ufffd" in hosts or "h\ufffd" in hosts, hosts

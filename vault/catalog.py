@@ -33,7 +33,7 @@ from . import index as index_mod
 from .cachelock import FileLock
 from .errors import CacheUnavailable, CatalogError, IntegrityError, ObjectNotFound
 from .entries import split_ids
-from .model import DIR, FILE, Node, Snapshot, Tree, parse_stored_time, format_time
+from .model import DIR, FILE, Node, Snapshot, Tree, parse_stored_time, format_time, storable_text
 from .pack import PackEntry
 
 SCHEMA_VERSION = 4
@@ -367,8 +367,8 @@ class Catalog:
         self._tx(lambda c: c.execute(
             "INSERT OR REPLACE INTO snapshots (id, time, host, paths, tags, tree, username, parent, summary) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (snap.id, format_time(snap.time), snap.host, json.dumps(snap.paths), json.dumps(snap.tags), snap.tree,
-             snap.username, snap.parent, json.dumps(snap.summary))))
+            (snap.id, format_time(snap.time), storable_text(snap.host), json.dumps(snap.paths), json.dumps(snap.tags),
+             snap.tree, storable_text(snap.username), snap.parent, json.dumps(snap.summary))))
 
     def snapshots(self) -> list[Snapshot]:
         rows = self._q("SELECT id, time, host, paths, tags, tree, username, parent, summary FROM snapshots")

@@ -209,6 +209,17 @@ def replaced_by_repair(snaps: list["Snapshot"]) -> set[str]:
     return out
 
 
+def storable_text(value: object) -> str:
+    """A manifest's host or user name as storable text: lone surrogates (JSON allows "\\udcff"; an older vault
+    wrote them for a host given in bytes that are not UTF-8) become U+FFFD, so the catalog can hold it."""
+    s = str(value)
+    try:
+        s.encode("utf-8")
+        return s
+    except UnicodeEncodeError:
+        return s.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
 @dataclass
 class Snapshot:
     """The manifest of one backup run. Its id is the SHA-256 of the stored (encrypted) object."""
@@ -235,9 +246,9 @@ class Snapshot:
             doc = json.loads(data)
             if doc.get("v") != FORMAT_VERSION:
                 raise IntegrityError("snapshot: unsupported format version")
-            snap = cls(time=parse_stored_time(doc["time"]), host=str(doc["host"]),
+            snap = cls(time=parse_stored_time(doc["time"]), host=storable_text(doc["host"]),
                        paths=[str(p) for p in doc["paths"]], tree=parse_id(doc["tree"]),
-                       tags=[str(t) for t in doc.get("tags", [])], username=str(doc.get("username", "")),
+                       tags=[str(t) for t in doc.get("tags", [])], username=storable_text(doc.get("username", "")),
                        parent=doc.get("parent"), summary=dict(doc.get("summary") or {}), id=snap_id)
             if snap.parent is not None and not (isinstance(snap.parent, str) and len(snap.parent) == 64):
                 raise ValueError("bad parent")

@@ -96,6 +96,8 @@ def backup(paths: tuple[str, ...], tags: tuple[str, ...], host: str | None, time
         except OSError as exc:
             raise UsageError(f"cannot read exclude file {f}: {exc.strerror}") from None
     when = parse_time(time_, datetime.now(timezone.utc)) if time_ else None
+    if host is not None and not _is_text(host):
+        raise UsageError("--host must be text (UTF-8): host names are matched and shown as text")
     opts = BackupOptions(paths=list(paths), tags=[t for t in tags if t], host=host, time=when, excludes=patterns,
                          one_file_system=one_file_system, dry_run=dry_run)
     progress = BackupProgress(enabled=not (c.quiet or c.json))
@@ -119,3 +121,11 @@ def backup(paths: tuple[str, ...], tags: tuple[str, ...], host: str | None, time
         c.err(f"vault: {len(res.errors)} path(s) could not be read; the snapshot holds everything else")
         return 3
     return 0
+
+
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+        return True
+    except UnicodeEncodeError:  # bytes that are not UTF-8 reach click's str as lone surrogates
+        return False
