@@ -10,6 +10,7 @@ import json
 import os
 import resource
 import sqlite3
+import stat
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -590,3 +591,36 @@ def test_a_host_that_is_not_utf8_is_refused_and_an_old_manifest_with_one_stays_u
         assert "Traceback" not in r.err, (args, r.err)
     hosts = {s["host"] for s in repo("--json", "snapshots").json}
     assert "h\ufffd\ufffd\ufffd" in hosts or "h\ufffd" in hosts, hosts
+
+
+def test_a_directory_swapped_for_a_symlink_during_restore_is_not_followed(repo, tmp_path, box, monkeypatch):
+    """Root restoring over a directory a local user can write: the user swaps a directory of the restore for a
+    symlink to somewhere else after vault made it. Nothing may be written, chmod-ed or renamed through it."""
+    from vault import restorer
+
+    src = make_tree(tmp_path / "src", {"aaa": {"victim": b"mallory's content"}, "zz": {"f": b"z"},
+                                       "bulk": {f"f{i}": os.urandom(3000) for i in range(5)}})
+    os.chmod(src / "zz", 0o777)
+    repo("backup", src)
+    outside = box / "outside"
+    os.chmod(outside / "victim", 0o600)
+    before = watched(tmp_path, box)
+    restored = box / "target" / str(src).lstrip("/")
+    orig = restorer.Restorer._write_block
+    swapped = []
+
+    def swap_then_write(self, task, offset, plain):
+        if not swapped:  # the directories exist now; no file has been written yet
+            swapped.append(True)
+            for name, dest in (("aaa", outside), ("zz", outside / "victim")):
+                os.rename(restored / name, restored / (name + ".old"))
+                os.symlink(dest, restored / name)
+        return orig(self, task, offset, plain)
+
+    monkeypatch.setattr(restorer.Restorer, "_write_block", swap_then_write)
+    res = repo("restore", "latest", "--target", box / "target", ok=False)
+    assert swapped and "Traceback" not in res.err
+    assert (outside / "victim").read_bytes() == b"do not touch"
+    assert stat.S_IMODE(os.stat(outside / "victim").st_mode) == 0o600, "the swapped-in link was chmod-ed through"
+    assert watched(tmp_path, box) == before
+    assert (restored / "bulk" / "f0").read_bytes() == (src / "bulk" / "f0").read_bytes(), "the rest is restored"

@@ -1,6 +1,6 @@
 """Filesystem metadata: ``stat`` -> Node, and applying a Node's metadata back (mode, owner, times).
 
-Everything works on bytes paths. Nothing here follows symlinks when it touches metadata.
+Everything works on bytes names and descriptors. Nothing here follows symlinks when it touches metadata.
 """
 
 from __future__ import annotations
@@ -49,29 +49,71 @@ def stat_key(t: str, st: os.stat_result) -> tuple:
             st.st_ctime_ns, st.st_ino, st.st_dev, st.st_nlink, st.st_rdev if t in (CHARDEV, BLOCKDEV) else 0)
 
 
-def apply_metadata(path: bytes, node: Node, mode_set: bool = False) -> list[str]:
-    """Owner (when root), mode (not for symlinks; not when ``mode_set``: the file was created with exactly
-    ``node.mode``, which holds no setuid/setgid bit a chown could clear) and mtime; return problems instead of
-    raising."""
+def apply_metadata(fd: int, node: Node, mode_set: bool = False) -> list[str]:
+    """Owner (when root), mode (not when ``mode_set``: the file was created with exactly ``node.mode``, which
+    holds no setuid/setgid bit a chown could clear) and mtime of the file or directory open as ``fd``: set on
+    what was opened, never on whatever a name leads to now. Problems are returned, not raised."""
     problems = []
     if IS_ROOT:
         try:
-            os.chown(path, node.uid, node.gid, follow_symlinks=False)
+            os.fchown(fd, node.uid, node.gid)
         except OSError as exc:
             problems.append(f"chown: {exc.strerror}")
         except OverflowError:  # the format allows ids up to 2**64-1; this system's uid_t does not
             problems.append(f"chown: owner {node.uid}:{node.gid} is out of this system's range")
-    if not (node.type == SYMLINK or mode_set):
+    if not mode_set:
         try:
-            os.chmod(path, node.mode)
+            os.fchmod(fd, node.mode)
         except OSError as exc:
             problems.append(f"chmod: {exc.strerror}")
     try:
-        os.utime(path, ns=(node.mtime_ns, node.mtime_ns), follow_symlinks=False)
+        os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
+    except OSError as exc:
+        problems.append(f"utime: {exc.strerror}")
+    return problems
+
+
+def apply_metadata_at(dir_fd: int, name: bytes, node: Node) -> list[str]:
+    """The same for a symlink, fifo or device node ``name`` in the directory open as ``dir_fd``: never
+    following a symlink (the mode of a fifo or device is set through an O_PATH descriptor of it)."""
+    problems = []
+    if IS_ROOT:
+        try:
+            os.chown(name, node.uid, node.gid, dir_fd=dir_fd, follow_symlinks=False)
+        except OSError as exc:
+            problems.append(f"chown: {exc.strerror}")
+        except OverflowError:
+            problems.append(f"chown: owner {node.uid}:{node.gid} is out of this system's range")
+    if node.type != SYMLINK:
+        try:
+            _chmod_nofollow(dir_fd, name, node.mode)
+        except OSError as exc:
+            problems.append(f"chmod: {exc.strerror}")
+    try:
+        os.utime(name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
     except OSError as exc:
         if not (node.type == SYMLINK and exc.errno in (errno.ENOTSUP, errno.EPERM)):
             problems.append(f"utime: {exc.strerror}")
     return problems
+
+
+def _chmod_nofollow(dir_fd: int, name: bytes, mode: int) -> None:
+    """chmod without following a symlink (Linux has no lchmod): through /proc/self/fd of an O_PATH descriptor
+    of exactly that entry; where that is missing, by name (a fifo or device just made by us)."""
+    o_path = getattr(os, "O_PATH", 0)
+    if not o_path:
+        os.chmod(name, mode, dir_fd=dir_fd)
+        return
+    fd = os.open(name, o_path | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        if stat.S_ISLNK(os.fstat(fd).st_mode):
+            return
+        try:
+            os.chmod(f"/proc/self/fd/{fd}", mode)
+        except FileNotFoundError:  # no /proc
+            os.chmod(name, mode, dir_fd=dir_fd)
+    finally:
+        os.close(fd)
 
 
 def current_umask() -> int:
@@ -88,16 +130,17 @@ def current_umask() -> int:
     return old
 
 
-def make_special(path: bytes, node: Node) -> None:
-    """Create a fifo or device node (devices need root); sockets are not recreated."""
+def make_special(dir_fd: int, name: bytes, node: Node) -> None:
+    """Create a fifo or device node (devices need root) in the directory open as ``dir_fd``; sockets are not
+    recreated."""
     if node.type == FIFO:
-        os.mkfifo(path, 0o600)
+        os.mkfifo(name, 0o600, dir_fd=dir_fd)
     elif node.type in (CHARDEV, BLOCKDEV):
         kind = stat.S_IFCHR if node.type == CHARDEV else stat.S_IFBLK
-        os.mknod(path, 0o600 | kind, node.rdev)
+        os.mknod(name, 0o600 | kind, node.rdev, dir_fd=dir_fd)
     elif node.type == SOCKET:
         raise OSError(errno.ENOTSUP, "sockets are not restored")
 
 
-__all__ = ["node_from_stat", "stat_key", "apply_metadata", "current_umask", "make_special", "node_type", "IS_ROOT", "DIR",
+__all__ = ["node_from_stat", "stat_key", "apply_metadata", "apply_metadata_at", "current_umask", "make_special", "node_type", "IS_ROOT", "DIR",
            "SOCKET"]

@@ -10,9 +10,11 @@
    with a damaged or missing block is removed and named in the result. Then hardlinks, symlinks and special
    files, and last the directories' metadata (deepest first).
 
-Names come from verified trees whose entries were validated (no ``/``, ``..``, NUL or duplicates), every
-path is ``target + snapshot path``, directories are checked with lstat (an existing symlink is never
-followed), and temp files are opened with O_EXCL|O_NOFOLLOW: nothing is written outside the target.
+Names come from verified trees whose entries were validated (no ``/``, ``..``, NUL or duplicates), and
+everything is done by name relative to a descriptor of its directory, opened from the target down with
+O_NOFOLLOW (``dirhandles``): an existing symlink is never followed, not even one swapped in for a directory
+while the restore runs, and temp files are opened with O_EXCL|O_NOFOLLOW. Metadata is set through descriptors
+of what was created. Nothing is written outside the target.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from dataclasses import dataclass, field
 from .catalog import Catalog
 from .errors import IntegrityError, VaultError
 from .excludes import Matcher
-from .fsmeta import apply_metadata, current_umask, make_special
+from .dirhandles import DirHandles, split
+from .fsmeta import apply_metadata, apply_metadata_at, current_umask, make_special
 from .model import DIR, FILE, SYMLINK, Node, Snapshot
 from .pack import PackEntry
 from .repository import Repository, Scratch, pack_name
@@ -68,20 +71,21 @@ class RestoreResult:
 
 class _LazyDir:
     """A directory above paths --include may match: created when the first of them is restored."""
-    __slots__ = ("path", "final", "node", "parent", "made")
+    __slots__ = ("path", "node", "parent", "made")
 
-    def __init__(self, path: bytes, final: bytes, node: Node, parent: "_LazyDir | None"):
-        self.path, self.final, self.node, self.parent = path, final, node, parent
+    def __init__(self, path: bytes, node: Node, parent: "_LazyDir | None"):
+        self.path, self.node, self.parent = path, node, parent
         self.made: bool | None = None  # not tried yet / created / could not be
 
 
 class _FileTask:
-    __slots__ = ("path", "final", "tmp", "node", "remaining", "problem", "created", "mode_ok", "end", "done",
+    __slots__ = ("path", "dir", "tmp", "node", "remaining", "problem", "created", "mode_ok", "end", "done",
                  "spare", "lock")
 
-    def __init__(self, path: bytes, final: bytes, node: Node):
-        self.path, self.final, self.node = path, final, node
-        self.tmp = _tmp_beside(final)
+    def __init__(self, path: bytes, node: Node):
+        self.path, self.node = path, node
+        self.dir = split(path)[0]  # the temp file's directory (snapshot path)
+        self.tmp = _tmp_name()
         self.remaining = len(node.blocks)
         self.problem: str | None = None
         self.created = False  # the temp file exists and is ours (created with O_EXCL)
@@ -102,10 +106,10 @@ os.register_at_fork(after_in_child=_new_tmp_prefix)  # a forked child must not r
 _tmp_numbers = itertools.count()
 
 
-def _tmp_beside(final: bytes) -> bytes:
-    """A temp name in the final name's directory: no random draw (a system call) per file. Created with
+def _tmp_name() -> bytes:
+    """A temp name, used in the final name's directory: no random draw (a system call) per file. Created with
     O_EXCL (or link/symlink/mknod, which fail on an existing name) and removed only by whoever created it."""
-    return os.path.join(os.path.dirname(final), _TMP_PREFIX + b"%d.tmp" % next(_tmp_numbers))
+    return _TMP_PREFIX + b"%d.tmp" % next(_tmp_numbers)
 
 
 _ZERO_RUN = 64 * 1024
@@ -162,10 +166,11 @@ class Restorer:
         self._include = Matcher(opts.include)
         self._exclude = Matcher(opts.exclude)
         self._target = os.path.abspath(os.fsencode(opts.target))
-        self._links: list[tuple[bytes, bytes, _FileTask]] = []  # (path, final, first task)
+        self._links: list[tuple[bytes, _FileTask]] = []  # (path, first task)
         self._spares: list[_FileTask] = []  # complete files whose name was taken (see _finish_file)
-        self._others: list[tuple[bytes, bytes, Node]] = []  # symlinks and special files
-        self._dirs: list[tuple[bytes, bytes, Node]] = []
+        self._others: list[tuple[bytes, Node]] = []  # symlinks and special files
+        self._dirs: list[tuple[bytes, Node]] = []
+        self._at: DirHandles | None = None  # opened by run() once the target exists
         self._lock = threading.Lock()
         self._cpu = threading.BoundedSemaphore(opts.cpu_jobs or max(2, os.cpu_count() or 2))
         self._bufs: list[Scratch] = []  # decryption buffers, one per CPU slot (list ops are atomic)
@@ -190,28 +195,30 @@ class Restorer:
             lazy = lazy.parent
         ok = lazy is None or lazy.made
         for d in reversed(chain):
-            ok = d.made = ok and self._make_dir(d.path, d.final, d.node)
+            ok = d.made = ok and self._make_dir(d.path, d.node)
         return ok
 
-    def _make_dir(self, path: bytes, final: bytes, node: Node) -> bool:
+    def _make_dir(self, path: bytes, node: Node) -> bool:
         try:
-            ok = self._ensure_dir(final)
+            ok = self._ensure_dir(path)
         except OSError as exc:
             self.result.errors.append((_show(path), f"cannot create directory: {exc.strerror}"))
             return False
         if not ok:
             self.result.errors.append((_show(path), "kept: something that is not a directory is in the way"))
             return False
-        self._dirs.append((path, final, node))
+        self._dirs.append((path, node))
         return True
 
-    def _ensure_dir(self, final: bytes) -> bool:
-        try:
-            os.mkdir(final, 0o700)
-            return True
-        except FileExistsError:
-            pass
-        st = os.lstat(final)
+    def _ensure_dir(self, path: bytes) -> bool:
+        parent, name = split(path)
+        with self._at.at(parent) as dfd:
+            try:
+                os.mkdir(name, 0o700, dir_fd=dfd)
+                return True
+            except FileExistsError:
+                pass
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
         return stat.S_ISDIR(st.st_mode)
 
     def _walk(self) -> Iterator[_FileTask]:
@@ -227,16 +234,15 @@ class Restorer:
                 continue
             for n in nodes:
                 path = base + b"/" + n.name
-                final = self._target + path
                 want, descend = self._wanted(path, n.type == DIR)
                 if not want:
                     if descend and n.subtree is not None:  # only what --include matches below it
-                        stack.append((path, n.subtree, _LazyDir(path, final, n, lazy)))
+                        stack.append((path, n.subtree, _LazyDir(path, n, lazy)))
                     continue
                 if not self._make_dirs(lazy):
                     break
                 if n.type == DIR:
-                    if not self._make_dir(path, final, n):
+                    if not self._make_dir(path, n):
                         continue
                     if descend and n.subtree is not None:
                         stack.append((path, n.subtree, None))
@@ -244,14 +250,14 @@ class Restorer:
                     key = (n.dev, n.inode)
                     first = first_of_inode.get(key) if n.nlink > 1 else None
                     if first is not None and (first.node.size, first.node.blocks) == (n.size, n.blocks):
-                        self._links.append((path, final, first))
+                        self._links.append((path, first))
                         continue  # (names of one inode with other contents -- a crafted tree -- stay apart)
-                    task = _FileTask(path, final, n)
+                    task = _FileTask(path, n)
                     if n.nlink > 1 and first is None:
                         first_of_inode[key] = task
                     yield task
                 else:
-                    self._others.append((path, final, n))
+                    self._others.append((path, n))
 
     # --- fetch --------------------------------------------------------------------------------------
     def _group_by_pack(self, tasks: list[_FileTask]) -> dict[bytes, dict[tuple[int, bytes], tuple[PackEntry, list[tuple[_FileTask, int]]]]]:
@@ -345,10 +351,11 @@ class Restorer:
         return m if m & 0o600 == 0o600 and m == m & 0o777 & ~self._umask else 0o600
 
     def _open_tmp(self, task: _FileTask) -> int:
-        if task.created:
-            return os.open(task.tmp, _OPEN_FLAGS)
-        mode = self._create_mode(task.node)
-        fd = os.open(task.tmp, _OPEN_FLAGS | os.O_CREAT | os.O_EXCL, mode)
+        with self._at.at(task.dir) as dfd:
+            if task.created:
+                return os.open(task.tmp, _OPEN_FLAGS, dir_fd=dfd)
+            mode = self._create_mode(task.node)
+            fd = os.open(task.tmp, _OPEN_FLAGS | os.O_CREAT | os.O_EXCL, mode, dir_fd=dfd)
         task.created = True
         if mode == task.node.mode:
             try:
@@ -375,26 +382,28 @@ class Restorer:
     # --- finish -------------------------------------------------------------------------------------
     def _finish_file(self, task: _FileTask) -> None:
         if task.problem is not None:
-            self._discard(task.tmp, task.created)
+            self._discard(task.dir, task.tmp, task.created)
             with self._lock:
                 self.result.damaged.append((_show(task.path), task.problem))
             return
         ready = False
         try:
-            if not task.created:
-                os.close(self._open_tmp(task))
-            if task.end != task.node.size:  # a hole at the end (or a size the blocks do not fill)
-                os.truncate(task.tmp, task.node.size)
-            problems = apply_metadata(task.tmp, task.node, mode_set=task.mode_ok)
+            fd = self._open_tmp(task)
+            try:
+                if task.end != task.node.size:  # a hole at the end (or a size the blocks do not fill)
+                    os.ftruncate(fd, task.node.size)
+                problems = apply_metadata(fd, task.node, mode_set=task.mode_ok)
+            finally:
+                os.close(fd)
             ready = True
-            self._rename(task.tmp, task.final)
+            self._rename(task.dir, task.tmp, task.path)
         except OSError as exc:
             if ready and task.node.nlink > 1:
                 task.spare = True  # complete: the hardlink group's other names may still take it
                 with self._lock:
                     self._spares.append(task)
             else:
-                self._discard(task.tmp, task.created)
+                self._discard(task.dir, task.tmp, task.created)
             with self._lock:
                 self.result.errors.append((_show(task.path), f"cannot restore: {exc.strerror or exc}"))
             return
@@ -404,18 +413,20 @@ class Restorer:
             for p in problems:
                 self.result.warnings.append((_show(task.path), p))
 
-    @staticmethod
-    def _rename(tmp: bytes, final: bytes) -> None:
-        try:
-            os.rename(tmp, final)  # never replaces a directory, empty or not: rename(2) fails with EISDIR
-        except IsADirectoryError:
-            raise OSError(errno.EISDIR, "kept: a directory is in the way") from None
+    def _rename(self, tmp_dir: bytes, tmp: bytes, path: bytes) -> None:
+        """Rename the temp file ``tmp`` in directory ``tmp_dir`` to snapshot path ``path``."""
+        parent, name = split(path)
+        with self._at.at(tmp_dir) as src, self._at.at(parent) as dst:
+            try:  # never replaces a directory, empty or not: rename(2) fails with EISDIR
+                os.rename(tmp, name, src_dir_fd=src, dst_dir_fd=dst)
+            except IsADirectoryError:
+                raise OSError(errno.EISDIR, "kept: a directory is in the way") from None
 
-    @staticmethod
-    def _discard(tmp: bytes, created: bool) -> None:
+    def _discard(self, tmp_dir: bytes, tmp: bytes, created: bool) -> None:
         if created:
             try:
-                os.unlink(tmp)
+                with self._at.at(tmp_dir) as dfd:
+                    os.unlink(tmp, dir_fd=dfd)
             except FileNotFoundError:
                 pass
 
@@ -423,54 +434,62 @@ class Restorer:
         """The other names of each hardlinked file: linked to the first name restored. When that first name
         could not take the file (something in the way), the complete temp file goes to the next name that
         can, and the rest link to it; never to whatever was already at a name."""
-        for path, final, first in self._links:
+        for path, first in self._links:
             if first.problem is not None:
                 self.result.damaged.append((_show(path), first.problem))
                 continue
             if not first.done and first.spare:
                 try:
-                    self._rename(first.tmp, final)
+                    self._rename(first.dir, first.tmp, path)
                 except OSError as exc:
                     self.result.errors.append((_show(path), f"cannot restore: {exc.strerror or exc}"))
                     continue
-                first.final, first.path, first.done, first.spare = final, path, True, False
+                first.path, first.done, first.spare = path, True, False
                 self.result.files += 1
                 continue
             if not first.done:
                 self.result.errors.append((_show(path), f"cannot create hardlink: {_show(first.path)} was not "
                                            "restored"))
                 continue
-            tmp = _tmp_beside(final)
+            parent = split(path)[0]
+            tmp = _tmp_name()
             created = False
             try:
-                os.link(first.final, tmp)
+                src_dir, src_name = split(first.path)
+                with self._at.at(src_dir) as src, self._at.at(parent) as dst:
+                    os.link(src_name, tmp, src_dir_fd=src, dst_dir_fd=dst, follow_symlinks=False)
                 created = True
-                self._rename(tmp, final)
-                if os.path.lexists(tmp):  # final already was this inode: rename(2) did nothing
-                    os.unlink(tmp)
+                self._rename(parent, tmp, path)
+                with self._at.at(parent) as dst:
+                    try:  # the name already was this inode: rename(2) did nothing
+                        os.unlink(tmp, dir_fd=dst)
+                    except FileNotFoundError:
+                        pass
                 self.result.files += 1
             except OSError as exc:
-                self._discard(tmp, created)
+                self._discard(parent, tmp, created)
                 self.result.errors.append((_show(path), f"cannot create hardlink: {exc.strerror or exc}"))
         for task in self._spares:  # no other name took it (or none is being restored)
             if task.spare:
                 task.spare = False
-                self._discard(task.tmp, True)
+                self._discard(task.dir, task.tmp, True)
 
     def _finish_others(self) -> None:
-        for path, final, node in self._others:
-            tmp = _tmp_beside(final)
+        for path, node in self._others:
+            parent = split(path)[0]
+            tmp = _tmp_name()
             created = False
             try:
-                if node.type == SYMLINK:
-                    os.symlink(node.target or b"", tmp)
-                else:
-                    make_special(tmp, node)
-                created = True
-                problems = apply_metadata(tmp, node)
-                self._rename(tmp, final)
+                with self._at.at(parent) as dfd:
+                    if node.type == SYMLINK:
+                        os.symlink(node.target or b"", tmp, dir_fd=dfd)
+                    else:
+                        make_special(dfd, tmp, node)
+                    created = True
+                    problems = apply_metadata_at(dfd, tmp, node)
+                self._rename(parent, tmp, path)
             except OSError as exc:
-                self._discard(tmp, created)
+                self._discard(parent, tmp, created)
                 if exc.errno in (errno.ENOTSUP, errno.EPERM):
                     self.result.warnings.append((_show(path), f"not restored: {exc.strerror}"))
                 else:
@@ -483,8 +502,13 @@ class Restorer:
             self.result.warnings.extend((_show(path), p) for p in problems)
 
     def _finish_dirs(self) -> None:
-        for path, final, node in sorted(self._dirs, key=lambda d: d[0].count(b"/"), reverse=True):
-            for p in apply_metadata(final, node):
+        for path, node in sorted(self._dirs, key=lambda d: d[0].count(b"/"), reverse=True):
+            try:
+                with self._at.at(path) as fd:
+                    problems = apply_metadata(fd, node)
+            except OSError as exc:  # replaced (by a symlink, say) since it was made: left alone
+                problems = [f"not a directory any more: {exc.strerror or exc}"]
+            for p in problems:
                 self.result.warnings.append((_show(path), p))
             self.result.dirs += 1
 
@@ -509,6 +533,16 @@ class Restorer:
         """Restore in batches of files, so memory stays bounded however large the snapshot: the walk of
         the next batch overlaps the fetching and writing of the previous one."""
         self._make_target()
+        try:
+            self._at = DirHandles(self._target)
+        except OSError as exc:
+            raise VaultError(f"cannot open --target {_show(self._target)}: {exc.strerror or exc}") from None
+        try:
+            return self._run()
+        finally:
+            self._at.close()
+
+    def _run(self) -> RestoreResult:
         jobs = self.opts.jobs or max(2, os.cpu_count() or 2)
         with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="vault-restore") as pool:
             running: collections.deque[list[Future]] = collections.deque()  # batches in flight, oldest first
