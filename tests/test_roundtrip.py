@@ -250,9 +250,11 @@ def test_restore_at_between_snapshots_picks_older(repo, tmp_path, history):
 
 def test_restore_at_with_offset(repo, tmp_path, history):
     src, ids = history
-    # 2024-01-02T12:00:00+02:00 is 10:00:00Z, before 10:00:00.123456Z -> first snapshot
-    assert restore_version(repo, tmp_path, src, "--at", "2024-01-02T12:00:00+02:00") == (ids[0], "v1")
-    assert restore_version(repo, tmp_path, src, "--at", "2024-01-02T12:00:01+02:00") == (ids[1], "v2")
+    # 2024-01-02T12:00:00+02:00 is 10:00:00Z; given to the second it stands for all of that second, so it
+    # takes the snapshot at 10:00:00.123456Z (as the text output shows it: 10:00:00); with a fraction it is exact
+    assert restore_version(repo, tmp_path, src, "--at", "2024-01-02T11:59:59+02:00") == (ids[0], "v1")
+    assert restore_version(repo, tmp_path, src, "--at", "2024-01-02T12:00:00.1+02:00") == (ids[0], "v1")
+    assert restore_version(repo, tmp_path, src, "--at", "2024-01-02T12:00:00+02:00") == (ids[1], "v2")
     # a negative offset: 2024-01-03T05:00:00-05:00 = 10:00Z exactly -> third snapshot
     assert restore_version(repo, tmp_path, src, "--at", "2024-01-03T05:00:00-05:00") == (ids[2], "v3")
     assert restore_version(repo, tmp_path, src, "--at", "2024-01-03T04:59:59-05:00") == (ids[1], "v2")
@@ -265,9 +267,9 @@ def test_restore_at_naive_time_is_local(repo, tmp_path, history, monkeypatch):
     time.tzset()
     src, ids = history
     try:
-        # 13:00 local = 10:00Z, before the second snapshot (10:00:00.123456Z)
-        assert restore_version(repo, tmp_path, src, "--at", "2024-01-02T13:00:00") == (ids[0], "v1")
-        assert restore_version(repo, tmp_path, src, "--at", "2024-01-02 13:00:01") == (ids[1], "v2")
+        # 12:59:59 local = 09:59:59Z, before the second snapshot (10:00:00.123456Z); 13:00:00 covers it
+        assert restore_version(repo, tmp_path, src, "--at", "2024-01-02T12:59:59") == (ids[0], "v1")
+        assert restore_version(repo, tmp_path, src, "--at", "2024-01-02 13:00:00") == (ids[1], "v2")
     finally:
         monkeypatch.undo()
         time.tzset()

@@ -135,8 +135,8 @@ def test_bad_time_message_quotes_text_on_one_line() -> None:
         ("3 weeks ago", timedelta(weeks=3)),
         ("3 w ago", timedelta(weeks=3)),
         ("1 week ago", timedelta(weeks=1)),
-        ("2 months ago", timedelta(days=60)),
-        ("1 month ago", timedelta(days=30)),
+        ("2 months ago", timedelta(days=61)),
+        ("1 month ago", timedelta(days=31)),
         ("1 year ago", timedelta(days=365)),
         ("2 years ago", timedelta(days=730)),
         ("  2  Days   AGO ", timedelta(days=2)),
@@ -335,3 +335,35 @@ def test_parse_wait(text: str, seconds: float) -> None:
 def test_bad_wait(text: str) -> None:
     with pytest.raises(UsageError, match=r"^cannot parse wait time .*: use seconds \(30\)"):
         parse_wait(text)
+
+
+def test_months_and_years_ago_are_on_the_calendar() -> None:
+    now = datetime(2026, 11, 27, 13, 2, tzinfo=timezone.utc)
+    assert parse_time("1 month ago", now) == datetime(2026, 10, 27, 13, 2, tzinfo=timezone.utc)
+    assert parse_time("9 months ago", now) == datetime(2026, 2, 27, 13, 2, tzinfo=timezone.utc)
+    assert parse_time("4 years ago", now) == datetime(2022, 11, 27, 13, 2, tzinfo=timezone.utc)
+    end_of_march = datetime(2026, 3, 31, tzinfo=timezone.utc)
+    assert parse_time("1 month ago", end_of_march) == datetime(2026, 2, 28, tzinfo=timezone.utc)
+
+
+def test_whole_second_or_minute_stands_for_all_of_it_with_whole() -> None:
+    base = datetime(2026, 11, 27, 12, 55, 3, tzinfo=timezone.utc)
+    assert parse_time("2026-11-27T12:55:03Z", NOW, whole=True) == base.replace(microsecond=999999)
+    assert parse_time("2026-11-27T12:55:03Z", NOW) == base
+    assert parse_time("2026-11-27T12:55Z", NOW, whole=True) == base.replace(second=59, microsecond=999999)
+    assert parse_time("2026-11-27T12:55:03.5Z", NOW, whole=True) == base.replace(microsecond=500000)
+    assert parse_time("2026-11-27", NOW, whole=True) == parse_time("2026-11-27", NOW), "a date stays midnight"
+
+
+def test_a_local_time_in_the_spring_forward_gap_reads_with_the_offset_before(monkeypatch) -> None:
+    import time as time_mod
+
+    monkeypatch.setenv("TZ", "America/New_York")
+    time_mod.tzset()
+    try:
+        assert parse_time("2026-03-08 02:30", NOW) == datetime(2026, 3, 8, 7, 30, tzinfo=timezone.utc)
+        assert parse_time("2026-03-08 01:59", NOW) == datetime(2026, 3, 8, 6, 59, tzinfo=timezone.utc)
+        assert parse_time("2026-03-08 03:01", NOW) == datetime(2026, 3, 8, 7, 1, tzinfo=timezone.utc)
+    finally:
+        monkeypatch.undo()
+        time_mod.tzset()

@@ -156,7 +156,7 @@ def find_snapshot(sess: Session, spec: str | None, at: str | None = None, flt: S
     replaced = replaced_by_repair(snaps)
     snaps = [s for s in snaps if s.id not in replaced]
     if at is not None:
-        when = parse_time(at, now or datetime.now(timezone.utc))
+        when = parse_time(at, now or datetime.now(timezone.utc), whole=True)
         older = [s for s in snaps if s.time <= when]
         if not older:
             raise SnapshotNotFound(f"no snapshot taken at or before {format_time(when)}")
@@ -243,6 +243,10 @@ def node_json(path: bytes, n: Node) -> dict:
         d["size"] = n.size
     if n.target is not None:
         d["target"] = os.fsdecode(n.target)
+        try:
+            n.target.decode("utf-8")
+        except UnicodeDecodeError:
+            d["target_b64"] = base64.b64encode(n.target).decode("ascii")  # the exact bytes of the link
     return d
 
 
@@ -271,7 +275,7 @@ def ls(sess: Session, snap: Snapshot, path: str | None = None) -> Iterator[tuple
             break
         base = base + b"/" + part
     if node is None:
-        raise UsageError(f"{os.fsdecode(want)} is not in snapshot {snap.short_id}")
+        raise VaultError(f"{os.fsdecode(want)} is not in snapshot {snap.short_id}")
     yield base, node
     if node.type == DIR and node.subtree is not None:
         yield from sess.catalog.walk(sess.repo, node.subtree, base)
@@ -512,7 +516,15 @@ def verify(settings: Settings, password: PasswordFn, read_data: bool = False,
 
 def stats(sess: Session) -> dict:
     d = sess.catalog.stats()
-    d["dedup_ratio"] = round(d["raw_bytes"] / d["stored_bytes"], 3) if d["stored_bytes"] else None
+    # what the snapshots hold (each snapshot's files at their size when backed up: what restoring every
+    # snapshot would write) against what is stored for them: deduplication and compression together
+    held = 0
+    for snap in sess.catalog.snapshots():
+        n = snap.summary.get("bytes_processed")
+        held += n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 0
+    d["snapshots_bytes"] = held
+    d["compression_ratio"] = round(d["raw_bytes"] / d["stored_bytes"], 3) if d["stored_bytes"] else None
+    d["dedup_ratio"] = round(held / d["stored_bytes"], 3) if d["stored_bytes"] else None
     total = count = 0
     for _name, size in sess.repo.backend.list(""):
         total += size

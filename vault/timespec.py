@@ -40,10 +40,9 @@ for _names, _seconds in (
     (("h", "hr", "hrs", "hour", "hours"), 3600),
     (("d", "day", "days"), 86400),
     (("w", "wk", "wks", "week", "weeks"), 7 * 86400),
-    (("month", "months"), 30 * 86400),
-    (("y", "yr", "yrs", "year", "years"), 365 * 86400),
 ):
     _UNIT_SECONDS.update(dict.fromkeys(_names, _seconds))
+_UNIT_MONTHS = {"month": 1, "months": 1, "y": 12, "yr": 12, "yrs": 12, "year": 12, "years": 12}  # on the calendar
 
 _AGO = re.compile(r"(?P<n>\d+)\s*(?P<unit>[a-z]+)\s+ago", re.ASCII)
 
@@ -59,18 +58,28 @@ def _local_midnight_utc(day: datetime) -> datetime:
 
 
 def _to_utc(dt: datetime) -> datetime:
-    """Convert to aware UTC; a naive ``dt`` is taken as local time."""
-    return dt.astimezone(timezone.utc)
+    """Convert to aware UTC; a naive ``dt`` is taken as local time. A local time that never showed on the
+    clocks (the hour skipped when summer time starts) is read with the offset before the change: 02:30 on a
+    night that jumps from 02:00 to 03:00 is the instant the clocks then read 03:30, after 01:59."""
+    utc = dt.astimezone(timezone.utc)
+    if dt.tzinfo is None and utc.astimezone().replace(tzinfo=None) != dt:
+        utc = max(utc, dt.replace(fold=1).astimezone(timezone.utc))
+    return utc
 
 
-def parse_time(text: str, now: datetime) -> datetime:
+def parse_time(text: str, now: datetime, whole: bool = False) -> datetime:
     """Parse a user-given time into an aware UTC datetime.
 
     Accepts ISO-8601 with ``Z`` or an offset (``2026-11-20T10:00:00Z``, ``2026-11-20T10:00:00.123456+02:00``);
     without an offset the time is local; a date alone (``2026-11-20``) is local midnight; ``T`` may be a space
     and seconds may be left out. Fractional seconds beyond microseconds are truncated. Also ``N UNIT ago`` (units
-    s/sec/second, min/minute, h/hour, d/day, w/week, month (30 days), y/year (365 days), plural ok, ``N`` a whole
-    number), ``now``, ``today`` and ``yesterday`` (local midnight). ``now`` is the clock; naive means local.
+    s/sec/second, min/minute, h/hour, d/day, w/week, month, y/year (months and years on the calendar, the day
+    clamped to the month's end), plural ok, ``N`` a whole number), ``now``, ``today`` and ``yesterday`` (local
+    midnight). ``now`` is the clock; naive means local.
+
+    ``whole`` (for ``--at``, "at or before"): an ISO time given to the second or the minute stands for all of
+    that second or minute -- its last microsecond -- so a time copied from text output, which shows whole
+    seconds, selects the snapshot taken in that second. A date alone stays its midnight.
     """
     raw = text.strip()
     lowered = raw.lower()
@@ -85,9 +94,18 @@ def parse_time(text: str, now: datetime) -> datetime:
         match = _AGO.fullmatch(lowered)
         if match and match["unit"] in _UNIT_SECONDS:
             return _to_utc(now) - timedelta(seconds=int(match["n"]) * _UNIT_SECONDS[match["unit"]])
+        if match and match["unit"] in _UNIT_MONTHS:
+            when = Duration(months=int(match["n"]) * _UNIT_MONTHS[match["unit"]]).subtract_from(_to_utc(now))
+            if when.year < 2:
+                raise ValueError("before year 1")
+            return when
         match = _ISO.fullmatch(raw)
         if match:
-            return _from_iso(match)
+            when = _from_iso(match)
+            if whole and match["hour"] is not None and match["fraction"] is None:
+                span = timedelta(seconds=1) if match["second"] is not None else timedelta(minutes=1)
+                when += span - timedelta(microseconds=1)
+            return when
     except (ValueError, OverflowError):
         pass
     raise UsageError(
