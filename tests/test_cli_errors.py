@@ -631,3 +631,10 @@ def test_snapshots_text_output_shows_no_control_characters(repo, src):
     lines = repo("snapshots").out.splitlines()
     assert len(lines) == 2 and "\x1b" not in lines[0] and "evil?" in lines[0]
     assert repo("--json", "snapshots").json[0]["host"] == host
+
+
+def test_ls_of_a_path_not_in_the_snapshot_is_an_error_not_a_usage_error(repo, tmp_path):
+    src = make_tree(tmp_path / "src", {"f": b"x"})
+    repo("backup", src)
+    r = repo("ls", "latest", "/nope", ok=1)
+    assert r.err.strip().endswith("/nope is not in snapshot " + repo("--json", "snapshots").json[0]["short_id"])

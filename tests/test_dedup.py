@@ -122,6 +122,21 @@ def boundaries(chunks: list[bytes]) -> list[int]:
     return out
 
 
+def test_stats_dedup_ratio_counts_what_the_snapshots_hold(repo, tmp_path):
+    """Four snapshots of two copies of 1 MB of random data: 8 MB held, about 1 MB stored."""
+    src = tmp_path / "src"
+    src.mkdir()
+    data = os.urandom(MiB)
+    (src / "r1").write_bytes(data)
+    (src / "r2").write_bytes(data)
+    for host in "abcd":
+        repo("backup", src, "--host", host)
+    d = repo("--json", "stats").json
+    assert d["snapshots_bytes"] == 8 * MiB
+    assert 7.5 < d["dedup_ratio"] <= 8.1, d
+    assert 0.9 < d["compression_ratio"] <= 1.01, d
+
+
 def test_chunker_concatenation_and_sizes(buf64):
     chunks = cut(buf64, 12345)
     assert b"".join(chunks) == buf64

@@ -14,7 +14,7 @@ from .main import cli
 
 
 def _filters(f):
-    f = click.option("--path", "paths", multiple=True, help="Only snapshots of this path.")(f)
+    f = click.option("--path", "paths", multiple=True, help="Only snapshots holding this path (repeated: holding every one).")(f)
     f = click.option("--tag", "tags", multiple=True, help="Only snapshots with this tag (a,b = both).")(f)
     f = click.option("--host", "hosts", multiple=True, help="Only snapshots of this host.")(f)
     return f
@@ -127,7 +127,9 @@ def stats() -> None:
     if c.json:
         c.emit_json(d)
         return
-    c.out(f"snapshots:        {d['snapshots']}\npacks:            {d['packs']} ({human_bytes(d['pack_bytes'])})"
+    c.out(f"snapshots:        {d['snapshots']} (holding {human_bytes(d['snapshots_bytes'])})"
+          f"\npacks:            {d['packs']} ({human_bytes(d['pack_bytes'])})"
           f"\nblocks:           {d['blocks']}\ndata (raw):       {human_bytes(d['raw_bytes'])}"
           f"\nstored:           {human_bytes(d['stored_bytes'])}\nrepository size:  {human_bytes(d['repository_bytes'])} in {d['repository_objects']} objects"
+          f"\ncompression ratio:       {'-' if d['compression_ratio'] is None else d['compression_ratio']}"
           f"\ndedup+compression ratio: {'-' if d['dedup_ratio'] is None else d['dedup_ratio']}")
