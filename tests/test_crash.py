@@ -305,7 +305,10 @@ def test_interrupted_backup(small_packs, tmp_path, sig):
         p.kill()
         p.communicate()
         pytest.fail(f"vault did not stop within 30 s of {sig.name}")
-    assert count_files(repo.repo / "snapshots") == 0
+    if count_files(repo.repo / "snapshots"):  # (on a loaded machine) the signal came after the commit
+        files = [e for e in repo("--json", "ls", "latest").json["entries"] if e["type"] == "file"]
+        assert len(files) == 40, "a snapshot that exists is complete"
+        pytest.skip("the snapshot was committed before the signal arrived")
     if sig == signal.SIGINT:
         assert p.returncode == 130, err
         assert b"Traceback" not in err
