@@ -77,7 +77,11 @@ def tail(path, nbytes=1500):
         return ""
 
 
+_last_delete = 0.0  # when rmtree last removed a tree (see --settle)
+
+
 def rmtree(path):
+    global _last_delete
     if os.path.lexists(path):
         # restic/borg may leave read-only files (restic makes repo files 0400/0600, dirs 0700)
         def onerror(func, p, exc):
@@ -88,6 +92,19 @@ def rmtree(path):
             except OSError:
                 pass
         shutil.rmtree(path, onerror=onerror)
+        _last_delete = time.monotonic()
+
+
+def settle(args, tool_name, rep):
+    """Before a restore: ext4 without a journal (this VM's root filesystem) will not reuse an inode for 60 s
+    after it was freed, and finding a free one then scans the inode table past every recently freed one
+    (``recently_deleted`` in fs/ext4/ialloc.c): creating 55,000 files right after the bench deleted a copy of
+    the corpus cost every tool 10-30 s of system time, varying run to run. Wait out that window."""
+    os.sync()
+    wait = args.settle - (time.monotonic() - _last_delete)
+    if wait > 0:
+        log(f"  rep {rep} {tool_name}: waiting {wait:.0f}s for freed inodes to settle before the restore")
+        time.sleep(wait)
 
 
 def quick(cmd, env=None, cwd=None, timeout=60):
@@ -378,9 +395,14 @@ def environment(args, tools_avail):
         "borg_encryption": args.borg_encryption,
         "cache": "warm (page cache not dropped; same for every tool)",
     }
-    rc, out = quick(["df", "-T", args.workdir])
-    if rc == 0 and len(out.splitlines()) > 1:
-        env["workdir_fs"] = out.splitlines()[-1].split()[1]
+    for key, path in (("workdir_fs", args.workdir), ("restore_fs", args.restore_dir or args.workdir)):
+        rc, out = quick(["df", "-T", path])
+        if rc == 0 and len(out.splitlines()) > 1:
+            env[key] = out.splitlines()[-1].split()[1] + " " + out.splitlines()[-1].split()[0]
+    journals = os.listdir("/proc/fs/jbd2") if os.path.isdir("/proc/fs/jbd2") else []
+    env["ext4_journals"] = journals  # a device missing here runs ext4 without a journal (see --settle)
+    env["restore_dir"] = args.restore_dir
+    env["settle_s"] = args.settle
     return env
 
 
@@ -493,9 +515,10 @@ def run_tool(args, rep, tool_name, exe, corpus_info, results, results_open):
             extra["mutate"] = p.stdout.strip()
         target = None
         if step == "S4":
-            target = os.path.join(rundir, "restore")
+            target = os.path.join(args.restore_dir or rundir, f"restore-rep{rep}-{tool_name}")
             rmtree(target)
             os.makedirs(target)
+            settle(args, tool_name, rep)
         m = run(step, target)
         if step in ("S1", "S2", "S3") and m["ok"]:
             size = tree_bytes(tool.repo)
@@ -647,6 +670,13 @@ def main():
     ap.add_argument("--scenarios", default="S1,S2,S3,S4,S5",
                     help="comma list; prerequisites (S1 for S2/S3, S3 for S4/S5) run anyway but are not tabled")
     ap.add_argument("--json", metavar="FILE", help="also write environment, every run and the medians as JSON")
+    ap.add_argument("--restore-dir", metavar="DIR",
+                    help="restore (S4) below DIR instead of WORKDIR/runs: e.g. a journaled ext4 when WORKDIR's "
+                         "filesystem has no journal (see --settle)")
+    ap.add_argument("--settle", type=float, default=None,
+                    help="seconds between the bench's last tree deletion and a restore (ext4 without a journal "
+                         "skips inodes freed within 60 s, slowly; 0 = do not wait; default 61, or 0 with "
+                         "--restore-dir)")
     ap.add_argument("--keep", action="store_true", help="keep repositories and caches (WORKDIR/runs/)")
     ap.add_argument("--timeout", type=float, default=4 * 3600, help="per-command timeout in seconds (0 = none)")
     ap.add_argument("--vault-cmd", help="how to run vault (default: `vault` if on PATH, else python -m vault.cli.main)")
@@ -658,6 +688,11 @@ def main():
     args = ap.parse_args()
 
     args.workdir = os.path.abspath(args.workdir)
+    if args.restore_dir:
+        args.restore_dir = os.path.abspath(args.restore_dir)
+        os.makedirs(args.restore_dir, exist_ok=True)
+    if args.settle is None:
+        args.settle = 0.0 if args.restore_dir else 61.0
     args.tools = [t.strip() for t in args.tools.split(",") if t.strip()]
     args.scenarios = [s.strip().upper() for s in args.scenarios.split(",") if s.strip()]
     bad = [t for t in args.tools if t not in ALL_TOOLS] + [s for s in args.scenarios if s not in ALL_SCENARIOS]
