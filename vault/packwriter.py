@@ -39,11 +39,18 @@ class _Open:
         self._stage = stage  # makes the backend's staged object on the first spill (None: no staging)
         self.staged = None
         self.spilled = 0  # bytes [0, spilled) are written to ``staged`` and hashed; their pages are freed
+        self.spill_lock = threading.Lock()  # spills run one at a time, in order, outside the writer's lock
         self.hash = hashlib.sha256()
 
     def spill(self, end: int, final: bool = False) -> None:
         """Write [spilled, end) out to the staged object and hash it; free those pages (whole pages only,
-        unless ``final``). Called in order, under the writer's lock, so the hash sees the bytes in order."""
+        unless ``final``). [0, end) must be sealed already. Serialised by ``spill_lock`` (so the hash sees the
+        bytes in order; an ``end`` at or below what is spilled already does nothing), not by the writer's
+        lock: other threads go on sealing blocks past ``end`` meanwhile."""
+        with self.spill_lock:
+            self._spill(end, final)
+
+    def _spill(self, end: int, final: bool) -> None:
         if not final:
             end -= end % mmap.PAGESIZE
             if end - self.spilled < SPILL:
@@ -107,7 +114,7 @@ class PackWriter:
             raise self._failure
         flag, payload = self.repo.compress(data)
         size = sealed_size(len(payload))
-        full = None
+        full = spill = None
         with self._lock:
             op = self._open[kind]
             if op is None or op.used + size > len(op.buf):
@@ -121,8 +128,10 @@ class PackWriter:
             op.used += size
             if op.used >= self._target:
                 full, self._open[kind] = op, None
-            elif self._stage is not None:
-                op.spill(op.used)
+            elif self._stage is not None and op.used - op.spilled >= SPILL + mmap.PAGESIZE:
+                spill = (op, op.used)
+        if spill is not None:  # pwrite and hash of 4 MiB: not under the lock every sealing thread needs
+            spill[0].spill(spill[1])
         if full is not None:
             self._store(full)
         return size
