@@ -285,3 +285,33 @@ def test_a_cache_disk_that_fills_in_the_middle_of_a_sync_keeps_the_catalog(repo,
         assert sqlite3.connect(db).execute("SELECT count(*) FROM trees").fetchone()[0] == trees  # kept
         filler.unlink()
         assert len(repo("--cache-dir", cache, "--json", "snapshots").json) == 2
+
+
+@pytest.mark.parametrize("command", [["verify", "--read-data"], ["ls", "latest"]])
+def test_a_backup_committed_while_the_catalog_syncs_is_never_seen_without_its_index(repo, tmp_path, monkeypatch,
+                                                                                   command):
+    """Another machine's backup writes its index segment, then its snapshot. Listed in the other order (index
+    first), a snapshot committed between the two listings got into the catalog without its index, and its
+    trees were reported missing: a false 'damage', exit 20, on a healthy repository."""
+    import subprocess
+    import sys
+
+    from vault.repository import Repository
+
+    src = make_tree(tmp_path / "src", {"a": b"1"})
+    other = make_tree(tmp_path / "other", {"b": b"2" * 5000, "sub": {"c": b"3"}})
+    repo("backup", src)
+    orig = Repository.list_snapshots
+    fired = []
+
+    def list_snapshots(self):
+        if not fired:  # the other machine commits right now
+            fired.append(True)
+            env = {**os.environ, **repo.env(), "VAULT_CACHE_DIR": str(tmp_path / "other-cache")}
+            subprocess.run([sys.executable, "-m", "vault.cli.main", "-q", "backup", str(other)], env=env,
+                           check=True, stdin=subprocess.DEVNULL)
+        return orig(self)
+
+    monkeypatch.setattr(Repository, "list_snapshots", list_snapshots)
+    r = repo(*command)
+    assert fired and r.code == 0

@@ -83,6 +83,10 @@ def test_exclusive_lock_blocks_restore_and_verify(repo, src, tmp_path):
     with Lock(backend(repo), exclusive=True, operation="prune", wait=0):
         repo("verify", "--lock-wait", "0", ok=11)
         repo("restore", "latest", "--target", tmp_path / "r", "--lock-wait", "0", ok=11)
+        # ls, find and diff read trees a prune may be deleting ("data/.. not found" read like damage)
+        repo("ls", "latest", "--lock-wait", "0", ok=11)
+        repo("find", "*", "--lock-wait", "0", ok=11)
+        repo("diff", "latest", "latest", "--lock-wait", "0", ok=11)
         # read-only catalog queries need no lock
         assert snapshot_count(repo) == 1
 

@@ -245,6 +245,10 @@ class Catalog:
 
         Index segments that another present segment supersedes (left by an interrupted prune) are ignored."""
         rep = SyncReport()
+        # snapshots listed first: a backup writes its index segment before its snapshot, so every snapshot
+        # listed here has its segment in the index listing below (the other order let a snapshot in without
+        # its index, and its trees were reported missing)
+        snaps_repo = set(repo.list_snapshots())
         in_repo = set(repo.list_index())
         known = {r[0] for r in self._q("SELECT id FROM segments")}
         rebuild = bool(known - in_repo)  # a segment was superseded (prune) or lost
@@ -276,7 +280,6 @@ class Catalog:
             # and load what an interrupted prune replaced -- blocks in packs it is about to delete
             self._tx(lambda c: c.executemany("INSERT OR IGNORE INTO segments (id) VALUES (?)",
                                              [(s,) for s in sorted(superseded & in_repo)]))
-        snaps_repo = set(repo.list_snapshots())
         snaps_known = {r[0] for r in self._q("SELECT id FROM snapshots")}
         gone = snaps_known - snaps_repo
         if gone:

@@ -59,7 +59,7 @@ def ls(snapshot: str, path: str | None, long_: bool) -> None:
     Example: vault --repo /srv/backup ls latest /etc
     """
     c = get_ctx()
-    with api.session(c.settings, c.password_fn()) as sess:
+    with api.session(c.settings, c.password_fn(), lock="shared", operation="ls") as sess:
         snap = api.find_snapshot(sess, snapshot)
         entries = list(api.ls(sess, snap, path))
         requests = sess.requests()
@@ -80,7 +80,7 @@ def find(pattern: str, hosts, tags, paths) -> None:
     Example: vault --repo /srv/backup find '*.conf'
     """
     c = get_ctx()
-    with api.session(c.settings, c.password_fn()) as sess:
+    with api.session(c.settings, c.password_fn(), lock="shared", operation="find") as sess:
         hits = list(api.find(sess, pattern, api.SnapshotFilter(list(hosts), list(tags), list(paths))))
     if c.json:
         c.emit_json([{"snapshot_id": s.id, "short_id": s.short_id, "time": format_time(s.time),
@@ -100,7 +100,7 @@ def diff(snapshot_a: str, snapshot_b: str) -> None:
     Example: vault --repo /srv/backup diff 1a2b3c4d latest
     """
     c = get_ctx()
-    with api.session(c.settings, c.password_fn()) as sess:
+    with api.session(c.settings, c.password_fn(), lock="shared", operation="diff") as sess:
         a, b = api.find_snapshot(sess, snapshot_a), api.find_snapshot(sess, snapshot_b)
         res = api.diff(sess, a, b)
         requests = sess.requests()
