@@ -638,3 +638,51 @@ def test_ls_of_a_path_not_in_the_snapshot_is_an_error_not_a_usage_error(repo, tm
     repo("backup", src)
     r = repo("ls", "latest", "/nope", ok=1)
     assert r.err.strip().endswith("/nope is not in snapshot " + repo("--json", "snapshots").json[0]["short_id"])
+
+
+@pytest.mark.parametrize("name,value", [("VAULT_JOBS", "abc"), ("VAULT_JOBS", "99999"), ("VAULT_CONNECTIONS", "0")])
+def test_a_bad_number_in_the_environment_is_a_usage_error(repo, monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+    r = repo("snapshots", ok=2)
+    assert name in r.err and "Traceback" not in r.err
+
+
+def test_password_sources_that_never_end_fail_at_once(repo):
+    import time as time_mod
+
+    r = repo("--password-file", "/dev/zero", "snapshots", ok=1)
+    assert "longer than" in r.err
+    t0 = time_mod.monotonic()
+    r = repo("--password-command", "cat /dev/zero", "snapshots", ok=1)
+    assert "more than" in r.err and time_mod.monotonic() - t0 < 30
+
+
+def test_a_password_command_leaving_a_background_process_is_not_waited_for(repo):
+    import time as time_mod
+
+    t0 = time_mod.monotonic()
+    secret = "s3cr3t-in-the-command-line"
+    repo("--password-command", f"sh -c 'echo {PASSWORD}; sleep 60 &'", "snapshots")
+    assert time_mod.monotonic() - t0 < 30, "waited for the background process's end of output"
+    r = repo("--password-command", f"sh -c 'exit 3; echo {secret}'", "snapshots", ok=1)
+    assert secret not in r.err, "the command line (it may hold a secret) is not repeated"
+
+
+def test_a_bad_s3_endpoint_is_a_usage_error(tmp_path, capfd):
+    from conftest import Cli
+
+    cli = Cli(capfd, "s3://bucket/prefix", tmp_path / "cache", {"VAULT_S3_ENDPOINT": "not-a-url",
+                                                               "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x"})
+    r = cli("snapshots", ok=2)
+    assert "endpoint" in r.err and "internal error" not in r.err
+
+
+def test_catalog_rebuild_with_a_directory_in_the_catalogs_place_is_one_line(repo, tmp_path):
+    src = make_tree(tmp_path / "src", {"f": b"x"})
+    repo("backup", src)
+    (db,) = list(repo.cache.glob("*/catalog.db"))
+    db.unlink()
+    db.mkdir()
+    for args in (["catalog", "rebuild"], ["snapshots"]):
+        r = repo(*args, ok=1)
+        assert "internal error" not in r.err and len(r.err.strip().splitlines()) == 1, r.err

@@ -87,7 +87,8 @@ def _db_error(exc: sqlite3.DatabaseError, path: str) -> CatalogError:
 
 
 def _unusable(directory: str, exc: OSError) -> CatalogError:
-    return CatalogError(f"cannot use the cache directory {directory}: {exc.strerror or exc} (see --cache-dir)")
+    where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+    return CatalogError(f"cannot use the cache directory {directory}: {exc.strerror or exc}{where} (see --cache-dir)")
 
 
 class Catalog:
@@ -133,7 +134,10 @@ class Catalog:
                     raise CatalogError(f"catalog {path} cannot be replaced ({reason}): another vault process has "
                                        f"it open (or another user in this one); run this command again when "
                                        f"that one has finished")
-                cls.remove_files(path)
+                try:
+                    cls.remove_files(path)
+                except OSError as exc:  # e.g. a directory where the catalog file goes
+                    raise _unusable(directory, exc) from None
                 try:
                     cat = cls(path, repo_id, in_use)
                 except sqlite3.DatabaseError as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -41,8 +42,8 @@ class Settings:
             cache_dir=self.cache_dir or env.get("VAULT_CACHE_DIR") or default_cache_dir(),
             s3_endpoint=self.s3_endpoint or env.get("VAULT_S3_ENDPOINT") or None,
             lock_wait=DEFAULT_LOCK_WAIT if self.lock_wait is None else self.lock_wait,
-            jobs=self.jobs or _int_env("VAULT_JOBS"),
-            connections=self.connections or _int_env("VAULT_CONNECTIONS") or 8,
+            jobs=self.jobs or _int_env("VAULT_JOBS", 0, 256),
+            connections=self.connections or _int_env("VAULT_CONNECTIONS", 1, 256) or 8,
             s3_storage_class=self.s3_storage_class or env.get("VAULT_S3_STORAGE_CLASS") or None,
             extra=dict(self.extra),
         )
@@ -54,9 +55,15 @@ class Settings:
         return repo
 
 
-def _int_env(name: str) -> int:
-    v = os.environ.get(name, "")
-    return int(v) if v.isdigit() else 0
+def _int_env(name: str, low: int, high: int) -> int:
+    """An integer setting from the environment, 0 when unset or empty; a usage error when it is not a whole
+    number in [low, high] (as the command-line option would be)."""
+    v = os.environ.get(name, "").strip()
+    if not v:
+        return 0
+    if not (v.isascii() and v.isdigit()) or not low <= int(v) <= high:
+        raise UsageError(f"{name}={v!r} is not a whole number from {low} to {high}")
+    return int(v)
 
 
 def default_cache_dir() -> str:
@@ -74,23 +81,54 @@ def _strip_newline(data: bytes) -> bytes:
     return data
 
 
+MAX_PASSWORD = 64 * 1024  # longer is not a password (a password file pointed at /dev/zero or a disk image)
+
+
 def _read_password_file(path: str) -> bytes:
     try:
         with open(path, "rb") as f:
-            return _strip_newline(f.read())
+            data = f.read(MAX_PASSWORD + 1)
     except OSError as exc:
         raise NoPassword(f"cannot read password file {path}: {exc.strerror}") from None
+    if len(data) > MAX_PASSWORD:
+        raise NoPassword(f"password file {path} is longer than {MAX_PASSWORD // 1024} KiB: not a password file")
+    return _strip_newline(data)
 
 
-def _run_password_command(cmd: str) -> bytes:
+def _run_password_command(cmd: str, timeout: float = 120.0) -> bytes:
+    """The command's output, once it has exited: a background process it left holding the output open is not
+    waited for. The command line is not repeated in messages (it may hold a secret)."""
     try:
-        out = subprocess.run(shlex.split(cmd), stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, check=False,
-                             timeout=120)
-    except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
-        raise NoPassword(f"password command failed: {exc}") from None
-    if out.returncode != 0:
-        raise NoPassword(f"password command exited with status {out.returncode}")
-    return _strip_newline(out.stdout)
+        proc = subprocess.Popen(shlex.split(cmd), stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    except (OSError, ValueError) as exc:
+        raise NoPassword(f"password command could not run: {getattr(exc, 'strerror', None) or exc}") from None
+    out: list[bytes] = []
+
+    def read() -> None:
+        total = 0
+        while total <= MAX_PASSWORD:
+            piece = proc.stdout.read1(65536)
+            if not piece:
+                return
+            out.append(piece)
+            total += len(piece)
+        proc.kill()  # more than any password: stop it (it may be blocked writing the rest)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        code = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise NoPassword(f"password command did not finish within {timeout:.0f} s") from None
+    reader.join(timeout=2)  # what it wrote before exiting is in the pipe already
+    data = b"".join(out)
+    if len(data) > MAX_PASSWORD:
+        raise NoPassword(f"password command printed more than {MAX_PASSWORD // 1024} KiB: not a password")
+    if code != 0:
+        raise NoPassword(f"password command exited with status {code}")
+    return _strip_newline(data)
 
 
 def get_password(settings: Settings, prompt: Callable[[str], str] | None, what: str = "repository password",

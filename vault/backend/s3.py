@@ -35,7 +35,7 @@ from botocore.exceptions import (BotoCoreError, ClientError, ConnectionError as 
                                  FlexibleChecksumError, HTTPClientError, IncompleteReadError,
                                  NoCredentialsError, PartialCredentialsError)
 
-from ..errors import BackendError, ObjectExists, ObjectNotFound, PermanentError, TransientError
+from ..errors import BackendError, ObjectExists, ObjectNotFound, PermanentError, TransientError, UsageError
 from .base import check_name, exists_by_size
 from .retry import retry_transient
 
@@ -68,15 +68,21 @@ class S3Backend:
         config = botocore.config.Config(
             max_pool_connections=max(4, connections + 4),
             retries={"total_max_attempts": 1},  # RetryBackend retries, with backoff and jitter
-            connect_timeout=10, read_timeout=120, tcp_keepalive=True,
+            # an endpoint that accepts connections and then says nothing fails each attempt after 20 s (the
+            # run after ~2 minutes of retries), not 120 s (12 minutes); a byte every 20 s is slow enough
+            connect_timeout=10, read_timeout=20, tcp_keepalive=True,
             # payload_signing_enabled=False: no SHA-256 of every body for the signature. botocore already skips
             # it over https; over plain http (MinIO on a LAN, moto) it cost ~3 CPU-s per GB. The body is still
             # protected by its CRC32 (checked by the store), and packs are named by their SHA-256.
             s3={"addressing_style": "path" if (path_style or (path_style is None and endpoint)) else "auto",
                 "payload_signing_enabled": False},
         )
-        self._s3 = session.client("s3", endpoint_url=endpoint or None, config=config,
-                                  region_name=region or session.region_name or "us-east-1")
+        try:
+            self._s3 = session.client("s3", endpoint_url=endpoint or None, config=config,
+                                      region_name=region or session.region_name or "us-east-1")
+        except ValueError as exc:  # botocore: "Invalid endpoint: not-a-url"
+            raise UsageError(f"bad S3 endpoint {endpoint!r}: use a URL such as https://s3.example.com "
+                             f"({exc})") from None
         self._conditional = True  # If-None-Match supported until the store says otherwise
         self._lock = threading.Lock()
 
