@@ -87,6 +87,10 @@ def test_exclusive_lock_blocks_restore_and_verify(repo, src, tmp_path):
         repo("ls", "latest", "--lock-wait", "0", ok=11)
         repo("find", "*", "--lock-wait", "0", ok=11)
         repo("diff", "latest", "latest", "--lock-wait", "0", ok=11)
+        # --no-lock (a read-only repository): reads go ahead, at their own risk
+        repo("ls", "latest", "--no-lock", "--lock-wait", "0")
+        repo("verify", "--no-lock", "--lock-wait", "0")
+        repo("backup", src, "--no-lock", "--lock-wait", "0", ok=11)  # writers always lock
         # read-only catalog queries need no lock
         assert snapshot_count(repo) == 1
 

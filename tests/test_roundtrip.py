@@ -549,8 +549,8 @@ def test_diff_reports_added_removed_modified(repo, tmp_path):
     assert set(back["added"]) == set(out["removed"]) and set(back["removed"]) == set(out["added"])
     text = repo("diff", a, "latest").out
     assert f"+ {s}/new" in text and f"- {s}/gone" in text and f"M {s}/mod" in text
-    same = repo("--json", "diff", a, a).json
-    assert same["requests"]["PUT"] == 0  # diff reads only
+    same = repo("--json", "--no-lock", "diff", a, a).json
+    assert same["requests"]["PUT"] == 0  # diff reads only (without --no-lock: its shared lock)
     assert {k: same[k] for k in ("snapshot_a", "snapshot_b", "added", "removed", "modified")} == {
         "snapshot_a": a, "snapshot_b": a, "added": [], "removed": [], "modified": []}
 

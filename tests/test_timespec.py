@@ -325,13 +325,15 @@ def test_subtract_from_properties(t: datetime, years: int, months: int, days: in
         ("1.5m", 90.0),
         (" 5M ", 300.0),
         ("0s", 0.0),
+        ("1d", 86400.0),
+        ("1d2h", 93600.0),
     ],
 )
 def test_parse_wait(text: str, seconds: float) -> None:
     assert parse_wait(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "-1", "5 m", "5d", "m", "1h-30m", "inf", "nan", "1e3", "9" * 400, "5x"])
+@pytest.mark.parametrize("text", ["", "-1", "5 m", "5w", "m", "1h-30m", "inf", "nan", "1e3", "9" * 400, "5x"])
 def test_bad_wait(text: str) -> None:
     with pytest.raises(UsageError, match=r"^cannot parse wait time .*: use seconds \(30\)"):
         parse_wait(text)

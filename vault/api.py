@@ -64,6 +64,9 @@ def _backend(settings: Settings) -> RetryBackend:
                         settings.s3_storage_class, count=True)
 
 
+_READ_ONLY = {"ls", "find", "diff", "restore", "verify"}  # what --no-lock may run without its shared lock
+
+
 @contextlib.contextmanager
 def session(settings: Settings, password: PasswordFn, lock: str | None = None, operation: str = "",
             sync: bool = True) -> Iterator[Session]:
@@ -71,6 +74,8 @@ def session(settings: Settings, password: PasswordFn, lock: str | None = None, o
     counter = _backend(settings)
     repo = Repository.open(counter, password())
     held = None
+    if lock == "shared" and operation in _READ_ONLY and settings.no_lock:
+        lock = None  # --no-lock: a read-only repository (a prune running meanwhile can make this fail)
     if lock is not None:
         held = Lock(counter, exclusive=(lock == "exclusive"), operation=operation, wait=settings.lock_wait or 0)
     try:

@@ -30,6 +30,7 @@ class Settings:
     jobs: int = 0
     connections: int = 0
     s3_storage_class: str | None = None
+    no_lock: bool = False  # read-only commands skip their shared lock (a read-only repository)
     extra: dict = field(default_factory=dict)
 
     def resolved(self) -> "Settings":
@@ -45,6 +46,7 @@ class Settings:
             jobs=self.jobs or _int_env("VAULT_JOBS", 0, 256),
             connections=self.connections or _int_env("VAULT_CONNECTIONS", 1, 256) or 8,
             s3_storage_class=self.s3_storage_class or env.get("VAULT_S3_STORAGE_CLASS") or None,
+            no_lock=self.no_lock,
             extra=dict(self.extra),
         )
 

@@ -203,14 +203,14 @@ def parse_duration(text: str) -> Duration:
     return Duration(totals["y"], totals["m"], totals["d"] + 7 * totals["w"], totals["h"])
 
 
-_WAIT_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0}
-_WAIT_PART = re.compile(r"(\d+(?:\.\d+)?)([hms])", re.ASCII)
-_WAIT = re.compile(r"(?:\d+(?:\.\d+)?[hms])+", re.ASCII)
+_WAIT_UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
+_WAIT_PART = re.compile(r"(\d+(?:\.\d+)?)([dhms])", re.ASCII)
+_WAIT = re.compile(r"(?:\d+(?:\.\d+)?[dhms])+", re.ASCII)
 
 
 def parse_wait(text: str) -> float:
     """Parse a ``--lock-wait`` value into seconds: a bare number of seconds (``0``, ``30``, ``2.5``) or parts
-    with units h, m (minutes), s, e.g. ``30s``, ``5m``, ``2h``, ``1h30m``."""
+    with units d, h, m (minutes), s, e.g. ``30s``, ``5m``, ``2h``, ``1h30m``."""
     raw = text.strip().lower()
     seconds = math.nan
     if re.fullmatch(r"\d+(?:\.\d+)?", raw, re.ASCII):

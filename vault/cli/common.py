@@ -35,7 +35,9 @@ _GLOBALS: list[tuple[tuple[str, ...], dict]] = [
                             "default: ~/.cache/vault].")),
     (("--s3-endpoint",), dict(metavar="URL", help="S3 endpoint URL [env: VAULT_S3_ENDPOINT].")),
     (("--lock-wait",), dict(metavar="DURATION", help="Wait this long for a conflicting lock before failing "
-                            "with exit 11 (0, 30s, 5m, 1h; default 3m).")),
+                            "with exit 11 (0, 30s, 5m, 1h, 1d; default 3m).")),
+    (("--no-lock",), dict(is_flag=True, help="Read without a shared lock (a read-only repository: ls, find, "
+                           "diff, restore, verify). A prune running meanwhile can make it fail.")),
     (("-j", "--jobs"), dict(type=click.IntRange(0, 256), help="Worker threads (default: number of cores) "
                             "[env: VAULT_JOBS].")),
     (("--connections",), dict(type=click.IntRange(1, 256), help="Parallel connections to a remote repository "
@@ -123,7 +125,7 @@ def get_ctx() -> Ctx:
                  password_command=g.get("password_command"), cache_dir=g.get("cache_dir"),
                  s3_endpoint=g.get("s3_endpoint"), lock_wait=parse_wait(wait) if wait is not None else None,
                  jobs=g.get("jobs") or 0, connections=g.get("connections") or 0,
-                 s3_storage_class=g.get("s3_storage_class"))
+                 s3_storage_class=g.get("s3_storage_class"), no_lock=bool(g.get("no_lock")))
     return Ctx(settings=s.resolved(), json=bool(g.get("json_out")), quiet=bool(g.get("quiet")),
                verbose=int(g.get("verbose") or 0))
 
