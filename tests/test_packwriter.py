@@ -119,3 +119,50 @@ def test_stores_without_staging_keep_the_whole_pack(tmp_path):
     assert len(stored) == 2
     for pid in stored:
         assert hashlib.sha256(repo.backend.get(pack_name(pid))).digest() == pid
+
+
+def test_a_pack_filled_while_another_thread_is_about_to_spill_it_is_stored_whole(tmp_path, monkeypatch):
+    """Thread A decides a pack's first spill and is delayed; B's block fills the pack and stores it. A's late
+    spill must not stage a second object, write a closed mapping, or free pages B is storing (the pack then
+    got a name its bytes did not match)."""
+    import threading
+    import time
+
+    from vault import packwriter
+
+    repo = _repo(LocalBackend(tmp_path / "r"), pack_size=8 * MiB)
+    stored = []
+    w = PackWriter(repo, lambda pid, size, entries: stored.append((pid, size)), uploaders=0)
+    rnd = random.Random(1)
+    real, first = packwriter._Open.spill, threading.Event()
+
+    def late_spill(self, end, final=False):
+        if not final and not first.is_set():
+            first.set()
+            time.sleep(0.5)
+        return real(self, end, final)
+
+    monkeypatch.setattr(packwriter._Open, "spill", late_spill)
+    errors = []
+
+    def writer_a():
+        try:
+            for data in (rnd.randbytes(MiB) for _ in range(5)):
+                w.add(DATA, repo.block_id(data), data)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    a = threading.Thread(target=writer_a)
+    a.start()
+    assert first.wait(10)
+    big = random.Random(2).randbytes(3 * MiB + MiB // 2)
+    w.add(DATA, repo.block_id(big), big)
+    a.join()
+    w.flush()
+    w.close()
+    assert not errors
+    for pid, size in stored:
+        raw = (tmp_path / "r" / pack_name(pid)).read_bytes()
+        assert len(raw) == size and hashlib.sha256(raw).digest() == pid
+        parse_pack(raw, repo.cipher)
+    assert not [f for _, _, fs in os.walk(tmp_path) for f in fs if f.startswith(TEMP_PREFIX)]

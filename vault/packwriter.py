@@ -40,6 +40,7 @@ class _Open:
         self.staged = None
         self.spilled = 0  # bytes [0, spilled) are written to ``staged`` and hashed; their pages are freed
         self.spill_lock = threading.Lock()  # spills run one at a time, in order, outside the writer's lock
+        self.closed = False  # stored (or dropped): a spill decided before that does nothing
         self.hash = hashlib.sha256()
 
     def spill(self, end: int, final: bool = False) -> None:
@@ -51,6 +52,8 @@ class _Open:
             self._spill(end, final)
 
     def _spill(self, end: int, final: bool) -> None:
+        if self.closed:
+            return
         if not final:
             end -= end % mmap.PAGESIZE
             if end - self.spilled < SPILL:
@@ -154,8 +157,10 @@ class PackWriter:
         """Stop the uploaders; packs not flushed are dropped (a crash-equivalent: nothing references them)."""
         for op in self._open.values():
             if op is not None:
-                op.discard()
-                op.buf.close()
+                with op.spill_lock:
+                    op.closed = True
+                    op.discard()
+                    op.buf.close()
         self._uploads.shutdown(wait=True, cancel_futures=True)
         if self._zero_fd is not None:
             os.close(self._zero_fd)
@@ -189,27 +194,31 @@ class PackWriter:
     def _write(self, op: _Open) -> None:
         header = encode_header(op.entries, self.repo.cipher)
         end = op.used + len(header)
-        try:
-            if op.staged is not None:  # the rest and the header, then name it by the hash of it all
-                op.spill(op.used, final=True)
-                op.staged.write_at(header, op.used)
-                op.hash.update(header)
-                pid = self.repo.publish_pack(op.staged, op.hash.digest(), end)
-            elif end <= len(op.buf):
-                op.buf[op.used : end] = header
-                with memoryview(op.buf) as mv, mv[:end] as data:
-                    pid = self.repo.put_pack(data)
-            else:  # pathological: a header of countless tiny blocks that overflows the mapping
-                data = op.buf[: op.used] + header
-                end = len(data)
-                pid = self.repo.put_pack(data)
-        finally:
-            op.discard()
+        with op.spill_lock:  # a spill another thread decided (maybe the first: the staged object) ends first
             try:
-                op.buf.close()
-            except BufferError:  # a backend still holds a view (e.g. in a traceback): let GC unmap it
-                pass
+                pid = self._store_pack(op, header)
+            finally:
+                op.closed = True
+                op.discard()
+                try:
+                    op.buf.close()
+                except BufferError:  # a backend still holds a view (e.g. in a traceback): let GC unmap it
+                    pass
         with self._lock:
             self.bytes_written += end
             self.packs_written += 1
         self.on_pack(pid, end, op.entries)
+
+    def _store_pack(self, op: _Open, header: bytes) -> bytes:
+        """Store a full pack (under its ``spill_lock``); its id."""
+        end = op.used + len(header)
+        if op.staged is not None:  # the rest and the header, then name it by the hash of it all
+            op._spill(op.used, final=True)
+            op.staged.write_at(header, op.used)
+            op.hash.update(header)
+            return self.repo.publish_pack(op.staged, op.hash.digest(), end)
+        if end <= len(op.buf):
+            op.buf[op.used : end] = header
+            with memoryview(op.buf) as mv, mv[:end] as data:
+                return self.repo.put_pack(data)
+        return self.repo.put_pack(op.buf[: op.used] + header)  # pathological: a header of countless tiny blocks
