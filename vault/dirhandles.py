@@ -17,7 +17,9 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+# O_PATH: a descriptor to name entries by, needing no read permission on the directory (a 0300 drop box)
+_BASE = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0)
+_FLAGS = _BASE | os.O_NOFOLLOW
 
 
 def split(path: bytes) -> tuple[bytes, bytes]:
@@ -30,7 +32,7 @@ class DirHandles:
     def __init__(self, root: bytes, limit: int = 128):
         self._lock = threading.Lock()
         self._limit = max(2, limit)
-        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))  # the user's own choice
+        root_fd = os.open(root, _BASE)  # (a symlink given as the target itself is the user's own choice)
         self._cache: collections.OrderedDict[bytes, list[int]] = collections.OrderedDict({b"": [root_fd, 1]})
 
     @contextmanager
@@ -53,10 +55,16 @@ class DirHandles:
                 while cur not in self._cache:  # up to the nearest open ancestor (the root always is)
                     missing.append(cur)
                     cur = split(cur)[0]
-                parent_fd = self._cache[cur][0]
-                for p in reversed(missing):
-                    entry = self._cache[p] = [os.open(split(p)[1], _FLAGS, dir_fd=parent_fd), 0]
-                    parent_fd = entry[0]
+                parent = self._cache[cur]
+                parent[1] += 1  # in use while its child is opened from it
+                try:
+                    for p in reversed(missing):  # older ones are evicted on the way: a 1,000-level chain
+                        entry = self._cache[p] = [os.open(split(p)[1], _FLAGS, dir_fd=parent[0]), 1]
+                        parent[1] -= 1
+                        parent = entry
+                        self._evict()
+                finally:
+                    parent[1] -= 1
             entry[1] += 1
             self._cache.move_to_end(path)
             self._evict()

@@ -51,7 +51,7 @@ def stat_key(t: str, st: os.stat_result) -> tuple:
 
 def apply_metadata(fd: int, node: Node, mode_set: bool = False) -> list[str]:
     """Owner (when root), mode (not when ``mode_set``: the file was created with exactly ``node.mode``, which
-    holds no setuid/setgid bit a chown could clear) and mtime of the file or directory open as ``fd``: set on
+    holds no setuid/setgid bit a chown could clear) and mtime of the regular file open as ``fd``: set on
     what was opened, never on whatever a name leads to now. Problems are returned, not raised."""
     problems = []
     if IS_ROOT:
@@ -74,8 +74,9 @@ def apply_metadata(fd: int, node: Node, mode_set: bool = False) -> list[str]:
 
 
 def apply_metadata_at(dir_fd: int, name: bytes, node: Node) -> list[str]:
-    """The same for a symlink, fifo or device node ``name`` in the directory open as ``dir_fd``: never
-    following a symlink (the mode of a fifo or device is set through an O_PATH descriptor of it)."""
+    """The same for the directory, symlink, fifo or device node ``name`` in the directory open as ``dir_fd``
+    (which may be an O_PATH descriptor): never following a symlink (the mode is set through an O_PATH
+    descriptor of the entry itself)."""
     problems = []
     if IS_ROOT:
         try:

@@ -423,11 +423,12 @@ class Restorer:
                 raise OSError(errno.EISDIR, "kept: a directory is in the way") from None
 
     def _discard(self, tmp_dir: bytes, tmp: bytes, created: bool) -> None:
+        """Remove a temp file we made; if its directory is gone or was swapped (a symlink now), it stays."""
         if created:
             try:
                 with self._at.at(tmp_dir) as dfd:
                     os.unlink(tmp, dir_fd=dfd)
-            except FileNotFoundError:
+            except OSError:
                 pass
 
     def _finish_links(self) -> None:
@@ -503,11 +504,12 @@ class Restorer:
 
     def _finish_dirs(self) -> None:
         for path, node in sorted(self._dirs, key=lambda d: d[0].count(b"/"), reverse=True):
+            parent, name = split(path)
             try:
-                with self._at.at(path) as fd:
-                    problems = apply_metadata(fd, node)
-            except OSError as exc:  # replaced (by a symlink, say) since it was made: left alone
-                problems = [f"not a directory any more: {exc.strerror or exc}"]
+                with self._at.at(parent) as dfd:  # (a symlink swapped in for it is not followed)
+                    problems = apply_metadata_at(dfd, name, node)
+            except OSError as exc:  # the directory above is gone or was swapped for a symlink: left alone
+                problems = [f"metadata not set: {exc.strerror or exc}"]
             for p in problems:
                 self.result.warnings.append((_show(path), p))
             self.result.dirs += 1
