@@ -61,13 +61,12 @@ def ls(snapshot: str, path: str | None, long_: bool) -> None:
     c = get_ctx()
     with api.session(c.settings, c.password_fn(), lock="shared", operation="ls") as sess:
         snap = api.find_snapshot(sess, snapshot)
-        entries = list(api.ls(sess, snap, path))
-        requests = sess.requests()
-    if c.json:
-        c.emit_json({"snapshot_id": snap.id, "entries": [api.node_json(p, n) for p, n in entries], **requests})
-        return
-    for p, n in entries:
-        c.out(_line(p, n) if long_ else os.fsdecode(p))
+        entries = api.ls(sess, snap, path)  # streamed: a snapshot of millions of files is never held whole
+        if c.json:
+            c.emit_json_stream({"snapshot_id": snap.id}, (api.node_json(p, n) for p, n in entries), sess.requests)
+            return
+        for p, n in entries:
+            c.out(_line(p, n) if long_ else os.fsdecode(p))
 
 
 @cli.command()
@@ -81,13 +80,13 @@ def find(pattern: str, hosts, tags, paths) -> None:
     """
     c = get_ctx()
     with api.session(c.settings, c.password_fn(), lock="shared", operation="find") as sess:
-        hits = list(api.find(sess, pattern, api.SnapshotFilter(list(hosts), list(tags), list(paths))))
-    if c.json:
-        c.emit_json([{"snapshot_id": s.id, "short_id": s.short_id, "time": format_time(s.time),
-                      **api.node_json(p, n)} for s, p, n in hits])
-        return
-    for s, p, n in hits:
-        c.out(f"{s.short_id}  {local_time(s.time)}  {os.fsdecode(p)}")
+        hits = api.find(sess, pattern, api.SnapshotFilter(list(hosts), list(tags), list(paths)))  # streamed
+        if c.json:
+            c.emit_json_stream(None, ({"snapshot_id": s.id, "short_id": s.short_id, "time": format_time(s.time),
+                                       **api.node_json(p, n)} for s, p, n in hits))
+            return
+        for s, p, n in hits:
+            c.out(f"{s.short_id}  {local_time(s.time)}  {os.fsdecode(p)}")
 
 
 @cli.command()

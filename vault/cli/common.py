@@ -6,7 +6,8 @@ import functools
 import getpass
 import json
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -80,6 +81,27 @@ class Ctx:
         # ASCII-escaped: names that are not UTF-8 come out as \udcXX escapes, still valid JSON
         _stdout(json.dumps(doc, indent=2, ensure_ascii=True, default=str))
 
+    def emit_json_stream(self, head: dict | None, items: Iterable[object], tail: Callable[[], dict] | None = None,
+                         key: str = "entries") -> None:
+        """One JSON document of any length in bounded memory: ``head``'s fields, then ``key`` holding the list
+        of ``items`` (or, with no ``head``, the list alone), then ``tail()``'s fields. Built in a spooled temp
+        file and written out only when complete, so a failure half-way leaves stdout empty, as ``emit_json``."""
+        dump = functools.partial(json.dumps, ensure_ascii=True, default=str)
+        with tempfile.SpooledTemporaryFile(max_size=16 << 20, mode="w+", encoding="ascii") as buf:
+            if head is not None:
+                buf.write("{" + "".join(f"\n  {dump(k)}: {dump(v)}," for k, v in head.items()) + f"\n  {dump(key)}: ")
+            sep = "["
+            for item in items:
+                buf.write(f"{sep}\n    {dump(item)}")
+                sep = ","
+            buf.write("[]" if sep == "[" else "\n  ]")
+            if head is not None:
+                buf.write("".join(f",\n  {dump(k)}: {dump(v)}" for k, v in (tail() if tail else {}).items()) + "\n}")
+            buf.seek(0)
+            while piece := buf.read(1 << 20):
+                _stdout(piece, end="")
+            _stdout("")
+
     def out(self, text: str) -> None:
         if not self.quiet and not self.json:
             _stdout(text)
@@ -106,11 +128,11 @@ def printable(text: str) -> str:
     return text.translate(_CONTROL)
 
 
-def _stdout(text: str) -> None:
+def _stdout(text: str, end: str = "\n") -> None:
     """One line (or document) to stdout; an output that cannot take it (a full disk behind a redirection) is a
     one-line error, not an internal one. A closed pipe is left to main (BrokenPipeError)."""
     try:
-        click.echo(text)
+        click.echo(text, nl=end == "\n")
     except BrokenPipeError:
         raise
     except OSError as exc:
