@@ -357,15 +357,19 @@ def test_whole_second_or_minute_stands_for_all_of_it_with_whole() -> None:
     assert parse_time("2026-11-27", NOW, whole=True) == parse_time("2026-11-27", NOW), "a date stays midnight"
 
 
-def test_a_local_time_in_the_spring_forward_gap_reads_with_the_offset_before(monkeypatch) -> None:
+@pytest.mark.parametrize("zone,day,jump_utc", [("America/New_York", (2026, 3, 8), (7, 0)),
+                                               ("Europe/Berlin", (2026, 3, 29), (1, 0))])
+def test_a_local_time_in_the_spring_forward_gap_is_the_instant_of_the_jump(monkeypatch, zone, day, jump_utc) -> None:
     import time as time_mod
 
-    monkeypatch.setenv("TZ", "America/New_York")
+    monkeypatch.setenv("TZ", zone)
     time_mod.tzset()
     try:
-        assert parse_time("2026-03-08 02:30", NOW) == datetime(2026, 3, 8, 7, 30, tzinfo=timezone.utc)
-        assert parse_time("2026-03-08 01:59", NOW) == datetime(2026, 3, 8, 6, 59, tzinfo=timezone.utc)
-        assert parse_time("2026-03-08 03:01", NOW) == datetime(2026, 3, 8, 7, 1, tzinfo=timezone.utc)
+        y, m, d = day
+        jump = datetime(y, m, d, *jump_utc, tzinfo=timezone.utc)
+        at = {t: parse_time(f"{y}-{m:02d}-{d:02d} {t}", NOW) for t in ("01:59", "02:00", "02:30", "03:00", "03:01")}
+        assert at["02:00"] == at["02:30"] == at["03:00"] == jump
+        assert at["01:59"] < jump < at["03:01"], "times keep their order"
     finally:
         monkeypatch.undo()
         time_mod.tzset()

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import shlex
+import select
 import subprocess
-import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -104,33 +105,39 @@ def _run_password_command(cmd: str, timeout: float = 120.0) -> bytes:
         proc = subprocess.Popen(shlex.split(cmd), stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
     except (OSError, ValueError) as exc:
         raise NoPassword(f"password command could not run: {getattr(exc, 'strerror', None) or exc}") from None
+    fd = proc.stdout.fileno()
     out: list[bytes] = []
-
-    def read() -> None:
-        total = 0
-        while total <= MAX_PASSWORD:
-            piece = proc.stdout.read1(65536)
+    total = 0
+    deadline = time.monotonic() + timeout
+    timed_out = False
+    while total <= MAX_PASSWORD:
+        if select.select([fd], [], [], 0.05)[0]:
+            piece = os.read(fd, 65536)
             if not piece:
-                return
+                break  # end of output
             out.append(piece)
             total += len(piece)
-        proc.kill()  # more than any password: stop it (it may be blocked writing the rest)
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+        elif proc.poll() is not None:
+            break  # exited, and what it wrote is read: a child it left may hold the pipe open
+        elif time.monotonic() > deadline:
+            timed_out = True
+            break
+    if total > MAX_PASSWORD or timed_out:
+        proc.kill()  # more than any password (it may be blocked writing the rest), or too slow
     try:
-        code = proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
+        proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:  # closed its output, still running
         proc.kill()
         proc.wait()
-        raise NoPassword(f"password command did not finish within {timeout:.0f} s") from None
-    reader.join(timeout=2)  # what it wrote before exiting is in the pipe already
-    data = b"".join(out)
-    if len(data) > MAX_PASSWORD:
+        timed_out = True
+    proc.stdout.close()
+    if timed_out:
+        raise NoPassword(f"password command did not finish within {timeout:.0f} s")
+    if total > MAX_PASSWORD:
         raise NoPassword(f"password command printed more than {MAX_PASSWORD // 1024} KiB: not a password")
-    if code != 0:
-        raise NoPassword(f"password command exited with status {code}")
-    return _strip_newline(data)
+    if proc.returncode != 0:
+        raise NoPassword(f"password command exited with status {proc.returncode}")
+    return _strip_newline(b"".join(out))
 
 
 def get_password(settings: Settings, prompt: Callable[[str], str] | None, what: str = "repository password",

@@ -217,6 +217,10 @@ def storable_text(value: object) -> str:
         s.encode("utf-8")
         return s
     except UnicodeEncodeError:
+        pass
+    try:  # bytes that were not UTF-8 (\udc80-\udcff): one U+FFFD each
+        return s.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # other lone surrogates
         return s.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 

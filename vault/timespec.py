@@ -59,11 +59,20 @@ def _local_midnight_utc(day: datetime) -> datetime:
 
 def _to_utc(dt: datetime) -> datetime:
     """Convert to aware UTC; a naive ``dt`` is taken as local time. A local time that never showed on the
-    clocks (the hour skipped when summer time starts) is read with the offset before the change: 02:30 on a
-    night that jumps from 02:00 to 03:00 is the instant the clocks then read 03:30, after 01:59."""
+    clocks (in the hour skipped when summer time starts) is the instant of the jump: 02:30 on a night that
+    goes from 02:00 to 03:00 comes after 01:59 and is the same instant as 03:00, so times keep their order."""
     utc = dt.astimezone(timezone.utc)
     if dt.tzinfo is None and utc.astimezone().replace(tzinfo=None) != dt:
-        utc = max(utc, dt.replace(fold=1).astimezone(timezone.utc))
+        a, b = sorted((utc, dt.replace(fold=1).astimezone(timezone.utc)))
+        lo, hi = math.floor(a.timestamp()), math.ceil(b.timestamp())
+        before = datetime.fromtimestamp(lo, timezone.utc).astimezone().utcoffset()
+        while hi - lo > 1:  # the first second with the new offset lies between the two readings
+            mid = (lo + hi) // 2
+            if datetime.fromtimestamp(mid, timezone.utc).astimezone().utcoffset() == before:
+                lo = mid
+            else:
+                hi = mid
+        utc = datetime.fromtimestamp(hi, timezone.utc)
     return utc
 
 
