@@ -609,13 +609,13 @@ def test_a_directory_swapped_for_a_symlink_during_restore_is_not_followed(repo, 
     orig = restorer.Restorer._write_block
     swapped = []
 
-    def swap_then_write(self, task, offset, plain):
+    def swap_then_write(self, task, offset, plain, **kw):
         if not swapped:  # the directories exist now; no file has been written yet
             swapped.append(True)
             for name, dest in (("aaa", outside), ("zz", outside / "victim")):
                 os.rename(restored / name, restored / (name + ".old"))
                 os.symlink(dest, restored / name)
-        return orig(self, task, offset, plain)
+        return orig(self, task, offset, plain, **kw)
 
     monkeypatch.setattr(restorer.Restorer, "_write_block", swap_then_write)
     res = repo("restore", "latest", "--target", box / "target", ok=False)

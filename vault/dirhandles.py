@@ -14,8 +14,6 @@ from __future__ import annotations
 import collections
 import os
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 # O_PATH: a descriptor to name entries by, needing no read permission on the directory (a 0300 drop box)
 _BASE = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0)
@@ -28,26 +26,48 @@ def split(path: bytes) -> tuple[bytes, bytes]:
     return parent, name
 
 
+def _default_limit() -> int:
+    """Descriptors to keep open: 512, or a quarter of the process's limit when that is lower."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return 128
+    return 512 if soft == resource.RLIM_INFINITY else max(16, min(512, soft // 4))
+
+
+class _Held:
+    """``with handles.at(path) as fd``: a class, not a generator context manager (it runs for every file)."""
+    __slots__ = ("_handles", "_path", "_entry")
+
+    def __init__(self, handles: "DirHandles", path: bytes):
+        self._handles, self._path = handles, path
+
+    def __enter__(self) -> int:
+        self._entry = self._handles._acquire(self._path)
+        return self._entry[0]
+
+    def __exit__(self, *exc: object) -> None:
+        with self._handles._lock:
+            self._entry[1] -= 1
+
+
 class DirHandles:
-    def __init__(self, root: bytes, limit: int = 128):
+    def __init__(self, root: bytes, limit: int | None = None):
         self._lock = threading.Lock()
-        self._limit = max(2, limit)
+        self._limit = max(2, limit or _default_limit())
         root_fd = os.open(root, _BASE)  # (a symlink given as the target itself is the user's own choice)
         self._cache: collections.OrderedDict[bytes, list[int]] = collections.OrderedDict({b"": [root_fd, 1]})
 
-    @contextmanager
-    def at(self, path: bytes) -> Iterator[int]:
-        """The descriptor of the directory at snapshot path ``path`` (``b""``: the root), held while in use.
-        OSError when it cannot be opened: missing, not a directory, or a symlink."""
-        fd = self._acquire(path)
-        try:
-            yield fd
-        finally:
-            with self._lock:
-                self._cache[path][1] -= 1
+    def at(self, path: bytes) -> _Held:
+        """``with handles.at(path) as fd``: the descriptor of the directory at snapshot path ``path`` (``b""``:
+        the root), held while in use. OSError when it cannot be opened: missing, not a directory, or a
+        symlink."""
+        return _Held(self, path)
 
-    def _acquire(self, path: bytes) -> int:
-        with self._lock:  # held throughout: nothing is evicted while a chain of directories is opened
+    def _acquire(self, path: bytes) -> list[int]:
+        with self._lock:  # held throughout (a chain's descriptors are opened in turn under it)
             entry = self._cache.get(path)
             if entry is None:
                 missing = []
@@ -65,15 +85,26 @@ class DirHandles:
                         self._evict()
                 finally:
                     parent[1] -= 1
-            entry[1] += 1
-            self._cache.move_to_end(path)
-            self._evict()
-            return entry[0]
+                entry[1] += 1
+                self._evict()
+            else:
+                entry[1] += 1
+                self._cache.move_to_end(path)
+            return entry
 
     def _evict(self) -> None:
-        if len(self._cache) <= self._limit:
+        """Close the least recently used descriptors not in use, down to the limit (a walk from the old end:
+        usually the first one or two will do)."""
+        excess = len(self._cache) - self._limit
+        if excess <= 0:
             return
-        for p in [p for p, e in self._cache.items() if e[1] == 0][: len(self._cache) - self._limit]:
+        idle = []
+        for p, e in self._cache.items():
+            if e[1] == 0:
+                idle.append(p)
+                if len(idle) == excess:
+                    break
+        for p in idle:
             os.close(self._cache.pop(p)[0])
 
     def close(self) -> None:

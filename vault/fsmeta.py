@@ -49,12 +49,13 @@ def stat_key(t: str, st: os.stat_result) -> tuple:
             st.st_ctime_ns, st.st_ino, st.st_dev, st.st_nlink, st.st_rdev if t in (CHARDEV, BLOCKDEV) else 0)
 
 
-def apply_metadata(fd: int, node: Node, mode_set: bool = False) -> list[str]:
-    """Owner (when root), mode (not when ``mode_set``: the file was created with exactly ``node.mode``, which
-    holds no setuid/setgid bit a chown could clear) and mtime of the regular file open as ``fd``: set on
-    what was opened, never on whatever a name leads to now. Problems are returned, not raised."""
+def apply_metadata(fd: int, node: Node, mode_set: bool = False, owner_set: bool = False) -> list[str]:
+    """Owner (when root; not when ``owner_set``: the file was created with it), mode (not when ``mode_set``:
+    the file was created with exactly ``node.mode``, which holds no setuid/setgid bit a chown could clear) and
+    mtime of the regular file open as ``fd``: set on what was opened, never on whatever a name leads to now.
+    Problems are returned, not raised."""
     problems = []
-    if IS_ROOT:
+    if IS_ROOT and not owner_set:
         try:
             os.fchown(fd, node.uid, node.gid)
         except OSError as exc:

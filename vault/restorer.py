@@ -34,7 +34,7 @@ from .catalog import Catalog
 from .errors import IntegrityError, VaultError
 from .excludes import Matcher
 from .dirhandles import DirHandles, split
-from .fsmeta import apply_metadata, apply_metadata_at, current_umask, make_special
+from .fsmeta import IS_ROOT, apply_metadata, apply_metadata_at, current_umask, make_special
 from .model import DIR, FILE, SYMLINK, Node, Snapshot
 from .pack import PackEntry
 from .repository import Repository, Scratch, pack_name
@@ -79,7 +79,7 @@ class _LazyDir:
 
 
 class _FileTask:
-    __slots__ = ("path", "dir", "tmp", "node", "remaining", "problem", "created", "mode_ok", "end", "done",
+    __slots__ = ("path", "dir", "tmp", "node", "remaining", "problem", "created", "mode_ok", "owner_ok", "end", "done",
                  "spare", "lock")
 
     def __init__(self, path: bytes, node: Node):
@@ -90,6 +90,7 @@ class _FileTask:
         self.problem: str | None = None
         self.created = False  # the temp file exists and is ours (created with O_EXCL)
         self.mode_ok = False  # it was created with exactly node.mode (no chmod needed)
+        self.owner_ok = False  # it was created with node's owner and group already (no chown needed)
         self.end = 0  # where the data written so far ends (all-zero blocks are left as holes)
         self.done = False  # renamed into place
         self.spare = False  # complete, but its name was taken: tmp waits for another name of its hardlinks
@@ -328,18 +329,21 @@ class Restorer:
                 self._write(task, off, plain, problem)
 
     def _write(self, task: _FileTask, offset: int, plain: bytes | None, problem: str | None) -> None:
+        fd = None
         with task.lock:
             if problem is not None:
                 task.problem = task.problem or problem
             elif task.problem is None:
-                try:
-                    self._write_block(task, offset, plain)
+                try:  # the file's last block: its descriptor stays open for _finish_file (one open, not two)
+                    fd = self._write_block(task, offset, plain, keep=task.remaining == 1)
                 except OSError as exc:
                     task.problem = f"write failed: {exc.strerror}"
             task.remaining -= 1
             done = task.remaining == 0
         if done:
-            self._finish_file(task)
+            self._finish_file(task, fd)
+        elif fd is not None:
+            os.close(fd)
 
     def _create_mode(self, node: Node) -> int:
         """The mode a temp file is created with: the file's own when the umask leaves it whole, the owner may
@@ -357,14 +361,17 @@ class Restorer:
             mode = self._create_mode(task.node)
             fd = os.open(task.tmp, _OPEN_FLAGS | os.O_CREAT | os.O_EXCL, mode, dir_fd=dfd)
         task.created = True
-        if mode == task.node.mode:
+        if mode == task.node.mode or IS_ROOT:  # one fstat may spare a chmod and (as root) a chown
             try:
-                task.mode_ok = os.fstat(fd).st_mode & 0o7777 == mode  # cheaper than a chmod by path
+                st = os.fstat(fd)
             except OSError:
-                pass
+                return fd
+            task.mode_ok = mode == task.node.mode and st.st_mode & 0o7777 == mode
+            task.owner_ok = (st.st_uid, st.st_gid) == (task.node.uid, task.node.gid)
         return fd
 
-    def _write_block(self, task: _FileTask, offset: int, plain: bytes | memoryview) -> None:
+    def _write_block(self, task: _FileTask, offset: int, plain: bytes | memoryview, keep: bool = False) -> int | None:
+        """Write one block's data runs at ``offset``; the descriptor is returned open when ``keep``."""
         fd = self._open_tmp(task)
         try:
             written = 0
@@ -376,23 +383,33 @@ class Restorer:
             if written:
                 with self._lock:
                     self.result.bytes_written += written
-        finally:
+        except BaseException:
             os.close(fd)
+            raise
+        if keep:
+            return fd
+        os.close(fd)
+        return None
 
     # --- finish -------------------------------------------------------------------------------------
-    def _finish_file(self, task: _FileTask) -> None:
+    def _finish_file(self, task: _FileTask, fd: int | None = None) -> None:
+        """Size, metadata and rename of a complete file (``fd``: its temp file, still open from the last write;
+        closed here); a damaged one is removed and named."""
         if task.problem is not None:
+            if fd is not None:
+                os.close(fd)
             self._discard(task.dir, task.tmp, task.created)
             with self._lock:
                 self.result.damaged.append((_show(task.path), task.problem))
             return
         ready = False
         try:
-            fd = self._open_tmp(task)
+            if fd is None:
+                fd = self._open_tmp(task)
             try:
                 if task.end != task.node.size:  # a hole at the end (or a size the blocks do not fill)
                     os.ftruncate(fd, task.node.size)
-                problems = apply_metadata(fd, task.node, mode_set=task.mode_ok)
+                problems = apply_metadata(fd, task.node, mode_set=task.mode_ok, owner_set=task.owner_ok)
             finally:
                 os.close(fd)
             ready = True
@@ -416,11 +433,15 @@ class Restorer:
     def _rename(self, tmp_dir: bytes, tmp: bytes, path: bytes) -> None:
         """Rename the temp file ``tmp`` in directory ``tmp_dir`` to snapshot path ``path``."""
         parent, name = split(path)
-        with self._at.at(tmp_dir) as src, self._at.at(parent) as dst:
-            try:  # never replaces a directory, empty or not: rename(2) fails with EISDIR
-                os.rename(tmp, name, src_dir_fd=src, dst_dir_fd=dst)
-            except IsADirectoryError:
-                raise OSError(errno.EISDIR, "kept: a directory is in the way") from None
+        try:  # never replaces a directory, empty or not: rename(2) fails with EISDIR
+            if tmp_dir == parent:  # (the usual case: one handle)
+                with self._at.at(parent) as dfd:
+                    os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            else:
+                with self._at.at(tmp_dir) as src, self._at.at(parent) as dst:
+                    os.rename(tmp, name, src_dir_fd=src, dst_dir_fd=dst)
+        except IsADirectoryError:
+            raise OSError(errno.EISDIR, "kept: a directory is in the way") from None
 
     def _discard(self, tmp_dir: bytes, tmp: bytes, created: bool) -> None:
         """Remove a temp file we made; if its directory is gone or was swapped (a symlink now), it stays."""
