@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 import sys
 
 import click
@@ -13,7 +12,7 @@ from .. import retention
 from ..errors import DamageFound, UsageError
 from ..checker import parse_size
 from ..pruner import PruneOptions
-from .common import get_ctx, global_options, human_bytes, local_time
+from .common import ask, get_ctx, global_options, human_bytes, local_time
 from .main import cli
 
 
@@ -226,7 +225,7 @@ def key() -> None:
 
 
 def _new_password(file: str | None) -> bytes:
-    return get_new_password(file, getpass.getpass if sys.stdin.isatty() else None)
+    return get_new_password(file, ask if sys.stdin.isatty() else None)
 
 
 @key.command("list")

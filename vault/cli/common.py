@@ -14,7 +14,7 @@ from datetime import datetime
 import click
 
 from ..config import Settings, get_password, get_second_password
-from ..errors import VaultError
+from ..errors import NoPassword, VaultError
 from ..timespec import parse_wait
 
 _KEY = "vault.globals"
@@ -59,6 +59,14 @@ def global_options(f: Callable) -> Callable:
     return f
 
 
+def ask(prompt: str) -> str:
+    """A password from the terminal; end of input (Ctrl-D) is no password (exit 1), not an interruption."""
+    try:
+        return getpass.getpass(prompt)
+    except EOFError:
+        raise NoPassword("no password given (end of input at the prompt)") from None
+
+
 @dataclass
 class Ctx:
     settings: Settings
@@ -67,11 +75,11 @@ class Ctx:
     verbose: int
 
     def password(self, confirm: bool = False) -> bytes:
-        prompt = getpass.getpass if sys.stdin.isatty() else None
+        prompt = ask if sys.stdin.isatty() else None
         return get_password(self.settings, prompt, confirm=confirm)
 
     def second_password(self, role: str, source_file: str | None, source_command: str | None) -> bytes:
-        prompt = getpass.getpass if sys.stdin.isatty() else None
+        prompt = ask if sys.stdin.isatty() else None
         return get_second_password(self.settings, role, source_file, source_command, prompt)
 
     def password_fn(self) -> Callable[[], bytes]:
