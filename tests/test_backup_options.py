@@ -160,6 +160,14 @@ def test_empty_tag_ignored_and_tags_deduplicated(repo, tree):
     assert s["tags"] == ["x"]
 
 
+def test_an_empty_tag_filter_selects_untagged_snapshots(repo, tree):
+    repo("backup", tree, "--tag", "x")
+    repo("backup", tree)
+    untagged = repo("--json", "snapshots", "--tag", "").json
+    assert [s["tags"] for s in untagged] == [[]]
+    assert len(repo("--json", "snapshots", "--tag", "", "--tag", "x").json) == 2
+
+
 # --- dry run ----------------------------------------------------------------------------------------------
 def test_dry_run_changes_nothing_but_reports(repo, tree):
     before = tree_listing(repo.repo)

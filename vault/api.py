@@ -134,13 +134,19 @@ class SnapshotFilter:
     def matches(self, s: Snapshot) -> bool:
         if self.hosts and s.host not in self.hosts:
             return False
-        if self.tags and not any(set(t.split(",")) <= set(s.tags) for t in self.tags):
+        if self.tags and not any(_has_tags(t, s.tags) for t in self.tags):
             return False
         if self.paths:
             want = {os.path.abspath(p) for p in self.paths}
             if not want <= set(s.paths):
                 return False
         return True
+
+
+def _has_tags(spec: str, tags: list[str]) -> bool:
+    """``--tag a,b``: the snapshot has both; ``--tag ''`` (as restic): it has no tags at all."""
+    wanted = {t for t in spec.split(",") if t}
+    return wanted <= set(tags) if wanted else not tags
 
 
 def snapshot_json(s: Snapshot) -> dict:
