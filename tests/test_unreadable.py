@@ -188,3 +188,47 @@ def test_file_changing_while_read_is_a_warning(repo, tmp_path, monkeypatch):
     monkeypatch.setattr(archiver.Archiver, "_read_small", real)
     out = repo("--json", "backup", src).json
     assert out["files_changed"] == 1 and out["files_unmodified"] == 1
+
+
+@pytest.mark.skipif(not IS_ROOT or not os.path.exists("/usr/bin/setpriv"), reason="needs root and setpriv")
+def test_a_second_restore_without_privileges_fills_its_read_only_directories_again(tmp_path):
+    """Restore (as root without CAP_DAC_OVERRIDE: as a user would) a snapshot holding 0555 and 0000 directories
+    with content, then again into the same target, where the first restore left them read-only. The second run
+    must succeed too (it was 'damaged ... Permission denied', exit 20: a local failure reported as repository
+    damage)."""
+    src = make_tree(tmp_path / "src", {"dro": {"f": b"1"}, "d000": {"g": b"2", "sub": {"h": b"3"}}})
+    os.chmod(src / "dro", 0o555)
+    os.chmod(src / "d000", 0o000)
+    env = {**os.environ, "VAULT_REPOSITORY": str(tmp_path / "repo"), "VAULT_PASSWORD": "pw",
+           "VAULT_CACHE_DIR": str(tmp_path / "cache")}
+    run = [sys.executable, "-m", "vault.cli.main", "-q"]
+    subprocess.run(run + ["init", "--kdf-memory", "8", "--kdf-iterations", "1"], env=env, check=True)
+    subprocess.run(run + ["backup", str(src)], env=env, check=True)
+    caps = "-dac_override,-dac_read_search,-fowner"
+    unprivileged = ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}"]
+    target = tmp_path / "target"
+    try:
+        for attempt in (1, 2):
+            p = subprocess.run(unprivileged + run + ["restore", "latest", "--target", str(target)], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            assert p.returncode == 0, (attempt, p.stderr)
+        restored = target / str(src).lstrip("/")
+        assert oct(os.stat(restored / "dro").st_mode & 0o7777) == oct(0o555)
+        assert oct(os.stat(restored / "d000").st_mode & 0o7777) == oct(0o000)
+        assert (restored / "d000" / "sub" / "h").read_bytes() == b"3"
+    finally:
+        for dirpath, dirnames, _ in os.walk(tmp_path):
+            for d in dirnames:
+                os.chmod(os.path.join(dirpath, d), 0o700)
+
+
+def test_a_restore_onto_a_full_disk_is_an_error_not_damage(repo, tmp_path):
+    """A write that fails in the target (a full disk) is the target's problem: exit 1 with the file named,
+    never exit 20, which says the repository's data is damaged."""
+    from conftest import tmpfs
+
+    src = make_tree(tmp_path / "src", {"big": os.urandom(3 << 20), "small": b"s"})
+    repo("backup", src)
+    with tmpfs(tmp_path / "full", "1m") as target:
+        r = repo("restore", "latest", "--target", target, ok=1)
+        assert "damaged" not in r.err and "big" in r.err, r.err

@@ -88,7 +88,7 @@ def apply_metadata_at(dir_fd: int, name: bytes, node: Node) -> list[str]:
             problems.append(f"chown: owner {node.uid}:{node.gid} is out of this system's range")
     if node.type != SYMLINK:
         try:
-            _chmod_nofollow(dir_fd, name, node.mode)
+            chmod_nofollow(dir_fd, name, node.mode)
         except OSError as exc:
             problems.append(f"chmod: {exc.strerror}")
     try:
@@ -99,7 +99,7 @@ def apply_metadata_at(dir_fd: int, name: bytes, node: Node) -> list[str]:
     return problems
 
 
-def _chmod_nofollow(dir_fd: int, name: bytes, mode: int) -> None:
+def chmod_nofollow(dir_fd: int, name: bytes, mode: int) -> None:
     """chmod without following a symlink (Linux has no lchmod): through /proc/self/fd of an O_PATH descriptor
     of exactly that entry; where that is missing, by name (a fifo or device just made by us)."""
     o_path = getattr(os, "O_PATH", 0)
@@ -144,5 +144,5 @@ def make_special(dir_fd: int, name: bytes, node: Node) -> None:
         raise OSError(errno.ENOTSUP, "sockets are not restored")
 
 
-__all__ = ["node_from_stat", "stat_key", "apply_metadata", "apply_metadata_at", "current_umask", "make_special", "node_type", "IS_ROOT", "DIR",
+__all__ = ["node_from_stat", "stat_key", "apply_metadata", "apply_metadata_at", "chmod_nofollow", "current_umask", "make_special", "node_type", "IS_ROOT", "DIR",
            "SOCKET"]

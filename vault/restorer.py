@@ -34,7 +34,7 @@ from .catalog import Catalog
 from .errors import IntegrityError, VaultError
 from .excludes import Matcher
 from .dirhandles import DirHandles, split
-from .fsmeta import IS_ROOT, apply_metadata, apply_metadata_at, current_umask, make_special
+from .fsmeta import IS_ROOT, apply_metadata, apply_metadata_at, chmod_nofollow, current_umask, make_special
 from .model import DIR, FILE, SYMLINK, Node, Snapshot
 from .pack import PackEntry
 from .repository import Repository, Scratch, pack_name
@@ -79,7 +79,7 @@ class _LazyDir:
 
 
 class _FileTask:
-    __slots__ = ("path", "dir", "tmp", "node", "remaining", "problem", "created", "mode_ok", "owner_ok", "end", "done",
+    __slots__ = ("path", "dir", "tmp", "node", "remaining", "problem", "local", "created", "mode_ok", "owner_ok", "end", "done",
                  "spare", "lock")
 
     def __init__(self, path: bytes, node: Node):
@@ -88,6 +88,7 @@ class _FileTask:
         self.tmp = _tmp_name()
         self.remaining = len(node.blocks)
         self.problem: str | None = None
+        self.local = False  # the problem is here (a write failed), not in the repository's data
         self.created = False  # the temp file exists and is ours (created with O_EXCL)
         self.mode_ok = False  # it was created with exactly node.mode (no chmod needed)
         self.owner_ok = False  # it was created with node's owner and group already (no chown needed)
@@ -220,6 +221,10 @@ class Restorer:
             except FileExistsError:
                 pass
             st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode) and st.st_mode & 0o300 != 0o300 and st.st_uid == os.geteuid():
+                # ours but not writable (a 0555 or 0000 directory an earlier restore made): writable for now, its
+                # mode from the snapshot is set at the end
+                chmod_nofollow(dfd, name, stat.S_IMODE(st.st_mode) | 0o700)
         return stat.S_ISDIR(st.st_mode)
 
     def _walk(self) -> Iterator[_FileTask]:
@@ -337,7 +342,7 @@ class Restorer:
                 try:  # the file's last block: its descriptor stays open for _finish_file (one open, not two)
                     fd = self._write_block(task, offset, plain, keep=task.remaining == 1)
                 except OSError as exc:
-                    task.problem = f"write failed: {exc.strerror}"
+                    task.problem, task.local = f"cannot write it: {exc.strerror}", True
             task.remaining -= 1
             done = task.remaining == 0
         if done:
@@ -399,8 +404,8 @@ class Restorer:
             if fd is not None:
                 os.close(fd)
             self._discard(task.dir, task.tmp, task.created)
-            with self._lock:
-                self.result.damaged.append((_show(task.path), task.problem))
+            with self._lock:  # a local failure is an error (exit 1); damage is the repository's (exit 20)
+                (self.result.errors if task.local else self.result.damaged).append((_show(task.path), task.problem))
             return
         ready = False
         try:
@@ -458,7 +463,7 @@ class Restorer:
         can, and the rest link to it; never to whatever was already at a name."""
         for path, first in self._links:
             if first.problem is not None:
-                self.result.damaged.append((_show(path), first.problem))
+                (self.result.errors if first.local else self.result.damaged).append((_show(path), first.problem))
                 continue
             if not first.done and first.spare:
                 try:
