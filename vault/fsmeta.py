@@ -62,9 +62,12 @@ def apply_metadata(fd: int, node: Node, mode_set: bool = False, owner_set: bool 
             problems.append(f"chown: {exc.strerror}")
         except OverflowError:  # the format allows ids up to 2**64-1; this system's uid_t does not
             problems.append(f"chown: owner {node.uid}:{node.gid} is out of this system's range")
+    elif not IS_ROOT and node.mode & stat.S_ISGID:
+        _own_group(lambda: os.fchown(fd, -1, node.gid))
     if not mode_set:
         try:
             os.fchmod(fd, node.mode)
+            _check_set_ids(lambda: os.fstat(fd), node, problems)
         except OSError as exc:
             problems.append(f"chmod: {exc.strerror}")
     try:
@@ -86,9 +89,12 @@ def apply_metadata_at(dir_fd: int, name: bytes, node: Node) -> list[str]:
             problems.append(f"chown: {exc.strerror}")
         except OverflowError:
             problems.append(f"chown: owner {node.uid}:{node.gid} is out of this system's range")
+    elif node.type != SYMLINK and node.mode & stat.S_ISGID:
+        _own_group(lambda: os.chown(name, -1, node.gid, dir_fd=dir_fd, follow_symlinks=False))
     if node.type != SYMLINK:
         try:
             chmod_nofollow(dir_fd, name, node.mode)
+            _check_set_ids(lambda: os.stat(name, dir_fd=dir_fd, follow_symlinks=False), node, problems)
         except OSError as exc:
             problems.append(f"chmod: {exc.strerror}")
     try:
@@ -97,6 +103,23 @@ def apply_metadata_at(dir_fd: int, name: bytes, node: Node) -> list[str]:
         if not (node.type == SYMLINK and exc.errno in (errno.ENOTSUP, errno.EPERM)):
             problems.append(f"utime: {exc.strerror}")
     return problems
+
+
+def _own_group(chgrp) -> None:
+    """Without root: give a setgid entry the snapshot's group when this user may (a member of it), so the chmod
+    keeps the bit (the kernel clears S_ISGID for a group that is not the user's: the group a setgid directory
+    in the target handed down)."""
+    try:
+        chgrp()
+    except (OSError, OverflowError):
+        pass
+
+
+def _check_set_ids(stat_fn, node: Node, problems: list[str]) -> None:
+    """Say so when the kernel dropped a setuid/setgid bit the snapshot has (not root: the group is not ours)."""
+    wanted = node.mode & (stat.S_ISUID | stat.S_ISGID)
+    if wanted and not IS_ROOT and stat.S_IMODE(stat_fn().st_mode) & wanted != wanted:
+        problems.append("setuid/setgid bit not kept: the file's group is not one of this user's")
 
 
 def chmod_nofollow(dir_fd: int, name: bytes, mode: int) -> None:
