@@ -120,3 +120,18 @@ def test_a_parent_whose_trees_are_gone_does_not_stop_the_backup(repo, tmp_path):
     assert out["bytes_added"] > 0, out  # the trees, stored again: the index no longer lists them
     repo(*fresh, "restore", out["snapshot_id"], "--target", tmp_path / "r")
     assert_trees_equal(src, tmp_path / "r" / src.relative_to("/"))
+
+
+def test_a_new_hardlink_name_is_counted_new_and_its_old_name_changed(repo, tmp_path):
+    """Names of one inode share one read; each is still counted by its own state: a name the parent lacks is
+    new, one it had is changed (the link changed its ctime)."""
+    src = make_tree(tmp_path / "iso", {"f1": b"1", "f2": b"2", "f3": b"3", "f4": b"4"})
+    repo("backup", src)
+    os.link(src / "f2", src / "h2")
+    out = repo("--json", "backup", src).json
+    assert (out["files_new"], out["files_changed"], out["files_unmodified"]) == (1, 1, 3), out
+    (src / "d").mkdir()
+    os.link(src / "f4", src / "a4")  # sorts before f4: read under the new name first
+    os.link(src / "f4", src / "d" / "f4link")
+    out = repo("--json", "backup", src).json
+    assert (out["files_new"], out["files_changed"]) == (2, 1), out

@@ -129,7 +129,6 @@ class _PendingDir:
 @dataclass
 class _FileResult:
     node: Node | None
-    is_new: bool
     read: int = 0
     added: int = 0
     blocks_added: int = 0
@@ -269,8 +268,8 @@ class Archiver:
             self.catalog.add_trees(self.repo, rows)
 
     # --- files --------------------------------------------------------------------------------------
-    def _read_file(self, path: bytes, name: bytes, is_new: bool) -> _FileResult:
-        res = _FileResult(node=None, is_new=is_new)
+    def _read_file(self, path: bytes, name: bytes) -> _FileResult:
+        res = _FileResult(node=None)
         try:
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | _O_NOATIME)
@@ -340,7 +339,7 @@ class Archiver:
                 return buf[:n]
         return None
 
-    def _submit_file(self, path: bytes, name: bytes, st: os.stat_result, is_new: bool) -> tuple["_Batch", int]:
+    def _submit_file(self, path: bytes, name: bytes, st: os.stat_result) -> tuple["_Batch", int]:
         """Queue a file for reading; returns (batch, index of its result). Small files travel in batches of
         up to BATCH_FILES / BATCH_BYTES (one job, one future for many files: far less thread hand-off);
         a large file is a batch of its own."""
@@ -350,7 +349,7 @@ class Archiver:
         small = st.st_size < self.repo.config.chunker.min_size
         batch = self._batch if small else _Batch(self)
         slot = (batch, len(batch.files))
-        batch.files.append((path, name, is_new))
+        batch.files.append((path, name))
         batch.bytes += st.st_size
         if st.st_nlink > 1:
             self._hardlinks[key] = slot
@@ -360,9 +359,9 @@ class Archiver:
                 self._batch = _Batch(self)
         return slot
 
-    def _run_batch(self, files: list[tuple[bytes, bytes, bool]]) -> list[_FileResult]:
+    def _run_batch(self, files: list[tuple[bytes, bytes]]) -> list[_FileResult]:
         try:
-            return [self._read_file(path, name, is_new) for path, name, is_new in files]
+            return [self._read_file(path, name) for path, name in files]
         finally:
             self._inflight.release()
 
@@ -462,7 +461,8 @@ class Archiver:
                     items.append(_Reuse(name, st, old[2]))
                 else:
                     same = False
-                    items.append((*self._submit_file(child, name, st, old is None), child, name, st.st_size))
+                    items.append((*self._submit_file(child, name, st), child, name, st.st_size,
+                                  old is None))
             elif t == SYMLINK:
                 n = node_from_stat(name, st)
                 try:
@@ -515,7 +515,7 @@ class Archiver:
             if isinstance(it, Node):
                 nodes.append(it)
                 continue
-            batch, idx, child, name, seen = it
+            batch, idx, child, name, seen, is_new = it  # (is_new: this name's; hardlinks share a read)
             res: _FileResult = batch.result()[idx]
             if res.vanished:  # as if the listing had been taken a moment later
                 self.stats.warnings.append((_display(child), "deleted while the backup ran: not in the snapshot"))
@@ -531,7 +531,7 @@ class Archiver:
                 node = dataclasses.replace(node, name=name)
             if res.changed_while_reading:
                 self.stats.warnings.append((_display(child), "file changed while it was being read"))
-            if res.is_new:
+            if is_new:
                 self.stats.files_new += 1
             else:
                 self.stats.files_changed += 1

@@ -40,9 +40,12 @@ def snapshots(hosts, tags, paths) -> None:
     c.out(f"{len(snaps)} snapshot(s)")
 
 
+_TYPE_BITS = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK, "chardev": stat.S_IFCHR,
+              "blockdev": stat.S_IFBLK, "fifo": stat.S_IFIFO, "socket": stat.S_IFSOCK}
+
+
 def _line(path: bytes, n) -> str:
-    mode = stat.filemode(n.mode | {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK}.get(
-        n.type, 0))
+    mode = stat.filemode(n.mode | _TYPE_BITS.get(n.type, 0))
     size = n.size if n.type == FILE else 0
     tail = f" -> {os.fsdecode(n.target)}" if n.type == SYMLINK and n.target is not None else ""
     return f"{mode} {size:>12} {os.fsdecode(path)}{tail}"

@@ -19,7 +19,7 @@ def _target(ctx, param, value: str) -> str:
 
 @cli.command()
 @click.argument("snapshot", required=False)
-@click.option("-t", "--target", required=True, type=click.Path(file_okay=False), callback=_target,
+@click.option("-t", "--target", required=True, metavar="DIR", callback=_target,
               help="Directory to restore into.")
 @click.option("--at", "at", metavar="TIME", help="Instead of SNAPSHOT: the newest snapshot taken at or before "
               "TIME (ISO-8601 or 'N days ago').")
