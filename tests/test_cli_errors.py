@@ -686,3 +686,14 @@ def test_catalog_rebuild_with_a_directory_in_the_catalogs_place_is_one_line(repo
     for args in (["catalog", "rebuild"], ["snapshots"]):
         r = repo(*args, ok=1)
         assert "internal error" not in r.err and len(r.err.strip().splitlines()) == 1, r.err
+
+
+def test_a_missing_repository_is_said_before_any_password_is_asked_for(tmp_path, capfd, monkeypatch):
+    """No repository there: exit 10 at once, without running the password command (gpg, a vault client...)."""
+    from conftest import Cli
+
+    marker = tmp_path / "ran"
+    cli = Cli(capfd, tmp_path / "nothing-here", tmp_path / "cache")
+    monkeypatch.delenv("VAULT_PASSWORD", raising=False)
+    r = cli("--password-command", f"sh -c 'touch {marker}; echo pw'", "snapshots", ok=10)
+    assert not marker.exists() and "no repository" in r.err

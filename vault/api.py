@@ -72,7 +72,7 @@ def session(settings: Settings, password: PasswordFn, lock: str | None = None, o
             sync: bool = True) -> Iterator[Session]:
     """Open the repository (verify the password), optionally lock it, open and sync the catalog."""
     counter = _backend(settings)
-    repo = Repository.open(counter, password())
+    repo = Repository.open(counter, password)
     held = None
     if lock == "shared" and operation in _READ_ONLY and settings.no_lock:
         lock = None  # --no-lock: a read-only repository (a prune running meanwhile can make this fail)
@@ -115,7 +115,7 @@ def init(settings: Settings, password: bytes, kdf: KdfParams | None = None, chun
     parameters and secret seed, so copies between the two cut data identically and deduplicate."""
     keys = None
     if chunker_from is not None:
-        other = Repository.open(_backend(chunker_from[0]), chunker_from[1]())
+        other = Repository.open(_backend(chunker_from[0]), chunker_from[1])
         chunker = other.config.chunker
         keys = dataclasses.replace(MasterKeys.generate(), chunker_seed=other.keys.chunker_seed)
     backend = _backend(settings)
@@ -547,13 +547,13 @@ def stats(sess: Session) -> dict:
 
 def unlock(settings: Settings, password: PasswordFn, remove_all: bool = False) -> list[str]:
     counter = _backend(settings)
-    Repository.open(counter, password())
+    Repository.open(counter, password)
     return [lk.describe() for lk in remove_locks(counter, remove_all)]
 
 
 def catalog_rebuild(settings: Settings, password: PasswordFn) -> dict:
     counter = _backend(settings)
-    repo = Repository.open(counter, password())
+    repo = Repository.open(counter, password)
     catalog = Catalog.open(settings.cache_dir, repo.id, fresh=True)
     try:
         report = catalog.sync(repo)

@@ -136,12 +136,16 @@ class Repository:
         return cls(backend, config, keys, key_name)
 
     @classmethod
-    def open(cls, backend: Backend, password: bytes) -> "Repository":
+    def open(cls, backend: Backend, password: "bytes | Callable[[], bytes]") -> "Repository":
+        """Open with ``password`` (or a function giving it: asked for, or its command run, only once the
+        repository is known to exist -- a missing one is exit 10 before any prompt)."""
         try:
             raw_config = backend.get("config")
         except ObjectNotFound:
             raise RepositoryNotFound(f"no repository at {backend.location} (run 'vault init' to create one)") from None
         config = RepoConfig.decode(raw_config)
+        if callable(password):
+            password = password()
         damaged = 0
         for name, _ in backend.list("keys/"):
             try:
