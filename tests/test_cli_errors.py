@@ -697,3 +697,9 @@ def test_a_missing_repository_is_said_before_any_password_is_asked_for(tmp_path,
     monkeypatch.delenv("VAULT_PASSWORD", raising=False)
     r = cli("--password-command", f"sh -c 'touch {marker}; echo pw'", "snapshots", ok=10)
     assert not marker.exists() and "no repository" in r.err
+
+
+def test_init_over_an_existing_repository_refuses_before_asking_for_a_password(repo, tmp_path):
+    marker = tmp_path / "ran"
+    r = repo("--password-command", f"sh -c 'touch {marker}; echo pw'", "init", ok=1)
+    assert not marker.exists() and "already exists" in r.err

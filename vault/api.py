@@ -108,7 +108,7 @@ class InitResult:
         return {"repository_id": self.repository_id, "location": self.location}
 
 
-def init(settings: Settings, password: bytes, kdf: KdfParams | None = None, chunker: ChunkerParams | None = None,
+def init(settings: Settings, password: bytes | PasswordFn, kdf: KdfParams | None = None, chunker: ChunkerParams | None = None,
          compression_level: int = 1, pack_size: int = 16 * 1024 * 1024,
          chunker_from: tuple[Settings, PasswordFn] | None = None) -> InitResult:
     """Create a repository. ``chunker_from`` (settings, password) of another repository: use its chunker

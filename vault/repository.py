@@ -116,11 +116,13 @@ class Repository:
 
     # --- creating and opening -----------------------------------------------------------------------
     @classmethod
-    def create(cls, backend: Backend, password: bytes, *, kdf: KdfParams = KdfParams(),
+    def create(cls, backend: Backend, password: "bytes | Callable[[], bytes]", *, kdf: KdfParams = KdfParams(),
                chunker: ChunkerParams = ChunkerParams(), compression_level: int = 1,
                pack_size: int = 16 * 1024 * 1024, keys: MasterKeys | None = None) -> "Repository":
         if backend.exists_store() or backend.exists("config"):
             raise RepositoryExists(f"a repository already exists at {backend.location}; refusing to overwrite it")
+        if callable(password):  # asked for only now: an existing repository is refused before any prompt
+            password = password()
         backend.create_store()
         if next(iter(backend.list("")), None) is not None:
             raise RepositoryExists(f"{backend.location} is not empty and holds no repository; refusing to "

@@ -59,7 +59,7 @@ def init(pack_size: int, compression_level: int, chunk_min: int, chunk_avg: int,
     if chunker_from:
         other = (api.second_settings(c.settings, chunker_from),
                  lambda: c.second_password("FROM", from_password_file, None))
-    res = api.init(c.settings, c.password(confirm=True), kdf=params, chunker=chunker,
+    res = api.init(c.settings, lambda: c.password(confirm=True), kdf=params, chunker=chunker,
                    compression_level=compression_level, pack_size=pack_size * 1024 * 1024, chunker_from=other)
     if c.json:
         c.emit_json(res.to_json())
