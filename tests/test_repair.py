@@ -348,3 +348,26 @@ def test_a_killed_copy_resumes_into_a_sound_destination(cli, tmp_path):
     assert cli("--json", "--repo", second, "verify", "--read-data").json["ok"] is True
     cli("--repo", second, "restore", "latest", "--target", tmp_path / "r")
     assert_trees_equal(src, tmp_path / "r" / src.relative_to("/"))
+
+
+@pytest.mark.parametrize("cache", ["warm", "fresh"])
+def test_a_lost_manifest_whose_tree_a_forgotten_snapshot_shared_is_recovered(cli, tmp_path, setup, cache):
+    """Nightly backups of unchanged data share one root tree. When the manifest of the one kept is lost and
+    an identical one was forgotten, that tree must still be recovered (it was left out as 'forgotten', and the
+    next prune deleted the only copy of its files)."""
+    src, lay = setup
+    kept = cli("--json", "backup", src, "--time", "2026-03-02T10:00:00Z").json["snapshot_id"]
+    cli("forget", lay.snapshot)  # the first one: the same tree as `kept`
+    (src / "f0.bin").write_bytes(b"changed\n")
+    cli("backup", src, "--time", "2026-03-03T10:00:00Z")
+    flip(cli.repo / "snapshots" / kept, 40)
+    if cache == "fresh":
+        cli.cache = tmp_path / "new-machine-cache"
+    out = cli("repair").out  # the text report (it crashed on a recovered tree: internal error, exit 1)
+    assert "recover an orphan tree as snapshot" in out, out
+    assert cli("--json", "verify").json["ok"] is True
+    recovered = [s for s in cli("--json", "snapshots").json if "recovered" in s["tags"]]
+    assert len(recovered) == 1, recovered
+    cli("prune")
+    got = restored_files(cli, tmp_path, "r", recovered[0]["id"])
+    assert got[str(src / "f1.bin")] == (src / "f1.bin").read_bytes()

@@ -394,14 +394,22 @@ class Repairer:
         from datetime import datetime, timezone
 
         trees = self.catalog.tree_block_ids()
-        named = {s.tree for s in self.catalog.snapshots() if s.id not in unreadable}  # (cached before the damage)
-        for lid in self.repo.list_logs():  # the roots of forgotten snapshots stay forgotten
+        cached = self.catalog.snapshots()  # (cached before the damage, when this machine synced it then)
+        named = {s.tree for s in cached if s.id not in unreadable}
+        lost = {s.tree for s in cached if s.id in unreadable}  # the roots the unreadable manifests named
+        unknown = unreadable - {s.id for s in cached}  # unreadable ones this catalog never read: roots unknown
+        forgotten: set[bytes] = set()
+        for lid in self.repo.list_logs():  # the roots of forgotten snapshots stay forgotten...
             try:
                 log = self.repo.load_log(lid)
-                named.update(bytes.fromhex(d["tree"]) for d in log.get("decisions", []) if not d.get("keep") and
-                             isinstance(d.get("tree"), str) and len(d["tree"]) == 64)
+                forgotten.update(bytes.fromhex(d["tree"]) for d in log.get("decisions", []) if not d.get("keep")
+                                 and isinstance(d.get("tree"), str) and len(d["tree"]) == 64)
             except (VaultError, ValueError, TypeError, AttributeError):
                 continue
+        # ...unless a lost manifest named the same tree (nightly backups of unchanged data share one), or may
+        # have: with a manifest whose root is unknown, a forgotten root is recovered too (forget it again)
+        if not unknown:
+            named |= forgotten - lost
         for tid in trees:
             nodes = self._tree(self.catalog, self.repo, tid)
             for n in nodes or []:

@@ -343,8 +343,13 @@ def repair(what: str, read_data: bool, from_repo: str | None, from_password_file
             if s.get("healed_from_copy"):
                 c.out(f"would restore snapshot {s['old'][:8]} from the copy's {s['healed_from_copy'][:8]}")
                 continue
-            c.out(f"{verb}rewrite snapshot {s['old'][:8]} -> {(s['new'] or '-')[:8]}: {s['files_dropped']} file(s) "
-                  "dropped")
+            if s["old"] is None:  # a tree no manifest names any more
+                c.out(f"{verb}recover an orphan tree as snapshot {(s['new'] or '-')[:8]} (tag 'recovered')")
+            elif s["new"] is None and s.get("manifest"):
+                c.out(f"{verb}remove snapshot {s['old'][:8]}: its manifest is {s['manifest']}")
+            else:
+                c.out(f"{verb}rewrite snapshot {s['old'][:8]} -> {(s['new'] or '-')[:8]}: {s['files_dropped']} "
+                      "file(s) dropped")
         for f in rep.files_dropped:
             c.err(f"  lost: {f}")
         if verify_report is not None:
