@@ -355,5 +355,7 @@ def repair(what: str, read_data: bool, from_repo: str | None, from_password_file
         if verify_report is not None:
             for d in verify_report.damage:
                 c.err(f"damaged: {d.object}: {d.problem}")
-            c.out("verify after repair: " + ("no errors found" if ok else f"{len(verify_report.damage)} problem(s)"))
+            scope = "" if read_data or from_repo else " (structure only: add --read-data to read every pack)"
+            c.out(f"verify after repair{scope}: " + ("no errors found" if ok else
+                                                     f"{len(verify_report.damage)} problem(s)"))
     return 0 if ok else DamageFound.exit_code
