@@ -281,3 +281,15 @@ def test_pack_list_is_compact_and_lossless():
     plan = _Plan(delete=_PackList(pairs[:3]), repack=_PackList(pairs[3:5]), unindexed=_PackList(pairs[5:6]))
     assert list(plan.removed) == pairs[:6] and plan.removed_bytes() == sum(s for _, s in pairs[:6])
     assert not _PackList() and _PackList(pairs[:1])
+
+
+def test_prune_dry_run_predicts_the_repacking(repo, tmp_path):
+    """--dry-run reported '0 blocks into 0 new packs' where the real run repacked 115 blocks."""
+    versions(tmp_path, repo, 12, unique=700 * 1024)  # small packs holding blocks of several versions
+    repo("forget", "--keep-last", "4")
+    preview = repo("--json", "prune", "--dry-run", "--max-unused", "0%").json
+    real = repo("--json", "prune", "--max-unused", "0%").json
+    assert real["blocks_repacked"] > 0, real
+    for k in ("packs_deleted", "packs_repacked", "blocks_repacked"):
+        assert preview[k] == real[k], (k, preview, real)
+    assert abs(preview["packs_written"] - real["packs_written"]) <= 1, (preview, real)

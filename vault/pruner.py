@@ -336,10 +336,19 @@ class Pruner:
             self._abort_multipart(started)
             rep.temp_files_removed = self.repo.backend.remove_temp_files()
         else:
-            rep.bytes_repacked_written = self._estimate_repack_bytes(plan)
+            self._estimate_repack(plan)
         rep.bytes_freed = rep.bytes_deleted - rep.bytes_repacked_written
         rep.duration_s = time.monotonic() - t0
         return rep
 
-    def _estimate_repack_bytes(self, plan: _Plan) -> int:
-        return sum(e.length for pid, _ in plan.repack for e in self.catalog.live_blocks(pid))
+    def _estimate_repack(self, plan: _Plan) -> None:
+        """A dry run's repack figures: the live blocks the repacked packs hold, their bytes, and the packs of
+        ``pack_size`` they would fill (an estimate: data and trees go to separate packs)."""
+        blocks = size = 0
+        for pid, _ in plan.repack:
+            for e in self.catalog.live_blocks(pid):
+                blocks += 1
+                size += e.length
+        rep = self.report
+        rep.blocks_repacked, rep.bytes_repacked_written = blocks, size
+        rep.packs_written = -(-size // self.repo.config.pack_size) if size else 0
