@@ -49,9 +49,10 @@ class _Open:
         bytes in order; an ``end`` at or below what is spilled already does nothing), not by the writer's
         lock: other threads go on sealing blocks past ``end`` meanwhile."""
         with self.spill_lock:
-            self._spill(end, final)
+            self.spill_held(end, final)
 
-    def _spill(self, end: int, final: bool) -> None:
+    def spill_held(self, end: int, final: bool) -> None:
+        """``spill`` for a caller that holds ``spill_lock`` already (the pack's final store)."""
         if self.closed:
             return
         if not final:
@@ -213,7 +214,7 @@ class PackWriter:
         """Store a full pack (under its ``spill_lock``); its id."""
         end = op.used + len(header)
         if op.staged is not None:  # the rest and the header, then name it by the hash of it all
-            op._spill(op.used, final=True)
+            op.spill_held(op.used, final=True)
             op.staged.write_at(header, op.used)
             op.hash.update(header)
             return self.repo.publish_pack(op.staged, op.hash.digest(), end)
