@@ -124,7 +124,8 @@ def _check_set_ids(stat_fn, node: Node, problems: list[str]) -> None:
 
 def chmod_nofollow(dir_fd: int, name: bytes, mode: int) -> None:
     """chmod without following a symlink (Linux has no lchmod): through /proc/self/fd of an O_PATH descriptor
-    of exactly that entry; where that is missing, by name (a fifo or device just made by us)."""
+    of exactly that entry (a symlink there is left alone). Without /proc or O_PATH, by name: then a symlink
+    swapped in at that name in between would be followed (restore's directories and special files)."""
     o_path = getattr(os, "O_PATH", 0)
     if not o_path:
         os.chmod(name, mode, dir_fd=dir_fd)
