@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 
 import click
 
@@ -12,7 +11,7 @@ from .. import retention
 from ..errors import DamageFound, UsageError
 from ..checker import parse_size
 from ..pruner import PruneOptions
-from .common import ask, get_ctx, global_options, human_bytes, local_time
+from .common import get_ctx, global_options, human_bytes, local_time, terminal_prompt
 from .main import cli
 
 
@@ -225,7 +224,7 @@ def key() -> None:
 
 
 def _new_password(file: str | None) -> bytes:
-    return get_new_password(file, ask if sys.stdin.isatty() else None)
+    return get_new_password(file, terminal_prompt())
 
 
 @key.command("list")

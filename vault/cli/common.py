@@ -59,6 +59,11 @@ def global_options(f: Callable) -> Callable:
     return f
 
 
+def terminal_prompt() -> Callable[[str], str] | None:
+    """How to ask for a password: on the terminal when stdin is one, else not at all (None)."""
+    return ask if sys.stdin.isatty() else None
+
+
 def ask(prompt: str) -> str:
     """A password from the terminal; end of input (Ctrl-D) is no password (exit 1), not an interruption."""
     try:
@@ -75,11 +80,11 @@ class Ctx:
     verbose: int
 
     def password(self, confirm: bool = False) -> bytes:
-        prompt = ask if sys.stdin.isatty() else None
+        prompt = terminal_prompt()
         return get_password(self.settings, prompt, confirm=confirm)
 
     def second_password(self, role: str, source_file: str | None, source_command: str | None) -> bytes:
-        prompt = ask if sys.stdin.isatty() else None
+        prompt = terminal_prompt()
         return get_second_password(self.settings, role, source_file, source_command, prompt)
 
     def password_fn(self) -> Callable[[], bytes]:
@@ -107,7 +112,7 @@ class Ctx:
                 buf.write("".join(f",\n  {dump(k)}: {dump(v)}" for k, v in (tail() if tail else {}).items()) + "\n}")
             buf.seek(0)
             while piece := buf.read(1 << 20):
-                _stdout(piece, end="")
+                _stdout(piece, nl=False)
             _stdout("")
 
     def out(self, text: str) -> None:
@@ -136,11 +141,11 @@ def printable(text: str) -> str:
     return text.translate(_CONTROL)
 
 
-def _stdout(text: str, end: str = "\n") -> None:
+def _stdout(text: str, nl: bool = True) -> None:
     """One line (or document) to stdout; an output that cannot take it (a full disk behind a redirection) is a
     one-line error, not an internal one. A closed pipe is left to main (BrokenPipeError)."""
     try:
-        click.echo(text, nl=end == "\n")
+        click.echo(text, nl=nl)
     except BrokenPipeError:
         raise
     except OSError as exc:
