@@ -607,11 +607,14 @@ def test_a_directory_swapped_for_a_symlink_during_restore_is_not_followed(repo, 
     before = watched(tmp_path, box)
     restored = box / "target" / str(src).lstrip("/")
     orig = restorer.Restorer._write_block
-    swapped = []
+    marker = tmp_path / "cache" / "swapped"  # (a file: the writes run in forked worker processes)
 
     def swap_then_write(self, task, offset, plain, **kw):
-        if not swapped:  # the directories exist now; no file has been written yet
-            swapped.append(True)
+        try:  # the first write of any worker; the directories exist now, no file has been written yet
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            pass
+        else:
             for name, dest in (("aaa", outside), ("zz", outside / "victim")):
                 os.rename(restored / name, restored / (name + ".old"))
                 os.symlink(dest, restored / name)
@@ -619,7 +622,7 @@ def test_a_directory_swapped_for_a_symlink_during_restore_is_not_followed(repo, 
 
     monkeypatch.setattr(restorer.Restorer, "_write_block", swap_then_write)
     res = repo("restore", "latest", "--target", box / "target", ok=False)
-    assert swapped and "Traceback" not in res.err
+    assert marker.exists() and "Traceback" not in res.err
     assert (outside / "victim").read_bytes() == b"do not touch"
     assert stat.S_IMODE(os.stat(outside / "victim").st_mode) == 0o600, "the swapped-in link was chmod-ed through"
     assert watched(tmp_path, box) == before

@@ -93,11 +93,13 @@ def tricky(tmp_path) -> Path:
     return src
 
 
-def test_tricky_tree_round_trip(repo, tmp_path, tricky):
+@pytest.mark.parametrize("jobs", [[], ["--jobs", "1"], ["--jobs", "3"]], ids=["default", "threads", "3-processes"])
+def test_tricky_tree_round_trip(repo, tmp_path, tricky, jobs):
+    """Default: two worker processes write the files (forkpool); --jobs 1: threads of one process."""
     out = repo("--json", "backup", tricky).json
     assert out["snapshot_id"]
     r = tmp_path / "r"
-    repo("restore", "latest", "--target", r)
+    repo(*jobs, "restore", "latest", "--target", r)
     dst = restored(r, tricky)
     assert_trees_equal(tricky, dst)
     # the root of the backed-up tree keeps its metadata too
@@ -733,3 +735,24 @@ def test_pwrite_all_goes_on_after_a_short_write(tmp_path):
     finally:
         os.close(fd)
     assert (tmp_path / "x").read_bytes()[5:1005] == data[:1000]
+
+
+def test_a_restore_worker_process_that_dies_fails_the_restore_in_one_line(repo, tmp_path, monkeypatch):
+    from vault import restorer
+
+    src = make_tree(tmp_path / "src", {f"f{i}": os.urandom(5000) for i in range(20)})
+    repo("backup", src)
+    monkeypatch.setattr(restorer.Restorer, "_run_part", lambda self, msg: os._exit(9))  # (in the children)
+    res = repo("restore", "latest", "--target", tmp_path / "r", ok=False)
+    assert res.code == 1 and "worker process died" in res.err, res.err
+    assert "Traceback" not in res.err and len(res.err.strip().splitlines()) == 1, res.err
+
+
+def test_requests_of_restore_worker_processes_are_counted(repo, tmp_path):
+    src = make_tree(tmp_path / "src", {f"d{i}": {f"f{j}": os.urandom(20_000) for j in range(30)} for i in range(4)})
+    repo("backup", src)
+    one = repo("--json", "--jobs", "1", "restore", "latest", "--target", tmp_path / "r1").json
+    two = repo("--json", "--jobs", "2", "restore", "latest", "--target", tmp_path / "r2").json
+    packs = one["bytes_down"]
+    assert packs > 2_400_000 and two["bytes_down"] >= packs, (one, two)
+    assert two["requests"]["GET"] >= one["requests"]["GET"], (one, two)

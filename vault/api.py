@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 
 from .archiver import Archiver, BackupOptions
 from .backend import open_backend, parse_url
+from .backend.counting import sum_stats
 from .backend.retry import RetryBackend
 from .catalog import Catalog, SyncReport, open_synced
 from .checker import Checker, VerifyReport, parse_subset
@@ -233,12 +234,15 @@ def restore(settings: Settings, password: PasswordFn, spec: str | None, opts: Re
             flt: SnapshotFilter | None = None) -> tuple[Snapshot, RestoreResult]:
     with session(settings, password, lock="shared", operation="restore") as sess:
         snap = find_snapshot(sess, spec, at, flt)
-        jobs = opts.jobs or settings.jobs or 0
+        # worker processes (see forkpool): --jobs, default the cores (at most 8); a remote repository gets a
+        # thread per connection, shared out among them
+        processes = opts.processes or opts.jobs or settings.jobs or min(max(2, os.cpu_count() or 2), 8)
+        jobs = processes
         if local_repo_path(settings) is None:  # remote: one range fetch per connection
-            jobs = max(jobs or 0, settings.connections or 8)
-        opts = RestoreOptions(**{**opts.__dict__, "jobs": jobs})
-        result = Restorer(sess.repo, sess.catalog, snap, opts).run()
-        result.requests = sess.requests()
+            jobs = max(processes, settings.connections or 8)
+        opts = RestoreOptions(**{**opts.__dict__, "jobs": jobs, "processes": processes})
+        result = Restorer(sess.repo, sess.catalog, snap, opts, fresh_backend=lambda: _backend(settings)).run()
+        result.requests = sum_stats([sess.requests(), result.requests])
         return snap, result
 
 

@@ -20,23 +20,27 @@ of what was created. Nothing is written outside the target.
 from __future__ import annotations
 
 import collections
+import copy
 import errno
 import itertools
 import os
 import secrets
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from . import forkpool
+from .backend.base import Backend
+from .backend.counting import sum_stats
 from .catalog import Catalog
 from .errors import IntegrityError, VaultError
-from .excludes import Matcher
 from .dirhandles import DirHandles, split
+from .excludes import Matcher
+from .forkpool import ForkPool
 from .fsmeta import IS_ROOT, apply_metadata, apply_metadata_at, chmod_nofollow, current_umask, make_special
 from .model import DIR, FILE, SYMLINK, Node, Snapshot
-from .pack import PackEntry
 from .repository import Repository, Scratch, pack_name
 
 MAX_GAP = 256 * 1024
@@ -44,7 +48,13 @@ MAX_RANGE = 4 * 1024 * 1024
 BATCHES_IN_FLIGHT = 2  # the next batch's fetches start while the last ones of the previous finish
 BATCH_FILES = 4096  # per batch: ~4 KB of plan each (peak RSS of a 55,000-file restore: 104 -> 87 MiB vs 8192)
 BATCH_BLOCKS = 4096
+SLICE = 4 * 1024 * 1024  # worker processes: a pack's files are shared out by slices of this many bytes
+FILE_COST = 16 * 1024  # the work of creating a file, in bytes written (for sharing work out evenly)
 _OPEN_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+
+
+_Wanted = dict  # (offset, block id) -> (PackEntry, [(task, offset in the file)]): one pack's blocks to read
+_Packs = dict  # pack id -> _Wanted
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,7 @@ class RestoreOptions:
     exclude: list[str] = field(default_factory=list)
     jobs: int = 0  # fetching threads (remote repositories: the connections)
     cpu_jobs: int = 0  # of those, how many decrypt/decompress/write at once (default: cores)
+    processes: int = 0  # worker processes sharing the jobs out (0, 1: threads of this process; see forkpool)
 
 
 @dataclass
@@ -82,12 +93,13 @@ class _FileTask:
     __slots__ = ("path", "dir", "tmp", "node", "remaining", "problem", "local", "created", "mode_ok", "owner_ok", "end", "done",
                  "spare", "lock")
 
-    def __init__(self, path: bytes, node: Node):
+    def __init__(self, path: bytes, node: Node, tmp: bytes | None = None, remaining: int | None = None,
+                 problem: str | None = None):
         self.path, self.node = path, node
         self.dir = split(path)[0]  # the temp file's directory (snapshot path)
-        self.tmp = _tmp_name()
-        self.remaining = len(node.blocks)
-        self.problem: str | None = None
+        self.tmp = tmp or _tmp_name()
+        self.remaining = len(node.blocks) if remaining is None else remaining
+        self.problem = problem
         self.local = False  # the problem is here (a write failed), not in the repository's data
         self.created = False  # the temp file exists and is ours (created with O_EXCL)
         self.mode_ok = False  # it was created with exactly node.mode (no chmod needed)
@@ -162,8 +174,12 @@ def _show(path: bytes) -> str:
 
 
 class Restorer:
-    def __init__(self, repo: Repository, catalog: Catalog, snapshot: Snapshot, opts: RestoreOptions):
+    def __init__(self, repo: Repository, catalog: Catalog, snapshot: Snapshot, opts: RestoreOptions,
+                 fresh_backend: "Callable[[], Backend] | None" = None):
+        """``fresh_backend``: opens the repository's backend anew, for worker processes (a counting backend:
+        their requests are added up in ``result.requests``); without it they use the inherited one."""
         self.repo, self.catalog, self.snap, self.opts = repo, catalog, snapshot, opts
+        self._fresh_backend = fresh_backend
         self.result = RestoreResult()
         self._include = Matcher(opts.include)
         self._exclude = Matcher(opts.exclude)
@@ -266,29 +282,47 @@ class Restorer:
                     self._others.append((path, n))
 
     # --- fetch --------------------------------------------------------------------------------------
-    def _group_by_pack(self, tasks: list[_FileTask]) -> dict[bytes, dict[tuple[int, bytes], tuple[PackEntry, list[tuple[_FileTask, int]]]]]:
+    def _plan(self, tasks: list[_FileTask], parts: int) -> list[tuple[list[_FileTask], _Packs]]:
+        """Map every block of ``tasks`` to its pack, split into ``parts`` (one per worker process): a file goes
+        whole to the part of the 4 MiB slice of a pack its first block is in (files next to each other in a
+        pack share range reads), a new slice to the part with the least work so far. A file whose blocks are
+        all missing (or which has none) is in no part."""
         ids = [b for t in tasks for b in t.node.blocks]
         where = self.catalog.lookup_many(ids)
-        packs: dict[bytes, dict[tuple[int, bytes], tuple[PackEntry, list[tuple[_FileTask, int]]]]] = {}
+        out: list[tuple[list[_FileTask], _Packs]] = [([], {}) for _ in range(parts)]
+        owner: dict[tuple[bytes, int], int] = {}
         for task in tasks:
             offset = 0
+            found = []
             for bid in task.node.blocks:
                 loc = where.get(bid)
                 if loc is None:
                     task.problem = task.problem or f"block {bid.hex()[:16]}: missing from the index"
                     task.remaining -= 1
                     continue
-                pid, entry = loc
-                # keyed by id too: a (hostile) index placing two ids at one offset gets each checked on its own
-                slot = packs.setdefault(pid, {}).setdefault((entry.offset, bid), (entry, []))
-                slot[1].append((task, offset))
-                offset += entry.raw_length
+                found.append((loc[0], loc[1], bid, offset))
+                offset += loc[1].raw_length
             if task.problem is None and offset != task.node.size:
                 task.problem = f"its blocks hold {offset} bytes but the file is recorded as {task.node.size}"
-        return packs
+            if not found:
+                continue
+            part = 0
+            if parts > 1:
+                key = (found[0][0], found[0][1].offset // SLICE)
+                part = owner.get(key, -1)
+                if part < 0:
+                    part = owner[key] = self._load.index(min(self._load))
+                self._load[part] += task.node.size + FILE_COST
+            mine, packs = out[part]
+            mine.append(task)
+            for pid, entry, bid, off in found:
+                # keyed by id too: a (hostile) index placing two ids at one offset gets each checked on its own
+                slot = packs.setdefault(pid, {}).setdefault((entry.offset, bid), (entry, []))
+                slot[1].append((task, off))
+        return out
 
     @staticmethod
-    def _ranges(wanted: dict[tuple[int, bytes], tuple[PackEntry, list[tuple[_FileTask, int]]]]) -> list[list]:
+    def _ranges(wanted: _Wanted) -> list[list]:
         """Coalesce a pack's needed blocks into ranges (gaps <= MAX_GAP, size <= MAX_RANGE): units of work."""
         entries = sorted(wanted.values(), key=lambda x: x[0].offset)
         out: list[list] = []
@@ -540,14 +574,135 @@ class Restorer:
                 self.result.warnings.append((_show(path), p))
             self.result.dirs += 1
 
-    # --- run ----------------------------------------------------------------------------------------
+    # --- run ---------------------------------------------------------------------------------------
     def _submit_batch(self, tasks: list[_FileTask], pool: ThreadPoolExecutor) -> list[Future]:
-        packs = self._group_by_pack(tasks)
+        [(_, packs)] = self._plan(tasks, 1)
+        self._finish_empty(tasks)
+        return [pool.submit(self._fetch_range, pid, items)
+                for pid, wanted in packs.items() for items in self._ranges(wanted)]
+
+    def _finish_empty(self, tasks: list[_FileTask]) -> None:
         for task in tasks:  # empty files and files whose blocks are all missing
             if task.remaining == 0:
                 self._finish_file(task)
-        return [pool.submit(self._fetch_range, pid, items)
-                for pid, wanted in packs.items() for items in self._ranges(wanted)]
+
+    # --- worker processes (see forkpool) --------------------------------------------------------------
+    def _parts(self, tasks: list[_FileTask]) -> list[tuple[list[_FileTask], tuple]]:
+        """A batch as one message per worker process: (its files, (files to fill, pack ranges to read))."""
+        out = []
+        for mine, packs in self._plan(tasks, len(self._load)):
+            index = {id(t): i for i, t in enumerate(mine)}
+            ranges = [(pid, [(entry, [(index[id(t)], off) for t, off in users]) for entry, users in items])
+                      for pid, wanted in packs.items() for items in self._ranges(wanted)]
+            out.append((mine, ([(t.path, t.tmp, t.node, t.remaining, t.problem) for t in mine], ranges)))
+        self._finish_empty(tasks)
+        return out
+
+    def _child_init(self, threads: int) -> None:
+        """In a worker process: a backend of its own (no sockets shared with the parent), one CPU slot."""
+        if self._fresh_backend is not None:
+            self.repo = copy.copy(self.repo)
+            self.repo.backend = self._fresh_backend()
+        self._cpu = threading.BoundedSemaphore(1)
+        self._bufs = []
+        self._child_pool = ThreadPoolExecutor(threads, thread_name_prefix="vault-restore") if threads > 1 else None
+
+    def _run_part(self, msg: tuple) -> tuple:
+        """In a worker process: fill and finish the files of one message; what the parent needs back."""
+        files, ranges = msg
+        tasks = [_FileTask(path, node, tmp, remaining, problem) for path, tmp, node, remaining, problem in files]
+        self.result, self._spares = RestoreResult(), []
+        units = [(pid, [(entry, [(tasks[i], off) for i, off in users]) for entry, users in items])
+                 for pid, items in ranges]
+        if self._child_pool is None:
+            for pid, items in units:
+                self._fetch_range(pid, items)
+        else:
+            for fut in [self._child_pool.submit(self._fetch_range, pid, items) for pid, items in units]:
+                fut.result()
+        r = self.result
+        stats = self.repo.backend.inner.stats() if self._fresh_backend is not None else None
+        return ([(t.done, t.spare, t.created, t.problem, t.local) for t in tasks],
+                (r.files, r.bytes_written, r.errors, r.damaged, r.warnings), stats)
+
+    def _merge_part(self, mine: list[_FileTask], reply: tuple, worker: int) -> None:
+        states, (files, written, errors, damaged, warnings), stats = reply
+        for task, (task.done, task.spare, task.created, task.problem, task.local) in zip(mine, states):
+            if task.spare:
+                self._spares.append(task)
+        r = self.result
+        r.files += files
+        r.bytes_written += written
+        r.errors += errors
+        r.damaged += damaged
+        r.warnings += warnings
+        if stats is not None:
+            self._worker_requests[worker] = stats
+
+    def _run_processes(self, processes: int, threads: int) -> None:
+        """Fill the files in forked worker processes (no GIL shared between them); this process walks the
+        snapshot, makes the directories, plans and hands out batches, and does the finishing steps."""
+        self._load = [0] * processes
+        self._worker_requests: dict[int, dict] = {}
+        pool = ForkPool(processes, self._run_part, lambda: self._child_init(threads))
+        try:
+            queued: list[collections.deque] = [collections.deque() for _ in range(processes)]
+
+            def pump(block: bool) -> None:
+                for i, q in enumerate(queued):
+                    if q and not pool.busy[i]:
+                        mine, msg = q[0]
+                        pool.send(i, msg)
+                got = pool.receive(None if block else 0)
+                while got is not None:
+                    i, reply = got
+                    self._merge_part(queued[i].popleft()[0], reply, i)
+                    if queued[i]:
+                        pool.send(i, queued[i][0][1])
+                    got = pool.receive(0)
+
+            def submit(batch: list[_FileTask]) -> None:
+                for i, part in enumerate(self._parts(batch)):
+                    if part[0]:
+                        queued[i].append(part)
+                pump(False)
+                while sum(map(len, queued)) > BATCHES_IN_FLIGHT * processes:  # bounded plans in memory
+                    pump(True)
+
+            self._walk_batches(submit)
+            while any(queued):
+                pump(True)
+        except BaseException:
+            pool.close(kill=True)
+            raise
+        pool.close()
+        self.result.requests = sum_stats(self._worker_requests.values())
+
+    def _run_threads(self, jobs: int) -> None:
+        with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="vault-restore") as pool:
+            running: collections.deque[list[Future]] = collections.deque()  # batches in flight, oldest first
+
+            def submit(batch: list[_FileTask]) -> None:
+                while len(running) >= BATCHES_IN_FLIGHT:
+                    for fut in running.popleft():
+                        fut.result()
+                running.append(self._submit_batch(batch, pool))
+
+            self._walk_batches(submit)
+            for futs in running:
+                for fut in futs:
+                    fut.result()
+
+    def _walk_batches(self, submit) -> None:
+        batch: list[_FileTask] = []
+        blocks = 0
+        for task in self._walk():
+            batch.append(task)
+            blocks += len(task.node.blocks)
+            if len(batch) >= BATCH_FILES or blocks >= BATCH_BLOCKS:
+                submit(batch)
+                batch, blocks = [], 0
+        submit(batch)
 
     def _make_target(self) -> None:
         try:
@@ -572,23 +727,11 @@ class Restorer:
 
     def _run(self) -> RestoreResult:
         jobs = self.opts.jobs or max(2, os.cpu_count() or 2)
-        with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="vault-restore") as pool:
-            running: collections.deque[list[Future]] = collections.deque()  # batches in flight, oldest first
-            batch: list[_FileTask] = []
-            blocks = 0
-            for task in self._walk():
-                batch.append(task)
-                blocks += len(task.node.blocks)
-                if len(batch) >= BATCH_FILES or blocks >= BATCH_BLOCKS:
-                    while len(running) >= BATCHES_IN_FLIGHT:
-                        for fut in running.popleft():
-                            fut.result()
-                    running.append(self._submit_batch(batch, pool))
-                    batch, blocks = [], 0
-            running.append(self._submit_batch(batch, pool))
-            for futs in running:
-                for fut in futs:
-                    fut.result()
+        processes = self.opts.processes
+        if processes > 1 and forkpool.available():
+            self._run_processes(processes, max(1, -(-jobs // processes)))
+        else:
+            self._run_threads(jobs)
         self._finish_links()
         self._finish_others()
         self._finish_dirs()

@@ -8,7 +8,7 @@ put made, bytes down per get that returned. ``create_store`` and ``close`` are n
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from vault.backend.base import Backend
@@ -115,3 +115,14 @@ class CountingBackend:
     def close(self) -> None:
         """Close the inner backend."""
         self.inner.close()
+
+
+def sum_stats(stats: Iterable[dict]) -> dict:
+    """``CountingBackend.stats`` of several backends (a restore's worker processes) added up."""
+    out: dict = {"requests": {}, "bytes_up": 0, "bytes_down": 0}
+    for st in stats:
+        for kind, n in st.get("requests", {}).items():
+            out["requests"][kind] = out["requests"].get(kind, 0) + n
+        out["bytes_up"] += st.get("bytes_up", 0)
+        out["bytes_down"] += st.get("bytes_down", 0)
+    return out
