@@ -46,8 +46,10 @@ from .repository import Repository, Scratch, pack_name
 MAX_GAP = 256 * 1024
 MAX_RANGE = 4 * 1024 * 1024
 BATCHES_IN_FLIGHT = 2  # the next batch's fetches start while the last ones of the previous finish
-BATCH_FILES = 4096  # per batch: ~4 KB of plan each (peak RSS of a 55,000-file restore: 104 -> 87 MiB vs 8192)
-BATCH_BLOCKS = 4096
+BATCH_FILES = 4096  # files or blocks per batch: ~4 KB of plan a file (peak RSS of a 55,000-file restore: 104 -> 87 MiB
+#                     vs 8192)
+PROCESS_BATCH = 2048  # files and blocks, with worker processes: each has its own copy of its part (and copies
+#                       pages of the parent's heap as it allocates): 4096 made 117 MiB of PSS in all, 2048 100
 SLICE = 4 * 1024 * 1024  # worker processes: a pack's files are shared out by slices of this many bytes
 FILE_COST = 16 * 1024  # the work of creating a file, in bytes written (for sharing work out evenly)
 _OPEN_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
@@ -167,6 +169,11 @@ def _all_zero(data: bytes | memoryview) -> bool:
     if not len(data) or data[0] or data[-1]:  # the common case, decided without a scan
         return not len(data)
     return (data if isinstance(data, bytes) else bytes(data)).count(0) == len(data)
+
+
+def _slim(node: Node) -> tuple:
+    """What a worker process needs of a file's node (not its block list): Node's fields from ``mode`` on."""
+    return node.mode, node.uid, node.gid, node.size, node.mtime_ns, node.ctime_ns, node.inode, node.dev, node.nlink
 
 
 def _show(path: bytes) -> str:
@@ -594,7 +601,8 @@ class Restorer:
             index = {id(t): i for i, t in enumerate(mine)}
             ranges = [(pid, [(entry, [(index[id(t)], off) for t, off in users]) for entry, users in items])
                       for pid, wanted in packs.items() for items in self._ranges(wanted)]
-            out.append((mine, ([(t.path, t.tmp, t.node, t.remaining, t.problem) for t in mine], ranges)))
+            files = [(t.path, t.tmp, t.remaining, t.problem, _slim(t.node)) for t in mine]
+            out.append((mine, (files, ranges)))
         self._finish_empty(tasks)
         return out
 
@@ -610,7 +618,8 @@ class Restorer:
     def _run_part(self, msg: tuple) -> tuple:
         """In a worker process: fill and finish the files of one message; what the parent needs back."""
         files, ranges = msg
-        tasks = [_FileTask(path, node, tmp, remaining, problem) for path, tmp, node, remaining, problem in files]
+        tasks = [_FileTask(path, Node(b"", FILE, *meta), tmp, remaining, problem)
+                 for path, tmp, remaining, problem, meta in files]
         self.result, self._spares = RestoreResult(), []
         units = [(pid, [(entry, [(tasks[i], off) for i, off in users]) for entry, users in items])
                  for pid, items in ranges]
@@ -669,7 +678,7 @@ class Restorer:
                 while sum(map(len, queued)) > BATCHES_IN_FLIGHT * processes:  # bounded plans in memory
                     pump(True)
 
-            self._walk_batches(submit)
+            self._walk_batches(submit, PROCESS_BATCH)
             while any(queued):
                 pump(True)
         except BaseException:
@@ -693,13 +702,14 @@ class Restorer:
                 for fut in futs:
                     fut.result()
 
-    def _walk_batches(self, submit) -> None:
+    def _walk_batches(self, submit, size: int = BATCH_FILES) -> None:
+        """The files to fill in batches of up to ``size`` files or blocks, each passed to ``submit``."""
         batch: list[_FileTask] = []
         blocks = 0
         for task in self._walk():
             batch.append(task)
             blocks += len(task.node.blocks)
-            if len(batch) >= BATCH_FILES or blocks >= BATCH_BLOCKS:
+            if len(batch) >= size or blocks >= size:
                 submit(batch)
                 batch, blocks = [], 0
         submit(batch)
