@@ -14,8 +14,8 @@ Scenarios (per tool, per repetition, on a fresh cp -a copy of the cached corpus)
       borg check --verify-data)
 
 Per command: wall time, CPU time (user+sys of the child and its waited-for children, from wait4),
-peak RSS (ru_maxrss of the child, i.e. the largest single process), repository size (apparent bytes)
-after S1 and S3 and the bytes S3 added. Then medians over --reps and vault / best-peer ratios
+peak RSS (ru_maxrss of the child, i.e. the largest single process), peak PSS of the whole process tree
+(sampled every 50 ms: vault restores in worker processes), repository size (apparent bytes) after S1 and S3 and the bytes S3 added. Then medians over --reps and vault / best-peer ratios
 (lower is better). Runs are warm-cache for every tool alike (the page cache is not dropped).
 See benchmarks/README.md.
 """
@@ -117,8 +117,45 @@ def quick(cmd, env=None, cwd=None, timeout=60):
         return -1, str(e)
 
 
+def _tree_pss_kib(pid):
+    """PSS of process ``pid`` and all its descendants (KiB): the memory a multi-process tool uses in all,
+    each page shared between its processes counted once. 0 where /proc has no smaps_rollup."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1])
+                        break
+            for t in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{t}/children") as f:
+                    todo += [int(x) for x in f.read().split()]
+        except (OSError, ValueError):
+            pass
+    return total
+
+
+class TreeMemory(threading.Thread):
+    """Samples the summed PSS of a process tree every 50 ms until stopped; ``peak_mib``."""
+
+    def __init__(self, pid):
+        super().__init__(daemon=True)
+        self.pid, self.peak, self.done = pid, 0, threading.Event()
+
+    def run(self):
+        while not self.done.wait(0.05):
+            self.peak = max(self.peak, _tree_pss_kib(self.pid))
+
+    @property
+    def peak_mib(self):
+        return self.peak / 1024.0
+
+
 def measure(cmd, env, cwd, out_path, err_path, timeout):
-    """Run cmd, reap it with wait4: wall, CPU (user+sys incl. its reaped children), peak RSS."""
+    """Run cmd, reap it with wait4: wall, CPU (user+sys incl. its reaped children), peak RSS (the largest
+    process) and peak PSS of the whole process tree (sampled)."""
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         t0 = time.perf_counter()
         try:
@@ -127,7 +164,7 @@ def measure(cmd, env, cwd, out_path, err_path, timeout):
         except OSError as e:
             err.write(f"cannot start {cmd[0]}: {e}\n".encode())
             return {"rc": 127, "wall_s": 0.0, "cpu_s": 0.0, "user_s": 0.0, "sys_s": 0.0, "rss_mib": 0.0,
-                    "timed_out": False}
+                    "pss_mib": 0.0, "timed_out": False}
         timed_out = []
 
         def kill():
@@ -139,6 +176,8 @@ def measure(cmd, env, cwd, out_path, err_path, timeout):
         timer = threading.Timer(timeout, kill) if timeout else None
         if timer:
             timer.start()
+        sampler = TreeMemory(p.pid)
+        sampler.start()
         try:
             while True:
                 try:
@@ -152,14 +191,16 @@ def measure(cmd, env, cwd, out_path, err_path, timeout):
                     p.returncode = -9
                     raise
         finally:
+            sampler.done.set()
             if timer:
                 timer.cancel()
         wall = time.perf_counter() - t0
+        sampler.join()
         rc = os.waitstatus_to_exitcode(status)
         p.returncode = rc  # reaped by us: keep Popen from waiting again
     return {"rc": rc, "wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime, "user_s": ru.ru_utime,
             "sys_s": ru.ru_stime, "rss_mib": ru.ru_maxrss / 1024.0,  # ru_maxrss is KiB on Linux
-            "timed_out": bool(timed_out)}
+            "pss_mib": sampler.peak_mib, "timed_out": bool(timed_out)}
 
 
 def find_restored_root(target, src):
@@ -474,7 +515,8 @@ def run_tool(args, rep, tool_name, exe, corpus_info, results, results_open):
         if m.get("timed_out"):
             status = f"TIMEOUT after {args.timeout}s"
         log(f"  rep {rep} {tool_name:6} {step:4} {status:10} wall {m['wall_s']:8.2f}s  cpu {m['cpu_s']:8.2f}s  "
-            f"(usr {m['user_s']:.2f} sys {m['sys_s']:.2f})  rss {m['rss_mib']:7.1f} MiB{more}{tag}")
+            f"(usr {m['user_s']:.2f} sys {m['sys_s']:.2f})  rss {m['rss_mib']:7.1f} MiB  "
+            f"pss(all) {m.get('pss_mib', 0):6.1f} MiB{more}{tag}")
         if not m["ok"]:
             for line in m.get("stderr_tail", "").splitlines()[-8:]:
                 log(f"      | {line}")
@@ -580,7 +622,7 @@ def summarize(args, results, tools):
             runs = [r for r in results if r["scenario"] == s and r["tool"] == t]
             ok = [r for r in runs if r.get("ok")]
             d = {"runs": len(runs), "ok": len(ok)}
-            for fig in ("wall_s", "cpu_s", "rss_mib", "repo_bytes", "added_bytes", "mib_per_s", "cache_bytes"):
+            for fig in ("wall_s", "cpu_s", "rss_mib", "pss_mib", "repo_bytes", "added_bytes", "mib_per_s", "cache_bytes"):
                 vals = [r[fig] for r in ok if r.get(fig) is not None]
                 if vals:
                     d[fig] = median(vals)
@@ -615,7 +657,8 @@ def ratio_str(vault, peers):
 def print_table(args, summary, tools):
     peers = [t for t in tools if t != "vault"]
     has_ratio = "vault" in tools and peers
-    figures = [("wall_s", "wall s", "s"), ("cpu_s", "cpu s", "s"), ("rss_mib", "peak RSS MiB", "mib")]
+    figures = [("wall_s", "wall s", "s"), ("cpu_s", "cpu s", "s"), ("rss_mib", "peak RSS MiB", "mib"),
+               ("pss_mib", "peak PSS MiB, all", "mib")]
     width = 12
     head = f"{'scenario':24} {'figure':18}" + "".join(f"{t:>{width}}" for t in tools)
     if has_ratio:
