@@ -199,6 +199,7 @@ class Restorer:
         self._lock = threading.Lock()
         self._cpu = threading.BoundedSemaphore(opts.cpu_jobs or max(2, os.cpu_count() or 2))
         self._bufs: list[Scratch] = []  # decryption buffers, one per CPU slot (list ops are atomic)
+        self._tls = threading.local()  # a read buffer per fetching thread
         self._umask = current_umask()
 
     # --- plan ---------------------------------------------------------------------------------------
@@ -349,7 +350,7 @@ class Restorer:
         end = max(e.offset + e.length for e, _ in items)  # entries may overlap (a hostile index): the furthest
         why = ""
         try:
-            data = memoryview(self.repo.backend.get(pack_name(pid), start, end - start))
+            data = self._get(pack_name(pid), start, end - start)
         except VaultError as exc:
             data, why = None, f"pack {pid.hex()[:16]} unreadable: {exc}"
         with self._cpu:  # network waits overlap freely; the CPU work never oversubscribes the cores (GIL)
@@ -358,6 +359,17 @@ class Restorer:
                 self._process_range(items, start, data, why, buf)
             finally:
                 self._bufs.append(buf)
+
+    def _get(self, name: str, start: int, length: int) -> memoryview:
+        """A range of a pack, read into this thread's reused buffer where the backend can (a local one:
+        fresh 4 MiB buffers were 70 % of a restore's page faults), valid until the thread's next read."""
+        get_into = getattr(self.repo.backend, "get_into", None)
+        if get_into is None:
+            return memoryview(self.repo.backend.get(name, start, length))
+        buf = getattr(self._tls, "read", None)
+        if buf is None or len(buf) < length:
+            buf = self._tls.read = bytearray(max(length, MAX_RANGE + MAX_GAP))  # (a new one: never resized)
+        return get_into(name, start, length, buf)
 
     def _process_range(self, items: list, start: int, data: memoryview | None, why: str, buf: Scratch) -> None:
         """Decrypt and decompress into ``buf`` (one per CPU slot, reused: no fresh pages faulted in) and write."""
@@ -612,7 +624,7 @@ class Restorer:
             self.repo = copy.copy(self.repo)
             self.repo.backend = self._fresh_backend()
         self._cpu = threading.BoundedSemaphore(1)
-        self._bufs = []
+        self._bufs, self._tls = [], threading.local()
         self._child_pool = ThreadPoolExecutor(threads, thread_name_prefix="vault-restore") if threads > 1 else None
 
     def _run_part(self, msg: tuple) -> tuple:

@@ -65,6 +65,15 @@ class CountingBackend:
             self._bytes_down += len(data)
         return data
 
+    def get_into(self, name: str, offset: int, length: int, buf: bytearray) -> memoryview:
+        """``get`` into a reused buffer where the store can (see ``LocalBackend.get_into``), else ``get``."""
+        self._count("GET")
+        fn = getattr(self.inner, "get_into", None)
+        data = fn(name, offset, length, buf) if fn is not None else memoryview(self.inner.get(name, offset, length))
+        with self._lock:
+            self._bytes_down += len(data)
+        return data
+
     def size(self, name: str) -> int:
         """Count a HEAD."""
         self._count("HEAD")

@@ -177,6 +177,28 @@ class LocalBackend:
             finally:
                 os.close(fd)
 
+    def get_into(self, name: str, offset: int, length: int, buf: bytearray) -> memoryview:
+        """``get`` of a range into ``buf`` (grown if needed, reused by the caller: no fresh pages to fault
+        in for every range); a view of the bytes read, short when the range passes the end."""
+        _check_range(offset, length)
+        if len(buf) < length:
+            buf.extend(bytes(length - len(buf)))
+        view = memoryview(buf)[:length]
+        with self._os_errors("reading", name, missing=True):
+            fd = os.open(self._path(name), os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise ObjectNotFound(f"{name} not found in {self.root} (not a regular file)")
+                got = 0
+                while got < length:
+                    n = os.preadv(fd, [view[got:]], offset + got)
+                    if not n:
+                        break
+                    got += n
+                return view[:got]
+            finally:
+                os.close(fd)
+
     def size(self, name: str) -> int:
         """Return the object's size. Raises ObjectNotFound."""
         path = self._path(name)

@@ -103,6 +103,13 @@ class RetryBackend:
         """Get with retries."""
         return self._call(lambda: self.inner.get(name, offset, length))
 
+    def get_into(self, name: str, offset: int, length: int, buf: bytearray) -> memoryview:
+        """``get`` into a reused buffer where the store can (see ``LocalBackend.get_into``), else ``get``."""
+        fn = getattr(self.inner, "get_into", None)
+        if fn is None:
+            return memoryview(self._call(lambda: self.inner.get(name, offset, length)))
+        return self._call(lambda: fn(name, offset, length, buf))
+
     def size(self, name: str) -> int:
         """Size with retries."""
         return self._call(lambda: self.inner.size(name))
