@@ -230,3 +230,34 @@ def test_a_lost_lock_stops_the_commit(repo, src, monkeypatch):
     r = repo("backup", src, ok=1)
     assert "lock was removed" in r.err
     assert not list(be.list("snapshots/"))
+
+
+def test_a_fork_waits_for_a_lock_refresh_in_progress_and_frees_it_after():
+    """Restore forks worker processes while the lock's refresher thread lives: at the fork no refresh may be
+    half done (the child would inherit a held mutex), so the fork holds every live lock's mutex meanwhile."""
+    from vault.backend.memory import MemoryBackend
+
+    lk = Lock(MemoryBackend(), exclusive=False, operation="restore", wait=0)
+    try:
+        entered, go = threading.Event(), threading.Event()
+
+        def refresh():
+            with lk._mutex:  # what the refresher holds while it writes
+                entered.set()
+                go.wait(5)
+
+        t = threading.Thread(target=refresh)
+        t.start()
+        entered.wait(5)
+        threading.Timer(0.3, go.set).start()
+        start = time.monotonic()
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0 if not lk._mutex.locked() else 1)
+        waited = time.monotonic() - start
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0, "the child inherited a held mutex"
+        assert waited >= 0.25, "the fork did not wait for the refresh"
+        assert not lk._mutex.locked()
+        t.join()
+    finally:
+        lk.release()

@@ -737,17 +737,6 @@ def test_pwrite_all_goes_on_after_a_short_write(tmp_path):
     assert (tmp_path / "x").read_bytes()[5:1005] == data[:1000]
 
 
-def test_a_restore_worker_process_that_dies_fails_the_restore_in_one_line(repo, tmp_path, monkeypatch):
-    from vault import restorer
-
-    src = make_tree(tmp_path / "src", {f"f{i}": os.urandom(5000) for i in range(20)})
-    repo("backup", src)
-    monkeypatch.setattr(restorer.Restorer, "_run_part", lambda self, msg: os._exit(9))  # (in the children)
-    res = repo("restore", "latest", "--target", tmp_path / "r", ok=False)
-    assert res.code == 1 and "worker process died" in res.err, res.err
-    assert "Traceback" not in res.err and len(res.err.strip().splitlines()) == 1, res.err
-
-
 def test_requests_of_restore_worker_processes_are_counted(repo, tmp_path):
     src = make_tree(tmp_path / "src", {f"d{i}": {f"f{j}": os.urandom(20_000) for j in range(30)} for i in range(4)})
     repo("backup", src)

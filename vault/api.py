@@ -33,7 +33,7 @@ from .locks import Lock, remove_locks
 from .model import DIR, FILE, Node, Snapshot, format_time, replaced_by_repair
 from .pruner import PruneOptions, PruneReport, Pruner
 from .repairer import RepairReport, Repairer
-from . import retention
+from . import forkpool, retention
 from .retention import Decision, Group, Policy
 from .repository import Repository
 from .restorer import RestoreOptions, RestoreResult, Restorer
@@ -234,12 +234,12 @@ def restore(settings: Settings, password: PasswordFn, spec: str | None, opts: Re
             flt: SnapshotFilter | None = None) -> tuple[Snapshot, RestoreResult]:
     with session(settings, password, lock="shared", operation="restore") as sess:
         snap = find_snapshot(sess, spec, at, flt)
-        # worker processes (see forkpool): --jobs, default the cores (at most 8); a remote repository gets a
-        # thread per connection, shared out among them
-        processes = opts.processes or opts.jobs or settings.jobs or min(max(2, os.cpu_count() or 2), 8)
-        jobs = processes
-        if local_repo_path(settings) is None:  # remote: one range fetch per connection
-            jobs = max(processes, settings.connections or 8)
+        jobs = opts.jobs or settings.jobs or 0
+        if local_repo_path(settings) is None:  # remote: threads, one range fetch per connection (the network
+            processes = 1                       # is the wait: all connections can serve one big file)
+            jobs = max(jobs, settings.connections or 8)
+        else:  # local: worker processes (see forkpool), by default one per core, at most 4 (memory)
+            processes = jobs = opts.processes or jobs or min(max(2, forkpool.cores()), 4)
         opts = RestoreOptions(**{**opts.__dict__, "jobs": jobs, "processes": processes})
         result = Restorer(sess.repo, sess.catalog, snap, opts, fresh_backend=lambda: _backend(settings)).run()
         result.requests = sum_stats([sess.requests(), result.requests])

@@ -8,14 +8,16 @@ A child is a fork of the caller: it starts at once and shares the parent's memor
 keeps the collector from touching, and so copying, the inherited objects). It runs only ``handler`` on what
 it is sent and must not use what cannot cross a fork (a SQLite connection, sockets of the parent's clients:
 ``child_init`` makes fresh ones). It dies with its parent (``PR_SET_PDEATHSIG``), leaves through ``os._exit``
-(never the parent's atexit handlers, such as releasing the repository lock) and reports an exception of
-``handler`` to the parent, which raises it again from ``receive``.
+(never the parent's atexit handlers, such as releasing the repository lock), ignores Ctrl-C (the parent
+decides: ``close`` lets the work in hand finish, as a thread pool would) and sends an exception of
+``handler`` or ``child_init`` to the parent, which raises it from ``receive``.
 """
 
 from __future__ import annotations
 
 import gc
 import os
+import pickle
 import signal
 import traceback
 from collections.abc import Callable
@@ -29,8 +31,20 @@ def available() -> bool:
     return hasattr(os, "fork") and hasattr(os, "register_at_fork")
 
 
+def cores() -> int:
+    """The CPUs this process may run on (its affinity mask: ``taskset``, a container's cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 class WorkerError(VaultError):
     pass
+
+
+class WorkerCrash(RuntimeError):
+    """An unexpected exception in a worker: ``str`` is its one line; the child's traceback is a note."""
 
 
 def _die_with_parent(parent: int) -> None:
@@ -44,9 +58,25 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+def _failure(exc: BaseException) -> tuple:
+    """What the parent needs to raise ``exc`` again: the exception itself when it pickles (a VaultError keeps
+    its class, so its exit code), else its one-line text; and the traceback."""
+    tb = traceback.format_exc()
+    try:
+        blob = pickle.dumps(exc)
+        pickle.loads(blob)
+    except Exception:  # noqa: BLE001 -- an exception that does not travel: its text does
+        blob = None
+    return blob, f"{type(exc).__name__}: {exc}", tb
+
+
 def _serve(conn: Connection, handler: Callable[[Any], Any], child_init: Callable[[], None] | None) -> int:
+    failed = None
     if child_init is not None:
-        child_init()
+        try:
+            child_init()
+        except Exception as exc:  # noqa: BLE001 -- the answer to every message
+            failed = _failure(exc)
     while True:
         try:
             msg = conn.recv()
@@ -54,11 +84,13 @@ def _serve(conn: Connection, handler: Callable[[Any], Any], child_init: Callable
             return 1
         if msg is None:
             return 0
+        if failed is not None:
+            conn.send((False, failed))
+            continue
         try:
             reply = (True, handler(msg))
         except Exception as exc:  # noqa: BLE001 -- carried to the parent, which raises it
-            vault = isinstance(exc, VaultError)
-            reply = (False, (vault, str(exc) if vault else traceback.format_exc()))
+            reply = (False, _failure(exc))
         conn.send(reply)
 
 
@@ -81,7 +113,8 @@ class ForkPool:
                         mine.close()
                         for c in self._conns:
                             c.close()
-                        signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C: the parent reports it
+                        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+                            signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the parent stops us
                         _die_with_parent(parent)
                         code = _serve(theirs, handler, child_init)
                     finally:
@@ -100,7 +133,10 @@ class ForkPool:
         return len(self._conns)
 
     def send(self, i: int, msg: Any) -> None:
-        self._conns[i].send(msg)
+        try:
+            self._conns[i].send(msg)
+        except OSError:  # (BrokenPipeError would read as a closed stdout to click)
+            raise WorkerError("a restore worker process died") from None
         self.busy[i] = True
 
     def receive(self, timeout: float | None = None) -> tuple[int, Any] | None:
@@ -115,14 +151,25 @@ class ForkPool:
             raise WorkerError("a restore worker process died") from None
         self.busy[i] = False
         if not ok:
-            vault, text = value
-            if vault:
-                raise VaultError(text)
-            raise RuntimeError("in a worker process:\n" + text)
+            blob, line, tb = value
+            exc: BaseException
+            try:
+                exc = pickle.loads(blob) if blob is not None else WorkerCrash(line)
+            except Exception:  # noqa: BLE001
+                exc = WorkerCrash(line)
+            exc.add_note("in a worker process:\n" + tb)
+            raise exc
         return i, value
 
     def close(self, kill: bool = False) -> None:
-        """Stop the workers (``kill``: at once, their current work unfinished) and reap them."""
+        """Stop the workers and reap them: the work in hand is finished first (its reply dropped), or with
+        ``kill`` they are stopped at once."""
+        if not kill:
+            try:
+                while any(self.busy):
+                    self.receive()
+            except BaseException:  # (a second Ctrl-C, a worker that died meanwhile)
+                kill = True
         for conn, pid in zip(self._conns, self._pids):
             try:
                 if kill:

@@ -15,6 +15,7 @@ import secrets
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -79,6 +80,24 @@ def list_locks(backend: Backend) -> list[LockInfo]:
     return out
 
 
+_live: "weakref.WeakSet[Lock]" = weakref.WeakSet()
+
+
+def _hold_refreshers() -> None:
+    """Before a fork: no refresher is half way through a write (the child gets a consistent copy)."""
+    for lk in list(_live):
+        lk._mutex.acquire()
+
+
+def _free_refreshers() -> None:
+    for lk in list(_live):
+        if lk._mutex.locked():
+            lk._mutex.release()
+
+
+os.register_at_fork(before=_hold_refreshers, after_in_parent=_free_refreshers, after_in_child=_free_refreshers)
+
+
 class Lock:
     """A held lock; use as a context manager. ``release()`` is idempotent."""
 
@@ -94,6 +113,7 @@ class Lock:
         self._acquire(wait)
         self._thread = threading.Thread(target=self._refresher, name="vault-lock-refresh", daemon=True)
         self._thread.start()
+        _live.add(self)
 
     def _write(self) -> str:
         now = self._clock()

@@ -66,7 +66,7 @@ class RestoreOptions:
     exclude: list[str] = field(default_factory=list)
     jobs: int = 0  # fetching threads (remote repositories: the connections)
     cpu_jobs: int = 0  # of those, how many decrypt/decompress/write at once (default: cores)
-    processes: int = 0  # worker processes sharing the jobs out (0, 1: threads of this process; see forkpool)
+    processes: int = 0  # worker processes writing the files (0, 1: ``jobs`` threads of this process; see forkpool)
 
 
 @dataclass
@@ -690,11 +690,11 @@ class Restorer:
                 while sum(map(len, queued)) > BATCHES_IN_FLIGHT * processes:  # bounded plans in memory
                     pump(True)
 
-            self._walk_batches(submit, PROCESS_BATCH)
+            self._walk_batches(submit, PROCESS_BATCH, tick=lambda: pump(False))  # (a worker done: its next part)
             while any(queued):
                 pump(True)
-        except BaseException:
-            pool.close(kill=True)
+        except BaseException as exc:  # Ctrl-C: the parts in hand are finished (no temp files left), as threads do
+            pool.close(kill=not isinstance(exc, KeyboardInterrupt))
             raise
         pool.close()
         self.result.requests = sum_stats(self._worker_requests.values())
@@ -714,13 +714,16 @@ class Restorer:
                 for fut in futs:
                     fut.result()
 
-    def _walk_batches(self, submit, size: int = BATCH_FILES) -> None:
-        """The files to fill in batches of up to ``size`` files or blocks, each passed to ``submit``."""
+    def _walk_batches(self, submit, size: int = BATCH_FILES, tick=None) -> None:
+        """The files to fill in batches of up to ``size`` files or blocks, each passed to ``submit``; ``tick``
+        is called every 256 files meanwhile."""
         batch: list[_FileTask] = []
         blocks = 0
         for task in self._walk():
             batch.append(task)
             blocks += len(task.node.blocks)
+            if tick is not None and not len(batch) % 256:
+                tick()
             if len(batch) >= size or blocks >= size:
                 submit(batch)
                 batch, blocks = [], 0
@@ -758,4 +761,5 @@ class Restorer:
         self._finish_others()
         self._finish_dirs()
         self.result.damaged.sort()
+        self.result.errors.sort()  # (the workers' order is the timing's)
         return self.result

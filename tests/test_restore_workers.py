@@ -1,0 +1,123 @@
+"""Restore's worker processes (vault/forkpool.py): failures of a worker reach the user as one line with the
+right exit code, Ctrl-C lets the work in hand finish, and an inherited 'ignore SIGINT' is kept."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import make_tree
+
+from vault import restorer
+from vault.errors import VaultError
+
+
+def _tree(tmp_path: Path, files: int = 20, size: int = 5000) -> Path:
+    return make_tree(tmp_path / "src", {f"d{i % 10}": {} for i in range(10)} |
+                     {f"f{i}": os.urandom(size) for i in range(files)})
+
+
+def one_line(res) -> str:
+    assert "Traceback" not in res.err, res.err
+    lines = res.err.strip().splitlines()
+    assert len(lines) == 1, res.err
+    return lines[0]
+
+
+def test_a_worker_that_dies_fails_the_restore_in_one_line(repo, tmp_path, monkeypatch):
+    repo("backup", _tree(tmp_path))
+    monkeypatch.setattr(restorer.Restorer, "_run_part", lambda self, msg: os._exit(9))  # (in the children)
+    res = repo("restore", "latest", "--target", tmp_path / "r", ok=1)
+    assert "worker process died" in one_line(res)
+
+
+def test_a_worker_dead_before_its_first_part_fails_the_restore_in_one_line(repo, tmp_path, monkeypatch):
+    """The parent may find the pipe already broken (BrokenPipeError, which click takes for a closed stdout
+    and exits 1 silently) or the child still there: one line either way."""
+    repo("backup", _tree(tmp_path))
+    monkeypatch.setattr(restorer.Restorer, "_child_init", lambda self, threads: os._exit(3))
+    for i in range(3):
+        res = repo("restore", "latest", "--target", tmp_path / f"r{i}", ok=1)
+        assert "worker process died" in one_line(res)
+
+
+def test_a_worker_that_cannot_start_says_why(repo, tmp_path, monkeypatch):
+    repo("backup", _tree(tmp_path))
+
+    def fail(self, threads):
+        raise VaultError("cannot open the repository: no such thing")
+
+    monkeypatch.setattr(restorer.Restorer, "_child_init", fail)
+    res = repo("restore", "latest", "--target", tmp_path / "r", ok=1)
+    assert "cannot open the repository: no such thing" in one_line(res)
+
+
+def test_an_unexpected_error_in_a_worker_is_one_line_internal_error(repo, tmp_path, monkeypatch):
+    repo("backup", _tree(tmp_path))
+
+    def boom(self, msg):
+        raise ValueError("boom")
+
+    monkeypatch.setattr(restorer.Restorer, "_run_part", boom)
+    res = repo("restore", "latest", "--target", tmp_path / "r", ok=False)
+    assert res.code == 1 and "internal error" in (line := one_line(res)) and "ValueError: boom" in line, res.err
+    with pytest.raises(ValueError) as info:  # -v: raised again, the worker's traceback in a note
+        repo("-v", "restore", "latest", "--target", tmp_path / "r2", ok=False)
+    assert any("in a worker process" in n and "raise ValueError" in n for n in info.value.__notes__)
+
+
+def _restore_proc(repo, tmp_path: Path, target: Path, ignore_int: bool) -> subprocess.Popen:
+    env = {**os.environ, **repo.env(), "VAULT_JOBS": "2"}
+
+    def setup():
+        os.setsid()  # its own process group: the test signals the group, as a terminal would
+        if ignore_int:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    return subprocess.Popen([sys.executable, "-m", "vault.cli.main", "restore", "latest", "--target", str(target)],
+                            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=setup)
+
+
+def _when_writing(p: subprocess.Popen, target: Path) -> None:
+    """Wait until the workers exist and files are being written."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        kids = Path(f"/proc/{p.pid}/task/{p.pid}/children").read_text().split() if p.poll() is None else []
+        if len(kids) >= 2 and sum(len(f) for _, _, f in os.walk(target)) >= 50:
+            return
+        time.sleep(0.005)
+    pytest.fail("the restore finished before it could be interrupted (make the tree bigger)")
+
+
+@pytest.fixture
+def big(repo, tmp_path):
+    src = make_tree(tmp_path / "src", {f"d{i}": {f"f{j}": os.urandom(30_000) for j in range(200)} for i in range(15)})
+    repo("backup", src)
+    return src
+
+
+def test_ctrl_c_lets_the_workers_finish_what_they_hold_no_temp_files_left(repo, tmp_path, big):
+    target = tmp_path / "r"
+    p = _restore_proc(repo, tmp_path, target, ignore_int=False)
+    _when_writing(p, target)
+    os.killpg(p.pid, signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    assert b"Traceback" not in err, err
+    left = [f for _, _, files in os.walk(target) for f in files if f.startswith(".vault-")]
+    assert not left, left
+
+
+def test_an_inherited_ignore_sigint_is_kept_by_the_workers(repo, tmp_path, big):
+    target = tmp_path / "r"
+    p = _restore_proc(repo, tmp_path, target, ignore_int=True)
+    _when_writing(p, target)
+    os.killpg(p.pid, signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert sum(len(f) for _, _, f in os.walk(target)) == 15 * 200
