@@ -28,42 +28,38 @@ def one_line(res) -> str:
     return lines[0]
 
 
-def test_a_worker_that_dies_fails_the_restore_in_one_line(repo, tmp_path, monkeypatch):
+def restore_with(repo, tmp_path: Path, monkeypatch, method: str, replacement, runs: int = 1) -> list:
+    """Back up a small tree, replace a Restorer method (the children inherit it) and restore ``runs`` times."""
     repo("backup", _tree(tmp_path))
-    monkeypatch.setattr(restorer.Restorer, "_run_part", lambda self, msg: os._exit(9))  # (in the children)
-    res = repo("restore", "latest", "--target", tmp_path / "r", ok=1)
-    assert "worker process died" in one_line(res)
+    monkeypatch.setattr(restorer.Restorer, method, replacement)
+    return [repo("restore", "latest", "--target", tmp_path / f"r{i}", ok=False) for i in range(runs)]
+
+
+def test_a_worker_that_dies_fails_the_restore_in_one_line(repo, tmp_path, monkeypatch):
+    [res] = restore_with(repo, tmp_path, monkeypatch, "_run_part", lambda self, msg: os._exit(9))
+    assert res.code == 1 and "worker process died" in one_line(res)
 
 
 def test_a_worker_dead_before_its_first_part_fails_the_restore_in_one_line(repo, tmp_path, monkeypatch):
     """The parent may find the pipe already broken (BrokenPipeError, which click takes for a closed stdout
     and exits 1 silently) or the child still there: one line either way."""
-    repo("backup", _tree(tmp_path))
-    monkeypatch.setattr(restorer.Restorer, "_child_init", lambda self, threads: os._exit(3))
-    for i in range(3):
-        res = repo("restore", "latest", "--target", tmp_path / f"r{i}", ok=1)
-        assert "worker process died" in one_line(res)
+    for res in restore_with(repo, tmp_path, monkeypatch, "_child_init", lambda self, threads: os._exit(3), runs=3):
+        assert res.code == 1 and "worker process died" in one_line(res)
 
 
 def test_a_worker_that_cannot_start_says_why(repo, tmp_path, monkeypatch):
-    repo("backup", _tree(tmp_path))
-
     def fail(self, threads):
         raise VaultError("cannot open the repository: no such thing")
 
-    monkeypatch.setattr(restorer.Restorer, "_child_init", fail)
-    res = repo("restore", "latest", "--target", tmp_path / "r", ok=1)
-    assert "cannot open the repository: no such thing" in one_line(res)
+    [res] = restore_with(repo, tmp_path, monkeypatch, "_child_init", fail)
+    assert res.code == 1 and "cannot open the repository: no such thing" in one_line(res)
 
 
 def test_an_unexpected_error_in_a_worker_is_one_line_internal_error(repo, tmp_path, monkeypatch):
-    repo("backup", _tree(tmp_path))
-
     def boom(self, msg):
         raise ValueError("boom")
 
-    monkeypatch.setattr(restorer.Restorer, "_run_part", boom)
-    res = repo("restore", "latest", "--target", tmp_path / "r", ok=False)
+    [res] = restore_with(repo, tmp_path, monkeypatch, "_run_part", boom)
     assert res.code == 1 and "internal error" in (line := one_line(res)) and "ValueError: boom" in line, res.err
     with pytest.raises(ValueError) as info:  # -v: raised again, the worker's traceback in a note
         repo("-v", "restore", "latest", "--target", tmp_path / "r2", ok=False)
@@ -101,23 +97,25 @@ def big(repo, tmp_path):
     return src
 
 
-def test_ctrl_c_lets_the_workers_finish_what_they_hold_no_temp_files_left(repo, tmp_path, big):
+def interrupted_restore(repo, tmp_path: Path, ignore_int: bool) -> tuple[subprocess.Popen, bytes, Path]:
+    """A restore in its own process group, sent SIGINT (as a terminal's Ctrl-C) while its workers write."""
     target = tmp_path / "r"
-    p = _restore_proc(repo, tmp_path, target, ignore_int=False)
+    p = _restore_proc(repo, tmp_path, target, ignore_int)
     _when_writing(p, target)
     os.killpg(p.pid, signal.SIGINT)
     _, err = p.communicate(timeout=60)
-    assert p.returncode == 130, err
     assert b"Traceback" not in err, err
+    return p, err, target
+
+
+def test_ctrl_c_lets_the_workers_finish_what_they_hold_no_temp_files_left(repo, tmp_path, big):
+    p, err, target = interrupted_restore(repo, tmp_path, ignore_int=False)
+    assert p.returncode == 130, err
     left = [f for _, _, files in os.walk(target) for f in files if f.startswith(".vault-")]
     assert not left, left
 
 
 def test_an_inherited_ignore_sigint_is_kept_by_the_workers(repo, tmp_path, big):
-    target = tmp_path / "r"
-    p = _restore_proc(repo, tmp_path, target, ignore_int=True)
-    _when_writing(p, target)
-    os.killpg(p.pid, signal.SIGINT)
-    _, err = p.communicate(timeout=60)
+    p, err, target = interrupted_restore(repo, tmp_path, ignore_int=True)
     assert p.returncode == 0, err
     assert sum(len(f) for _, _, f in os.walk(target)) == 15 * 200

@@ -3,9 +3,11 @@
 1. Plan, in batches of a few thousand files (memory stays bounded): walk the snapshot's trees
    (include/exclude applied), create directories, and map every needed block to the files and offsets
    that use it, grouped by pack.
-2. Fetch: worker threads read each pack once (coalesced ranged reads), decrypt, decompress and check every
-   block against its id, and write it with positioned writes into ``.vault-<random>.tmp`` files beside the
-   final names (all-zero blocks are left as holes, so sparse files stay sparse).
+2. Fetch: workers read each pack once (coalesced ranged reads), decrypt, decompress and check every block
+   against its id, and write it with positioned writes into ``.vault-<random>.tmp`` files beside the final
+   names (all-zero blocks are left as holes, so sparse files stay sparse). From a local repository the
+   workers are forked processes, each given whole files (see ``forkpool``: threads would hand the GIL back
+   and forth at every system call); from a remote one, threads (one per connection).
 3. Finish: a complete file gets its size, mode, owner and mtime and is renamed over its final name; a file
    with a damaged or missing block is removed and named in the result. Then hardlinks, symlinks and special
    files, and last the directories' metadata (deepest first).
@@ -48,8 +50,9 @@ MAX_RANGE = 4 * 1024 * 1024
 BATCHES_IN_FLIGHT = 2  # the next batch's fetches start while the last ones of the previous finish
 BATCH_FILES = 4096  # files or blocks per batch: ~4 KB of plan a file (peak RSS of a 55,000-file restore: 104 -> 87 MiB
 #                     vs 8192)
-PROCESS_BATCH = 2048  # files and blocks, with worker processes: each has its own copy of its part (and copies
-#                       pages of the parent's heap as it allocates): 4096 made 117 MiB of PSS in all, 2048 100
+PROCESS_BATCH = 1024  # files and blocks, with worker processes: each has its own copy of its part (and copies
+#                       pages of the parent's heap as it allocates): the bench restore's PSS, all processes
+#                       together, was 117 MiB with 4096 and four parts queued, 96-102 with 2048, 89 with 1024
 SLICE = 4 * 1024 * 1024  # worker processes: a pack's files are shared out by slices of this many bytes
 FILE_COST = 16 * 1024  # the work of creating a file, in bytes written (for sharing work out evenly)
 _OPEN_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
@@ -172,8 +175,13 @@ def _all_zero(data: bytes | memoryview) -> bool:
 
 
 def _slim(node: Node) -> tuple:
-    """What a worker process needs of a file's node (not its block list): Node's fields from ``mode`` on."""
-    return node.mode, node.uid, node.gid, node.size, node.mtime_ns, node.ctime_ns, node.inode, node.dev, node.nlink
+    """What a worker process needs of a file's node: not its block list (``_unslim`` makes the node again)."""
+    return node.mode, node.uid, node.gid, node.size, node.mtime_ns, node.nlink
+
+
+def _unslim(meta: tuple) -> Node:
+    mode, uid, gid, size, mtime_ns, nlink = meta
+    return Node(b"", FILE, mode=mode, uid=uid, gid=gid, size=size, mtime_ns=mtime_ns, nlink=nlink)
 
 
 def _show(path: bytes) -> str:
@@ -630,8 +638,7 @@ class Restorer:
     def _run_part(self, msg: tuple) -> tuple:
         """In a worker process: fill and finish the files of one message; what the parent needs back."""
         files, ranges = msg
-        tasks = [_FileTask(path, Node(b"", FILE, *meta), tmp, remaining, problem)
-                 for path, tmp, remaining, problem, meta in files]
+        tasks = [_FileTask(path, _unslim(meta), tmp, remaining, problem) for path, tmp, remaining, problem, meta in files]
         self.result, self._spares = RestoreResult(), []
         units = [(pid, [(entry, [(tasks[i], off) for i, off in users]) for entry, users in items])
                  for pid, items in ranges]
@@ -687,7 +694,7 @@ class Restorer:
                     if part[0]:
                         queued[i].append(part)
                 pump(False)
-                while sum(map(len, queued)) > BATCHES_IN_FLIGHT * processes:  # bounded plans in memory
+                while sum(map(len, queued)) > 2 * processes:  # bounded plans in memory (a part in hand, one queued)
                     pump(True)
 
             self._walk_batches(submit, PROCESS_BATCH, tick=lambda: pump(False))  # (a worker done: its next part)
