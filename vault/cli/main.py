@@ -7,11 +7,13 @@ found, 11 repository locked, 12 wrong password, 20 verify/restore found damage.
 from __future__ import annotations
 
 import gc
+import signal
 import sys
 
 import click
 
 from .. import __version__
+from . import _interrupted_while_loading
 from ..config import bytecode_disabled_by_environment
 from ..errors import VaultError
 from .common import global_options
@@ -35,6 +37,8 @@ def _register() -> None:
 def main(argv: list[str] | None = None) -> int:
     _register()
     tune_malloc()
+    if signal.getsignal(signal.SIGINT) is _interrupted_while_loading:  # loaded: Ctrl-C is KeyboardInterrupt again
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     verbose = "-v" in (argv or sys.argv) or "--verbose" in (argv or sys.argv)
     try:
         rv = cli.main(args=argv, prog_name="vault", standalone_mode=False)
