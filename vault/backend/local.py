@@ -157,11 +157,8 @@ class LocalBackend:
         path = self._path(name)
         _check_range(offset, length)
         with self._os_errors("reading", name, missing=True):
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            fd, st = self._open_object(path, name)
             try:
-                st = os.fstat(fd)
-                if not stat.S_ISREG(st.st_mode):
-                    raise ObjectNotFound(f"{name} not found in {self.root} (not a regular file)")
                 if length is None:
                     length = max(st.st_size - offset, 0)
                 parts: list[bytes] = []
@@ -177,6 +174,18 @@ class LocalBackend:
             finally:
                 os.close(fd)
 
+    def _open_object(self, path: str, name: str) -> tuple[int, os.stat_result]:
+        """An object opened for reading, and its fstat; ObjectNotFound when it is not a regular file."""
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise ObjectNotFound(f"{name} not found in {self.root} (not a regular file)")
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, st
+
     def get_into(self, name: str, offset: int, length: int, buf: bytearray) -> memoryview:
         """``get`` of a range into ``buf`` (grown if needed, reused by the caller: no fresh pages to fault
         in for every range); a view of the bytes read, short when the range passes the end."""
@@ -185,10 +194,8 @@ class LocalBackend:
             buf.extend(bytes(length - len(buf)))
         view = memoryview(buf)[:length]
         with self._os_errors("reading", name, missing=True):
-            fd = os.open(self._path(name), os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            fd, _ = self._open_object(self._path(name), name)
             try:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    raise ObjectNotFound(f"{name} not found in {self.root} (not a regular file)")
                 got = 0
                 while got < length:
                     n = os.preadv(fd, [view[got:]], offset + got)
