@@ -7,7 +7,6 @@ a mode-000 file or directory is then as unreadable to it as to any user."""
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import subprocess
@@ -15,36 +14,7 @@ import sys
 
 import pytest
 
-from conftest import make_tree, scan
-
-IS_ROOT = os.geteuid() == 0
-PR_CAPBSET_DROP = 24
-CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 1, 2
-
-
-def _drop_dac_caps() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    for cap in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
-        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
-
-
-def run_unprivileged(args: list[str], env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], env=env, stdin=subprocess.DEVNULL, capture_output=True,
-                          timeout=120, preexec_fn=_drop_dac_caps if IS_ROOT else None)
-
-
-@pytest.fixture
-def restricted_ok(tmp_path):
-    """Check that the restricted process really cannot read a mode-000 file (else the test means nothing)."""
-    probe = tmp_path / "probe"
-    probe.write_bytes(b"secret")
-    probe.chmod(0)
-    p = run_unprivileged(["-c", f"open({str(probe)!r}, 'rb').read()"], dict(os.environ))
-    probe.chmod(0o600)
-    if p.returncode == 0:
-        pytest.skip("cannot make a file unreadable to the backup process here")
-
+from conftest import IS_ROOT, make_tree, run_unprivileged, scan
 
 @pytest.fixture
 def unreadable_tree(tmp_path):

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from .catalog import Catalog
-from .errors import UsageError, IntegrityError, VaultError
+from .errors import UsageError, IntegrityError, VaultError, is_damage
 from .entries import entry, split_ids
 from .model import DIR, FILE, Tree, replaced_by_repair
 from .pack import parse_pack
@@ -177,6 +177,8 @@ class Checker:
         try:
             data = self.repo.backend.get(name)
         except VaultError as exc:
+            if not is_damage(exc):  # not evidence against the pack (descriptors, permissions, the network)
+                raise
             res.damage.append((name, f"unreadable: {exc}"))
             res.bad.update((e.block_id, f"unreadable: {exc}") for e in self.catalog.pack_blocks(pid))
             return res
@@ -236,6 +238,8 @@ class Checker:
             try:
                 snaps.append(self.repo.load_snapshot(sid))
             except VaultError as exc:
+                if not is_damage(exc):
+                    raise
                 self._damage(f"snapshots/{sid}", f"unreadable: {exc}")
         self.report.snapshots = len(snaps)
         repaired = replaced_by_repair(snaps)
@@ -326,6 +330,8 @@ class Checker:
             try:
                 return [entry(n) for n in Tree.decode(self.repo.load_block(*loc)).nodes]
             except VaultError as exc:
+                if not is_damage(exc):
+                    raise
                 problem = f"unreadable: {exc}"
         self._bad_trees[tid] = problem
         return None

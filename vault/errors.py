@@ -96,3 +96,11 @@ class TransientError(BackendError):
 
 class PermanentError(BackendError):
     """A failure retrying cannot fix (permission denied, no such bucket, disk full)."""
+
+
+def is_damage(exc: VaultError) -> bool:
+    """Whether a failed read is evidence against the repository's data (missing, malformed, failing its
+    check, an I/O error of the store's disk) or only says it could not be read now (this machine's limits,
+    permissions, a network that stayed down through the retries): the latter is an error (exit 1), never
+    reported as damage (exit 20)."""
+    return not isinstance(exc, (PermanentError, TransientError))

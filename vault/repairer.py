@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from . import index as index_mod
 from .catalog import Catalog
-from .errors import IntegrityError, ObjectNotFound, VaultError
+from .errors import IntegrityError, ObjectNotFound, VaultError, is_damage
 from .model import DIR, FILE, Node, Snapshot, Tree, replaced_by_repair
 from .pack import DATA, TREE, PackEntry, parse_pack
 from .packwriter import PackWriter
@@ -230,14 +230,14 @@ class Repairer:
     def _tree(self, cat: Catalog, repo: Repository, tid: bytes) -> list[Node] | None:
         try:
             return cat.tree(repo, tid)
-        except VaultError:  # damaged, missing or unreadable: all mean "not usable here"
-            pass
+        except VaultError as exc:  # damaged or missing: "not usable here"; unreadable now: repair stops
+            _unless_damage(exc)
         loc = cat.planned_lookup(tid) if self._planned and cat is self.catalog else None
         if loc is not None:  # a dry run: where the new index would find it
             try:
                 return Tree.decode(repo.load_block(*loc)).nodes
-            except VaultError:
-                pass
+            except VaultError as exc:
+                _unless_damage(exc)
         return None
 
     # --- heal from a second repository --------------------------------------------------------------------
@@ -327,7 +327,8 @@ class Repairer:
             return None
         try:
             plain = other.load_block(*loc)
-        except VaultError:
+        except VaultError as exc:
+            _unless_damage(exc)
             return None
         ours = self.repo.block_id(plain)
         if want is not None and ours != want:
@@ -507,3 +508,9 @@ class Repairer:
         self.report.still_missing = len(missing)
         return len(missing)
 
+
+def _unless_damage(exc: VaultError) -> None:
+    """Re-raise a read failure that says nothing against the data (permissions, descriptors, a store that
+    stayed unreachable): repair must never drop or rewrite what it merely could not read just now."""
+    if not is_damage(exc):
+        raise exc

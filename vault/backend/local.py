@@ -26,6 +26,10 @@ _PERMANENT = {
     errno.EACCES: "permission denied",
     errno.EPERM: "operation not permitted",
     errno.EROFS: "read-only file system",
+    # this machine's limits, not the store's state: never reported as damage (``errors.is_damage``)
+    errno.EMFILE: "too many open files",
+    errno.ENFILE: "the system's table of open files is full",
+    errno.ENOMEM: "out of memory",
 }
 if hasattr(errno, "EDQUOT"):
     _PERMANENT[errno.EDQUOT] = "disk quota exceeded"
@@ -41,7 +45,8 @@ def translate_os_error(err: OSError, verb: str, name: str, root: str, *, missing
         return ObjectNotFound(f"{name} not found in {root}")
     reason = _PERMANENT.get(err.errno or 0)
     if reason:
-        return PermanentError(f"{reason} {verb} {what}")
+        hint = " (raise the limit: `ulimit -n`)" if err.errno == errno.EMFILE else ""
+        return PermanentError(f"{reason} {verb} {what}{hint}")
     return BackendError(f"error {verb} {what}: {err.strerror or err}")
 
 

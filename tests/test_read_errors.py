@@ -1,0 +1,76 @@
+"""A pack that cannot be read *here and now* (permissions, too few file descriptors, a network that stayed
+down) is an error, exit 1, never reported as damage (exit 20): the repository may be perfectly sound, and a
+sysadmin told "damaged" at 3 a.m. would start repairing a healthy repository."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from conftest import make_tree, run_unprivileged, scan
+
+from vault.backend.local import translate_os_error
+from vault.errors import PermanentError, is_damage
+
+
+def test_too_many_open_files_is_not_damage():
+    err = translate_os_error(OSError(errno.EMFILE, "Too many open files"), "reading", "data/ab/x", "/r",
+                             missing=True)
+    assert isinstance(err, PermanentError) and not is_damage(err)
+    assert "too many open files" in str(err) and "ulimit -n" in str(err)
+    eio = translate_os_error(OSError(errno.EIO, "Input/output error"), "reading", "data/ab/x", "/r", missing=True)
+    assert is_damage(eio)  # the store's disk failing under the pack: that is damage
+    missing = translate_os_error(OSError(errno.ENOENT, "No such file"), "reading", "data/ab/x", "/r", missing=True)
+    assert is_damage(missing)
+
+
+def _packs(root):
+    return [p for p in (root / "data").rglob("*") if p.is_file()]
+
+
+def test_pack_without_read_permission_is_an_error(repo, tmp_path, restricted_ok):
+    src = make_tree(tmp_path / "src", {"a.bin": os.urandom(300_000), "d": {"b.txt": b"hello\n" * 1000}})
+    repo("backup", src)
+    packs = _packs(repo.repo)
+    assert packs
+    for p in packs:
+        p.chmod(0)
+    try:
+        env = {**os.environ, **repo.env()}
+        for args in (["restore", "latest", "--target", str(tmp_path / "t")], ["verify", "--read-data"]):
+            p = run_unprivileged(["-m", "vault.cli.main", *args], env)
+            err = p.stderr.decode(errors="replace")
+            assert p.returncode == 1, (args, p.returncode, err)
+            assert "permission denied" in err, err
+            assert "damaged" not in err and "Traceback" not in err, err
+    finally:
+        for p in packs:
+            p.chmod(0o444)
+    # nothing was recorded against the repository: readable again, it verifies clean and restores whole
+    repo("verify", "--read-data")
+    repo("restore", "latest", "--target", tmp_path / "t2")
+    assert scan(tmp_path / "t2" / src.relative_to("/")) == scan(src)
+
+
+def test_control_characters_in_names_never_split_a_stderr_line(repo, tmp_path):
+    """A name holding a newline or a tab (legal on Linux, and what an attacker would plant) is one line in the
+    text report, its control characters shown as '?'; --json keeps the name exactly."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "evil\nname\tx").write_bytes(os.urandom(200_000))
+    repo("backup", src)
+    for p in _packs(repo.repo):
+        with open(p, "r+b") as f:
+            f.seek(100)
+            byte = f.read(1)
+            f.seek(100)
+            f.write(bytes([byte[0] ^ 0xFF]))
+    res = repo("restore", "latest", "--target", tmp_path / "t", ok=20)
+    lines = res.err.splitlines()
+    assert lines and all(line.startswith(("damaged: ", "vault: ")) for line in lines), lines
+    assert any("evil?name?x" in line for line in lines), lines
+    res = repo("verify", "--read-data", ok=20)
+    assert all(line.startswith(("damaged: ", "  ", "vault: ")) for line in res.err.splitlines()), res.err
+    assert any("evil?name?x" in line for line in res.err.splitlines()), res.err
+    res = repo("--json", "restore", "latest", "--target", tmp_path / "t2", ok=20)
+    assert any(d["path"].endswith("evil\nname\tx") for d in res.json["damaged"]), res.out
