@@ -3,6 +3,7 @@ right exit code, Ctrl-C lets the work in hand finish, and an inherited 'ignore S
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -10,9 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import make_tree
+from conftest import make_tree, scan
 
-from vault import restorer
+from vault import forkpool, restorer
 from vault.errors import VaultError
 
 
@@ -119,3 +120,50 @@ def test_an_inherited_ignore_sigint_is_kept_by_the_workers(repo, tmp_path, big):
     p, err, target = interrupted_restore(repo, tmp_path, ignore_int=True)
     assert p.returncode == 0, err
     assert sum(len(f) for _, _, f in os.walk(target)) == 15 * 200
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.02, 0.1])
+def test_a_second_ctrl_c_stops_the_workers_and_removes_their_temp_files(repo, tmp_path, big, delay):
+    """`timeout -s INT` signals vault, then its whole group: a second SIGINT while the workers finish what they
+    hold. They are then killed part way through files; the main process removes those files' temp names."""
+    target = tmp_path / "r"
+    p = _restore_proc(repo, tmp_path, target, ignore_int=False)
+    _when_writing(p, target)
+    os.killpg(p.pid, signal.SIGINT)
+    time.sleep(delay)
+    if p.poll() is None:
+        os.kill(p.pid, signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert b"Traceback" not in err, err
+    assert p.returncode == 130, err
+    left = [f for _, _, files in os.walk(target) for f in files if f.startswith(".vault-")]
+    assert not left, left
+
+
+def test_a_low_descriptor_limit_gets_fewer_workers_not_too_many_open_files(repo, tmp_path):
+    """`--jobs 64` under `ulimit -n 24`: each worker costs descriptors (its pipe, its files, its directory
+    handles), so fewer are started and the restore completes, whole."""
+    src = make_tree(tmp_path / "src", {f"d{i}": {f"s{j}": {f"f{k}": os.urandom(2000) for k in range(10)}
+                                                  for j in range(4)} for i in range(12)})
+    repo("backup", src)
+    for jobs in ("64", "2"):
+        target = tmp_path / f"r{jobs}"
+        p = subprocess.run([sys.executable, "-m", "vault.cli.main", "restore", "latest", "--target", str(target),
+                            "--jobs", jobs], env={**os.environ, **repo.env()}, capture_output=True, timeout=120,
+                           preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (24, 24)))
+        assert p.returncode == 0, p.stderr.decode()
+        assert scan(target / src.relative_to("/")) == scan(src)
+
+
+def test_one_usable_cpu_restores_in_one_process(repo, tmp_path, monkeypatch):
+    """The default is one worker per CPU vault may use (`taskset -c 0`: one, so no worker processes)."""
+    src = _tree(tmp_path)
+    repo("backup", src)
+    monkeypatch.setattr(forkpool, "cores", lambda: 1)
+
+    def no_workers(self, processes, threads):
+        raise AssertionError(f"{processes} worker processes on one CPU")
+
+    monkeypatch.setattr(restorer.Restorer, "_run_processes", no_workers)
+    repo("restore", "latest", "--target", tmp_path / "r")
+    assert scan(tmp_path / "r" / src.relative_to("/")) == scan(src)

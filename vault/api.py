@@ -238,8 +238,10 @@ def restore(settings: Settings, password: PasswordFn, spec: str | None, opts: Re
         if local_repo_path(settings) is None:  # remote: threads, one range fetch per connection (the network
             processes = 1                       # is the wait: all connections can serve one big file)
             jobs = max(jobs, settings.connections or 8)
-        else:  # local: worker processes (see forkpool), by default one per core, at most 4 (memory)
-            processes = jobs = opts.processes or jobs or min(max(2, forkpool.cores()), 4)
+        else:  # local: worker processes (see forkpool), by default one per usable core, at most 4 (memory)
+            processes = jobs = opts.processes or jobs or min(forkpool.cores(), 4)
+        jobs = min(jobs, forkpool.fd_room())  # (a tiny `ulimit -n`: fewer workers, not "Too many open files")
+        processes = min(processes, jobs)
         opts = RestoreOptions(**{**opts.__dict__, "jobs": jobs, "processes": processes})
         result = Restorer(sess.repo, sess.catalog, snap, opts, fresh_backend=lambda: _backend(settings)).run()
         result.requests = sum_stats([sess.requests(), result.requests])

@@ -27,14 +27,15 @@ def split(path: bytes) -> tuple[bytes, bytes]:
 
 
 def _default_limit() -> int:
-    """Descriptors to keep open: 512, or a quarter of the process's limit when that is lower."""
+    """Descriptors to keep open: 512, or a quarter of the process's limit when that is lower (at least 4:
+    under a tiny ``ulimit -n`` the restore's files and worker pipes need the rest)."""
     try:
         import resource
 
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     except (ImportError, OSError, ValueError):
         return 128
-    return 512 if soft == resource.RLIM_INFINITY else max(16, min(512, soft // 4))
+    return 512 if soft == resource.RLIM_INFINITY else max(4, min(512, soft // 4))
 
 
 class _Held:

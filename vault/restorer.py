@@ -37,7 +37,7 @@ from . import forkpool
 from .backend.base import Backend
 from .backend.counting import sum_stats
 from .catalog import Catalog
-from .errors import IntegrityError, VaultError
+from .errors import IntegrityError, VaultError, is_damage
 from .dirhandles import DirHandles, split
 from .excludes import Matcher
 from .forkpool import ForkPool
@@ -267,8 +267,11 @@ class Restorer:
             base, tid, lazy = stack.pop()
             try:
                 nodes = self.catalog.tree(self.repo, tid)
-            except (IntegrityError, VaultError) as exc:
-                self.result.damaged.append((_show(base or b"/"), f"directory listing lost: {exc}"))
+            except VaultError as exc:
+                if is_damage(exc):
+                    self.result.damaged.append((_show(base or b"/"), f"directory listing lost: {exc}"))
+                else:
+                    self.result.errors.append((_show(base or b"/"), f"directory listing unreadable: {exc}"))
                 continue
             for n in nodes:
                 path = base + b"/" + n.name
@@ -356,15 +359,15 @@ class Restorer:
     def _fetch_range(self, pid: bytes, items: list) -> None:
         start = items[0][0].offset
         end = max(e.offset + e.length for e, _ in items)  # entries may overlap (a hostile index): the furthest
-        why = ""
+        why, local = "", False
         try:
             data = self._get(pack_name(pid), start, end - start)
-        except VaultError as exc:
-            data, why = None, f"pack {pid.hex()[:16]} unreadable: {exc}"
+        except VaultError as exc:  # damage (exit 20), or it could not be read here and now (an error, exit 1)
+            data, why, local = None, f"pack {pid.hex()[:16]} unreadable: {exc}", not is_damage(exc)
         with self._cpu:  # network waits overlap freely; the CPU work never oversubscribes the cores (GIL)
             buf = self._bufs.pop() if self._bufs else Scratch()
             try:
-                self._process_range(items, start, data, why, buf)
+                self._process_range(items, start, data, why, buf, local)
             finally:
                 self._bufs.append(buf)
 
@@ -379,7 +382,8 @@ class Restorer:
             buf = self._tls.read = bytearray(max(length, MAX_RANGE + MAX_GAP))  # (a new one: never resized)
         return get_into(name, start, length, buf)
 
-    def _process_range(self, items: list, start: int, data: memoryview | None, why: str, buf: Scratch) -> None:
+    def _process_range(self, items: list, start: int, data: memoryview | None, why: str, buf: Scratch,
+                       local: bool) -> None:
         """Decrypt and decompress into ``buf`` (one per CPU slot, reused: no fresh pages faulted in) and write."""
         for entry, users in items:
             plain, problem = None, None
@@ -392,13 +396,15 @@ class Restorer:
                 except IntegrityError as exc:
                     problem = f"damaged: {exc}"
             for task, off in users:
-                self._write(task, off, plain, problem)
+                self._write(task, off, plain, problem, local and data is None)
 
-    def _write(self, task: _FileTask, offset: int, plain: bytes | None, problem: str | None) -> None:
+    def _write(self, task: _FileTask, offset: int, plain: bytes | None, problem: str | None,
+               local: bool = False) -> None:
         fd = None
         with task.lock:
             if problem is not None:
-                task.problem = task.problem or problem
+                if task.problem is None:
+                    task.problem, task.local = problem, local
             elif task.problem is None:
                 try:  # the file's last block: its descriptor stays open for _finish_file (one open, not two)
                     fd = self._write_block(task, offset, plain, keep=task.remaining == 1)
@@ -673,8 +679,8 @@ class Restorer:
         self._load = [0] * processes
         self._worker_requests: dict[int, dict] = {}
         pool = ForkPool(processes, self._run_part, lambda: self._child_init(threads))
+        queued: list[collections.deque] = [collections.deque() for _ in range(processes)]
         try:
-            queued: list[collections.deque] = [collections.deque() for _ in range(processes)]
 
             def pump(block: bool) -> None:
                 for i, q in enumerate(queued):
@@ -701,7 +707,11 @@ class Restorer:
             while any(queued):
                 pump(True)
         except BaseException as exc:  # Ctrl-C: the parts in hand are finished (no temp files left), as threads do
-            pool.close(kill=not isinstance(exc, KeyboardInterrupt))
+            try:
+                pool.close(kill=not isinstance(exc, KeyboardInterrupt))
+            finally:  # killed (an error, a second Ctrl-C) part way through a file: its temp file goes too
+                for task in (t for q in queued for mine, _ in q for t in mine):
+                    self._discard(task.dir, task.tmp, True)  # (the names are ours: random, created O_EXCL)
             raise
         pool.close()
         self.result.requests = sum_stats(self._worker_requests.values())
