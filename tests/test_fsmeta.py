@@ -17,14 +17,15 @@ def test_without_root_a_setgid_file_gets_its_group_before_its_mode(tmp_path, mon
     monkeypatch.setattr(os, "fchown", lambda fd, uid, gid: calls.append(("chown", uid, gid)))
     real_fchmod = os.fchmod
     monkeypatch.setattr(os, "fchmod", lambda fd, mode: (calls.append(("chmod", mode)), real_fchmod(fd, mode)))
-    node = Node(name=b"g", type=FILE, mode=0o2755, uid=1000, gid=1000, size=0, mtime_ns=0)
+    gid = os.getegid()  # (the chown is only recorded: the group the file has is the one it must end with)
+    node = Node(name=b"g", type=FILE, mode=0o2755, uid=1000, gid=gid, size=0, mtime_ns=0)
     path = tmp_path / "g"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
     try:
         problems = fsmeta.apply_metadata(fd, node)
     finally:
         os.close(fd)
-    assert calls[:2] == [("chown", -1, 1000), ("chmod", 0o2755)], calls
+    assert calls[:2] == [("chown", -1, gid), ("chmod", 0o2755)], calls
     assert stat.S_IMODE(path.stat().st_mode) == 0o2755 and not problems
 
 
@@ -39,3 +40,22 @@ def test_without_root_a_dropped_setgid_bit_is_said(tmp_path, monkeypatch):
     finally:
         os.close(fd)
     assert any("setuid/setgid bit not kept" in p for p in problems), problems
+
+
+def test_without_root_setgid_kept_for_another_group_is_said(tmp_path, monkeypatch):
+    """Not a member of the snapshot's group: the chgrp fails, the file keeps this user's group and chmod keeps
+    the bit for *that* group -- a different meaning from the snapshot's, so it is said."""
+    monkeypatch.setattr(fsmeta, "IS_ROOT", False)
+
+    def refuse(fd, uid, gid):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "fchown", refuse)
+    node = Node(name=b"g", type=FILE, mode=0o2755, uid=1000, gid=os.getegid() + 4242, size=0, mtime_ns=0)
+    fd = os.open(tmp_path / "g", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        problems = fsmeta.apply_metadata(fd, node)
+    finally:
+        os.close(fd)
+    assert stat.S_IMODE((tmp_path / "g").stat().st_mode) == 0o2755
+    assert any("setgid bit kept for group" in p and str(node.gid) in p for p in problems), problems

@@ -116,10 +116,17 @@ def _own_group(chgrp) -> None:
 
 
 def _check_set_ids(stat_fn, node: Node, problems: list[str]) -> None:
-    """Say so when the kernel dropped a setuid/setgid bit the snapshot has (not root: the group is not ours)."""
+    """Say so when the kernel dropped a setuid/setgid bit the snapshot has (not root: the group is not ours),
+    or kept setgid but for another group than the snapshot's (this user's own: not a member of that one)."""
     wanted = node.mode & (stat.S_ISUID | stat.S_ISGID)
-    if wanted and not IS_ROOT and stat.S_IMODE(stat_fn().st_mode) & wanted != wanted:
+    if not wanted or IS_ROOT:
+        return
+    st = stat_fn()
+    if stat.S_IMODE(st.st_mode) & wanted != wanted:
         problems.append("setuid/setgid bit not kept: the file's group is not one of this user's")
+    elif node.mode & stat.S_ISGID and st.st_gid != node.gid:
+        problems.append(f"setgid bit kept for group {st.st_gid}, not the snapshot's {node.gid} (this user is not "
+                        "a member of it)")
 
 
 def chmod_nofollow(dir_fd: int, name: bytes, mode: int) -> None:

@@ -11,7 +11,7 @@ from .. import retention
 from ..errors import DamageFound, UsageError
 from ..checker import parse_size
 from ..pruner import PruneOptions
-from .common import get_ctx, global_options, human_bytes, local_time, terminal_prompt
+from .common import get_ctx, global_options, human_bytes, local_time, printable, terminal_prompt
 from .main import cli
 
 
@@ -41,11 +41,11 @@ def verify(read_data: bool, read_data_subset: str | None, max_bytes: str | None)
     else:
         # the damage report goes to stderr like every error (so -q and cron mail keep it)
         for d in report.damage:
-            c.err(f"damaged: {d.object}: {d.problem}")
+            c.err(printable(f"damaged: {d.object}: {d.problem}"))
             if d.snapshots:
                 c.err(f"  snapshots: {' '.join(d.snapshots)}")
             for f in d.files:
-                c.err(f"  file: {f}")
+                c.err(printable(f"  file: {f}"))
         for line in report.info:
             c.out(f"info: {line}")
         c.out(f"checked {report.snapshots} snapshots, {report.trees} trees, {report.packs} packs; read "
@@ -88,7 +88,7 @@ def _print_prune(c, rep) -> None:
           f"into {rep.packs_written} new packs), {rep.packs_unindexed_deleted} leftovers removed, "
           f"{rep.packs_kept} kept; {verb} {human_bytes(rep.bytes_freed)} of {human_bytes(rep.bytes_total)}")
     for w in rep.warnings:
-        c.err(f"warning: {w}")
+        c.err(printable(f"warning: {w}"))
 
 
 @cli.command()
@@ -298,7 +298,7 @@ def catalog_rebuild() -> None:
     else:
         c.out(f"catalog rebuilt: {d['snapshots']} snapshots, {d['packs']} packs, {d['blocks']} blocks")
         for p in d["problems"]:
-            c.err(f"warning: {p}")
+            c.err(printable(f"warning: {p}"))
 
 
 @cli.command()
@@ -350,10 +350,10 @@ def repair(what: str, read_data: bool, from_repo: str | None, from_password_file
                 c.out(f"{verb}rewrite snapshot {s['old'][:8]} -> {(s['new'] or '-')[:8]}: {s['files_dropped']} "
                       "file(s) dropped")
         for f in rep.files_dropped:
-            c.err(f"  lost: {f}")
+            c.err(printable(f"  lost: {f}"))
         if verify_report is not None:
             for d in verify_report.damage:
-                c.err(f"damaged: {d.object}: {d.problem}")
+                c.err(printable(f"damaged: {d.object}: {d.problem}"))
             scope = "" if read_data or from_repo else " (structure only: add --read-data to read every pack)"
             c.out(f"verify after repair{scope}: " + ("no errors found" if ok else
                                                      f"{len(verify_report.damage)} problem(s)"))

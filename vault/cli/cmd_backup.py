@@ -13,7 +13,7 @@ from ..crypto import KdfParams
 from ..errors import UsageError
 from ..excludes import read_exclude_file
 from ..timespec import parse_time
-from .common import get_ctx, global_options, human_bytes
+from .common import get_ctx, global_options, human_bytes, printable
 from .progress import BackupProgress
 from .main import cli
 
@@ -106,10 +106,10 @@ def backup(paths: tuple[str, ...], tags: tuple[str, ...], host: str | None, time
     finally:
         progress.done()
     for path, msg in res.errors:
-        c.err(f"error: {path}: {msg}")
+        c.err(printable(f"error: {path}: {msg}"))
     if not c.quiet:
         for path, msg in res.warnings:
-            c.err(f"warning: {path}: {msg}")
+            c.err(printable(f"warning: {path}: {msg}"))
     if c.json:
         c.emit_json(res.to_json())
     else:

@@ -7,7 +7,7 @@ import click
 from .. import api
 from ..errors import UsageError
 from ..restorer import RestoreOptions
-from .common import get_ctx, global_options, human_bytes
+from .common import get_ctx, global_options, human_bytes, printable
 from .main import cli
 
 
@@ -47,12 +47,12 @@ def restore(snapshot: str | None, target: str, at: str | None, includes: tuple[s
     snap, res = api.restore(c.settings, c.password_fn(), snapshot, RestoreOptions(target, list(includes),
                             list(excludes)), at=at, flt=flt)
     for path, why in res.damaged:
-        c.err(f"damaged: {path}: {why}")
+        c.err(printable(f"damaged: {path}: {why}"))
     for path, why in res.errors:
-        c.err(f"error: {path}: {why}")
+        c.err(printable(f"error: {path}: {why}"))
     if c.verbose:
         for path, why in res.warnings:
-            c.err(f"warning: {path}: {why}")
+            c.err(printable(f"warning: {path}: {why}"))
     if c.json:
         c.emit_json({"snapshot_id": snap.id, "target": target, "files": res.files, "dirs": res.dirs,
                      "symlinks": res.symlinks, "other": res.other, "bytes_written": res.bytes_written,

@@ -16,7 +16,7 @@ from .. import __version__
 from . import _interrupted_while_loading
 from ..config import bytecode_disabled_by_environment
 from ..errors import VaultError
-from .common import global_options
+from .common import global_options, printable
 from .memory import tune_malloc
 
 
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         click.echo("vault: aborted", err=True)
         code = 130
     except VaultError as exc:
-        click.echo(f"vault: {exc}", err=True)
+        click.echo(printable(f"vault: {exc}"), err=True)  # one line, whatever names it holds
         code = exc.exit_code
     except KeyboardInterrupt:
         click.echo("vault: interrupted", err=True)
@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the promise is one line, never a traceback
         if verbose:
             raise
-        click.echo(f"vault: internal error: {type(exc).__name__}: {exc} (run with -v for details)", err=True)
+        click.echo(printable(f"vault: internal error: {type(exc).__name__}: {exc} (run with -v for details)"),
+                   err=True)
         code = 1
     try:
         if sys.stdout is not None:  # None when the command runs with stdout closed (`>&-`)
