@@ -743,5 +743,6 @@ def test_requests_of_restore_worker_processes_are_counted(repo, tmp_path):
     one = repo("--json", "--jobs", "1", "restore", "latest", "--target", tmp_path / "r1").json
     two = repo("--json", "--jobs", "2", "restore", "latest", "--target", tmp_path / "r2").json
     packs = one["bytes_down"]
-    assert packs > 2_400_000 and two["bytes_down"] >= packs, (one, two)
+    # (not >=: the lock file read back can be a byte shorter in one run -- its pid and times are text)
+    assert packs > 2_400_000 and two["bytes_down"] >= packs - 100, (one, two)
     assert two["requests"]["GET"] >= one["requests"]["GET"], (one, two)

@@ -517,18 +517,22 @@ def repair(settings: Settings, password: PasswordFn, what: str = "all", read_dat
 def verify(settings: Settings, password: PasswordFn, read_data: bool = False,
            subset: str | None = None, max_bytes: int | None = None) -> tuple[VerifyReport, dict]:
     with session(settings, password, lock="shared", operation="verify") as sess:
-        jobs = settings.jobs or 0
-        if local_repo_path(settings) is None:
+        jobs, processes = settings.jobs or 0, 0
+        if local_repo_path(settings) is None:  # remote: threads (the network is the wait)
             jobs = max(jobs, min(settings.connections or 8, 8))
-        report = Checker(sess.repo, sess.catalog, read_data or max_bytes is not None, parse_subset(subset), jobs=jobs,
-                         max_bytes=max_bytes).run()
+        else:  # local: packs read by worker processes, by default one per usable core, at most 4 (memory)
+            processes = min(jobs or forkpool.cores(), 4, forkpool.fd_room())
+        checker = Checker(sess.repo, sess.catalog, read_data or max_bytes is not None, parse_subset(subset),
+                          jobs=jobs, max_bytes=max_bytes, processes=processes,
+                          fresh_backend=lambda: _backend(settings), piecewise=processes > 0)
+        report = checker.run()
         for p in sess.sync.problems:
             from .checker import Damage
 
             obj, _, why = p.partition(": ")
             report.damage.insert(0, Damage(obj.replace("index segment ", "index/").replace("snapshot ", "snapshots/"),
                                            why))
-        return report, sess.requests()
+        return report, sum_stats([sess.requests(), checker.requests])
 
 
 def stats(sess: Session) -> dict:

@@ -151,7 +151,7 @@ class ForkPool:
         try:
             self._conns[i].send(msg)
         except OSError:  # (BrokenPipeError would read as a closed stdout to click)
-            raise WorkerError("a restore worker process died") from None
+            raise WorkerError("a worker process died") from None
         self.busy[i] = True
 
     def receive(self, timeout: float | None = None) -> tuple[int, Any] | None:
@@ -163,7 +163,7 @@ class ForkPool:
         try:
             ok, value = self._conns[i].recv()
         except (EOFError, OSError):
-            raise WorkerError("a restore worker process died") from None
+            raise WorkerError("a worker process died") from None
         self.busy[i] = False
         if not ok:
             blob, line, tb = value

@@ -1,0 +1,85 @@
+"""verify --read-data of a local repository: packs are checked by forked worker processes, each reading a pack a
+piece at a time (whole blocks per piece, hashed as they come) while the main process walks the trees. Every
+byte of a pack is still checked: a byte flipped anywhere (a block, a block bigger than a piece, the header, the
+trailer) is found, and the report is the same as with one process (--jobs 1) and with whole-pack reads."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+from conftest import FAST_INIT, make_tree
+from test_damage import layout, pack_path
+
+from vault import checker
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def two_packs(cli, tmp_path):
+    cli("init", *FAST_INIT, "--pack-size", "4")
+    rnd = random.Random(7)
+    spec = {"big.bin": rnd.randbytes(3 * MiB), "mid.bin": rnd.randbytes(700_000)}
+    spec["small"] = {f"s{i}.txt": rnd.randbytes(3000) for i in range(40)}
+    src = make_tree(tmp_path / "src", spec)
+    cli("backup", src)
+    return src, layout(cli.repo)
+
+
+def _report(cli, jobs: str) -> tuple[list, dict]:
+    cli.extra["VAULT_JOBS"] = jobs
+    try:
+        rep = cli("--json", "verify", "--read-data", ok=False)
+    finally:
+        del cli.extra["VAULT_JOBS"]
+    assert rep.code in (0, 20) and "Traceback" not in rep.err, rep.err
+    j = rep.json
+    return sorted((d["object"], d["problem"], tuple(d["files"])) for d in j["damage"]), j
+
+
+@pytest.mark.parametrize("where", [0.0, 0.1, 0.3, 0.5, 0.7, 0.9, "header", "trailer"])
+def test_a_flipped_byte_anywhere_is_found_the_same_way_in_every_mode(cli, two_packs, monkeypatch, where):
+    src, lay = two_packs
+    monkeypatch.setattr(checker, "READ_PIECE", 256 * 1024)  # many pieces per pack, and blocks bigger than one
+    pid = lay.blocks[lay.files[str(src / "big.bin")][0]][0]
+    path = pack_path(cli.repo, pid)
+    data = bytearray(path.read_bytes())
+    body_end = max(e.offset + e.length for p, e in lay.blocks.values() if p == pid)
+    at = {"header": body_end + 20, "trailer": len(data) - 2}.get(where) if isinstance(where, str) \
+        else int(body_end * where)
+    data[at] ^= 0x40
+    path.chmod(0o644)
+    path.write_bytes(bytes(data))
+    hit = {e.block_id for p, e in lay.blocks.values() if p == pid and e.offset <= at < e.offset + e.length}
+    want_files = {f for f, bids in lay.files.items() if hit & set(bids)}
+
+    reports = {}
+    for mode in ("2", "1"):  # worker processes with pieces; one process (threads) with pieces
+        reports[mode], j = _report(cli, mode)
+        assert j["ok"] is False
+        assert any(pid.hex() in o and "hash mismatch" in p for o, p, _ in reports[mode]), reports[mode]
+        named = {f for _, _, files in reports[mode] for f in files}
+        assert named == want_files, (named, want_files)
+        if isinstance(where, str):
+            assert any("header unreadable" in p for _, p, _ in reports[mode]), reports[mode]
+    assert reports["2"] == reports["1"]
+
+
+def test_a_clean_repository_reads_every_byte_once_in_worker_processes(cli, two_packs, monkeypatch):
+    """Every pack read whole (bytes_read is the sum of the pack sizes), no damage, and the workers' requests
+    are counted in --json."""
+    src, lay = two_packs
+    monkeypatch.setattr(checker, "READ_PIECE", 256 * 1024)
+    _, j = _report(cli, "2")
+    assert j["ok"] is True and j["packs_read"] == len(lay.pack_sizes)
+    assert j["bytes_read"] == sum(lay.pack_sizes.values())
+    assert j["bytes_down"] >= j["bytes_read"]
+
+
+def test_a_worker_that_dies_fails_verify_in_one_line(cli, two_packs, monkeypatch):
+    monkeypatch.setattr(checker.Checker, "_check_in_child", lambda self, msg: os._exit(9))
+    res = cli("verify", "--read-data", ok=1)
+    lines = res.err.strip().splitlines()
+    assert len(lines) == 1 and "worker process died" in lines[0], res.err
