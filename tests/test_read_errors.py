@@ -74,3 +74,21 @@ def test_control_characters_in_names_never_split_a_stderr_line(repo, tmp_path):
     assert any("evil?name?x" in line for line in res.err.splitlines()), res.err
     res = repo("--json", "restore", "latest", "--target", tmp_path / "t2", ok=20)
     assert any(d["path"].endswith("evil\nname\tx") for d in res.json["damaged"]), res.out
+
+
+def test_a_dropped_network_mount_is_not_damage_and_a_corrupt_s3_body_is():
+    from botocore.exceptions import FlexibleChecksumError
+
+    import pytest
+    from types import SimpleNamespace
+
+    from vault.backend.s3 import S3Backend
+    from vault.errors import CorruptResponse, TransientError
+
+    for code in (errno.ENOTCONN, errno.ESTALE, errno.ETIMEDOUT):
+        err = translate_os_error(OSError(code, os.strerror(code)), "reading", "data/ab/x", "/mnt/nfs", missing=True)
+        assert isinstance(err, TransientError) and not is_damage(err), code
+    with pytest.raises(CorruptResponse) as got:  # retried first (a TransientError), then damage
+        with S3Backend._errors(SimpleNamespace(location="s3://b/p"), "get", "data/ab/x"):
+            raise FlexibleChecksumError(error_msg="Expected checksum x did not match calculated checksum y")
+    assert isinstance(got.value, TransientError) and is_damage(got.value)

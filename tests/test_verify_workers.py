@@ -83,3 +83,37 @@ def test_a_worker_that_dies_fails_verify_in_one_line(cli, two_packs, monkeypatch
     res = cli("verify", "--read-data", ok=1)
     lines = res.err.strip().splitlines()
     assert len(lines) == 1 and "worker process died" in lines[0], res.err
+
+
+def test_overlapping_index_entries_past_the_first_piece_are_damage_not_a_crash(cli, two_packs, monkeypatch):
+    """Index lengths one byte too long, after the first piece: each entry then reaches into the next, so the
+    pieces chain past the buffer sized for them. Reported as damage (exit 20), never an internal error."""
+    import sqlite3
+
+    monkeypatch.setattr(checker, "READ_PIECE", 256 * 1024)
+    cli("verify")  # (the catalog is synced)
+    db = next(cli.cache.rglob("catalog.db"))
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("UPDATE blocks SET length = length + 1 WHERE kind = 'D' AND offset > 300000").rowcount
+    reports = {mode: _report(cli, mode)[0] for mode in ("2", "1")}
+    assert reports["2"] == reports["1"]
+    assert any("does not match the pack header" in p for _, p, _ in reports["2"]), reports["2"]
+
+
+def test_the_report_does_not_depend_on_which_finished_first(cli, two_packs, tmp_path):
+    """A damaged tree block: the reads (in the workers) and the walk (here) both meet it. Each run, with a fresh
+    cache (so trees are read from the repository), gives the report --jobs 1 gives."""
+    import shutil
+
+    src, lay = two_packs
+    tree_pid = next(p for p, e in lay.blocks.values() if e.kind == "T")
+    path = pack_path(cli.repo, tree_pid)
+    data = bytearray(path.read_bytes())
+    data[100] ^= 0x01
+    path.chmod(0o644)
+    path.write_bytes(bytes(data))
+    seen = set()
+    for mode in ("1", "2", "2", "2", "2"):
+        shutil.rmtree(cli.cache, ignore_errors=True)
+        seen.add(tuple(_report(cli, mode)[0]))
+    assert len(seen) == 1, seen

@@ -521,7 +521,9 @@ def verify(settings: Settings, password: PasswordFn, read_data: bool = False,
         if local_repo_path(settings) is None:  # remote: threads (the network is the wait)
             jobs = max(jobs, min(settings.connections or 8, 8))
         else:  # local: packs read by worker processes, by default one per usable core, at most 4 (memory)
-            processes = min(jobs or forkpool.cores(), 4, forkpool.fd_room())
+            processes = jobs = jobs or min(forkpool.cores(), 4)
+        jobs = min(jobs, forkpool.fd_room())  # (a tiny `ulimit -n`: fewer workers, not "Too many open files")
+        processes = min(processes, jobs)
         checker = Checker(sess.repo, sess.catalog, read_data or max_bytes is not None, parse_subset(subset),
                           jobs=jobs, max_bytes=max_bytes, processes=processes,
                           fresh_backend=lambda: _backend(settings), piecewise=processes > 0)

@@ -14,7 +14,6 @@ import copy
 import hashlib
 import itertools
 import math
-import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -120,7 +119,7 @@ class Checker:
         self.processes, self._fresh_backend, self.piecewise = processes, fresh_backend, piecewise
         self.requests: dict = {}
         self.max_bytes = max_bytes
-        self.jobs = jobs or os.cpu_count() or 2
+        self.jobs = jobs or forkpool.cores()
         self._local = threading.local()  # per worker: a reusable decryption buffer
         self.read_data = read_data or subset is not None
         self.subset = subset
@@ -161,6 +160,8 @@ class Checker:
     def _choose(self) -> Iterator[tuple[bytes, int]]:
         """The packs to read, streamed from the catalog, least recently verified first: all, a slice n/m, or the
         first P%; then at most --max-bytes."""
+        # (a live cursor while mark_verified updates the same rows: safe because its ORDER BY makes SQLite sort
+        # every row before the first comes back -- an index on verified_at would change that)
         usable = self.catalog.stored_packs_by_verification()
         limit = piece = None
         if self.subset is not None and self.subset[0] == "slice":
@@ -204,16 +205,19 @@ class Checker:
                 data = memoryview(self.repo.backend.get(name))
                 header = self._header(name, len(data), res, data)
                 pieces = iter([(0, data, entries)])
+            checked = 0
             for start, view, todo in pieces:
                 digest.update(view)
                 res.read += len(view)
                 for e in todo:
                     self._check_block(e, view, start, header, res)
+                checked += len(todo)
         except VaultError as exc:
             if not is_damage(exc):  # not evidence against the pack (descriptors, permissions, the network)
                 raise
             res.damage.append((name, f"unreadable: {exc}"))
-            res.bad.update((e.block_id, f"unreadable: {exc}") for e in entries if e.block_id not in res.bad)
+            # (the pieces before the failure were checked: their blocks keep their verdict)
+            res.bad.update((e.block_id, f"unreadable: {exc}") for e in entries[checked:] if e.block_id not in res.bad)
             return res
         if digest.digest() != pid:
             res.damage.append((name, "hash mismatch (content does not match its name)"))
@@ -248,6 +252,8 @@ class Checker:
             while j < len(entries) and entries[j].offset < end:
                 end = max(end, min(size, entries[j].offset + entries[j].length))
                 j += 1
+            if len(self._local.read) < end - pos:  # (overlapping index entries chained past ``need``)
+                self._local.read = bytearray(end - pos)
             view = self.repo.backend.get_into(name, pos, end - pos, self._local.read)
             if len(view) != end - pos:
                 raise IntegrityError(f"pack shorter than its index says ({pos + len(view)} of {size} bytes)")
@@ -299,11 +305,14 @@ class Checker:
     def _walk_and_read(self, snaps: list, packs: Iterator[tuple[bytes, int]]) -> None:
         """The walk in this process while forked workers read and check the packs, one each at a time: no GIL
         shared (in threads the two fought over it and took longer than one after the other); the catalog
-        (SQLite: never used across a fork) stays here, each pack's index entries go with it."""
+        (SQLite: never used across a fork) stays here, each pack's index entries go with it. The damage the
+        reads find is taken in after the walk, in the packs' order: the walk never depends on which finished
+        first, and the report is the one threads give."""
         pool = ForkPool(self.processes, self._check_in_child, self._child_init)
         good: list[bytes] = []
         requests: dict[int, dict] = {}
-        last, left = [0.0], [True]
+        held: list[tuple[int, _PackCheck]] = []  # the packs with damage (clean ones are counted at once)
+        last, left, sent = [0.0], [True], itertools.count()
 
         def pump(block: bool) -> bool:
             """Hand each idle worker its next pack, take the replies in; False when all are read."""
@@ -313,11 +322,14 @@ class Checker:
                     if pack is None:
                         left[0] = False
                     else:
-                        pool.send(i, (*pack, self.catalog.pack_blocks(pack[0])))
+                        pool.send(i, (next(sent), *pack, self.catalog.pack_blocks(pack[0])))
             got = pool.receive(None if block and any(pool.busy) else 0)
             while got is not None:
-                i, (res, requests[i]) = got
-                self._take(res, good)
+                i, (seq, res, requests[i]) = got
+                if res.damage or res.bad:
+                    held.append((seq, res))
+                else:
+                    self._take(res, good)
                 if len(good) >= 256:
                     self.catalog.mark_verified(good, self.now)
                     good.clear()
@@ -340,6 +352,8 @@ class Checker:
             pool.close(kill=True)  # (verify writes nothing a kill could leave half done)
             raise
         pool.close()
+        for _, res in sorted(held, key=lambda h: h[0]):
+            self._take(res, good)
         self.catalog.mark_verified(good, self.now)
         self.requests = sum_stats(requests.values())
 
@@ -348,13 +362,13 @@ class Checker:
         if self._fresh_backend is not None:
             self.repo = copy.copy(self.repo)
             self.repo.backend = self._fresh_backend()
-        self.catalog = None  # (the parent's SQLite connection must not be touched after a fork)
+        # (the parent's SQLite connection is never used here: each pack's index entries come with it)
 
     def _check_in_child(self, msg: tuple) -> tuple:
         """In a worker process: check one pack; the result and this process's request counts so far."""
-        pid, size, entries = msg
+        seq, pid, size, entries = msg
         res = self._check_pack(pid, size, entries)
-        return res, (self.repo.backend.inner.stats() if self._fresh_backend is not None else {})
+        return seq, res, (self.repo.backend.inner.stats() if self._fresh_backend is not None else {})
 
     def _load_snapshots(self) -> list:
         """The snapshots to walk; a repaired original (``vault repair`` wrote a complete replacement; the

@@ -94,6 +94,10 @@ class TransientError(BackendError):
     """A failure worth retrying (timeouts, resets, throttling, 5xx)."""
 
 
+class CorruptResponse(TransientError):
+    """The store sent bytes that fail its own checksum: retried (a network fault), then taken as damage."""
+
+
 class PermanentError(BackendError):
     """A failure retrying cannot fix (permission denied, no such bucket, disk full)."""
 
@@ -103,4 +107,4 @@ def is_damage(exc: VaultError) -> bool:
     check, an I/O error of the store's disk) or only says it could not be read now (this machine's limits,
     permissions, a network that stayed down through the retries): the latter is an error (exit 1), never
     reported as damage (exit 20)."""
-    return not isinstance(exc, (PermanentError, TransientError))
+    return isinstance(exc, CorruptResponse) or not isinstance(exc, (PermanentError, TransientError))

@@ -3,6 +3,8 @@
 Restore uses them to write files in parallel without the GIL: with threads, every one of the half-dozen
 system calls a small file needs hands the GIL to another thread and back (~700,000 futex calls and 200,000
 context switches for 55,000 files); two single-threaded processes do the same work in a third less CPU.
+``verify --read-data`` uses them to check packs while the main process walks the trees (in threads, the walk
+and the readers fought over the GIL).
 
 A child is a fork of the caller: it starts at once and shares the parent's memory (copy on write; ``gc.freeze``
 keeps the collector from touching, and so copying, the inherited objects). It runs only ``handler`` on what

@@ -403,7 +403,7 @@ class Restorer:
         fd = None
         with task.lock:
             if problem is not None:
-                if task.problem is None:
+                if task.problem is None or (task.local and not local):  # damage outranks a local error
                     task.problem, task.local = problem, local
             elif task.problem is None:
                 try:  # the file's last block: its descriptor stays open for _finish_file (one open, not two)

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
 from vault.backend.base import check_name, exists_by_size
-from vault.errors import BackendError, ObjectExists, ObjectNotFound, PermanentError
+from vault.errors import BackendError, ObjectExists, ObjectNotFound, PermanentError, TransientError
 
 TEMP_PREFIX = ".tmp-"
 
@@ -34,6 +34,11 @@ _PERMANENT = {
 if hasattr(errno, "EDQUOT"):
     _PERMANENT[errno.EDQUOT] = "disk quota exceeded"
 
+# A network file system (NFS, SMB, sshfs) that dropped its connection: retried, and never taken as damage.
+_TRANSIENT = {getattr(errno, n) for n in ("ENOTCONN", "ESTALE", "ETIMEDOUT", "EHOSTDOWN", "EHOSTUNREACH",
+                                          "ENETDOWN", "ENETUNREACH", "ECONNRESET", "ECONNABORTED", "EAGAIN",
+                                          "EINTR") if hasattr(errno, n)}
+
 # link() is not supported everywhere (exFAT/FAT USB drives, some network and FUSE file systems).
 _NO_LINK = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS}
 
@@ -43,6 +48,8 @@ def translate_os_error(err: OSError, verb: str, name: str, root: str, *, missing
     what = f"{name} in {root}" if name else root
     if missing and err.errno in (errno.ENOENT, errno.ENOTDIR):
         return ObjectNotFound(f"{name} not found in {root}")
+    if err.errno in _TRANSIENT:
+        return TransientError(f"error {verb} {what}: {err.strerror or err}")
     reason = _PERMANENT.get(err.errno or 0)
     if reason:
         hint = " (raise the limit: `ulimit -n`)" if err.errno == errno.EMFILE else ""

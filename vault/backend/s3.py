@@ -35,7 +35,8 @@ from botocore.exceptions import (BotoCoreError, ClientError, ConnectionError as 
                                  FlexibleChecksumError, HTTPClientError, IncompleteReadError,
                                  NoCredentialsError, PartialCredentialsError)
 
-from ..errors import BackendError, ObjectExists, ObjectNotFound, PermanentError, TransientError, UsageError
+from ..errors import (BackendError, CorruptResponse, ObjectExists, ObjectNotFound, PermanentError, TransientError,
+                      UsageError)
 from .base import check_name, exists_by_size
 from .retry import retry_transient
 
@@ -116,10 +117,12 @@ class S3Backend:
         except (NoCredentialsError, PartialCredentialsError):
             raise PermanentError("no AWS credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
                                  "~/.aws/credentials or an instance role") from None
-        except (BotoConnectionError, HTTPClientError, IncompleteReadError, FlexibleChecksumError) as exc:
+        except FlexibleChecksumError as exc:  # a body failing the store's checksum: retried, then damage
+            raise CorruptResponse(f"S3 {what}: {exc}") from None
+        except (BotoConnectionError, HTTPClientError, IncompleteReadError) as exc:
             # ConnectionError: refused, connect timeout; HTTPClientError: read timeout, connection closed or
             # reset before the response (ConnectionClosedError) or inside its body (ResponseStreamingError);
-            # a short or damaged body: all worth a retry
+            # a short body: all worth a retry
             raise TransientError(f"S3 {what}: {exc}") from None
         except BotoCoreError as exc:
             raise BackendError(f"S3 {what}: {exc}") from None
