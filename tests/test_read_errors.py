@@ -92,3 +92,29 @@ def test_a_dropped_network_mount_is_not_damage_and_a_corrupt_s3_body_is():
         with S3Backend._errors(SimpleNamespace(location="s3://b/p"), "get", "data/ab/x"):
             raise FlexibleChecksumError(error_msg="Expected checksum x did not match calculated checksum y")
     assert isinstance(got.value, TransientError) and is_damage(got.value)
+
+
+def test_a_fifo_planted_as_a_pack_is_missing_not_a_hang(repo, tmp_path):
+    """A hostile repository replaces a pack with a FIFO: opening it must not wait for a writer forever."""
+    src = make_tree(tmp_path / "src", {"a.bin": os.urandom(50_000)})
+    repo("backup", src)
+    for pack in _packs(repo.repo):  # (a data pack and a tree pack)
+        pack.unlink()
+        os.mkfifo(pack)
+    p = repo.proc("restore", "latest", "--target", tmp_path / "t", timeout=60)
+    assert p.returncode == 20, p.stderr
+    assert b"not a regular file" in p.stderr or b"missing" in p.stderr, p.stderr
+
+
+def test_ls_find_diff_show_control_characters_as_question_marks(repo, tmp_path):
+    src = make_tree(tmp_path / "src", {"esc\x1b[31mred": b"x", "new\nline": b"y"})
+    repo("backup", src)
+    for args in (["ls", "latest"], ["find", "*red*"], ["find", "new*"]):
+        out = repo(*args).out
+        assert "\x1b" not in out and "new\nline" not in out, out
+        assert any(line.endswith(("esc?[31mred", "new?line")) for line in out.splitlines()), out
+    (src / "esc\x1b[31mred").unlink()
+    repo("backup", src)
+    snaps = [s["id"] for s in repo("--json", "snapshots").json]
+    out = repo("diff", *snaps[:2]).out
+    assert "\x1b" not in out and any(line.startswith("-") and "esc?[31mred" in line for line in out.splitlines())

@@ -67,8 +67,8 @@ def test_an_unexpected_error_in_a_worker_is_one_line_internal_error(repo, tmp_pa
     assert any("in a worker process" in n and "raise ValueError" in n for n in info.value.__notes__)
 
 
-def _restore_proc(repo, tmp_path: Path, target: Path, ignore_int: bool) -> subprocess.Popen:
-    env = {**os.environ, **repo.env(), "VAULT_JOBS": "2"}
+def _restore_proc(repo, tmp_path: Path, target: Path, ignore_int: bool, jobs: str = "2") -> subprocess.Popen:
+    env = {**os.environ, **repo.env(), "VAULT_JOBS": jobs}
 
     def setup():
         os.setsid()  # its own process group: the test signals the group, as a terminal would
@@ -80,12 +80,12 @@ def _restore_proc(repo, tmp_path: Path, target: Path, ignore_int: bool) -> subpr
                             preexec_fn=setup)
 
 
-def _when_writing(p: subprocess.Popen, target: Path) -> None:
+def _when_writing(p: subprocess.Popen, target: Path, workers: int = 2) -> None:
     """Wait until the workers exist and files are being written."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         kids = Path(f"/proc/{p.pid}/task/{p.pid}/children").read_text().split() if p.poll() is None else []
-        if len(kids) >= 2 and sum(len(f) for _, _, f in os.walk(target)) >= 50:
+        if len(kids) >= workers and sum(len(f) for _, _, f in os.walk(target)) >= 50:
             return
         time.sleep(0.005)
     pytest.fail("the restore finished before it could be interrupted (make the tree bigger)")
@@ -122,13 +122,15 @@ def test_an_inherited_ignore_sigint_is_kept_by_the_workers(repo, tmp_path, big):
     assert sum(len(f) for _, _, f in os.walk(target)) == 15 * 200
 
 
+@pytest.mark.parametrize("jobs", ["2", "1"])
 @pytest.mark.parametrize("delay", [0.0, 0.02, 0.1])
-def test_a_second_ctrl_c_stops_the_workers_and_removes_their_temp_files(repo, tmp_path, big, delay):
+def test_a_second_ctrl_c_stops_the_workers_and_removes_their_temp_files(repo, tmp_path, big, delay, jobs):
     """`timeout -s INT` signals vault, then its whole group: a second SIGINT while the workers finish what they
-    hold. They are then killed part way through files; the main process removes those files' temp names."""
+    hold. They are then killed part way through files; the main process removes those files' temp names. With
+    --jobs 1 (threads), the fetches not started are cancelled and the files they left unfinished removed."""
     target = tmp_path / "r"
-    p = _restore_proc(repo, tmp_path, target, ignore_int=False)
-    _when_writing(p, target)
+    p = _restore_proc(repo, tmp_path, target, ignore_int=False, jobs=jobs)
+    _when_writing(p, target, workers=2 if jobs == "2" else 0)
     os.killpg(p.pid, signal.SIGINT)
     time.sleep(delay)
     if p.poll() is None:

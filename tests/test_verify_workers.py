@@ -117,3 +117,22 @@ def test_the_report_does_not_depend_on_which_finished_first(cli, two_packs, tmp_
         shutil.rmtree(cli.cache, ignore_errors=True)
         seen.add(tuple(_report(cli, mode)[0]))
     assert len(seen) == 1, seen
+
+
+@pytest.mark.parametrize("args", [[], ["--read-data"]])
+def test_an_index_segment_damaged_after_the_catalog_synced_it_is_found(cli, two_packs, args):
+    """The nightly verify runs with a warm cache: a segment damaged since this machine synced it must still be
+    reported (a new machine could restore nothing from it), in every mode."""
+    cli("verify")  # (synced: this machine's catalog holds the segment)
+    seg = sorted((cli.repo / "index").iterdir())[0]
+    data = bytearray(seg.read_bytes())
+    data[40] ^= 0xFF
+    seg.chmod(0o644)
+    seg.write_bytes(bytes(data))
+    for jobs in ("2", "1"):
+        cli.extra["VAULT_JOBS"] = jobs
+        try:
+            j = cli("--json", "verify", *args, ok=20).json
+        finally:
+            del cli.extra["VAULT_JOBS"]
+        assert [d["object"] for d in j["damage"]].count(f"index/{seg.name}") == 1, j["damage"]

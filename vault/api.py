@@ -532,8 +532,9 @@ def verify(settings: Settings, password: PasswordFn, read_data: bool = False,
             from .checker import Damage
 
             obj, _, why = p.partition(": ")
-            report.damage.insert(0, Damage(obj.replace("index segment ", "index/").replace("snapshot ", "snapshots/"),
-                                           why))
+            obj = obj.replace("index segment ", "index/").replace("snapshot ", "snapshots/")
+            if not any(d.object == obj for d in report.damage):  # (verify's own check of the index found it too)
+                report.damage.insert(0, Damage(obj, why))
         return report, sum_stats([sess.requests(), checker.requests])
 
 

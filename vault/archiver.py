@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import sys
 import os
 import socket
@@ -25,14 +26,14 @@ from datetime import datetime, timezone
 
 from . import index as index_mod
 from .catalog import Catalog
-from .errors import SourceNotFound, VaultError
+from .errors import IntegrityError, SourceNotFound, VaultError
 from .excludes import Matcher
 from .entries import split_ids
 from .fsmeta import node_from_stat, node_type, stat_key
-from .model import DIR, FILE, SYMLINK, Node, Snapshot, Tree
-from .pack import DATA, TREE, PackEntry, sealed_size
+from .model import DIR, FILE, SYMLINK, Node, Snapshot, Tree, replaced_by_repair
+from .pack import DATA, TREE, PackEntry, parse_pack, sealed_size
 from .packwriter import PackWriter
-from .repository import Repository
+from .repository import Repository, pack_name
 
 BATCH_FILES = 64
 BATCH_BYTES = 4 * 1024 * 1024
@@ -240,15 +241,22 @@ class Archiver:
 
     def _adopt_leftover_packs(self) -> None:
         """Index the packs an interrupted run stored after its last checkpoint (they are complete: a pack is
-        written whole or not at all), so their blocks are reused instead of uploaded again."""
+        written whole or not at all), so their blocks are reused instead of uploaded again. Only a pack whose
+        bytes match its name is adopted: one that fails (bit rot, or the damaged pack ``repair`` left out of
+        the index) is remembered in the catalog and never read again; prune deletes it."""
         adopted = []
         for pid, size in self.repo.list_packs():
-            if self.catalog.has_pack(pid):
+            if self.catalog.has_pack(pid) or self.catalog.is_rejected(pid, size):
                 continue
             try:
-                adopted.append((pid, size, self.repo.read_pack_header(pid, size)))
+                data = self.repo.backend.get(pack_name(pid))
+                if hashlib.sha256(data).digest() != pid:
+                    raise IntegrityError("content does not match its name")
+                adopted.append((pid, size, parse_pack(data, self.repo.cipher)))
+            except IntegrityError:
+                self.catalog.reject(pid, size)
             except VaultError:
-                continue  # damaged or vanished: verify reports it, prune will remove it
+                continue  # vanished or unreadable now: the next backup looks again
         if adopted:
             try:
                 seg = index_mod.from_packs(adopted)
@@ -563,7 +571,9 @@ class Archiver:
     # --- the run ------------------------------------------------------------------------------------
     def find_parent(self, host: str, paths: list[str]) -> Snapshot | None:
         key = (host, tuple(sorted(paths)))
-        candidates = [s for s in self.catalog.snapshots() if s.group_key() == key]
+        snaps = self.catalog.snapshots()
+        replaced = replaced_by_repair(snaps)  # (its files whose data was lost must be read again, not reused)
+        candidates = [s for s in snaps if s.group_key() == key and s.id not in replaced]
         return candidates[-1] if candidates else None
 
     def run(self) -> Snapshot | None:

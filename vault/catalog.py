@@ -497,6 +497,19 @@ class Catalog:
                     subdirs.append((path, n.subtree))
             stack.extend(reversed(subdirs))
 
+    # --- leftover packs a backup found damaged (never adopted; kept until prune deletes them) -------------
+    def _rejected_init(self) -> None:
+        self._tx(lambda c: c.execute("CREATE TABLE IF NOT EXISTS rejected_packs (id BLOB PRIMARY KEY, "
+                                     "size INTEGER NOT NULL) WITHOUT ROWID"))
+
+    def is_rejected(self, pid: bytes, size: int) -> bool:
+        self._rejected_init()
+        return bool(self._q("SELECT 1 FROM rejected_packs WHERE id=? AND size=?", (pid, size)))
+
+    def reject(self, pid: bytes, size: int) -> None:
+        self._rejected_init()
+        self._tx(lambda c: c.execute("INSERT OR REPLACE INTO rejected_packs (id, size) VALUES (?, ?)", (pid, size)))
+
     # --- copy support: source block id -> destination block id (created on first use) -------------------
     def copy_map_init(self) -> None:
         self._tx(lambda c: c.execute("CREATE TABLE IF NOT EXISTS copy_map (src BLOB PRIMARY KEY, dst BLOB NOT NULL) "

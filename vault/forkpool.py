@@ -130,8 +130,7 @@ class ForkPool:
                         mine.close()
                         for c in self._conns:
                             c.close()
-                        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-                            signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the parent stops us
+                        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the parent stops us
                         _die_with_parent(parent)
                         code = _serve(theirs, handler, child_init)
                     finally:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -465,14 +466,14 @@ class Repairer:
             return memo[tid]
         nodes = self._tree(self.catalog, self.repo, tid) if self._have(tid) else None
         if nodes is None:
-            dropped.append(base.decode("utf-8", "replace") + "/ (directory listing lost)")
+            dropped.append(os.fsdecode(base) + "/ (directory listing lost)")
             out_nodes: list[Node] = []
         else:
             out_nodes = []
             for n in nodes:
                 path = base + b"/" + n.name
                 if n.type == FILE and self._missing(n.blocks):
-                    dropped.append(path.decode("utf-8", "replace"))
+                    dropped.append(os.fsdecode(path))
                     continue
                 if n.type == DIR and n.subtree is not None:
                     sub = self._clean_tree(n.subtree, path, memo, dropped)

@@ -717,19 +717,37 @@ class Restorer:
         self.result.requests = sum_stats(self._worker_requests.values())
 
     def _run_threads(self, jobs: int) -> None:
-        with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="vault-restore") as pool:
-            running: collections.deque[list[Future]] = collections.deque()  # batches in flight, oldest first
+        pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="vault-restore")
+        # batches in flight, oldest first: (their range fetches, their files)
+        running: collections.deque[tuple[list[Future], list[_FileTask]]] = collections.deque()
 
-            def submit(batch: list[_FileTask]) -> None:
-                while len(running) >= BATCHES_IN_FLIGHT:
-                    for fut in running.popleft():
-                        fut.result()
-                running.append(self._submit_batch(batch, pool))
+        def submit(batch: list[_FileTask]) -> None:
+            while len(running) >= BATCHES_IN_FLIGHT:
+                for fut in running[0][0]:
+                    fut.result()
+                running.popleft()  # (only once all of its files are finished: Ctrl-C may come at any point)
+            futs: list[Future] = []
+            running.append((futs, batch))  # (before any of its files is touched: Ctrl-C may come at any point)
+            futs += self._submit_batch(batch, pool)
 
+        try:
             self._walk_batches(submit)
-            for futs in running:
+            for futs, _ in running:
                 for fut in futs:
                     fut.result()
+        except BaseException:
+            self._abandon(pool, [t for _, batch in running for t in batch])
+            raise
+        pool.shutdown()
+
+    def _abandon(self, pool: ThreadPoolExecutor, tasks: list[_FileTask]) -> None:
+        """Stop after an error or Ctrl-C: fetches not started are cancelled, running ones finish (the CLI
+        ignores a second Ctrl-C meanwhile), then the temp file of every file in flight that was not renamed into place is removed
+        (a file some of whose fetches were cancelled never would be)."""
+        pool.shutdown(wait=True, cancel_futures=True)
+        for task in tasks + self._spares:
+            if not task.done:
+                self._discard(task.dir, task.tmp, True)
 
     def _walk_batches(self, submit, size: int = BATCH_FILES, tick=None) -> None:
         """The files to fill in batches of up to ``size`` files or blocks, each passed to ``submit``; ``tick``

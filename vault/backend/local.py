@@ -187,8 +187,9 @@ class LocalBackend:
                 os.close(fd)
 
     def _open_object(self, path: str, name: str) -> tuple[int, os.stat_result]:
-        """An object opened for reading, and its fstat; ObjectNotFound when it is not a regular file."""
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        """An object opened for reading, and its fstat; ObjectNotFound when it is not a regular file (opened
+        non-blocking: a FIFO planted in a hostile repository would block the open until a writer came)."""
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0))
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):

@@ -47,8 +47,8 @@ _TYPE_BITS = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK
 def _line(path: bytes, n) -> str:
     mode = stat.filemode(n.mode | _TYPE_BITS.get(n.type, 0))
     size = n.size if n.type == FILE else 0
-    tail = f" -> {os.fsdecode(n.target)}" if n.type == SYMLINK and n.target is not None else ""
-    return f"{mode} {size:>12} {os.fsdecode(path)}{tail}"
+    tail = f" -> {printable(os.fsdecode(n.target))}" if n.type == SYMLINK and n.target is not None else ""
+    return f"{mode} {size:>12} {printable(os.fsdecode(path))}{tail}"
 
 
 @cli.command()
@@ -69,7 +69,7 @@ def ls(snapshot: str, path: str | None, long_: bool) -> None:
             c.emit_json_stream({"snapshot_id": snap.id}, (api.node_json(p, n) for p, n in entries), sess.requests)
             return
         for p, n in entries:
-            c.out(_line(p, n) if long_ else os.fsdecode(p))
+            c.out(_line(p, n) if long_ else printable(os.fsdecode(p)))  # (one line each; --json: exact)
 
 
 @cli.command()
@@ -89,7 +89,7 @@ def find(pattern: str, hosts, tags, paths) -> None:
                                        **api.node_json(p, n)} for s, p, n in hits))
             return
         for s, p, n in hits:
-            c.out(f"{s.short_id}  {local_time(s.time)}  {os.fsdecode(p)}")
+            c.out(f"{s.short_id}  {local_time(s.time)}  {printable(os.fsdecode(p))}")
 
 
 @cli.command()
@@ -111,7 +111,7 @@ def diff(snapshot_a: str, snapshot_b: str) -> None:
         return
     for sign, items in (("+", res.added), ("-", res.removed), ("M", res.modified)):
         for p in items:
-            c.out(f"{sign} {p}")
+            c.out(f"{sign} {printable(str(p))}")
     c.out(f"{len(res.added)} added, {len(res.removed)} removed, {len(res.modified)} modified")
 
 

@@ -53,6 +53,10 @@ def restore(snapshot: str | None, target: str, at: str | None, includes: tuple[s
     if c.verbose:
         for path, why in res.warnings:
             c.err(printable(f"warning: {path}: {why}"))
+    elif res.warnings and not c.quiet and not c.json:  # (a setuid/setgid bit not kept as it was matters)
+        setids = sum(1 for _, why in res.warnings if "setuid" in why or "setgid" in why)
+        c.err(f"vault: {len(res.warnings)} warning(s) about metadata not restored as it was"
+              + (f", {setids} of them about setuid/setgid bits" if setids else "") + " (-v lists them)")
     if c.json:
         c.emit_json({"snapshot_id": snap.id, "target": target, "files": res.files, "dirs": res.dirs,
                      "symlinks": res.symlinks, "other": res.other, "bytes_written": res.bytes_written,

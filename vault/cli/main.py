@@ -6,6 +6,7 @@ found, 11 repository locked, 12 wrong password, 20 verify/restore found damage.
 
 from __future__ import annotations
 
+import errno
 import gc
 import signal
 import sys
@@ -34,11 +35,26 @@ def _register() -> None:
     from . import cmd_admin, cmd_backup, cmd_browse, cmd_restore  # noqa: F401  (commands attach to cli)
 
 
+_sigints = 0
+
+
+def _on_sigint(signum: int, frame: object) -> None:  # noqa: ARG001
+    """Ctrl-C: the first stops the command (KeyboardInterrupt: work in hand is finished or undone, temp files
+    removed, the lock released); a second is ignored so that clean-up is not cut short half way (`timeout -s
+    INT` signals vault and then its whole group: two at once); a third stops at once."""
+    global _sigints
+    _sigints += 1
+    if _sigints != 2:
+        raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
+    global _sigints
+    _sigints = 0
     _register()
     tune_malloc()
     if signal.getsignal(signal.SIGINT) is _interrupted_while_loading:  # loaded: Ctrl-C is KeyboardInterrupt again
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, _on_sigint)
     verbose = "-v" in (argv or sys.argv) or "--verbose" in (argv or sys.argv)
     try:
         rv = cli.main(args=argv, prog_name="vault", standalone_mode=False)
@@ -58,6 +74,15 @@ def main(argv: list[str] | None = None) -> int:
         click.echo("vault: interrupted", err=True)
         code = 130
     except BrokenPipeError:
+        code = 1
+    except OSError as exc:
+        if verbose:
+            raise
+        if exc.errno in (errno.EMFILE, errno.ENFILE):  # (anywhere: even a module loaded late, e.g. _strptime)
+            click.echo("vault: too many open files (raise the limit: `ulimit -n`)", err=True)
+        else:
+            click.echo(printable(f"vault: internal error: {type(exc).__name__}: {exc} (run with -v for details)"),
+                       err=True)
         code = 1
     except Exception as exc:  # noqa: BLE001 - the promise is one line, never a traceback
         if verbose:
@@ -90,7 +115,11 @@ def entry() -> None:
     # A backup makes ~10 objects per file that live until their directory is stored; the default gen-0
     # threshold (700) would run the cyclic GC thousands of times over them, holding the GIL each time.
     gc.set_threshold(50_000, 20, 20)
-    sys.exit(main())
+    code = main()
+    # the command is over and its exit code decided: a Ctrl-C now (a second one, or `timeout -s INT` signalling
+    # the whole group) would only turn it into a KeyboardInterrupt in the interpreter's teardown
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
