@@ -352,6 +352,11 @@ class Catalog:
                 out[bytes(bid)] = (bytes(pid), PackEntry(kind, bytes(bid), off, length, raw))
         return out
 
+    def pack_segment(self, pid: bytes) -> str | None:
+        """The index segment the catalog took ``pid``'s entries from."""
+        rows = self._q("SELECT segment FROM packs WHERE id=?", (pid,))
+        return rows[0][0] if rows else None
+
     def has_pack(self, pid: bytes) -> bool:
         return bool(self._q("SELECT 1 FROM packs WHERE id=?", (pid,)))
 

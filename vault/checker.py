@@ -13,8 +13,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import itertools
-import os
 import math
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from . import forkpool
 from .backend.counting import sum_stats
 from .catalog import Catalog
-from .forkpool import ForkPool
-from .errors import UsageError, IntegrityError, VaultError, is_damage
+from .errors import CatalogError, IntegrityError, UsageError, VaultError, is_damage
 from .entries import entry, split_ids
+from .forkpool import ForkPool
 from .model import DIR, FILE, Tree, replaced_by_repair
 from .pack import PackEntry, decode_header, header_length, parse_pack
 from .repository import Repository, Scratch, pack_name
@@ -292,6 +292,8 @@ class Checker:
 
     def _take(self, res: _PackCheck, good: list[bytes]) -> None:
         """One pack's result into the report (and ``good`` when it is clean)."""
+        if res.damage or res.bad:
+            self._catalog_agrees(res.pid)
         for obj, problem in res.damage:
             self._damage(obj, problem)
         for bid, problem in res.bad.items():
@@ -303,9 +305,29 @@ class Checker:
             good.append(res.pid)
 
     # --- worker processes (a local repository: see forkpool) ------------------------------------------
+    def _catalog_agrees(self, pid: bytes) -> None:
+        """Damage found in a pack: first make sure this machine's catalog (a cache: a bit flipped in it, a
+        hand-edited row) is not what is wrong, by comparing its entries for the pack with the repository's own
+        index segment. If they differ the repository is not to blame: CatalogError (exit 1), not damage."""
+        sid = self.catalog.pack_segment(pid)
+        if sid is None:
+            return
+        try:
+            seg = self.repo.load_index(sid)
+        except VaultError:
+            return  # the segment itself is damaged or unreadable: _check_index reports it
+        theirs = {(e.block_id, e.offset, e.length, e.raw_length, e.kind) for e in seg.packs.get(pid, [])}
+        mine = {(e.block_id, e.offset, e.length, e.raw_length, e.kind) for e in self.catalog.pack_blocks(pid)}
+        if theirs and not mine <= theirs:
+            raise CatalogError(f"this machine's catalog disagrees with the repository's index about pack "
+                               f"{pid.hex()[:16]} (the catalog is damaged, not the repository): run 'vault "
+                               "catalog rebuild', then verify again")
+
     def _check_index(self) -> None:
-        """Every index segment in the store loads: authenticated, matching its name, well formed (the catalog
-        synced it once; a segment damaged since must not pass because this machine's copy is fine)."""
+        """Every index segment in the store still matches its name (a segment damaged since this machine synced
+        it must not pass because the catalog's copy is fine). Its SHA-256 is proof enough: the catalog's copy
+        was decrypted and validated from exactly those bytes when synced (the session synced every segment
+        listed; one that failed then is in the sync's problems)."""
         for sid in self.repo.list_index():
             problem = self._index_problem(sid)
             if problem is not None:
@@ -313,7 +335,7 @@ class Checker:
 
     def _index_problem(self, sid: str) -> str | None:
         try:
-            self.repo.load_index(sid)
+            self.repo.check_stored(f"index/{sid}", sid)
         except VaultError as exc:
             if not is_damage(exc):
                 raise

@@ -131,7 +131,10 @@ def open_block_into(cipher: Cipher, block_id: bytes, blob: bytes | memoryview, o
         raise IntegrityError(f"block {block_id.hex()[:16]}: too short")
     mv = memoryview(blob)
     flag = mv[0]
-    return flag, cipher.open_into(mv[1:], block_id + bytes((flag,)), out, f"block {block_id.hex()[:16]}")
+    try:
+        return flag, cipher.open_into(mv[1:], block_id + bytes((flag,)), out)
+    except IntegrityError as exc:  # (the block's name formatted only when it is needed: this runs per block)
+        raise IntegrityError(f"block {block_id.hex()[:16]}: {exc.args[0].partition(': ')[2]}") from None
 
 
 def open_block(cipher: Cipher, block_id: bytes, blob: bytes | memoryview) -> tuple[int, bytes]:

@@ -271,6 +271,10 @@ class Repository:
         self.backend.put(f"index/{sid}", stored)
         return sid
 
+    def check_stored(self, name: str, hex_id: str) -> None:
+        """An object's bytes still match its name (SHA-256); IntegrityError when not."""
+        self._load_verified(name, hex_id)
+
     def load_index(self, sid: str) -> index_mod.IndexSegment:
         return index_mod.decode(self._load_verified(f"index/{sid}", sid), self.cipher)
 
