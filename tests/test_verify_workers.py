@@ -145,3 +145,25 @@ def test_an_index_segment_damaged_after_the_catalog_synced_it_is_found(cli, two_
         finally:
             del cli.extra["VAULT_JOBS"]
         assert [d["object"] for d in j["damage"]].count(f"index/{seg.name}") == 1, j["damage"]
+
+
+def test_restore_blames_a_disagreeing_catalog_not_the_repository(cli, two_packs, tmp_path):
+    """A catalog row edited (its offset one byte off): the block fails its check when restored. The repository's
+    own index says otherwise, so the restore exits 1 naming the catalog (rebuild it), not 20; after the rebuild
+    the same restore is whole."""
+    import sqlite3
+
+    src, lay = two_packs
+    db = next(cli.cache.rglob("catalog.db"))
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("UPDATE blocks SET offset = offset + 1 WHERE kind = 'D' AND offset > 0").rowcount
+    for jobs in ("2", "1"):
+        cli.extra["VAULT_JOBS"] = jobs
+        try:
+            res = cli("restore", "latest", "--target", tmp_path / f"t{jobs}", ok=1)
+        finally:
+            del cli.extra["VAULT_JOBS"]
+        assert "catalog disagrees" in res.err and "catalog rebuild" in res.err, res.err
+    cli("catalog", "rebuild")
+    cli("restore", "latest", "--target", tmp_path / "t3")
+    assert (tmp_path / "t3" / str(src / "big.bin")[1:]).read_bytes() == (src / "big.bin").read_bytes()

@@ -244,6 +244,13 @@ def restore(settings: Settings, password: PasswordFn, spec: str | None, opts: Re
         processes = min(processes, jobs)
         opts = RestoreOptions(**{**opts.__dict__, "jobs": jobs, "processes": processes})
         result = Restorer(sess.repo, sess.catalog, snap, opts, fresh_backend=lambda: _backend(settings)).run()
+        wrong = []
+        if result.damaged and result.bad_packs:  # (the packs damage was found in: a few)
+            wrong = sess.catalog.disagreeing_packs(sess.repo, result.bad_packs)
+        if wrong:
+            result.catalog_problem = (f"this machine's catalog disagrees with the repository's index about pack "
+                                      f"{wrong[0].hex()[:16]}: the damage above may be the catalog's, not the "
+                                      "repository's; run 'vault catalog rebuild', then restore again")
         result.requests = sum_stats([sess.requests(), result.requests])
         return snap, result
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from . import entries as entries_mod
 from . import index as index_mod
 from .cachelock import FileLock
-from .errors import CacheUnavailable, CatalogError, IntegrityError, ObjectNotFound
+from .errors import CacheUnavailable, CatalogError, IntegrityError, ObjectNotFound, VaultError
 from .entries import split_ids
 from .model import DIR, FILE, Node, Snapshot, Tree, parse_stored_time, format_time, storable_text
 from .pack import PackEntry
@@ -352,10 +352,23 @@ class Catalog:
                 out[bytes(bid)] = (bytes(pid), PackEntry(kind, bytes(bid), off, length, raw))
         return out
 
-    def pack_segment(self, pid: bytes) -> str | None:
-        """The index segment the catalog took ``pid``'s entries from."""
-        rows = self._q("SELECT segment FROM packs WHERE id=?", (pid,))
-        return rows[0][0] if rows else None
+    def disagreeing_packs(self, repo, pids: Iterable[bytes]) -> list[bytes]:
+        """Those of ``pids`` (packs damage was found in: a few) for which this catalog holds an entry that no
+        index segment in the repository lists: then the damage may be the catalog's (a cache: a flipped bit,
+        an edited row), not the repository's. Reads every segment once, one at a time; a segment that cannot
+        be read is skipped (verify reports it), and a pack no segment lists is not counted."""
+        want = set(pids)
+        theirs: dict[bytes, set] = {}
+        for sid in repo.list_index():
+            try:
+                seg = repo.load_index(sid)
+            except VaultError:
+                continue
+            for pid in want.intersection(seg.packs):
+                theirs.setdefault(pid, set()).update(
+                    (e.block_id, e.offset, e.length, e.raw_length, e.kind) for e in seg.packs[pid])
+        return [pid for pid in sorted(theirs) if not {(e.block_id, e.offset, e.length, e.raw_length, e.kind)
+                                                       for e in self.pack_blocks(pid)} <= theirs[pid]]
 
     def has_pack(self, pid: bytes) -> bool:
         return bool(self._q("SELECT 1 FROM packs WHERE id=?", (pid,)))

@@ -119,6 +119,7 @@ class Checker:
         self.repo, self.catalog = repo, catalog
         self.processes, self._fresh_backend, self.piecewise = processes, fresh_backend, piecewise
         self.requests: dict = {}
+        self._damaged_packs: list[bytes] = []  # packs the reads found damage in (bounded by the damage)
         self.max_bytes = max_bytes
         self.jobs = jobs or forkpool.cores()
         self._local = threading.local()  # per worker: a reusable decryption buffer
@@ -293,7 +294,7 @@ class Checker:
     def _take(self, res: _PackCheck, good: list[bytes]) -> None:
         """One pack's result into the report (and ``good`` when it is clean)."""
         if res.damage or res.bad:
-            self._catalog_agrees(res.pid)
+            self._damaged_packs.append(res.pid)
         for obj, problem in res.damage:
             self._damage(obj, problem)
         for bid, problem in res.bad.items():
@@ -305,22 +306,15 @@ class Checker:
             good.append(res.pid)
 
     # --- worker processes (a local repository: see forkpool) ------------------------------------------
-    def _catalog_agrees(self, pid: bytes) -> None:
-        """Damage found in a pack: first make sure this machine's catalog (a cache: a bit flipped in it, a
-        hand-edited row) is not what is wrong, by comparing its entries for the pack with the repository's own
-        index segment. If they differ the repository is not to blame: CatalogError (exit 1), not damage."""
-        sid = self.catalog.pack_segment(pid)
-        if sid is None:
+    def _catalog_agrees(self) -> None:
+        """Damage found in packs: first make sure this machine's catalog is not what is wrong; if it is, the
+        repository is not to blame: CatalogError (exit 1), not damage."""
+        if not self._damaged_packs:
             return
-        try:
-            seg = self.repo.load_index(sid)
-        except VaultError:
-            return  # the segment itself is damaged or unreadable: _check_index reports it
-        theirs = {(e.block_id, e.offset, e.length, e.raw_length, e.kind) for e in seg.packs.get(pid, [])}
-        mine = {(e.block_id, e.offset, e.length, e.raw_length, e.kind) for e in self.catalog.pack_blocks(pid)}
-        if theirs and not mine <= theirs:
+        wrong = self.catalog.disagreeing_packs(self.repo, self._damaged_packs)
+        if wrong:
             raise CatalogError(f"this machine's catalog disagrees with the repository's index about pack "
-                               f"{pid.hex()[:16]} (the catalog is damaged, not the repository): run 'vault "
+                               f"{wrong[0].hex()[:16]} (the catalog is damaged, not the repository): run 'vault "
                                "catalog rebuild', then verify again")
 
     def _check_index(self) -> None:
@@ -549,6 +543,7 @@ class Checker:
             self._walk_trees(snaps)
             if self.read_data:
                 self._read_packs(self._choose())
+        self._catalog_agrees()
         if self._reads_all:  # trees walked from the catalog whose block the read found damaged
             for bid, problem in self._bad_blocks.items():
                 if bid not in self._bad_trees and self.catalog.walked(bid):

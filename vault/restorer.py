@@ -83,6 +83,8 @@ class RestoreResult:
     errors: list[tuple[str, str]] = field(default_factory=list)  # could not create / conflicts
     warnings: list[tuple[str, str]] = field(default_factory=list)
     requests: dict = field(default_factory=dict)  # backend requests and bytes, filled in by the api
+    bad_packs: set[bytes] = field(default_factory=set)  # packs a block failed its check in (not in the JSON)
+    catalog_problem: str | None = None  # the catalog, not the repository, explains the damage (api)
 
 
 class _LazyDir:
@@ -367,7 +369,7 @@ class Restorer:
         with self._cpu:  # network waits overlap freely; the CPU work never oversubscribes the cores (GIL)
             buf = self._bufs.pop() if self._bufs else Scratch()
             try:
-                self._process_range(items, start, data, why, buf, local)
+                self._process_range(pid, items, start, data, why, buf, local)
             finally:
                 self._bufs.append(buf)
 
@@ -382,8 +384,8 @@ class Restorer:
             buf = self._tls.read = bytearray(max(length, MAX_RANGE + MAX_GAP))  # (a new one: never resized)
         return get_into(name, start, length, buf)
 
-    def _process_range(self, items: list, start: int, data: memoryview | None, why: str, buf: Scratch,
-                       local: bool) -> None:
+    def _process_range(self, pid: bytes, items: list, start: int, data: memoryview | None, why: str,
+                       buf: Scratch, local: bool) -> None:
         """Decrypt and decompress into ``buf`` (one per CPU slot, reused: no fresh pages faulted in) and write."""
         for entry, users in items:
             plain, problem = None, None
@@ -395,6 +397,8 @@ class Restorer:
                                                       buf)
                 except IntegrityError as exc:
                     problem = f"damaged: {exc}"
+                    with self._lock:
+                        self.result.bad_packs.add(pid)
             for task, off in users:
                 self._write(task, off, plain, problem, local and data is None)
 
@@ -657,10 +661,10 @@ class Restorer:
         r = self.result
         stats = self.repo.backend.inner.stats() if self._fresh_backend is not None else None
         return ([(t.done, t.spare, t.created, t.problem, t.local) for t in tasks],
-                (r.files, r.bytes_written, r.errors, r.damaged, r.warnings), stats)
+                (r.files, r.bytes_written, r.errors, r.damaged, r.warnings, r.bad_packs), stats)
 
     def _merge_part(self, mine: list[_FileTask], reply: tuple, worker: int) -> None:
-        states, (files, written, errors, damaged, warnings), stats = reply
+        states, (files, written, errors, damaged, warnings, bad_packs), stats = reply
         for task, (task.done, task.spare, task.created, task.problem, task.local) in zip(mine, states):
             if task.spare:
                 self._spares.append(task)
@@ -670,6 +674,7 @@ class Restorer:
         r.errors += errors
         r.damaged += damaged
         r.warnings += warnings
+        r.bad_packs |= bad_packs
         if stats is not None:
             self._worker_requests[worker] = stats
 

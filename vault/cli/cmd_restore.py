@@ -62,10 +62,14 @@ def restore(snapshot: str | None, target: str, at: str | None, includes: tuple[s
                      "symlinks": res.symlinks, "other": res.other, "bytes_written": res.bytes_written,
                      "damaged": [{"path": p, "problem": w} for p, w in res.damaged],
                      "errors": [{"path": p, "error": w} for p, w in res.errors],
-                     "warnings": [{"path": p, "warning": w} for p, w in res.warnings], **res.requests})
+                     "warnings": [{"path": p, "warning": w} for p, w in res.warnings],
+                     **({"catalog_problem": res.catalog_problem} if res.catalog_problem else {}), **res.requests})
     else:
         c.out(f"restored snapshot {snap.short_id} to {target}: {res.files} files, {res.dirs} dirs, "
               f"{res.symlinks} symlinks, {human_bytes(res.bytes_written)}")
+    if res.damaged and res.catalog_problem:  # not the repository's damage: an error, exit 1
+        c.err(f"vault: {len(res.damaged)} file(s) not restored; {res.catalog_problem}")
+        return 1
     if res.damaged:
         c.err(f"vault: {len(res.damaged)} file(s) not restored because their data is damaged or missing")
         return 20
