@@ -10,7 +10,7 @@ import random
 
 import pytest
 from conftest import FAST_INIT, make_tree
-from test_damage import layout, pack_path
+from test_damage import damaged_setup, layout, pack_path  # noqa: F401 (a fixture)
 
 from vault import checker
 
@@ -167,3 +167,37 @@ def test_restore_blames_a_disagreeing_catalog_not_the_repository(cli, two_packs,
     cli("catalog", "rebuild")
     cli("restore", "latest", "--target", tmp_path / "t3")
     assert (tmp_path / "t3" / str(src / "big.bin")[1:]).read_bytes() == (src / "big.bin").read_bytes()
+
+
+def test_real_damage_is_never_hidden_behind_a_disagreeing_catalog(cli, damaged_setup, tmp_path):
+    """A byte flipped in one pack (the repository's damage) and a catalog row edited for a block of another
+    pack (the cache's): verify and restore report the real damage, exit 20 -- the catalog only gets a note."""
+    import sqlite3
+
+    src, lay = damaged_setup  # (1 MiB packs)
+    big_pid = lay.blocks[lay.files[str(src / "f2.bin")][0]][0]
+    other = {p for p, e in lay.blocks.values() if e.kind == "D" and p != big_pid}
+    assert other, "the fixture must spread data over two packs"
+    victim = min((e for p, e in lay.blocks.values() if p == big_pid), key=lambda e: e.offset)
+    hit = next(f for f, bids in lay.files.items() if victim.block_id in bids)
+    path = pack_path(cli.repo, big_pid)
+    data = bytearray(path.read_bytes())
+    data[victim.offset + 20] ^= 0x01
+    path.chmod(0o644)
+    path.write_bytes(bytes(data))
+    cli("verify")  # (synced)
+    db = next(cli.cache.rglob("catalog.db"))
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("UPDATE blocks SET offset = offset + 1 WHERE pack = (SELECT rowid FROM packs WHERE "
+                            "id = ?)", (sorted(other)[0],)).rowcount
+    for jobs in ("2", "1"):
+        cli.extra["VAULT_JOBS"] = jobs
+        try:
+            j = cli("--json", "verify", "--read-data", ok=20).json
+            r = cli("--json", "restore", "latest", "--target", tmp_path / f"t{jobs}", ok=20).json
+        finally:
+            del cli.extra["VAULT_JOBS"]
+        assert any(big_pid.hex() in d["object"] for d in j["damage"]), j["damage"]
+        assert any(hit in d["files"] for d in j["damage"]), j["damage"]
+        assert any("catalog disagrees" in i for i in j["info"]), j["info"]
+        assert any(d["path"] == hit for d in r["damaged"]) and "catalog_problem" not in r, r

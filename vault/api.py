@@ -244,10 +244,10 @@ def restore(settings: Settings, password: PasswordFn, spec: str | None, opts: Re
         processes = min(processes, jobs)
         opts = RestoreOptions(**{**opts.__dict__, "jobs": jobs, "processes": processes})
         result = Restorer(sess.repo, sess.catalog, snap, opts, fresh_backend=lambda: _backend(settings)).run()
-        wrong = []
-        if result.damaged and result.bad_packs:  # (the packs damage was found in: a few)
-            wrong = sess.catalog.disagreeing_packs(sess.repo, result.bad_packs)
-        if wrong:
+        # every damaged file failed a block check in a pack no index segment confirms: the catalog's doing
+        if (result.failed and all(why.startswith("damaged: block") for _, why in result.damaged)
+                and sess.catalog.unconfirmed(sess.repo, result.failed) == set(result.failed)):
+            wrong = sorted(result.failed)
             result.catalog_problem = (f"this machine's catalog disagrees with the repository's index about pack "
                                       f"{wrong[0].hex()[:16]}: the damage above may be the catalog's, not the "
                                       "repository's; run 'vault catalog rebuild', then restore again")
@@ -540,7 +540,7 @@ def verify(settings: Settings, password: PasswordFn, read_data: bool = False,
 
             obj, _, why = p.partition(": ")
             obj = obj.replace("index segment ", "index/").replace("snapshot ", "snapshots/")
-            if not any(d.object == obj for d in report.damage):  # (verify's own check of the index found it too)
+            if not any(d.object.startswith(obj) for d in report.damage):  # (verify's own check found it: full id)
                 report.damage.insert(0, Damage(obj, why))
         return report, sum_stats([sess.requests(), checker.requests])
 

@@ -31,7 +31,7 @@ from .excludes import Matcher
 from .entries import split_ids
 from .fsmeta import node_from_stat, node_type, stat_key
 from .model import DIR, FILE, SYMLINK, Node, Snapshot, Tree, replaced_by_repair
-from .pack import DATA, TREE, PackEntry, parse_pack, sealed_size
+from .pack import DATA, TREE, PackEntry, sealed_size
 from .packwriter import PackWriter
 from .repository import Repository, pack_name
 
@@ -249,10 +249,17 @@ class Archiver:
             if self.catalog.has_pack(pid) or self.catalog.is_rejected(pid, size):
                 continue
             try:
-                data = self.repo.backend.get(pack_name(pid))
-                if hashlib.sha256(data).digest() != pid:
+                entries = self.repo.read_pack_header(pid, size)
+                digest, pos = hashlib.sha256(), 0
+                while pos < size:  # hashed 4 MiB at a time (a pack may be up to 1 GiB: --pack-size)
+                    piece = self.repo.backend.get(pack_name(pid), pos, min(4 << 20, size - pos))
+                    if not piece:
+                        raise IntegrityError("shorter than listed")
+                    digest.update(piece)
+                    pos += len(piece)
+                if digest.digest() != pid:
                     raise IntegrityError("content does not match its name")
-                adopted.append((pid, size, parse_pack(data, self.repo.cipher)))
+                adopted.append((pid, size, entries))
             except IntegrityError:
                 self.catalog.reject(pid, size)
             except VaultError:

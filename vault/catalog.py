@@ -20,6 +20,7 @@ thread-safe (one connection behind a lock).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sqlite3
@@ -352,23 +353,32 @@ class Catalog:
                 out[bytes(bid)] = (bytes(pid), PackEntry(kind, bytes(bid), off, length, raw))
         return out
 
-    def disagreeing_packs(self, repo, pids: Iterable[bytes]) -> list[bytes]:
-        """Those of ``pids`` (packs damage was found in: a few) for which this catalog holds an entry that no
-        index segment in the repository lists: then the damage may be the catalog's (a cache: a flipped bit,
-        an edited row), not the repository's. Reads every segment once, one at a time; a segment that cannot
-        be read is skipped (verify reports it), and a pack no segment lists is not counted."""
-        want = set(pids)
-        theirs: dict[bytes, set] = {}
-        for sid in repo.list_index():
+    def unconfirmed(self, repo, failed: dict[bytes, set[bytes]]) -> set[bytes]:
+        """Of ``failed`` (pack id -> ids of its blocks that failed their check when read at this catalog's
+        location), the packs none of whose failures an index segment of the repository confirms -- every
+        failing entry of the catalog is listed by no segment: the damage there may be the catalog's (a cache:
+        a flipped bit, an edited row), not the repository's. Each pack's own segment is read first, the
+        others only for what is left unconfirmed; a segment that cannot be read is skipped."""
+        todo: dict[bytes, set[tuple]] = {}
+        for pid, bids in failed.items():
+            mine = {(e.block_id, e.offset, e.length, e.raw_length, e.kind) for e in self.pack_blocks(pid)
+                    if e.block_id in bids}
+            if mine:
+                todo[pid] = mine
+        first = {r[0] for pid in todo for r in self._q("SELECT segment FROM packs WHERE id=?", (pid,))}
+        others = (sid for sid in repo.list_index() if sid not in first)
+        confirmed: set[bytes] = set()
+        for sid in itertools.chain(sorted(first), others):
+            if len(confirmed) == len(todo):
+                break
             try:
                 seg = repo.load_index(sid)
             except VaultError:
                 continue
-            for pid in want.intersection(seg.packs):
-                theirs.setdefault(pid, set()).update(
-                    (e.block_id, e.offset, e.length, e.raw_length, e.kind) for e in seg.packs[pid])
-        return [pid for pid in sorted(theirs) if not {(e.block_id, e.offset, e.length, e.raw_length, e.kind)
-                                                       for e in self.pack_blocks(pid)} <= theirs[pid]]
+            for pid in set(todo).intersection(seg.packs) - confirmed:
+                if any((e.block_id, e.offset, e.length, e.raw_length, e.kind) in todo[pid] for e in seg.packs[pid]):
+                    confirmed.add(pid)
+        return set(todo) - confirmed
 
     def has_pack(self, pid: bytes) -> bool:
         return bool(self._q("SELECT 1 FROM packs WHERE id=?", (pid,)))
@@ -517,8 +527,11 @@ class Catalog:
 
     # --- leftover packs a backup found damaged (never adopted; kept until prune deletes them) -------------
     def _rejected_init(self) -> None:
+        if getattr(self, "_rejected_ready", False):
+            return
         self._tx(lambda c: c.execute("CREATE TABLE IF NOT EXISTS rejected_packs (id BLOB PRIMARY KEY, "
                                      "size INTEGER NOT NULL) WITHOUT ROWID"))
+        self._rejected_ready = True
 
     def is_rejected(self, pid: bytes, size: int) -> bool:
         self._rejected_init()

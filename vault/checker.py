@@ -119,7 +119,7 @@ class Checker:
         self.repo, self.catalog = repo, catalog
         self.processes, self._fresh_backend, self.piecewise = processes, fresh_backend, piecewise
         self.requests: dict = {}
-        self._damaged_packs: list[bytes] = []  # packs the reads found damage in (bounded by the damage)
+        self._failed: dict[bytes, set[bytes]] = {}  # pack -> its blocks the reads found bad (bounded by damage)
         self.max_bytes = max_bytes
         self.jobs = jobs or forkpool.cores()
         self._local = threading.local()  # per worker: a reusable decryption buffer
@@ -293,8 +293,8 @@ class Checker:
 
     def _take(self, res: _PackCheck, good: list[bytes]) -> None:
         """One pack's result into the report (and ``good`` when it is clean)."""
-        if res.damage or res.bad:
-            self._damaged_packs.append(res.pid)
+        if res.bad:
+            self._failed[res.pid] = set(res.bad)
         for obj, problem in res.damage:
             self._damage(obj, problem)
         for bid, problem in res.bad.items():
@@ -307,25 +307,34 @@ class Checker:
 
     # --- worker processes (a local repository: see forkpool) ------------------------------------------
     def _catalog_agrees(self) -> None:
-        """Damage found in packs: first make sure this machine's catalog is not what is wrong; if it is, the
-        repository is not to blame: CatalogError (exit 1), not damage."""
-        if not self._damaged_packs:
+        """Blocks failed their check: first make sure this machine's catalog (a cache) is not what is wrong. A
+        pack none of whose failures an index segment confirms is the catalog's doing; when every problem found
+        is of that kind, CatalogError (exit 1: rebuild it), else the damage is reported as found (exit 20) with
+        a note -- real damage is never hidden behind the catalog's."""
+        if not self._failed:
             return
-        wrong = self.catalog.disagreeing_packs(self.repo, self._damaged_packs)
-        if wrong:
-            raise CatalogError(f"this machine's catalog disagrees with the repository's index about pack "
-                               f"{wrong[0].hex()[:16]} (the catalog is damaged, not the repository): run 'vault "
-                               "catalog rebuild', then verify again")
+        wrong = self.catalog.unconfirmed(self.repo, self._failed)
+        if not wrong:
+            return
+        what = (f"this machine's catalog disagrees with the repository's index about pack "
+                f"{sorted(wrong)[0].hex()[:16]}" + (f" and {len(wrong) - 1} more" if len(wrong) > 1 else ""))
+        if set(self._failed) == wrong and not self._missing and all(
+                d.object in {pack_name(p) for p in wrong} for d in self.report.damage):
+            raise CatalogError(f"{what} (the catalog is damaged, not the repository): run 'vault catalog "
+                               "rebuild', then verify again")
+        self.report.info.append(f"{what}: the damage reported for it may be the catalog's; run 'vault catalog "
+                                "rebuild' and verify again")
 
     def _check_index(self) -> None:
         """Every index segment in the store still matches its name (a segment damaged since this machine synced
         it must not pass because the catalog's copy is fine). Its SHA-256 is proof enough: the catalog's copy
         was decrypted and validated from exactly those bytes when synced (the session synced every segment
         listed; one that failed then is in the sync's problems)."""
-        for sid in self.repo.list_index():
-            problem = self._index_problem(sid)
-            if problem is not None:
-                self._damage(f"index/{sid}", problem)
+        sids = self.repo.list_index()
+        with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="vault-verify") as pool:
+            for sid, problem in zip(sids, pool.map(self._index_problem, sids)):  # (a remote store: in parallel)
+                if problem is not None:
+                    self._damage(f"index/{sid}", problem)
 
     def _index_problem(self, sid: str) -> str | None:
         try:

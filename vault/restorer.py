@@ -83,7 +83,7 @@ class RestoreResult:
     errors: list[tuple[str, str]] = field(default_factory=list)  # could not create / conflicts
     warnings: list[tuple[str, str]] = field(default_factory=list)
     requests: dict = field(default_factory=dict)  # backend requests and bytes, filled in by the api
-    bad_packs: set[bytes] = field(default_factory=set)  # packs a block failed its check in (not in the JSON)
+    failed: dict[bytes, set[bytes]] = field(default_factory=dict)  # pack -> blocks failing their check (no JSON)
     catalog_problem: str | None = None  # the catalog, not the repository, explains the damage (api)
 
 
@@ -398,7 +398,7 @@ class Restorer:
                 except IntegrityError as exc:
                     problem = f"damaged: {exc}"
                     with self._lock:
-                        self.result.bad_packs.add(pid)
+                        self.result.failed.setdefault(pid, set()).add(entry.block_id)
             for task, off in users:
                 self._write(task, off, plain, problem, local and data is None)
 
@@ -661,10 +661,10 @@ class Restorer:
         r = self.result
         stats = self.repo.backend.inner.stats() if self._fresh_backend is not None else None
         return ([(t.done, t.spare, t.created, t.problem, t.local) for t in tasks],
-                (r.files, r.bytes_written, r.errors, r.damaged, r.warnings, r.bad_packs), stats)
+                (r.files, r.bytes_written, r.errors, r.damaged, r.warnings, r.failed), stats)
 
     def _merge_part(self, mine: list[_FileTask], reply: tuple, worker: int) -> None:
-        states, (files, written, errors, damaged, warnings, bad_packs), stats = reply
+        states, (files, written, errors, damaged, warnings, failed), stats = reply
         for task, (task.done, task.spare, task.created, task.problem, task.local) in zip(mine, states):
             if task.spare:
                 self._spares.append(task)
@@ -674,7 +674,8 @@ class Restorer:
         r.errors += errors
         r.damaged += damaged
         r.warnings += warnings
-        r.bad_packs |= bad_packs
+        for pid, bids in failed.items():
+            r.failed.setdefault(pid, set()).update(bids)
         if stats is not None:
             self._worker_requests[worker] = stats
 

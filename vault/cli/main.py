@@ -53,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     _sigints = 0
     _register()
     tune_malloc()
-    if signal.getsignal(signal.SIGINT) is _interrupted_while_loading:  # loaded: Ctrl-C is KeyboardInterrupt again
-        signal.signal(signal.SIGINT, _on_sigint)
+    if signal.getsignal(signal.SIGINT) in (_interrupted_while_loading, signal.default_int_handler):
+        signal.signal(signal.SIGINT, _on_sigint)  # loaded: Ctrl-C is KeyboardInterrupt again (see _on_sigint)
     verbose = "-v" in (argv or sys.argv) or "--verbose" in (argv or sys.argv)
     try:
         rv = cli.main(args=argv, prog_name="vault", standalone_mode=False)
