@@ -10,11 +10,13 @@ import random
 
 import pytest
 from conftest import FAST_INIT, make_tree
-from test_damage import damaged_setup, layout, pack_path  # noqa: F401 (a fixture)
+import test_damage
+from test_damage import layout, pack_path
 
 from vault import checker
 
 MiB = 1024 * 1024
+damaged_setup = test_damage.damaged_setup  # (a fixture: 1 MiB packs, data spread over them)
 
 
 @pytest.fixture
@@ -28,12 +30,25 @@ def two_packs(cli, tmp_path):
     return src, layout(cli.repo)
 
 
-def _report(cli, jobs: str) -> tuple[list, dict]:
+def _with_jobs(cli, jobs: str, *args, ok=True):
+    """``cli(*args)`` with VAULT_JOBS set: "2" worker processes, "1" threads of one process."""
     cli.extra["VAULT_JOBS"] = jobs
     try:
-        rep = cli("--json", "verify", "--read-data", ok=False)
+        return cli(*args, ok=ok)
     finally:
         del cli.extra["VAULT_JOBS"]
+
+
+def _catalog_edit(cli, sql: str, *params) -> None:
+    """Edit this machine's catalog behind vault's back (a flipped bit in a cache, a hand-edited row)."""
+    import sqlite3
+
+    with sqlite3.connect(next(cli.cache.rglob("catalog.db"))) as conn:
+        assert conn.execute(sql, params).rowcount
+
+
+def _report(cli, jobs: str) -> tuple[list, dict]:
+    rep = _with_jobs(cli, jobs, "--json", "verify", "--read-data", ok=False)
     assert rep.code in (0, 20) and "Traceback" not in rep.err, rep.err
     j = rep.json
     return sorted((d["object"], d["problem"], tuple(d["files"])) for d in j["damage"]), j
@@ -90,19 +105,11 @@ def test_overlapping_index_entries_past_the_first_piece_are_damage_not_a_crash(c
     pieces chain past the buffer sized for them. The entries come from this machine's catalog here (edited),
     so verify finds the catalog, not the repository, to blame: exit 1 and a rebuild hint -- never an internal
     error. After the rebuild the repository verifies clean."""
-    import sqlite3
-
     monkeypatch.setattr(checker, "READ_PIECE", 256 * 1024)
     cli("verify")  # (the catalog is synced)
-    db = next(cli.cache.rglob("catalog.db"))
-    with sqlite3.connect(db) as conn:
-        assert conn.execute("UPDATE blocks SET length = length + 1 WHERE kind = 'D' AND offset > 300000").rowcount
+    _catalog_edit(cli, "UPDATE blocks SET length = length + 1 WHERE kind = 'D' AND offset > 300000")
     for jobs in ("2", "1"):
-        cli.extra["VAULT_JOBS"] = jobs
-        try:
-            res = cli("verify", "--read-data", ok=1)
-        finally:
-            del cli.extra["VAULT_JOBS"]
+        res = _with_jobs(cli, jobs, "verify", "--read-data", ok=1)
         assert "catalog disagrees" in res.err and "catalog rebuild" in res.err, res.err
         assert "internal error" not in res.err and "damaged:" not in res.err, res.err
     cli("catalog", "rebuild")
@@ -139,11 +146,7 @@ def test_an_index_segment_damaged_after_the_catalog_synced_it_is_found(cli, two_
     seg.chmod(0o644)
     seg.write_bytes(bytes(data))
     for jobs in ("2", "1"):
-        cli.extra["VAULT_JOBS"] = jobs
-        try:
-            j = cli("--json", "verify", *args, ok=20).json
-        finally:
-            del cli.extra["VAULT_JOBS"]
+        j = _with_jobs(cli, jobs, "--json", "verify", *args, ok=20).json
         assert [d["object"] for d in j["damage"]].count(f"index/{seg.name}") == 1, j["damage"]
 
 
@@ -151,18 +154,10 @@ def test_restore_blames_a_disagreeing_catalog_not_the_repository(cli, two_packs,
     """A catalog row edited (its offset one byte off): the block fails its check when restored. The repository's
     own index says otherwise, so the restore exits 1 naming the catalog (rebuild it), not 20; after the rebuild
     the same restore is whole."""
-    import sqlite3
-
     src, lay = two_packs
-    db = next(cli.cache.rglob("catalog.db"))
-    with sqlite3.connect(db) as conn:
-        assert conn.execute("UPDATE blocks SET offset = offset + 1 WHERE kind = 'D' AND offset > 0").rowcount
+    _catalog_edit(cli, "UPDATE blocks SET offset = offset + 1 WHERE kind = 'D' AND offset > 0")
     for jobs in ("2", "1"):
-        cli.extra["VAULT_JOBS"] = jobs
-        try:
-            res = cli("restore", "latest", "--target", tmp_path / f"t{jobs}", ok=1)
-        finally:
-            del cli.extra["VAULT_JOBS"]
+        res = _with_jobs(cli, jobs, "restore", "latest", "--target", tmp_path / f"t{jobs}", ok=1)
         assert "catalog disagrees" in res.err and "catalog rebuild" in res.err, res.err
     cli("catalog", "rebuild")
     cli("restore", "latest", "--target", tmp_path / "t3")
@@ -172,8 +167,6 @@ def test_restore_blames_a_disagreeing_catalog_not_the_repository(cli, two_packs,
 def test_real_damage_is_never_hidden_behind_a_disagreeing_catalog(cli, damaged_setup, tmp_path):
     """A byte flipped in one pack (the repository's damage) and a catalog row edited for a block of another
     pack (the cache's): verify and restore report the real damage, exit 20 -- the catalog only gets a note."""
-    import sqlite3
-
     src, lay = damaged_setup  # (1 MiB packs)
     big_pid = lay.blocks[lay.files[str(src / "f2.bin")][0]][0]
     other = {p for p, e in lay.blocks.values() if e.kind == "D" and p != big_pid}
@@ -186,17 +179,11 @@ def test_real_damage_is_never_hidden_behind_a_disagreeing_catalog(cli, damaged_s
     path.chmod(0o644)
     path.write_bytes(bytes(data))
     cli("verify")  # (synced)
-    db = next(cli.cache.rglob("catalog.db"))
-    with sqlite3.connect(db) as conn:
-        assert conn.execute("UPDATE blocks SET offset = offset + 1 WHERE pack = (SELECT rowid FROM packs WHERE "
-                            "id = ?)", (sorted(other)[0],)).rowcount
+    _catalog_edit(cli, "UPDATE blocks SET offset = offset + 1 WHERE pack = (SELECT rowid FROM packs WHERE id = ?)",
+                  sorted(other)[0])
     for jobs in ("2", "1"):
-        cli.extra["VAULT_JOBS"] = jobs
-        try:
-            j = cli("--json", "verify", "--read-data", ok=20).json
-            r = cli("--json", "restore", "latest", "--target", tmp_path / f"t{jobs}", ok=20).json
-        finally:
-            del cli.extra["VAULT_JOBS"]
+        j = _with_jobs(cli, jobs, "--json", "verify", "--read-data", ok=20).json
+        r = _with_jobs(cli, jobs, "--json", "restore", "latest", "--target", tmp_path / f"t{jobs}", ok=20).json
         assert any(big_pid.hex() in d["object"] for d in j["damage"]), j["damage"]
         assert any(hit in d["files"] for d in j["damage"]), j["damage"]
         assert any("catalog disagrees" in i for i in j["info"]), j["info"]
