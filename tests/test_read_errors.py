@@ -118,3 +118,16 @@ def test_ls_find_diff_show_control_characters_as_question_marks(repo, tmp_path):
     snaps = [s["id"] for s in repo("--json", "snapshots").json]
     out = repo("diff", *snaps[:2]).out
     assert "\x1b" not in out and any(line.startswith("-") and "esc?[31mred" in line for line in out.splitlines())
+
+
+def test_latest_with_its_only_manifest_damaged_says_so(repo, tmp_path):
+    src = make_tree(tmp_path / "src", {"a.txt": b"a\n"})
+    repo("backup", src)
+    [man] = list((repo.repo / "snapshots").iterdir())
+    data = bytearray(man.read_bytes())
+    data[30] ^= 0xFF
+    man.chmod(0o644)
+    man.write_bytes(bytes(data))
+    repo.cache = tmp_path / "fresh-cache"  # (a new machine: this one's catalog still has the snapshot)
+    res = repo("restore", "latest", "--target", tmp_path / "t", ok=1)
+    assert "manifest(s) are damaged" in res.err and "matching the filters" not in res.err, res.err

@@ -177,7 +177,11 @@ def find_snapshot(sess: Session, spec: str | None, at: str | None = None, flt: S
         raise UsageError("name a snapshot (id, prefix or 'latest') or use --at TIME")
     if spec == "latest":
         if not snaps:
-            raise SnapshotNotFound("the repository has no snapshots" + (" matching the filters" if flt else ""))
+            filtered = flt is not None and bool(flt.hosts or flt.tags or flt.paths)
+            unreadable = sum(1 for p in sess.sync.problems if p.startswith("snapshot "))
+            raise SnapshotNotFound("the repository has no snapshots" + (" matching the filters" if filtered else "")
+                                   + (f" that can be read ({unreadable} snapshot manifest(s) are damaged: run "
+                                      "'vault verify')" if unreadable else ""))
         return snaps[-1]
     sid = resolve_prefix(spec, [s.id for s in list_snapshots(sess)])
     return next(s for s in sess.catalog.snapshots() if s.id == sid)
