@@ -234,6 +234,19 @@ def backup(settings: Settings, password: PasswordFn, opts: BackupOptions,
 
 
 # --- restore ------------------------------------------------------------------------------------------
+def _default_processes() -> int:
+    """Worker processes for a local repository's restore or verify: one per usable core, at most 4 (each
+    adds its own memory)."""
+    return min(forkpool.cores(), 4)
+
+
+def _capped(jobs: int, processes: int) -> tuple[int, int]:
+    """Threads and processes within what the descriptor limit leaves room for (a tiny `ulimit -n`: fewer
+    workers, not "Too many open files" half way through)."""
+    jobs = min(jobs, forkpool.fd_room())
+    return jobs, min(processes, jobs)
+
+
 def restore(settings: Settings, password: PasswordFn, spec: str | None, opts: RestoreOptions, at: str | None = None,
             flt: SnapshotFilter | None = None) -> tuple[Snapshot, RestoreResult]:
     with session(settings, password, lock="shared", operation="restore") as sess:
@@ -242,10 +255,9 @@ def restore(settings: Settings, password: PasswordFn, spec: str | None, opts: Re
         if local_repo_path(settings) is None:  # remote: threads, one range fetch per connection (the network
             processes = 1                       # is the wait: all connections can serve one big file)
             jobs = max(jobs, settings.connections or 8)
-        else:  # local: worker processes (see forkpool), by default one per usable core, at most 4 (memory)
-            processes = jobs = opts.processes or jobs or min(forkpool.cores(), 4)
-        jobs = min(jobs, forkpool.fd_room())  # (a tiny `ulimit -n`: fewer workers, not "Too many open files")
-        processes = min(processes, jobs)
+        else:  # local: worker processes (see forkpool)
+            processes = jobs = opts.processes or jobs or _default_processes()
+        jobs, processes = _capped(jobs, processes)
         opts = RestoreOptions(**{**opts.__dict__, "jobs": jobs, "processes": processes})
         result = Restorer(sess.repo, sess.catalog, snap, opts, fresh_backend=lambda: _backend(settings)).run()
         # every damaged file failed a block check in a pack no index segment confirms: the catalog's doing
@@ -531,10 +543,9 @@ def verify(settings: Settings, password: PasswordFn, read_data: bool = False,
         jobs, processes = settings.jobs or 0, 0
         if local_repo_path(settings) is None:  # remote: threads (the network is the wait)
             jobs = max(jobs, min(settings.connections or 8, 8))
-        else:  # local: packs read by worker processes, by default one per usable core, at most 4 (memory)
-            processes = jobs = jobs or min(forkpool.cores(), 4)
-        jobs = min(jobs, forkpool.fd_room())  # (a tiny `ulimit -n`: fewer workers, not "Too many open files")
-        processes = min(processes, jobs)
+        else:  # local: packs read by worker processes (see forkpool)
+            processes = jobs = jobs or _default_processes()
+        jobs, processes = _capped(jobs, processes)
         checker = Checker(sess.repo, sess.catalog, read_data or max_bytes is not None, parse_subset(subset),
                           jobs=jobs, max_bytes=max_bytes, processes=processes,
                           fresh_backend=lambda: _backend(settings), piecewise=processes > 0)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import hashlib
 import sys
 import os
 import socket
@@ -250,15 +249,7 @@ class Archiver:
                 continue
             try:
                 entries = self.repo.read_pack_header(pid, size)
-                digest, pos = hashlib.sha256(), 0
-                while pos < size:  # hashed 4 MiB at a time (a pack may be up to 1 GiB: --pack-size)
-                    piece = self.repo.backend.get(pack_name(pid), pos, min(4 << 20, size - pos))
-                    if not piece:
-                        raise IntegrityError("shorter than listed")
-                    digest.update(piece)
-                    pos += len(piece)
-                if digest.digest() != pid:
-                    raise IntegrityError("content does not match its name")
+                self.repo.check_stored(pack_name(pid), pid.hex(), size)
                 adopted.append((pid, size, entries))
             except IntegrityError:
                 self.catalog.reject(pid, size)

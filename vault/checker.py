@@ -244,9 +244,6 @@ class Checker:
     def _pieces(self, name: str, size: int, entries: list[PackEntry]) -> Iterator[tuple[int, memoryview, list]]:
         """(offset, bytes, the index entries starting in them) of the pack in order, covering every byte: a
         piece is extended to its last block's end (a block bigger than a piece is read alone)."""
-        need = min(size, READ_PIECE + max((e.length for e in entries), default=0))
-        if len(self._local.read) < need:  # (a new buffer: the caller may still hold a view of the old one)
-            self._local.read = bytearray(need)
         pos = i = 0
         while pos < size:
             end = min(size, pos + READ_PIECE)
@@ -254,7 +251,7 @@ class Checker:
             while j < len(entries) and entries[j].offset < end:
                 end = max(end, min(size, entries[j].offset + entries[j].length))
                 j += 1
-            if len(self._local.read) < end - pos:  # (overlapping index entries chained past ``need``)
+            if len(self._local.read) < end - pos:  # (a new buffer: the caller may still hold a view of the old one)
                 self._local.read = bytearray(end - pos)
             view = self.repo.backend.get_into(name, pos, end - pos, self._local.read)
             if len(view) != end - pos:
@@ -305,7 +302,6 @@ class Checker:
         if not res.damage and not res.bad:
             good.append(res.pid)
 
-    # --- worker processes (a local repository: see forkpool) ------------------------------------------
     def _catalog_agrees(self) -> None:
         """Blocks failed their check: first make sure this machine's catalog (a cache) is not what is wrong. A
         pack none of whose failures an index segment confirms is the catalog's doing; when every problem found
@@ -345,6 +341,7 @@ class Checker:
             return f"unreadable: {exc}"
         return None
 
+    # --- worker processes (a local repository: see forkpool) ------------------------------------------
     def _walk_and_read(self, snaps: list, packs: Iterator[tuple]) -> None:
         """The walk in this process while forked workers read and check the packs, one each at a time: no GIL
         shared (in threads the two fought over it and took longer than one after the other); the catalog
@@ -420,7 +417,7 @@ class Checker:
         if len(msg) == 2:  # (seq, index segment id)
             res: object = (msg[1], self._index_problem(msg[1]))
         else:
-            seq, pid, size, entries = msg
+            _, pid, size, entries = msg
             res = self._check_pack(pid, size, entries)
         return msg[0], res, (self.repo.backend.inner.stats() if self._fresh_backend is not None else {})
 

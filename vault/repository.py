@@ -271,9 +271,21 @@ class Repository:
         self.backend.put(f"index/{sid}", stored)
         return sid
 
-    def check_stored(self, name: str, hex_id: str) -> None:
-        """An object's bytes still match its name (SHA-256); IntegrityError when not."""
-        self._load_verified(name, hex_id)
+    def check_stored(self, name: str, hex_id: str, size: int | None = None) -> None:
+        """An object's bytes still match its name (SHA-256); IntegrityError when not. With its ``size`` it is
+        read 4 MiB at a time (a pack may be up to 1 GiB: ``--pack-size``), else whole."""
+        if size is None:
+            self._load_verified(name, hex_id)
+            return
+        digest, pos = hashlib.sha256(), 0
+        while pos < size:
+            piece = self.backend.get(name, pos, min(4 << 20, size - pos))
+            if not piece:
+                raise IntegrityError(f"{name}: shorter than listed")
+            digest.update(piece)
+            pos += len(piece)
+        if digest.hexdigest() != hex_id:
+            raise IntegrityError(f"{name}: content does not match its name (damaged)")
 
     def load_index(self, sid: str) -> index_mod.IndexSegment:
         return index_mod.decode(self._load_verified(f"index/{sid}", sid), self.cipher)

@@ -687,7 +687,6 @@ class Restorer:
         pool = ForkPool(processes, self._run_part, lambda: self._child_init(threads))
         queued: list[collections.deque] = [collections.deque() for _ in range(processes)]
         try:
-
             def pump(block: bool) -> None:
                 for i, q in enumerate(queued):
                     if q and not pool.busy[i]:
@@ -715,9 +714,8 @@ class Restorer:
         except BaseException as exc:  # Ctrl-C: the parts in hand are finished (no temp files left), as threads do
             try:
                 pool.close(kill=not isinstance(exc, KeyboardInterrupt))
-            finally:  # killed (an error, a second Ctrl-C) part way through a file: its temp file goes too
-                for task in (t for q in queued for mine, _ in q for t in mine):
-                    self._discard(task.dir, task.tmp, True)  # (the names are ours: random, created O_EXCL)
+            finally:  # killed (an error, a third Ctrl-C) part way through a file: its temp file goes too
+                self._discard_unfinished([t for q in queued for mine, _ in q for t in mine])
             raise
         pool.close()
         self.result.requests = sum_stats(self._worker_requests.values())
@@ -748,9 +746,15 @@ class Restorer:
 
     def _abandon(self, pool: ThreadPoolExecutor, tasks: list[_FileTask]) -> None:
         """Stop after an error or Ctrl-C: fetches not started are cancelled, running ones finish (the CLI
-        ignores a second Ctrl-C meanwhile), then the temp file of every file in flight that was not renamed into place is removed
-        (a file some of whose fetches were cancelled never would be)."""
+        ignores a second Ctrl-C meanwhile), then the files in flight not renamed into place lose their temp
+        files (a file some of whose fetches were cancelled never would be renamed)."""
         pool.shutdown(wait=True, cancel_futures=True)
+        self._discard_unfinished(tasks)
+
+    def _discard_unfinished(self, tasks: list[_FileTask]) -> None:
+        """A restore stopping: the temp file of each of ``tasks`` and of the spares (complete, waiting for a
+        name of their hardlink group) not renamed into place is removed (the names are ours: random, created
+        O_EXCL; one never created is simply not there)."""
         for task in tasks + self._spares:
             if not task.done:
                 self._discard(task.dir, task.tmp, True)
