@@ -6,7 +6,8 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parent.parent / "vault"
 PURE = {"pack", "index", "crypto", "compress", "chunker", "model", "ids", "errors", "excludes", "timespec", "keys"}
 ENGINES = {"archiver", "restorer", "checker", "pruner"}
-ABOVE_REPOSITORY = {"api", "cli", "config", "archiver", "restorer", "checker", "pruner", "catalog", "packwriter"}
+ABOVE_REPOSITORY = {"api", "cli", "config", "archiver", "restorer", "checker", "pruner", "catalog", "packwriter",
+                    "filereader", "backup_workers"}
 
 
 def _modules():

@@ -37,7 +37,10 @@ def repo_bytes(cli: Cli) -> int:
 
 def versions(tmp_path: Path, cli: Cli, n: int, unique: int = MiB) -> tuple[Path, list[tuple[str, Path]]]:
     """n snapshots of one changing tree: shared content plus `unique` random bytes only that version has.
-    Returns the source dir and (snapshot id, copy of that version) pairs, oldest first."""
+    Returns the source dir and (snapshot id, copy of that version) pairs, oldest first. Backed up with one
+    worker (``--jobs 1``), so that each version's new blocks share one pack, whatever the machine: the tests
+    of repacking need packs that hold blocks of several versions (with several workers, each fills a pack
+    of its own, and which file goes to which worker is a matter of timing)."""
     src = tmp_path / "src"
     rng = random.Random(7)
     shared = rng.randbytes(2 * MiB)
@@ -47,7 +50,8 @@ def versions(tmp_path: Path, cli: Cli, n: int, unique: int = MiB) -> tuple[Path,
             shutil.rmtree(src)
         make_tree(src, {"shared.bin": shared, "notes.txt": f"version {i}\n".encode(),
                         "sub": {f"unique-{i}.bin": rng.randbytes(unique)}}, mtime_ns=1_700_000_000_000_000_000 + i)
-        sid = cli("--json", "backup", src, "--time", f"2026-01-{i + 1:02d}T10:00:00Z").json["snapshot_id"]
+        sid = cli("--json", "backup", src, "--jobs", "1",
+                  "--time", f"2026-01-{i + 1:02d}T10:00:00Z").json["snapshot_id"]
         copy = tmp_path / f"v{i}"
         shutil.copytree(src, copy, symlinks=True)
         out.append((sid, copy))

@@ -133,11 +133,12 @@ def test_one_of_two_paths_unreadable(repo, tmp_path, restricted_ok):
 
 
 def test_file_changing_while_read_is_a_warning(repo, tmp_path, monkeypatch):
-    """Made deterministic by appending to the file from inside the archiver's read (in-process)."""
-    from vault import archiver
+    """Made deterministic by appending to the file from inside the backup's read (in-process; a worker
+    process is a fork, so it reads with the patched method too)."""
+    from vault import filereader
 
     src = make_tree(tmp_path / "src", {"growing.log": b"line\n" * 100, "steady.txt": b"same\n"})
-    real = archiver.Archiver._read_small
+    real = filereader.FileReader._read_small
 
     def read_and_grow(self, fd: int, expected: int):
         data = real(self, fd, expected)
@@ -147,7 +148,7 @@ def test_file_changing_while_read_is_a_warning(repo, tmp_path, monkeypatch):
                 f.write(b"appended while vault was reading\n")
         return data
 
-    monkeypatch.setattr(archiver.Archiver, "_read_small", read_and_grow)
+    monkeypatch.setattr(filereader.FileReader, "_read_small", read_and_grow)
     res = repo("--json", "backup", src, ok=False)
     assert res.code in (0, 3), res.err
     out = json.loads(res.out)
@@ -155,7 +156,7 @@ def test_file_changing_while_read_is_a_warning(repo, tmp_path, monkeypatch):
     assert [w["path"] for w in out["warnings"]] == [str(src / "growing.log")]
     assert str(src / "growing.log") in res.err and "steady.txt" not in res.err
     # the next backup sees a changed file (it must not trust the metadata recorded mid-change)
-    monkeypatch.setattr(archiver.Archiver, "_read_small", real)
+    monkeypatch.setattr(filereader.FileReader, "_read_small", real)
     out = repo("--json", "backup", src).json
     assert out["files_changed"] == 1 and out["files_unmodified"] == 1
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from .archiver import Archiver, BackupOptions
+from .backup_workers import BackupWorkers
 from .backend import open_backend, parse_url
 from .backend.counting import sum_stats
 from .backend.retry import RetryBackend
@@ -70,8 +71,10 @@ _READ_ONLY = {"ls", "find", "diff", "restore", "verify"}  # what --no-lock may r
 
 @contextlib.contextmanager
 def session(settings: Settings, password: PasswordFn, lock: str | None = None, operation: str = "",
-            sync: bool = True) -> Iterator[Session]:
-    """Open the repository (verify the password), optionally lock it, open and sync the catalog."""
+            sync: bool = True, before_catalog: Callable[[Repository], None] | None = None) -> Iterator[Session]:
+    """Open the repository (verify the password), optionally lock it, open and sync the catalog.
+
+    ``before_catalog(repo)`` runs before this process opens the catalog (backup forks its workers there)."""
     counter = _backend(settings)
     repo = Repository.open(counter, password)
     held = None
@@ -80,6 +83,8 @@ def session(settings: Settings, password: PasswordFn, lock: str | None = None, o
     if lock is not None:
         held = Lock(counter, exclusive=(lock == "exclusive"), operation=operation, wait=settings.lock_wait or 0)
     try:
+        if before_catalog is not None:
+            before_catalog(repo)
         if sync:
             catalog, report = open_synced(settings.cache_dir, repo)
         else:
@@ -223,14 +228,32 @@ def backup(settings: Settings, password: PasswordFn, opts: BackupOptions,
     opts = BackupOptions(**{**opts.__dict__, "skip_paths": [*opts.skip_paths, *skip],
                             "jobs": opts.jobs or settings.jobs,
                             "uploaders": settings.connections if remote else opts.uploaders})
-    with session(settings, password, lock=None if opts.dry_run else "shared", operation="backup") as sess:
-        opts = dataclasses.replace(opts, before_commit=sess.check_lock)
-        arch = Archiver(sess.repo, sess.catalog, opts, progress=progress)
-        snap = arch.run()
-        s = arch.stats
-        return BackupResult(snap.id if snap else None, s.files_new, s.files_changed, s.files_unmodified, s.dirs,
-                            s.bytes_processed, s.bytes_added, arch.stats_duration, s.errors, s.warnings,
-                            opts.dry_run, sess.requests(), s.packs_adopted)
+    workers: list[BackupWorkers] = []
+
+    def fork_workers(repo: Repository) -> None:
+        """A local repository: files are read by worker processes, forked before the catalog is opened."""
+        processes = min(opts.jobs or _default_processes(), forkpool.fd_room(per=8))
+        if remote or opts.dry_run or processes < 2 or not forkpool.available():
+            return
+        try:
+            workers.append(BackupWorkers(repo, processes, Catalog.file_path(settings.cache_dir, repo.id)))
+        except OSError:  # no process-shared semaphore here (no /dev/shm): threads do it
+            pass
+
+    try:
+        with session(settings, password, lock=None if opts.dry_run else "shared", operation="backup",
+                     before_catalog=fork_workers) as sess:
+            opts = dataclasses.replace(opts, before_commit=sess.check_lock)
+            arch = Archiver(sess.repo, sess.catalog, opts, progress=progress, workers=workers[0] if workers else None)
+            snap = arch.run()
+            s = arch.stats
+            requests = sum_stats([sess.requests(), *(workers[0].requests if workers else [])])
+            return BackupResult(snap.id if snap else None, s.files_new, s.files_changed, s.files_unmodified, s.dirs,
+                                s.bytes_processed, s.bytes_added, arch.stats_duration, s.errors, s.warnings,
+                                opts.dry_run, requests, s.packs_adopted)
+    finally:
+        for w in workers:
+            w.close()
 
 
 # --- restore ------------------------------------------------------------------------------------------

@@ -26,11 +26,14 @@ from datetime import datetime, timezone
 from . import index as index_mod
 from .catalog import Catalog
 from .errors import IntegrityError, SourceNotFound, VaultError
+from .backup_workers import BackupWorkers
+from .claims import Claims
 from .excludes import Matcher
+from .filereader import FileReader, FileResult
 from .entries import split_ids
 from .fsmeta import node_from_stat, node_type, stat_key
 from .model import DIR, FILE, SYMLINK, Node, Snapshot, Tree, replaced_by_repair
-from .pack import DATA, TREE, PackEntry, sealed_size
+from .pack import TREE, PackEntry, sealed_size
 from .packwriter import PackWriter
 from .repository import Repository, pack_name
 
@@ -39,8 +42,6 @@ BATCH_BYTES = 4 * 1024 * 1024
 MAX_PENDING_ITEMS = 100_000  # entries of walked directories waiting to be stored (bounds memory)
 CHECKPOINT_SECONDS = 60.0
 CHECKPOINT_PACKS = 16
-_O_NOATIME = getattr(os, "O_NOATIME", 0)
-_READ = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -83,13 +84,12 @@ class _Batch:
 
     def submit(self) -> None:
         if self.future is None:
-            self.arch._inflight.acquire()
-            self.future = self.arch._pool.submit(self.arch._run_batch, self.files)
+            self.future = self.arch._submit_batch(self.files)
 
     def done(self) -> bool:
         return self.future is not None and self.future.done()
 
-    def result(self) -> list["_FileResult"]:
+    def result(self) -> list[FileResult]:
         self.submit()
         return self.future.result()
 
@@ -126,17 +126,6 @@ class _PendingDir:
         return True
 
 
-@dataclass
-class _FileResult:
-    node: Node | None
-    read: int = 0
-    added: int = 0
-    blocks_added: int = 0
-    error: str | None = None
-    vanished: bool = False  # deleted between the directory listing and the read: not in the snapshot, no error
-    changed_while_reading: bool = False
-
-
 def _join(base: bytes, name: bytes) -> bytes:
     return base + name if base.endswith(b"/") else base + b"/" + name
 
@@ -166,14 +155,14 @@ def _skeleton(paths: list[bytes]) -> dict | None:
 class Archiver:
     def __init__(self, repo: Repository, catalog: Catalog, opts: BackupOptions,
                  now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
-                 progress: Callable[[BackupStats], None] | None = None):
+                 progress: Callable[[BackupStats], None] | None = None, workers: BackupWorkers | None = None):
+        """``workers``: processes forked before ``catalog`` was opened that read the files (see
+        ``backup_workers``); without them, threads of this process do."""
         self.repo, self.catalog, self.opts = repo, catalog, opts
         self._now = now
         self._progress = progress
         self.stats = BackupStats()
         self._lock = threading.Lock()
-        self._local = threading.local()
-        self._seen: set[bytes] = set()
         self._pending: list[tuple[bytes, int, list[PackEntry]]] = []
         self._tree_rows: list[tuple[bytes, list[Node]]] = []
         self._tree_row_nodes = 0
@@ -188,12 +177,17 @@ class Archiver:
             except OSError:
                 pass
         self.packer = PackWriter(repo, self._on_pack, uploaders=max(0, opts.uploaders))
-        jobs = opts.jobs or os.cpu_count() or 2
-        self._pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="vault-backup")
-        self._inflight = threading.BoundedSemaphore(jobs * 4)  # batches queued or running
+        self._workers = workers
+        self._pool = None
+        if workers is None:
+            jobs = opts.jobs or os.cpu_count() or 2
+            self._pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="vault-backup")
+            self._inflight = threading.BoundedSemaphore(jobs * 4)  # batches queued or running
         self._batch = _Batch(self)
         # a first backup into an empty repository needs no index lookups at all
         self._catalog_empty = not catalog.has_any_block()
+        self._reader = FileReader(repo, workers.claims if workers is not None else Claims(), self._store,
+                                  catalog.has_block, lookups=not self._catalog_empty)
         self._last_checkpoint = time.monotonic()
         self._dirs: collections.deque[_PendingDir] = collections.deque()
         self._pending_items = 0
@@ -202,15 +196,7 @@ class Archiver:
     # --- dedup and storing --------------------------------------------------------------------------
     def _claim(self, bid: bytes) -> bool:
         """True when the caller must store this block (first time seen, not in the repository)."""
-        with self._lock:
-            if bid in self._seen:
-                return False
-        known = False if self._catalog_empty else self.catalog.has_block(bid)
-        with self._lock:
-            if bid in self._seen:
-                return False
-            self._seen.add(bid)
-            return not known
+        return self._reader.claim(bid)
 
     def _store(self, kind: str, bid: bytes, data: bytes | memoryview) -> int:
         if self.opts.dry_run:  # what it would take: compressed and sealed, not stored
@@ -263,6 +249,7 @@ class Archiver:
                 return  # a malformed leftover (mixed kinds): leave it to prune
             self.catalog.add_segment(sid, seg)
             self._catalog_empty = False
+            self._reader.lookups = True
             self.stats.packs_adopted = len(adopted)
 
     def _flush_tree_rows(self, force: bool = False) -> None:
@@ -274,77 +261,6 @@ class Archiver:
             self.catalog.add_trees(self.repo, rows)
 
     # --- files --------------------------------------------------------------------------------------
-    def _read_file(self, path: bytes, name: bytes) -> _FileResult:
-        res = _FileResult(node=None)
-        try:
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | _O_NOATIME)
-            except PermissionError:
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        except FileNotFoundError:
-            res.vanished = True
-            return res
-        except OSError as exc:
-            res.error = exc.strerror or str(exc)
-            return res
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                res.error = "changed type while being backed up"
-                return res
-            node = node_from_stat(name, st)
-            blocks: list[bytes] = []
-            chunks = None
-            if st.st_size < self.repo.config.chunker.min_size:
-                small = self._read_small(fd, st.st_size)
-                if small is not None:
-                    chunks = [small]
-                else:  # it grew past the small-file buffer while we looked: chunk it like a big one
-                    os.lseek(fd, 0, os.SEEK_SET)
-            if chunks is None:
-                chunks = self.repo.chunker.cut_fd(fd)
-            for chunk in chunks:
-                if not len(chunk):
-                    continue
-                bid = self.repo.block_id(chunk)
-                res.read += len(chunk)
-                if self._claim(bid):
-                    res.added += self._store(DATA, bid, chunk)
-                    res.blocks_added += 1
-                blocks.append(bid)
-            after = os.fstat(fd)
-            if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (st.st_size, st.st_mtime_ns,
-                                                                       st.st_ctime_ns) or res.read != st.st_size:
-                res.changed_while_reading = True
-            node.size = res.read
-            node.blocks = blocks
-            res.node = node
-        except OSError as exc:
-            res.error = exc.strerror or str(exc)
-        finally:
-            os.close(fd)
-        return res
-
-    def _read_small(self, fd: int, expected: int) -> memoryview | None:
-        """Read a whole small file into this thread's reusable buffer (no allocation per file, so the heap
-        does not fragment over 100,000 files); None if it does not fit (the file grew).
-
-        A short read that ends exactly at the size fstat gave is taken as the end of the file (one read
-        per file, not two); growth after that is caught by the second fstat in ``_read_file``."""
-        buf = getattr(self._local, "small", None)
-        if buf is None:
-            buf = self._local.small = memoryview(bytearray(self.repo.config.chunker.min_size + 1))
-        n = 0
-        while n < len(buf):
-            want = len(buf) - n
-            got = os.readv(fd, [buf[n:]])
-            if got == 0:
-                return buf[:n]
-            n += got
-            if n == expected and got < want:
-                return buf[:n]
-        return None
-
     def _submit_file(self, path: bytes, name: bytes, st: os.stat_result) -> tuple["_Batch", int]:
         """Queue a file for reading; returns (batch, index of its result). Small files travel in batches of
         up to BATCH_FILES / BATCH_BYTES (one job, one future for many files: far less thread hand-off);
@@ -365,9 +281,16 @@ class Archiver:
                 self._batch = _Batch(self)
         return slot
 
-    def _run_batch(self, files: list[tuple[bytes, bytes]]) -> list[_FileResult]:
+    def _submit_batch(self, files: list[tuple[bytes, bytes]]):
+        """Hand a batch to the workers: a Future of its results (or ``backup_workers.Pending``)."""
+        if self._workers is not None:
+            return self._workers.submit(files, not self._catalog_empty)
+        self._inflight.acquire()
+        return self._pool.submit(self._run_batch, files)
+
+    def _run_batch(self, files: list[tuple[bytes, bytes]]) -> list[FileResult]:
         try:
-            return [self._read_file(path, name) for path, name in files]
+            return [self._reader.read_file(path, name) for path, name in files]
         finally:
             self._inflight.release()
 
@@ -522,7 +445,7 @@ class Archiver:
                 nodes.append(it)
                 continue
             batch, idx, child, name, seen, is_new = it  # (is_new: this name's; hardlinks share a read)
-            res: _FileResult = batch.result()[idx]
+            res: FileResult = batch.result()[idx]
             if res.vanished:  # as if the listing had been taken a moment later
                 self.stats.warnings.append((_display(child), "deleted while the backup ran: not in the snapshot"))
                 self.stats.bytes_processed -= seen
@@ -593,18 +516,26 @@ class Archiver:
         skeleton = _skeleton(abs_paths)
         if not self.opts.dry_run:
             self._adopt_leftover_packs()
+        if self._workers is not None:
+            self._workers.start(self._on_pack)
         try:
             root_dev = os.lstat(b"/").st_dev
             self._save_dir(b"/", parent.tree if parent else None, skeleton, root_dev, None)
             self._finalize(block=True)
             root = self._root
-            self._pool.shutdown(wait=True)
+            if self._workers is not None:
+                self._workers.finish()  # their last packs stored before ours (trees) and the last segment
+            else:
+                self._pool.shutdown(wait=True)
             if not self.opts.dry_run:
                 self.packer.flush()
             self._checkpoint(force=True)
             self._flush_tree_rows(force=True)
         finally:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            if self._workers is not None:
+                self._workers.close()
+            else:
+                self._pool.shutdown(wait=True, cancel_futures=True)
             self.packer.close()
         self.stats_duration = time.monotonic() - t0
         if self.opts.dry_run:

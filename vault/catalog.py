@@ -109,8 +109,8 @@ class Catalog:
 
         Processes sharing a cache directory open it one at a time (``catalog.open.lock``) and hold
         ``catalog.lock`` shared while it is open."""
-        directory = os.path.join(cache_dir, repo_id)
-        path = os.path.join(directory, "catalog.db")
+        path = cls.file_path(cache_dir, repo_id)
+        directory = os.path.dirname(path)
         try:
             os.makedirs(directory, mode=0o700, exist_ok=True)
             opening = FileLock(os.path.join(directory, "catalog.open.lock"))
@@ -148,6 +148,10 @@ class Catalog:
             except BaseException:
                 in_use.release()
                 raise
+
+    @staticmethod
+    def file_path(cache_dir: str, repo_id: str) -> str:
+        return os.path.join(cache_dir, repo_id, "catalog.db")
 
     @staticmethod
     def remove_files(path: str) -> None:
@@ -694,6 +698,22 @@ class Catalog:
         (nsnaps,), = self._q("SELECT count(*) FROM snapshots")
         return {"snapshots": nsnaps, "packs": npacks, "pack_bytes": pack_bytes, "blocks": nblocks,
                 "stored_bytes": stored, "raw_bytes": raw}
+
+
+def block_lookup(path: str) -> Callable[[bytes], bool]:
+    """``has_block`` for another process (a backup's worker) than the one holding the catalog open: its own
+    connection, opened at the first question -- in the process that asks, never carried across a fork."""
+    conn: list[sqlite3.Connection] = []
+
+    def has_block(bid: bytes) -> bool:
+        try:
+            if not conn:
+                conn.append(sqlite3.connect(path, timeout=60, isolation_level=None))
+            return conn[0].execute("SELECT 1 FROM blocks WHERE id=?", (bid,)).fetchone() is not None
+        except sqlite3.DatabaseError as exc:
+            raise _db_error(exc, path) from None
+
+    return has_block
 
 
 def open_synced(cache_dir: str, repo) -> tuple[Catalog, SyncReport]:

@@ -21,6 +21,7 @@ import gc
 import os
 import pickle
 import signal
+import time
 import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection, Pipe, wait
@@ -87,7 +88,18 @@ def _failure(exc: BaseException) -> tuple:
     return blob, f"{type(exc).__name__}: {exc}", tb
 
 
+_conn: Connection | None = None  # in a worker: its connection to the parent
+
+
+def note(value: Any) -> None:
+    """In a worker, while it handles a message: send ``value`` to the parent's ``on_note`` now, before the reply
+    (e.g. a pack stored part way through one huge file, for the parent's next index checkpoint)."""
+    _conn.send((None, value))
+
+
 def _serve(conn: Connection, handler: Callable[[Any], Any], child_init: Callable[[], None] | None) -> int:
+    global _conn
+    _conn = conn
     failed = None
     if child_init is not None:
         try:
@@ -112,12 +124,15 @@ def _serve(conn: Connection, handler: Callable[[Any], Any], child_init: Callable
 
 
 class ForkPool:
-    """``n`` forked workers; ``send(i, msg)`` to an idle one, ``receive()`` the next reply of any busy one."""
+    """``n`` forked workers; ``send(i, msg)`` to one (several may be queued: they are answered in order),
+    ``receive()`` the next reply of any busy one. ``busy[i]`` counts the messages worker i has not answered."""
 
-    def __init__(self, n: int, handler: Callable[[Any], Any], child_init: Callable[[], None] | None = None):
+    def __init__(self, n: int, handler: Callable[[Any], Any], child_init: Callable[[], None] | None = None,
+                 on_note: Callable[[int, Any], None] | None = None):
+        self._on_note = on_note
         self._conns: list[Connection] = []
         self._pids: list[int] = []
-        self.busy: list[bool] = []
+        self.busy: list[int] = []
         parent = os.getpid()
         gc.freeze()  # inherited objects are never scanned in the children (no copy-on-write of every page)
         try:
@@ -138,7 +153,7 @@ class ForkPool:
                 theirs.close()
                 self._conns.append(mine)
                 self._pids.append(pid)
-                self.busy.append(False)
+                self.busy.append(0)
         except BaseException:
             self.close(kill=True)
             raise
@@ -153,19 +168,26 @@ class ForkPool:
             self._conns[i].send(msg)
         except OSError:  # (BrokenPipeError would read as a closed stdout to click)
             raise WorkerError("a worker process died") from None
-        self.busy[i] = True
+        self.busy[i] += 1
 
     def receive(self, timeout: float | None = None) -> tuple[int, Any] | None:
-        """The reply of a busy worker (which is idle again), or None when none came within ``timeout``."""
-        ready = wait([c for c, b in zip(self._conns, self.busy) if b], timeout)
-        if not ready:
-            return None
-        i = self._conns.index(ready[0])
-        try:
-            ok, value = self._conns[i].recv()
-        except (EOFError, OSError):
-            raise WorkerError("a worker process died") from None
-        self.busy[i] = False
+        """The next reply of a busy worker, or None when none came within ``timeout``. A ``note`` that comes
+        first is handed to ``on_note`` (in this thread) and the wait goes on."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready = wait([c for c, b in zip(self._conns, self.busy) if b], left)
+            if not ready:
+                return None
+            i = self._conns.index(ready[0])
+            try:
+                ok, value = self._conns[i].recv()
+            except (EOFError, OSError):
+                raise WorkerError("a worker process died") from None
+            if ok is not None:
+                break
+            self._on_note(i, value)
+        self.busy[i] -= 1
         if not ok:
             blob, line, tb = value
             exc: BaseException

@@ -102,6 +102,17 @@ def sealed_size(payload_len: int) -> int:
 _nonces = threading.local()
 
 
+def _forget_nonces() -> None:
+    """In a forked child: drop the pools inherited from the parent, which the parent goes on drawing from (the
+    same nonce twice under one key would break AES-GCM)."""
+    global _nonces
+    _nonces = threading.local()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_nonces)
+
+
 def _nonce() -> bytes:
     """A fresh random 96-bit nonce; drawn from the OS CSPRNG 4096 at a time (one syscall, not one a block)."""
     pool = getattr(_nonces, "pool", None)

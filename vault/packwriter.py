@@ -36,6 +36,7 @@ class _Open:
         self.used = 0
         self.faulted = 0  # bytes [0, faulted) are backed by pages already
         self.entries: list[PackEntry] = []
+        self.ids: set[bytes] = set()  # (a block twice in one pack would make its header and index disagree)
         self._stage = stage  # makes the backend's staged object on the first spill (None: no staging)
         self.staged = None
         self.spilled = 0  # bytes [0, spilled) are written to ``staged`` and hashed; their pages are freed
@@ -113,7 +114,8 @@ class PackWriter:
     def add(self, kind: str, block_id: bytes, data: bytes | memoryview) -> int:
         """Compress, encrypt and append one block; store the pack (in this thread) when it is full.
 
-        Returns the stored (sealed) size of the block."""
+        Returns the stored (sealed) size of the block: 0 if it is in the open pack already (the caller's
+        record of what it stored can forget, e.g. a backup's claims table once emptied: ``claims``)."""
         if self._failure is not None:
             raise self._failure
         flag, payload = self.repo.compress(data)
@@ -121,6 +123,8 @@ class PackWriter:
         full = spill = None
         with self._lock:
             op = self._open[kind]
+            if op is not None and block_id in op.ids:
+                return 0
             if op is None or op.used + size > len(op.buf):
                 if op is not None and op.entries:
                     full = op
@@ -129,6 +133,7 @@ class PackWriter:
                 op.prefault(op.used + size, self._zero_fd)
             seal_block_into(self.repo.cipher, block_id, flag, payload, memoryview(op.buf)[op.used : op.used + size])
             op.entries.append(PackEntry(kind, block_id, op.used, size, len(data)))
+            op.ids.add(block_id)
             op.used += size
             if op.used >= self._target:
                 full, self._open[kind] = op, None

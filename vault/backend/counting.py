@@ -32,6 +32,13 @@ class CountingBackend:
             self._requests[kind] += 1
             self._bytes_up += up
 
+    def reset(self) -> None:
+        """In a forked worker (one thread): count from zero, what it does itself and not what its parent had
+        done, under a lock of its own (another thread of the parent may have held the inherited one)."""
+        self._lock = threading.Lock()
+        self._requests = dict.fromkeys(REQUEST_TYPES, 0)
+        self._bytes_up = self._bytes_down = 0
+
     def stats(self) -> dict[str, Any]:
         """``{"requests": {"PUT": n, "GET": n, "LIST": n, "DELETE": n, "HEAD": n}, "bytes_up": n, "bytes_down": n}``"""
         with self._lock:

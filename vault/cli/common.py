@@ -39,9 +39,9 @@ _GLOBALS: list[tuple[tuple[str, ...], dict]] = [
                             "with exit 11 (0, 30s, 5m, 1h, 1d; default 3m).")),
     (("--no-lock",), dict(is_flag=True, help="Read without a shared lock (a read-only repository: ls, find, "
                            "diff, restore, verify). A prune running meanwhile can make it fail.")),
-    (("-j", "--jobs"), dict(type=click.IntRange(0, 256), help="Worker threads (default: number of cores); "
-                            "restore and verify --read-data of a local repository: worker processes (at "
-                            "most 4 by default) [env: VAULT_JOBS].")),
+    (("-j", "--jobs"), dict(type=click.IntRange(0, 256), help="Workers (default: number of cores): with a local "
+                            "repository, backup, restore and verify --read-data use worker processes (at most "
+                            "4 by default; 1: one process), else threads [env: VAULT_JOBS].")),
     (("--connections",), dict(type=click.IntRange(1, 256), help="Parallel connections to a remote repository "
                               "(default 8) [env: VAULT_CONNECTIONS].")),
     (("--s3-storage-class",), dict(metavar="CLASS", help="Storage class for data packs, e.g. STANDARD_IA "

@@ -1,0 +1,187 @@
+"""Backup of a local repository reads its files in forked worker processes (``backup_workers``). What must hold:
+a block cut by two workers is stored once (one claims table shared by all), each worker's nonces are its own,
+the claims table stays bounded (emptied when full, the index asked from then on), a worker that dies fails
+the backup with one line and leaves the repository sound, Ctrl-C leaves no temp file, and the requests the
+workers made are counted."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import FAST_INIT, assert_trees_equal, make_tree
+
+from vault import api, claims, pack
+
+KiB = 1024
+
+
+@pytest.fixture
+def spawned(monkeypatch):
+    """The BackupWorkers each in-process backup made (so a test knows the worker processes really ran)."""
+    made = []
+
+    class Recorded(api.BackupWorkers):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            made.append(self)
+
+    monkeypatch.setattr(api, "BackupWorkers", Recorded)
+    return made
+
+
+def _jobs(cli, jobs: str, *args, ok=True):
+    cli.extra["VAULT_JOBS"] = jobs
+    try:
+        return cli(*args, ok=ok)
+    finally:
+        del cli.extra["VAULT_JOBS"]
+
+
+def _dup_tree(root, copies: int = 24):
+    """Many files sharing content, in several directories (so several batches, read by both workers)."""
+    rnd = random.Random(3)
+    big, small = rnd.randbytes(300 * KiB), rnd.randbytes(2 * KiB)
+    spec = {f"d{d}": {**{f"big{i}.bin": big for i in range(copies // 4)},
+                      **{f"small{i}.txt": small for i in range(copies)},
+                      **{f"own{i}.txt": rnd.randbytes(1500) for i in range(70)}} for d in range(4)}
+    return make_tree(root, spec), big, small
+
+
+def _stored_blocks(cli) -> int:
+    return cli("--json", "stats").json["blocks"]
+
+
+def test_a_block_cut_by_two_workers_is_stored_once(repo, tmp_path, spawned):
+    src, big, small = _dup_tree(tmp_path / "src")
+    out = _jobs(repo, "2", "--json", "backup", src).json
+    assert len(spawned) == 1, "a local backup with --jobs 2 reads its files in worker processes"
+    unique = len(big) + len(small) + 4 * 70 * 1500
+    assert out["bytes_processed"] > 4 * unique
+    assert out["bytes_added"] < unique * 1.1, out  # (compression of random data gains nothing)
+    r = tmp_path / "r"
+    repo("restore", "latest", "--target", r)
+    assert_trees_equal(src, r / src.relative_to("/"))
+    assert repo("--json", "verify", "--read-data").json["ok"] is True
+    # the same tree with one thread of one process stores exactly as many blocks
+    blocks = _stored_blocks(repo)
+    other = tmp_path / "other"
+    repo.cache, repo.repo = other / "cache", other / "repo"
+    repo("init", *FAST_INIT)
+    _jobs(repo, "1", "backup", src)
+    assert _stored_blocks(repo) == blocks
+
+
+def test_forked_children_never_reuse_the_parents_nonces():
+    """The nonce pool is drawn 4096 at a time; a forked worker must not inherit it (AES-GCM under one key)."""
+    pack._nonce()  # this process has a pool now
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(w, b"".join(pack._nonce() for _ in range(8)))
+        os._exit(0)
+    os.close(w)
+    got = b""
+    while chunk := os.read(r, 4096):
+        got += chunk
+    os.close(r)
+    os.waitpid(pid, 0)
+    theirs = {got[i : i + 12] for i in range(0, len(got), 12)}
+    mine = {pack._nonce() for _ in range(8)}
+    assert len(theirs) == 8 and not (theirs & mine)
+
+
+def test_claims_table_is_shared_bounded_and_emptied_when_full():
+    c = claims.Claims(slots=16, processes=True)  # emptied when a 13th id comes
+    ids = [os.urandom(32) for _ in range(40)]
+    assert [c.add(i) for i in ids[:11]] == [True] * 11
+    assert not c.add(ids[0]) and c.contains(ids[0]) and c.generation == 0
+    pid = os.fork()
+    if pid == 0:  # a worker claims one: the parent sees it
+        os._exit(0 if c.add(ids[20]) else 1)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert c.contains(ids[20]) and not c.add(ids[20]) and c.generation == 0  # 12 ids: full, not emptied yet
+    assert c.add(ids[21])  # a new one: emptied first
+    assert c.generation == 1 and not c.contains(ids[0]) and c.contains(ids[21])
+    assert c.add(ids[0]) and not c.add(ids[21])
+    with pytest.raises(ValueError):
+        c.add(b"short")
+
+
+def test_a_backup_bigger_than_the_claims_table_stays_correct(repo, tmp_path, spawned, monkeypatch):
+    """With a tiny table it is emptied many times during the backup; blocks are then found through the index
+    (the worker's own catalog connection) or stored again -- never left out."""
+    monkeypatch.setattr(claims, "SLOTS", 32)
+    src, big, small = _dup_tree(tmp_path / "src")
+    _jobs(repo, "2", "backup", src)
+    assert spawned and spawned[0].claims.generation > 0
+    r = tmp_path / "r"
+    repo("restore", "latest", "--target", r)
+    assert_trees_equal(src, r / src.relative_to("/"))
+    assert repo("--json", "verify", "--read-data").json["ok"] is True
+
+
+def test_a_worker_that_dies_fails_the_backup_in_one_line(repo, tmp_path, spawned, monkeypatch):
+    """A worker killed (SIGKILL, as the OOM killer would) part way: exit 1 with one line, no snapshot, the
+    repository verifies clean and the next backup completes."""
+    from vault import filereader
+
+    src, _, _ = _dup_tree(tmp_path / "src")
+    (src / "d2" / "poison").write_bytes(b"x" * 5000)
+    parent, real = os.getpid(), filereader.FileReader.read_file
+
+    def read_file(self, path, name):
+        if name == b"poison" and os.getpid() != parent:  # only ever in a worker process
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(self, path, name)
+
+    monkeypatch.setattr(filereader.FileReader, "read_file", read_file)
+    res = _jobs(repo, "2", "backup", src, ok=1)
+    lines = [ln for ln in res.err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "worker process died" in lines[0] and "Traceback" not in res.err, res.err
+    assert not (repo.repo / "snapshots").exists() or not list((repo.repo / "snapshots").iterdir())
+    monkeypatch.setattr(filereader.FileReader, "read_file", real)
+    assert repo("--json", "verify", "--read-data").json["ok"] is True
+    _jobs(repo, "2", "backup", src)
+    r = tmp_path / "r"
+    repo("restore", "latest", "--target", r)
+    assert_trees_equal(src, r / src.relative_to("/"))
+
+
+def test_ctrl_c_leaves_no_temp_file_in_the_repository(cli, tmp_path):
+    cli("init", *FAST_INIT, "--pack-size", "4")
+    rnd = random.Random(5)
+    src = make_tree(tmp_path / "src", {f"d{d}": {f"f{i}.bin": rnd.randbytes(700 * KiB) for i in range(12)}
+                                       for d in range(12)})
+    env = {**os.environ, **cli.env(), "VAULT_JOBS": "2"}
+    p = subprocess.Popen([sys.executable, "-m", "vault.cli.main", "backup", str(src)], env=env,
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    data = cli.repo / "data"
+    while time.monotonic() < deadline and p.poll() is None and sum(len(f) for _, _, f in os.walk(data)) < 3:
+        time.sleep(0.002)
+    if p.poll() is not None:
+        pytest.skip("the backup finished before it could be interrupted")
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    if (cli.repo / "snapshots").exists() and list((cli.repo / "snapshots").iterdir()):
+        pytest.skip("the snapshot was committed before the signal arrived")
+    assert p.returncode == 130 and b"Traceback" not in err, err
+    left = [os.path.join(d, f) for d, _, files in os.walk(cli.repo) for f in files if f.startswith(".tmp-")]
+    assert not left, left
+    assert cli("--json", "verify", "--read-data").json["ok"] is True
+
+
+def test_the_workers_requests_are_counted(repo, tmp_path, spawned):
+    src, _, _ = _dup_tree(tmp_path / "src")
+    out = _jobs(repo, "2", "--json", "backup", src).json
+    assert spawned
+    packs = sum(len(f) for _, _, f in os.walk(repo.repo / "data"))
+    assert out["requests"]["PUT"] >= packs + 2  # every pack, an index segment, the snapshot
+    assert out["bytes_up"] >= sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(repo.repo / "data")
+                                  for f in fs)
