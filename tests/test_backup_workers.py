@@ -185,3 +185,20 @@ def test_the_workers_requests_are_counted(repo, tmp_path, spawned):
     assert out["requests"]["PUT"] >= packs + 2  # every pack, an index segment, the snapshot
     assert out["bytes_up"] >= sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(repo.repo / "data")
                                   for f in fs)
+
+
+def test_batches_of_long_paths_never_block_the_pipe(repo, tmp_path, spawned):
+    """A batch's message can be bigger than a socket's buffer (256 paths of ~3,000 bytes): it is only sent to
+    a worker with nothing else unread, so neither side ever waits on the other's full buffer."""
+    deep = tmp_path / "src"
+    d = deep
+    while len(str(d)) < 2900:
+        d = d / ("d" * 200)
+    d.mkdir(parents=True)
+    for i in range(600):
+        (d / f"f{i:04d}-{'x' * 60}").write_bytes(b"%d" % i)
+    out = _jobs(repo, "2", "--json", "backup", deep).json
+    assert spawned and out["files_new"] == 600
+    r = tmp_path / "r"
+    repo("restore", "latest", "--target", r)
+    assert_trees_equal(deep, r / deep.relative_to("/"))

@@ -39,6 +39,11 @@ from .repository import Repository, pack_name
 
 BATCH_FILES = 64
 BATCH_BYTES = 4 * 1024 * 1024
+# to a worker process: bigger batches (~12 ms of work), so that the few batches queued for a worker outlast
+# the main process's pauses (a tree pack, a checkpoint, a catalog flush) -- with 64 files a worker went
+# idle for 1-4 ms after one batch in five
+PROCESS_BATCH_FILES = 256
+PROCESS_BATCH_BYTES = 16 * 1024 * 1024
 MAX_PENDING_ITEMS = 100_000  # entries of walked directories waiting to be stored (bounds memory)
 CHECKPOINT_SECONDS = 60.0
 CHECKPOINT_PACKS = 16
@@ -179,6 +184,8 @@ class Archiver:
         self.packer = PackWriter(repo, self._on_pack, uploaders=max(0, opts.uploaders))
         self._workers = workers
         self._pool = None
+        self._batch_files, self._batch_bytes = ((PROCESS_BATCH_FILES, PROCESS_BATCH_BYTES) if workers is not None
+                                                else (BATCH_FILES, BATCH_BYTES))
         if workers is None:
             jobs = opts.jobs or os.cpu_count() or 2
             self._pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="vault-backup")
@@ -263,7 +270,7 @@ class Archiver:
     # --- files --------------------------------------------------------------------------------------
     def _submit_file(self, path: bytes, name: bytes, st: os.stat_result) -> tuple["_Batch", int]:
         """Queue a file for reading; returns (batch, index of its result). Small files travel in batches of
-        up to BATCH_FILES / BATCH_BYTES (one job, one future for many files: far less thread hand-off);
+        up to BATCH_FILES / BATCH_BYTES (PROCESS_ for worker processes; one job, one future for many files: far less thread hand-off);
         a large file is a batch of its own."""
         key = (st.st_dev, st.st_ino)
         if st.st_nlink > 1 and key in self._hardlinks:
@@ -275,7 +282,7 @@ class Archiver:
         batch.bytes += st.st_size
         if st.st_nlink > 1:
             self._hardlinks[key] = slot
-        if not small or len(batch.files) >= BATCH_FILES or batch.bytes >= BATCH_BYTES:
+        if not small or len(batch.files) >= self._batch_files or batch.bytes >= self._batch_bytes:
             batch.submit()
             if small:
                 self._batch = _Batch(self)

@@ -25,21 +25,22 @@ from .claims import Claims
 from .filereader import FileReader, FileResult, from_wire, to_wire
 from . import forkpool
 from .forkpool import ForkPool
+from .pack import PackEntry
 from .packwriter import PackWriter
 from .repository import Repository
 
 DEPTH = 3  # batches sent to a worker before its first reply comes back (it never waits for the next one)
-SMALL = 16 * 1024  # bytes of paths a batch may have to be sent to a busy worker: it must fit in the socket's
-                   # buffer, or this process would wait for a worker that may itself wait to send it a note
+ROOM = 96 * 1024  # bytes of messages a busy worker may have unread (at most half its socket's buffer): a send
+                  # must never wait for a worker that may itself be waiting to send this process a note
 QUEUED = 8  # batches waiting for a worker, per worker, before ``submit`` waits (bounded memory)
 
 class Pending:
     """The files of one batch sent (or to be sent) to a worker: ``done`` / ``result`` as a Future's."""
 
-    __slots__ = ("_workers", "files", "value", "finished")
+    __slots__ = ("_workers", "files", "value", "finished", "size")
 
     def __init__(self, workers: "BackupWorkers", files: bool = True):
-        self._workers, self.files, self.value, self.finished = workers, files, None, False
+        self._workers, self.files, self.value, self.finished, self.size = workers, files, None, False, 0
 
     def done(self) -> bool:
         if not self.finished:
@@ -59,7 +60,9 @@ class BackupWorkers:
         self._on_pack = None
         self._sent: list[collections.deque] = [collections.deque() for _ in range(processes)]
         self._waiting: collections.deque = collections.deque()
+        self._unread = [0] * processes  # bytes of the messages sent to each worker and not answered yet
         self._pool = ForkPool(processes, self._serve, self._child_init, on_note=self._noted)
+        self._room = min(ROOM, self._pool.send_buffer() // 2)
         self._finished = False
         self.requests: list[dict] = []  # what each worker's requests were (known once it finished)
 
@@ -71,10 +74,14 @@ class BackupWorkers:
         else:
             self._counter.reset()
         # each pack stored is told to the parent at once, so a checkpoint can name it even in a huge file
-        self._packer = PackWriter(self._repo, lambda pid, size, entries: forkpool.note((pid, size, entries)),
-                                  uploaders=0)
+        self._packer = PackWriter(self._repo, self._stored, uploaders=0, prefault=False)
         self._reader = FileReader(self._repo, self.claims, self._packer.add, block_lookup(self._catalog_path),
                                   lookups=True)
+
+    @staticmethod
+    def _stored(pid: bytes, size: int, entries: list[PackEntry]) -> None:
+        """Tell the parent at once (entries as plain tuples: pickling dataclasses is slow)."""
+        forkpool.note((pid, size, [(e.kind, e.block_id, e.offset, e.length, e.raw_length) for e in entries]))
 
     def _serve(self, msg: tuple) -> Any:
         kind, arg = msg
@@ -91,7 +98,8 @@ class BackupWorkers:
 
     # --- in the main process ------------------------------------------------------------------------
     def _noted(self, worker: int, pack: tuple) -> None:
-        self._on_pack(*pack)
+        pid, size, entries = pack
+        self._on_pack(pid, size, [PackEntry(*e) for e in entries])
 
     def start(self, on_pack) -> None:
         """``on_pack(pack id, size, entries)`` is called (in this process) for each pack a worker stored."""
@@ -100,7 +108,7 @@ class BackupWorkers:
     def submit(self, files: list[tuple[bytes, bytes]], lookups: bool) -> Pending:
         fut = Pending(self)
         size = sum(len(path) + len(name) for path, name in files)
-        self._waiting.append((fut, ("files", (files, lookups), size)))
+        self._waiting.append((fut, ("files", (files, lookups)), size))
         self.pump(block=False)  # (replies taken in as they come: a worker's queue is refilled without delay)
         while len(self._waiting) > QUEUED * len(self._sent):
             self.pump(block=True)
@@ -109,13 +117,14 @@ class BackupWorkers:
     def _feed(self) -> None:
         while self._waiting:
             i = min(range(len(self._sent)), key=lambda k: len(self._sent[k]))
-            fut, msg = self._waiting[0]
-            if len(self._sent[i]) >= (DEPTH if msg[2] <= SMALL else 1):
+            fut, msg, size = self._waiting[0]
+            if self._sent[i] and (len(self._sent[i]) >= DEPTH or self._unread[i] + size > self._room):
                 return
             self._waiting.popleft()
-            msg = msg[:2]
             self._pool.send(i, msg)
             self._sent[i].append(fut)
+            self._unread[i] += size
+            fut.size = size
 
     def pump(self, block: bool) -> None:
         """Take in the replies that have come (with ``block``, wait for at least one), then send more."""
@@ -123,6 +132,7 @@ class BackupWorkers:
         while got is not None:
             i, results = got
             fut = self._sent[i].popleft()
+            self._unread[i] -= fut.size
             if fut.files:
                 results = [from_wire(r) for r in results]
             fut.value, fut.finished = results, True

@@ -163,6 +163,17 @@ class ForkPool:
     def __len__(self) -> int:
         return len(self._conns)
 
+    def send_buffer(self) -> int:
+        """Bytes a message to a worker may take before ``send`` waits for the worker to read (its socket's
+        send buffer; a guess of 64 KiB when it cannot be asked)."""
+        import socket
+
+        try:
+            with socket.socket(fileno=os.dup(self._conns[0].fileno())) as sock:
+                return sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        except (OSError, IndexError):
+            return 64 * 1024
+
     def send(self, i: int, msg: Any) -> None:
         try:
             self._conns[i].send(msg)

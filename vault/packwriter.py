@@ -86,7 +86,10 @@ class _Open:
 
 
 class PackWriter:
-    def __init__(self, repo: Repository, on_pack: OnPack, uploaders: int = 2):
+    def __init__(self, repo: Repository, on_pack: OnPack, uploaders: int = 2, prefault: bool = True):
+        """``prefault=False``: a single-threaded caller (a backup's worker process), for whom a fault taken in
+        the encryption costs less than reading /dev/zero into the page first (which only helps threads: the
+        fault then happens without the GIL)."""
         self.repo = repo
         self.on_pack = on_pack
         self._lock = threading.Lock()
@@ -105,7 +108,8 @@ class PackWriter:
         self._stage = (lambda: backend.stage("data")) if (
             self._sync and getattr(backend, "supports_staging", False) and hasattr(mmap, "MADV_REMOVE")) else None
         try:
-            self._zero_fd: int | None = os.open("/dev/zero", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            self._zero_fd: int | None = (os.open("/dev/zero", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                                         if prefault else None)
         except OSError:
             self._zero_fd = None
         self.bytes_written = 0
