@@ -53,6 +53,10 @@ def _dup_tree(root, copies: int = 24):
     return make_tree(root, spec), big, small
 
 
+def _temp_files(root) -> list[str]:
+    return [os.path.join(d, f) for d, _, files in os.walk(root) for f in files if f.startswith(".tmp-")]
+
+
 def _stored_blocks(cli) -> int:
     return cli("--json", "stats").json["blocks"]
 
@@ -144,6 +148,7 @@ def test_a_worker_that_dies_fails_the_backup_in_one_line(repo, tmp_path, spawned
     res = _jobs(repo, "2", "backup", src, ok=1)
     lines = [ln for ln in res.err.splitlines() if ln.strip()]
     assert len(lines) == 1 and "worker process died" in lines[0] and "Traceback" not in res.err, res.err
+    assert len(_temp_files(repo.repo)) <= 1, "the other worker removes its unfinished pack (only the dead one's stays)"
     assert not (repo.repo / "snapshots").exists() or not list((repo.repo / "snapshots").iterdir())
     monkeypatch.setattr(filereader.FileReader, "read_file", real)
     assert repo("--json", "verify", "--read-data").json["ok"] is True
@@ -172,8 +177,7 @@ def test_ctrl_c_leaves_no_temp_file_in_the_repository(cli, tmp_path):
     if (cli.repo / "snapshots").exists() and list((cli.repo / "snapshots").iterdir()):
         pytest.skip("the snapshot was committed before the signal arrived")
     assert p.returncode == 130 and b"Traceback" not in err, err
-    left = [os.path.join(d, f) for d, _, files in os.walk(cli.repo) for f in files if f.startswith(".tmp-")]
-    assert not left, left
+    assert not _temp_files(cli.repo)
     assert cli("--json", "verify", "--read-data").json["ok"] is True
 
 
@@ -202,3 +206,61 @@ def test_batches_of_long_paths_never_block_the_pipe(repo, tmp_path, spawned):
     r = tmp_path / "r"
     repo("restore", "latest", "--target", r)
     assert_trees_equal(deep, r / deep.relative_to("/"))
+
+
+def test_a_worker_that_cannot_write_fails_the_backup_and_no_temp_pack_stays(cli, tmp_path):
+    """Every pack write past 6 MiB fails (RLIMIT_FSIZE: EFBIG, as a full disk would fail it): the backup fails
+    with one line; each worker -- the failing one too -- removes its unfinished pack."""
+    import resource
+
+    cli("init", *FAST_INIT, "--pack-size", "16")
+    rnd = random.Random(9)
+    src = make_tree(tmp_path / "src", {f"d{d}": {f"f{i}.bin": rnd.randbytes(600 * KiB) for i in range(20)}
+                                       for d in range(4)})
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (6 << 20, 6 << 20))
+
+    p = subprocess.run([sys.executable, "-m", "vault.cli.main", "backup", str(src)], capture_output=True,
+                       env={**os.environ, **cli.env(), "VAULT_JOBS": "2"}, preexec_fn=limit, timeout=120)
+    err = p.stderr.decode()
+    assert p.returncode != 0 and "Traceback" not in err, err
+    assert len([ln for ln in err.splitlines() if ln.strip()]) == 1, err
+    assert not _temp_files(cli.repo)
+    assert cli("--json", "verify", "--read-data").json["ok"] is True
+
+
+def test_a_worker_killed_holding_the_claims_lock_blocks_nobody():
+    c = claims.Claims(slots=64, processes=True)
+    pid = os.fork()
+    if pid == 0:
+        c._lock.__enter__()
+        os.kill(os.getpid(), signal.SIGKILL)
+    os.waitpid(pid, 0)
+    signal.signal(signal.SIGALRM, lambda *a: pytest.fail("the lock of a dead process is still held"))
+    signal.alarm(5)
+    try:
+        assert c.add(os.urandom(32))
+    finally:
+        signal.alarm(0)
+
+
+def test_a_cancelled_reader_reads_nothing_more(tmp_path):
+    """Ctrl-C during a big file: the worker stops between two chunks instead of reading the file to its end."""
+    import hashlib
+    from types import SimpleNamespace
+
+    from vault import filereader
+    from vault.chunker import Chunker, ChunkerParams
+
+    params = ChunkerParams(min_size=64 * KiB, avg_size=128 * KiB, max_size=512 * KiB)
+    repo = SimpleNamespace(config=SimpleNamespace(chunker=params), chunker=Chunker(params, 5),
+                           block_id=lambda data: hashlib.sha256(data).digest())
+    f = tmp_path / "big.bin"
+    f.write_bytes(random.Random(1).randbytes(4 << 20))
+    stored = []
+    reader = filereader.FileReader(repo, claims.Claims(), lambda kind, bid, data: stored.append(bid) or 1,
+                                   lambda bid: False, lookups=False, cancelled=lambda: len(stored) >= 2)
+    res = reader.read_file(bytes(f), b"big.bin")
+    assert res.error == "cancelled" and len(stored) == 2 and res.read < 2 << 20
+    assert reader.read_file(bytes(f), b"big.bin").error == "cancelled" and len(stored) == 2

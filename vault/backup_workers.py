@@ -18,6 +18,7 @@ main process write the last index segment and the snapshot -- the order of write
 from __future__ import annotations
 
 import collections
+import mmap
 from typing import Any
 
 from .catalog import block_lookup
@@ -61,6 +62,7 @@ class BackupWorkers:
         self._sent: list[collections.deque] = [collections.deque() for _ in range(processes)]
         self._waiting: collections.deque = collections.deque()
         self._unread = [0] * processes  # bytes of the messages sent to each worker and not answered yet
+        self._abort = mmap.mmap(-1, 1)  # shared: set by ``close``, the workers read no further
         self._pool = ForkPool(processes, self._serve, self._child_init, on_note=self._noted)
         self._room = min(ROOM, self._pool.send_buffer() // 2)
         self._finished = False
@@ -76,7 +78,7 @@ class BackupWorkers:
         # each pack stored is told to the parent at once, so a checkpoint can name it even in a huge file
         self._packer = PackWriter(self._repo, self._stored, uploaders=0, prefault=False)
         self._reader = FileReader(self._repo, self.claims, self._packer.add, block_lookup(self._catalog_path),
-                                  lookups=True)
+                                  lookups=True, cancelled=lambda: self._abort[0] != 0)
 
     @staticmethod
     def _stored(pid: bytes, size: int, entries: list[PackEntry]) -> None:
@@ -155,18 +157,30 @@ class BackupWorkers:
         self._pool.close()
 
     def close(self) -> None:
-        """Stop the workers, unless ``finish`` did: the batches in hand are finished first (as a thread pool's
-        shutdown waits for them) and each worker drops its open pack, removing its temp file; a worker that
-        died, or a third Ctrl-C, and they are killed at once."""
+        """Stop the workers, unless ``finish`` did. The files in hand and queued are given up (the shared abort
+        flag: a worker stops between two chunks), then each worker drops its open pack, removing its temp file
+        -- also after another worker failed or died. A second interrupt while waiting kills them at once."""
         if self._finished:
             return
         self._finished = True
+        self._abort[0] = 1
         try:
-            while any(self._pool.busy):
-                self._pool.receive()
+            self._drain()
             for i in range(len(self._sent)):
-                self._pool.send(i, ("close", None))
-        except BaseException:  # noqa: BLE001 -- killed below
+                try:
+                    self._pool.send(i, ("close", None))
+                except forkpool.WorkerError:  # that one is gone
+                    pass
+            self._drain()
+        except BaseException:  # noqa: BLE001 -- (Ctrl-C again) killed below
             self._pool.close(kill=True)
             return
         self._pool.close()
+
+    def _drain(self) -> None:
+        """Wait for every reply due, whatever it is (an error, a worker that died)."""
+        while any(self._pool.busy):
+            try:
+                self._pool.receive()
+            except Exception:  # noqa: BLE001 -- a failure is an answer too; a dead worker owes none
+                pass

@@ -2,8 +2,9 @@
 
 Deduplication inside a run: whoever cuts a block first stores it; everyone else only names it. The table
 is an open-addressing hash of 32-byte block ids (uniformly random: they are HMACs) in one anonymous shared
-mapping, so forked worker processes see and update the same table, guarded by one lock (a process-shared
-semaphore when it must cross a fork).
+mapping, so forked worker processes see and update the same table, guarded by one lock. Across processes it
+is a POSIX record lock (``lockf``) on an anonymous file: the kernel releases it when its holder dies (a
+worker killed while holding it must not hang everyone else; a semaphore would stay taken forever).
 
 Memory is bounded whatever the size of the backup: the table has a fixed number of slots. When it is 3/4
 full it is emptied and ``generation`` goes up. From then on the claimer also asks the index (the catalog),
@@ -15,8 +16,11 @@ refused by the pack writer: the pack's header and its index entries would disagr
 
 from __future__ import annotations
 
+import fcntl
 import mmap
+import os
 import struct
+import tempfile
 import threading
 
 ID_LEN = 32
@@ -34,12 +38,7 @@ class Claims:
         self._limit = slots * 3 // 4
         self._table = mmap.mmap(-1, slots * ID_LEN)  # MAP_SHARED | MAP_ANONYMOUS: one copy after a fork
         self._meta = mmap.mmap(-1, _META.size)
-        if processes:
-            import multiprocessing
-
-            self._lock = multiprocessing.get_context("fork").Lock()  # (OSError without /dev/shm: the caller
-        else:                                                         # falls back to threads)
-            self._lock = threading.Lock()
+        self._lock = _FileLock() if processes else threading.Lock()
 
     @property
     def generation(self) -> int:
@@ -94,3 +93,27 @@ class Claims:
     def close(self) -> None:
         self._table.close()
         self._meta.close()
+        if isinstance(self._lock, _FileLock):
+            self._lock.close()
+
+
+class _FileLock:
+    """Mutual exclusion between processes (one thread each): ``lockf`` on an anonymous file. Record locks
+    belong to a process, are not inherited by a fork, and go away with their holder."""
+
+    def __init__(self) -> None:
+        if hasattr(os, "memfd_create"):
+            self._fd = os.memfd_create("vault-claims", getattr(os, "MFD_CLOEXEC", 0))
+        else:
+            with tempfile.TemporaryFile() as f:
+                self._fd = os.dup(f.fileno())
+        os.ftruncate(self._fd, 1)
+
+    def __enter__(self) -> None:
+        fcntl.lockf(self._fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc) -> None:
+        fcntl.lockf(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        os.close(self._fd)

@@ -15,12 +15,17 @@ from dataclasses import dataclass
 
 from .claims import Claims
 from .entries import split_ids
+from .errors import VaultError
 from .fsmeta import node_from_stat
 from .model import Node
 from .pack import DATA
 from .repository import Repository
 
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
+
+
+class StoreFailed(VaultError):
+    pass
 
 
 @dataclass
@@ -56,8 +61,9 @@ class FileReader:
     whether the index holds it, asked only while ``lookups`` is true or once ``claims`` forgot some blocks."""
 
     def __init__(self, repo: Repository, claims: Claims, store: Callable[[str, bytes, bytes | memoryview], int],
-                 lookup: Callable[[bytes], bool], lookups: bool):
+                 lookup: Callable[[bytes], bool], lookups: bool, cancelled: Callable[[], bool] = lambda: False):
         self.repo, self.claims, self.store, self.lookup, self.lookups = repo, claims, store, lookup, lookups
+        self.cancelled = cancelled  # checked before each file and between chunks: the rest is not read
         self._local = threading.local()
 
     def claim(self, bid: bytes) -> bool:
@@ -69,7 +75,12 @@ class FileReader:
         return claims.add(bid) and not known
 
     def read_file(self, path: bytes, name: bytes) -> FileResult:
+        """The file's result; a problem of the file itself (unreadable, vanished) is in it. A failure to store
+        a block raises (it is the repository's, and the block stays claimed: no later file may name it)."""
         res = FileResult(node=None)
+        if self.cancelled():
+            res.error = "cancelled"
+            return res
         try:
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | _O_NOATIME)
@@ -100,10 +111,16 @@ class FileReader:
             for chunk in chunks:
                 if not len(chunk):
                     continue
+                if self.cancelled():
+                    res.error = "cancelled"
+                    return res
                 bid = self.repo.block_id(chunk)
                 res.read += len(chunk)
                 if self.claim(bid):
-                    res.added += self.store(DATA, bid, chunk)
+                    try:
+                        res.added += self.store(DATA, bid, chunk)
+                    except OSError as exc:  # (not the file's: the pack writer's memory or /dev/zero)
+                        raise StoreFailed(f"storing a block failed: {exc.strerror or exc}") from exc
                     res.blocks_added += 1
                 blocks.append(bid)
             after = os.fstat(fd)

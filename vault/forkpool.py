@@ -194,6 +194,7 @@ class ForkPool:
             try:
                 ok, value = self._conns[i].recv()
             except (EOFError, OSError):
+                self.busy[i] = 0  # it answers nothing more (the others may still be waited for)
                 raise WorkerError("a worker process died") from None
             if ok is not None:
                 break
