@@ -188,3 +188,24 @@ def test_real_damage_is_never_hidden_behind_a_disagreeing_catalog(cli, damaged_s
         assert any(hit in d["files"] for d in j["damage"]), j["damage"]
         assert any("catalog disagrees" in i for i in j["info"]), j["info"]
         assert any(d["path"] == hit for d in r["damaged"]) and "catalog_problem" not in r, r
+
+
+def test_packs_of_thousands_of_blocks_all_damaged_never_block_the_pipe(cli, tmp_path):
+    """Packs are sent to a worker ahead of time only when they fit in the socket's buffer; a pack of 3,000 tiny
+    blocks (a bigger message) waits for an idle worker. Its reply, damage for every block, is bigger than the
+    buffer too: verify must still finish, with the same report as one process."""
+    cli("init", *FAST_INIT, "--pack-size", "1")
+    rnd = random.Random(11)
+    make_tree(tmp_path / "src", {f"d{d}": {f"f{i}.txt": rnd.randbytes(200) for i in range(1500)}
+                                 for d in range(4)})
+    _with_jobs(cli, "1", "backup", tmp_path / "src")  # (one pack writer: packs of 3,000+ blocks)
+    packs = sorted((p for p in (cli.repo / "data").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    biggest = packs[-1]
+    data = bytearray(biggest.read_bytes())
+    for at in range(100, len(data) - 200, 150):  # every block
+        data[at] ^= 0x01
+    biggest.chmod(0o644)
+    biggest.write_bytes(bytes(data))
+    two, j = _report(cli, "2")
+    one, _ = _report(cli, "1")
+    assert j["ok"] is False and two == one and len(two) > 1000

@@ -393,9 +393,13 @@ class Catalog:
         return [(bytes(p), k, s) for p, k, s in self._q("SELECT id, kind, size FROM packs")]
 
     def pack_blocks(self, pid: bytes) -> list[PackEntry]:
-        rows = self._q("SELECT b.id, b.kind, b.offset, b.length, b.raw_length FROM blocks b JOIN packs p "
+        return [PackEntry(*row) for row in self.pack_rows(pid)]
+
+    def pack_rows(self, pid: bytes) -> list[tuple]:
+        """``pack_blocks`` as plain (kind, id, offset, length, raw length) tuples: to send to a worker process
+        (pickling thousands of dataclasses a pack cost the main process more than the query)."""
+        return self._q("SELECT b.kind, b.id, b.offset, b.length, b.raw_length FROM blocks b JOIN packs p "
                        "ON p.rowid=b.pack WHERE p.id=? ORDER BY b.offset", (pid,))
-        return [PackEntry(k, bytes(b), o, n, r) for b, k, o, n, r in rows]
 
     def tree_block_ids(self) -> list[bytes]:
         return [bytes(r[0]) for r in self._q("SELECT id FROM blocks WHERE kind='T'")]

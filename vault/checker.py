@@ -353,18 +353,27 @@ class Checker:
         requests: dict[int, dict] = {}
         held: list[tuple[int, _PackCheck]] = []  # the packs with damage (clean ones are counted at once)
         last, left, sent = [0.0], [True], itertools.count()
+        ahead: list[tuple | None] = [None] * len(pool)  # a message taken from ``packs``, not sent yet
+
+        room = pool.send_buffer() // 2
 
         def pump(block: bool) -> bool:
-            """Hand each idle worker its next pack, take the replies in; False when all are read."""
+            """Keep each worker two packs ahead (it never waits for this process to notice it is done; the second
+            only when small enough to wait in the socket's buffer), take the replies in; False when all are read."""
             for i in range(len(pool)):
-                if not pool.busy[i] and left[0]:
-                    pack = next(packs, None)
-                    if pack is None:
-                        left[0] = False
-                    elif len(pack) == 1:  # an index segment
-                        pool.send(i, (next(sent), *pack))
-                    else:
-                        pool.send(i, (next(sent), *pack, self.catalog.pack_blocks(pack[0])))
+                while pool.busy[i] < 2:
+                    if ahead[i] is None:
+                        pack = next(packs, None) if left[0] else None
+                        if pack is None:
+                            left[0] = False
+                            break
+                        ahead[i] = ((next(sent), *pack) if len(pack) == 1 else  # (an index segment)
+                                    (next(sent), *pack, self.catalog.pack_rows(pack[0])))
+                    msg = ahead[i]
+                    if pool.busy[i] and len(msg) == 4 and len(msg[3]) * 56 > room:  # (~51 bytes a row pickled)
+                        break  # (a big one waits until the worker is idle: a send must never wait on it)
+                    pool.send(i, msg)
+                    ahead[i] = None
             got = pool.receive(None if block and any(pool.busy) else 0)
             while got is not None:
                 i, (seq, res, requests[i]) = got
@@ -379,7 +388,7 @@ class Checker:
                     self.catalog.mark_verified(good, self.now)
                     good.clear()
                 got = pool.receive(0)
-            return left[0] or any(pool.busy)
+            return left[0] or any(pool.busy) or any(a is not None for a in ahead)
 
         def loader(tids: list[bytes]):
             now = time.monotonic()
@@ -417,8 +426,8 @@ class Checker:
         if len(msg) == 2:  # (seq, index segment id)
             res: object = (msg[1], self._index_problem(msg[1]))
         else:
-            _, pid, size, entries = msg
-            res = self._check_pack(pid, size, entries)
+            _, pid, size, rows = msg
+            res = self._check_pack(pid, size, [PackEntry(*row) for row in rows])
         return msg[0], res, (self.repo.backend.inner.stats() if self._fresh_backend is not None else {})
 
     def _load_snapshots(self) -> list:
