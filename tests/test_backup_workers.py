@@ -264,3 +264,38 @@ def test_a_cancelled_reader_reads_nothing_more(tmp_path):
     res = reader.read_file(bytes(f), b"big.bin")
     assert res.error == "cancelled" and len(stored) == 2 and res.read < 2 << 20
     assert reader.read_file(bytes(f), b"big.bin").error == "cancelled" and len(stored) == 2
+
+
+def test_a_file_swapped_for_a_fifo_is_an_error_not_a_hang(tmp_path):
+    """Replaced by a FIFO between the directory listing and the read: the open must not wait for a writer."""
+    import hashlib
+    from types import SimpleNamespace
+
+    from vault import filereader
+    from vault.chunker import Chunker, ChunkerParams
+
+    params = ChunkerParams(min_size=64 * KiB, avg_size=128 * KiB, max_size=512 * KiB)
+    repo = SimpleNamespace(config=SimpleNamespace(chunker=params), chunker=Chunker(params, 5),
+                           block_id=lambda data: hashlib.sha256(data).digest())
+    fifo = tmp_path / "was-a-file"
+    os.mkfifo(fifo)
+    reader = filereader.FileReader(repo, claims.Claims(), lambda *a: 1, lambda bid: False, lookups=False)
+    signal.signal(signal.SIGALRM, lambda *a: pytest.fail("opening a FIFO hung"))
+    signal.alarm(5)
+    try:
+        res = reader.read_file(bytes(fifo), b"was-a-file")
+    finally:
+        signal.alarm(0)
+    assert res.error == "changed type while being backed up" and res.node is None
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_hardlinked_names_count_their_bytes_once(repo, tmp_path, jobs):
+    src = make_tree(tmp_path / "src", {"a": {"orig": random.Random(2).randbytes(300 * KiB)}, "b": {}})
+    for i in range(20):
+        os.link(src / "a" / "orig", src / "b" / f"l{i}")
+    before = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(repo.repo) for f in fs)
+    out = _jobs(repo, jobs, "--json", "backup", src).json
+    grown = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(repo.repo) for f in fs) - before
+    assert out["files_new"] == 21 and out["bytes_processed"] == 21 * 300 * KiB
+    assert 300 * KiB <= out["bytes_added"] <= grown, out

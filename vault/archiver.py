@@ -128,7 +128,7 @@ class _PendingDir:
         """True when no entry waits for a worker (amortised: entries already seen done are skipped)."""
         while self._checked < len(self.items):
             it = self.items[self._checked]
-            if type(it) is tuple and not it[0].done():  # (batch, index, path, name, size seen)
+            if type(it) is tuple and not it[0].done():  # (batch, index, first, path, name, size seen, new)
                 return False
             self._checked += 1
         return True
@@ -273,13 +273,13 @@ class Archiver:
             self.catalog.add_trees(self.repo, rows)
 
     # --- files --------------------------------------------------------------------------------------
-    def _submit_file(self, path: bytes, name: bytes, st: os.stat_result) -> tuple["_Batch", int]:
+    def _submit_file(self, path: bytes, name: bytes, st: os.stat_result) -> tuple["_Batch", int, bool]:
         """Queue a file for reading; returns (batch, index of its result). Small files travel in batches of
         up to BATCH_FILES / BATCH_BYTES (PROCESS_ for worker processes; one job, one future for many files: far less thread hand-off);
         a large file is a batch of its own."""
         key = (st.st_dev, st.st_ino)
         if st.st_nlink > 1 and key in self._hardlinks:
-            return self._hardlinks[key]
+            return (*self._hardlinks[key], False)  # (another name's read: its bytes are counted once)
         small = st.st_size < self.repo.config.chunker.min_size
         batch = self._batch if small else _Batch(self)
         slot = (batch, len(batch.files))
@@ -291,7 +291,7 @@ class Archiver:
             batch.submit()
             if small:
                 self._batch = _Batch(self)
-        return slot
+        return (*slot, True)
 
     def _submit_batch(self, files: list[tuple[bytes, bytes]]):
         """Hand a batch to the workers: a Future of its results (or ``backup_workers.Pending``)."""
@@ -456,7 +456,8 @@ class Archiver:
             if isinstance(it, Node):
                 nodes.append(it)
                 continue
-            batch, idx, child, name, seen, is_new = it  # (is_new: this name's; hardlinks share a read)
+            batch, idx, first, child, name, seen, is_new = it  # (is_new: this name's; hardlinks share a read,
+            #                                                     counted for the ``first`` name only)
             res: FileResult = batch.result()[idx]
             if res.vanished:  # as if the listing had been taken a moment later
                 self.stats.warnings.append((_display(child), "deleted while the backup ran: not in the snapshot"))
@@ -476,9 +477,10 @@ class Archiver:
                 self.stats.files_new += 1
             else:
                 self.stats.files_changed += 1
-            self.stats.bytes_read += res.read
-            self.stats.bytes_added += res.added
-            self.stats.blocks_added += res.blocks_added
+            if first:
+                self.stats.bytes_read += res.read
+                self.stats.bytes_added += res.added
+                self.stats.blocks_added += res.blocks_added
             nodes.append(node)
         tid = self._store_tree(Tree(nodes))
         self._flush_tree_rows()

@@ -82,10 +82,12 @@ class FileReader:
             res.error = "cancelled"
             return res
         try:
+            # O_NONBLOCK: a file swapped for a FIFO since the listing must not hang the open (the type is
+            # checked next; reads of a regular file never block anyway)
             try:
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | _O_NOATIME)
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | _O_NOATIME)
             except PermissionError:
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
             res.vanished = True
             return res

@@ -20,7 +20,9 @@ from __future__ import annotations
 import gc
 import os
 import pickle
+import queue
 import signal
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -89,6 +91,7 @@ def _failure(exc: BaseException) -> tuple:
 
 
 _conn: Connection | None = None  # in a worker: its connection to the parent
+_STOP = object()
 
 
 def note(value: Any) -> None:
@@ -133,6 +136,7 @@ class ForkPool:
         self._conns: list[Connection] = []
         self._pids: list[int] = []
         self.busy: list[int] = []
+        self._writers: list[tuple[queue.SimpleQueue, threading.Thread] | None] = []
         parent = os.getpid()
         gc.freeze()  # inherited objects are never scanned in the children (no copy-on-write of every page)
         try:
@@ -146,6 +150,7 @@ class ForkPool:
                         for c in self._conns:
                             c.close()
                         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the parent stops us
+                        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # (systemd signals the whole group)
                         _die_with_parent(parent)
                         code = _serve(theirs, handler, child_init)
                     finally:
@@ -154,6 +159,7 @@ class ForkPool:
                 self._conns.append(mine)
                 self._pids.append(pid)
                 self.busy.append(0)
+                self._writers.append(None)
         except BaseException:
             self.close(kill=True)
             raise
@@ -180,6 +186,34 @@ class ForkPool:
         except OSError:  # (BrokenPipeError would read as a closed stdout to click)
             raise WorkerError("a worker process died") from None
         self.busy[i] += 1
+
+    def send_later(self, i: int, msg: Any) -> None:
+        """``send`` from a writer thread of worker i's own, in order: this thread never waits for the worker to
+        read (a message queued ahead of a busy worker may be bigger than the socket's buffer, and the worker
+        may itself be waiting to send a big reply). A worker that died is found by ``receive``."""
+        if self._writers[i] is None:
+            q: queue.SimpleQueue = queue.SimpleQueue()
+            t = threading.Thread(target=self._write_all, args=(self._conns[i], q), daemon=True,
+                                 name=f"vault-worker-{i}-writer")
+            t.start()
+            self._writers[i] = (q, t)
+        self._writers[i][0].put(msg)
+        self.busy[i] += 1
+
+    @staticmethod
+    def _write_all(conn: Connection, q: queue.SimpleQueue) -> None:
+        while (msg := q.get()) is not _STOP:
+            try:
+                conn.send(msg)
+            except (OSError, ValueError):  # the worker died (or was killed): receive reports it
+                return
+
+    def _stop_writers(self) -> None:
+        for w in self._writers:
+            if w is not None:
+                w[0].put(_STOP)
+                w[1].join()
+        self._writers = [None] * len(self._writers)
 
     def receive(self, timeout: float | None = None) -> tuple[int, Any] | None:
         """The next reply of a busy worker, or None when none came within ``timeout``. A ``note`` that comes
@@ -220,11 +254,16 @@ class ForkPool:
                     self.receive()
             except BaseException:  # (a second Ctrl-C, a worker that died meanwhile)
                 kill = True
-        for conn, pid in zip(self._conns, self._pids):
+        if kill:
+            for pid in self._pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)  # (a writer thread blocked on its socket fails now)
+                except OSError:
+                    pass
+        self._stop_writers()
+        for conn in self._conns:
             try:
-                if kill:
-                    os.kill(pid, signal.SIGKILL)
-                else:
+                if not kill:
                     conn.send(None)
             except OSError:
                 pass
@@ -234,4 +273,4 @@ class ForkPool:
                 os.waitpid(pid, 0)
             except ChildProcessError:
                 pass
-        self._conns, self._pids, self.busy = [], [], []
+        self._conns, self._pids, self.busy, self._writers = [], [], [], []

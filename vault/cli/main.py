@@ -36,6 +36,14 @@ def _register() -> None:
 
 
 _sigints = 0
+_terminated = False
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM (cron's or systemd's stop, `kill`): stopped as cleanly as by Ctrl-C, exit 143."""
+    global _terminated
+    _terminated = True
+    _on_sigint(signum, frame)
 
 
 def _on_sigint(signum: int, frame: object) -> None:  # noqa: ARG001
@@ -49,12 +57,14 @@ def _on_sigint(signum: int, frame: object) -> None:  # noqa: ARG001
 
 
 def main(argv: list[str] | None = None) -> int:
-    global _sigints
-    _sigints = 0
+    global _sigints, _terminated
+    _sigints, _terminated = 0, False
     _register()
     tune_malloc()
     if signal.getsignal(signal.SIGINT) in (_interrupted_while_loading, signal.default_int_handler):
         signal.signal(signal.SIGINT, _on_sigint)  # loaded: Ctrl-C is KeyboardInterrupt again (see _on_sigint)
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _on_sigterm)
     verbose = "-v" in (argv or sys.argv) or "--verbose" in (argv or sys.argv)
     try:
         rv = cli.main(args=argv, prog_name="vault", standalone_mode=False)
@@ -65,14 +75,14 @@ def main(argv: list[str] | None = None) -> int:
         exc.show()
         code = exc.exit_code
     except click.exceptions.Abort:
-        click.echo("vault: aborted", err=True)
-        code = 130
+        click.echo("vault: terminated" if _terminated else "vault: aborted", err=True)
+        code = 143 if _terminated else 130
     except VaultError as exc:
         click.echo(printable(f"vault: {exc}"), err=True)  # one line, whatever names it holds
         code = exc.exit_code
     except KeyboardInterrupt:
-        click.echo("vault: interrupted", err=True)
-        code = 130
+        click.echo("vault: terminated" if _terminated else "vault: interrupted", err=True)
+        code = 143 if _terminated else 130
     except BrokenPipeError:
         code = 1
     except OSError as exc:
@@ -119,6 +129,7 @@ def entry() -> None:
     # the command is over and its exit code decided: a Ctrl-C now (a second one, or `timeout -s INT` signalling
     # the whole group) would only turn it into a KeyboardInterrupt in the interpreter's teardown
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     sys.exit(code)
 
 
