@@ -299,3 +299,19 @@ def test_hardlinked_names_count_their_bytes_once(repo, tmp_path, jobs):
     grown = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(repo.repo) for f in fs) - before
     assert out["files_new"] == 21 and out["bytes_processed"] == 21 * 300 * KiB
     assert 300 * KiB <= out["bytes_added"] <= grown, out
+
+
+def test_a_worker_dying_while_idle_is_noticed_at_once():
+    """The OOM killer takes an idle worker: the next wait reports it, not only its next job's send."""
+    from vault.forkpool import ForkPool, WorkerError
+
+    pool = ForkPool(2, lambda m: (time.sleep(m), m)[1])
+    try:
+        pool.send(0, 3.0)
+        os.kill(pool._pids[1], signal.SIGKILL)
+        t = time.monotonic()
+        with pytest.raises(WorkerError):
+            pool.receive()
+        assert time.monotonic() - t < 2.0
+    finally:
+        pool.close(kill=True)

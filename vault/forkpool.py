@@ -137,6 +137,7 @@ class ForkPool:
         self._pids: list[int] = []
         self.busy: list[int] = []
         self._writers: list[tuple[queue.SimpleQueue, threading.Thread] | None] = []
+        self._dead: set[int] = set()
         parent = os.getpid()
         gc.freeze()  # inherited objects are never scanned in the children (no copy-on-write of every page)
         try:
@@ -221,7 +222,10 @@ class ForkPool:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            ready = wait([c for c, b in zip(self._conns, self.busy) if b], left)
+            if not any(self.busy):
+                return None
+            # the idle ones too: one that dies while idle (the OOM killer) is noticed now, not at its next job
+            ready = wait([c for i, c in enumerate(self._conns) if i not in self._dead], left)
             if not ready:
                 return None
             i = self._conns.index(ready[0])
@@ -229,6 +233,7 @@ class ForkPool:
                 ok, value = self._conns[i].recv()
             except (EOFError, OSError):
                 self.busy[i] = 0  # it answers nothing more (the others may still be waited for)
+                self._dead.add(i)
                 raise WorkerError("a worker process died") from None
             if ok is not None:
                 break
