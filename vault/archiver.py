@@ -1,8 +1,9 @@
 """Backup engine: walk + exclude + chunk + dedup + store -> snapshot.
 
 The walk runs in the calling thread, depth-first in name order. Files whose size, mtime, ctime and inode
-match the parent snapshot reuse its block list without being read; the others go to a pool of worker
-threads that read, chunk (FastCDC), hash, compress, encrypt and hand blocks to the PackWriter. A directory's
+match the parent snapshot reuse its block list without being read; the others go, in batches, to workers
+that read, chunk (FastCDC), hash, compress, encrypt and pack them (``filereader``): forked worker processes
+with packs of their own for a local repository (``backup_workers``), else threads sharing this PackWriter. A directory's
 tree is stored once all its entries are known. Order of writes: packs, then index segments naming them
 (also as checkpoints during long runs), then the snapshot -- so a crash never leaves a snapshot pointing at
 missing data, and an interrupted run's packs are reused by the next.

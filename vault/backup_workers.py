@@ -33,7 +33,8 @@ from .repository import Repository
 DEPTH = 3  # batches sent to a worker before its first reply comes back (it never waits for the next one)
 ROOM = 96 * 1024  # bytes of messages a busy worker may have unread (at most half its socket's buffer): a send
                   # must never wait for a worker that may itself be waiting to send this process a note
-QUEUED = 8  # batches waiting for a worker, per worker, before ``submit`` waits (bounded memory)
+QUEUED = 2  # batches waiting for a worker, per worker, before ``submit`` waits (bounded memory: the files
+#            of every batch sent or waiting, and their results, are held here: 8 cost ~5 MiB more at peak)
 
 class Pending:
     """The files of one batch sent (or to be sent) to a worker: ``done`` / ``result`` as a Future's."""
@@ -76,7 +77,7 @@ class BackupWorkers:
         else:
             self._counter.reset()
         # each pack stored is told to the parent at once, so a checkpoint can name it even in a huge file
-        self._packer = PackWriter(self._repo, self._stored, uploaders=0, prefault=False)
+        self._packer = PackWriter(self._repo, self._stored, uploaders=0, prefault=False, spill=1 << 20)
         self._reader = FileReader(self._repo, self.claims, self._packer.add, block_lookup(self._catalog_path),
                                   lookups=True, cancelled=lambda: self._abort[0] != 0)
 

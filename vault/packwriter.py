@@ -31,7 +31,7 @@ SPILL = 4 << 20  # staging: the filled part of a pack is written out (and its pa
 
 
 class _Open:
-    def __init__(self, capacity: int, stage: Callable[[], object] | None = None) -> None:
+    def __init__(self, capacity: int, stage: Callable[[], object] | None = None, spill: int = SPILL) -> None:
         self.buf = mmap.mmap(-1, capacity)
         self.used = 0
         self.faulted = 0  # bytes [0, faulted) are backed by pages already
@@ -40,6 +40,7 @@ class _Open:
         self._stage = stage  # makes the backend's staged object on the first spill (None: no staging)
         self.staged = None
         self.spilled = 0  # bytes [0, spilled) are written to ``staged`` and hashed; their pages are freed
+        self.spill_size = spill
         self.spill_lock = threading.Lock()  # spills run one at a time, in order, outside the writer's lock
         self.closed = False  # stored (or dropped): a spill decided before that does nothing
         self.hash = hashlib.sha256()
@@ -58,7 +59,7 @@ class _Open:
             return
         if not final:
             end -= end % mmap.PAGESIZE
-            if end - self.spilled < SPILL:
+            if end - self.spilled < self.spill_size:
                 return
         if self.staged is None:
             self.staged = self._stage()
@@ -86,10 +87,13 @@ class _Open:
 
 
 class PackWriter:
-    def __init__(self, repo: Repository, on_pack: OnPack, uploaders: int = 2, prefault: bool = True):
+    def __init__(self, repo: Repository, on_pack: OnPack, uploaders: int = 2, prefault: bool = True,
+                 spill: int = SPILL):
         """``prefault=False``: a single-threaded caller (a backup's worker process), for whom a fault taken in
         the encryption costs less than reading /dev/zero into the page first (which only helps threads: the
-        fault then happens without the GIL)."""
+        fault then happens without the GIL). ``spill``: with a staging store, bytes written out at a time (what
+        a pack holds in memory; a worker process uses less, as there is one per worker)."""
+        self._spill = spill
         self.repo = repo
         self.on_pack = on_pack
         self._lock = threading.Lock()
@@ -132,7 +136,7 @@ class PackWriter:
             if op is None or op.used + size > len(op.buf):
                 if op is not None and op.entries:
                     full = op
-                op = self._open[kind] = _Open(max(self._capacity, size), self._stage)
+                op = self._open[kind] = _Open(max(self._capacity, size), self._stage, self._spill)
             if self._zero_fd is not None and op.used + size > op.faulted:
                 op.prefault(op.used + size, self._zero_fd)
             seal_block_into(self.repo.cipher, block_id, flag, payload, memoryview(op.buf)[op.used : op.used + size])
@@ -141,7 +145,7 @@ class PackWriter:
             op.used += size
             if op.used >= self._target:
                 full, self._open[kind] = op, None
-            elif self._stage is not None and op.used - op.spilled >= SPILL + mmap.PAGESIZE:
+            elif self._stage is not None and op.used - op.spilled >= self._spill + mmap.PAGESIZE:
                 spill = (op, op.used)
         if spill is not None:  # pwrite and hash of 4 MiB: not under the lock every sealing thread needs
             spill[0].spill(spill[1])
