@@ -491,8 +491,9 @@ class Archiver:
         data = tree.encode()
         tid = self.repo.block_id(data)
         if self._claim(tid):
-            self.stats.bytes_added += self._store(TREE, tid, data)
-            self.stats.blocks_added += 1
+            stored = self._store(TREE, tid, data)
+            self.stats.bytes_added += stored
+            self.stats.blocks_added += 1 if stored else 0
             self._tree_rows.append((tid, tree.nodes))
             self._tree_row_nodes += len(tree.nodes)
         return tid

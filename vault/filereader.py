@@ -88,6 +88,8 @@ class FileReader:
                 fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | _O_NOATIME)
             except PermissionError:
                 fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            except BlockingIOError:  # a file under a write lease (Samba): wait for the lease to be broken
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         except FileNotFoundError:
             res.vanished = True
             return res
@@ -120,10 +122,12 @@ class FileReader:
                 res.read += len(chunk)
                 if self.claim(bid):
                     try:
-                        res.added += self.store(DATA, bid, chunk)
+                        stored = self.store(DATA, bid, chunk)
                     except OSError as exc:  # (not the file's: the pack writer's memory or /dev/zero)
                         raise StoreFailed(f"storing a block failed: {exc.strerror or exc}") from exc
-                    res.blocks_added += 1
+                    if stored:  # (0: in the open pack already)
+                        res.added += stored
+                        res.blocks_added += 1
                 blocks.append(bid)
             after = os.fstat(fd)
             if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (st.st_size, st.st_mtime_ns,

@@ -92,6 +92,7 @@ def _failure(exc: BaseException) -> tuple:
 
 _conn: Connection | None = None  # in a worker: its connection to the parent
 _STOP = object()
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 def note(value: Any) -> None:
@@ -143,15 +144,23 @@ class ForkPool:
         try:
             for _ in range(n):
                 mine, theirs = Pipe()
-                pid = os.fork()
+                # Ctrl-C held back across the fork: the parent's handler must never run in a child
+                old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+                pid = -1
+                try:
+                    pid = os.fork()
+                finally:
+                    if pid != 0:
+                        signal.pthread_sigmask(signal.SIG_SETMASK, old)
                 if pid == 0:  # the child: never returns
                     code = 1
                     try:
+                        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the parent stops us
+                        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # (systemd signals the whole group)
+                        signal.pthread_sigmask(signal.SIG_SETMASK, old)
                         mine.close()
                         for c in self._conns:
                             c.close()
-                        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the parent stops us
-                        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # (systemd signals the whole group)
                         _die_with_parent(parent)
                         code = _serve(theirs, handler, child_init)
                     finally:
@@ -194,19 +203,25 @@ class ForkPool:
         may itself be waiting to send a big reply). A worker that died is found by ``receive``."""
         if self._writers[i] is None:
             q: queue.SimpleQueue = queue.SimpleQueue()
-            t = threading.Thread(target=self._write_all, args=(self._conns[i], q), daemon=True,
+            t = threading.Thread(target=self._write_all, args=(self._conns[i], q, self._pids[i]), daemon=True,
                                  name=f"vault-worker-{i}-writer")
             t.start()
             self._writers[i] = (q, t)
+        self.busy[i] += 1  # (counted first: an interrupt between the two never leaves a reply uncounted)
         self._writers[i][0].put(msg)
-        self.busy[i] += 1
 
     @staticmethod
-    def _write_all(conn: Connection, q: queue.SimpleQueue) -> None:
+    def _write_all(conn: Connection, q: queue.SimpleQueue, pid: int) -> None:
         while (msg := q.get()) is not _STOP:
             try:
                 conn.send(msg)
             except (OSError, ValueError):  # the worker died (or was killed): receive reports it
+                return
+            except BaseException:  # noqa: BLE001 -- a message that cannot be sent: never a silent wait for
+                try:                #  its reply; the worker goes, and receive reports it as dead
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
                 return
 
     def _stop_writers(self) -> None:
@@ -229,16 +244,23 @@ class ForkPool:
             if not ready:
                 return None
             i = self._conns.index(ready[0])
+            # a reply taken in and its count must go together: Ctrl-C between the two would leave close()
+            # waiting for a reply that already came (or one too few)
+            old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
             try:
-                ok, value = self._conns[i].recv()
-            except (EOFError, OSError):
-                self.busy[i] = 0  # it answers nothing more (the others may still be waited for)
-                self._dead.add(i)
-                raise WorkerError("a worker process died") from None
+                try:
+                    ok, value = self._conns[i].recv()
+                except (EOFError, OSError):
+                    self.busy[i] = 0  # it answers nothing more (the others may still be waited for)
+                    self._dead.add(i)
+                    raise WorkerError("a worker process died") from None
+                if ok is not None:
+                    self.busy[i] -= 1
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old)
             if ok is not None:
                 break
             self._on_note(i, value)
-        self.busy[i] -= 1
         if not ok:
             blob, line, tb = value
             exc: BaseException

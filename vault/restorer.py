@@ -25,6 +25,7 @@ import collections
 import copy
 import errno
 import itertools
+import mmap
 import os
 import secrets
 import stat
@@ -98,7 +99,7 @@ class _LazyDir:
 
 class _FileTask:
     __slots__ = ("path", "dir", "tmp", "node", "remaining", "problem", "local", "created", "mode_ok", "owner_ok", "end", "done",
-                 "spare", "lock")
+                 "spare", "lock", "written")
 
     def __init__(self, path: bytes, node: Node, tmp: bytes | None = None, remaining: int | None = None,
                  problem: str | None = None):
@@ -115,6 +116,7 @@ class _FileTask:
         self.done = False  # renamed into place
         self.spare = False  # complete, but its name was taken: tmp waits for another name of its hardlinks
         self.lock = threading.Lock()
+        self.written = 0  # data bytes written (holes not counted); in bytes_written once the file is in place
 
 
 def _new_tmp_prefix() -> None:
@@ -458,7 +460,7 @@ class Restorer:
                 written += b - a
             if written:
                 with self._lock:
-                    self.result.bytes_written += written
+                    task.written += written
         except BaseException:
             os.close(fd)
             raise
@@ -503,6 +505,7 @@ class Restorer:
         task.done = True
         with self._lock:
             self.result.files += 1
+            self.result.bytes_written += task.written  # (a damaged or failed file's partial data: not counted)
             for p in problems:
                 self.result.warnings.append((_show(task.path), p))
 
@@ -654,6 +657,8 @@ class Restorer:
                  for pid, items in ranges]
         if self._child_pool is None:
             for pid, items in units:
+                if self._abort[0]:  # stopping: what is not filled is removed by the parent
+                    break
                 self._fetch_range(pid, items)
         else:
             for fut in [self._child_pool.submit(self._fetch_range, pid, items) for pid, items in units]:
@@ -684,8 +689,10 @@ class Restorer:
         snapshot, makes the directories, plans and hands out batches, and does the finishing steps."""
         self._load = [0] * processes
         self._worker_requests: dict[int, dict] = {}
+        self._abort = mmap.mmap(-1, 1)  # shared with the workers: set on Ctrl-C, they read no further range
         pool = ForkPool(processes, self._run_part, lambda: self._child_init(threads))
         queued: list[collections.deque] = [collections.deque() for _ in range(processes)]
+        in_hand: list[_FileTask] = []
         try:
             def top_up() -> None:
                 """Each worker two parts ahead (the first of ``queued[i]`` are sent): it never waits for this
@@ -710,6 +717,7 @@ class Restorer:
                     got = pool.receive(0)
 
             def submit(batch: list[_FileTask]) -> None:
+                in_hand[:] = batch  # (its empty files are finished here, in this process)
                 for i, part in enumerate(self._parts(batch)):
                     if part[0]:
                         queued[i].append(part)
@@ -721,11 +729,12 @@ class Restorer:
             self._walk_batches(submit, PROCESS_BATCH, tick=lambda: pump(False))  # (a worker done: its next part)
             while any(queued):
                 pump(True)
-        except BaseException as exc:  # Ctrl-C: the parts in hand are finished (no temp files left), as threads do
+        except BaseException as exc:  # Ctrl-C: the workers stop between two ranges (the abort flag); then every
+            self._abort[0] = 1        # temp file not renamed into place is removed here, by name
             try:
                 pool.close(kill=not isinstance(exc, KeyboardInterrupt))
             finally:  # killed (an error, a third Ctrl-C) part way through a file: its temp file goes too
-                self._discard_unfinished([t for q in queued for mine, _ in q for t in mine])
+                self._discard_unfinished([t for q in queued for mine, _ in q for t in mine] + in_hand)
             raise
         pool.close()
         self.result.requests = sum_stats(self._worker_requests.values())

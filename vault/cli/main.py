@@ -67,21 +67,23 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _on_sigterm)
     verbose = "-v" in (argv or sys.argv) or "--verbose" in (argv or sys.argv)
     try:
-        rv = cli.main(args=argv, prog_name="vault", standalone_mode=False)
+        # (not cli.main: it prints an empty line before turning a Ctrl-C into Abort -- two lines on stderr)
+        with cli.make_context("vault", list(sys.argv[1:] if argv is None else argv)) as ctx:
+            rv = cli.invoke(ctx)
         code = rv if isinstance(rv, int) else 0
     except click.exceptions.Exit as exc:
         code = exc.exit_code
     except click.ClickException as exc:
         exc.show()
         code = exc.exit_code
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, EOFError):  # (a prompt answered by end of input, or declined)
         click.echo("vault: terminated" if _terminated else "vault: aborted", err=True)
         code = 143 if _terminated else 130
     except VaultError as exc:
         click.echo(printable(f"vault: {exc}"), err=True)  # one line, whatever names it holds
         code = exc.exit_code
     except KeyboardInterrupt:
-        click.echo("vault: terminated" if _terminated else "vault: interrupted", err=True)
+        click.echo("vault: terminated" if _terminated else "vault: aborted", err=True)
         code = 143 if _terminated else 130
     except BrokenPipeError:
         code = 1
