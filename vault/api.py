@@ -237,7 +237,7 @@ def backup(settings: Settings, password: PasswordFn, opts: BackupOptions,
             return
         try:
             workers.append(BackupWorkers(repo, processes, Catalog.file_path(settings.cache_dir, repo.id)))
-        except OSError:  # no process-shared semaphore here (no /dev/shm): threads do it
+        except OSError:  # (no anonymous file for the claims lock, no fork): threads do it
             pass
 
     try:

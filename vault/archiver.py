@@ -3,8 +3,8 @@
 The walk runs in the calling thread, depth-first in name order. Files whose size, mtime, ctime and inode
 match the parent snapshot reuse its block list without being read; the others go, in batches, to workers
 that read, chunk (FastCDC), hash, compress, encrypt and pack them (``filereader``): forked worker processes
-with packs of their own for a local repository (``backup_workers``), else threads sharing this PackWriter. A directory's
-tree is stored once all its entries are known. Order of writes: packs, then index segments naming them
+with packs of their own for a local repository (``backup_workers``), else threads sharing this PackWriter.
+A directory's tree is stored once all its entries are known. Order of writes: packs, then index segments naming them
 (also as checkpoints during long runs), then the snapshot -- so a crash never leaves a snapshot pointing at
 missing data, and an interrupted run's packs are reused by the next.
 """
@@ -275,9 +275,10 @@ class Archiver:
 
     # --- files --------------------------------------------------------------------------------------
     def _submit_file(self, path: bytes, name: bytes, st: os.stat_result) -> tuple["_Batch", int, bool]:
-        """Queue a file for reading; returns (batch, index of its result). Small files travel in batches of
-        up to BATCH_FILES / BATCH_BYTES (PROCESS_ for worker processes; one job, one future for many files: far less thread hand-off);
-        a large file is a batch of its own."""
+        """Queue a file for reading; returns (batch, index of its result, whether this name is the one its
+        bytes are counted for: another name of a hardlinked file shares the first one's read). Small files
+        travel in batches of up to BATCH_FILES / BATCH_BYTES (PROCESS_... for worker processes; one job, one
+        future for many files: far less hand-off); a large file is a batch of its own."""
         key = (st.st_dev, st.st_ino)
         if st.st_nlink > 1 and key in self._hardlinks:
             return (*self._hardlinks[key], False)  # (another name's read: its bytes are counted once)

@@ -57,7 +57,7 @@ class Pending:
 
 class BackupWorkers:
     def __init__(self, repo: Repository, processes: int, catalog_path: str):
-        self.claims = Claims(processes=True)  # (OSError: no process-shared semaphores here)
+        self.claims = Claims(processes=True)  # (OSError: no anonymous file for its lock: the caller uses threads)
         self._repo, self._catalog_path = repo, catalog_path
         self._on_pack = None
         self._sent: list[collections.deque] = [collections.deque() for _ in range(processes)]
