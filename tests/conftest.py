@@ -91,6 +91,15 @@ class Cli:
                               capture_output=True, **kw)
 
 
+def with_jobs(cli: "Cli", jobs: str, *args, ok: bool | int = True) -> "Result":
+    """``cli(*args)`` with VAULT_JOBS set ("1": one worker thread; "2": worker processes, local repository)."""
+    cli.extra["VAULT_JOBS"] = jobs
+    try:
+        return cli(*args, ok=ok)
+    finally:
+        del cli.extra["VAULT_JOBS"]
+
+
 @pytest.fixture
 def cli(capfd, tmp_path) -> Cli:
     return Cli(capfd, tmp_path / "repo", tmp_path / "cache")

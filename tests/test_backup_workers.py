@@ -14,7 +14,7 @@ import sys
 import time
 
 import pytest
-from conftest import FAST_INIT, assert_trees_equal, make_tree
+from conftest import FAST_INIT, assert_trees_equal, make_tree, with_jobs
 
 from vault import api, claims, pack
 
@@ -33,14 +33,6 @@ def spawned(monkeypatch):
 
     monkeypatch.setattr(api, "BackupWorkers", Recorded)
     return made
-
-
-def _jobs(cli, jobs: str, *args, ok=True):
-    cli.extra["VAULT_JOBS"] = jobs
-    try:
-        return cli(*args, ok=ok)
-    finally:
-        del cli.extra["VAULT_JOBS"]
 
 
 def _dup_tree(root, copies: int = 24):
@@ -63,7 +55,7 @@ def _stored_blocks(cli) -> int:
 
 def test_a_block_cut_by_two_workers_is_stored_once(repo, tmp_path, spawned):
     src, big, small = _dup_tree(tmp_path / "src")
-    out = _jobs(repo, "2", "--json", "backup", src).json
+    out = with_jobs(repo, "2", "--json", "backup", src).json
     assert len(spawned) == 1, "a local backup with --jobs 2 reads its files in worker processes"
     unique = len(big) + len(small) + 4 * 70 * 1500
     assert out["bytes_processed"] > 4 * unique
@@ -77,7 +69,7 @@ def test_a_block_cut_by_two_workers_is_stored_once(repo, tmp_path, spawned):
     other = tmp_path / "other"
     repo.cache, repo.repo = other / "cache", other / "repo"
     repo("init", *FAST_INIT)
-    _jobs(repo, "1", "backup", src)
+    with_jobs(repo, "1", "backup", src)
     assert _stored_blocks(repo) == blocks
 
 
@@ -122,7 +114,7 @@ def test_a_backup_bigger_than_the_claims_table_stays_correct(repo, tmp_path, spa
     (the worker's own catalog connection) or stored again -- never left out."""
     monkeypatch.setattr(claims, "SLOTS", 32)
     src, big, small = _dup_tree(tmp_path / "src")
-    _jobs(repo, "2", "backup", src)
+    with_jobs(repo, "2", "backup", src)
     assert spawned and spawned[0].claims.generation > 0
     r = tmp_path / "r"
     repo("restore", "latest", "--target", r)
@@ -145,14 +137,14 @@ def test_a_worker_that_dies_fails_the_backup_in_one_line(repo, tmp_path, spawned
         return real(self, path, name)
 
     monkeypatch.setattr(filereader.FileReader, "read_file", read_file)
-    res = _jobs(repo, "2", "backup", src, ok=1)
+    res = with_jobs(repo, "2", "backup", src, ok=1)
     lines = [ln for ln in res.err.splitlines() if ln.strip()]
     assert len(lines) == 1 and "worker process died" in lines[0] and "Traceback" not in res.err, res.err
     assert len(_temp_files(repo.repo)) <= 1, "the other worker removes its unfinished pack (only the dead one's stays)"
     assert not (repo.repo / "snapshots").exists() or not list((repo.repo / "snapshots").iterdir())
     monkeypatch.setattr(filereader.FileReader, "read_file", real)
     assert repo("--json", "verify", "--read-data").json["ok"] is True
-    _jobs(repo, "2", "backup", src)
+    with_jobs(repo, "2", "backup", src)
     r = tmp_path / "r"
     repo("restore", "latest", "--target", r)
     assert_trees_equal(src, r / src.relative_to("/"))
@@ -183,7 +175,7 @@ def test_ctrl_c_leaves_no_temp_file_in_the_repository(cli, tmp_path):
 
 def test_the_workers_requests_are_counted(repo, tmp_path, spawned):
     src, _, _ = _dup_tree(tmp_path / "src")
-    out = _jobs(repo, "2", "--json", "backup", src).json
+    out = with_jobs(repo, "2", "--json", "backup", src).json
     assert spawned
     packs = sum(len(f) for _, _, f in os.walk(repo.repo / "data"))
     assert out["requests"]["PUT"] >= packs + 2  # every pack, an index segment, the snapshot
@@ -201,7 +193,7 @@ def test_batches_of_long_paths_never_block_the_pipe(repo, tmp_path, spawned):
     d.mkdir(parents=True)
     for i in range(600):
         (d / f"f{i:04d}-{'x' * 60}").write_bytes(b"%d" % i)
-    out = _jobs(repo, "2", "--json", "backup", deep).json
+    out = with_jobs(repo, "2", "--json", "backup", deep).json
     assert spawned and out["files_new"] == 600
     r = tmp_path / "r"
     repo("restore", "latest", "--target", r)
@@ -295,7 +287,7 @@ def test_hardlinked_names_count_their_bytes_once(repo, tmp_path, jobs):
     for i in range(20):
         os.link(src / "a" / "orig", src / "b" / f"l{i}")
     before = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(repo.repo) for f in fs)
-    out = _jobs(repo, jobs, "--json", "backup", src).json
+    out = with_jobs(repo, jobs, "--json", "backup", src).json
     grown = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(repo.repo) for f in fs) - before
     assert out["files_new"] == 21 and out["bytes_processed"] == 21 * 300 * KiB
     assert 300 * KiB <= out["bytes_added"] <= grown, out

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import make_tree, scan
+from conftest import FAST_INIT, make_tree, scan, with_jobs
 
 from vault import forkpool, restorer
 from vault.errors import VaultError
@@ -204,13 +204,7 @@ def test_ctrl_c_while_this_process_finishes_empty_files_leaves_no_temp_file(repo
 
     monkeypatch.setattr(restorer.Restorer, "_rename", rename)
     target = tmp_path / "r"
-    cli_env = {"VAULT_JOBS": "2"}
-    repo.extra.update(cli_env)
-    try:
-        res = repo("restore", "latest", "--target", target, ok=130)
-    finally:
-        for k in cli_env:
-            del repo.extra[k]
+    res = with_jobs(repo, "2", "restore", "latest", "--target", target, ok=130)
     assert calls[0] >= 120, "the main process finished the empty files"
     left = [f for _, _, files in os.walk(target) for f in files if f.startswith(".vault-")]
     assert not left, (left, res.err)
@@ -218,8 +212,6 @@ def test_ctrl_c_while_this_process_finishes_empty_files_leaves_no_temp_file(repo
 
 def test_bytes_written_counts_the_files_put_in_place_whatever_the_jobs(cli, tmp_path):
     """A damaged file's partial data is not counted (it is removed); --jobs 1 and 2 report the same."""
-    from conftest import FAST_INIT
-
     cli("init", *FAST_INIT, "--pack-size", "1")
     rnd = __import__("random").Random(4)
     src = make_tree(tmp_path / "src", {f"f{i}.bin": rnd.randbytes(700_000) for i in range(8)})
@@ -233,11 +225,7 @@ def test_bytes_written_counts_the_files_put_in_place_whatever_the_jobs(cli, tmp_
     got = {}
     for jobs in ("1", "2"):
         target = tmp_path / f"r{jobs}"
-        cli.extra["VAULT_JOBS"] = jobs
-        try:
-            out = cli("--json", "restore", "latest", "--target", target, ok=20).json
-        finally:
-            del cli.extra["VAULT_JOBS"]
+        out = with_jobs(cli, jobs, "--json", "restore", "latest", "--target", target, ok=20).json
         on_disk = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
         assert out["damaged"] and out["bytes_written"] == on_disk, (out["bytes_written"], on_disk)
         got[jobs] = out["bytes_written"]

@@ -9,7 +9,7 @@ import os
 import random
 
 import pytest
-from conftest import FAST_INIT, make_tree
+from conftest import FAST_INIT, make_tree, with_jobs
 import test_damage
 from test_damage import layout, pack_path
 
@@ -30,15 +30,6 @@ def two_packs(cli, tmp_path):
     return src, layout(cli.repo)
 
 
-def _with_jobs(cli, jobs: str, *args, ok=True):
-    """``cli(*args)`` with VAULT_JOBS set: "2" worker processes, "1" threads of one process."""
-    cli.extra["VAULT_JOBS"] = jobs
-    try:
-        return cli(*args, ok=ok)
-    finally:
-        del cli.extra["VAULT_JOBS"]
-
-
 def _catalog_edit(cli, sql: str, *params) -> None:
     """Edit this machine's catalog behind vault's back (a flipped bit in a cache, a hand-edited row)."""
     import sqlite3
@@ -48,7 +39,7 @@ def _catalog_edit(cli, sql: str, *params) -> None:
 
 
 def _report(cli, jobs: str) -> tuple[list, dict]:
-    rep = _with_jobs(cli, jobs, "--json", "verify", "--read-data", ok=False)
+    rep = with_jobs(cli, jobs, "--json", "verify", "--read-data", ok=False)
     assert rep.code in (0, 20) and "Traceback" not in rep.err, rep.err
     j = rep.json
     return sorted((d["object"], d["problem"], tuple(d["files"])) for d in j["damage"]), j
@@ -109,7 +100,7 @@ def test_overlapping_index_entries_past_the_first_piece_are_damage_not_a_crash(c
     cli("verify")  # (the catalog is synced)
     _catalog_edit(cli, "UPDATE blocks SET length = length + 1 WHERE kind = 'D' AND offset > 300000")
     for jobs in ("2", "1"):
-        res = _with_jobs(cli, jobs, "verify", "--read-data", ok=1)
+        res = with_jobs(cli, jobs, "verify", "--read-data", ok=1)
         assert "catalog disagrees" in res.err and "catalog rebuild" in res.err, res.err
         assert "internal error" not in res.err and "damaged:" not in res.err, res.err
     cli("catalog", "rebuild")
@@ -146,7 +137,7 @@ def test_an_index_segment_damaged_after_the_catalog_synced_it_is_found(cli, two_
     seg.chmod(0o644)
     seg.write_bytes(bytes(data))
     for jobs in ("2", "1"):
-        j = _with_jobs(cli, jobs, "--json", "verify", *args, ok=20).json
+        j = with_jobs(cli, jobs, "--json", "verify", *args, ok=20).json
         assert [d["object"] for d in j["damage"]].count(f"index/{seg.name}") == 1, j["damage"]
 
 
@@ -157,7 +148,7 @@ def test_restore_blames_a_disagreeing_catalog_not_the_repository(cli, two_packs,
     src, lay = two_packs
     _catalog_edit(cli, "UPDATE blocks SET offset = offset + 1 WHERE kind = 'D' AND offset > 0")
     for jobs in ("2", "1"):
-        res = _with_jobs(cli, jobs, "restore", "latest", "--target", tmp_path / f"t{jobs}", ok=1)
+        res = with_jobs(cli, jobs, "restore", "latest", "--target", tmp_path / f"t{jobs}", ok=1)
         assert "catalog disagrees" in res.err and "catalog rebuild" in res.err, res.err
     cli("catalog", "rebuild")
     cli("restore", "latest", "--target", tmp_path / "t3")
@@ -182,8 +173,8 @@ def test_real_damage_is_never_hidden_behind_a_disagreeing_catalog(cli, damaged_s
     _catalog_edit(cli, "UPDATE blocks SET offset = offset + 1 WHERE pack = (SELECT rowid FROM packs WHERE id = ?)",
                   sorted(other)[0])
     for jobs in ("2", "1"):
-        j = _with_jobs(cli, jobs, "--json", "verify", "--read-data", ok=20).json
-        r = _with_jobs(cli, jobs, "--json", "restore", "latest", "--target", tmp_path / f"t{jobs}", ok=20).json
+        j = with_jobs(cli, jobs, "--json", "verify", "--read-data", ok=20).json
+        r = with_jobs(cli, jobs, "--json", "restore", "latest", "--target", tmp_path / f"t{jobs}", ok=20).json
         assert any(big_pid.hex() in d["object"] for d in j["damage"]), j["damage"]
         assert any(hit in d["files"] for d in j["damage"]), j["damage"]
         assert any("catalog disagrees" in i for i in j["info"]), j["info"]
@@ -198,7 +189,7 @@ def test_packs_of_thousands_of_blocks_all_damaged_never_block_the_pipe(cli, tmp_
     rnd = random.Random(11)
     make_tree(tmp_path / "src", {f"d{d}": {f"f{i}.txt": rnd.randbytes(200) for i in range(1500)}
                                  for d in range(4)})
-    _with_jobs(cli, "1", "backup", tmp_path / "src")  # (one pack writer: packs of 3,000+ blocks)
+    with_jobs(cli, "1", "backup", tmp_path / "src")  # (one pack writer: packs of 3,000+ blocks)
     packs = sorted((p for p in (cli.repo / "data").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
     biggest = packs[-1]
     data = bytearray(biggest.read_bytes())
