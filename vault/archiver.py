@@ -196,10 +196,9 @@ class Archiver:
             self._pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="vault-backup")
             self._inflight = threading.BoundedSemaphore(jobs * 4)  # batches queued or running
         self._batch = _Batch(self)
-        # a first backup into an empty repository needs no index lookups at all
-        self._catalog_empty = not catalog.has_any_block()
+        # a first backup into an empty repository needs no index lookups at all (``lookups``)
         self._reader = FileReader(repo, workers.claims if workers is not None else Claims(), self._store,
-                                  catalog.has_block, lookups=not self._catalog_empty)
+                                  catalog.has_block, lookups=catalog.has_any_block())
         self._last_checkpoint = time.monotonic()
         self._dirs: collections.deque[_PendingDir] = collections.deque()
         self._pending_items = 0
@@ -261,7 +260,6 @@ class Archiver:
             except (ValueError, VaultError):
                 return  # a malformed leftover (mixed kinds): leave it to prune
             self.catalog.add_segment(sid, seg)
-            self._catalog_empty = False
             self._reader.lookups = True
             self.stats.packs_adopted = len(adopted)
 
@@ -298,7 +296,7 @@ class Archiver:
     def _submit_batch(self, files: list[tuple[bytes, bytes]]):
         """Hand a batch to the workers: a Future of its results (or ``backup_workers.Pending``)."""
         if self._workers is not None:
-            return self._workers.submit(files, not self._catalog_empty)
+            return self._workers.submit(files, self._reader.lookups)
         self._inflight.acquire()
         return self._pool.submit(self._run_batch, files)
 

@@ -166,22 +166,14 @@ class BackupWorkers:
         self._finished = True
         self._abort[0] = 1
         try:
-            self._drain()
+            self._pool.drain()
             for i in range(len(self._sent)):
                 try:
                     self._pool.send(i, ("close", None))
                 except forkpool.WorkerError:  # that one is gone
                     pass
-            self._drain()
+            self._pool.drain()
         except BaseException:  # noqa: BLE001 -- (Ctrl-C again) killed below
             self._pool.close(kill=True)
             return
         self._pool.close()
-
-    def _drain(self) -> None:
-        """Wait for every reply due, whatever it is (an error, a worker that died)."""
-        while any(self._pool.busy):
-            try:
-                self._pool.receive()
-            except Exception:  # noqa: BLE001 -- a failure is an answer too; a dead worker owes none
-                pass

@@ -343,8 +343,8 @@ class Checker:
 
     # --- worker processes (a local repository: see forkpool) ------------------------------------------
     def _walk_and_read(self, snaps: list, packs: Iterator[tuple]) -> None:
-        """The walk in this process while forked workers read and check the packs, one each at a time: no GIL
-        shared (in threads the two fought over it and took longer than one after the other); the catalog
+        """The walk in this process while forked workers read and check the packs, each kept two packs ahead: no
+        GIL shared (in threads the two fought over it and took longer than one after the other); the catalog
         (SQLite: never used across a fork) stays here, each pack's index entries go with it. The damage the
         reads find is taken in after the walk, in the packs' order: the walk never depends on which finished
         first, and the report is the one threads give. ``packs``: (index segment id,) items, then (pack id, size)."""
@@ -354,7 +354,6 @@ class Checker:
         held: list[tuple[int, _PackCheck]] = []  # the packs with damage (clean ones are counted at once)
         last, left, sent = [0.0], [True], itertools.count()
         ahead: list[tuple | None] = [None] * len(pool)  # a message taken from ``packs``, not sent yet
-
         room = pool.send_buffer() // 2
 
         def pump(block: bool) -> bool:

@@ -272,6 +272,15 @@ class ForkPool:
             raise exc
         return i, value
 
+    def drain(self) -> None:
+        """Wait for every reply due, whatever it is: a worker's error is an answer too (taken and dropped), a
+        worker that died owes none. Only an interrupt stops the wait."""
+        while any(self.busy):
+            try:
+                self.receive()
+            except Exception:  # noqa: BLE001
+                pass
+
     def close(self, kill: bool = False) -> None:
         """Stop the workers and reap them: the work in hand is finished first (its reply dropped), or with
         ``kill`` they are stopped at once."""
