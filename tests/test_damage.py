@@ -301,3 +301,33 @@ def test_damage_shared_by_snapshots_names_each_of_them(cli, tmp_path, damaged_se
         assert set(d["snapshots"]) == {lay.snapshot[:8], second, third}
         assert any(f.endswith("/small/s2.txt") for f in d["files"])
         assert rep["blocks_referenced"] == len({b for bids in lay.files.values() for b in bids})
+
+
+def test_damaged_newest_manifest_on_a_cold_cache_is_named_not_skipped(repo, tmp_path):
+    """A new machine (empty cache) whose newest snapshot manifest is damaged: 'snapshots' and 'restore latest'
+    say so (restore exits 20 after restoring the newest readable one), and naming it is damage (exit 20), not
+    'no such snapshot'. Before, 'latest' silently restored the older snapshot with exit 0."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("old")
+    repo("backup", src)
+    (src / "f").write_text("new")
+    new_id = repo("--json", "backup", src).json["snapshot_id"]
+    manifest = repo.repo / "snapshots" / new_id
+    data = bytearray(manifest.read_bytes())
+    data[len(data) // 2] ^= 1
+    manifest.write_bytes(bytes(data))
+    repo.cache = tmp_path / "cold-cache"
+
+    listed = repo("snapshots")
+    assert new_id[:8] in listed.err and "cannot be read" in listed.err
+    assert "1 snapshot(s)" in listed.out
+    assert repo("-q", "snapshots").err == ""  # -q: the listing's warning is left out (exit 0)
+
+    out = tmp_path / "out"
+    res = repo("--json", "restore", "latest", "--target", out, ok=20)
+    assert res.json["unreadable_snapshots"] == [new_id] and new_id[:8] in res.err
+    assert (out / src.relative_to("/") / "f").read_text() == "old"
+    named = repo("restore", new_id[:10], "--target", tmp_path / "out2", ok=20)
+    assert "cannot be read" in named.err and "no snapshot" not in named.err
+    assert not (tmp_path / "out2").exists()

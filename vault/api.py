@@ -27,7 +27,7 @@ from .chunker import ChunkerParams
 from .config import Settings
 from .crypto import KdfParams, MasterKeys
 from .copier import Copier, CopyReport
-from .errors import SnapshotNotFound, UsageError, VaultError
+from .errors import IntegrityError, SnapshotNotFound, UsageError, VaultError
 from .excludes import Matcher
 from .ids import resolve_prefix
 from .locks import Lock, remove_locks
@@ -188,8 +188,18 @@ def find_snapshot(sess: Session, spec: str | None, at: str | None = None, flt: S
                                    + (f" that can be read ({unreadable} snapshot manifest(s) are damaged: run "
                                       "'vault verify')" if unreadable else ""))
         return snaps[-1]
-    sid = resolve_prefix(spec, [s.id for s in list_snapshots(sess)])
+    unreadable = sess.sync.unreadable
+    sid = resolve_prefix(spec, [s.id for s in list_snapshots(sess)] + list(unreadable))
+    if sid in unreadable:  # named, but its manifest is damaged or gone: damage, not "no such snapshot"
+        raise IntegrityError(f"snapshot {sid[:8]} cannot be read: {unreadable[sid]} (run 'vault verify'; "
+                             "'vault repair --from-repo' heals it from a copy)")
     return next(s for s in sess.catalog.snapshots() if s.id == sid)
+
+
+def passed_over(sess: Session, spec: str | None, at: str | None = None) -> dict[str, str]:
+    """The snapshots whose manifests could not be read (id -> why) when ``latest`` or ``--at`` chose among the
+    rest: one of them may be the snapshot that was meant (their times are unknown)."""
+    return dict(sess.sync.unreadable) if (spec == "latest" or at is not None) else {}
 
 
 # --- backup -------------------------------------------------------------------------------------------
@@ -291,6 +301,7 @@ def restore(settings: Settings, password: PasswordFn, spec: str | None, opts: Re
                                       f"{wrong[0].hex()[:16]}: the damage above may be the catalog's, not the "
                                       "repository's; run 'vault catalog rebuild', then restore again")
         result.requests = sum_stats([sess.requests(), result.requests])
+        result.passed_over = passed_over(sess, spec, at)
         return snap, result
 
 

@@ -63,6 +63,7 @@ class SyncReport:
     snapshots_removed: int = 0
     rebuilt_index: bool = False
     problems: list[str] = field(default_factory=list)
+    unreadable: dict[str, str] = field(default_factory=dict)  # snapshot id -> why its manifest cannot be read
 
 
 _SQLITE_IOERR_SHMSIZE = sqlite3.SQLITE_IOERR | (19 << 8)  # the shared-memory file cannot grow: a full disk
@@ -299,6 +300,7 @@ class Catalog:
                 snap = repo.load_snapshot(sid)
             except (IntegrityError, ObjectNotFound) as exc:
                 rep.problems.append(f"snapshot {sid[:8]}: {exc}")
+                rep.unreadable[sid] = str(exc)
                 continue
             self.add_snapshot(snap)
             rep.snapshots_loaded += 1

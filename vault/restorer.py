@@ -86,6 +86,7 @@ class RestoreResult:
     requests: dict = field(default_factory=dict)  # backend requests and bytes, filled in by the api
     failed: dict[bytes, set[bytes]] = field(default_factory=dict)  # pack -> blocks failing their check (no JSON)
     catalog_problem: str | None = None  # the catalog, not the repository, explains the damage (api)
+    passed_over: dict[str, str] = field(default_factory=dict)  # unreadable snapshots latest/--at chose over (api)
 
 
 class _LazyDir:

@@ -31,6 +31,7 @@ def snapshots(hosts, tags, paths) -> None:
     c = get_ctx()
     with api.session(c.settings, c.password_fn()) as sess:
         snaps = api.list_snapshots(sess, api.SnapshotFilter(list(hosts), list(tags), list(paths)))
+    c.warn_unreadable(sess.sync.unreadable, "not listed; run 'vault verify'")
     if c.json:
         c.emit_json([api.snapshot_json(s) for s in snaps])
         return
@@ -64,6 +65,7 @@ def ls(snapshot: str, path: str | None, long_: bool) -> None:
     c = get_ctx()
     with api.session(c.settings, c.password_fn(), lock="shared", operation="ls") as sess:
         snap = api.find_snapshot(sess, snapshot)
+        c.warn_unreadable(api.passed_over(sess, snapshot), f"'latest' is {snap.short_id}, the newest of the others")
         entries = api.ls(sess, snap, path)  # streamed: a snapshot of millions of files is never held whole
         if c.json:
             c.emit_json_stream({"snapshot_id": snap.id}, (api.node_json(p, n) for p, n in entries), sess.requests)
@@ -84,6 +86,7 @@ def find(pattern: str, hosts, tags, paths) -> None:
     c = get_ctx()
     with api.session(c.settings, c.password_fn(), lock="shared", operation="find") as sess:
         hits = api.find(sess, pattern, api.SnapshotFilter(list(hosts), list(tags), list(paths)))  # streamed
+        c.warn_unreadable(sess.sync.unreadable, "not searched; run 'vault verify'")
         if c.json:
             c.emit_json_stream(None, ({"snapshot_id": s.id, "short_id": s.short_id, "time": format_time(s.time),
                                        **api.node_json(p, n)} for s, p, n in hits))
@@ -104,6 +107,8 @@ def diff(snapshot_a: str, snapshot_b: str) -> None:
     c = get_ctx()
     with api.session(c.settings, c.password_fn(), lock="shared", operation="diff") as sess:
         a, b = api.find_snapshot(sess, snapshot_a), api.find_snapshot(sess, snapshot_b)
+        if "latest" in (snapshot_a, snapshot_b):
+            c.warn_unreadable(api.passed_over(sess, "latest"), "'latest' chose among the others")
         res = api.diff(sess, a, b)
         requests = sess.requests()
     if c.json:

@@ -46,6 +46,7 @@ def restore(snapshot: str | None, target: str, at: str | None, includes: tuple[s
     flt = api.SnapshotFilter(list(hosts), list(tags), list(paths))
     snap, res = api.restore(c.settings, c.password_fn(), snapshot, RestoreOptions(target, list(includes),
                             list(excludes)), at=at, flt=flt)
+    c.warn_unreadable(res.passed_over, f"it may be newer than {snap.short_id}, the snapshot restored", always=True)
     for path, why in res.damaged:
         c.err(printable(f"damaged: {path}: {why}"))
     for path, why in res.errors:
@@ -63,7 +64,8 @@ def restore(snapshot: str | None, target: str, at: str | None, includes: tuple[s
                      "damaged": [{"path": p, "problem": w} for p, w in res.damaged],
                      "errors": [{"path": p, "error": w} for p, w in res.errors],
                      "warnings": [{"path": p, "warning": w} for p, w in res.warnings],
-                     **({"catalog_problem": res.catalog_problem} if res.catalog_problem else {}), **res.requests})
+                     **({"catalog_problem": res.catalog_problem} if res.catalog_problem else {}),
+                     **({"unreadable_snapshots": sorted(res.passed_over)} if res.passed_over else {}), **res.requests})
     else:
         c.out(f"restored snapshot {snap.short_id} to {target}: {res.files} files, {res.dirs} dirs, "
               f"{res.symlinks} symlinks, {human_bytes(res.bytes_written)}")
@@ -75,4 +77,6 @@ def restore(snapshot: str | None, target: str, at: str | None, includes: tuple[s
         return 20
     if res.errors:
         return 1
+    if res.passed_over:  # damage in the repository that may have changed which snapshot was restored
+        return 20
     return 0

@@ -123,6 +123,13 @@ class Ctx:
     def err(self, text: str) -> None:
         click.echo(text, err=True)
 
+    def warn_unreadable(self, unreadable: dict[str, str], consequence: str, always: bool = False) -> None:
+        """One line on stderr per snapshot whose manifest could not be read (``always``: even with -q)."""
+        if always or not self.quiet:
+            for sid in sorted(unreadable):
+                self.err(printable(f"vault: warning: snapshot {sid[:8]} cannot be read ({unreadable[sid]}): "
+                                   f"{consequence}"))
+
 
 def local_time(t: datetime) -> str:
     """A snapshot time for text output: this machine's local time, as ``--at`` without an offset reads it."""
