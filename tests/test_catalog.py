@@ -58,6 +58,26 @@ def test_catalog_of_an_older_schema_is_rebuilt(repo, tmp_path):
     assert len(repo("--json", "snapshots").json) == 1
 
 
+def test_catalog_of_schema_4_is_migrated_in_place(repo, tmp_path):
+    """Schema 4 (no trees.checked) gains the column, every tree unchecked: the cache is kept, not rebuilt, and
+    the next backup checks each parent tree's blocks once, then marks it."""
+    src = make_tree(tmp_path / "src", {"a": b"1", "d": {"b": b"2"}})
+    repo("backup", src)
+    db = next((tmp_path / "cache").rglob("catalog.db"))
+    conn = sqlite3.connect(db)
+    conn.execute("ALTER TABLE trees DROP COLUMN checked")
+    conn.execute("UPDATE meta SET value='4' WHERE key='schema_version'")
+    conn.execute("INSERT INTO meta (key, value) VALUES ('kept', 'yes')")
+    conn.commit()
+    conn.close()
+    assert repo("--json", "backup", src).json["files_unmodified"] == 2
+    conn = sqlite3.connect(db)
+    meta = dict(conn.execute("SELECT key, value FROM meta"))
+    unchecked = conn.execute("SELECT count(*) FROM trees WHERE NOT checked").fetchone()[0]
+    conn.close()
+    assert meta["schema_version"] == "5" and meta["kept"] == "yes" and unchecked == 0
+
+
 # --- a cache directory shared by concurrent processes ---------------------------------------------------------
 def _open_and_mark(cache: str, barrier, i: int, errors) -> None:
     from vault.catalog import Catalog

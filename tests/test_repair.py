@@ -378,3 +378,27 @@ def test_a_lost_manifest_whose_tree_a_forgotten_snapshot_shared_is_recovered(cli
     cli("prune")
     got = restored_files(cli, tmp_path, "r", recovered[0]["id"])
     assert got[str(src / "f1.bin")] == (src / "f1.bin").read_bytes()
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_backup_after_repair_index_stores_lost_data_again(cli, tmp_path, setup, jobs):
+    """A pack is lost and only 'repair index' is run (the snapshot is not rewritten): the next backup of the
+    unchanged source must not reuse the parent's entries for files whose blocks the index no longer lists --
+    it reads them again, so the new snapshot is whole (before, it named the lost blocks: verify exit 20)."""
+    from conftest import with_jobs
+
+    src, lay = setup
+    pid = data_pack_of(lay, "/f4.bin")
+    pack_path(cli.repo, pid).unlink()
+    lost = lay.files_using(lambda p, e: p == pid)
+    assert lost
+    cli("repair", "index", ok=20)  # the old snapshot still names the lost blocks
+    res = with_jobs(cli, jobs, "--json", "backup", src).json
+    assert res["files_changed"] == len(lost) and res["bytes_added"] > 0
+    assert res["files_unmodified"] == len(lay.files) - len(lost)
+    new = res["snapshot_id"]
+    got = restored_files(cli, tmp_path, "r", new)
+    assert {f: got[f] for f in lay.files} == {f: Path(f).read_bytes() for f in lay.files}
+    # a re-run now trusts the (re-checked) trees: nothing is read again
+    again = with_jobs(cli, jobs, "--json", "backup", src).json
+    assert again["files_unmodified"] == len(lay.files) and again["files_changed"] == 0

@@ -176,6 +176,7 @@ class Archiver:
         self._pending_entries = 0
         self._tree_rows: list[tuple[bytes, list[Node]]] = []
         self._tree_row_nodes = 0
+        self._checked: list[bytes] = []  # parent trees whose blocks were all found in the index (catalog marks)
         self._hardlinks: dict[tuple[int, int], tuple[_Batch, int]] = {}
         self._excludes = Matcher(opts.excludes)
         self._named: set[bytes] = set()  # the PATHs given, absolute
@@ -268,8 +269,11 @@ class Archiver:
         if not force and self._tree_row_nodes < 5000:
             return
         rows, self._tree_rows, self._tree_row_nodes = self._tree_rows, [], 0
+        checked, self._checked = self._checked, []
         if not self.opts.dry_run:
-            self.catalog.add_trees(self.repo, rows)
+            self.catalog.add_trees(self.repo, rows, checked=True)
+            if checked:
+                self.catalog.mark_checked(checked)
 
     # --- files --------------------------------------------------------------------------------------
     def _submit_file(self, path: bytes, name: bytes, st: os.stat_result) -> tuple["_Batch", int, bool]:
@@ -307,24 +311,34 @@ class Archiver:
             self._inflight.release()
 
     # --- directories --------------------------------------------------------------------------------
-    def _parent_entries(self, tree_id: bytes | None) -> tuple[dict[bytes, tuple], bool]:
+    def _parent_entries(self, tree_id: bytes | None) -> tuple[dict[bytes, tuple], bool, set[bytes]]:
         """The parent snapshot's entries of this directory by name (the catalog's validated tuples,
-        ``entries.py``) and whether the index lists that tree; ({}, False) when there is none or it cannot be
-        read (a missing or malformed parent tree only costs re-reading the files)."""
+        ``entries.py``), whether the index lists that tree, and the ids of its files' blocks the index does not
+        list (a pack lost and 'vault repair index' run: such a file is read again, so the new snapshot holds
+        its data again instead of naming what is gone); ({}, False, set()) when there is none or it cannot be
+        read (a missing or malformed parent tree only costs re-reading the files). The index is asked only
+        for a tree not marked checked in the catalog (``Catalog.add_trees``): once per tree after an index
+        rebuild, never on a plain re-run."""
         if tree_id is None:
-            return {}, False
+            return {}, False, set()
         try:
-            entries, indexed = self.catalog.tree_entries_indexed(self.repo, tree_id)
+            entries, indexed, checked = self.catalog.parent_entries(self.repo, tree_id)
         except VaultError:  # damaged, missing, unreadable (the backup goes on: a damaged repository needs one most)
-            return {}, False
-        return {e[0]: e for e in entries}, indexed
+            return {}, False, set()
+        lost: set[bytes] = set()
+        if not checked:
+            ids = [b for e in entries if e[1][0] == FILE for b in split_ids(e[2])]
+            lost = self.catalog.blocks_missing(ids) if ids else set()
+            if not lost:
+                self._checked.append(tree_id)
+        return {e[0]: e for e in entries}, indexed and not lost, lost
 
     def _save_dir(self, path: bytes, parent_tree: bytes | None, only: dict | None, root_dev: int,
                   node: Node | None) -> None:
         """Walk one directory: stat its entries, reuse unchanged files, submit the others to the workers,
         recurse into subdirectories. Its tree is stored later, by ``_finalize``, once every entry is known
         -- so the walk never waits for the workers at a directory boundary."""
-        parent, same = self._parent_entries(parent_tree)  # same: still identical to the parent's tree (indexed)
+        parent, same, lost = self._parent_entries(parent_tree)  # same: still identical to the parent's tree
         subdirs: list[tuple[Node, bytes | None]] = []
         if only is None:
             try:
@@ -397,7 +411,8 @@ class Archiver:
                 self.stats.bytes_processed += st.st_size
                 # same: every field matched just above; else the content is unchanged when the type, size,
                 # mtime, ctime and inode are (a chmod or chown changes only the tree)
-                if old is not None and (same or (old[1][0] == FILE and old[1][4:8] == key[4:8])):
+                if (old is not None and (same or (old[1][0] == FILE and old[1][4:8] == key[4:8]))
+                        and not (lost and not lost.isdisjoint(split_ids(old[2])))):
                     self.stats.files_unmodified += 1
                     items.append(_Reuse(name, st, old[2]))
                 else:

@@ -37,7 +37,7 @@ from .entries import split_ids
 from .model import DIR, FILE, Node, Snapshot, Tree, parse_stored_time, format_time, storable_text
 from .pack import PackEntry
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5  # 5: trees.checked (4 is migrated in place)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
@@ -52,7 +52,8 @@ CREATE INDEX IF NOT EXISTS blocks_pack ON blocks(pack);
 CREATE TABLE IF NOT EXISTS snapshots (
     id TEXT PRIMARY KEY, time TEXT NOT NULL, host TEXT NOT NULL, paths TEXT NOT NULL, tags TEXT NOT NULL,
     tree BLOB NOT NULL, username TEXT, parent TEXT, summary TEXT);
-CREATE TABLE IF NOT EXISTS trees (rowid INTEGER PRIMARY KEY, id BLOB UNIQUE NOT NULL, entries BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS trees (rowid INTEGER PRIMARY KEY, id BLOB UNIQUE NOT NULL, entries BLOB NOT NULL,
+    checked INTEGER NOT NULL DEFAULT 0);
 """
 
 
@@ -175,6 +176,8 @@ class Catalog:
             meta = dict(conn.execute("SELECT key, value FROM meta").fetchall()) if has_meta else {}
             if not meta:
                 self._create_schema(conn)
+            elif meta.get("schema_version") == "4" and meta.get("repository") == self.repo_id:
+                self._migrate_4(conn)
             elif meta.get("schema_version") != str(SCHEMA_VERSION) or meta.get("repository") != self.repo_id:
                 raise CatalogError("catalog belongs to another schema or repository")
         except BaseException:
@@ -190,6 +193,19 @@ class Catalog:
         db.executescript(SCHEMA)
         db["meta"].insert_all([{"key": "schema_version", "value": str(SCHEMA_VERSION)},
                                {"key": "repository", "value": self.repo_id}], replace=True)
+
+    @staticmethod
+    def _migrate_4(conn: sqlite3.Connection) -> None:
+        """Schema 4 -> 5: trees.checked (every cached tree unchecked: the next backup checks each once)."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if "checked" not in {r[1] for r in conn.execute("PRAGMA table_info(trees)")}:
+                conn.execute("ALTER TABLE trees ADD COLUMN checked INTEGER NOT NULL DEFAULT 0")
+            conn.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         with self._lock:
@@ -315,9 +331,10 @@ class Catalog:
             return None
 
     def reset_index(self) -> None:
-        """Forget every loaded index segment (the next sync reloads them all)."""
+        """Forget every loaded index segment (the next sync reloads them all). The only place blocks leave the
+        catalog's index: so no tree stays 'checked' (see ``add_trees``)."""
         self._tx(lambda c: (c.execute("DELETE FROM segments"), c.execute("DELETE FROM packs"),
-                            c.execute("DELETE FROM blocks")))
+                            c.execute("DELETE FROM blocks"), c.execute("UPDATE trees SET checked=0 WHERE checked")))
 
     def add_segment(self, sid: str, seg: index_mod.IndexSegment) -> None:
         def run(c: sqlite3.Connection) -> None:
@@ -436,11 +453,28 @@ class Catalog:
         """Cache a tree's entries (validated: built by vault, or decoded from the repository)."""
         self.add_trees(repo, [(tree_id, nodes)])
 
-    def add_trees(self, repo, trees: list[tuple[bytes, list[Node]]]) -> None:
-        """Cache many trees in one transaction."""
+    def add_trees(self, repo, trees: list[tuple[bytes, list[Node]]], checked: bool = False) -> None:
+        """Cache many trees in one transaction. ``checked``: every block of their files is in the index, or is
+        stored by the backup writing these trees and indexed before its snapshot is (a tree is a parent only
+        once a snapshot names it). Blocks leave the index only through ``reset_index``, which unchecks every
+        tree; so a backup trusts a checked parent tree's blocks without asking the index for each one."""
         key = self._key(repo)
-        sealed = [(tid, entries_mod.seal(key, tid, nodes)) for tid, nodes in trees]
-        self._tx(lambda c: c.executemany("INSERT OR IGNORE INTO trees (id, entries) VALUES (?, ?)", sealed))
+        sealed = [(tid, entries_mod.seal(key, tid, nodes), int(checked)) for tid, nodes in trees]
+        self._tx(lambda c: c.executemany("INSERT INTO trees (id, entries, checked) VALUES (?, ?, ?) ON CONFLICT(id) "
+                                         "DO UPDATE SET checked=max(checked, excluded.checked)", sealed))
+
+    def mark_checked(self, tree_ids: list[bytes]) -> None:
+        """Record that every block of these cached trees' files was found in the index (see ``add_trees``)."""
+        self._tx(lambda c: c.executemany("UPDATE trees SET checked=1 WHERE id=?", [(t,) for t in tree_ids]))
+
+    def blocks_missing(self, ids: list[bytes], batch: int = 500) -> set[bytes]:
+        """Those of ``ids`` the index does not list."""
+        missing = set(ids)
+        for i in range(0, len(ids), batch):
+            part = ids[i : i + batch]
+            for (found,) in self._q(f"SELECT id FROM blocks WHERE id IN ({','.join('?' * len(part))})", part):
+                missing.discard(bytes(found))
+        return missing
 
     def _forget_tree(self, tree_id: bytes) -> None:
         self._tx(lambda c: c.execute("DELETE FROM trees WHERE id=?", (tree_id,)))
@@ -448,7 +482,7 @@ class Catalog:
     def tree(self, repo, tree_id: bytes) -> list[Node]:
         """The entries of a tree, verified: from the catalog when their seal (keyed MAC) holds, else loaded
         (verified, validated) from the repository and cached again."""
-        entries, _, nodes = self._tree(repo, tree_id)
+        entries, _, nodes, _ = self._tree(repo, tree_id)
         return nodes if nodes is not None else [entries_mod.node(e) for e in entries]
 
     def tree_entries(self, repo, tree_id: bytes) -> list[tuple]:
@@ -506,22 +540,26 @@ class Catalog:
     def tree_entries_indexed(self, repo, tree_id: bytes) -> tuple[list[tuple], bool]:
         """A tree's entries in the catalog's form (``entries.py``: plain tuples, validated) and whether the
         index lists the tree, in one query."""
-        entries, indexed, nodes = self._tree(repo, tree_id)
-        return (entries if nodes is None else [entries_mod.entry(n) for n in nodes]), indexed
+        return self.parent_entries(repo, tree_id)[:2]
 
-    def _tree(self, repo, tree_id: bytes) -> tuple[list[tuple], bool, list[Node] | None]:
-        rows = self._q("SELECT entries, EXISTS(SELECT 1 FROM blocks b WHERE b.id = t.id) FROM trees t WHERE t.id=?",
-                       (tree_id,))
+    def parent_entries(self, repo, tree_id: bytes) -> tuple[list[tuple], bool, bool]:
+        """``tree_entries_indexed`` and whether the tree is checked (``add_trees``), in one query."""
+        entries, indexed, nodes, checked = self._tree(repo, tree_id)
+        return (entries if nodes is None else [entries_mod.entry(n) for n in nodes]), indexed, checked
+
+    def _tree(self, repo, tree_id: bytes) -> tuple[list[tuple], bool, list[Node] | None, bool]:
+        rows = self._q("SELECT entries, EXISTS(SELECT 1 FROM blocks b WHERE b.id = t.id), checked FROM trees t "
+                       "WHERE t.id=?", (tree_id,))
         if rows:
             entries = self._unseal(repo, tree_id, rows[0][0])
             if entries is not None:
-                return entries, bool(rows[0][1]), None
+                return entries, bool(rows[0][1]), None, bool(rows[0][2])
         loc = self.lookup(tree_id)  # not cached, or the cached copy was damaged: fetch it again
         if loc is None:
             raise IntegrityError(f"tree {tree_id.hex()[:16]} is not in the index (missing)")
         nodes = Tree.decode(repo.load_block(*loc)).nodes
         self.add_tree(repo, tree_id, nodes)
-        return [], True, nodes
+        return [], True, nodes, False
 
     def walk(self, repo, tree_id: bytes, prefix: bytes = b"") -> Iterator[tuple[bytes, Node]]:
         """Every (path, node) below a tree, depth-first in name order; paths start with ``/``."""
