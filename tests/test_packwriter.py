@@ -166,3 +166,18 @@ def test_a_pack_filled_while_another_thread_is_about_to_spill_it_is_stored_whole
         assert len(raw) == size and hashlib.sha256(raw).digest() == pid
         parse_pack(raw, repo.cipher)
     assert not [f for _, _, fs in os.walk(tmp_path) for f in fs if f.startswith(TEMP_PREFIX)]
+
+
+def test_close_with_a_view_of_an_open_pack_still_held(tmp_path):
+    """Ctrl-C while a block is sealed into a pack's buffer leaves a view of it in the interrupted frame (kept
+    by the traceback); closing the writer then must not fail with BufferError (a backup printed 'internal
+    error: BufferError' instead of exiting 130), and no temp file is left."""
+    backend = LocalBackend(str(tmp_path / "r"))
+    repo = _repo(backend)
+    w = PackWriter(repo, lambda *a: None)
+    bid, data = _blocks(repo, 1, 100_000)[0]
+    w.add(DATA, bid, data)
+    view = memoryview(next(op for op in w._open.values() if op is not None).buf)  # the interrupted frame's
+    w.close()
+    view.release()
+    assert not _temp_files(tmp_path / "r")

@@ -174,7 +174,10 @@ class PackWriter:
                 with op.spill_lock:
                     op.closed = True
                     op.discard()
-                    op.buf.close()
+                    try:
+                        op.buf.close()
+                    except BufferError:  # Ctrl-C while a block was being sealed into it: the interrupted
+                        pass             # frame (kept by the traceback) holds a view; GC unmaps it later
         self._uploads.shutdown(wait=True, cancel_futures=True)
         if self._zero_fd is not None:
             os.close(self._zero_fd)
