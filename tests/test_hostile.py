@@ -377,7 +377,10 @@ def test_garbage_snapshot(repo, tmp_path, variant):
     res = repo(*fresh, "--json", "snapshots")
     assert "Traceback" not in res.err
     assert [s["id"] for s in res.json] == [good]
-    repo(*fresh, "restore", "latest", "--target", tmp_path / "r")
+    assert bad[:8] in res.err  # named on stderr, not silently skipped
+    # latest: the newest readable one is restored, the unreadable manifest named (it may be newer): exit 20
+    r = repo(*fresh, "restore", "latest", "--target", tmp_path / "r", ok=20)
+    assert bad[:8] in r.err and "Traceback" not in r.err
     assert (tmp_path / "r" / src.relative_to("/") / "a").read_bytes() == b"hello"
     v = repo(*fresh, "--json", "verify", ok=20)
     assert "Traceback" not in v.err
