@@ -102,6 +102,7 @@ class Catalog:
         self._in_use = in_use  # held shared while open: nobody removes the catalog under us
         self._conn = self._connect()
         self._sealing: tuple[bytes, bytes] = (b"", b"")  # (MAC key, the trees' sealing key derived from it)
+        self.trees_unusable = False  # reading the cached trees failed (damage): trees come from the repository
 
     # --- opening, damage, rebuild -------------------------------------------------------------------
     @classmethod
@@ -548,8 +549,11 @@ class Catalog:
         return (entries if nodes is None else [entries_mod.entry(n) for n in nodes]), indexed, checked
 
     def _tree(self, repo, tree_id: bytes) -> tuple[list[tuple], bool, list[Node] | None, bool]:
-        rows = self._q("SELECT entries, EXISTS(SELECT 1 FROM blocks b WHERE b.id = t.id), checked FROM trees t "
-                       "WHERE t.id=?", (tree_id,))
+        try:
+            rows = self._q("SELECT entries, EXISTS(SELECT 1 FROM blocks b WHERE b.id = t.id), checked FROM trees t "
+                           "WHERE t.id=?", (tree_id,))
+        except CatalogError:  # the cached trees cannot be read (a damaged page): the repository has them all
+            rows, self.trees_unusable = [], True
         if rows:
             entries = self._unseal(repo, tree_id, rows[0][0])
             if entries is not None:
@@ -558,7 +562,8 @@ class Catalog:
         if loc is None:
             raise IntegrityError(f"tree {tree_id.hex()[:16]} is not in the index (missing)")
         nodes = Tree.decode(repo.load_block(*loc)).nodes
-        self.add_tree(repo, tree_id, nodes)
+        if not self.trees_unusable:  # (not written into a table that failed to read)
+            self.add_tree(repo, tree_id, nodes)
         return [], True, nodes, False
 
     def walk(self, repo, tree_id: bytes, prefix: bytes = b"") -> Iterator[tuple[bytes, Node]]:

@@ -107,4 +107,6 @@ def is_damage(exc: VaultError) -> bool:
     check, an I/O error of the store's disk) or only says it could not be read now (this machine's limits,
     permissions, a network that stayed down through the retries): the latter is an error (exit 1), never
     reported as damage (exit 20)."""
+    if isinstance(exc, CatalogError):  # this machine's cache failed, not the repository: never damage (a
+        return False                   # repair would drop every file below a tree it could not look up)
     return isinstance(exc, CorruptResponse) or not isinstance(exc, (PermanentError, TransientError))

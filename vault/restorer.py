@@ -38,7 +38,7 @@ from . import forkpool
 from .backend.base import Backend
 from .backend.counting import sum_stats
 from .catalog import Catalog
-from .errors import IntegrityError, VaultError, is_damage
+from .errors import CatalogError, IntegrityError, VaultError, is_damage
 from .dirhandles import DirHandles, split
 from .excludes import Matcher
 from .forkpool import ForkPool
@@ -272,6 +272,8 @@ class Restorer:
             base, tid, lazy = stack.pop()
             try:
                 nodes = self.catalog.tree(self.repo, tid)
+            except CatalogError:  # this machine's cache, not the snapshot: the restore stops and says so
+                raise
             except VaultError as exc:
                 if is_damage(exc):
                     self.result.damaged.append((_show(base or b"/"), f"directory listing lost: {exc}"))
