@@ -65,6 +65,7 @@ def test_catalog_of_schema_4_is_migrated_in_place(repo, tmp_path):
     repo("backup", src)
     db = next((tmp_path / "cache").rglob("catalog.db"))
     conn = sqlite3.connect(db)
+    conn.execute("DROP INDEX trees_pending")
     conn.execute("ALTER TABLE trees DROP COLUMN checked")
     conn.execute("UPDATE meta SET value='4' WHERE key='schema_version'")
     conn.execute("INSERT INTO meta (key, value) VALUES ('kept', 'yes')")

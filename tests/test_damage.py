@@ -331,3 +331,62 @@ def test_damaged_newest_manifest_on_a_cold_cache_is_named_not_skipped(repo, tmp_
     named = repo("restore", new_id[:10], "--target", tmp_path / "out2", ok=20)
     assert "cannot be read" in named.err and "no snapshot" not in named.err
     assert not (tmp_path / "out2").exists()
+
+
+def _flip_manifest(manifest: Path) -> None:
+    data = bytearray(manifest.read_bytes())
+    data[len(data) // 2] ^= 1
+    os.chmod(manifest, 0o644)
+    manifest.write_bytes(bytes(data))
+
+
+def test_unreadable_manifests_make_latest_and_at_exit_20(repo, tmp_path):
+    """Cold cache, damaged manifests: with none readable, 'latest' is damage (exit 20, named), not 'no
+    snapshots' (1); '--at' before every readable one is damage too (the damaged one may be the one meant); and
+    a local error (exit 1) does not hide that 'latest' passed one over (exit 20)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("x")
+    first = repo("--json", "backup", src, "--time", "2026-01-01T00:00:00Z").json["snapshot_id"]
+    second = repo("--json", "backup", src, "--time", "2026-02-01T00:00:00Z").json["snapshot_id"]
+    third = repo("--json", "backup", src, "--time", "2026-03-01T00:00:00Z").json["snapshot_id"]
+    _flip_manifest(repo.repo / "snapshots" / first)
+    _flip_manifest(repo.repo / "snapshots" / third)
+    repo.cache = tmp_path / "cold"
+    res = repo("restore", "--at", "2026-01-15T00:00:00Z", "--target", tmp_path / "o1", ok=20)
+    assert first[:8] in res.err and third[:8] in res.err
+    out = tmp_path / "o2"
+    out.mkdir()
+    (out / src.relative_to("/").parts[0]).write_text("in the way")  # a local error: exit 1 on its own
+    res = repo("--json", "restore", "latest", "--target", out, ok=20)
+    assert res.json["snapshot_id"] == second and res.json["errors"]
+    _flip_manifest(repo.repo / "snapshots" / second)
+    repo.cache = tmp_path / "colder"
+    res = repo("restore", "latest", "--target", tmp_path / "o3", ok=20)
+    assert "3 snapshots" in res.err and "Traceback" not in res.err
+
+
+def test_a_manifest_forgotten_while_the_catalog_syncs_is_not_damage(repo, tmp_path, monkeypatch):
+    """Another host's 'vault forget' (a shared lock: it runs beside this restore) deletes a manifest between
+    this sync's listing and its reading: gone, not damaged -- 'latest' exits 0."""
+    from vault.repository import Repository
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("x")
+    old = repo("--json", "backup", src, "--time", "2026-01-01T00:00:00Z").json["snapshot_id"]
+    repo("backup", src, "--time", "2026-02-01T00:00:00Z")
+    repo.cache = tmp_path / "cold"
+    listing = Repository.list_snapshots
+
+    def listing_then_forget(self):
+        ids = listing(self)
+        path = repo.repo / "snapshots" / old
+        if path.exists():
+            os.chmod(path, 0o644)
+            path.unlink()
+        return ids
+
+    monkeypatch.setattr(Repository, "list_snapshots", listing_then_forget)
+    res = repo("restore", "latest", "--target", tmp_path / "out")
+    assert "cannot be read" not in res.err

@@ -261,3 +261,26 @@ def test_a_fork_waits_for_a_lock_refresh_in_progress_and_frees_it_after():
         t.join()
     finally:
         lk.release()
+
+
+def test_a_stopped_process_holding_the_catalog_open_lock_is_waited_for_then_exit_11(repo, tmp_path):
+    """Another vault process stopped (SIGSTOP, a hung disk) while opening the shared catalog: this one waits
+    --lock-wait (at least 5 s), then says so and exits 11 -- it used to wait for ever, silently."""
+    import fcntl
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("x")
+    repo("backup", src)
+    lock = next((tmp_path / "cache").rglob("catalog.open.lock"))
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        t = time.monotonic()
+        res = repo.proc("--lock-wait", "0", "snapshots", timeout=60)
+        waited = time.monotonic() - t
+    finally:
+        os.close(fd)
+    assert res.returncode == 11 and b"another vault process" in res.stderr and b"Traceback" not in res.stderr
+    assert 4.5 < waited < 30
+    repo("snapshots")  # let go: fine again

@@ -240,6 +240,13 @@ def test_heal_from_a_copy(cli, tmp_path, setup):
     for seg in (cli.repo / "index").iterdir():
         seg.unlink()
     assert cli("--json", "verify", "--read-data", ok=20).json["ok"] is False
+    # a mirror that cannot be opened (absent, wrong password) fails the run before anything here is changed
+    before = _listing(cli.repo)
+    res = cli("repair", "--from-repo", tmp_path / "nowhere", "--from-password-file", pw2, ok=10)
+    assert "--from-repo" in res.err
+    res = cli("repair", "--from-repo", second, "--from-password-file", pw1, ok=12)
+    assert "--from-repo" in res.err and "wrong password" in res.err
+    assert _listing(cli.repo) == before
     dry = cli("--json", "repair", "--from-repo", second, "--from-password-file", pw2, "--dry-run").json
     res = cli("--json", "repair", "--from-repo", second, "--from-password-file", pw2).json
     assert res["verify"]["ok"] is True and res["blocks_healed"] >= 1 and res["files_dropped"] == []
@@ -402,3 +409,42 @@ def test_backup_after_repair_index_stores_lost_data_again(cli, tmp_path, setup, 
     # a re-run now trusts the (re-checked) trees: nothing is read again
     again = with_jobs(cli, jobs, "--json", "backup", src).json
     assert again["files_unmodified"] == len(lay.files) and again["files_changed"] == 0
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_backup_stopped_after_caching_its_trees_leaves_them_unchecked(cli, tmp_path, monkeypatch, jobs):
+    """Every pack lost, 'repair index' run. A backup reads sub/f again (its blocks are gone) and so rebuilds the
+    parent's very tree for sub; it caches its trees part way (5,000 entries) and is stopped (Ctrl-C) before its
+    index is written. The next backup must not trust that tree: it reads f again, and its snapshot is whole
+    (the tree was cached as checked at once: f was reused unread and restore found its blocks missing)."""
+    from conftest import with_jobs
+
+    from vault import archiver
+
+    cli("init", *FAST_INIT)
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "f").write_bytes(random.Random(1).randbytes(100_000))
+    cli("backup", src)
+    for d, _, names in os.walk(cli.repo / "data"):
+        for n in names:
+            os.unlink(os.path.join(d, n))
+    cli("repair", "index", ok=20)
+    (src / "zbig").mkdir()
+    for i in range(5001):
+        (src / "zbig" / f"e{i}").write_bytes(b"")
+    flush = archiver.Archiver._flush_tree_rows
+
+    def flush_then_ctrl_c(self, force=False):
+        n = self._tree_row_nodes
+        flush(self, force)
+        if not force and n >= 5000:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(archiver.Archiver, "_flush_tree_rows", flush_then_ctrl_c)
+    with_jobs(cli, jobs, "backup", src, ok=130)
+    monkeypatch.setattr(archiver.Archiver, "_flush_tree_rows", flush)
+    res = with_jobs(cli, jobs, "--json", "backup", src).json
+    assert res["files_changed"] >= 1
+    cli("restore", res["snapshot_id"], "--target", tmp_path / "out")
+    assert (tmp_path / "out" / src.relative_to("/") / "sub" / "f").read_bytes() == (src / "sub" / "f").read_bytes()

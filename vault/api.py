@@ -21,13 +21,13 @@ from .backup_workers import BackupWorkers
 from .backend import open_backend, parse_url
 from .backend.counting import sum_stats
 from .backend.retry import RetryBackend
-from .catalog import Catalog, SyncReport, open_synced
+from .catalog import OPEN_WAIT, Catalog, SyncReport, open_synced
 from .checker import Checker, VerifyReport, parse_subset
 from .chunker import ChunkerParams
 from .config import Settings
 from .crypto import KdfParams, MasterKeys
 from .copier import Copier, CopyReport
-from .errors import IntegrityError, SnapshotNotFound, UsageError, VaultError
+from .errors import IntegrityError, RepositoryNotFound, SnapshotNotFound, UsageError, VaultError, WrongPassword
 from .excludes import Matcher
 from .ids import resolve_prefix
 from .locks import Lock, remove_locks
@@ -86,9 +86,9 @@ def session(settings: Settings, password: PasswordFn, lock: str | None = None, o
         if before_catalog is not None:
             before_catalog(repo)
         if sync:
-            catalog, report = open_synced(settings.cache_dir, repo)
+            catalog, report = open_synced(settings.cache_dir, repo, wait=_catalog_wait(settings))
         else:
-            catalog, report = Catalog.open(settings.cache_dir, repo.id), SyncReport()
+            catalog, report = Catalog.open(settings.cache_dir, repo.id, wait=_catalog_wait(settings)), SyncReport()
         try:
             yield Session(repo, catalog, report, counter, held)
         finally:
@@ -97,6 +97,12 @@ def session(settings: Settings, password: PasswordFn, lock: str | None = None, o
         if held is not None:
             held.release()
         counter.close()
+
+
+def _catalog_wait(settings: Settings) -> float:
+    """How long to wait for the local catalog's opening lock: --lock-wait, but never under 5 s (another
+    process holds it for milliseconds; only a stopped or hung one holds it longer)."""
+    return max(5.0, settings.lock_wait if settings.lock_wait is not None else OPEN_WAIT)
 
 
 def local_repo_path(settings: Settings) -> str | None:
@@ -121,7 +127,8 @@ def init(settings: Settings, password: bytes | PasswordFn, kdf: KdfParams | None
     parameters and secret seed, so copies between the two cut data identically and deduplicate."""
     keys = None
     if chunker_from is not None:
-        other = Repository.open(_backend(chunker_from[0]), chunker_from[1])
+        with _naming("the repository of --copy-chunker-params-from"):
+            other = Repository.open(_backend(chunker_from[0]), chunker_from[1])
         chunker = other.config.chunker
         keys = dataclasses.replace(MasterKeys.generate(), chunker_seed=other.keys.chunker_seed)
     backend = _backend(settings)
@@ -172,34 +179,65 @@ def find_snapshot(sess: Session, spec: str | None, at: str | None = None, flt: S
     snaps = list_snapshots(sess, flt)
     replaced = replaced_by_repair(snaps)
     snaps = [s for s in snaps if s.id not in replaced]
+    unreadable = sess.sync.unreadable
     if at is not None:
         when = parse_time(at, now or datetime.now(timezone.utc), whole=True)
         older = [s for s in snaps if s.time <= when]
         if not older:
-            raise SnapshotNotFound(f"no snapshot taken at or before {format_time(when)}")
+            what = f"no snapshot taken at or before {format_time(when)}"
+            if unreadable:  # one of them may be it: damage (exit 20), not "none"
+                raise IntegrityError(f"{what} can be read ({_unreadable_ids(unreadable)} cannot: run 'vault verify')")
+            raise SnapshotNotFound(what)
         return older[-1]
     if spec is None:
         raise UsageError("name a snapshot (id, prefix or 'latest') or use --at TIME")
     if spec == "latest":
         if not snaps:
             filtered = flt is not None and bool(flt.hosts or flt.tags or flt.paths)
-            unreadable = sum(1 for p in sess.sync.problems if p.startswith("snapshot "))
-            raise SnapshotNotFound("the repository has no snapshots" + (" matching the filters" if filtered else "")
-                                   + (f" that can be read ({unreadable} snapshot manifest(s) are damaged: run "
-                                      "'vault verify')" if unreadable else ""))
+            what = "the repository has no snapshots" + (" matching the filters" if filtered else "")
+            if unreadable:
+                raise IntegrityError(f"{what} that can be read ({_unreadable_ids(unreadable)} cannot: run "
+                                     "'vault verify')")
+            raise SnapshotNotFound(what)
         return snaps[-1]
-    unreadable = sess.sync.unreadable
     sid = resolve_prefix(spec, [s.id for s in list_snapshots(sess)] + list(unreadable))
-    if sid in unreadable:  # named, but its manifest is damaged or gone: damage, not "no such snapshot"
+    if sid in unreadable:  # named, but its manifest is damaged: damage, not "no such snapshot"
         raise IntegrityError(f"snapshot {sid[:8]} cannot be read: {unreadable[sid]} (run 'vault verify'; "
-                             "'vault repair --from-repo' heals it from a copy)")
+                             "'vault repair' removes it, or heals it with --from-repo and a copy)")
     return next(s for s in sess.catalog.snapshots() if s.id == sid)
+
+
+def _unreadable_ids(unreadable: dict[str, str]) -> str:
+    ids = sorted(unreadable)
+    return (f"snapshot {ids[0][:8]}" if len(ids) == 1 else
+            f"{len(ids)} snapshots ({', '.join(i[:8] for i in ids[:5])}{', ...' if len(ids) > 5 else ''})")
 
 
 def passed_over(sess: Session, spec: str | None, at: str | None = None) -> dict[str, str]:
     """The snapshots whose manifests could not be read (id -> why) when ``latest`` or ``--at`` chose among the
     rest: one of them may be the snapshot that was meant (their times are unknown)."""
     return dict(sess.sync.unreadable) if (spec == "latest" or at is not None) else {}
+
+
+@contextlib.contextmanager
+def _naming(role: str) -> Iterator[None]:
+    """Failures to open a second repository say which one it is (same exception class: same exit code)."""
+    try:
+        yield
+    except (WrongPassword, RepositoryNotFound) as exc:
+        raise type(exc)(f"{role}: {exc}") from None
+
+
+@contextlib.contextmanager
+def other_session(role: str, settings: Settings, password: PasswordFn, **kw) -> Iterator[Session]:
+    """``session`` on a second repository (copy's destination, repair's --from-repo), its opening failures
+    naming ``role``."""
+    cm = session(settings, password, **kw)
+    with _naming(role):
+        sess = cm.__enter__()
+    with contextlib.ExitStack() as stack:
+        stack.push(cm)
+        yield sess
 
 
 # --- backup -------------------------------------------------------------------------------------------
@@ -520,7 +558,7 @@ def copy(settings: Settings, password: PasswordFn, specs: list[str], to: Setting
             snaps = list({(s := find_snapshot(src, spec, flt=flt)).id: s for spec in specs}.values())
         else:
             snaps = list_snapshots(src, flt)
-        with session(to, to_password, lock="shared", operation="copy") as dst:
+        with other_session("the destination (--to)", to, to_password, lock="shared", operation="copy") as dst:
             if dst.repo.id == src.repo.id:
                 raise UsageError("source and destination are the same repository")
             remote = local_repo_path(to) is None
@@ -539,7 +577,15 @@ def repair(settings: Settings, password: PasswordFn, what: str = "all", read_dat
     """``what``: "index", "snapshots" or "all"; ``from_repo`` heals lost blocks from a second repository.
     Ends with a verify (with data when ``read_data``) unless ``dry_run``."""
     remote = local_repo_path(settings) is None
-    with session(settings, password, lock=None if dry_run else "exclusive", operation="repair") as sess:
+    with contextlib.ExitStack() as stack:
+        sess = stack.enter_context(session(settings, password, lock=None if dry_run else "exclusive",
+                                           operation="repair"))
+        other = None
+        if from_repo is not None:  # opened (its password checked) before anything here is changed
+            other = stack.enter_context(other_session("the repository of --from-repo", from_repo[0], from_repo[1],
+                                                      lock="shared", operation="repair (source)"))
+            if other.repo.id == sess.repo.id:
+                raise UsageError("--from-repo names this same repository")
         rep = Repairer(sess.repo, sess.catalog, read_data=read_data, dry_run=dry_run,
                        uploaders=(settings.connections or 8) if remote else 0, log=log,
                        before_delete=sess.check_lock)
@@ -548,14 +594,11 @@ def repair(settings: Settings, password: PasswordFn, what: str = "all", read_dat
                 log("repair: rebuilding the index from the packs")
                 rep.repair_index()
                 rep.repair_keys()
-            if from_repo is not None:
-                with session(from_repo[0], from_repo[1], lock="shared", operation="repair (source)") as other:
-                    if other.repo.id == sess.repo.id:
-                        raise UsageError("--from-repo names this same repository")
-                    log(f"repair: healing lost blocks from {other.repo.backend.location}")
-                    rep.heal_from(other.repo, other.catalog)
-                    if what in ("snapshots", "all"):
-                        rep.repair_manifests(other.repo, other.catalog)
+            if other is not None:
+                log(f"repair: healing lost blocks from {other.repo.backend.location}")
+                rep.heal_from(other.repo, other.catalog)
+                if what in ("snapshots", "all"):
+                    rep.repair_manifests(other.repo, other.catalog)
             elif what in ("snapshots", "all"):
                 rep.repair_manifests()
             if what in ("snapshots", "all"):

@@ -15,6 +15,7 @@ import collections
 import dataclasses
 import sys
 import os
+import secrets
 import socket
 import stat
 import threading
@@ -177,6 +178,7 @@ class Archiver:
         self._tree_rows: list[tuple[bytes, list[Node]]] = []
         self._tree_row_nodes = 0
         self._checked: list[bytes] = []  # parent trees whose blocks were all found in the index (catalog marks)
+        self._tree_token = -2 - secrets.randbits(30)  # the trees this run caches: checked once its index is written
         self._hardlinks: dict[tuple[int, int], tuple[_Batch, int]] = {}
         self._excludes = Matcher(opts.excludes)
         self._named: set[bytes] = set()  # the PATHs given, absolute
@@ -271,7 +273,7 @@ class Archiver:
         rows, self._tree_rows, self._tree_row_nodes = self._tree_rows, [], 0
         checked, self._checked = self._checked, []
         if not self.opts.dry_run:
-            self.catalog.add_trees(self.repo, rows, checked=True)
+            self.catalog.add_trees(self.repo, rows, pending=self._tree_token)
             if checked:
                 self.catalog.mark_checked(checked)
 
@@ -561,6 +563,8 @@ class Archiver:
                 self.packer.flush()
             self._checkpoint(force=True)
             self._flush_tree_rows(force=True)
+            if not self.opts.dry_run:  # the last segment names every block this run stored: its trees are checked
+                self.catalog.confirm_pending(self._tree_token)
         finally:
             if self._workers is not None:
                 self._workers.close()

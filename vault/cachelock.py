@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import time
 
 _UNSUPPORTED = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 
@@ -28,11 +29,26 @@ def _flock(fd: int, op: int) -> None:
 
 
 class FileLock:
-    def __init__(self, path: str, shared: bool = False):
-        """Wait for and take the lock on ``path`` (created if missing)."""
+    def __init__(self, path: str, shared: bool = False, wait: float | None = None):
+        """Wait for and take the lock on ``path`` (created if missing); with ``wait``, for at most that many
+        seconds, then BlockingIOError (a holder that is stopped or hung never blocks us for ever)."""
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        op = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
         try:
-            _flock(self._fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            if wait is None:
+                _flock(self._fd, op)
+            else:
+                deadline, delay = time.monotonic() + wait, 0.005
+                while True:
+                    try:
+                        _flock(self._fd, op | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            raise
+                        time.sleep(min(delay, left))
+                        delay = min(delay * 2, 0.25)
         except BaseException:
             os.close(self._fd)
             raise

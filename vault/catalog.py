@@ -32,11 +32,12 @@ from dataclasses import dataclass, field
 from . import entries as entries_mod
 from . import index as index_mod
 from .cachelock import FileLock
-from .errors import CacheUnavailable, CatalogError, IntegrityError, ObjectNotFound, VaultError
+from .errors import CacheUnavailable, CatalogBusy, CatalogError, IntegrityError, ObjectNotFound, VaultError
 from .entries import split_ids
 from .model import DIR, FILE, Node, Snapshot, Tree, parse_stored_time, format_time, storable_text
 from .pack import PackEntry
 
+OPEN_WAIT = 60.0  # seconds to wait for the catalog's opening lock (another process holds it for milliseconds)
 SCHEMA_VERSION = 5  # 5: trees.checked (4 is migrated in place)
 
 SCHEMA = """
@@ -54,6 +55,7 @@ CREATE TABLE IF NOT EXISTS snapshots (
     tree BLOB NOT NULL, username TEXT, parent TEXT, summary TEXT);
 CREATE TABLE IF NOT EXISTS trees (rowid INTEGER PRIMARY KEY, id BLOB UNIQUE NOT NULL, entries BLOB NOT NULL,
     checked INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS trees_pending ON trees(checked) WHERE checked < 0;
 """
 
 
@@ -106,24 +108,30 @@ class Catalog:
 
     # --- opening, damage, rebuild -------------------------------------------------------------------
     @classmethod
-    def open(cls, cache_dir: str, repo_id: str, fresh: bool = False) -> "Catalog":
+    def open(cls, cache_dir: str, repo_id: str, fresh: bool = False, wait: float = OPEN_WAIT) -> "Catalog":
         """Open (or create) the catalog for a repository. A damaged or outdated one, or any one when ``fresh``,
         is replaced by an empty one, unless another process has it open (CatalogError then).
 
-        Processes sharing a cache directory open it one at a time (``catalog.open.lock``) and hold
+        Processes sharing a cache directory open it one at a time (``catalog.open.lock``: held for
+        milliseconds, unless its holder is stopped or hung -- then CatalogBusy after ``wait`` seconds) and hold
         ``catalog.lock`` shared while it is open."""
         path = cls.file_path(cache_dir, repo_id)
         directory = os.path.dirname(path)
         try:
             os.makedirs(directory, mode=0o700, exist_ok=True)
-            opening = FileLock(os.path.join(directory, "catalog.open.lock"))
+            opening = FileLock(os.path.join(directory, "catalog.open.lock"), wait=wait)
+            in_use = None
+            try:
+                in_use = FileLock(os.path.join(directory, "catalog.lock"), shared=True, wait=wait)
+            finally:
+                if in_use is None:
+                    opening.release()
+        except BlockingIOError:
+            raise CatalogBusy(f"the catalog in {directory} is held by another vault process that has not let go "
+                              f"in {wait:g} s (stopped or hung?): try again later, or use another --cache-dir") from None
         except OSError as exc:  # a read-only or full cache directory, a lock file that is a directory
             raise _unusable(directory, exc) from None
         with opening:
-            try:
-                in_use = FileLock(os.path.join(directory, "catalog.lock"), shared=True)
-            except OSError as exc:
-                raise _unusable(directory, exc) from None
             try:
                 reason = "a rebuild was asked for"
                 if not fresh:
@@ -202,6 +210,7 @@ class Catalog:
         try:
             if "checked" not in {r[1] for r in conn.execute("PRAGMA table_info(trees)")}:
                 conn.execute("ALTER TABLE trees ADD COLUMN checked INTEGER NOT NULL DEFAULT 0")
+            conn.execute("CREATE INDEX IF NOT EXISTS trees_pending ON trees(checked) WHERE checked < 0")
             conn.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
             conn.execute("COMMIT")
         except BaseException:
@@ -317,7 +326,8 @@ class Catalog:
                 snap = repo.load_snapshot(sid)
             except (IntegrityError, ObjectNotFound) as exc:
                 rep.problems.append(f"snapshot {sid[:8]}: {exc}")
-                rep.unreadable[sid] = str(exc)
+                if isinstance(exc, IntegrityError):  # (not found: deleted since the listing, by a forget)
+                    rep.unreadable[sid] = str(exc)
                 continue
             self.add_snapshot(snap)
             rep.snapshots_loaded += 1
@@ -335,7 +345,7 @@ class Catalog:
         """Forget every loaded index segment (the next sync reloads them all). The only place blocks leave the
         catalog's index: so no tree stays 'checked' (see ``add_trees``)."""
         self._tx(lambda c: (c.execute("DELETE FROM segments"), c.execute("DELETE FROM packs"),
-                            c.execute("DELETE FROM blocks"), c.execute("UPDATE trees SET checked=0 WHERE checked")))
+                            c.execute("DELETE FROM blocks"), c.execute("UPDATE trees SET checked=0 WHERE checked != 0")))
 
     def add_segment(self, sid: str, seg: index_mod.IndexSegment) -> None:
         def run(c: sqlite3.Connection) -> None:
@@ -454,15 +464,23 @@ class Catalog:
         """Cache a tree's entries (validated: built by vault, or decoded from the repository)."""
         self.add_trees(repo, [(tree_id, nodes)])
 
-    def add_trees(self, repo, trees: list[tuple[bytes, list[Node]]], checked: bool = False) -> None:
-        """Cache many trees in one transaction. ``checked``: every block of their files is in the index, or is
-        stored by the backup writing these trees and indexed before its snapshot is (a tree is a parent only
-        once a snapshot names it). Blocks leave the index only through ``reset_index``, which unchecks every
-        tree; so a backup trusts a checked parent tree's blocks without asking the index for each one."""
+    def add_trees(self, repo, trees: list[tuple[bytes, list[Node]]], pending: int = 0) -> None:
+        """Cache many trees in one transaction.
+
+        ``checked`` is 1 for a tree every block of whose files is known to be in the index: a backup then
+        trusts a checked parent tree's blocks without asking the index for each one. Blocks leave the index
+        only through ``reset_index``, which unchecks every tree. A backup caches the trees it writes with
+        ``pending`` (a negative token of its run: not checked) and ``confirm_pending`` marks them once its
+        last index segment names their new blocks; a backup stopped before that leaves them unchecked."""
         key = self._key(repo)
-        sealed = [(tid, entries_mod.seal(key, tid, nodes), int(checked)) for tid, nodes in trees]
+        sealed = [(tid, entries_mod.seal(key, tid, nodes), pending) for tid, nodes in trees]
         self._tx(lambda c: c.executemany("INSERT INTO trees (id, entries, checked) VALUES (?, ?, ?) ON CONFLICT(id) "
-                                         "DO UPDATE SET checked=max(checked, excluded.checked)", sealed))
+                                         "DO UPDATE SET checked=CASE WHEN checked=1 OR excluded.checked=0 THEN "
+                                         "checked ELSE excluded.checked END", sealed))
+
+    def confirm_pending(self, pending: int) -> None:
+        """The trees a backup cached with ``pending`` (``add_trees``) are checked: its blocks are indexed."""
+        self._tx(lambda c: c.execute("UPDATE trees SET checked=1 WHERE checked=?", (pending,)))
 
     def mark_checked(self, tree_ids: list[bytes]) -> None:
         """Record that every block of these cached trees' files was found in the index (see ``add_trees``)."""
@@ -557,7 +575,7 @@ class Catalog:
         if rows:
             entries = self._unseal(repo, tree_id, rows[0][0])
             if entries is not None:
-                return entries, bool(rows[0][1]), None, bool(rows[0][2])
+                return entries, bool(rows[0][1]), None, rows[0][2] == 1
         loc = self.lookup(tree_id)  # not cached, or the cached copy was damaged: fetch it again
         if loc is None:
             raise IntegrityError(f"tree {tree_id.hex()[:16]} is not in the index (missing)")
@@ -767,9 +785,9 @@ def block_lookup(path: str) -> Callable[[bytes], bool]:
     return has_block
 
 
-def open_synced(cache_dir: str, repo) -> tuple[Catalog, SyncReport]:
+def open_synced(cache_dir: str, repo, wait: float = OPEN_WAIT) -> tuple[Catalog, SyncReport]:
     """Open the catalog and sync it; a catalog that fails mid-way is rebuilt once from scratch."""
-    cat = Catalog.open(cache_dir, repo.id)
+    cat = Catalog.open(cache_dir, repo.id, wait=wait)
     try:
         return cat, cat.sync(repo)
     except CatalogError as exc:
@@ -779,7 +797,7 @@ def open_synced(cache_dir: str, repo) -> tuple[Catalog, SyncReport]:
     except BaseException:  # a backend error, an interrupt: the catalog (and its lock) is closed, never leaked
         cat.close()
         raise
-    cat = Catalog.open(cache_dir, repo.id, fresh=True)
+    cat = Catalog.open(cache_dir, repo.id, fresh=True, wait=wait)
     try:
         return cat, cat.sync(repo)
     except BaseException:

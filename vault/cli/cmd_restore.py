@@ -75,8 +75,8 @@ def restore(snapshot: str | None, target: str, at: str | None, includes: tuple[s
     if res.damaged:
         c.err(f"vault: {len(res.damaged)} file(s) not restored because their data is damaged or missing")
         return 20
-    if res.errors:
-        return 1
     if res.passed_over:  # damage in the repository that may have changed which snapshot was restored
         return 20
+    if res.errors:
+        return 1
     return 0
