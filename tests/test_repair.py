@@ -217,6 +217,10 @@ def test_copy_is_incremental_and_idempotent(cli, tmp_path, setup):
     assert_trees_equal(src, tmp_path / "r" / src.relative_to("/"))
     r = cli("copy", "--to", cli.repo, ok=2)
     assert "same repository" in r.err
+    # copying back (the second's snapshots are copies of the first's): nothing is copied twice
+    back = cli("--json", "--repo", second, "copy", "--to", cli.repo).json
+    assert back["copied"] == [] and len(back["skipped"]) == 2
+    assert len(cli("--json", "snapshots").json) == 2
 
 
 def test_heal_from_a_copy(cli, tmp_path, setup):

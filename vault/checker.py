@@ -152,8 +152,8 @@ class Checker:
                 self._damage(pack_name(pid), f"wrong size: {stored} bytes, index says {size}")
         extra = len(cat.unindexed_packs())
         if extra:
-            self.report.info.append(f"{extra} pack(s) not in any index (left by an interrupted backup; "
-                                    "'vault prune' removes them)")
+            self.report.info.append(f"{extra} pack(s) not in any index (left by an interrupted backup, or "
+                                    "damaged packs that 'vault repair' left out; 'vault prune' removes them)")
 
     def _mark_pack_blocks(self, pid: bytes, problem: str) -> None:
         for e in self.catalog.pack_blocks(pid):

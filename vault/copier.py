@@ -170,15 +170,18 @@ class Copier:
     def run(self, snaps: list[Snapshot], before_commit: Callable[[], None] = lambda: None) -> CopyReport:
         t0 = time.monotonic()
         theirs = self.dst_cat.snapshots()
-        # copied before (the copy records its source), or a manifest `repair --from-repo` healed from one
-        # of theirs (it records that snapshot): either way the destination holds it already
+        # copied before (the copy records its source), a copy of one of theirs (copying back), or a manifest
+        # `repair --from-repo` healed from one of theirs (it records that snapshot): either way the
+        # destination holds it already
         present = {s.summary.get("copied_from") for s in theirs}
         theirs_ids = {s.id for s in theirs}
         packer = PackWriter(self.dst, self._on_pack, uploaders=self._uploaders)
         try:
             with ThreadPoolExecutor(max_workers=self.workers) as pool:
                 for snap in sorted(snaps, key=lambda s: (s.time, s.id)):
-                    if snap.id in present or snap.summary.get("restored_from_copy") in theirs_ids:
+                    if (snap.id in present or snap.summary.get("restored_from_copy") in theirs_ids
+                            or snap.summary.get("copied_from") in theirs_ids):  # (a copy of one of theirs:
+                        #                                                         copying back)
                         self.report.skipped.append(snap.id)
                         continue
                     self.log(f"copying snapshot {snap.short_id} ({snap.host}: {' '.join(snap.paths)})")

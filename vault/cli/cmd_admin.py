@@ -195,7 +195,7 @@ def copy(snapshots, to_url, to_password_file, to_password_command, hosts, tags, 
     for s, d in rep.copied:
         c.out(f"copied snapshot {s[:8]} -> {d[:8]}")
     c.out(f"copied {len(rep.copied)} snapshot(s), {len(rep.skipped)} already there; stored {rep.blocks_stored} "
-          f"new blocks ({human_bytes(rep.bytes_stored)}), read {rep.blocks_read}")
+          f"new blocks ({human_bytes(rep.bytes_stored)}), read {rep.blocks_read} blocks ({human_bytes(rep.bytes_read)})")
 
 
 @cli.command()
