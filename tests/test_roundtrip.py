@@ -746,3 +746,43 @@ def test_requests_of_restore_worker_processes_are_counted(repo, tmp_path):
     # (not >=: the lock file read back can be a byte shorter in one run -- its pid and times are text)
     assert packs > 2_400_000 and two["bytes_down"] >= packs - 100, (one, two)
     assert two["requests"]["GET"] >= one["requests"]["GET"], (one, two)
+
+
+def _walk_down(root: Path, names: list[bytes]) -> None:
+    os.chdir(root)
+    for n in names:
+        os.chdir(n)
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_paths_longer_than_path_max_round_trip(repo, tmp_path, jobs, monkeypatch):
+    """30 levels of 200-byte names: full paths of 6,000+ bytes, past the kernel's PATH_MAX (4096), every name
+    legal. Backup stores all of it (it failed at level 21: 'File name too long', exit 3) and restore brings it
+    back, file, symlink and hardlink at the bottom included."""
+    from conftest import with_jobs
+
+    monkeypatch.chdir(tmp_path)
+    src = tmp_path / "src"
+    src.mkdir()
+    names = [(b"%02d" % i) * 100 for i in range(30)]
+    _walk_down(src, [])
+    for n in names:
+        os.mkdir(n)
+        os.chdir(n)
+    with open(b"leaf", "wb") as f:
+        f.write(b"deep data" * 1000)
+    os.symlink(b"leaf", b"link")
+    os.link(b"leaf", b"hard")
+    os.chdir(tmp_path)
+    res = with_jobs(repo, jobs, "--json", "backup", src).json
+    assert res["files_new"] == 2 and res["dirs"] >= 30
+    target = tmp_path / "r"
+    with_jobs(repo, jobs, "restore", "latest", "--target", target)
+    _walk_down(target / src.relative_to("/"), names)
+    try:
+        assert open(b"leaf", "rb").read() == b"deep data" * 1000
+        assert os.readlink(b"link") == b"leaf"
+        assert os.stat(b"hard").st_ino == os.stat(b"leaf").st_ino
+    finally:
+        os.chdir(tmp_path)
+    assert repo("--json", "backup", src).json["files_unmodified"] == 2

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from . import index as index_mod
+from . import longpath
 from .catalog import Catalog
 from .errors import IntegrityError, SourceNotFound, VaultError
 from .backup_workers import BackupWorkers
@@ -344,7 +345,7 @@ class Archiver:
         subdirs: list[tuple[Node, bytes | None]] = []
         if only is None:
             try:
-                names = sorted(os.listdir(path))
+                names = sorted(longpath.listdir(path))
             except OSError as exc:
                 self._error(path, exc.strerror or str(exc))
                 names = []
@@ -354,7 +355,7 @@ class Archiver:
         for name in names:
             child = _join(path, name)
             try:
-                st = os.lstat(child)
+                st = longpath.lstat(child)
             except FileNotFoundError:
                 if only is not None:
                     self._error(child, "no such file or directory")
@@ -370,7 +371,7 @@ class Archiver:
                 # a symlink on the way to a PATH named below it (/bin -> usr/bin for /bin/true): followed, as
                 # the kernel follows it for that PATH, and stored as the directory it leads to
                 try:
-                    st_dir = os.stat(child)
+                    st_dir = longpath.call(os.stat, child)
                 except OSError:
                     st_dir = None
                 if st_dir is not None and stat.S_ISDIR(st_dir.st_mode):
@@ -424,7 +425,7 @@ class Archiver:
             elif t == SYMLINK:
                 n = node_from_stat(name, st)
                 try:
-                    n.target = os.readlink(child)
+                    n.target = longpath.call(os.readlink, child)
                 except OSError as exc:
                     self._error(child, exc.strerror or str(exc))
                     same = False

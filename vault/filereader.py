@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from .claims import Claims
 from .entries import split_ids
 from .errors import VaultError
+from . import longpath
 from .fsmeta import node_from_stat
 from .model import Node
 from .pack import DATA
@@ -85,11 +86,11 @@ class FileReader:
             # O_NONBLOCK: a file swapped for a FIFO since the listing must not hang the open (the type is
             # checked next; reads of a regular file never block anyway)
             try:
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | _O_NOATIME)
+                fd = longpath.call(os.open, path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | _O_NOATIME)
             except PermissionError:
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+                fd = longpath.call(os.open, path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
             except BlockingIOError:  # a file under a write lease (Samba): wait for the lease to be broken
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+                fd = longpath.call(os.open, path, os.O_RDONLY | os.O_NOFOLLOW)
         except FileNotFoundError:
             res.vanished = True
             return res
