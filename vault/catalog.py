@@ -480,7 +480,8 @@ class Catalog:
 
     def confirm_pending(self, pending: int) -> None:
         """The trees a backup cached with ``pending`` (``add_trees``) are checked: its blocks are indexed."""
-        self._tx(lambda c: c.execute("UPDATE trees SET checked=1 WHERE checked=?", (pending,)))
+        # ("checked < 0" lets SQLite use the partial index trees_pending: a scan read every tree's entries)
+        self._tx(lambda c: c.execute("UPDATE trees SET checked=1 WHERE checked=? AND checked < 0", (pending,)))
 
     def mark_checked(self, tree_ids: list[bytes]) -> None:
         """Record that every block of these cached trees' files was found in the index (see ``add_trees``)."""

@@ -44,7 +44,7 @@ def call(fn: Callable[..., T], path: bytes, *args, **kwargs) -> T:
     try:
         return fn(path, *args, **kwargs)
     except OSError as exc:
-        if exc.errno != errno.ENAMETOOLONG or len(path) < PIECE or not path.startswith(b"/"):
+        if not _fallback(exc, path):
             raise
     fd, rest = _open_above(path)
     try:
@@ -53,7 +53,16 @@ def call(fn: Callable[..., T], path: bytes, *args, **kwargs) -> T:
         os.close(fd)
 
 
+def _fallback(exc: OSError, path: bytes) -> bool:
+    return exc.errno == errno.ENAMETOOLONG and len(path) >= PIECE and path.startswith(b"/")
+
+
 def lstat(path: bytes) -> os.stat_result:
+    try:  # (the common case first, with no more calls than os.lstat alone: it runs once per file)
+        return os.lstat(path)
+    except OSError as exc:
+        if not _fallback(exc, path):
+            raise
     return call(os.stat, path, follow_symlinks=False)
 
 
@@ -62,7 +71,7 @@ def listdir(path: bytes) -> list[bytes]:
     try:
         return os.listdir(path)
     except OSError as exc:
-        if exc.errno != errno.ENAMETOOLONG or len(path) < PIECE or not path.startswith(b"/"):
+        if not _fallback(exc, path):
             raise
     fd = call(os.open, path, _DIR_FLAGS)
     try:
