@@ -786,3 +786,14 @@ def test_paths_longer_than_path_max_round_trip(repo, tmp_path, jobs, monkeypatch
     finally:
         os.chdir(tmp_path)
     assert repo("--json", "backup", src).json["files_unmodified"] == 2
+
+
+def test_an_include_that_matches_nothing_is_said(repo, tmp_path):
+    """A restore drill whose --include matches nothing (latest is another job's snapshot) restored nothing and
+    said nothing (exit 0): now a warning names the snapshot and its paths, even with -q."""
+    src = make_tree(tmp_path / "src", {"a.conf": b"x"})
+    repo("backup", src)
+    res = repo("-q", "restore", "latest", "--target", tmp_path / "r", "--include", "/etc/ssh")
+    assert "matches --include" in res.err and str(src) in res.err
+    res = repo("-q", "restore", "latest", "--target", tmp_path / "r2", "--include", "*.conf")
+    assert res.err == ""

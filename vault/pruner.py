@@ -30,6 +30,7 @@ from . import pack as pack_mod
 from .catalog import Catalog
 from .errors import IntegrityError, ObjectNotFound, VaultError
 from .ids import ID_LEN
+from .model import replaced_by_repair
 from .packwriter import PackWriter
 from .repository import Repository, pack_name
 
@@ -161,8 +162,12 @@ class Pruner:
         self.report.blocks_referenced = cat.used_count()
         missing, examples = cat.used_missing()
         if missing:
+            replaced = sorted(s.short_id for s in snaps if s.id in replaced_by_repair(snaps))
+            advice = (f"snapshot(s) {' '.join(replaced)}, replaced by 'vault repair', still name the lost data: "
+                      f"forget them (vault forget {' '.join(replaced)}) or back up the files again"
+                      if replaced else "run 'vault verify' and 'vault repair index'")
             raise PruneRefused(f"prune refused, nothing deleted: {missing} referenced block(s) are not in the index "
-                               f"(e.g. {examples[0].hex()[:16]}); run 'vault verify' and 'vault repair index'")
+                               f"(e.g. {examples[0].hex()[:16]}); {advice}")
 
     # --- 2. plan ------------------------------------------------------------------------------------
     def _plan(self) -> _Plan:

@@ -83,10 +83,11 @@ _max_unused = click.option("--max-unused", default="10%", show_default=True, cal
 
 
 def _print_prune(c, rep) -> None:
-    verb = "would free" if rep.dry_run else "freed"
-    c.out(f"prune: {rep.packs_deleted} packs deleted, {rep.packs_repacked} repacked ({rep.blocks_repacked} blocks "
-          f"into {rep.packs_written} new packs), {rep.packs_unindexed_deleted} leftovers removed, "
-          f"{rep.packs_kept} kept; {verb} {human_bytes(rep.bytes_freed)} of {human_bytes(rep.bytes_total)}")
+    verb, would = ("would free", "to be ") if rep.dry_run else ("freed", "")
+    c.out(f"prune{' (dry run: nothing changed)' if rep.dry_run else ''}: {rep.packs_deleted} packs {would}deleted, "
+          f"{rep.packs_repacked} {would}repacked ({rep.blocks_repacked} blocks into {rep.packs_written} new packs), "
+          f"{rep.packs_unindexed_deleted} leftovers {would}removed, {rep.packs_kept} kept; {verb} "
+          f"{human_bytes(rep.bytes_freed)} of {human_bytes(rep.bytes_total)}")
     for w in rep.warnings:
         c.err(printable(f"warning: {w}"))
 
@@ -267,7 +268,8 @@ def key_remove(key_id: str) -> None:
 
 
 @key.command("passwd")
-@click.option("--new-password-file", type=click.Path(dir_okay=False), help="Read the new password from FILE.")
+@click.option("--new-password-file", type=click.Path(dir_okay=False), help="Read the new password from FILE "
+              "[env: VAULT_NEW_PASSWORD_FILE, VAULT_NEW_PASSWORD].")
 @global_options
 def key_passwd(new_password_file: str | None) -> None:
     """Change the password of the key slot in use. Example: vault key passwd --new-password-file pw2"""
@@ -336,8 +338,11 @@ def repair(what: str, read_data: bool, from_repo: str | None, from_password_file
         verb = "would " if dry_run else ""
         c.out(f"repair{' (dry run: nothing changed)' if dry_run else ''}: {rep.packs_checked} packs checked, "
               f"{len(rep.packs_damaged)} damaged ({rep.blocks_salvaged} blocks {'to salvage' if dry_run else 'salvaged'}, "
-              f"{rep.blocks_lost} lost), {rep.packs_missing} missing; {rep.blocks_healed} blocks and "
-              f"{rep.trees_healed} trees {'would be ' if dry_run else ''}healed from the second repository")
+              f"{rep.blocks_lost} lost), {rep.packs_missing} missing"
+              + (f"; {rep.blocks_healed} blocks and {rep.trees_healed} trees {'would be ' if dry_run else ''}healed "
+                 "from the second repository" if from_repo else ""))
+        if dry_run and not (read_data or from_repo):  # (a real run says so after its verify)
+            c.out("(packs were not read: damage inside a pack is not seen; add --read-data)")
         for s in rep.snapshots_rewritten:
             if s.get("healed_from_copy"):
                 c.out(f"would restore snapshot {s['old'][:8]} from the copy's {s['healed_from_copy'][:8]}")

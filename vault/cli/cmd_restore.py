@@ -47,6 +47,9 @@ def restore(snapshot: str | None, target: str, at: str | None, includes: tuple[s
     snap, res = api.restore(c.settings, c.password_fn(), snapshot, RestoreOptions(target, list(includes),
                             list(excludes)), at=at, flt=flt)
     c.warn_unreadable(res.passed_over, f"it may be newer than {snap.short_id}, the snapshot restored", always=True)
+    if includes and not (res.files or res.dirs or res.symlinks or res.other or res.damaged or res.errors):
+        c.err(printable(f"vault: warning: nothing in snapshot {snap.short_id} matches --include "
+                        f"{' '.join(includes)} (its paths: {' '.join(snap.paths)})"))
     for path, why in res.damaged:
         c.err(printable(f"damaged: {path}: {why}"))
     for path, why in res.errors:
