@@ -95,7 +95,7 @@ def backup(paths: tuple[str, ...], tags: tuple[str, ...], host: str | None, time
                 patterns += read_exclude_file(fh.read())
         except OSError as exc:
             raise UsageError(f"cannot read exclude file {f}: {exc.strerror}") from None
-    when = parse_time(time_, datetime.now(timezone.utc)) if time_ else None
+    when = parse_time(time_, datetime.now(timezone.utc)) if time_ is not None else None  # ("" is an error)
     if host is not None and not _is_text(host):
         raise UsageError("--host must be text (UTF-8): host names are matched and shown as text")
     opts = BackupOptions(paths=list(paths), tags=[t for t in tags if t], host=host, time=when, excludes=patterns,
