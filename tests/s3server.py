@@ -192,7 +192,7 @@ _ERRORS = {
     "error": (500, "Internal Server Error", "InternalError",
               "We encountered an internal error. Please try again."),
 }
-ACTIONS = ("slowdown", "error", "reset", "latency")
+ACTIONS = ("slowdown", "error", "reset", "headcut", "latency")
 
 
 class FaultProxy:
@@ -200,7 +200,9 @@ class FaultProxy:
 
     Per request, in this order of the random draw: ``slowdown_rate`` answer 503 SlowDown, ``error_rate``
     answer 500 InternalError (neither is forwarded), ``reset_rate`` forward and reset the connection halfway
-    through the response, ``latency_rate`` forward after sleeping ``latency`` seconds (a (lo, hi) range);
+    through the response, ``headcut_rate`` forward and close the connection part way through the response's
+    head (status line and headers: a client may then see a 200 with no body), ``latency_rate`` forward after
+    sleeping ``latency`` seconds (a (lo, hi) range);
     otherwise forward. ``fail_rate`` sets the three failure rates to a third of it each, unless given
     separately. A failure is transient: the same request (method + target) fails at most
     ``max_consecutive`` times in a row, then goes through (so retries always make progress). ``match``, a
@@ -211,7 +213,8 @@ class FaultProxy:
     """
 
     def __init__(self, upstream: str, *, seed: int = 0, fail_rate: float = 0.0, slowdown_rate: float | None = None,
-                 error_rate: float | None = None, reset_rate: float | None = None, latency_rate: float = 0.0,
+                 error_rate: float | None = None, reset_rate: float | None = None, headcut_rate: float = 0.0,
+                 latency_rate: float = 0.0,
                  latency: tuple[float, float] = (0.005, 0.05), max_consecutive: int = 3, port: int = 0,
                  match=None):
         host, _, port_s = upstream.removeprefix("http://").rstrip("/").partition(":")
@@ -223,6 +226,7 @@ class FaultProxy:
             "slowdown": third if slowdown_rate is None else slowdown_rate,
             "error": third if error_rate is None else error_rate,
             "reset": third if reset_rate is None else reset_rate,
+            "headcut": headcut_rate,
             "latency": latency_rate,
         }
         if sum(self.rates.values()) > 1:
@@ -334,7 +338,7 @@ class FaultProxy:
                     action = name
                     break
             key = (method, target)
-            if action in ("slowdown", "error", "reset"):
+            if action in ("slowdown", "error", "reset", "headcut"):
                 if self._streak.get(key, 0) >= self.max_consecutive:
                     action = "forward"
                     self._streak.pop(key, None)
@@ -390,6 +394,11 @@ class FaultProxy:
                         up = upf = None
                         if fresh or attempt == 2 or self._stopping.is_set():
                             raise
+                if action == "headcut":  # past the status line, before the blank line that ends the head
+                    first = rhead.index(b"\r\n") + 2
+                    client.sendall(rhead[: self._rng_int(first, len(rhead) - 3)])
+                    client.shutdown(socket.SHUT_WR)  # a clean end of stream (FIN), not a reset
+                    return
                 if action == "reset":
                     if len(rbody) >= 2:
                         client.sendall(rhead + rbody[: len(rbody) // 2])
@@ -415,6 +424,10 @@ class FaultProxy:
             _reset(client)
             if up is not None:
                 self._drop(up)
+
+    def _rng_int(self, lo: int, hi: int) -> int:
+        with self._lock:
+            return self._rng.randint(lo, max(lo, hi))
 
     def _rng_uniform(self, lo: float, hi: float) -> float:
         with self._lock:

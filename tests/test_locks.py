@@ -284,3 +284,28 @@ def test_a_stopped_process_holding_the_catalog_open_lock_is_waited_for_then_exit
     assert res.returncode == 11 and b"another vault process" in res.stderr and b"Traceback" not in res.stderr
     assert 4.5 < waited < 30
     repo("snapshots")  # let go: fine again
+
+
+def test_a_full_repository_disk_points_read_only_commands_at_no_lock(tmp_path, capfd):
+    """verify and restore cannot write their lock on a full repository disk: the message says they can run
+    without one (--no-lock), and with it they work."""
+    from conftest import FAST_INIT, Cli, tmpfs
+
+    with tmpfs(tmp_path / "small", "4m") as mnt:
+        cli = Cli(capfd, mnt / "repo", tmp_path / "cache")
+        cli("init", *FAST_INIT)
+        src = make_tree(tmp_path / "src", {"a": b"x" * 1000})
+        cli("backup", src)
+        filler = mnt / "filler"
+        with open(filler, "wb") as f:
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+        res = cli("verify", ok=1)
+        assert "--no-lock" in res.err and "Traceback" not in res.err
+        cli("--no-lock", "verify")
+        cli("--no-lock", "restore", "latest", "--target", tmp_path / "r")
+        filler.unlink()

@@ -452,3 +452,20 @@ def test_a_backup_stopped_after_caching_its_trees_leaves_them_unchecked(cli, tmp
     assert res["files_changed"] >= 1
     cli("restore", res["snapshot_id"], "--target", tmp_path / "out")
     assert (tmp_path / "out" / src.relative_to("/") / "sub" / "f").read_bytes() == (src / "sub" / "f").read_bytes()
+
+
+def test_repair_asks_for_each_pack_a_listing_missed_before_dropping_it(cli, tmp_path, setup, monkeypatch):
+    """A listing of data/ that misses packs (a store's listing cut short, an eventually consistent one): repair
+    asked nothing more and rebuilt the index without them, then rewrote every snapshot without their files.
+    Each indexed pack the listing lacks is asked for by name first; only one that is really gone is lost."""
+    from vault.repository import Repository
+
+    src, lay = setup
+    listing = Repository.list_packs
+    monkeypatch.setattr(Repository, "list_packs", lambda self: list(listing(self))[:1])
+    res = cli("--json", "repair").json
+    assert res["packs_missing"] == 0 and res["files_dropped"] == [] and res["verify"]["ok"] is True
+    monkeypatch.setattr(Repository, "list_packs", listing)
+    assert cli("--json", "verify", "--read-data").json["ok"] is True
+    got = restored_files(cli, tmp_path, "r")
+    assert all(got[f] == Path(f).read_bytes() for f in lay.files)

@@ -152,6 +152,48 @@ def test_backup_restore_at_verify_on_s3(s3_repo, tmp_path):
 
 
 # --- (2) faults: 20% transient failures; an outage mid-backup --------------------------------------------------
+def _is_list(method: str, target: str) -> bool:
+    return method == "GET" and "list-type=2" in target
+
+
+def test_listings_cut_in_their_headers_are_retried_never_taken_for_empty(s3cli, moto_endpoint, tmp_path):
+    """Every listing's first tries end inside the response's head: botocore then parsed a 200 with no body as an
+    empty listing, so 'no snapshots, no index' -- and prune deleted every pack of an intact repository (a
+    fault-injection round). A listing must be whole (IsTruncated and KeyCount present, the count right), else
+    it is retried."""
+    s3cli("init", *FAST_INIT, "--pack-size", "1")
+    src = random_tree(tmp_path / "src", seed=7, files=6, size=600_000, small=20)
+    ok(run(s3cli, "backup", src))
+    ok(run(s3cli, "backup", src))
+    with FaultProxy(moto_endpoint, seed=11, headcut_rate=1.0, match=_is_list, max_consecutive=2) as proxy:
+        via = {"VAULT_S3_ENDPOINT": proxy.url, "VAULT_CACHE_DIR": str(tmp_path / "cold")}
+        snaps = json.loads(ok(run(s3cli, "--json", "snapshots", **via)).stdout)
+        assert len(snaps) == 2
+        p = json.loads(ok(run(s3cli, "--json", "prune", **via)).stdout)
+        assert p["packs_deleted"] == 0 and p["snapshots"] == 2, p
+        assert proxy.counts["headcut"] >= 4, proxy.counts
+    v = json.loads(ok(run(s3cli, "--json", "verify", "--read-data")).stdout)
+    assert v["ok"] is True
+    ok(run(s3cli, "restore", "latest", "--target", tmp_path / "r"))
+    assert_trees_equal(src, restored(tmp_path / "r", src))
+
+
+def test_reads_cut_in_their_headers_are_retried_never_taken_for_damage(s3cli, moto_endpoint, tmp_path):
+    """A third of all reads end inside the response's head: a body of 0 bytes came back as success, so restore
+    and verify reported damage (exit 20) and a cut key listing read as a wrong password (exit 12) on an intact
+    repository. A body must be as long as the response says, else it is retried."""
+    s3cli("init", *FAST_INIT, "--pack-size", "1")
+    src = random_tree(tmp_path / "src", seed=8, files=6, size=600_000, small=20)
+    ok(run(s3cli, "backup", src))
+    with FaultProxy(moto_endpoint, seed=12, headcut_rate=0.35, max_consecutive=2,
+                    match=lambda m, t: m in ("GET", "HEAD")) as proxy:
+        via = {"VAULT_S3_ENDPOINT": proxy.url, "VAULT_CACHE_DIR": str(tmp_path / "cold")}
+        ok(run(s3cli, "restore", "latest", "--target", tmp_path / "r", **via))
+        assert_trees_equal(src, restored(tmp_path / "r", src))
+        v = json.loads(ok(run(s3cli, "--json", "verify", "--read-data", **via)).stdout)
+        assert v["ok"] is True and v["damage"] == []
+        assert proxy.counts["headcut"] >= 10, proxy.counts
+
 @pytest.mark.parametrize("mib", [50, pytest.param(200, marks=pytest.mark.slow)])
 def test_backup_restore_verify_through_transient_faults(s3cli, moto_endpoint, tmp_path, mib):
     s3cli("init", *FAST_INIT, "--pack-size", "1")  # many packs: many requests to fail

@@ -27,7 +27,7 @@ from .chunker import ChunkerParams
 from .config import Settings
 from .crypto import KdfParams, MasterKeys
 from .copier import Copier, CopyReport
-from .errors import IntegrityError, RepositoryNotFound, SnapshotNotFound, UsageError, VaultError, WrongPassword
+from .errors import IntegrityError, PermanentError, RepositoryNotFound, SnapshotNotFound, UsageError, VaultError, WrongPassword
 from .excludes import Matcher
 from .ids import resolve_prefix
 from .locks import Lock, remove_locks
@@ -81,7 +81,12 @@ def session(settings: Settings, password: PasswordFn, lock: str | None = None, o
     if lock == "shared" and operation in _READ_ONLY and settings.no_lock:
         lock = None  # --no-lock: a read-only repository (a prune running meanwhile can make this fail)
     if lock is not None:
-        held = Lock(counter, exclusive=(lock == "exclusive"), operation=operation, wait=settings.lock_wait or 0)
+        try:
+            held = Lock(counter, exclusive=(lock == "exclusive"), operation=operation, wait=settings.lock_wait or 0)
+        except PermanentError as exc:  # a full or read-only repository cannot take a lock object
+            if lock == "shared" and operation in _READ_ONLY:
+                raise type(exc)(f"{exc} (cannot write a lock; {operation} can run without one: --no-lock)") from None
+            raise
     try:
         if before_catalog is not None:
             before_catalog(repo)

@@ -120,6 +120,11 @@ class Repairer:
         rep = self.report
         stored = dict(self.repo.list_packs())
         indexed = {pid: size for pid, _kind, size in self.catalog.packs()}
+        for pid in [p for p in indexed if p not in stored]:  # asked one by one before the index drops them: a
+            try:                                             # listing that misses packs must not lose them
+                stored[pid] = self.repo.backend.size(pack_name(pid))
+            except ObjectNotFound:
+                pass
         rep.packs_missing = len([p for p in indexed if p not in stored])
         good: list[tuple[bytes, int, list[PackEntry]]] = []  # listed in new segments, SEGMENT_PACKS at a time
         damaged: list[bytes] = []

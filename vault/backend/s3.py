@@ -56,6 +56,31 @@ _DENIED_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", 
                  "AccountProblem", "InvalidToken", "ExpiredToken", "403"}
 
 
+def _checked_body(resp: dict, body: bytes, offset: int, length: int | None, what: str) -> bytes:
+    """A GET's body, checked to be what the response promised: as long as its Content-Length (a connection
+    closed inside the head gave a 200 with no length and no body, read as an empty object) and, for a range,
+    the range asked for (or the part of it the object holds). CorruptResponse (retried) otherwise. A store that
+    ignores Range and sends the whole object (200, no Content-Range) is served by slicing it."""
+    declared = resp.get("ContentLength")
+    if declared is None or "ETag" not in resp or len(body) != int(declared):
+        raise CorruptResponse(f"S3 {what}: the response was cut short ({len(body)} bytes, Content-Length "
+                              f"{declared})")
+    if offset or length is not None:
+        span = resp.get("ContentRange") or ""  # "bytes START-END/TOTAL"
+        if not span and resp.get("ResponseMetadata", {}).get("HTTPStatusCode") == 200:
+            return body[offset:] if length is None else body[offset : offset + length]
+        try:
+            first, _, total = span.removeprefix("bytes ").partition("/")
+            start, _, end = first.partition("-")
+            start, end, total = int(start), int(end), int(total)
+        except ValueError:
+            raise CorruptResponse(f"S3 {what}: a ranged read without a valid Content-Range ({span!r})") from None
+        want = (total - offset) if length is None else min(length, total - offset)
+        if start != offset or end - start + 1 != len(body) or len(body) != want:
+            raise CorruptResponse(f"S3 {what}: asked for bytes {offset}+{length}, got {span} ({len(body)} bytes)")
+    return body
+
+
 class S3Backend:
     def __init__(self, bucket: str, prefix: str = "", endpoint: str | None = None, connections: int = 8,
                  storage_class: str | None = None, region: str | None = None, path_style: bool | None = None):
@@ -128,6 +153,9 @@ class S3Backend:
             raise BackendError(f"S3 {what}: {exc}") from None
         except OSError as exc:  # a reset while streaming a body
             raise TransientError(f"S3 {what}: {exc}") from None
+        except (ValueError, KeyError, TypeError) as exc:  # botocore parsing a head cut short (a date cut in two,
+            # a header missing): the response, not the object, is bad -- retried
+            raise CorruptResponse(f"S3 {what}: malformed response ({type(exc).__name__}: {exc})") from None
 
     # --- the Backend protocol -----------------------------------------------------------------------
     def put(self, name: str, data: bytes | memoryview, *, overwrite: bool = False) -> None:
@@ -209,15 +237,20 @@ class S3Backend:
         try:
             with self._errors("GET", name):
                 resp = self._s3.get_object(**args)
-                return resp["Body"].read()
+                return _checked_body(resp, resp["Body"].read(), offset, length, f"GET {self.location}/{name}")
         except BackendError as exc:
             if "InvalidRange" in str(exc) or " 416 " in str(exc):
                 return b""  # a range starting past the end: nothing there
             raise
 
     def size(self, name: str) -> int:
+        key = self._key(name)  # (a bad name: ValueError, before the request -- not a malformed response)
         with self._errors("HEAD", name):
-            return int(self._s3.head_object(Bucket=self.bucket, Key=self._key(name))["ContentLength"])
+            resp = self._s3.head_object(Bucket=self.bucket, Key=key)
+            if "ContentLength" not in resp or "ETag" not in resp:
+                raise CorruptResponse(f"S3 HEAD {self.location}/{name}: the response was cut short (no "
+                                      "Content-Length or ETag)")
+            return int(resp["ContentLength"])
 
     def exists(self, name: str) -> bool:
         return exists_by_size(self, name)
@@ -227,12 +260,21 @@ class S3Backend:
         pages = self._s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base + prefix)
         with self._errors("LIST", prefix):
             for page in pages:
-                for obj in page.get("Contents", []):
+                contents = page.get("Contents", [])
+                # a listing cut short (the connection closed inside its head) parses as an empty 200: never
+                # "no objects" (prune would delete everything) -- a real one always says how many and whether
+                # more follow
+                if "IsTruncated" not in page or page.get("KeyCount", len(contents)) != len(contents):
+                    raise CorruptResponse(f"S3 LIST {self.location}/{prefix}: the listing was cut short "
+                                          f"(IsTruncated {'missing' if 'IsTruncated' not in page else 'present'}, "
+                                          f"{len(contents)} of {page.get('KeyCount', '?')} keys)")
+                for obj in contents:
                     yield obj["Key"][len(base):], int(obj["Size"])
 
     def delete(self, name: str) -> None:
+        key = self._key(name)
         with self._errors("DELETE", name):
-            self._s3.delete_object(Bucket=self.bucket, Key=self._key(name))
+            self._s3.delete_object(Bucket=self.bucket, Key=key)
 
     def exists_store(self) -> bool:
         try:
@@ -262,6 +304,8 @@ class S3Backend:
         out = []
         with self._errors("LIST-MULTIPART", ""):
             for page in self._s3.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=base):
+                if "IsTruncated" not in page:
+                    raise CorruptResponse(f"S3 LIST-MULTIPART {self.location}: the listing was cut short")
                 for u in page.get("Uploads", []):
                     out.append((u["Key"], u["UploadId"], u["Initiated"].timestamp()))
         return out
