@@ -76,7 +76,10 @@ def restore(snapshot: str | None, target: str, at: str | None, includes: tuple[s
         c.err(f"vault: {len(res.damaged)} file(s) not restored; {res.catalog_problem}")
         return 1
     if res.damaged:
-        c.err(f"vault: {len(res.damaged)} file(s) not restored because their data is damaged or missing")
+        lost_dirs = sum(1 for _, why in res.damaged if why.startswith("directory listing lost"))
+        c.err(f"vault: {len(res.damaged) - lost_dirs} file(s)"
+              + (f" and everything below {lost_dirs} directory(ies)" if lost_dirs else "")
+              + " not restored because their data is damaged or missing")
         return 20
     if res.passed_over:  # damage in the repository that may have changed which snapshot was restored
         return 20
