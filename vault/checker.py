@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from . import forkpool
+from .backend.base import confirmed_size
 from .backend.counting import sum_stats
 from .catalog import Catalog
 from .errors import CatalogError, IntegrityError, ObjectNotFound, UsageError, VaultError, is_damage
@@ -146,7 +147,7 @@ class Checker:
         for pid, size, stored in cat.packs_not_stored():
             if stored is None:  # not listed: asked for by name before it is called missing (a listing can
                 try:            # come back short; the pack is damage only if it is really gone)
-                    stored = self.repo.backend.size(pack_name(pid))
+                    stored = confirmed_size(self.repo.backend, pack_name(pid), size)
                 except ObjectNotFound:
                     pass
                 if stored == size:

@@ -104,6 +104,11 @@ class CorruptResponse(TransientError):
     """The store sent bytes that fail its own checksum: retried (a network fault), then taken as damage."""
 
 
+class TruncatedResponse(TransientError):
+    """A response cut short (a listing or a body shorter than it says, a head cut in two): retried, and never
+    evidence against the data -- the network failed, whatever the bytes that did arrive look like."""
+
+
 class PermanentError(BackendError):
     """A failure retrying cannot fix (permission denied, no such bucket, disk full)."""
 

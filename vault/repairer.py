@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import index as index_mod
+from .backend.base import confirmed_size
 from .catalog import Catalog
 from .errors import IntegrityError, ObjectNotFound, VaultError, is_damage
 from .model import DIR, FILE, Node, Snapshot, Tree, replaced_by_repair
@@ -122,7 +123,7 @@ class Repairer:
         indexed = {pid: size for pid, _kind, size in self.catalog.packs()}
         for pid in [p for p in indexed if p not in stored]:  # asked one by one before the index drops them: a
             try:                                             # listing that misses packs must not lose them
-                stored[pid] = self.repo.backend.size(pack_name(pid))
+                stored[pid] = confirmed_size(self.repo.backend, pack_name(pid), indexed[pid])
             except ObjectNotFound:
                 pass
         rep.packs_missing = len([p for p in indexed if p not in stored])

@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 
 from . import index as index_mod
 from . import pack as pack_mod
-from .backend.base import Backend
+from .backend.base import Backend, confirmed_size
 from .chunker import Chunker, ChunkerParams
 from .compress import compress, decompress, decompress_into
 from .crypto import Cipher, KdfParams, MasterKeys, block_id
@@ -243,7 +243,7 @@ class Repository:
         except ObjectExists:
             pass  # same name = same bytes: another run stored this pack already
         # verify after write: the store must hold exactly what we sent
-        if self.backend.size(name) != size:
+        if confirmed_size(self.backend, name, size) != size:
             raise IntegrityError(f"pack {pid.hex()[:16]} was stored with the wrong size")
         return pid
 

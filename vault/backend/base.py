@@ -39,6 +39,21 @@ def check_name(name: str) -> str:
     return name
 
 
+def confirmed_size(backend: "Backend", name: str, expected: int | None = None, tries: int = 4) -> int:
+    """``backend.size(name)``, asked again while it disagrees with ``expected``: an S3 head cut inside its
+    Content-Length value (which stores send last) reads as a smaller number with nothing to show the cut, so a
+    size that disagrees stands only once two answers in a row agree. ObjectNotFound passes through."""
+    last = got = backend.size(name)
+    for _ in range(tries - 1):
+        if got == expected:
+            return got
+        got = backend.size(name)
+        if got == last:
+            return got
+        last = got
+    return got
+
+
 def exists_by_size(backend: "Backend", name: str) -> bool:
     """``exists`` for stores whose cheapest existence check is the size lookup (a stat, a HEAD)."""
     try:
@@ -69,9 +84,10 @@ class Backend(Protocol):
     def exists(self, name: str) -> bool:
         """True when the object exists."""
 
-    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
+    def list(self, prefix: str, after: str | None = None) -> Iterator[tuple[str, int]]:
         """Yield (name, size) for every object whose name starts with ``prefix`` (e.g. ``"data/"``), in name
-        order (the retry wrapper relies on it to resume a listing after a failure)."""
+        order; with ``after``, only names after it (the retry wrapper resumes a listing there after a
+        failure)."""
 
     def delete(self, name: str) -> None:
         """Remove the object. Deleting a missing object is not an error."""

@@ -91,10 +91,10 @@ class CountingBackend:
         self._count("HEAD")
         return self.inner.exists(name)
 
-    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
+    def list(self, prefix: str, after: str | None = None) -> Iterator[tuple[str, int]]:
         """Count one LIST per call."""
         self._count("LIST")
-        return self.inner.list(prefix)
+        return self.inner.list(prefix, after)
 
     def delete(self, name: str) -> None:
         """Count a DELETE."""

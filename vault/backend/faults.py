@@ -175,9 +175,9 @@ class FaultBackend:
         self._after(due, name)
         return result
 
-    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
+    def list(self, prefix: str, after: str | None = None) -> Iterator[tuple[str, int]]:
         due = self._before("list", prefix)
-        result = list(self.inner.list(prefix))
+        result = list(self.inner.list(prefix, after))
         self._after(due, prefix)
         return iter(result)
 

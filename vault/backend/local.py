@@ -232,8 +232,9 @@ class LocalBackend:
         """True when ``name`` is a stored object."""
         return exists_by_size(self, name)
 
-    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
-        """Yield (name, size) for objects starting with ``prefix``; only the directories it names are walked.
+    def list(self, prefix: str, after: str | None = None) -> Iterator[tuple[str, int]]:
+        """Yield (name, size) for objects starting with ``prefix`` (and after ``after``); only the directories
+        it names are walked.
 
         Temp files are skipped. Names come in name order (directories are walked sorted, and repository
         names never put a file beside a directory whose name it extends)."""
@@ -242,7 +243,9 @@ class LocalBackend:
             check_name(head)
         start = os.path.join(self.root, *head.split("/")) if head else self.root
         with self._os_errors("listing", prefix or "/"):
-            yield from self._walk(start, head + "/" if head else "", prefix)
+            for item in self._walk(start, head + "/" if head else "", prefix):
+                if after is None or item[0] > after:
+                    yield item
 
     def _walk(self, directory: str, name_prefix: str, prefix: str) -> Iterator[tuple[str, int]]:
         try:

@@ -46,10 +46,11 @@ class MemoryBackend:
         with self._lock:
             return name in self._objects
 
-    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
-        """Yield (name, size) of a snapshot of the objects under ``prefix``, sorted by name."""
+    def list(self, prefix: str, after: str | None = None) -> Iterator[tuple[str, int]]:
+        """Yield (name, size) of a snapshot of the objects under ``prefix`` (after ``after``), sorted by name."""
         with self._lock:
-            found = sorted((n, len(b)) for n, b in self._objects.items() if n.startswith(prefix))
+            found = sorted((n, len(b)) for n, b in self._objects.items()
+                           if n.startswith(prefix) and (after is None or n > after))
         return iter(found)
 
     def delete(self, name: str) -> None:

@@ -118,21 +118,25 @@ class RetryBackend:
         """Exists with retries."""
         return self._call(lambda: self.inner.exists(name))
 
-    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
+    def list(self, prefix: str, after: str | None = None) -> Iterator[tuple[str, int]]:
         """List with retries, streamed (a listing of a million packs is never held whole). Backends list in
-        name order, so after a transient failure the listing restarts and skips every name up to the last one
-        already yielded: nothing is yielded twice or skipped."""
-        last: str | None = None
-        for attempt in range(self.attempts):
+        name order, so after a transient failure the listing resumes after the last name already yielded
+        (nothing is yielded twice or skipped), and a try that made progress does not count against the
+        attempts: a listing of a thousand pages gets through a steady low rate of faults."""
+        last: str | None = after
+        attempt = 0
+        while True:
+            progressed = False
             try:
-                for name, size in self.inner.list(prefix):
+                for name, size in self.inner.list(prefix, last):
                     if last is not None and name <= last:
                         continue
                     yield name, size
-                    last = name
+                    last, progressed = name, True
                 return
             except TransientError as err:
-                if attempt == self.attempts - 1:
+                attempt = 0 if progressed else attempt + 1
+                if attempt >= self.attempts - 1:
                     err.add_note(f"gave up after {self.attempts} attempts on {self.location}")
                     raise
             self._backoff(attempt)

@@ -36,7 +36,7 @@ from botocore.exceptions import (BotoCoreError, ClientError, ConnectionError as 
                                  NoCredentialsError, PartialCredentialsError)
 
 from ..errors import (BackendError, CorruptResponse, ObjectExists, ObjectNotFound, PermanentError, TransientError,
-                      UsageError)
+                      TruncatedResponse, UsageError)
 from .base import check_name, exists_by_size
 from .retry import retry_transient
 
@@ -58,13 +58,16 @@ _DENIED_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", 
 
 def _checked_body(resp: dict, body: bytes, offset: int, length: int | None, what: str) -> bytes:
     """A GET's body, checked to be what the response promised: as long as its Content-Length (a connection
-    closed inside the head gave a 200 with no length and no body, read as an empty object) and, for a range,
-    the range asked for (or the part of it the object holds). CorruptResponse (retried) otherwise. A store that
-    ignores Range and sends the whole object (200, no Content-Range) is served by slicing it."""
+    closed inside the head gave a 200 with no length and no body, read as an empty object; a chunked body
+    without one is framed by its chunks, which urllib3 checks) and, for a range, the range asked for (or the
+    part of it the object holds). TruncatedResponse (retried, never damage) otherwise. A store that ignores
+    Range and sends the whole object (200, no Content-Range) is served by slicing it."""
     declared = resp.get("ContentLength")
-    if declared is None or "ETag" not in resp or len(body) != int(declared):
-        raise CorruptResponse(f"S3 {what}: the response was cut short ({len(body)} bytes, Content-Length "
-                              f"{declared})")
+    headers = resp.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+    chunked = "chunked" in str(headers.get("transfer-encoding", "")).lower()
+    if (declared is None and not chunked) or (declared is not None and len(body) != int(declared)):
+        raise TruncatedResponse(f"S3 {what}: the response was cut short ({len(body)} bytes, Content-Length "
+                                f"{declared})")
     if offset or length is not None:
         span = resp.get("ContentRange") or ""  # "bytes START-END/TOTAL"
         if not span and resp.get("ResponseMetadata", {}).get("HTTPStatusCode") == 200:
@@ -74,10 +77,10 @@ def _checked_body(resp: dict, body: bytes, offset: int, length: int | None, what
             start, _, end = first.partition("-")
             start, end, total = int(start), int(end), int(total)
         except ValueError:
-            raise CorruptResponse(f"S3 {what}: a ranged read without a valid Content-Range ({span!r})") from None
+            raise TruncatedResponse(f"S3 {what}: a ranged read without a valid Content-Range ({span!r})") from None
         want = (total - offset) if length is None else min(length, total - offset)
         if start != offset or end - start + 1 != len(body) or len(body) != want:
-            raise CorruptResponse(f"S3 {what}: asked for bytes {offset}+{length}, got {span} ({len(body)} bytes)")
+            raise TruncatedResponse(f"S3 {what}: asked for bytes {offset}+{length}, got {span} ({len(body)} bytes)")
     return body
 
 
@@ -153,9 +156,9 @@ class S3Backend:
             raise BackendError(f"S3 {what}: {exc}") from None
         except OSError as exc:  # a reset while streaming a body
             raise TransientError(f"S3 {what}: {exc}") from None
-        except (ValueError, KeyError, TypeError) as exc:  # botocore parsing a head cut short (a date cut in two,
-            # a header missing): the response, not the object, is bad -- retried
-            raise CorruptResponse(f"S3 {what}: malformed response ({type(exc).__name__}: {exc})") from None
+        except (ValueError, KeyError) as exc:  # botocore parsing a head cut short (a date cut in two, a header
+            # missing): the response, not the object, is bad -- retried, never taken as damage
+            raise TruncatedResponse(f"S3 {what}: malformed response ({type(exc).__name__}: {exc})") from None
 
     # --- the Backend protocol -----------------------------------------------------------------------
     def put(self, name: str, data: bytes | memoryview, *, overwrite: bool = False) -> None:
@@ -207,9 +210,9 @@ class S3Backend:
             with memoryview(data) as view:
                 for i, off in enumerate(range(0, len(view), PART_SIZE), start=1):
                     body = bytes(view[off : off + PART_SIZE])
-                    r = self._sub_request("UPLOAD-PART", name, lambda i=i, body=body: self._s3.upload_part(
-                        Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=i, Body=body))
-                    parts.append({"PartNumber": i, "ETag": r["ETag"]})
+                    etag = self._sub_request("UPLOAD-PART", name, lambda i=i, body=body: self._s3.upload_part(
+                        Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=i, Body=body)["ETag"])
+                    parts.append({"PartNumber": i, "ETag": etag})
                 del body
                 size = len(view)
             try:
@@ -248,28 +251,31 @@ class S3Backend:
         with self._errors("HEAD", name):
             resp = self._s3.head_object(Bucket=self.bucket, Key=key)
             if "ContentLength" not in resp or "ETag" not in resp:
-                raise CorruptResponse(f"S3 HEAD {self.location}/{name}: the response was cut short (no "
-                                      "Content-Length or ETag)")
+                raise TruncatedResponse(f"S3 HEAD {self.location}/{name}: the response was cut short (no "
+                                        "Content-Length or ETag)")
             return int(resp["ContentLength"])
 
     def exists(self, name: str) -> bool:
         return exists_by_size(self, name)
 
-    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
+    def list(self, prefix: str, after: str | None = None) -> Iterator[tuple[str, int]]:
         base = f"{self.prefix}/" if self.prefix else ""
-        pages = self._s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base + prefix)
+        extra = {"StartAfter": base + after} if after is not None else {}
+        pages = self._s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base + prefix, **extra)
         with self._errors("LIST", prefix):
+            more = True
             for page in pages:
-                contents = page.get("Contents", [])
                 # a listing cut short (the connection closed inside its head) parses as an empty 200: never
-                # "no objects" (prune would delete everything) -- a real one always says how many and whether
-                # more follow
-                if "IsTruncated" not in page or page.get("KeyCount", len(contents)) != len(contents):
-                    raise CorruptResponse(f"S3 LIST {self.location}/{prefix}: the listing was cut short "
-                                          f"(IsTruncated {'missing' if 'IsTruncated' not in page else 'present'}, "
-                                          f"{len(contents)} of {page.get('KeyCount', '?')} keys)")
-                for obj in contents:
+                # "no objects" (prune would delete everything) -- a real page always says whether more follow
+                if "IsTruncated" not in page:
+                    raise TruncatedResponse(f"S3 LIST {self.location}/{prefix}: the listing was cut short (a "
+                                            "page without IsTruncated)")
+                more = page["IsTruncated"]
+                for obj in page.get("Contents", []):
                     yield obj["Key"][len(base):], int(obj["Size"])
+            if more:  # the paginator stops at a page that says more follows but gives no token to ask for it
+                raise TruncatedResponse(f"S3 LIST {self.location}/{prefix}: the listing stopped at a page that "
+                                        "says more follows")
 
     def delete(self, name: str) -> None:
         key = self._key(name)
@@ -303,11 +309,16 @@ class S3Backend:
         base = f"{self.prefix}/" if self.prefix else ""
         out = []
         with self._errors("LIST-MULTIPART", ""):
+            more = False
             for page in self._s3.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=base):
                 if "IsTruncated" not in page:
-                    raise CorruptResponse(f"S3 LIST-MULTIPART {self.location}: the listing was cut short")
+                    raise TruncatedResponse(f"S3 LIST-MULTIPART {self.location}: the listing was cut short")
+                more = page["IsTruncated"]
                 for u in page.get("Uploads", []):
                     out.append((u["Key"], u["UploadId"], u["Initiated"].timestamp()))
+            if more:
+                raise TruncatedResponse(f"S3 LIST-MULTIPART {self.location}: the listing stopped at a page that "
+                                        "says more follows")
         return out
 
     def abort_multipart(self, key: str, upload_id: str) -> None:
