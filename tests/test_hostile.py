@@ -5,6 +5,7 @@ message, never a traceback. Garbage packs, index segments and snapshots are repo
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -22,6 +23,7 @@ from conftest import FAST_INIT, PASSWORD, Symlink, make_tree
 
 from vault import index as index_mod
 from vault.backend.local import LocalBackend
+from vault.errors import IntegrityError
 from vault.model import Snapshot
 from vault.pack import DATA, TREE, PackEntry, encode_header
 from vault.repository import Repository, pack_name
@@ -630,3 +632,108 @@ def test_a_directory_swapped_for_a_symlink_during_restore_is_not_followed(repo, 
     assert stat.S_IMODE(os.stat(outside / "victim").st_mode) == 0o600, "the swapped-in link was chmod-ed through"
     assert watched(tmp_path, box) == before
     assert (restored / "bulk" / "f0").read_bytes() == (src / "bulk" / "f0").read_bytes(), "the rest is restored"
+
+
+# --- a hostile-input round (session 10): each of these ended in "internal error" or worse -------------------------
+def test_an_index_segment_claiming_a_pack_of_2_64_bytes_is_rejected_not_fatal(repo, tmp_path):
+    """A segment naming a real pack with size 2**64-1 made every command fail ("internal error: OverflowError:
+    Python int too large to convert to SQLite INTEGER"), repair included. It is now a bad segment: verify names it."""
+    src = make_tree(tmp_path / "src", {"a": b"x" * 3000})
+    repo("backup", src)
+    c = Crafter(repo.repo)
+    pid, entries = next((pid, e) for pid, _k, e in _indexed(c.r))
+    c.r.save_index(index_mod.from_packs([(pid, (1 << 64) - 1, entries)]))
+    fresh = ["--cache-dir", tmp_path / "fresh"]
+    res = repo(*fresh, "snapshots", ok=False)
+    assert "internal error" not in res.err and "Traceback" not in res.err
+    v = repo(*fresh, "--json", "verify", ok=20)
+    assert any("index" in d["object"] for d in v.json["damage"])
+
+
+def _indexed(r):
+    for sid in r.list_index():
+        for pid, entries in r.load_index(sid).packs.items():
+            yield pid, entries[0].kind, entries
+
+
+def test_malformed_locks_are_stale_not_fatal(repo, tmp_path):
+    """Lock objects anyone with write access could leave: a pid too large for the kernel, a pid of -1 (kill(-1, 0)
+    asks about every process), refreshed = 1e308 or NaN (never stale), 100 KB of junk. Each made locking
+    commands and 'unlock' fail with "internal error", or blocked them for ever; they are malformed: stale."""
+    import socket
+
+    src = make_tree(tmp_path / "src", {"a": b"x"})
+    repo("backup", src)
+    host = socket.gethostname()
+    for doc in ({"host": host, "pid": 99999999999, "exclusive": True, "time": 1, "refreshed": 1e308},
+                {"host": host, "pid": -1, "exclusive": True, "time": 1, "refreshed": 2e9},
+                {"host": "elsewhere", "pid": 5, "exclusive": True, "time": 1, "refreshed": float("nan")}):
+        write_named(repo.repo, "locks", json.dumps(doc).encode())
+    (repo.repo / "locks" / ("ab" * 16)).write_bytes(b"x" * 100_000)
+    for args in (["backup", src], ["prune"], ["unlock"]):
+        res = repo("--lock-wait", "0", *args)
+        assert "internal error" not in res.err
+    assert not list((repo.repo / "locks").iterdir())
+
+
+def test_summary_fields_copy_and_repair_match_on_must_be_text(repo, tmp_path):
+    """copied_from / restored_from_copy holding a list or an object: copy and repair --from-repo failed with
+    "internal error: TypeError: unhashable type"; such a field is now ignored."""
+    from vault.model import Snapshot
+
+    src = make_tree(tmp_path / "src", {"a": b"x"})
+    good = repo("--json", "backup", src).json["snapshot_id"]
+    c = Crafter(repo.repo)
+    tree = next(s for s in [c.r.load_snapshot(good)]).tree
+    c.r.save_snapshot(Snapshot(time=datetime.now(timezone.utc), host="h", paths=["/p"], tree=tree,
+                               summary={"copied_from": ["x"], "restored_from_copy": {"a": 1}}))
+    second = tmp_path / "second"
+    repo("init", *FAST_INIT, "--repo", second)
+    repo("copy", "--to", second)
+    repo("--repo", second, "copy", "--to", repo.repo)
+    assert len(repo("--json", "--repo", second, "snapshots").json) == 2
+
+
+@pytest.mark.parametrize("change", ["chunker-is-text", "deep-json", "version-true", "level-float"])
+def test_a_malformed_config_is_one_line_not_internal_error(repo, tmp_path, change):
+    path = repo.repo / "config"
+    cfg = json.loads(path.read_bytes())
+    if change == "chunker-is-text":
+        cfg["chunker"] = "x"
+        data = json.dumps(cfg).encode()
+    elif change == "deep-json":
+        data = b"[" * 100_000
+    elif change == "version-true":
+        cfg["version"] = True
+        data = json.dumps(cfg).encode()
+    else:
+        cfg["compression"]["level"] = 1.5
+        data = json.dumps(cfg).encode()
+    os.chmod(path, 0o644)
+    path.write_bytes(data)
+    res = repo("snapshots", ok=False)
+    assert res.code in (1, 20) and "internal error" not in res.err and "config" in res.err, res.err
+
+
+def test_a_frame_without_a_size_is_never_given_its_claimed_size_up_front():
+    """A 19-byte zstd frame with no declared size, whose index entry claims 4 GiB: decompression allocated the
+    claimed size up front (MemoryError under a memory limit). It is streamed now, bounded by what it holds."""
+    import zstandard
+
+    from vault.compress import bounded_decompress
+
+    frame = zstandard.ZstdCompressor(write_content_size=False).compress(b"\0" * 1000)
+    with _memory_limit(512 * 1024 * 1024):
+        assert bounded_decompress(frame, (1 << 32) - 1) == b"\0" * 1000
+        with pytest.raises(IntegrityError):
+            bounded_decompress(frame, 999)
+
+
+@contextlib.contextmanager
+def _memory_limit(n: int):
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (n, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))

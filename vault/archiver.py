@@ -35,7 +35,7 @@ from .excludes import Matcher
 from .filereader import FileReader, FileResult
 from .entries import split_ids
 from .fsmeta import node_from_stat, node_type, stat_key
-from .model import DIR, FILE, SYMLINK, Node, Snapshot, Tree, replaced_by_repair
+from .model import DEEPEST, DIR, FILE, SYMLINK, Node, Snapshot, Tree, replaced_by_repair
 from .pack import TREE, PackEntry, sealed_size
 from .packwriter import PackWriter
 from .repository import Repository, pack_name
@@ -532,7 +532,7 @@ class Archiver:
 
     def run(self) -> Snapshot | None:
         t0 = time.monotonic()
-        sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))  # one frame per directory level
+        sys.setrecursionlimit(max(sys.getrecursionlimit(), DEEPEST + 1000))  # one frame per directory level
         abs_paths = []
         for p in self.opts.paths:
             b = os.path.abspath(os.fsencode(p))

@@ -745,6 +745,21 @@ class Catalog:
             c.executemany("INSERT OR IGNORE INTO temp.removed (id) VALUES (?)", ((i,) for i in ids))
         self._tx(run)
 
+    def held_dirs_begin(self) -> None:
+        """A temporary table of directories whose metadata a restore sets at the end, deepest first: on disk
+        past the temp cache, so memory does not grow with the number or the depth of directories."""
+        def run(c: sqlite3.Connection) -> None:
+            c.execute("CREATE TEMP TABLE IF NOT EXISTS held_dirs (depth INTEGER NOT NULL, path BLOB NOT NULL, "
+                      "meta BLOB NOT NULL)")
+            c.execute("DELETE FROM temp.held_dirs")
+        self._tx(run)
+
+    def held_dirs_add(self, rows: list[tuple[int, bytes, bytes]]) -> None:
+        self._tx(lambda c: c.executemany("INSERT INTO temp.held_dirs (depth, path, meta) VALUES (?, ?, ?)", rows))
+
+    def held_dirs_deepest_first(self) -> Iterator[tuple[bytes, bytes]]:
+        return ((bytes(p), bytes(m)) for p, m in self._iter("SELECT path, meta FROM temp.held_dirs ORDER BY depth DESC"))
+
     def removed_among(self, ids: Iterable[bytes]) -> set[bytes]:
         return set(self._present("removed", ids))
 

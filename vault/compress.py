@@ -59,7 +59,18 @@ def bounded_decompress(frame: bytes | memoryview, limit: int) -> bytes:
         declared = zstandard.frame_content_size(frame)
         if declared > limit:
             raise IntegrityError(f"compressed data claims {declared} bytes, more than the {limit} allowed")
-        out = _decompressor().decompress(frame, max_output_size=max(limit, 1))
+        if declared < 0:  # no size in the frame (vault always writes one): streamed, never ``limit`` allocated
+            pieces, got = [], 0  # up front (a 19-byte frame claimed 4 GiB): read 1 MiB at a time
+            with _decompressor().stream_reader(frame) as reader:
+                while got <= limit:
+                    piece = reader.read(min(1 << 20, limit + 1 - got))
+                    if not piece:
+                        break
+                    pieces.append(piece)
+                    got += len(piece)
+            out = b"".join(pieces)
+        else:
+            out = _decompressor().decompress(frame, max_output_size=max(limit, 1))
     except zstandard.ZstdError as exc:
         raise IntegrityError(f"corrupt compressed data: {exc}") from None
     if len(out) > limit:

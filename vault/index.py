@@ -24,6 +24,7 @@ from .pack import KINDS, PackEntry
 MAGIC = b"VIX1"
 AAD = b"vault index"
 _PACK = struct.Struct("<32scIQ")
+MAX_PACK_SIZE = 1 << 40  # far above any pack vault writes (pack_size <= 1 GiB), far below 2**63
 _ENTRY = struct.Struct("<32sIII")
 MAX_SEGMENT_PLAIN = 512 * 1024 * 1024
 
@@ -91,6 +92,8 @@ def _parse(plain: bytes) -> IndexSegment:
         k = kind.decode("latin-1")
         if k not in KINDS:
             raise IntegrityError("index segment: unknown block kind")
+        if size > MAX_PACK_SIZE:  # (a pack is at most 1 GiB plus its header; SQLite stores signed 64 bits)
+            raise IntegrityError(f"index segment: impossible pack size {size}")
         entries = []
         for _ in range(count):
             bid, off, length, raw = _ENTRY.unpack_from(plain, pos)

@@ -10,6 +10,7 @@ crashed cron job never blocks the next night's run. Held locks are refreshed by 
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import socket
@@ -27,6 +28,7 @@ class LockLost(VaultError):
     """Our lock vanished or went stale while we held it: stop before committing anything."""
 
 STALE_AFTER = 30 * 60.0
+MAX_LOCK_BYTES = 64 * 1024
 REFRESH_EVERY = 5 * 60.0
 
 
@@ -55,6 +57,8 @@ class LockInfo:
 
 
 def _pid_alive(pid: int) -> bool:
+    if not 0 < pid < 1 << 22:  # (Linux's pid_max at most; kill(-1, 0) would ask about every process)
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -66,15 +70,21 @@ def _pid_alive(pid: int) -> bool:
 
 def list_locks(backend: Backend) -> list[LockInfo]:
     out = []
-    for name, _size in backend.list("locks/"):
+    for name, size in backend.list("locks/"):
         try:
+            if size > MAX_LOCK_BYTES:  # (a lock is ~200 bytes: a huge one is not read, only removable)
+                raise ValueError("oversized lock")
             d = json.loads(backend.get(name))
-            out.append(LockInfo(name, str(d["host"]), int(d["pid"]), str(d.get("username", "")),
-                                str(d.get("operation", "")), bool(d["exclusive"]), float(d["time"]),
-                                float(d.get("refreshed", d["time"]))))
+            info = LockInfo(name, str(d["host"]), int(d["pid"]), str(d.get("username", "")),
+                            str(d.get("operation", "")), bool(d["exclusive"]), float(d["time"]),
+                            float(d.get("refreshed", d["time"])))
+            if not (math.isfinite(info.time) and math.isfinite(info.refreshed) and 0 < info.pid < 1 << 31
+                    and info.refreshed < time.time() + 86400):  # (a day ahead: no clock is that skewed)
+                raise ValueError("impossible values")
+            out.append(info)
         except ObjectNotFound:
             continue
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, OverflowError, RecursionError):
             # A malformed lock cannot be honoured; treat it as stale (unlock removes it).
             out.append(LockInfo(name, "?", 0, "", "malformed", False, 0.0, 0.0))
     return out

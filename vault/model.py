@@ -19,6 +19,9 @@ from .timespec import format_time  # noqa: F401  (snapshot times: the one format
 FILE, DIR, SYMLINK, FIFO, CHARDEV, BLOCKDEV, SOCKET = "file", "dir", "symlink", "fifo", "chardev", "blockdev", "socket"
 NODE_TYPES = (FILE, DIR, SYMLINK, FIFO, CHARDEV, BLOCKDEV, SOCKET)
 FORMAT_VERSION = 1
+DEEPEST = 9_000  # directory levels backup and repair walk down (by recursion: Python 3.11 shares its recursion
+#                 limit with C code such as the JSON decoder, so a much higher limit would let hostile JSON
+#                 overflow the C stack -- a crash, not an error)
 
 
 def _enc_bytes(d: dict, key: str, value: bytes) -> None:
@@ -256,6 +259,9 @@ class Snapshot:
                        parent=doc.get("parent"), summary=dict(doc.get("summary") or {}), id=snap_id)
             if snap.parent is not None and not (isinstance(snap.parent, str) and len(snap.parent) == 64):
                 raise ValueError("bad parent")
+            for key in ("copied_from", "restored_from_copy", "repaired_from"):  # ids copy and repair match on
+                if key in snap.summary and not isinstance(snap.summary[key], str):
+                    del snap.summary[key]  # (a list or dict there made copy and repair fail: unhashable)
         except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError, RecursionError):
             raise IntegrityError(f"snapshot {snap_id[:8]}: malformed manifest") from None
         return snap

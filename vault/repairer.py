@@ -30,7 +30,7 @@ from . import index as index_mod
 from .backend.base import confirmed_size
 from .catalog import Catalog
 from .errors import IntegrityError, ObjectNotFound, VaultError, is_damage
-from .model import DIR, FILE, Node, Snapshot, Tree, replaced_by_repair
+from .model import DEEPEST, DIR, FILE, Node, Snapshot, Tree, replaced_by_repair
 from .pack import DATA, TREE, PackEntry, parse_pack
 from .packwriter import PackWriter
 from .repository import Repository, pack_name
@@ -249,7 +249,7 @@ class Repairer:
 
     # --- heal from a second repository --------------------------------------------------------------------
     def heal_from(self, other: Repository, other_cat: Catalog) -> None:
-        sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
+        sys.setrecursionlimit(max(sys.getrecursionlimit(), DEEPEST + 1000))
         theirs = other_cat.snapshots()
         by_origin = {s.summary.get("copied_from"): s for s in theirs if s.summary.get("copied_from")}
         by_id = {s.id: s for s in theirs}
@@ -443,7 +443,7 @@ class Repairer:
 
     # --- snapshots -------------------------------------------------------------------------------------
     def repair_snapshots(self) -> None:
-        sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
+        sys.setrecursionlimit(max(sys.getrecursionlimit(), DEEPEST + 1000))
         snaps = self.catalog.snapshots()
         replaced = replaced_by_repair(snaps)
         for snap in snaps:

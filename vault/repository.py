@@ -68,8 +68,10 @@ class RepoConfig:
                 raise VaultError("repository uses a cipher, hash, compression or chunker this vault does not know")
             cfg = cls(id=str(d["id"]), chunker=ChunkerParams.from_json(d["chunker"]),
                       compression_level=int(d["compression"]["level"]), pack_size=int(d["pack_size"]))
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             raise IntegrityError("repository config is damaged or not a vault repository") from None
+        if type(d["version"]) is not int or type(d["compression"]["level"]) is not int or type(d["pack_size"]) is not int:
+            raise IntegrityError("repository config holds impossible values")  # (true, 1.0, 1.5 were taken)
         if not (len(cfg.id) == 64 and all(c in "0123456789abcdef" for c in cfg.id) and 1024 <= cfg.pack_size <= 1 << 30 and -7 <= cfg.compression_level <= 22):
             raise IntegrityError("repository config holds impossible values")
         return cfg

@@ -25,6 +25,7 @@ import collections
 import copy
 import errno
 import itertools
+import marshal
 import mmap
 import os
 import secrets
@@ -207,7 +208,9 @@ class Restorer:
         self._links: list[tuple[bytes, _FileTask]] = []  # (path, first task)
         self._spares: list[_FileTask] = []  # complete files whose name was taken (see _finish_file)
         self._others: list[tuple[bytes, Node]] = []  # symlinks and special files
-        self._dirs: list[tuple[bytes, Node]] = []
+        self._dirs: list[tuple[int, bytes, bytes]] = []  # directories made, to the catalog in batches (depth,
+        #                                                 path, metadata): their metadata is set at the end
+        self._dirs_held = False  # some are in the catalog's temporary table already
         self._at: DirHandles | None = None  # opened by run() once the target exists
         self._lock = threading.Lock()
         self._cpu = threading.BoundedSemaphore(opts.cpu_jobs or max(2, os.cpu_count() or 2))
@@ -246,8 +249,18 @@ class Restorer:
         if not ok:
             self.result.errors.append((_show(path), "kept: something that is not a directory is in the way"))
             return False
-        self._dirs.append((path, node))
+        self._dirs.append((path.count(b"/"), path, marshal.dumps(_slim(node))))
+        if len(self._dirs) >= 1024:
+            self._flush_dirs()
         return True
+
+    def _flush_dirs(self) -> None:
+        if self._dirs:
+            if not self._dirs_held:
+                self.catalog.held_dirs_begin()
+                self._dirs_held = True
+            self.catalog.held_dirs_add(self._dirs)
+            self._dirs = []
 
     def _ensure_dir(self, path: bytes) -> bool:
         parent, name = split(path)
@@ -606,7 +619,13 @@ class Restorer:
             self.result.warnings.extend((_show(path), p) for p in problems)
 
     def _finish_dirs(self) -> None:
-        for path, node in sorted(self._dirs, key=lambda d: d[0].count(b"/"), reverse=True):
+        if self._dirs_held:
+            self._flush_dirs()
+            held = self.catalog.held_dirs_deepest_first()
+        else:  # (few: never left this process)
+            held = ((p, m) for _, p, m in sorted(self._dirs, key=lambda d: d[0], reverse=True))
+        for path, meta in held:
+            node = _unslim(marshal.loads(meta))
             parent, name = split(path)
             try:
                 with self._at.at(parent) as dfd:  # (a symlink swapped in for it is not followed)

@@ -134,10 +134,10 @@ def forget(snapshots, keep_last, keep_hourly, keep_daily, keep_weekly, keep_mont
         return
     for g in res.groups:
         key = " ".join(f"{k}={','.join(v) if isinstance(v, list) else v}" for k, v in g.key.items()) or "all"
-        c.out(f"{key}: keep {len(g.keep)}, {'would forget' if dry_run else 'forget'} {len(g.forget)}")
+        c.out(printable(f"{key}: keep {len(g.keep)}, {'would forget' if dry_run else 'forget'} {len(g.forget)}"))
         for d in g.decisions:
             when = local_time(d.snapshot.time)
-            c.out(f"  {'keep  ' if d.keep else 'forget'}  {d.snapshot.short_id}  {when}  {', '.join(d.reasons)}")
+            c.out(printable(f"  {'keep  ' if d.keep else 'forget'}  {d.snapshot.short_id}  {when}  {', '.join(d.reasons)}"))
     c.out(f"{'would forget' if dry_run else 'forgot'} {len(res.removed)} snapshot(s)")
     if res.prune is not None:
         _print_prune(c, res.prune)

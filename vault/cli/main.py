@@ -17,6 +17,7 @@ from .. import __version__
 from . import _interrupted_while_loading
 from ..config import bytecode_disabled_by_environment
 from ..errors import VaultError
+from ..model import DEEPEST
 from .common import global_options, printable
 from .memory import tune_malloc
 
@@ -95,6 +96,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             click.echo(printable(f"vault: internal error: {type(exc).__name__}: {exc} (run with -v for details)"),
                        err=True)
+        code = 1
+    except RecursionError:
+        if verbose:
+            raise
+        click.echo(f"vault: a directory tree nests more than {DEEPEST:,} levels deep: not supported", err=True)
         code = 1
     except Exception as exc:  # noqa: BLE001 - the promise is one line, never a traceback
         if verbose:
