@@ -737,3 +737,36 @@ def _memory_limit(n: int):
         yield
     finally:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def test_a_pack_mixing_block_kinds_is_salvaged_by_repair_not_fatal(repo, tmp_path):
+    """A pack holding a data block and a tree block (no writer makes one; no index segment can list one): repair
+    failed with "internal error: ValueError: a pack holds blocks of one kind". Its blocks are stored again."""
+    src = make_tree(tmp_path / "src", {"a": b"x" * 2000})
+    repo("backup", src)
+    c = Crafter(repo.repo)
+    blocks = [(DATA, b"some data " * 50), (TREE, json.dumps({"v": 1, "nodes": []}).encode())]
+    body, entries = b"", []
+    for kind, plain in blocks:
+        bid = c.r.block_id(plain)
+        sealed = c.r.seal_block(bid, plain)
+        entries.append(PackEntry(kind, bid, len(body), len(sealed), len(plain)))
+        body += sealed
+    c.r.put_pack(body + encode_header(entries, c.r.cipher))
+    for args in (["repair", "index"], ["repair", "--read-data"]):
+        res = repo(*args, ok=False)
+        assert res.code in (0, 20) and "internal error" not in res.err, res.err
+    assert repo("--json", "verify", "--read-data").json["ok"] is True
+
+
+def test_a_huge_object_named_by_its_hash_under_snapshots_is_not_read_whole(repo, tmp_path, monkeypatch):
+    """70 MB of junk under snapshots/, named by its own SHA-256: read whole (snapshots took 1.27 GB for 600 MB).
+    A manifest is at most 64 MiB; past that it is damage, read only that far."""
+    from vault import repository as repository_mod
+
+    monkeypatch.setattr(repository_mod, "MAX_MANIFEST", 1 << 20)  # (the same rule, a smaller file)
+    src = make_tree(tmp_path / "src", {"a": b"x"})
+    repo("backup", src)
+    bad = write_named(repo.repo, "snapshots", os.urandom(3 << 20))
+    res = repo("--cache-dir", tmp_path / "fresh", "snapshots")
+    assert bad[:8] in res.err and "over 1048576 bytes" in res.err

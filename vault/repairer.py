@@ -141,16 +141,21 @@ class Repairer:
                 entries: list[PackEntry] | None = self.repo.read_pack_header(pid, size)
             except (IntegrityError, ObjectNotFound):
                 entries = None
-            if entries is not None and not self.read_data:
+            mixed = entries is not None and len({e.kind for e in entries}) > 1  # (no writer mixes kinds and no
+            #                                     index segment can list such a pack: its blocks are stored again)
+            if entries is not None and not self.read_data and not mixed:
                 good.append((pid, size, entries))
                 continue
             data = self._read_pack_twice(pid)
             if data is None:
                 continue
-            if hashlib.sha256(data).digest() == pid:  # intact: its header is what was written
+            if hashlib.sha256(data).digest() == pid and not mixed:  # intact: its header is what was written
                 try:
-                    good.append((pid, size, entries if entries is not None else parse_pack(data, self.repo.cipher)))
-                    continue
+                    found = entries if entries is not None else parse_pack(data, self.repo.cipher)
+                    if len({e.kind for e in found}) == 1:
+                        good.append((pid, size, found))
+                        continue
+                    entries = found
                 except IntegrityError:
                     pass
             rep.packs_damaged.append(pid.hex())

@@ -38,6 +38,7 @@ from .model import Snapshot, Tree, format_time
 
 FORMAT_VERSION = 1
 SNAPSHOT_AAD = b"vault snapshot"
+MAX_MANIFEST = 64 << 20  # a snapshot manifest is a few hundred bytes (paths, tags, summary); 100,000 PATHs ~10 MB
 LOG_AAD = b"vault log"
 
 
@@ -304,7 +305,7 @@ class Repository:
         return sid
 
     def load_snapshot(self, sid: str) -> Snapshot:
-        stored = self._load_verified(f"snapshots/{sid}", sid)
+        stored = self._load_verified(f"snapshots/{sid}", sid, limit=MAX_MANIFEST)
         return Snapshot.decode(self.cipher.open(stored, SNAPSHOT_AAD, f"snapshot {sid[:8]}"), sid)
 
     def list_snapshots(self) -> list[str]:
@@ -326,8 +327,12 @@ class Repository:
     def delete_snapshot(self, sid: str) -> None:
         self.backend.delete(f"snapshots/{sid}")
 
-    def _load_verified(self, name: str, hex_id: str) -> bytes:
-        data = self.backend.get(name)
+    def _load_verified(self, name: str, hex_id: str, limit: int | None = None) -> bytes:
+        """The object, checked against its name; with ``limit``, at most that many bytes are read (a bigger
+        object -- junk named by its own hash -- is damage, never held whole)."""
+        data = self.backend.get(name) if limit is None else self.backend.get(name, 0, limit + 1)
+        if limit is not None and len(data) > limit:
+            raise IntegrityError(f"{name}: over {limit} bytes, not a snapshot manifest (damaged)")
         if hashlib.sha256(data).hexdigest() != hex_id:
             raise IntegrityError(f"{name}: content does not match its name (damaged)")
         return data
