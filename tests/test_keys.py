@@ -174,3 +174,25 @@ def test_key_add_empty_or_missing_new_password(repo, tmp_path):
         assert len(lines) == 1 and lines[0].startswith("vault:"), res.err
     assert tree_listing(repo.repo) == before
     assert len(keys(repo)) == 1
+
+
+def test_the_slot_that_opened_the_repository_is_tried_first_next_time(repo, tmp_path, monkeypatch):
+    """Key slots are tried in name order, each costing a key derivation: slots with costly parameters named
+    before the real one (anyone who can write to the repository can add them) delayed every command. The slot
+    that opened it is remembered in the cache and tried first."""
+    import base64
+    import json as json_mod
+
+    from vault import repository as repository_mod
+
+    junk = {"v": 1, "kdf": {"name": "argon2id", "iterations": 1, "memory_kib": 1024, "lanes": 1},
+            "salt": base64.b64encode(b"s" * 32).decode(), "wrapped": base64.b64encode(b"w" * 80).decode()}
+    (repo.repo / "keys" / ("0" * 64)).write_text(json_mod.dumps(junk))
+    tried = []
+    real = repository_mod.open_slot
+    monkeypatch.setattr(repository_mod, "open_slot", lambda data, *a: (tried.append(data), real(data, *a))[1])
+    repo("snapshots")
+    first_run = len(tried)
+    tried.clear()
+    repo("snapshots")
+    assert first_run == 2 and len(tried) == 1

@@ -76,7 +76,8 @@ def session(settings: Settings, password: PasswordFn, lock: str | None = None, o
 
     ``before_catalog(repo)`` runs before this process opens the catalog (backup forks its workers there)."""
     counter = _backend(settings)
-    repo = Repository.open(counter, password)
+    repo = Repository.open(counter, password, first_slot=lambda rid: _slot_hint(settings, rid))
+    _remember_slot(settings, repo)
     held = None
     if lock == "shared" and operation in _READ_ONLY and settings.no_lock:
         lock = None  # --no-lock: a read-only repository (a prune running meanwhile can make this fail)
@@ -102,6 +103,33 @@ def session(settings: Settings, password: PasswordFn, lock: str | None = None, o
         if held is not None:
             held.release()
         counter.close()
+
+
+def _slot_file(settings: Settings, repo_id: str) -> str:
+    return os.path.join(os.path.dirname(Catalog.file_path(settings.cache_dir, repo_id)), "key-slot")
+
+
+def _slot_hint(settings: Settings, repo_id: str) -> str | None:
+    """The key slot that opened this repository last time (a hint: it only decides which slot is tried first)."""
+    try:
+        with open(_slot_file(settings, repo_id), encoding="ascii") as f:
+            return f.read(100).strip() or None
+    except (OSError, ValueError):
+        return None
+
+
+def _remember_slot(settings: Settings, repo: Repository) -> None:
+    if _slot_hint(settings, repo.id) == repo.key_name:
+        return
+    path = _slot_file(settings, repo.id)
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="ascii") as f:
+            f.write(repo.key_name)
+        os.replace(tmp, path)
+    except OSError:  # a read-only or full cache: the next run just tries the slots in order
+        pass
 
 
 def _catalog_wait(settings: Settings) -> float:

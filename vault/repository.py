@@ -141,9 +141,12 @@ class Repository:
         return cls(backend, config, keys, key_name)
 
     @classmethod
-    def open(cls, backend: Backend, password: "bytes | Callable[[], bytes]") -> "Repository":
+    def open(cls, backend: Backend, password: "bytes | Callable[[], bytes]",
+             first_slot: "Callable[[str], str | None] | None" = None) -> "Repository":
         """Open with ``password`` (or a function giving it: asked for, or its command run, only once the
-        repository is known to exist -- a missing one is exit 10 before any prompt)."""
+        repository is known to exist -- a missing one is exit 10 before any prompt). ``first_slot(repo id)``
+        names a key slot to try before the others (the one that opened it last time: each slot tried costs a
+        key derivation, and slots with costly parameters could otherwise delay every command)."""
         try:
             raw_config = backend.get("config")
         except ObjectNotFound:
@@ -152,7 +155,12 @@ class Repository:
         if callable(password):
             password = password()
         damaged = 0
-        for name, _ in backend.list("keys/"):
+        names = [name for name, _ in backend.list("keys/")]
+        first = first_slot(config.id) if first_slot is not None else None
+        if first in names:
+            names.remove(first)
+            names.insert(0, first)
+        for name in names:
             try:
                 keys = open_slot(backend.get(name), password, config.id)
             except (IntegrityError, ObjectNotFound, ValueError, TypeError, OverflowError, MemoryError):
