@@ -658,14 +658,15 @@ def _indexed(r):
 
 def test_malformed_locks_are_stale_not_fatal(repo, tmp_path):
     """Lock objects anyone with write access could leave: a pid too large for the kernel, a pid of -1 (kill(-1, 0)
-    asks about every process), refreshed = 1e308 or NaN (never stale), 100 KB of junk. Each made locking
-    commands and 'unlock' fail with "internal error", or blocked them for ever; they are malformed: stale."""
+    asks about every process), refreshed = NaN or infinity (never stale), 100 KB of junk. Each made locking
+    commands and 'unlock' fail with "internal error", or blocked them for ever; they are malformed: stale. (A
+    finite time in the future stays live: a host whose clock runs ahead may be running a backup.)"""
     import socket
 
     src = make_tree(tmp_path / "src", {"a": b"x"})
     repo("backup", src)
     host = socket.gethostname()
-    for doc in ({"host": host, "pid": 99999999999, "exclusive": True, "time": 1, "refreshed": 1e308},
+    for doc in ({"host": host, "pid": 99999999999, "exclusive": True, "time": 1, "refreshed": float("inf")},
                 {"host": host, "pid": -1, "exclusive": True, "time": 1, "refreshed": 2e9},
                 {"host": "elsewhere", "pid": 5, "exclusive": True, "time": 1, "refreshed": float("nan")}):
         write_named(repo.repo, "locks", json.dumps(doc).encode())
@@ -727,6 +728,8 @@ def test_a_frame_without_a_size_is_never_given_its_claimed_size_up_front():
         assert bounded_decompress(frame, (1 << 32) - 1) == b"\0" * 1000
         with pytest.raises(IntegrityError):
             bounded_decompress(frame, 999)
+        with pytest.raises(IntegrityError):  # a cut frame is refused, not streamed as far as it goes
+            bounded_decompress(frame[:-3], (1 << 32) - 1)
 
 
 @contextlib.contextmanager

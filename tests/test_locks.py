@@ -309,3 +309,15 @@ def test_a_full_repository_disk_points_read_only_commands_at_no_lock(tmp_path, c
         cli("--no-lock", "verify")
         cli("--no-lock", "restore", "latest", "--target", tmp_path / "r")
         filler.unlink()
+
+
+def test_a_live_lock_from_a_host_whose_clock_runs_ahead_still_blocks_prune(repo, tmp_path):
+    """A backup's lock written by a host whose clock is 25 hours ahead is live, not malformed: prune waits for
+    it and plain 'unlock' keeps it (a review caught a hostile-input fix that called it stale)."""
+    doc = {"host": "elsewhere", "pid": 4242, "username": "root", "operation": "backup", "exclusive": False,
+           "time": time.time() + 25 * 3600, "refreshed": time.time() + 25 * 3600}
+    (repo.repo / "locks").mkdir(exist_ok=True)
+    (repo.repo / "locks" / ("cd" * 16)).write_text(json.dumps(doc))
+    assert repo("--lock-wait", "0", "prune", ok=11).code == 11
+    repo("unlock")
+    assert (repo.repo / "locks" / ("cd" * 16)).exists()

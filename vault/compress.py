@@ -69,6 +69,8 @@ def bounded_decompress(frame: bytes | memoryview, limit: int) -> bytes:
                     pieces.append(piece)
                     got += len(piece)
             out = b"".join(pieces)
+            if len(out) <= limit:  # the frame must also be whole (a cut one streams what it holds): decoded
+                _decompressor().decompress(frame, max_output_size=max(len(out), 1))  # again, bounded by that
         else:
             out = _decompressor().decompress(frame, max_output_size=max(limit, 1))
     except zstandard.ZstdError as exc:

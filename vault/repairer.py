@@ -152,7 +152,7 @@ class Repairer:
             if hashlib.sha256(data).digest() == pid and not mixed:  # intact: its header is what was written
                 try:
                     found = entries if entries is not None else parse_pack(data, self.repo.cipher)
-                    if len({e.kind for e in found}) == 1:
+                    if len({e.kind for e in found}) <= 1:
                         good.append((pid, size, found))
                         continue
                     entries = found
