@@ -487,14 +487,9 @@ class Catalog:
         """Record that every block of these cached trees' files was found in the index (see ``add_trees``)."""
         self._tx(lambda c: c.executemany("UPDATE trees SET checked=1 WHERE id=?", [(t,) for t in tree_ids]))
 
-    def blocks_missing(self, ids: list[bytes], batch: int = 500) -> set[bytes]:
+    def blocks_missing(self, ids: list[bytes]) -> set[bytes]:
         """Those of ``ids`` the index does not list."""
-        missing = set(ids)
-        for i in range(0, len(ids), batch):
-            part = ids[i : i + batch]
-            for (found,) in self._q(f"SELECT id FROM blocks WHERE id IN ({','.join('?' * len(part))})", part):
-                missing.discard(bytes(found))
-        return missing
+        return set(ids).difference(self._present("main.blocks", ids))
 
     def _forget_tree(self, tree_id: bytes) -> None:
         self._tx(lambda c: c.execute("DELETE FROM trees WHERE id=?", (tree_id,)))
@@ -507,7 +502,7 @@ class Catalog:
 
     def tree_entries(self, repo, tree_id: bytes) -> list[tuple]:
         """A tree's entries in the catalog's form (``entries.py``), from the cache or the repository."""
-        return self.tree_entries_indexed(repo, tree_id)[0]
+        return self.parent_entries(repo, tree_id)[0]
 
     def cached_entries(self, repo, tree_id: bytes, indexed: bool = False) -> list[tuple] | None:
         """A tree's entries if this catalog holds them (sealed, checked) -- and, with ``indexed``, the index
@@ -557,13 +552,9 @@ class Catalog:
                 self._forget_tree(tree_id)
             return None
 
-    def tree_entries_indexed(self, repo, tree_id: bytes) -> tuple[list[tuple], bool]:
-        """A tree's entries in the catalog's form (``entries.py``: plain tuples, validated) and whether the
-        index lists the tree, in one query."""
-        return self.parent_entries(repo, tree_id)[:2]
-
     def parent_entries(self, repo, tree_id: bytes) -> tuple[list[tuple], bool, bool]:
-        """``tree_entries_indexed`` and whether the tree is checked (``add_trees``), in one query."""
+        """A tree's entries in the catalog's form (``entries.py``: plain tuples, validated), whether the index
+        lists the tree and whether the tree is checked (``add_trees``), in one query."""
         entries, indexed, nodes, checked = self._tree(repo, tree_id)
         return (entries if nodes is None else [entries_mod.entry(n) for n in nodes]), indexed, checked
 
@@ -651,11 +642,12 @@ class Catalog:
         return self._q("SELECT count(*) FROM temp.used")[0][0]
 
     def _present(self, table: str, ids: Iterable[bytes], batch: int = 500) -> Iterator[bytes]:
-        """Those of ``ids`` that the temporary table holds, asked ``batch`` at a time."""
+        """Those of ``ids`` that ``table`` holds (a temporary table unless qualified), asked ``batch`` at a time."""
+        table = table if "." in table else f"temp.{table}"
         todo = list(ids)
         for i in range(0, len(todo), batch):
             part = todo[i : i + batch]
-            for (found,) in self._q(f"SELECT id FROM temp.{table} WHERE id IN ({','.join('?' * len(part))})", part):
+            for (found,) in self._q(f"SELECT id FROM {table} WHERE id IN ({','.join('?' * len(part))})", part):
                 yield bytes(found)
 
     def used_contains(self, ids: Iterable[bytes]) -> bool:

@@ -46,6 +46,11 @@ def call(fn: Callable[..., T], path: bytes, *args, **kwargs) -> T:
     except OSError as exc:
         if not _fallback(exc, path):
             raise
+    return _from_above(fn, path, *args, **kwargs)
+
+
+def _from_above(fn: Callable[..., T], path: bytes, *args, **kwargs) -> T:
+    """``fn(rest, ..., dir_fd=fd)`` with ``fd`` a directory above ``path`` (the whole path failed already)."""
     fd, rest = _open_above(path)
     try:
         return fn(rest, *args, dir_fd=fd, **kwargs)
@@ -63,7 +68,7 @@ def lstat(path: bytes) -> os.stat_result:
     except OSError as exc:
         if not _fallback(exc, path):
             raise
-    return call(os.stat, path, follow_symlinks=False)
+    return _from_above(os.stat, path, follow_symlinks=False)
 
 
 def listdir(path: bytes) -> list[bytes]:
@@ -73,7 +78,7 @@ def listdir(path: bytes) -> list[bytes]:
     except OSError as exc:
         if not _fallback(exc, path):
             raise
-    fd = call(os.open, path, _DIR_FLAGS)
+    fd = _from_above(os.open, path, _DIR_FLAGS)
     try:
         return [os.fsencode(n) for n in os.listdir(fd)]
     finally:

@@ -141,21 +141,19 @@ class Repairer:
                 entries: list[PackEntry] | None = self.repo.read_pack_header(pid, size)
             except (IntegrityError, ObjectNotFound):
                 entries = None
-            mixed = entries is not None and len({e.kind for e in entries}) > 1  # (no writer mixes kinds and no
-            #                                     index segment can list such a pack: its blocks are stored again)
-            if entries is not None and not self.read_data and not mixed:
+            if entries is not None and not self.read_data and _one_kind(entries):
                 good.append((pid, size, entries))
                 continue
             data = self._read_pack_twice(pid)
             if data is None:
                 continue
-            if hashlib.sha256(data).digest() == pid and not mixed:  # intact: its header is what was written
+            if hashlib.sha256(data).digest() == pid:  # intact: its header is what was written
                 try:
                     found = entries if entries is not None else parse_pack(data, self.repo.cipher)
-                    if len({e.kind for e in found}) <= 1:
+                    if _one_kind(found):
                         good.append((pid, size, found))
                         continue
-                    entries = found
+                    entries = found  # (mixed kinds: salvaged below)
                 except IntegrityError:
                     pass
             rep.packs_damaged.append(pid.hex())
@@ -519,6 +517,12 @@ class Repairer:
                 stack.extend(n.subtree for n in nodes if n.type == DIR and n.subtree is not None)
         self.report.still_missing = len(missing)
         return len(missing)
+
+
+def _one_kind(entries: list[PackEntry]) -> bool:
+    """No writer mixes block kinds in a pack, and no index segment can list a pack that does: its blocks are
+    salvaged (stored again in proper packs) instead."""
+    return len({e.kind for e in entries}) <= 1
 
 
 def _unless_damage(exc: VaultError) -> None:

@@ -84,6 +84,23 @@ def _checked_body(resp: dict, body: bytes, offset: int, length: int | None, what
     return body
 
 
+def _whole_pages(pages: Iterator[dict], what: str) -> Iterator[dict]:
+    """The pages of a listing, each checked to be whole, the last one to say nothing more follows.
+
+    A listing cut short (the connection closed inside its head) parses as an empty 200: never "no objects"
+    (prune would delete everything) -- a real page always says whether more follow. And botocore's paginator
+    stops at a page that says more follows but gives no token to ask for it (a store answering V2 the V1 way):
+    never the end of the listing. TruncatedResponse (retried, never damage) otherwise."""
+    more = True  # (no page at all: cut short too)
+    for page in pages:
+        if "IsTruncated" not in page:
+            raise TruncatedResponse(f"S3 {what}: the listing was cut short (a page without IsTruncated)")
+        more = page["IsTruncated"]
+        yield page
+    if more:
+        raise TruncatedResponse(f"S3 {what}: the listing stopped at a page that says more follows")
+
+
 class S3Backend:
     def __init__(self, bucket: str, prefix: str = "", endpoint: str | None = None, connections: int = 8,
                  storage_class: str | None = None, region: str | None = None, path_style: bool | None = None):
@@ -263,19 +280,9 @@ class S3Backend:
         extra = {"StartAfter": base + after} if after is not None else {}
         pages = self._s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base + prefix, **extra)
         with self._errors("LIST", prefix):
-            more = True
-            for page in pages:
-                # a listing cut short (the connection closed inside its head) parses as an empty 200: never
-                # "no objects" (prune would delete everything) -- a real page always says whether more follow
-                if "IsTruncated" not in page:
-                    raise TruncatedResponse(f"S3 LIST {self.location}/{prefix}: the listing was cut short (a "
-                                            "page without IsTruncated)")
-                more = page["IsTruncated"]
+            for page in _whole_pages(pages, f"LIST {self.location}/{prefix}"):
                 for obj in page.get("Contents", []):
                     yield obj["Key"][len(base):], int(obj["Size"])
-            if more:  # the paginator stops at a page that says more follows but gives no token to ask for it
-                raise TruncatedResponse(f"S3 LIST {self.location}/{prefix}: the listing stopped at a page that "
-                                        "says more follows")
 
     def delete(self, name: str) -> None:
         key = self._key(name)
@@ -309,16 +316,10 @@ class S3Backend:
         base = f"{self.prefix}/" if self.prefix else ""
         out = []
         with self._errors("LIST-MULTIPART", ""):
-            more = False
-            for page in self._s3.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=base):
-                if "IsTruncated" not in page:
-                    raise TruncatedResponse(f"S3 LIST-MULTIPART {self.location}: the listing was cut short")
-                more = page["IsTruncated"]
+            pages = self._s3.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=base)
+            for page in _whole_pages(pages, f"LIST-MULTIPART {self.location}"):
                 for u in page.get("Uploads", []):
                     out.append((u["Key"], u["UploadId"], u["Initiated"].timestamp()))
-            if more:
-                raise TruncatedResponse(f"S3 LIST-MULTIPART {self.location}: the listing stopped at a page that "
-                                        "says more follows")
         return out
 
     def abort_multipart(self, key: str, upload_id: str) -> None:
