@@ -196,3 +196,83 @@ def test_the_slot_that_opened_the_repository_is_tried_first_next_time(repo, tmp_
     tried.clear()
     repo("snapshots")
     assert first_run == 2 and len(tried) == 1
+
+
+def _edit_config(repo, **changes):
+    import json as json_mod
+
+    path = repo.repo / "config"
+    doc = json_mod.loads(path.read_text())
+    for k, v in changes.items():
+        if "." in k:
+            outer, inner = k.split(".")
+            doc[outer][inner] = v
+        else:
+            doc[k] = v
+    path.write_text(json_mod.dumps(doc))
+    return path
+
+
+def test_a_changed_config_is_noticed_used_from_the_key_slot_and_repaired(repo, tmp_path):
+    """``config`` is in clear and writable by anyone who can write to the store: changed chunker parameters or
+    pack size used to be taken silently (the next backups deduplicated against nothing). The key slot seals a
+    copy: every command warns and uses the sealed one, verify reports it (exit 20), repair writes it back."""
+    src = make_tree(tmp_path / "src", {"big": os.urandom(3 << 20), "f": b"x"})
+    repo("backup", src)
+    original = (repo.repo / "config").read_bytes()
+    path = _edit_config(repo, pack_size=2048, **{"chunker.max_size": 1 << 20})
+    out = repo("--json", "backup", src)
+    assert "pack_size 2048 (sealed: 16777216)" in out.err and "chunker.max_size" in out.err
+    assert out.json["bytes_added"] < 10_000  # the sealed chunker: the big file's chunks are the same ones
+    v = repo("verify", ok=20)
+    assert "config" in v.err and "sealed" in v.err
+    repo("repair", "--dry-run")
+    assert path.read_bytes() != original
+    r = repo("repair")
+    assert "config" in r.err and "written back" in r.err
+    assert path.read_bytes() == original
+    clean = repo("verify", "--read-data")
+    assert "warning" not in clean.err
+
+
+def test_a_changed_repository_id_is_damage_not_a_wrong_password(repo):
+    """The slot opens with the password but names another repository: the config's id changed (or the slot
+    was copied in). That is damage, exit 20, not "wrong password" (exit 12), which sends the user hunting for
+    another password."""
+    _edit_config(repo, id="0" * 64)
+    res = repo("snapshots", ok=20)
+    assert "another repository" in res.err and "wrong password" not in res.err
+
+
+def test_a_key_slot_without_a_sealed_config_still_opens(repo, tmp_path):
+    """Slots written before the config was sealed in them hold no copy: they open as before, with no warning,
+    and a slot added through them seals the config in use."""
+    import base64
+    import json as json_mod
+
+    from vault import keys as keys_mod
+    from vault.crypto import KdfParams, derive_key, wrap_key
+    from vault.repository import Repository
+    from vault.backend.local import LocalBackend
+
+    r = Repository.open(LocalBackend(str(repo.repo)), PASSWORD.encode())
+    salt = os.urandom(32)
+    kdf = KdfParams.from_json(json_mod.loads(next((repo.repo / "keys").iterdir()).read_text())["kdf"])
+    secret = json_mod.dumps({"repository": r.id, "enc_key": base64.b64encode(r.keys.enc_key).decode(),
+                             "mac_key": base64.b64encode(r.keys.mac_key).decode(),
+                             "chunker_seed": r.keys.chunker_seed}).encode()
+    slot = json_mod.dumps({"v": 1, "kdf": kdf.to_json(), "salt": base64.b64encode(salt).decode(),
+                           "wrapped": base64.b64encode(wrap_key(derive_key(b"old", salt, kdf), secret)).decode(),
+                           "created": "2026-01-01T00:00:00Z", "host": "h", "username": "u"}, sort_keys=True)
+    (repo.repo / "keys" / ("f" * 64)).write_text(slot)
+    old_pw = tmp_path / "old"
+    old_pw.write_text("old\n")
+    _edit_config(repo, pack_size=4096)
+    res = with_pw(repo, old_pw, "snapshots")
+    assert "warning" not in res.err  # (nothing sealed in this slot to compare with)
+    assert keys_mod.open_slot(slot.encode(), b"old", r.id)[1] is None
+    new = tmp_path / "new"
+    new.write_text(NEW + "\n")
+    with_pw(repo, old_pw, "key", "add", "--new-password-file", new)
+    _edit_config(repo, pack_size=8192)  # the new slot sealed the config in use when it was added
+    assert "pack_size 8192 (sealed: 4096)" in with_pw(repo, new, "snapshots").err

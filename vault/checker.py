@@ -546,6 +546,8 @@ class Checker:
         return None
 
     def _check_keys(self) -> None:
+        if self.repo.config_problem:  # (the sealed copy is in use: nothing read depends on the stored one)
+            self._damage("config", self.repo.config_problem)
         for name, info in self.repo.list_keys():
             if info is None:
                 self._damage(name, "key slot malformed (the password it held no longer opens the repository)")

@@ -121,3 +121,8 @@ def is_damage(exc: VaultError) -> bool:
     if isinstance(exc, CatalogError):  # this machine's cache failed, not the repository: never damage (a
         return False                   # repair would drop every file below a tree it could not look up)
     return isinstance(exc, CorruptResponse) or not isinstance(exc, (PermanentError, TransientError))
+
+
+class VaultWarning(UserWarning):
+    """Something the user should hear of that does not stop the command (the CLI prints it on stderr as
+    ``vault: warning: ...``; a library caller sees it through the ``warnings`` module)."""

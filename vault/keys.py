@@ -4,7 +4,9 @@ A slot (object ``keys/<id>``) is JSON in clear -- KDF name and parameters, salt,
 
     {"v": 1, "kdf": {...}, "salt": "<b64>", "wrapped": "<b64>", "created": "...", "host": "...", "username": "..."}
 
-The wrapped secret is ``seal(kek, json({"repository": id, "enc_key", "mac_key", "chunker_seed"}))``.
+The wrapped secret is ``seal(kek, json({"repository": id, "enc_key", "mac_key", "chunker_seed", "config"}))``;
+``config`` (optional: older slots lack it) is the repository's canonical ``config`` as text: sealed, so a
+``config`` changed in the store is noticed and can be put back.
 """
 
 from __future__ import annotations
@@ -18,11 +20,11 @@ from .errors import IntegrityError
 
 
 def make_slot(keys: MasterKeys, repo_id: str, password: bytes, kdf: KdfParams, created: str, host: str,
-              username: str) -> bytes:
+              username: str, config: bytes) -> bytes:
     salt = secrets.token_bytes(32)
     secret = json.dumps({"repository": repo_id, "enc_key": base64.b64encode(keys.enc_key).decode(),
                          "mac_key": base64.b64encode(keys.mac_key).decode(),
-                         "chunker_seed": keys.chunker_seed}).encode()
+                         "chunker_seed": keys.chunker_seed, "config": config.decode()}).encode()
     wrapped = wrap_key(derive_key(password, salt, kdf), secret)
     doc = {"v": 1, "kdf": kdf.to_json(), "salt": base64.b64encode(salt).decode(),
            "wrapped": base64.b64encode(wrapped).decode(), "created": created, "host": host, "username": username}
@@ -43,8 +45,13 @@ def slot_info(data: bytes) -> dict:
         raise IntegrityError("key slot is malformed") from None
 
 
-def open_slot(data: bytes, password: bytes, repo_id: str) -> MasterKeys | None:
-    """The master keys, or None when the password does not open this slot."""
+class ForeignSlot(IntegrityError):
+    """The password opens the slot, but its secret names another repository than ``config`` does."""
+
+
+def open_slot(data: bytes, password: bytes, repo_id: str) -> tuple[MasterKeys, bytes | None] | None:
+    """The master keys and the sealed ``config`` (None in a slot written before it was sealed), or None when the
+    password does not open this slot."""
     doc = slot_info(data)
     kek = derive_key(password, base64.b64decode(doc["salt"]), KdfParams.from_json(doc["kdf"]))
     secret = unwrap_key(kek, base64.b64decode(doc["wrapped"]))
@@ -55,8 +62,13 @@ def open_slot(data: bytes, password: bytes, repo_id: str) -> MasterKeys | None:
         keys = MasterKeys(enc_key=base64.b64decode(s["enc_key"]), mac_key=base64.b64decode(s["mac_key"]),
                           chunker_seed=int(s["chunker_seed"]))
         slot_repo = s["repository"]
-    except (ValueError, KeyError, TypeError, RecursionError):
+        config = s.get("config")
+        if config is not None:
+            config = config.encode()
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         raise IntegrityError("key slot: malformed secret") from None
-    if slot_repo != repo_id or len(keys.enc_key) != 32 or len(keys.mac_key) != 32:
-        raise IntegrityError("key slot belongs to another repository")
-    return keys
+    if len(keys.enc_key) != 32 or len(keys.mac_key) != 32:
+        raise IntegrityError("key slot: malformed secret")
+    if slot_repo != repo_id:
+        raise ForeignSlot(f"key slot belongs to repository {str(slot_repo)[:64]}")
+    return keys, config

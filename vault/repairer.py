@@ -437,7 +437,14 @@ class Repairer:
                                                     "manifest": "recovered from an orphan tree"})
 
     def repair_keys(self) -> None:
-        """Delete key slots that no longer parse (never the one this run opened with): they open nothing."""
+        """Put back a ``config`` changed since init (from the copy sealed in the key slot that opened it); delete
+        key slots that no longer parse (never the one this run opened with): they open nothing."""
+        if self.repo.config_problem:
+            self.report.warnings.append("config: differs from the copy sealed in the key slot; "
+                                        + ("would be written back" if self.dry_run else "written back"))
+            if not self.dry_run:
+                self.repo.backend.put("config", self.repo.config.encode(), overwrite=True)
+                self.repo.config_problem = None
         for name, info in self.repo.list_keys():
             if info is None and name != self.repo.key_name:
                 self.report.warnings.append(f"{name}: malformed key slot removed")

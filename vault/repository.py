@@ -21,6 +21,7 @@ import json
 import os
 import secrets
 import socket
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -32,8 +33,8 @@ from .chunker import Chunker, ChunkerParams
 from .compress import compress, decompress, decompress_into
 from .crypto import Cipher, KdfParams, MasterKeys, block_id
 from .errors import (IntegrityError, ObjectExists, ObjectNotFound, RepositoryExists, RepositoryNotFound, VaultError,
-                     WrongPassword)
-from .keys import make_slot, open_slot, slot_info
+                     VaultWarning, WrongPassword)
+from .keys import ForeignSlot, make_slot, open_slot, slot_info
 from .model import Snapshot, Tree, format_time
 
 FORMAT_VERSION = 1
@@ -78,6 +79,30 @@ class RepoConfig:
         return cfg
 
 
+def _sealed_config(data: bytes | None, repo_id: str) -> RepoConfig | None:
+    """The config sealed in a key slot (None: the slot predates it); IntegrityError when it is unusable."""
+    if data is None:
+        return None
+    try:
+        sealed = RepoConfig.decode(data)
+    except VaultError as exc:  # (IntegrityError, or a format version this vault does not read)
+        raise IntegrityError(f"key slot: sealed config: {exc}") from None
+    if sealed.id != repo_id:
+        raise IntegrityError("key slot: its sealed config names another repository")
+    return sealed
+
+
+def _config_changes(stored: RepoConfig, sealed: RepoConfig) -> str:
+    """Which fields differ, e.g. ``pack_size 2048 (sealed: 16777216)``."""
+    def flat(doc: dict, pre: str = "") -> dict:
+        out = {}
+        for k, v in doc.items():
+            out.update(flat(v, f"{pre}{k}.") if isinstance(v, dict) else {pre + k: v})
+        return out
+    a, b = flat(json.loads(stored.encode())), flat(json.loads(sealed.encode()))
+    return "; ".join(f"{k} {a.get(k)} (sealed: {b.get(k)})" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
+
+
 class Scratch:
     """Reusable buffers for ``Repository.open_block_into``: the decrypted block and its decompressed bytes.
     One per thread; a result viewing them is valid until the next block."""
@@ -108,6 +133,7 @@ class Repository:
     def __init__(self, backend: Backend, config: RepoConfig, keys: MasterKeys, key_name: str):
         self.backend = backend
         self.config = config
+        self.config_problem: str | None = None  # the stored config differs from the sealed one (``open``)
         self.keys = keys
         self.key_name = key_name
         self.cipher = Cipher(keys.enc_key)
@@ -134,7 +160,7 @@ class Repository:
                             pack_size=pack_size)
         keys = keys or MasterKeys.generate()
         slot = make_slot(keys, config.id, password, kdf, format_time(datetime.now(timezone.utc)),
-                         socket.gethostname(), _username())
+                         socket.gethostname(), _username(), config.encode())
         key_name = f"keys/{hashlib.sha256(slot).hexdigest()}"
         backend.put(key_name, slot)
         backend.put("config", config.encode())  # last: a half-made repository has no config
@@ -154,7 +180,7 @@ class Repository:
         config = RepoConfig.decode(raw_config)
         if callable(password):
             password = password()
-        damaged = 0
+        damaged, foreign = 0, []
         names = [name for name, _ in backend.list("keys/")]
         first = first_slot(config.id) if first_slot is not None else None
         if first in names:
@@ -162,19 +188,33 @@ class Repository:
             names.insert(0, first)
         for name in names:
             try:
-                keys = open_slot(backend.get(name), password, config.id)
+                opened = open_slot(backend.get(name), password, config.id)
+                sealed = _sealed_config(opened[1], config.id) if opened is not None else None
+            except ForeignSlot as exc:
+                foreign.append(str(exc).rsplit(" ", 1)[-1])
+                continue
             except (IntegrityError, ObjectNotFound, ValueError, TypeError, OverflowError, MemoryError):
                 damaged += 1
                 continue
-            if keys is not None:
-                return cls(backend, config, keys, name)
+            if opened is not None:
+                repo = cls(backend, sealed or config, opened[0], name)
+                if sealed is not None and sealed != config:
+                    repo.config_problem = (f"the repository's config differs from the copy sealed in its key slot "
+                                           f"({_config_changes(config, sealed)}): it was changed or damaged since "
+                                           "init; the sealed copy is used ('vault repair' writes it back)")
+                    warnings.warn(repo.config_problem, VaultWarning, stacklevel=2)
+                return repo
+        if foreign:
+            raise IntegrityError(f"the password opens a key slot of another repository ({foreign[0]}) than config "
+                                 f"names ({config.id}): config's id was changed or damaged, or the key slot was "
+                                 "copied in from elsewhere (see docs/operations.md)")
         extra = f" ({damaged} key slot(s) are damaged; see 'vault key list')" if damaged else ""
         raise WrongPassword(f"wrong password: no key slot of the repository opens with it{extra}")
 
     # --- key slots ----------------------------------------------------------------------------------
     def add_key(self, password: bytes, kdf: KdfParams = KdfParams()) -> str:
         slot = make_slot(self.keys, self.id, password, kdf, format_time(datetime.now(timezone.utc)),
-                         socket.gethostname(), _username())
+                         socket.gethostname(), _username(), self.config.encode())
         name = f"keys/{hashlib.sha256(slot).hexdigest()}"
         self.backend.put(name, slot)
         return name
@@ -186,7 +226,7 @@ class Repository:
             try:
                 if open_slot(self.backend.get(name), password, self.id) is not None:
                     out.append(name)
-            except (IntegrityError, ObjectNotFound, ValueError, KeyError, TypeError):
+            except (IntegrityError, ObjectNotFound, ValueError, KeyError, TypeError):  # (ForeignSlot too)
                 continue  # malformed or gone: not this password's
         return out
 

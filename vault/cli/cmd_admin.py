@@ -356,6 +356,8 @@ def repair(what: str, read_data: bool, from_repo: str | None, from_password_file
                       "file(s) dropped")
         for f in rep.files_dropped:
             c.err(printable(f"  lost: {f}"))
+        for w in rep.warnings:
+            c.err(printable(f"warning: {w}"))
         if verify_report is not None:
             for d in verify_report.damage:
                 c.err(printable(f"damaged: {d.object}: {d.problem}"))

@@ -10,13 +10,14 @@ import errno
 import gc
 import signal
 import sys
+import warnings
 
 import click
 
 from .. import __version__
 from . import _interrupted_while_loading
 from ..config import bytecode_disabled_by_environment
-from ..errors import VaultError
+from ..errors import VaultError, VaultWarning
 from ..model import DEEPEST
 from .common import global_options, printable
 from .memory import tune_malloc
@@ -57,6 +58,15 @@ def _on_sigint(signum: int, frame: object) -> None:  # noqa: ARG001
         raise KeyboardInterrupt
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ARG001
+    """The library's warnings (``VaultWarning``) as one line on stderr, even with -q (like an error: something
+    the user must hear of); others as Python prints them."""
+    if issubclass(category, VaultWarning):
+        click.echo(printable(f"vault: warning: {message}"), err=True)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 def main(argv: list[str] | None = None) -> int:
     global _sigints, _terminated
     _sigints, _terminated = 0, False
@@ -67,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _on_sigterm)
     verbose = "-v" in (argv or sys.argv) or "--verbose" in (argv or sys.argv)
+    warnings.showwarning = _show_warning
+    warnings.simplefilter("always", VaultWarning)
     try:
         # (not cli.main: it prints an empty line before turning a Ctrl-C into Abort -- two lines on stderr)
         with cli.make_context("vault", list(sys.argv[1:] if argv is None else argv)) as ctx:
