@@ -413,9 +413,9 @@ def test_a_file_deleted_while_the_backup_runs_is_a_warning_not_an_error(repo, tm
     src = make_tree(tmp_path / "src", {"keep": b"k", "vanish": b"v" * 1000})
     real_open = os.open
 
-    def open_after_delete(path, *a, **kw):
-        if isinstance(path, bytes) and path.endswith(b"/vanish") and os.path.exists(path):
-            os.unlink(path)
+    def open_after_delete(path, *a, **kw):  # (the reader opens it relative to its directory: b"vanish")
+        if isinstance(path, bytes) and os.path.basename(path) == b"vanish" and (src / "vanish").exists():
+            os.unlink(src / "vanish")
         return real_open(path, *a, **kw)
 
     monkeypatch.setattr(archiver.os, "open", open_after_delete)

@@ -131,10 +131,10 @@ def test_a_worker_that_dies_fails_the_backup_in_one_line(repo, tmp_path, spawned
     (src / "d2" / "poison").write_bytes(b"x" * 5000)
     parent, real = os.getpid(), filereader.FileReader.read_file
 
-    def read_file(self, path, name):
+    def read_file(self, path, name, *rest):
         if name == b"poison" and os.getpid() != parent:  # only ever in a worker process
             os.kill(os.getpid(), signal.SIGKILL)
-        return real(self, path, name)
+        return real(self, path, name, *rest)
 
     monkeypatch.setattr(filereader.FileReader, "read_file", read_file)
     res = with_jobs(repo, "2", "backup", src, ok=1)

@@ -797,3 +797,27 @@ def test_an_include_that_matches_nothing_is_said(repo, tmp_path):
     assert "matches --include" in res.err and str(src) in res.err
     res = repo("-q", "restore", "latest", "--target", tmp_path / "r2", "--include", "*.conf")
     assert res.err == ""
+
+
+def test_hardlinked_fifos_symlinks_and_devices_stay_linked(repo, tmp_path):
+    """Only regular files were linked again on restore: two names of one fifo, symlink or device node came
+    back as two inodes (the snapshot records inode and nlink for each)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    os.mkfifo(src / "fifo")
+    os.link(src / "fifo", src / "fifo2")
+    os.symlink("target", src / "sl")
+    os.link(src / "sl", src / "sl2", follow_symlinks=False)
+    pairs = [("fifo", "fifo2"), ("sl", "sl2")]
+    if os.getuid() == 0:
+        os.mknod(src / "null", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+        os.link(src / "null", src / "null2")
+        pairs.append(("null", "null2"))
+    repo("backup", src)
+    out = repo("restore", "latest", "--target", tmp_path / "r").out
+    r = tmp_path / "r" / src.relative_to("/")
+    for a, b in pairs:
+        assert os.lstat(r / a).st_ino == os.lstat(r / b).st_ino, (a, b)
+        assert os.lstat(r / a).st_nlink == 2
+    assert os.readlink(r / "sl2") == "target"
+    assert "other (fifos, devices)" in out

@@ -131,10 +131,22 @@ class _PendingDir:
         """True when no entry waits for a worker (amortised: entries already seen done are skipped)."""
         while self._checked < len(self.items):
             it = self.items[self._checked]
-            if type(it) is tuple and not it[0].done():  # (batch, index, first, path, name, size seen, new)
+            if type(it) is tuple and not it[0].done():  # (batch, index, first, path, name, ...: _save_dir)
                 return False
             self._checked += 1
         return True
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def _lexists(path: bytes) -> bool:
+    """os.path.lexists, also for a path longer than PATH_MAX (``longpath``)."""
+    try:
+        longpath.lstat(path)
+    except OSError:
+        return False
+    return True
 
 
 def _join(base: bytes, name: bytes) -> bytes:
@@ -279,7 +291,8 @@ class Archiver:
                 self.catalog.mark_checked(checked)
 
     # --- files --------------------------------------------------------------------------------------
-    def _submit_file(self, path: bytes, name: bytes, st: os.stat_result) -> tuple["_Batch", int, bool]:
+    def _submit_file(self, path: bytes, name: bytes, st: os.stat_result,
+                     parent: tuple[int, int]) -> tuple["_Batch", int, bool]:
         """Queue a file for reading; returns (batch, index of its result, whether this name is the one its
         bytes are counted for: another name of a hardlinked file shares the first one's read). Small files
         travel in batches of up to BATCH_FILES / BATCH_BYTES (PROCESS_... for worker processes; one job, one
@@ -290,7 +303,7 @@ class Archiver:
         small = st.st_size < self.repo.config.chunker.min_size
         batch = self._batch if small else _Batch(self)
         slot = (batch, len(batch.files))
-        batch.files.append((path, name))
+        batch.files.append((path, name, parent))
         batch.bytes += st.st_size
         if st.st_nlink > 1:
             self._hardlinks[key] = slot
@@ -300,16 +313,16 @@ class Archiver:
                 self._batch = _Batch(self)
         return (*slot, True)
 
-    def _submit_batch(self, files: list[tuple[bytes, bytes]]):
+    def _submit_batch(self, files: list[tuple[bytes, bytes, tuple[int, int]]]):
         """Hand a batch to the workers: a Future of its results (or ``backup_workers.Pending``)."""
         if self._workers is not None:
             return self._workers.submit(files, self._reader.lookups)
         self._inflight.acquire()
         return self._pool.submit(self._run_batch, files)
 
-    def _run_batch(self, files: list[tuple[bytes, bytes]]) -> list[FileResult]:
+    def _run_batch(self, files: list[tuple[bytes, bytes, tuple[int, int]]]) -> list[FileResult]:
         try:
-            return [self._reader.read_file(path, name) for path, name in files]
+            return self._reader.read_files(files)
         finally:
             self._inflight.release()
 
@@ -343,39 +356,24 @@ class Archiver:
         -- so the walk never waits for the workers at a directory boundary."""
         parent, same, lost = self._parent_entries(parent_tree)  # same: still identical to the parent's tree
         subdirs: list[tuple[Node, bytes | None]] = []
-        if only is None:
-            try:
-                names = sorted(longpath.listdir(path))
-            except OSError as exc:
-                self._error(path, exc.strerror or str(exc))
-                names = []
-        else:
-            names = sorted(only)
+        here, listing = self._scan(path, only, None if node is None else (node.dev, node.inode))
         items: list[Node | tuple[Future, bytes, bytes]] = []
-        for name in names:
+        for name, st, target, st_dir in listing:
             child = _join(path, name)
-            try:
-                st = longpath.lstat(child)
-            except FileNotFoundError:
-                if only is not None:
+            if isinstance(st, OSError):
+                if not isinstance(st, FileNotFoundError):
+                    self._error(child, st.strerror or str(st))
+                elif only is not None:
                     self._error(child, "no such file or directory")
-                continue
-            except OSError as exc:
-                self._error(child, exc.strerror or str(exc))
                 continue
             t = node_type(st.st_mode)
             if t is None:
                 continue
             via_link = False
-            if t == SYMLINK and self._named_below(child):
+            if st_dir is not None:
                 # a symlink on the way to a PATH named below it (/bin -> usr/bin for /bin/true): followed, as
                 # the kernel follows it for that PATH, and stored as the directory it leads to
-                try:
-                    st_dir = longpath.call(os.stat, child)
-                except OSError:
-                    st_dir = None
-                if st_dir is not None and stat.S_ISDIR(st_dir.st_mode):
-                    st, t, via_link = st_dir, DIR, True
+                st, t, via_link = st_dir, DIR, True
             # a PATH named on the command line is never excluded (at the top or inside another PATH), nor are
             # the directories leading to it: an excluded one holds only the named PATHs below it
             excluded = (only is None and self._excludes and child not in self._named
@@ -420,16 +418,15 @@ class Archiver:
                     items.append(_Reuse(name, st, old[2]))
                 else:
                     same = False
-                    items.append((*self._submit_file(child, name, st), child, name, st.st_size,
-                                  old is None))
+                    items.append((*self._submit_file(child, name, st, here), child, name, st.st_size,
+                                  old is None, (st.st_dev, st.st_ino), here))
             elif t == SYMLINK:
                 n = node_from_stat(name, st)
-                try:
-                    n.target = longpath.call(os.readlink, child)
-                except OSError as exc:
-                    self._error(child, exc.strerror or str(exc))
+                if isinstance(target, OSError):
+                    self._error(child, target.strerror or str(target))
                     same = False
                     continue
+                n.target = target
                 if same and old[2] != n.target:
                     same = False
                 items.append(n)
@@ -440,6 +437,58 @@ class Archiver:
         self._dirs.append(_PendingDir(items, node, parent_tree if same else None, subdirs))
         self._pending_items += len(items)
         self._finalize(block=False)
+
+    def _scan(self, path: bytes, only: dict | None, expect: tuple[int, int] | None
+              ) -> tuple[tuple[int, int] | None, list[tuple]]:
+        """The directory's (dev, ino) and its entries in name order, (name, lstat or the OSError, a symlink's
+        target or OSError, for a symlink on the way to a PATH named below it the directory it leads to), every
+        call relative to a descriptor of the directory itself: once it is proved to be the one its parent
+        listed (``expect``), no entry is ever looked up through a symlink swapped in for it or for a directory
+        above it meanwhile (nothing from outside the tree gets into the snapshot). ``only``: these names
+        (the PATHs' skeleton) instead of a listing."""
+        try:
+            fd = longpath.call(os.open, path, _DIR_FLAGS)
+        except OSError as exc:
+            self._error(path, exc.strerror or str(exc))
+            return None, []
+        try:
+            dst = os.fstat(fd)
+            here = (dst.st_dev, dst.st_ino)
+            if expect is not None and here != expect:
+                self._error(path, "replaced or moved while the backup ran: its entries are not in the snapshot")
+                return None, []
+            if only is None:
+                try:
+                    names = sorted(map(os.fsencode, os.listdir(fd)))  # (str for a descriptor: back to bytes)
+                except OSError as exc:
+                    self._error(path, exc.strerror or str(exc))
+                    return here, []
+            else:
+                names = sorted(only)
+            out = []
+            for name in names:
+                target = st_dir = None
+                try:
+                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                except OSError as exc:
+                    st = exc
+                else:
+                    if stat.S_ISLNK(st.st_mode):
+                        try:
+                            target = os.readlink(name, dir_fd=fd)
+                        except OSError as exc:
+                            target = exc
+                        if self._named_below(_join(path, name)):
+                            try:
+                                st_dir = os.stat(name, dir_fd=fd)
+                            except OSError:
+                                st_dir = None
+                            if st_dir is not None and not stat.S_ISDIR(st_dir.st_mode):
+                                st_dir = None
+                out.append((name, st, target, st_dir))
+            return here, out
+        finally:
+            os.close(fd)
 
     def _finalize(self, block: bool) -> None:
         """Store the trees of walked directories whose entries are all known, oldest first.
@@ -474,9 +523,16 @@ class Archiver:
             if isinstance(it, Node):
                 nodes.append(it)
                 continue
-            batch, idx, first, child, name, seen, is_new = it  # (is_new: this name's; hardlinks share a read,
-            #                                                     counted for the ``first`` name only)
+            batch, idx, first, child, name, seen, is_new, walked, here = it  # (is_new: this name's; hardlinks
+            #                                   share a read, counted for the ``first`` name only; walked: (dev, ino))
             res: FileResult = batch.result()[idx]
+            read = None if res.node is None else (res.node.dev, res.node.inode)
+            if not first and read != walked:
+                # the name that was read for this file was replaced or deleted after the walk: what was read
+                # is another file's (or nothing), not this one's: read this name itself
+                res, first = self._reader.read_files([(child, name, here)])[0], True
+            elif read is not None and read != walked:
+                self.stats.warnings.append((_display(child), "replaced while the backup ran: the new file is stored"))
             if res.vanished:  # as if the listing had been taken a moment later
                 self.stats.warnings.append((_display(child), "deleted while the backup ran: not in the snapshot"))
                 self.stats.bytes_processed -= seen
@@ -536,10 +592,14 @@ class Archiver:
         abs_paths = []
         for p in self.opts.paths:
             b = os.path.abspath(os.fsencode(p))
-            if os.path.lexists(b):
-                abs_paths.append(b)
-            else:
+            try:
+                longpath.lstat(b)  # (a PATH longer than PATH_MAX too)
+            except FileNotFoundError:
                 self._error(b, "no such file or directory")
+            except OSError as exc:
+                self._error(b, exc.strerror or str(exc))
+            else:
+                abs_paths.append(b)
         self._named = set(abs_paths)
         if not abs_paths:
             raise SourceNotFound("nothing to back up: " + "; ".join(f"{p}: {m}" for p, m in self.stats.errors))

@@ -90,7 +90,7 @@ class BackupWorkers:
         kind, arg = msg
         if kind == "files":
             files, self._reader.lookups = arg
-            results = [to_wire(self._reader.read_file(path, name)) for path, name in files]
+            results = [to_wire(r) for r in self._reader.read_files(files)]
         elif kind == "flush":  # the reply's results: the requests this worker made
             self._packer.flush()
             results = self._counter.stats() if self._counter is not None else None
@@ -108,9 +108,9 @@ class BackupWorkers:
         """``on_pack(pack id, size, entries)`` is called (in this process) for each pack a worker stored."""
         self._on_pack = on_pack
 
-    def submit(self, files: list[tuple[bytes, bytes]], lookups: bool) -> Pending:
+    def submit(self, files: list[tuple[bytes, bytes, tuple[int, int]]], lookups: bool) -> Pending:
         fut = Pending(self)
-        size = sum(len(path) + len(name) for path, name in files)
+        size = sum(len(path) + len(name) + 24 for path, name, _ in files)
         self._waiting.append((fut, ("files", (files, lookups)), size))
         self.pump(block=False)  # (replies taken in as they come: a worker's queue is refilled without delay)
         while len(self._waiting) > QUEUED * len(self._sent):

@@ -23,6 +23,11 @@ from .pack import DATA
 from .repository import Repository
 
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+class _Moved(Exception):
+    """The directory at a file's path is no longer the one the walk listed."""
 
 
 class StoreFailed(VaultError):
@@ -75,9 +80,51 @@ class FileReader:
         known = (self.lookups or claims.generation > 0) and self.lookup(bid)
         return claims.add(bid) and not known
 
-    def read_file(self, path: bytes, name: bytes) -> FileResult:
+    def read_files(self, files: list[tuple[bytes, bytes, tuple[int, int] | None]]) -> list[FileResult]:
+        """``read_file`` for each (path, name, the walked directory's (dev, ino)); the directory descriptor
+        opened for them is closed at the end."""
+        try:
+            return [self.read_file(path, name, parent) for path, name, parent in files]
+        finally:
+            held = getattr(self._local, "dir", None)
+            if held is not None:
+                self._local.dir = None
+                os.close(held[2])
+
+    def _dir_fd(self, path: bytes, name: bytes, parent: tuple[int, int]) -> int:
+        """A descriptor of the directory holding ``path``, proved to be the one the walk listed (``parent``):
+        a directory replaced or moved since (a symlink swapped in for it or for one above it, which the
+        path would follow) raises _Moved, so nothing is ever read from outside the tree walked. Kept for the
+        next file of the same directory."""
+        where = path[: len(path) - len(name) - 1] or b"/"
+        held = getattr(self._local, "dir", None)
+        if held is not None:
+            if held[:2] == (where, parent):
+                return held[2]
+            self._local.dir = None
+            os.close(held[2])
+        fd = longpath.call(os.open, where, _DIR_FLAGS)
+        try:
+            st = os.fstat(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        if (st.st_dev, st.st_ino) != parent:
+            os.close(fd)
+            raise _Moved
+        self._local.dir = (where, parent, fd)
+        return fd
+
+    def _open(self, path: bytes, name: bytes, parent: tuple[int, int] | None, flags: int) -> int:
+        if parent is None:
+            return longpath.call(os.open, path, flags)
+        return os.open(name, flags, dir_fd=self._dir_fd(path, name, parent))
+
+    def read_file(self, path: bytes, name: bytes, parent: tuple[int, int] | None = None) -> FileResult:
         """The file's result; a problem of the file itself (unreadable, vanished) is in it. A failure to store
-        a block raises (it is the repository's, and the block stays claimed: no later file may name it)."""
+        a block raises (it is the repository's, and the block stays claimed: no later file may name it).
+        ``parent``: the (dev, ino) of the directory the walk listed it in; the file is then opened relative to
+        that very directory."""
         res = FileResult(node=None)
         if self.cancelled():
             res.error = "cancelled"
@@ -86,13 +133,16 @@ class FileReader:
             # O_NONBLOCK: a file swapped for a FIFO since the listing must not hang the open (the type is
             # checked next; reads of a regular file never block anyway)
             try:
-                fd = longpath.call(os.open, path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | _O_NOATIME)
+                fd = self._open(path, name, parent, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | _O_NOATIME)
             except PermissionError:
-                fd = longpath.call(os.open, path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+                fd = self._open(path, name, parent, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
             except BlockingIOError:  # a file under a write lease (Samba): wait for the lease to be broken
-                fd = longpath.call(os.open, path, os.O_RDONLY | os.O_NOFOLLOW)
+                fd = self._open(path, name, parent, os.O_RDONLY | os.O_NOFOLLOW)
         except FileNotFoundError:
             res.vanished = True
+            return res
+        except _Moved:
+            res.error = "its directory was replaced or moved while the backup ran: not in the snapshot"
             return res
         except OSError as exc:
             res.error = exc.strerror or str(exc)

@@ -568,31 +568,54 @@ class Restorer:
                 self.result.errors.append((_show(path), f"cannot create hardlink: {_show(first.path)} was not "
                                            "restored"))
                 continue
-            parent = split(path)[0]
-            tmp = _tmp_name()
-            created = False
             try:
-                src_dir, src_name = split(first.path)
-                with self._at.at(src_dir) as src, self._at.at(parent) as dst:
-                    os.link(src_name, tmp, src_dir_fd=src, dst_dir_fd=dst, follow_symlinks=False)
-                created = True
-                self._rename(parent, tmp, path)
-                with self._at.at(parent) as dst:
-                    try:  # the name already was this inode: rename(2) did nothing
-                        os.unlink(tmp, dir_fd=dst)
-                    except FileNotFoundError:
-                        pass
+                self._hardlink(first.path, path)
                 self.result.files += 1
             except OSError as exc:
-                self._discard(parent, tmp, created)
                 self.result.errors.append((_show(path), f"cannot create hardlink: {exc.strerror or exc}"))
         for task in self._spares:  # no other name took it (or none is being restored)
             if task.spare:
                 task.spare = False
                 self._discard(task.dir, task.tmp, True)
 
+    def _hardlink(self, first: bytes, path: bytes) -> None:
+        """``path`` made another name of the restored ``first`` (a temp name linked, then renamed over)."""
+        parent = split(path)[0]
+        tmp = _tmp_name()
+        created = False
+        try:
+            src_dir, src_name = split(first)
+            with self._at.at(src_dir) as src, self._at.at(parent) as dst:
+                os.link(src_name, tmp, src_dir_fd=src, dst_dir_fd=dst, follow_symlinks=False)
+            created = True
+            self._rename(parent, tmp, path)
+            with self._at.at(parent) as dst:
+                try:  # the name already was this inode: rename(2) did nothing
+                    os.unlink(tmp, dir_fd=dst)
+                except FileNotFoundError:
+                    pass
+        except OSError:
+            self._discard(parent, tmp, created)
+            raise
+
     def _finish_others(self) -> None:
+        """Symlinks, fifos and device nodes; the names of one hardlinked inode are linked to the first."""
+        firsts: dict[tuple[int, int], tuple[bytes, tuple]] = {}
         for path, node in self._others:
+            key = (node.dev, node.inode) if node.nlink > 1 else None
+            same = (node.type, node.target, node.rdev, node.mode, node.uid, node.gid, node.mtime_ns)
+            first = firsts.get(key) if key is not None else None
+            if first is not None and first[1] == same:  # (other contents under one inode -- crafted -- stay apart)
+                try:
+                    self._hardlink(first[0], path)
+                except OSError as exc:
+                    self.result.errors.append((_show(path), f"cannot create hardlink: {exc.strerror or exc}"))
+                    continue
+                if node.type == SYMLINK:
+                    self.result.symlinks += 1
+                else:
+                    self.result.other += 1
+                continue
             parent = split(path)[0]
             tmp = _tmp_name()
             created = False
@@ -617,6 +640,8 @@ class Restorer:
             else:
                 self.result.other += 1
             self.result.warnings.extend((_show(path), p) for p in problems)
+            if key is not None and key not in firsts:
+                firsts[key] = (path, same)
 
     def _finish_dirs(self) -> None:
         if self._dirs_held:

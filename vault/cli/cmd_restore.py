@@ -71,7 +71,8 @@ def restore(snapshot: str | None, target: str, at: str | None, includes: tuple[s
                      **({"unreadable_snapshots": sorted(res.passed_over)} if res.passed_over else {}), **res.requests})
     else:
         c.out(f"restored snapshot {snap.short_id} to {target}: {res.files} files, {res.dirs} dirs, "
-              f"{res.symlinks} symlinks, {human_bytes(res.bytes_written)}")
+              f"{res.symlinks} symlinks, " + (f"{res.other} other (fifos, devices), " if res.other else "")
+              + human_bytes(res.bytes_written))
     if res.damaged and res.catalog_problem:  # not the repository's damage: an error, exit 1
         c.err(f"vault: {len(res.damaged)} file(s) not restored; {res.catalog_problem}")
         return 1

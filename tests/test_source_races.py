@@ -1,0 +1,136 @@
+"""The source tree changing under a running backup: names replaced, deleted or moved between the walk and the
+reads. What is stored under a name is that name's own file or nothing (named), never another file's data and
+never anything from outside the tree walked. Changes are made at exact moments through hooks (``--jobs 1``:
+threads of this process, so the hooks run)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from conftest import make_tree, with_jobs
+
+from vault import archiver, filereader
+
+
+def _restore(repo, tmp_path, name="r"):
+    target = tmp_path / name
+    with_jobs(repo, "1", "restore", "latest", "--target", target)
+    return target
+
+
+def _paths(repo) -> set[str]:
+    return {e["path"] for e in repo("--json", "ls", "latest").json["entries"]}
+
+
+def _before_first_read(monkeypatch, name: bytes, act):
+    """Run ``act()`` once, just before the first read of a file called ``name``."""
+    real, done = filereader.FileReader.read_file, []
+
+    def read_file(self, path, fname, *rest):
+        if fname == name and not done:
+            done.append(path)
+            act()
+        return real(self, path, fname, *rest)
+
+    monkeypatch.setattr(filereader.FileReader, "read_file", read_file)
+    return done
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])  # (2: worker processes, forked with the hook)
+def test_a_hardlinked_file_whose_read_name_is_replaced_keeps_its_other_names_content(repo, tmp_path, monkeypatch, jobs):
+    """x/f and y/f are one file; the walk reads it once, through x/f. x/f replaced by another file (an editor
+    or a package manager: write a new file, rename it over) between the walk and the read gave y/f the
+    replacement's content and metadata, with no word: y/f, never changed, is now read through its own name."""
+    src = make_tree(tmp_path / "src", {"x": {"f": b"original content"}, "y": {}})
+    os.link(src / "x" / "f", src / "y" / "f")
+
+    def replace():
+        (src / "x" / "f.new").write_bytes(b"REPLACEMENT")
+        os.rename(src / "x" / "f.new", src / "x" / "f")
+
+    done = _before_first_read(monkeypatch, b"f", replace)
+    res = with_jobs(repo, jobs, "backup", src)
+    assert jobs == "2" or (done and done[0].endswith(b"/x/f"))
+    assert "replaced while the backup ran" in res.err
+    r = _restore(repo, tmp_path) / src.relative_to("/")
+    assert (r / "y" / "f").read_bytes() == b"original content"
+    assert (r / "x" / "f").read_bytes() == b"REPLACEMENT"
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])  # (2: worker processes, forked with the hook)
+def test_a_hardlinked_file_whose_read_name_is_deleted_keeps_its_other_names(repo, tmp_path, monkeypatch, jobs):
+    """The name read for a hardlinked file deleted before the read dropped every name of the file, each
+    reported "deleted while the backup ran" -- false for y/f, which stayed."""
+    src = make_tree(tmp_path / "src", {"x": {"f": b"original content"}, "y": {}})
+    os.link(src / "x" / "f", src / "y" / "f")
+    _before_first_read(monkeypatch, b"f", lambda: (src / "x" / "f").unlink(missing_ok=True))  # (once per process)
+    res = with_jobs(repo, jobs, "backup", src)
+    assert f"{src}/x/f: deleted while the backup ran" in res.err
+    assert f"{src}/y/f" not in res.err
+    r = _restore(repo, tmp_path) / src.relative_to("/")
+    assert (r / "y" / "f").read_bytes() == b"original content"
+    assert not (r / "x" / "f").exists()
+
+
+def _swap_for_symlink(directory, to):
+    os.rename(directory, str(directory) + ".moved")
+    os.symlink(to, directory)
+
+
+def test_a_directory_swapped_for_a_symlink_before_its_listing_is_not_followed(repo, tmp_path, monkeypatch):
+    """A directory inside PATH replaced by a symlink between its parent's listing and its own: the walk listed
+    it by path and so followed the symlink, storing whatever it led to (another user's files, /root) as the
+    directory's content, exit 0. Now it is listed through a descriptor proved to be the directory the parent
+    listed: a mismatch is named (exit 3), and nothing from outside gets in."""
+    src = make_tree(tmp_path / "src", {"a": b"1", "home": {"u": {"mine": b"m"}}})
+    make_tree(tmp_path / "outside", {"u": {"secret": b"root only"}})
+    real, done = archiver.Archiver._save_dir, []
+
+    def save_dir(self, path, *rest):
+        if path.endswith(b"/home") and not done:
+            done.append(path)
+            _swap_for_symlink(src / "home", tmp_path / "outside")
+        return real(self, path, *rest)
+
+    monkeypatch.setattr(archiver.Archiver, "_save_dir", save_dir)
+    res = with_jobs(repo, "1", "backup", src, ok=3)
+    assert done and f"{src}/home" in res.err
+    assert not any("secret" in p for p in _paths(repo))
+    assert f"{src}/a" in _paths(repo)
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])  # (2: worker processes, forked with the hook)
+def test_a_directory_swapped_for_a_symlink_while_its_files_are_read_is_not_followed(repo, tmp_path, monkeypatch, jobs):
+    """The same swap, one level up, after the walk listed the directory and before its files were read: the
+    reads opened each file by its full path, through the symlink, and stored the files of the same names
+    found outside. Now each file is opened relative to a descriptor of the directory the walk listed."""
+    src = make_tree(tmp_path / "src", {"home": {"u": {"f1": b"user data", "f2": b"more"}}})
+    make_tree(tmp_path / "outside", {"u": {"f1": b"SECRET", "f2": b"SECRET"}})
+    _before_first_read(monkeypatch, b"f1", lambda: _swap_for_symlink(src / "home", tmp_path / "outside"))
+    res = with_jobs(repo, jobs, "backup", src, ok=3)
+    assert "replaced or moved while the backup ran" in res.err and f"{src}/home/u/f1" in res.err
+    r = _restore(repo, tmp_path) / src.relative_to("/")
+    for f in (r / "home" / "u").iterdir():
+        assert f.read_bytes() != b"SECRET"
+
+
+def test_a_path_longer_than_path_max_can_be_named(repo, tmp_path, monkeypatch):
+    """A PATH of more than 4096 bytes (reached from above by ``longpath``) was refused as "no such file or
+    directory" although it existed."""
+    monkeypatch.chdir(tmp_path)
+    here = tmp_path / "deep"
+    here.mkdir()
+    os.chdir(here)
+    for i in range(20):
+        name = b"%02d" % i * 120
+        os.mkdir(name)
+        os.chdir(name)
+    with open(b"leaf", "wb") as f:
+        f.write(b"deep")
+    deep = os.fsencode(here) + b"".join(b"/" + b"%02d" % i * 120 for i in range(20))
+    os.chdir(tmp_path)
+    assert len(deep) > 4096
+    res = with_jobs(repo, "1", "--json", "backup", os.fsdecode(deep))
+    assert res.json["files_new"] == 1
