@@ -537,6 +537,7 @@ def test_counting_is_thread_safe() -> None:
         ("./repo:2024", ("file", "./repo:2024")),
         ("file:///srv/repo", ("file", "/srv/repo")),
         ("file://relative/repo", ("file", "relative/repo")),
+        ("file://localhost/srv/repo", ("file", "/srv/repo")),  # (RFC 8089; it made ./localhost/srv/repo)
         ("s3://bucket", ("s3", "bucket")),
         ("s3://bucket/", ("s3", "bucket")),
         ("s3://my.bucket/team/repo/", ("s3", "my.bucket/team/repo")),

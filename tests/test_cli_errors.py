@@ -703,3 +703,29 @@ def test_init_over_an_existing_repository_refuses_before_asking_for_a_password(r
     marker = tmp_path / "ran"
     r = repo("--password-command", f"sh -c 'touch {marker}; echo pw'", "init", ok=1)
     assert not marker.exists() and "already exists" in r.err
+
+
+def test_output_cut_short_by_head_is_silent_exit_141(repo, tmp_path):
+    """`vault ls latest | head -1` (the disaster-recovery page's own example) ended with exit 1 and not a word
+    on stderr: a failure with no message. A closed stdout is now exit 141, as for any Unix tool killed by
+    SIGPIPE, and silent."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3000):
+        (src / f"file-with-a-longish-name-{i:05d}").touch()
+    repo("backup", src)
+    env = {**os.environ, **repo.env()}
+    cmd = f"{sys.executable} -m vault.cli.main ls latest 2>{tmp_path / 'err'} | head -1; echo ${{PIPESTATUS[0]}}"
+    out = subprocess.run(["bash", "-c", cmd], env=env, capture_output=True, text=True).stdout.splitlines()
+    assert out[-1] == "141" and (tmp_path / "err").read_text() == ""
+
+
+def test_ls_of_a_file_with_a_trailing_slash_is_not_a_directory(repo, tmp_path):
+    """`ls SNAP FILE/` listed the file (exit 0); a trailing slash means a directory, as in a shell and in
+    vault's own GLOBs."""
+    src = make_tree(tmp_path / "src", {"d": {"f": b"x"}})
+    os.symlink("d", src / "link")
+    repo("backup", src)
+    for p in (src / "d" / "f", src / "link"):
+        assert "not a directory" in repo("ls", "latest", f"{p}/", ok=1).err
+    assert repo("ls", "latest", f"{src}/d/").out.count("\n") == 2

@@ -276,3 +276,30 @@ def test_a_key_slot_without_a_sealed_config_still_opens(repo, tmp_path):
     with_pw(repo, old_pw, "key", "add", "--new-password-file", new)
     _edit_config(repo, pack_size=8192)  # the new slot sealed the config in use when it was added
     assert "pack_size 8192 (sealed: 4096)" in with_pw(repo, new, "snapshots").err
+
+
+def test_a_lost_config_is_taken_from_the_key_slot_and_written_back(repo, tmp_path):
+    """A deleted ``config`` made a repository with all its keys, packs and snapshots "no repository (run 'vault
+    init')", exit 10. The key slot's sealed copy now stands in: a warning, verify reports it (exit 20), repair
+    writes it back. A wrong password still says so (exit 12), naming the loss too."""
+    src = make_tree(tmp_path / "src", {"f": b"data"})
+    repo("backup", src)
+    original = (repo.repo / "config").read_bytes()
+    (repo.repo / "config").unlink()
+    res = repo("--json", "snapshots")
+    assert len(res.json) == 1 and "config object is missing" in res.err
+    bad = tmp_path / "bad"
+    bad.write_text("not it\n")
+    assert "config object is lost" in with_pw(repo, bad, "snapshots", ok=12).err
+    assert "config" in repo("verify", ok=20).err
+    repo("repair")
+    assert (repo.repo / "config").read_bytes() == original
+    assert repo("verify").err == ""
+
+
+def test_no_key_slots_is_not_a_wrong_password(repo):
+    """An empty keys/ was "wrong password" (exit 12): the user checks the password file, not the store."""
+    for k in (repo.repo / "keys").iterdir():
+        k.unlink()
+    res = repo("snapshots", ok=20)
+    assert "no key slot" in res.err and "wrong password" not in res.err

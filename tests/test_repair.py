@@ -272,9 +272,10 @@ def test_heal_a_lost_manifest_from_a_copy(cli, tmp_path, setup):
     assert manifest_gone == []
     # a deleted manifest is not damage (forget does that); a corrupt one is: write garbage under its name
     (cli.repo / "snapshots" / lay.snapshot).write_bytes(b"garbage")
-    res = cli("--json", "repair", "--from-repo", second).json
-    assert res["verify"]["ok"] is True
+    out = cli("repair", "--from-repo", second).out  # (it said "rewrite snapshot X -> Y: 0 file(s) dropped")
     (snap,) = cli("--json", "snapshots").json
+    assert f"restored snapshot {lay.snapshot[:8]} (unreadable manifest) from the copy's" in out
+    assert f"as {snap['short_id']}: a new id" in out and "verify after repair: no errors found" in out
     assert snap["time"].startswith("2026-03-01T10:00:00") and "recovered" not in snap["tags"]
     cli("restore", "latest", "--target", tmp_path / "r")
     assert_trees_equal(src, tmp_path / "r" / src.relative_to("/"))
@@ -469,3 +470,21 @@ def test_repair_asks_for_each_pack_a_listing_missed_before_dropping_it(cli, tmp_
     assert cli("--json", "verify", "--read-data").json["ok"] is True
     got = restored_files(cli, tmp_path, "r")
     assert all(got[f] == Path(f).read_bytes() for f in lay.files)
+
+
+def test_a_copy_that_cannot_supply_the_lost_blocks_is_said(cli, tmp_path, setup):
+    """The copy damaged too: repair --from-repo healed nothing, dropped files, exit 0, and said nothing of the
+    copy ("0 blocks healed", "0 lost"). It now says how many blocks are lost and that the copy could not
+    supply them, naming the command that checks it."""
+    src, lay = setup
+    second = tmp_path / "second"
+    cli("init", *FAST_INIT, "--repo", second, "--copy-chunker-params-from", cli.repo)
+    cli("copy", "--to", second)
+    data_packs = sorted({p for p, e in lay.blocks.values() if e.kind == DATA})
+    pack_path(cli.repo, data_packs[0]).unlink()
+    for f in (second / "data").rglob("*"):
+        if f.is_file():
+            os.truncate(f, 100)
+    res = cli("repair", "--from-repo", second)
+    assert "could not supply them" in res.err and f"--repo {second} verify --read-data" in res.err
+    assert "block(s) that snapshots reference are lost" in res.err

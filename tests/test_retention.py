@@ -141,3 +141,40 @@ def test_parse_duration(text, want):
 def test_parse_duration_rejects(bad):
     with pytest.raises(UsageError):
         parse_duration(bad)
+
+
+@pytest.fixture
+def berlin(monkeypatch):
+    """This process's local time zone set to Europe/Berlin (CET +01:00 in winter, CEST +02:00 in summer)."""
+    import time
+
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_local_periods_use_each_snapshots_own_summer_time(berlin, repo, tmp_path):
+    """forget took the local zone as today's fixed offset: run in winter (+01:00), a snapshot at 00:30 on 1 July
+    (CEST, +02:00) fell into 30 June, so --keep-monthly kept one of two snapshots of two different months (and
+    --prune deleted the other's data); run in summer, the same for 1 January. Each snapshot is now placed with
+    its own date's offset, whatever the season forget runs in."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("x")
+    times = ["2026-06-15T10:00:00Z", "2026-06-30T22:30:00Z",  # 30 June 12:00 / 1 July 00:30 CEST
+             "2026-12-15T10:00:00Z", "2026-12-31T23:30:00Z"]  # 15 December / 1 January 00:30 CET
+    for t in times:
+        repo("backup", src, "--time", t)
+    res = repo("--json", "forget", "--keep-monthly", "4", "--dry-run").json
+    assert sum(len(g["keep"]) for g in res["groups"]) == 4
+
+
+def test_times_at_the_edge_of_the_calendar_do_not_break_forget(berlin):
+    """A snapshot at 9999-12-31T23:59:59Z (accepted by backup --time) made every policy fail east of UTC with
+    "internal error: OverflowError", --keep-last included."""
+    edge = [snap(1, datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)), snap(2, datetime(1, 1, 1, tzinfo=UTC)),
+            snap(3, datetime(2026, 1, 1, tzinfo=UTC))]
+    for p in (Policy(last=1), Policy(daily=2), Policy(yearly=5)):
+        assert retention.decide(edge, p, tz=None)[0].snapshot.id == edge[0].id

@@ -421,6 +421,8 @@ def ls(sess: Session, snap: Snapshot, path: str | None = None) -> Iterator[tuple
         base = base + b"/" + part
     if node is None:
         raise VaultError(f"{os.fsdecode(want)} is not in snapshot {snap.short_id}")
+    if path.endswith(("/", "/.")) and node.type != DIR:  # (as a shell: `ls file/` is "Not a directory")
+        raise VaultError(f"{path}: not a directory in snapshot {snap.short_id} (it is a {node.type})")
     yield base, node
     if node.type == DIR and node.subtree is not None:
         yield from sess.catalog.walk(sess.repo, node.subtree, base)
@@ -544,7 +546,7 @@ def forget(settings: Settings, password: PasswordFn, ids: list[str], policy: Pol
             groups = [Group({"snapshots": "named"}, [Decision(s, False, ["named"]) for s in named])]
         else:
             assert policy is not None
-            groups = retention.plan(snaps, policy, group_by, tz=_local_tz())
+            groups = retention.plan(snaps, policy, group_by, tz=None)  # (local time, summer time and all)
         removed = [d.snapshot.id for g in groups for d in g.decisions if not d.keep]
         if not dry_run and removed:
             # the decision is recorded before anything is deleted: a kill leaves the record and a partial forget
@@ -571,10 +573,6 @@ def prune_repository(settings: Settings, password: PasswordFn, opts: PruneOption
     with session(settings, password, lock=None if opts.dry_run else "exclusive", operation="prune") as sess:
         report = _prune_in_session(sess, settings, opts, log)
         return report, sess.requests()
-
-
-def _local_tz():
-    return datetime.now().astimezone().tzinfo
 
 
 # --- copy ---------------------------------------------------------------------------------------------

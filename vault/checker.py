@@ -550,7 +550,8 @@ class Checker:
             self._damage("config", self.repo.config_problem)
         for name, info in self.repo.list_keys():
             if info is None:
-                self._damage(name, "key slot malformed (the password it held no longer opens the repository)")
+                self._damage(name, "not a usable key slot (malformed: it opens the repository with no password; "
+                                   "'vault repair index' removes it)")
 
     def run(self) -> VerifyReport:
         self._missing: set[bytes] = set()

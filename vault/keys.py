@@ -49,7 +49,7 @@ class ForeignSlot(IntegrityError):
     """The password opens the slot, but its secret names another repository than ``config`` does."""
 
 
-def open_slot(data: bytes, password: bytes, repo_id: str) -> tuple[MasterKeys, bytes | None] | None:
+def open_slot(data: bytes, password: bytes, repo_id: str | None) -> tuple[MasterKeys, bytes | None] | None:
     """The master keys and the sealed ``config`` (None in a slot written before it was sealed), or None when the
     password does not open this slot."""
     doc = slot_info(data)
@@ -69,6 +69,6 @@ def open_slot(data: bytes, password: bytes, repo_id: str) -> tuple[MasterKeys, b
         raise IntegrityError("key slot: malformed secret") from None
     if len(keys.enc_key) != 32 or len(keys.mac_key) != 32:
         raise IntegrityError("key slot: malformed secret")
-    if slot_repo != repo_id:
+    if repo_id is not None and slot_repo != repo_id:  # (None: the config is lost; its sealed copy is checked)
         raise ForeignSlot(f"key slot belongs to repository {str(slot_repo)[:64]}")
     return keys, config

@@ -372,7 +372,7 @@ class Repairer:
                                             "restored_from_copy": mate.id})
                     self.repo.save_snapshot(new)
                     self.catalog.add_snapshot(new)
-                    entry["new"] = new.id
+                    entry["new"], entry["healed_from_copy"] = new.id, mate.id
             entries.append(entry)
         self.report.snapshots_rewritten += entries
         if self.dry_run or not unreadable:
@@ -440,8 +440,8 @@ class Repairer:
         """Put back a ``config`` changed since init (from the copy sealed in the key slot that opened it); delete
         key slots that no longer parse (never the one this run opened with): they open nothing."""
         if self.repo.config_problem:
-            self.report.warnings.append("config: differs from the copy sealed in the key slot; "
-                                        + ("would be written back" if self.dry_run else "written back"))
+            self.report.warnings.append(("config: would be written back" if self.dry_run else "config: written back")
+                                        + " from the copy sealed in the key slot")
             if not self.dry_run:
                 self.repo.backend.put("config", self.repo.config.encode(), overwrite=True)
                 self.repo.config_problem = None

@@ -79,17 +79,22 @@ class RepoConfig:
         return cfg
 
 
-def _sealed_config(data: bytes | None, repo_id: str) -> RepoConfig | None:
-    """The config sealed in a key slot (None: the slot predates it); IntegrityError when it is unusable."""
+def _sealed_config(data: bytes | None, repo_id: str | None) -> RepoConfig | None:
+    """The config sealed in a key slot (None: the slot predates it); IntegrityError when it is unusable or names
+    another repository than ``repo_id`` (None: the stored config is lost, nothing to compare with)."""
     if data is None:
         return None
     try:
         sealed = RepoConfig.decode(data)
     except VaultError as exc:  # (IntegrityError, or a format version this vault does not read)
         raise IntegrityError(f"key slot: sealed config: {exc}") from None
-    if sealed.id != repo_id:
+    if repo_id is not None and sealed.id != repo_id:
         raise IntegrityError("key slot: its sealed config names another repository")
     return sealed
+
+
+def _damaged_note(damaged: int) -> str:
+    return f" ({damaged} key slot(s) are damaged; see 'vault key list')" if damaged else ""
 
 
 def _config_changes(stored: RepoConfig, sealed: RepoConfig) -> str:
@@ -174,22 +179,27 @@ class Repository:
         names a key slot to try before the others (the one that opened it last time: each slot tried costs a
         key derivation, and slots with costly parameters could otherwise delay every command)."""
         try:
-            raw_config = backend.get("config")
-        except ObjectNotFound:
-            raise RepositoryNotFound(f"no repository at {backend.location} (run 'vault init' to create one)") from None
-        config = RepoConfig.decode(raw_config)
+            config: RepoConfig | None = RepoConfig.decode(backend.get("config"))
+        except ObjectNotFound:  # no repository -- or one whose config was lost: the key slots may hold a copy
+            if next(iter(backend.list("keys/")), None) is None:
+                raise RepositoryNotFound(f"no repository at {backend.location} (run 'vault init' to create one)") from None
+            config = None
         if callable(password):
             password = password()
-        damaged, foreign = 0, []
+        damaged, foreign, unsealed = 0, [], 0
+        repo_id = config.id if config is not None else None
         names = [name for name, _ in backend.list("keys/")]
-        first = first_slot(config.id) if first_slot is not None else None
+        first = first_slot(repo_id) if first_slot is not None and repo_id is not None else None
         if first in names:
             names.remove(first)
             names.insert(0, first)
         for name in names:
             try:
-                opened = open_slot(backend.get(name), password, config.id)
-                sealed = _sealed_config(opened[1], config.id) if opened is not None else None
+                opened = open_slot(backend.get(name), password, repo_id)
+                sealed = _sealed_config(opened[1], repo_id) if opened is not None else None
+                if opened is not None and config is None and sealed is None:
+                    unsealed += 1  # (opens, but holds no copy of the lost config)
+                    continue
             except ForeignSlot as exc:
                 foreign.append(str(exc).rsplit(" ", 1)[-1])
                 continue
@@ -198,18 +208,30 @@ class Repository:
                 continue
             if opened is not None:
                 repo = cls(backend, sealed or config, opened[0], name)
-                if sealed is not None and sealed != config:
+                if config is None:
+                    repo.config_problem = ("the repository's config object is missing: the copy sealed in its key "
+                                           "slot is used ('vault repair' writes it back)")
+                elif sealed is not None and sealed != config:
                     repo.config_problem = (f"the repository's config differs from the copy sealed in its key slot "
                                            f"({_config_changes(config, sealed)}): it was changed or damaged since "
                                            "init; the sealed copy is used ('vault repair' writes it back)")
+                if repo.config_problem:
                     warnings.warn(repo.config_problem, VaultWarning, stacklevel=2)
                 return repo
+        if config is None and unsealed:
+            raise IntegrityError(f"the repository at {backend.location} has lost its config object, and the key "
+                                 "slots this password opens hold no copy of it (written before vault sealed one): "
+                                 "see docs/operations.md")
         if foreign:
             raise IntegrityError(f"the password opens a key slot of another repository ({foreign[0]}) than config "
                                  f"names ({config.id}): config's id was changed or damaged, or the key slot was "
                                  "copied in from elsewhere (see docs/operations.md)")
-        extra = f" ({damaged} key slot(s) are damaged; see 'vault key list')" if damaged else ""
-        raise WrongPassword(f"wrong password: no key slot of the repository opens with it{extra}")
+        if not names:
+            raise IntegrityError(f"the repository at {backend.location} has no key slot (keys/ is empty): no "
+                                 "password can open it; put keys/ back from a copy of the store")
+        lost = "; the repository's config object is lost too" if config is None else ""
+        raise WrongPassword(f"wrong password: no key slot of the repository opens with it{_damaged_note(damaged)}"
+                            f"{lost}")
 
     # --- key slots ----------------------------------------------------------------------------------
     def add_key(self, password: bytes, kdf: KdfParams = KdfParams()) -> str:

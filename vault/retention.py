@@ -11,7 +11,10 @@ Semantics are restic's, so its users need not relearn them:
   backing up keeps its history; ``--keep-tag T`` keeps every snapshot carrying T (``a,b``: both).
 * The newest snapshot of every group is always kept. A policy with no rule at all is refused by the caller.
 
-Periods are taken in the local time zone given to ``plan`` (UTC unless told otherwise).
+Periods are taken in the time zone given to ``plan`` (UTC unless told otherwise; None: this machine's local
+time, with the offset in force at each snapshot's own time -- a summer snapshot judged in winter keeps its
+summer day). restic's rule since 0.17 of keeping the group's oldest snapshot too when a bucket rule is not
+filled is not applied (docs/usage.md).
 """
 
 from __future__ import annotations
@@ -83,12 +86,21 @@ def _bucket(rule: str, t: datetime) -> tuple:
     return (t.year,)
 
 
+def _local(t: datetime, tz: tzinfo | None) -> datetime:
+    """``t`` in ``tz`` (None: local time with its own summer-time rule); at the edges of datetime's range
+    (years 1 and 9999, where the shift would leave it) ``t`` as it is."""
+    try:
+        return t.astimezone(tz)
+    except (OverflowError, OSError, ValueError):
+        return t
+
+
 def _has_tags(snap: Snapshot, spec: str) -> bool:
     want = {t for t in spec.split(",") if t}
     return bool(want) and want <= set(snap.tags)
 
 
-def decide(snaps: list[Snapshot], policy: Policy, tz: tzinfo = timezone.utc) -> list[Decision]:
+def decide(snaps: list[Snapshot], policy: Policy, tz: tzinfo | None = timezone.utc) -> list[Decision]:
     """Keep/forget with reasons for one group of snapshots; returned newest first."""
     # at equal times a replacement written by 'vault repair' ranks above the original it replaces
     ordered = sorted(snaps, key=lambda s: (s.time, bool(s.summary.get("repaired_from")), s.id), reverse=True)
@@ -100,7 +112,7 @@ def decide(snaps: list[Snapshot], policy: Policy, tz: tzinfo = timezone.utc) -> 
     cutoff = policy.within.subtract_from(ordered[0].time) if policy.within is not None else None
     out = []
     for i, snap in enumerate(ordered):
-        local = snap.time.astimezone(tz)
+        local = _local(snap.time, tz)
         reasons = []
         if i == 0:
             reasons.append("newest")
@@ -143,7 +155,7 @@ def parse_group_by(text: str) -> tuple[str, ...]:
 
 
 def plan(snaps: list[Snapshot], policy: Policy, group_by: tuple[str, ...] = ("host", "paths"),
-         tz: tzinfo = timezone.utc) -> list[Group]:
+         tz: tzinfo | None = timezone.utc) -> list[Group]:
     """Decide every snapshot, group by group (groups ordered by key)."""
     groups: dict[tuple, list[Snapshot]] = {}
     for s in snaps:

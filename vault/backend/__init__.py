@@ -3,7 +3,8 @@
 Repository URLs:
 
 * a path, relative or absolute (``/srv/repo``, ``backups/repo``): a local directory;
-* ``file://PATH`` (``file:///srv/repo``): the same, PATH taken literally;
+* ``file://PATH`` (``file:///srv/repo``): the same, PATH taken literally (no %-decoding; ``file://localhost/p``
+  is ``/p``, RFC 8089);
 * ``s3://BUCKET[/PREFIX]``: an S3 bucket, served by ``vault.backend.s3.S3Backend(bucket, prefix)`` when that
   module exists.
 
@@ -58,6 +59,8 @@ def parse_url(url: str) -> tuple[str, str]:
         raise UsageError(f"malformed repository URL {url!r}: expected {scheme}://...")
     rest = rest[2:]
     if scheme == "file":
+        if rest.startswith("localhost/"):  # (RFC 8089: file://localhost/p is file:///p)
+            rest = rest[len("localhost"):]
         if not rest:
             raise UsageError(f"malformed repository URL {url!r}: no path after file://")
         return "file", rest

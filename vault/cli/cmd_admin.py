@@ -344,8 +344,12 @@ def repair(what: str, read_data: bool, from_repo: str | None, from_password_file
         if dry_run and not (read_data or from_repo):  # (a real run says so after its verify)
             c.out("(packs were not read: damage inside a pack is not seen; add --read-data)")
         for s in rep.snapshots_rewritten:
-            if s.get("healed_from_copy"):
+            if s.get("healed_from_copy") and dry_run:
                 c.out(f"would restore snapshot {s['old'][:8]} from the copy's {s['healed_from_copy'][:8]}")
+                continue
+            if s.get("healed_from_copy"):
+                c.out(f"restored snapshot {s['old'][:8]} (unreadable manifest) from the copy's "
+                      f"{s['healed_from_copy'][:8]} as {s['new'][:8]}: a new id, same time, host, paths and tags")
                 continue
             if s["old"] is None:  # a tree no manifest names any more
                 c.out(f"{verb}recover an orphan tree as snapshot {(s['new'] or '-')[:8]} (tag 'recovered')")
@@ -358,6 +362,10 @@ def repair(what: str, read_data: bool, from_repo: str | None, from_password_file
             c.err(printable(f"  lost: {f}"))
         for w in rep.warnings:
             c.err(printable(f"warning: {w}"))
+        if rep.still_missing and not dry_run:
+            c.err(f"warning: {rep.still_missing} block(s) that snapshots reference are lost"
+                  + (": the second repository could not supply them (it lacks them, or holds them damaged too: "
+                     f"check it with 'vault --repo {printable(from_repo)} verify --read-data')" if from_repo else ""))
         if verify_report is not None:
             for d in verify_report.damage:
                 c.err(printable(f"damaged: {d.object}: {d.problem}"))

@@ -98,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("vault: terminated" if _terminated else "vault: aborted", err=True)
         code = 143 if _terminated else 130
-    except BrokenPipeError:
-        code = 1
+    except BrokenPipeError:  # stdout closed early (`| head`, a pager quit): silent, exit 141 as for any Unix
+        code = 141             # tool killed by SIGPIPE (nothing vault was doing is affected: output comes last)
     except OSError as exc:
         if verbose:
             raise
