@@ -32,8 +32,8 @@ from .backend.base import Backend, confirmed_size
 from .chunker import Chunker, ChunkerParams
 from .compress import compress, decompress, decompress_into
 from .crypto import Cipher, KdfParams, MasterKeys, block_id
-from .errors import (IntegrityError, ObjectExists, ObjectNotFound, RepositoryExists, RepositoryNotFound, VaultError,
-                     VaultWarning, WrongPassword)
+from .errors import (IntegrityError, ObjectExists, ObjectNotFound, PermanentError, RepositoryExists,
+                     RepositoryNotFound, VaultError, VaultWarning, WrongPassword)
 from .keys import ForeignSlot, make_slot, open_slot, slot_info
 from .model import Snapshot, Tree, format_time
 
@@ -181,7 +181,11 @@ class Repository:
         try:
             config: RepoConfig | None = RepoConfig.decode(backend.get("config"))
         except ObjectNotFound:  # no repository -- or one whose config was lost: the key slots may hold a copy
-            if next(iter(backend.list("keys/")), None) is None:
+            try:
+                slots = next(iter(backend.list("keys/")), None)
+            except (ObjectNotFound, PermanentError):  # (no such bucket, no permission to list)
+                slots = None
+            if slots is None:
                 raise RepositoryNotFound(f"no repository at {backend.location} (run 'vault init' to create one)") from None
             config = None
         if callable(password):
