@@ -303,3 +303,24 @@ def test_no_key_slots_is_not_a_wrong_password(repo):
         k.unlink()
     res = repo("snapshots", ok=20)
     assert "no key slot" in res.err and "wrong password" not in res.err
+
+
+def test_on_a_new_machine_costly_fake_slots_are_tried_last(repo, tmp_path, monkeypatch):
+    """With no cache (a new machine: no remembered slot), slots were tried in name order: fake slots with
+    costly KDF parameters named before the real one cost every command one derivation each. They are now
+    tried cheapest first, so the real slot comes before any costlier fake."""
+    import base64
+    import json as json_mod
+
+    from vault import repository as repository_mod
+
+    for i in range(3):
+        junk = {"v": 1, "kdf": {"name": "argon2id", "iterations": 3 + i, "memory_kib": 4096, "lanes": 1},
+                "salt": base64.b64encode(b"s" * 32).decode(), "wrapped": base64.b64encode(b"w" * 80).decode()}
+        (repo.repo / "keys" / (str(i) * 64)).write_text(json_mod.dumps(junk))
+    tried = []
+    real = repository_mod.open_slot
+    monkeypatch.setattr(repository_mod, "open_slot", lambda data, *a: (tried.append(data), real(data, *a))[1])
+    repo.cache = tmp_path / "new-machine-cache"
+    repo("snapshots")
+    assert len(tried) == 1

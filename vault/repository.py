@@ -39,6 +39,7 @@ from .model import Snapshot, Tree, format_time
 
 FORMAT_VERSION = 1
 SNAPSHOT_AAD = b"vault snapshot"
+MAX_SLOT = 64 << 10  # a key slot is ~500 bytes
 MAX_MANIFEST = 64 << 20  # a snapshot manifest is a few hundred bytes (paths, tags, summary); 100,000 PATHs ~10 MB
 LOG_AAD = b"vault log"
 
@@ -91,6 +92,30 @@ def _sealed_config(data: bytes | None, repo_id: str | None) -> RepoConfig | None
     if repo_id is not None and sealed.id != repo_id:
         raise IntegrityError("key slot: its sealed config names another repository")
     return sealed
+
+
+def _slot_order(backend: Backend, listed: dict[str, int], first: str | None) -> Iterator[str]:
+    """The key slots in the order to try them: ``first`` (the one that opened the repository last time), then
+    the others cheapest KDF first. Each slot tried costs one key derivation; fake slots with costly parameters
+    (anyone who can write to the store can add them) then cost no more than the real one each, on a new
+    machine too. Slots are read here only for their parameters (and again when tried)."""
+    if first in listed:
+        yield first
+    rest = [(name, size) for name, size in listed.items() if name != first]
+    if len(rest) == 1:  # (nothing to order: not read twice)
+        yield rest[0][0]
+        return
+    costs = []
+    for name, size in rest:
+        cost = 0  # (unreadable, too large or malformed: tried first, it fails at once)
+        if size <= MAX_SLOT:
+            try:
+                kdf = KdfParams.from_json(slot_info(backend.get(name))["kdf"])
+                cost = (kdf.iterations * kdf.memory_kib if kdf.name == "argon2id" else kdf.n * kdf.r * kdf.p // 8)
+            except (IntegrityError, ObjectNotFound):
+                pass
+        costs.append((cost, name))
+    yield from (name for _, name in sorted(costs))
 
 
 def _damaged_note(damaged: int) -> str:
@@ -192,13 +217,12 @@ class Repository:
             password = password()
         damaged, foreign, unsealed = 0, [], 0
         repo_id = config.id if config is not None else None
-        names = [name for name, _ in backend.list("keys/")]
+        listed = dict(backend.list("keys/"))
         first = first_slot(repo_id) if first_slot is not None and repo_id is not None else None
-        if first in names:
-            names.remove(first)
-            names.insert(0, first)
-        for name in names:
+        for name in _slot_order(backend, listed, first):
             try:
+                if listed[name] > MAX_SLOT:
+                    raise IntegrityError("key slot too large")
                 opened = open_slot(backend.get(name), password, repo_id)
                 sealed = _sealed_config(opened[1], repo_id) if opened is not None else None
                 if opened is not None and config is None and sealed is None:
@@ -230,7 +254,7 @@ class Repository:
             raise IntegrityError(f"the password opens a key slot of another repository ({foreign[0]}) than config "
                                  f"names ({config.id}): config's id was changed or damaged, or the key slot was "
                                  "copied in from elsewhere (see docs/operations.md)")
-        if not names:
+        if not listed:
             raise IntegrityError(f"the repository at {backend.location} has no key slot (keys/ is empty): no "
                                  "password can open it; put keys/ back from a copy of the store")
         lost = "; the repository's config object is lost too" if config is None else ""
