@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from conftest import PASSWORD, make_tree, tree_listing
+from conftest import FAST_INIT, PASSWORD, make_tree, tree_listing
 
 NEW = "a second, different password"
 
@@ -290,7 +290,7 @@ def test_a_lost_config_is_taken_from_the_key_slot_and_written_back(repo, tmp_pat
     assert len(res.json) == 1 and "config object is missing" in res.err
     bad = tmp_path / "bad"
     bad.write_text("not it\n")
-    assert "config object is lost" in with_pw(repo, bad, "snapshots", ok=12).err
+    assert "config object is missing" in with_pw(repo, bad, "snapshots", ok=12).err
     assert "config" in repo("verify", ok=20).err
     repo("repair")
     assert (repo.repo / "config").read_bytes() == original
@@ -324,3 +324,49 @@ def test_on_a_new_machine_costly_fake_slots_are_tried_last(repo, tmp_path, monke
     repo.cache = tmp_path / "new-machine-cache"
     repo("snapshots")
     assert len(tried) == 1
+
+
+def test_a_lost_config_and_a_slot_copied_in_from_another_repository(repo, tmp_path):
+    """With config lost, the first slot the password opened was used whatever repository it named: a slot
+    copied in from another repository (same password) made every pack 'damaged' to repair, which then wrote
+    the other repository's config back. Now the slot's keys must open what the store holds, and slots of two
+    repositories are refused."""
+    src = make_tree(tmp_path / "src", {"f": b"data"})
+    repo("backup", src)
+    other = tmp_path / "other"
+    repo("init", *FAST_INIT, "--repo", other)
+    repo("--repo", other, "backup", src)
+    (repo.repo / "config").unlink()
+    (slot,) = (other / "keys").iterdir()
+    mine = next((repo.repo / "keys").iterdir())
+    (repo.repo / "keys" / ("0" * 64)).write_bytes(slot.read_bytes())
+    res = repo("snapshots", ok=20)
+    assert "2 different repositories" in res.err
+    mine.unlink()
+    res = repo("repair", ok=20)
+    assert "copied in from another repository" in res.err
+    assert not (repo.repo / "config").exists()
+
+
+def test_a_damaged_config_is_taken_from_the_key_slot(repo, tmp_path):
+    """Garbage in config (not only a changed value) is covered by the sealed copy too."""
+    src = make_tree(tmp_path / "src", {"f": b"data"})
+    repo("backup", src)
+    original = (repo.repo / "config").read_bytes()
+    (repo.repo / "config").write_bytes(b"{garbage")
+    res = repo("snapshots")
+    assert "config object is damaged" in res.err and "1 snapshot(s)" in res.out
+    repo("repair")
+    assert (repo.repo / "config").read_bytes() == original
+
+
+def test_kdf_parameters_of_infinity_are_a_damaged_slot(repo, tmp_path):
+    """`"n": Infinity` in a slot (no password needed to write one) raised OverflowError: every command on a
+    new machine, and `key list`, ended in "internal error"."""
+    for i in range(2):
+        (repo.repo / "keys" / (str(i) * 64)).write_text(
+            '{"v": 1, "kdf": {"name": "scrypt", "n": Infinity, "r": 8, "p": 1}, "salt": "c2FsdHNhbHRzYWx0c2FsdA==",'
+            ' "wrapped": "d3JhcHBlZA=="}')
+    repo.cache = tmp_path / "new-machine"
+    repo("snapshots")
+    assert repo("--json", "key", "list").json

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import assert_trees_equal, make_tree
+from conftest import Cli, assert_trees_equal, make_tree
 from vault.backend.local import LocalBackend
 from vault.locks import STALE_AFTER, Lock
 
@@ -284,6 +284,35 @@ def test_a_stopped_process_holding_the_catalog_open_lock_is_waited_for_then_exit
     assert res.returncode == 11 and b"another vault process" in res.stderr and b"Traceback" not in res.stderr
     assert 4.5 < waited < 30
     repo("snapshots")  # let go: fine again
+
+
+def test_a_stopped_process_in_the_middle_of_a_catalog_write_is_exit_11_after_lock_wait(repo, tmp_path):
+    """A vault process stopped inside a write to the shared catalog (SQLite's write lock held): the next
+    command that had to write waited a fixed 60 s, whatever --lock-wait said, then exited 1 with "check the
+    cache directory and its disk". Now it waits --lock-wait (at least 5 s) and exits 11, naming the cause."""
+    import sqlite3
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("x")
+    repo("backup", src)
+    db = next((tmp_path / "cache").rglob("catalog.db"))
+    other = Cli(repo.capfd, repo.repo, tmp_path / "other-machine")
+    other("backup", src)  # (a snapshot this catalog has not seen: its sync must write)
+    holder = sqlite3.connect(db, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        holder.execute("UPDATE meta SET value=value")
+        t = time.monotonic()
+        res = repo.proc("--lock-wait", "2s", "snapshots", timeout=90)
+        waited = time.monotonic() - t
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert res.returncode == 11, res.stderr
+    assert b"another vault process" in res.stderr and b"Traceback" not in res.stderr
+    assert 4.5 < waited < 30
+    assert "2 snapshot(s)" in repo("snapshots").out
 
 
 def test_a_full_repository_disk_points_read_only_commands_at_no_lock(tmp_path, capfd):

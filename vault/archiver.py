@@ -138,6 +138,8 @@ class _PendingDir:
 
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_PATH_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC  # (search permission is enough: fstat, *at calls)
+KEEP_OPEN = 64  # directory levels that keep their descriptor while a subdirectory is walked
 
 
 def _lexists(path: bytes) -> bool:
@@ -193,6 +195,7 @@ class Archiver:
         self._checked: list[bytes] = []  # parent trees whose blocks were all found in the index (catalog marks)
         self._tree_token = -2 - secrets.randbits(30)  # the trees this run caches: checked once its index is written
         self._hardlinks: dict[tuple[int, int], tuple[_Batch, int]] = {}
+        self._depth = 0  # directory levels being walked (``_save_dir``)
         self._excludes = Matcher(opts.excludes)
         self._named: set[bytes] = set()  # the PATHs given, absolute
         self._skip = set()
@@ -301,6 +304,8 @@ class Archiver:
         if st.st_nlink > 1 and key in self._hardlinks:
             return (*self._hardlinks[key], False)  # (another name's read: its bytes are counted once)
         small = st.st_size < self.repo.config.chunker.min_size
+        if self._batch.future is not None:  # (submitted early: a directory's tree was forced out, see _finalize)
+            self._batch = _Batch(self)
         batch = self._batch if small else _Batch(self)
         slot = (batch, len(batch.files))
         batch.files.append((path, name, parent))
@@ -356,139 +361,172 @@ class Archiver:
         -- so the walk never waits for the workers at a directory boundary."""
         parent, same, lost = self._parent_entries(parent_tree)  # same: still identical to the parent's tree
         subdirs: list[tuple[Node, bytes | None]] = []
-        here, listing = self._scan(path, only, None if node is None else (node.dev, node.inode))
+        here, names, fd = self._open_dir(path, only, None if node is None else (node.dev, node.inode))
+        self._depth += 1
         items: list[Node | tuple[Future, bytes, bytes]] = []
-        for name, st, target, st_dir in listing:
-            child = _join(path, name)
-            if isinstance(st, OSError):
-                if not isinstance(st, FileNotFoundError):
-                    self._error(child, st.strerror or str(st))
-                elif only is not None:
-                    self._error(child, "no such file or directory")
-                continue
-            t = node_type(st.st_mode)
-            if t is None:
-                continue
-            via_link = False
-            if st_dir is not None:
-                # a symlink on the way to a PATH named below it (/bin -> usr/bin for /bin/true): followed, as
-                # the kernel follows it for that PATH, and stored as the directory it leads to
-                st, t, via_link = st_dir, DIR, True
-            # a PATH named on the command line is never excluded (at the top or inside another PATH), nor are
-            # the directories leading to it: an excluded one holds only the named PATHs below it
-            excluded = (only is None and self._excludes and child not in self._named
-                        and self._excludes.matches(child, t == DIR))
-            if excluded and (t != DIR or not self._named_below(child)):
-                continue
-            old = parent.get(name)
-            key = stat_key(t, st) if old is not None else None  # (a first backup has no parent to compare)
-            if same and (old is None or old[1] != key):
-                same = False
-            if t == DIR:
-                if (st.st_dev, st.st_ino) in self._skip:
-                    same = False
+        try:
+            for name in names:
+                child = _join(path, name)
+                if fd is None:  # (let go before a deep subdirectory: opened again, proved the same directory)
+                    fd = self._reopen(path, here)
+                    if fd is None:
+                        same = False
+                        break
+                st, target, st_dir = self._stat_at(fd, path, name)
+                if self._depth > KEEP_OPEN and isinstance(st, os.stat_result) and (
+                        stat.S_ISDIR(st.st_mode) or st_dir is not None):
+                    os.close(fd)  # (no descriptor held per level deep down: 9,000 levels would run out of them)
+                    fd = None
+                if isinstance(st, OSError):
+                    if not isinstance(st, FileNotFoundError):
+                        self._error(child, st.strerror or str(st))
+                    elif only is not None:
+                        self._error(child, "no such file or directory")
                     continue
-                sub = node_from_stat(name, st)
-                old_sub = old[2] if old is not None and old[1][0] == DIR else None
-                if same:
-                    subdirs.append((sub, old_sub))
-                sub_only = only[name] if only is not None else None
-                if via_link and only is None and child not in self._named:  # only the PATHs named below it
-                    sub_only = _skeleton(self._named_below(child))
-                named = only is None and child in self._named  # a PATH given inside another PATH
-                if excluded or (only is None and self.opts.one_file_system and st.st_dev != root_dev and not named):
-                    # excluded, or another file system: left empty, except for the PATHs named below it
-                    inner = self._named_below(child)
-                    if inner:
-                        self._save_dir(child, old_sub, _skeleton(inner), root_dev, sub)
+                t = node_type(st.st_mode)
+                if t is None:
+                    continue
+                via_link = False
+                if st_dir is not None:
+                    # a symlink on the way to a PATH named below it (/bin -> usr/bin for /bin/true): followed, as
+                    # the kernel follows it for that PATH, and stored as the directory it leads to
+                    st, t, via_link = st_dir, DIR, True
+                # a PATH named on the command line is never excluded (at the top or inside another PATH), nor are
+                # the directories leading to it: an excluded one holds only the named PATHs below it
+                excluded = (only is None and self._excludes and child not in self._named
+                            and self._excludes.matches(child, t == DIR))
+                if excluded and (t != DIR or not self._named_below(child)):
+                    continue
+                old = parent.get(name)
+                key = stat_key(t, st) if old is not None else None  # (a first backup has no parent to compare)
+                if same and (old is None or old[1] != key):
+                    same = False
+                if t == DIR:
+                    if (st.st_dev, st.st_ino) in self._skip:
+                        same = False
+                        continue
+                    sub = node_from_stat(name, st)
+                    old_sub = old[2] if old is not None and old[1][0] == DIR else None
+                    if same:
+                        subdirs.append((sub, old_sub))
+                    sub_only = only[name] if only is not None else None
+                    if via_link and only is None and child not in self._named:  # only the PATHs named below it
+                        sub_only = _skeleton(self._named_below(child))
+                    named = only is None and child in self._named  # a PATH given inside another PATH
+                    if excluded or (only is None and self.opts.one_file_system and st.st_dev != root_dev and not named):
+                        # excluded, or another file system: left empty, except for the PATHs named below it
+                        inner = self._named_below(child)
+                        if inner:
+                            self._save_dir(child, old_sub, _skeleton(inner), root_dev, sub)
+                        else:
+                            sub.subtree = self._store_tree(Tree([]))
+                    else:  # a named PATH is walked whole, on its own file system (-x stops at mounts below it)
+                        dev = st.st_dev if (only is not None and sub_only is None) or named else root_dev
+                        self._save_dir(child, old_sub, sub_only, dev, sub)
+                    self.stats.dirs += 1
+                    items.append(sub)
+                elif t == FILE:
+                    self.stats.bytes_processed += st.st_size
+                    # same: every field matched just above; else the content is unchanged when the type, size,
+                    # mtime, ctime and inode are (a chmod or chown changes only the tree)
+                    if (old is not None and (same or (old[1][0] == FILE and old[1][4:8] == key[4:8]))
+                            and not (lost and not lost.isdisjoint(split_ids(old[2])))):
+                        self.stats.files_unmodified += 1
+                        items.append(_Reuse(name, st, old[2]))
                     else:
-                        sub.subtree = self._store_tree(Tree([]))
-                else:  # a named PATH is walked whole, on its own file system (-x stops at mounts below it)
-                    dev = st.st_dev if (only is not None and sub_only is None) or named else root_dev
-                    self._save_dir(child, old_sub, sub_only, dev, sub)
-                self.stats.dirs += 1
-                items.append(sub)
-            elif t == FILE:
-                self.stats.bytes_processed += st.st_size
-                # same: every field matched just above; else the content is unchanged when the type, size,
-                # mtime, ctime and inode are (a chmod or chown changes only the tree)
-                if (old is not None and (same or (old[1][0] == FILE and old[1][4:8] == key[4:8]))
-                        and not (lost and not lost.isdisjoint(split_ids(old[2])))):
-                    self.stats.files_unmodified += 1
-                    items.append(_Reuse(name, st, old[2]))
+                        same = False
+                        items.append((*self._submit_file(child, name, st, here), child, name, st.st_size,
+                                      old is None, (st.st_dev, st.st_ino), here))
+                elif t == SYMLINK:
+                    n = node_from_stat(name, st)
+                    if isinstance(target, OSError):
+                        self._error(child, target.strerror or str(target))
+                        same = False
+                        continue
+                    n.target = target
+                    if same and old[2] != n.target:
+                        same = False
+                    items.append(n)
                 else:
-                    same = False
-                    items.append((*self._submit_file(child, name, st, here), child, name, st.st_size,
-                                  old is None, (st.st_dev, st.st_ino), here))
-            elif t == SYMLINK:
-                n = node_from_stat(name, st)
-                if isinstance(target, OSError):
-                    self._error(child, target.strerror or str(target))
-                    same = False
-                    continue
-                n.target = target
-                if same and old[2] != n.target:
-                    same = False
-                items.append(n)
-            else:
-                items.append(node_from_stat(name, st))
+                    items.append(node_from_stat(name, st))
+        finally:
+            self._depth -= 1
+            if fd is not None:
+                os.close(fd)
         if len(items) != len(parent):
             same = False  # entries were added, removed or skipped (an error, an exclude)
         self._dirs.append(_PendingDir(items, node, parent_tree if same else None, subdirs))
         self._pending_items += len(items)
         self._finalize(block=False)
 
-    def _scan(self, path: bytes, only: dict | None, expect: tuple[int, int] | None
-              ) -> tuple[tuple[int, int] | None, list[tuple]]:
-        """The directory's (dev, ino) and its entries in name order, (name, lstat or the OSError, a symlink's
-        target or OSError, for a symlink on the way to a PATH named below it the directory it leads to), every
-        call relative to a descriptor of the directory itself: once it is proved to be the one its parent
-        listed (``expect``), no entry is ever looked up through a symlink swapped in for it or for a directory
-        above it meanwhile (nothing from outside the tree gets into the snapshot). ``only``: these names
-        (the PATHs' skeleton) instead of a listing."""
+    def _open_dir(self, path: bytes, only: dict | None, expect: tuple[int, int] | None
+                  ) -> tuple[tuple[int, int] | None, list[bytes], int | None]:
+        """The directory's (dev, ino), its entry names in order, and a descriptor of it: every entry is then
+        stat'ed relative to the directory itself (``_stat_at``), once it is proved to be the one its parent
+        listed (``expect``) -- so nothing is ever looked up through a symlink swapped in for it or for a
+        directory above it meanwhile, and nothing from outside the tree gets into the snapshot. ``only``: these
+        names (the PATHs' skeleton) instead of a listing; such a directory needs only search permission
+        (O_PATH), as the path to a PATH always did. On failure (named as an error): (None, [], None)."""
         try:
-            fd = longpath.call(os.open, path, _DIR_FLAGS)
+            fd = longpath.call(os.open, path, _DIR_FLAGS if only is None else _PATH_FLAGS)
         except OSError as exc:
             self._error(path, exc.strerror or str(exc))
-            return None, []
+            return None, [], None
         try:
             dst = os.fstat(fd)
             here = (dst.st_dev, dst.st_ino)
             if expect is not None and here != expect:
                 self._error(path, "replaced or moved while the backup ran: its entries are not in the snapshot")
-                return None, []
-            if only is None:
-                try:
-                    names = sorted(map(os.fsencode, os.listdir(fd)))  # (str for a descriptor: back to bytes)
-                except OSError as exc:
-                    self._error(path, exc.strerror or str(exc))
-                    return here, []
-            else:
-                names = sorted(only)
-            out = []
-            for name in names:
-                target = st_dir = None
-                try:
-                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-                except OSError as exc:
-                    st = exc
-                else:
-                    if stat.S_ISLNK(st.st_mode):
-                        try:
-                            target = os.readlink(name, dir_fd=fd)
-                        except OSError as exc:
-                            target = exc
-                        if self._named_below(_join(path, name)):
-                            try:
-                                st_dir = os.stat(name, dir_fd=fd)
-                            except OSError:
-                                st_dir = None
-                            if st_dir is not None and not stat.S_ISDIR(st_dir.st_mode):
-                                st_dir = None
-                out.append((name, st, target, st_dir))
-            return here, out
-        finally:
+                os.close(fd)
+                return None, [], None
+            if only is not None:
+                return here, sorted(only), fd
+            try:
+                return here, sorted(map(os.fsencode, os.listdir(fd))), fd  # (str for a descriptor: to bytes)
+            except OSError as exc:
+                self._error(path, exc.strerror or str(exc))
+                return here, [], fd
+        except BaseException:
             os.close(fd)
+            raise
+
+    def _reopen(self, path: bytes, here: tuple[int, int]) -> int | None:
+        """A descriptor of the directory at ``path`` again, proved to be ``here`` (None, named, when not)."""
+        try:
+            fd = longpath.call(os.open, path, _PATH_FLAGS)
+        except OSError as exc:
+            self._error(path, f"{exc.strerror or exc} while the backup ran: the rest of its entries are not in "
+                              "the snapshot")
+            return None
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != here:
+            os.close(fd)
+            self._error(path, "replaced or moved while the backup ran: the rest of its entries are not in the "
+                              "snapshot")
+            return None
+        return fd
+
+    def _stat_at(self, fd: int, path: bytes, name: bytes) -> tuple:
+        """(lstat or the OSError, a symlink's target or OSError, for a symlink on the way to a PATH named below
+        it the directory it leads to) of entry ``name`` of the directory open as ``fd``."""
+        target = st_dir = None
+        try:
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except OSError as exc:
+            return exc, None, None
+        if stat.S_ISLNK(st.st_mode):
+            try:
+                target = os.readlink(name, dir_fd=fd)
+            except OSError as exc:
+                target = exc
+            if self._named_below(_join(path, name)):
+                try:
+                    st_dir = os.stat(name, dir_fd=fd)
+                except OSError:
+                    st_dir = None
+                if st_dir is not None and not stat.S_ISDIR(st_dir.st_mode):
+                    st_dir = None
+        return st, target, st_dir
 
     def _finalize(self, block: bool) -> None:
         """Store the trees of walked directories whose entries are all known, oldest first.

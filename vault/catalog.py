@@ -85,6 +85,9 @@ def _db_error(exc: sqlite3.DatabaseError, path: str) -> CatalogError:
     if code & 0xFF == sqlite3.SQLITE_FULL or code == _SQLITE_IOERR_SHMSIZE or "disk is full" in str(exc):
         return CacheUnavailable(f"the disk under the cache directory is full (catalog {path}); free some space, "
                                 "or give --cache-dir another place")
+    if code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return CatalogBusy(f"the catalog {path} is held by another vault process that has not let go in the "
+                           "time given (--lock-wait; stopped or hung?): try again later, or use another --cache-dir")
     if code & 0xFF in _ENVIRONMENT:
         return CacheUnavailable(f"cannot use the catalog {path} ({exc}); check the cache directory and its disk, "
                                 "or give --cache-dir another place")
@@ -97,9 +100,10 @@ def _unusable(directory: str, exc: OSError) -> CatalogError:
 
 
 class Catalog:
-    def __init__(self, path: str, repo_id: str, in_use: FileLock):
+    def __init__(self, path: str, repo_id: str, in_use: FileLock, wait: float = OPEN_WAIT):
         self.path = path
         self.repo_id = repo_id
+        self._wait = wait  # how long a query waits for another process's write (SQLite's busy timeout)
         self._lock = threading.RLock()
         self._in_use = in_use  # held shared while open: nobody removes the catalog under us
         self._conn = self._connect()
@@ -136,7 +140,7 @@ class Catalog:
                 reason = "a rebuild was asked for"
                 if not fresh:
                     try:
-                        return cls(path, repo_id, in_use)
+                        return cls(path, repo_id, in_use, wait)
                     except (sqlite3.DatabaseError, CatalogError, ValueError) as exc:
                         err = _db_error(exc, path) if isinstance(exc, sqlite3.DatabaseError) else exc
                         if isinstance(err, CacheUnavailable):
@@ -151,7 +155,7 @@ class Catalog:
                 except OSError as exc:  # e.g. a directory where the catalog file goes
                     raise _unusable(directory, exc) from None
                 try:
-                    cat = cls(path, repo_id, in_use)
+                    cat = cls(path, repo_id, in_use, wait)
                 except sqlite3.DatabaseError as exc:
                     raise _db_error(exc, path) from None
                 in_use.share()
@@ -173,7 +177,7 @@ class Catalog:
                 pass
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, check_same_thread=False, timeout=60, isolation_level=None)
+        conn = sqlite3.connect(self.path, check_same_thread=False, timeout=self._wait, isolation_level=None)
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")

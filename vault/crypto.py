@@ -52,7 +52,7 @@ class KdfParams:
                            lanes=int(d["lanes"]))
             if name == "scrypt":
                 return cls(name=name, n=int(d["n"]), r=int(d["r"]), p=int(d["p"]))
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):  # (OverflowError: int(Infinity))
             pass
         raise IntegrityError(f"key slot has unsupported or malformed KDF parameters: {d!r}"[:200])
 

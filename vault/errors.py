@@ -71,15 +71,15 @@ class CatalogError(VaultError):
     exit_code = 1
 
 
-class CatalogBusy(CatalogError):
-    """Another vault process held the local catalog's opening lock for longer than this one would wait (it is
-    stopped, or hung): exit 11, as for a repository lock."""
-    exit_code = 11
-
-
 class CacheUnavailable(CatalogError):
     """The cache directory cannot be used now (its disk is full, or fails): the catalog is not damaged and is
     never deleted or rebuilt for that."""
+
+
+class CatalogBusy(CacheUnavailable):
+    """Another vault process held the local catalog (its opening lock, or a write to the database) for longer
+    than this one would wait (it is stopped, or hung): exit 11, as for a repository lock. Not damage."""
+    exit_code = 11
 
 
 class BackendError(VaultError):

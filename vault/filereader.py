@@ -23,7 +23,7 @@ from .pack import DATA
 from .repository import Repository
 
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC  # (search permission is enough: fstat and openat)
 
 
 class _Moved(Exception):

@@ -41,7 +41,7 @@ def slot_info(data: bytes) -> dict:
         base64.b64decode(doc["salt"], validate=True)
         base64.b64decode(doc["wrapped"], validate=True)
         return doc
-    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError, OverflowError):
         raise IntegrityError("key slot is malformed") from None
 
 
@@ -49,9 +49,9 @@ class ForeignSlot(IntegrityError):
     """The password opens the slot, but its secret names another repository than ``config`` does."""
 
 
-def open_slot(data: bytes, password: bytes, repo_id: str | None) -> tuple[MasterKeys, bytes | None] | None:
-    """The master keys and the sealed ``config`` (None in a slot written before it was sealed), or None when the
-    password does not open this slot."""
+def open_slot(data: bytes, password: bytes, repo_id: str | None) -> tuple[MasterKeys, bytes | None, str] | None:
+    """The master keys, the sealed ``config`` (None in a slot written before it was sealed) and the repository id
+    the slot names, or None when the password does not open this slot."""
     doc = slot_info(data)
     kek = derive_key(password, base64.b64decode(doc["salt"]), KdfParams.from_json(doc["kdf"]))
     secret = unwrap_key(kek, base64.b64decode(doc["wrapped"]))
@@ -71,4 +71,4 @@ def open_slot(data: bytes, password: bytes, repo_id: str | None) -> tuple[Master
         raise IntegrityError("key slot: malformed secret")
     if repo_id is not None and slot_repo != repo_id:  # (None: the config is lost; its sealed copy is checked)
         raise ForeignSlot(f"key slot belongs to repository {str(slot_repo)[:64]}")
-    return keys, config
+    return keys, config, str(slot_repo)

@@ -80,18 +80,39 @@ class RepoConfig:
         return cfg
 
 
-def _sealed_config(data: bytes | None, repo_id: str | None) -> RepoConfig | None:
+def _sealed_config(data: bytes | None, repo_id: str) -> RepoConfig | None:
     """The config sealed in a key slot (None: the slot predates it); IntegrityError when it is unusable or names
-    another repository than ``repo_id`` (None: the stored config is lost, nothing to compare with)."""
+    another repository than ``repo_id``, the one the slot's secret names."""
     if data is None:
         return None
     try:
         sealed = RepoConfig.decode(data)
     except VaultError as exc:  # (IntegrityError, or a format version this vault does not read)
         raise IntegrityError(f"key slot: sealed config: {exc}") from None
-    if repo_id is not None and sealed.id != repo_id:
+    if sealed.id != repo_id:
         raise IntegrityError("key slot: its sealed config names another repository")
     return sealed
+
+
+def _stored_config(backend: Backend) -> tuple[RepoConfig | None, str]:
+    """The stored config, or (None, what is wrong with it) when it is missing or damaged but key slots exist
+    (they may hold a sealed copy); RepositoryNotFound when there is neither. A config of a format version this
+    vault does not read stays an error."""
+    try:
+        return RepoConfig.decode(backend.get("config")), ""
+    except ObjectNotFound:  # no repository -- or one whose config was lost: the key slots may hold a copy
+        problem, err = "config object is missing", None
+    except IntegrityError as exc:
+        problem, err = f"config object is damaged ({exc})", exc
+    try:
+        slots = next(iter(backend.list("keys/")), None)
+    except (ObjectNotFound, PermanentError):  # (no such bucket, no permission to list)
+        slots = None
+    if slots is None:
+        if err is not None:
+            raise err
+        raise RepositoryNotFound(f"no repository at {backend.location} (run 'vault init' to create one)")
+    return None, problem
 
 
 def _slot_order(backend: Backend, listed: dict[str, int], first: str | None) -> Iterator[str]:
@@ -112,7 +133,7 @@ def _slot_order(backend: Backend, listed: dict[str, int], first: str | None) -> 
             try:
                 kdf = KdfParams.from_json(slot_info(backend.get(name))["kdf"])
                 cost = (kdf.iterations * kdf.memory_kib if kdf.name == "argon2id" else kdf.n * kdf.r * kdf.p // 8)
-            except (IntegrityError, ObjectNotFound):
+            except (IntegrityError, ObjectNotFound, ValueError, TypeError, OverflowError):
                 pass
         costs.append((cost, name))
     yield from (name for _, name in sorted(costs))
@@ -203,63 +224,87 @@ class Repository:
         repository is known to exist -- a missing one is exit 10 before any prompt). ``first_slot(repo id)``
         names a key slot to try before the others (the one that opened it last time: each slot tried costs a
         key derivation, and slots with costly parameters could otherwise delay every command)."""
-        try:
-            config: RepoConfig | None = RepoConfig.decode(backend.get("config"))
-        except ObjectNotFound:  # no repository -- or one whose config was lost: the key slots may hold a copy
-            try:
-                slots = next(iter(backend.list("keys/")), None)
-            except (ObjectNotFound, PermanentError):  # (no such bucket, no permission to list)
-                slots = None
-            if slots is None:
-                raise RepositoryNotFound(f"no repository at {backend.location} (run 'vault init' to create one)") from None
-            config = None
+        config, lost = _stored_config(backend)
         if callable(password):
             password = password()
         damaged, foreign, unsealed = 0, [], 0
         repo_id = config.id if config is not None else None
         listed = dict(backend.list("keys/"))
         first = first_slot(repo_id) if first_slot is not None and repo_id is not None else None
+        found: list[tuple[str, MasterKeys, RepoConfig]] = []  # (with the config lost: every slot that opens)
         for name in _slot_order(backend, listed, first):
             try:
                 if listed[name] > MAX_SLOT:
                     raise IntegrityError("key slot too large")
                 opened = open_slot(backend.get(name), password, repo_id)
-                sealed = _sealed_config(opened[1], repo_id) if opened is not None else None
-                if opened is not None and config is None and sealed is None:
-                    unsealed += 1  # (opens, but holds no copy of the lost config)
+                if opened is None:
                     continue
+                keys, sealed = opened[0], _sealed_config(opened[1], opened[2])
             except ForeignSlot as exc:
                 foreign.append(str(exc).rsplit(" ", 1)[-1])
                 continue
             except (IntegrityError, ObjectNotFound, ValueError, TypeError, OverflowError, MemoryError):
                 damaged += 1
                 continue
-            if opened is not None:
-                repo = cls(backend, sealed or config, opened[0], name)
-                if config is None:
-                    repo.config_problem = ("the repository's config object is missing: the copy sealed in its key "
-                                           "slot is used ('vault repair' writes it back)")
-                elif sealed is not None and sealed != config:
+            if config is not None:
+                repo = cls(backend, sealed or config, keys, name)
+                if sealed is not None and sealed != config:
                     repo.config_problem = (f"the repository's config differs from the copy sealed in its key slot "
                                            f"({_config_changes(config, sealed)}): it was changed or damaged since "
                                            "init; the sealed copy is used ('vault repair' writes it back)")
-                if repo.config_problem:
                     warnings.warn(repo.config_problem, VaultWarning, stacklevel=2)
                 return repo
+            if sealed is None:
+                unsealed += 1  # (opens, but holds no copy of the lost config)
+            else:
+                found.append((name, keys, sealed))
+        if config is None and found:
+            return cls._from_sealed(backend, found, lost)
         if config is None and unsealed:
-            raise IntegrityError(f"the repository at {backend.location} has lost its config object, and the key "
-                                 "slots this password opens hold no copy of it (written before vault sealed one): "
-                                 "see docs/operations.md")
+            raise IntegrityError(f"the repository at {backend.location}: {lost}, and the key slots this password "
+                                 "opens hold no copy of it (written before vault sealed one): see docs/operations.md")
         if foreign:
             raise IntegrityError(f"the password opens a key slot of another repository ({foreign[0]}) than config "
-                                 f"names ({config.id}): config's id was changed or damaged, or the key slot was "
+                                 f"names ({repo_id}): config's id was changed or damaged, or the key slot was "
                                  "copied in from elsewhere (see docs/operations.md)")
         if not listed:
             raise IntegrityError(f"the repository at {backend.location} has no key slot (keys/ is empty): no "
                                  "password can open it; put keys/ back from a copy of the store")
-        lost = "; the repository's config object is lost too" if config is None else ""
+        also = f"; and the repository's {lost}" if config is None else ""
         raise WrongPassword(f"wrong password: no key slot of the repository opens with it{_damaged_note(damaged)}"
-                            f"{lost}")
+                            f"{also}")
+
+    @classmethod
+    def _from_sealed(cls, backend: Backend, found: list[tuple[str, MasterKeys, RepoConfig]],
+                     lost: str) -> "Repository":
+        """The repository opened with the config sealed in a key slot, its stored config lost or damaged. The
+        slots this password opens must all name one repository, and its keys must open what the store holds
+        (a snapshot, else an index segment): a slot copied in from another repository, with that one's
+        password, must not turn this one's data into "damage" for repair to drop."""
+        ids = sorted({sealed.id for _, _, sealed in found})
+        if len(ids) > 1:
+            raise IntegrityError(f"the repository at {backend.location}: {lost}, and this password opens key slots "
+                                 f"of {len(ids)} different repositories ({', '.join(i[:16] for i in ids)}): put "
+                                 "config back by hand (see docs/operations.md)")
+        name, keys, sealed = found[0]
+        repo = cls(backend, sealed, keys, name)
+        probes = [("snapshot", repo.load_snapshot, sid) for sid in repo.list_snapshots()[:3]] or \
+                 [("index segment", repo.load_index, sid) for sid in repo.list_index()[:3]]
+        for _, load, sid in probes:
+            try:
+                load(sid)
+                break
+            except (IntegrityError, ObjectNotFound):
+                continue
+        else:
+            if probes:
+                raise IntegrityError(f"the repository at {backend.location}: {lost}, and the key slot this "
+                                     f"password opens does not open its {probes[0][0]}s: it was copied in from "
+                                     "another repository (see docs/operations.md)")
+        repo.config_problem = (f"the repository's {lost}: the copy sealed in its key slot is used ('vault repair' "
+                               "writes it back)")
+        warnings.warn(repo.config_problem, VaultWarning, stacklevel=3)
+        return repo
 
     # --- key slots ----------------------------------------------------------------------------------
     def add_key(self, password: bytes, kdf: KdfParams = KdfParams()) -> str:

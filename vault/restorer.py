@@ -64,6 +64,10 @@ _Wanted = dict  # (offset, block id) -> (PackEntry, [(task, offset in the file)]
 _Packs = dict  # pack id -> _Wanted
 
 
+# a target file system that cannot hardlink a symlink, fifo or device (or no more links): made separately
+_NO_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV}
+
+
 @dataclass(frozen=True)
 class RestoreOptions:
     target: str
@@ -609,13 +613,16 @@ class Restorer:
                 try:
                     self._hardlink(first[0], path)
                 except OSError as exc:
-                    self.result.errors.append((_show(path), f"cannot create hardlink: {exc.strerror or exc}"))
-                    continue
-                if node.type == SYMLINK:
-                    self.result.symlinks += 1
+                    if exc.errno not in _NO_LINKS:
+                        self.result.errors.append((_show(path), f"cannot create hardlink: {exc.strerror or exc}"))
+                        continue
                 else:
-                    self.result.other += 1
-                continue
+                    if node.type == SYMLINK:
+                        self.result.symlinks += 1
+                    else:
+                        self.result.other += 1
+                    continue
+                # (a file system that cannot link these: made on its own below, as before)
             parent = split(path)[0]
             tmp = _tmp_name()
             created = False
