@@ -142,15 +142,6 @@ _PATH_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC  # (search permission is
 KEEP_OPEN = 64  # directory levels that keep their descriptor while a subdirectory is walked
 
 
-def _lexists(path: bytes) -> bool:
-    """os.path.lexists, also for a path longer than PATH_MAX (``longpath``)."""
-    try:
-        longpath.lstat(path)
-    except OSError:
-        return False
-    return True
-
-
 def _join(base: bytes, name: bytes) -> bytes:
     return base + name if base.endswith(b"/") else base + b"/" + name
 
