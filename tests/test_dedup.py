@@ -219,3 +219,19 @@ def test_chunker_fd_equals_buffer_across_long_chunks(params, tmp_path):
         for view in c.cut_fd(fh.fileno()):  # 'view' stays bound while the next is made
             got.append(bytes(view))
     assert got == want
+
+
+def test_cut_fd_stops_at_its_limit(tmp_path):
+    """A file another process keeps extending (truncate -s +256M in a loop) was read for ever: the backup never
+    finished. cut_fd reads at most ``limit`` bytes; the reader allows twice the size plus 64 MiB."""
+    from vault.chunker import Chunker, ChunkerParams
+
+    data = os.urandom(300_000)
+    p = tmp_path / "f"
+    p.write_bytes(data)
+    ch = Chunker(ChunkerParams(min_size=1024, avg_size=4096, max_size=16384), 7)
+    with open(p, "rb") as f:
+        got = b"".join(bytes(c) for c in ch.cut_fd(f.fileno(), limit=123_457))
+    assert got == data[:123_457]
+    with open(p, "rb") as f:
+        assert b"".join(bytes(c) for c in ch.cut_fd(f.fileno())) == data

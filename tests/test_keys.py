@@ -370,3 +370,56 @@ def test_kdf_parameters_of_infinity_are_a_damaged_slot(repo, tmp_path):
     repo.cache = tmp_path / "new-machine"
     repo("snapshots")
     assert repo("--json", "key", "list").json
+
+
+def test_a_slot_copied_in_with_config_id_changed_to_match_is_refused(repo, tmp_path):
+    """Someone who can write to the store, without the password, copies in the key slot of another repository
+    that has the same password and writes that repository's id into config: vault opened this one with the
+    other's keys (no warning), verify called every snapshot damaged, and repair deleted them all. The keys of
+    a slot that was not the remembered one must open what the store holds."""
+    import json as json_mod
+
+    src = make_tree(tmp_path / "src", {"f": os.urandom(1000)})
+    repo("backup", src)
+    other = tmp_path / "other"
+    repo("init", *FAST_INIT, "--repo", other)
+    (slot,) = (other / "keys").iterdir()
+    (repo.repo / "keys" / slot.name).write_bytes(slot.read_bytes())
+    cfg = json_mod.loads((repo.repo / "config").read_text())
+    cfg["id"] = json_mod.loads((other / "config").read_text())["id"]
+    (repo.repo / "config").write_text(json_mod.dumps(cfg))
+    before = tree_listing(repo.repo)
+    repo.cache = tmp_path / "cold"
+    for cmd in (["verify"], ["repair"], ["backup", src]):
+        res = repo(*cmd, ok=20)
+        assert "copied in from another repository" in res.err
+    assert tree_listing(repo.repo) == before
+    # a machine that used the other repository remembers that slot (it is then tried first, unprobed): repair
+    # still checks the keys fit before it calls anything damaged
+    hint = tmp_path / "cold" / cfg["id"] / "key-slot"
+    hint.parent.mkdir(parents=True, exist_ok=True)
+    hint.write_text(f"keys/{slot.name}")
+    assert "copied in from another repository" in repo("repair", ok=20).err
+    assert {k: v for k, v in tree_listing(repo.repo).items() if k != "locks"} == {
+        k: v for k, v in before.items() if k != "locks"}  # (its lock came and went)
+
+
+def test_infinity_in_config_is_damage_covered_by_the_sealed_copy(repo, tmp_path):
+    """`"pack_size": Infinity` raised OverflowError in every command, repair included."""
+    path = repo.repo / "config"
+    original = path.read_bytes()
+    path.write_text(original.decode().replace('"pack_size": 16777216', '"pack_size": Infinity'))
+    assert "config object is damaged" in repo("snapshots").err
+    repo("repair")
+    assert path.read_bytes() == original
+
+
+def test_many_lanes_do_not_make_a_costly_slot_look_cheap():
+    """Cost was iterations x memory: t=100, 8 KiB, 64 lanes ranked far below the default slot but took 14x
+    as long to derive; the lanes count now."""
+    from vault.crypto import KdfParams
+    from vault.repository import _kdf_cost
+
+    assert _kdf_cost(KdfParams(iterations=100, memory_kib=8, lanes=64)) > _kdf_cost(KdfParams())
+    assert _kdf_cost(KdfParams(name="scrypt", n=1 << 16, r=15, p=1)) > _kdf_cost(KdfParams(iterations=1,
+                                                                                           memory_kib=1024, lanes=1))

@@ -70,9 +70,9 @@ class Chunker:
             buf = self._local.buf = bytearray(min(self.params.max_size, 4 * self.params.avg_size) + _SLACK)
         return buf
 
-    def cut_fd(self, fd: int) -> Iterator[memoryview]:
-        """Chunk a file descriptor from its current position. Each view is valid only until the next one is
-        requested.
+    def cut_fd(self, fd: int, limit: int | None = None) -> Iterator[memoryview]:
+        """Chunk a file descriptor from its current position (at most ``limit`` bytes: a file another process
+        keeps extending must not be read for ever). Each view is valid only until the next one is requested.
 
         Reads go through one reusable per-thread buffer of 4 x avg_size + 1 MiB (5 MiB by default), not of
         max_size: a cut is final as soon as the chunk ends before the data read so far (the cut point
@@ -85,12 +85,16 @@ class Chunker:
         cdc = self._cdc()
         start = end = 0
         eof = False
+        left = -1 if limit is None else limit  # (-1: no limit)
         while True:
             while not eof and end < len(mv):
-                n = os.readv(fd, [mv[end:]])
+                want = len(mv) - end if left < 0 else min(len(mv) - end, left)
+                n = os.readv(fd, [mv[end:end + want]]) if want else 0
                 if n == 0:
                     eof = True
                 end += n
+                if left > 0:
+                    left -= n
             if start == end:
                 return
             chunk = None

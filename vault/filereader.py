@@ -23,6 +23,7 @@ from .pack import DATA
 from .repository import Repository
 
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
+GROWTH = 64 << 20  # bytes a file may grow by while it is read (more: another process keeps extending it)
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC  # (search permission is enough: fstat and openat)
 
 
@@ -161,8 +162,8 @@ class FileReader:
                     chunks = [small]
                 else:  # it grew past the small-file buffer while we looked: chunk it like a big one
                     os.lseek(fd, 0, os.SEEK_SET)
-            if chunks is None:
-                chunks = self.repo.chunker.cut_fd(fd)
+            if chunks is None:  # (a file growing while read: at most twice its size plus 64 MiB, then a warning)
+                chunks = self.repo.chunker.cut_fd(fd, limit=2 * st.st_size + GROWTH)
             for chunk in chunks:
                 if not len(chunk):
                     continue
