@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import getpass
 import hashlib
+import itertools
 import json
 import os
 import secrets
@@ -314,13 +315,15 @@ class Repository:
         return repo
 
     def unopened_kind(self) -> str | None:
-        """None when these keys open what the store holds (one of its first three snapshots or index segments
-        authenticates; or it holds neither); else what they fail to open ("snapshots or index segments"). A key slot
+        """None when these keys open what the store holds (one of its first three snapshots, index segments or
+        pack headers authenticates; or it holds none); else what they fail to open ("snapshots, packs"). A key slot
         copied in from another repository, with that one's password, and config's id changed to match it,
         must not make this one's data look damaged (repair would drop it)."""
         kinds = []
         for kind, names, load in (("snapshots", self.list_snapshots, self.load_snapshot),
-                                  ("index segments", self.list_index, self.load_index)):
+                                  ("index segments", self.list_index, self.load_index),
+                                  ("packs", lambda: list(itertools.islice(self.list_packs(), 3)),
+                                   lambda pack: self.read_pack_header(*pack))):
             ids = names()[:3]
             for sid in ids:
                 try:
@@ -330,7 +333,7 @@ class Repository:
                     continue
             if ids:
                 kinds.append(kind)
-        return " or ".join(kinds) or None
+        return ", ".join(kinds) or None
 
     # --- key slots ----------------------------------------------------------------------------------
     def add_key(self, password: bytes, kdf: KdfParams = KdfParams()) -> str:
