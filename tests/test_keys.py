@@ -423,3 +423,17 @@ def test_many_lanes_do_not_make_a_costly_slot_look_cheap():
     assert _kdf_cost(KdfParams(iterations=100, memory_kib=8, lanes=64)) > _kdf_cost(KdfParams())
     assert _kdf_cost(KdfParams(name="scrypt", n=1 << 16, r=15, p=1)) > _kdf_cost(KdfParams(iterations=1,
                                                                                            memory_kib=1024, lanes=1))
+
+
+def test_damaged_manifests_and_index_are_not_taken_for_a_foreign_key_slot(repo, tmp_path):
+    """The proof that an unremembered slot's keys fit the store falls back to the pack headers: a new machine
+    facing damaged manifests and index segments is told of damage, not of a key slot copied in."""
+    src = make_tree(tmp_path / "src", {"f": os.urandom(5000)})
+    repo("backup", src)
+    for sub in ("snapshots", "index"):
+        for f in (repo.repo / sub).iterdir():
+            f.write_bytes(b"garbage" + f.read_bytes()[7:])
+    repo.cache = tmp_path / "new-machine"
+    res = repo("verify", ok=20)
+    assert "copied in" not in res.err
+    assert "copied in" not in repo("repair", ok=False).err
