@@ -372,11 +372,12 @@ def test_kdf_parameters_of_infinity_are_a_damaged_slot(repo, tmp_path):
     assert repo("--json", "key", "list").json
 
 
-def test_a_slot_copied_in_with_config_id_changed_to_match_is_refused(repo, tmp_path):
+def test_a_slot_copied_in_with_config_id_changed_to_match_never_costs_data(repo, tmp_path):
     """Someone who can write to the store, without the password, copies in the key slot of another repository
-    that has the same password and writes that repository's id into config: vault opened this one with the
-    other's keys (no warning), verify called every snapshot damaged, and repair deleted them all. The keys of
-    a slot that was not the remembered one must open what the store holds."""
+    that has the same password and writes that repository's id into config: vault then opens this one with the
+    other's keys. verify rightly finds nothing it can open (exit 20), but repair deleted every snapshot and
+    index segment. Intact objects these keys do not open are not damage: repair refuses when nothing opens,
+    leaves such objects alone otherwise, and once config's id is put back everything is there."""
     import json as json_mod
 
     src = make_tree(tmp_path / "src", {"f": os.urandom(1000)})
@@ -385,23 +386,23 @@ def test_a_slot_copied_in_with_config_id_changed_to_match_is_refused(repo, tmp_p
     repo("init", *FAST_INIT, "--repo", other)
     (slot,) = (other / "keys").iterdir()
     (repo.repo / "keys" / slot.name).write_bytes(slot.read_bytes())
-    cfg = json_mod.loads((repo.repo / "config").read_text())
+    path = repo.repo / "config"
+    original = path.read_bytes()
+    cfg = json_mod.loads(original)
     cfg["id"] = json_mod.loads((other / "config").read_text())["id"]
-    (repo.repo / "config").write_text(json_mod.dumps(cfg))
-    before = tree_listing(repo.repo)
+    path.write_text(json_mod.dumps(cfg))
+    kept = {p.name for sub in ("snapshots", "index") for p in (repo.repo / sub).iterdir()}
     repo.cache = tmp_path / "cold"
-    for cmd in (["verify"], ["repair"], ["backup", src]):
-        res = repo(*cmd, ok=20)
-        assert "copied in from another repository" in res.err
-    assert tree_listing(repo.repo) == before
-    # a machine that used the other repository remembers that slot (it is then tried first, unprobed): repair
-    # still checks the keys fit before it calls anything damaged
-    hint = tmp_path / "cold" / cfg["id"] / "key-slot"
-    hint.parent.mkdir(parents=True, exist_ok=True)
-    hint.write_text(f"keys/{slot.name}")
-    assert "copied in from another repository" in repo("repair", ok=20).err
-    assert {k: v for k, v in tree_listing(repo.repo).items() if k != "locks"} == {
-        k: v for k, v in before.items() if k != "locks"}  # (its lock came and went)
+    repo("verify", ok=20)
+    before = {k: v for k, v in tree_listing(repo.repo).items() if k != "locks"}
+    assert "another repository's" in repo("repair", ok=20).err
+    assert {k: v for k, v in tree_listing(repo.repo).items() if k != "locks"} == before
+    assert kept <= {p.name for sub in ("snapshots", "index") for p in (repo.repo / sub).iterdir()}
+    path.write_bytes(original)  # (the owner puts config's id back)
+    repo.cache = tmp_path / "cold2"
+    assert len(repo("--json", "snapshots").json) == 1
+    repo("verify", "--read-data")
+    repo("restore", "latest", "--target", tmp_path / "r")
 
 
 def test_infinity_in_config_is_damage_covered_by_the_sealed_copy(repo, tmp_path):
@@ -437,3 +438,20 @@ def test_damaged_manifests_and_index_are_not_taken_for_a_foreign_key_slot(repo, 
     res = repo("verify", ok=20)
     assert "copied in" not in res.err
     assert "copied in" not in repo("repair", ok=False).err
+
+
+def test_repair_leaves_intact_objects_written_with_other_keys(repo, tmp_path):
+    """A snapshot manifest whose bytes match its name but that the keys in use do not open is not bit rot:
+    repair deleted it as an unreadable manifest; it now leaves it, and says so."""
+    src = make_tree(tmp_path / "src", {"f": b"data"})
+    repo("backup", src)
+    other = tmp_path / "other"
+    repo("init", *FAST_INIT, "--repo", other)
+    repo("--repo", other, "backup", src)
+    (planted,) = (other / "snapshots").iterdir()
+    (repo.repo / "snapshots" / planted.name).write_bytes(planted.read_bytes())
+    res = repo("repair", ok=False)
+    assert "left alone" in res.err and planted.name in res.err
+    assert (repo.repo / "snapshots" / planted.name).exists()
+    repo("restore", "latest", "--target", tmp_path / "r", ok=20)  # (latest names the manifest it cannot read)
+    assert (tmp_path / "r" / src.relative_to("/") / "f").read_bytes() == b"data"

@@ -488,3 +488,24 @@ def test_a_copy_that_cannot_supply_the_lost_blocks_is_said(cli, tmp_path, setup)
     res = cli("repair", "--from-repo", second)
     assert "could not supply them" in res.err and f"--repo {second} verify --read-data" in res.err
     assert "block(s) that snapshots reference are lost" in res.err
+
+
+def test_a_healed_damaged_pack_is_deleted_so_a_later_index_repair_stays_clean(cli, tmp_path, setup):
+    """repair --from-repo healed the blocks of a pack with a flipped byte but kept the pack ("a copy may still
+    heal it"); a later 'repair index' (headers only, as the docs advise for a config problem) listed it again
+    and its damaged copy of a block shadowed the healed one: a clean repository turned to exit 20. A kept pack
+    whose every block is stored again is now deleted."""
+    src, lay = setup
+    second = tmp_path / "second"
+    cli("init", *FAST_INIT, "--repo", second, "--copy-chunker-params-from", cli.repo)
+    cli("copy", "--to", second)
+    data_packs = sorted({p for p, e in lay.blocks.values() if e.kind == DATA})
+    e = min((e for p, e in lay.blocks.values() if p == data_packs[0]), key=lambda e: e.offset)
+    flip(pack_path(cli.repo, data_packs[0]), e.offset + 5)
+    res = cli("repair", "--from-repo", second)
+    assert not pack_path(cli.repo, data_packs[0]).exists() and "is kept" not in res.err
+    cli.cache = tmp_path / "fresh-cache"
+    cli("repair", "index")
+    cli("verify", "--read-data")
+    cli("restore", lay.snapshot, "--target", tmp_path / "r")
+    assert_trees_equal(src, tmp_path / "r" / src.relative_to("/"))

@@ -617,11 +617,10 @@ def repair(settings: Settings, password: PasswordFn, what: str = "all", read_dat
                                                       lock="shared", operation="repair (source)"))
             if other.repo.id == sess.repo.id:
                 raise UsageError("--from-repo names this same repository")
-        unopened = sess.repo.unopened_kind()  # (before anything is called damaged and dropped: the keys must fit)
-        if unopened:
-            raise IntegrityError(f"the keys of the key slot that opened the repository do not open its {unopened}: "
-                                 "a key slot copied in from another repository? repair changes nothing "
-                                 "(see docs/operations.md)")
+        if sess.repo.keys_open_nothing():  # (before anything is called damaged: the keys must be this repository's)
+            raise IntegrityError("none of the repository's snapshots and index segments opens with the keys in use, "
+                                 "though they are intact: the key slot that opened it is another repository's (was "
+                                 "config's id changed?); repair changes nothing (see docs/operations.md)")
         rep = Repairer(sess.repo, sess.catalog, read_data=read_data, dry_run=dry_run,
                        uploaders=(settings.connections or 8) if remote else 0, log=log,
                        before_delete=sess.check_lock)

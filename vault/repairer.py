@@ -71,6 +71,7 @@ class Repairer:
         self.report = RepairReport(dry_run=dry_run)
         self._new: list[tuple[bytes, int, list[PackEntry]]] = []
         self._unindexed: set[bytes] = set()
+        self._kept: list[tuple[bytes, list[PackEntry] | None]] = []  # damaged packs kept, with their header
         self._packer: PackWriter | None = None
         self._written: set[str] = set()  # index segments this run wrote
         # a dry run writes no new index, so the catalog still lists what the real run's index would not: the
@@ -162,6 +163,7 @@ class Repairer:
             else:
                 rep.warnings.append(f"pack {pid.hex()[:16]} is damaged and not every block could be salvaged; "
                                     "it is kept (a copy may still heal it: repair --from-repo)")
+                self._kept.append((pid, entries))
         self._list_packs(good)
         if self.dry_run:
             self._planned = True
@@ -169,7 +171,12 @@ class Repairer:
             return
         self._flush_new()
         # last: one segment superseding every old one (the new ones are complete by then), then deletions
-        retire = sorted(s for s in old if s not in self._written)
+        retire = []
+        for s in sorted(s for s in old if s not in self._written):
+            if self.repo.foreign("index", s):
+                rep.warnings.append(_FOREIGN.format(f"index/{s}"))
+            else:
+                retire.append(s)
         self._save_segment([], [bytes.fromhex(s) for s in retire])
         self._before_delete()
         for s in retire:
@@ -265,6 +272,22 @@ class Repairer:
             self._heal_tree(snap.tree, mate.tree, other, other_cat, set())
         if not self.dry_run:
             self._flush_new()
+            self._drop_healed()
+
+    def _drop_healed(self) -> None:
+        """Delete the damaged packs repair kept whose every block is now stored in another pack (healed from the
+        copy): kept, one would come back into the index with a later 'repair index' (which lists every pack by
+        its header, without --read-data unread) and shadow the healed blocks."""
+        healed = [pid for pid, entries in self._kept if entries and all(self._indexed(e.block_id) for e in entries)]
+        if not healed:
+            return
+        self._before_delete()
+        for pid in healed:
+            self.repo.backend.delete(pack_name(pid))
+            tag = f"pack {pid.hex()[:16]} is damaged"
+            self.report.warnings = [w for w in self.report.warnings if not w.startswith(tag)]
+            self.report.packs_deleted += 1
+        self._kept = [k for k in self._kept if k[0] not in healed]
 
     def _have(self, bid: bytes) -> bool:
         return bid in self._unindexed or self._indexed(bid)
@@ -355,7 +378,14 @@ class Repairer:
         mates = {}
         if other_cat is not None:
             mates = {s.summary.get("copied_from"): s for s in other_cat.snapshots() if s.summary.get("copied_from")}
-        unreadable = [sid for sid in self.repo.list_snapshots() if not self._readable(sid)]
+        unreadable = []
+        for sid in self.repo.list_snapshots():
+            if self._readable(sid):
+                continue
+            if self.repo.foreign("snapshots", sid):
+                self.report.warnings.append(_FOREIGN.format(f"snapshots/{sid}"))
+                continue
+            unreadable.append(sid)
         entries = []
         for sid in unreadable:
             entry = {"old": sid, "new": None, "files_dropped": 0, "manifest": "unreadable"}
@@ -524,6 +554,11 @@ class Repairer:
                 stack.extend(n.subtree for n in nodes if n.type == DIR and n.subtree is not None)
         self.report.still_missing = len(missing)
         return len(missing)
+
+
+_FOREIGN = ("{} is intact (its bytes match its name) but the keys in use do not open it: written with other keys "
+            "(a key slot copied in from another repository, or planted); left alone -- delete it by hand only if "
+            "it is not this repository's")
 
 
 def _one_kind(entries: list[PackEntry]) -> bool:

@@ -259,11 +259,6 @@ class Repository:
                 continue
             if config is not None:
                 repo = cls(backend, sealed or config, keys, name)
-                what = repo.unopened_kind() if name != first else None  # (the remembered slot: opened it before)
-                if what:
-                    raise IntegrityError(f"the key slot this password opens does not open the repository's {what}: "
-                                         "it was copied in from another repository, with config's id changed "
-                                         "to match (see docs/operations.md)")
                 if sealed is not None and sealed != config:
                     repo.config_problem = (f"the repository's config differs from the copy sealed in its key slot "
                                            f"({_config_changes(config, sealed)}): it was changed or damaged since "
@@ -334,6 +329,39 @@ class Repository:
             if ids:
                 kinds.append(kind)
         return ", ".join(kinds) or None
+
+    def foreign(self, kind: str, sid: str) -> bool:
+        """True when object ``kind/sid`` (a snapshot manifest or an index segment) holds exactly the bytes its
+        name was made from (SHA-256) but these keys do not open it: not damage -- written with other keys
+        (another repository's: a key slot copied in, config's id changed to match; or planted). Repair never
+        deletes such an object: with the right keys it may be this repository's own."""
+        try:
+            data = self.backend.get(f"{kind}/{sid}")
+        except ObjectNotFound:
+            return False
+        if hashlib.sha256(data).hexdigest() != sid:
+            return False
+        try:
+            (self.load_snapshot if kind == "snapshots" else self.load_index)(sid)
+        except IntegrityError:
+            return True
+        return False
+
+    def keys_open_nothing(self) -> bool:
+        """True when the store holds snapshots or index segments, every one intact (its bytes match its name) is
+        unopened by these keys, and none opens: the keys are another repository's. (Damage alone never makes
+        this true: damaged objects do not match their names, and one object that opens is enough.)"""
+        intact = False
+        for kind, names in (("snapshots", self.list_snapshots), ("index", self.list_index)):
+            for sid in names():
+                if not self.foreign(kind, sid):
+                    try:
+                        (self.load_snapshot if kind == "snapshots" else self.load_index)(sid)
+                        return False
+                    except (IntegrityError, ObjectNotFound):
+                        continue
+                intact = True
+        return intact
 
     # --- key slots ----------------------------------------------------------------------------------
     def add_key(self, password: bytes, kdf: KdfParams = KdfParams()) -> str:
