@@ -463,3 +463,14 @@ def test_a_symlink_named_as_a_path_is_stored_as_a_symlink(repo, linked):
     entries = {e["path"]: e for e in repo("--json", "ls", "latest").json["entries"]}
     assert entries[f"{linked}/lnk"]["type"] == "symlink"
     assert not any(p.startswith(f"{linked}/lnk/") for p in entries)
+
+
+def test_verbose_backup_names_each_file_read(repo, five):
+    """-v named nothing more for backup (a contract global); it now lists each file read, new or modified, on
+    stderr (stdout keeps the summary; --json stays one document)."""
+    first = repo("-v", "backup", five)
+    assert f"new      {five}/f0" in first.err and f"{five}/d/g" in first.err
+    (five / "f1").write_bytes(b"changed")
+    again = repo("-v", "--json", "backup", five)
+    assert f"modified {five}/f1" in again.err and f"{five}/f0" not in again.err
+    assert again.json["files_changed"] == 1

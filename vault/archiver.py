@@ -68,6 +68,7 @@ class BackupOptions:
     uploaders: int = 0  # packs stored in the background at once (local: 0 = by the worker; S3: connections)
     skip_paths: list[str] = field(default_factory=list)  # repository and cache dirs, never backed up
     before_commit: Callable[[], None] | None = None  # raises to stop before the snapshot is written (lock check)
+    on_file: Callable[[str, str], None] | None = None  # ("new" | "modified", path) for each file read (-v)
 
 
 @dataclass
@@ -580,6 +581,8 @@ class Archiver:
                 self.stats.files_new += 1
             else:
                 self.stats.files_changed += 1
+            if self.opts.on_file is not None:
+                self.opts.on_file("new" if is_new else "modified", _display(child))
             if first:
                 self.stats.bytes_read += res.read
                 self.stats.bytes_added += res.added

@@ -99,8 +99,9 @@ def backup(paths: tuple[str, ...], tags: tuple[str, ...], host: str | None, time
     if host is not None and not _is_text(host):
         raise UsageError("--host must be text (UTF-8): host names are matched and shown as text")
     opts = BackupOptions(paths=list(paths), tags=[t for t in tags if t], host=host, time=when, excludes=patterns,
-                         one_file_system=one_file_system, dry_run=dry_run)
-    progress = BackupProgress(enabled=not (c.quiet or c.json))
+                         one_file_system=one_file_system, dry_run=dry_run,
+                         on_file=(lambda kind, path: c.err(printable(f"{kind:8} {path}"))) if c.verbose else None)
+    progress = BackupProgress(enabled=not (c.quiet or c.json or c.verbose))
     try:
         res = api.backup(c.settings, c.password_fn(), opts, progress=progress)
     finally:
