@@ -138,8 +138,6 @@ class _PendingDir:
         return True
 
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-_PATH_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC  # (search permission is enough: fstat, *at calls)
 KEEP_OPEN = 64  # directory levels that keep their descriptor while a subdirectory is walked
 
 
@@ -460,43 +458,32 @@ class Archiver:
         names (the PATHs' skeleton) instead of a listing; such a directory needs only search permission
         (O_PATH), as the path to a PATH always did. On failure (named as an error): (None, [], None)."""
         try:
-            fd = longpath.call(os.open, path, _DIR_FLAGS if only is None else _PATH_FLAGS)
+            fd, here = longpath.open_dir(path, longpath.LIST_FLAGS if only is None else longpath.SEARCH_FLAGS, expect)
+        except longpath.Replaced:
+            self._error(path, "replaced or moved while the backup ran: its entries are not in the snapshot")
+            return None, [], None
         except OSError as exc:
             self._error(path, exc.strerror or str(exc))
             return None, [], None
+        if only is not None:
+            return here, sorted(only), fd
         try:
-            dst = os.fstat(fd)
-            here = (dst.st_dev, dst.st_ino)
-            if expect is not None and here != expect:
-                self._error(path, "replaced or moved while the backup ran: its entries are not in the snapshot")
-                os.close(fd)
-                return None, [], None
-            if only is not None:
-                return here, sorted(only), fd
-            try:
-                return here, sorted(map(os.fsencode, os.listdir(fd))), fd  # (str for a descriptor: to bytes)
-            except OSError as exc:
-                self._error(path, exc.strerror or str(exc))
-                return here, [], fd
-        except BaseException:
-            os.close(fd)
-            raise
+            return here, sorted(map(os.fsencode, os.listdir(fd))), fd  # (str for a descriptor: to bytes)
+        except OSError as exc:
+            self._error(path, exc.strerror or str(exc))
+            return here, [], fd
 
     def _reopen(self, path: bytes, here: tuple[int, int]) -> int | None:
         """A descriptor of the directory at ``path`` again, proved to be ``here`` (None, named, when not)."""
         try:
-            fd = longpath.call(os.open, path, _PATH_FLAGS)
+            return longpath.open_dir(path, longpath.SEARCH_FLAGS, here)[0]
+        except longpath.Replaced:
+            self._error(path, "replaced or moved while the backup ran: the rest of its entries are not in the "
+                              "snapshot")
         except OSError as exc:
             self._error(path, f"{exc.strerror or exc} while the backup ran: the rest of its entries are not in "
                               "the snapshot")
-            return None
-        st = os.fstat(fd)
-        if (st.st_dev, st.st_ino) != here:
-            os.close(fd)
-            self._error(path, "replaced or moved while the backup ran: the rest of its entries are not in the "
-                              "snapshot")
-            return None
-        return fd
+        return None
 
     def _stat_at(self, fd: int, path: bytes, name: bytes) -> tuple:
         """(lstat or the OSError, a symlink's target or OSError, for a symlink on the way to a PATH named below

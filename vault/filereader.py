@@ -24,11 +24,6 @@ from .repository import Repository
 
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
 GROWTH = 64 << 20  # bytes a file may grow by while it is read (more: another process keeps extending it)
-_DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC  # (search permission is enough: fstat and openat)
-
-
-class _Moved(Exception):
-    """The directory at a file's path is no longer the one the walk listed."""
 
 
 class StoreFailed(VaultError):
@@ -95,7 +90,7 @@ class FileReader:
     def _dir_fd(self, path: bytes, name: bytes, parent: tuple[int, int]) -> int:
         """A descriptor of the directory holding ``path``, proved to be the one the walk listed (``parent``):
         a directory replaced or moved since (a symlink swapped in for it or for one above it, which the
-        path would follow) raises _Moved, so nothing is ever read from outside the tree walked. Kept for the
+        path would follow) raises longpath.Replaced, so nothing is ever read from outside the tree walked. Kept for the
         next file of the same directory."""
         where = path[: len(path) - len(name) - 1] or b"/"
         held = getattr(self._local, "dir", None)
@@ -104,15 +99,7 @@ class FileReader:
                 return held[2]
             self._local.dir = None
             os.close(held[2])
-        fd = longpath.call(os.open, where, _DIR_FLAGS)
-        try:
-            st = os.fstat(fd)
-        except BaseException:
-            os.close(fd)
-            raise
-        if (st.st_dev, st.st_ino) != parent:
-            os.close(fd)
-            raise _Moved
+        fd = longpath.open_dir(where, longpath.SEARCH_FLAGS, parent)[0]
         self._local.dir = (where, parent, fd)
         return fd
 
@@ -142,7 +129,7 @@ class FileReader:
         except FileNotFoundError:
             res.vanished = True
             return res
-        except _Moved:
+        except longpath.Replaced:
             res.error = "its directory was replaced or moved while the backup ran: not in the snapshot"
             return res
         except OSError as exc:

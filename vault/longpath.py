@@ -4,7 +4,8 @@ Such a call fails with ENAMETOOLONG although every component is a legal name (a 
 ``call`` retries it relative to a descriptor of a directory above the path, opened hop by hop with pieces
 shorter than the limit: the lookup is the kernel's own, component by component, exactly as for the whole path
 (symlinks on the way are followed or not just as they would be). Normal paths pay nothing: the fallback runs
-only after ENAMETOOLONG. Pure system calls; knows nothing of vault.
+only after ENAMETOOLONG. ``open_dir`` opens a directory and proves it is the one expected (its dev and inode),
+so that calls relative to it cannot be led elsewhere. Pure system calls; knows nothing of vault.
 """
 
 from __future__ import annotations
@@ -17,19 +18,20 @@ from typing import TypeVar
 T = TypeVar("T")
 
 PIECE = 3072  # bytes of path opened per hop: well under PATH_MAX
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0)
+LIST_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC  # to list a directory (and for the hops above a path)
+SEARCH_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC  # to reach what is in it: search permission is enough
 
 
 def _open_above(path: bytes) -> tuple[int, bytes]:
     """A descriptor of a directory above absolute ``path`` and the rest of the path below it (< PIECE bytes)."""
-    fd = os.open(b"/", _DIR_FLAGS)
+    fd = os.open(b"/", LIST_FLAGS)
     rest = path.lstrip(b"/")
     try:
         while len(rest) >= PIECE:
             cut = rest.rfind(b"/", 0, PIECE)
             if cut <= 0:  # one component longer than a piece: no name is (NAME_MAX is 255)
                 raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), path)
-            nxt = os.open(rest[:cut], _DIR_FLAGS, dir_fd=fd)
+            nxt = os.open(rest[:cut], LIST_FLAGS, dir_fd=fd)
             os.close(fd)
             fd, rest = nxt, rest[cut + 1 :]
     except BaseException:
@@ -71,15 +73,24 @@ def lstat(path: bytes) -> os.stat_result:
     return _from_above(os.stat, path, follow_symlinks=False)
 
 
-def listdir(path: bytes) -> list[bytes]:
-    """``os.listdir`` of a directory, as bytes names, whatever the length of its path."""
+class Replaced(Exception):
+    """The directory at a path is not the one expected (replaced or moved, or a symlink swapped in for it or for
+    a directory above it)."""
+
+
+
+def open_dir(path: bytes, flags: int, expect: tuple[int, int] | None) -> tuple[int, tuple[int, int]]:
+    """A descriptor of the directory at ``path`` (whatever its length) and its (dev, ino); Replaced (the
+    descriptor closed) when it is not ``expect``: every call relative to the descriptor then stays in the
+    directory that was meant."""
+    fd = call(os.open, path, flags)
     try:
-        return os.listdir(path)
-    except OSError as exc:
-        if not _fallback(exc, path):
-            raise
-    fd = _from_above(os.open, path, _DIR_FLAGS)
-    try:
-        return [os.fsencode(n) for n in os.listdir(fd)]
-    finally:
+        st = os.fstat(fd)
+    except BaseException:
         os.close(fd)
+        raise
+    ident = (st.st_dev, st.st_ino)
+    if expect is not None and ident != expect:
+        os.close(fd)
+        raise Replaced(path)
+    return fd, ident
