@@ -76,7 +76,7 @@ class RepoConfig:
                       compression_level=int(d["compression"]["level"]), pack_size=int(d["pack_size"]))
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError, OverflowError):
             raise IntegrityError("repository config is damaged or not a vault repository") from None
-        if type(d["version"]) is not int or type(d["compression"]["level"]) is not int or type(d["pack_size"]) is not int:
+        if type(d["compression"]["level"]) is not int or type(d["pack_size"]) is not int:  # (version: above)
             raise IntegrityError("repository config holds impossible values")  # (true, 1.0, 1.5 were taken)
         if not (len(cfg.id) == 64 and all(c in "0123456789abcdef" for c in cfg.id) and 1024 <= cfg.pack_size <= 1 << 30 and -7 <= cfg.compression_level <= 22):
             raise IntegrityError("repository config holds impossible values")
@@ -335,17 +335,7 @@ class Repository:
         name was made from (SHA-256) but these keys do not open it: not damage -- written with other keys
         (another repository's: a key slot copied in, config's id changed to match; or planted). Repair never
         deletes such an object: with the right keys it may be this repository's own."""
-        try:
-            data = self.backend.get(f"{kind}/{sid}")
-        except ObjectNotFound:
-            return False
-        if hashlib.sha256(data).hexdigest() != sid:
-            return False
-        try:
-            (self.load_snapshot if kind == "snapshots" else self.load_index)(sid)
-        except IntegrityError:
-            return True
-        return False
+        return self._state(kind, sid) == "foreign"
 
     def keys_open_nothing(self) -> bool:
         """True when the store holds snapshots or index segments, every one intact (its bytes match its name) is
@@ -354,14 +344,37 @@ class Repository:
         intact = False
         for kind, names in (("snapshots", self.list_snapshots), ("index", self.list_index)):
             for sid in names():
-                if not self.foreign(kind, sid):
-                    try:
-                        (self.load_snapshot if kind == "snapshots" else self.load_index)(sid)
-                        return False
-                    except (IntegrityError, ObjectNotFound):
-                        continue
-                intact = True
+                state = self._state(kind, sid)
+                if state == "opens":
+                    return False
+                intact = intact or state == "foreign"
         return intact
+
+    def _state(self, kind: str, sid: str) -> str | None:
+        """Object ``kind/sid`` read once: "opens" (these keys open it), "foreign" (intact, but they do not; a
+        manifest too large to be one is not read, and counts here: never deleted for what was not looked at),
+        or None (gone, or its bytes do not match its name: damage)."""
+        limit = MAX_MANIFEST if kind == "snapshots" else None
+        try:
+            name = f"{kind}/{sid}"
+            data = self.backend.get(name) if limit is None else self.backend.get(name, 0, limit + 1)
+        except ObjectNotFound:
+            return None
+        if limit is not None and len(data) > limit:
+            return "foreign"
+        if hashlib.sha256(data).hexdigest() != sid:
+            return None
+        try:
+            self._open_verified(kind, sid, data)
+        except IntegrityError:
+            return "foreign"
+        return "opens"
+
+    def _open_verified(self, kind: str, sid: str, data: bytes) -> "Snapshot | index_mod.IndexSegment":
+        """A snapshot manifest or index segment from its bytes, already checked against its name."""
+        if kind == "snapshots":
+            return Snapshot.decode(self.cipher.open(data, SNAPSHOT_AAD, f"snapshot {sid[:8]}"), sid)
+        return index_mod.decode(data, self.cipher)
 
     # --- key slots ----------------------------------------------------------------------------------
     def add_key(self, password: bytes, kdf: KdfParams = KdfParams()) -> str:
@@ -491,7 +504,7 @@ class Repository:
             raise IntegrityError(f"{name}: content does not match its name (damaged)")
 
     def load_index(self, sid: str) -> index_mod.IndexSegment:
-        return index_mod.decode(self._load_verified(f"index/{sid}", sid), self.cipher)
+        return self._open_verified("index", sid, self._load_verified(f"index/{sid}", sid))
 
     def list_index(self) -> list[str]:
         return [n.rsplit("/", 1)[-1] for n, _ in self.backend.list("index/") if _hex_name(n, "index/")]
@@ -506,7 +519,7 @@ class Repository:
 
     def load_snapshot(self, sid: str) -> Snapshot:
         stored = self._load_verified(f"snapshots/{sid}", sid, limit=MAX_MANIFEST)
-        return Snapshot.decode(self.cipher.open(stored, SNAPSHOT_AAD, f"snapshot {sid[:8]}"), sid)
+        return self._open_verified("snapshots", sid, stored)
 
     def list_snapshots(self) -> list[str]:
         return [n.rsplit("/", 1)[-1] for n, _ in self.backend.list("snapshots/") if _hex_name(n, "snapshots/")]
