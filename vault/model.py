@@ -166,6 +166,7 @@ def parse_id(text: object) -> bytes:
 
 
 ENCODE_SLICE = 4096  # nodes encoded at once by Tree.encode
+_dump = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode  # (canonical: sorted keys, no spaces)
 
 
 @dataclass
@@ -176,11 +177,7 @@ class Tree:
         """Canonical JSON: nodes sorted by name bytes, sorted keys, no spaces. A wide directory is encoded a
         slice of nodes at a time (the same bytes): the dicts of 200,000 nodes at once took ~1 KB each."""
         nodes = sorted(self.nodes, key=lambda n: n.name)
-        if len(nodes) <= ENCODE_SLICE:
-            doc = {"v": FORMAT_VERSION, "nodes": [n.to_json() for n in nodes]}
-            return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode("utf-8")
-        dump = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
-        pieces = [dump([n.to_json() for n in nodes[i:i + ENCODE_SLICE]])[1:-1].encode("utf-8")
+        pieces = [_dump([n.to_json() for n in nodes[i:i + ENCODE_SLICE]])[1:-1].encode("utf-8")
                   for i in range(0, len(nodes), ENCODE_SLICE)]
         return b'{"nodes":[' + b",".join(pieces) + b'],"v":%d}' % FORMAT_VERSION
 
