@@ -617,10 +617,7 @@ class Restorer:
                         self.result.errors.append((_show(path), f"cannot create hardlink: {exc.strerror or exc}"))
                         continue
                 else:
-                    if node.type == SYMLINK:
-                        self.result.symlinks += 1
-                    else:
-                        self.result.other += 1
+                    self._count_other(node)
                     continue
                 # (a file system that cannot link these: made on its own below, as before)
             parent = split(path)[0]
@@ -642,13 +639,16 @@ class Restorer:
                 else:
                     self.result.errors.append((_show(path), f"cannot create {node.type}: {exc.strerror or exc}"))
                 continue
-            if node.type == SYMLINK:
-                self.result.symlinks += 1
-            else:
-                self.result.other += 1
+            self._count_other(node)
             self.result.warnings.extend((_show(path), p) for p in problems)
             if key is not None and key not in firsts:
                 firsts[key] = (path, same)
+
+    def _count_other(self, node: Node) -> None:
+        if node.type == SYMLINK:
+            self.result.symlinks += 1
+        else:
+            self.result.other += 1
 
     def _finish_dirs(self) -> None:
         if self._dirs_held:
