@@ -253,9 +253,10 @@ def test_a_cancelled_reader_reads_nothing_more(tmp_path):
     stored = []
     reader = filereader.FileReader(repo, claims.Claims(), lambda kind, bid, data: stored.append(bid) or 1,
                                    lambda bid: False, lookups=False, cancelled=lambda: len(stored) >= 2)
-    res = reader.read_file(bytes(f), b"big.bin")
+    here = (tmp_path.stat().st_dev, tmp_path.stat().st_ino)  # (the directory the walk listed it in)
+    (res,) = reader.read_files([(bytes(f), b"big.bin", here)])
     assert res.error == "cancelled" and len(stored) == 2 and res.read < 2 << 20
-    assert reader.read_file(bytes(f), b"big.bin").error == "cancelled" and len(stored) == 2
+    assert reader.read_files([(bytes(f), b"big.bin", here)])[0].error == "cancelled" and len(stored) == 2
 
 
 def test_a_file_swapped_for_a_fifo_is_an_error_not_a_hang(tmp_path):
@@ -275,7 +276,7 @@ def test_a_file_swapped_for_a_fifo_is_an_error_not_a_hang(tmp_path):
     signal.signal(signal.SIGALRM, lambda *a: pytest.fail("opening a FIFO hung"))
     signal.alarm(5)
     try:
-        res = reader.read_file(bytes(fifo), b"was-a-file")
+        (res,) = reader.read_files([(bytes(fifo), b"was-a-file", (tmp_path.stat().st_dev, tmp_path.stat().st_ino))])
     finally:
         signal.alarm(0)
     assert res.error == "changed type while being backed up" and res.node is None

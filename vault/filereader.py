@@ -76,7 +76,7 @@ class FileReader:
         known = (self.lookups or claims.generation > 0) and self.lookup(bid)
         return claims.add(bid) and not known
 
-    def read_files(self, files: list[tuple[bytes, bytes, tuple[int, int] | None]]) -> list[FileResult]:
+    def read_files(self, files: list[tuple[bytes, bytes, tuple[int, int]]]) -> list[FileResult]:
         """``read_file`` for each (path, name, the walked directory's (dev, ino)); the directory descriptor
         opened for them is closed at the end."""
         try:
@@ -103,12 +103,10 @@ class FileReader:
         self._local.dir = (where, parent, fd)
         return fd
 
-    def _open(self, path: bytes, name: bytes, parent: tuple[int, int] | None, flags: int) -> int:
-        if parent is None:
-            return longpath.call(os.open, path, flags)
+    def _open(self, path: bytes, name: bytes, parent: tuple[int, int], flags: int) -> int:
         return os.open(name, flags, dir_fd=self._dir_fd(path, name, parent))
 
-    def read_file(self, path: bytes, name: bytes, parent: tuple[int, int] | None = None) -> FileResult:
+    def read_file(self, path: bytes, name: bytes, parent: tuple[int, int]) -> FileResult:
         """The file's result; a problem of the file itself (unreadable, vanished) is in it. A failure to store
         a block raises (it is the repository's, and the block stays claimed: no later file may name it).
         ``parent``: the (dev, ino) of the directory the walk listed it in; the file is then opened relative to
