@@ -450,10 +450,10 @@ def diff(sess: Session, a: Snapshot, b: Snapshot) -> DiffResult:
     out = DiffResult()
 
     def content(n: Node) -> tuple:
-        return (n.type, n.size, n.blocks, n.target, n.mode, n.mtime_ns, n.uid, n.gid)
+        return (n.type, n.size, n.blocks, n.target, n.mode, n.mtime_ns, n.uid, n.gid, n.xattrs)
 
     def meta(n: Node) -> tuple:
-        return (n.mode, n.mtime_ns, n.uid, n.gid)
+        return (n.mode, n.mtime_ns, n.uid, n.gid, n.xattrs)
 
     def all_below(tid: bytes | None, base: bytes, into: list[str]) -> None:
         if tid is not None:

@@ -34,7 +34,7 @@ from .claims import Claims
 from .excludes import Matcher
 from .filereader import FileReader, FileResult
 from .entries import split_ids
-from .fsmeta import node_from_stat, node_type, stat_key
+from .fsmeta import entry_path, node_from_stat, node_type, read_xattrs, stat_key
 from .model import DEEPEST, DIR, FILE, SYMLINK, Node, Snapshot, Tree, replaced_by_repair
 from .pack import TREE, PackEntry, sealed_size
 from .packwriter import PackWriter
@@ -110,10 +110,10 @@ class _Reuse:
     """An unchanged file: its Node (stat + the parent's block list) is built only if its directory's tree
     turns out to differ from the parent's; an unchanged directory reuses the parent's tree id as is."""
 
-    __slots__ = ("name", "st", "blocks")
+    __slots__ = ("name", "st", "blocks", "xattrs")
 
-    def __init__(self, name: bytes, st: os.stat_result, blocks: bytes):
-        self.name, self.st, self.blocks = name, st, blocks
+    def __init__(self, name: bytes, st: os.stat_result, blocks: bytes, xattrs: tuple | None):
+        self.name, self.st, self.blocks, self.xattrs = name, st, blocks, xattrs
 
 
 class _PendingDir:
@@ -138,6 +138,7 @@ class _PendingDir:
         return True
 
 
+XATTRS_MARK = "xattrs"  # in a snapshot's summary: its trees hold extended attributes (older ones have none)
 KEEP_OPEN = 64  # directory levels that keep their descriptor while a subdirectory is walked
 
 
@@ -186,6 +187,7 @@ class Archiver:
         self._tree_token = -2 - secrets.randbits(30)  # the trees this run caches: checked once its index is written
         self._hardlinks: dict[tuple[int, int], tuple[_Batch, int]] = {}
         self._depth = 0  # directory levels being walked (``_save_dir``)
+        self._xattrs_known = False  # the parent snapshot's trees hold extended attributes (``run``)
         self._excludes = Matcher(opts.excludes)
         self._named: set[bytes] = set()  # the PATHs given, absolute
         self._skip = set()
@@ -363,6 +365,12 @@ class Archiver:
                         same = False
                         break
                 st, target, st_dir = self._stat_at(fd, path, name)
+                old = parent.get(name)
+                xattrs = None  # (a symlink on the way to a PATH is stored as the directory it leads to: none)
+                if isinstance(st, os.stat_result) and not stat.S_ISREG(st.st_mode) and st_dir is None:
+                    xattrs = self._xattrs_at(fd, child, name, st, old)  # (before ``fd`` may be let go)
+                    if same and old is not None and xattrs != old[3]:
+                        same = False
                 if self._depth > KEEP_OPEN and isinstance(st, os.stat_result) and (
                         stat.S_ISDIR(st.st_mode) or st_dir is not None):
                     os.close(fd)  # (no descriptor held per level deep down: 9,000 levels would run out of them)
@@ -387,7 +395,6 @@ class Archiver:
                             and self._excludes.matches(child, t == DIR))
                 if excluded and (t != DIR or not self._named_below(child)):
                     continue
-                old = parent.get(name)
                 key = stat_key(t, st) if old is not None else None  # (a first backup has no parent to compare)
                 if same and (old is None or old[1] != key):
                     same = False
@@ -396,6 +403,7 @@ class Archiver:
                         same = False
                         continue
                     sub = node_from_stat(name, st)
+                    sub.xattrs = xattrs
                     old_sub = old[2] if old is not None and old[1][0] == DIR else None
                     if same:
                         subdirs.append((sub, old_sub))
@@ -422,7 +430,11 @@ class Archiver:
                     if (old is not None and (same or (old[1][0] == FILE and old[1][4:8] == key[4:8]))
                             and not (lost and not lost.isdisjoint(split_ids(old[2])))):
                         self.stats.files_unmodified += 1
-                        items.append(_Reuse(name, st, old[2]))
+                        xattrs = old[3]
+                        if not self._xattrs_known:  # (the parent's has none stored: read them, not the data)
+                            xattrs = self._read_xattrs(fd, child, name)
+                            same = same and xattrs == old[3]
+                        items.append(_Reuse(name, st, old[2], xattrs))
                     else:
                         same = False
                         items.append((*self._submit_file(child, name, st, here), child, name, st.st_size,
@@ -433,12 +445,14 @@ class Archiver:
                         self._error(child, target.strerror or str(target))
                         same = False
                         continue
-                    n.target = target
+                    n.target, n.xattrs = target, xattrs
                     if same and old[2] != n.target:
                         same = False
                     items.append(n)
                 else:
-                    items.append(node_from_stat(name, st))
+                    n = node_from_stat(name, st)
+                    n.xattrs = xattrs
+                    items.append(n)
         finally:
             self._depth -= 1
             if fd is not None:
@@ -484,6 +498,24 @@ class Archiver:
             self._error(path, f"{exc.strerror or exc} while the backup ran: the rest of its entries are not in "
                               "the snapshot")
         return None
+
+    def _xattrs_at(self, fd: int, child: bytes, name: bytes, st: os.stat_result, old: tuple | None) -> tuple | None:
+        """The extended attributes of a directory, symlink or special entry ``name`` of the directory open as
+        ``fd``: the parent snapshot's when its metadata is unchanged (setting one changes the ctime), else read.
+        A regular file's are read by the worker that reads the file."""
+        if old is not None and self._xattrs_known:
+            t = node_type(st.st_mode)
+            if t is not None and old[1] == stat_key(t, st):
+                return old[3]
+        return self._read_xattrs(fd, child, name)
+
+    def _read_xattrs(self, fd: int, child: bytes, name: bytes) -> tuple | None:
+        """Entry ``name``'s extended attributes, read through the directory open as ``fd`` (not following a
+        symlink); a problem is a warning."""
+        xattrs, note = read_xattrs(entry_path(fd, name))
+        if note is not None:
+            self.stats.warnings.append((_display(child), note))
+        return xattrs
 
     def _stat_at(self, fd: int, path: bytes, name: bytes) -> tuple:
         """(lstat or the OSError, a symlink's target or OSError, for a symlink on the way to a PATH named below
@@ -534,7 +566,7 @@ class Archiver:
         for it in d.items:
             if type(it) is _Reuse:
                 node = node_from_stat(it.name, it.st)
-                node.blocks = split_ids(it.blocks)
+                node.blocks, node.xattrs = split_ids(it.blocks), it.xattrs
                 nodes.append(node)
                 continue
             if isinstance(it, Node):
@@ -564,6 +596,8 @@ class Archiver:
                 node = dataclasses.replace(node, name=name)
             if res.changed_while_reading:
                 self.stats.warnings.append((_display(child), "file changed while it was being read"))
+            if res.note is not None:
+                self.stats.warnings.append((_display(child), res.note))
             if is_new:
                 self.stats.files_new += 1
             else:
@@ -625,6 +659,8 @@ class Archiver:
         host = self.opts.host or socket.gethostname()
         paths = sorted({_display(p) for p in abs_paths})
         parent = self.find_parent(host, paths)
+        # a parent written before vault stored extended attributes has none: unchanged entries' are read
+        self._xattrs_known = parent is not None and parent.summary.get(XATTRS_MARK) is True
         skeleton = _skeleton(abs_paths)
         if not self.opts.dry_run:
             self._adopt_leftover_packs()
@@ -662,7 +698,8 @@ class Archiver:
                         summary={"files_new": s.files_new, "files_changed": s.files_changed,
                                  "files_unmodified": s.files_unmodified, "dirs": s.dirs,
                                  "bytes_processed": s.bytes_processed, "bytes_added": s.bytes_added,
-                                 "errors": len(s.errors), "duration_s": round(self.stats_duration, 3)})
+                                 "errors": len(s.errors), "duration_s": round(self.stats_duration, 3),
+                                 XATTRS_MARK: True})  # (its trees hold every entry's extended attributes)
         if self.opts.before_commit is not None:
             self.opts.before_commit()
         self.repo.save_snapshot(snap)

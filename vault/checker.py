@@ -497,7 +497,7 @@ class Checker:
                         entries = None  # it loaded in the first walk; vanished since: the next verify reports it
                 if entries is None:
                     continue
-                for name, key, extra in entries:
+                for name, key, extra, _ in entries:
                     path = base + b"/" + name
                     if key[0] == DIR and extra is not None:
                         stack.append((path, extra))

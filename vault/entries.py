@@ -4,9 +4,10 @@ A tree's canonical form is JSON (``model.Tree.encode``): portable, and what the 
 is slow (~50 MB/s: an unchanged re-run of 55k files spent a third of its time in ``json.loads``), so the catalog
 caches each tree it has validated once as ``marshal`` data instead, which loads ~10x faster:
 
-    entry = (name, key, extra)
-    key   = (type, mode, uid, gid, size, mtime_ns, ctime_ns, inode, dev, nlink, rdev)   # what stat gives
-    extra = the block ids joined (file) | subtree id or None (dir) | target (symlink) | None
+    entry  = (name, key, extra, xattrs)
+    key    = (type, mode, uid, gid, size, mtime_ns, ctime_ns, inode, dev, nlink, rdev)   # what stat gives
+    extra  = the block ids joined (file) | subtree id or None (dir) | target (symlink) | None
+    xattrs = ((name, value), ...) sorted by name | None
 
 ``key`` is exactly what ``fsmeta.stat_key`` builds from ``lstat``, so a backup compares an entry with one tuple
 comparison. The sealed form is ``tag || marshal(list of entries)``, ``tag = BLAKE2b-256(key=K, tree id ||
@@ -25,7 +26,7 @@ from .ids import ID_LEN
 from .model import DIR, FILE, SYMLINK, Node
 
 _TAG = 32
-_PERSON = b"vault-entries-1"  # the layout above, version 1
+_PERSON = b"vault-entries-2"  # the layout above, version 2 (1: no xattrs; its rows fail the tag: fetched again)
 
 
 def cache_key(mac_key: bytes) -> bytes:
@@ -43,12 +44,12 @@ def entry(n: Node) -> tuple:
     else:
         extra = None
     return (n.name, (n.type, n.mode, n.uid, n.gid, n.size, n.mtime_ns, n.ctime_ns, n.inode, n.dev, n.nlink, n.rdev),
-            extra)
+            extra, n.xattrs)
 
 
 def node(e: tuple) -> Node:
-    name, (t, mode, uid, gid, size, mtime, ctime, inode, dev, nlink, rdev), extra = e
-    n = Node(name, t, mode, uid, gid, size, mtime, ctime, inode, dev, nlink, rdev=rdev)
+    name, (t, mode, uid, gid, size, mtime, ctime, inode, dev, nlink, rdev), extra, xattrs = e
+    n = Node(name, t, mode, uid, gid, size, mtime, ctime, inode, dev, nlink, rdev=rdev, xattrs=xattrs)
     if t == FILE:
         n.blocks = split_ids(extra)
     elif t == DIR:

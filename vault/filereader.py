@@ -17,7 +17,7 @@ from .claims import Claims
 from .entries import split_ids
 from .errors import VaultError
 from . import longpath
-from .fsmeta import node_from_stat
+from .fsmeta import node_from_stat, read_xattrs
 from .model import Node
 from .pack import DATA
 from .repository import Repository
@@ -39,6 +39,7 @@ class FileResult:
     error: str | None = None
     vanished: bool = False  # deleted between the directory listing and the read: not in the snapshot, no error
     changed_while_reading: bool = False
+    note: str | None = None  # a warning about the file (its extended attributes could not be stored)
 
 
 def to_wire(res: FileResult) -> tuple:
@@ -46,16 +47,17 @@ def to_wire(res: FileResult) -> tuple:
     first backup ~0.7 s of CPU); ``from_wire`` makes it again."""
     n = res.node
     node = None if n is None else (n.name, n.type, n.mode, n.uid, n.gid, n.size, n.mtime_ns, n.ctime_ns, n.inode,
-                                   n.dev, n.nlink, b"".join(n.blocks), n.rdev)
-    return node, res.read, res.added, res.blocks_added, res.error, res.vanished, res.changed_while_reading
+                                   n.dev, n.nlink, b"".join(n.blocks), n.rdev, n.xattrs)
+    return node, res.read, res.added, res.blocks_added, res.error, res.vanished, res.changed_while_reading, res.note
 
 
 def from_wire(t: tuple) -> FileResult:
-    node, read, added, blocks_added, error, vanished, changed = t
+    node, read, added, blocks_added, error, vanished, changed, note = t
     if node is not None:
-        name, typ, mode, uid, gid, size, mtime, ctime, inode, dev, nlink, blocks, rdev = node
-        node = Node(name, typ, mode, uid, gid, size, mtime, ctime, inode, dev, nlink, split_ids(blocks), rdev=rdev)
-    return FileResult(node, read, added, blocks_added, error, vanished, changed)
+        name, typ, mode, uid, gid, size, mtime, ctime, inode, dev, nlink, blocks, rdev, xattrs = node
+        node = Node(name, typ, mode, uid, gid, size, mtime, ctime, inode, dev, nlink, split_ids(blocks), rdev=rdev,
+                    xattrs=xattrs)
+    return FileResult(node, read, added, blocks_added, error, vanished, changed, note)
 
 
 class FileReader:
@@ -139,6 +141,7 @@ class FileReader:
                 res.error = "changed type while being backed up"
                 return res
             node = node_from_stat(name, st)
+            node.xattrs, res.note = read_xattrs(fd)
             blocks: list[bytes] = []
             chunks = None
             if st.st_size < self.repo.config.chunker.min_size:

@@ -1,4 +1,5 @@
-"""Filesystem metadata: ``stat`` -> Node, and applying a Node's metadata back (mode, owner, times).
+"""Filesystem metadata: ``stat`` -> Node, and applying a Node's metadata back (mode, owner, times, extended
+attributes: on Linux also POSIX ACLs and file capabilities).
 
 Everything works on bytes names and descriptors. Nothing here follows symlinks when it touches metadata.
 """
@@ -9,7 +10,7 @@ import errno
 import os
 import stat
 
-from .model import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SOCKET, SYMLINK, Node
+from .model import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SOCKET, SYMLINK, XATTR_MAX_TOTAL, Node
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
@@ -49,6 +50,68 @@ def stat_key(t: str, st: os.stat_result) -> tuple:
             st.st_ctime_ns, st.st_ino, st.st_dev, st.st_nlink, st.st_rdev if t in (CHARDEV, BLOCKDEV) else 0)
 
 
+_NO_XATTRS = {errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}
+_ROOT_ONLY = (b"trusted.", b"security.")  # namespaces only root may set (as owners: left out without root)
+Xattrs = tuple[tuple[bytes, bytes], ...]
+
+
+def entry_path(dir_fd: int, name: bytes) -> bytes:
+    """A path naming entry ``name`` of the directory open as ``dir_fd`` (also an O_PATH one) without looking up
+    anything else: Linux has no ``*xattrat`` calls before 6.13, and ``/proc/self/fd/N`` is that very directory.
+    Used with follow_symlinks=False only."""
+    return b"/proc/self/fd/%d/%s" % (dir_fd, name)
+
+
+def read_xattrs(target: int | bytes) -> tuple[Xattrs | None, str | None]:
+    """(the extended attributes of the file open as ``target`` (a descriptor) or at path ``target`` (not
+    followed if a symlink), sorted by name, or None; a problem to warn about, or None). A file system
+    without them has none; more than XATTR_MAX_TOTAL bytes are not stored (a warning)."""
+    by_fd = type(target) is int
+    try:
+        names = os.listxattr(target) if by_fd else os.listxattr(target, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno in _NO_XATTRS or exc.errno == errno.ENOENT:  # (gone since its lstat: as if listed later)
+            return None, None
+        return None, f"extended attributes not read: {exc.strerror or exc}"
+    if not names:
+        return None, None
+    out, total = [], 0
+    for name in names:
+        try:
+            value = os.getxattr(target, name) if by_fd else os.getxattr(target, name, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno == errno.ENODATA:  # removed since the listing
+                continue
+            return None, f"extended attribute {name} not read: {exc.strerror or exc}"
+        raw = os.fsencode(name)
+        total += len(raw) + len(value)
+        if total > XATTR_MAX_TOTAL:
+            return None, f"extended attributes not stored: more than {XATTR_MAX_TOTAL >> 10} KiB"
+        out.append((raw, value))
+    return tuple(sorted(out)) or None, None
+
+
+def apply_xattrs(target: int | bytes, xattrs: Xattrs | None) -> list[str]:
+    """Set the extended attributes on the file open as ``target`` or at path ``target`` (not followed);
+    problems are returned. Without root, ``trusted.*`` and ``security.*`` are left out, as owners are."""
+    if not xattrs:
+        return []
+    by_fd, problems = type(target) is int, []
+    for name, value in xattrs:
+        if not IS_ROOT and name.startswith(_ROOT_ONLY):
+            continue
+        try:
+            if by_fd:
+                os.setxattr(target, name, value)
+            else:
+                os.setxattr(target, name, value, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno in _NO_XATTRS:
+                return problems + ["extended attributes not restored: the file system does not support them"]
+            problems.append(f"extended attribute {os.fsdecode(name)} not restored: {exc.strerror or exc}")
+    return problems
+
+
 def apply_metadata(fd: int, node: Node, mode_set: bool = False, owner_set: bool = False) -> list[str]:
     """Owner (when root; not when ``owner_set``: the file was created with it), mode (not when ``mode_set``:
     the file was created with exactly ``node.mode``, which holds no setuid/setgid bit a chown could clear) and
@@ -70,6 +133,7 @@ def apply_metadata(fd: int, node: Node, mode_set: bool = False, owner_set: bool 
             _check_set_ids(lambda: os.fstat(fd), node, problems)
         except OSError as exc:
             problems.append(f"chmod: {exc.strerror}")
+    problems += apply_xattrs(fd, node.xattrs)  # (after chown and chmod: a chown clears file capabilities)
     try:
         os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
     except OSError as exc:
@@ -97,6 +161,7 @@ def apply_metadata_at(dir_fd: int, name: bytes, node: Node) -> list[str]:
             _check_set_ids(lambda: os.stat(name, dir_fd=dir_fd, follow_symlinks=False), node, problems)
         except OSError as exc:
             problems.append(f"chmod: {exc.strerror}")
+    problems += apply_xattrs(entry_path(dir_fd, name), node.xattrs)
     try:
         os.utime(name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
     except OSError as exc:
@@ -175,5 +240,5 @@ def make_special(dir_fd: int, name: bytes, node: Node) -> None:
         raise OSError(errno.ENOTSUP, "sockets are not restored")
 
 
-__all__ = ["node_from_stat", "stat_key", "apply_metadata", "apply_metadata_at", "chmod_nofollow", "current_umask", "make_special", "node_type", "IS_ROOT", "DIR",
+__all__ = ["read_xattrs", "apply_xattrs", "entry_path", "node_from_stat", "stat_key", "apply_metadata", "apply_metadata_at", "chmod_nofollow", "current_umask", "make_special", "node_type", "IS_ROOT", "DIR",
            "SOCKET"]

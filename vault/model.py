@@ -68,6 +68,8 @@ class Node:
     subtree: bytes | None = None
     target: bytes | None = None
     rdev: int = 0
+    xattrs: tuple[tuple[bytes, bytes], ...] | None = None  # extended attributes (ACLs, capabilities), by name
+
 
     def to_json(self) -> dict:
         d: dict = {}
@@ -83,6 +85,8 @@ class Node:
             _enc_bytes(d, "target", self.target or b"")
         elif self.type in (CHARDEV, BLOCKDEV):
             d["rdev"] = self.rdev
+        if self.xattrs:
+            d["xattrs"] = [_enc_xattr(k, v) for k, v in sorted(self.xattrs)]
         return d
 
     @classmethod
@@ -119,6 +123,8 @@ class Node:
             n.target = _dec_bytes(d, "target") or b""
             if b"\0" in n.target:
                 raise IntegrityError("tree: NUL in symlink target")
+        if "xattrs" in d:
+            n.xattrs = parse_xattrs(d["xattrs"])
         return n
 
 
@@ -126,6 +132,46 @@ _U64, _I64_MIN, _I64_MAX = (1 << 64) - 1, -(1 << 63), (1 << 63) - 1
 _RANGES = (("mode", 0, 0o7777), ("uid", 0, _U64), ("gid", 0, _U64), ("size", 0, _U64), ("inode", 0, _U64),
            ("dev", 0, _U64), ("mtime_ns", _I64_MIN, _I64_MAX), ("ctime_ns", _I64_MIN, _I64_MAX),
            ("nlink", 0, 1 << 32), ("rdev", 0, _U64))
+
+
+XATTR_MAX_TOTAL = 1 << 20  # bytes of names and values one entry may hold (Linux: at most 64 KiB a value)
+XATTR_MAX_NAME = 255
+
+
+def _enc_xattr(name: bytes, value: bytes) -> dict:
+    d: dict = {}
+    _enc_bytes(d, "name", name)
+    d["value"] = base64.b64encode(value).decode("ascii")
+    return d
+
+
+def parse_xattrs(items: object) -> tuple[tuple[bytes, bytes], ...] | None:
+    """A node's extended attributes: a list of {"name" | "name_b64", "value" (base64)}, names unique, non-empty,
+    without NUL, at most 255 bytes, all of them at most XATTR_MAX_TOTAL bytes (a hostile tree cannot make
+    restore set megabytes per file or a name the kernel would misread)."""
+    if type(items) is not list:
+        raise IntegrityError("tree: xattrs is not a list")
+    out, total = [], 0
+    for it in items:
+        if type(it) is not dict:
+            raise IntegrityError("tree: extended attribute is not an object")
+        name = _dec_bytes(it, "name")
+        value = it.get("value")
+        if not name or len(name) > XATTR_MAX_NAME or b"\0" in name or type(value) is not str:
+            raise IntegrityError("tree: malformed extended attribute")
+        if total + len(name) + len(value) * 3 // 4 > XATTR_MAX_TOTAL + 2:  # (before decoding it)
+            raise IntegrityError("tree: extended attributes too large")
+        try:
+            raw = base64.b64decode(value, validate=True)
+        except (ValueError, TypeError):
+            raise IntegrityError("tree: bad base64 in an extended attribute") from None
+        total += len(name) + len(raw)
+        out.append((name, raw))
+    if total > XATTR_MAX_TOTAL:
+        raise IntegrityError("tree: extended attributes too large")
+    if len({k for k, _ in out}) != len(out):
+        raise IntegrityError("tree: duplicate extended attribute")
+    return tuple(sorted(out)) or None
 
 
 def _int(d: dict, key: str, lo: int = 0, hi: int = (1 << 64) - 1) -> int:

@@ -186,12 +186,12 @@ def _all_zero(data: bytes | memoryview) -> bool:
 
 def _slim(node: Node) -> tuple:
     """What a worker process needs of a file's node: not its block list (``_unslim`` makes the node again)."""
-    return node.mode, node.uid, node.gid, node.size, node.mtime_ns, node.nlink
+    return node.mode, node.uid, node.gid, node.size, node.mtime_ns, node.nlink, node.xattrs
 
 
 def _unslim(meta: tuple) -> Node:
-    mode, uid, gid, size, mtime_ns, nlink = meta
-    return Node(b"", FILE, mode=mode, uid=uid, gid=gid, size=size, mtime_ns=mtime_ns, nlink=nlink)
+    mode, uid, gid, size, mtime_ns, nlink, xattrs = meta
+    return Node(b"", FILE, mode=mode, uid=uid, gid=gid, size=size, mtime_ns=mtime_ns, nlink=nlink, xattrs=xattrs)
 
 
 def _show(path: bytes) -> str:

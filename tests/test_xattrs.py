@@ -1,0 +1,174 @@
+"""Extended attributes (on Linux also POSIX ACLs and file capabilities) are backed up and restored, carried
+over unchanged files, read again for a parent snapshot that predates them, and validated when read back."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import make_tree, with_jobs
+
+from vault import archiver, fsmeta
+from vault.errors import IntegrityError
+from vault.model import XATTR_MAX_TOTAL, Node, Tree
+
+IS_ROOT = os.geteuid() == 0
+CAP_NET_RAW = bytes.fromhex("0100000200200000000000000000000000000000")  # v2, permitted+effective: cap_net_raw
+
+
+def _acl(*entries: tuple[int, int, int]) -> bytes:
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", tag, perm, uid) for tag, perm, uid in entries)
+
+
+ACL_ACCESS = _acl((0x01, 6, 0xFFFFFFFF), (0x02, 6, 65534), (0x04, 4, 0xFFFFFFFF), (0x10, 6, 0xFFFFFFFF),
+                  (0x20, 4, 0xFFFFFFFF))  # u::rw- u:65534:rw- g::r-- m::rw- o::r--
+ACL_DEFAULT = _acl((0x01, 7, 0xFFFFFFFF), (0x04, 5, 0xFFFFFFFF), (0x20, 0, 0xFFFFFFFF))
+
+
+def xattrs(p: Path) -> dict[bytes, bytes]:
+    return {os.fsencode(n): os.getxattr(p, n, follow_symlinks=False) for n in os.listxattr(p, follow_symlinks=False)}
+
+
+def _set(p: Path, name: bytes, value: bytes) -> None:
+    try:
+        os.setxattr(p, name, value, follow_symlinks=False)
+    except OSError as exc:
+        pytest.skip(f"cannot set {name!r} here: {exc.strerror}")
+
+
+def _tree(tmp_path: Path) -> tuple[Path, dict[str, dict[bytes, bytes]]]:
+    src = make_tree(tmp_path / "src", {"f": b"data\n", "plain": b"none", "d": {"g": b"x" * 300_000}, "empty-d": {}})
+    want = {"f": {b"user.a": b"1", b"user.caf\xe9": bytes(range(256)), b"user.empty": b""},
+            "d": {b"user.dir": b"\0\xff", b"system.posix_acl_default": ACL_DEFAULT},
+            "d/g": {b"user.big": os.urandom(3000), b"system.posix_acl_access": ACL_ACCESS}}
+    if IS_ROOT:
+        os.symlink("f", src / "l")
+        os.mkfifo(src / "p")
+        want["f"][b"trusted.t"] = b"tt"
+        want["f"][b"security.capability"] = CAP_NET_RAW
+        want["l"] = {b"trusted.link": b"on the link itself"}
+        want["p"] = {b"trusted.fifo": b"z"}
+    for rel, attrs in want.items():
+        for name, value in attrs.items():
+            _set(src / rel, name, value)
+    for rel in want:  # what the kernel keeps (an ACL may be stored in its own canonical form)
+        want[rel] = xattrs(src / rel)
+    os.utime(src / "d", ns=(1_700_000_000_123_456_789,) * 2)
+    return src, want
+
+
+def _check(target: Path, src: Path, want: dict) -> None:
+    base = target / src.relative_to("/")
+    for rel, attrs in want.items():
+        assert xattrs(base / rel) == attrs, rel
+    assert xattrs(base / "plain") == {}
+    assert os.stat(base / "d").st_mtime_ns == 1_700_000_000_123_456_789  # (set after the attributes)
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_extended_attributes_acls_and_capabilities_come_back(repo, tmp_path, jobs):
+    src, want = _tree(tmp_path)
+    with_jobs(repo, jobs, "backup", src)
+    with_jobs(repo, jobs, "restore", "latest", "--target", tmp_path / "out")
+    _check(tmp_path / "out", src, want)
+
+
+def test_unchanged_files_keep_theirs_and_a_changed_attribute_is_stored(repo, tmp_path):
+    src, want = _tree(tmp_path)
+    repo("backup", src)
+    first = repo("--json", "backup", src).json
+    assert first["files_unmodified"] == 3 and first["files_new"] == 0
+    repo("restore", first["snapshot_id"], "--target", tmp_path / "out1")
+    _check(tmp_path / "out1", src, want)
+    os.setxattr(src / "d" / "g", b"user.big", b"changed")  # only an attribute: the ctime moves
+    want["d/g"][b"user.big"] = b"changed"
+    os.setxattr(src / "d", b"user.dir", b"new")
+    want["d"][b"user.dir"] = b"new"
+    second = repo("--json", "backup", src).json
+    diff = repo("--json", "diff", first["snapshot_id"], second["snapshot_id"]).json
+    assert {str(src / "d"), str(src / "d" / "g")} <= set(diff["modified"]), diff
+    repo("restore", second["snapshot_id"], "--target", tmp_path / "out2")
+    _check(tmp_path / "out2", src, want)
+
+
+def test_a_parent_from_before_attributes_were_stored_does_not_hide_them(repo, tmp_path, monkeypatch):
+    """Upgrading: the first snapshot was taken without attributes. The next backup finds every file
+    unchanged, yet must read the attributes of each (not its data) instead of carrying over "none"."""
+    src, want = _tree(tmp_path)
+    with monkeypatch.context() as m:  # (an older vault: reads none, writes no mark)
+        m.setattr(archiver, "read_xattrs", lambda target: (None, None))
+        m.setattr("vault.filereader.read_xattrs", lambda target: (None, None))
+        m.setattr(archiver, "XATTRS_MARK", "something-else")
+        with_jobs(repo, "1", "backup", src)
+    repo("restore", "latest", "--target", tmp_path / "old")
+    assert xattrs(tmp_path / "old" / src.relative_to("/") / "f") == {}  # (the simulation holds)
+    res = repo("--json", "backup", src).json
+    assert res["files_unmodified"] == 3 and res["bytes_added"] > 0
+    repo("restore", "latest", "--target", tmp_path / "out")
+    _check(tmp_path / "out", src, want)
+
+
+def test_without_root_trusted_and_security_attributes_are_left_out(tmp_path, monkeypatch):
+    f = tmp_path / "f"
+    f.write_bytes(b"x")
+    monkeypatch.setattr(fsmeta, "IS_ROOT", False)
+    problems = fsmeta.apply_xattrs(os.fsencode(f), ((b"security.capability", CAP_NET_RAW), (b"trusted.t", b"1"),
+                                                     (b"user.u", b"2")))
+    assert problems == []
+    assert xattrs(f) == {b"user.u": b"2"}
+
+
+def test_a_file_system_without_attributes_is_one_warning(tmp_path):
+    problems = fsmeta.apply_xattrs(b"/proc/self/status", ((b"user.a", b"1"), (b"user.b", b"2")))
+    assert len(problems) == 1 and "not restored" in problems[0], problems
+
+
+def test_attributes_over_the_limit_are_not_stored_and_named(repo, tmp_path, monkeypatch):
+    src = make_tree(tmp_path / "src", {"f": b"data", "d": {}})
+    _set(src / "f", b"user.a", b"x" * 200)
+    _set(src / "d", b"user.a", b"x" * 200)
+    monkeypatch.setattr(fsmeta, "XATTR_MAX_TOTAL", 100)
+    res = with_jobs(repo, "1", "backup", src)
+    assert res.code == 0
+    assert f"{src / 'f'}: extended attributes not stored" in res.err and f"{src / 'd'}: extended" in res.err
+    repo("restore", "latest", "--target", tmp_path / "out")
+    assert xattrs(tmp_path / "out" / src.relative_to("/") / "f") == {}
+
+
+def test_the_tree_format_round_trips_and_old_trees_have_none():
+    n = Node(b"f", "file", 0o644, xattrs=((b"user.b", b"2"), (b"user.\xff", b"\0")))
+    doc = json.loads(Tree([n]).encode())
+    assert doc["nodes"][0]["xattrs"] == [{"name": "user.b", "value": "Mg=="}, {"name_b64": "dXNlci7/", "value": "AA=="}]
+    assert Tree.decode(Tree([n]).encode()).nodes[0].xattrs == n.xattrs
+    assert Tree.decode(Tree([Node(b"f", "file")]).encode()).nodes[0].xattrs is None
+    assert "xattrs" not in Tree([Node(b"f", "file")]).encode().decode()  # (no field when there are none)
+
+
+@pytest.mark.parametrize("bad", [
+    {}, "user.a", [["user.a", "MQ=="]], [{"name": "", "value": ""}], [{"name": "user.\u0000", "value": ""}],
+    [{"name": "u" * 256, "value": ""}], [{"name": "user.a"}], [{"name": "user.a", "value": 1}],
+    [{"name": "user.a", "value": "!!"}], [{"name": "user.a", "value": "MQ=="}] * 2,
+    [{"name": f"user.{i}", "value": "A" * 4096} for i in range(400)],
+    [{"name": "user.a", "value": "A" * (XATTR_MAX_TOTAL * 2)}],
+])
+def test_malformed_attributes_in_a_tree_are_rejected(bad):
+    doc = {"nodes": [{"name": "f", "type": "file", "mode": 420, "xattrs": bad}], "v": 1}
+    with pytest.raises(IntegrityError):
+        Tree.decode(json.dumps(doc).encode())
+
+
+@pytest.mark.skipif(not IS_ROOT or not os.path.exists("/usr/sbin/getcap"), reason="needs root and getcap")
+def test_a_capability_survives_the_owner_being_set(repo, tmp_path):
+    """chown clears file capabilities: restore sets attributes after the owner."""
+    src = make_tree(tmp_path / "src", {"ping": b"\x7fELF"})
+    os.chown(src / "ping", 12345, 54321)
+    _set(src / "ping", b"security.capability", CAP_NET_RAW)
+    repo("backup", src)
+    repo("restore", "latest", "--target", tmp_path / "out")
+    out = tmp_path / "out" / src.relative_to("/") / "ping"
+    assert os.stat(out).st_uid == 12345
+    assert "cap_net_raw" in subprocess.run(["/usr/sbin/getcap", out], capture_output=True, text=True).stdout
