@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import errno
 import sys
 import os
 import secrets
@@ -140,6 +141,18 @@ class _PendingDir:
 
 XATTRS_MARK = "xattrs"  # in a snapshot's summary: its trees hold extended attributes (older ones have none)
 KEEP_OPEN = 64  # directory levels that keep their descriptor while a subdirectory is walked
+
+
+_LIMITS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM}
+
+
+def _not_ours(exc: OSError) -> OSError:
+    """``exc`` when it is the source's (named, exit 3); raised when it is this machine's limits (too many open
+    files, no memory): a snapshot missing whatever could not be opened must not pass for a backup that read
+    all it could (exit 1, no snapshot; the packs written are adopted by the next run)."""
+    if exc.errno in _LIMITS:
+        raise exc
+    return exc
 
 
 def _join(base: bytes, name: bytes) -> bytes:
@@ -377,7 +390,7 @@ class Archiver:
                     fd = None
                 if isinstance(st, OSError):
                     if not isinstance(st, FileNotFoundError):
-                        self._error(child, st.strerror or str(st))
+                        self._error(child, _not_ours(st).strerror or str(st))
                     elif only is not None:
                         self._error(child, "no such file or directory")
                     continue
@@ -442,7 +455,7 @@ class Archiver:
                 elif t == SYMLINK:
                     n = node_from_stat(name, st)
                     if isinstance(target, OSError):
-                        self._error(child, target.strerror or str(target))
+                        self._error(child, _not_ours(target).strerror or str(target))
                         same = False
                         continue
                     n.target, n.xattrs = target, xattrs
@@ -477,14 +490,14 @@ class Archiver:
             self._error(path, "replaced or moved while the backup ran: its entries are not in the snapshot")
             return None, [], None
         except OSError as exc:
-            self._error(path, exc.strerror or str(exc))
+            self._error(path, _not_ours(exc).strerror or str(exc))
             return None, [], None
         if only is not None:
             return here, sorted(only), fd
         try:
             return here, sorted(map(os.fsencode, os.listdir(fd))), fd  # (str for a descriptor: to bytes)
         except OSError as exc:
-            self._error(path, exc.strerror or str(exc))
+            self._error(path, _not_ours(exc).strerror or str(exc))
             return here, [], fd
 
     def _reopen(self, path: bytes, here: tuple[int, int]) -> int | None:
@@ -495,7 +508,7 @@ class Archiver:
             self._error(path, "replaced or moved while the backup ran: the rest of its entries are not in the "
                               "snapshot")
         except OSError as exc:
-            self._error(path, f"{exc.strerror or exc} while the backup ran: the rest of its entries are not in "
+            self._error(path, f"{_not_ours(exc).strerror or exc} while the backup ran: the rest of its entries are not in "
                               "the snapshot")
         return None
 

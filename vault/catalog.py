@@ -20,6 +20,7 @@ thread-safe (one connection behind a lock).
 
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 import os
@@ -77,6 +78,15 @@ _ENVIRONMENT = {sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CA
                 sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_NOMEM, sqlite3.SQLITE_INTERRUPT}
 
 
+def _out_of_descriptors() -> bool:
+    """Whether this process cannot open one more file (SQLite says only "unable to open database file")."""
+    try:
+        os.close(os.open(os.devnull, os.O_RDONLY))
+    except OSError as exc:
+        return exc.errno in (errno.EMFILE, errno.ENFILE)
+    return False
+
+
 def _db_error(exc: sqlite3.DatabaseError, path: str) -> CatalogError:
     """vault's error for a failed catalog query. A full, failing, read-only or busy place is not damage: said
     as such, and the catalog is kept (CacheUnavailable); anything else (corrupt pages, a file that is not a
@@ -88,6 +98,8 @@ def _db_error(exc: sqlite3.DatabaseError, path: str) -> CatalogError:
     if code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
         return CatalogBusy(f"the catalog {path} is held by another vault process that has not let go in the "
                            "time given (--lock-wait; stopped or hung?): try again later, or use another --cache-dir")
+    if code & 0xFF == sqlite3.SQLITE_CANTOPEN and _out_of_descriptors():
+        return CacheUnavailable(f"cannot open the catalog {path}: too many open files (raise the limit: `ulimit -n`)")
     if code & 0xFF in _ENVIRONMENT:
         return CacheUnavailable(f"cannot use the catalog {path} ({exc}); check the cache directory and its disk, "
                                 "or give --cache-dir another place")

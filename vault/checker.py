@@ -207,6 +207,7 @@ class Checker:
         if getattr(self._local, "buf", None) is None:  # decrypted into reused buffers (no fresh pages each time)
             self._local.buf, self._local.read = Scratch(), bytearray()
         digest = hashlib.sha256()
+        checked = 0  # (blocks checked so far: a pack gone before its header was read has none)
         try:
             if self.piecewise:
                 header = self._header(name, size, res)
@@ -215,7 +216,6 @@ class Checker:
                 data = memoryview(self.repo.backend.get(name))
                 header = self._header(name, len(data), res, data)
                 pieces = iter([(0, data, entries)])
-            checked = 0
             for start, view, todo in pieces:
                 digest.update(view)
                 res.read += len(view)

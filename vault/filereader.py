@@ -7,6 +7,7 @@ this run (``claims``, shared by every worker) and, when the index may hold some 
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import threading
@@ -133,6 +134,8 @@ class FileReader:
             res.error = "its directory was replaced or moved while the backup ran: not in the snapshot"
             return res
         except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):  # this machine's limits, not the file's:
+                raise  # the backup fails (exit 1), never a snapshot missing the files that could not be opened
             res.error = exc.strerror or str(exc)
             return res
         try:

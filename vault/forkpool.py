@@ -92,7 +92,7 @@ def _failure(exc: BaseException) -> tuple:
 
 _conn: Connection | None = None  # in a worker: its connection to the parent
 _STOP = object()
-_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 
 def note(value: Any) -> None:
@@ -157,6 +157,7 @@ class ForkPool:
                     try:
                         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the parent stops us
                         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # (systemd signals the whole group)
+                        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # (a hung-up terminal, its whole group)
                         signal.pthread_sigmask(signal.SIG_SETMASK, old)
                         mine.close()
                         for c in self._conns:

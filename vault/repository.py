@@ -215,7 +215,13 @@ class Repository:
         if callable(password):  # asked for only now: an existing repository is refused before any prompt
             password = password()
         backend.create_store()
-        if next(iter(backend.list("")), None) is not None:
+        held = [name for name, _ in itertools.islice(backend.list(""), 1000)]
+        if held and all(name.startswith("keys/") for name in held):
+            raise RepositoryExists(f"{backend.location} holds key slots but no config: an init cut short, or a "
+                                   "repository that lost its config. 'vault snapshots' opens it with the config "
+                                   "sealed in its key slot, and 'vault repair' writes config back; or empty the "
+                                   "location and init again")
+        if held:
             raise RepositoryExists(f"{backend.location} is not empty and holds no repository; refusing to "
                                    "create one among other files")
         config = RepoConfig(id=secrets.token_hex(32), chunker=chunker, compression_level=compression_level,
@@ -225,7 +231,14 @@ class Repository:
                          socket.gethostname(), _username(), config.encode())
         key_name = f"keys/{hashlib.sha256(slot).hexdigest()}"
         backend.put(key_name, slot)
-        backend.put("config", config.encode())  # last: a half-made repository has no config
+        try:
+            backend.put("config", config.encode())  # last: a half-made repository has no config
+        except BaseException:  # (a full disk, Ctrl-C): the slot goes too, so that init can simply be run again
+            try:
+                backend.delete(key_name)
+            except Exception:  # noqa: BLE001 -- the first failure is the one to report
+                pass
+            raise
         return cls(backend, config, keys, key_name)
 
     @classmethod
@@ -238,7 +251,7 @@ class Repository:
         config, lost = _stored_config(backend)
         if callable(password):
             password = password()
-        damaged, foreign, unsealed = 0, [], 0
+        damaged, foreign, unsealed, starved = 0, [], 0, 0
         repo_id = config.id if config is not None else None
         listed = dict(backend.list("keys/"))
         first = first_slot(repo_id) if first_slot is not None and repo_id is not None else None
@@ -254,7 +267,10 @@ class Repository:
             except ForeignSlot as exc:
                 foreign.append(str(exc).rsplit(" ", 1)[-1])
                 continue
-            except (IntegrityError, ObjectNotFound, ValueError, TypeError, OverflowError, MemoryError):
+            except MemoryError:  # (parameters within range: this machine's limits, ulimit -v or -u, not the slot's)
+                starved += 1
+                continue
+            except (IntegrityError, ObjectNotFound, ValueError, TypeError, OverflowError):
                 damaged += 1
                 continue
             if config is not None:
@@ -281,6 +297,10 @@ class Repository:
         if not listed:
             raise IntegrityError(f"the repository at {backend.location} has no key slot (keys/ is empty): no "
                                  "password can open it; put keys/ back from a copy of the store")
+        if starved:
+            raise VaultError(f"not enough memory to derive the key of {starved} key slot(s) (argon2id needs its "
+                             "memory cost, 32 MiB by default, and a thread per lane): raise the limits (ulimit -v, "
+                             "ulimit -u) and run again; nothing was changed")
         also = f"; and the repository's {lost}" if config is None else ""
         raise WrongPassword(f"wrong password: no key slot of the repository opens with it{_damaged_note(damaged)}"
                             f"{also}")

@@ -93,7 +93,20 @@ class LocalBackend:
         try:
             yield
         except OSError as err:
-            raise translate_os_error(err, verb, name, self.root, missing=missing) from err
+            exc = translate_os_error(err, verb, name, self.root, missing=missing)
+            if isinstance(exc, ObjectNotFound) and name.startswith(("data/", "index/", "snapshots/")) and self._gone():
+                exc = PermanentError(f"store {self.root} is gone (unmounted or moved?): {name} cannot be read")
+            raise exc from err
+
+    def _gone(self) -> bool:
+        """True when the store itself has disappeared (an unmounted disk, a dropped network mount: the root is
+        missing, or an empty directory -- the mount point left behind): an object missing then is not evidence
+        of damage, only that nothing can be read here now."""
+        try:
+            with os.scandir(self.root) as it:
+                return next(it, None) is None
+        except OSError:
+            return True
 
     def _make_dirs(self, directory: str) -> None:
         """Create ``directory`` and its missing parents below root, fsyncing each parent."""

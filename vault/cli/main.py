@@ -38,14 +38,25 @@ def _register() -> None:
 
 
 _sigints = 0
-_terminated = False
+_terminated = 0  # the exit code of a stop by SIGTERM (143) or SIGHUP (129); 0: none
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
-    """SIGTERM (cron's or systemd's stop, `kill`): stopped as cleanly as by Ctrl-C, exit 143."""
+    """SIGTERM (cron's or systemd's stop, `kill`) or SIGHUP (the terminal or ssh session went away): stopped
+    as cleanly as by Ctrl-C (lock released, temp files removed), exit 128 + the signal's number."""
     global _terminated
-    _terminated = True
+    _terminated = 128 + signum
     _on_sigint(signum, frame)
+
+
+def _stopped() -> int:
+    """The message and exit code of a stopped command (Ctrl-C: 130)."""
+    what = {143: "terminated", 129: "hung up"}.get(_terminated, "aborted")
+    try:
+        click.echo(f"vault: {what}", err=True)
+    except OSError:  # (a hung-up terminal cannot take it)
+        pass
+    return _terminated or 130
 
 
 def _on_sigint(signum: int, frame: object) -> None:  # noqa: ARG001
@@ -69,13 +80,14 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def main(argv: list[str] | None = None) -> int:
     global _sigints, _terminated
-    _sigints, _terminated = 0, False
+    _sigints, _terminated = 0, 0
     _register()
     tune_malloc()
     if signal.getsignal(signal.SIGINT) in (_interrupted_while_loading, signal.default_int_handler):
         signal.signal(signal.SIGINT, _on_sigint)  # loaded: Ctrl-C is KeyboardInterrupt again (see _on_sigint)
-    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _on_sigterm)
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # (not when ignored: `nohup vault ...` keeps running)
+        if signal.getsignal(sig) == signal.SIG_DFL:
+            signal.signal(sig, _on_sigterm)
     verbose = "-v" in (argv or sys.argv) or "--verbose" in (argv or sys.argv)
     warnings.showwarning = _show_warning
     warnings.simplefilter("always", VaultWarning)
@@ -90,14 +102,12 @@ def main(argv: list[str] | None = None) -> int:
         exc.show()
         code = exc.exit_code
     except (click.exceptions.Abort, EOFError):  # (a prompt answered by end of input, or declined)
-        click.echo("vault: terminated" if _terminated else "vault: aborted", err=True)
-        code = 143 if _terminated else 130
+        code = _stopped()
     except VaultError as exc:
         click.echo(printable(f"vault: {exc}"), err=True)  # one line, whatever names it holds
         code = exc.exit_code
     except KeyboardInterrupt:
-        click.echo("vault: terminated" if _terminated else "vault: aborted", err=True)
-        code = 143 if _terminated else 130
+        code = _stopped()
     except BrokenPipeError:  # stdout closed early (`| head`, a pager quit): silent, exit 141 as for any Unix
         code = 141             # tool killed by SIGPIPE (nothing vault was doing is affected: output comes last)
     except OSError as exc:
@@ -109,10 +119,26 @@ def main(argv: list[str] | None = None) -> int:
             click.echo(printable(f"vault: internal error: {type(exc).__name__}: {exc} (run with -v for details)"),
                        err=True)
         code = 1
+    except MemoryError:
+        if verbose:
+            raise
+        click.echo("vault: out of memory (a limit such as `ulimit -v`, or the machine's); nothing already in the "
+                   "repository is affected", err=True)
+        code = 1
     except RecursionError:
         if verbose:
             raise
         click.echo(f"vault: a directory tree nests more than {DEEPEST:,} levels deep: not supported", err=True)
+        code = 1
+    except RuntimeError as exc:
+        if verbose:
+            raise
+        if "can't start new thread" in str(exc):
+            click.echo("vault: cannot start a thread: the process limit is reached (`ulimit -u`) or memory is "
+                       "short; nothing already in the repository is affected", err=True)
+        else:
+            click.echo(printable(f"vault: internal error: {type(exc).__name__}: {exc} (run with -v for details)"),
+                       err=True)
         code = 1
     except Exception as exc:  # noqa: BLE001 - the promise is one line, never a traceback
         if verbose:
