@@ -179,3 +179,58 @@ def test_times_at_the_edge_of_the_calendar_do_not_break_forget(berlin):
             snap(3, datetime(2026, 1, 1, tzinfo=UTC))]
     for p in (Policy(last=1), Policy(daily=2), Policy(yearly=5)):
         assert retention.decide(edge, p, tz=None)[0].snapshot.id == edge[0].id
+
+
+@pytest.fixture
+def local_tz(monkeypatch):
+    """Set this process's local time zone for the test (``local_tz("America/New_York")``)."""
+    import time
+
+    def use(name: str) -> None:
+        monkeypatch.setenv("TZ", name)
+        time.tzset()
+
+    yield use
+    monkeypatch.undo()
+    time.tzset()
+
+
+def _local(text: str) -> datetime:
+    """A local wall-clock time (this process's TZ) as the aware UTC time backup records."""
+    return datetime.fromisoformat(text).astimezone(UTC)
+
+
+@pytest.mark.parametrize("zone, times, within, kept", [
+    # 28 Feb 20:00 EST is 1 March in UTC: one month back on the UTC calendar (1 Feb 01:00Z) dropped 30 January,
+    # 29 local days older; restic counts on the local calendar and keeps it
+    ("America/New_York", ["2025-01-30 12:00", "2025-02-28 20:00"], "1m", 2),
+    # 28 local days before 20 Nov 12:00 CET is 23 Oct 12:00 CEST: 28 x 24 h in UTC (one hour later) dropped 12:30
+    ("Europe/Berlin", ["2025-10-20 12:30", "2025-10-23 12:30", "2025-11-20 12:00"], "28d", 2),
+    ("Europe/Berlin", ["2025-10-20 12:30", "2025-10-23 12:30", "2025-11-20 12:00"], "1m", 3),
+    ("Europe/Berlin", ["2023-10-27 21:47", "2024-10-27 20:58"], "1y", 2),
+    ("America/New_York", ["2024-10-18 05:53", "2024-12-16 05:46"], "59d", 2),
+    ("Europe/Berlin", ["2025-10-23 11:59", "2025-11-20 12:00"], "28d", 1),  # (just outside: still forgotten)
+    ("Europe/Berlin", ["2025-11-17 23:01", "2025-11-20 12:00"], "2d13h", 2),  # (hours: fixed lengths after the days)
+])
+def test_keep_within_counts_days_months_and_years_on_the_local_calendar_as_restic(local_tz, zone, times, within,
+                                                                                  kept):
+    local_tz(zone)
+    snaps = [snap(i, _local(t)) for i, t in enumerate(times)]
+    decisions = retention.decide(snaps, Policy(within=parse_duration(within)), tz=None)
+    assert sum(d.keep for d in decisions) == kept, [(d.snapshot.time, d.reasons) for d in decisions]
+
+
+def test_a_zero_keep_within_is_no_policy_and_an_empty_keep_tag_keeps_every_snapshot(repo, tmp_path):
+    """restic: `--keep-within 0d` is no policy (vault refuses a run with none, as for --keep-last 0; it forgot
+    all but the newest), `--keep-tag ''` keeps every snapshot (it kept none)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("x")
+    for day in (1, 2, 3):
+        repo("backup", src, "--time", f"2025-06-0{day}T12:00:00Z")
+    for zero in ("0d", "0h", "0y0m"):
+        repo("forget", "--keep-within", zero, "--dry-run", ok=2)
+    res = repo("--json", "forget", "--keep-within", "0d", "--keep-last", "2", "--dry-run").json
+    assert sum(len(g["keep"]) for g in res["groups"]) == 2
+    res = repo("--json", "forget", "--keep-tag", "", "--dry-run").json
+    assert sum(len(g["keep"]) for g in res["groups"]) == 3

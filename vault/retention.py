@@ -7,8 +7,9 @@ Semantics are restic's, so its users need not relearn them:
   (hourly, daily, weekly = ISO week, monthly, yearly) keeps the newest snapshot of each of the N most recent
   periods that hold a snapshot: a snapshot counts for a rule when its period differs from the period of the
   last snapshot that rule kept.
-* ``--keep-within D`` keeps every snapshot newer than (newest snapshot's time - D), so a host that stopped
-  backing up keeps its history; ``--keep-tag T`` keeps every snapshot carrying T (``a,b``: both).
+* ``--keep-within D`` keeps every snapshot newer than (newest snapshot's time - D), D's years, months and days
+  taken on the local calendar (``_within_cutoff``), so a host that stopped backing up keeps its history;
+  ``--keep-tag T`` keeps every snapshot carrying T (``a,b``: both; ``''``: every snapshot).
 * The newest snapshot of every group is always kept. A policy with no rule at all is refused by the caller.
 
 Periods are taken in the time zone given to ``plan`` (UTC unless told otherwise; None: this machine's local
@@ -20,7 +21,7 @@ filled is not applied (docs/usage.md).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone, tzinfo
+from datetime import datetime, timedelta, timezone, tzinfo
 
 from .model import Snapshot
 from .timespec import Duration, parse_duration  # noqa: F401  (parse_duration: re-exported for the CLI)
@@ -96,8 +97,24 @@ def _local(t: datetime, tz: tzinfo | None) -> datetime:
 
 
 def _has_tags(snap: Snapshot, spec: str) -> bool:
+    """Whether ``snap`` carries every tag of ``spec`` ("a,b"); an empty spec (``--keep-tag ''``) names no tag,
+    so every snapshot has all of them: kept, as restic keeps them."""
     want = {t for t in spec.split(",") if t}
-    return bool(want) and want <= set(snap.tags)
+    return want <= set(snap.tags)
+
+
+def _within_cutoff(newest: datetime, span: Duration, tz: tzinfo | None) -> datetime:
+    """``newest`` minus ``span`` as restic takes it: years, months and days on the wall clock of ``tz`` (None:
+    this machine's local time), so a day across a summer-time change is 23 or 25 hours and a month is the
+    local calendar's, then hours as fixed lengths. A month end is clamped (31 March - 1m = 28/29 February,
+    where restic's Go arithmetic gives 3 March: vault keeps more). Out of datetime's range: the start of time."""
+    wall = _local(newest, tz).replace(tzinfo=None)
+    cal = Duration(span.years, span.months, span.days).subtract_from(wall)
+    try:
+        back = cal.astimezone(timezone.utc) if tz is None else cal.replace(tzinfo=tz)  # (naive = local time)
+        return back - timedelta(hours=span.hours)
+    except (OverflowError, OSError, ValueError):
+        return datetime.min.replace(tzinfo=timezone.utc)
 
 
 def decide(snaps: list[Snapshot], policy: Policy, tz: tzinfo | None = timezone.utc) -> list[Decision]:
@@ -109,7 +126,7 @@ def decide(snaps: list[Snapshot], policy: Policy, tz: tzinfo | None = timezone.u
     counts = {"last": policy.last, **{r: getattr(policy, r) for r in BUCKET_RULES}}
     used = dict.fromkeys(counts, 0)
     last_bucket: dict[str, tuple | None] = dict.fromkeys(counts)
-    cutoff = policy.within.subtract_from(ordered[0].time) if policy.within is not None else None
+    cutoff = _within_cutoff(ordered[0].time, policy.within, tz) if policy.within is not None else None
     out = []
     for i, snap in enumerate(ordered):
         local = _local(snap.time, tz)

@@ -68,7 +68,10 @@ def _percent(ctx, param, value: str) -> float:
 
 
 def _duration(ctx, param, value: str | None):
-    return None if value is None else retention.parse_duration(value)  # UsageError (exit 2) when malformed
+    if value is None:
+        return None
+    span = retention.parse_duration(value)  # UsageError (exit 2) when malformed
+    return span if any((span.years, span.months, span.days, span.hours)) else None  # (0d: not given, as restic)
 
 
 def _group_by(ctx, param, value: str):
