@@ -84,8 +84,9 @@ def test_local_time_uses_system_zone(new_york: None) -> None:
         "2026-11-20T10:00:00+24:00",
         "2026-11-20Z",
         "2026-11-20+02:00",
-        "20261120",
-        "2026-11-20T10",
+        "2026112",
+        "2026-11-20T1",
+        "20261120T10:00",
         "2026-11-20T10:00:00.Z",
         "2026-11-20T10:00:00 Z",
         "３ days ago",
@@ -373,3 +374,15 @@ def test_a_local_time_in_the_spring_forward_gap_is_the_instant_of_the_jump(monke
     finally:
         monkeypatch.undo()
         time_mod.tzset()
+
+
+@pytest.mark.parametrize(("text", "expected", "whole"), [
+    ("20261120T100000Z", datetime(2026, 11, 20, 10, tzinfo=UTC), datetime(2026, 11, 20, 10, 0, 0, 999999, tzinfo=UTC)),
+    ("20261120T1000+0200", datetime(2026, 11, 20, 8, tzinfo=UTC), datetime(2026, 11, 20, 8, 0, 59, 999999, tzinfo=UTC)),
+    ("2026-11-20T10Z", datetime(2026, 11, 20, 10, tzinfo=UTC), datetime(2026, 11, 20, 10, 59, 59, 999999, tzinfo=UTC)),
+    ("20261120T10z", datetime(2026, 11, 20, 10, tzinfo=UTC), datetime(2026, 11, 20, 10, 59, 59, 999999, tzinfo=UTC)),
+])
+def test_iso_basic_form_and_hour_only_are_iso_too(text: str, expected: datetime, whole: datetime) -> None:
+    """ISO-8601 also has the basic form and a time to the hour; with --at an hour stands for all of it."""
+    assert parse_time(text, NOW) == expected
+    assert parse_time(text, NOW, whole=True) == whole

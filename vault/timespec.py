@@ -21,13 +21,24 @@ from vault.errors import UsageError
 
 __all__ = ["Duration", "format_time", "parse_duration", "parse_time", "parse_wait"]
 
-_ISO = re.compile(
+_ISO = re.compile(  # extended form (2026-11-20T10:00:00Z; minutes and seconds may be left out)
     r"""
     (?P<year>\d{4})-(?P<month>\d{2})-(?P<day>\d{2})
     (?:[Tt\ ]
-        (?P<hour>\d{2}):(?P<minute>\d{2})
-        (?::(?P<second>\d{2})(?:[.,](?P<fraction>\d+))?)?
+        (?P<hour>\d{2})(?::(?P<minute>\d{2})
+        (?::(?P<second>\d{2})(?:[.,](?P<fraction>\d+))?)?)?
         (?P<tz>[Zz]|[+-]\d{2}(?::?\d{2})?)?
+    )?
+    """,
+    re.VERBOSE | re.ASCII,
+)
+_ISO_BASIC = re.compile(  # basic form (20261120T100000Z)
+    r"""
+    (?P<year>\d{4})(?P<month>\d{2})(?P<day>\d{2})
+    (?:[Tt]
+        (?P<hour>\d{2})(?:(?P<minute>\d{2})
+        (?:(?P<second>\d{2})(?:[.,](?P<fraction>\d+))?)?)?
+        (?P<tz>[Zz]|[+-]\d{2}(?:\d{2})?)?
     )?
     """,
     re.VERBOSE | re.ASCII,
@@ -81,7 +92,7 @@ def parse_time(text: str, now: datetime, whole: bool = False) -> datetime:
 
     Accepts ISO-8601 with ``Z`` or an offset (``2026-11-20T10:00:00Z``, ``2026-11-20T10:00:00.123456+02:00``);
     without an offset the time is local; a date alone (``2026-11-20``) is local midnight; ``T`` may be a space
-    and seconds may be left out. Fractional seconds beyond microseconds are truncated. Also ``N UNIT ago`` (units
+    and seconds, or minutes and seconds, may be left out; the basic form (``20261120T100000Z``) too. Fractional seconds beyond microseconds are truncated. Also ``N UNIT ago`` (units
     s/sec/second, min/minute, h/hour, d/day, w/week, month, y/year (months and years on the calendar, the day
     clamped to the month's end), plural ok, ``N`` a whole number), ``now``, ``today`` and ``yesterday`` (local
     midnight). ``now`` is the clock; naive means local.
@@ -108,11 +119,12 @@ def parse_time(text: str, now: datetime, whole: bool = False) -> datetime:
             if when.year < 2:
                 raise ValueError("before year 1")
             return when
-        match = _ISO.fullmatch(raw)
+        match = _ISO.fullmatch(raw) or _ISO_BASIC.fullmatch(raw)
         if match:
             when = _from_iso(match)
             if whole and match["hour"] is not None and match["fraction"] is None:
-                span = timedelta(seconds=1) if match["second"] is not None else timedelta(minutes=1)
+                span = (timedelta(seconds=1) if match["second"] is not None else
+                        timedelta(minutes=1) if match["minute"] is not None else timedelta(hours=1))
                 when += span - timedelta(microseconds=1)
             return when
     except (ValueError, OverflowError):
