@@ -75,6 +75,9 @@ def test_extended_attributes_acls_and_capabilities_come_back(repo, tmp_path, job
     with_jobs(repo, jobs, "backup", src)
     with_jobs(repo, jobs, "restore", "latest", "--target", tmp_path / "out")
     _check(tmp_path / "out", src, want)
+    entries = {e["path"]: e for e in repo("--json", "ls", "latest", src).json["entries"]}
+    assert entries[str(src / "d" / "g")]["xattrs"] == sorted(os.fsdecode(k) for k in want["d/g"])
+    assert "xattrs" not in entries[str(src / "plain")]
 
 
 def test_unchanged_files_keep_theirs_and_a_changed_attribute_is_stored(repo, tmp_path):

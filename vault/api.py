@@ -386,6 +386,8 @@ def node_json(path: bytes, n: Node) -> dict:
         d["path_b64"] = base64.b64encode(path).decode("ascii")  # the exact bytes of a non-UTF-8 name
     if n.type == FILE:
         d["size"] = n.size
+    if n.xattrs:  # (names only: what is stored, e.g. security.capability or system.posix_acl_access)
+        d["xattrs"] = [os.fsdecode(k) for k, _ in n.xattrs]
     if n.target is not None:
         d["target"] = os.fsdecode(n.target)
         try:
