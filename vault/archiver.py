@@ -111,10 +111,10 @@ class _Reuse:
     """An unchanged file: its Node (stat + the parent's block list) is built only if its directory's tree
     turns out to differ from the parent's; an unchanged directory reuses the parent's tree id as is."""
 
-    __slots__ = ("name", "st", "blocks", "xattrs")
+    __slots__ = ("name", "st", "blocks", "xattrs", "unread")
 
-    def __init__(self, name: bytes, st: os.stat_result, blocks: bytes, xattrs: tuple | None):
-        self.name, self.st, self.blocks, self.xattrs = name, st, blocks, xattrs
+    def __init__(self, name: bytes, st: os.stat_result, blocks: bytes, xattrs: tuple | None, unread: bool = False):
+        self.name, self.st, self.blocks, self.xattrs, self.unread = name, st, blocks, xattrs, unread
 
 
 class _PendingDir:
@@ -379,9 +379,10 @@ class Archiver:
                         break
                 st, target, st_dir = self._stat_at(fd, path, name)
                 old = parent.get(name)
-                xattrs = None  # (a symlink on the way to a PATH is stored as the directory it leads to: none)
+                xattrs, unread = None, False  # (a symlink on the way to a PATH is stored as the directory it
+                #                               leads to: none)
                 if isinstance(st, os.stat_result) and not stat.S_ISREG(st.st_mode) and st_dir is None:
-                    xattrs = self._xattrs_at(fd, child, name, st, old)  # (before ``fd`` may be let go)
+                    xattrs, unread = self._xattrs_at(fd, child, name, st, old)  # (before ``fd`` may be let go)
                     if same and old is not None and xattrs != old[3]:
                         same = False
                 if self._depth > KEEP_OPEN and isinstance(st, os.stat_result) and (
@@ -417,6 +418,8 @@ class Archiver:
                         continue
                     sub = node_from_stat(name, st)
                     sub.xattrs = xattrs
+                    if unread:
+                        sub.ctime_ns = 0
                     old_sub = old[2] if old is not None and old[1][0] == DIR else None
                     if same:
                         subdirs.append((sub, old_sub))
@@ -445,9 +448,9 @@ class Archiver:
                         self.stats.files_unmodified += 1
                         xattrs = old[3]
                         if not self._xattrs_known:  # (the parent's has none stored: read them, not the data)
-                            xattrs = self._read_xattrs(fd, child, name)
-                            same = same and xattrs == old[3]
-                        items.append(_Reuse(name, st, old[2], xattrs))
+                            xattrs, unread = self._read_xattrs(fd, child, name)
+                            same = same and xattrs == old[3] and not unread
+                        items.append(_Reuse(name, st, old[2], xattrs, unread))
                     else:
                         same = False
                         items.append((*self._submit_file(child, name, st, here), child, name, st.st_size,
@@ -459,12 +462,16 @@ class Archiver:
                         same = False
                         continue
                     n.target, n.xattrs = target, xattrs
+                    if unread:
+                        n.ctime_ns = 0
                     if same and old[2] != n.target:
                         same = False
                     items.append(n)
                 else:
                     n = node_from_stat(name, st)
                     n.xattrs = xattrs
+                    if unread:
+                        n.ctime_ns = 0
                     items.append(n)
         finally:
             self._depth -= 1
@@ -512,23 +519,25 @@ class Archiver:
                               "the snapshot")
         return None
 
-    def _xattrs_at(self, fd: int, child: bytes, name: bytes, st: os.stat_result, old: tuple | None) -> tuple | None:
-        """The extended attributes of a directory, symlink or special entry ``name`` of the directory open as
-        ``fd``: the parent snapshot's when its metadata is unchanged (setting one changes the ctime), else read.
-        A regular file's are read by the worker that reads the file."""
+    def _xattrs_at(self, fd: int, child: bytes, name: bytes, st: os.stat_result, old: tuple | None
+                   ) -> tuple[tuple | None, bool]:
+        """(the extended attributes of a directory, symlink or special entry ``name`` of the directory open as
+        ``fd``, whether they could not be stored): the parent snapshot's when its metadata is unchanged (setting
+        one changes the ctime), else read. A regular file's are read by the worker that reads the file."""
         if old is not None and self._xattrs_known:
             t = node_type(st.st_mode)
             if t is not None and old[1] == stat_key(t, st):
-                return old[3]
+                return old[3], False
         return self._read_xattrs(fd, child, name)
 
-    def _read_xattrs(self, fd: int, child: bytes, name: bytes) -> tuple | None:
+    def _read_xattrs(self, fd: int, child: bytes, name: bytes) -> tuple[tuple | None, bool]:
         """Entry ``name``'s extended attributes, read through the directory open as ``fd`` (not following a
-        symlink); a problem is a warning."""
+        symlink), and whether they could not be (a warning). Such an entry is stored with ctime 0, so that the
+        next backup does not take it as unchanged: it is read, and named, again."""
         xattrs, note = read_xattrs(entry_path(fd, name))
         if note is not None:
             self.stats.warnings.append((_display(child), note))
-        return xattrs
+        return xattrs, note is not None
 
     def _stat_at(self, fd: int, path: bytes, name: bytes) -> tuple:
         """(lstat or the OSError, a symlink's target or OSError, for a symlink on the way to a PATH named below
@@ -580,6 +589,8 @@ class Archiver:
             if type(it) is _Reuse:
                 node = node_from_stat(it.name, it.st)
                 node.blocks, node.xattrs = split_ids(it.blocks), it.xattrs
+                if it.unread:
+                    node.ctime_ns = 0
                 nodes.append(node)
                 continue
             if isinstance(it, Node):

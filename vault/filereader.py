@@ -145,6 +145,8 @@ class FileReader:
                 return res
             node = node_from_stat(name, st)
             node.xattrs, res.note = read_xattrs(fd)
+            if res.note is not None:
+                node.ctime_ns = 0  # (not stored: the next backup must not take it as unchanged, and warns again)
             blocks: list[bytes] = []
             chunks = None
             if st.st_size < self.repo.config.chunker.min_size:

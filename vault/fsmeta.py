@@ -91,13 +91,36 @@ def read_xattrs(target: int | bytes) -> tuple[Xattrs | None, str | None]:
     return tuple(sorted(out)) or None, None
 
 
-def apply_xattrs(target: int | bytes, xattrs: Xattrs | None) -> list[str]:
-    """Set the extended attributes on the file open as ``target`` or at path ``target`` (not followed);
-    problems are returned. Without root, ``trusted.*`` and ``security.*`` are left out, as owners are."""
-    if not xattrs:
-        return []
-    by_fd, problems = type(target) is int, []
-    for name, value in xattrs:
+def apply_xattrs(target: int | bytes, xattrs: Xattrs | None) -> tuple[list[str], bool]:
+    """Make the extended attributes of the file open as ``target`` or at path ``target`` (not followed) the
+    snapshot's: set its own and remove others the entry carries -- an ACL the kernel gave a new file from its
+    directory's default ACL, a stale attribute of a directory that was already there -- but never ``security.*``
+    (labels the security modules give every new file). Without root, ``trusted.*`` and ``security.*`` are left
+    alone, as owners are. (problems, at most one line per cause; whether an ACL was removed: the mode is then
+    to be set again)."""
+    by_fd, want = type(target) is int, dict(xattrs or ())
+    try:
+        have = os.listxattr(target) if by_fd else os.listxattr(target, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno in _NO_XATTRS:
+            return (["extended attributes not restored: the file system does not support them"] if want else []), False
+        have = []
+    failed: dict[str, list[str]] = {}
+    acl_removed = False
+    for name in have:
+        raw = os.fsencode(name)
+        if raw in want or raw.startswith(b"security.") or (not IS_ROOT and raw.startswith(_ROOT_ONLY)):
+            continue
+        try:
+            if by_fd:
+                os.removexattr(target, name)
+            else:
+                os.removexattr(target, name, follow_symlinks=False)
+            acl_removed = acl_removed or raw == b"system.posix_acl_access"
+        except OSError as exc:
+            if exc.errno != errno.ENODATA:
+                failed.setdefault(f"not removed (not in the snapshot): {exc.strerror or exc}", []).append(name)
+    for name, value in want.items():
         if not IS_ROOT and name.startswith(_ROOT_ONLY):
             continue
         try:
@@ -107,9 +130,13 @@ def apply_xattrs(target: int | bytes, xattrs: Xattrs | None) -> list[str]:
                 os.setxattr(target, name, value, follow_symlinks=False)
         except OSError as exc:
             if exc.errno in _NO_XATTRS:
-                return problems + ["extended attributes not restored: the file system does not support them"]
-            problems.append(f"extended attribute {os.fsdecode(name)} not restored: {exc.strerror or exc}")
-    return problems
+                return ["extended attributes not restored: the file system does not support them"], acl_removed
+            failed.setdefault(f"not restored: {exc.strerror or exc}", []).append(os.fsdecode(name))
+    problems = []
+    for why, names in failed.items():
+        more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+        problems.append(f"extended attribute{'s' if len(names) > 1 else ''} {', '.join(names[:3])}{more} {why}")
+    return problems, acl_removed
 
 
 def apply_metadata(fd: int, node: Node, mode_set: bool = False, owner_set: bool = False) -> list[str]:
@@ -127,13 +154,16 @@ def apply_metadata(fd: int, node: Node, mode_set: bool = False, owner_set: bool 
             problems.append(f"chown: owner {node.uid}:{node.gid} is out of this system's range")
     elif not IS_ROOT and node.mode & stat.S_ISGID:
         _own_group(lambda: os.fchown(fd, -1, node.gid))
-    if not mode_set:
+    # extended attributes after the owner (a chown clears file capabilities), before the mode (a read-only
+    # mode would keep the owner from setting user.* ones)
+    more, acl_removed = apply_xattrs(fd, node.xattrs)
+    problems += more
+    if not mode_set or acl_removed:
         try:
             os.fchmod(fd, node.mode)
             _check_set_ids(lambda: os.fstat(fd), node, problems)
         except OSError as exc:
             problems.append(f"chmod: {exc.strerror}")
-    problems += apply_xattrs(fd, node.xattrs)  # (after chown and chmod: a chown clears file capabilities)
     try:
         os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
     except OSError as exc:
@@ -155,13 +185,13 @@ def apply_metadata_at(dir_fd: int, name: bytes, node: Node) -> list[str]:
             problems.append(f"chown: owner {node.uid}:{node.gid} is out of this system's range")
     elif node.type != SYMLINK and node.mode & stat.S_ISGID:
         _own_group(lambda: os.chown(name, -1, node.gid, dir_fd=dir_fd, follow_symlinks=False))
+    problems += apply_xattrs(entry_path(dir_fd, name), node.xattrs)[0]  # (before the mode, as above)
     if node.type != SYMLINK:
         try:
             chmod_nofollow(dir_fd, name, node.mode)
             _check_set_ids(lambda: os.stat(name, dir_fd=dir_fd, follow_symlinks=False), node, problems)
         except OSError as exc:
             problems.append(f"chmod: {exc.strerror}")
-    problems += apply_xattrs(entry_path(dir_fd, name), node.xattrs)
     try:
         os.utime(name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
     except OSError as exc:
