@@ -146,3 +146,42 @@ def test_running_out_of_descriptors_is_recognised_for_the_catalog_message():
             "assert catalog._out_of_descriptors()\n")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
+
+
+def test_a_terminal_gone_ends_the_progress_line_not_the_backup(monkeypatch):
+    import errno as errno_mod
+
+    from vault.cli import progress
+
+    class DeadTerminal:
+        def write(self, text):
+            raise OSError(errno_mod.EIO, "Input/output error")
+
+        def flush(self):
+            raise OSError(errno_mod.EIO, "Input/output error")
+
+    dead = DeadTerminal()
+    monkeypatch.setattr(sys, "stderr", dead)
+    p = progress.BackupProgress(enabled=False, interval=0)
+    p.enabled = True
+
+    class Stats:
+        files_new = files_changed = files_unmodified = dirs = bytes_processed = bytes_read = bytes_added = 0
+
+    p(Stats())  # (raised OSError: the backup failed as "internal error", exit 1)
+    assert not p.enabled and sys.stderr is not dead
+    p.done()
+
+
+def test_a_hangup_whose_clean_up_meets_the_dead_terminal_is_still_129(repo, monkeypatch):
+    import errno as errno_mod
+
+    from vault.cli import main as main_mod
+
+    def hung_up(*args, **kw):
+        main_mod._terminated = 129  # (SIGHUP arrived; then writing to the terminal failed)
+        raise OSError(errno_mod.EIO, "Input/output error")
+
+    monkeypatch.setattr(api, "list_snapshots", hung_up)
+    res = repo("snapshots", ok=129)
+    assert "internal error" not in res.err

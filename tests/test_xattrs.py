@@ -7,6 +7,7 @@ import json
 import os
 import struct
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -232,3 +233,30 @@ def test_attributes_that_could_not_be_stored_are_named_at_every_backup(repo, tmp
         res = with_jobs(repo, "1", "backup", src)
         assert f"{src / 'f'}: extended attributes not stored" in res.err, res.err
         assert f"{src / 'd'}: extended attributes not stored" in res.err, res.err
+
+
+def test_one_name_the_target_cannot_take_does_not_drop_the_others(tmp_path):
+    """btrfs lists btrfs.compression; ext4 answers EOPNOTSUPP for that name only: the ACLs, capabilities and
+    user.* attributes sorted after it were all dropped, with "the file system does not support them"."""
+    f = tmp_path / "f"
+    f.write_bytes(b"x")
+    problems, _ = fsmeta.apply_xattrs(os.fsencode(f), ((b"btrfs.compression", b"zstd"), (b"user.origin", b"1")))
+    assert xattrs(f) == {b"user.origin": b"1"}
+    assert problems == ["extended attribute btrfs.compression not restored: not supported by the target file system"]
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="needs a mount namespace")
+def test_without_proc_the_attributes_of_directories_are_named_not_silently_none(tmp_path):
+    d = tmp_path / "d"
+    d.mkdir()
+    _set(d, b"user.d", b"1")
+    code = ("import os, sys\n"
+            "from vault import fsmeta\n"
+            "fd = os.open(sys.argv[1], os.O_RDONLY)\n"
+            "print(fsmeta.read_xattrs(fsmeta.entry_path(fd, b'd')))\n")
+    p = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                        f'umount -l /proc && exec "{sys.executable}" -c "$0" "$1"', code, str(tmp_path)],
+                       capture_output=True, text=True)
+    if p.returncode != 0 and "unshare" in p.stderr:
+        pytest.skip(f"no mount namespace here: {p.stderr.strip()}")
+    assert "(None, 'extended attributes not read: /proc is not mounted')" in p.stdout, (p.stdout, p.stderr)

@@ -70,8 +70,12 @@ def read_xattrs(target: int | bytes) -> tuple[Xattrs | None, str | None]:
     try:
         names = os.listxattr(target) if by_fd else os.listxattr(target, follow_symlinks=False)
     except OSError as exc:
-        if exc.errno in _NO_XATTRS or exc.errno == errno.ENOENT:  # (gone since its lstat: as if listed later)
+        if exc.errno in _NO_XATTRS:
             return None, None
+        if exc.errno == errno.ENOENT and not by_fd:
+            if not os.path.isdir("/proc/self/fd"):  # (a chroot or sandbox without /proc: not silently none)
+                return None, "extended attributes not read: /proc is not mounted"
+            return None, None  # gone since its lstat: as if listed a moment later
         return None, f"extended attributes not read: {exc.strerror or exc}"
     if not names:
         return None, None
@@ -128,10 +132,9 @@ def apply_xattrs(target: int | bytes, xattrs: Xattrs | None) -> tuple[list[str],
                 os.setxattr(target, name, value)
             else:
                 os.setxattr(target, name, value, follow_symlinks=False)
-        except OSError as exc:
-            if exc.errno in _NO_XATTRS:
-                return ["extended attributes not restored: the file system does not support them"], acl_removed
-            failed.setdefault(f"not restored: {exc.strerror or exc}", []).append(os.fsdecode(name))
+        except OSError as exc:  # (EOPNOTSUPP may concern this name only: btrfs.*, system.nfs4_acl on ext4)
+            why = "not supported by the target file system" if exc.errno in _NO_XATTRS else exc.strerror or exc
+            failed.setdefault(f"not restored: {why}", []).append(os.fsdecode(name))
     problems = []
     for why, names in failed.items():
         more = f" and {len(names) - 3} more" if len(names) > 3 else ""

@@ -105,8 +105,10 @@ class LocalBackend:
         try:
             with os.scandir(self.root) as it:
                 return next(it, None) is None
-        except OSError:
+        except FileNotFoundError:
             return True
+        except OSError:  # (a root that may be searched but not listed, 0711: there, so not gone)
+            return False
 
     def _make_dirs(self, directory: str) -> None:
         """Create ``directory`` and its missing parents below root, fsyncing each parent."""

@@ -21,6 +21,7 @@ from ..errors import VaultError, VaultWarning
 from ..model import DEEPEST
 from .common import global_options, printable
 from .memory import tune_malloc
+from .progress import drop_dead_stderr
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -55,7 +56,7 @@ def _stopped() -> int:
     try:
         click.echo(f"vault: {what}", err=True)
     except OSError:  # (a hung-up terminal cannot take it)
-        pass
+        drop_dead_stderr()
     return _terminated or 130
 
 
@@ -111,14 +112,17 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # stdout closed early (`| head`, a pager quit): silent, exit 141 as for any Unix
         code = 141             # tool killed by SIGPIPE (nothing vault was doing is affected: output comes last)
     except OSError as exc:
-        if verbose:
+        if _terminated:  # (stopped by a signal, and the clean-up then hit a terminal that went away: EIO)
+            code = _stopped()
+        elif verbose:
             raise
-        if exc.errno in (errno.EMFILE, errno.ENFILE):  # (anywhere: even a module loaded late, e.g. _strptime)
+        elif exc.errno in (errno.EMFILE, errno.ENFILE):  # (anywhere: even a module loaded late, e.g. _strptime)
             click.echo("vault: too many open files (raise the limit: `ulimit -n`)", err=True)
+            code = 1
         else:
             click.echo(printable(f"vault: internal error: {type(exc).__name__}: {exc} (run with -v for details)"),
                        err=True)
-        code = 1
+            code = 1
     except MemoryError:
         if verbose:
             raise
@@ -152,7 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         pass
     except OSError as exc:  # the output could not be delivered (e.g. >/dev/full): say so, do not claim success
-        click.echo(f"vault: cannot write the output: {exc.strerror or exc}", err=True)
+        try:
+            click.echo(f"vault: cannot write the output: {exc.strerror or exc}", err=True)
+        except OSError:  # (stderr is that same terminal, gone)
+            drop_dead_stderr()
         code = code or 1
     return code
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -24,10 +25,26 @@ class BackupProgress:
         rate = stats.bytes_read / max(now - self._start, 1e-3)
         line = (f"{files} files, {stats.dirs} dirs, {human_bytes(stats.bytes_processed)} seen, "
                 f"{human_bytes(stats.bytes_read)} read ({human_bytes(rate)}/s), {human_bytes(stats.bytes_added)} added")
-        sys.stderr.write("\r\033[K" + line[:200])
-        sys.stderr.flush()
+        self._write("\r\033[K" + line[:200])
 
     def done(self) -> None:
         if self.enabled and self._last:
-            sys.stderr.write("\r\033[K")
+            self._write("\r\033[K")
+
+    def _write(self, text: str) -> None:
+        """A terminal that went away (a dropped ssh session: EIO) ends the display, never the backup."""
+        try:
+            sys.stderr.write(text)
             sys.stderr.flush()
+        except OSError:
+            self.enabled = False
+            drop_dead_stderr()
+
+
+def drop_dead_stderr() -> None:
+    """stderr is a terminal that went away: later messages go nowhere, instead of failing the command (and
+    Python's exit status turning 120 when it cannot flush stderr at the end)."""
+    try:
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 -- for the rest of the process
+    except OSError:
+        pass
