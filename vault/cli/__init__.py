@@ -2,6 +2,18 @@
 
 import os as _os
 import signal as _signal
+import sys as _sys
+
+# PYTHONDONTWRITEBYTECODE (set in many container images) would make every command compile vault's modules from
+# source again: ~150 ms of a one-second unchanged backup. The CLI keeps a bytecode cache, as an installed wheel
+# has one (pip compiles at install; an editable install does not) -- from here on, so that the modules the CLI
+# imports first (cli.main, model, config, ...) are cached too. An explicit ``python -B`` (no environment
+# variable) is respected; failures to write are ignored by Python. (A library user importing vault.api keeps
+# control: this package is the command line's.)
+from ..config import bytecode_disabled_by_environment as _bytecode_disabled  # noqa: E402
+
+if _bytecode_disabled():
+    _sys.dont_write_bytecode = False
 
 
 def _interrupted_while_loading(signum, frame):  # noqa: ARG001

@@ -169,11 +169,7 @@ def entry() -> None:
     # sqlite-utils imports numpy when it is installed (only to convert numpy values); vault never passes
     # any, and numpy costs ~100 ms of start-up plus an OpenBLAS thread pool that spins beside the workers.
     sys.modules.setdefault("numpy", None)  # type: ignore[arg-type]
-    # PYTHONDONTWRITEBYTECODE (set in many container images) would make every command compile vault's modules
-    # from source again: ~150 ms of a one-second unchanged backup. The console script keeps a bytecode cache,
-    # as an installed wheel has one (pip compiles at install; an editable install does not). An explicit
-    # ``python -B`` (no environment variable) is respected; failures to write are ignored by Python.
-    if bytecode_disabled_by_environment():
+    if bytecode_disabled_by_environment():  # (vault.cli's import did it already; kept for a caller of entry())
         sys.dont_write_bytecode = False
     # A backup makes ~10 objects per file that live until their directory is stored; the default gen-0
     # threshold (700) would run the cyclic GC thousands of times over them, holding the GIL each time.
