@@ -519,3 +519,24 @@ def test_pack_reads_cut_for_good_stop_repair_and_verify_never_damage(s3cli, moto
         r = run(s3cli, "--json", "repair", "snapshots", **via)
     assert v.returncode == 1 and r.returncode == 1, (v.stderr[-800:], r.stderr[-800:])
     assert [s["id"] for s in json.loads(ok(run(s3cli, "--json", "snapshots")).stdout)] == [s["id"] for s in before]
+
+
+def test_a_bucket_deleted_mid_restore_is_an_error_not_damage(s3_repo, tmp_path, monkeypatch):
+    """The store going away while a restore runs (the bucket deleted, for real, on the server) made every pack
+    "not found": exit 20 with every file called damaged. Like a local disk unmounted mid-run: exit 1."""
+    src = make_tree(tmp_path / "src", {f"f{i}": random.Random(i).randbytes(50_000) for i in range(4)})
+    s3_repo("backup", src)
+    real = s3_module.S3Backend.get
+    gone = []
+
+    def delete_bucket_first(self, name, *args, **kw):
+        if name.startswith("data/") and not gone:
+            gone.append(name)
+            for key in keys(s3_repo):
+                s3_repo.client.delete_object(Bucket=s3_repo.bucket, Key=key)
+            s3_repo.client.delete_bucket(Bucket=s3_repo.bucket)
+        return real(self, name, *args, **kw)
+
+    monkeypatch.setattr(s3_module.S3Backend, "get", delete_bucket_first)
+    res = s3_repo("restore", "latest", "--target", tmp_path / "out", ok=1)
+    assert gone and "damaged" not in res.err and "is gone" in res.err, res.err

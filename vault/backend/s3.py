@@ -148,6 +148,8 @@ class S3Backend:
             status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
             msg = err.get("Message") or code
             if code == "NoSuchBucket":
+                if name.startswith(("data/", "index/", "snapshots/")):  # (the store went away mid-run: no
+                    raise PermanentError(f"bucket {self.bucket!r} is gone ({what})") from None  # evidence of damage)
                 raise ObjectNotFound(f"bucket {self.bucket!r} does not exist ({what})") from None
             if code in _NOT_FOUND_CODES or status == 404:
                 raise ObjectNotFound(f"no such object: {what}") from None
