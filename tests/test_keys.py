@@ -455,3 +455,25 @@ def test_repair_leaves_intact_objects_written_with_other_keys(repo, tmp_path):
     assert (repo.repo / "snapshots" / planted.name).exists()
     repo("restore", "latest", "--target", tmp_path / "r", ok=20)  # (latest names the manifest it cannot read)
     assert (tmp_path / "r" / src.relative_to("/") / "f").read_bytes() == b"data"
+
+
+def test_a_slot_of_a_newer_kdf_is_skipped_not_damage_and_never_removed(repo):
+    """format.md §15: a new KDF name in new key slots needs no new format version, old readers skip those
+    slots. verify called such a slot damage (exit 20, "opens the repository with no password") and repair
+    deleted it: a newer vault's password lost its way in."""
+    import hashlib
+    import json as json_mod
+
+    [slot] = list((repo.repo / "keys").iterdir())
+    doc = json_mod.loads(slot.read_bytes())
+    doc["kdf"] = {"name": "argon2id-v2", "iterations": 4, "lanes": 4, "memory_kib": 32768}
+    data = json_mod.dumps(doc, sort_keys=True).encode()
+    newer = repo.repo / "keys" / hashlib.sha256(data).hexdigest()
+    newer.write_bytes(data)
+    repo("snapshots")
+    res = repo("--json", "verify")
+    assert res.json["ok"] and any("unknown to this vault" in i for i in res.json["info"]), res.json
+    listed = {k["id"]: k for k in repo("--json", "key", "list").json}
+    assert not listed[newer.name]["damaged"] and "unknown" in listed[newer.name]["unsupported"]
+    repo("repair")
+    assert newer.exists()

@@ -260,3 +260,63 @@ def test_without_proc_the_attributes_of_directories_are_named_not_silently_none(
     if p.returncode != 0 and "unshare" in p.stderr:
         pytest.skip(f"no mount namespace here: {p.stderr.strip()}")
     assert "(None, 'extended attributes not read: /proc is not mounted')" in p.stdout, (p.stdout, p.stderr)
+
+
+def _rewrite_summary(repo_dir: Path, change) -> None:
+    """Replace the repository's one snapshot with a copy whose summary ``change(summary)`` edited (what another
+    vault's copy or repair writes)."""
+    from conftest import PASSWORD
+
+    from vault.backend.local import LocalBackend
+    from vault.repository import Repository
+
+    r = Repository.open(LocalBackend(repo_dir), PASSWORD.encode())
+    [sid] = r.list_snapshots()
+    snap = r.load_snapshot(sid)
+    change(snap.summary)
+    r.save_snapshot(snap)
+    r.backend.delete(f"snapshots/{sid}")
+
+
+def test_a_mark_copied_by_a_vault_that_dropped_the_attributes_is_not_trusted(repo, tmp_path, monkeypatch):
+    """An older vault copying (or repairing) a snapshot rebuilt its trees without the attributes but kept the
+    summary, and with it a bare "xattrs: true": the next backup took every unchanged file's "none" from it and
+    the attributes were lost, verify clean. The mark now names the snapshot's own root tree."""
+    src, want = _tree(tmp_path)
+    with monkeypatch.context() as m:  # (the trees as that vault left them: no attributes)
+        m.setattr(archiver, "read_xattrs", lambda target: (None, None))
+        m.setattr("vault.filereader.read_xattrs", lambda target: (None, None))
+        with_jobs(repo, "1", "backup", src)
+    _rewrite_summary(repo.repo, lambda s: s.update(xattrs=True))
+    res = repo("--json", "backup", src).json
+    assert res["files_unmodified"] == 3
+    repo("restore", "latest", "--target", tmp_path / "out")
+    _check(tmp_path / "out", src, want)
+
+
+def test_copy_and_repair_keep_the_mark_on_their_new_trees(repo, cli, tmp_path):
+    """vault's own copy keeps every attribute: the mark moves to the copy's root, and a backup into the copy
+    carries unchanged entries over without reading them (their attributes come from the copied trees)."""
+    import json as json_mod
+
+    from conftest import Cli, FAST_INIT
+
+    src, want = _tree(tmp_path)
+    repo("backup", src)
+    dst = tmp_path / "copy"
+    other = Cli(repo.capfd, dst, tmp_path / "cache2")
+    other("init", *FAST_INIT)
+    repo("copy", "latest", "--to", dst, "--to-password-file", _pwfile(tmp_path))
+    snap = other("--json", "snapshots").json[0]
+    summary = json_mod.loads(json_mod.dumps(snap["summary"]))
+    assert summary["xattrs"] == snap["tree"], summary
+    other("restore", "latest", "--target", tmp_path / "out")
+    _check(tmp_path / "out", src, want)
+
+
+def _pwfile(tmp_path: Path) -> Path:
+    from conftest import PASSWORD
+
+    p = tmp_path / "pw"
+    p.write_text(PASSWORD)
+    return p

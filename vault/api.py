@@ -730,8 +730,11 @@ def key_list(sess: Session) -> list[dict]:
         kid = name.rsplit("/", 1)[-1]
         d = {"id": kid, "current": name == sess.repo.key_name, "damaged": info is None}
         if info:
+            kdf = info.get("kdf")
             d.update(created=info.get("created"), host=info.get("host"), username=info.get("username"),
-                     kdf=info.get("kdf", {}).get("name"))
+                     kdf=kdf.get("name") if isinstance(kdf, dict) else None)
+            if "unsupported" in info:
+                d["unsupported"] = info["unsupported"]
         out.append(d)
     return out
 

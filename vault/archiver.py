@@ -36,7 +36,7 @@ from .excludes import Matcher
 from .filereader import FileReader, FileResult
 from .entries import split_ids
 from .fsmeta import entry_path, node_from_stat, node_type, read_xattrs, stat_key
-from .model import DEEPEST, DIR, FILE, SYMLINK, Node, Snapshot, Tree, replaced_by_repair
+from .model import DEEPEST, DIR, FILE, SYMLINK, XATTRS_MARK, Node, Snapshot, Tree, holds_xattrs, replaced_by_repair
 from .pack import TREE, PackEntry, sealed_size
 from .packwriter import PackWriter
 from .repository import Repository, pack_name
@@ -139,7 +139,6 @@ class _PendingDir:
         return True
 
 
-XATTRS_MARK = "xattrs"  # in a snapshot's summary: its trees hold extended attributes (older ones have none)
 KEEP_OPEN = 64  # directory levels that keep their descriptor while a subdirectory is walked
 
 
@@ -684,7 +683,7 @@ class Archiver:
         paths = sorted({_display(p) for p in abs_paths})
         parent = self.find_parent(host, paths)
         # a parent written before vault stored extended attributes has none: unchanged entries' are read
-        self._xattrs_known = parent is not None and parent.summary.get(XATTRS_MARK) is True
+        self._xattrs_known = parent is not None and holds_xattrs(parent)
         skeleton = _skeleton(abs_paths)
         if not self.opts.dry_run:
             self._adopt_leftover_packs()
@@ -723,7 +722,7 @@ class Archiver:
                                  "files_unmodified": s.files_unmodified, "dirs": s.dirs,
                                  "bytes_processed": s.bytes_processed, "bytes_added": s.bytes_added,
                                  "errors": len(s.errors), "duration_s": round(self.stats_duration, 3),
-                                 XATTRS_MARK: True})  # (its trees hold every entry's extended attributes)
+                                 XATTRS_MARK: root.hex()})  # (its trees hold every entry's extended attributes)
         if self.opts.before_commit is not None:
             self.opts.before_commit()
         self.repo.save_snapshot(snap)

@@ -552,6 +552,8 @@ class Checker:
             if info is None:
                 self._damage(name, "not a usable key slot (malformed: it opens the repository with no password; "
                                    "'vault repair index' removes it)")
+            elif "unsupported" in info:
+                self.report.info.append(f"{name}: not usable here: {info['unsupported']}; left alone")
 
     def run(self) -> VerifyReport:
         self._missing: set[bytes] = set()

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from . import index as index_mod
 from .catalog import Catalog
 from .errors import IntegrityError
-from .model import DIR, FILE, Snapshot, Tree
+from .model import DIR, FILE, Snapshot, Tree, moved_summary
 from .pack import DATA, TREE, PackEntry
 from .packwriter import PackWriter
 from .repository import Repository
@@ -194,7 +194,7 @@ class Copier:
                     self._checkpoint()
                     new = Snapshot(time=snap.time, host=snap.host, paths=list(snap.paths), tree=root,
                                    tags=list(snap.tags), username=snap.username, parent=None,
-                                   summary={**snap.summary, "copied_from": snap.id})
+                                   summary={**moved_summary(snap.summary, snap.tree, root), "copied_from": snap.id})
                     before_commit()
                     self.dst.save_snapshot(new)
                     self.dst_cat.add_snapshot(new)

@@ -31,15 +31,25 @@ def make_slot(keys: MasterKeys, repo_id: str, password: bytes, kdf: KdfParams, c
     return json.dumps(doc, sort_keys=True).encode()
 
 
+KNOWN_KDFS = ("argon2id", "scrypt")
+
+
 def slot_info(data: bytes) -> dict:
-    """The clear part of a slot (for ``vault key list``); raises IntegrityError when malformed."""
+    """The clear part of a slot (for ``vault key list``); raises IntegrityError when malformed. A well-formed
+    slot whose KDF this vault does not know (a newer vault's) is not malformed: ``doc["unsupported"]`` says so
+    -- it opens nothing here, but is never reported as damage nor removed (format.md §15)."""
     try:
         doc = json.loads(data)
         if doc.get("v") != 1:
             raise ValueError
-        KdfParams.from_json(doc["kdf"])
+        doc.pop("unsupported", None)  # (set below only: never taken from the slot itself)
         base64.b64decode(doc["salt"], validate=True)
         base64.b64decode(doc["wrapped"], validate=True)
+        kdf = doc["kdf"]
+        if type(kdf) is dict and type(kdf.get("name")) is str and kdf["name"] not in KNOWN_KDFS:
+            doc["unsupported"] = f"its KDF {kdf['name'][:40]!r} is unknown to this vault (a newer vault's slot?)"
+            return doc
+        KdfParams.from_json(kdf)
         return doc
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError, OverflowError):
         raise IntegrityError("key slot is malformed") from None
@@ -53,6 +63,8 @@ def open_slot(data: bytes, password: bytes, repo_id: str | None) -> tuple[Master
     """The master keys, the sealed ``config`` (None in a slot written before it was sealed) and the repository id
     the slot names, or None when the password does not open this slot."""
     doc = slot_info(data)
+    if "unsupported" in doc:
+        return None  # (skipped: it opens nothing this vault can use)
     kek = derive_key(password, base64.b64decode(doc["salt"]), KdfParams.from_json(doc["kdf"]))
     secret = unwrap_key(kek, base64.b64decode(doc["wrapped"]))
     if secret is None:

@@ -242,6 +242,27 @@ class Tree:
         return cls(nodes)
 
 
+XATTRS_MARK = "xattrs"  # summary key: the root tree id (hex) of a snapshot whose trees hold every entry's xattrs
+
+
+def holds_xattrs(snap: "Snapshot") -> bool:
+    """Whether ``snap``'s trees hold its entries' extended attributes (backup may then carry an unchanged entry's
+    over). The mark names the snapshot's own root tree: a vault that did not store them, copying or repairing the
+    snapshot, rebuilt its trees without them but copied the summary as it was -- its mark names another tree."""
+    return snap.summary.get(XATTRS_MARK) == snap.tree.hex()
+
+
+def moved_summary(summary: dict, old_root: bytes, new_root: bytes) -> dict:
+    """``summary`` for a snapshot rebuilt (copied, repaired) from one with root ``old_root`` as ``new_root`` by
+    code that keeps every extended attribute: the mark follows the tree when the source held them."""
+    out = dict(summary)
+    if out.get(XATTRS_MARK) == old_root.hex():
+        out[XATTRS_MARK] = new_root.hex()
+    else:
+        out.pop(XATTRS_MARK, None)
+    return out
+
+
 def parse_stored_time(text: str) -> datetime:
     try:
         if isinstance(text, str) and 1 <= text.find("-") < 4:  # a short year: how earlier versions wrote years < 1000

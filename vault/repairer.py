@@ -30,7 +30,7 @@ from . import index as index_mod
 from .backend.base import confirmed_size
 from .catalog import Catalog
 from .errors import IntegrityError, ObjectNotFound, VaultError, is_damage
-from .model import DEEPEST, DIR, FILE, Node, Snapshot, Tree, replaced_by_repair
+from .model import DEEPEST, DIR, FILE, Node, Snapshot, Tree, moved_summary, replaced_by_repair
 from .pack import DATA, TREE, PackEntry, parse_pack
 from .packwriter import PackWriter
 from .repository import Repository, pack_name
@@ -398,8 +398,8 @@ class Repairer:
                     self._flush_new()
                     new = Snapshot(time=mate.time, host=mate.host, paths=list(mate.paths), tree=root,
                                    tags=list(mate.tags), username=mate.username, parent=None,
-                                   summary={**{k: v for k, v in mate.summary.items() if k != "copied_from"},
-                                            "restored_from_copy": mate.id})
+                                   summary={**{k: v for k, v in moved_summary(mate.summary, mate.tree, root).items()
+                                               if k != "copied_from"}, "restored_from_copy": mate.id})
                     self.repo.save_snapshot(new)
                     self.catalog.add_snapshot(new)
                     entry["new"], entry["healed_from_copy"] = new.id, mate.id
@@ -477,7 +477,8 @@ class Repairer:
                 self.repo.config_problem = None
         for name, info in self.repo.list_keys():
             if info is None and name != self.repo.key_name:
-                self.report.warnings.append(f"{name}: malformed key slot removed")
+                self.report.warnings.append(f"{name}: malformed key slot " + ("would be removed" if self.dry_run
+                                                                             else "removed"))
                 if not self.dry_run:
                     self.repo.backend.delete(name)
 
@@ -501,7 +502,8 @@ class Repairer:
             self._flush_new()
             new = Snapshot(time=snap.time, host=snap.host, paths=list(snap.paths), tree=new_root,
                            tags=sorted(set(snap.tags) | {"repaired"}), username=snap.username, parent=snap.id,
-                           summary={**snap.summary, "repaired_from": snap.id, "files_dropped": len(dropped)})
+                           summary={**moved_summary(snap.summary, snap.tree, new_root), "repaired_from": snap.id,
+                                    "files_dropped": len(dropped)})
             self.repo.save_snapshot(new)
             self.catalog.add_snapshot(new)
             self.report.snapshots_rewritten.append({"old": snap.id, "new": new.id, "files_dropped": len(dropped)})

@@ -244,7 +244,8 @@ def key_list() -> None:
     for k in keys:
         mark = "*" if k["current"] else " "
         c.out(f"{mark}{k['id'][:8]}  {k.get('created', '?')}  {k.get('username', '?')}@{k.get('host', '?')}"
-              + ("  DAMAGED" if k["damaged"] else ""))
+              + ("  DAMAGED" if k["damaged"] else "")
+              + (f"  not usable here: {k['unsupported']}" if k.get("unsupported") else ""))
 
 
 @key.command("add")
