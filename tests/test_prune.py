@@ -297,3 +297,20 @@ def test_prune_dry_run_predicts_the_repacking(repo, tmp_path):
     for k in ("packs_deleted", "packs_repacked", "blocks_repacked"):
         assert preview[k] == real[k], (k, preview, real)
     assert abs(preview["packs_written"] - real["packs_written"]) <= 1, (preview, real)
+
+
+def test_the_catalog_drops_the_trees_of_pruned_snapshots(repo, tmp_path):
+    """Nightly backup + forget --keep-last 1 --prune: the repository stays one snapshot, but the catalog's
+    cached trees grew by every night's changed directories, for ever (only 'catalog rebuild' reclaimed them)."""
+    import sqlite3
+
+    src = make_tree(tmp_path / "src", {f"d{i}": {"f": b"0"} for i in range(30)})
+    counts = []
+    for night in range(4):
+        for i in range(30):
+            (src / f"d{i}" / "f").write_bytes(b"%d" % night)
+        repo("backup", src)
+        repo("forget", "--keep-last", "1", "--prune")
+        with sqlite3.connect(next(repo.cache.rglob("catalog.db"))) as conn:
+            counts.append(conn.execute("SELECT count(*) FROM trees").fetchone()[0])
+    assert counts[-1] == counts[0], counts

@@ -651,6 +651,11 @@ class Catalog:
             c.executemany("INSERT OR IGNORE INTO temp.used (id) VALUES (?)", ((i,) for i in ids))
         self._tx(run)
 
+    def drop_unwalked_trees(self) -> None:
+        """After prune's mark phase walked every snapshot: drop the cached trees none of them references (those
+        of forgotten snapshots), so the cache does not grow night after night while the repository does not."""
+        self._tx(lambda c: c.execute("DELETE FROM trees WHERE id NOT IN (SELECT id FROM temp.walked)"))
+
     def walked(self, tid: bytes) -> bool:
         return bool(self._q("SELECT 1 FROM temp.walked WHERE id=?", (tid,)))
 

@@ -340,6 +340,7 @@ class Pruner:
         if not self.opts.dry_run:
             self._abort_multipart(started)
             rep.temp_files_removed = self.repo.backend.remove_temp_files()
+            self.catalog.drop_unwalked_trees()
         else:
             self._estimate_repack(plan)
         rep.bytes_freed = rep.bytes_deleted - rep.bytes_repacked_written

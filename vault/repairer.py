@@ -30,6 +30,7 @@ from . import index as index_mod
 from .backend.base import confirmed_size
 from .catalog import Catalog
 from .errors import IntegrityError, ObjectNotFound, VaultError, is_damage
+from . import entries as entries_mod
 from .model import DEEPEST, DIR, FILE, Node, Snapshot, Tree, moved_summary, replaced_by_repair
 from .pack import DATA, TREE, PackEntry, parse_pack
 from .packwriter import PackWriter
@@ -48,6 +49,7 @@ class RepairReport:
     blocks_lost: int = 0
     blocks_healed: int = 0
     trees_healed: int = 0
+    trees_from_cache: int = 0  # lost directory listings stored again from this machine's catalog
     segments_written: int = 0
     segments_deleted: int = 0
     packs_deleted: int = 0
@@ -507,12 +509,14 @@ class Repairer:
             self.repo.save_snapshot(new)
             self.catalog.add_snapshot(new)
             self.report.snapshots_rewritten.append({"old": snap.id, "new": new.id, "files_dropped": len(dropped)})
+        if not self.dry_run:  # (listings stored again from the catalog, for snapshots that needed nothing else)
+            self._flush_new()
 
     def _clean_tree(self, tid: bytes, base: bytes, memo: dict, dropped: list[str]) -> bytes:
         """The id of ``tid`` without the entries whose data is lost (itself when nothing is lost)."""
         if tid in memo:
             return memo[tid]
-        nodes = self._tree(self.catalog, self.repo, tid) if self._have(tid) else None
+        nodes = self._tree(self.catalog, self.repo, tid) if self._have(tid) else self._from_cache(tid)
         if nodes is None:
             dropped.append(os.fsdecode(base) + "/ (directory listing lost)")
             out_nodes: list[Node] = []
@@ -536,6 +540,24 @@ class Repairer:
         self._store(TREE, new, data)
         memo[tid] = new
         return new
+
+    def _from_cache(self, tid: bytes) -> list[Node] | None:
+        """A lost directory listing that this machine's catalog still holds (sealed when it was validated): stored
+        again when its canonical encoding gives back exactly ``tid`` -- then it is that very tree -- and its
+        nodes returned; None otherwise (lost)."""
+        try:
+            entries = self.catalog.cached_entries(self.repo, tid)
+        except VaultError:
+            return None
+        if entries is None:
+            return None
+        nodes = [entries_mod.node(e) for e in entries]
+        data = Tree(nodes).encode()
+        if self.repo.block_id(data) != tid:
+            return None
+        self._store(TREE, tid, data)
+        self.report.trees_from_cache += 1
+        return nodes
 
     def still_missing(self) -> int:
         """Referenced blocks no index locates (after the steps run), over every snapshot."""

@@ -345,6 +345,9 @@ def repair(what: str, read_data: bool, from_repo: str | None, from_password_file
               f"{rep.blocks_lost} lost), {rep.packs_missing} missing"
               + (f"; {rep.blocks_healed} blocks and {rep.trees_healed} trees {'would be ' if dry_run else ''}healed "
                  "from the second repository" if from_repo else ""))
+        if rep.trees_from_cache:
+            c.out(f"{rep.trees_from_cache} lost directory listing(s) {'would be ' if dry_run else ''}stored again "
+                  "from this machine's catalog")
         if dry_run and not (read_data or from_repo):  # (a real run says so after its verify)
             c.out("(packs were not read: damage inside a pack is not seen; add --read-data)")
         for s in rep.snapshots_rewritten:
