@@ -154,6 +154,16 @@ def _not_ours(exc: OSError) -> OSError:
     return exc
 
 
+def _node(name: bytes, st: os.stat_result, xattrs: tuple | None, unread: bool) -> Node:
+    """``node_from_stat`` with the entry's extended attributes; ctime 0 when they could not be stored, so that the
+    next backup does not take the entry as unchanged (it reads, and names, them again)."""
+    n = node_from_stat(name, st)
+    n.xattrs = xattrs
+    if unread:
+        n.ctime_ns = 0
+    return n
+
+
 def _join(base: bytes, name: bytes) -> bytes:
     return base + name if base.endswith(b"/") else base + b"/" + name
 
@@ -377,17 +387,6 @@ class Archiver:
                         same = False
                         break
                 st, target, st_dir = self._stat_at(fd, path, name)
-                old = parent.get(name)
-                xattrs, unread = None, False  # (a symlink on the way to a PATH is stored as the directory it
-                #                               leads to: none)
-                if isinstance(st, os.stat_result) and not stat.S_ISREG(st.st_mode) and st_dir is None:
-                    xattrs, unread = self._xattrs_at(fd, child, name, st, old)  # (before ``fd`` may be let go)
-                    if same and old is not None and xattrs != old[3]:
-                        same = False
-                if self._depth > KEEP_OPEN and isinstance(st, os.stat_result) and (
-                        stat.S_ISDIR(st.st_mode) or st_dir is not None):
-                    os.close(fd)  # (no descriptor held per level deep down: 9,000 levels would run out of them)
-                    fd = None
                 if isinstance(st, OSError):
                     if not isinstance(st, FileNotFoundError):
                         self._error(child, _not_ours(st).strerror or str(st))
@@ -408,17 +407,23 @@ class Archiver:
                             and self._excludes.matches(child, t == DIR))
                 if excluded and (t != DIR or not self._named_below(child)):
                     continue
+                old = parent.get(name)
                 key = stat_key(t, st) if old is not None else None  # (a first backup has no parent to compare)
                 if same and (old is None or old[1] != key):
                     same = False
+                xattrs, unread = None, False  # (a regular file's: read by its worker, or carried over below; a
+                if t != FILE and not via_link:  # symlink on the way to a PATH is stored as its directory: none)
+                    xattrs, unread = self._xattrs_at(fd, child, name, old, key)
+                    if same and xattrs != old[3]:
+                        same = False
+                if self._depth > KEEP_OPEN and t == DIR:
+                    os.close(fd)  # (no descriptor held per level deep down: 9,000 levels would run out of them)
+                    fd = None
                 if t == DIR:
                     if (st.st_dev, st.st_ino) in self._skip:
                         same = False
                         continue
-                    sub = node_from_stat(name, st)
-                    sub.xattrs = xattrs
-                    if unread:
-                        sub.ctime_ns = 0
+                    sub = _node(name, st, xattrs, unread)
                     old_sub = old[2] if old is not None and old[1][0] == DIR else None
                     if same:
                         subdirs.append((sub, old_sub))
@@ -455,23 +460,17 @@ class Archiver:
                         items.append((*self._submit_file(child, name, st, here), child, name, st.st_size,
                                       old is None, (st.st_dev, st.st_ino), here))
                 elif t == SYMLINK:
-                    n = node_from_stat(name, st)
                     if isinstance(target, OSError):
                         self._error(child, _not_ours(target).strerror or str(target))
                         same = False
                         continue
-                    n.target, n.xattrs = target, xattrs
-                    if unread:
-                        n.ctime_ns = 0
+                    n = _node(name, st, xattrs, unread)
+                    n.target = target
                     if same and old[2] != n.target:
                         same = False
                     items.append(n)
                 else:
-                    n = node_from_stat(name, st)
-                    n.xattrs = xattrs
-                    if unread:
-                        n.ctime_ns = 0
-                    items.append(n)
+                    items.append(_node(name, st, xattrs, unread))
         finally:
             self._depth -= 1
             if fd is not None:
@@ -518,15 +517,14 @@ class Archiver:
                               "the snapshot")
         return None
 
-    def _xattrs_at(self, fd: int, child: bytes, name: bytes, st: os.stat_result, old: tuple | None
+    def _xattrs_at(self, fd: int, child: bytes, name: bytes, old: tuple | None, key: tuple | None
                    ) -> tuple[tuple | None, bool]:
         """(the extended attributes of a directory, symlink or special entry ``name`` of the directory open as
-        ``fd``, whether they could not be stored): the parent snapshot's when its metadata is unchanged (setting
-        one changes the ctime), else read. A regular file's are read by the worker that reads the file."""
-        if old is not None and self._xattrs_known:
-            t = node_type(st.st_mode)
-            if t is not None and old[1] == stat_key(t, st):
-                return old[3], False
+        ``fd``, whether they could not be stored): the parent snapshot's when its metadata (``key``, as stat gave
+        it) is unchanged -- setting one changes the ctime -- else read. A regular file's are read by the worker
+        that reads the file."""
+        if old is not None and self._xattrs_known and old[1] == key:
+            return old[3], False
         return self._read_xattrs(fd, child, name)
 
     def _read_xattrs(self, fd: int, child: bytes, name: bytes) -> tuple[tuple | None, bool]:
@@ -586,10 +584,8 @@ class Archiver:
         nodes = []
         for it in d.items:
             if type(it) is _Reuse:
-                node = node_from_stat(it.name, it.st)
-                node.blocks, node.xattrs = split_ids(it.blocks), it.xattrs
-                if it.unread:
-                    node.ctime_ns = 0
+                node = _node(it.name, it.st, it.xattrs, it.unread)
+                node.blocks = split_ids(it.blocks)
                 nodes.append(node)
                 continue
             if isinstance(it, Node):
