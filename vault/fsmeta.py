@@ -62,13 +62,20 @@ def entry_path(dir_fd: int, name: bytes) -> bytes:
     return b"/proc/self/fd/%d/%s" % (dir_fd, name)
 
 
+def _nofollow(target: int | bytes) -> dict:
+    """The keyword for an ``os.*xattr`` call on ``target``: a path's final symlink is never followed (a
+    descriptor takes no such keyword)."""
+    return {} if type(target) is int else {"follow_symlinks": False}
+
+
 def read_xattrs(target: int | bytes) -> tuple[Xattrs | None, str | None]:
     """(the extended attributes of the file open as ``target`` (a descriptor) or at path ``target`` (not
     followed if a symlink), sorted by name, or None; a problem to warn about, or None). A file system
     without them has none; more than XATTR_MAX_TOTAL bytes are not stored (a warning)."""
     by_fd = type(target) is int
+    kw = _nofollow(target)
     try:
-        names = os.listxattr(target) if by_fd else os.listxattr(target, follow_symlinks=False)
+        names = os.listxattr(target, **kw)
     except OSError as exc:
         if exc.errno in _NO_XATTRS:
             return None, None
@@ -82,7 +89,7 @@ def read_xattrs(target: int | bytes) -> tuple[Xattrs | None, str | None]:
     out, total = [], 0
     for name in names:
         try:
-            value = os.getxattr(target, name) if by_fd else os.getxattr(target, name, follow_symlinks=False)
+            value = os.getxattr(target, name, **kw)
         except OSError as exc:
             if exc.errno == errno.ENODATA:  # removed since the listing
                 continue
@@ -102,9 +109,9 @@ def apply_xattrs(target: int | bytes, xattrs: Xattrs | None) -> tuple[list[str],
     (labels the security modules give every new file). Without root, ``trusted.*`` and ``security.*`` are left
     alone, as owners are. (problems, at most one line per cause; whether an ACL was removed: the mode is then
     to be set again)."""
-    by_fd, want = type(target) is int, dict(xattrs or ())
+    kw, want = _nofollow(target), dict(xattrs or ())
     try:
-        have = os.listxattr(target) if by_fd else os.listxattr(target, follow_symlinks=False)
+        have = os.listxattr(target, **kw)
     except OSError as exc:
         if exc.errno in _NO_XATTRS:
             return (["extended attributes not restored: the file system does not support them"] if want else []), False
@@ -116,10 +123,7 @@ def apply_xattrs(target: int | bytes, xattrs: Xattrs | None) -> tuple[list[str],
         if raw in want or raw.startswith(b"security.") or (not IS_ROOT and raw.startswith(_ROOT_ONLY)):
             continue
         try:
-            if by_fd:
-                os.removexattr(target, name)
-            else:
-                os.removexattr(target, name, follow_symlinks=False)
+            os.removexattr(target, name, **kw)
             acl_removed = acl_removed or raw == b"system.posix_acl_access"
         except OSError as exc:
             if exc.errno != errno.ENODATA:
@@ -128,10 +132,7 @@ def apply_xattrs(target: int | bytes, xattrs: Xattrs | None) -> tuple[list[str],
         if not IS_ROOT and name.startswith(_ROOT_ONLY):
             continue
         try:
-            if by_fd:
-                os.setxattr(target, name, value)
-            else:
-                os.setxattr(target, name, value, follow_symlinks=False)
+            os.setxattr(target, name, value, **kw)
         except OSError as exc:  # (EOPNOTSUPP may concern this name only: btrfs.*, system.nfs4_acl on ext4)
             why = "not supported by the target file system" if exc.errno in _NO_XATTRS else exc.strerror or exc
             failed.setdefault(f"not restored: {why}", []).append(os.fsdecode(name))
