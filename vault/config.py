@@ -216,6 +216,6 @@ __all__ = ["Settings", "get_password", "get_second_password", "get_new_password"
 
 def bytecode_disabled_by_environment() -> bool:
     """PYTHONDONTWRITEBYTECODE is set (not merely ``python -B``): the console script then keeps its own bytecode
-    cache anyway (see ``cli.main.entry``)."""
+    cache anyway (see ``vault.cli``)."""
     return bool(os.environ.get("PYTHONDONTWRITEBYTECODE"))
 

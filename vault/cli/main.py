@@ -16,7 +16,6 @@ import click
 
 from .. import __version__
 from . import _interrupted_while_loading
-from ..config import bytecode_disabled_by_environment
 from ..errors import VaultError, VaultWarning
 from ..model import DEEPEST
 from .common import global_options, printable
@@ -48,6 +47,10 @@ def _on_sigterm(signum: int, frame: object) -> None:
     global _terminated
     _terminated = 128 + signum
     _on_sigint(signum, frame)
+
+
+def _internal_error(exc: BaseException) -> None:
+    click.echo(printable(f"vault: internal error: {type(exc).__name__}: {exc} (run with -v for details)"), err=True)
 
 
 def _stopped() -> int:
@@ -120,8 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             click.echo("vault: too many open files (raise the limit: `ulimit -n`)", err=True)
             code = 1
         else:
-            click.echo(printable(f"vault: internal error: {type(exc).__name__}: {exc} (run with -v for details)"),
-                       err=True)
+            _internal_error(exc)
             code = 1
     except MemoryError:
         if verbose:
@@ -141,14 +143,12 @@ def main(argv: list[str] | None = None) -> int:
             click.echo("vault: cannot start a thread: the process limit is reached (`ulimit -u`) or memory is "
                        "short; nothing already in the repository is affected", err=True)
         else:
-            click.echo(printable(f"vault: internal error: {type(exc).__name__}: {exc} (run with -v for details)"),
-                       err=True)
+            _internal_error(exc)
         code = 1
     except Exception as exc:  # noqa: BLE001 - the promise is one line, never a traceback
         if verbose:
             raise
-        click.echo(printable(f"vault: internal error: {type(exc).__name__}: {exc} (run with -v for details)"),
-                   err=True)
+        _internal_error(exc)
         code = 1
     try:
         if sys.stdout is not None:  # None when the command runs with stdout closed (`>&-`)
@@ -169,8 +169,6 @@ def entry() -> None:
     # sqlite-utils imports numpy when it is installed (only to convert numpy values); vault never passes
     # any, and numpy costs ~100 ms of start-up plus an OpenBLAS thread pool that spins beside the workers.
     sys.modules.setdefault("numpy", None)  # type: ignore[arg-type]
-    if bytecode_disabled_by_environment():  # (vault.cli's import did it already; kept for a caller of entry())
-        sys.dont_write_bytecode = False
     # A backup makes ~10 objects per file that live until their directory is stored; the default gen-0
     # threshold (700) would run the cyclic GC thousands of times over them, holding the GIL each time.
     gc.set_threshold(50_000, 20, 20)
