@@ -27,6 +27,9 @@ from typing import Protocol, runtime_checkable
 from vault.errors import ObjectNotFound
 
 _NAME_COMPONENT = re.compile(r"^[A-Za-z0-9._-]+$")
+# objects only a store that is there holds: one of them missing while the store itself has gone away (an
+# unmounted disk, a deleted bucket) is not evidence of damage (config and keys/ missing: no repository, exit 10)
+STORE_CONTENT = ("data/", "index/", "snapshots/")
 
 
 def check_name(name: str) -> str:

@@ -16,7 +16,7 @@ import stat
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
-from vault.backend.base import check_name, exists_by_size
+from vault.backend.base import STORE_CONTENT, check_name, exists_by_size
 from vault.errors import BackendError, ObjectExists, ObjectNotFound, PermanentError, TransientError
 
 TEMP_PREFIX = ".tmp-"
@@ -94,7 +94,7 @@ class LocalBackend:
             yield
         except OSError as err:
             exc = translate_os_error(err, verb, name, self.root, missing=missing)
-            if isinstance(exc, ObjectNotFound) and name.startswith(("data/", "index/", "snapshots/")) and self._gone():
+            if isinstance(exc, ObjectNotFound) and name.startswith(STORE_CONTENT) and self._gone():
                 exc = PermanentError(f"store {self.root} is gone (unmounted or moved?): {name} cannot be read")
             raise exc from err
 

@@ -37,7 +37,7 @@ from botocore.exceptions import (BotoCoreError, ClientError, ConnectionError as 
 
 from ..errors import (BackendError, CorruptResponse, ObjectExists, ObjectNotFound, PermanentError, TransientError,
                       TruncatedResponse, UsageError)
-from .base import check_name, exists_by_size
+from .base import STORE_CONTENT, check_name, exists_by_size
 from .retry import retry_transient
 
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
@@ -148,8 +148,8 @@ class S3Backend:
             status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
             msg = err.get("Message") or code
             if code == "NoSuchBucket":
-                if name.startswith(("data/", "index/", "snapshots/")):  # (the store went away mid-run: no
-                    raise PermanentError(f"bucket {self.bucket!r} is gone ({what})") from None  # evidence of damage)
+                if name.startswith(STORE_CONTENT):  # (the store went away mid-run: no evidence of damage)
+                    raise PermanentError(f"bucket {self.bucket!r} is gone ({what})") from None
                 raise ObjectNotFound(f"bucket {self.bucket!r} does not exist ({what})") from None
             if code in _NOT_FOUND_CODES or status == 404:
                 raise ObjectNotFound(f"no such object: {what}") from None
