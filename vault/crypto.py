@@ -57,6 +57,9 @@ class KdfParams:
         raise IntegrityError(f"key slot has unsupported or malformed KDF parameters: {d!r}"[:200])
 
 
+KDF_NAMES = ("argon2id", "scrypt")  # the KDFs ``KdfParams.from_json`` and ``derive_key`` know
+
+
 #: Fast parameters for tests and examples only; never the default.
 FAST_KDF = KdfParams(name="argon2id", iterations=1, memory_kib=64, lanes=1)
 

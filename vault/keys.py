@@ -15,7 +15,7 @@ import base64
 import json
 import secrets
 
-from .crypto import KdfParams, MasterKeys, derive_key, unwrap_key, wrap_key
+from .crypto import KDF_NAMES, KdfParams, MasterKeys, derive_key, unwrap_key, wrap_key
 from .errors import IntegrityError
 
 
@@ -31,9 +31,6 @@ def make_slot(keys: MasterKeys, repo_id: str, password: bytes, kdf: KdfParams, c
     return json.dumps(doc, sort_keys=True).encode()
 
 
-KNOWN_KDFS = ("argon2id", "scrypt")
-
-
 def slot_info(data: bytes) -> dict:
     """The clear part of a slot (for ``vault key list``); raises IntegrityError when malformed. A well-formed
     slot whose KDF this vault does not know (a newer vault's) is not malformed: ``doc["unsupported"]`` says so
@@ -46,7 +43,7 @@ def slot_info(data: bytes) -> dict:
         base64.b64decode(doc["salt"], validate=True)
         base64.b64decode(doc["wrapped"], validate=True)
         kdf = doc["kdf"]
-        if type(kdf) is dict and type(kdf.get("name")) is str and kdf["name"] not in KNOWN_KDFS:
+        if type(kdf) is dict and type(kdf.get("name")) is str and kdf["name"] not in KDF_NAMES:
             doc["unsupported"] = f"its KDF {kdf['name'][:40]!r} is unknown to this vault (a newer vault's slot?)"
             return doc
         KdfParams.from_json(kdf)
