@@ -421,6 +421,28 @@ def test_file_size_disagreeing_with_blocks(repo, tmp_path):
     assert not problems, "\n".join(problems) + "\n" + res.err
 
 
+def test_verify_names_files_whose_size_their_blocks_contradict(repo, tmp_path):
+    """verify must not call clean what restore calls damaged: a file recorded with a size its (intact) blocks
+    do not hold -- one block, several blocks, none -- is named with its snapshot; honest files are not."""
+    c = Crafter(repo.repo)
+    a, b = c.data(b"0123456789"), c.data(b"abcdef")
+    two = {**fnode("two", a, 17), "blocks": [a, b]}
+    none = {**fnode("none", a, 3), "blocks": []}
+    honest = [fnode("ok", a, 10), {**fnode("ok2", a, 16), "blocks": [a, b]}, {**fnode("empty", a, 0), "blocks": []}]
+    sub = c.tree([fnode("short", a, 5), *honest])
+    root = c.tree([dnode("d", sub), two, none, *honest])
+    sid = c.snapshot(root)
+    c.snapshot(root)  # a second snapshot sharing the tree: each file is named once
+    for args in ((), ("--read-data",)):
+        res = repo("--json", "verify", *args, ok=False)
+        assert res.code == 20, res.out + res.err
+        files = [f for d in res.json["damage"] for f in d["files"]]
+        named = sorted(f.split(" (")[0] for f in files)
+        assert named == ["/d/short", "/none", "/two"], files
+        assert any(sid[:8] in d["snapshots"] for d in res.json["damage"])
+        assert "/two (its blocks hold 16 bytes, the file is recorded as 17)" in files
+
+
 @pytest.mark.parametrize("variant", ["random", "empty", "json-list", "deep-json", "wrong-types", "bad-base64"])
 def test_garbage_key_slot_does_not_lock_out(repo, tmp_path, variant):
     """Anyone who can write to the store (no key needed) can add a file under keys/: a malformed slot is

@@ -35,6 +35,7 @@ from . import index as index_mod
 from .cachelock import FileLock
 from .errors import CacheUnavailable, CatalogBusy, CatalogError, IntegrityError, ObjectNotFound, VaultError
 from .entries import split_ids
+from .ids import ID_LEN
 from .model import DIR, FILE, Node, Snapshot, Tree, parse_stored_time, format_time, storable_text
 from .pack import PackEntry
 
@@ -635,21 +636,43 @@ class Catalog:
         self._tx(lambda c: c.executemany("INSERT OR REPLACE INTO copy_map (src, dst) VALUES (?, ?)", pairs))
 
     # --- prune support (temporary tables, on disk: memory stays flat however big the repository) ----------
-    def marker(self) -> "UsedMarker":
+    def marker(self, sizes: bool = False) -> "UsedMarker":
         """Empty sets of referenced block ids (``used``) and walked trees (``walked``), and a marker that fills
-        them in batches: one transaction per ~20,000 ids, not one per tree."""
+        them in batches: one transaction per ~20,000 ids, not one per tree. ``sizes``: each walked file's
+        recorded size goes into ``fsizes`` too, for ``size_mismatches``."""
         def run(c: sqlite3.Connection) -> None:
             for table in ("used", "walked"):
                 c.execute(f"CREATE TEMP TABLE IF NOT EXISTS {table} (id BLOB PRIMARY KEY) WITHOUT ROWID")
                 c.execute(f"DELETE FROM temp.{table}")
+            c.execute("CREATE TEMP TABLE IF NOT EXISTS fsizes (blocks BLOB, size INTEGER)")
+            c.execute("DELETE FROM temp.fsizes")
         self._tx(run)
-        return UsedMarker(self)
+        return UsedMarker(self, sizes=sizes)
 
-    def _mark_flush(self, trees: Iterable[bytes], ids: Iterable[bytes]) -> None:
+    def _mark_flush(self, trees: Iterable[bytes], ids: Iterable[bytes], sizes: Iterable[tuple] = ()) -> None:
         def run(c: sqlite3.Connection) -> None:
             c.executemany("INSERT OR IGNORE INTO temp.walked (id) VALUES (?)", ((t,) for t in trees))
             c.executemany("INSERT OR IGNORE INTO temp.used (id) VALUES (?)", ((i,) for i in ids))
+            c.executemany("INSERT INTO temp.fsizes (blocks, size) VALUES (?, ?)", sizes)
         self._tx(run)
+
+    def size_mismatches(self) -> Iterator[tuple[bytes, int, int]]:
+        """(the file's joined block ids, recorded size, bytes its blocks hold) of each file the marker
+        walked whose indexed blocks hold another number of bytes than the tree records (restore would call it
+        damaged). Files with a block missing from the index are left out (reported as missing). A one-block
+        file -- nearly all of them -- is checked in SQL, the others in batches of block lookups."""
+        yield from ((bytes(b), s, raw) for b, s, raw in self._iter(
+            "SELECT DISTINCT f.blocks, f.size, b.raw_length FROM temp.fsizes f JOIN blocks b ON b.id = f.blocks "
+            "WHERE length(f.blocks) = ? AND b.raw_length != f.size", (ID_LEN,)))
+        yield from ((b"", s, 0) for (s,) in self._iter(
+            "SELECT DISTINCT size FROM temp.fsizes WHERE length(blocks) = 0 AND size != 0"))
+        rows = self._iter(f"SELECT DISTINCT blocks, size FROM temp.fsizes WHERE length(blocks) > {ID_LEN}")
+        while batch := list(itertools.islice(rows, 200)):
+            where = self.lookup_many(b for blocks, _ in batch for b in split_ids(bytes(blocks)))
+            for blocks, size in batch:
+                locs = [where.get(b) for b in split_ids(bytes(blocks))]
+                if all(locs) and (held := sum(loc[1].raw_length for loc in locs)) != size:
+                    yield bytes(blocks), size, held
 
     def drop_unwalked_trees(self) -> None:
         """After prune's mark phase walked every snapshot: drop the cached trees none of them references (those
@@ -842,10 +865,11 @@ class UsedMarker:
     ``limit`` block ids and ``tree_limit`` tree ids in memory. ``first_visit(tid)`` is True once per tree
     (the table is asked only once trees have spilled to it); ``flush()`` before querying ``used``."""
 
-    def __init__(self, catalog: Catalog, limit: int = 20_000, tree_limit: int = 50_000):
-        self.catalog, self.limit, self.tree_limit = catalog, limit, tree_limit
+    def __init__(self, catalog: Catalog, limit: int = 20_000, tree_limit: int = 50_000, sizes: bool = False):
+        self.catalog, self.limit, self.tree_limit, self.sizes = catalog, limit, tree_limit, sizes
         self._trees: set[bytes] = set()
         self._ids: list[bytes] = []
+        self._sizes: list[tuple[bytes, int]] = []  # (joined block ids, recorded size) of files
         self._spilled = False  # some walked tree ids are only in the table
 
     def first_visit(self, tid: bytes) -> bool:
@@ -858,9 +882,9 @@ class UsedMarker:
 
     def add(self, ids: Iterable[bytes]) -> None:
         self._ids.extend(ids)
-        if len(self._ids) >= self.limit:
-            self.catalog._mark_flush((), self._ids)
-            self._ids = []
+        if len(self._ids) >= self.limit or len(self._sizes) >= self.limit:
+            self.catalog._mark_flush((), self._ids, self._sizes)
+            self._ids, self._sizes = [], []
 
     def walk(self, root: bytes, load: Callable[[list[bytes]], Iterator[tuple[bytes, list | None]]],
              with_trees: bool = False, batch: int = 64) -> int:
@@ -885,14 +909,16 @@ class UsedMarker:
                     t = e[1][0]
                     if t == FILE:
                         ids.extend(split_ids(e[2]))
+                        if self.sizes:
+                            self._sizes.append((e[2], e[1][4]))
                     elif t == DIR and e[2] is not None:
                         stack.append(e[2])
                 self.add(ids)
         return walked
 
     def flush(self) -> None:
-        if self._trees or self._ids:
-            self.catalog._mark_flush(self._trees, self._ids)
+        if self._trees or self._ids or self._sizes:
+            self.catalog._mark_flush(self._trees, self._ids, self._sizes)
             self._spilled = self._spilled or bool(self._trees)
-            self._trees, self._ids = set(), []
+            self._trees, self._ids, self._sizes = set(), [], []
 

@@ -33,6 +33,7 @@ from .pack import PackEntry, decode_header, header_length, parse_pack
 from .repository import Repository, Scratch, pack_name
 
 
+MAX_SIZE_MISMATCHES = 10_000  # files whose size their blocks contradict, named in one report (more: the next)
 READ_PIECE = 4 * 1024 * 1024  # a local pack is read (and hashed, and its blocks checked) this much at a time
 
 
@@ -130,6 +131,7 @@ class Checker:
         self.report = VerifyReport()
         self._bad_blocks: dict[bytes, str] = {}  # block id -> problem
         self._bad_trees: dict[bytes, str] = {}
+        self._bad_sizes: dict[tuple[bytes, int], int] = {}  # (a file's blocks, its recorded size) -> bytes they hold
         self._affected: dict[bytes, tuple[set[str], set[str]]] = {}  # block id -> (snapshots, files)
 
     def _damage(self, obj: str, problem: str) -> Damage:
@@ -463,7 +465,7 @@ class Checker:
         load, authenticate and parse; the file blocks it names go into the catalog's ``used`` table, and
         those no index entry locates into ``_missing``."""
         cat = self.catalog
-        marker = cat.marker()
+        marker = cat.marker(sizes=True)
         trees = 0
         for snap in snaps:
             trees += marker.walk(snap.tree, loader or self._load_trees)
@@ -471,11 +473,14 @@ class Checker:
         self.report.trees = trees
         self.report.blocks_referenced = cat.used_count()
         self._missing.update(cat.used_missing(limit=-1)[1])
+        for blocks, size, held in itertools.islice(cat.size_mismatches(), MAX_SIZE_MISMATCHES):
+            self._bad_sizes[(blocks, size)] = held
 
     def _attribute(self, snaps: list) -> None:
         """Name the snapshots and files each damaged tree or block affects: a second walk, per snapshot (a
         shared subtree is walked for each), only when something referenced is damaged or missing."""
-        if not (self._bad_trees or self._missing or (self._bad_blocks and self.catalog.used_contains(self._bad_blocks))):
+        if not (self._bad_trees or self._missing or self._bad_sizes
+                or (self._bad_blocks and self.catalog.used_contains(self._bad_blocks))):
             return
         for snap in snaps:
             stack = [(b"", snap.tree)]
@@ -502,6 +507,15 @@ class Checker:
                     if key[0] == DIR and extra is not None:
                         stack.append((path, extra))
                     elif key[0] == FILE:
+                        held = self._bad_sizes.get((extra, key[4])) if self._bad_sizes else None
+                        if held is not None:
+                            d = self._tree_damage(tid, "records a file size its blocks do not hold")
+                            if snap.short_id not in d.snapshots:
+                                d.snapshots.append(snap.short_id)
+                            text = (f"{os.fsdecode(path)} (its blocks hold {held} bytes, the file is recorded "
+                                    f"as {key[4]})")
+                            if text not in d.files:  # (a tree shared by snapshots is walked for each)
+                                d.files.append(text)
                         for bid in split_ids(extra):
                             if bid in self._bad_blocks or bid in self._missing:
                                 snaps_, files_ = self._affected.setdefault(bid, (set(), set()))
