@@ -209,7 +209,7 @@ class FaultProxy:
     predicate ``(method, target) -> bool``, limits faults to the requests it accepts.
 
     ``counts`` (a Counter) holds ``requests``, ``forwarded``, ``slowdown``, ``error``, ``reset``,
-    ``latency``, ``by_method:<M>`` and ``by_type:<T>`` (T as in ``s3_request_type``: PUT, GET, LIST, ...). Use as a context manager or call ``close()``.
+    ``latency``, ``max_in_flight`` (the most requests at once), ``by_method:<M>`` and ``by_type:<T>`` (T as in ``s3_request_type``: PUT, GET, LIST, ...). Use as a context manager or call ``close()``.
     """
 
     def __init__(self, upstream: str, *, seed: int = 0, fail_rate: float = 0.0, slowdown_rate: float | None = None,
@@ -238,6 +238,7 @@ class FaultProxy:
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._streak: dict[tuple[str, str], int] = {}
+        self._in_flight = 0  # requests decided and not yet answered (``counts["max_in_flight"]``: the most at once)
         self._socks: set[socket.socket] = set()
         self._threads: set[threading.Thread] = set()
         self._listener: socket.socket | None = None
@@ -322,8 +323,14 @@ class FaultProxy:
                 self._threads.add(t)
             t.start()
 
+    def _finished(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+
     def _decide(self, method: str, target: str) -> str:
         with self._lock:
+            self._in_flight += 1
+            self.counts["max_in_flight"] = max(self.counts["max_in_flight"], self._in_flight)
             self.counts["requests"] += 1
             self.counts[f"by_method:{method}"] += 1
             self.counts[f"by_type:{s3_request_type(method, target)}"] += 1
@@ -368,49 +375,52 @@ class FaultProxy:
                     head = [h for h in head if not h.lower().startswith(b"expect:")]
                 body = _read_body(cf, hdrs)
                 action = self._decide(method, target)
-                if action in _ERRORS:
-                    client.sendall(self._error_response(action, method))
-                    if hdrs.get("connection", "").lower() == "close":
+                try:
+                    if action in _ERRORS:
+                        client.sendall(self._error_response(action, method))
+                        if hdrs.get("connection", "").lower() == "close":
+                            return
+                        continue
+                    if action == "latency":
+                        time.sleep(self._rng_uniform(*self.latency))
+                    if self._stopping.is_set():
+                        return  # the server went away while this request waited
+                    for attempt in (1, 2):
+                        fresh = up is None
+                        if fresh:
+                            up = socket.create_connection(self.upstream, timeout=120)
+                            with self._lock:
+                                self._socks.add(up)
+                            upf = up.makefile("rb")
+                        try:
+                            up.sendall(b"".join(head) + b"\r\n" + body)
+                            status, rhead, rbody, close_after = self._read_response(upf, method)
+                            break
+                        except (OSError, _Closed):
+                            # an idle keep-alive connection the server had closed: once more on a new one
+                            self._drop(up)
+                            up = upf = None
+                            if fresh or attempt == 2 or self._stopping.is_set():
+                                raise
+                    if action == "headcut":  # past the status line, before the blank line that ends the head
+                        first = rhead.index(b"\r\n") + 2
+                        client.sendall(rhead[: self._rng_int(first, len(rhead) - 3)])
+                        client.shutdown(socket.SHUT_WR)  # a clean end of stream (FIN), not a reset
                         return
-                    continue
-                if action == "latency":
-                    time.sleep(self._rng_uniform(*self.latency))
-                if self._stopping.is_set():
-                    return  # the server went away while this request waited
-                for attempt in (1, 2):
-                    fresh = up is None
-                    if fresh:
-                        up = socket.create_connection(self.upstream, timeout=120)
-                        with self._lock:
-                            self._socks.add(up)
-                        upf = up.makefile("rb")
-                    try:
-                        up.sendall(b"".join(head) + b"\r\n" + body)
-                        status, rhead, rbody, close_after = self._read_response(upf, method)
-                        break
-                    except (OSError, _Closed):
-                        # an idle keep-alive connection the server had closed: once more on a new one
+                    if action == "reset":
+                        if len(rbody) >= 2:
+                            client.sendall(rhead + rbody[: len(rbody) // 2])
+                        else:
+                            client.sendall(rhead[: len(rhead) // 2])
+                        return  # finally: RST
+                    client.sendall(rhead + rbody)
+                    if close_after:
                         self._drop(up)
                         up = upf = None
-                        if fresh or attempt == 2 or self._stopping.is_set():
-                            raise
-                if action == "headcut":  # past the status line, before the blank line that ends the head
-                    first = rhead.index(b"\r\n") + 2
-                    client.sendall(rhead[: self._rng_int(first, len(rhead) - 3)])
-                    client.shutdown(socket.SHUT_WR)  # a clean end of stream (FIN), not a reset
-                    return
-                if action == "reset":
-                    if len(rbody) >= 2:
-                        client.sendall(rhead + rbody[: len(rbody) // 2])
-                    else:
-                        client.sendall(rhead[: len(rhead) // 2])
-                    return  # finally: RST
-                client.sendall(rhead + rbody)
-                if close_after:
-                    self._drop(up)
-                    up = upf = None
-                if hdrs.get("connection", "").lower() == "close":
-                    return
+                    if hdrs.get("connection", "").lower() == "close":
+                        return
+                finally:
+                    self._finished()
         except (OSError, _Closed, ValueError):
             return
         finally:

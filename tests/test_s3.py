@@ -540,3 +540,18 @@ def test_a_bucket_deleted_mid_restore_is_an_error_not_damage(s3_repo, tmp_path, 
     monkeypatch.setattr(s3_module.S3Backend, "get", delete_bucket_first)
     res = s3_repo("restore", "latest", "--target", tmp_path / "out", ok=1)
     assert gone and "damaged" not in res.err and "is gone" in res.err, res.err
+
+
+def test_structure_verify_loads_an_s3_repositorys_trees_side_by_side(s3cli, moto_endpoint, tmp_path):
+    """A remote verify fetches every directory listing (one request each): they go several at a time, not one
+    round trip after another (a copy with many snapshots took minutes of round trips)."""
+    s3cli("init", *FAST_INIT)
+    src = tmp_path / "src"
+    for i in range(60):
+        (src / f"d{i:02}").mkdir(parents=True)
+        (src / f"d{i:02}" / "f").write_text(f"file {i}\n")
+    ok(run(s3cli, "backup", src))
+    with FaultProxy(moto_endpoint, seed=1, latency_rate=1.0, latency=(0.02, 0.03)) as proxy:
+        v = json.loads(ok(run(s3cli, "--json", "verify", VAULT_S3_ENDPOINT=proxy.url)).stdout)
+        assert v["ok"] is True and v["trees"] >= 61, v
+        assert proxy.counts["by_type:GET"] >= 61 and proxy.counts["max_in_flight"] >= 4, proxy.counts
