@@ -95,6 +95,8 @@ def session(settings: Settings, password: PasswordFn, lock: str | None = None, o
             catalog, report = open_synced(settings.cache_dir, repo, wait=_catalog_wait(settings))
         else:
             catalog, report = Catalog.open(settings.cache_dir, repo.id, wait=_catalog_wait(settings)), SyncReport()
+        if local_repo_path(settings) is None:  # a cold cache's walks fetch trees side by side (see Catalog)
+            catalog.prefetch = min(settings.connections or 8, 8)
         try:
             yield Session(repo, catalog, report, counter, held)
         finally:

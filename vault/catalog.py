@@ -28,6 +28,7 @@ import sqlite3
 import threading
 
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from . import entries as entries_mod
@@ -39,6 +40,7 @@ from .ids import ID_LEN
 from .model import DIR, FILE, Node, Snapshot, Tree, parse_stored_time, format_time, storable_text
 from .pack import PackEntry
 
+AHEAD = 256  # trees a walk of a remote repository's cold cache fetches ahead at most (``Catalog._fetch_ahead``)
 OPEN_WAIT = 60.0  # seconds to wait for the catalog's opening lock (another process holds it for milliseconds)
 SCHEMA_VERSION = 5  # 5: trees.checked (4 is migrated in place)
 
@@ -122,6 +124,10 @@ class Catalog:
         self._conn = self._connect()
         self._sealing: tuple[bytes, bytes] = (b"", b"")  # (MAC key, the trees' sealing key derived from it)
         self.trees_unusable = False  # reading the cached trees failed (damage): trees come from the repository
+        self.prefetch = 0  # a remote repository: trees fetched this many at a time ahead of a walk (0/1: off)
+        self._ahead: dict[bytes, Future] = {}  # tree id -> its fetch into the cache, under way
+        self._pool: ThreadPoolExecutor | None = None
+        self._closed = False
 
     # --- opening, damage, rebuild -------------------------------------------------------------------
     @classmethod
@@ -236,6 +242,9 @@ class Catalog:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True  # (a fetch still under way caches nothing now)
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
             self._conn.close()
             self._in_use.release()
 
@@ -575,7 +584,7 @@ class Catalog:
         entries, indexed, nodes, checked = self._tree(repo, tree_id)
         return (entries if nodes is None else [entries_mod.entry(n) for n in nodes]), indexed, checked
 
-    def _tree(self, repo, tree_id: bytes) -> tuple[list[tuple], bool, list[Node] | None, bool]:
+    def _cached_or_load(self, repo, tree_id: bytes) -> tuple[list[tuple], bool, list[Node] | None, bool]:
         try:
             rows = self._q("SELECT entries, EXISTS(SELECT 1 FROM blocks b WHERE b.id = t.id), checked FROM trees t "
                            "WHERE t.id=?", (tree_id,))
@@ -591,7 +600,51 @@ class Catalog:
         nodes = Tree.decode(repo.load_block(*loc)).nodes
         if not self.trees_unusable:  # (not written into a table that failed to read)
             self.add_tree(repo, tree_id, nodes)
+        self._fetch_ahead(repo, [n.subtree for n in nodes if n.type == DIR and n.subtree is not None])
         return [], True, nodes, False
+
+    def _tree(self, repo, tree_id: bytes) -> tuple[list[tuple], bool, list[Node] | None, bool]:
+        """``_cached_or_load``, after waiting for the tree's fetch when one is under way (``_fetch_ahead``): a
+        tree fetched ahead is read from the cache like any other; the children of a tree the cache did not
+        hold are fetched ahead in turn (a cold cache: its subtrees are likely not cached either)."""
+        with self._lock:
+            fetching = self._ahead.pop(tree_id, None)
+        if fetching is None:
+            return self._cached_or_load(repo, tree_id)
+        try:
+            fetching.result()
+        except Exception:  # (CancelledError included) fetched again below: its error is reported there
+            pass
+        entries, indexed, nodes, checked = got = self._cached_or_load(repo, tree_id)
+        if nodes is None:
+            self._fetch_ahead(repo, [e[2] for e in entries if e[1][0] == DIR and e[2] is not None])
+        return got
+
+    def _fetch_ahead(self, repo, tree_ids: list[bytes]) -> None:
+        """A remote repository (``prefetch`` > 1): fetch these trees into the cache in threads, ``prefetch``
+        at a time, those not cached yet and at most ``AHEAD`` under way: a walk of a cold cache asks for them
+        next, and would otherwise wait for one round trip after another."""
+        if self.prefetch < 2 or self.trees_unusable or not tree_ids:
+            return
+        with self._lock:
+            todo = [t for t in dict.fromkeys(tree_ids) if t not in self._ahead][: AHEAD - len(self._ahead)]
+            if not todo or self._closed:
+                return
+            cached = set(self._present("main.trees", todo))
+            todo = [t for t in todo if t not in cached]
+            if self._pool is None and todo:
+                self._pool = ThreadPoolExecutor(max_workers=self.prefetch, thread_name_prefix="vault-trees")
+            for tid in todo:
+                self._ahead[tid] = self._pool.submit(self._fetch_into_cache, repo, tid)
+
+    def _fetch_into_cache(self, repo, tree_id: bytes) -> None:
+        loc = self.lookup(tree_id)
+        if loc is None:
+            return  # (the walk finds it missing and says so)
+        nodes = Tree.decode(repo.load_block(*loc)).nodes  # (authenticated and validated, as any tree read)
+        with self._lock:
+            if not self._closed:
+                self.add_tree(repo, tree_id, nodes)
 
     def walk(self, repo, tree_id: bytes, prefix: bytes = b"") -> Iterator[tuple[bytes, Node]]:
         """Every (path, node) below a tree, depth-first in name order; paths start with ``/``."""
