@@ -379,10 +379,29 @@ def test_a_local_time_in_the_spring_forward_gap_is_the_instant_of_the_jump(monke
 @pytest.mark.parametrize(("text", "expected", "whole"), [
     ("20261120T100000Z", datetime(2026, 11, 20, 10, tzinfo=UTC), datetime(2026, 11, 20, 10, 0, 0, 999999, tzinfo=UTC)),
     ("20261120T1000+0200", datetime(2026, 11, 20, 8, tzinfo=UTC), datetime(2026, 11, 20, 8, 0, 59, 999999, tzinfo=UTC)),
-    ("2026-11-20T10Z", datetime(2026, 11, 20, 10, tzinfo=UTC), datetime(2026, 11, 20, 10, 59, 59, 999999, tzinfo=UTC)),
-    ("20261120T10z", datetime(2026, 11, 20, 10, tzinfo=UTC), datetime(2026, 11, 20, 10, 59, 59, 999999, tzinfo=UTC)),
+    ("2026-11-20T10Z", datetime(2026, 11, 20, 10, tzinfo=UTC), datetime(2026, 11, 20, 10, tzinfo=UTC)),
+    ("20261120T10z", datetime(2026, 11, 20, 10, tzinfo=UTC), datetime(2026, 11, 20, 10, tzinfo=UTC)),
 ])
 def test_iso_basic_form_and_hour_only_are_iso_too(text: str, expected: datetime, whole: datetime) -> None:
-    """ISO-8601 also has the basic form and a time to the hour; with --at an hour stands for all of it."""
+    """ISO-8601 also has the basic form and a time to the hour; with --at an hour is its first instant (a
+    snapshot taken at 09:45 is not "as it was at 9")."""
     assert parse_time(text, NOW) == expected
     assert parse_time(text, NOW, whole=True) == whole
+
+
+def test_a_time_copied_from_the_text_output_selects_that_snapshot_even_in_the_repeated_hour(new_york) -> None:
+    """Text output shows local time; in the hour repeated when summer time ends each wall time occurs twice
+    and --at reads the first, so the second one is shown with its offset: copying any shown time back gives
+    that very second."""
+    from vault.cli.common import local_time
+
+    start = utc(2026, 11, 1, 4, 0, 0)
+    shown = []
+    for minutes in range(0, 4 * 60, 7):
+        t = start + timedelta(minutes=minutes, seconds=13, microseconds=456789)
+        text = local_time(t)
+        shown.append(text)
+        back = parse_time(text, NOW, whole=True)
+        assert t.replace(microsecond=0) <= back < t.replace(microsecond=0) + timedelta(seconds=1), (t, text, back)
+    assert sum(text.endswith("-05:00") for text in shown) >= 5  # the second 01:xx (EST) carry the offset
+    assert not any(text.endswith("-04:00") for text in shown)

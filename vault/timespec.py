@@ -68,7 +68,7 @@ def _local_midnight_utc(day: datetime) -> datetime:
     return datetime(day.year, day.month, day.day).astimezone(timezone.utc)
 
 
-def _to_utc(dt: datetime) -> datetime:
+def to_utc(dt: datetime) -> datetime:
     """Convert to aware UTC; a naive ``dt`` is taken as local time. A local time that never showed on the
     clocks (in the hour skipped when summer time starts) is the instant of the jump: 02:30 on a night that
     goes from 02:00 to 03:00 comes after 01:59 and is the same instant as 03:00, so times keep their order."""
@@ -99,13 +99,14 @@ def parse_time(text: str, now: datetime, whole: bool = False) -> datetime:
 
     ``whole`` (for ``--at``, "at or before"): an ISO time given to the second or the minute stands for all of
     that second or minute -- its last microsecond -- so a time copied from text output, which shows whole
-    seconds, selects the snapshot taken in that second. A date alone stays its midnight.
+    seconds, selects the snapshot taken in that second. A date alone stays its midnight, an hour alone its
+    first instant ("as it was at 9" is 09:00:00, not a snapshot taken at 09:45).
     """
     raw = text.strip()
     lowered = raw.lower()
     try:
         if lowered == "now":
-            return _to_utc(now)
+            return to_utc(now)
         if lowered in ("today", "yesterday"):
             local = now.astimezone()
             if lowered == "yesterday":
@@ -113,18 +114,17 @@ def parse_time(text: str, now: datetime, whole: bool = False) -> datetime:
             return _local_midnight_utc(local)
         match = _AGO.fullmatch(lowered)
         if match and match["unit"] in _UNIT_SECONDS:
-            return _to_utc(now) - timedelta(seconds=int(match["n"]) * _UNIT_SECONDS[match["unit"]])
+            return to_utc(now) - timedelta(seconds=int(match["n"]) * _UNIT_SECONDS[match["unit"]])
         if match and match["unit"] in _UNIT_MONTHS:
-            when = Duration(months=int(match["n"]) * _UNIT_MONTHS[match["unit"]]).subtract_from(_to_utc(now))
+            when = Duration(months=int(match["n"]) * _UNIT_MONTHS[match["unit"]]).subtract_from(to_utc(now))
             if when.year < 2:
                 raise ValueError("before year 1")
             return when
         match = _ISO.fullmatch(raw) or _ISO_BASIC.fullmatch(raw)
         if match:
             when = _from_iso(match)
-            if whole and match["hour"] is not None and match["fraction"] is None:
-                span = (timedelta(seconds=1) if match["second"] is not None else
-                        timedelta(minutes=1) if match["minute"] is not None else timedelta(hours=1))
+            if whole and match["minute"] is not None and match["fraction"] is None:
+                span = timedelta(seconds=1) if match["second"] is not None else timedelta(minutes=1)
                 when += span - timedelta(microseconds=1)
             return when
     except (ValueError, OverflowError):
@@ -148,7 +148,7 @@ def _from_iso(match: re.Match[str]) -> datetime:
     )
     tz = match["tz"]
     if tz is None:
-        return _to_utc(naive)
+        return to_utc(naive)
     if tz in "Zz":
         return naive.replace(tzinfo=timezone.utc)
     digits = tz[1:].replace(":", "")

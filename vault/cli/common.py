@@ -15,7 +15,7 @@ import click
 
 from ..config import Settings, get_password, get_second_password
 from ..errors import NoPassword, VaultError
-from ..timespec import parse_wait
+from ..timespec import parse_wait, to_utc
 
 _KEY = "vault.globals"
 
@@ -132,12 +132,18 @@ class Ctx:
 
 
 def local_time(t: datetime) -> str:
-    """A snapshot time for text output: this machine's local time, as ``--at`` without an offset reads it."""
+    """A snapshot time for text output: this machine's local time, as ``--at`` without an offset reads it --
+    with the offset when it would not read it back (the hour repeated when summer time ends shows each wall
+    time twice; ``--at`` takes the first), so a time copied from the output always selects that snapshot."""
     try:
         local = t.astimezone()
+        shown = f"{local.year:04d}-{local:%m-%d %H:%M:%S}"
+        if to_utc(local.replace(tzinfo=None, microsecond=0)) != t.replace(microsecond=0):
+            offset = local.strftime("%z")
+            shown += f"{offset[:3]}:{offset[3:5]}"
+        return shown
     except OverflowError:  # the edge of datetime's range (year 9999 east of UTC): shown in UTC instead
         return f"{t.year:04d}-{t:%m-%d %H:%M:%S}Z"
-    return f"{local.year:04d}-{local:%m-%d %H:%M:%S}"
 
 
 _CONTROL = {c: "?" for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)]}
