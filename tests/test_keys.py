@@ -477,3 +477,18 @@ def test_a_slot_of_a_newer_kdf_is_skipped_not_damage_and_never_removed(repo):
     assert not listed[newer.name]["damaged"] and "unknown" in listed[newer.name]["unsupported"]
     repo("repair")
     assert newer.exists()
+
+
+@pytest.mark.parametrize("junk", ["junk name.txt", "SLOT.bak", "{slot}.bak", "{slot}.old"])
+def test_files_in_keys_that_are_not_slot_names_are_ignored_never_removed(repo, junk):
+    """format.md §1: names under a prefix whose last component is not 64 hex digits are ignored. A note or a
+    '<slot>.bak' copy in keys/ made verify, repair and key list fail ("internal error") or called it damage
+    and repair deleted it."""
+    [slot] = list((repo.repo / "keys").iterdir())
+    extra = repo.repo / "keys" / junk.format(slot=slot.name)
+    extra.write_bytes(slot.read_bytes() if "{slot}" in junk else b"my note\n")
+    res = repo("--json", "verify")
+    assert res.code == 0 and res.json["ok"], res.out + res.err
+    assert [k["id"] for k in repo("--json", "key", "list").json] == [slot.name]
+    res = repo("repair")
+    assert res.code == 0 and "internal error" not in res.err and extra.exists(), res.err

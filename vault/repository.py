@@ -180,6 +180,12 @@ def pack_name(pid: bytes) -> str:
     return f"data/{h[:2]}/{h}"
 
 
+def _slots(backend) -> Iterator[tuple[str, int]]:
+    """(name, size) of the key slots: ``keys/`` names of 64 hex digits. Anything else there (``<slot>.bak``, a
+    note) is not an object of the format: never opened, reported or removed."""
+    return ((name, size) for name, size in backend.list("keys/") if _hex_name(name, "keys/") is not None)
+
+
 def _hex_name(name: str, prefix: str) -> bytes | None:
     tail = name[len(prefix):].rsplit("/", 1)[-1]
     try:
@@ -253,7 +259,7 @@ class Repository:
             password = password()
         damaged, foreign, unsealed, starved = 0, [], 0, 0
         repo_id = config.id if config is not None else None
-        listed = dict(backend.list("keys/"))
+        listed = dict(_slots(backend))
         first = first_slot(repo_id) if first_slot is not None and repo_id is not None else None
         found: list[tuple[str, MasterKeys, RepoConfig]] = []  # (with the config lost: every slot that opens)
         for name in _slot_order(backend, listed, first):
@@ -407,7 +413,7 @@ class Repository:
     def slots_opened_by(self, password: bytes) -> list[str]:
         """The names of the key slots this password opens (each costs one key derivation)."""
         out = []
-        for name, _ in self.backend.list("keys/"):
+        for name, _ in _slots(self.backend):
             try:
                 if open_slot(self.backend.get(name), password, self.id) is not None:
                     out.append(name)
@@ -417,7 +423,7 @@ class Repository:
 
     def list_keys(self) -> list[tuple[str, dict | None]]:
         out = []
-        for name, _ in self.backend.list("keys/"):
+        for name, _ in _slots(self.backend):
             try:
                 out.append((name, slot_info(self.backend.get(name))))
             except (IntegrityError, ObjectNotFound):
