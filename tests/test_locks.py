@@ -350,3 +350,20 @@ def test_a_live_lock_from_a_host_whose_clock_runs_ahead_still_blocks_prune(repo,
     assert repo("--lock-wait", "0", "prune", ok=11).code == 11
     repo("unlock")
     assert (repo.repo / "locks" / ("cd" * 16)).exists()
+
+
+@pytest.mark.parametrize("exclusive", [False, True])
+def test_a_lock_that_cannot_be_read_fails_the_command_without_leaving_its_own_lock(repo, exclusive):
+    """Taking the lock writes ours, then lists the others: when reading another's fails (permission denied,
+    the store unreachable through every retry), ours was left behind on every try, and blocked other hosts'
+    exclusive commands until it went stale."""
+    from vault.backend.faults import FaultBackend
+    from vault.errors import PermanentError
+
+    be = backend(repo)
+    other = put_lock(be, "deadbeef" * 4, host="elsewhere", pid=1, exclusive=False, time=time.time())
+    faulty = FaultBackend(be).fail("get", prefix="locks/", times=None, exc=PermanentError("permission denied"))
+    for _ in range(3):
+        with pytest.raises(PermanentError):
+            Lock(faulty, exclusive=exclusive, operation="restore", wait=0)
+    assert lock_names(be) == {other}

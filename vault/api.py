@@ -86,7 +86,7 @@ def session(settings: Settings, password: PasswordFn, lock: str | None = None, o
             held = Lock(counter, exclusive=(lock == "exclusive"), operation=operation, wait=settings.lock_wait or 0)
         except PermanentError as exc:  # a full or read-only repository cannot take a lock object
             if lock == "shared" and operation in _READ_ONLY:
-                raise type(exc)(f"{exc} (cannot write a lock; {operation} can run without one: --no-lock)") from None
+                raise type(exc)(f"{exc} (cannot take the repository lock; {operation} can run without one: --no-lock)") from None
             raise
     try:
         if before_catalog is not None:

@@ -139,8 +139,16 @@ class Lock:
         while True:
             self._name = self._write()
             now = self._clock()
-            conflicts = [lk for lk in list_locks(self.backend)
-                         if lk.name != self._name and not lk.is_stale(now) and (self.exclusive or lk.exclusive)]
+            try:
+                conflicts = [lk for lk in list_locks(self.backend)
+                             if lk.name != self._name and not lk.is_stale(now) and (self.exclusive or lk.exclusive)]
+            except BaseException:  # (another's lock unreadable, the store gone, a signal): ours goes too
+                try:
+                    self.backend.delete(self._name)
+                except Exception:
+                    pass
+                self._name = None
+                raise
             if not conflicts:
                 return
             self.backend.delete(self._name)
