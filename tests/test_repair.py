@@ -283,6 +283,25 @@ def test_heal_a_lost_manifest_from_a_copy(cli, tmp_path, setup):
     out = cli("--json", "copy", "--to", second).json
     assert out["copied"] == [] and len(out["skipped"]) == 1, out
     assert len(cli("--json", "--repo", second, "snapshots").json) == 1
+    # nor does copying back from the mirror: its snapshot is the one the healed manifest was restored from
+    out = cli("--json", "--repo", second, "copy", "--to", cli.repo).json
+    assert out["copied"] == [] and len(out["skipped"]) == 1, out
+    assert len(cli("--json", "snapshots").json) == 1
+
+
+def test_copies_of_copies_are_never_copied_back_as_second_snapshots(cli, tmp_path, setup):
+    """A -> B -> C, then C -> A (or C -> B): every snapshot there is one A (B) holds already, however many
+    copies back."""
+    src, lay = setup
+    b, c = tmp_path / "b", tmp_path / "c"
+    for r in (b, c):
+        cli("init", *FAST_INIT, "--repo", r, "--copy-chunker-params-from", cli.repo)
+    cli("copy", "--to", b)
+    cli("--repo", b, "copy", "--to", c)
+    for target in (cli.repo, b):
+        out = cli("--json", "--repo", c, "copy", "--to", target).json
+        assert out["copied"] == [] and len(out["skipped"]) == 1, out
+        assert len(cli("--json", "--repo", target, "snapshots").json) == 1
 
 
 # --- coverage: 20 nightly 5% subsets read every pack -------------------------------------------------------

@@ -173,15 +173,13 @@ class Copier:
         # copied before (the copy records its source), a copy of one of theirs (copying back), or a manifest
         # `repair --from-repo` healed from one of theirs (it records that snapshot): either way the
         # destination holds it already
-        present = {s.summary.get("copied_from") for s in theirs}
-        theirs_ids = {s.id for s in theirs}
+        # (any number of copies back: A -> B -> C, then C -> A; see Snapshot.copy_keys)
+        present = set().union(*(s.copy_keys() for s in theirs))
         packer = PackWriter(self.dst, self._on_pack, uploaders=self._uploaders)
         try:
             with ThreadPoolExecutor(max_workers=self.workers) as pool:
                 for snap in sorted(snaps, key=lambda s: (s.time, s.id)):
-                    if (snap.id in present or snap.summary.get("restored_from_copy") in theirs_ids
-                            or snap.summary.get("copied_from") in theirs_ids):  # (a copy of one of theirs:
-                        #                                                         copying back)
+                    if snap.copy_keys() & present:
                         self.report.skipped.append(snap.id)
                         continue
                     self.log(f"copying snapshot {snap.short_id} ({snap.host}: {' '.join(snap.paths)})")
@@ -194,7 +192,8 @@ class Copier:
                     self._checkpoint()
                     new = Snapshot(time=snap.time, host=snap.host, paths=list(snap.paths), tree=root,
                                    tags=list(snap.tags), username=snap.username, parent=None,
-                                   summary={**moved_summary(snap.summary, snap.tree, root), "copied_from": snap.id})
+                                   summary={**moved_summary(snap.summary, snap.tree, root), "copied_from": snap.id,
+                                            "origin": snap.origin})
                     before_commit()
                     self.dst.save_snapshot(new)
                     self.dst_cat.add_snapshot(new)

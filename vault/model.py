@@ -332,7 +332,7 @@ class Snapshot:
                        parent=doc.get("parent"), summary=dict(doc.get("summary") or {}), id=snap_id)
             if snap.parent is not None and not (isinstance(snap.parent, str) and len(snap.parent) == 64):
                 raise ValueError("bad parent")
-            for key in ("copied_from", "restored_from_copy", "repaired_from"):  # ids copy and repair match on
+            for key in ("copied_from", "origin", "restored_from_copy", "repaired_from"):  # ids copy and repair match on
                 if key in snap.summary and not isinstance(snap.summary[key], str):
                     del snap.summary[key]  # (a list or dict there made copy and repair fail: unhashable)
         except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError, RecursionError):
@@ -342,6 +342,22 @@ class Snapshot:
     @property
     def short_id(self) -> str:
         return self.id[:8]
+
+    @property
+    def origin(self) -> str:
+        """The id of the snapshot this one is a copy of, however many copies back (``summary.origin``; a copy by
+        an older vault records only ``copied_from``, one step back), or its own id."""
+        return self.summary.get("origin") or self.summary.get("copied_from") or self.id
+
+    def copy_keys(self) -> set[str]:
+        """The ids under which a copy of this snapshot's state may be known in another repository: its own, the
+        snapshot it was copied from, its origin and the copy a repair restored it from. Two snapshots sharing
+        one hold the same state (``vault copy`` skips it)."""
+        keys = {self.id, self.origin}
+        for key in ("copied_from", "restored_from_copy"):
+            if isinstance(self.summary.get(key), str):
+                keys.add(self.summary[key])
+        return keys
 
     @property
     def repaired_from(self) -> str | None:

@@ -401,7 +401,8 @@ class Repairer:
                     new = Snapshot(time=mate.time, host=mate.host, paths=list(mate.paths), tree=root,
                                    tags=list(mate.tags), username=mate.username, parent=None,
                                    summary={**{k: v for k, v in moved_summary(mate.summary, mate.tree, root).items()
-                                               if k != "copied_from"}, "restored_from_copy": mate.id})
+                                               if k != "copied_from"}, "restored_from_copy": mate.id,
+                                            "origin": mate.origin})
                     self.repo.save_snapshot(new)
                     self.catalog.add_snapshot(new)
                     entry["new"], entry["healed_from_copy"] = new.id, mate.id
