@@ -554,3 +554,16 @@ def test_lost_directory_listings_are_stored_again_from_this_machines_catalog(rep
     repo.extra["VAULT_CACHE_DIR"] = str(fresh)
     repo("restore", "latest", "--target", tmp_path / "out")
     assert_trees_equal(src, tmp_path / "out" / src.relative_to("/"))
+
+
+def test_repair_from_the_same_repository_is_refused_at_once(cli, tmp_path, setup):
+    """--from-repo naming this very repository (another path to it too) is a usage error before any lock is
+    asked for: it waited out --lock-wait for its own exclusive lock, then blamed it (exit 11)."""
+    link = tmp_path / "same"
+    link.symlink_to(cli.repo)
+    for other in (cli.repo, link):
+        res = cli("--lock-wait", "2s", "repair", "--from-repo", other, ok=2)
+        assert "same repository" in res.err and "locked" not in res.err, res.err
+    res = cli("--lock-wait", "2s", "copy", "--to", link, ok=2)
+    assert "same repository" in res.err
+    assert list((cli.repo / "locks").iterdir()) == []

@@ -71,12 +71,18 @@ _READ_ONLY = {"ls", "find", "diff", "restore", "verify"}  # what --no-lock may r
 
 @contextlib.contextmanager
 def session(settings: Settings, password: PasswordFn, lock: str | None = None, operation: str = "",
-            sync: bool = True, before_catalog: Callable[[Repository], None] | None = None) -> Iterator[Session]:
+            sync: bool = True, before_catalog: Callable[[Repository], None] | None = None,
+            not_id: tuple[str, str] | None = None) -> Iterator[Session]:
     """Open the repository (verify the password), optionally lock it, open and sync the catalog.
 
-    ``before_catalog(repo)`` runs before this process opens the catalog (backup forks its workers there)."""
+    ``before_catalog(repo)`` runs before this process opens the catalog (backup forks its workers there).
+    ``not_id``: (repository id, message): a UsageError with the message when this is that repository, before
+    its lock is asked for (a second session on the first one's repository would wait for its own lock)."""
     counter = _backend(settings)
     repo = Repository.open(counter, password, first_slot=lambda rid: _slot_hint(settings, rid))
+    if not_id is not None and repo.id == not_id[0]:
+        counter.close()
+        raise UsageError(not_id[1])
     _remember_slot(settings, repo)
     held = None
     if lock == "shared" and operation in _READ_ONLY and settings.no_lock:
@@ -593,9 +599,8 @@ def copy(settings: Settings, password: PasswordFn, specs: list[str], to: Setting
             snaps = list({(s := find_snapshot(src, spec, flt=flt)).id: s for spec in specs}.values())
         else:
             snaps = list_snapshots(src, flt)
-        with other_session("the destination (--to)", to, to_password, lock="shared", operation="copy") as dst:
-            if dst.repo.id == src.repo.id:
-                raise UsageError("source and destination are the same repository")
+        with other_session("the destination (--to)", to, to_password, lock="shared", operation="copy",
+                           not_id=(src.repo.id, "source and destination are the same repository")) as dst:
             remote = local_repo_path(to) is None
             workers = max(settings.jobs or 0, min(settings.connections or 8, 8)) if (
                 remote or local_repo_path(settings) is None) else max(settings.jobs or 0, 2)
@@ -618,9 +623,8 @@ def repair(settings: Settings, password: PasswordFn, what: str = "all", read_dat
         other = None
         if from_repo is not None:  # opened (its password checked) before anything here is changed
             other = stack.enter_context(other_session("the repository of --from-repo", from_repo[0], from_repo[1],
-                                                      lock="shared", operation="repair (source)"))
-            if other.repo.id == sess.repo.id:
-                raise UsageError("--from-repo names this same repository")
+                                                      lock="shared", operation="repair (source)",
+                                                      not_id=(sess.repo.id, "--from-repo names this same repository")))
         if sess.repo.keys_open_nothing():  # (before anything is called damaged: the keys must be this repository's)
             raise IntegrityError("none of the repository's snapshots and index segments opens with the keys in use, "
                                  "though they are intact: the key slot that opened it is another repository's (was "
