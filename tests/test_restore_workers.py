@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import FAST_INIT, make_tree, scan, with_jobs
+from conftest import FAST_INIT, Hardlink, make_tree, scan, with_jobs
 
 from vault import forkpool, restorer
 from vault.errors import VaultError
@@ -230,3 +230,24 @@ def test_bytes_written_counts_the_files_put_in_place_whatever_the_jobs(cli, tmp_
         assert out["damaged"] and out["bytes_written"] == on_disk, (out["bytes_written"], on_disk)
         got[jobs] = out["bytes_written"]
     assert got["1"] == got["2"]
+
+
+def test_bytes_written_counts_a_hardlinked_file_put_in_place_under_another_name(cli, tmp_path):
+    """When the name of a hardlink group restored first is blocked (a directory in the way), the data goes in under
+    the next name: it is put in place, so it counts, whatever the jobs."""
+    cli("init", *FAST_INIT)
+    rnd = __import__("random").Random(7)
+    spec = {}
+    for g in range(6):
+        spec[f"a{g}"] = {"x": rnd.randbytes(20_000 + g)}
+        spec[f"b{g}"] = {"y": Hardlink(f"a{g}/x")}
+    src = make_tree(tmp_path / "src", spec)
+    cli("backup", src)
+    for jobs in ("1", "2"):
+        target = tmp_path / f"r{jobs}"
+        for g in range(6):  # the first name of each group blocked by a directory
+            (target / src.relative_to("/") / f"b{g}" / "y").mkdir(parents=True)
+        out = with_jobs(cli, jobs, "--json", "restore", "latest", "--target", target, ok=1).json
+        on_disk = sum(p.stat().st_size for p in (target / src.relative_to("/")).rglob("x"))
+        assert on_disk == sum(20_000 + g for g in range(6))
+        assert out["bytes_written"] == on_disk, (jobs, out["bytes_written"], on_disk)

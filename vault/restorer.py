@@ -567,6 +567,7 @@ class Restorer:
                     continue
                 first.path, first.done, first.spare = path, True, False
                 self.result.files += 1
+                self.result.bytes_written += first.written  # (its data is in place, under this name)
                 continue
             if not first.done:
                 self.result.errors.append((_show(path), f"cannot create hardlink: {_show(first.path)} was not "
@@ -719,12 +720,12 @@ class Restorer:
                 fut.result()
         r = self.result
         stats = self.repo.backend.inner.stats() if self._fresh_backend is not None else None
-        return ([(t.done, t.spare, t.created, t.problem, t.local) for t in tasks],
+        return ([(t.done, t.spare, t.created, t.problem, t.local, t.written) for t in tasks],
                 (r.files, r.bytes_written, r.errors, r.damaged, r.warnings, r.failed), stats)
 
     def _merge_part(self, mine: list[_FileTask], reply: tuple, worker: int) -> None:
         states, (files, written, errors, damaged, warnings, failed), stats = reply
-        for task, (task.done, task.spare, task.created, task.problem, task.local) in zip(mine, states):
+        for task, (task.done, task.spare, task.created, task.problem, task.local, task.written) in zip(mine, states):
             if task.spare:
                 self._spares.append(task)
         r = self.result
