@@ -567,3 +567,25 @@ def test_repair_from_the_same_repository_is_refused_at_once(cli, tmp_path, setup
     res = cli("--lock-wait", "2s", "copy", "--to", link, ok=2)
     assert "same repository" in res.err
     assert list((cli.repo / "locks").iterdir()) == []
+
+
+def test_the_nightly_copy_sends_again_what_a_repaired_mirror_lost(cli, tmp_path):
+    """The mirror loses a data pack and its repair drops the lost blocks from its index (its trees stay): the
+    next copy skipped every unchanged directory it had copied before, so the new snapshot named blocks the
+    mirror lacks (verify exit 20, restore exit 20) though the source held them, and copy said nothing."""
+    cli("init", *FAST_INIT)
+    src = make_tree(tmp_path / "src", {"sub": {"big.bin": random.Random(3).randbytes(3 * MiB)}, "top.txt": b"a\n"})
+    cli("backup", src)
+    mirror = tmp_path / "mirror"
+    cli("init", *FAST_INIT, "--repo", mirror, "--copy-chunker-params-from", cli.repo)
+    cli("copy", "--to", mirror)
+    [big] = [p for p in (mirror / "data").rglob("*") if p.is_file() and p.stat().st_size > MiB]
+    big.unlink()
+    cli("--repo", mirror, "repair")  # (the old snapshot is rewritten without its lost files)
+    (src / "top.txt").write_bytes(b"b\n")
+    cli("backup", src)
+    out = cli("--json", "copy", "--to", mirror).json
+    assert len(out["copied"]) == 1 and out["bytes_stored"] >= 3 * MiB, out
+    new = out["copied"][0]["destination"]
+    cli("--repo", mirror, "restore", new, "--target", tmp_path / "r")
+    assert_trees_equal(src, tmp_path / "r" / src.relative_to("/"))

@@ -299,6 +299,7 @@ class Catalog:
             for t in ("segments", "packs", "blocks", "snapshots", "trees"):
                 c.execute(f"DELETE FROM {t}")
             c.execute("DROP TABLE IF EXISTS copy_map")
+            c.execute("DROP TABLE IF EXISTS copy_trees")
         self._tx(run)
 
     # --- sync from the repository ---------------------------------------------------------------------
@@ -371,7 +372,18 @@ class Catalog:
         """Forget every loaded index segment (the next sync reloads them all). The only place blocks leave the
         catalog's index: so no tree stays 'checked' (see ``add_trees``)."""
         self._tx(lambda c: (c.execute("DELETE FROM segments"), c.execute("DELETE FROM packs"),
-                            c.execute("DELETE FROM blocks"), c.execute("UPDATE trees SET checked=0 WHERE checked != 0")))
+                            c.execute("DELETE FROM blocks"), c.execute("UPDATE trees SET checked=0 WHERE checked != 0"),
+                            c.execute("INSERT INTO meta (key, value) VALUES ('index_epoch', '1') ON CONFLICT(key) "
+                                      "DO UPDATE SET value = CAST(value AS INTEGER) + 1")))
+
+    def index_epoch(self) -> int:
+        """How many times the index was reset (``reset_index``): what was known to be indexed under another
+        epoch may have left the index since (a repair dropped lost blocks, a prune deleted packs)."""
+        rows = self._q("SELECT value FROM meta WHERE key='index_epoch'")
+        try:
+            return int(rows[0][0]) if rows else 0
+        except (TypeError, ValueError):
+            return -1
 
     def add_segment(self, sid: str, seg: index_mod.IndexSegment) -> None:
         def run(c: sqlite3.Connection) -> None:
@@ -678,8 +690,11 @@ class Catalog:
 
     # --- copy support: source block id -> destination block id (created on first use) -------------------
     def copy_map_init(self) -> None:
-        self._tx(lambda c: c.execute("CREATE TABLE IF NOT EXISTS copy_map (src BLOB PRIMARY KEY, dst BLOB NOT NULL) "
-                                     "WITHOUT ROWID"))
+        def run(c: sqlite3.Connection) -> None:
+            c.execute("CREATE TABLE IF NOT EXISTS copy_map (src BLOB PRIMARY KEY, dst BLOB NOT NULL) WITHOUT ROWID")
+            c.execute("CREATE TABLE IF NOT EXISTS copy_trees (src BLOB PRIMARY KEY, dst BLOB NOT NULL, "
+                      "epoch INTEGER NOT NULL) WITHOUT ROWID")
+        self._tx(run)
 
     def copy_map_get(self, src: bytes) -> bytes | None:
         rows = self._q("SELECT dst FROM copy_map WHERE src=?", (src,))
@@ -687,6 +702,16 @@ class Catalog:
 
     def copy_map_put(self, pairs: list[tuple[bytes, bytes]]) -> None:
         self._tx(lambda c: c.executemany("INSERT OR REPLACE INTO copy_map (src, dst) VALUES (?, ?)", pairs))
+
+    def copy_tree_get(self, src: bytes, epoch: int) -> bytes | None:
+        """The destination tree a source tree was copied to, when every block below it was indexed in this
+        index epoch (``index_epoch``): a tree mapped before the index was last reset is walked again."""
+        rows = self._q("SELECT dst FROM copy_trees WHERE src=? AND epoch=?", (src, epoch))
+        return bytes(rows[0][0]) if rows else None
+
+    def copy_tree_put(self, pairs: list[tuple[bytes, bytes]], epoch: int) -> None:
+        self._tx(lambda c: c.executemany("INSERT OR REPLACE INTO copy_trees (src, dst, epoch) VALUES (?, ?, ?)",
+                                         [(s, d, epoch) for s, d in pairs]))
 
     # --- prune support (temporary tables, on disk: memory stays flat however big the repository) ----------
     def marker(self, sizes: bool = False) -> "UsedMarker":

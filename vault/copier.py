@@ -65,6 +65,9 @@ class Copier:
         # data pack holding its files is stored, and after a kill a mapped tree must not be skipped unread
         self._tree_pairs: list[tuple[bytes, bytes]] = []
         dst_cat.copy_map_init()
+        # a tree copied in another index epoch is walked again (its blocks may have left the index since: a
+        # repair of the destination dropped lost ones); those still indexed are not read again
+        self._epoch = dst_cat.index_epoch()
 
     # --- blocks ---------------------------------------------------------------------------------------
     def _on_pack(self, pid: bytes, size: int, entries: list[PackEntry]) -> None:
@@ -139,8 +142,8 @@ class Copier:
             tid, expanded = stack.pop()
             if tid in done:
                 continue
-            known = self._known(tid)
-            if known is not None:
+            known = self.dst_cat.copy_tree_get(tid, self._epoch)
+            if known is not None and self._present(known):
                 done[tid] = known
                 self.report.trees_skipped += 1
                 continue
@@ -197,7 +200,7 @@ class Copier:
                     before_commit()
                     self.dst.save_snapshot(new)
                     self.dst_cat.add_snapshot(new)
-                    self.dst_cat.copy_map_put(self._tree_pairs)  # now every block below them is indexed
+                    self.dst_cat.copy_tree_put(self._tree_pairs, self._epoch)  # every block below them indexed now
                     self._tree_pairs = []
                     self.report.copied.append((snap.id, new.id))
         finally:
