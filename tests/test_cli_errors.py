@@ -705,16 +705,21 @@ def test_init_over_an_existing_repository_refuses_before_asking_for_a_password(r
     assert not marker.exists() and "already exists" in r.err
 
 
-def test_output_cut_short_by_head_is_silent_exit_141(repo, tmp_path):
+@pytest.mark.parametrize("buffered", [False, True])
+def test_output_cut_short_by_head_is_silent_exit_141(repo, tmp_path, buffered):
     """`vault ls latest | head -1` (the disaster-recovery page's own example) ended with exit 1 and not a word
     on stderr: a failure with no message. A closed stdout is now exit 141, as for any Unix tool killed by
-    SIGPIPE, and silent."""
+    SIGPIPE, and silent -- also with Python's usual buffered stdout (no PYTHONUNBUFFERED: a login shell, cron),
+    where the interpreter's own flush at exit failed again ("Exception ignored ...", exit 120)."""
     src = tmp_path / "src"
     src.mkdir()
     for i in range(3000):
         (src / f"file-with-a-longish-name-{i:05d}").touch()
     repo("backup", src)
     env = {**os.environ, **repo.env()}
+    env.pop("PYTHONUNBUFFERED", None)
+    if not buffered:
+        env["PYTHONUNBUFFERED"] = "1"
     cmd = f"{sys.executable} -m vault.cli.main ls latest 2>{tmp_path / 'err'} | head -1; echo ${{PIPESTATUS[0]}}"
     out = subprocess.run(["bash", "-c", cmd], env=env, capture_output=True, text=True).stdout.splitlines()
     assert out[-1] == "141" and (tmp_path / "err").read_text() == ""

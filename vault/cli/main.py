@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import gc
+import os
 import signal
 import sys
 import warnings
@@ -47,6 +48,17 @@ def _on_sigterm(signum: int, frame: object) -> None:
     global _terminated
     _terminated = 128 + signum
     _on_sigint(signum, frame)
+
+
+def _drop_dead_stdout() -> None:
+    """stdout's reader is gone: what is still buffered goes nowhere, else the interpreter's own flush at exit
+    fails again ("Exception ignored ... BrokenPipeError", exit 120)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, AttributeError, ValueError):
+        pass
 
 
 def _internal_error(exc: BaseException) -> None:
@@ -114,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         code = _stopped()
     except BrokenPipeError:  # stdout closed early (`| head`, a pager quit): silent, exit 141 as for any Unix
         code = 141             # tool killed by SIGPIPE (nothing vault was doing is affected: output comes last)
+        _drop_dead_stdout()
     except OSError as exc:
         if _terminated:  # (stopped by a signal, and the clean-up then hit a terminal that went away: EIO)
             code = _stopped()
@@ -154,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         if sys.stdout is not None:  # None when the command runs with stdout closed (`>&-`)
             sys.stdout.flush()
     except BrokenPipeError:
-        pass
+        _drop_dead_stdout()
+        code = code or 141
     except OSError as exc:  # the output could not be delivered (e.g. >/dev/full): say so, do not claim success
         try:
             click.echo(f"vault: cannot write the output: {exc.strerror or exc}", err=True)
