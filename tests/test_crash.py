@@ -275,14 +275,22 @@ def test_outdated_catalog_catches_up(repo, tmp_path):
 
 
 def test_snapshot_deleted_from_repository_disappears_from_catalog(repo, tmp_path):
+    """Forgotten elsewhere (a logs/ record lets it go): gone from the listing, no such snapshot (exit 1). Deleted
+    by hand: gone from the listing too, but lost, not forgotten -- damage (exit 20), named."""
     src = make_tree(tmp_path / "src", {"a": b"1"})
     repo("backup", src)
     (src / "b").write_bytes(b"2")
     repo("backup", src)
+    (src / "c").write_bytes(b"3")
+    repo("backup", src)
     snaps = repo("--json", "snapshots").json
-    (repo.repo / "snapshots" / snaps[0]["id"]).unlink()
-    assert [s["id"] for s in repo("--json", "snapshots").json] == [snaps[1]["id"]]
+    repo("forget", snaps[0]["id"], "--cache-dir", tmp_path / "elsewhere")
+    (repo.repo / "snapshots" / snaps[1]["id"]).unlink()
+    res = repo("--json", "snapshots")
+    assert [s["id"] for s in res.json] == [snaps[2]["id"]]
+    assert snaps[1]["id"][:8] in res.err and snaps[0]["id"][:8] not in res.err
     repo("ls", snaps[0]["id"], ok=1)
+    assert "manifest missing" in repo("ls", snaps[1]["id"], ok=20).err
 
 
 # --- Ctrl-C and SIGTERM -----------------------------------------------------------------------------------

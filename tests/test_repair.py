@@ -589,3 +589,43 @@ def test_the_nightly_copy_sends_again_what_a_repaired_mirror_lost(cli, tmp_path)
     new = out["copied"][0]["destination"]
     cli("--repo", mirror, "restore", new, "--target", tmp_path / "r")
     assert_trees_equal(src, tmp_path / "r" / src.relative_to("/"))
+
+
+def test_a_manifest_deleted_without_a_forget_is_damage_until_repair_writes_it_again(cli, tmp_path, setup):
+    """A snapshot manifest that vanished with no forget (or repair) record letting it go was dropped in
+    silence: verify exit 0, repair nothing, and the next prune deleted what only it used. Now verify names it
+    (exit 20) and repair writes it again from this machine's catalog; forgets and repairs are not lost ones."""
+    src, lay = setup
+    (src / "small" / "s0.txt").write_bytes(b"second\n")
+    cli("backup", src, "--time", "2026-03-02T10:00:00Z")
+    cli("backup", src, "--time", "2026-03-03T10:00:00Z")
+    cli("forget", "--keep-last", "2")  # (recorded: not lost)
+    assert cli("--json", "verify").json["ok"] is True
+    first, second = cli("--json", "snapshots").json
+    (cli.repo / "snapshots" / first["id"]).unlink()
+    res = cli("--json", "verify", ok=20)
+    assert [d["object"] for d in res.json["damage"]] == [f"snapshots/{first['id'][:8]}"], res.json
+    assert "deleted without a forget" in res.json["damage"][0]["problem"]
+    assert first["id"][:8] in cli("snapshots").err
+    cli("restore", "latest", "--target", tmp_path / "r0")  # (the lost one is older than latest: not passed over)
+    dry = cli("repair", "--dry-run").out
+    assert f"would write snapshot {first['id'][:8]} again" in dry
+    assert cli("--json", "verify", ok=20).json["ok"] is False
+    out = cli("repair").out
+    assert f"wrote snapshot {first['id'][:8]} again as" in out and "no errors found" in out
+    snaps = cli("--json", "snapshots").json
+    assert [s["time"] for s in snaps] == [first["time"], second["time"]]
+    assert snaps[0]["summary"]["restored_from_catalog"] == first["id"]
+    cli("restore", snaps[0]["id"], "--target", tmp_path / "r")
+    assert (tmp_path / "r" / src.relative_to("/") / "small" / "s0.txt").read_bytes() == b"second\n"
+    assert cli("--json", "verify").json["ok"] is True
+
+
+def test_a_manifest_repair_removed_is_not_lost_to_a_catalog_that_had_read_it(cli, tmp_path, setup):
+    src, lay = setup
+    other = ("--cache-dir", tmp_path / "other-cache")
+    assert cli(*other, "--json", "snapshots").json  # this other machine reads the manifest while it is whole
+    (cli.repo / "snapshots" / lay.snapshot).write_bytes(b"garbage")
+    cli("repair")  # removes the unreadable manifest (recovering its tree as a snapshot)
+    res = cli(*other, "--json", "verify")
+    assert res.json["ok"] is True, res.json

@@ -242,9 +242,10 @@ def find_snapshot(sess: Session, spec: str | None, at: str | None = None, flt: S
             raise SnapshotNotFound(what)
         return snaps[-1]
     sid = resolve_prefix(spec, [s.id for s in list_snapshots(sess)] + list(unreadable))
-    if sid in unreadable:  # named, but its manifest is damaged: damage, not "no such snapshot"
-        raise IntegrityError(f"snapshot {sid[:8]} cannot be read: {unreadable[sid]} (run 'vault verify'; "
-                             "'vault repair' removes it, or heals it with --from-repo and a copy)")
+    if sid in unreadable:  # named, but its manifest is damaged or lost: damage, not "no such snapshot"
+        lost = unreadable[sid].startswith("manifest missing")  # (the advice is in the reason)
+        raise IntegrityError(f"snapshot {sid[:8]} cannot be read: {unreadable[sid]}" + ("" if lost else
+                             " (run 'vault verify'; 'vault repair' removes it, or heals it with --from-repo and a copy)"))
     return next(s for s in sess.catalog.snapshots() if s.id == sid)
 
 
@@ -254,10 +255,19 @@ def _unreadable_ids(unreadable: dict[str, str]) -> str:
             f"{len(ids)} snapshots ({', '.join(i[:8] for i in ids[:5])}{', ...' if len(ids) > 5 else ''})")
 
 
-def passed_over(sess: Session, spec: str | None, at: str | None = None) -> dict[str, str]:
+def passed_over(sess: Session, spec: str | None, at: str | None = None,
+                chosen: Snapshot | None = None) -> dict[str, str]:
     """The snapshots whose manifests could not be read (id -> why) when ``latest`` or ``--at`` chose among the
-    rest: one of them may be the snapshot that was meant (their times are unknown)."""
-    return dict(sess.sync.unreadable) if (spec == "latest" or at is not None) else {}
+    rest: one of them may be the snapshot that was meant (their times are unknown) -- except a lost manifest
+    this machine's catalog had read (its time is known) older than ``chosen``."""
+    if not (spec == "latest" or at is not None):
+        return {}
+    out = dict(sess.sync.unreadable)
+    if chosen is not None and out:
+        for snap in sess.catalog.lost_snapshots():
+            if (snap.time, snap.id) < (chosen.time, chosen.id):
+                out.pop(snap.id, None)
+    return out
 
 
 @contextlib.contextmanager
@@ -380,7 +390,7 @@ def restore(settings: Settings, password: PasswordFn, spec: str | None, opts: Re
                                       f"{wrong[0].hex()[:16]}: the damage above may be the catalog's, not the "
                                       "repository's; run 'vault catalog rebuild', then restore again")
         result.requests = sum_stats([sess.requests(), result.requests])
-        result.passed_over = passed_over(sess, spec, at)
+        result.passed_over = passed_over(sess, spec, at, snap)
         return snap, result
 
 

@@ -40,6 +40,8 @@ from .ids import ID_LEN
 from .model import DIR, FILE, Node, Snapshot, Tree, parse_stored_time, format_time, storable_text
 from .pack import PackEntry
 
+_LOST_TABLE = ("CREATE TABLE IF NOT EXISTS lost_snapshots (id TEXT PRIMARY KEY, time TEXT NOT NULL, host TEXT NOT NULL, "
+               "paths TEXT NOT NULL, tags TEXT NOT NULL, tree BLOB NOT NULL, username TEXT, parent TEXT, summary TEXT)")
 AHEAD = 256  # trees a walk of a remote repository's cold cache fetches ahead at most (``Catalog._fetch_ahead``)
 OPEN_WAIT = 60.0  # seconds to wait for the catalog's opening lock (another process holds it for milliseconds)
 SCHEMA_VERSION = 5  # 5: trees.checked (4 is migrated in place)
@@ -346,8 +348,17 @@ class Catalog:
         snaps_known = {r[0] for r in self._q("SELECT id FROM snapshots")}
         gone = snaps_known - snaps_repo
         if gone:
-            self._tx(lambda c: c.executemany("DELETE FROM snapshots WHERE id=?", [(s,) for s in gone]))
+            lost = gone - self._forgotten(repo, gone)
+
+            def run(c: sqlite3.Connection) -> None:
+                c.execute(_LOST_TABLE)
+                cols = "id, time, host, paths, tags, tree, username, parent, summary"
+                c.executemany(f"INSERT OR REPLACE INTO lost_snapshots ({cols}) SELECT {cols} FROM snapshots WHERE id=?",
+                              [(s,) for s in sorted(lost)])
+                c.executemany("DELETE FROM snapshots WHERE id=?", [(s,) for s in gone])
+            self._tx(run)
             rep.snapshots_removed = len(gone)
+        self._note_lost(snaps_repo, rep)
         for sid in sorted(snaps_repo - snaps_known):
             try:
                 snap = repo.load_snapshot(sid)
@@ -483,13 +494,60 @@ class Catalog:
             (snap.id, format_time(snap.time), storable_text(snap.host), json.dumps(snap.paths), json.dumps(snap.tags),
              snap.tree, storable_text(snap.username), snap.parent, json.dumps(snap.summary))))
 
-    def snapshots(self) -> list[Snapshot]:
-        rows = self._q("SELECT id, time, host, paths, tags, tree, username, parent, summary FROM snapshots")
+    def snapshots(self, table: str = "snapshots") -> list[Snapshot]:
+        rows = self._q(f"SELECT id, time, host, paths, tags, tree, username, parent, summary FROM {table}")
         out = [Snapshot(time=parse_stored_time(t), host=h, paths=json.loads(p), tags=json.loads(tg), tree=bytes(tr),
                         username=u or "", parent=par, summary=json.loads(s or "{}"), id=i)
                for i, t, h, p, tg, tr, u, par, s in rows]
         out.sort(key=lambda s: (s.time, s.id))
         return out
+
+    # --- snapshots whose manifest vanished without a forget ----------------------------------------------
+    def _has_table(self, name: str) -> bool:
+        return bool(self._q("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)))
+
+    def _forgotten(self, repo, ids: set[str]) -> set[str]:
+        """Those of ``ids`` (snapshots whose manifests are gone) that a ``logs/`` record lets go: forget and
+        repair record every manifest they delete before deleting it. Each record is read once (``logs_read``);
+        one that cannot be read is tried again next time."""
+        self._tx(lambda c: (c.execute("CREATE TABLE IF NOT EXISTS logs_read (id TEXT PRIMARY KEY)"),
+                            c.execute("CREATE TABLE IF NOT EXISTS forgotten (id TEXT PRIMARY KEY)")))
+        read = {r[0] for r in self._q("SELECT id FROM logs_read")}
+        for lid in repo.list_logs():
+            if lid in read:
+                continue
+            try:
+                doc = repo.load_log(lid)
+                let_go = [d["id"] for d in doc.get("decisions", [])
+                          if isinstance(d, dict) and not d.get("keep") and isinstance(d.get("id"), str)]
+            except (VaultError, ValueError, TypeError, AttributeError, KeyError):
+                continue
+            self._tx(lambda c: (c.executemany("INSERT OR IGNORE INTO forgotten (id) VALUES (?)",
+                                              [(i,) for i in let_go]),
+                                c.execute("INSERT OR IGNORE INTO logs_read (id) VALUES (?)", (lid,))))
+        return {r[0] for r in self._q(f"SELECT id FROM forgotten WHERE id IN ({','.join('?' * len(ids))})",
+                                      sorted(ids))} if ids else set()
+
+    def _note_lost(self, in_repo: set[str], rep: "SyncReport") -> None:
+        """Each snapshot this catalog had read whose manifest is gone with no record letting it go is lost:
+        damage (``rep.problems``, ``rep.unreadable``) until ``vault repair`` writes it again (``lost_snapshots``
+        keeps what the catalog knew) or the manifest comes back."""
+        if not self._has_table("lost_snapshots"):
+            return
+        back = [r[0] for r in self._q("SELECT id FROM lost_snapshots") if r[0] in in_repo]
+        if back:
+            self.drop_lost(back)
+        for (sid,) in self._q("SELECT id FROM lost_snapshots ORDER BY id"):
+            why = ("manifest missing: deleted without a forget ('vault repair snapshots' writes it again from "
+                   "this machine's catalog)")
+            rep.problems.append(f"snapshot {sid[:8]}: {why}")
+            rep.unreadable[sid] = why
+
+    def lost_snapshots(self) -> list[Snapshot]:
+        return self.snapshots("lost_snapshots") if self._has_table("lost_snapshots") else []
+
+    def drop_lost(self, ids: list[str]) -> None:
+        self._tx(lambda c: c.executemany("DELETE FROM lost_snapshots WHERE id=?", [(i,) for i in ids]))
 
     # --- trees --------------------------------------------------------------------------------------
     def _key(self, repo) -> bytes:

@@ -377,6 +377,7 @@ class Repairer:
     def repair_manifests(self, other: Repository | None = None, other_cat: Catalog | None = None) -> None:
         """Remove snapshot manifests that cannot be read; with a second repository, first write them again
         from its copy (same time, host, paths and tags; the tree rebuilt and checked block by block)."""
+        self._restore_lost()
         mates = {}
         if other_cat is not None:
             mates = {s.summary.get("copied_from"): s for s in other_cat.snapshots() if s.summary.get("copied_from")}
@@ -414,9 +415,51 @@ class Repairer:
             # before any manifest is deleted: a kill in between must not leave a root tree nothing names
             self._recover_orphan_roots(set(unreadable))
         self._before_delete()
+        known = {snap.id: snap.tree for snap in self.catalog.snapshots()}  # (read before it became unreadable)
+        self._record([(sid, known.get(sid), "unreadable manifest") for sid in unreadable])
         for sid in unreadable:
             self.repo.backend.delete(f"snapshots/{sid}")
         self.catalog.sync(self.repo)
+
+    def _record(self, gone: list[tuple[str, bytes | None, str]]) -> None:
+        """A ``logs/`` record of the manifests repair lets go, (id, root tree or None, why) each, written before
+        they are deleted (as forget's): a catalog that had read one knows it was not lost."""
+        from datetime import datetime, timezone
+        import socket
+
+        from .model import format_time
+
+        self.repo.save_log({"v": 1, "operation": "repair", "time": format_time(datetime.now(timezone.utc)),
+                            "host": socket.gethostname(), "policy": "repair",
+                            "decisions": [{"id": sid, **({"tree": tree.hex()} if tree else {}), "keep": False,
+                                           "reasons": [why]} for sid, tree, why in gone]})
+
+    def _restore_lost(self) -> None:
+        """Write again each snapshot whose manifest vanished without a forget, from what this machine's catalog
+        read of it (same time, host, paths, tags and root tree; a new id, ``summary.restored_from_catalog``) when
+        its root tree is still indexed; either way record that the old id is let go (``_record``)."""
+        lost = self.catalog.lost_snapshots()
+        if not lost:
+            return
+        done = []
+        for snap in lost:
+            entry = {"old": snap.id, "new": None, "files_dropped": 0, "manifest": "missing (deleted without a forget)"}
+            if self.catalog.lookup(snap.tree) is None:
+                entry["manifest"] += " and its directory tree is lost too"
+            else:
+                entry["restored_from_catalog"] = True
+                if not self.dry_run:
+                    new = Snapshot(time=snap.time, host=snap.host, paths=list(snap.paths), tree=snap.tree,
+                                   tags=list(snap.tags), username=snap.username, parent=snap.parent,
+                                   summary={**snap.summary, "restored_from_catalog": snap.id})
+                    self.repo.save_snapshot(new)
+                    self.catalog.add_snapshot(new)
+                    entry["new"] = new.id
+            self.report.snapshots_rewritten.append(entry)
+            done.append((snap.id, snap.tree, entry["manifest"]))
+        if not self.dry_run:
+            self._record(done)
+            self.catalog.drop_lost([sid for sid, _, _ in done])
 
     def _readable(self, sid: str) -> bool:
         """False only when the manifest fails to load twice (a read can fail once) for a reason of its own."""

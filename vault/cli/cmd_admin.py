@@ -351,6 +351,12 @@ def repair(what: str, read_data: bool, from_repo: str | None, from_password_file
         if dry_run and not (read_data or from_repo):  # (a real run says so after its verify)
             c.out("(packs were not read: damage inside a pack is not seen; add --read-data)")
         for s in rep.snapshots_rewritten:
+            if s.get("restored_from_catalog"):
+                c.out(f"would write snapshot {s['old'][:8]} again" if dry_run else
+                      f"wrote snapshot {s['old'][:8]} again as {s['new'][:8]}")
+                c.out(f"  (its manifest was {s['manifest']}) from this machine's catalog: a new id, same time, host, "
+                      "paths, tags and directory tree")
+                continue
             if s.get("healed_from_copy") and dry_run:
                 c.out(f"would restore snapshot {s['old'][:8]} from the copy's {s['healed_from_copy'][:8]}")
                 continue

@@ -66,7 +66,8 @@ def ls(snapshot: str, path: str | None, long_: bool) -> None:
     c = get_ctx()
     with api.session(c.settings, c.password_fn(), lock="shared", operation="ls") as sess:
         snap = api.find_snapshot(sess, snapshot)
-        c.warn_unreadable(api.passed_over(sess, snapshot), f"'latest' is {snap.short_id}, the newest of the others")
+        c.warn_unreadable(api.passed_over(sess, snapshot, chosen=snap),
+                          f"'latest' is {snap.short_id}, the newest of the others")
         entries = api.ls(sess, snap, path)  # streamed: a snapshot of millions of files is never held whole
         if c.json:
             c.emit_json_stream({"snapshot_id": snap.id}, (api.node_json(p, n) for p, n in entries), sess.requests)
