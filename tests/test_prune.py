@@ -314,3 +314,26 @@ def test_the_catalog_drops_the_trees_of_pruned_snapshots(repo, tmp_path):
         with sqlite3.connect(next(repo.cache.rglob("catalog.db"))) as conn:
             counts.append(conn.execute("SELECT count(*) FROM trees").fetchone()[0])
     assert counts[-1] == counts[0], counts
+
+
+def test_a_damaged_catalog_row_never_makes_prune_delete_a_referenced_block(repo, tmp_path):
+    """The catalog is a cache and SQLite has no page checksums: one flipped bit moved a live block's row to
+    another pack, prune repacked the pack really holding it without the block, deleted it and said 'freed',
+    exit 0. It now checks its plan on the repository's own (authenticated) index before anything is deleted."""
+    import sqlite3
+
+    rnd = random.Random(11)
+    src = make_tree(tmp_path / "src", {f"f{i}": rnd.randbytes(60_000) for i in range(400)})
+    repo("backup", src)
+    with sqlite3.connect(next(repo.cache.rglob("catalog.db"))) as conn:
+        conn.execute("UPDATE blocks SET pack=(SELECT max(rowid) FROM packs WHERE kind='D') WHERE id=(SELECT id FROM "
+                     "blocks WHERE kind='D' AND pack=(SELECT min(rowid) FROM packs WHERE kind='D') LIMIT 1)")
+    res = repo("prune", "--max-unused", "0%", ok=1)
+    assert "catalog rebuild" in res.err and "stopped before deleting anything" in res.err, res.err
+    fresh = ("--cache-dir", tmp_path / "fresh")
+    assert repo(*fresh, "--json", "verify", "--read-data").json["ok"] is True
+    repo("catalog", "rebuild")
+    repo("prune", "--max-unused", "0%")
+    assert repo(*fresh, "--json", "verify", "--read-data").json["ok"] is True
+    repo(*fresh, "restore", "latest", "--target", tmp_path / "r")
+    assert_trees_equal(src, tmp_path / "r" / src.relative_to("/"))

@@ -935,6 +935,33 @@ class Catalog:
     def removed_among(self, ids: Iterable[bytes]) -> set[bytes]:
         return set(self._present("removed", ids))
 
+    def at_risk_begin(self) -> None:
+        """Prune: an empty temporary table of referenced blocks that the index segments place in removed packs
+        (``at_risk_add``); each must be found again in a pack that stays (``at_risk_found``)."""
+        def run(c: sqlite3.Connection) -> None:
+            c.execute("CREATE TEMP TABLE IF NOT EXISTS at_risk (id BLOB PRIMARY KEY) WITHOUT ROWID")
+            c.execute("DELETE FROM temp.at_risk")
+        self._tx(run)
+
+    def at_risk_add(self, ids: list[bytes], batch: int = 500) -> None:
+        """Those of ``ids`` that a snapshot references (``used``) go into ``at_risk``."""
+        for i in range(0, len(ids), batch):
+            part = ids[i : i + batch]
+            self._tx(lambda c, part=part: c.execute(
+                f"INSERT OR IGNORE INTO temp.at_risk (id) SELECT id FROM temp.used WHERE id IN "
+                f"({','.join('?' * len(part))})", part))
+
+    def at_risk_found(self, ids: list[bytes], batch: int = 500) -> None:
+        for i in range(0, len(ids), batch):
+            part = ids[i : i + batch]
+            self._tx(lambda c, part=part: c.execute(
+                f"DELETE FROM temp.at_risk WHERE id IN ({','.join('?' * len(part))})", part))
+
+    def at_risk_left(self) -> tuple[int, bytes | None]:
+        (n,), = self._q("SELECT count(*) FROM temp.at_risk")
+        rows = self._q("SELECT id FROM temp.at_risk LIMIT 1")
+        return n, (bytes(rows[0][0]) if rows else None)
+
     def unindexed_packs(self) -> list[tuple[bytes, int]]:
         """Stored packs that no loaded index segment lists (leftovers of interrupted runs)."""
         return [(bytes(i), s) for i, s in self._q(

@@ -133,6 +133,7 @@ class Pruner:
         self.report = PruneReport(dry_run=opts.dry_run)
         self._uploaders = uploaders
         self._new_packs: list[tuple[bytes, int, list[pack_mod.PackEntry]]] = []  # not yet in a segment
+        self._written: set[str] = set()  # the index segments of the packs this run wrote
         self._new_lock = threading.Lock()
         self.sync_problems: list[str] = []  # problems the session's catalog sync met (set by the caller)
 
@@ -216,9 +217,10 @@ class Pruner:
             self._save_new(full)
 
     def _save_new(self, packs: list) -> None:
-        self.repo.save_index(index_mod.from_packs(packs))
+        sid = self.repo.save_index(index_mod.from_packs(packs))
         with self._new_lock:
             self.report.segments_written += 1
+            self._written.add(sid)
 
     def _repack(self, plan: _Plan) -> None:
         if not plan.repack:
@@ -270,11 +272,15 @@ class Pruner:
         present = self.repo.list_index()
         superseded: set[str] = set()
         affected: list[str] = []
+        self.catalog.at_risk_begin()
         for sid in present:
             seg = self._load_segment(sid)
             superseded.update(s.hex() for s in seg.supersedes)
-            if self.catalog.removed_among(seg.packs):
+            removed = self.catalog.removed_among(seg.packs)
+            if removed:
                 affected.append(sid)
+                self.catalog.at_risk_add([e.block_id for pid in removed for e in seg.packs[pid]])
+        self._check_nothing_lost(present, superseded)
         # left by an interrupted prune: already replaced, so deleted (never rewritten: they may name removed packs)
         to_delete = [s for s in present if s in superseded]
         for sid in affected:
@@ -288,6 +294,30 @@ class Pruner:
                 self.report.segments_written += 1
             to_delete.append(sid)
         return to_delete
+
+    def _check_nothing_lost(self, present: list[str], superseded: set[str]) -> None:
+        """Every referenced block that the repository's own index places in a pack this prune removes must be
+        placed by it in a pack that stays too (repacked, or a duplicate): the plan came from this machine's
+        catalog, a cache, and a damaged row there (SQLite has no page checksums: one flipped bit moved a block to
+        another pack) would have had a live pack repacked without the block and deleted. Checked on the
+        authenticated segments before anything is superseded or deleted; the segments this run wrote (the
+        repacked packs) first, the others only while something is left unfound."""
+        if not self.catalog.at_risk_left()[0]:
+            return
+        ours = [sid for sid in present if sid in self._written]
+        for sid in ours + [sid for sid in present if sid not in self._written]:
+            if sid in superseded:
+                continue
+            seg = self._load_segment(sid)
+            removed = self.catalog.removed_among(seg.packs)
+            self.catalog.at_risk_found([e.block_id for pid, entries in seg.packs.items() if pid not in removed
+                                        for e in entries])
+            if not self.catalog.at_risk_left()[0]:
+                return
+        n, first = self.catalog.at_risk_left()
+        raise PruneRefused(f"prune stopped before deleting anything: {n} block(s) that snapshots reference (e.g. "
+                           f"{first.hex()[:16]}) would be lost with the packs it removes -- this machine's catalog "
+                           "disagrees with the repository's index; run 'vault catalog rebuild', then prune again")
 
     def _load_segment(self, sid: str) -> index_mod.IndexSegment:
         try:
