@@ -367,3 +367,24 @@ def test_a_lock_that_cannot_be_read_fails_the_command_without_leaving_its_own_lo
         with pytest.raises(PermanentError):
             Lock(faulty, exclusive=exclusive, operation="restore", wait=0)
     assert lock_names(be) == {other}
+
+
+def test_an_exclusive_command_whose_clock_runs_ahead_removes_the_lock_it_overrides(repo, src):
+    """A prune on a host whose clock runs ahead (or after the holder was suspended) takes a running backup's
+    lock for stale: it ignored it and left it, the backup's next refresh wrote a new one, and its commit check
+    passed -- a snapshot naming packs the prune had deleted. The overridden lock is now removed, and the holder
+    finds that at its next refresh or check: it commits nothing."""
+    from vault.locks import LockLost
+
+    be = backend(repo)
+    for refreshed_first in (False, True):
+        holder = Lock(be, exclusive=False, operation="backup", wait=0)
+        holder._stop.set()  # (its refresher thread is stopped: refreshes happen below, by hand)
+        ahead = Lock(be, exclusive=True, operation="prune", wait=0, clock=lambda: time.time() + STALE_AFTER + 60)
+        ahead.release()
+        assert lock_names(be) == set()
+        if refreshed_first:
+            holder._refresh()  # (a new object is written: the removal must still be noticed)
+        with pytest.raises(LockLost):
+            holder.check()
+        holder.release()

@@ -118,6 +118,7 @@ class Lock:
         self._name: str | None = None
         self._started = clock()
         self._refreshed = self._started  # when our lock object was last written
+        self._removed = False  # another process removed our lock object (see _refresher)
         self._stop = threading.Event()
         self._mutex = threading.Lock()
         self._acquire(wait)
@@ -140,8 +141,17 @@ class Lock:
             self._name = self._write()
             now = self._clock()
             try:
-                conflicts = [lk for lk in list_locks(self.backend)
-                             if lk.name != self._name and not lk.is_stale(now) and (self.exclusive or lk.exclusive)]
+                others = [lk for lk in list_locks(self.backend) if lk.name != self._name]
+                conflicts = [lk for lk in others if not lk.is_stale(now) and (self.exclusive or lk.exclusive)]
+                if self.exclusive and not conflicts:
+                    # the stale locks an exclusive command overrides are removed: a holder still running (its
+                    # clock behind ours, or suspended) then finds its lock gone at its next check and commits
+                    # nothing, instead of a snapshot naming packs this command may delete
+                    for lk in others:
+                        try:
+                            self.backend.delete(lk.name)
+                        except ObjectNotFound:
+                            pass
             except BaseException:  # (another's lock unreadable, the store gone, a signal): ours goes too
                 try:
                     self.backend.delete(self._name)
@@ -162,14 +172,24 @@ class Lock:
     def _refresher(self) -> None:
         while not self._stop.wait(REFRESH_EVERY):
             try:
-                with self._mutex:
-                    if self._name is None:
-                        return
-                    old, self._name = self._name, self._write()
-                    self._refreshed = self._clock()
-                    self.backend.delete(old)
+                if not self._refresh():
+                    return
             except VaultError:
                 continue  # try again at the next tick; the lock only goes stale after STALE_AFTER
+
+    def _refresh(self) -> bool:
+        """Write our lock anew and remove the old object; False once released."""
+        with self._mutex:
+            if self._name is None:
+                return False
+            try:
+                self.backend.size(self._name)
+            except ObjectNotFound:  # removed by another: an exclusive command took it for stale (deletes are
+                self._removed = True  # idempotent: asked before, not told by the delete below)
+            old, self._name = self._name, self._write()
+            self._refreshed = self._clock()
+            self.backend.delete(old)
+            return True
 
     def check(self) -> None:
         """Raise unless the lock is still ours: its object exists and was refreshed recently enough that no
@@ -182,9 +202,12 @@ class Lock:
                 raise LockLost("the repository lock could not be refreshed for too long and may have been "
                                "taken over (was the machine suspended?); nothing was committed, run again")
             try:
+                if self._removed:
+                    raise ObjectNotFound(name)
                 self.backend.size(name)
             except ObjectNotFound:
-                raise LockLost("the repository lock was removed (by 'vault unlock --remove-all'?); nothing was "
+                raise LockLost("the repository lock was removed (by 'vault unlock --remove-all', or by an exclusive "
+                               "command on a host whose clock runs ahead, which took it for stale); nothing was "
                                "committed, run again") from None
 
     def release(self) -> None:
