@@ -138,7 +138,11 @@ def local_time(t: datetime) -> str:
     try:
         local = t.astimezone()
         shown = f"{local.year:04d}-{local:%m-%d %H:%M:%S}"
-        if to_utc(local.replace(tzinfo=None, microsecond=0)) != t.replace(microsecond=0):
+        try:
+            ambiguous = to_utc(local.replace(tzinfo=None, microsecond=0)) != t.replace(microsecond=0)
+        except (OverflowError, ValueError):  # (year 1 west of UTC: no summer time to tell apart there)
+            ambiguous = False
+        if ambiguous:
             offset = local.strftime("%z")
             shown += f"{offset[:3]}:{offset[3:5]}"
         return shown
