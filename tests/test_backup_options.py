@@ -465,6 +465,27 @@ def test_a_symlink_named_as_a_path_is_stored_as_a_symlink(repo, linked):
     assert not any(p.startswith(f"{linked}/lnk/") for p in entries)
 
 
+@pytest.mark.parametrize("suffix", ["/", "/.", "/sub/.."])
+def test_a_symlink_named_with_a_slash_or_dot_is_the_directory_it_points_to(repo, linked, suffix):
+    """`LINK/.` and `LINK/` name the directory (the kernel, stat and tar agree); `LINK/sub/..` is the
+    directory's own parent as the kernel resolves it. Backup stored only the symlink (0 files, exit 0): the
+    data was not backed up. The directory now goes in under its real path."""
+    out = repo("--json", "backup", f"{linked}/lnk{suffix}").json
+    assert out["files_new"] == 2, out
+    [snap] = repo("--json", "snapshots").json
+    assert snap["paths"] == [f"{linked}/real"]
+    got = rel(linked, paths_in(repo))
+    assert {"real/g", "real/sub/f"} <= got and "lnk" not in got, got
+
+
+def test_dot_dot_after_a_symlink_is_resolved_as_the_kernel_does(repo, tmp_path):
+    t = make_tree(tmp_path / "t", {"data": {"x": {"xfile": b"x"}, "file": b"important"}, "a": {"b": {"ab": b"ab"}}})
+    os.symlink("../../data/x", t / "a" / "b" / "link")
+    repo("backup", f"{t}/a/b/link/..")
+    [snap] = repo("--json", "snapshots").json
+    assert snap["paths"] == [f"{t}/data"]
+
+
 def test_verbose_backup_names_each_file_read(repo, five):
     """-v named nothing more for backup (a contract global); it now lists each file read, new or modified, on
     stderr (stdout keeps the summary; --json stays one document)."""

@@ -190,6 +190,28 @@ def _skeleton(paths: list[bytes]) -> dict | None:
     return root
 
 
+def _source_path(given: bytes) -> bytes:
+    """A PATH from the command line, absolute and normalised as the kernel reads it where the text alone would
+    not: ``LINK/`` or ``LINK/.`` names the directory a symlink points to (not the link: that is ``LINK``), and
+    ``LINK/..`` the parent of that directory; both then go in under the directory's real path. Otherwise the
+    path as written (``os.path.abspath``: symlinks on the way are followed and stored as directories)."""
+    textual = os.path.abspath(given)
+    parts = given.split(b"/")
+    asks_dir = given.endswith(b"/") or parts[-1] == b"."
+    if not (asks_dir or b".." in parts):
+        return textual
+    try:
+        if b".." in parts:  # (the kernel went up from where a symlink led, the text from where it was)
+            st, at = os.stat(given), os.stat(textual)
+            if (st.st_dev, st.st_ino) != (at.st_dev, at.st_ino) or stat.S_ISLNK(os.lstat(textual).st_mode):
+                return os.path.realpath(given)
+        if asks_dir and stat.S_ISLNK(os.lstat(textual).st_mode) and stat.S_ISDIR(os.stat(given).st_mode):
+            return os.path.realpath(given)
+    except (OSError, ValueError):
+        pass  # (missing or unreadable: reported with the path as written)
+    return textual
+
+
 class Archiver:
     def __init__(self, repo: Repository, catalog: Catalog, opts: BackupOptions,
                  now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
@@ -663,7 +685,7 @@ class Archiver:
         sys.setrecursionlimit(max(sys.getrecursionlimit(), DEEPEST + 1000))  # one frame per directory level
         abs_paths = []
         for p in self.opts.paths:
-            b = os.path.abspath(os.fsencode(p))
+            b = _source_path(os.fsencode(p))
             try:
                 longpath.lstat(b)  # (a PATH longer than PATH_MAX too)
             except FileNotFoundError:
