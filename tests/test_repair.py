@@ -629,3 +629,26 @@ def test_a_manifest_repair_removed_is_not_lost_to_a_catalog_that_had_read_it(cli
     cli("repair")  # removes the unreadable manifest (recovering its tree as a snapshot)
     res = cli(*other, "--json", "verify")
     assert res.json["ok"] is True, res.json
+
+
+def test_a_huge_object_in_data_never_makes_repair_read_it_whole(cli, tmp_path, setup):
+    """A stray 1 GB object named like a pack: `repair --read-data` read it whole, twice at once (2 GB RSS for
+    it; 9.4 GB for a 3 GiB one). No pack vault writes is that big: it is now read a block at a time."""
+    import subprocess
+    import sys
+
+    src, lay = setup
+    stray = cli.repo / "data" / "ff" / ("ff" * 32)
+    stray.parent.mkdir(exist_ok=True)
+    with open(stray, "wb") as f:
+        f.truncate(1 << 30)  # (sparse: no disk space)
+    out = tmp_path / "out"
+    with open(out, "w") as f:
+        p = subprocess.Popen([sys.executable, "-m", "vault.cli.main", "repair", "--read-data"], stdout=f,
+                             stderr=subprocess.STDOUT, env={**os.environ, **cli.env()})
+        _, status, usage = os.wait4(p.pid, 0)  # (this child's own peak, not the test process's other children)
+    text = out.read_text()
+    assert os.waitstatus_to_exitcode(status) == 0 and "Traceback" not in text, text
+    assert ("ff" * 8) in text
+    assert usage.ru_maxrss < 300 * 1024, f"peak RSS {usage.ru_maxrss // 1024} MiB"
+    assert cli("--json", "verify", "--read-data").json["ok"] is True

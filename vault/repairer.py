@@ -62,6 +62,23 @@ class RepairReport:
         return dict(self.__dict__)
 
 
+class _Ranges:
+    """A stored object too big to read whole, sliced like bytes: ``r[a:b]`` reads that range (never more than
+    one block at a time in memory); a range it does not hold reads short (the block then fails its check)."""
+
+    def __init__(self, backend, name: str, size: int):
+        self.backend, self.name, self.size = backend, name, size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, part: slice) -> bytes:
+        try:
+            return self.backend.get(self.name, part.start, part.stop - part.start)
+        except (ObjectNotFound, IntegrityError):
+            return b""
+
+
 class Repairer:
     def __init__(self, repo: Repository, catalog: Catalog, *, read_data: bool = False, dry_run: bool = False,
                  uploaders: int = 0, log: Callable[[str], None] = lambda _m: None,
@@ -147,6 +164,15 @@ class Repairer:
             if entries is not None and not self.read_data and _one_kind(entries):
                 good.append((pid, size, entries))
                 continue
+            if size > self._largest_pack():  # (no pack vault writes is this big: damaged or not vault's)
+                rep.packs_damaged.append(pid.hex())
+                if self._salvage(pid, _Ranges(self.repo.backend, pack_name(pid), size), entries):
+                    damaged.append(pid)
+                else:
+                    rep.warnings.append(f"pack {pid.hex()[:16]} is {size:,} bytes, larger than any pack vault "
+                                        "writes, and not every block it should hold could be salvaged; it is kept")
+                    self._kept.append((pid, entries))
+                continue
             data = self._read_pack_twice(pid)
             if data is None:
                 continue
@@ -196,11 +222,17 @@ class Repairer:
         elif packs:
             self._save_segment(packs)
 
+    def _largest_pack(self) -> int:
+        """Beyond this size an object in data/ is no pack vault wrote (one is at most ``pack_size`` plus one
+        block and its header; tree blocks given room): it is never read whole into memory (``_Ranges``)."""
+        return self.repo.config.pack_size + self.repo.config.chunker.max_size + (256 << 20)
+
     def _read_pack_twice(self, pid: bytes) -> bytes | None:
         """The pack's bytes; read again when they do not match its name (a read can fail once)."""
         data = None
         for _ in range(2):
             try:
+                data = None  # (one copy in memory at a time)
                 data = self.repo.backend.get(pack_name(pid))
             except ObjectNotFound:
                 return None
@@ -208,11 +240,12 @@ class Repairer:
                 break
         return data
 
-    def _salvage(self, pid: bytes, data: bytes, entries: list[PackEntry] | None) -> bool:
+    def _salvage(self, pid: bytes, data: "bytes | _Ranges", entries: list[PackEntry] | None) -> bool:
         """Store again every block of a damaged pack that still authenticates. True when the pack's block list
-        was known (from its header or the old index) and every block in it was salvaged."""
+        was known (from its header or the old index) and every block in it was salvaged. ``data``: the pack's
+        bytes, or ``_Ranges`` reading each block on its own."""
         candidates = entries if entries is not None else self.catalog.pack_blocks(pid)
-        view = memoryview(data)
+        view = memoryview(data) if isinstance(data, (bytes, bytearray)) else data
         complete = bool(candidates)
         for e in candidates:
             if e.offset + e.length > len(data):
