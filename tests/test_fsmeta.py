@@ -59,3 +59,19 @@ def test_without_root_setgid_kept_for_another_group_is_said(tmp_path, monkeypatc
         os.close(fd)
     assert stat.S_IMODE((tmp_path / "g").stat().st_mode) == 0o2755
     assert any("setgid bit kept for group" in p and str(node.gid) in p for p in problems), problems
+
+
+def test_without_root_a_setuid_file_of_another_owner_loses_the_bit_and_says_so(tmp_path, monkeypatch):
+    """Not root, the owner cannot be kept: the file is this user's, and setuid would run it as this user --
+    another meaning than the snapshot's. It kept mode 4755 silently (setgid was said); cp -p drops the bit."""
+    monkeypatch.setattr(fsmeta, "IS_ROOT", False)
+    for uid, kept in ((os.geteuid() + 4242, False), (os.geteuid(), True)):
+        node = Node(name=b"u", type=FILE, mode=0o4755, uid=uid, gid=os.getegid(), size=0, mtime_ns=0)
+        path = tmp_path / f"u{uid}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            problems = fsmeta.apply_metadata(fd, node)
+        finally:
+            os.close(fd)
+        assert stat.S_IMODE(path.stat().st_mode) == (0o4755 if kept else 0o755), (uid, oct(path.stat().st_mode))
+        assert (problems == []) if kept else any("setuid bit not kept" in p for p in problems), problems

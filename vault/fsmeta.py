@@ -163,9 +163,16 @@ def apply_metadata(fd: int, node: Node, mode_set: bool = False, owner_set: bool 
     more, acl_removed = apply_xattrs(fd, node.xattrs)
     problems += more
     if not mode_set or acl_removed:
+        mode = node.mode
+        if mode & stat.S_ISUID and not IS_ROOT and node.uid != os.geteuid():
+            # (the file is this user's now: setuid would run it as this user, not as the snapshot's owner;
+            # cp -p and tar drop the bit the same way when they cannot keep the owner)
+            mode &= ~stat.S_ISUID
+            problems.append(f"setuid bit not kept: the file is owned by this user (uid {os.geteuid()}), not by the "
+                            f"snapshot's owner (uid {node.uid})")
         try:
-            os.fchmod(fd, node.mode)
-            _check_set_ids(lambda: os.fstat(fd), node, problems)
+            os.fchmod(fd, mode)
+            _check_set_ids(lambda: os.fstat(fd), node, problems, mode)
         except OSError as exc:
             problems.append(f"chmod: {exc.strerror}")
     try:
@@ -214,10 +221,11 @@ def _own_group(chgrp) -> None:
         pass
 
 
-def _check_set_ids(stat_fn, node: Node, problems: list[str]) -> None:
+def _check_set_ids(stat_fn, node: Node, problems: list[str], mode: int | None = None) -> None:
     """Say so when the kernel dropped a setuid/setgid bit the snapshot has (not root: the group is not ours),
-    or kept setgid but for another group than the snapshot's (this user's own: not a member of that one)."""
-    wanted = node.mode & (stat.S_ISUID | stat.S_ISGID)
+    or kept setgid but for another group than the snapshot's (this user's own: not a member of that one).
+    ``mode``: the mode set, when vault itself left a bit out (said already)."""
+    wanted = (node.mode if mode is None else mode) & (stat.S_ISUID | stat.S_ISGID)
     if not wanted or IS_ROOT:
         return
     st = stat_fn()
