@@ -225,7 +225,8 @@ def find_snapshot(sess: Session, spec: str | None, at: str | None = None, flt: S
         when = parse_time(at, now or datetime.now(timezone.utc), whole=True)
         older = [s for s in snaps if s.time <= when]
         if not older:
-            what = f"no snapshot taken at or before {format_time(when)}"
+            filtered = flt is not None and bool(flt.hosts or flt.tags or flt.paths)
+            what = f"no snapshot taken at or before {format_time(when)}" + (" matching the filters" if filtered else "")
             if unreadable:  # one of them may be it: damage (exit 20), not "none"
                 raise IntegrityError(f"{what} can be read ({_unreadable_ids(unreadable)} cannot: run 'vault verify')")
             raise SnapshotNotFound(what)

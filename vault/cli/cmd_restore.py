@@ -70,7 +70,7 @@ def restore(snapshot: str | None, target: str, at: str | None, includes: tuple[s
                      **({"catalog_problem": res.catalog_problem} if res.catalog_problem else {}),
                      **({"unreadable_snapshots": sorted(res.passed_over)} if res.passed_over else {}), **res.requests})
     else:
-        c.out(f"restored snapshot {snap.short_id} to {target}: {res.files} files, {res.dirs} dirs, "
+        c.out(f"restored snapshot {snap.short_id} to {printable(str(target))}: {res.files} files, {res.dirs} dirs, "
               f"{res.symlinks} symlinks, " + (f"{res.other} other (fifos, devices), " if res.other else "")
               + human_bytes(res.bytes_written))
     if res.damaged and res.catalog_problem:  # not the repository's damage: an error, exit 1
