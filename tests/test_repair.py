@@ -652,3 +652,31 @@ def test_a_huge_object_in_data_never_makes_repair_read_it_whole(cli, tmp_path, s
     assert ("ff" * 8) in text
     assert usage.ru_maxrss < 300 * 1024, f"peak RSS {usage.ru_maxrss // 1024} MiB"
     assert cli("--json", "verify", "--read-data").json["ok"] is True
+
+
+def test_a_lost_manifest_one_machine_repaired_or_a_forget_record_read_late_settles_everywhere(cli, tmp_path, setup):
+    """Two machines had read a manifest deleted without a forget: once one repair wrote it again (and recorded
+    the old id), the other kept reporting it lost and its repair wrote it a second time. A forget record that
+    could not be read at the first sync likewise made a forgotten snapshot lost for good."""
+    src, lay = setup
+    cli("backup", src, "--time", "2026-03-02T10:00:00Z")
+    b = ("--cache-dir", tmp_path / "machine-b")
+    first, second = cli(*b, "--json", "snapshots").json
+    (cli.repo / "snapshots" / first["id"]).unlink()
+    assert cli(*b, "--json", "verify", ok=20).json["ok"] is False
+    assert cli("--json", "verify", ok=20).json["ok"] is False
+    cli("repair")
+    assert cli(*b, "--json", "verify").json["ok"] is True
+    cli(*b, "repair")
+    assert len(cli("--json", "snapshots").json) == 2
+    # a forget whose record machine b cannot read at its first sync after it
+    cli(*b, "snapshots")
+    cli("forget", "--keep-last", "1")
+    [log] = sorted((cli.repo / "logs").iterdir(), key=lambda p: p.stat().st_mtime)[-1:]
+    good = log.read_bytes()
+    log.write_bytes(b"not readable now")
+    cli(*b, "snapshots")
+    log.write_bytes(good)
+    assert cli(*b, "--json", "verify").json["ok"] is True
+    cli(*b, "repair")
+    assert len(cli("--json", "snapshots").json) == 1

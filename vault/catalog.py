@@ -358,7 +358,7 @@ class Catalog:
                 c.executemany("DELETE FROM snapshots WHERE id=?", [(s,) for s in gone])
             self._tx(run)
             rep.snapshots_removed = len(gone)
-        self._note_lost(snaps_repo, rep)
+        self._note_lost(repo, snaps_repo, rep)
         for sid in sorted(snaps_repo - snaps_known):
             try:
                 snap = repo.load_snapshot(sid)
@@ -525,18 +525,27 @@ class Catalog:
             self._tx(lambda c: (c.executemany("INSERT OR IGNORE INTO forgotten (id) VALUES (?)",
                                               [(i,) for i in let_go]),
                                 c.execute("INSERT OR IGNORE INTO logs_read (id) VALUES (?)", (lid,))))
-        return {r[0] for r in self._q(f"SELECT id FROM forgotten WHERE id IN ({','.join('?' * len(ids))})",
-                                      sorted(ids))} if ids else set()
+        todo, found = sorted(ids), set()
+        for i in range(0, len(todo), 500):
+            part = todo[i : i + 500]
+            found.update(r[0] for r in self._q(f"SELECT id FROM forgotten WHERE id IN ({','.join('?' * len(part))})",
+                                               part))
+        return found
 
-    def _note_lost(self, in_repo: set[str], rep: "SyncReport") -> None:
+    def _note_lost(self, repo, in_repo: set[str], rep: "SyncReport") -> None:
         """Each snapshot this catalog had read whose manifest is gone with no record letting it go is lost:
         damage (``rep.problems``, ``rep.unreadable``) until ``vault repair`` writes it again (``lost_snapshots``
-        keeps what the catalog knew) or the manifest comes back."""
+        keeps what the catalog knew), the manifest comes back, or a record lets it go after all (another
+        machine's repair wrote it again; a forget record that could not be read before) -- the new records are
+        read at every sync while any is lost."""
         if not self._has_table("lost_snapshots"):
             return
-        back = [r[0] for r in self._q("SELECT id FROM lost_snapshots") if r[0] in in_repo]
-        if back:
-            self.drop_lost(back)
+        lost = {r[0] for r in self._q("SELECT id FROM lost_snapshots")}
+        if not lost:
+            return
+        settled = (lost & in_repo) | self._forgotten(repo, lost)
+        if settled:
+            self.drop_lost(sorted(settled))
         for (sid,) in self._q("SELECT id FROM lost_snapshots ORDER BY id"):
             why = ("manifest missing: deleted without a forget ('vault repair snapshots' writes it again from "
                    "this machine's catalog)")

@@ -471,7 +471,7 @@ class Repairer:
         """Write again each snapshot whose manifest vanished without a forget, from what this machine's catalog
         read of it (same time, host, paths, tags and root tree; a new id, ``summary.restored_from_catalog``) when
         its root tree is still indexed; either way record that the old id is let go (``_record``)."""
-        lost = self.catalog.lost_snapshots()
+        lost = self.catalog.lost_snapshots()  # (as of this run's sync, under its exclusive lock: settled by then)
         if not lost:
             return
         done = []
