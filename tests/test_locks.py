@@ -388,3 +388,32 @@ def test_an_exclusive_command_whose_clock_runs_ahead_removes_the_lock_it_overrid
         with pytest.raises(LockLost):
             holder.check()
         holder.release()
+
+
+def test_a_holder_refreshing_between_the_listing_and_the_removal_still_loses_its_lock(repo, monkeypatch):
+    """The exclusive command lists the locks, the stale holder refreshes (a new object, the old one deleted),
+    then the command deletes the old name, already gone: the new one survived, and the holder committed."""
+    from vault import locks
+    from vault.locks import LockLost
+
+    be = backend(repo)
+    holder = Lock(be, exclusive=False, operation="backup", wait=0, clock=lambda: time.time() - STALE_AFTER - 600)
+    holder._stop.set()  # (its refreshes happen by hand)
+    real, refreshed = locks.list_locks, []
+
+    def list_then_the_holder_refreshes(backend_):
+        out = real(backend_)
+        if not refreshed and any(lk.operation == "backup" for lk in out):
+            refreshed.append(holder._refresh())
+        return out
+
+    monkeypatch.setattr(locks, "list_locks", list_then_the_holder_refreshes)
+    ahead = Lock(be, exclusive=True, operation="prune", wait=0)
+    monkeypatch.setattr(locks, "list_locks", real)
+    assert refreshed == [True]
+    assert {lk.operation for lk in real(be)} == {"prune"}
+    holder._refresh()  # its next refresh: its lock is gone
+    with pytest.raises(LockLost):
+        holder.check()
+    ahead.release()
+    holder.release()

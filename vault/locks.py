@@ -137,21 +137,31 @@ class Lock:
     def _acquire(self, wait: float) -> None:
         deadline = self._clock() + max(0.0, wait)
         delay = 0.2
+        recheck = 0
         while True:
             self._name = self._write()
             now = self._clock()
             try:
                 others = [lk for lk in list_locks(self.backend) if lk.name != self._name]
                 conflicts = [lk for lk in others if not lk.is_stale(now) and (self.exclusive or lk.exclusive)]
-                if self.exclusive and not conflicts:
+                if self.exclusive and not conflicts and others:
                     # the stale locks an exclusive command overrides are removed: a holder still running (its
-                    # clock behind ours, or suspended) then finds its lock gone at its next check and commits
-                    # nothing, instead of a snapshot naming packs this command may delete
+                    # clock behind ours, or suspended) then finds its lock gone at its next refresh or check and
+                    # commits nothing, instead of a snapshot naming packs this command may delete
                     for lk in others:
                         try:
                             self.backend.delete(lk.name)
-                        except ObjectNotFound:
-                            pass
+                        except VaultError:
+                            pass  # (not ours to delete here, e.g. permission: overridden as before)
+                    # a holder that refreshed in between wrote a new lock after the listing: look again (a new
+                    # lock is judged like any other: live -> wait, stale -> removed in turn)
+                    listed = {lk.name for lk in others}
+                    if recheck < 5 and any(lk.name != self._name and lk.name not in listed
+                                           for lk in list_locks(self.backend)):
+                        recheck += 1
+                        self.backend.delete(self._name)
+                        self._name = None
+                        continue
             except BaseException:  # (another's lock unreadable, the store gone, a signal): ours goes too
                 try:
                     self.backend.delete(self._name)
