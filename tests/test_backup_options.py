@@ -495,3 +495,16 @@ def test_verbose_backup_names_each_file_read(repo, five):
     again = repo("-v", "--json", "backup", five)
     assert f"modified {five}/f1" in again.err and f"{five}/f0" not in again.err
     assert again.json["files_changed"] == 1
+
+
+def test_dot_dot_after_a_symlink_then_a_name_is_that_name_where_the_link_leads(repo, tmp_path):
+    """`LINK/../NAME`: the kernel goes up from where the link leads; the text alone pointed next to the link
+    (no such entry: exit 1). And `x/../link` with a plain x is the link itself, as `link` is."""
+    t = make_tree(tmp_path / "t", {"w": {"x": {}}, "data": {"sub": {"f": b"f"}, "sibling": {"g": b"g"}}})
+    os.symlink("../data/sub", t / "w" / "link")
+    repo("backup", f"{t}/w/link/../sibling")
+    assert repo("--json", "snapshots").json[-1]["paths"] == [f"{t}/data/sibling"]
+    repo("backup", f"{t}/w/x/../link")
+    assert repo("--json", "snapshots").json[-1]["paths"] == [f"{t}/w/link"]
+    entries = {e["path"]: e["type"] for e in repo("--json", "ls", "latest").json["entries"]}
+    assert entries[f"{t}/w/link"] == "symlink"

@@ -191,25 +191,30 @@ def _skeleton(paths: list[bytes]) -> dict | None:
 
 
 def _source_path(given: bytes) -> bytes:
-    """A PATH from the command line, absolute and normalised as the kernel reads it where the text alone would
-    not: ``LINK/`` or ``LINK/.`` names the directory a symlink points to (not the link: that is ``LINK``), and
-    ``LINK/..`` the parent of that directory; both then go in under the directory's real path. Otherwise the
-    path as written (``os.path.abspath``: symlinks on the way are followed and stored as directories)."""
+    """A PATH from the command line, absolute and normalised as written (``os.path.abspath``: symlinks on the
+    way are followed and stored as directories) -- unless that text names another entry than the kernel does:
+    ``LINK/`` and ``LINK/.`` name the directory a symlink points to (``LINK`` the link), ``LINK/..`` the parent
+    of that directory and ``LINK/../NAME`` an entry there. Then the directories on the way are resolved as the
+    kernel resolves them (``os.path.realpath``) and the entry goes in under that real path (a final symlink
+    named without a slash stays a symlink)."""
     textual = os.path.abspath(given)
     parts = given.split(b"/")
-    asks_dir = given.endswith(b"/") or parts[-1] == b"."
-    if not (asks_dir or b".." in parts):
+    if not (given.endswith(b"/") or b"." in parts or b".." in parts):
         return textual
     try:
-        if b".." in parts:  # (the kernel went up from where a symlink led, the text from where it was)
-            st, at = os.stat(given), os.stat(textual)
-            if (st.st_dev, st.st_ino) != (at.st_dev, at.st_ino) or stat.S_ISLNK(os.lstat(textual).st_mode):
-                return os.path.realpath(given)
-        if asks_dir and stat.S_ISLNK(os.lstat(textual).st_mode) and stat.S_ISDIR(os.stat(given).st_mode):
+        kernel = os.lstat(given)  # (a trailing slash or /. makes the kernel follow a final symlink)
+        try:
+            text = os.lstat(textual)
+            if (text.st_dev, text.st_ino) == (kernel.st_dev, kernel.st_ino):
+                return textual
+        except FileNotFoundError:
+            pass
+        head, tail = os.path.split(given.rstrip(b"/"))
+        if given.endswith(b"/") or tail in (b"", b".", b".."):
             return os.path.realpath(given)
+        return os.path.join(os.path.realpath(head or b"."), tail)
     except (OSError, ValueError):
-        pass  # (missing or unreadable: reported with the path as written)
-    return textual
+        return textual  # (missing or unreadable: reported with the path as written)
 
 
 class Archiver:
