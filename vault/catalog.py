@@ -706,6 +706,9 @@ class Catalog:
         if self.prefetch < 2 or self.trees_unusable or not tree_ids:
             return
         with self._lock:
+            if len(self._ahead) >= AHEAD // 2:  # (fetched ahead, never asked for: ls of a sub-path, --include)
+                for tid in [t for t, f in self._ahead.items() if f.done()]:
+                    del self._ahead[tid]  # (it is in the cache: the walk reads it there if it comes)
             todo = [t for t in dict.fromkeys(tree_ids) if t not in self._ahead][: AHEAD - len(self._ahead)]
             if not todo or self._closed:
                 return
