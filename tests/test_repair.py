@@ -602,6 +602,9 @@ def test_a_manifest_deleted_without_a_forget_is_damage_until_repair_writes_it_ag
     cli("backup", src, "--time", "2026-03-03T10:00:00Z")
     cli("forget", "--keep-last", "2")  # (recorded: not lost)
     assert cli("--json", "verify").json["ok"] is True
+    mirror = tmp_path / "mirror"
+    cli("init", *FAST_INIT, "--repo", mirror, "--copy-chunker-params-from", cli.repo)
+    cli("copy", "--to", mirror)
     first, second = cli("--json", "snapshots").json
     (cli.repo / "snapshots" / first["id"]).unlink()
     res = cli("--json", "verify", ok=20)
@@ -620,6 +623,9 @@ def test_a_manifest_deleted_without_a_forget_is_damage_until_repair_writes_it_ag
     cli("restore", snaps[0]["id"], "--target", tmp_path / "r")
     assert (tmp_path / "r" / src.relative_to("/") / "small" / "s0.txt").read_bytes() == b"second\n"
     assert cli("--json", "verify").json["ok"] is True
+    # the mirror holds it already (as the lost id's copy): the nightly copy does not copy it a second time
+    out = cli("--json", "copy", "--to", mirror).json
+    assert out["copied"] == [] and len(cli("--json", "--repo", mirror, "snapshots").json) == 2, out
 
 
 def test_a_manifest_repair_removed_is_not_lost_to_a_catalog_that_had_read_it(cli, tmp_path, setup):
@@ -688,3 +694,28 @@ def test_a_lost_manifest_one_machine_repaired_or_a_forget_record_read_late_settl
     assert cli(*b, "--json", "verify").json["ok"] is True
     cli(*b, "repair")
     assert len(cli("--json", "snapshots").json) == 1
+
+
+def test_a_snapshot_forgotten_while_verify_runs_is_not_damage(cli, tmp_path, setup, monkeypatch):
+    """forget and verify both take shared locks: a manifest another machine forgets between verify's sync and
+    its reading the manifests again was called damaged (exit 20, "not found"); its forget record lets it go."""
+    import subprocess
+    import sys
+
+    from vault.checker import Checker
+
+    src, lay = setup
+    cli("backup", src, "--time", "2026-03-02T10:00:00Z")
+    first = cli("--json", "snapshots").json[0]["id"]
+    real = Checker._load_snapshots
+
+    def a_forget_elsewhere_first(self):
+        subprocess.run([sys.executable, "-m", "vault.cli.main", "--cache-dir", str(tmp_path / "elsewhere"), "-q",
+                        "forget", first], env={**os.environ, **cli.env()}, check=True)
+        return real(self)
+
+    monkeypatch.setattr(Checker, "_load_snapshots", a_forget_elsewhere_first)
+    res = cli("--json", "verify")
+    assert res.json["ok"] is True and res.json["snapshots"] == 1, res.json
+    monkeypatch.setattr(Checker, "_load_snapshots", real)
+    assert cli("--json", "verify").json["ok"] is True

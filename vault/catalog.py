@@ -552,6 +552,10 @@ class Catalog:
             rep.problems.append(f"snapshot {sid[:8]}: {why}")
             rep.unreadable[sid] = why
 
+    def let_go(self, repo, sid: str) -> bool:
+        """Whether a ``logs/`` record (forget, repair) lets snapshot ``sid`` go: its manifest may be deleted."""
+        return bool(self._forgotten(repo, {sid}))
+
     def lost_snapshots(self) -> list[Snapshot]:
         return self.snapshots("lost_snapshots") if self._has_table("lost_snapshots") else []
 

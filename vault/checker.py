@@ -452,6 +452,8 @@ class Checker:
             except VaultError as exc:
                 if not is_damage(exc):
                     raise
+                if isinstance(exc, ObjectNotFound) and self.catalog.let_go(self.repo, sid):
+                    continue  # (forgotten since this run's sync: a forget runs beside verify, both shared)
                 self._damage(f"snapshots/{sid}", f"unreadable: {exc}")
         self.report.snapshots = len(snaps)
         repaired = replaced_by_repair(snaps)

@@ -332,7 +332,7 @@ class Snapshot:
                        parent=doc.get("parent"), summary=dict(doc.get("summary") or {}), id=snap_id)
             if snap.parent is not None and not (isinstance(snap.parent, str) and len(snap.parent) == 64):
                 raise ValueError("bad parent")
-            for key in ("copied_from", "origin", "restored_from_copy", "repaired_from"):  # ids copy and repair match on
+            for key in ("copied_from", "origin", "restored_from_copy", "restored_from_catalog", "repaired_from"):
                 if key in snap.summary and not isinstance(snap.summary[key], str):
                     del snap.summary[key]  # (a list or dict there made copy and repair fail: unhashable)
         except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError, RecursionError):
@@ -351,10 +351,11 @@ class Snapshot:
 
     def copy_keys(self) -> set[str]:
         """The ids under which a copy of this snapshot's state may be known in another repository: its own, the
-        snapshot it was copied from, its origin and the copy a repair restored it from. Two snapshots sharing
+        snapshot it was copied from, its origin, the copy a repair restored it from and the lost manifest a repair
+        wrote it again for. Two snapshots sharing
         one hold the same state (``vault copy`` skips it)."""
         keys = {self.id, self.origin}
-        for key in ("copied_from", "restored_from_copy"):
+        for key in ("copied_from", "restored_from_copy", "restored_from_catalog"):
             if isinstance(self.summary.get(key), str):
                 keys.add(self.summary[key])
         return keys

@@ -484,7 +484,7 @@ class Repairer:
                 if not self.dry_run:
                     new = Snapshot(time=snap.time, host=snap.host, paths=list(snap.paths), tree=snap.tree,
                                    tags=list(snap.tags), username=snap.username, parent=snap.parent,
-                                   summary={**snap.summary, "restored_from_catalog": snap.id})
+                                   summary={**snap.summary, "restored_from_catalog": snap.id, "origin": snap.origin})
                     self.repo.save_snapshot(new)
                     self.catalog.add_snapshot(new)
                     entry["new"] = new.id
