@@ -382,8 +382,12 @@ def test_a_killed_copy_resumes_into_a_sound_destination(cli, tmp_path):
     data = second / "data"
     kill_when(p, lambda: data.exists() and sum(1 for x in data.rglob("*") if x.is_file()) >= 6, poll=0.001,
               what="the copy")
+    left = sum(1 for x in data.rglob("*") if x.is_file() and len(x.name) == 64)
     again = cli("--json", "copy", "--to", second).json
     assert len(again["copied"]) == 1
+    # the packs it stored before the kill (no checkpoint yet) are adopted, not sent again
+    assert left >= 1 and again["packs_adopted"] >= 1, (left, again)
+    assert again["bytes_stored"] <= 8 * 12 * 300_000 - again["packs_adopted"] * 500_000, again
     assert cli("--json", "--repo", second, "verify", "--read-data").json["ok"] is True
     cli("--repo", second, "restore", "latest", "--target", tmp_path / "r")
     assert_trees_equal(src, tmp_path / "r" / src.relative_to("/"))

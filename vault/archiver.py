@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from . import index as index_mod
 from . import longpath
 from .catalog import Catalog
-from .errors import IntegrityError, SourceNotFound, VaultError
+from .errors import SourceNotFound, VaultError
 from .backup_workers import BackupWorkers
 from .claims import Claims
 from .excludes import Matcher
@@ -38,8 +38,8 @@ from .entries import split_ids
 from .fsmeta import entry_path, node_from_stat, node_type, read_xattrs, stat_key
 from .model import DEEPEST, DIR, FILE, SYMLINK, XATTRS_MARK, Node, Snapshot, Tree, holds_xattrs, replaced_by_repair
 from .pack import TREE, PackEntry, sealed_size
-from .packwriter import PackWriter
-from .repository import Repository, pack_name
+from .packwriter import PackWriter, adopt_leftover_packs
+from .repository import Repository
 
 BATCH_FILES = 64
 BATCH_BYTES = 4 * 1024 * 1024
@@ -297,31 +297,12 @@ class Archiver:
             self.catalog.add_segment(sid, seg)
 
     def _adopt_leftover_packs(self) -> None:
-        """Index the packs an interrupted run stored after its last checkpoint (they are complete: a pack is
-        written whole or not at all), so their blocks are reused instead of uploaded again. Only a pack whose
-        bytes match its name is adopted: one that fails (bit rot, or the damaged pack ``repair`` left out of
-        the index) is remembered in the catalog and never read again; prune deletes it."""
-        adopted = []
-        for pid, size in self.repo.list_packs():
-            if self.catalog.has_pack(pid) or self.catalog.is_rejected(pid, size):
-                continue
-            try:
-                entries = self.repo.read_pack_header(pid, size)
-                self.repo.check_stored(pack_name(pid), pid.hex(), size)
-                adopted.append((pid, size, entries))
-            except IntegrityError:
-                self.catalog.reject(pid, size)
-            except VaultError:
-                continue  # vanished or unreadable now: the next backup looks again
+        """Index the packs an interrupted run stored after its last checkpoint (``adopt_leftover_packs``), so
+        their blocks are reused instead of uploaded again."""
+        adopted = adopt_leftover_packs(self.repo, self.catalog)
         if adopted:
-            try:
-                seg = index_mod.from_packs(adopted)
-                sid = self.repo.save_index(seg)
-            except (ValueError, VaultError):
-                return  # a malformed leftover (mixed kinds): leave it to prune
-            self.catalog.add_segment(sid, seg)
             self._reader.lookups = True
-            self.stats.packs_adopted = len(adopted)
+            self.stats.packs_adopted = adopted
 
     def _flush_tree_rows(self, force: bool = False) -> None:
         """Cache the new trees' entries in the catalog (main thread; batched)."""

@@ -26,7 +26,7 @@ from .catalog import Catalog
 from .errors import IntegrityError
 from .model import DIR, FILE, Snapshot, Tree, moved_summary
 from .pack import DATA, TREE, PackEntry
-from .packwriter import PackWriter
+from .packwriter import PackWriter, adopt_leftover_packs
 from .repository import Repository
 
 CHECKPOINT_PACKS = 16
@@ -41,12 +41,14 @@ class CopyReport:
     bytes_read: int = 0
     bytes_stored: int = 0
     trees_skipped: int = 0
+    packs_adopted: int = 0  # left by an interrupted copy: indexed, not sent again
     duration_s: float = 0.0
 
     def to_json(self) -> dict:
         return {"copied": [{"source": s, "destination": d} for s, d in self.copied], "skipped": self.skipped,
                 "blocks_read": self.blocks_read, "blocks_stored": self.blocks_stored, "bytes_read": self.bytes_read,
                 "bytes_stored": self.bytes_stored, "trees_skipped": self.trees_skipped,
+                "packs_adopted": self.packs_adopted,
                 "duration_s": round(self.duration_s, 2)}
 
 
@@ -172,6 +174,8 @@ class Copier:
     # --- the run ------------------------------------------------------------------------------------
     def run(self, snaps: list[Snapshot], before_commit: Callable[[], None] = lambda: None) -> CopyReport:
         t0 = time.monotonic()
+        if snaps:  # the packs a killed copy stored after its last checkpoint: their blocks are not sent again
+            self.report.packs_adopted = adopt_leftover_packs(self.dst, self.dst_cat)
         theirs = self.dst_cat.snapshots()
         # copied before (the copy records its source), a copy of one of theirs (copying back), or a manifest
         # `repair --from-repo` healed from one of theirs (it records that snapshot): either way the

@@ -18,8 +18,10 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable
 
+from . import index as index_mod
+from .errors import IntegrityError, VaultError
 from .pack import DATA, KINDS, PackEntry, encode_header, seal_block_into, sealed_size
-from .repository import Repository
+from .repository import Repository, pack_name
 
 OnPack = Callable[[bytes, int, list[PackEntry]], None]
 
@@ -239,3 +241,31 @@ class PackWriter:
             with memoryview(op.buf) as mv, mv[:end] as data:
                 return self.repo.put_pack(data)
         return self.repo.put_pack(op.buf[: op.used] + header)  # pathological: a header of countless tiny blocks
+
+
+def adopt_leftover_packs(repo: Repository, catalog) -> int:
+    """Index the packs an interrupted run (backup, copy) stored after its last checkpoint: they are complete (a
+    pack is written whole or not at all), so their blocks are reused instead of stored again. Only a pack whose
+    bytes match its name is adopted: one that fails (bit rot, or the damaged pack ``repair`` left out of the
+    index) is remembered in the catalog and never read again; prune deletes it. Returns how many."""
+    adopted = []
+    for pid, size in repo.list_packs():
+        if catalog.has_pack(pid) or catalog.is_rejected(pid, size):
+            continue
+        try:
+            entries = repo.read_pack_header(pid, size)
+            repo.check_stored(pack_name(pid), pid.hex(), size)
+            adopted.append((pid, size, entries))
+        except IntegrityError:
+            catalog.reject(pid, size)
+        except VaultError:
+            continue  # vanished or unreadable now: the next run looks again
+    if not adopted:
+        return 0
+    try:
+        seg = index_mod.from_packs(adopted)
+        sid = repo.save_index(seg)
+    except (ValueError, VaultError):
+        return 0  # a malformed leftover (mixed kinds): leave it to prune
+    catalog.add_segment(sid, seg)
+    return len(adopted)
