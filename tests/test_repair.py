@@ -723,3 +723,29 @@ def test_a_snapshot_forgotten_while_verify_runs_is_not_damage(cli, tmp_path, set
     assert res.json["ok"] is True and res.json["snapshots"] == 1, res.json
     monkeypatch.setattr(Checker, "_load_snapshots", real)
     assert cli("--json", "verify").json["ok"] is True
+
+
+@pytest.mark.parametrize("heal", ["catalog", "copy"])
+def test_a_lost_manifest_whose_tree_pack_is_lost_too_is_rebuilt_not_let_go(cli, tmp_path, setup, heal):
+    """Manifest deleted without a forget and its tree pack lost: repair said "directory tree is lost too", let
+    the snapshot go everywhere (exit 0) and the next prune deleted its files' data -- though this machine's
+    catalog held every listing, or a copy held the snapshot whole."""
+    src, lay = setup
+    if heal == "copy":
+        mirror = tmp_path / "mirror"
+        cli("init", *FAST_INIT, "--repo", mirror, "--copy-chunker-params-from", cli.repo)
+        cli("copy", "--to", mirror)
+    cli("ls", lay.snapshot)  # (this machine reads the manifest and its listings)
+    for p in {p for p, e in lay.blocks.values() if e.kind != DATA}:
+        pack_path(cli.repo, p).unlink()
+    (cli.repo / "snapshots" / lay.snapshot).unlink()
+    assert cli("--json", "verify", ok=20).json["ok"] is False  # (the catalog knows the manifest is lost)
+    if heal == "copy":  # (the copy heals it, not this machine's cached listings)
+        with sqlite3.connect(next(cli.cache.rglob("catalog.db"))) as conn:
+            conn.execute("DELETE FROM trees")
+    res = cli("--json", "repair", *(("--from-repo", mirror) if heal == "copy" else ()))
+    assert res.json["verify"]["ok"] is True and res.json["files_dropped"] == [], res.json
+    cli("prune")
+    [snap] = cli("--json", "snapshots").json
+    cli("restore", snap["id"], "--target", tmp_path / "r")
+    assert_trees_equal(src, tmp_path / "r" / src.relative_to("/"))

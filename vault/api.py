@@ -648,6 +648,8 @@ def repair(settings: Settings, password: PasswordFn, what: str = "all", read_dat
                 log("repair: rebuilding the index from the packs")
                 rep.repair_index()
                 rep.repair_keys()
+            if what in ("snapshots", "all"):  # (first: their trees are then healed and checked like all others)
+                rep.restore_lost()
             if other is not None:
                 log(f"repair: healing lost blocks from {other.repo.backend.location}")
                 rep.heal_from(other.repo, other.catalog)

@@ -300,7 +300,7 @@ class Repairer:
         by_id = {s.id: s for s in theirs}
         by_key = {(s.time, s.host, tuple(s.paths)): s for s in theirs}
         for snap in self.catalog.snapshots():
-            mate = (by_origin.get(snap.id) or by_id.get(snap.summary.get("copied_from") or "")
+            mate = (by_origin.get(snap.id) or by_origin.get(snap.origin) or by_id.get(snap.summary.get("copied_from") or "")
                     or by_key.get((snap.time, snap.host, tuple(snap.paths))))
             if mate is None:
                 continue
@@ -410,7 +410,6 @@ class Repairer:
     def repair_manifests(self, other: Repository | None = None, other_cat: Catalog | None = None) -> None:
         """Remove snapshot manifests that cannot be read; with a second repository, first write them again
         from its copy (same time, host, paths and tags; the tree rebuilt and checked block by block)."""
-        self._restore_lost()
         mates = {}
         if other_cat is not None:
             mates = {s.summary.get("copied_from"): s for s in other_cat.snapshots() if s.summary.get("copied_from")}
@@ -467,27 +466,26 @@ class Repairer:
                             "decisions": [{"id": sid, **({"tree": tree.hex()} if tree else {}), "keep": False,
                                            "reasons": [why]} for sid, tree, why in gone]})
 
-    def _restore_lost(self) -> None:
+    def restore_lost(self) -> None:
         """Write again each snapshot whose manifest vanished without a forget, from what this machine's catalog
-        read of it (same time, host, paths, tags and root tree; a new id, ``summary.restored_from_catalog``) when
-        its root tree is still indexed; either way record that the old id is let go (``_record``)."""
+        read of it (same time, host, paths, tags and root tree; a new id, ``summary.restored_from_catalog``), and
+        record that the old id is let go (``_record``). Runs before healing and before the snapshots are
+        checked: a root tree that is lost too is then healed from a copy, stored again from this machine's
+        catalog, or dropped file by file like any snapshot's (``repair_snapshots``) -- never let go whole."""
         lost = self.catalog.lost_snapshots()  # (as of this run's sync, under its exclusive lock: settled by then)
         if not lost:
             return
         done = []
         for snap in lost:
-            entry = {"old": snap.id, "new": None, "files_dropped": 0, "manifest": "missing (deleted without a forget)"}
-            if self.catalog.lookup(snap.tree) is None:
-                entry["manifest"] += " and its directory tree is lost too"
-            else:
-                entry["restored_from_catalog"] = True
-                if not self.dry_run:
-                    new = Snapshot(time=snap.time, host=snap.host, paths=list(snap.paths), tree=snap.tree,
-                                   tags=list(snap.tags), username=snap.username, parent=snap.parent,
-                                   summary={**snap.summary, "restored_from_catalog": snap.id, "origin": snap.origin})
-                    self.repo.save_snapshot(new)
-                    self.catalog.add_snapshot(new)
-                    entry["new"] = new.id
+            entry = {"old": snap.id, "new": None, "files_dropped": 0, "manifest": "missing (deleted without a forget)",
+                     "restored_from_catalog": True}
+            if not self.dry_run:
+                new = Snapshot(time=snap.time, host=snap.host, paths=list(snap.paths), tree=snap.tree,
+                               tags=list(snap.tags), username=snap.username, parent=snap.parent,
+                               summary={**snap.summary, "restored_from_catalog": snap.id, "origin": snap.origin})
+                self.repo.save_snapshot(new)
+                self.catalog.add_snapshot(new)
+                entry["new"] = new.id
             self.report.snapshots_rewritten.append(entry)
             done.append((snap.id, snap.tree, entry["manifest"]))
         if not self.dry_run:
