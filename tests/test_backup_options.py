@@ -508,3 +508,19 @@ def test_dot_dot_after_a_symlink_then_a_name_is_that_name_where_the_link_leads(r
     assert repo("--json", "snapshots").json[-1]["paths"] == [f"{t}/w/link"]
     entries = {e["path"]: e["type"] for e in repo("--json", "ls", "latest").json["entries"]}
     assert entries[f"{t}/w/link"] == "symlink"
+
+
+def test_a_path_the_kernel_cannot_resolve_is_an_error_not_what_its_text_normalises_to(repo, tmp_path):
+    """`missing/..`, `FILE/.`, `loop/..`: stat and tar refuse them; backup took `missing/..` for `.` (the
+    whole directory, exit 0): a typo like /srv/dat/.. backed up all of /srv. And //path is /path (one group,
+    one parent)."""
+    t = make_tree(tmp_path / "t", {"x": {"f": b"f"}, "file": b"data"})
+    os.symlink("loop", t / "loop")
+    for bad in ("missing/..", "x/missing/..", "file/.", "file/..", "loop/.."):
+        res = repo("backup", f"{t}/{bad}", ok=1)
+        assert "nothing to back up" in res.err and bad in res.err, res.err
+    assert repo("--json", "snapshots").json == []
+    repo("backup", f"/{t}/x")
+    again = repo("--json", "backup", f"{t}/x").json
+    assert again["files_unmodified"] == 1, again
+    assert {tuple(s["paths"]) for s in repo("--json", "snapshots").json} == {(f"{t}/x",)}

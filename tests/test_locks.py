@@ -417,3 +417,52 @@ def test_a_holder_refreshing_between_the_listing_and_the_removal_still_loses_its
         holder.check()
     ahead.release()
     holder.release()
+
+
+def test_a_holder_whose_refresh_write_lands_after_the_exclusive_command_still_loses_its_lock(repo):
+    """The holder checked its old lock, then the exclusive command listed, removed it and listed again, then
+    the holder's new lock landed: it survived and the holder committed. The old lock is now checked after the
+    new one is written."""
+    from vault.locks import LockLost
+
+    be = backend(repo)
+    holder = Lock(be, exclusive=False, operation="backup", wait=0, clock=lambda: time.time() - STALE_AFTER - 600)
+    holder._stop.set()
+    real_write, taken = holder._write, []
+
+    def the_exclusive_command_first():
+        if not taken:
+            taken.append(Lock(be, exclusive=True, operation="prune", wait=0))
+        return real_write()
+
+    holder._write = the_exclusive_command_first
+    holder._refresh()
+    with pytest.raises(LockLost):
+        holder.check()
+    taken[0].release()
+    holder.release()
+
+
+def test_a_snapshot_forgotten_elsewhere_while_verify_syncs_is_not_damage(repo, tmp_path, monkeypatch):
+    """verify's sync listed the manifests, another machine forgot one this catalog had not read yet, and the
+    sync's load of it failed: "not found", exit 20. Its forget record lets it go."""
+    from vault.repository import Repository
+
+    src = make_tree(tmp_path / "src", {"a": b"1"})
+    repo("backup", src)
+    repo("snapshots")
+    (src / "b").write_bytes(b"2")
+    repo("backup", src, "--cache-dir", tmp_path / "other")
+    new = repo("--json", "snapshots", "--cache-dir", tmp_path / "other").json[-1]["id"]
+    real = Repository.list_snapshots
+
+    def list_then_forget_elsewhere(self):
+        out = real(self)
+        if new in out:
+            subprocess.run([sys.executable, "-m", "vault.cli.main", "--cache-dir", str(tmp_path / "other"), "-q",
+                            "forget", new], env={**os.environ, **repo.env()}, check=True)
+        return out
+
+    monkeypatch.setattr(Repository, "list_snapshots", list_then_forget_elsewhere)
+    res = repo("--json", "verify")
+    assert res.json["ok"] is True, res.json

@@ -198,11 +198,20 @@ def _source_path(given: bytes) -> bytes:
     kernel resolves them (``os.path.realpath``) and the entry goes in under that real path (a final symlink
     named without a slash stays a symlink)."""
     textual = os.path.abspath(given)
+    if textual.startswith(b"//"):  # (Linux reads a leading // as /: one group of snapshots, one parent)
+        textual = b"/" + textual.lstrip(b"/")
     parts = given.split(b"/")
     if not (given.endswith(b"/") or b"." in parts or b".." in parts):
         return textual
     try:
-        kernel = os.lstat(given)  # (a trailing slash or /. makes the kernel follow a final symlink)
+        try:
+            kernel = os.lstat(given)  # (a trailing slash or /. makes the kernel follow a final symlink)
+        except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:
+                return textual
+            # the kernel names nothing here (missing/.., FILE/., a loop): never the entry the text alone would
+            # name -- the path as written, so that its error is reported
+            return given if given.startswith(b"/") else os.path.join(os.getcwd().encode(), given)
         try:
             text = os.lstat(textual)
             if (text.st_dev, text.st_ino) == (kernel.st_dev, kernel.st_ino):

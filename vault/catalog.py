@@ -363,6 +363,8 @@ class Catalog:
             try:
                 snap = repo.load_snapshot(sid)
             except (IntegrityError, ObjectNotFound) as exc:
+                if isinstance(exc, ObjectNotFound) and self._forgotten(repo, {sid}):
+                    continue  # (forgotten since the listing, by a forget elsewhere: its record lets it go)
                 rep.problems.append(f"snapshot {sid[:8]}: {exc}")
                 if isinstance(exc, IntegrityError):  # (not found: deleted since the listing, by a forget)
                     rep.unreadable[sid] = str(exc)

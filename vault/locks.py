@@ -192,12 +192,12 @@ class Lock:
         with self._mutex:
             if self._name is None:
                 return False
-            try:
-                self.backend.size(self._name)
-            except ObjectNotFound:  # removed by another: an exclusive command took it for stale (deletes are
-                self._removed = True  # idempotent: asked before, not told by the delete below)
             old, self._name = self._name, self._write()
             self._refreshed = self._clock()
+            try:  # (after the new one is written: a removal before that write is seen here)
+                self.backend.size(old)
+            except ObjectNotFound:  # removed by another: an exclusive command took it for stale (deletes are
+                self._removed = True  # idempotent: asked, not told by the delete below)
             self.backend.delete(old)
             return True
 
