@@ -18,7 +18,9 @@ import pytest
 from conftest import FAST_INIT, PASSWORD, assert_trees_equal, make_tree
 from test_damage import layout, pack_path
 
+from vault.backend.local import LocalBackend
 from vault.pack import DATA
+from vault.repository import Repository
 
 MiB = 1 << 20
 
@@ -749,3 +751,30 @@ def test_a_lost_manifest_whose_tree_pack_is_lost_too_is_rebuilt_not_let_go(cli, 
     [snap] = cli("--json", "snapshots").json
     cli("restore", snap["id"], "--target", tmp_path / "r")
     assert_trees_equal(src, tmp_path / "r" / src.relative_to("/"))
+
+
+@pytest.mark.parametrize("how", ["recovered", "healed"])
+def test_a_manifest_an_older_repair_removed_without_a_record_is_not_lost(cli, tmp_path, setup, how):
+    """An older vault's repair removes an unreadable manifest with no logs/ record, after recovering its tree
+    as a 'recovered' snapshot or healing it from a copy (same time, host, paths): a machine that had read the
+    manifest called it lost (exit 20 for good) and its repair wrote the same state a second time."""
+    from datetime import datetime, timezone
+
+    from vault.model import Snapshot
+
+    src, lay = setup
+    other = ("--cache-dir", tmp_path / "b")
+    [old] = cli(*other, "--json", "snapshots").json
+    r = Repository.open(LocalBackend(cli.repo), PASSWORD.encode())
+    tree = bytes.fromhex(old["tree"])
+    if how == "recovered":
+        snap = Snapshot(time=datetime.now(timezone.utc), host="recovered", paths=["/recovered"], tree=tree,
+                        tags=["recovered"], summary={"recovered_tree": tree.hex()})
+    else:
+        snap = Snapshot(time=datetime.fromisoformat(old["time"].replace("Z", "+00:00")), host=old["host"],
+                        paths=old["paths"], tree=tree, tags=old["tags"], summary={"restored_from_copy": "x" * 64})
+    r.save_snapshot(snap)
+    (cli.repo / "snapshots" / old["id"]).unlink()  # (no record, as the older repair did)
+    assert cli(*other, "--json", "verify").json["ok"] is True
+    cli(*other, "repair")
+    assert len(cli("--json", "snapshots").json) == 1

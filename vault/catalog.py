@@ -358,7 +358,6 @@ class Catalog:
                 c.executemany("DELETE FROM snapshots WHERE id=?", [(s,) for s in gone])
             self._tx(run)
             rep.snapshots_removed = len(gone)
-        self._note_lost(repo, snaps_repo, rep)
         for sid in sorted(snaps_repo - snaps_known):
             try:
                 snap = repo.load_snapshot(sid)
@@ -371,6 +370,7 @@ class Catalog:
                 continue
             self.add_snapshot(snap)
             rep.snapshots_loaded += 1
+        self._note_lost(repo, snaps_repo, rep)  # (last: a snapshot loaded just now may hold a lost one's state)
         return rep
 
     @staticmethod
@@ -545,7 +545,7 @@ class Catalog:
         lost = {r[0] for r in self._q("SELECT id FROM lost_snapshots")}
         if not lost:
             return
-        settled = (lost & in_repo) | self._forgotten(repo, lost)
+        settled = (lost & in_repo) | self._forgotten(repo, lost) | self._taken_over(lost - in_repo)
         if settled:
             self.drop_lost(sorted(settled))
         for (sid,) in self._q("SELECT id FROM lost_snapshots ORDER BY id"):
@@ -553,6 +553,24 @@ class Catalog:
                    "this machine's catalog)")
             rep.problems.append(f"snapshot {sid[:8]}: {why}")
             rep.unreadable[sid] = why
+
+    def _taken_over(self, ids: set[str]) -> set[str]:
+        """Those of the lost ``ids`` whose state a live snapshot holds already: the same root tree, recovered
+        from it (``summary.recovered_tree``) or with the same time, host and paths (a manifest an older vault's
+        repair removed without a record, after it recovered the tree or healed the manifest from a copy)."""
+        out = set()
+        for sid, t, h, p, tree in self._q("SELECT id, time, host, paths, tree FROM lost_snapshots"):
+            if sid not in ids:
+                continue
+            for summary, t2, h2, p2 in self._q("SELECT summary, time, host, paths FROM snapshots WHERE tree=?", (tree,)):
+                try:
+                    recovered = json.loads(summary or "{}").get("recovered_tree") == bytes(tree).hex()
+                except (ValueError, AttributeError):
+                    recovered = False
+                if recovered or (t2, h2, json.loads(p2) if p2 else None) == (t, h, json.loads(p) if p else None):
+                    out.add(sid)
+                    break
+        return out
 
     def let_go(self, repo, sid: str) -> bool:
         """Whether a ``logs/`` record (forget, repair) lets snapshot ``sid`` go: its manifest may be deleted."""
