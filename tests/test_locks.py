@@ -466,3 +466,29 @@ def test_a_snapshot_forgotten_elsewhere_while_verify_syncs_is_not_damage(repo, t
     monkeypatch.setattr(Repository, "list_snapshots", list_then_forget_elsewhere)
     res = repo("--json", "verify")
     assert res.json["ok"] is True, res.json
+
+
+def test_a_lock_removed_while_the_manifest_was_on_its_way_withdraws_the_snapshot(repo, src, monkeypatch):
+    """The lock was checked, then the manifest sent; a prune on a host whose clock runs ahead took the lock for
+    stale in between and deleted this run's packs before the manifest named them: the backup exited 0 with a
+    snapshot whose data was gone. The lock is asked again after the manifest landed; lost -> the snapshot is
+    withdrawn (with a logs/ record: nobody calls it lost) and the backup fails."""
+    from vault.repository import Repository
+
+    be = backend(repo)
+    real = Repository.save_snapshot
+
+    def save_then_lose_the_lock(self, snap):
+        sid = real(self, snap)
+        for name, _ in list(be.list("locks/")):
+            be.delete(name)
+        return sid
+
+    monkeypatch.setattr(Repository, "save_snapshot", save_then_lose_the_lock)
+    res = repo("backup", src, ok=1)
+    assert "lock was removed" in res.err, res.err
+    assert not list(be.list("snapshots/")) and list(be.list("logs/"))
+    monkeypatch.setattr(Repository, "save_snapshot", real)
+    assert repo("--json", "verify").json["ok"] is True
+    repo("backup", src)
+    assert snapshot_count(repo) == 1

@@ -566,6 +566,16 @@ class Repository:
     def delete_snapshot(self, sid: str) -> None:
         self.backend.delete(f"snapshots/{sid}")
 
+    def withdraw_snapshot(self, sid: str, tree: bytes, operation: str) -> None:
+        """Take back a manifest this run wrote after its lock was lost on the way (its packs may be gone): a
+        ``logs/`` record lets it go -- no machine that read it meanwhile calls it lost -- then it is deleted."""
+        self.save_log({"v": 1, "operation": operation, "time": format_time(datetime.now(timezone.utc)),
+                       "host": socket.gethostname(), "policy": "withdrawn: the lock was lost",
+                       "decisions": [{"id": sid, "tree": tree.hex(), "keep": False,
+                                      "reasons": ["withdrawn: the repository lock was lost while the snapshot "
+                                                  "was being written"]}]})
+        self.delete_snapshot(sid)
+
     def _load_verified(self, name: str, hex_id: str, limit: int | None = None) -> bytes:
         """The object, checked against its name; with ``limit``, at most that many bytes are read (a bigger
         object -- junk named by its own hash -- is damage, never held whole)."""
