@@ -778,3 +778,19 @@ def test_a_manifest_an_older_repair_removed_without_a_record_is_not_lost(cli, tm
     assert cli(*other, "--json", "verify").json["ok"] is True
     cli(*other, "repair")
     assert len(cli("--json", "snapshots").json) == 1
+
+
+def test_a_snapshot_the_mirror_lost_is_not_copied_again_beside_its_repair(cli, tmp_path, setup):
+    """The mirror lost a manifest without a forget: the next copy copied the snapshot again, then the mirror's
+    repair wrote the lost one as well -- two equal snapshots there."""
+    src, lay = setup
+    mirror = tmp_path / "mirror"
+    cli("init", *FAST_INIT, "--repo", mirror, "--copy-chunker-params-from", cli.repo)
+    cli("copy", "--to", mirror)
+    [copied] = cli("--json", "--repo", mirror, "snapshots").json
+    (mirror / "snapshots" / copied["id"]).unlink()
+    out = cli("--json", "copy", "--to", mirror).json
+    assert out["copied"] == [], out
+    cli("--repo", mirror, "repair")
+    assert len(cli("--json", "--repo", mirror, "snapshots").json) == 1
+    assert cli("--json", "--repo", mirror, "verify").json["ok"] is True

@@ -183,6 +183,9 @@ class Copier:
         # destination holds it already
         # (any number of copies back: A -> B -> C, then C -> A; see Snapshot.copy_keys)
         present = set().union(*(s.copy_keys() for s in theirs))
+        # (and one the destination lost without a forget: its repair writes it again from its catalog -- copied
+        # now as well, the destination would hold it twice)
+        present |= set().union(*(s.copy_keys() for s in self.dst_cat.lost_snapshots()))
         packer = PackWriter(self.dst, self._on_pack, uploaders=self._uploaders)
         try:
             with ThreadPoolExecutor(max_workers=self.workers) as pool:
