@@ -11,7 +11,6 @@ import base64
 import contextlib
 import dataclasses
 import os
-import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -571,11 +570,9 @@ def forget(settings: Settings, password: PasswordFn, ids: list[str], policy: Pol
         removed = [d.snapshot.id for g in groups for d in g.decisions if not d.keep]
         if not dry_run and removed:
             # the decision is recorded before anything is deleted: a kill leaves the record and a partial forget
-            sess.repo.save_log({"v": 1, "operation": "forget", "time": format_time(datetime.now(timezone.utc)),
-                                "host": socket.gethostname(), "policy": policy.describe() if policy else "named",
-                                "decisions": [{"id": d.snapshot.id, "tree": d.snapshot.tree.hex(), "keep": d.keep,
-                                               "reasons": d.reasons}
-                                              for g in groups for d in g.decisions]})
+            sess.repo.save_log("forget", policy.describe() if policy else "named",
+                               [{"id": d.snapshot.id, "tree": d.snapshot.tree.hex(), "keep": d.keep,
+                                 "reasons": d.reasons} for g in groups for d in g.decisions])
             for sid in removed:
                 sess.repo.delete_snapshot(sid)
             if removed:

@@ -456,15 +456,8 @@ class Repairer:
     def _record(self, gone: list[tuple[str, bytes | None, str]]) -> None:
         """A ``logs/`` record of the manifests repair lets go, (id, root tree or None, why) each, written before
         they are deleted (as forget's): a catalog that had read one knows it was not lost."""
-        from datetime import datetime, timezone
-        import socket
-
-        from .model import format_time
-
-        self.repo.save_log({"v": 1, "operation": "repair", "time": format_time(datetime.now(timezone.utc)),
-                            "host": socket.gethostname(), "policy": "repair",
-                            "decisions": [{"id": sid, **({"tree": tree.hex()} if tree else {}), "keep": False,
-                                           "reasons": [why]} for sid, tree, why in gone]})
+        self.repo.save_log("repair", "repair", [{"id": sid, **({"tree": tree.hex()} if tree else {}), "keep": False,
+                                                 "reasons": [why]} for sid, tree, why in gone])
 
     def restore_lost(self) -> None:
         """Write again each snapshot whose manifest vanished without a forget, from what this machine's catalog

@@ -550,8 +550,12 @@ class Repository:
     def list_snapshots(self) -> list[str]:
         return [n.rsplit("/", 1)[-1] for n, _ in self.backend.list("snapshots/") if _hex_name(n, "snapshots/")]
 
-    def save_log(self, doc: dict) -> str:
-        """Record a maintenance decision (e.g. what forget removed and why): ``logs/<id>``, sealed JSON."""
+    def save_log(self, operation: str, policy: str, decisions: list[dict]) -> str:
+        """Record a maintenance decision (what forget removed and why; the manifests repair, or a run that lost
+        its lock, let go): ``logs/<id>``, sealed JSON with this time and host; ``decisions``: {"id", "tree",
+        "keep", "reasons"} each -- a manifest one lets go (keep false) is forgotten, not lost (format.md §17)."""
+        doc = {"v": 1, "operation": operation, "time": format_time(datetime.now(timezone.utc)),
+               "host": socket.gethostname(), "policy": policy, "decisions": decisions}
         stored = self.cipher.seal(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode(), LOG_AAD)
         lid = hashlib.sha256(stored).hexdigest()
         self.backend.put(f"logs/{lid}", stored)
@@ -569,11 +573,9 @@ class Repository:
     def withdraw_snapshot(self, sid: str, tree: bytes, operation: str) -> None:
         """Take back a manifest this run wrote after its lock was lost on the way (its packs may be gone): a
         ``logs/`` record lets it go -- no machine that read it meanwhile calls it lost -- then it is deleted."""
-        self.save_log({"v": 1, "operation": operation, "time": format_time(datetime.now(timezone.utc)),
-                       "host": socket.gethostname(), "policy": "withdrawn: the lock was lost",
-                       "decisions": [{"id": sid, "tree": tree.hex(), "keep": False,
-                                      "reasons": ["withdrawn: the repository lock was lost while the snapshot "
-                                                  "was being written"]}]})
+        self.save_log(operation, "withdrawn: the lock was lost",
+                      [{"id": sid, "tree": tree.hex(), "keep": False,
+                        "reasons": ["withdrawn: the repository lock was lost while the snapshot was being written"]}])
         self.delete_snapshot(sid)
 
     def _load_verified(self, name: str, hex_id: str, limit: int | None = None) -> bytes:
