@@ -737,27 +737,11 @@ class Archiver:
                                  "errors": len(s.errors), "duration_s": round(self.stats_duration, 3),
                                  XATTRS_MARK: root.hex()})  # (its trees hold every entry's extended attributes)
         if self.opts.before_commit is not None:
-            self.opts.before_commit()
-        sid = self.repo.save_snapshot(snap)
-        if self.opts.before_commit is not None:
-            self._still_ours(snap, sid)
+            self.repo.commit_snapshot(snap, self.opts.before_commit, "backup")
+        else:
+            self.repo.save_snapshot(snap)
         self.catalog.add_snapshot(snap)
         return snap
-
-    def _still_ours(self, snap: Snapshot, sid: str) -> None:
-        """After the manifest landed, the lock is asked again: an exclusive command that took it for stale
-        (its host's clock ahead, ours suspended) while the manifest was on its way may have deleted this run's
-        packs before the manifest was there to name them. Then the snapshot is withdrawn -- recorded in logs/
-        as let go, so no machine that read it meanwhile calls it lost -- and the backup fails: run it again."""
-        from .locks import LockLost
-
-        try:
-            self.opts.before_commit()
-        except LockLost:
-            self.repo.withdraw_snapshot(sid, snap.tree, "backup")
-            raise
-        except VaultError:
-            pass  # (cannot ask now: the lock was ours just before the manifest was sent)
 
 
 def _username() -> str:

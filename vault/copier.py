@@ -23,8 +23,7 @@ from dataclasses import dataclass, field
 
 from . import index as index_mod
 from .catalog import Catalog
-from .errors import IntegrityError, VaultError
-from .locks import LockLost
+from .errors import IntegrityError
 from .model import DIR, FILE, Snapshot, Tree, moved_summary
 from .pack import DATA, TREE, PackEntry
 from .packwriter import PackWriter, adopt_leftover_packs
@@ -205,15 +204,7 @@ class Copier:
                                    tags=list(snap.tags), username=snap.username, parent=None,
                                    summary={**moved_summary(snap.summary, snap.tree, root), "copied_from": snap.id,
                                             "origin": snap.origin})
-                    before_commit()
-                    sid = self.dst.save_snapshot(new)
-                    try:  # (still ours once it landed? see Archiver._still_ours)
-                        before_commit()
-                    except LockLost:
-                        self.dst.withdraw_snapshot(sid, new.tree, "copy")
-                        raise
-                    except VaultError:
-                        pass
+                    self.dst.commit_snapshot(new, before_commit, "copy")
                     self.dst_cat.add_snapshot(new)
                     self.dst_cat.copy_tree_put(self._tree_pairs, self._epoch)  # every block below them indexed now
                     self._tree_pairs = []

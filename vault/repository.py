@@ -570,13 +570,28 @@ class Repository:
     def delete_snapshot(self, sid: str) -> None:
         self.backend.delete(f"snapshots/{sid}")
 
-    def withdraw_snapshot(self, sid: str, tree: bytes, operation: str) -> None:
-        """Take back a manifest this run wrote after its lock was lost on the way (its packs may be gone): a
-        ``logs/`` record lets it go -- no machine that read it meanwhile calls it lost -- then it is deleted."""
-        self.save_log(operation, "withdrawn: the lock was lost",
-                      [{"id": sid, "tree": tree.hex(), "keep": False,
-                        "reasons": ["withdrawn: the repository lock was lost while the snapshot was being written"]}])
-        self.delete_snapshot(sid)
+    def commit_snapshot(self, snap: Snapshot, check_lock: Callable[[], None], operation: str) -> str:
+        """Write the manifest of a snapshot this run built under a lock, asking for the lock before and again
+        once the manifest landed: an exclusive command that took the lock for stale (its host's clock ahead,
+        ours suspended) while the manifest was on its way may have deleted this run's packs before the
+        manifest was there to name them. Then the manifest is taken back -- a ``logs/`` record lets it go, so
+        no machine that read it meanwhile calls it lost -- and LockLost is raised: run again."""
+        from .locks import LockLost
+
+        check_lock()
+        sid = self.save_snapshot(snap)
+        try:
+            check_lock()
+        except LockLost:
+            self.save_log(operation, "withdrawn: the lock was lost",
+                          [{"id": sid, "tree": snap.tree.hex(), "keep": False,
+                            "reasons": ["withdrawn: the repository lock was lost while the snapshot was being "
+                                        "written"]}])
+            self.delete_snapshot(sid)
+            raise
+        except VaultError:
+            pass  # (cannot ask now: the lock was ours just before the manifest was sent)
+        return sid
 
     def _load_verified(self, name: str, hex_id: str, limit: int | None = None) -> bytes:
         """The object, checked against its name; with ``limit``, at most that many bytes are read (a bigger
