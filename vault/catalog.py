@@ -40,6 +40,7 @@ from .ids import ID_LEN
 from .model import DIR, FILE, Node, Snapshot, Tree, parse_stored_time, format_time, storable_text
 from .pack import PackEntry
 
+_SNAPSHOT_COLUMNS = "id, time, host, paths, tags, tree, username, parent, summary"  # (snapshots, lost_snapshots)
 _LOST_TABLE = ("CREATE TABLE IF NOT EXISTS lost_snapshots (id TEXT PRIMARY KEY, time TEXT NOT NULL, host TEXT NOT NULL, "
                "paths TEXT NOT NULL, tags TEXT NOT NULL, tree BLOB NOT NULL, username TEXT, parent TEXT, summary TEXT)")
 AHEAD = 256  # trees a walk of a remote repository's cold cache fetches ahead at most (``Catalog._fetch_ahead``)
@@ -352,8 +353,8 @@ class Catalog:
 
             def run(c: sqlite3.Connection) -> None:
                 c.execute(_LOST_TABLE)
-                cols = "id, time, host, paths, tags, tree, username, parent, summary"
-                c.executemany(f"INSERT OR REPLACE INTO lost_snapshots ({cols}) SELECT {cols} FROM snapshots WHERE id=?",
+                c.executemany(f"INSERT OR REPLACE INTO lost_snapshots ({_SNAPSHOT_COLUMNS}) SELECT {_SNAPSHOT_COLUMNS} "
+                              "FROM snapshots WHERE id=?",
                               [(s,) for s in sorted(lost)])
                 c.executemany("DELETE FROM snapshots WHERE id=?", [(s,) for s in gone])
             self._tx(run)
@@ -491,13 +492,13 @@ class Catalog:
     # --- snapshots ----------------------------------------------------------------------------------
     def add_snapshot(self, snap: Snapshot) -> None:
         self._tx(lambda c: c.execute(
-            "INSERT OR REPLACE INTO snapshots (id, time, host, paths, tags, tree, username, parent, summary) "
+            f"INSERT OR REPLACE INTO snapshots ({_SNAPSHOT_COLUMNS}) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (snap.id, format_time(snap.time), storable_text(snap.host), json.dumps(snap.paths), json.dumps(snap.tags),
              snap.tree, storable_text(snap.username), snap.parent, json.dumps(snap.summary))))
 
     def snapshots(self, table: str = "snapshots") -> list[Snapshot]:
-        rows = self._q(f"SELECT id, time, host, paths, tags, tree, username, parent, summary FROM {table}")
+        rows = self._q(f"SELECT {_SNAPSHOT_COLUMNS} FROM {table}")
         out = [Snapshot(time=parse_stored_time(t), host=h, paths=json.loads(p), tags=json.loads(tg), tree=bytes(tr),
                         username=u or "", parent=par, summary=json.loads(s or "{}"), id=i)
                for i, t, h, p, tg, tr, u, par, s in rows]

@@ -35,9 +35,10 @@ def snapshots(hosts, tags, paths) -> None:
     if c.json:
         c.emit_json([api.snapshot_json(s) for s in snaps])
         return
-    width = max((len(local_time(s.time)) for s in snaps), default=0)  # (wider with an offset: see local_time)
-    for s in snaps:  # host, tags and paths come from the repository: no control characters to the terminal
-        c.out(f"{s.short_id}  {local_time(s.time):<{width}}  {printable(s.host):<16} "
+    times = [local_time(s.time) for s in snaps]
+    width = max(map(len, times), default=0)  # (wider with an offset: see local_time)
+    for s, when in zip(snaps, times):  # host, tags and paths come from the repository: no control characters
+        c.out(f"{s.short_id}  {when:<{width}}  {printable(s.host):<16} "
               f"{printable(','.join(s.tags)) or '-':<12} {printable(' '.join(s.paths))}")
     c.out(f"{len(snaps)} snapshot(s)")
 
