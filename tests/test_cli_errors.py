@@ -734,3 +734,12 @@ def test_ls_of_a_file_with_a_trailing_slash_is_not_a_directory(repo, tmp_path):
     for p in (src / "d" / "f", src / "link"):
         assert "not a directory" in repo("ls", "latest", f"{p}/", ok=1).err
     assert repo("ls", "latest", f"{src}/d/").out.count("\n") == 2
+
+
+def test_init_kdf_options_out_of_the_format_are_usage_errors(cli):
+    """--kdf-memory above the format's 1 GiB was exit 20 ("damage") with an empty directory left; the
+    argon2id options given with --kdf scrypt were ignored silently."""
+    r = cli("init", "--kdf-memory", "1025", ok=2)
+    assert "--kdf-memory" in r.err and not cli.repo.exists()
+    r = cli("init", "--kdf", "scrypt", "--kdf-iterations", "50", ok=2)
+    assert "--kdf-iterations applies to --kdf argon2id only" in r.err and not cli.repo.exists()

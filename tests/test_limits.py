@@ -134,6 +134,18 @@ def test_init_over_key_slots_without_config_says_what_it_is(repo):
     assert "holds key slots but no config" in res.err and "vault repair" in res.err, res.err
 
 
+def test_init_over_a_repository_that_lost_its_config_says_what_it_is(repo, tmp_path):
+    """Not only an init cut short (keys/ alone): a repository with data that lost its config is named so too."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "f").write_text("x")
+    repo("backup", str(tmp_path / "src"))
+    (repo.repo / "config").unlink()
+    res = repo("init", *FAST_INIT, ok=1)
+    assert "holds key slots but no config" in res.err and "vault repair" in res.err, res.err
+    (repo.repo / "config").parent.joinpath("keys").rename(repo.repo / "k2")
+    assert "not empty and holds no repository" in repo("init", *FAST_INIT, ok=1).err
+
+
 def test_running_out_of_descriptors_is_recognised_for_the_catalog_message():
     code = ("import resource, os\n"
             "from vault import catalog\n"

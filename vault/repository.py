@@ -222,7 +222,7 @@ class Repository:
             password = password()
         backend.create_store()
         held = [name for name, _ in itertools.islice(backend.list(""), 1000)]
-        if held and all(name.startswith("keys/") for name in held):
+        if any(name.startswith("keys/") and _hex_name(name, "keys/") is not None for name in held):
             raise RepositoryExists(f"{backend.location} holds key slots but no config: an init cut short, or a "
                                    "repository that lost its config. 'vault snapshots' opens it with the config "
                                    "sealed in its key slot, and 'vault repair' writes config back; or empty the "

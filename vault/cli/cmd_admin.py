@@ -308,7 +308,7 @@ def catalog_rebuild() -> None:
 
 
 @cli.command()
-@click.argument("what", type=click.Choice(["all", "index", "snapshots"]), default="all", metavar="WHAT")
+@click.argument("what", type=click.Choice(["all", "index", "snapshots"]), default="all", metavar="[WHAT]")
 @click.option("--read-data", is_flag=True, help="Read every pack whole: find damaged bytes, not only damaged "
               "headers (implied by --from-repo).")
 @click.option("--from-repo", metavar="URL", help="Heal lost or damaged blocks from this second repository "

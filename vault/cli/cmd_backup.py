@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 import click
+from click.core import ParameterSource
 
 from .. import api
 from ..archiver import BackupOptions
@@ -31,8 +32,8 @@ from .main import cli
               metavar="BYTES", help="Largest chunk.")
 @click.option("--kdf", type=click.Choice(["argon2id", "scrypt"]), default="argon2id", show_default=True,
               help="Password key derivation function.")
-@click.option("--kdf-memory", type=click.IntRange(1, 4096), default=32, show_default=True, metavar="MiB",
-              help="Argon2id memory cost.")
+@click.option("--kdf-memory", type=click.IntRange(1, 1024), default=32, show_default=True, metavar="MiB",
+              help="Argon2id memory cost (the format allows up to 1 GiB).")
 @click.option("--kdf-iterations", type=click.IntRange(1, 100), default=4, show_default=True,
               help="Argon2id time cost.")
 @click.option("--copy-chunker-params-from", "chunker_from", metavar="URL",
@@ -54,6 +55,11 @@ def init(pack_size: int, compression_level: int, chunk_min: int, chunk_avg: int,
         chunker.validate()
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if kdf != "argon2id":
+        given = [f"--{p.replace('_', '-')}" for p in ("kdf_memory", "kdf_iterations")
+                 if click.get_current_context().get_parameter_source(p) != ParameterSource.DEFAULT]
+        if given:  # (scrypt's own parameters are fixed: format.md section 4)
+            raise UsageError(f"{' and '.join(given)} {'apply' if len(given) > 1 else 'applies'} to --kdf argon2id only")
     params = KdfParams(name=kdf, iterations=kdf_iterations, memory_kib=kdf_memory * 1024)
     other = None
     if chunker_from:
