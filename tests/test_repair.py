@@ -90,6 +90,24 @@ def test_flipped_byte_then_repair(cli, tmp_path, setup):
         assert cli("--json", "verify", "--read-data").json["ok"] is True
 
 
+def test_a_repaired_original_whose_data_a_later_backup_stored_again_is_called_whole(cli, tmp_path, setup):
+    """verify said "references lost data and was repaired" of the original for ever, also once the next backup
+    had stored the lost block again and the original restored whole (exit 0)."""
+    src, lay = setup
+    pid = data_pack_of(lay, "/f2.bin")
+    victim = min((e for p, e in lay.blocks.values() if p == pid), key=lambda e: e.offset)
+    flip(pack_path(cli.repo, pid), victim.offset + 10)
+    cli("repair", "--read-data")
+    info = cli("--json", "verify").json["info"]
+    assert any(lay.snapshot[:8] in i and "references lost data" in i for i in info), info
+    cli("backup", src)  # (the same files: the lost block is stored again)
+    rep = cli("--json", "verify", "--read-data").json
+    assert rep["ok"] is True
+    assert not any("references lost data" in i for i in rep["info"]), rep["info"]
+    assert any(lay.snapshot[:8] in i and "restores whole" in i for i in rep["info"]), rep["info"]
+    assert restored_files(cli, tmp_path, "whole", lay.snapshot) == {f: Path(f).read_bytes() for f in lay.files}
+
+
 @pytest.mark.parametrize("damage", ["truncate", "delete"])
 def test_truncated_or_deleted_pack_then_repair(cli, tmp_path, setup, damage):
     src, lay = setup

@@ -457,11 +457,41 @@ class Checker:
                 self._damage(f"snapshots/{sid}", f"unreadable: {exc}")
         self.report.snapshots = len(snaps)
         repaired = replaced_by_repair(snaps)
-        for snap in snaps:
-            if snap.id in repaired:
+        self._repaired = [s for s in snaps if s.id in repaired]
+        return [s for s in snaps if s.id not in repaired]
+
+    def _report_repaired(self) -> None:
+        """An info line for each repaired original (not walked as damage): whether it still references lost
+        data, or is whole again -- a later backup or a copy stored what it lost, and it restores whole. A walk
+        of its own trees, after everything else (it empties the marker's tables), counting nothing as damage."""
+        for snap in self._repaired:
+            if self._whole(snap):
+                self.report.info.append(f"snapshot {snap.short_id} was repaired (tag 'repaired'), but the data it "
+                                        "lost has been stored again since: it restores whole; forget whichever "
+                                        "of the two you do not need")
+            else:
                 self.report.info.append(f"snapshot {snap.short_id} references lost data and was repaired "
                                         "(tag 'repaired'); forget it when it is no longer needed")
-        return [s for s in snaps if s.id not in repaired]
+
+    def _whole(self, snap) -> bool:
+        broken: list[bytes] = []
+
+        def quiet(tid: bytes) -> list | None:  # (_load_tree, without noting damage)
+            loc = self.catalog.lookup(tid)
+            try:
+                if loc is not None and tid not in self._bad_blocks:
+                    return [entry(n) for n in Tree.decode(self.repo.load_block(*loc)).nodes]
+            except VaultError as exc:
+                if not is_damage(exc):
+                    raise
+            broken.append(tid)
+            return None
+
+        marker = self.catalog.marker()
+        marker.walk(snap.tree, lambda tids: self.catalog.iter_cached_or(self.repo, tids, quiet, indexed=True))
+        marker.flush()
+        return not broken and self.catalog.used_missing(limit=0)[0] == 0 and not (
+            self._bad_blocks and self.catalog.used_contains(self._bad_blocks))
 
     def _walk_trees(self, snaps: list, loader=None) -> None:
         """Every tree reachable from a snapshot, once (walked ids in a catalog table, not in memory): it must
@@ -578,13 +608,14 @@ class Checker:
             self._damage("config", self.repo.config_problem)
         for name, info in self.repo.list_keys():
             if info is None:
-                self._damage(name, "not a usable key slot (malformed: it opens the repository with no password; "
+                self._damage(name, "not a usable key slot (malformed: no password can open the repository with it; "
                                    "'vault repair index' removes it)")
             elif "unsupported" in info:
                 self.report.info.append(f"{name}: not usable here: {info['unsupported']}; left alone")
 
     def run(self) -> VerifyReport:
         self._missing: set[bytes] = set()
+        self._repaired: list = []
         self._check_keys()
         self._check_packs()
         snaps = self._load_snapshots()
@@ -609,6 +640,7 @@ class Checker:
             d = self._damage(f"block {bid.hex()}", problem)
             d.snapshots = sorted(in_snaps)
             d.files = sorted(files)
+        self._report_repaired()
         self.report.coverage = self._coverage()
         return self.report
 
