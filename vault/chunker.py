@@ -7,6 +7,7 @@ Pure apart from reading the stream it is given.
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import threading
@@ -70,7 +71,28 @@ class Chunker:
             buf = self._local.buf = bytearray(min(self.params.max_size, 4 * self.params.avg_size) + _SLACK)
         return buf
 
-    def cut_fd(self, fd: int, limit: int | None = None) -> Iterator[memoryview]:
+    def zero_chunk(self) -> memoryview:
+        """The chunk a run of zeros is cut into from a cut point on: FastCDC's cut depends only on the bytes
+        since the last cut, so every such chunk is this one (read-only, the same object each time)."""
+        zero = getattr(self, "_zero", None)
+        if zero is None:
+            zeros = bytes(self.params.max_size)
+            first = next(iter(self._cdc().cut_buf(zeros))).length
+            zero = self._zero = memoryview(zeros)[:first]
+        return zero
+
+    def _zero_chunks(self, fd: int, offset: int, most: int) -> int:
+        """How many ``zero_chunk`` fit in the hole of the file at ``offset`` (at most ``most`` bytes): asked with
+        SEEK_DATA, so a file system without holes, or one that does not say, gives 0. Moves the file offset."""
+        try:
+            data = os.lseek(fd, offset, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:  # (no data after ``offset``: a hole up to the end of the file)
+                return 0
+            data = os.fstat(fd).st_size
+        return max(0, min(data - offset, most)) // len(self.zero_chunk())
+
+    def cut_fd(self, fd: int, limit: int | None = None, sparse: bool = False) -> Iterator[memoryview]:
         """Chunk a file descriptor from its current position (at most ``limit`` bytes: a file another process
         keeps extending must not be read for ever). Each view is valid only until the next one is requested.
 
@@ -78,7 +100,10 @@ class Chunker:
         max_size: a cut is final as soon as the chunk ends before the data read so far (the cut point
         depends only on the bytes up to it), so the buffer need only hold a typical chunk. A rare longer
         one (no cut point for > 4 MiB, e.g. a run of zeros) moves to a temporary mapping of max_size +
-        1 MiB, unmapped once it is no longer used. The cuts are the same as over the whole file at once."""
+        1 MiB, unmapped once it is no longer used. The cuts are the same as over the whole file at once.
+
+        ``sparse`` (the file has holes): at each cut point in a hole, the zero chunks that fit in it are not
+        read, chunked or hashed again: ``zero_chunk`` stands for each (the same cuts: see there)."""
         small = memoryview(self._buffer())
         mv, big = small, None
         max_size = self.params.max_size
@@ -86,13 +111,28 @@ class Chunker:
         start = end = 0
         eof = False
         left = -1 if limit is None else limit  # (-1: no limit)
+        pos = os.lseek(fd, 0, os.SEEK_CUR) if sparse else 0  # (the file offset of mv[end])
         while True:
+            if sparse:  # (``start`` is a cut point here)
+                at = pos - (end - start)
+                n = self._zero_chunks(fd, at, max_size << 40 if left < 0 else left + end - start)
+                if n:
+                    zero = self.zero_chunk()
+                    for _ in range(n):
+                        yield zero
+                    skipped = at + n * len(zero)
+                    if left >= 0:
+                        left -= skipped - pos
+                    mv, big, start, end, eof = small, None, 0, 0, False
+                    pos = skipped
+                os.lseek(fd, pos, os.SEEK_SET)
             while not eof and end < len(mv):
                 want = len(mv) - end if left < 0 else min(len(mv) - end, left)
                 n = os.readv(fd, [mv[end:end + want]]) if want else 0
                 if n == 0:
                     eof = True
                 end += n
+                pos += n
                 if left > 0:
                     left -= n
             if start == end:

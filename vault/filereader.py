@@ -155,15 +155,20 @@ class FileReader:
                     chunks = [small]
                 else:  # it grew past the small-file buffer while we looked: chunk it like a big one
                     os.lseek(fd, 0, os.SEEK_SET)
+            zero = None
             if chunks is None:  # (a file growing while read: at most twice its size plus 64 MiB, then a warning)
-                chunks = self.repo.chunker.cut_fd(fd, limit=2 * st.st_size + GROWTH)
+                chunker = self.repo.chunker
+                zero = chunker.zero_chunk()
+                # (fewer blocks allocated than a zero chunk's worth short of its size: it has holes)
+                sparse = st.st_blocks * 512 + len(zero) <= st.st_size
+                chunks = chunker.cut_fd(fd, limit=2 * st.st_size + GROWTH, sparse=sparse)
             for chunk in chunks:
                 if not len(chunk):
                     continue
                 if self.cancelled():
                     res.error = "cancelled"
                     return res
-                bid = self.repo.block_id(chunk)
+                bid = self._zero_id(zero) if chunk is zero else self.repo.block_id(chunk)
                 res.read += len(chunk)
                 if self.claim(bid):
                     try:
@@ -186,6 +191,13 @@ class FileReader:
         finally:
             os.close(fd)
         return res
+
+    def _zero_id(self, zero: memoryview) -> bytes:
+        """The block id of the chunker's zero chunk (a sparse file's holes): hashed once."""
+        bid = getattr(self, "_zero", None)
+        if bid is None:
+            bid = self._zero = self.repo.block_id(zero)
+        return bid
 
     def _read_small(self, fd: int, expected: int) -> memoryview | None:
         """Read a whole small file into this thread's reusable buffer (no allocation per file, so the heap
