@@ -377,3 +377,58 @@ def test_damaged_catalog_pages_are_never_taken_for_repository_damage(repo, tmp_p
     assert sorted(os.listdir(repo.repo / "snapshots")) == snapshots
     repo("catalog", "rebuild")
     assert repo("--json", "verify", "--read-data").json["ok"] is True
+
+
+def test_a_backup_sharing_the_catalog_during_a_sync_is_not_taken_for_loss(repo, tmp_path, monkeypatch):
+    """Another process sharing the cache directory (a second backup) wrote its index segment and snapshot, and
+    added them to the catalog, between this process's listing of the repository and its reading of the
+    catalog: the new snapshot was called "deleted without a forget" (verify exit 20) and the whole index was
+    dropped and reloaded -- under a restore running from the same catalog, 10,692 intact files were left out."""
+    from vault.repository import Repository
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_text("a")
+    repo("backup", src)
+    (src / "b").write_text("b")
+    real = Repository.list_index
+    ran = []
+
+    def listing_then_a_backup_elsewhere(self):
+        names = real(self)
+        if not ran:
+            ran.append(repo.proc("backup", src))
+        return names
+
+    monkeypatch.setattr(Repository, "list_index", listing_then_a_backup_elsewhere)
+    res = repo("--json", "verify", ok=False)
+    assert ran and ran[0].returncode == 0, ran[0].stderr
+    assert res.code == 0, res.out + res.err
+    monkeypatch.undo()
+    (db,) = list(repo.cache.glob("*/catalog.db"))
+    epoch = sqlite3.connect(db).execute("SELECT value FROM meta WHERE key='index_epoch'").fetchall()
+    assert epoch == [], "the index was dropped and reloaded"
+    assert len(repo("--json", "snapshots").json) == 2 and repo("--json", "verify").json["ok"] is True
+
+
+def test_an_index_reset_by_another_process_is_not_done_twice(repo, tmp_path):
+    """Two processes sharing a catalog both saw a segment gone (a prune elsewhere) and both reset the index:
+    the second reset emptied it under the first one's reader, which had already reloaded it. The reset is
+    decided in its own transaction, from what the catalog knows then."""
+    from vault.catalog import Catalog
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_text("a")
+    repo("backup", src)
+    (db,) = list(repo.cache.glob("*/catalog.db"))
+    cat = Catalog.open(str(repo.cache), db.parent.name)
+    try:
+        known = {r[0] for r in cat._q("SELECT id FROM segments")}
+        assert known and cat.has_any_block()
+        assert cat._reset_index(set(known), None) is False and cat.has_any_block()  # (reloaded already)
+        assert cat._reset_index(set(known), "f" * 64) is True and not cat.has_any_block()  # (a prune's new one)
+        assert cat.index_epoch() == 1
+    finally:
+        cat.close()
+    assert repo("--json", "verify").json["ok"] is True

@@ -311,33 +311,41 @@ class Catalog:
 
         Index segments that another present segment supersedes (left by an interrupted prune) are ignored."""
         rep = SyncReport()
+        # what this catalog knows is read before the repository is listed: another process sharing it (a backup)
+        # adds its segment and snapshot here only after writing them there, so whatever is known and not listed
+        # is really gone -- read after the listing, another's new ones looked gone: a snapshot was called lost
+        # and the whole index dropped and reloaded, under a restore running from the same catalog
+        known = {r[0] for r in self._q("SELECT id FROM segments")}
+        snaps_known = {r[0] for r in self._q("SELECT id FROM snapshots")}
         # snapshots listed first: a backup writes its index segment before its snapshot, so every snapshot
         # listed here has its segment in the index listing below (the other order let a snapshot in without
         # its index, and its trees were reported missing)
         snaps_repo = set(repo.list_snapshots())
         in_repo = set(repo.list_index())
-        known = {r[0] for r in self._q("SELECT id FROM segments")}
         rebuild = bool(known - in_repo)  # a segment was superseded (prune) or lost
+        superseding = None
         if not rebuild:
             for sid in sorted(in_repo - known):
                 seg = self._load_segment(repo, sid, rep)
                 if seg is None:
                     continue
                 if set(s.hex() for s in seg.supersedes) & in_repo:
-                    rebuild = True  # an interrupted prune: reload everything, minus what is superseded
+                    rebuild, superseding = True, sid  # an interrupted prune: reload all, minus what is superseded
                     break
                 self.add_segment(sid, seg)
                 rep.segments_loaded += 1
         if rebuild:
-            self.reset_index()
-            rep.rebuilt_index = True
+            # (False: another process sharing this catalog has reset it since this one looked, and reloads it:
+            # resetting it again would empty the index under that one's reader; what it lacks is loaded below)
+            rep.rebuilt_index = self._reset_index(in_repo, superseding)
             rep.segments_loaded = 0
             superseded: set[str] = set()
             for sid in sorted(in_repo):  # pass 1: which segments are replaced by others (one in memory at a time)
                 seg = self._load_segment(repo, sid, SyncReport())
                 if seg is not None:
                     superseded.update(s.hex() for s in seg.supersedes)
-            for sid in sorted(in_repo - superseded):
+            loaded = {r[0] for r in self._q("SELECT id FROM segments")}
+            for sid in sorted(in_repo - superseded - loaded):
                 seg = self._load_segment(repo, sid, rep)
                 if seg is not None:
                     self.add_segment(sid, seg)
@@ -346,7 +354,6 @@ class Catalog:
             # and load what an interrupted prune replaced -- blocks in packs it is about to delete
             self._tx(lambda c: c.executemany("INSERT OR IGNORE INTO segments (id) VALUES (?)",
                                              [(s,) for s in sorted(superseded & in_repo)]))
-        snaps_known = {r[0] for r in self._q("SELECT id FROM snapshots")}
         gone = snaps_known - snaps_repo
         if gone:
             lost = gone - self._forgotten(repo, gone)
@@ -385,10 +392,28 @@ class Catalog:
     def reset_index(self) -> None:
         """Forget every loaded index segment (the next sync reloads them all). The only place blocks leave the
         catalog's index: so no tree stays 'checked' (see ``add_trees``)."""
-        self._tx(lambda c: (c.execute("DELETE FROM segments"), c.execute("DELETE FROM packs"),
-                            c.execute("DELETE FROM blocks"), c.execute("UPDATE trees SET checked=0 WHERE checked != 0"),
-                            c.execute("INSERT INTO meta (key, value) VALUES ('index_epoch', '1') ON CONFLICT(key) "
-                                      "DO UPDATE SET value = CAST(value AS INTEGER) + 1")))
+        self._reset_index(None, None)
+
+    def _reset_index(self, in_repo: set[str] | None, superseding: str | None) -> bool:
+        """``reset_index``, when (in the same transaction) the catalog still knows a segment not in ``in_repo``,
+        or does not know ``superseding`` yet; False when another process sharing the catalog has reloaded it
+        since this one looked (two resets would empty the index under the first one's reader)."""
+        done = [False]
+
+        def run(c: sqlite3.Connection) -> None:
+            if in_repo is not None:
+                known = {r[0] for r in c.execute("SELECT id FROM segments")}
+                if not (known - in_repo) and (superseding is None or superseding in known):
+                    return
+            c.execute("DELETE FROM segments")
+            c.execute("DELETE FROM packs")
+            c.execute("DELETE FROM blocks")
+            c.execute("UPDATE trees SET checked=0 WHERE checked != 0")
+            c.execute("INSERT INTO meta (key, value) VALUES ('index_epoch', '1') ON CONFLICT(key) "
+                      "DO UPDATE SET value = CAST(value AS INTEGER) + 1")
+            done[0] = True
+        self._tx(run)
+        return done[0]
 
     def index_epoch(self) -> int:
         """How many times the index was reset (``reset_index``): what was known to be indexed under another
