@@ -308,3 +308,31 @@ def test_a_worker_dying_while_idle_is_noticed_at_once():
         assert time.monotonic() - t < 2.0
     finally:
         pool.close(kill=True)
+
+
+def test_a_stop_signal_handled_inside_an_at_fork_callback_is_not_dropped(tmp_path):
+    """A Ctrl-C or SIGTERM that the kernel gave another thread is handled in the main thread at its next check,
+    which can fall inside an at-fork callback of os.fork (logging's): the KeyboardInterrupt raised there was
+    printed as "Exception ignored" and dropped, and the backup ran on to the end (exit 0), a second Ctrl-C
+    ignored too. It is now handled once the fork is over."""
+    code = (
+        "import os, signal, sys, threading, time\n"
+        "from vault.cli import main as m\n"
+        "from vault import forkpool\n"
+        "signal.signal(signal.SIGINT, m._on_sigint)\n"
+        "threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n"
+        "fired = []\n"
+        "def before():\n"
+        "    if not fired:\n"
+        "        fired.append(1)\n"
+        "        os.kill(os.getpid(), signal.SIGINT)  # (the main thread has it blocked: the other one takes it)\n"
+        "        for _ in range(200000): pass  # (checks: the handler runs here, inside the callback)\n"
+        "os.register_at_fork(after_in_parent=before)\n"
+        "try:\n"
+        "    pool = forkpool.ForkPool(1, lambda msg: msg)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('stopped'); sys.exit(0)\n"
+        "pool.close()\n"
+        "print('ran on'); sys.exit(1)\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.stdout.strip() == "stopped" and "Exception ignored" not in p.stderr, (p.stdout, p.stderr)

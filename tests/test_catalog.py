@@ -2,6 +2,7 @@
 
 import os
 import sqlite3
+import sys
 from pathlib import Path
 
 import pytest
@@ -432,3 +433,69 @@ def test_an_index_reset_by_another_process_is_not_done_twice(repo, tmp_path):
     finally:
         cat.close()
     assert repo("--json", "verify").json["ok"] is True
+
+
+def test_ctrl_c_while_waiting_for_a_busy_catalog_stops_at_once(repo, tmp_path):
+    """Another process (stopped: Ctrl-Z) held a write transaction on the shared catalog: a backup waiting for
+    it took a Ctrl-C only when --lock-wait ran out, and then exited 11, not 130 (SQLite's wait sleeps in C,
+    where Python's signal handlers do not run)."""
+    import signal
+    import subprocess
+    import time
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_text("a")
+    repo("backup", src)
+    (src / "b").write_text("b")
+    (db,) = list(repo.cache.glob("*/catalog.db"))
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        p = subprocess.Popen([sys.executable, "-m", "vault.cli.main", "--lock-wait", "60", "backup", str(src)],
+                             env={**os.environ, **repo.env()}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(3)  # (started, synced as far as the first write, and waiting)
+        assert p.poll() is None, p.communicate()
+        sent = time.monotonic()
+        p.send_signal(signal.SIGINT)
+        code = p.wait(timeout=60)
+        waited = time.monotonic() - sent
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert code == 130 and waited < 5, (code, waited, p.stderr.read())
+
+
+def test_a_stopped_vault_exits_even_when_a_thread_is_still_blocked(repo, tmp_path):
+    """Three Ctrl-Cs during a restore from S3: "vault: aborted", and the process never exited -- the interpreter
+    joined a fetch thread that waited for ever. A stopped vault now exits once its clean-up is done."""
+    import signal
+    import subprocess
+    import time
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_text("a")
+    repo("backup", src)
+    (db,) = list(repo.cache.glob("*/catalog.db"))
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # (the backup below waits for it: a point to stop it at)
+    code = ("import sys, threading\n"
+            "threading.Thread(target=threading.Event().wait).start()  # (blocked for ever, not a daemon)\n"
+            "from vault.cli.main import entry\n"
+            f"sys.argv = ['vault', '--lock-wait', '60', 'backup', {str(src)!r}]\n"
+            "entry()\n")
+    try:
+        p = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, **repo.env()},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(3)
+        p.send_signal(signal.SIGINT)
+        try:
+            rc = p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            rc = None
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert rc == 130, "still running 20 s after it was stopped"

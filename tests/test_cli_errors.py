@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -743,3 +744,31 @@ def test_init_kdf_options_out_of_the_format_are_usage_errors(cli):
     assert "--kdf-memory" in r.err and not cli.repo.exists()
     r = cli("init", "--kdf", "scrypt", "--kdf-iterations", "50", ok=2)
     assert "--kdf-iterations applies to --kdf argon2id only" in r.err and not cli.repo.exists()
+
+
+def test_a_stopped_vault_does_not_leave_its_password_command_running(repo, tmp_path):
+    """SIGTERM (or Ctrl-C) while vault waited for --password-command: vault exited 143 and the command ran on
+    by itself."""
+    import signal
+
+    marker = tmp_path / "started"
+    script = tmp_path / "slowpw.py"
+    script.write_text(f"import os, time\nopen({str(marker)!r}, 'w').write(str(os.getpid()))\ntime.sleep(60)\n")
+    p = subprocess.Popen([sys.executable, "-m", "vault.cli.main", "snapshots", "--password-command",
+                          f"{sys.executable} {script}"], env={**os.environ, **repo.env()},
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while not (marker.exists() and marker.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pid = int(marker.read_text())
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=30) == 143
+    time.sleep(0.2)
+    try:
+        os.kill(pid, 0)
+        alive = open(f"/proc/{pid}/stat").read().split()[2] != "Z"
+    except (ProcessLookupError, FileNotFoundError):
+        alive = False
+    if alive:
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, "the password command was left running"

@@ -322,7 +322,7 @@ def test_interrupted_backup(small_packs, tmp_path, sig):
     assert p.returncode == {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}[sig], err
     assert b"Traceback" not in err
     lines = err.decode().splitlines()  # exactly one line (click's own Ctrl-C handling printed an empty one first)
-    assert len(lines) == 1 and lines[0] in ("vault: aborted", "vault: terminated", "vault: hung up"), err
+    assert len(lines) == 1 and lines[0] in ("vault: interrupted", "vault: terminated", "vault: hung up"), err
     assert count_files(repo.repo / "locks") == 0, "an interrupted backup must release its lock"
     assert not [f for _, _, fs in os.walk(repo.repo) for f in fs if f.startswith(".tmp-")]
     repo("verify", "--read-data")

@@ -123,6 +123,41 @@ def test_key_passwd(repo, pwfiles, tmp_path):
     with_pw(repo, new, "verify", "--read-data")
 
 
+def test_key_passwd_stopped_says_what_it_did(repo, pwfiles, monkeypatch):
+    """Ctrl-C while key passwd removed the old slot (or looked for the old password's other slots, after the
+    removal) said "aborted", exit 130, of a password change that was made: the old password no longer opened
+    the repository. Stopped before the point of no return it now changes nothing; after it, it finishes."""
+    import signal
+
+    from vault.backend.local import LocalBackend
+    from vault.repository import Repository
+
+    old, new = pwfiles
+
+    def stopped(self, password):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(Repository, "slots_opened_by", stopped)
+        repo("key", "passwd", "--new-password-file", new, ok=130)
+    assert len(keys(repo)) == 1  # (the new slot taken back)
+    with_pw(repo, old, "snapshots")
+    with_pw(repo, new, "snapshots", ok=12)
+
+    real = LocalBackend.delete
+
+    def ctrl_c_at_the_removal(self, name, *a, **kw):
+        if name.startswith("keys/"):
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(self, name, *a, **kw)
+
+    with monkeypatch.context() as m:
+        m.setattr(LocalBackend, "delete", ctrl_c_at_the_removal)
+        assert repo("--json", "key", "passwd", "--new-password-file", new).json["id"]
+    with_pw(repo, old, "snapshots", ok=12)
+    assert len(keys(repo, new)) == 1
+
+
 def test_key_passwd_keeps_other_slots(repo, pwfiles, tmp_path):
     old, new = pwfiles
     third = tmp_path / "third"

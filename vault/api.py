@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+from . import stopsignals
 from .archiver import Archiver, BackupOptions
 from .backup_workers import BackupWorkers
 from .backend import open_backend, parse_url
@@ -770,9 +771,16 @@ def key_passwd(sess: Session, new_password: bytes, kdf: KdfParams | None = None,
     password, every other slot it opens too (a ``key add`` of the same password), so that afterwards it
     opens nothing."""
     new = sess.repo.add_key(new_password, kdf or KdfParams())
-    sess.repo.backend.delete(sess.repo.key_name)
-    if old_password is not None and old_password != new_password:
-        for name in sess.repo.slots_opened_by(old_password):
-            if name != new:
-                sess.repo.backend.delete(name)
+    try:  # (the key derivations: interruptible, and then as if never run)
+        old = {sess.repo.key_name}
+        if old_password is not None and old_password != new_password:
+            old.update(sess.repo.slots_opened_by(old_password))
+        old.discard(new)
+    except BaseException:
+        sess.repo.backend.delete(new)
+        raise
+    # the point of no return: stopped now, it would say "aborted" of a password that no longer opens anything
+    stopsignals.committed()
+    for name in sorted(old, key=lambda n: n != sess.repo.key_name):  # (the slot in use first, as before)
+        sess.repo.backend.delete(name)
     return new.rsplit("/", 1)[-1]

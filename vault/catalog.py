@@ -26,6 +26,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -275,10 +276,29 @@ class Catalog:
                 return
             yield from rows
 
+    def _begin(self) -> None:
+        """BEGIN IMMEDIATE, waiting for another process's write transaction at most the wait given -- in short
+        tries, so that Ctrl-C or SIGTERM is acted on meanwhile: SQLite's own wait sleeps in C, where Python's
+        signal handlers do not run (a stopped backup holding the catalog kept a Ctrl-C waiting for minutes)."""
+        c = self._conn
+        deadline = time.monotonic() + self._wait
+        c.execute("PRAGMA busy_timeout=100")
+        try:
+            while True:
+                try:
+                    c.execute("BEGIN IMMEDIATE")
+                    return
+                except sqlite3.OperationalError as exc:
+                    if ((getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF != sqlite3.SQLITE_BUSY
+                            or time.monotonic() >= deadline):
+                        raise
+        finally:
+            c.execute(f"PRAGMA busy_timeout={int(self._wait * 1000)}")
+
     def _tx(self, fn) -> None:
         with self._lock:
             try:
-                self._conn.execute("BEGIN IMMEDIATE")
+                self._begin()
                 try:
                     fn(self._conn)
                     self._conn.execute("COMMIT")

@@ -105,6 +105,16 @@ def _run_password_command(cmd: str, timeout: float = 120.0) -> bytes:
         proc = subprocess.Popen(shlex.split(cmd), stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
     except (OSError, ValueError) as exc:
         raise NoPassword(f"password command could not run: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        return _password_output(proc, timeout)
+    except BaseException:  # (Ctrl-C, SIGTERM: vault stops, and does not leave the command running on its own)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        raise
+
+
+def _password_output(proc: subprocess.Popen, timeout: float) -> bytes:
     fd = proc.stdout.fileno()
     out: list[bytes] = []
     total = 0

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection, Pipe, wait
 from typing import Any
 
+from . import stopsignals
 from .errors import VaultError
 
 
@@ -148,7 +149,8 @@ class ForkPool:
                 old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
                 pid = -1
                 try:
-                    pid = os.fork()
+                    with stopsignals.held():  # (the at-fork callbacks run Python code: see stopsignals)
+                        pid = os.fork()
                 finally:
                     if pid != 0:
                         signal.pthread_sigmask(signal.SIG_SETMASK, old)

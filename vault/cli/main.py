@@ -15,7 +15,7 @@ import warnings
 
 import click
 
-from .. import __version__
+from .. import __version__, stopsignals
 from . import _interrupted_while_loading
 from ..errors import VaultError, VaultWarning
 from ..model import DEEPEST
@@ -46,6 +46,8 @@ def _on_sigterm(signum: int, frame: object) -> None:
     """SIGTERM (cron's or systemd's stop, `kill`) or SIGHUP (the terminal or ssh session went away): stopped
     as cleanly as by Ctrl-C (lock released, temp files removed), exit 128 + the signal's number."""
     global _terminated
+    if stopsignals.defer(signum):
+        return
     _terminated = 128 + signum
     _on_sigint(signum, frame)
 
@@ -67,7 +69,7 @@ def _internal_error(exc: BaseException) -> None:
 
 def _stopped() -> int:
     """The message and exit code of a stopped command (Ctrl-C: 130)."""
-    what = {143: "terminated", 129: "hung up"}.get(_terminated, "aborted")
+    what = {143: "terminated", 129: "hung up"}.get(_terminated, "interrupted")  # (the word of the exit-code list)
     try:
         click.echo(f"vault: {what}", err=True)
     except OSError:  # (a hung-up terminal cannot take it)
@@ -80,6 +82,8 @@ def _on_sigint(signum: int, frame: object) -> None:  # noqa: ARG001
     removed, the lock released); a second is ignored so that clean-up is not cut short half way (`timeout -s
     INT` signals vault and then its whole group: two at once); a third stops at once."""
     global _sigints
+    if stopsignals.defer(signum):
+        return
     _sigints += 1
     if _sigints != 2:
         raise KeyboardInterrupt
@@ -97,6 +101,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 def main(argv: list[str] | None = None) -> int:
     global _sigints, _terminated
     _sigints, _terminated = 0, 0
+    stopsignals.reset()
     _register()
     tune_malloc()
     if signal.getsignal(signal.SIGINT) in (_interrupted_while_loading, signal.default_int_handler):
@@ -191,6 +196,16 @@ def entry() -> None:
     # the whole group) would only turn it into a KeyboardInterrupt in the interpreter's teardown
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if code in (129, 130, 143):
+        # stopped, and cleaned up as far as it goes: a thread still blocked (a fetch from a store that does not
+        # answer, after a third Ctrl-C) must not keep the process alive -- the interpreter would join it for ever
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                if stream is not None:
+                    stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
     sys.exit(code)
 
 
