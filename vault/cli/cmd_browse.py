@@ -73,8 +73,7 @@ def ls(snapshot: str, path: str | None, long_: bool) -> None:
         if c.json:
             c.emit_json_stream({"snapshot_id": snap.id}, (api.node_json(p, n) for p, n in entries), sess.requests)
             return
-        for p, n in entries:
-            c.out(_line(p, n) if long_ else printable(os.fsdecode(p)))  # (one line each; --json: exact)
+        c.out_lines(_line(p, n) if long_ else printable(os.fsdecode(p)) for p, n in entries)  # (--json: exact)
 
 
 @cli.command()
@@ -94,8 +93,9 @@ def find(pattern: str, hosts, tags, paths) -> None:
             c.emit_json_stream(None, ({"snapshot_id": s.id, "short_id": s.short_id, "time": format_time(s.time),
                                        **api.node_json(p, n)} for s, p, n in hits))
             return
-        for s, p, n in hits:
-            c.out(f"{s.short_id}  {local_time(s.time)}  {printable(os.fsdecode(p))}")
+        heads: dict[str, str] = {}  # (each snapshot's id and time, formatted once, not once per line)
+        c.out_lines(f"{heads.get(s.id) or heads.setdefault(s.id, f'{s.short_id}  {local_time(s.time)}  ')}"
+                    f"{printable(os.fsdecode(p))}" for s, p, n in hits)
 
 
 @cli.command()

@@ -7,6 +7,7 @@ import getpass
 import json
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -119,6 +120,25 @@ class Ctx:
     def out(self, text: str) -> None:
         if not self.quiet and not self.json:
             _stdout(text)
+
+    def out_lines(self, lines: Iterable[str]) -> None:
+        """``out`` for each of many lines (a listing), written a batch at a time: one write per line cost about
+        as much as finding the entries (100,000 lines: ~3 s). A batch goes out when it holds 256 lines or a
+        line waited 0.2 s (a slow walk of a remote repository still shows its lines as they come)."""
+        if self.quiet or self.json:
+            for _ in lines:
+                pass
+            return
+        batch: list[str] = []
+        since = time.monotonic()
+        for line in lines:
+            batch.append(line)
+            if len(batch) >= 256 or time.monotonic() - since > 0.2:
+                _stdout("\n".join(batch))
+                batch.clear()
+                since = time.monotonic()
+        if batch:
+            _stdout("\n".join(batch))
 
     def err(self, text: str) -> None:
         click.echo(text, err=True)
