@@ -499,3 +499,52 @@ def test_a_stopped_vault_exits_even_when_a_thread_is_still_blocked(repo, tmp_pat
         holder.execute("ROLLBACK")
         holder.close()
     assert rc == 130, "still running 20 s after it was stopped"
+
+
+def test_a_segment_an_interrupted_prune_replaced_is_never_loaded_by_a_later_sync(cli, tmp_path, monkeypatch):
+    """A prune killed after writing its new index segment S (superseding X) leaves X in place. A sync stopped
+    right after loading S (or one running beside it) left X unrecorded; the next sync took X for new and loaded
+    it: its blocks lie in packs the next prune deletes. A backup then deduplicated against them, the prune
+    exited 0, and the new snapshot did not restore (exit 20)."""
+    import shutil
+
+    from vault.catalog import Catalog
+
+    from conftest import FAST_INIT
+
+    repo = cli
+    repo("init", *FAST_INIT, "--pack-size", "1")
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "only-in-a.bin").write_bytes(os.urandom(3_000_000))
+    (b / "b.bin").write_bytes(os.urandom(3_000_000))
+    repo("backup", a, b)
+    repo("backup", b)
+    first = repo("--json", "snapshots").json[0]["id"]
+    repo("forget", first)
+    before = tmp_path / "before"
+    shutil.copytree(repo.repo, before)
+    repo("prune")
+    for f in before.rglob("*"):  # (the state of a prune killed after writing S, before deleting X and the packs)
+        rel = f.relative_to(before)
+        if f.is_file() and rel.parts[0] in ("index", "data") and not (repo.repo / rel).exists():
+            (repo.repo / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(f, repo.repo / rel)
+    shutil.rmtree(repo.cache)
+    real = Catalog.add_segment
+
+    def stopped_after_the_superseding_one(self, sid, seg):
+        real(self, sid, seg)
+        if seg.supersedes:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Catalog, "add_segment", stopped_after_the_superseding_one)
+    repo("snapshots", ok=130)
+    monkeypatch.undo()
+    repo("snapshots")
+    repo("backup", a)
+    repo("prune")
+    assert repo("--json", "verify", "--read-data").json["ok"] is True
+    repo("restore", "latest", "--target", tmp_path / "out")
+    assert (tmp_path / "out" / str(a).lstrip("/") / "only-in-a.bin").read_bytes() == (a / "only-in-a.bin").read_bytes()

@@ -44,6 +44,7 @@ from .pack import PackEntry
 _SNAPSHOT_COLUMNS = "id, time, host, paths, tags, tree, username, parent, summary"  # (snapshots, lost_snapshots)
 _LOST_TABLE = ("CREATE TABLE IF NOT EXISTS lost_snapshots (id TEXT PRIMARY KEY, time TEXT NOT NULL, host TEXT NOT NULL, "
                "paths TEXT NOT NULL, tags TEXT NOT NULL, tree BLOB NOT NULL, username TEXT, parent TEXT, summary TEXT)")
+_SUPERSEDED_TABLE = "CREATE TABLE IF NOT EXISTS superseded (id TEXT PRIMARY KEY) WITHOUT ROWID"
 AHEAD = 256  # trees a walk of a remote repository's cold cache fetches ahead at most (``Catalog._fetch_ahead``)
 OPEN_WAIT = 60.0  # seconds to wait for the catalog's opening lock (another process holds it for milliseconds)
 SCHEMA_VERSION = 5  # 5: trees.checked (4 is migrated in place)
@@ -323,6 +324,7 @@ class Catalog:
                 c.execute(f"DELETE FROM {t}")
             c.execute("DROP TABLE IF EXISTS copy_map")
             c.execute("DROP TABLE IF EXISTS copy_trees")
+            c.execute("DROP TABLE IF EXISTS superseded")
         self._tx(run)
 
     # --- sync from the repository ---------------------------------------------------------------------
@@ -345,7 +347,11 @@ class Catalog:
         rebuild = bool(known - in_repo)  # a segment was superseded (prune) or lost
         superseding = None
         if not rebuild:
+            passed = self._superseded() & in_repo  # (named by a segment this catalog holds: never loaded)
             for sid in sorted(in_repo - known):
+                if sid in passed:
+                    self._know_segments([sid])
+                    continue
                 seg = self._load_segment(repo, sid, rep)
                 if seg is None:
                     continue
@@ -358,22 +364,13 @@ class Catalog:
             # (False: another process sharing this catalog has reset it since this one looked, and reloads it:
             # resetting it again would empty the index under that one's reader; what it lacks is loaded below)
             rep.rebuilt_index = self._reset_index(in_repo, superseding)
-            rep.segments_loaded = 0
-            superseded: set[str] = set()
-            for sid in sorted(in_repo):  # pass 1: which segments are replaced by others (one in memory at a time)
-                seg = self._load_segment(repo, sid, SyncReport())
-                if seg is not None:
-                    superseded.update(s.hex() for s in seg.supersedes)
-            loaded = {r[0] for r in self._q("SELECT id FROM segments")}
-            for sid in sorted(in_repo - superseded - loaded):
-                seg = self._load_segment(repo, sid, rep)
-                if seg is not None:
-                    self.add_segment(sid, seg)
-                    rep.segments_loaded += 1
-            # the superseded ones are known too (and ignored): a later sync must not take them for new ones
-            # and load what an interrupted prune replaced -- blocks in packs it is about to delete
-            self._tx(lambda c: c.executemany("INSERT OR IGNORE INTO segments (id) VALUES (?)",
-                                             [(s,) for s in sorted(superseded & in_repo)]))
+            rep.segments_loaded = self._reload(repo, in_repo, rep)
+        if self._holds_superseded(in_repo):
+            # a segment an interrupted prune replaced was loaded before the one replacing it was known here (by a
+            # sync that was itself stopped, or ran beside another): its blocks may lie in packs prune deletes next
+            self._reset_index(None, None)
+            rep.rebuilt_index = True
+            rep.segments_loaded = self._reload(repo, in_repo, rep)
         gone = snaps_known - snaps_repo
         if gone:
             lost = gone - self._forgotten(repo, gone)
@@ -400,6 +397,50 @@ class Catalog:
             rep.snapshots_loaded += 1
         self._note_lost(repo, snaps_repo, rep)  # (last: a snapshot loaded just now may hold a lost one's state)
         return rep
+
+    def _reload(self, repo, in_repo: set[str], rep: SyncReport) -> int:
+        """Load every segment of ``in_repo`` not known yet, except those another one supersedes -- which are
+        recorded as known first (``superseded`` too), so that no sync (a later one, or one beside this) takes
+        them for new and loads what an interrupted prune replaced: blocks in packs it is about to delete."""
+        superseded: set[str] = set()
+        for sid in sorted(in_repo):  # pass 1: which segments are replaced by others (one in memory at a time)
+            seg = self._load_segment(repo, sid, SyncReport())
+            if seg is not None:
+                superseded.update(s.hex() for s in seg.supersedes)
+        self._know_segments(sorted(superseded & in_repo), superseded=True)
+        loaded = {r[0] for r in self._q("SELECT id FROM segments")}
+        n = 0
+        for sid in sorted(in_repo - superseded - loaded):
+            seg = self._load_segment(repo, sid, rep)
+            if seg is not None:
+                self.add_segment(sid, seg)
+                n += 1
+        return n
+
+    def _know_segments(self, ids: list[str], superseded: bool = False) -> None:
+        """Record segments as known without loading them (superseded ones)."""
+        def run(c: sqlite3.Connection) -> None:
+            c.executemany("INSERT OR IGNORE INTO segments (id) VALUES (?)", [(s,) for s in ids])
+            if superseded:
+                c.execute(_SUPERSEDED_TABLE)
+                c.executemany("INSERT OR IGNORE INTO superseded (id) VALUES (?)", [(s,) for s in ids])
+        if ids:
+            self._tx(run)
+
+    def _superseded(self) -> set[str]:
+        """The ids of segments that a segment this catalog loaded supersedes (``add_segment`` records them)."""
+        if not self._q("SELECT 1 FROM sqlite_master WHERE type='table' AND name='superseded'"):
+            return set()
+        return {r[0] for r in self._q("SELECT id FROM superseded")}
+
+    def _holds_superseded(self, in_repo: set[str]) -> bool:
+        """Whether a pack was loaded from a segment that another present one supersedes; superseded ids no
+        longer in the repository (prune finished) are let go."""
+        gone = self._superseded() - in_repo
+        if gone:
+            self._tx(lambda c: c.executemany("DELETE FROM superseded WHERE id=?", [(s,) for s in sorted(gone)]))
+        ids = sorted(self._superseded())
+        return any(self._q("SELECT 1 FROM packs WHERE segment=? LIMIT 1", (sid,)) for sid in ids)
 
     @staticmethod
     def _load_segment(repo, sid: str, rep: SyncReport) -> index_mod.IndexSegment | None:
@@ -447,6 +488,9 @@ class Catalog:
     def add_segment(self, sid: str, seg: index_mod.IndexSegment) -> None:
         def run(c: sqlite3.Connection) -> None:
             c.execute("INSERT OR IGNORE INTO segments (id) VALUES (?)", (sid,))
+            if seg.supersedes:  # (in the same transaction: whoever sees this segment sees what it replaces)
+                c.execute(_SUPERSEDED_TABLE)
+                c.executemany("INSERT OR IGNORE INTO superseded (id) VALUES (?)", [(x.hex(),) for x in seg.supersedes])
             rows = []
             for pid, entries in seg.packs.items():
                 kind = entries[0].kind if entries else "D"
