@@ -100,6 +100,8 @@ def test_a_repaired_original_whose_data_a_later_backup_stored_again_is_called_wh
     cli("repair", "--read-data")
     info = cli("--json", "verify").json["info"]
     assert any(lay.snapshot[:8] in i and "references lost data" in i for i in info), info
+    new = next(s["short_id"] for s in cli("--json", "snapshots").json if "repaired" in s["tags"])
+    assert any(f"repaired as {new} (tagged 'repaired')" in i for i in info), info  # (which one is which)
     cli("backup", src)  # (the same files: the lost block is stored again)
     rep = cli("--json", "verify", "--read-data").json
     assert rep["ok"] is True

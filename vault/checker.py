@@ -458,6 +458,7 @@ class Checker:
         self.report.snapshots = len(snaps)
         repaired = replaced_by_repair(snaps)
         self._repaired = [s for s in snaps if s.id in repaired]
+        self._snaps = snaps
         return [s for s in snaps if s.id not in repaired]
 
     def _report_repaired(self) -> None:
@@ -465,13 +466,15 @@ class Checker:
         data, or is whole again -- a later backup or a copy stored what it lost, and it restores whole. A walk
         of its own trees, after everything else (it empties the marker's tables), counting nothing as damage."""
         for snap in self._repaired:
+            by = sorted(s.short_id for s in self._snaps if s.repaired_from == snap.id)
+            as_ = f"as {', '.join(by)} (tagged 'repaired')" if by else "(tag 'repaired')"
             if self._whole(snap):
-                self.report.info.append(f"snapshot {snap.short_id} was repaired (tag 'repaired'), but the data it "
-                                        "lost has been stored again since: it restores whole; forget whichever "
-                                        "of the two you do not need")
+                self.report.info.append(f"snapshot {snap.short_id} was repaired {as_}, but the data it lost has "
+                                        "been stored again since: it restores whole; forget whichever of the two "
+                                        "you do not need")
             else:
-                self.report.info.append(f"snapshot {snap.short_id} references lost data and was repaired "
-                                        "(tag 'repaired'); forget it when it is no longer needed")
+                self.report.info.append(f"snapshot {snap.short_id} references lost data and was repaired {as_}; "
+                                        "forget it when it is no longer needed")
 
     def _whole(self, snap) -> bool:
         broken: list[bytes] = []
@@ -616,6 +619,7 @@ class Checker:
     def run(self) -> VerifyReport:
         self._missing: set[bytes] = set()
         self._repaired: list = []
+        self._snaps: list = []
         self._check_keys()
         self._check_packs()
         snaps = self._load_snapshots()

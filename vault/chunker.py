@@ -73,7 +73,8 @@ class Chunker:
 
     def zero_chunk(self) -> memoryview:
         """The chunk a run of zeros is cut into from a cut point on: FastCDC's cut depends only on the bytes
-        since the last cut, so every such chunk is this one (read-only, the same object each time)."""
+        since the last cut (and, for a cut the hash makes, on the one byte after it), so every such chunk
+        followed by a zero is this one (read-only, the same object each time)."""
         zero = getattr(self, "_zero", None)
         if zero is None:
             zeros = bytes(self.params.max_size)
@@ -84,13 +85,18 @@ class Chunker:
     def _zero_chunks(self, fd: int, offset: int, most: int) -> int:
         """How many ``zero_chunk`` fit in the hole of the file at ``offset`` (at most ``most`` bytes): asked with
         SEEK_DATA, so a file system without holes, or one that does not say, gives 0. Moves the file offset."""
+        zero = len(self.zero_chunk())
         try:
             data = os.lseek(fd, offset, os.SEEK_DATA)
+            if zero < self.params.max_size:
+                # a cut the hash makes (not max_size's) is decided on the byte after the chunk: it must be a
+                # zero too, so the last zero chunk ends before the data (over data, the dense cut may not be there)
+                data -= 1
         except OSError as exc:
             if exc.errno != errno.ENXIO:  # (no data after ``offset``: a hole up to the end of the file)
                 return 0
             data = os.fstat(fd).st_size
-        return max(0, min(data - offset, most)) // len(self.zero_chunk())
+        return max(0, min(data - offset, most)) // zero
 
     def cut_fd(self, fd: int, limit: int | None = None, sparse: bool = False) -> Iterator[memoryview]:
         """Chunk a file descriptor from its current position (at most ``limit`` bytes: a file another process
