@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import random
+import sqlite3
 
 import pytest
 from conftest import FAST_INIT, make_tree, with_jobs
@@ -200,3 +201,28 @@ def test_packs_of_thousands_of_blocks_all_damaged_never_block_the_pipe(cli, tmp_
     two, j = _report(cli, "2")
     one, _ = _report(cli, "1")
     assert j["ok"] is False and two == one and len(two) > 1000
+
+
+def test_the_verify_subset_rotation_survives_a_prune(cli, tmp_path):
+    """Every prune makes the next sync reload the catalog's index, and that threw away each pack's last
+    verification time: a nightly `forget --prune` then made `verify --read-data-subset 25%` read the same
+    lowest-id packs every night (6 nights read 9 of 24 packs). The times are carried over the reload."""
+    cli("init", *FAST_INIT, "--pack-size", "1")
+    src = tmp_path / "src"
+    src.mkdir()
+    rnd = random.Random(3)
+    for i in range(16):
+        (src / f"f{i}").write_bytes(rnd.randbytes(1_000_000))
+    cli("backup", src)
+    seen: set[str] = set()
+    for night in range(5):
+        (src / "small").write_text(f"night {night}")
+        cli("backup", src)
+        cli("forget", "--keep-last", "1", "--prune")
+        cli("verify", "--read-data-subset", "25%")
+        (db,) = list(cli.cache.glob("*/catalog.db"))
+        con = sqlite3.connect(db)
+        seen |= {bytes(r[0]).hex() for r in con.execute("SELECT id FROM packs WHERE verified_at IS NOT NULL")}
+        total = con.execute("SELECT count(*) FROM packs").fetchone()[0]
+        con.close()
+    assert len(seen) >= total, f"{len(seen)} of {total} packs read in 5 nights at 25 %"
