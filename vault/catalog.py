@@ -433,9 +433,6 @@ class Catalog:
         if ids:
             self._tx(run)
 
-    def _has_table(self, name: str) -> bool:
-        return bool(self._q("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)))
-
     def _superseded(self) -> set[str]:
         """The ids of segments that a segment this catalog loaded supersedes (``add_segment`` records them)."""
         if not self._has_table("superseded"):
