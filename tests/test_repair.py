@@ -246,6 +246,33 @@ def test_copy_is_incremental_and_idempotent(cli, tmp_path, setup):
     assert len(cli("--json", "snapshots").json) == 2
 
 
+def test_two_overlapping_copies_write_each_snapshot_once(cli, tmp_path, setup, monkeypatch):
+    """Two copies to the same destination at the same time (two hosts, or cron overlapping a manual run) both
+    wrote every snapshot, exit 0 both: the mirror held each twice, and its retention kept fewer states."""
+    from vault.copier import Copier
+
+    src, _ = setup
+    (src / "f0.bin").write_bytes(random.Random(6).randbytes(200_000))
+    cli("backup", src, "--time", "2026-03-02T10:00:00Z")
+    second = tmp_path / "second"
+    cli("init", *FAST_INIT, "--repo", second, "--copy-chunker-params-from", cli.repo)
+    real = Copier._checkpoint
+    other = []
+
+    def another_copy_meanwhile(self):
+        real(self)
+        if not other:  # (the other copy runs while this one has copied its first snapshot's data)
+            other.append(cli.proc("--cache-dir", tmp_path / "other-host-cache", "copy", "--to", second))
+
+    monkeypatch.setattr(Copier, "_checkpoint", another_copy_meanwhile)
+    res = cli("--json", "copy", "--to", second).json
+    monkeypatch.undo()
+    assert other and other[0].returncode == 0, other[0].stderr
+    assert res["copied"] == [] and len(res["skipped"]) == 2, res
+    assert len(cli("--json", "--repo", second, "snapshots").json) == 2
+    assert cli("--json", "--repo", second, "verify").json["ok"] is True
+
+
 def test_heal_from_a_copy(cli, tmp_path, setup):
     src, lay = setup
     second = tmp_path / "second"

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from . import index as index_mod
 from .catalog import Catalog
-from .errors import IntegrityError
+from .errors import IntegrityError, VaultError
 from .model import DIR, FILE, Snapshot, Tree, moved_summary
 from .pack import DATA, TREE, PackEntry
 from .packwriter import PackWriter, adopt_leftover_packs
@@ -70,6 +70,32 @@ class Copier:
         # a tree copied in another index epoch is walked again (its blocks may have left the index since: a
         # repair of the destination dropped lost ones); those still indexed are not read again
         self._epoch = dst_cat.index_epoch()
+        self._seen: dict[str, set[str]] = {}  # destination manifests written by others meanwhile: their copy keys
+
+    # --- another copy to the same destination at the same time -----------------------------------------
+    def _copied_meanwhile(self, keys: set[str], mine: str | None = None, tree: bytes = b"") -> bool:
+        """Whether another copy running beside this one (another host's, or this host's cron overlapping a
+        manual run) has written the destination's copy of the snapshot with ``keys`` since this one looked:
+        two overlapping copies both wrote every snapshot (exit 0 both), and the mirror's retention then kept
+        fewer distinct states. Asked before writing the manifest and, with ``mine``, again after: of two
+        written at the same moment the one with the larger id is taken back (with a ``logs/`` record), so
+        exactly one stays whichever order the two ask in."""
+        known = {s.id for s in self.dst_cat.snapshots()}
+        for sid in self.dst.list_snapshots():
+            if sid in known or sid == mine:
+                continue
+            if sid not in self._seen:
+                try:
+                    self._seen[sid] = self.dst.load_snapshot(sid).copy_keys()
+                except VaultError:  # (unreadable, or forgotten since the listing: not a copy of this one)
+                    self._seen[sid] = set()
+            if self._seen[sid] & keys and (mine is None or sid < mine):
+                if mine is not None:
+                    self.dst.save_log("copy", "withdrawn: another copy wrote the same snapshot at the same time",
+                                      [{"id": mine, "tree": tree.hex(), "keep": False, "reasons": [f"the same as {sid}"]}])
+                    self.dst.delete_snapshot(mine)
+                return True
+        return False
 
     # --- blocks ---------------------------------------------------------------------------------------
     def _on_pack(self, pid: bytes, size: int, entries: list[PackEntry]) -> None:
@@ -204,7 +230,13 @@ class Copier:
                                    tags=list(snap.tags), username=snap.username, parent=None,
                                    summary={**moved_summary(snap.summary, snap.tree, root), "copied_from": snap.id,
                                             "origin": snap.origin})
-                    self.dst.commit_snapshot(new, before_commit, "copy")
+                    if self._copied_meanwhile(snap.copy_keys()):  # (its data stays unused: prune removes it)
+                        self.report.skipped.append(snap.id)
+                        continue
+                    sid = self.dst.commit_snapshot(new, before_commit, "copy")
+                    if self._copied_meanwhile(snap.copy_keys(), sid, root):
+                        self.report.skipped.append(snap.id)
+                        continue
                     self.dst_cat.add_snapshot(new)
                     self.dst_cat.copy_tree_put(self._tree_pairs, self._epoch)  # every block below them indexed now
                     self._tree_pairs = []
