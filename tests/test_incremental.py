@@ -135,3 +135,26 @@ def test_a_new_hardlink_name_is_counted_new_and_its_old_name_changed(repo, tmp_p
     os.link(src / "f4", src / "d" / "f4link")
     out = repo("--json", "backup", src).json
     assert (out["files_new"], out["files_changed"]) == (2, 1), out
+
+
+def test_a_directory_with_one_change_gets_the_tree_a_first_backup_would_write(repo, tmp_path):
+    """The unchanged files of a changed directory are written from what the walk kept of them (their stat key
+    and the parent's blocks, not the stat result): the tree must be exactly the one reading them all gives."""
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    for i in range(50):
+        (src / "d" / f"f{i}").write_bytes(os.urandom(100 + i))
+    os.link(src / "d" / "f1", src / "d" / "hard")
+    os.chmod(src / "d" / "f2", 0o4755)
+    repo("backup", src)
+    (src / "d" / "f7").write_bytes(b"changed")
+    again = repo("--json", "backup", src).json
+    assert again["files_unmodified"] >= 49 and again["files_changed"] == 1
+    fresh = repo("--json", "backup", src, "--host", "another").json  # (no parent: every file read)
+    assert fresh["files_new"] == 51
+    from conftest import PASSWORD
+    from vault.backend.local import LocalBackend
+    from vault.repository import Repository
+
+    r = Repository.open(LocalBackend(repo.repo), PASSWORD.encode())
+    assert r.load_snapshot(again["snapshot_id"]).tree == r.load_snapshot(fresh["snapshot_id"]).tree
