@@ -135,7 +135,7 @@ def test_a_catalog_another_process_has_open_is_never_replaced(repo, tmp_path):
     holder = Catalog.open(str(tmp_path / "cache"), db.parent.name)  # another user of the same cache
     try:
         _make_outdated(tmp_path)
-        for args in (("snapshots",), ("catalog", "rebuild")):
+        for args in (("snapshots",), ("--lock-wait", "1", "catalog", "rebuild")):
             p = repo.proc(*args)
             err = p.stderr.decode()
             assert p.returncode == 1 and "another vault process has it open" in err, err
@@ -548,3 +548,20 @@ def test_a_segment_an_interrupted_prune_replaced_is_never_loaded_by_a_later_sync
     assert repo("--json", "verify", "--read-data").json["ok"] is True
     repo("restore", "latest", "--target", tmp_path / "out")
     assert (tmp_path / "out" / str(a).lstrip("/") / "only-in-a.bin").read_bytes() == (a / "only-in-a.bin").read_bytes()
+
+
+def test_catalog_rebuild_waits_for_the_others_sharing_the_cache(repo, tmp_path):
+    """`catalog rebuild` refused at once while any process had the catalog open: on a cache that cron jobs
+    share, 11 of 19 tries. It now waits for them, up to --lock-wait, as for a repository lock."""
+    import threading
+
+    from vault.catalog import Catalog
+
+    src = make_tree(tmp_path / "src", {"a": b"1"})
+    repo("backup", src)
+    db = next((tmp_path / "cache").rglob("catalog.db"))
+    holder = Catalog.open(str(tmp_path / "cache"), db.parent.name)  # another user of the same cache
+    threading.Timer(2.0, holder.close).start()
+    p = repo.proc("--lock-wait", "60", "catalog", "rebuild")
+    assert p.returncode == 0, p.stderr
+    assert len(repo("--json", "snapshots").json) == 1

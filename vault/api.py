@@ -11,6 +11,7 @@ import base64
 import contextlib
 import dataclasses
 import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -24,10 +25,10 @@ from .backend.retry import RetryBackend
 from .catalog import OPEN_WAIT, Catalog, SyncReport, open_synced
 from .checker import Checker, VerifyReport, parse_subset
 from .chunker import ChunkerParams
-from .config import Settings
+from .config import DEFAULT_LOCK_WAIT, Settings
 from .crypto import KdfParams, MasterKeys
 from .copier import Copier, CopyReport
-from .errors import IntegrityError, PermanentError, RepositoryNotFound, SnapshotNotFound, UsageError, VaultError, WrongPassword
+from .errors import CatalogInUse, IntegrityError, PermanentError, RepositoryNotFound, SnapshotNotFound, UsageError, VaultError, WrongPassword
 from .excludes import Matcher
 from .ids import resolve_prefix
 from .locks import Lock, remove_locks
@@ -720,7 +721,16 @@ def unlock(settings: Settings, password: PasswordFn, remove_all: bool = False) -
 def catalog_rebuild(settings: Settings, password: PasswordFn) -> dict:
     counter = _backend(settings)
     repo = Repository.open(counter, password)
-    catalog = Catalog.open(settings.cache_dir, repo.id, fresh=True)
+    # the others sharing the cache (cron jobs) are waited for, up to --lock-wait, as for a repository lock
+    deadline = time.monotonic() + (settings.lock_wait if settings.lock_wait is not None else DEFAULT_LOCK_WAIT)
+    while True:
+        try:
+            catalog = Catalog.open(settings.cache_dir, repo.id, fresh=True)
+            break
+        except CatalogInUse:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.5)
     try:
         report = catalog.sync(repo)
         for snap in catalog.snapshots():  # cache every tree (verified as it is read)

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from . import entries as entries_mod
 from . import index as index_mod
 from .cachelock import FileLock
-from .errors import CacheUnavailable, CatalogBusy, CatalogError, IntegrityError, ObjectNotFound, VaultError
+from .errors import CacheUnavailable, CatalogBusy, CatalogError, CatalogInUse, IntegrityError, ObjectNotFound, VaultError
 from .entries import split_ids
 from .ids import ID_LEN
 from .model import DIR, FILE, Node, Snapshot, Tree, parse_stored_time, format_time, storable_text
@@ -174,7 +174,7 @@ class Catalog:
                             raise err from None  # not damage: never delete a catalog for that
                         reason = str(exc)
                 if not in_use.try_exclusive():
-                    raise CatalogError(f"catalog {path} cannot be replaced ({reason}): another vault process has "
+                    raise CatalogInUse(f"catalog {path} cannot be replaced ({reason}): another vault process has "
                                        f"it open (or another user in this one); run this command again when "
                                        f"that one has finished")
                 try:

@@ -76,6 +76,11 @@ class CacheUnavailable(CatalogError):
     never deleted or rebuilt for that."""
 
 
+class CatalogInUse(CatalogError):
+    """The catalog must be replaced (damaged, outdated, or a rebuild was asked for) while another vault process
+    has it open: left alone, exit 1 (``catalog rebuild`` waits up to --lock-wait for the others first)."""
+
+
 class CatalogBusy(CacheUnavailable):
     """Another vault process held the local catalog (its opening lock, or a write to the database) for longer
     than this one would wait (it is stopped, or hung): exit 11, as for a repository lock. Not damage."""
