@@ -71,6 +71,7 @@ class Copier:
         # repair of the destination dropped lost ones); those still indexed are not read again
         self._epoch = dst_cat.index_epoch()
         self._seen: dict[str, set[str]] = {}  # destination manifests written by others meanwhile: their copy keys
+        self._dst_ids: set[str] = set()  # destination manifests there when this run began, and this run's own
 
     # --- another copy to the same destination at the same time -----------------------------------------
     def _copied_meanwhile(self, keys: set[str], mine: str | None = None, tree: bytes = b"") -> bool:
@@ -80,10 +81,9 @@ class Copier:
         fewer distinct states. Asked before writing the manifest and, with ``mine``, again after: of two
         written at the same moment the one with the larger id is taken back (with a ``logs/`` record), so
         exactly one stays whichever order the two ask in."""
-        known = {s.id for s in self.dst_cat.snapshots()}
         for sid in self.dst.list_snapshots():
-            if sid in known or sid == mine:
-                continue
+            if sid in self._dst_ids or sid == mine:  # (not the catalog's list: another copy sharing this cache
+                continue                             # directory adds its manifests there too)
             if sid not in self._seen:
                 try:
                     self._seen[sid] = self.dst.load_snapshot(sid).copy_keys()
@@ -203,6 +203,7 @@ class Copier:
         if snaps:  # the packs a killed copy stored after its last checkpoint: their blocks are not sent again
             self.report.packs_adopted = adopt_leftover_packs(self.dst, self.dst_cat)
         theirs = self.dst_cat.snapshots()
+        self._dst_ids = {s.id for s in theirs}  # (their copy keys are in ``present``; those written since are not)
         # copied before (the copy records its source), a copy of one of theirs (copying back), or a manifest
         # `repair --from-repo` healed from one of theirs (it records that snapshot): either way the
         # destination holds it already
@@ -237,6 +238,7 @@ class Copier:
                     if self._copied_meanwhile(snap.copy_keys(), sid, root):
                         self.report.skipped.append(snap.id)
                         continue
+                    self._dst_ids.add(sid)
                     self.dst_cat.add_snapshot(new)
                     self.dst_cat.copy_tree_put(self._tree_pairs, self._epoch)  # every block below them indexed now
                     self._tree_pairs = []

@@ -122,12 +122,21 @@ class Ctx:
             _stdout(text)
 
     def out_lines(self, lines: Iterable[str]) -> None:
-        """``out`` for each of many lines (a listing), written a batch at a time: one write per line cost about
-        as much as finding the entries (100,000 lines: ~3 s). A batch goes out when it holds 256 lines or a
-        line waited 0.2 s (a slow walk of a remote repository still shows its lines as they come)."""
+        """``out`` for each of many lines (a listing). Into a pipe or a file they are written a batch at a time:
+        one write per line cost about as much as finding the entries (100,000 lines: ~3 s). A batch goes out
+        when it holds 256 lines, or with the first line that comes 0.2 s after the batch began. On a terminal
+        each line is written as it comes (a slow walk of a remote repository shows every line at once)."""
         if self.quiet or self.json:
             for _ in lines:
                 pass
+            return
+        try:
+            terminal = sys.stdout.isatty()
+        except (AttributeError, ValueError):
+            terminal = False
+        if terminal:
+            for line in lines:
+                _stdout(line)
             return
         batch: list[str] = []
         since = time.monotonic()
