@@ -79,8 +79,8 @@ class Copier:
         manual run) has written the destination's copy of the snapshot with ``keys`` since this one looked:
         two overlapping copies both wrote every snapshot (exit 0 both), and the mirror's retention then kept
         fewer distinct states. Asked before writing the manifest and, with ``mine``, again after: of two
-        written at the same moment the one with the larger id is taken back (with a ``logs/`` record), so
-        exactly one stays whichever order the two ask in."""
+        written at the same moment the one with the larger id is taken back (with a ``logs/`` record) -- never
+        both. (Both stay when one has asked its second time before the other wrote: a window of one upload.)"""
         for sid in self.dst.list_snapshots():
             if sid in self._dst_ids or sid == mine:  # (not the catalog's list: another copy sharing this cache
                 continue                             # directory adds its manifests there too)
