@@ -144,6 +144,19 @@ def test_key_passwd_stopped_says_what_it_did(repo, pwfiles, monkeypatch):
     with_pw(repo, old, "snapshots")
     with_pw(repo, new, "snapshots", ok=12)
 
+    put = LocalBackend.put
+
+    def stored_then_stopped(self, name, *a, **kw):  # (the answer lost, the retry stopped: stored all the same)
+        put(self, name, *a, **kw)
+        if name.startswith("keys/"):
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(LocalBackend, "put", stored_then_stopped)
+        repo("key", "passwd", "--new-password-file", new, ok=130)
+    assert len(keys(repo)) == 1  # (taken back: both passwords opened the repository)
+    with_pw(repo, new, "snapshots", ok=12)
+
     real = LocalBackend.delete
 
     def ctrl_c_at_the_removal(self, name, *a, **kw):

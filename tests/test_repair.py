@@ -275,6 +275,35 @@ def test_two_overlapping_copies_write_each_snapshot_once(cli, tmp_path, setup, m
     assert cli("--json", "--repo", second, "verify").json["ok"] is True
 
 
+def test_a_copy_that_wrote_and_finished_while_another_wrote_the_same_is_settled(cli, tmp_path, setup, monkeypatch):
+    """The other copy wrote the same snapshot after this one's first look and finished (its second look saw
+    nothing yet; or it was killed before it): the rule "the larger id takes itself back" left both when this
+    one's id was the smaller. Whoever looks last now keeps the smallest id and takes back the others."""
+    from vault.repository import Repository
+
+    src, lay = setup
+    for day in range(2, 7):
+        (src / "f0.bin").write_bytes(random.Random(day).randbytes(50_000))
+        cli("backup", src, "--time", f"2026-03-0{day}T10:00:00Z")
+    second = tmp_path / "second"
+    cli("init", *FAST_INIT, "--repo", second, "--copy-chunker-params-from", cli.repo)
+    real = Repository.commit_snapshot
+
+    def the_other_copy_first(self, snap, check_lock, operation):
+        if operation == "copy":  # (the same snapshot, written and finished by another host's copy just now)
+            p = cli.proc("--cache-dir", tmp_path / "other-host-cache", "copy", snap.summary["copied_from"],
+                         "--to", second)
+            assert p.returncode == 0, p.stderr
+        return real(self, snap, check_lock, operation)
+
+    monkeypatch.setattr(Repository, "commit_snapshot", the_other_copy_first)
+    cli("copy", "--to", second)
+    monkeypatch.undo()
+    snaps = cli("--json", "--repo", second, "snapshots").json
+    assert sorted(s["time"] for s in snaps) == sorted(s["time"] for s in cli("--json", "snapshots").json)
+    assert cli("--json", "--repo", second, "verify").json["ok"] is True
+
+
 def test_heal_from_a_copy(cli, tmp_path, setup):
     src, lay = setup
     second = tmp_path / "second"

@@ -780,14 +780,18 @@ def key_passwd(sess: Session, new_password: bytes, kdf: KdfParams | None = None,
     """Add a slot for the new password, then remove the slot the old password opened -- and, given the old
     password, every other slot it opens too (a ``key add`` of the same password), so that afterwards it
     opens nothing."""
-    new = sess.repo.add_key(new_password, kdf or KdfParams())
-    try:  # (the key derivations: interruptible, and then as if never run)
+    new, slot = sess.repo.make_key(new_password, kdf or KdfParams())
+    try:  # (the upload and the key derivations: interruptible, and then as if never run)
+        sess.repo.backend.put(new, slot)
         old = {sess.repo.key_name}
         if old_password is not None and old_password != new_password:
             old.update(sess.repo.slots_opened_by(old_password))
         old.discard(new)
     except BaseException:
-        sess.repo.backend.delete(new)
+        # (stopped while the upload was retried, it may be stored already: it must not stay, or both passwords
+        # would open the repository after a command that said it changed nothing)
+        with contextlib.suppress(Exception):
+            sess.repo.backend.delete(new)
         raise
     # the point of no return: stopped now, it would say "aborted" of a password that no longer opens anything
     stopsignals.committed()

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from . import index as index_mod
 from .catalog import Catalog
-from .errors import IntegrityError, VaultError
+from .errors import IntegrityError, ObjectNotFound, VaultError
 from .model import DIR, FILE, Snapshot, Tree, moved_summary
 from .pack import DATA, TREE, PackEntry
 from .packwriter import PackWriter, adopt_leftover_packs
@@ -78,9 +78,12 @@ class Copier:
         """Whether another copy running beside this one (another host's, or this host's cron overlapping a
         manual run) has written the destination's copy of the snapshot with ``keys`` since this one looked:
         two overlapping copies both wrote every snapshot (exit 0 both), and the mirror's retention then kept
-        fewer distinct states. Asked before writing the manifest and, with ``mine``, again after: of two
-        written at the same moment the one with the larger id is taken back (with a ``logs/`` record) -- never
-        both. (Both stay when one has asked its second time before the other wrote: a window of one upload.)"""
+        fewer distinct states. Asked before writing the manifest and, with ``mine``, again after: then of the
+        manifests holding this state the one with the smallest id stays and this run takes back the others,
+        its own or another copy's (with a ``logs/`` record) -- whichever copy looks last, also after the other
+        was killed before its second look, settles it, and the one that stays is never taken back. True when
+        this run's own is not the one that stays."""
+        others = []
         for sid in self.dst.list_snapshots():
             if sid in self._dst_ids or sid == mine:  # (not the catalog's list: another copy sharing this cache
                 continue                             # directory adds its manifests there too)
@@ -89,13 +92,22 @@ class Copier:
                     self._seen[sid] = self.dst.load_snapshot(sid).copy_keys()
                 except VaultError:  # (unreadable, or forgotten since the listing: not a copy of this one)
                     self._seen[sid] = set()
-            if self._seen[sid] & keys and (mine is None or sid < mine):
-                if mine is not None:
-                    self.dst.save_log("copy", "withdrawn: another copy wrote the same snapshot at the same time",
-                                      [{"id": mine, "tree": tree.hex(), "keep": False, "reasons": [f"the same as {sid}"]}])
-                    self.dst.delete_snapshot(mine)
-                return True
-        return False
+            if self._seen[sid] & keys:
+                if mine is None:
+                    return True
+                others.append(sid)
+        if not others:
+            return False
+        keep = min(others + [mine])
+        for sid in sorted(set(others + [mine]) - {keep}):
+            self.dst.save_log("copy", "withdrawn: another copy wrote the same snapshot at the same time",
+                              [{"id": sid, "tree": tree.hex() if sid == mine else "", "keep": False,
+                                "reasons": [f"the same as {keep}"]}])
+            try:
+                self.dst.delete_snapshot(sid)
+            except ObjectNotFound:  # (taken back by its own copy meanwhile)
+                pass
+        return keep != mine
 
     # --- blocks ---------------------------------------------------------------------------------------
     def _on_pack(self, pid: bytes, size: int, entries: list[PackEntry]) -> None:

@@ -403,10 +403,14 @@ class Repository:
         return index_mod.decode(data, self.cipher)
 
     # --- key slots ----------------------------------------------------------------------------------
-    def add_key(self, password: bytes, kdf: KdfParams = KdfParams()) -> str:
+    def make_key(self, password: bytes, kdf: KdfParams = KdfParams()) -> tuple[str, bytes]:
+        """A new key slot for ``password``: (its name, its bytes), not stored yet."""
         slot = make_slot(self.keys, self.id, password, kdf, format_time(datetime.now(timezone.utc)),
                          socket.gethostname(), _username(), self.config.encode())
-        name = f"keys/{hashlib.sha256(slot).hexdigest()}"
+        return f"keys/{hashlib.sha256(slot).hexdigest()}", slot
+
+    def add_key(self, password: bytes, kdf: KdfParams = KdfParams()) -> str:
+        name, slot = self.make_key(password, kdf)
         self.backend.put(name, slot)
         return name
 
