@@ -574,3 +574,31 @@ def test_a_new_machine_walks_an_s3_repositorys_trees_side_by_side(s3cli, moto_en
         assert proxy.counts["max_in_flight"] >= 4, proxy.counts
         ok(run(s3cli, "restore", "latest", "--target", tmp_path / "r", VAULT_CACHE_DIR=str(tmp_path / "c2"), **via))
     assert_trees_equal(src, restored(tmp_path / "r", src))
+
+
+def test_one_stop_signal_does_not_wait_for_a_stalled_upload(s3cli, moto_endpoint, tmp_path):
+    """One SIGTERM (systemd's stop, `timeout`) while a pack upload got no answer: vault waited for the upload's
+    retries (120 s) before exiting 143 -- systemd kills it after 90 s, leaving its lock. Stopped, it no longer
+    waits for uploads under way: their packs, if they land, name nothing (the next backup adopts them)."""
+    import signal
+
+    s3cli("init", *FAST_INIT)
+    src = random_tree(tmp_path / "src", seed=9, files=3, size=2 * MiB)
+    stalled = lambda method, target: method == "PUT" and "/data/" in target  # noqa: E731
+    proxy = FaultProxy(moto_endpoint, seed=4, latency_rate=1.0, latency=(60, 60), match=stalled)
+    try:
+        p = popen(s3cli, "backup", src, VAULT_S3_ENDPOINT=proxy.url)
+        deadline = time.monotonic() + 60
+        while proxy.counts["latency"] < 1 and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert p.poll() is None and proxy.counts["latency"] >= 1, "no upload was held"
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=120)
+        took = time.monotonic() - t0
+    finally:
+        proxy.stop()
+    assert p.returncode == 143 and took < 15, (p.returncode, round(took, 1), err)
+    assert err.strip() == "vault: terminated", err
+    assert count(s3cli, "locks/") == 0
+    ok(run(s3cli, "backup", src))

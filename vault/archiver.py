@@ -705,6 +705,7 @@ class Archiver:
             self._adopt_leftover_packs()
         if self._workers is not None:
             self._workers.start(self._on_pack)
+        stopped = False
         try:
             root_dev = os.lstat(b"/").st_dev
             self._save_dir(b"/", parent.tree if parent else None, skeleton, root_dev, None)
@@ -720,12 +721,17 @@ class Archiver:
             self._flush_tree_rows(force=True)
             if not self.opts.dry_run:  # the last segment names every block this run stored: its trees are checked
                 self.catalog.confirm_pending(self._tree_token)
+        except KeyboardInterrupt:  # (Ctrl-C, SIGTERM)
+            stopped = True
+            raise
         finally:
+            # stopped: an upload that gets no answer (a stalled store: 2 minutes of retries) is not waited for --
+            # its pack, if it lands, names nothing and is adopted or removed later; the CLI exits without it
             if self._workers is not None:
                 self._workers.close()
             else:
-                self._pool.shutdown(wait=True, cancel_futures=True)
-            self.packer.close()
+                self._pool.shutdown(wait=not stopped, cancel_futures=True)
+            self.packer.close(wait=not stopped)
         self.stats_duration = time.monotonic() - t0
         if self.opts.dry_run:
             return None

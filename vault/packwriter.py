@@ -169,8 +169,9 @@ class PackWriter:
         if self._failure is not None:
             raise self._failure
 
-    def close(self) -> None:
-        """Stop the uploaders; packs not flushed are dropped (a crash-equivalent: nothing references them)."""
+    def close(self, wait: bool = True) -> None:
+        """Stop the uploaders; packs not flushed are dropped (a crash-equivalent: nothing references them).
+        ``wait=False`` (the command was stopped): uploads under way are not waited for."""
         for op in self._open.values():
             if op is not None:
                 with op.spill_lock:
@@ -180,7 +181,7 @@ class PackWriter:
                         op.buf.close()
                     except BufferError:  # Ctrl-C while a block was being sealed into it: the interrupted
                         pass             # frame (kept by the traceback) holds a view; GC unmaps it later
-        self._uploads.shutdown(wait=True, cancel_futures=True)
+        self._uploads.shutdown(wait=wait, cancel_futures=True)
         if self._zero_fd is not None:
             os.close(self._zero_fd)
             self._zero_fd = None
