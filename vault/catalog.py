@@ -442,11 +442,11 @@ class Catalog:
     def _holds_superseded(self, in_repo: set[str]) -> bool:
         """Whether a pack was loaded from a segment that another present one supersedes; superseded ids no
         longer in the repository (prune finished) are let go."""
-        gone = self._superseded() - in_repo
+        superseded = self._superseded()
+        gone = superseded - in_repo
         if gone:
             self._tx(lambda c: c.executemany("DELETE FROM superseded WHERE id=?", [(s,) for s in sorted(gone)]))
-        ids = sorted(self._superseded())
-        return any(self._q("SELECT 1 FROM packs WHERE segment=? LIMIT 1", (sid,)) for sid in ids)
+        return any(self._q("SELECT 1 FROM packs WHERE segment=? LIMIT 1", (sid,)) for sid in sorted(superseded - gone))
 
     @staticmethod
     def _load_segment(repo, sid: str, rep: SyncReport) -> index_mod.IndexSegment | None:
@@ -631,12 +631,7 @@ class Catalog:
             self._tx(lambda c: (c.executemany("INSERT OR IGNORE INTO forgotten (id) VALUES (?)",
                                               [(i,) for i in let_go]),
                                 c.execute("INSERT OR IGNORE INTO logs_read (id) VALUES (?)", (lid,))))
-        todo, found = sorted(ids), set()
-        for i in range(0, len(todo), 500):
-            part = todo[i : i + 500]
-            found.update(r[0] for r in self._q(f"SELECT id FROM forgotten WHERE id IN ({','.join('?' * len(part))})",
-                                               part))
-        return found
+        return set(self._present("main.forgotten", sorted(ids)))
 
     def _note_lost(self, repo, in_repo: set[str], rep: "SyncReport") -> None:
         """Each snapshot this catalog had read whose manifest is gone with no record letting it go is lost:
@@ -961,14 +956,15 @@ class Catalog:
     def used_count(self) -> int:
         return self._q("SELECT count(*) FROM temp.used")[0][0]
 
-    def _present(self, table: str, ids: Iterable[bytes], batch: int = 500) -> Iterator[bytes]:
-        """Those of ``ids`` that ``table`` holds (a temporary table unless qualified), asked ``batch`` at a time."""
+    def _present(self, table: str, ids: Iterable, batch: int = 500) -> Iterator:
+        """Those of ``ids`` (blob ids, or text ids for a table keyed by text) that ``table`` holds (a temporary
+        table unless qualified), asked ``batch`` at a time."""
         table = table if "." in table else f"temp.{table}"
         todo = list(ids)
         for i in range(0, len(todo), batch):
             part = todo[i : i + batch]
             for (found,) in self._q(f"SELECT id FROM {table} WHERE id IN ({','.join('?' * len(part))})", part):
-                yield bytes(found)
+                yield found if type(found) is str else bytes(found)
 
     def used_contains(self, ids: Iterable[bytes]) -> bool:
         """Whether any of these block ids is in ``used``."""
