@@ -480,15 +480,10 @@ class Checker:
         broken: list[bytes] = []
 
         def quiet(tid: bytes) -> list | None:  # (_load_tree, without noting damage)
-            loc = self.catalog.lookup(tid)
-            try:
-                if loc is not None and tid not in self._bad_blocks:
-                    return [entry(n) for n in Tree.decode(self.repo.load_block(*loc)).nodes]
-            except VaultError as exc:
-                if not is_damage(exc):
-                    raise
-            broken.append(tid)
-            return None
+            entries, problem = self._read_tree(tid)
+            if problem is not None:
+                broken.append(tid)
+            return entries
 
         marker = self.catalog.marker()
         marker.walk(snap.tree, lambda tids: self.catalog.iter_cached_or(self.repo, tids, quiet, indexed=True))
@@ -590,21 +585,24 @@ class Checker:
         return ((tid, self._load_tree(tid)) for tid in tids)
 
     def _load_tree(self, tid: bytes) -> list | None:
-        problem = None
+        entries, problem = self._read_tree(tid)
+        if problem is not None:
+            self._bad_trees[tid] = problem
+        return entries
+
+    def _read_tree(self, tid: bytes) -> tuple[list | None, str | None]:
+        """(the tree's entries, None) or (None, what is wrong with it)."""
         loc = self.catalog.lookup(tid)
         if loc is None:
-            problem = "tree block missing from the index"
-        elif tid in self._bad_blocks:
-            problem = self._bad_blocks[tid]
-        else:
-            try:
-                return [entry(n) for n in Tree.decode(self.repo.load_block(*loc)).nodes]
-            except VaultError as exc:
-                if not is_damage(exc):
-                    raise
-                problem = f"unreadable: {exc}"
-        self._bad_trees[tid] = problem
-        return None
+            return None, "tree block missing from the index"
+        if tid in self._bad_blocks:
+            return None, self._bad_blocks[tid]
+        try:
+            return [entry(n) for n in Tree.decode(self.repo.load_block(*loc)).nodes], None
+        except VaultError as exc:
+            if not is_damage(exc):
+                raise
+            return None, f"unreadable: {exc}"
 
     def _check_keys(self) -> None:
         if self.repo.config_problem:  # (the sealed copy is in use: nothing read depends on the stored one)
