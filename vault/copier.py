@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from . import index as index_mod
 from .catalog import Catalog
-from .errors import IntegrityError, ObjectNotFound, VaultError
+from .errors import IntegrityError, VaultError
 from .model import DIR, FILE, Snapshot, Tree, moved_summary
 from .pack import DATA, TREE, PackEntry
 from .packwriter import PackWriter, adopt_leftover_packs
@@ -99,14 +99,10 @@ class Copier:
         if not others:
             return False
         keep = min(others + [mine])
-        for sid in sorted(set(others + [mine]) - {keep}):
-            self.dst.save_log("copy", "withdrawn: another copy wrote the same snapshot at the same time",
-                              [{"id": sid, "tree": tree.hex() if sid == mine else "", "keep": False,
-                                "reasons": [f"the same as {keep}"]}])
-            try:
-                self.dst.delete_snapshot(sid)
-            except ObjectNotFound:  # (taken back by its own copy meanwhile)
-                pass
+        for sid in sorted(set(others + [mine]) - {keep}):  # (another's may be taken back by its own copy too)
+            self.dst.withdraw_snapshot(sid, tree if sid == mine else None, "copy",
+                                       "withdrawn: another copy wrote the same snapshot at the same time",
+                                       f"the same as {keep}")
         return keep != mine
 
     # --- blocks ---------------------------------------------------------------------------------------

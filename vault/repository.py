@@ -574,6 +574,16 @@ class Repository:
     def delete_snapshot(self, sid: str) -> None:
         self.backend.delete(f"snapshots/{sid}")
 
+    def withdraw_snapshot(self, sid: str, tree: bytes | None, operation: str, policy: str, reason: str) -> None:
+        """Take back a manifest this run wrote (or a duplicate of it): a ``logs/`` record lets it go first, so no
+        machine that read it meanwhile calls it lost; then it is deleted (gone already: nothing to do)."""
+        self.save_log(operation, policy, [{"id": sid, **({"tree": tree.hex()} if tree else {}), "keep": False,
+                                           "reasons": [reason]}])
+        try:
+            self.delete_snapshot(sid)
+        except ObjectNotFound:
+            pass
+
     def commit_snapshot(self, snap: Snapshot, check_lock: Callable[[], None], operation: str) -> str:
         """Write the manifest of a snapshot this run built under a lock, asking for the lock before and again
         once the manifest landed: an exclusive command that took the lock for stale (its host's clock ahead,
@@ -587,11 +597,8 @@ class Repository:
         try:
             check_lock()
         except LockLost:
-            self.save_log(operation, "withdrawn: the lock was lost",
-                          [{"id": sid, "tree": snap.tree.hex(), "keep": False,
-                            "reasons": ["withdrawn: the repository lock was lost while the snapshot was being "
-                                        "written"]}])
-            self.delete_snapshot(sid)
+            self.withdraw_snapshot(sid, snap.tree, operation, "withdrawn: the lock was lost",
+                                   "withdrawn: the repository lock was lost while the snapshot was being written")
             raise
         except VaultError:
             pass  # (cannot ask now: the lock was ours just before the manifest was sent)
