@@ -102,14 +102,14 @@ def read_xattrs(target: int | bytes) -> tuple[Xattrs | None, str | None]:
     return tuple(sorted(out)) or None, None
 
 
-def apply_xattrs(target: int | bytes, xattrs: Xattrs | None) -> tuple[list[str], bool]:
+def apply_xattrs(target: int | bytes, xattrs: Xattrs | None, follow: bool = False) -> tuple[list[str], bool]:
     """Make the extended attributes of the file open as ``target`` or at path ``target`` (not followed) the
     snapshot's: set its own and remove others the entry carries -- an ACL the kernel gave a new file from its
     directory's default ACL, a stale attribute of a directory that was already there -- but never ``security.*``
     (labels the security modules give every new file). Without root, ``trusted.*`` and ``security.*`` are left
     alone, as owners are. (problems, at most one line per cause; whether an ACL was removed: the mode is then
-    to be set again)."""
-    kw, want = _nofollow(target), dict(xattrs or ())
+    to be set again). ``follow``: a path that is to be followed (/proc/self/fd/N of an O_PATH descriptor)."""
+    kw, want = ({} if follow else _nofollow(target)), dict(xattrs or ())
     try:
         have = os.listxattr(target, **kw)
     except OSError as exc:
@@ -182,10 +182,72 @@ def apply_metadata(fd: int, node: Node, mode_set: bool = False, owner_set: bool 
     return problems
 
 
-def apply_metadata_at(dir_fd: int, name: bytes, node: Node) -> list[str]:
+#: Metadata of directories, symlinks and special files is set through /proc/self/fd of an O_PATH descriptor of the
+#: entry (``apply_metadata_at``); without /proc or O_PATH, by name.
+_BY_DESCRIPTOR = hasattr(os, "O_PATH") and os.path.isdir("/proc/self/fd")
+
+
+def apply_metadata_at(dir_fd: int, name: bytes, node: Node, expect: tuple[int, int] | None = None) -> list[str]:
     """The same for the directory, symlink, fifo or device node ``name`` in the directory open as ``dir_fd``
-    (which may be an O_PATH descriptor): never following a symlink (the mode is set through an O_PATH
-    descriptor of the entry itself)."""
+    (which may be an O_PATH descriptor), set on exactly the entry checked, never on whatever the name leads to by
+    the time each call is made: the entry is opened (O_PATH, no symlink followed) and must be of ``node``'s type;
+    a directory the one ``expect`` (its (dev, ino) when the restore made or found it) says, any other entry one
+    this process has just made (its own, one link). Else it is left alone, with a problem: someone who may write
+    the directory above could have put a hardlink to a file of theirs under that name, which root would
+    otherwise give the snapshot's owner and mode (a setgid program of their own)."""
+    if not _BY_DESCRIPTOR:
+        return _apply_by_name(dir_fd, name, node)
+    flags = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_DIRECTORY if node.type == DIR else 0)
+    try:
+        fd = os.open(name, flags, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTDIR, errno.ELOOP):  # (a file or a symlink where the directory was made)
+            return ["metadata not set: replaced while the restore ran"]
+        return [f"metadata not set: {exc.strerror or exc}"]
+    try:
+        st = os.fstat(fd)
+        if node.type == DIR:
+            same = expect is None or (st.st_dev, st.st_ino) == expect
+        else:
+            same = node_type(st.st_mode) == node.type and st.st_nlink == 1 and st.st_uid == os.geteuid()
+        if not same:
+            return ["metadata not set: replaced while the restore ran"]
+        return _apply_through(fd, node)
+    finally:
+        os.close(fd)
+
+
+def _apply_through(fd: int, node: Node) -> list[str]:
+    """``apply_metadata_at``'s work on the entry open as the O_PATH descriptor ``fd``: each call is made on
+    /proc/self/fd/N, which leads to that very inode (a symlink's own, not its target's)."""
+    path = b"/proc/self/fd/%d" % fd
+    problems = []
+    if IS_ROOT:
+        try:
+            os.chown(path, node.uid, node.gid)
+        except OSError as exc:
+            problems.append(f"chown: {exc.strerror}")
+        except OverflowError:
+            problems.append(f"chown: owner {node.uid}:{node.gid} is out of this system's range")
+    elif node.type != SYMLINK and node.mode & stat.S_ISGID:
+        _own_group(lambda: os.chown(path, -1, node.gid))
+    problems += apply_xattrs(path, node.xattrs, follow=True)[0]  # (before the mode, as above)
+    if node.type != SYMLINK:
+        try:
+            os.chmod(path, node.mode)
+            _check_set_ids(lambda: os.fstat(fd), node, problems)
+        except OSError as exc:
+            problems.append(f"chmod: {exc.strerror}")
+    try:
+        os.utime(path, ns=(node.mtime_ns, node.mtime_ns))
+    except OSError as exc:
+        if not (node.type == SYMLINK and exc.errno in (errno.ENOTSUP, errno.EPERM)):
+            problems.append(f"utime: {exc.strerror}")
+    return problems
+
+
+def _apply_by_name(dir_fd: int, name: bytes, node: Node) -> list[str]:
+    """``apply_metadata_at`` without /proc or O_PATH: by name, never following a symlink."""
     problems = []
     if IS_ROOT:
         try:

@@ -1,0 +1,93 @@
+"""Restoring in place over directories someone else may write: the metadata of what the restore made is set on
+exactly that entry, never on whatever its name leads to by then (a hardlink to a file of theirs put there)."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from conftest import Symlink, make_tree
+
+from vault import restorer
+
+
+def _target_of(r: Path, src: Path) -> Path:
+    return r / str(src).lstrip("/")
+
+
+def test_a_directory_replaced_by_a_hardlink_before_its_metadata_is_set_is_left_alone(repo, tmp_path, monkeypatch):
+    """Directory metadata is set at the end of a restore. Someone who can write the directory above renames the
+    restored directory away and links a program of theirs under its name meanwhile: the program must not get
+    the directory's mode (here setgid, 2775) -- or, restoring as root, its owner."""
+    src = make_tree(tmp_path / "src", {"home": {"shared": {"f": b"data"}}})
+    os.chmod(src / "home" / "shared", 0o2775)
+    repo("backup", src)
+    r = tmp_path / "r"
+    home = _target_of(r, src) / "home"
+    evil = tmp_path / "evil"
+    evil.write_bytes(b"#!/bin/sh\nid\n")
+    os.chmod(evil, 0o755)
+    real = restorer.apply_metadata_at
+
+    def swap_first(dir_fd, name, node, *rest):
+        if name == b"shared" and not (home / "shared.moved").exists():
+            os.rename(b"shared", b"shared.moved", src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            os.link(evil, b"shared", dst_dir_fd=dir_fd)
+        return real(dir_fd, name, node, *rest)
+
+    monkeypatch.setattr(restorer, "apply_metadata_at", swap_first)
+    res = repo("-v", "restore", "latest", "--target", r)
+    st = os.stat(evil)
+    assert stat.S_IMODE(st.st_mode) == 0o755 and (st.st_uid, st.st_gid) == (os.geteuid(), os.getegid())
+    assert st.st_mtime_ns != os.stat(src / "home" / "shared").st_mtime_ns
+    assert "shared" in res.err and "replaced while the restore ran" in res.err
+    assert (home / "shared.moved" / "f").read_bytes() == b"data"
+
+
+def test_a_symlink_replaced_by_a_hardlink_before_its_metadata_is_set_is_left_alone(repo, tmp_path, monkeypatch):
+    """The same for a symlink (and fifos, device nodes), made under a temporary name and given its metadata
+    before it is renamed into place."""
+    src = make_tree(tmp_path / "src", {"target": b"t", "link": Symlink("target")})
+    repo("backup", src)
+    r = tmp_path / "r"
+    evil = tmp_path / "evil"
+    evil.write_bytes(b"mine")
+    os.chmod(evil, 0o600)
+    before = os.stat(evil)
+    real = restorer.apply_metadata_at
+
+    def swap(dir_fd, name, node, *rest):
+        if name.startswith(b".vault-"):
+            os.unlink(name, dir_fd=dir_fd)
+            os.link(evil, name, dst_dir_fd=dir_fd)
+        return real(dir_fd, name, node, *rest)
+
+    monkeypatch.setattr(restorer, "apply_metadata_at", swap)
+    res = repo("-v", "restore", "latest", "--target", r)
+    after = os.stat(evil)
+    assert (after.st_mode, after.st_uid, after.st_gid, after.st_mtime_ns) == (
+        before.st_mode, before.st_uid, before.st_gid, before.st_mtime_ns)
+    assert "replaced while the restore ran" in res.err
+
+
+def test_directory_and_symlink_metadata_still_restored(repo, tmp_path):
+    """The descriptor path sets what the name path did: a 0555 directory (after its contents), a setgid one, a
+    symlink's own mtime."""
+    src = make_tree(tmp_path / "src", {"ro": {"f": b"x"}, "sg": {}, "link": Symlink("ro/f")})
+    os.chmod(src / "sg", 0o2750)
+    os.utime(src / "link", ns=(1_600_000_000_000_000_001, 1_600_000_000_000_000_001), follow_symlinks=False)
+    os.chmod(src / "ro", 0o555)
+    try:
+        repo("backup", src)
+        r = tmp_path / "r"
+        res = repo("-v", "restore", "latest", "--target", r)
+        dst = _target_of(r, src)
+        for name in ("ro", "sg", "link"):
+            a, b = os.lstat(src / name), os.lstat(dst / name)
+            assert (stat.S_IMODE(b.st_mode), b.st_mtime_ns) == (stat.S_IMODE(a.st_mode), a.st_mtime_ns), name
+        assert "replaced" not in res.err
+    finally:
+        os.chmod(src / "ro", 0o755)
+        if (tmp_path / "r").exists():
+            os.chmod(_target_of(tmp_path / "r", src) / "ro", 0o755)
