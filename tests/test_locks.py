@@ -492,3 +492,81 @@ def test_a_lock_removed_while_the_manifest_was_on_its_way_withdraws_the_snapshot
     assert repo("--json", "verify").json["ok"] is True
     repo("backup", src)
     assert snapshot_count(repo) == 1
+
+
+@pytest.mark.parametrize("when", ["before", "during"])
+def test_a_backup_whose_lock_a_prune_took_over_leaves_no_index_naming_deleted_packs(cli, tmp_path, monkeypatch, when):
+    """A backup suspended (or in a container with the host's name) past its lock's staleness: a prune took the
+    lock over and deleted the packs no index segment named yet -- this run's. The run then woke and wrote an
+    index checkpoint naming them (only the snapshot's manifest was guarded): the next backup deduplicated
+    against the deleted packs, exited 0, and its snapshot did not restore (exit 20). The lock is now asked
+    around every segment: taken over before the segment is sent -> none is written; during -> it is deleted."""
+    from vault import archiver
+    from vault.repository import Repository
+
+    from conftest import FAST_INIT
+
+    repo = cli
+    repo("init", *FAST_INIT, "--pack-size", "1")
+    src = make_tree(tmp_path / "src", {f"f{i}": os.urandom(700_000) for i in range(6)})
+    be = backend(repo)
+    monkeypatch.setattr(archiver, "CHECKPOINT_PACKS", 1)
+    real, calls = Repository.save_index, []
+
+    def prune_takes_over():
+        for name, _ in list(be.list("locks/")):  # (as seen from another host after a 31-minute suspend)
+            doc = json.loads(be.get(name))
+            doc["refreshed"] = doc["time"] = time.time() - STALE_AFTER - 60
+            (repo.repo / name).write_text(json.dumps(doc))
+        other = Cli(repo.capfd, repo.repo, tmp_path / "other-cache")
+        assert other.proc("prune", "--lock-wait", "0").returncode == 0
+
+    def takeover_then_save(self, seg):
+        calls.append(1)
+        if len(calls) == 2:
+            prune_takes_over()
+        return real(self, seg)
+
+    if when == "during":
+        monkeypatch.setattr(Repository, "save_index", takeover_then_save)
+    else:
+        real_check = Repository.commit_index
+
+        def takeover_then_commit(self, seg, check_lock):
+            calls.append(1)
+            if len(calls) == 2:
+                prune_takes_over()
+            return real_check(self, seg, check_lock)
+
+        monkeypatch.setattr(Repository, "commit_index", takeover_then_commit)
+    res = repo("backup", src, ok=1)
+    assert len(calls) >= 2 and "lock was removed" in res.err, res.err
+    monkeypatch.undo()
+    fresh = Cli(repo.capfd, repo.repo, tmp_path / "fresh-cache")
+    assert fresh("--json", "verify", ok=False).json["ok"] is True
+    fresh("backup", src)
+    out = tmp_path / "out"
+    fresh("restore", "latest", "--target", out)
+    assert_trees_equal(src, out / str(src).lstrip("/"))
+
+
+def test_a_lock_of_this_host_name_from_another_pid_namespace_is_judged_by_age(repo, src):
+    """A container given the host's name (``docker --network host``) runs in a PID namespace of its own: its
+    pid means nothing here, and a live backup there was taken for dead at once -- a prune on the host then
+    deleted the packs it was writing. Such a lock blocks until it is 30 minutes old; one from another boot
+    of this machine, or with a dead pid in this namespace (or written before namespaces were recorded), does not."""
+    boot = open("/proc/sys/kernel/random/boot_id").read().strip()
+    ns = os.stat("/proc/self/ns/pid")
+    pid_ns = f"{ns.st_dev}:{ns.st_ino}"
+    be = backend(repo)
+    name = put_lock(be, "d" * 32, pid=dead_pid(), boot_id=boot, pid_ns="4:1")
+    res = repo("--lock-wait", "0", "backup", src, ok=11)
+    assert "held by prune" in res.err
+    be.delete(name)
+    for fields in ({"boot_id": "another-boot", "pid_ns": "4:1"}, {"boot_id": boot, "pid_ns": pid_ns}, {}):
+        name = put_lock(be, "e" * 32, pid=dead_pid(), **fields)
+        repo("--lock-wait", "0", "backup", src)
+        be.delete(name)
+    old = time.time() - STALE_AFTER - 60
+    put_lock(be, "f" * 32, pid=dead_pid(), boot_id=boot, pid_ns="4:1", time=old, refreshed=old)
+    repo("--lock-wait", "0", "backup", src)

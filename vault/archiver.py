@@ -304,13 +304,13 @@ class Archiver:
             self._last_checkpoint = time.monotonic()
         if pending and not self.opts.dry_run:
             seg = index_mod.from_packs(pending)
-            sid = self.repo.save_index(seg)
+            sid = self.repo.commit_index(seg, self.opts.before_commit)
             self.catalog.add_segment(sid, seg)
 
     def _adopt_leftover_packs(self) -> None:
         """Index the packs an interrupted run stored after its last checkpoint (``adopt_leftover_packs``), so
         their blocks are reused instead of uploaded again."""
-        adopted = adopt_leftover_packs(self.repo, self.catalog)
+        adopted = adopt_leftover_packs(self.repo, self.catalog, self.opts.before_commit)
         if adopted:
             self._reader.lookups = True
             self.stats.packs_adopted = adopted

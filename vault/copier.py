@@ -63,6 +63,7 @@ class Copier:
         self._unindexed: set[bytes] = set()  # destination ids stored by this run and not yet in its catalog
         self._uploaders = uploaders
         self._lock = threading.Lock()  # uploader threads call _on_pack
+        self._check_lock: Callable[[], None] | None = None  # the destination's lock (``run``)
         # tree mappings are saved only once their snapshot is written: a tree pack can be indexed before the
         # data pack holding its files is stored, and after a kill a mapped tree must not be skipped unread
         self._tree_pairs: list[tuple[bytes, bytes]] = []
@@ -118,7 +119,7 @@ class Copier:
             pending, self._pending = self._pending, []
         if pending:
             seg = index_mod.from_packs(pending)
-            self.dst_cat.add_segment(self.dst.save_index(seg), seg)
+            self.dst_cat.add_segment(self.dst.commit_index(seg, self._check_lock), seg)
             with self._lock:
                 for _pid, _size, entries in pending:
                     self._unindexed.difference_update(e.block_id for e in entries)
@@ -208,8 +209,9 @@ class Copier:
     # --- the run ------------------------------------------------------------------------------------
     def run(self, snaps: list[Snapshot], before_commit: Callable[[], None] = lambda: None) -> CopyReport:
         t0 = time.monotonic()
+        self._check_lock = before_commit  # (asked around every index segment too: Repository.commit_index)
         if snaps:  # the packs a killed copy stored after its last checkpoint: their blocks are not sent again
-            self.report.packs_adopted = adopt_leftover_packs(self.dst, self.dst_cat)
+            self.report.packs_adopted = adopt_leftover_packs(self.dst, self.dst_cat, before_commit)
         theirs = self.dst_cat.snapshots()
         self._dst_ids = {s.id for s in theirs}  # (their copy keys are in ``present``; those written since are not)
         # copied before (the copy records its source), a copy of one of theirs (copying back), or a manifest

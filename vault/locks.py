@@ -1,7 +1,7 @@
 """Repository locks: shared (backup, restore, verify, forget, copy) and exclusive (prune, repair, key changes).
 
 A lock is an object ``locks/<random id>`` holding JSON {host, pid, username, operation, exclusive, time,
-refreshed}. Acquiring writes our lock first and then looks for conflicting ones (so two racing lockers
+refreshed, boot_id, pid_ns}. Acquiring writes our lock first and then looks for conflicting ones (so two racing lockers
 cannot both win); on conflict we remove ours and retry until ``wait`` runs out. A lock expires by itself:
 one not refreshed for ``STALE_AFTER`` seconds, or one held by a dead process on this host, is ignored, so a
 crashed cron job never blocks the next night's run. Held locks are refreshed by a daemon thread.
@@ -42,6 +42,8 @@ class LockInfo:
     exclusive: bool
     time: float
     refreshed: float
+    boot_id: str = ""  # (recorded since format 1.x locks carry them; "" in older ones)
+    pid_ns: str = ""
 
     def describe(self) -> str:
         kind = "exclusive" if self.exclusive else "shared"
@@ -49,11 +51,36 @@ class LockInfo:
         return f"{kind} lock held by {self.operation} (pid {self.pid} on {self.host}, {age}s ago)"
 
     def is_stale(self, now: float) -> bool:
+        """Not refreshed for STALE_AFTER, or held on this machine by a process that is gone. A lock with this
+        host name is this machine's only when written in this boot (another boot's holder is gone with it)
+        and in this PID namespace: a container given the host's name (``docker --network host``) runs in a
+        namespace of its own, where the pid names another process, or none here -- its live lock must not be
+        taken for a dead one. Locks of vault versions that did not record them are judged by the pid alone."""
         if now - self.refreshed > STALE_AFTER:
             return True
-        if self.host == socket.gethostname():
-            return not _pid_alive(self.pid)
-        return False
+        if self.host != socket.gethostname():
+            return False
+        boot, pid_ns = _this_machine()
+        if self.boot_id and boot and self.boot_id != boot:
+            return True
+        if self.pid_ns and pid_ns and self.pid_ns != pid_ns:
+            return False
+        return not _pid_alive(self.pid)
+
+
+def _this_machine() -> tuple[str, str]:
+    """(this boot's id, this process's PID namespace), "" for what cannot be read."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+    except OSError:
+        boot = ""
+    try:
+        ns = os.stat("/proc/self/ns/pid")
+        pid_ns = f"{ns.st_dev}:{ns.st_ino}"
+    except OSError:
+        pid_ns = ""
+    return boot, pid_ns
 
 
 def _pid_alive(pid: int) -> bool:
@@ -77,7 +104,7 @@ def list_locks(backend: Backend) -> list[LockInfo]:
             d = json.loads(backend.get(name))
             info = LockInfo(name, str(d["host"]), int(d["pid"]), str(d.get("username", "")),
                             str(d.get("operation", "")), bool(d["exclusive"]), float(d["time"]),
-                            float(d.get("refreshed", d["time"])))
+                            float(d.get("refreshed", d["time"])), str(d.get("boot_id", "")), str(d.get("pid_ns", "")))
             # (a time in the future stays live: a host whose clock runs ahead may well be running a backup)
             if not (math.isfinite(info.time) and math.isfinite(info.refreshed) and 0 < info.pid < 1 << 31):
                 raise ValueError("impossible values")
@@ -128,8 +155,10 @@ class Lock:
 
     def _write(self) -> str:
         now = self._clock()
+        boot, pid_ns = _this_machine()
         doc = {"host": socket.gethostname(), "pid": os.getpid(), "username": _username(),
-               "operation": self.operation, "exclusive": self.exclusive, "time": self._started, "refreshed": now}
+               "operation": self.operation, "exclusive": self.exclusive, "time": self._started, "refreshed": now,
+               "boot_id": boot, "pid_ns": pid_ns}
         name = f"locks/{secrets.token_hex(16)}"
         self.backend.put(name, json.dumps(doc).encode())
         return name

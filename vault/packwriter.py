@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 from . import index as index_mod
 from .errors import IntegrityError, VaultError
+from .locks import LockLost
 from .pack import DATA, KINDS, PackEntry, encode_header, seal_block_into, sealed_size
 from .repository import Repository, pack_name
 
@@ -244,11 +245,12 @@ class PackWriter:
         return self.repo.put_pack(op.buf[: op.used] + header)  # pathological: a header of countless tiny blocks
 
 
-def adopt_leftover_packs(repo: Repository, catalog) -> int:
+def adopt_leftover_packs(repo: Repository, catalog, check_lock: Callable[[], None] | None = None) -> int:
     """Index the packs an interrupted run (backup, copy) stored after its last checkpoint: they are complete (a
     pack is written whole or not at all), so their blocks are reused instead of stored again. Only a pack whose
     bytes match its name is adopted: one that fails (bit rot, or the damaged pack ``repair`` left out of the
-    index) is remembered in the catalog and never read again; prune deletes it. Returns how many."""
+    index) is remembered in the catalog and never read again; prune deletes it. ``check_lock``: the run's lock,
+    asked around the segment (``Repository.commit_index``). Returns how many."""
     adopted = []
     for pid, size in repo.list_packs():
         if catalog.has_pack(pid) or catalog.is_rejected(pid, size):
@@ -265,7 +267,9 @@ def adopt_leftover_packs(repo: Repository, catalog) -> int:
         return 0
     try:
         seg = index_mod.from_packs(adopted)
-        sid = repo.save_index(seg)
+        sid = repo.commit_index(seg, check_lock)
+    except LockLost:
+        raise
     except (ValueError, VaultError):
         return 0  # a malformed leftover (mixed kinds): leave it to prune
     catalog.add_segment(sid, seg)

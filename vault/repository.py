@@ -584,6 +584,27 @@ class Repository:
         except ObjectNotFound:
             pass
 
+    def commit_index(self, seg: index_mod.IndexSegment, check_lock: Callable[[], None] | None) -> str:
+        """``save_index`` for a run under a shared lock (backup, copy), asking for the lock before and again once
+        the segment landed, as ``commit_snapshot`` does: an exclusive command that took the lock for stale
+        deletes the packs no segment named when it listed the index, so a segment landing after that would
+        name packs that are gone (the next backup would deduplicate against them and write a snapshot that does
+        not restore). Such a segment is deleted again and LockLost raised. ``check_lock`` None: no lock."""
+        from .locks import LockLost
+
+        if check_lock is None:
+            return self.save_index(seg)
+        check_lock()
+        sid = self.save_index(seg)
+        try:
+            check_lock()
+        except LockLost:
+            self.backend.delete(f"index/{sid}")
+            raise
+        except VaultError:
+            pass  # (cannot ask now: the lock was ours just before the segment was sent)
+        return sid
+
     def commit_snapshot(self, snap: Snapshot, check_lock: Callable[[], None], operation: str) -> str:
         """Write the manifest of a snapshot this run built under a lock, asking for the lock before and again
         once the manifest landed: an exclusive command that took the lock for stale (its host's clock ahead,
