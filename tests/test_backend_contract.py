@@ -295,6 +295,20 @@ def test_local_list_skips_temp_files(local_backend: LocalBackend) -> None:
         local_backend.put("data/ab/.tmp-0123456789abcdef", b"x")
 
 
+def test_local_temp_files_of_locks_logs_and_keys_are_removed_once_old(local_backend: LocalBackend) -> None:
+    """A process killed while writing its lock (or a logs/ record, a key slot) left a temp file that no prune
+    or unlock ever removed. Those directories are written without the exclusive lock, so only old ones go."""
+    root = Path(local_backend.root)
+    for d in ("data/ab", "locks", "logs", "keys"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+        (root / d / ".tmp-0000000000000001").write_bytes(b"old")
+        os.utime(root / d / ".tmp-0000000000000001", (1, 1))
+        (root / d / ".tmp-0000000000000002").write_bytes(b"being written now")
+    assert local_backend.remove_temp_files() == 5
+    left = sorted(str(p.relative_to(root)) for p in root.rglob(".tmp-*"))
+    assert left == [f"{d}/.tmp-0000000000000002" for d in ("keys", "locks", "logs")]
+
+
 def test_local_list_rejects_escaping_prefix(local_backend: LocalBackend) -> None:
     with pytest.raises(ValueError):
         list(local_backend.list("../"))

@@ -13,6 +13,7 @@ import errno
 import os
 import secrets
 import stat
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
@@ -281,17 +282,24 @@ class LocalBackend:
                 except FileNotFoundError:  # deleted while we listed
                     continue
 
-    def remove_temp_files(self, prefixes: tuple[str, ...] = ("data/", "index/", "snapshots/")) -> int:
+    def remove_temp_files(self, prefixes: tuple[str, ...] = ("data/", "index/", "snapshots/"),
+                          aged: tuple[str, ...] = ("locks/", "logs/", "keys/"), min_age: float = 3600.0) -> int:
         """Delete the temp files a killed writer left under ``prefixes``; only call this while holding the
-        exclusive lock (every writer of those directories holds a lock). Returns how many were removed."""
+        exclusive lock (every writer of those directories holds a lock). Under ``aged`` -- written without the
+        lock (a lock object is written before its locker looks), or by a run whose lock was taken over -- only
+        those older than ``min_age`` seconds. Returns how many were removed."""
         removed = 0
-        for prefix in prefixes:
+        now = time.time()
+        for prefix in (*prefixes, *aged):
             top = os.path.join(self.root, prefix.rstrip("/"))
             for dirpath, _dirs, files in os.walk(top):
                 for f in files:
                     if f.startswith(TEMP_PREFIX):
+                        path = os.path.join(dirpath, f)
                         with contextlib.suppress(FileNotFoundError):
-                            os.unlink(os.path.join(dirpath, f))
+                            if prefix in aged and now - os.lstat(path).st_mtime < min_age:
+                                continue
+                            os.unlink(path)
                             removed += 1
         return removed
 
