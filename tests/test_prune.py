@@ -337,3 +337,36 @@ def test_a_damaged_catalog_row_never_makes_prune_delete_a_referenced_block(repo,
     assert repo(*fresh, "--json", "verify", "--read-data").json["ok"] is True
     repo(*fresh, "restore", "latest", "--target", tmp_path / "r")
     assert_trees_equal(src, tmp_path / "r" / src.relative_to("/"))
+
+
+def test_a_repack_that_fails_takes_back_the_packs_no_segment_names(cli, tmp_path, monkeypatch):
+    """prune on a nearly full disk: the repack failed ('disk full') and kept every pack it had written, so each
+    retry found less room and failed at the same point. Those not named by a segment yet are deleted again."""
+    from vault import pruner
+    from vault.errors import VaultError
+
+    cli("init", *FAST_INIT, "--pack-size", "1")
+    rnd = random.Random(5)
+    src = make_tree(tmp_path / "src", {f"f{i:02d}": rnd.randbytes(100_000) for i in range(60)})
+    first = cli("--json", "backup", src, "--jobs", "1").json["snapshot_id"]
+    for i in range(0, 60, 2):
+        os.unlink(src / f"f{i:02d}")
+    cli("backup", src, "--jobs", "1")
+    cli("forget", first)  # every pack holds live and unused blocks: all are repacked
+    packs = tmp_path / "repo" / "data"
+    before = _names(packs)
+    real_add, added = pruner.PackWriter.add, []
+
+    def add_until_full(self, kind, bid, data):
+        added.append(len(data))
+        if sum(added) > 1.2 * MiB:
+            raise VaultError("disk full writing data/xx (test)")
+        return real_add(self, kind, bid, data)
+
+    monkeypatch.setattr(pruner.PackWriter, "add", add_until_full)
+    res = cli("prune", "--max-unused", "0%", ok=1)
+    assert "disk full" in res.err
+    assert _names(packs) == before
+    monkeypatch.undo()
+    assert cli("--json", "prune", "--max-unused", "0%").json["blocks_repacked"] > 0
+    assert cli("--json", "verify", "--read-data").json["ok"] is True

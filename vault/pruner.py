@@ -229,6 +229,7 @@ class Pruner:
         done = _PackList()
         window = max(1, self.opts.workers)  # packs read at a time: memory is bounded by this many packs
         todo_packs = iter(plan.repack)
+        failed = True
         try:
             with ThreadPoolExecutor(max_workers=window) as pool:
                 while chunk := list(itertools.islice(todo_packs, window)):
@@ -243,10 +244,25 @@ class Pruner:
                             self.report.blocks_repacked += 1
                         done.append(pid, size)
             packer.flush()
+            failed = False
         finally:
             packer.close()
+            if failed:
+                self._drop_unindexed()
         plan.repack = done
         self.report.packs_repacked = len(done)
+
+    def _drop_unindexed(self) -> None:
+        """A repack that failed (a full disk, a lost connection, Ctrl-C): delete the new packs no segment names
+        yet -- copies of blocks the old packs, still indexed, hold -- so that a retry on a nearly full disk does
+        not find less room each time. Those a segment names already stay (the next prune counts them)."""
+        with self._new_lock:
+            packs, self._new_packs = self._new_packs, []
+        for pid, _size, _entries in packs:
+            try:
+                self.repo.backend.delete(pack_name(pid))
+            except VaultError:
+                pass  # (a leftover then: the next prune removes it)
 
     def _read_live(self, item: tuple[bytes, int, list[pack_mod.PackEntry]]) -> list | str:
         """The live blocks of one pack, authenticated; or a message when the pack is damaged (then kept)."""
