@@ -797,6 +797,9 @@ def test_an_include_that_matches_nothing_is_said(repo, tmp_path):
     assert "matches --include" in res.err and str(src) in res.err
     res = repo("-q", "restore", "latest", "--target", tmp_path / "r2", "--include", "*.conf")
     assert res.err == ""
+    # matched, then excluded: the warning says so (it read as if --include had matched nothing)
+    res = repo("-q", "restore", "latest", "--target", tmp_path / "r3", "--include", "*.conf", "--exclude", "a.*")
+    assert "matches --include *.conf that --exclude leaves in" in res.err
 
 
 def test_hardlinked_fifos_symlinks_and_devices_stay_linked(repo, tmp_path):

@@ -48,8 +48,9 @@ def restore(snapshot: str | None, target: str, at: str | None, includes: tuple[s
                             list(excludes)), at=at, flt=flt)
     c.warn_unreadable(res.passed_over, f"it may be newer than {snap.short_id}, the snapshot restored", always=True)
     if includes and not (res.files or res.dirs or res.symlinks or res.other or res.damaged or res.errors):
+        also = " that --exclude leaves in" if excludes else ""
         c.err(printable(f"vault: warning: nothing in snapshot {snap.short_id} matches --include "
-                        f"{' '.join(includes)} (its paths: {' '.join(snap.paths)})"))
+                        f"{' '.join(includes)}{also} (its paths: {' '.join(snap.paths)})"))
     for path, why in res.damaged:
         c.err(printable(f"damaged: {path}: {why}"))
     for path, why in res.errors:
