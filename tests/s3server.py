@@ -192,7 +192,7 @@ _ERRORS = {
     "error": (500, "Internal Server Error", "InternalError",
               "We encountered an internal error. Please try again."),
 }
-ACTIONS = ("slowdown", "error", "reset", "headcut", "latency")
+ACTIONS = ("slowdown", "error", "reset", "headcut", "shortbody", "latency")
 
 
 class FaultProxy:
@@ -201,7 +201,9 @@ class FaultProxy:
     Per request, in this order of the random draw: ``slowdown_rate`` answer 503 SlowDown, ``error_rate``
     answer 500 InternalError (neither is forwarded), ``reset_rate`` forward and reset the connection halfway
     through the response, ``headcut_rate`` forward and close the connection part way through the response's
-    head (status line and headers: a client may then see a 200 with no body), ``latency_rate`` forward after
+    head (status line and headers: a client may then see a 200 with no body), ``shortbody_rate`` forward a 200
+    with half its body and a Content-Length that agrees (a broken cache or gateway: only the length the reader
+    expected tells), ``latency_rate`` forward after
     sleeping ``latency`` seconds (a (lo, hi) range);
     otherwise forward. ``fail_rate`` sets the three failure rates to a third of it each, unless given
     separately. A failure is transient: the same request (method + target) fails at most
@@ -214,7 +216,7 @@ class FaultProxy:
 
     def __init__(self, upstream: str, *, seed: int = 0, fail_rate: float = 0.0, slowdown_rate: float | None = None,
                  error_rate: float | None = None, reset_rate: float | None = None, headcut_rate: float = 0.0,
-                 latency_rate: float = 0.0,
+                 shortbody_rate: float = 0.0, latency_rate: float = 0.0,
                  latency: tuple[float, float] = (0.005, 0.05), max_consecutive: int = 3, port: int = 0,
                  match=None):
         host, _, port_s = upstream.removeprefix("http://").rstrip("/").partition(":")
@@ -227,6 +229,7 @@ class FaultProxy:
             "error": third if error_rate is None else error_rate,
             "reset": third if reset_rate is None else reset_rate,
             "headcut": headcut_rate,
+            "shortbody": shortbody_rate,
             "latency": latency_rate,
         }
         if sum(self.rates.values()) > 1:
@@ -345,7 +348,7 @@ class FaultProxy:
                     action = name
                     break
             key = (method, target)
-            if action in ("slowdown", "error", "reset", "headcut"):
+            if action in ("slowdown", "error", "reset", "headcut", "shortbody"):
                 if self._streak.get(key, 0) >= self.max_consecutive:
                     action = "forward"
                     self._streak.pop(key, None)
@@ -407,6 +410,11 @@ class FaultProxy:
                         client.sendall(rhead[: self._rng_int(first, len(rhead) - 3)])
                         client.shutdown(socket.SHUT_WR)  # a clean end of stream (FIN), not a reset
                         return
+                    if action == "shortbody" and status == 200 and len(rbody) >= 2:
+                        rbody = rbody[: len(rbody) // 2]
+                        rhead = b"".join(ln + b"\r\n" for ln in rhead.split(b"\r\n")[:-2]
+                                         if not ln.lower().startswith(b"content-length:"))
+                        rhead += f"Content-Length: {len(rbody)}\r\n\r\n".encode()
                     if action == "reset":
                         if len(rbody) >= 2:
                             client.sendall(rhead + rbody[: len(rbody) // 2])

@@ -68,6 +68,16 @@ def test_repository_not_found_empty_dir(cli, tmp_path, src, cmd):
     assert os.listdir(cli.repo) == [], "nothing may be written into a directory that is not a repository"
 
 
+def test_a_keys_directory_with_no_key_slot_is_no_repository(cli, tmp_path, src):
+    """A location holding only something under keys/ (an S3 console "folder" marker, a note) was taken for a
+    repository that lost its key slots: exit 20, "put keys/ back from a copy". Only key slots count."""
+    (cli.repo / "keys").mkdir(parents=True)
+    (cli.repo / "keys" / "README").write_text("where the keys go\n")
+    for cmd in (["snapshots"], ["backup", str(src)]):
+        line = one_error_line(cli(*cmd, ok=False), 10)
+        assert "no repository" in line
+
+
 def test_repository_not_found_exit_code_end_to_end(cli, tmp_path):
     p = cli.proc("snapshots", stdin=subprocess.DEVNULL)
     one_error_line(p, 10)

@@ -194,6 +194,32 @@ def test_reads_cut_in_their_headers_are_retried_never_taken_for_damage(s3cli, mo
         assert v["ok"] is True and v["damage"] == []
         assert proxy.counts["headcut"] >= 10, proxy.counts
 
+def test_bodies_cut_short_with_a_length_that_agrees_are_retried_never_taken_for_damage(s3cli, moto_endpoint, tmp_path):
+    """A store (a broken cache or gateway) that answers a third of the reads with half the body and a
+    Content-Length that agrees: verify and restore reported damage (exit 20) on an intact repository, a key slot
+    read as a wrong password (exit 12), and 'repair --read-data' dropped the files of the 'damaged' packs from
+    the snapshot -- forget and prune, as it advised, then deleted their data. Whole objects whose size is listed
+    are read as that many bytes; a manifest or index segment is read again, and damage is what reads back the
+    same each time."""
+    s3cli("init", *FAST_INIT, "--pack-size", "1")
+    src = random_tree(tmp_path / "src", seed=9, files=6, size=600_000, small=20)
+    ok(run(s3cli, "backup", src))
+    sid = json.loads(ok(run(s3cli, "--json", "snapshots")).stdout)[0]["id"]
+    with FaultProxy(moto_endpoint, seed=13, shortbody_rate=0.35, max_consecutive=2,
+                    match=lambda m, t: m == "GET") as proxy:
+        via = {"VAULT_S3_ENDPOINT": proxy.url, "VAULT_CACHE_DIR": str(tmp_path / "cold")}
+        ok(run(s3cli, "restore", "latest", "--target", tmp_path / "r", **via))
+        assert_trees_equal(src, restored(tmp_path / "r", src))
+        v = json.loads(ok(run(s3cli, "--json", "verify", "--read-data", **via)).stdout)
+        assert v["ok"] is True and v["damage"] == []
+        r = run(s3cli, "--json", "repair", "--read-data", **via)
+        assert r.returncode == 0, r.stdout[-3000:]
+        assert proxy.counts["shortbody"] >= 10, proxy.counts
+    assert [s["id"] for s in json.loads(ok(run(s3cli, "--json", "snapshots")).stdout)] == [sid]
+    ok(run(s3cli, "restore", sid, "--target", tmp_path / "r2"))
+    assert_trees_equal(src, restored(tmp_path / "r2", src))
+
+
 @pytest.mark.parametrize("mib", [50, pytest.param(200, marks=pytest.mark.slow)])
 def test_backup_restore_verify_through_transient_faults(s3cli, moto_endpoint, tmp_path, mib):
     s3cli("init", *FAST_INIT, "--pack-size", "1")  # many packs: many requests to fail

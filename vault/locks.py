@@ -101,7 +101,7 @@ def list_locks(backend: Backend) -> list[LockInfo]:
         try:
             if size > MAX_LOCK_BYTES:  # (a lock is ~200 bytes: a huge one is not read, only removable)
                 raise ValueError("oversized lock")
-            d = json.loads(backend.get(name))
+            d = json.loads(backend.get(name, 0, size))  # (as listed: a cut body is retried, not "malformed")
             info = LockInfo(name, str(d["host"]), int(d["pid"]), str(d.get("username", "")),
                             str(d.get("operation", "")), bool(d["exclusive"]), float(d["time"]),
                             float(d.get("refreshed", d["time"])), str(d.get("boot_id", "")), str(d.get("pid_ns", "")))

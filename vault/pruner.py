@@ -266,9 +266,9 @@ class Pruner:
 
     def _read_live(self, item: tuple[bytes, int, list[pack_mod.PackEntry]]) -> list | str:
         """The live blocks of one pack, authenticated; or a message when the pack is damaged (then kept)."""
-        pid, _size, live = item
+        pid, size, live = item
         try:
-            data = self.repo.backend.get(pack_name(pid))
+            data = self.repo.backend.get(pack_name(pid), 0, size)  # (as listed: a short body is caught)
             if pack_mod.pack_id(data) != pid:
                 return f"pack {pid.hex()[:16]} is damaged (content does not match its name): kept, not repacked"
             return [(e, self.repo.open_block(e, data[e.offset : e.offset + e.length])) for e in live]

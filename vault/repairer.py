@@ -173,7 +173,7 @@ class Repairer:
                                         "writes, and not every block it should hold could be salvaged; it is kept")
                     self._kept.append((pid, entries))
                 continue
-            data = self._read_pack_twice(pid)
+            data = self._read_pack_twice(pid, size)
             if data is None:
                 continue
             if hashlib.sha256(data).digest() == pid:  # intact: its header is what was written
@@ -227,13 +227,15 @@ class Repairer:
         block and its header; tree blocks given room): it is never read whole into memory (``_Ranges``)."""
         return self.repo.config.pack_size + self.repo.config.chunker.max_size + (256 << 20)
 
-    def _read_pack_twice(self, pid: bytes) -> bytes | None:
-        """The pack's bytes; read again when they do not match its name (a read can fail once)."""
+    def _read_pack_twice(self, pid: bytes, size: int) -> bytes | None:
+        """The pack's bytes; read again when they do not match its name (a read can fail once). Read as the
+        ``size`` bytes listed: a store that sends a shorter body, even with a Content-Length that agrees, is
+        caught (TruncatedResponse: retried, never damage) -- its blocks past the cut were counted lost."""
         data = None
         for _ in range(2):
             try:
                 data = None  # (one copy in memory at a time)
-                data = self.repo.backend.get(pack_name(pid))
+                data = self.repo.backend.get(pack_name(pid), 0, size)
             except ObjectNotFound:
                 return None
             if hashlib.sha256(data).digest() == pid:
@@ -546,7 +548,7 @@ class Repairer:
                 self.repo.backend.put("config", self.repo.config.encode(), overwrite=True)
                 self.repo.config_problem = None
         for name, info in self.repo.list_keys():
-            if info is None and name != self.repo.key_name:
+            if info is None and name != self.repo.key_name and self.repo.slot_malformed(name):
                 self.report.warnings.append(f"{name}: malformed key slot " + ("would be removed" if self.dry_run
                                                                              else "removed"))
                 if not self.dry_run:

@@ -34,7 +34,7 @@ from .chunker import Chunker, ChunkerParams
 from .compress import compress, decompress, decompress_into
 from .crypto import Cipher, KdfParams, MasterKeys, block_id
 from .errors import (IntegrityError, ObjectExists, ObjectNotFound, PermanentError, RepositoryExists,
-                     RepositoryNotFound, VaultError, VaultWarning, WrongPassword)
+                     RepositoryNotFound, TruncatedResponse, VaultError, VaultWarning, WrongPassword)
 from .keys import ForeignSlot, make_slot, open_slot, slot_info
 from .model import Snapshot, Tree, format_time
 
@@ -102,13 +102,13 @@ def _stored_config(backend: Backend) -> tuple[RepoConfig | None, str]:
     (they may hold a sealed copy); RepositoryNotFound when there is neither. A config of a format version this
     vault does not read stays an error."""
     try:
-        return RepoConfig.decode(backend.get("config")), ""
+        return _read_config(backend), ""
     except ObjectNotFound:  # no repository -- or one whose config was lost: the key slots may hold a copy
         problem, err = "config object is missing", None
     except IntegrityError as exc:
         problem, err = f"config object is damaged ({exc})", exc
-    try:
-        slots = next(iter(backend.list("keys/")), None)
+    try:  # (key slots only: a "keys/" folder marker or a note there is no repository's)
+        slots = next(iter(_slots(backend)), None)
     except (ObjectNotFound, PermanentError):  # (no such bucket, no permission to list)
         slots = None
     if slots is None:
@@ -116,6 +116,24 @@ def _stored_config(backend: Backend) -> tuple[RepoConfig | None, str]:
             raise err
         raise RepositoryNotFound(f"no repository at {backend.location} (run 'vault init' to create one)")
     return None, problem
+
+
+def _read_config(backend: Backend) -> RepoConfig:
+    """The config object, read again when it does not decode: damage reads back the same each time, while a
+    store or network that cut the body short (even with a Content-Length that agrees) sends other bytes --
+    TruncatedResponse then, never "damaged" (its sealed copy would be used, and 'repair' write it back)."""
+    seen, problem = set(), None
+    for _ in range(3):
+        raw = backend.get("config")
+        try:
+            return RepoConfig.decode(raw)
+        except IntegrityError as exc:
+            seen.add(hashlib.sha256(raw).digest())
+            problem = exc
+    if len(seen) > 1:
+        raise TruncatedResponse("config: read 3 times, other bytes each time, none a whole config: the store or the "
+                                "network does not return it whole")
+    raise problem
 
 
 def _slot_order(backend: Backend, listed: dict[str, int], first: str | None) -> Iterator[str]:
@@ -134,7 +152,7 @@ def _slot_order(backend: Backend, listed: dict[str, int], first: str | None) -> 
         cost = 0  # (unreadable, too large or malformed: tried first, it fails at once)
         if size <= MAX_SLOT:
             try:
-                kdf = KdfParams.from_json(slot_info(backend.get(name))["kdf"])
+                kdf = KdfParams.from_json(slot_info(backend.get(name, 0, size))["kdf"])
                 cost = _kdf_cost(kdf)
             except (IntegrityError, ObjectNotFound, ValueError, TypeError, OverflowError):
                 pass
@@ -266,7 +284,7 @@ class Repository:
             try:
                 if listed[name] > MAX_SLOT:
                     raise IntegrityError("key slot too large")
-                opened = open_slot(backend.get(name), password, repo_id)
+                opened = open_slot(backend.get(name, 0, listed[name]), password, repo_id)  # (as listed)
                 if opened is None:
                     continue
                 keys, sealed = opened[0], _sealed_config(opened[1], opened[2])
@@ -417,19 +435,35 @@ class Repository:
     def slots_opened_by(self, password: bytes) -> list[str]:
         """The names of the key slots this password opens (each costs one key derivation)."""
         out = []
-        for name, _ in _slots(self.backend):
+        for name, size in _slots(self.backend):
             try:
-                if open_slot(self.backend.get(name), password, self.id) is not None:
+                if open_slot(self.backend.get(name, 0, size), password, self.id) is not None:
                     out.append(name)
             except (IntegrityError, ObjectNotFound, ValueError, KeyError, TypeError):  # (ForeignSlot too)
                 continue  # malformed or gone: not this password's
         return out
 
+    def slot_malformed(self, name: str) -> bool:
+        """Whether key slot ``name`` (named by the SHA-256 of its bytes) is for sure no slot: its bytes read back
+        the same each time and either do not match its name or do not parse. Asked before one is deleted: a
+        store that cut a read short must never get a good slot removed (TruncatedResponse then)."""
+        try:
+            data = self._load_verified(name, name.rsplit("/", 1)[-1])
+        except IntegrityError:
+            return True
+        except ObjectNotFound:
+            return False
+        try:
+            slot_info(data)
+        except (IntegrityError, ValueError, TypeError):
+            return True
+        return False
+
     def list_keys(self) -> list[tuple[str, dict | None]]:
         out = []
-        for name, _ in _slots(self.backend):
-            try:
-                out.append((name, slot_info(self.backend.get(name))))
+        for name, size in _slots(self.backend):
+            try:  # (read as the size listed: a body cut short is retried, never called a malformed slot)
+                out.append((name, slot_info(self.backend.get(name, 0, size))))
             except (IntegrityError, ObjectNotFound):
                 out.append((name, None))
         return out
@@ -627,13 +661,22 @@ class Repository:
 
     def _load_verified(self, name: str, hex_id: str, limit: int | None = None) -> bytes:
         """The object, checked against its name; with ``limit``, at most that many bytes are read (a bigger
-        object -- junk named by its own hash -- is damage, never held whole)."""
-        data = self.backend.get(name) if limit is None else self.backend.get(name, 0, limit + 1)
-        if limit is not None and len(data) > limit:
-            raise IntegrityError(f"{name}: over {limit} bytes, not a snapshot manifest (damaged)")
-        if hashlib.sha256(data).hexdigest() != hex_id:
-            raise IntegrityError(f"{name}: content does not match its name (damaged)")
-        return data
+        object -- junk named by its own hash -- is damage, never held whole). Bytes that do not match are read
+        again: damage is what reads back the same each time; a store or network that sends other bytes each
+        time (a body cut short, even with a Content-Length that agrees) is TruncatedResponse, never damage."""
+        seen = set()
+        for _ in range(3):
+            data = self.backend.get(name) if limit is None else self.backend.get(name, 0, limit + 1)
+            if limit is not None and len(data) > limit:
+                raise IntegrityError(f"{name}: over {limit} bytes, not a snapshot manifest (damaged)")
+            digest = hashlib.sha256(data).hexdigest()
+            if digest == hex_id:
+                return data
+            seen.add(digest)
+        if len(seen) > 1:
+            raise TruncatedResponse(f"{name}: read 3 times, other bytes each time, none matching its name: the store "
+                                    "or the network does not return it whole")
+        raise IntegrityError(f"{name}: content does not match its name (damaged)")
 
 
 def _username() -> str:
