@@ -570,3 +570,16 @@ def test_a_lock_of_this_host_name_from_another_pid_namespace_is_judged_by_age(re
     old = time.time() - STALE_AFTER - 60
     put_lock(be, "f" * 32, pid=dead_pid(), boot_id=boot, pid_ns="4:1", time=old, refreshed=old)
     repo("--lock-wait", "0", "backup", src)
+
+
+def test_what_is_not_a_lock_under_locks_is_left_alone(repo, src):
+    """A note (or an S3 "folder" marker) under locks/ was read as a malformed lock, so stale, and deleted by
+    prune and unlock -- an object vault did not write. Only 32-hex names are locks."""
+    be = backend(repo)
+    (repo.repo / "locks").mkdir(exist_ok=True)
+    (repo.repo / "locks" / "README.txt").write_text("locks of the backup job live here\n")
+    repo("backup", src, "--lock-wait", "0")
+    repo("prune")
+    repo("unlock", "--remove-all")
+    assert (repo.repo / "locks" / "README.txt").read_text() == "locks of the backup job live here\n"
+    assert [n for n, _ in be.list("locks/")] == ["locks/README.txt"]

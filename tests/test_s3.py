@@ -628,3 +628,70 @@ def test_one_stop_signal_does_not_wait_for_a_stalled_upload(s3cli, moto_endpoint
     assert err.strip() == "vault: terminated", err
     assert count(s3cli, "locks/") == 0
     ok(run(s3cli, "backup", src))
+
+
+def test_aws_configuration_problems_and_archive_classes_are_one_line_errors(s3cli, tmp_path):
+    """A missing profile, half a key pair or a credential process that fails came out as 'internal error'; a
+    region like 'us east' was blamed on the endpoint; a pack in GLACIER read as 'access denied'. Now each is
+    one line naming what is wrong, and an archive class is refused before anything is written."""
+    s3cli("init", *FAST_INIT)
+    cases = [({"AWS_PROFILE": "no-such-profile"}, 1, "AWS configuration"),
+             ({"AWS_SECRET_ACCESS_KEY": ""}, 1, "AWS configuration"),
+             ({"AWS_DEFAULT_REGION": "us east"}, 2, "bad AWS region")]
+    for env, code, words in cases:
+        p = run(s3cli, "snapshots", **env)
+        assert p.returncode == code and words in p.stderr and "internal error" not in p.stderr, (env, p.stderr)
+        assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+    src = make_tree(tmp_path / "src", {"a": b"x"})
+    p = run(s3cli, "--s3-storage-class", "GLACIER", "backup", src)
+    assert p.returncode == 2 and "archive class" in p.stderr, p.stderr
+    assert json.loads(ok(run(s3cli, "--json", "snapshots")).stdout) == []
+
+
+def test_an_endpoint_that_only_redirects_is_a_one_line_error(s3cli, tmp_path):
+    """An http endpoint behind an http->https redirect (nginx, Traefik) answers every request with a 301 and no
+    bucket region: botocore's region redirector asked again and again until Python's recursion limit, and
+    vault said 'a directory tree nests more than 9,000 levels deep'."""
+    import http.server
+    import threading
+
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        def _answer(self):
+            body = b"<html><body>301 Moved Permanently</body></html>"
+            self.send_response(301)
+            self.send_header("Location", "https://127.0.0.1" + self.path)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _answer
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        for args in (["snapshots"], ["init", *FAST_INIT]):
+            p = run(s3cli, *args, timeout=120, VAULT_S3_ENDPOINT=url)
+            assert p.returncode == 1 and "redirect" in p.stderr and "levels deep" not in p.stderr, p.stderr
+            assert "internal error" not in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    finally:
+        server.shutdown()
+
+
+def test_folder_markers_are_no_objects_of_the_repository(s3cli):
+    """Zero-byte "folder" objects (the S3 console's "Create folder", rclone mkdir, s3fs): init refused a prefix
+    holding only its own marker ("not empty"), and a locks/ marker made prune and unlock fail with 'internal
+    error: invalid object name'."""
+    bucket, prefix, client = s3cli.bucket, s3cli.prefix, s3cli.client
+    client.create_bucket(Bucket=bucket)
+    client.put_object(Bucket=bucket, Key=f"{prefix}/", Body=b"")
+    s3cli("init", *FAST_INIT)
+    client.put_object(Bucket=bucket, Key=f"{prefix}/locks/", Body=b"")
+    for args in (["prune"], ["unlock"], ["--json", "verify"]):
+        ok(run(s3cli, *args))
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/locks/").get("Contents", [])}
+    assert keys == {f"{prefix}/locks/"}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import secrets
 import socket
 import threading
@@ -27,6 +28,7 @@ from .errors import ObjectNotFound, RepositoryLocked, VaultError
 class LockLost(VaultError):
     """Our lock vanished or went stale while we held it: stop before committing anything."""
 
+_LOCK_NAME = re.compile(r"locks/[0-9a-f]{32}")
 STALE_AFTER = 30 * 60.0
 MAX_LOCK_BYTES = 64 * 1024
 REFRESH_EVERY = 5 * 60.0
@@ -98,6 +100,8 @@ def _pid_alive(pid: int) -> bool:
 def list_locks(backend: Backend) -> list[LockInfo]:
     out = []
     for name, size in backend.list("locks/"):
+        if not _LOCK_NAME.fullmatch(name):  # (a note, a folder marker: not a lock; never judged or removed)
+            continue
         try:
             if size > MAX_LOCK_BYTES:  # (a lock is ~200 bytes: a huge one is not read, only removable)
                 raise ValueError("oversized lock")

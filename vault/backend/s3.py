@@ -31,9 +31,10 @@ from collections.abc import Iterator
 
 import boto3
 import botocore.config
-from botocore.exceptions import (BotoCoreError, ClientError, ConnectionError as BotoConnectionError,
-                                 FlexibleChecksumError, HTTPClientError, IncompleteReadError,
-                                 NoCredentialsError, PartialCredentialsError)
+from botocore.exceptions import (BotoCoreError, ClientError, ConfigParseError, ConnectionError as BotoConnectionError,
+                                 CredentialRetrievalError, FlexibleChecksumError, HTTPClientError,
+                                 IncompleteReadError, InvalidConfigError, InvalidRegionError, NoCredentialsError,
+                                 PartialCredentialsError, ProfileNotFound)
 
 from ..errors import (BackendError, CorruptResponse, ObjectExists, ObjectNotFound, PermanentError, TransientError,
                       TruncatedResponse, UsageError)
@@ -52,6 +53,8 @@ _TRANSIENT_CODES = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnava
                     "ThrottlingException", "RequestTimeTooSkewed", "OperationAborted", "BadDigest",
                     "IncompleteBody", "XAmzContentSHA256Mismatch", "InvalidDigest"}
 _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound", "NoSuchBucket"}
+#: Storage classes whose objects cannot be read without a restore request (vault reads packs at any time).
+_ARCHIVE_CLASSES = {"GLACIER", "DEEP_ARCHIVE"}
 _DENIED_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled",
                  "AccountProblem", "InvalidToken", "ExpiredToken", "403"}
 
@@ -84,6 +87,11 @@ def _checked_body(resp: dict, body: bytes, offset: int, length: int | None, what
     return body
 
 
+def _redirects(what: str) -> str:
+    return (f"S3 {what}: the endpoint answers with redirects that lead nowhere (HTTP 301/307 with no bucket region): "
+            "check its scheme (https://?) and the bucket's region")
+
+
 def _whole_pages(pages: Iterator[dict], what: str) -> Iterator[dict]:
     """The pages of a listing, each checked to be whole, the last one to say nothing more follows.
 
@@ -109,8 +117,15 @@ class S3Backend:
         if self.prefix:
             check_name(self.prefix)
         self.location = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+        if storage_class and storage_class.upper() in _ARCHIVE_CLASSES:
+            raise UsageError(f"--s3-storage-class {storage_class}: packs in an archive class cannot be read without "
+                             "a restore request first (restore, verify, prune and backup's deduplication read "
+                             "them); use STANDARD_IA, ONEZONE_IA or GLACIER_IR")
         self.storage_class = storage_class
-        session = boto3.session.Session()
+        try:
+            session = boto3.session.Session()
+        except BotoCoreError as exc:  # (ProfileNotFound, ConfigParseError...: the AWS configuration, not vault's)
+            raise PermanentError(f"AWS configuration: {exc}") from None
         config = botocore.config.Config(
             max_pool_connections=max(4, connections + 4),
             retries={"total_max_attempts": 1},  # RetryBackend retries, with backoff and jitter
@@ -126,9 +141,13 @@ class S3Backend:
         try:
             self._s3 = session.client("s3", endpoint_url=endpoint or None, config=config,
                                       region_name=region or session.region_name or "us-east-1")
+        except InvalidRegionError as exc:
+            raise UsageError(f"bad AWS region: {exc}") from None
         except ValueError as exc:  # botocore: "Invalid endpoint: not-a-url"
             raise UsageError(f"bad S3 endpoint {endpoint!r}: use a URL such as https://s3.example.com "
                              f"({exc})") from None
+        except BotoCoreError as exc:  # (a profile, a config file or a credential process that fails)
+            raise PermanentError(f"AWS configuration: {exc}") from None
         self._conditional = True  # If-None-Match supported until the store says otherwise
         self._lock = threading.Lock()
 
@@ -157,16 +176,29 @@ class S3Backend:
                 raise ObjectExists(f"object already exists: {what}") from None
             if code in _TRANSIENT_CODES or status in (408, 429) or status >= 500:
                 raise TransientError(f"S3 {what}: {status} {code}: {msg}") from None
+            if code == "InvalidObjectState":
+                raise PermanentError(f"S3 {what}: the object is in an archive storage class (GLACIER, DEEP_ARCHIVE): "
+                                     "it cannot be read until restored; keep vault's packs in a class that can be "
+                                     "read at once") from None
             if code in _DENIED_CODES or status == 403:
                 raise PermanentError(f"S3 access denied for {what}: {msg} (check the credentials and the "
                                      "bucket policy)") from None
             raise BackendError(f"S3 {what}: {status} {code}: {msg}") from None
-        except (NoCredentialsError, PartialCredentialsError):
+        except NoCredentialsError:
             raise PermanentError("no AWS credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
                                  "~/.aws/credentials or an instance role") from None
+        except (PartialCredentialsError, CredentialRetrievalError, ProfileNotFound, ConfigParseError,
+                InvalidConfigError) as exc:
+            raise PermanentError(f"AWS configuration: {exc}") from None
+        except RecursionError:  # botocore's region redirector asking again and again (a 301 with no region)
+            raise PermanentError(_redirects(what)) from None
         except FlexibleChecksumError as exc:  # a body failing the store's checksum: retried, then damage
             raise CorruptResponse(f"S3 {what}: {exc}") from None
-        except (BotoConnectionError, HTTPClientError, IncompleteReadError) as exc:
+        except HTTPClientError as exc:
+            if "maximum recursion depth" in str(exc):  # (the same, met inside the HTTP client)
+                raise PermanentError(_redirects(what)) from None
+            raise TransientError(f"S3 {what}: {exc}") from None
+        except (BotoConnectionError, IncompleteReadError) as exc:
             # ConnectionError: refused, connect timeout; HTTPClientError: read timeout, connection closed or
             # reset before the response (ConnectionClosedError) or inside its body (ResponseStreamingError);
             # a short body: all worth a retry
@@ -284,6 +316,8 @@ class S3Backend:
         with self._errors("LIST", prefix):
             for page in _whole_pages(pages, f"LIST {self.location}/{prefix}"):
                 for obj in page.get("Contents", []):
+                    if obj["Key"].endswith("/"):  # a "folder" marker (S3 consoles, rclone mkdir): no object of ours
+                        continue
                     yield obj["Key"][len(base):], int(obj["Size"])
 
     def delete(self, name: str) -> None:
