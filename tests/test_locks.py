@@ -583,3 +583,17 @@ def test_what_is_not_a_lock_under_locks_is_left_alone(repo, src):
     repo("unlock", "--remove-all")
     assert (repo.repo / "locks" / "README.txt").read_text() == "locks of the backup job live here\n"
     assert [n for n, _ in be.list("locks/")] == ["locks/README.txt"]
+
+
+def test_a_store_that_does_not_carry_out_deletes_neither_fakes_a_forget_nor_locks_out_its_own_prune(repo, src,
+                                                                                                   monkeypatch):
+    """A store that answers 204 to a DELETE and keeps the object: 'forget' said 'forgot 2 snapshot(s)' while
+    all were still there, and 'forget --prune' waited for the forget's own lock (never deleted) and gave up:
+    exit 11, 'locked by forget (pid <its own>)'. The forget now says the store still lists them, and a lock of
+    this very process that it no longer holds is no conflict."""
+    for i in range(3):
+        repo("backup", src, "--time", f"2026-01-0{i + 1}T10:00:00Z")
+    monkeypatch.setattr(LocalBackend, "delete", lambda self, name: None)
+    res = repo("forget", "--keep-last", "1", "--prune", "--lock-wait", "0")
+    assert "still lists 2 of the snapshots" in res.err and "forgot 0 snapshot(s)" in res.out, (res.out, res.err)
+    assert snapshot_count(repo) == 3

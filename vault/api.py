@@ -522,9 +522,10 @@ class ForgetResult:
     dry_run: bool
     prune: PruneReport | None
     requests: dict
+    still_listed: list[str] = dataclasses.field(default_factory=list)  # deleted, yet listed again after
 
     def to_json(self) -> dict:
-        return {"dry_run": self.dry_run, "removed": self.removed,
+        return {"dry_run": self.dry_run, "removed": self.removed, "still_listed": self.still_listed,
                 "groups": [{"key": g.key, "keep": [d.snapshot.id for d in g.decisions if d.keep],
                             "remove": [d.snapshot.id for d in g.decisions if not d.keep],
                             "decisions": [{"id": d.snapshot.id, "short_id": d.snapshot.short_id,
@@ -559,6 +560,7 @@ def forget(settings: Settings, password: PasswordFn, ids: list[str], policy: Pol
                          "(e.g. --keep-daily 7 --keep-weekly 5, or name snapshots)")
     if policy is not None and policy.is_empty() and not ids:
         raise UsageError("no --keep-* option given: refusing to forget every snapshot (e.g. --keep-daily 7)")
+    still: list[str] = []
     with session(settings, password, lock=None if dry_run else "shared", operation="forget") as sess:
         snaps = [s for s in sess.catalog.snapshots() if flt.matches(s)]
         if ids:
@@ -579,12 +581,14 @@ def forget(settings: Settings, password: PasswordFn, ids: list[str], policy: Pol
                 sess.repo.delete_snapshot(sid)
             if removed:
                 sess.catalog.sync(sess.repo)
+                # (a store that acknowledges a DELETE and keeps the object: said, not reported as forgotten)
+                still = sorted(set(removed) & {s.id for s in sess.catalog.snapshots()})
         requests = sess.requests()
     report = None
     if prune is not None:
         extra = {"dry_run": dry_run, "ignore_snapshots": tuple(removed) if dry_run else ()}
         report, requests = prune_repository(settings, password, PruneOptions(**{**prune.__dict__, **extra}), log)
-    return ForgetResult(groups, removed, dry_run, report, requests)
+    return ForgetResult(groups, [s for s in removed if s not in still], dry_run, report, requests, still)
 
 
 def prune_repository(settings: Settings, password: PasswordFn, opts: PruneOptions,

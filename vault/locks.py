@@ -67,6 +67,8 @@ class LockInfo:
             return True
         if self.pid_ns and pid_ns and self.pid_ns != pid_ns:
             return False
+        if self.pid == os.getpid():  # this process's: one it released whose delete the store did not carry out
+            return self.name not in {lk._name for lk in list(_live)}  # (or a dead one's, its pid now ours)
         return not _pid_alive(self.pid)
 
 

@@ -132,6 +132,10 @@ def forget(snapshots, keep_last, keep_hourly, keep_daily, keep_weekly, keep_mont
     res = api.forget(c.settings, c.password_fn(), list(snapshots), None if snapshots else policy,
                      api.SnapshotFilter(list(hosts), list(tags), list(paths)), group_by, dry_run,
                      PruneOptions(max_unused=max_unused) if do_prune else None, log=c.err if c.verbose else _quiet)
+    if res.still_listed:
+        c.err(f"vault: warning: the store still lists {len(res.still_listed)} of the snapshots it was told to delete "
+              f"({' '.join(s[:8] for s in res.still_listed)}): it acknowledged the deletes but did not carry them "
+              "out, or its listing is not up to date yet; run 'vault forget' again later")
     if c.json:
         c.emit_json(res.to_json())
         return
