@@ -695,3 +695,56 @@ def test_folder_markers_are_no_objects_of_the_repository(s3cli):
         ok(run(s3cli, *args))
     keys = {o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/locks/").get("Contents", [])}
     assert keys == {f"{prefix}/locks/"}
+
+
+def test_credentials_scoped_to_the_prefix_can_init(s3cli, moto_endpoint, tmp_path):
+    """operations.md asks for credentials that can list, get, put and delete objects under the prefix. With
+    such a policy (s3:ListBucket only with an s3:prefix condition) AWS answers HeadBucket with 403, and init,
+    the one command that asked, failed: 'access denied for HEAD-BUCKET'."""
+    import http.client
+    import http.server
+    import threading
+
+    up = moto_endpoint.removeprefix("http://")
+
+    class Forward(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _answer(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if self.command == "HEAD" and self.path.strip("/") == s3cli.bucket:
+                self.send_response(403)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            conn = http.client.HTTPConnection(up, timeout=30)
+            conn.request(self.command, self.path, body=body, headers=dict(self.headers))
+            resp = conn.getresponse()
+            data = resp.read()
+            self.send_response(resp.status)
+            for k, v in resp.getheaders():
+                if k.lower() not in ("content-length", "transfer-encoding", "connection"):
+                    self.send_header(k, v)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+            conn.close()
+
+        do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _answer
+
+        def log_message(self, *args):
+            pass
+
+    s3cli.client.create_bucket(Bucket=s3cli.bucket)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Forward)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        via = {"VAULT_S3_ENDPOINT": f"http://127.0.0.1:{server.server_address[1]}"}
+        ok(run(s3cli, "init", *FAST_INIT, **via))
+        assert run(s3cli, "init", *FAST_INIT, **via).returncode == 1  # (an existing one is still refused)
+    finally:
+        server.shutdown()
+    src = make_tree(tmp_path / "src", {"a": b"scoped"})
+    ok(run(s3cli, "backup", src))
+    assert len(json.loads(ok(run(s3cli, "--json", "snapshots")).stdout)) == 1

@@ -325,21 +325,28 @@ class S3Backend:
         with self._errors("DELETE", name):
             self._s3.delete_object(Bucket=self.bucket, Key=key)
 
-    def exists_store(self) -> bool:
+    def _bucket_exists(self) -> bool | None:
+        """Whether the bucket exists; None when the credentials may not ask (HeadBucket needs s3:ListBucket on
+        the bucket, which a policy scoped to the prefix with an ``s3:prefix`` condition does not grant)."""
         try:
             with self._errors("HEAD-BUCKET", ""):
                 self._s3.head_bucket(Bucket=self.bucket)
+            return True
         except ObjectNotFound:
+            return False
+        except PermanentError as exc:
+            if "access denied" in str(exc):
+                return None
+            raise
+
+    def exists_store(self) -> bool:
+        if self._bucket_exists() is False:
             return False
         return self.exists("config")
 
     def create_store(self) -> None:
-        try:
-            with self._errors("HEAD-BUCKET", ""):
-                self._s3.head_bucket(Bucket=self.bucket)
+        if self._bucket_exists() is not False:  # (may not ask: then it exists, or the first write says so)
             return
-        except ObjectNotFound:
-            pass
         region = self._s3.meta.region_name
         args = {"Bucket": self.bucket}
         if region and region != "us-east-1":
