@@ -748,3 +748,20 @@ def test_credentials_scoped_to_the_prefix_can_init(s3cli, moto_endpoint, tmp_pat
     src = make_tree(tmp_path / "src", {"a": b"scoped"})
     ok(run(s3cli, "backup", src))
     assert len(json.loads(ok(run(s3cli, "--json", "snapshots")).stdout)) == 1
+
+
+def test_a_prefix_with_spaces_and_other_characters_keys_may_hold(s3cli, tmp_path):
+    """s3://bucket/backups/Server 1 (or a+b, host@site, ünï) was refused as 'malformed repository URL': the
+    prefix had to pass the format's own object-name rules. Any character S3 keys take is allowed now, except
+    control characters and URL syntax (? #); every key stays below PREFIX/."""
+    prefix = "backups/Server 1+ünï@site"
+    cli = Cli(s3cli.capfd, f"s3://{s3cli.bucket}/{prefix}", tmp_path / "cache2")
+    src = make_tree(tmp_path / "src", {"a": b"spaced"})
+    cli("init", *FAST_INIT)
+    cli("backup", src)
+    cli("restore", "latest", "--target", tmp_path / "r")
+    assert_trees_equal(src, restored(tmp_path / "r", src))
+    keys = [o["Key"] for o in s3cli.client.list_objects_v2(Bucket=s3cli.bucket).get("Contents", [])]
+    assert keys and all(k.startswith(prefix + "/") for k in keys), keys
+    for bad in ("x?y", "a/../b", "a#b"):
+        assert cli.proc("--repo", f"s3://{s3cli.bucket}/{bad}", "snapshots").returncode == 2

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 
-from vault.backend.base import Backend, check_name
+from vault.backend.base import Backend, check_name, check_prefix
 from vault.backend.counting import CountingBackend
 from vault.backend.local import LocalBackend
 from vault.backend.memory import MemoryBackend
@@ -70,7 +70,7 @@ def parse_url(url: str) -> tuple[str, str]:
         raise UsageError(f"malformed repository URL {url!r}: expected s3://BUCKET[/PREFIX]")
     if prefix:
         try:
-            check_name(prefix)
+            check_prefix(prefix)
         except ValueError:
             raise UsageError(f"malformed repository URL {url!r}: invalid prefix {prefix!r}") from None
     return "s3", f"{bucket}/{prefix}" if prefix else bucket

@@ -42,6 +42,25 @@ def check_name(name: str) -> str:
     return name
 
 
+def check_prefix(prefix: str) -> str:
+    """Return an S3 ``PREFIX`` if it is usable, else raise ValueError: components separated by ``/``, none empty,
+    ``.`` or ``..``, no control characters, ``?`` or ``#`` (URL syntax); any other character S3 keys take is
+    allowed (``backups/Server 1``, ``a+b``, ``host@site``, ``ünï``): the prefix is the user's, not an object name
+    of the format, and boto3 encodes it."""
+    if not isinstance(prefix, str) or not prefix or prefix.startswith("/"):
+        raise ValueError(f"invalid prefix {prefix!r}")
+    for part in prefix.split("/"):
+        if part in ("", ".", "..") or any(c < " " or c in "\x7f?#" for c in part):
+            raise ValueError(f"invalid prefix {prefix!r}")
+    if len(prefix.encode("utf-8", "surrogateescape")) > 512:  # (a key is at most 1,024 bytes: room for names)
+        raise ValueError(f"invalid prefix {prefix!r}: longer than 512 bytes")
+    try:
+        prefix.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"invalid prefix {prefix!r}: not UTF-8") from None
+    return prefix
+
+
 def confirmed_size(backend: "Backend", name: str, expected: int | None = None, tries: int = 4) -> int:
     """``backend.size(name)``, asked again while it disagrees with ``expected``: an S3 head cut inside its
     Content-Length value (which stores send last) reads as a smaller number with nothing to show the cut, so a

@@ -38,7 +38,7 @@ from botocore.exceptions import (BotoCoreError, ClientError, ConfigParseError, C
 
 from ..errors import (BackendError, CorruptResponse, ObjectExists, ObjectNotFound, PermanentError, TransientError,
                       TruncatedResponse, UsageError)
-from .base import STORE_CONTENT, check_name, exists_by_size
+from .base import STORE_CONTENT, check_name, check_prefix, exists_by_size
 from .retry import retry_transient
 
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
@@ -115,7 +115,7 @@ class S3Backend:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         if self.prefix:
-            check_name(self.prefix)
+            check_prefix(self.prefix)
         self.location = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
         if storage_class and storage_class.upper() in _ARCHIVE_CLASSES:
             raise UsageError(f"--s3-storage-class {storage_class}: packs in an archive class cannot be read without "
