@@ -25,12 +25,27 @@ import signal
 import threading
 import time
 import traceback
+import warnings
 from collections.abc import Callable
 from multiprocessing.connection import Connection, Pipe, wait
 from typing import Any
 
 from . import stopsignals
 from .errors import VaultError
+
+# Python 3.12+ warns at every os.fork() while other threads run (the lock refresher and the upload threads
+# do), a line on stderr whenever warnings are shown (python -W default, PYTHONWARNINGS, -X dev, pytest). The
+# children here are made safe for it: vault's own locks are taken around the fork (register_at_fork in locks,
+# catalog), stop signals are held over it (stopsignals), and a child builds its own backend (no connection,
+# socket or SQLite handle of the parent is used) and never starts threads of the parent's pools. So that
+# warning is silenced for these forks (``_fork``), not for others.
+_FORK_WARNING = r"This process \(pid=\d+\) is multi-threaded, use of fork\(\) may lead to deadlocks"
+
+
+def _fork() -> int:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_FORK_WARNING, category=DeprecationWarning)
+        return os.fork()
 
 
 def available() -> bool:
@@ -150,7 +165,7 @@ class ForkPool:
                 pid = -1
                 try:
                     with stopsignals.held():  # (the at-fork callbacks run Python code: see stopsignals)
-                        pid = os.fork()
+                        pid = _fork()
                 finally:
                     if pid != 0:
                         signal.pthread_sigmask(signal.SIG_SETMASK, old)
