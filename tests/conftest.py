@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -18,6 +19,12 @@ from vault.cli.main import main
 
 PASSWORD = "correct horse battery staple"
 FAST_INIT = ["--kdf-memory", "1", "--kdf-iterations", "1"]
+
+
+# A suite started from a non-interactive shell in the background (`nohup .ci/run &`) inherits SIGINT ignored, and
+# so would every vault the tests start: the Ctrl-C tests then saw no interruption. Python's own handler here
+# makes the children start with the default action again (an ignored signal stays ignored across exec).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)

@@ -192,3 +192,22 @@ def test_a_directory_wider_than_the_pending_limit_then_small_files(repo, tmp_pat
     assert res.json["files_new"] == 42
     r = _restore(repo, tmp_path) / src.relative_to("/")
     assert (r / "c" / "y").read_bytes() == b"one" and (r / "b" / "f039").read_bytes() == b"39"
+
+
+def test_a_tree_deeper_than_the_limit_is_refused_at_that_depth(repo, tmp_path, monkeypatch):
+    """format.md: trees nesting deeper than 9,000 levels are refused by backup with one line. The refusal was
+    Python's recursion limit, wherever it fell: 9,001 levels backed up. Checked at the depth itself now
+    (DEEPEST lowered here, so the test stays quick)."""
+    from vault import archiver
+
+    monkeypatch.setattr(archiver, "DEEPEST", 40)
+    root = tmp_path / "deep"
+    path = os.fsencode(root)
+    os.mkdir(path)
+    for _ in range(40 - len(root.parts)):  # the deepest at level 39 (/ is level 0)
+        path += b"/d"
+        os.mkdir(path)
+    repo("backup", root)
+    os.mkdir(path + b"/d")  # one level more
+    res = repo("backup", root, ok=1)
+    assert "levels deep" in res.err and len(res.err.strip().splitlines()) == 1, res.err
