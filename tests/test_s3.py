@@ -765,3 +765,30 @@ def test_a_prefix_with_spaces_and_other_characters_keys_may_hold(s3cli, tmp_path
     assert keys and all(k.startswith(prefix + "/") for k in keys), keys
     for bad in ("x?y", "a/../b", "a#b"):
         assert cli.proc("--repo", f"s3://{s3cli.bucket}/{bad}", "snapshots").returncode == 2
+
+
+def test_one_stop_signal_does_not_wait_for_a_stalled_upload_of_a_copy(s3cli, moto_endpoint, tmp_path):
+    """The same for `copy` to a store that stalls: it waited for the upload's retries before exiting."""
+    import signal
+
+    s3cli("init", *FAST_INIT)
+    local = Cli(s3cli.capfd, tmp_path / "local", tmp_path / "local-cache")
+    local("init", *FAST_INIT)
+    local("backup", random_tree(tmp_path / "src", seed=10, files=3, size=2 * MiB))
+    stalled = lambda method, target: method == "PUT" and "/data/" in target  # noqa: E731
+    proxy = FaultProxy(moto_endpoint, seed=5, latency_rate=1.0, latency=(60, 60), match=stalled)
+    try:
+        p = popen(s3cli, "--repo", local.repo, "copy", "--to", s3cli.repo, VAULT_S3_ENDPOINT=proxy.url)
+        deadline = time.monotonic() + 60
+        while proxy.counts["latency"] < 1 and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert p.poll() is None and proxy.counts["latency"] >= 1, "no upload was held"
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=120)
+        took = time.monotonic() - t0
+    finally:
+        proxy.stop()
+    assert p.returncode == 143 and took < 15, (p.returncode, round(took, 1), err)
+    assert count(s3cli, "locks/") == 0
+    ok(run(s3cli, "--repo", local.repo, "copy", "--to", s3cli.repo))

@@ -664,6 +664,9 @@ def repair(settings: Settings, password: PasswordFn, what: str = "all", read_dat
                 log("repair: rewriting snapshots that still reference lost data")
                 rep.repair_snapshots()
             rep.still_missing()
+        except KeyboardInterrupt:  # (Ctrl-C, SIGTERM: an upload that gets no answer is not waited for)
+            rep.close(wait=False)
+            raise
         finally:
             rep.close()
         verify_report = None

@@ -223,37 +223,44 @@ class Copier:
         # now as well, the destination would hold it twice)
         present |= set().union(*(s.copy_keys() for s in self.dst_cat.lost_snapshots()))
         packer = PackWriter(self.dst, self._on_pack, uploaders=self._uploaders)
+        pool = ThreadPoolExecutor(max_workers=self.workers)
+        stopped = False
         try:
-            with ThreadPoolExecutor(max_workers=self.workers) as pool:
-                for snap in sorted(snaps, key=lambda s: (s.time, s.id)):
-                    if snap.copy_keys() & present:
-                        self.report.skipped.append(snap.id)
-                        continue
-                    self.log(f"copying snapshot {snap.short_id} ({snap.host}: {' '.join(snap.paths)})")
-                    try:
-                        root = self._copy_tree(snap.tree, packer, pool)
-                    except IntegrityError as exc:  # say which snapshot (those before it are copied)
-                        raise IntegrityError(f"snapshot {snap.short_id}: {exc}; the snapshots before it are "
-                                             "copied ('vault verify' names the damage)") from None
-                    packer.flush()
-                    self._checkpoint()
-                    new = Snapshot(time=snap.time, host=snap.host, paths=list(snap.paths), tree=root,
-                                   tags=list(snap.tags), username=snap.username, parent=None,
-                                   summary={**moved_summary(snap.summary, snap.tree, root), "copied_from": snap.id,
-                                            "origin": snap.origin})
-                    if self._copied_meanwhile(snap.copy_keys()):  # (its data stays unused: prune removes it)
-                        self.report.skipped.append(snap.id)
-                        continue
-                    sid = self.dst.commit_snapshot(new, before_commit, "copy")
-                    if self._copied_meanwhile(snap.copy_keys(), sid, root):
-                        self.report.skipped.append(snap.id)
-                        continue
-                    self._dst_ids.add(sid)
-                    self.dst_cat.add_snapshot(new)
-                    self.dst_cat.copy_tree_put(self._tree_pairs, self._epoch)  # every block below them indexed now
-                    self._tree_pairs = []
-                    self.report.copied.append((snap.id, new.id))
+            for snap in sorted(snaps, key=lambda s: (s.time, s.id)):
+                if snap.copy_keys() & present:
+                    self.report.skipped.append(snap.id)
+                    continue
+                self.log(f"copying snapshot {snap.short_id} ({snap.host}: {' '.join(snap.paths)})")
+                try:
+                    root = self._copy_tree(snap.tree, packer, pool)
+                except IntegrityError as exc:  # say which snapshot (those before it are copied)
+                    raise IntegrityError(f"snapshot {snap.short_id}: {exc}; the snapshots before it are "
+                                         "copied ('vault verify' names the damage)") from None
+                packer.flush()
+                self._checkpoint()
+                new = Snapshot(time=snap.time, host=snap.host, paths=list(snap.paths), tree=root,
+                               tags=list(snap.tags), username=snap.username, parent=None,
+                               summary={**moved_summary(snap.summary, snap.tree, root), "copied_from": snap.id,
+                                        "origin": snap.origin})
+                if self._copied_meanwhile(snap.copy_keys()):  # (its data stays unused: prune removes it)
+                    self.report.skipped.append(snap.id)
+                    continue
+                sid = self.dst.commit_snapshot(new, before_commit, "copy")
+                if self._copied_meanwhile(snap.copy_keys(), sid, root):
+                    self.report.skipped.append(snap.id)
+                    continue
+                self._dst_ids.add(sid)
+                self.dst_cat.add_snapshot(new)
+                self.dst_cat.copy_tree_put(self._tree_pairs, self._epoch)  # every block below them indexed now
+                self._tree_pairs = []
+                self.report.copied.append((snap.id, new.id))
+        except KeyboardInterrupt:  # (Ctrl-C, SIGTERM)
+            stopped = True
+            raise
         finally:
-            packer.close()
+            # stopped: a read or upload that gets no answer (a stalled store: minutes of retries) is not waited
+            # for -- a pack that lands names nothing and is adopted by the next copy; the CLI exits without it
+            pool.shutdown(wait=not stopped, cancel_futures=True)
+            packer.close(wait=not stopped)
         self.report.duration_s = time.monotonic() - t0
         return self.report

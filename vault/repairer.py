@@ -132,9 +132,12 @@ class Repairer:
         self._written.add(self.repo.save_index(index_mod.from_packs(packs, supersedes)))
         self.report.segments_written += 1
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
+        """Stop the uploads; ``wait=False`` (the command was stopped): those under way are not waited for (a
+        pack that lands names nothing: adopted or removed later). Idempotent."""
         if self._packer is not None:
-            self._packer.close()
+            packer, self._packer = self._packer, None
+            packer.close(wait=wait)
 
     # --- index ----------------------------------------------------------------------------------------
     def repair_index(self) -> None:
