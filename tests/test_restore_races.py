@@ -91,3 +91,25 @@ def test_directory_and_symlink_metadata_still_restored(repo, tmp_path):
         os.chmod(src / "ro", 0o755)
         if (tmp_path / "r").exists():
             os.chmod(_target_of(tmp_path / "r", src) / "ro", 0o755)
+
+
+def test_entries_a_file_system_gives_another_owner_still_get_their_metadata(repo, tmp_path, monkeypatch):
+    """On vfat or cifs mounted with uid=, or NFS squashing root, a new entry's owner is not this euid: the check
+    that the entry is still the one made compared with the euid, and every symlink and fifo was left without
+    its mode and mtime ('replaced while the restore ran'). It compares with the owner the entry was made with.
+    (Here the euid is made to differ instead of the owner.)"""
+    src = make_tree(tmp_path / "src", {"d": {"f": b"x"}, "link": Symlink("d/f")})
+    os.mkfifo(src / "fifo", 0o640)
+    os.utime(src / "fifo", ns=(1_500_000_000_000_000_000, 1_500_000_000_000_000_000))
+    os.utime(src / "link", ns=(1_500_000_000_000_000_001,) * 2, follow_symlinks=False)
+    os.chmod(src / "d", 0o750)
+    repo("backup", src)
+    monkeypatch.setattr(os, "geteuid", lambda: 4321)
+    r = tmp_path / "r"
+    res = repo("-v", "restore", "latest", "--target", r)
+    monkeypatch.undo()
+    dst = _target_of(r, src)
+    for name in ("fifo", "link", "d"):
+        a, b = os.lstat(src / name), os.lstat(dst / name)
+        assert (stat.S_IMODE(b.st_mode), b.st_mtime_ns) == (stat.S_IMODE(a.st_mode), a.st_mtime_ns), name
+    assert "replaced" not in res.err

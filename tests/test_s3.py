@@ -792,3 +792,24 @@ def test_one_stop_signal_does_not_wait_for_a_stalled_upload_of_a_copy(s3cli, mot
     assert p.returncode == 143 and took < 15, (p.returncode, round(took, 1), err)
     assert count(s3cli, "locks/") == 0
     ok(run(s3cli, "--repo", local.repo, "copy", "--to", s3cli.repo))
+
+
+def test_a_gateway_that_cuts_every_read_at_the_same_point_is_no_damage(s3cli, moto_endpoint, tmp_path):
+    """A cut that repeats byte for byte (a cache that always sends the first half) read the same three times,
+    so it was taken for damage: verify exit 20, and repair wrote 'repaired' snapshots with an empty tree, which
+    `restore latest` then picked. What reads back the same but fails its check is damage only when it is as
+    long as the object the store holds."""
+    s3cli("init", *FAST_INIT)
+    src = random_tree(tmp_path / "src", seed=11, files=3, size=300_000, small=10)
+    ok(run(s3cli, "backup", src))
+    before = json.loads(ok(run(s3cli, "--json", "snapshots")).stdout)
+    cut = lambda m, t: m == "GET" and ("/index/" in t or t.split("?")[0].endswith("/config"))  # noqa: E731
+    with FaultProxy(moto_endpoint, seed=14, shortbody_rate=1.0, max_consecutive=10_000, match=cut) as proxy:
+        via = {"VAULT_S3_ENDPOINT": proxy.url, "VAULT_CACHE_DIR": str(tmp_path / "cold")}
+        v = run(s3cli, "verify", **via)
+        r = run(s3cli, "repair", **via)
+        assert proxy.counts["shortbody"] >= 3, proxy.counts
+    assert v.returncode == 1 and "does not return it whole" in v.stderr, (v.returncode, v.stderr[-600:])
+    assert r.returncode == 1, (r.returncode, r.stdout[-600:], r.stderr[-600:])
+    assert json.loads(ok(run(s3cli, "--json", "snapshots")).stdout) == before
+    assert json.loads(ok(run(s3cli, "--json", "verify")).stdout)["ok"] is True

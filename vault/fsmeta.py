@@ -187,14 +187,16 @@ def apply_metadata(fd: int, node: Node, mode_set: bool = False, owner_set: bool 
 _BY_DESCRIPTOR = hasattr(os, "O_PATH") and os.path.isdir("/proc/self/fd")
 
 
-def apply_metadata_at(dir_fd: int, name: bytes, node: Node, expect: tuple[int, int] | None = None) -> list[str]:
+def apply_metadata_at(dir_fd: int, name: bytes, node: Node, owner: int | None = None) -> list[str]:
     """The same for the directory, symlink, fifo or device node ``name`` in the directory open as ``dir_fd``
     (which may be an O_PATH descriptor), set on exactly the entry checked, never on whatever the name leads to by
-    the time each call is made: the entry is opened (O_PATH, no symlink followed) and must be of ``node``'s type;
-    a directory the one ``expect`` (its (dev, ino) when the restore made or found it) says, any other entry one
-    this process has just made (its own, one link). Else it is left alone, with a problem: someone who may write
-    the directory above could have put a hardlink to a file of theirs under that name, which root would
-    otherwise give the snapshot's owner and mode (a setgid program of their own)."""
+    the time each call is made: the entry is opened (O_PATH, no symlink followed) and must be of ``node``'s type
+    and still have the owner ``owner`` it had when the restore made or found it (default: this process's
+    euid); an entry other than a directory must have one link. Else it is left alone, with a problem: someone
+    who may write the directory above could have put a hardlink to a file of theirs under that name (or a
+    directory of theirs), which root would otherwise give the snapshot's owner and mode (a setgid program of
+    their own). The inode number is not compared: FUSE and overlayfs may give a directory another one when its
+    inode was evicted during a long restore."""
     if not _BY_DESCRIPTOR:
         return _apply_by_name(dir_fd, name, node)
     flags = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_DIRECTORY if node.type == DIR else 0)
@@ -206,10 +208,8 @@ def apply_metadata_at(dir_fd: int, name: bytes, node: Node, expect: tuple[int, i
         return [f"metadata not set: {exc.strerror or exc}"]
     try:
         st = os.fstat(fd)
-        if node.type == DIR:
-            same = expect is None or (st.st_dev, st.st_ino) == expect
-        else:
-            same = node_type(st.st_mode) == node.type and st.st_nlink == 1 and st.st_uid == os.geteuid()
+        same = (node_type(st.st_mode) == node.type and st.st_uid == (os.geteuid() if owner is None else owner)
+                and (node.type == DIR or st.st_nlink == 1))
         if not same:
             return ["metadata not set: replaced while the restore ran"]
         return _apply_through(fd, node)

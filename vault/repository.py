@@ -133,7 +133,20 @@ def _read_config(backend: Backend) -> RepoConfig:
     if len(seen) > 1:
         raise TruncatedResponse("config: read 3 times, other bytes each time, none a whole config: the store or the "
                                 "network does not return it whole")
+    _whole(backend, "config", raw)
     raise problem
+
+
+def _whole(backend: Backend, name: str, data: bytes) -> None:
+    """TruncatedResponse when ``data``, read the same each time but failing its check, is shorter or longer than
+    the object the store holds: a gateway or cache that cuts every read at the same point is no damage."""
+    try:
+        size = confirmed_size(backend, name, len(data))
+    except ObjectNotFound:
+        return
+    if size != len(data):
+        raise TruncatedResponse(f"{name}: {len(data):,} bytes read of the {size:,} the store holds, each time: the "
+                                "store or the network does not return it whole")
 
 
 def _slot_order(backend: Backend, listed: dict[str, int], first: str | None) -> Iterator[str]:
@@ -676,6 +689,7 @@ class Repository:
         if len(seen) > 1:
             raise TruncatedResponse(f"{name}: read 3 times, other bytes each time, none matching its name: the store "
                                     "or the network does not return it whole")
+        _whole(self.backend, name, data)  # (a gateway that cuts at the same point every time)
         raise IntegrityError(f"{name}: content does not match its name (damaged)")
 
 
