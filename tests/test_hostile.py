@@ -691,7 +691,7 @@ def test_malformed_locks_are_stale_not_fatal(repo, tmp_path):
     for doc in ({"host": host, "pid": 99999999999, "exclusive": True, "time": 1, "refreshed": float("inf")},
                 {"host": host, "pid": -1, "exclusive": True, "time": 1, "refreshed": 2e9},
                 {"host": "elsewhere", "pid": 5, "exclusive": True, "time": 1, "refreshed": float("nan")}):
-        write_named(repo.repo, "locks", json.dumps(doc).encode())
+        (repo.repo / "locks" / os.urandom(16).hex()).write_bytes(json.dumps(doc).encode())  # (a lock's name)
     (repo.repo / "locks" / ("ab" * 16)).write_bytes(b"x" * 100_000)
     for args in (["backup", src], ["prune"], ["unlock"]):
         res = repo("--lock-wait", "0", *args)
