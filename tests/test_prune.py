@@ -370,3 +370,16 @@ def test_a_repack_that_fails_takes_back_the_packs_no_segment_names(cli, tmp_path
     monkeypatch.undo()
     assert cli("--json", "prune", "--max-unused", "0%").json["blocks_repacked"] > 0
     assert cli("--json", "verify", "--read-data").json["ok"] is True
+
+
+def test_a_comma_in_a_backup_tag_makes_two_tags_that_filters_and_keep_tag_select(repo, tmp_path):
+    """`backup --tag release,v1` (restic's form) stored one tag "release,v1" that no filter selected ("a,b" means
+    both tags): `forget --keep-last 1 --keep-tag release,v1` forgot it. It is two tags now, as restic takes it."""
+    src = make_tree(tmp_path / "src", {"f": b"x"})
+    repo("backup", src, "--tag", "release,v1", "--time", "2026-11-01T00:00:00Z")
+    repo("backup", src, "--time", "2026-11-03T00:00:00Z")
+    snaps = repo("--json", "snapshots").json
+    assert sorted(snaps[0]["tags"]) == ["release", "v1"]
+    assert [s["id"] for s in repo("--json", "snapshots", "--tag", "release").json] == [snaps[0]["id"]]
+    out = repo("--json", "forget", "--keep-last", "1", "--keep-tag", "release,v1", "--dry-run").json
+    assert out["removed"] == []

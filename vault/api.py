@@ -199,9 +199,10 @@ class SnapshotFilter:
 
 
 def _has_tags(spec: str, tags: list[str]) -> bool:
-    """``--tag a,b``: the snapshot has both; ``--tag ''`` (as restic): it has no tags at all."""
+    """``--tag a,b``: the snapshot has both (or the one tag "a,b" an older vault stored); ``--tag ''`` (as
+    restic): it has no tags at all."""
     wanted = {t for t in spec.split(",") if t}
-    return wanted <= set(tags) if wanted else not tags
+    return (wanted <= set(tags) or spec in tags) if wanted else not tags
 
 
 def snapshot_json(s: Snapshot) -> dict:

@@ -100,7 +100,7 @@ def _has_tags(snap: Snapshot, spec: str) -> bool:
     """Whether ``snap`` carries every tag of ``spec`` ("a,b"); an empty spec (``--keep-tag ''``) names no tag,
     so every snapshot has all of them: kept, as restic keeps them."""
     want = {t for t in spec.split(",") if t}
-    return want <= set(snap.tags)
+    return want <= set(snap.tags) or spec in snap.tags  # (or the one tag "a,b" an older vault stored)
 
 
 def _within_cutoff(newest: datetime, span: Duration, tz: tzinfo | None) -> datetime:

@@ -75,7 +75,7 @@ def init(pack_size: int, compression_level: int, chunk_min: int, chunk_avg: int,
 
 @cli.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(readable=False))
-@click.option("--tag", "tags", multiple=True, metavar="TAG", help="Tag the snapshot (repeatable).")
+@click.option("--tag", "tags", multiple=True, metavar="TAG", help="Tag the snapshot (repeatable; a,b: two tags).")
 @click.option("--host", metavar="HOST", help="Host name to record (default: this machine's).")
 @click.option("--time", "time_", metavar="TIME", help="Record TIME (ISO-8601) as the snapshot's time.")
 @click.option("-e", "--exclude", "excludes", multiple=True, metavar="GLOB", help="Skip matching paths "
@@ -104,7 +104,10 @@ def backup(paths: tuple[str, ...], tags: tuple[str, ...], host: str | None, time
     when = parse_time(time_, datetime.now(timezone.utc)) if time_ is not None else None  # ("" is an error)
     if host is not None and not _is_text(host):
         raise UsageError("--host must be text (UTF-8): host names are matched and shown as text")
-    opts = BackupOptions(paths=list(paths), tags=[t for t in tags if t], host=host, time=when, excludes=patterns,
+    # (--tag a,b is two tags, as restic takes it: the filters read "a,b" as both, and could not select one tag
+    # holding a comma)
+    tags = tuple(dict.fromkeys(p for t in tags for p in t.split(",") if p))
+    opts = BackupOptions(paths=list(paths), tags=list(tags), host=host, time=when, excludes=patterns,
                          one_file_system=one_file_system, dry_run=dry_run,
                          on_file=(lambda kind, path: c.err(printable(f"{kind:8} {path}"))) if c.verbose else None)
     progress = BackupProgress(enabled=not (c.quiet or c.json or c.verbose))
