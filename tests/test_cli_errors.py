@@ -736,6 +736,35 @@ def test_output_cut_short_by_head_is_silent_exit_141(repo, tmp_path, buffered):
     assert out[-1] == "141" and (tmp_path / "err").read_text() == ""
 
 
+@pytest.mark.parametrize("args", [["--json", "snapshots"], ["--json", "diff", "FIRST", "latest"]])
+def test_a_json_document_cut_short_by_its_reader_is_exit_141(repo, tmp_path, args):
+    """`vault snapshots --json | head -c 10` exited 0: the document went out in one write, the kernel took what
+    the pipe held when the reader went away, and Python's stdout dropped the rest without a word. 141, as for
+    the listings."""
+    src = tmp_path / "src"
+    src.mkdir()
+    first = repo("--json", "backup", src).json["snapshot_id"]
+    for i in range(1500):
+        (src / f"file-with-a-longish-name-{i:05d}").touch()
+    for i in range(60):
+        repo("backup", src, "--tag", "t" * 3000 + str(i))
+    args = [first if a == "FIRST" else a for a in args]
+    env = {**os.environ, **repo.env()}
+    cmd = f"{sys.executable} -m vault.cli.main {' '.join(args)} 2>{tmp_path / 'err'} | head -c 10 >/dev/null; echo ${{PIPESTATUS[0]}}"
+    out = subprocess.run(["bash", "-c", cmd], env=env, capture_output=True, text=True).stdout.splitlines()
+    assert out[-1] == "141" and (tmp_path / "err").read_text() == "", out
+
+
+@pytest.mark.parametrize("extra", [[], ["--dry-run"]])
+def test_a_backup_with_stderr_closed_runs(repo, tmp_path, extra):
+    """`vault backup SRC 2>&-` (a supervisor that closes fd 2) exited 1 with no word and wrote no snapshot: the
+    progress display asked a closed stderr (None in Python) whether it is a terminal."""
+    src = make_tree(tmp_path / "src", {"a": b"x"})
+    p = repo.proc("backup", *extra, src, stdin=subprocess.DEVNULL, preexec_fn=lambda: os.close(2))
+    assert p.returncode == 0, p.stdout
+    assert len(repo("--json", "snapshots").json) == (0 if extra else 1)
+
+
 def test_ls_of_a_file_with_a_trailing_slash_is_not_a_directory(repo, tmp_path):
     """`ls SNAP FILE/` listed the file (exit 0); a trailing slash means a directory, as in a shell and in
     vault's own GLOBs."""

@@ -94,7 +94,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     the user must hear of); others as Python prints them."""
     if issubclass(category, VaultWarning):
         click.echo(printable(f"vault: warning: {message}"), err=True)
-    else:
+    elif sys.stderr is not None:  # (None: stderr closed, `2>&-`)
         sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
