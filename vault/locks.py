@@ -44,7 +44,7 @@ class LockInfo:
     exclusive: bool
     time: float
     refreshed: float
-    boot_id: str = ""  # (recorded since format 1.x locks carry them; "" in older ones)
+    boot_id: str = ""  # ("" in locks written before vault recorded them)
     pid_ns: str = ""
 
     def describe(self) -> str:
