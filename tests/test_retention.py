@@ -234,3 +234,15 @@ def test_a_zero_keep_within_is_no_policy_and_an_empty_keep_tag_keeps_every_snaps
     assert sum(len(g["keep"]) for g in res["groups"]) == 2
     res = repo("--json", "forget", "--keep-tag", "", "--dry-run").json
     assert sum(len(g["keep"]) for g in res["groups"]) == 3
+
+
+def test_an_older_vaults_comma_tag_groups_with_the_two_tags_it_meant():
+    """vault before session 15 stored `backup --tag a,b` as the one tag "a,b"; a newer one stores a and b. With
+    --group-by ...,tags they made two groups, both shown as tags=a,b, and the older one's newest was kept for
+    ever as 'last #1' of its own group."""
+    t0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    snaps = [snap(0, t0, tags=("a,b",)), snap(1, t0 + timedelta(days=1), tags=("a", "b")),
+             snap(2, t0 + timedelta(days=2), tags=("b", "a"))]
+    groups = retention.plan(snaps, Policy(last=1), ("host", "paths", "tags"), tz=timezone.utc)
+    assert len(groups) == 1
+    assert [d.keep for d in groups[0].decisions] == [True, False, False]

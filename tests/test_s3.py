@@ -602,18 +602,15 @@ def test_a_new_machine_walks_an_s3_repositorys_trees_side_by_side(s3cli, moto_en
     assert_trees_equal(src, restored(tmp_path / "r", src))
 
 
-def test_one_stop_signal_does_not_wait_for_a_stalled_upload(s3cli, moto_endpoint, tmp_path):
-    """One SIGTERM (systemd's stop, `timeout`) while a pack upload got no answer: vault waited for the upload's
-    retries (120 s) before exiting 143 -- systemd kills it after 90 s, leaving its lock. Stopped, it no longer
-    waits for uploads under way: their packs, if they land, name nothing (the next backup adopts them)."""
+def _sigterm_while_an_upload_stalls(s3cli, moto_endpoint, *args) -> tuple[int, float, str]:
+    """Run vault with ``args`` through a proxy that holds every data PUT for 60 s; SIGTERM it once an upload is
+    held: (exit code, seconds from the signal to the exit, stderr)."""
     import signal
 
-    s3cli("init", *FAST_INIT)
-    src = random_tree(tmp_path / "src", seed=9, files=3, size=2 * MiB)
     stalled = lambda method, target: method == "PUT" and "/data/" in target  # noqa: E731
     proxy = FaultProxy(moto_endpoint, seed=4, latency_rate=1.0, latency=(60, 60), match=stalled)
     try:
-        p = popen(s3cli, "backup", src, VAULT_S3_ENDPOINT=proxy.url)
+        p = popen(s3cli, *args, VAULT_S3_ENDPOINT=proxy.url)
         deadline = time.monotonic() + 60
         while proxy.counts["latency"] < 1 and p.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -621,10 +618,19 @@ def test_one_stop_signal_does_not_wait_for_a_stalled_upload(s3cli, moto_endpoint
         t0 = time.monotonic()
         p.send_signal(signal.SIGTERM)
         _, err = p.communicate(timeout=120)
-        took = time.monotonic() - t0
+        return p.returncode, time.monotonic() - t0, err
     finally:
         proxy.stop()
-    assert p.returncode == 143 and took < 15, (p.returncode, round(took, 1), err)
+
+
+def test_one_stop_signal_does_not_wait_for_a_stalled_upload(s3cli, moto_endpoint, tmp_path):
+    """One SIGTERM (systemd's stop, `timeout`) while a pack upload got no answer: vault waited for the upload's
+    retries (120 s) before exiting 143 -- systemd kills it after 90 s, leaving its lock. Stopped, it no longer
+    waits for uploads under way: their packs, if they land, name nothing (the next backup adopts them)."""
+    s3cli("init", *FAST_INIT)
+    src = random_tree(tmp_path / "src", seed=9, files=3, size=2 * MiB)
+    code, took, err = _sigterm_while_an_upload_stalls(s3cli, moto_endpoint, "backup", src)
+    assert code == 143 and took < 15, (code, round(took, 1), err)
     assert err.strip() == "vault: terminated", err
     assert count(s3cli, "locks/") == 0
     ok(run(s3cli, "backup", src))
@@ -769,27 +775,13 @@ def test_a_prefix_with_spaces_and_other_characters_keys_may_hold(s3cli, tmp_path
 
 def test_one_stop_signal_does_not_wait_for_a_stalled_upload_of_a_copy(s3cli, moto_endpoint, tmp_path):
     """The same for `copy` to a store that stalls: it waited for the upload's retries before exiting."""
-    import signal
-
     s3cli("init", *FAST_INIT)
     local = Cli(s3cli.capfd, tmp_path / "local", tmp_path / "local-cache")
     local("init", *FAST_INIT)
     local("backup", random_tree(tmp_path / "src", seed=10, files=3, size=2 * MiB))
-    stalled = lambda method, target: method == "PUT" and "/data/" in target  # noqa: E731
-    proxy = FaultProxy(moto_endpoint, seed=5, latency_rate=1.0, latency=(60, 60), match=stalled)
-    try:
-        p = popen(s3cli, "--repo", local.repo, "copy", "--to", s3cli.repo, VAULT_S3_ENDPOINT=proxy.url)
-        deadline = time.monotonic() + 60
-        while proxy.counts["latency"] < 1 and p.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert p.poll() is None and proxy.counts["latency"] >= 1, "no upload was held"
-        t0 = time.monotonic()
-        p.send_signal(signal.SIGTERM)
-        _, err = p.communicate(timeout=120)
-        took = time.monotonic() - t0
-    finally:
-        proxy.stop()
-    assert p.returncode == 143 and took < 15, (p.returncode, round(took, 1), err)
+    code, took, err = _sigterm_while_an_upload_stalls(s3cli, moto_endpoint, "--repo", local.repo, "copy", "--to",
+                                                      s3cli.repo)
+    assert code == 143 and took < 15, (code, round(took, 1), err)
     assert count(s3cli, "locks/") == 0
     ok(run(s3cli, "--repo", local.repo, "copy", "--to", s3cli.repo))
 

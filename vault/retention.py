@@ -157,8 +157,8 @@ def group_key(snap: Snapshot, group_by: tuple[str, ...]) -> tuple:
             parts.append(snap.host)
         elif f == "paths":
             parts.append(tuple(sorted(snap.paths)))
-        elif f == "tags":
-            parts.append(tuple(sorted(snap.tags)))
+        elif f == "tags":  # (the one tag "a,b" an older vault stored for --tag a,b is the tags a and b)
+            parts.append(tuple(sorted({p for t in snap.tags for p in t.split(",") if p})))
     return tuple(parts)
 
 
