@@ -765,6 +765,27 @@ def test_a_backup_with_stderr_closed_runs(repo, tmp_path, extra):
     assert len(repo("--json", "snapshots").json) == (0 if extra else 1)
 
 
+def test_names_that_are_not_utf8_are_listed_under_a_utf8_locale(repo, tmp_path):
+    """Under a UTF-8 locale Python's stdout is strict: `ls` and `find` of a name that is not UTF-8 ended in
+    'internal error: UnicodeEncodeError' (and a listing long enough stopped half way). A name is written as its
+    own bytes, as under C.UTF-8; an output of 4,096 characters or more no longer takes another path (ASCII stdout:
+    internal error). A tag that is not text is refused, as a host is."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a-\u00fc.txt").touch()
+    open(os.fsencode(src) + b"/bad\xff", "wb").close()
+    for i in range(300):
+        (src / f"file_{i}").touch()
+    repo("backup", src)
+    for env in ({"PYTHONIOENCODING": "utf-8:strict"}, {"PYTHONIOENCODING": "ascii"}):
+        for args in (["ls", "latest"], ["find", "*bad*"], ["ls", "latest", str(src / "a-\u00fc.txt")]):
+            p = repo.proc(*args, env=env, stdin=subprocess.DEVNULL)
+            assert p.returncode == 0 and b"internal error" not in p.stderr, (env, args, p.stderr)
+            assert b"bad\xff" in p.stdout or args[-1].endswith("txt"), (env, args)
+    res = repo("backup", src, "--tag", "t\udcff", ok=2)
+    assert "--tag must be text" in res.err
+
+
 def test_ls_of_a_file_with_a_trailing_slash_is_not_a_directory(repo, tmp_path):
     """`ls SNAP FILE/` listed the file (exit 0); a trailing slash means a directory, as in a shell and in
     vault's own GLOBs."""

@@ -113,3 +113,30 @@ def test_entries_a_file_system_gives_another_owner_still_get_their_metadata(repo
         a, b = os.lstat(src / name), os.lstat(dst / name)
         assert (stat.S_IMODE(b.st_mode), b.st_mtime_ns) == (stat.S_IMODE(a.st_mode), a.st_mtime_ns), name
     assert "replaced" not in res.err
+
+
+def test_two_directories_swapped_before_their_metadata_is_set_are_left_alone(repo, tmp_path, monkeypatch):
+    """Someone who can write the directory above swaps two directories the restore made (both root's, both
+    directories): the one holding a 0700 directory's files got the other's mode (755) and owner, and its files
+    were readable. Each directory is checked to be the one made (its inode), not only of its type and owner."""
+    src = make_tree(tmp_path / "src", {"shared": {"secret": {"secret.txt": b"TOP SECRET"}, "x": {}}})
+    os.chmod(src / "shared" / "secret", 0o700)
+    os.chmod(src / "shared" / "x", 0o755)
+    repo("backup", src)
+    r = tmp_path / "r"
+    shared = _target_of(r, src) / "shared"
+    real, swapped = restorer.apply_metadata_at, []
+
+    def swap_first(dir_fd, name, node, *rest):
+        if name in (b"x", b"secret") and not swapped:
+            os.rename(b"x", b"t", src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            os.rename(b"secret", b"x", src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            os.rename(b"t", b"secret", src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            swapped.append(name)
+        return real(dir_fd, name, node, *rest)
+
+    monkeypatch.setattr(restorer, "apply_metadata_at", swap_first)
+    res = repo("-v", "restore", "latest", "--target", r)
+    assert swapped and res.err.count("replaced while the restore ran") == 2, res.err
+    assert stat.S_IMODE(os.stat(shared / "x").st_mode) != 0o755  # (the directory holding secret.txt)
+    assert (shared / "x" / "secret.txt").read_bytes() == b"TOP SECRET"

@@ -204,7 +204,7 @@ def test_a_tree_deeper_than_the_limit_is_refused_at_that_depth(repo, tmp_path, m
     root = tmp_path / "deep"
     path = os.fsencode(root)
     os.mkdir(path)
-    for _ in range(40 - len(root.parts)):  # the deepest at level 39 (/ is level 0)
+    for _ in range(41 - len(root.parts)):  # the deepest at level 40 (/ is level 0): not deeper than 40
         path += b"/d"
         os.mkdir(path)
     repo("backup", root)

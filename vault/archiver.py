@@ -394,9 +394,9 @@ class Archiver:
         -- so the walk never waits for the workers at a directory boundary."""
         parent, same, lost = self._parent_entries(parent_tree)  # same: still identical to the parent's tree
         subdirs: list[tuple[Node, bytes | None]] = []
-        if self._depth >= DEEPEST:  # (refused at this depth, not wherever the recursion limit happens to fall)
-            raise VaultError(f"a directory tree nests more than {DEEPEST:,} levels deep: not supported "
-                             f"({_display(path[:200])}...)")
+        if self._depth > DEEPEST:  # (refused past this depth, not wherever the recursion limit happens to fall)
+            raise VaultError(f"a directory tree nests more than {DEEPEST:,} levels deep (counted from /): not "
+                             f"supported ({_display(path[:200])}...)")
         here, names, fd = self._open_dir(path, only, None if node is None else (node.dev, node.inode))
         self._depth += 1
         items: list[Node | tuple[Future, bytes, bytes]] = []

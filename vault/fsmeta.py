@@ -187,16 +187,16 @@ def apply_metadata(fd: int, node: Node, mode_set: bool = False, owner_set: bool 
 _BY_DESCRIPTOR = hasattr(os, "O_PATH") and os.path.isdir("/proc/self/fd")
 
 
-def apply_metadata_at(dir_fd: int, name: bytes, node: Node, owner: int | None = None) -> list[str]:
+def apply_metadata_at(dir_fd: int, name: bytes, node: Node, made: tuple[int, int, int] | None = None) -> list[str]:
     """The same for the directory, symlink, fifo or device node ``name`` in the directory open as ``dir_fd``
     (which may be an O_PATH descriptor), set on exactly the entry checked, never on whatever the name leads to by
-    the time each call is made: the entry is opened (O_PATH, no symlink followed) and must be of ``node``'s type
-    and still have the owner ``owner`` it had when the restore made or found it (default: this process's
-    euid); an entry other than a directory must have one link. Else it is left alone, with a problem: someone
-    who may write the directory above could have put a hardlink to a file of theirs under that name (or a
-    directory of theirs), which root would otherwise give the snapshot's owner and mode (a setgid program of
-    their own). The inode number is not compared: FUSE and overlayfs may give a directory another one when its
-    inode was evicted during a long restore."""
+    the time each call is made: the entry is opened (O_PATH, no symlink followed) and must be of ``node``'s type,
+    be the one ``made`` -- (dev, ino, owner) when the restore made or found it -- says, and, but for a directory,
+    have one link. Else it is left alone, with a problem: someone who may write the directory above could have
+    put a hardlink to a file of theirs under that name, or swapped two directories the restore made, which root
+    would otherwise give the snapshot's owner and mode (a setgid program of theirs; a private directory theirs).
+    On a file system whose inode numbers do not last (FUSE, overlayfs, FAT: a directory evicted from memory during
+    a long restore comes back with another one) the owner alone is compared."""
     if not _BY_DESCRIPTOR:
         return _apply_by_name(dir_fd, name, node)
     flags = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_DIRECTORY if node.type == DIR else 0)
@@ -208,13 +208,33 @@ def apply_metadata_at(dir_fd: int, name: bytes, node: Node, owner: int | None = 
         return [f"metadata not set: {exc.strerror or exc}"]
     try:
         st = os.fstat(fd)
-        same = (node_type(st.st_mode) == node.type and st.st_uid == (os.geteuid() if owner is None else owner)
-                and (node.type == DIR or st.st_nlink == 1))
+        dev, ino, owner = made if made is not None else (st.st_dev, st.st_ino, os.geteuid())
+        same = (node_type(st.st_mode) == node.type and st.st_uid == owner and (node.type == DIR or st.st_nlink == 1)
+                and ((st.st_dev, st.st_ino) == (dev, ino) or _inodes_do_not_last(fd)))
         if not same:
             return ["metadata not set: replaced while the restore ran"]
         return _apply_through(fd, node)
     finally:
         os.close(fd)
+
+
+#: statfs f_type of file systems whose inode numbers may change while a restore runs (an inode evicted and looked
+#: up again): FUSE without use_ino (sshfs...), overlayfs across file systems, FAT, exFAT, NTFS-3G (FUSE), CIFS.
+_SHIFTING_INODES = {0x65735546, 0x794C7630, 0x4D44, 0x2011BAB0, 0xFE534D42, 0xFF534D42}
+
+
+def _inodes_do_not_last(fd: int) -> bool:
+    """Whether the file system of the entry open as ``fd`` is one of _SHIFTING_INODES (True when unknown: the
+    owner check still holds)."""
+    try:
+        import ctypes
+
+        buf = ctypes.create_string_buffer(256)
+        if ctypes.CDLL(None, use_errno=True).fstatfs(fd, buf) != 0:
+            return True
+        return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF in _SHIFTING_INODES
+    except (OSError, AttributeError):
+        return True
 
 
 def _apply_through(fd: int, node: Node) -> list[str]:

@@ -246,14 +246,14 @@ class Restorer:
 
     def _make_dir(self, path: bytes, node: Node) -> bool:
         try:
-            owner = self._ensure_dir(path)
+            made = self._ensure_dir(path)
         except OSError as exc:
             self.result.errors.append((_show(path), f"cannot create directory: {exc.strerror}"))
             return False
-        if owner is None:
+        if made is None:
             self.result.errors.append((_show(path), "kept: something that is not a directory is in the way"))
             return False
-        self._dirs.append((path.count(b"/"), path, marshal.dumps((_slim(node), owner))))
+        self._dirs.append((path.count(b"/"), path, marshal.dumps((_slim(node), made))))
         if len(self._dirs) >= 1024:
             self._flush_dirs()
         return True
@@ -266,9 +266,9 @@ class Restorer:
             self.catalog.held_dirs_add(self._dirs)
             self._dirs = []
 
-    def _ensure_dir(self, path: bytes) -> int | None:
-        """Make the directory at ``path``, or take the one there; its owner, which it must still have when its
-        metadata is set at the end (``_finish_dirs``); None when something else is in the way."""
+    def _ensure_dir(self, path: bytes) -> tuple[int, int, int] | None:
+        """Make the directory at ``path``, or take the one there; its (dev, ino, owner): it must still be that one
+        when its metadata is set at the end (``_finish_dirs``); None when something else is in the way."""
         parent, name = split(path)
         with self._at.at(parent) as dfd:
             try:
@@ -282,7 +282,7 @@ class Restorer:
                 # ours but not writable (a 0555 or 0000 directory an earlier restore made): writable for now, its
                 # mode from the snapshot is set at the end
                 chmod_nofollow(dfd, name, stat.S_IMODE(st.st_mode) | 0o700)
-        return st.st_uid if stat.S_ISDIR(st.st_mode) else None
+        return (st.st_dev, st.st_ino, st.st_uid) if stat.S_ISDIR(st.st_mode) else None
 
     def _walk(self) -> Iterator[_FileTask]:
         """Walk the snapshot: create directories, note links/symlinks/specials, yield the files to fill."""
@@ -634,10 +634,10 @@ class Restorer:
                     else:
                         make_special(dfd, tmp, node)
                     created = True
-                    # (its owner as made: a file system may give new entries another one than this euid --
-                    # vfat or cifs with uid=, NFS squashing root)
-                    owner = os.stat(tmp, dir_fd=dfd, follow_symlinks=False).st_uid
-                    problems = apply_metadata_at(dfd, tmp, node, owner)
+                    # (as made: a file system may give new entries another owner than this euid -- vfat or cifs
+                    # with uid=, NFS squashing root)
+                    st = os.stat(tmp, dir_fd=dfd, follow_symlinks=False)
+                    problems = apply_metadata_at(dfd, tmp, node, (st.st_dev, st.st_ino, st.st_uid))
                 self._rename(parent, tmp, path)
             except OSError as exc:
                 self._discard(parent, tmp, created)
@@ -664,13 +664,13 @@ class Restorer:
         else:  # (few: never left this process)
             held = ((p, m) for _, p, m in sorted(self._dirs, key=lambda d: d[0], reverse=True))
         for path, meta in held:
-            slim, owner = marshal.loads(meta)
+            slim, made = marshal.loads(meta)
             node = _unslim(slim)
             node.type = DIR
             parent, name = split(path)
             try:
                 with self._at.at(parent) as dfd:  # (a symlink swapped in for it is not followed)
-                    problems = apply_metadata_at(dfd, name, node, owner)
+                    problems = apply_metadata_at(dfd, name, node, tuple(made))
             except OSError as exc:  # the directory above is gone or was swapped for a symlink: left alone
                 problems = [f"metadata not set: {exc.strerror or exc}"]
             for p in problems:

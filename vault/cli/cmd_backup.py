@@ -107,6 +107,8 @@ def backup(paths: tuple[str, ...], tags: tuple[str, ...], host: str | None, time
     # (--tag a,b is two tags, as restic takes it: the filters read "a,b" as both, and could not select one tag
     # holding a comma)
     tags = tuple(dict.fromkeys(p for t in tags for p in t.split(",") if p))
+    if not all(_is_text(t) for t in tags):
+        raise UsageError("--tag must be text (UTF-8): tags are matched and shown as text")
     opts = BackupOptions(paths=list(paths), tags=list(tags), host=host, time=when, excludes=patterns,
                          one_file_system=one_file_system, dry_run=dry_run,
                          on_file=(lambda kind, path: c.err(printable(f"{kind:8} {path}"))) if c.verbose else None)

@@ -194,7 +194,7 @@ def _stdout(text: str, nl: bool = True) -> None:
     """One line (or document) to stdout; an output that cannot take it (a full disk behind a redirection) is a
     one-line error, not an internal one. A closed pipe is left to main (BrokenPipeError)."""
     try:
-        if len(text) < _WHOLE_WRITES or not _write_whole(text + ("\n" if nl else "")):
+        if not _write_whole(text + ("\n" if nl else "")):
             click.echo(text, nl=nl)
     except BrokenPipeError:
         raise
@@ -202,22 +202,27 @@ def _stdout(text: str, nl: bool = True) -> None:
         raise VaultError(f"cannot write the output: {exc.strerror or exc}") from None
 
 
-#: From this size on, text goes to stdout's descriptor in a loop that asks again for what a write left: when the
-#: reader of a pipe goes away during a write, the kernel returns the part it took, and Python's buffered stdout
-#: then dropped the rest without a word -- `vault snapshots --json | head -c 10` exited 0, not 141.
-_WHOLE_WRITES = 4096
-
-
 def _write_whole(text: str) -> bool:
-    """``text`` written to stdout's descriptor to the last byte (BrokenPipeError once its reader is gone);
-    False when stdout has no descriptor (a test's capture): written the usual way then."""
+    """``text`` written to stdout's descriptor to the last byte, in a loop that asks again for what a write left
+    (BrokenPipeError once the reader is gone): when the reader of a pipe goes away during a write, the kernel
+    returns the part it took, and Python's buffered stdout dropped the rest without a word (`vault snapshots
+    --json | head -c 10` exited 0, not 141). Encoded as click would (UTF-8 where Python says ASCII), and a name
+    that is not UTF-8 as its own bytes (surrogateescape, as under C.UTF-8): a UTF-8 locale's strict stdout made
+    `ls` of such a name an internal error. False when stdout has no descriptor (a test's capture)."""
     out = sys.stdout
     try:
         fd = out.fileno()
+        stream = click.get_text_stream("stdout")
     except (AttributeError, ValueError, io.UnsupportedOperation):
         return False
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    try:
+        data = text.encode(encoding, "surrogateescape")
+    except UnicodeEncodeError:  # (a character the terminal's encoding has not: latin-1 and a UTF-8 name)
+        data = text.encode(encoding, "replace")
     out.flush()
-    view = memoryview(text.encode(out.encoding or "utf-8", out.errors or "strict"))
+    stream.flush()
+    view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
     return True
