@@ -7,6 +7,7 @@ import io
 import getpass
 import os
 import json
+import select
 import sys
 import tempfile
 import time
@@ -224,7 +225,10 @@ def _write_whole(text: str) -> bool:
     stream.flush()
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        try:
+            view = view[os.write(fd, view):]
+        except BlockingIOError:  # (a stdout someone left non-blocking: wait until it takes more)
+            select.select([], [fd], [])
     return True
 
 
