@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import functools
 import io
 import getpass
@@ -213,16 +214,19 @@ def _write_whole(text: str) -> bool:
     out = sys.stdout
     try:
         fd = out.fileno()
-        stream = click.get_text_stream("stdout")
     except (AttributeError, ValueError, io.UnsupportedOperation):
         return False
-    encoding = getattr(stream, "encoding", None) or "utf-8"
+    encoding = getattr(out, "encoding", None) or "utf-8"
+    try:
+        if codecs.lookup(encoding).name == "ascii":  # (click's rule: an ASCII stdout is a misconfiguration)
+            encoding = "utf-8"
+    except LookupError:
+        encoding = "utf-8"
     try:
         data = text.encode(encoding, "surrogateescape")
     except UnicodeEncodeError:  # (a character the terminal's encoding has not: latin-1 and a UTF-8 name)
         data = text.encode(encoding, "replace")
     out.flush()
-    stream.flush()
     view = memoryview(data)
     while view:
         try:
