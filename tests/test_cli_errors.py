@@ -786,6 +786,39 @@ def test_names_that_are_not_utf8_are_listed_under_a_utf8_locale(repo, tmp_path):
     assert "--tag must be text" in res.err
 
 
+def test_output_to_odd_streams_is_whole_or_one_line(repo, tmp_path):
+    """A UTF-16 stdout got a BOM per write (invalid JSON from `--json ls`); `--help` into /dev/full was an internal
+    error; `-v` lines into a non-blocking `2>&1` were dropped without a word. (A closed stdout, `>&-`, stays
+    no error: test_closed_or_full_stdout.)"""
+    import fcntl
+    import json as json_mod
+
+    src = make_tree(tmp_path / "src", {f"f{i}": b"x" for i in range(50)})
+    repo("backup", src)
+    p = repo.proc("--json", "ls", "latest", env={"PYTHONIOENCODING": "utf-16"}, stdin=subprocess.DEVNULL)
+    assert p.returncode == 0 and len(json_mod.loads(p.stdout.decode("utf-16"))["entries"]) > 50
+    with open("/dev/full", "wb") as full:
+        p = subprocess.run([sys.executable, "-m", "vault.cli.main", "--help"], stdout=full, stderr=subprocess.PIPE)
+    assert p.returncode == 1 and p.stderr.decode().strip() == "vault: cannot write the output: No space left on device"
+    many = tmp_path / "many"
+    many.mkdir()
+    for i in range(3000):
+        (many / f"f{i}").touch()
+    r, w = os.pipe()
+    fcntl.fcntl(w, fcntl.F_SETFL, fcntl.fcntl(w, fcntl.F_GETFL) | os.O_NONBLOCK)
+    e = {**os.environ, **repo.env()}
+    proc = subprocess.Popen([sys.executable, "-m", "vault.cli.main", "-v", "backup", str(many)], stdout=w, stderr=w,
+                            env=e, stdin=subprocess.DEVNULL)
+    os.close(w)
+    time.sleep(3)  # (the pipe fills while nobody reads)
+    out = b""
+    while chunk := os.read(r, 1 << 16):
+        out += chunk
+    os.close(r)
+    assert proc.wait() == 0
+    assert out.count(b"new      ") == 3000 and b"snapshot " in out
+
+
 def test_ls_of_a_file_with_a_trailing_slash_is_not_a_directory(repo, tmp_path):
     """`ls SNAP FILE/` listed the file (exit 0); a trailing slash means a directory, as in a shell and in
     vault's own GLOBs."""

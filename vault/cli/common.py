@@ -154,7 +154,7 @@ class Ctx:
             _stdout("\n".join(batch))
 
     def err(self, text: str) -> None:
-        click.echo(text, err=True)
+        stderr_line(text)
 
     def warn_unreadable(self, unreadable: dict[str, str], consequence: str, always: bool = False) -> None:
         """One line on stderr per snapshot whose manifest could not be read (``always``: even with -q)."""
@@ -194,9 +194,12 @@ def printable(text: str) -> str:
 
 def _stdout(text: str, nl: bool = True) -> None:
     """One line (or document) to stdout; an output that cannot take it (a full disk behind a redirection) is a
-    one-line error, not an internal one. A closed pipe is left to main (BrokenPipeError)."""
+    one-line error, not an internal one. A closed pipe is left to main (BrokenPipeError). Started with stdout
+    closed (`>&-`, a cron line that wants no output): nothing is written, and that is no error."""
     try:
-        if not _write_whole(text + ("\n" if nl else "")):
+        if sys.stdout is None:
+            return
+        if not _OUT.write(text + ("\n" if nl else "")):
             click.echo(text, nl=nl)
     except BrokenPipeError:
         raise
@@ -204,36 +207,81 @@ def _stdout(text: str, nl: bool = True) -> None:
         raise VaultError(f"cannot write the output: {exc.strerror or exc}") from None
 
 
-def _write_whole(text: str) -> bool:
-    """``text`` written to stdout's descriptor to the last byte, in a loop that asks again for what a write left
-    (BrokenPipeError once the reader is gone): when the reader of a pipe goes away during a write, the kernel
-    returns the part it took, and Python's buffered stdout dropped the rest without a word (`vault snapshots
-    --json | head -c 10` exited 0, not 141). Encoded as click would (UTF-8 where Python says ASCII), and a name
-    that is not UTF-8 as its own bytes (surrogateescape, as under C.UTF-8): a UTF-8 locale's strict stdout made
-    `ls` of such a name an internal error. False when stdout has no descriptor (a test's capture)."""
-    out = sys.stdout
-    try:
-        fd = out.fileno()
-    except (AttributeError, ValueError, io.UnsupportedOperation):
-        return False
-    encoding = getattr(out, "encoding", None) or "utf-8"
-    try:
-        if codecs.lookup(encoding).name == "ascii":  # (click's rule: an ASCII stdout is a misconfiguration)
-            encoding = "utf-8"
-    except LookupError:
-        encoding = "utf-8"
-    try:
-        data = text.encode(encoding, "surrogateescape")
-    except UnicodeEncodeError:  # (a character the terminal's encoding has not: latin-1 and a UTF-8 name)
-        data = text.encode(encoding, "replace")
-    out.flush()
-    view = memoryview(data)
-    while view:
+def _own_bytes(exc: UnicodeError) -> tuple[bytes, int]:
+    """Encoding error handler: a name's byte that is not UTF-8 (a lone surrogate U+DC80-U+DCFF, as os.fsdecode
+    gives it) as that byte, any other character the encoding lacks as '?' -- one character at a time, so one
+    such character never changes how the rest of a line or batch comes out."""
+    if not isinstance(exc, UnicodeEncodeError):
+        raise exc
+    out = bytearray()
+    for ch in exc.object[exc.start : exc.end]:
+        out += bytes([ord(ch) - 0xDC00]) if 0xDC80 <= ord(ch) <= 0xDCFF else b"?"
+    return bytes(out), exc.end
+
+
+codecs.register_error("vault-own-bytes", _own_bytes)
+
+
+class _Writer:
+    """Text to a stream's descriptor, to the last byte: a loop asks again for what a write left (when the reader
+    of a pipe goes away during a write the kernel returns the part it took, and Python's buffered stdout dropped
+    the rest without a word: `vault snapshots --json | head -c 10` exited 0, not 141; BrokenPipeError now), and
+    waits when the descriptor was left non-blocking (Python's text layer dropped such lines: `-v` lines over a
+    non-blocking `2>&1`). One incremental encoder per stream, chosen as click chooses (UTF-8 where Python says
+    ASCII), so a UTF-16 stdout gets one BOM, not one per write; a name that is not UTF-8 comes out as its own
+    bytes whatever the locale (a UTF-8 locale's strict stdout made `ls` of such a name an internal error)."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self._encoder = None
+
+    def write(self, text: str) -> bool:
+        """False when the stream has no descriptor (a test's capture): to be written the usual way."""
+        stream = getattr(sys, self.name)
         try:
-            view = view[os.write(fd, view):]
-        except BlockingIOError:  # (a stdout someone left non-blocking: wait until it takes more)
-            select.select([], [fd], [])
-    return True
+            fd = stream.fileno()
+        except (AttributeError, ValueError, io.UnsupportedOperation):
+            return False
+        if self._encoder is None:
+            self._encoder = self._make_encoder(stream, fd)
+        data = self._encoder.encode(text)
+        stream.flush()
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(fd, view):]
+            except BlockingIOError:
+                select.select([], [fd], [])
+        return True
+
+    @staticmethod
+    def _make_encoder(stream, fd: int):
+        encoding = getattr(stream, "encoding", None) or "utf-8"
+        try:
+            if codecs.lookup(encoding).name == "ascii":  # (click's rule: an ASCII stdout is a misconfiguration)
+                encoding = "utf-8"
+        except LookupError:
+            encoding = "utf-8"
+        encoder = codecs.getincrementalencoder(encoding)("vault-own-bytes")
+        try:  # (appending to a file that holds text already: no BOM in the middle of it, as TextIOWrapper does)
+            if os.lseek(fd, 0, os.SEEK_CUR) != 0:
+                encoder.setstate(0)
+        except OSError:
+            pass
+        return encoder
+
+
+_OUT, _ERR = _Writer("stdout"), _Writer("stderr")
+
+
+def stderr_line(text: str) -> None:
+    """One line to stderr, whole even when it was left non-blocking; a stderr that cannot take it (closed, a
+    terminal gone) loses the line, never the command."""
+    try:
+        if sys.stderr is not None and not _ERR.write(text + "\n"):
+            click.echo(text, err=True)
+    except OSError:
+        pass
 
 
 def get_ctx() -> Ctx:

@@ -19,7 +19,7 @@ from .. import __version__, stopsignals
 from . import _interrupted_while_loading
 from ..errors import VaultError, VaultWarning
 from ..model import DEEPEST
-from .common import global_options, printable
+from .common import global_options, printable, stderr_line
 from .memory import tune_malloc
 from .progress import drop_dead_stderr
 
@@ -61,6 +61,17 @@ def _drop_dead_stdout() -> None:
         os.close(devnull)
     except (OSError, AttributeError, ValueError):
         pass
+
+
+def _from_click_echo(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised writing click's own output (help, version): the output failed, not vault."""
+    tb = exc.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if code.co_name == "echo" and code.co_filename.replace("\\", "/").endswith("click/utils.py"):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def _internal_error(exc: BaseException) -> None:
@@ -139,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         elif exc.errno in (errno.EMFILE, errno.ENFILE):  # (anywhere: even a module loaded late, e.g. _strptime)
             click.echo("vault: too many open files (raise the limit: `ulimit -n`)", err=True)
+            code = 1
+        elif _from_click_echo(exc):  # (--help or --version into >/dev/full or a closed stdout)
+            stderr_line(f"vault: cannot write the output: {exc.strerror or exc}")
             code = 1
         else:
             _internal_error(exc)
