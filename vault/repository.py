@@ -24,6 +24,7 @@ import secrets
 import socket
 import warnings
 from collections.abc import Callable, Iterator
+from typing import TypeVar
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -37,6 +38,8 @@ from .errors import (IntegrityError, ObjectExists, ObjectNotFound, PermanentErro
                      RepositoryNotFound, TruncatedResponse, VaultError, VaultWarning, WrongPassword)
 from .keys import ForeignSlot, make_slot, open_slot, slot_info
 from .model import Snapshot, Tree, format_time
+
+T = TypeVar("T")
 
 FORMAT_VERSION = 1
 SNAPSHOT_AAD = b"vault snapshot"
@@ -119,34 +122,56 @@ def _stored_config(backend: Backend) -> tuple[RepoConfig | None, str]:
 
 
 def _read_config(backend: Backend) -> RepoConfig:
-    """The config object, read again when it does not decode: damage reads back the same each time, while a
-    store or network that cut the body short (even with a Content-Length that agrees) sends other bytes --
-    TruncatedResponse then, never "damaged" (its sealed copy would be used, and 'repair' write it back)."""
-    seen, problem = set(), None
+    """The config object (``_read_checked``: a body cut short is TruncatedResponse, never "damaged" -- its sealed
+    copy would be used, and 'repair' write it back)."""
+    return _read_checked(backend, "config", RepoConfig.decode)
+
+
+def _read_checked(backend: Backend, name: str, check: Callable[[bytes], T], limit: int | None = None) -> T:
+    """``check(the object's bytes)`` -- its value, or IntegrityError -- with the object read again when it does
+    not check: damage is what reads back the same each time and is as long as the object the store holds; a
+    store or network that sends other bytes each time, or cuts every read at the same point (even with a
+    Content-Length that agrees), is TruncatedResponse, never damage. With ``limit``, at most that many bytes are
+    read (a bigger object -- junk named by its own hash -- is damage at once, never held whole)."""
+    seen = set()
     for _ in range(3):
-        raw = backend.get("config")
+        data = backend.get(name) if limit is None else backend.get(name, 0, limit + 1)
+        if limit is not None and len(data) > limit:
+            raise IntegrityError(f"{name}: over {limit} bytes, not a snapshot manifest (damaged)")
         try:
-            return RepoConfig.decode(raw)
+            return check(data)
         except IntegrityError as exc:
-            seen.add(hashlib.sha256(raw).digest())
             problem = exc
+            seen.add(hashlib.sha256(data).digest())
     if len(seen) > 1:
-        raise TruncatedResponse("config: read 3 times, other bytes each time, none a whole config: the store or the "
+        raise TruncatedResponse(f"{name}: read 3 times, other bytes each time, none that checks: the store or the "
                                 "network does not return it whole")
-    _whole(backend, "config", raw)
-    raise problem
-
-
-def _whole(backend: Backend, name: str, data: bytes) -> None:
-    """TruncatedResponse when ``data``, read the same each time but failing its check, is shorter or longer than
-    the object the store holds: a gateway or cache that cuts every read at the same point is no damage."""
+    size = None
     try:
         size = confirmed_size(backend, name, len(data))
     except ObjectNotFound:
-        return
-    if size != len(data):
+        pass
+    if size is not None and size != len(data):
         raise TruncatedResponse(f"{name}: {len(data):,} bytes read of the {size:,} the store holds, each time: the "
                                 "store or the network does not return it whole")
+    raise problem
+
+
+def _under_lock(check_lock: Callable[[], None], write: Callable[[], str], take_back: Callable[[str], None]) -> str:
+    """``write()`` an object under a lock asked for before and again once the object landed; when the lock was
+    lost meanwhile, ``take_back(its id)`` and LockLost."""
+    from .locks import LockLost
+
+    check_lock()
+    sid = write()
+    try:
+        check_lock()
+    except LockLost:
+        take_back(sid)
+        raise
+    except VaultError:
+        pass  # (cannot ask now: the lock was ours just before the object was sent)
+    return sid
 
 
 def _slot_order(backend: Backend, listed: dict[str, int], first: str | None) -> Iterator[str]:
@@ -637,20 +662,10 @@ class Repository:
         deletes the packs no segment named when it listed the index, so a segment landing after that would
         name packs that are gone (the next backup would deduplicate against them and write a snapshot that does
         not restore). Such a segment is deleted again and LockLost raised. ``check_lock`` None: no lock."""
-        from .locks import LockLost
-
         if check_lock is None:
             return self.save_index(seg)
-        check_lock()
-        sid = self.save_index(seg)
-        try:
-            check_lock()
-        except LockLost:
-            self.backend.delete(f"index/{sid}")
-            raise
-        except VaultError:
-            pass  # (cannot ask now: the lock was ours just before the segment was sent)
-        return sid
+        return _under_lock(check_lock, lambda: self.save_index(seg),
+                           lambda sid: self.backend.delete(f"index/{sid}"))
 
     def commit_snapshot(self, snap: Snapshot, check_lock: Callable[[], None], operation: str) -> str:
         """Write the manifest of a snapshot this run built under a lock, asking for the lock before and again
@@ -658,39 +673,19 @@ class Repository:
         ours suspended) while the manifest was on its way may have deleted this run's packs before the
         manifest was there to name them. Then the manifest is taken back -- a ``logs/`` record lets it go, so
         no machine that read it meanwhile calls it lost -- and LockLost is raised: run again."""
-        from .locks import LockLost
-
-        check_lock()
-        sid = self.save_snapshot(snap)
-        try:
-            check_lock()
-        except LockLost:
-            self.withdraw_snapshot(sid, snap.tree, operation, "withdrawn: the lock was lost",
-                                   "withdrawn: the repository lock was lost while the snapshot was being written")
-            raise
-        except VaultError:
-            pass  # (cannot ask now: the lock was ours just before the manifest was sent)
-        return sid
+        return _under_lock(check_lock, lambda: self.save_snapshot(snap),
+                           lambda sid: self.withdraw_snapshot(
+                               sid, snap.tree, operation, "withdrawn: the lock was lost",
+                               "withdrawn: the repository lock was lost while the snapshot was being written"))
 
     def _load_verified(self, name: str, hex_id: str, limit: int | None = None) -> bytes:
-        """The object, checked against its name; with ``limit``, at most that many bytes are read (a bigger
-        object -- junk named by its own hash -- is damage, never held whole). Bytes that do not match are read
-        again: damage is what reads back the same each time; a store or network that sends other bytes each
-        time (a body cut short, even with a Content-Length that agrees) is TruncatedResponse, never damage."""
-        seen = set()
-        for _ in range(3):
-            data = self.backend.get(name) if limit is None else self.backend.get(name, 0, limit + 1)
-            if limit is not None and len(data) > limit:
-                raise IntegrityError(f"{name}: over {limit} bytes, not a snapshot manifest (damaged)")
-            digest = hashlib.sha256(data).hexdigest()
-            if digest == hex_id:
-                return data
-            seen.add(digest)
-        if len(seen) > 1:
-            raise TruncatedResponse(f"{name}: read 3 times, other bytes each time, none matching its name: the store "
-                                    "or the network does not return it whole")
-        _whole(self.backend, name, data)  # (a gateway that cuts at the same point every time)
-        raise IntegrityError(f"{name}: content does not match its name (damaged)")
+        """The object, checked against its name (``_read_checked``: read again when it does not match)."""
+        def check(data: bytes) -> bytes:
+            if hashlib.sha256(data).hexdigest() != hex_id:
+                raise IntegrityError(f"{name}: content does not match its name (damaged)")
+            return data
+
+        return _read_checked(self.backend, name, check, limit)
 
 
 def _username() -> str:
