@@ -241,52 +241,45 @@ def _apply_through(fd: int, node: Node) -> list[str]:
     """``apply_metadata_at``'s work on the entry open as the O_PATH descriptor ``fd``: each call is made on
     /proc/self/fd/N, which leads to that very inode (a symlink's own, not its target's)."""
     path = b"/proc/self/fd/%d" % fd
-    problems = []
-    if IS_ROOT:
-        try:
-            os.chown(path, node.uid, node.gid)
-        except OSError as exc:
-            problems.append(f"chown: {exc.strerror}")
-        except OverflowError:
-            problems.append(f"chown: owner {node.uid}:{node.gid} is out of this system's range")
-    elif node.type != SYMLINK and node.mode & stat.S_ISGID:
-        _own_group(lambda: os.chown(path, -1, node.gid))
-    problems += apply_xattrs(path, node.xattrs, follow=True)[0]  # (before the mode, as above)
-    if node.type != SYMLINK:
-        try:
-            os.chmod(path, node.mode)
-            _check_set_ids(lambda: os.fstat(fd), node, problems)
-        except OSError as exc:
-            problems.append(f"chmod: {exc.strerror}")
-    try:
-        os.utime(path, ns=(node.mtime_ns, node.mtime_ns))
-    except OSError as exc:
-        if not (node.type == SYMLINK and exc.errno in (errno.ENOTSUP, errno.EPERM)):
-            problems.append(f"utime: {exc.strerror}")
-    return problems
+    return _set_metadata(node, lambda uid, gid: os.chown(path, uid, gid),
+                         lambda: apply_xattrs(path, node.xattrs, follow=True)[0],
+                         lambda mode: os.chmod(path, mode), lambda: os.fstat(fd),
+                         lambda ns: os.utime(path, ns=ns))
 
 
 def _apply_by_name(dir_fd: int, name: bytes, node: Node) -> list[str]:
     """``apply_metadata_at`` without /proc or O_PATH: by name, never following a symlink."""
+    at = {"dir_fd": dir_fd, "follow_symlinks": False}
+    return _set_metadata(node, lambda uid, gid: os.chown(name, uid, gid, **at),
+                         lambda: apply_xattrs(entry_path(dir_fd, name), node.xattrs)[0],
+                         lambda mode: chmod_nofollow(dir_fd, name, mode), lambda: os.stat(name, **at),
+                         lambda ns: os.utime(name, ns=ns, **at))
+
+
+def _set_metadata(node: Node, chown, xattrs, chmod, stat_fn, utime) -> list[str]:
+    """Owner (as root; else a setgid entry's group when this user may), extended attributes (after the owner: a
+    chown clears file capabilities; before the mode: a read-only mode would keep the owner from setting user.*
+    ones), mode (not a symlink's) and mtime of a directory, symlink or special file, through the given calls;
+    problems returned, not raised."""
     problems = []
     if IS_ROOT:
         try:
-            os.chown(name, node.uid, node.gid, dir_fd=dir_fd, follow_symlinks=False)
+            chown(node.uid, node.gid)
         except OSError as exc:
             problems.append(f"chown: {exc.strerror}")
         except OverflowError:
             problems.append(f"chown: owner {node.uid}:{node.gid} is out of this system's range")
     elif node.type != SYMLINK and node.mode & stat.S_ISGID:
-        _own_group(lambda: os.chown(name, -1, node.gid, dir_fd=dir_fd, follow_symlinks=False))
-    problems += apply_xattrs(entry_path(dir_fd, name), node.xattrs)[0]  # (before the mode, as above)
+        _own_group(lambda: chown(-1, node.gid))
+    problems += xattrs()
     if node.type != SYMLINK:
         try:
-            chmod_nofollow(dir_fd, name, node.mode)
-            _check_set_ids(lambda: os.stat(name, dir_fd=dir_fd, follow_symlinks=False), node, problems)
+            chmod(node.mode)
+            _check_set_ids(stat_fn, node, problems)
         except OSError as exc:
             problems.append(f"chmod: {exc.strerror}")
     try:
-        os.utime(name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
+        utime((node.mtime_ns, node.mtime_ns))
     except OSError as exc:
         if not (node.type == SYMLINK and exc.errno in (errno.ENOTSUP, errno.EPERM)):
             problems.append(f"utime: {exc.strerror}")
