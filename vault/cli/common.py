@@ -134,11 +134,7 @@ class Ctx:
             for _ in lines:
                 pass
             return
-        try:
-            terminal = sys.stdout.isatty()
-        except (AttributeError, ValueError):
-            terminal = False
-        if terminal:
+        if is_terminal(sys.stdout):
             for line in lines:
                 _stdout(line)
             return
@@ -190,6 +186,14 @@ def printable(text: str) -> str:
     """``text`` with control characters (newlines, escape sequences) shown as '?': for one-line fields of the
     text output whose content the repository supplies (host names, tags)."""
     return text.translate(_CONTROL)
+
+
+def is_terminal(stream) -> bool:
+    """Whether ``stream`` is a terminal; not when it is closed (`>&-`, `2>&-`: Python's stream is None then)."""
+    try:
+        return stream is not None and stream.isatty()
+    except (AttributeError, ValueError, OSError):
+        return False
 
 
 def _stdout(text: str, nl: bool = True) -> None:

@@ -6,20 +6,12 @@ import os
 import sys
 import time
 
-from .common import human_bytes
-
-
-def _is_terminal(stream) -> bool:
-    """Whether ``stream`` is a terminal; not when it is closed (`2>&-`: Python's sys.stderr is None then)."""
-    try:
-        return stream is not None and stream.isatty()
-    except (AttributeError, ValueError, OSError):
-        return False
+from .common import human_bytes, is_terminal
 
 
 class BackupProgress:
     def __init__(self, enabled: bool, interval: float = 0.2):
-        self.enabled = enabled and _is_terminal(sys.stderr)
+        self.enabled = enabled and is_terminal(sys.stderr)
         self.interval = interval
         self._last = 0.0
         self._start = time.monotonic()
