@@ -118,6 +118,10 @@ class PermanentError(BackendError):
     """A failure retrying cannot fix (permission denied, no such bucket, disk full)."""
 
 
+class AccessDenied(PermanentError):
+    """The store refused the request (403: credentials, bucket policy)."""
+
+
 def is_damage(exc: VaultError) -> bool:
     """Whether a failed read is evidence against the repository's data (missing, malformed, failing its
     check, an I/O error of the store's disk) or only says it could not be read now (this machine's limits,

@@ -36,8 +36,8 @@ from botocore.exceptions import (BotoCoreError, ClientError, ConfigParseError, C
                                  IncompleteReadError, InvalidConfigError, InvalidRegionError, NoCredentialsError,
                                  PartialCredentialsError, ProfileNotFound)
 
-from ..errors import (BackendError, CorruptResponse, ObjectExists, ObjectNotFound, PermanentError, TransientError,
-                      TruncatedResponse, UsageError)
+from ..errors import (AccessDenied, BackendError, CorruptResponse, ObjectExists, ObjectNotFound, PermanentError,
+                      TransientError, TruncatedResponse, UsageError)
 from .base import STORE_CONTENT, check_name, check_prefix, exists_by_size
 from .retry import retry_transient
 
@@ -122,10 +122,6 @@ class S3Backend:
                              "a restore request first (restore, verify, prune and backup's deduplication read "
                              "them); use STANDARD_IA, ONEZONE_IA or GLACIER_IR")
         self.storage_class = storage_class
-        try:
-            session = boto3.session.Session()
-        except BotoCoreError as exc:  # (ProfileNotFound, ConfigParseError...: the AWS configuration, not vault's)
-            raise PermanentError(f"AWS configuration: {exc}") from None
         config = botocore.config.Config(
             max_pool_connections=max(4, connections + 4),
             retries={"total_max_attempts": 1},  # RetryBackend retries, with backoff and jitter
@@ -139,6 +135,7 @@ class S3Backend:
                 "payload_signing_enabled": False},
         )
         try:
+            session = boto3.session.Session()
             self._s3 = session.client("s3", endpoint_url=endpoint or None, config=config,
                                       region_name=region or session.region_name or "us-east-1")
         except InvalidRegionError as exc:
@@ -146,7 +143,7 @@ class S3Backend:
         except ValueError as exc:  # botocore: "Invalid endpoint: not-a-url"
             raise UsageError(f"bad S3 endpoint {endpoint!r}: use a URL such as https://s3.example.com "
                              f"({exc})") from None
-        except BotoCoreError as exc:  # (a profile, a config file or a credential process that fails)
+        except BotoCoreError as exc:  # (a profile, a config file, a credential process that fails: not vault's)
             raise PermanentError(f"AWS configuration: {exc}") from None
         self._conditional = True  # If-None-Match supported until the store says otherwise
         self._lock = threading.Lock()
@@ -181,7 +178,7 @@ class S3Backend:
                                      "it cannot be read until restored; keep vault's packs in a class that can be "
                                      "read at once") from None
             if code in _DENIED_CODES or status == 403:
-                raise PermanentError(f"S3 access denied for {what}: {msg} (check the credentials and the "
+                raise AccessDenied(f"S3 access denied for {what}: {msg} (check the credentials and the "
                                      "bucket policy)") from None
             raise BackendError(f"S3 {what}: {status} {code}: {msg}") from None
         except NoCredentialsError:
@@ -334,10 +331,8 @@ class S3Backend:
             return True
         except ObjectNotFound:
             return False
-        except PermanentError as exc:
-            if "access denied" in str(exc):
-                return None
-            raise
+        except AccessDenied:
+            return None
 
     def exists_store(self) -> bool:
         if self._bucket_exists() is False:
