@@ -9,6 +9,7 @@ crashed cron job never blocks the next night's run. Held locks are refreshed by 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -72,8 +73,10 @@ class LockInfo:
         return not _pid_alive(self.pid)
 
 
+@functools.cache
 def _this_machine() -> tuple[str, str]:
-    """(this boot's id, this process's PID namespace), "" for what cannot be read."""
+    """(this boot's id, this process's PID namespace), "" for what cannot be read; read once (neither changes
+    while the process runs), not for every lock judged and written."""
     try:
         with open("/proc/sys/kernel/random/boot_id") as f:
             boot = f.read().strip()

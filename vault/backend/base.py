@@ -52,12 +52,12 @@ def check_prefix(prefix: str) -> str:
     for part in prefix.split("/"):
         if part in ("", ".", "..") or any(c < " " or c in "\x7f?#" for c in part):
             raise ValueError(f"invalid prefix {prefix!r}")
-    if len(prefix.encode("utf-8", "surrogateescape")) > 512:  # (a key is at most 1,024 bytes: room for names)
-        raise ValueError(f"invalid prefix {prefix!r}: longer than 512 bytes")
     try:
-        prefix.encode("utf-8")
+        size = len(prefix.encode("utf-8"))
     except UnicodeEncodeError:
         raise ValueError(f"invalid prefix {prefix!r}: not UTF-8") from None
+    if size > 512:  # (a key is at most 1,024 bytes: room for names)
+        raise ValueError(f"invalid prefix {prefix!r}: longer than 512 bytes")
     return prefix
 
 
