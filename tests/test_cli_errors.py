@@ -865,3 +865,30 @@ def test_a_stopped_vault_does_not_leave_its_password_command_running(repo, tmp_p
     if alive:
         os.kill(pid, signal.SIGKILL)
     assert not alive, "the password command was left running"
+
+
+def test_final_error_line_survives_a_full_non_blocking_stderr(tmp_path):
+    """The one-line error of a failed command went through Python's stderr, which drops (or fails on) a write
+    to a non-blocking descriptor whose pipe is full: the reader of `2>&1` behind a busy logger got no reason."""
+    import fcntl
+
+    r, w = os.pipe()
+    fcntl.fcntl(w, fcntl.F_SETFL, fcntl.fcntl(w, fcntl.F_GETFL) | os.O_NONBLOCK)
+    filled = 0
+    try:
+        while True:
+            filled += os.write(w, b"." * 4096)
+    except BlockingIOError:
+        pass
+    e = {**os.environ, "VAULT_PASSWORD": "pw", "VAULT_CACHE_DIR": str(tmp_path / "cache")}
+    e.pop("VAULT_REPOSITORY", None)
+    proc = subprocess.Popen([sys.executable, "-m", "vault.cli.main", "--repo", str(tmp_path / "nothing"), "snapshots"],
+                            stdout=subprocess.DEVNULL, stderr=w, env=e, stdin=subprocess.DEVNULL)
+    os.close(w)
+    time.sleep(3)  # (vault has failed by now, against the full pipe)
+    out = b""
+    while chunk := os.read(r, 1 << 16):
+        out += chunk
+    os.close(r)
+    assert proc.wait() == 10
+    assert out[filled:].decode().startswith("vault: ") and out.endswith(b"\n") and out.count(b"\n") == 1

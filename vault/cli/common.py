@@ -280,10 +280,19 @@ _OUT, _ERR = _Writer("stdout"), _Writer("stderr")
 
 def stderr_line(text: str) -> None:
     """One line to stderr, whole even when it was left non-blocking; a stderr that cannot take it (closed, a
-    terminal gone) loses the line, never the command."""
+    terminal gone, a full disk) loses the line and those after it, never the command."""
     try:
         if sys.stderr is not None and not _ERR.write(text + "\n"):
             click.echo(text, err=True)
+    except OSError:
+        drop_dead_stderr()
+
+
+def drop_dead_stderr() -> None:
+    """stderr is a terminal that went away: later messages go nowhere, instead of failing the command (and
+    Python's exit status turning 120 when it cannot flush stderr at the end)."""
+    try:
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 -- for the rest of the process
     except OSError:
         pass
 

@@ -21,7 +21,6 @@ from ..errors import VaultError, VaultWarning
 from ..model import DEEPEST
 from .common import global_options, printable, stderr_line
 from .memory import tune_malloc
-from .progress import drop_dead_stderr
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -75,16 +74,13 @@ def _from_click_echo(exc: BaseException) -> bool:
 
 
 def _internal_error(exc: BaseException) -> None:
-    click.echo(printable(f"vault: internal error: {type(exc).__name__}: {exc} (run with -v for details)"), err=True)
+    stderr_line(printable(f"vault: internal error: {type(exc).__name__}: {exc} (run with -v for details)"))
 
 
 def _stopped() -> int:
     """The message and exit code of a stopped command (Ctrl-C: 130)."""
     what = {143: "terminated", 129: "hung up"}.get(_terminated, "interrupted")  # (the word of the exit-code list)
-    try:
-        click.echo(f"vault: {what}", err=True)
-    except OSError:  # (a hung-up terminal cannot take it)
-        drop_dead_stderr()
+    stderr_line(f"vault: {what}")  # (a hung-up terminal cannot take it: lost, see stderr_line)
     return _terminated or 130
 
 
@@ -104,7 +100,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     """The library's warnings (``VaultWarning``) as one line on stderr, even with -q (like an error: something
     the user must hear of); others as Python prints them."""
     if issubclass(category, VaultWarning):
-        click.echo(printable(f"vault: warning: {message}"), err=True)
+        stderr_line(printable(f"vault: warning: {message}"))
     elif sys.stderr is not None:  # (None: stderr closed, `2>&-`)
         sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
@@ -136,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     except (click.exceptions.Abort, EOFError):  # (a prompt answered by end of input, or declined)
         code = _stopped()
     except VaultError as exc:
-        click.echo(printable(f"vault: {exc}"), err=True)  # one line, whatever names it holds
+        stderr_line(printable(f"vault: {exc}"))  # one line, whatever names it holds
         code = exc.exit_code
     except KeyboardInterrupt:
         code = _stopped()
@@ -149,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         elif verbose:
             raise
         elif exc.errno in (errno.EMFILE, errno.ENFILE):  # (anywhere: even a module loaded late, e.g. _strptime)
-            click.echo("vault: too many open files (raise the limit: `ulimit -n`)", err=True)
+            stderr_line("vault: too many open files (raise the limit: `ulimit -n`)")
             code = 1
         elif _from_click_echo(exc):  # (--help or --version into >/dev/full or a closed stdout)
             stderr_line(f"vault: cannot write the output: {exc.strerror or exc}")
@@ -160,20 +156,20 @@ def main(argv: list[str] | None = None) -> int:
     except MemoryError:
         if verbose:
             raise
-        click.echo("vault: out of memory (a limit such as `ulimit -v`, or the machine's); nothing already in the "
-                   "repository is affected", err=True)
+        stderr_line("vault: out of memory (a limit such as `ulimit -v`, or the machine's); nothing already in the "
+                   "repository is affected")
         code = 1
     except RecursionError:
         if verbose:
             raise
-        click.echo(f"vault: a directory tree nests more than {DEEPEST:,} levels deep: not supported", err=True)
+        stderr_line(f"vault: a directory tree nests more than {DEEPEST:,} levels deep: not supported")
         code = 1
     except RuntimeError as exc:
         if verbose:
             raise
         if "can't start new thread" in str(exc):
-            click.echo("vault: cannot start a thread: the process limit is reached (`ulimit -u`) or memory is "
-                       "short; nothing already in the repository is affected", err=True)
+            stderr_line("vault: cannot start a thread: the process limit is reached (`ulimit -u`) or memory is "
+                       "short; nothing already in the repository is affected")
         else:
             _internal_error(exc)
         code = 1
@@ -189,10 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         _drop_dead_stdout()
         code = code or 141
     except OSError as exc:  # the output could not be delivered (e.g. >/dev/full): say so, do not claim success
-        try:
-            click.echo(f"vault: cannot write the output: {exc.strerror or exc}", err=True)
-        except OSError:  # (stderr is that same terminal, gone)
-            drop_dead_stderr()
+        stderr_line(f"vault: cannot write the output: {exc.strerror or exc}")
         code = code or 1
     return code
 

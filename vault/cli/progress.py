@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 
-from .common import human_bytes, is_terminal
+from .common import drop_dead_stderr, human_bytes, is_terminal
 
 
 class BackupProgress:
@@ -41,10 +40,3 @@ class BackupProgress:
             drop_dead_stderr()
 
 
-def drop_dead_stderr() -> None:
-    """stderr is a terminal that went away: later messages go nowhere, instead of failing the command (and
-    Python's exit status turning 120 when it cannot flush stderr at the end)."""
-    try:
-        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 -- for the rest of the process
-    except OSError:
-        pass
