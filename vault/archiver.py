@@ -49,6 +49,7 @@ BATCH_BYTES = 4 * 1024 * 1024
 PROCESS_BATCH_FILES = 256
 PROCESS_BATCH_BYTES = 16 * 1024 * 1024
 MAX_PENDING_ITEMS = 100_000  # entries of walked directories waiting to be stored (bounds memory)
+HARDLINKS_KEPT = 10_000  # hardlinked files whose read later names share (more: the oldest's are read again)
 CHECKPOINT_SECONDS = 60.0
 CHECKPOINT_PACKS = 16
 # ... or this many block entries, whichever comes first: the catalog takes ~5 us an entry, and the last
@@ -105,6 +106,25 @@ class _Batch:
     def result(self) -> list[FileResult]:
         self.submit()
         return self.future.result()
+
+
+class _Read:
+    """A hardlinked file's read once done, all its later names need: not the whole batch it came in (held by
+    the hardlink map, each batch of a tree of hardlinked files stayed in memory to the end of the run)."""
+
+    __slots__ = ("res",)
+
+    def __init__(self, res: FileResult):
+        self.res = res
+
+    def submit(self) -> None:
+        pass
+
+    def done(self) -> bool:
+        return True
+
+    def result(self) -> list[FileResult]:
+        return [self.res]
 
 
 class _Reuse:
@@ -245,7 +265,8 @@ class Archiver:
         self._tree_row_nodes = 0
         self._checked: list[bytes] = []  # parent trees whose blocks were all found in the index (catalog marks)
         self._tree_token = -2 - secrets.randbits(30)  # the trees this run caches: checked once its index is written
-        self._hardlinks: dict[tuple[int, int], tuple[_Batch, int]] = {}
+        # (dev, ino) of a file with more names -> (its read: batch, index; the walked size, mtime, ctime)
+        self._hardlinks: dict[tuple[int, int], tuple[_Batch | _Read, int, tuple]] = {}
         self._depth = 0  # directory levels being walked (``_save_dir``)
         self._xattrs_known = False  # the parent snapshot's trees hold extended attributes (``run``)
         self._excludes = Matcher(opts.excludes)
@@ -334,8 +355,12 @@ class Archiver:
         travel in batches of up to BATCH_FILES / BATCH_BYTES (PROCESS_... for worker processes; one job, one
         future for many files: far less hand-off); a large file is a batch of its own."""
         key = (st.st_dev, st.st_ino)
-        if st.st_nlink > 1 and key in self._hardlinks:
-            return (*self._hardlinks[key], False)  # (another name's read: its bytes are counted once)
+        if st.st_nlink > 1:
+            known = self._hardlinks.get(key)
+            # (another name's read, its bytes counted once -- if the same file: an inode number freed by a
+            # deletion during the run is given to the next file made at once, on ext4)
+            if known is not None and known[2] == (st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+                return known[0], known[1], False
         small = st.st_size < self.repo.config.chunker.min_size
         if self._batch.future is not None:  # (submitted early: a directory's tree was forced out, see _finalize)
             self._batch = _Batch(self)
@@ -344,12 +369,21 @@ class Archiver:
         batch.files.append((path, name, parent))
         batch.bytes += st.st_size
         if st.st_nlink > 1:
-            self._hardlinks[key] = slot
+            self._hardlinks.pop(key, None)
+            self._hardlinks[key] = (*slot, (st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+            if len(self._hardlinks) > HARDLINKS_KEPT:  # (the oldest forgotten: its other names are read again)
+                del self._hardlinks[next(iter(self._hardlinks))]
         if not small or len(batch.files) >= self._batch_files or batch.bytes >= self._batch_bytes:
             batch.submit()
             if small:
                 self._batch = _Batch(self)
         return (*slot, True)
+
+    def _keep_read(self, walked: tuple[int, int], batch: "_Batch", idx: int, res: FileResult) -> None:
+        """The first name of a hardlinked file is done: the map keeps its result alone, not its batch."""
+        known = self._hardlinks.get(walked)
+        if known is not None and known[0] is batch and known[1] == idx:
+            self._hardlinks[walked] = (_Read(res), 0, known[2])
 
     def _submit_batch(self, files: list[tuple[bytes, bytes, tuple[int, int]]]):
         """Hand a batch to the workers: a Future of its results (or ``backup_workers.Pending``)."""
@@ -480,7 +514,7 @@ class Archiver:
                     else:
                         same = False
                         items.append((*self._submit_file(child, name, st, here), child, name, st.st_size,
-                                      old is None, (st.st_dev, st.st_ino), here))
+                                      st.st_mtime_ns, old is None, (st.st_dev, st.st_ino), here))
                 elif t == SYMLINK:
                     if isinstance(target, OSError):
                         self._error(child, _not_ours(target).strerror or str(target))
@@ -614,16 +648,18 @@ class Archiver:
             if isinstance(it, Node):
                 nodes.append(it)
                 continue
-            batch, idx, first, child, name, seen, is_new, walked, here = it  # (is_new: this name's; hardlinks
+            batch, idx, first, child, name, seen, mtime, is_new, walked, here = it  # (is_new: this name's; hardlinks
             #                                   share a read, counted for the ``first`` name only; walked: (dev, ino))
             res: FileResult = batch.result()[idx]
             read = None if res.node is None else (res.node.dev, res.node.inode)
-            if not first and read != walked:
+            if not first and (read != walked or (res.node.size, res.node.mtime_ns) != (seen, mtime)):
                 # the name that was read for this file was replaced or deleted after the walk: what was read
                 # is another file's (or nothing), not this one's: read this name itself
                 res, first = self._reader.read_files([(child, name, here)])[0], True
             elif read is not None and read != walked:
                 self.stats.warnings.append((_display(child), "replaced while the backup ran: the new file is stored"))
+            if first and res.node is not None and res.node.nlink > 1:
+                self._keep_read(walked, batch, idx, res)
             if res.vanished:  # as if the listing had been taken a moment later
                 self.stats.warnings.append((_display(child), "deleted while the backup ran: not in the snapshot"))
                 self.stats.bytes_processed -= seen
