@@ -8,7 +8,9 @@ import os
 import sqlite3
 from datetime import datetime, timezone
 
-from conftest import assert_trees_equal, make_tree
+import pytest
+
+from conftest import assert_trees_equal, make_tree, with_jobs
 from test_hostile import Crafter
 
 from vault.model import Snapshot
@@ -158,3 +160,34 @@ def test_a_directory_with_one_change_gets_the_tree_a_first_backup_would_write(re
 
     r = Repository.open(LocalBackend(repo.repo), PASSWORD.encode())
     assert r.load_snapshot(again["snapshot_id"]).tree == r.load_snapshot(fresh["snapshot_id"]).tree
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_file_read_within_its_timestamp_granule_is_read_again_next_time(repo, tmp_path, monkeypatch, jobs):
+    """A file rewritten (same size) within the timestamp granule in which the backup read it keeps size, mtime,
+    ctime and inode: every later backup took it as unchanged and kept the old content (ext4 with 128-byte
+    inodes has whole-second timestamps; older kernels' ctime is a clock tick). Such a file is stored with
+    ctime 0 and read again. (The windows are widened here so that a file just made is within them.)"""
+    from vault import filereader
+
+    src = make_tree(tmp_path / "src", {"f": b"version-A", "g": b"other"})
+    monkeypatch.setattr(filereader, "RACY_FINE_NS", 3600 * 10**9)
+    monkeypatch.setattr(filereader, "RACY_COARSE_NS", 3600 * 10**9)
+    with_jobs(repo, jobs, "backup", src)
+    out = with_jobs(repo, jobs, "--json", "backup", src).json
+    assert (out["files_changed"], out["files_unmodified"]) == (2, 0), out
+    monkeypatch.undo()
+    out = with_jobs(repo, jobs, "--json", "backup", src).json  # (read long after their last change: settled)
+    assert (out["files_changed"], out["files_unmodified"]) == (2, 0), out
+    out = with_jobs(repo, jobs, "--json", "backup", src).json
+    assert out["files_unmodified"] == 2, out
+
+
+def test_the_racy_window_is_judged_by_the_timestamps_granule():
+    from vault.filereader import racy
+
+    second = 1_700_000_000 * 10**9
+    assert racy(second, second + 1_500_000_000)  # whole seconds: a coarse file system, 2 s
+    assert not racy(second, second + 2_000_000_001)
+    assert racy(second + 123, second + 123 + 10_000_000)  # sub-second: a few clock ticks
+    assert not racy(second + 123, second + 123 + 30_000_000)

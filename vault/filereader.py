@@ -11,6 +11,7 @@ import errno
 import os
 import stat
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -29,6 +30,20 @@ GROWTH = 64 << 20  # bytes a file may grow by while it is read (more: another pr
 
 class StoreFailed(VaultError):
     pass
+
+
+RACY_FINE_NS = 20_000_000  # a file system with sub-second timestamps: a few clock ticks of an older kernel
+RACY_COARSE_NS = 2_000_000_000  # whole seconds (ext4 with 128-byte inodes, SMB, some NFS and FUSE), FAT's 2 s
+
+
+def racy(ctime_ns: int, started_ns: int) -> bool:
+    """Whether the file, read from ``started_ns`` on, could still change without its ctime changing: its ctime
+    lies within one timestamp granule of the read (git's "racily clean" entries). Such a file is stored with
+    ctime 0, so that the next backup reads it again instead of taking a rewrite of the same size in that granule
+    for no change. The granule is judged by the ctime itself: a whole second is taken for a coarse file system
+    (the odds of a fine one landing on a whole second are one in 10^9)."""
+    window = RACY_COARSE_NS if ctime_ns % 1_000_000_000 == 0 else RACY_FINE_NS
+    return ctime_ns + window > started_ns
 
 
 @dataclass(slots=True)  # (one per file of a directory until its tree is stored: 200,000 in a wide one)
@@ -143,6 +158,7 @@ class FileReader:
             if not stat.S_ISREG(st.st_mode):
                 res.error = "changed type while being backed up"
                 return res
+            started = time.time_ns()
             node = node_from_stat(name, st)
             node.xattrs, res.note = read_xattrs(fd)
             if res.note is not None:
@@ -183,6 +199,8 @@ class FileReader:
             if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (st.st_size, st.st_mtime_ns,
                                                                        st.st_ctime_ns) or res.read != st.st_size:
                 res.changed_while_reading = True
+            if racy(st.st_ctime_ns, started):
+                node.ctime_ns = 0  # (the next backup reads it again: a change from now on may not show in its stat)
             node.size = res.read
             node.blocks = blocks
             res.node = node
