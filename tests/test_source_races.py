@@ -309,3 +309,19 @@ def test_hardlinked_files_past_the_map_limit_keep_their_links_and_free_their_bat
     for i in range(20):
         assert (r / "b" / f"g{i:02d}").read_bytes() == b"content %d" % i
         assert os.stat(r / "b" / f"g{i:02d}").st_ino == os.stat(r / "a" / f"f{i:02d}").st_ino
+
+
+def test_a_directory_deleted_after_its_parents_listing_is_left_out_not_an_error(repo, tmp_path, monkeypatch):
+    """A file deleted between the listing and its read is left out with a warning (exit 0); a directory deleted
+    the same way was an error (exit 3: a cron mail for a build directory cleaned up during the run) and was
+    stored as an empty directory, which restore then made. A PATH that disappears stays an error."""
+    src = make_tree(tmp_path / "src", {"gone": {"f": b"x", "sub": {"g": b"y"}}, "kept": {"h": b"z"}})
+    import shutil
+
+    _before_walking(monkeypatch, b"/gone", lambda: shutil.rmtree(src / "gone"))
+    res = with_jobs(repo, "1", "--json", "backup", src)
+    assert res.code == 0 and not res.json["errors"], res.out
+    assert any(w["path"].endswith("/gone") and "deleted while the backup ran" in w["warning"]
+               for w in res.json["warnings"]), res.json["warnings"]
+    paths = _paths(repo)
+    assert f"{src}/kept/h" in paths and not any("/gone" in p for p in paths)

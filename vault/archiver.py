@@ -161,6 +161,8 @@ class _PendingDir:
         return True
 
 
+_VANISHED = (-1, -1)  # ``_open_dir``: the directory was deleted after its parent's listing
+
 KEEP_OPEN = 64  # directory levels that keep their descriptor while a subdirectory is walked
 
 
@@ -422,7 +424,7 @@ class Archiver:
         return {e[0]: e for e in entries}, indexed and not lost, lost
 
     def _save_dir(self, path: bytes, parent_tree: bytes | None, only: dict | None, root_dev: int,
-                  node: Node | None) -> None:
+                  node: Node | None) -> bool:
         """Walk one directory: stat its entries, reuse unchanged files, submit the others to the workers,
         recurse into subdirectories. Its tree is stored later, by ``_finalize``, once every entry is known
         -- so the walk never waits for the workers at a directory boundary."""
@@ -431,7 +433,11 @@ class Archiver:
         if self._depth > DEEPEST:  # (refused past this depth, not wherever the recursion limit happens to fall)
             raise VaultError(f"a directory tree nests more than {DEEPEST:,} levels deep (counted from /): not "
                              f"supported ({_display(path[:200])}...)")
-        here, names, fd = self._open_dir(path, only, None if node is None else (node.dev, node.inode))
+        may_vanish = only is None and node is not None and path not in self._named
+        here, names, fd = self._open_dir(path, only, None if node is None else (node.dev, node.inode), may_vanish)
+        if here is _VANISHED:  # (deleted since its parent was listed: as if the listing had come a moment later)
+            self.stats.warnings.append((_display(path), "deleted while the backup ran: not in the snapshot"))
+            return False
         self._depth += 1
         items: list[Node | tuple[Future, bytes, bytes]] = []
         try:
@@ -496,7 +502,9 @@ class Archiver:
                             sub.subtree = self._store_tree(Tree([]))
                     else:  # a named PATH is walked whole, on its own file system (-x stops at mounts below it)
                         dev = st.st_dev if (only is not None and sub_only is None) or named else root_dev
-                        self._save_dir(child, old_sub, sub_only, dev, sub)
+                        if not self._save_dir(child, old_sub, sub_only, dev, sub):
+                            same = False
+                            continue
                     self.stats.dirs += 1
                     items.append(sub)
                 elif t == FILE:
@@ -536,19 +544,26 @@ class Archiver:
         self._dirs.append(_PendingDir(items, node, parent_tree if same else None, subdirs))
         self._pending_items += len(items)
         self._finalize(block=False)
+        return True
 
-    def _open_dir(self, path: bytes, only: dict | None, expect: tuple[int, int] | None
+    def _open_dir(self, path: bytes, only: dict | None, expect: tuple[int, int] | None, may_vanish: bool = False
                   ) -> tuple[tuple[int, int] | None, list[bytes], int | None]:
         """The directory's (dev, ino), its entry names in order, and a descriptor of it: every entry is then
         stat'ed relative to the directory itself (``_stat_at``), once it is proved to be the one its parent
         listed (``expect``) -- so nothing is ever looked up through a symlink swapped in for it or for a
         directory above it meanwhile, and nothing from outside the tree gets into the snapshot. ``only``: these
         names (the PATHs' skeleton) instead of a listing; such a directory needs only search permission
-        (O_PATH), as the path to a PATH always did. On failure (named as an error): (None, [], None)."""
+        (O_PATH), as the path to a PATH always did. On failure (named as an error): (None, [], None); deleted
+        since its parent was listed, when ``may_vanish`` (not a PATH): (_VANISHED, [], None), no error."""
         try:
             fd, here = longpath.open_dir(path, longpath.LIST_FLAGS if only is None else longpath.SEARCH_FLAGS, expect)
         except longpath.Replaced:
             self._error(path, "replaced or moved while the backup ran: its entries are not in the snapshot")
+            return None, [], None
+        except FileNotFoundError as exc:
+            if may_vanish:
+                return _VANISHED, [], None
+            self._error(path, _not_ours(exc).strerror or str(exc))
             return None, [], None
         except OSError as exc:
             self._error(path, _not_ours(exc).strerror or str(exc))
