@@ -66,7 +66,7 @@ policies = st.builds(Policy, last=small, hourly=small, daily=small, weekly=small
        policy=policies)
 def test_policy_matches_reference(data, policy):
     snaps = [snap(i, t, sorted(tags)) for i, (t, tags) in enumerate(data)]
-    decisions = retention.decide(snaps, policy, tz=UTC)
+    decisions = retention.decide(snaps, policy, tz=UTC, now=datetime(2027, 1, 1, tzinfo=UTC))
     kept = {d.snapshot.id for d in decisions if d.keep}
     assert kept == reference_keep(snaps, policy)
     # the newest is always kept; a decision has reasons exactly when it keeps; every snapshot is decided once
@@ -170,6 +170,41 @@ def test_local_periods_use_each_snapshots_own_summer_time(berlin, repo, tmp_path
     res = repo("--json", "forget", "--keep-monthly", "4", "--dry-run").json
     # June, July, December (the newest of two): 3 -- a fixed winter offset gave 2, a fixed summer one 4
     assert sum(len(g["keep"]) for g in res["groups"]) == 3
+
+
+def test_keep_within_counts_from_the_newest_snapshot_not_in_the_future():
+    """A snapshot dated ten years ahead (a host whose clock was wrong, an import) was the reference of
+    --keep-within: `30d` forgot every real snapshot. restic takes the newest snapshot not after the clock; with
+    every snapshot in the future, all are within."""
+    now = datetime(2026, 11, 28, 12, tzinfo=UTC)
+    snaps = [snap(1, datetime(2026, 11, 1, tzinfo=UTC)), snap(2, datetime(2026, 11, 20, tzinfo=UTC)),
+             snap(3, datetime(2026, 11, 27, tzinfo=UTC)), snap(4, datetime(2036, 11, 27, tzinfo=UTC))]
+    kept = {d.snapshot.id for d in retention.decide(snaps, Policy(within=parse_duration("30d")), tz=UTC, now=now)
+            if d.keep}
+    assert kept == {s.id for s in snaps}
+    kept = {d.snapshot.id for d in retention.decide(snaps, Policy(within=parse_duration("10d")), tz=UTC, now=now)
+            if d.keep}
+    assert kept == {snaps[1].id, snaps[2].id, snaps[3].id}
+    ahead = [snap(5, datetime(2030, 1, 1, tzinfo=UTC)), snap(6, datetime(2029, 1, 1, tzinfo=UTC))]
+    assert all(d.keep for d in retention.decide(ahead, Policy(within=parse_duration("1d")), tz=UTC, now=now))
+
+
+def test_forget_latest_with_a_host_forgets_that_hosts_latest_only(repo, tmp_path):
+    """`forget latest --host h1` forgot the newest snapshot of any host (h2's): the filters were ignored for
+    named snapshots. `latest` and prefixes are now taken among the snapshots the filters select, as restore
+    takes them; a full id the filters leave out is refused, nothing forgotten."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("x")
+    repo("backup", src, "--host", "h1", "--time", "2026-11-01T10:00:00Z")
+    repo("backup", src, "--host", "h2", "--time", "2026-11-02T10:00:00Z")
+    ids = {s["host"]: s["id"] for s in repo("--json", "snapshots").json}
+    out = repo("--json", "forget", "latest", "--host", "h1").json
+    assert out["removed"] == [ids["h1"]]
+    assert [s["host"] for s in repo("--json", "snapshots").json] == ["h2"]
+    res = repo("forget", ids["h2"][:8], "--host", "h1", ok=1)
+    assert "does not match" in res.err and "nothing forgotten" in res.err
+    assert [s["host"] for s in repo("--json", "snapshots").json] == ["h2"]
 
 
 def test_times_at_the_edge_of_the_calendar_do_not_break_forget(berlin):

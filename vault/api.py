@@ -565,7 +565,13 @@ def forget(settings: Settings, password: PasswordFn, ids: list[str], policy: Pol
     with session(settings, password, lock=None if dry_run else "shared", operation="forget") as sess:
         snaps = [s for s in sess.catalog.snapshots() if flt.matches(s)]
         if ids:
-            chosen = {find_snapshot(sess, spec).id for spec in ids}
+            chosen = set()
+            for spec in ids:  # (`latest` and a prefix among the snapshots --host/--tag/--path select, as restore)
+                snap = find_snapshot(sess, spec, flt=flt)
+                if not flt.matches(snap):  # (a full id or prefix of a snapshot the filters leave out: refused)
+                    raise SnapshotNotFound(f"snapshot {snap.short_id} does not match --host/--tag/--path: nothing "
+                                           "forgotten")
+                chosen.add(snap.id)
             named = sorted((s for s in sess.catalog.snapshots() if s.id in chosen), key=lambda s: (s.time, s.id),
                            reverse=True)
             groups = [Group({"snapshots": "named"}, [Decision(s, False, ["named"]) for s in named])]

@@ -117,8 +117,10 @@ def _within_cutoff(newest: datetime, span: Duration, tz: tzinfo | None) -> datet
         return datetime.min.replace(tzinfo=timezone.utc)
 
 
-def decide(snaps: list[Snapshot], policy: Policy, tz: tzinfo | None = timezone.utc) -> list[Decision]:
-    """Keep/forget with reasons for one group of snapshots; returned newest first."""
+def decide(snaps: list[Snapshot], policy: Policy, tz: tzinfo | None = timezone.utc,
+           now: datetime | None = None) -> list[Decision]:
+    """Keep/forget with reasons for one group of snapshots; returned newest first. ``now`` (default: the clock)
+    bounds the snapshot ``--keep-within`` counts back from: the newest one not in the future."""
     # at equal times a replacement written by 'vault repair' ranks above the original it replaces
     ordered = sorted(snaps, key=lambda s: (s.time, bool(s.summary.get("repaired_from")), s.id), reverse=True)
     if not ordered:
@@ -126,7 +128,13 @@ def decide(snaps: list[Snapshot], policy: Policy, tz: tzinfo | None = timezone.u
     counts = {"last": policy.last, **{r: getattr(policy, r) for r in BUCKET_RULES}}
     used = dict.fromkeys(counts, 0)
     last_bucket: dict[str, tuple | None] = dict.fromkeys(counts)
-    cutoff = _within_cutoff(ordered[0].time, policy.within, tz) if policy.within is not None else None
+    cutoff = None
+    if policy.within is not None:
+        # a snapshot dated in the future (a host whose clock was wrong, an import) is not the reference: counted
+        # from it, 30d forgot every real snapshot. With none in the past, all are within (as restic)
+        now = now or datetime.now(timezone.utc)
+        ref = next((s.time for s in ordered if s.time <= now), None)
+        cutoff = _within_cutoff(ref, policy.within, tz) if ref is not None else datetime.min.replace(tzinfo=timezone.utc)
     out = []
     for i, snap in enumerate(ordered):
         local = _local(snap.time, tz)
@@ -172,7 +180,7 @@ def parse_group_by(text: str) -> tuple[str, ...]:
 
 
 def plan(snaps: list[Snapshot], policy: Policy, group_by: tuple[str, ...] = ("host", "paths"),
-         tz: tzinfo | None = timezone.utc) -> list[Group]:
+         tz: tzinfo | None = timezone.utc, now: datetime | None = None) -> list[Group]:
     """Decide every snapshot, group by group (groups ordered by key)."""
     groups: dict[tuple, list[Snapshot]] = {}
     for s in snaps:
@@ -183,5 +191,5 @@ def plan(snaps: list[Snapshot], policy: Policy, group_by: tuple[str, ...] = ("ho
         desc = {}
         for f, v in zip(group_by, key):
             desc[f] = list(v) if isinstance(v, tuple) else v
-        out.append(Group(desc, decide(members, policy, tz)))
+        out.append(Group(desc, decide(members, policy, tz, now)))
     return out
