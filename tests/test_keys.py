@@ -540,3 +540,46 @@ def test_files_in_keys_that_are_not_slot_names_are_ignored_never_removed(repo, j
     assert [k["id"] for k in repo("--json", "key", "list").json] == [slot.name]
     res = repo("repair")
     assert res.code == 0 and "internal error" not in res.err and extra.exists(), res.err
+
+
+def _flip_in(path, field: bytes) -> None:
+    """Flip one bit inside the value of JSON ``field`` of a key slot (it still parses)."""
+    data = bytearray(path.read_bytes())
+    at = data.index(b'"' + field + b'": "') + len(field) + 5  # (the value's first character)
+    data[at] ^= 0x01 if chr(data[at] ^ 0x01).isalnum() else 0x02
+    path.write_bytes(bytes(data))
+
+
+def test_a_bit_flipped_in_a_key_slot_is_named_not_taken_for_a_wrong_password(repo, pwfiles):
+    """A slot is named by the SHA-256 of its bytes; one flipped bit in its wrapped key still parsed: `key list`
+    showed it healthy, verify said "no errors found", and its own password got "wrong password" (exit 12)."""
+    old, new = pwfiles
+    added = repo("--json", "key", "add", "--new-password-file", new).json["id"]
+    slot = next(p for p in (repo.repo / "keys").iterdir() if p.name.startswith(added[:8]))
+    _flip_in(slot, b"wrapped")
+    res = with_pw(repo, new, "snapshots", ok=12)
+    assert "1 key slot(s) are damaged" in res.err
+    listed = keys(repo)
+    assert [k["damaged"] for k in listed if k["id"] == slot.name] == [True]
+    res = repo("verify", ok=20)
+    assert slot.name[:16] in res.out + res.err and "not a usable key slot" in res.out + res.err
+    repo("repair", "index")
+    assert not slot.exists()
+    repo("verify")
+
+
+def test_a_bit_flipped_in_the_unsealed_part_of_the_slot_in_use_is_named(repo):
+    """The slot's host field changed: it still opens (the key is intact), but its bytes are not what was
+    written: verify names it with the way out (add a key, remove this one), and repair leaves it."""
+    slot = next((repo.repo / "keys").iterdir())
+    _flip_in(slot, b"host")
+    repo("snapshots")
+    res = repo("verify", ok=20)
+    assert "though this password opens it" in res.out + res.err
+    repo("repair", "index", ok=20)  # (it cannot write the slot again without the password: it says so)
+    assert slot.exists()
+    new = slot.parent.parent.parent / "pw2"
+    new.write_text("another\n")
+    repo("key", "add", "--new-password-file", new)
+    repo("key", "remove", slot.name[:12], "--password-file", new)
+    repo("verify", "--password-file", new)

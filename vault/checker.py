@@ -608,9 +608,12 @@ class Checker:
         if self.repo.config_problem:  # (the sealed copy is in use: nothing read depends on the stored one)
             self._damage("config", self.repo.config_problem)
         for name, info in self.repo.list_keys():
-            if info is None:
-                self._damage(name, "not a usable key slot (malformed: no password can open the repository with it; "
-                                   "'vault repair index' removes it)")
+            if info is None and name == self.repo.key_name:  # (its bytes changed where the key is not)
+                self._damage(name, "key slot damaged (its content does not match its name), though this password "
+                                   "opens it: add a key ('vault key add'), then remove this one ('vault key remove')")
+            elif info is None:
+                self._damage(name, "not a usable key slot (damaged or malformed: its password may no longer open "
+                                   "the repository; 'vault repair index' removes it)")
             elif "unsupported" in info:
                 self.report.info.append(f"{name}: not usable here: {info['unsupported']}; left alone")
 

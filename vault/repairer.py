@@ -552,7 +552,7 @@ class Repairer:
                 self.repo.config_problem = None
         for name, info in self.repo.list_keys():
             if info is None and name != self.repo.key_name and self.repo.slot_malformed(name):
-                self.report.warnings.append(f"{name}: malformed key slot " + ("would be removed" if self.dry_run
+                self.report.warnings.append(f"{name}: damaged or malformed key slot " + ("would be removed" if self.dry_run
                                                                              else "removed"))
                 if not self.dry_run:
                     self.repo.backend.delete(name)

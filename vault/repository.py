@@ -242,6 +242,11 @@ def _slots(backend) -> Iterator[tuple[str, int]]:
     return ((name, size) for name, size in backend.list("keys/") if _hex_name(name, "keys/") is not None)
 
 
+def _slot_sound(name: str, data: bytes) -> bool:
+    """Whether key slot ``name``'s bytes match its name (the SHA-256 of the slot)."""
+    return hashlib.sha256(data).hexdigest() == name.rsplit("/", 1)[-1]
+
+
 def _hex_name(name: str, prefix: str) -> bytes | None:
     tail = name[len(prefix):].rsplit("/", 1)[-1]
     try:
@@ -322,8 +327,11 @@ class Repository:
             try:
                 if listed[name] > MAX_SLOT:
                     raise IntegrityError("key slot too large")
-                opened = open_slot(backend.get(name, 0, listed[name]), password, repo_id)  # (as listed)
+                data = backend.get(name, 0, listed[name])  # (as listed)
+                opened = open_slot(data, password, repo_id)
                 if opened is None:
+                    if not _slot_sound(name, data):  # (damaged: named in the error, not taken for a wrong password)
+                        damaged += 1
                     continue
                 keys, sealed = opened[0], _sealed_config(opened[1], opened[2])
             except ForeignSlot as exc:
@@ -501,7 +509,10 @@ class Repository:
         out = []
         for name, size in _slots(self.backend):
             try:  # (read as the size listed: a body cut short is retried, never called a malformed slot)
-                out.append((name, slot_info(self.backend.get(name, 0, size))))
+                data = self.backend.get(name, 0, size)
+                # (damaged when its bytes do not match its name, even if they still parse: a flipped bit in
+                # the salt or the wrapped key parses and opens nothing, and was shown as a healthy slot)
+                out.append((name, slot_info(data) if _slot_sound(name, data) else None))
             except (IntegrityError, ObjectNotFound):
                 out.append((name, None))
         return out
