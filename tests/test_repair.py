@@ -110,6 +110,22 @@ def test_a_repaired_original_whose_data_a_later_backup_stored_again_is_called_wh
     assert restored_files(cli, tmp_path, "whole", lay.snapshot) == {f: Path(f).read_bytes() for f in lay.files}
 
 
+def test_restoring_repairs_replacement_says_what_it_lacks(cli, tmp_path, setup):
+    """After `repair --read-data`, `restore latest` (and --at) takes repair's replacement: it restored without the
+    lost files, exit 0, not a word (operations.md's disaster recovery: "a damaged file is named"). It now says
+    which snapshot it replaced and how many files were dropped, even with -q; exit 0 (what it holds is whole)."""
+    src, lay = setup
+    pid = data_pack_of(lay, "/f2.bin")
+    victim = min((e for p, e in lay.blocks.values() if p == pid), key=lambda e: e.offset)
+    flip(pack_path(cli.repo, pid), victim.offset + 10)
+    cli("repair", "--read-data")
+    for args in (["-q", "restore", "latest"], ["-q", "restore", "--at", "2026-03-01T10:00:00Z"]):
+        res = cli(*args, "--target", tmp_path / args[-1][:6])
+        assert f"replacement of {lay.snapshot[:8]}, without 1 file(s) lost then" in res.err, res.err
+    out = cli("--json", "restore", "latest", "--target", tmp_path / "j").json
+    assert out["repaired_from"] == lay.snapshot
+
+
 @pytest.mark.parametrize("damage", ["truncate", "delete"])
 def test_truncated_or_deleted_pack_then_repair(cli, tmp_path, setup, damage):
     src, lay = setup

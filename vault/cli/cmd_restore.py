@@ -47,6 +47,12 @@ def restore(snapshot: str | None, target: str, at: str | None, includes: tuple[s
     snap, res = api.restore(c.settings, c.password_fn(), snapshot, RestoreOptions(target, list(includes),
                             list(excludes)), at=at, flt=flt)
     c.warn_unreadable(res.passed_over, f"it may be newer than {snap.short_id}, the snapshot restored", always=True)
+    original, dropped = snap.summary.get("repaired_from"), snap.summary.get("files_dropped")
+    if isinstance(original, str):  # (latest and --at prefer repair's replacement: it lacks what was lost)
+        c.err(printable(f"vault: warning: snapshot {snap.short_id} is vault repair's replacement of {original[:8]}"
+                        + (f", without {dropped} file(s) lost then" if isinstance(dropped, int) else "")
+                        + f": restore {original[:8]} to have them named (or restored, if their data was stored "
+                          "again since)"))
     if includes and not (res.files or res.dirs or res.symlinks or res.other or res.damaged or res.errors):
         also = " that --exclude leaves in" if excludes else ""
         c.err(printable(f"vault: warning: nothing in snapshot {snap.short_id} matches --include "
@@ -69,6 +75,7 @@ def restore(snapshot: str | None, target: str, at: str | None, includes: tuple[s
                      "errors": [{"path": p, "error": w} for p, w in res.errors],
                      "warnings": [{"path": p, "warning": w} for p, w in res.warnings],
                      **({"catalog_problem": res.catalog_problem} if res.catalog_problem else {}),
+                     **({"repaired_from": original} if isinstance(original, str) else {}),
                      **({"unreadable_snapshots": sorted(res.passed_over)} if res.passed_over else {}), **res.requests})
     else:
         c.out(f"restored snapshot {snap.short_id} to {printable(str(target))}: {res.files} files, {res.dirs} dirs, "
