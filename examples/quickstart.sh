@@ -16,4 +16,4 @@ vault backup "$sample" --tag quickstart
 vault snapshots
 vault restore latest --target "$work/restore"
 vault verify --read-data
-diff -r "$sample" "$work/restore$(cd "$sample" && pwd)" && echo "quickstart: restore is identical to $sample"
+diff -r --no-dereference "$sample" "$work/restore$(cd "$sample" && pwd)" && echo "quickstart: restore is identical to $sample"

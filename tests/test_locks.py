@@ -123,6 +123,8 @@ def test_malformed_lock_does_not_block(repo, src):
     be = backend(repo)
     be.put("locks/" + "d" * 32, b"{not json")
     repo("backup", src, "--lock-wait", "0")
+    out = repo("unlock").out  # (it said "shared lock held by malformed (pid 0 on ?, 1795880452s ago)")
+    assert f"malformed lock object locks/{'d' * 32}" in out and "s ago" not in out, out
 
 
 # --- unlock -----------------------------------------------------------------------------------------------

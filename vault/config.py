@@ -214,7 +214,8 @@ def get_new_password(source_file: str | None, prompt: Callable[[str], str] | Non
         if os.fsencode(prompt("Repeat new password: ")) != pw:
             raise NoPassword("the passwords do not match")
     else:
-        raise NoPassword("no new password given: use --new-password-file or set VAULT_NEW_PASSWORD")
+        raise NoPassword("no new password given: use --new-password-file, or set VAULT_NEW_PASSWORD_FILE or "
+                         "VAULT_NEW_PASSWORD")
     if not pw:
         raise NoPassword("empty password")
     return pw

@@ -49,6 +49,8 @@ class LockInfo:
     pid_ns: str = ""
 
     def describe(self) -> str:
+        if self.operation == "malformed" and self.pid == 0:  # (``list_locks``'s stand-in for one that does not parse)
+            return f"malformed lock object {self.name}"
         kind = "exclusive" if self.exclusive else "shared"
         age = max(0, int(time.time() - self.time))
         return f"{kind} lock held by {self.operation} (pid {self.pid} on {self.host}, {age}s ago)"

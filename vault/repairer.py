@@ -313,6 +313,11 @@ class Repairer:
         if not self.dry_run:
             self._flush_new()
             self._drop_healed()
+        # (the advice to heal from a copy was given before this very run healed from one)
+        self.report.warnings = [w.replace(" (a copy may still heal it: repair --from-repo)",
+                                          ": what snapshots need of it was sought in the copy (the verify after repair names "
+                                          "anything still missing)")
+                                for w in self.report.warnings]
 
     def _drop_healed(self) -> None:
         """Delete the damaged packs repair kept whose every block is now stored in another pack (healed from the
