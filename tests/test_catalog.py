@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import fill, make_tree, tmpfs
+from conftest import ext4, fill, make_tree, tmpfs
 
 
 def _tamper_cached_trees(tmp_path, change) -> int:
@@ -291,6 +291,25 @@ def test_a_full_cache_disk_is_said_and_the_catalog_kept(repo, tmp_path):
         assert len(repo("--cache-dir", cache, "--json", "snapshots").json) == 1
 
 
+@pytest.mark.parametrize("with_catalog", [False, True])
+def test_a_cache_disk_full_to_the_last_block_is_said_not_a_bus_error(repo, tmp_path, with_catalog):
+    """A cache disk with no block left: SQLite maps the catalog's shared-memory file (WAL) and the first store
+    into a page that cannot be given a block killed vault with SIGBUS (exit 135, not a word), a new machine's
+    first run or a verify. vault now looks for room before SQLite maps anything."""
+    with ext4(tmp_path / "small", 16) as cache:  # (ext4: tmpfs says ENOSPC instead)
+        src = make_tree(tmp_path / "src", {"a": os.urandom(100_000)})
+        repo("--cache-dir", cache if with_catalog else tmp_path / "elsewhere", "backup", src)
+        fill(cache)
+        got = {}
+        for args in (("snapshots",), ("verify",), ("forget", "--keep-last", "1", "--prune"), ("catalog", "rebuild")):
+            p = repo.proc("--cache-dir", cache, *args)
+            got[args[0]] = (p.returncode, p.stderr.decode()[:60])
+        # (done, or the one line; a command that needs no new page of the catalog may well succeed)
+        assert all(code == 0 or (code == 1 and err.startswith("vault: the disk under the cache directory is full"))
+                   for code, err in got.values()), got
+        assert with_catalog or got["snapshots"][0] == 1, got
+
+
 def test_a_cache_disk_that_fills_in_the_middle_of_a_sync_keeps_the_catalog(repo, tmp_path):
     """The disk fills while a sync inserts a large index segment: SQLite rolls the transaction back itself,
     and that is still said as a full disk -- never taken for damage, never a reason to delete the catalog."""
@@ -565,3 +584,20 @@ def test_catalog_rebuild_waits_for_the_others_sharing_the_cache(repo, tmp_path):
     p = repo.proc("--lock-wait", "60", "catalog", "rebuild")
     assert p.returncode == 0, p.stderr
     assert len(repo("--json", "snapshots").json) == 1
+
+
+def test_catalog_rebuild_that_cannot_write_its_trees_fails(repo, tmp_path, monkeypatch):
+    """The disk under the cache filled while `catalog rebuild` cached the trees: that was noted as a snapshot's
+    problem and the rebuild said "catalog rebuilt", exit 0 -- a cron job took it for done."""
+    from vault.catalog import Catalog
+    from vault.errors import CacheUnavailable
+
+    repo("backup", make_tree(tmp_path / "src", {"a": b"x"}))
+
+    def walk(self, *a, **k):
+        raise CacheUnavailable("the disk under the cache directory is full (catalog x); free some space")
+        yield
+
+    monkeypatch.setattr(Catalog, "walk", walk)
+    res = repo("catalog", "rebuild", ok=1)
+    assert res.err.startswith("vault: the disk under the cache directory is full") and "rebuilt" not in res.out

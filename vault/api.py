@@ -28,7 +28,7 @@ from .chunker import ChunkerParams
 from .config import DEFAULT_LOCK_WAIT, Settings
 from .crypto import KdfParams, MasterKeys
 from .copier import Copier, CopyReport
-from .errors import CatalogInUse, IntegrityError, PermanentError, RepositoryNotFound, SnapshotNotFound, UsageError, VaultError, WrongPassword
+from .errors import CacheUnavailable, CatalogBusy, CatalogInUse, IntegrityError, PermanentError, RepositoryNotFound, SnapshotNotFound, UsageError, VaultError, WrongPassword
 from .excludes import Matcher
 from .ids import resolve_prefix
 from .locks import Lock, remove_locks
@@ -751,6 +751,8 @@ def catalog_rebuild(settings: Settings, password: PasswordFn) -> dict:
             try:
                 for _ in catalog.walk(repo, snap.tree):
                     pass
+            except (CacheUnavailable, CatalogBusy):  # (this machine's trouble, not damage: the rebuild failed)
+                raise
             except VaultError as exc:  # damage is verify's to report in full: note it, go on
                 report.problems.append(f"snapshot {snap.short_id}: {exc}")
         st = catalog.stats()

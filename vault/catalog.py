@@ -98,14 +98,35 @@ def _out_of_descriptors() -> bool:
     return False
 
 
+WAL_INDEX_ROOM = 1 << 20  # bytes the cache's file system must have free before SQLite maps the WAL index
+
+
+def _disk_full(path: str) -> CacheUnavailable:
+    return CacheUnavailable(f"the disk under the cache directory is full (catalog {path}); free some space, or give "
+                            "--cache-dir another place")
+
+
+def _room_for_wal_index(path: str) -> None:
+    """Refuse (CacheUnavailable) when the catalog's file system has (almost) no block left. SQLite maps the WAL
+    index (``catalog.db-shm``) and extends it by writing a byte per page, which ext4 takes on credit; the first
+    store into such a page of the mapping that then cannot get a block is a SIGBUS: vault died with exit 135
+    and not a word. (Counted as this user can write: root's reserved blocks too.)"""
+    try:
+        st = os.statvfs(os.path.dirname(path) or ".")
+    except OSError:
+        return  # (the open that follows says what is wrong)
+    free = (st.f_bfree if os.geteuid() == 0 else st.f_bavail) * st.f_frsize
+    if st.f_blocks and free < WAL_INDEX_ROOM:
+        raise _disk_full(path)
+
+
 def _db_error(exc: sqlite3.DatabaseError, path: str) -> CatalogError:
     """vault's error for a failed catalog query. A full, failing, read-only or busy place is not damage: said
     as such, and the catalog is kept (CacheUnavailable); anything else (corrupt pages, a file that is not a
     database, a table missing) is damage, and the catalog is rebuilt."""
     code = getattr(exc, "sqlite_errorcode", None) or 0
     if code & 0xFF == sqlite3.SQLITE_FULL or code == _SQLITE_IOERR_SHMSIZE or "disk is full" in str(exc):
-        return CacheUnavailable(f"the disk under the cache directory is full (catalog {path}); free some space, "
-                                "or give --cache-dir another place")
+        return _disk_full(path)
     if code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
         return CatalogBusy(f"the catalog {path} is held by another vault process that has not let go in the "
                            "time given (--lock-wait; stopped or hung?): try again later, or use another --cache-dir")
@@ -204,6 +225,7 @@ class Catalog:
                 pass
 
     def _connect(self) -> sqlite3.Connection:
+        _room_for_wal_index(self.path)
         conn = sqlite3.connect(self.path, check_same_thread=False, timeout=self._wait, isolation_level=None)
         try:
             conn.execute("PRAGMA journal_mode=WAL")
