@@ -805,3 +805,42 @@ def test_a_gateway_that_cuts_every_read_at_the_same_point_is_no_damage(s3cli, mo
     assert r.returncode == 1, (r.returncode, r.stdout[-600:], r.stderr[-600:])
     assert json.loads(ok(run(s3cli, "--json", "snapshots")).stdout) == before
     assert json.loads(ok(run(s3cli, "--json", "verify")).stdout)["ok"] is True
+
+
+def test_a_reset_inside_an_error_answers_body_is_transient_not_an_internal_error(monkeypatch):
+    """A 404 whose XML body is cut by a connection reset: botocore reads an error's body outside its own
+    handlers, and urllib3's ProtocolError escaped as "internal error: ProtocolError", exit 1, not retried."""
+    import socket
+    import struct
+    import threading
+
+    from vault.backend.s3 import S3Backend
+    from vault.errors import TransientError
+
+    for k, v in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
+    body = b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>NoSuchKey</Code>' + b" " * 2000 + b"</Error>"
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+
+    def serve():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Type: application/xml\r\nContent-Length: %d\r\n\r\n"
+                         % len(body) + body[: len(body) // 2])
+            time.sleep(0.1)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()  # (a reset)
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        backend = S3Backend("bkt", "p", endpoint=f"http://127.0.0.1:{server.getsockname()[1]}")
+        with pytest.raises(TransientError):  # (the retry layer above the backend retries it then)
+            backend.get("config")
+    finally:
+        server.close()

@@ -31,6 +31,7 @@ from collections.abc import Iterator
 
 import boto3
 import botocore.config
+import urllib3.exceptions
 from botocore.exceptions import (BotoCoreError, ClientError, ConfigParseError, ConnectionError as BotoConnectionError,
                                  CredentialRetrievalError, FlexibleChecksumError, HTTPClientError,
                                  IncompleteReadError, InvalidConfigError, InvalidRegionError, NoCredentialsError,
@@ -204,6 +205,8 @@ class S3Backend:
             raise BackendError(f"S3 {what}: {exc}") from None
         except OSError as exc:  # a reset while streaming a body
             raise TransientError(f"S3 {what}: {exc}") from None
+        except urllib3.exceptions.HTTPError as exc:  # a reset inside an error answer's body: botocore reads it
+            raise TransientError(f"S3 {what}: {exc}") from None  # outside its own handlers (urllib3's ProtocolError)
         except (ValueError, KeyError) as exc:  # botocore parsing a head cut short (a date cut in two, a header
             # missing): the response, not the object, is bad -- retried, never taken as damage
             raise TruncatedResponse(f"S3 {what}: malformed response ({type(exc).__name__}: {exc})") from None
