@@ -325,3 +325,50 @@ def test_a_directory_deleted_after_its_parents_listing_is_left_out_not_an_error(
                for w in res.json["warnings"]), res.json["warnings"]
     paths = _paths(repo)
     assert f"{src}/kept/h" in paths and not any("/gone" in p for p in paths)
+
+
+def test_a_directory_renamed_within_its_parent_during_the_walk_is_named(repo, tmp_path, monkeypatch):
+    """p/e (a directory) and p/.alt (a symlink) swapped right after the walk stat'ed .alt: e was then a symlink
+    too, so the snapshot held the directory under no name, exit 0, not a word (each entry is stat'ed at its
+    own moment). The parent's mtime and ctime moved on during its walk: it is named now."""
+    src = make_tree(tmp_path / "src", {"p": {"e": {f"f{i}": b"%d" % i for i in range(5)}}})
+    os.symlink("e", src / "p" / ".alt")
+    real, done = archiver.Archiver._stat_at, []
+
+    def stat_at(self, fd, path, name):
+        got = real(self, fd, path, name)
+        if name == b".alt" and not done:
+            done.append(1)
+            p = src / "p"
+            os.rename(p / "e", p / "tmp")
+            os.rename(p / ".alt", p / "e")
+            os.rename(p / "tmp", p / ".alt")
+        return got
+
+    monkeypatch.setattr(archiver.Archiver, "_stat_at", stat_at)
+    res = with_jobs(repo, "1", "--json", "backup", src)
+    assert done and any(w["path"] == f"{src}/p" and "changed while the backup ran" in w["warning"]
+                        for w in res.json["warnings"]), res.json["warnings"]
+
+
+def test_a_symlink_replaced_by_a_directory_between_lstat_and_readlink_is_stored_as_it_is_now(repo, tmp_path,
+                                                                                            monkeypatch):
+    """lstat said symlink, then readlink found a directory: "error: PATH: Invalid argument" (exit 3), the entry
+    left out. It is looked at again and stored as what it now is."""
+    src = make_tree(tmp_path / "src", {"x": b"1"})
+    os.symlink("x", src / "s")
+    real, done = os.readlink, []
+
+    def readlink(name, *a, **k):
+        if name == b"s" and not done:
+            done.append(1)
+            os.unlink(src / "s")
+            os.mkdir(src / "s")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(archiver.os, "readlink", readlink)
+    res = with_jobs(repo, "1", "--json", "backup", src)
+    assert done and res.code == 0 and not res.json["errors"], res.out
+    monkeypatch.undo()
+    kinds = {e["path"]: e["type"] for e in repo("--json", "ls", "latest").json["entries"]}
+    assert kinds[f"{src}/s"] == "dir"

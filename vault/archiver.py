@@ -434,7 +434,8 @@ class Archiver:
             raise VaultError(f"a directory tree nests more than {DEEPEST:,} levels deep (counted from /): not "
                              f"supported ({_display(path[:200])}...)")
         may_vanish = only is None and node is not None and path not in self._named
-        here, names, fd = self._open_dir(path, only, None if node is None else (node.dev, node.inode), may_vanish)
+        here, names, fd, listed_at = self._open_dir(path, only, None if node is None else (node.dev, node.inode),
+                                                    may_vanish)
         if here is _VANISHED:  # (deleted since its parent was listed: as if the listing had come a moment later)
             self.stats.warnings.append((_display(path), "deleted while the backup ran: not in the snapshot"))
             return False
@@ -538,6 +539,8 @@ class Archiver:
         finally:
             self._depth -= 1
             if fd is not None:
+                if listed_at is not None:
+                    self._changed_since_listed(fd, path, listed_at)
                 os.close(fd)
         if len(items) != len(parent):
             same = False  # entries were added, removed or skipped (an error, an exclude)
@@ -547,34 +550,51 @@ class Archiver:
         return True
 
     def _open_dir(self, path: bytes, only: dict | None, expect: tuple[int, int] | None, may_vanish: bool = False
-                  ) -> tuple[tuple[int, int] | None, list[bytes], int | None]:
-        """The directory's (dev, ino), its entry names in order, and a descriptor of it: every entry is then
+                  ) -> tuple[tuple[int, int] | None, list[bytes], int | None, tuple[int, int] | None]:
+        """The directory's (dev, ino), its entry names in order, a descriptor of it, and its (mtime, ctime) as it
+        was listed (None for ``only``, or when not listed; see ``_changed_since_listed``): every entry is then
         stat'ed relative to the directory itself (``_stat_at``), once it is proved to be the one its parent
         listed (``expect``) -- so nothing is ever looked up through a symlink swapped in for it or for a
         directory above it meanwhile, and nothing from outside the tree gets into the snapshot. ``only``: these
         names (the PATHs' skeleton) instead of a listing; such a directory needs only search permission
-        (O_PATH), as the path to a PATH always did. On failure (named as an error): (None, [], None); deleted
-        since its parent was listed, when ``may_vanish`` (not a PATH): (_VANISHED, [], None), no error."""
+        (O_PATH), as the path to a PATH always did. On failure (named as an error): (None, [], None, None);
+        deleted since its parent was listed, when ``may_vanish`` (not a PATH): (_VANISHED, [], None, None), no
+        error."""
         try:
-            fd, here = longpath.open_dir(path, longpath.LIST_FLAGS if only is None else longpath.SEARCH_FLAGS, expect)
+            fd, here, listed = longpath.open_dir(path, longpath.LIST_FLAGS if only is None else longpath.SEARCH_FLAGS,
+                                                 expect)
         except longpath.Replaced:
             self._error(path, "replaced or moved while the backup ran: its entries are not in the snapshot")
-            return None, [], None
+            return None, [], None, None
         except FileNotFoundError as exc:
             if may_vanish:
-                return _VANISHED, [], None
+                return _VANISHED, [], None, None
             self._error(path, _not_ours(exc).strerror or str(exc))
-            return None, [], None
+            return None, [], None, None
         except OSError as exc:
             self._error(path, _not_ours(exc).strerror or str(exc))
-            return None, [], None
+            return None, [], None, None
         if only is not None:
-            return here, sorted(only), fd
+            return here, sorted(only), fd, None
         try:
-            return here, sorted(map(os.fsencode, os.listdir(fd))), fd  # (str for a descriptor: to bytes)
+            names = sorted(map(os.fsencode, os.listdir(fd)))  # (str for a descriptor: to bytes)
+            return here, names, fd, (listed.st_mtime_ns, listed.st_ctime_ns)
         except OSError as exc:
             self._error(path, _not_ours(exc).strerror or str(exc))
-            return here, [], fd
+            return here, [], fd, None
+
+    def _changed_since_listed(self, fd: int, path: bytes, listed_at: tuple[int, int]) -> None:
+        """A directory whose entries were added, removed or renamed while it was walked (its mtime or ctime moved
+        on) is named: each entry is stat'ed at its own moment, so a directory renamed from a name not reached
+        yet to one already passed (or swapped with another entry) was in no name of the snapshot, or in two,
+        without a word."""
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            return
+        if (st.st_mtime_ns, st.st_ctime_ns) != listed_at:
+            self.stats.warnings.append((_display(path), "changed while the backup ran (entries added, removed or "
+                                                        "renamed meanwhile): the snapshot may lack or double some"))
 
     def _reopen(self, path: bytes, here: tuple[int, int]) -> int | None:
         """A descriptor of the directory at ``path`` again, proved to be ``here`` (None, named, when not)."""
@@ -611,15 +631,24 @@ class Archiver:
         """(lstat or the OSError, a symlink's target or OSError, for a symlink on the way to a PATH named below
         it the directory it leads to) of entry ``name`` of the directory open as ``fd``."""
         target = st_dir = None
-        try:
-            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-        except OSError as exc:
-            return exc, None, None
-        if stat.S_ISLNK(st.st_mode):
+        for _ in range(3):  # (again when it stopped being a symlink between the two calls: replaced meanwhile)
+            target = None
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except OSError as exc:
+                return exc, None, None
+            if not stat.S_ISLNK(st.st_mode):
+                break
             try:
                 target = os.readlink(name, dir_fd=fd)
+                break
             except OSError as exc:
                 target = exc
+                if exc.errno != errno.EINVAL:
+                    break
+        if isinstance(target, OSError) and target.errno == errno.EINVAL:
+            target = OSError(errno.EINVAL, "replaced again and again while the backup ran: not in the snapshot")
+        if stat.S_ISLNK(st.st_mode):
             if self._named_below(_join(path, name)):
                 try:
                     st_dir = os.stat(name, dir_fd=fd)

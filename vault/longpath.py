@@ -79,8 +79,9 @@ class Replaced(Exception):
 
 
 
-def open_dir(path: bytes, flags: int, expect: tuple[int, int] | None) -> tuple[int, tuple[int, int]]:
-    """A descriptor of the directory at ``path`` (whatever its length) and its (dev, ino); Replaced (the
+def open_dir(path: bytes, flags: int, expect: tuple[int, int] | None
+             ) -> tuple[int, tuple[int, int], os.stat_result]:
+    """A descriptor of the directory at ``path`` (whatever its length), its (dev, ino) and stat; Replaced (the
     descriptor closed) when it is not ``expect``: every call relative to the descriptor then stays in the
     directory that was meant."""
     fd = call(os.open, path, flags)
@@ -93,4 +94,4 @@ def open_dir(path: bytes, flags: int, expect: tuple[int, int] | None) -> tuple[i
     if expect is not None and ident != expect:
         os.close(fd)
         raise Replaced(path)
-    return fd, ident
+    return fd, ident, st
