@@ -601,3 +601,31 @@ def test_catalog_rebuild_that_cannot_write_its_trees_fails(repo, tmp_path, monke
     monkeypatch.setattr(Catalog, "walk", walk)
     res = repo("catalog", "rebuild", ok=1)
     assert res.err.startswith("vault: the disk under the cache directory is full") and "rebuilt" not in res.out
+
+
+def test_an_edited_snapshot_row_of_the_catalog_is_read_again_from_the_repository(repo, tmp_path):
+    """The catalog's snapshot rows were trusted as they were: one changed tree id (a damaged or edited cache)
+    made `restore latest` restore the older snapshot's tree, exit 0, verify clean. Rows are sealed now (a keyed
+    MAC, as the cached trees are); one whose seal fails, or that has none (a catalog of an earlier vault), is
+    read again from the repository."""
+    src = make_tree(tmp_path / "src", {"a": {"file": b"old"}})
+    repo("backup", src)
+    (src / "a" / "file").write_bytes(b"new")
+    repo("backup", src)
+    db = next(repo.cache.rglob("catalog.db"))
+    con = sqlite3.connect(db)
+    (old_tree,), (new_id,) = (con.execute("SELECT tree FROM snapshots ORDER BY time LIMIT 1").fetchone(),
+                              con.execute("SELECT id FROM snapshots ORDER BY time DESC LIMIT 1").fetchone())
+    con.execute("UPDATE snapshots SET tree=? WHERE id=?", (old_tree, new_id))
+    con.commit()
+    con.close()
+    repo("restore", "latest", "--target", tmp_path / "r")
+    assert (tmp_path / "r" / src.relative_to("/") / "a" / "file").read_bytes() == b"new"
+    con = sqlite3.connect(db)  # (a catalog of an earlier vault: no seals at all)
+    con.execute("UPDATE snapshots SET seal=NULL")
+    con.commit()
+    con.close()
+    assert len(repo("--json", "snapshots").json) == 2
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT count(*) FROM snapshots WHERE seal IS NOT NULL").fetchone()[0] == 2
+    con.close()

@@ -20,7 +20,9 @@ thread-safe (one connection behind a lock).
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import hmac
 import itertools
 import json
 import os
@@ -43,7 +45,25 @@ from .pack import PackEntry
 
 _SNAPSHOT_COLUMNS = "id, time, host, paths, tags, tree, username, parent, summary"  # (snapshots, lost_snapshots)
 _LOST_TABLE = ("CREATE TABLE IF NOT EXISTS lost_snapshots (id TEXT PRIMARY KEY, time TEXT NOT NULL, host TEXT NOT NULL, "
-               "paths TEXT NOT NULL, tags TEXT NOT NULL, tree BLOB NOT NULL, username TEXT, parent TEXT, summary TEXT)")
+               "paths TEXT NOT NULL, tags TEXT NOT NULL, tree BLOB NOT NULL, username TEXT, parent TEXT, summary TEXT, "
+               "seal BLOB)")
+_SEALED_COLUMNS = _SNAPSHOT_COLUMNS + ", seal"
+
+
+def _snapshot_seal(key: bytes, row: tuple) -> bytes:
+    """A keyed MAC over a snapshot row as stored (the catalog's key: derived from the repository's)."""
+    i, t, h, p, tg, tree, u, par, s = row
+    text = json.dumps([i, t, h, p, tg, bytes(tree).hex(), u, par, s], separators=(",", ":"))
+    return hmac.digest(key, b"vault catalog snapshot v1\0" + text.encode("utf-8", "surrogateescape"), "sha256")
+
+
+def _seal_holds(key: bytes, row: tuple, seal: object) -> bool:
+    try:
+        return type(seal) is bytes and hmac.compare_digest(_snapshot_seal(key, row), seal)
+    except (TypeError, ValueError):  # (a damaged row: another SQLite type in a column)
+        return False
+
+
 _SUPERSEDED_TABLE = "CREATE TABLE IF NOT EXISTS superseded (id TEXT PRIMARY KEY) WITHOUT ROWID"
 # packs' verification times across an index reset (every prune causes one): ``verify --read-data-subset``'s
 # rotation went back to the same lowest pack ids each night, and most packs were never read
@@ -64,7 +84,7 @@ CREATE TABLE IF NOT EXISTS blocks (
 CREATE INDEX IF NOT EXISTS blocks_pack ON blocks(pack);
 CREATE TABLE IF NOT EXISTS snapshots (
     id TEXT PRIMARY KEY, time TEXT NOT NULL, host TEXT NOT NULL, paths TEXT NOT NULL, tags TEXT NOT NULL,
-    tree BLOB NOT NULL, username TEXT, parent TEXT, summary TEXT);
+    tree BLOB NOT NULL, username TEXT, parent TEXT, summary TEXT, seal BLOB);
 CREATE TABLE IF NOT EXISTS trees (rowid INTEGER PRIMARY KEY, id BLOB UNIQUE NOT NULL, entries BLOB NOT NULL,
     checked INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS trees_pending ON trees(checked) WHERE checked < 0;
@@ -242,6 +262,7 @@ class Catalog:
                 self._migrate_4(conn)
             elif meta.get("schema_version") != str(SCHEMA_VERSION) or meta.get("repository") != self.repo_id:
                 raise CatalogError("catalog belongs to another schema or repository")
+            self._add_seal_columns(conn)
         except BaseException:
             conn.close()
             raise
@@ -255,6 +276,16 @@ class Catalog:
         db.executescript(SCHEMA)
         db["meta"].insert_all([{"key": "schema_version", "value": str(SCHEMA_VERSION)},
                                {"key": "repository", "value": self.repo_id}], replace=True)
+
+    @staticmethod
+    def _add_seal_columns(conn: sqlite3.Connection) -> None:
+        """Snapshot rows carry a seal (``_snapshot_seal``) since schema 5 was first released without one: the
+        column is added in place; rows without a seal are read again from the repository (``_drop_unsealed``)."""
+        for table in ("snapshots", "lost_snapshots"):
+            cols = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+            if cols and "seal" not in cols:
+                with contextlib.suppress(sqlite3.OperationalError):  # (another process added it just now)
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN seal BLOB")
 
     @staticmethod
     def _migrate_4(conn: sqlite3.Connection) -> None:
@@ -363,6 +394,7 @@ class Catalog:
         # adds its segment and snapshot here only after writing them there, so whatever is known and not listed
         # is really gone -- read after the listing, another's new ones looked gone: a snapshot was called lost
         # and the whole index dropped and reloaded, under a restore running from the same catalog
+        self._drop_unsealed(repo)
         known = {r[0] for r in self._q("SELECT id FROM segments")}
         snaps_known = {r[0] for r in self._q("SELECT id FROM snapshots")}
         # snapshots listed first: a backup writes its index segment before its snapshot, so every snapshot
@@ -403,7 +435,7 @@ class Catalog:
 
             def run(c: sqlite3.Connection) -> None:
                 c.execute(_LOST_TABLE)
-                c.executemany(f"INSERT OR REPLACE INTO lost_snapshots ({_SNAPSHOT_COLUMNS}) SELECT {_SNAPSHOT_COLUMNS} "
+                c.executemany(f"INSERT OR REPLACE INTO lost_snapshots ({_SEALED_COLUMNS}) SELECT {_SEALED_COLUMNS} "
                               "FROM snapshots WHERE id=?",
                               [(s,) for s in sorted(lost)])
                 c.executemany("DELETE FROM snapshots WHERE id=?", [(s,) for s in gone])
@@ -616,11 +648,24 @@ class Catalog:
 
     # --- snapshots ----------------------------------------------------------------------------------
     def add_snapshot(self, snap: Snapshot) -> None:
-        self._tx(lambda c: c.execute(
-            f"INSERT OR REPLACE INTO snapshots ({_SNAPSHOT_COLUMNS}) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (snap.id, format_time(snap.time), storable_text(snap.host), json.dumps(snap.paths), json.dumps(snap.tags),
-             snap.tree, storable_text(snap.username), snap.parent, json.dumps(snap.summary))))
+        row = (snap.id, format_time(snap.time), storable_text(snap.host), json.dumps(snap.paths), json.dumps(snap.tags),
+               snap.tree, storable_text(snap.username), snap.parent, json.dumps(snap.summary))
+        seal = _snapshot_seal(self._sealing[1], row) if self._sealing[1] else None  # (the key: known once synced)
+        self._tx(lambda c: c.execute(f"INSERT OR REPLACE INTO snapshots ({_SEALED_COLUMNS}) "
+                                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (*row, seal)))
+
+    def _drop_unsealed(self, repo) -> None:
+        """Delete the snapshot rows whose seal does not hold (edited, damaged, or from before rows were sealed):
+        the sync then reads those manifests again from the repository. An unsealed row was trusted: one changed
+        tree id made `restore latest` restore another snapshot's tree, exit 0, verify clean."""
+        key = self._key(repo)
+        for table in ("snapshots", "lost_snapshots"):
+            if table == "lost_snapshots" and not self._has_table(table):
+                continue
+            bad = [(row[0],) for row in self._q(f"SELECT {_SEALED_COLUMNS} FROM {table}")
+                   if not _seal_holds(key, row[:-1], row[-1])]
+            if bad:
+                self._tx(lambda c: c.executemany(f"DELETE FROM {table} WHERE id=?", bad))
 
     def snapshots(self, table: str = "snapshots") -> list[Snapshot]:
         rows = self._q(f"SELECT {_SNAPSHOT_COLUMNS} FROM {table}")
