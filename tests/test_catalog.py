@@ -629,3 +629,23 @@ def test_an_edited_snapshot_row_of_the_catalog_is_read_again_from_the_repository
     con = sqlite3.connect(db)
     assert con.execute("SELECT count(*) FROM snapshots WHERE seal IS NOT NULL").fetchone()[0] == 2
     con.close()
+
+
+def test_a_wrong_tree_location_in_the_catalog_is_the_catalogs_fault_not_damage(repo, tmp_path):
+    """One catalog row moved (the root tree's offset, by 7 bytes): verify and restore reported the repository
+    damaged (exit 20, "authentication failed"), and the documented way out, repair, rewrote the index of an
+    intact repository. The block's location is first asked of the repository's index: exit 1, rebuild."""
+    src = make_tree(tmp_path / "src", {"d": {"f": b"data"}})
+    repo("backup", src)
+    db = next(repo.cache.rglob("catalog.db"))
+    con = sqlite3.connect(db)
+    (root,) = con.execute("SELECT tree FROM snapshots").fetchone()
+    con.execute("DELETE FROM trees")  # (the cached copies: the walk reads the block itself)
+    con.execute("UPDATE blocks SET offset=offset+7 WHERE id=?", (root,))
+    con.commit()
+    con.close()
+    for args in (("verify",), ("restore", "latest", "--target", tmp_path / "r")):
+        res = repo(*args, ok=1)
+        assert "catalog disagrees with the repository's index" in res.err and "catalog rebuild" in res.err, res.err
+    repo("catalog", "rebuild")
+    repo("verify")

@@ -586,6 +586,21 @@ class Catalog:
         pid, kind, off, length, raw = rows[0]
         return bytes(pid), PackEntry(kind, bid, off, length, raw)
 
+    def load_block(self, repo, loc: tuple[bytes, PackEntry]) -> bytes:
+        """``repo.load_block`` at a location this catalog gave; a block that fails its check there is first
+        looked up in the repository's own index: when no segment places it there, the catalog (a cache) is what
+        is wrong -- CatalogError (exit 1: rebuild it), not damage blamed on an intact repository (exit 20, and
+        the documented way out, 'vault repair', rewrote its index for nothing)."""
+        try:
+            return repo.load_block(*loc)
+        except IntegrityError:
+            pid, entry = loc
+            if self.unconfirmed(repo, {pid: {entry.block_id}}):
+                raise CatalogError(f"this machine's catalog disagrees with the repository's index about block "
+                                   f"{entry.block_id.hex()[:16]} in pack {pid.hex()[:16]} (the catalog is damaged, "
+                                   "not the repository): run 'vault catalog rebuild', then try again") from None
+            raise
+
     def lookup_many(self, ids: Iterable[bytes], batch: int = 500) -> dict[bytes, tuple[bytes, PackEntry]]:
         out: dict[bytes, tuple[bytes, PackEntry]] = {}
         todo = list(dict.fromkeys(ids))
@@ -866,7 +881,7 @@ class Catalog:
         loc = self.lookup(tree_id)  # not cached, or the cached copy was damaged: fetch it again
         if loc is None:
             raise IntegrityError(f"tree {tree_id.hex()[:16]} is not in the index (missing)")
-        nodes = Tree.decode(repo.load_block(*loc)).nodes
+        nodes = Tree.decode(self.load_block(repo, loc)).nodes
         if not self.trees_unusable:  # (not written into a table that failed to read)
             self.add_tree(repo, tree_id, nodes)
         self._fetch_ahead(repo, [n.subtree for n in nodes if n.type == DIR and n.subtree is not None])

@@ -598,7 +598,9 @@ class Checker:
         if tid in self._bad_blocks:
             return None, self._bad_blocks[tid]
         try:
-            return [entry(n) for n in Tree.decode(self.repo.load_block(*loc)).nodes], None
+            return [entry(n) for n in Tree.decode(self.catalog.load_block(self.repo, loc)).nodes], None
+        except CatalogError:
+            raise
         except VaultError as exc:
             if not is_damage(exc):
                 raise
