@@ -249,7 +249,10 @@ def find_snapshot(sess: Session, spec: str | None, at: str | None = None, flt: S
         lost = unreadable[sid].startswith("manifest missing")  # (the advice is in the reason)
         raise IntegrityError(f"snapshot {sid[:8]} cannot be read: {unreadable[sid]}" + ("" if lost else
                              " (run 'vault verify'; 'vault repair' removes it, or heals it with --from-repo and a copy)"))
-    return next(s for s in sess.catalog.snapshots() if s.id == sid)
+    snap = next(s for s in sess.catalog.snapshots() if s.id == sid)
+    if flt is not None and not flt.matches(snap):  # (a full id or prefix the filters leave out: never taken)
+        raise SnapshotNotFound(f"snapshot {snap.short_id} does not match the --host/--tag/--path given")
+    return snap
 
 
 def _unreadable_ids(unreadable: dict[str, str]) -> str:
@@ -565,13 +568,8 @@ def forget(settings: Settings, password: PasswordFn, ids: list[str], policy: Pol
     with session(settings, password, lock=None if dry_run else "shared", operation="forget") as sess:
         snaps = [s for s in sess.catalog.snapshots() if flt.matches(s)]
         if ids:
-            chosen = set()
-            for spec in ids:  # (`latest` and a prefix among the snapshots --host/--tag/--path select, as restore)
-                snap = find_snapshot(sess, spec, flt=flt)
-                if not flt.matches(snap):  # (a full id or prefix of a snapshot the filters leave out: refused)
-                    raise SnapshotNotFound(f"snapshot {snap.short_id} does not match --host/--tag/--path: nothing "
-                                           "forgotten")
-                chosen.add(snap.id)
+            # (`latest` among the snapshots --host/--tag/--path select; an id they leave out: refused, none forgotten)
+            chosen = {find_snapshot(sess, spec, flt=flt).id for spec in ids}
             named = sorted((s for s in sess.catalog.snapshots() if s.id in chosen), key=lambda s: (s.time, s.id),
                            reverse=True)
             groups = [Group({"snapshots": "named"}, [Decision(s, False, ["named"]) for s in named])]
