@@ -649,3 +649,14 @@ def test_a_wrong_tree_location_in_the_catalog_is_the_catalogs_fault_not_damage(r
         assert "catalog disagrees with the repository's index" in res.err and "catalog rebuild" in res.err, res.err
     repo("catalog", "rebuild")
     repo("verify")
+
+
+def test_a_nearly_full_cache_disk_still_serves_reads(repo, tmp_path):
+    """The room check before SQLite maps its WAL index asked for 1 MiB: with 600 KiB left, snapshots, ls and a
+    restore elsewhere were refused as "disk full"; they had worked. It asks for what the index needs."""
+    with tmpfs(tmp_path / "small", "8m") as cache:
+        src = make_tree(tmp_path / "src", {"a": os.urandom(100_000)})
+        repo("--cache-dir", cache, "backup", src)
+        fill(cache, leave=600_000)
+        assert len(repo("--cache-dir", cache, "--json", "snapshots").json) == 1
+        repo("--cache-dir", cache, "restore", "latest", "--target", tmp_path / "r")

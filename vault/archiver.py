@@ -161,7 +161,18 @@ class _PendingDir:
         return True
 
 
-_VANISHED = (-1, -1)  # ``_open_dir``: the directory was deleted after its parent's listing
+_VANISHED = (-1, -1)  # ``_open_dir``: the directory's path is gone (deleted, or a directory above it moved)
+
+
+def _gone(parent_fd: int, name: bytes) -> bool:
+    """Whether entry ``name`` is gone from the directory open as ``parent_fd`` (not merely from its path)."""
+    try:
+        os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return False
 
 KEEP_OPEN = 64  # directory levels that keep their descriptor while a subdirectory is walked
 
@@ -424,7 +435,7 @@ class Archiver:
         return {e[0]: e for e in entries}, indexed and not lost, lost
 
     def _save_dir(self, path: bytes, parent_tree: bytes | None, only: dict | None, root_dev: int,
-                  node: Node | None) -> bool:
+                  node: Node | None, at: tuple[int, bytes] | None = None) -> bool:
         """Walk one directory: stat its entries, reuse unchanged files, submit the others to the workers,
         recurse into subdirectories. Its tree is stored later, by ``_finalize``, once every entry is known
         -- so the walk never waits for the workers at a directory boundary."""
@@ -433,12 +444,17 @@ class Archiver:
         if self._depth > DEEPEST:  # (refused past this depth, not wherever the recursion limit happens to fall)
             raise VaultError(f"a directory tree nests more than {DEEPEST:,} levels deep (counted from /): not "
                              f"supported ({_display(path[:200])}...)")
-        may_vanish = only is None and node is not None and path not in self._named
+        may_vanish = at is not None and only is None and node is not None and path not in self._named
         here, names, fd, listed_at = self._open_dir(path, only, None if node is None else (node.dev, node.inode),
                                                     may_vanish)
-        if here is _VANISHED:  # (deleted since its parent was listed: as if the listing had come a moment later)
-            self.stats.warnings.append((_display(path), "deleted while the backup ran: not in the snapshot"))
-            return False
+        if here is _VANISHED:
+            if _gone(*at):  # (deleted since its parent was listed: as if the listing had come a moment later)
+                self.stats.warnings.append((_display(path), "deleted while the backup ran: not in the snapshot"))
+                return False
+            # still in its parent: its path failed because a directory above it was moved meanwhile
+            self._error(path, "a directory above it was moved while the backup ran: its entries are not in the "
+                              "snapshot")
+            here = None
         self._depth += 1
         items: list[Node | tuple[Future, bytes, bytes]] = []
         try:
@@ -503,7 +519,8 @@ class Archiver:
                             sub.subtree = self._store_tree(Tree([]))
                     else:  # a named PATH is walked whole, on its own file system (-x stops at mounts below it)
                         dev = st.st_dev if (only is not None and sub_only is None) or named else root_dev
-                        if not self._save_dir(child, old_sub, sub_only, dev, sub):
+                        if not self._save_dir(child, old_sub, sub_only, dev, sub,
+                                              None if fd is None else (fd, name)):
                             same = False
                             continue
                     self.stats.dirs += 1
@@ -522,8 +539,11 @@ class Archiver:
                         items.append(_Reuse(name, key, old[2], xattrs, unread))
                     else:
                         same = False
+                        # (was: None for a new name; the parent's blocks of a file it stored with ctime 0 -- read
+                        # again only to be sure, see filereader.racy: the same blocks are no change; else False)
+                        was = None if old is None else old[2] if old[1][0] == FILE and old[1][6] == 0 else False
                         items.append((*self._submit_file(child, name, st, here), child, name, st.st_size,
-                                      st.st_mtime_ns, old is None, (st.st_dev, st.st_ino), here))
+                                      st.st_mtime_ns, was, (st.st_dev, st.st_ino), here))
                 elif t == SYMLINK:
                     if isinstance(target, OSError):
                         self._error(child, _not_ours(target).strerror or str(target))
@@ -692,7 +712,7 @@ class Archiver:
             if isinstance(it, Node):
                 nodes.append(it)
                 continue
-            batch, idx, first, child, name, seen, mtime, is_new, walked, here = it  # (is_new: this name's; hardlinks
+            batch, idx, first, child, name, seen, mtime, was, walked, here = it  # (was: see _save_dir; hardlinks
             #                                   share a read, counted for the ``first`` name only; walked: (dev, ino))
             res: FileResult = batch.result()[idx]
             read = None if res.node is None else (res.node.dev, res.node.inode)
@@ -720,12 +740,15 @@ class Archiver:
                 self.stats.warnings.append((_display(child), "file changed while it was being read"))
             if res.note is not None:
                 self.stats.warnings.append((_display(child), res.note))
-            if is_new:
+            same_content = type(was) is bytes and b"".join(node.blocks) == was  # (read again to be sure)
+            if was is None:
                 self.stats.files_new += 1
+            elif same_content:
+                self.stats.files_unmodified += 1
             else:
                 self.stats.files_changed += 1
-            if self.opts.on_file is not None:
-                self.opts.on_file("new" if is_new else "modified", _display(child))
+            if self.opts.on_file is not None and not same_content:
+                self.opts.on_file("new" if was is None else "modified", _display(child))
             if first:
                 self.stats.bytes_read += res.read
                 self.stats.bytes_added += res.added

@@ -27,6 +27,7 @@ import itertools
 import json
 import os
 import sqlite3
+import tempfile
 import threading
 import time
 
@@ -118,7 +119,8 @@ def _out_of_descriptors() -> bool:
     return False
 
 
-WAL_INDEX_ROOM = 1 << 20  # bytes the cache's file system must have free before SQLite maps the WAL index
+WAL_INDEX_ROOM = 64 << 10  # bytes the cache's file system must give at once before SQLite maps the WAL index
+# (it needs 32 KiB of it; what is written later fails with ENOSPC as it should, said as a full disk)
 
 
 def _disk_full(path: str) -> CacheUnavailable:
@@ -127,17 +129,27 @@ def _disk_full(path: str) -> CacheUnavailable:
 
 
 def _room_for_wal_index(path: str) -> None:
-    """Refuse (CacheUnavailable) when the catalog's file system has (almost) no block left. SQLite maps the WAL
-    index (``catalog.db-shm``) and extends it by writing a byte per page, which ext4 takes on credit; the first
-    store into such a page of the mapping that then cannot get a block is a SIGBUS: vault died with exit 135
-    and not a word. (Counted as this user can write: root's reserved blocks too.)"""
+    """Refuse (CacheUnavailable) when the catalog's file system cannot give WAL_INDEX_ROOM bytes now. SQLite
+    maps the WAL index (``catalog.db-shm``) and extends it by writing a byte per page, which ext4 takes on
+    credit; the first store into such a page of the mapping that then cannot get a block is a SIGBUS: vault
+    died with exit 135 and not a word. The room is asked for, not guessed from statvfs (ext4 keeps blocks back
+    that it counts as free): a file made and unlinked at once, its blocks allocated (posix_fallocate)."""
+    directory = os.path.dirname(path) or "."
     try:
-        st = os.statvfs(os.path.dirname(path) or ".")
-    except OSError:
-        return  # (the open that follows says what is wrong)
-    free = (st.f_bfree if os.geteuid() == 0 else st.f_bavail) * st.f_frsize
-    if st.f_blocks and free < WAL_INDEX_ROOM:
-        raise _disk_full(path)
+        fd, tmp = tempfile.mkstemp(prefix=".vault-room-", dir=directory)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _disk_full(path) from None
+        return  # (the open that follows says what is wrong: read-only, no permission, ...)
+    try:
+        os.unlink(tmp)
+        os.posix_fallocate(fd, 0, WAL_INDEX_ROOM)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _disk_full(path) from None
+        # (EOPNOTSUPP and the like: a file system that cannot say; SQLite's own errors remain)
+    finally:
+        os.close(fd)
 
 
 def _db_error(exc: sqlite3.DatabaseError, path: str) -> CatalogError:

@@ -117,7 +117,10 @@ class FileReader:
                 return held[2]
             self._local.dir = None
             os.close(held[2])
-        fd = longpath.open_dir(where, longpath.SEARCH_FLAGS, parent)[0]
+        try:
+            fd = longpath.open_dir(where, longpath.SEARCH_FLAGS, parent)[0]
+        except FileNotFoundError:  # (its directory's path: the directory, or one above it, moved or deleted)
+            raise longpath.Replaced(where) from None
         self._local.dir = (where, parent, fd)
         return fd
 
@@ -146,7 +149,7 @@ class FileReader:
             res.vanished = True
             return res
         except longpath.Replaced:
-            res.error = "its directory was replaced or moved while the backup ran: not in the snapshot"
+            res.error = "its directory was replaced, moved or deleted while the backup ran: not in the snapshot"
             return res
         except OSError as exc:
             if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):  # this machine's limits, not the file's:
