@@ -800,3 +800,26 @@ def test_a_huge_object_named_by_its_hash_under_snapshots_is_not_read_whole(repo,
     bad = write_named(repo.repo, "snapshots", os.urandom(3 << 20))
     res = repo("--cache-dir", tmp_path / "fresh", "snapshots")
     assert bad[:8] in res.err and "over 1048576 bytes" in res.err
+
+
+def test_planted_names_that_are_not_the_formats_are_ignored(repo, tmp_path):
+    """Names were taken by their last component through bytes.fromhex: `data/zz/<id of an intact pack>` (5 bytes
+    of junk each) was listed as that pack with its own size, verify called every pack damaged, and repair
+    unindexed them and wrote empty "repaired" snapshots; a file `snapshots/ab ab ... ab` made every command an
+    internal error. Only exactly canonical names (lowercase, `data/<2>/<64>`) are objects of the format."""
+    src = make_tree(tmp_path / "src", {"f": os.urandom(50_000), "g": b"small"})
+    repo("backup", src)
+    packs = list((repo.repo / "data").glob("*/*"))
+    (repo.repo / "data" / "zz").mkdir()
+    for p in packs:
+        (repo.repo / "data" / "zz" / p.name).write_bytes(b"junk\n")
+        (repo.repo / "data" / p.parent.name / (p.name.upper())).write_bytes(b"junk\n")
+    spaced = " ".join(["ab"] * 32)
+    for d in ("snapshots", "index", "keys", "logs"):
+        (repo.repo / d).mkdir(exist_ok=True)
+        (repo.repo / d / spaced).write_bytes(b"junk\n")
+    repo("verify", "--read-data")
+    repo("repair")
+    assert repo("--json", "restore", "latest", "--target", tmp_path / "r").json["files"] == 2
+    assert [s["tags"] for s in repo("--json", "snapshots").json] == [[]]
+    assert all(p.exists() for p in packs)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import getpass
 import hashlib
+import re
 import itertools
 import json
 import os
@@ -247,13 +248,24 @@ def _slot_sound(name: str, data: bytes) -> bool:
     return hashlib.sha256(data).hexdigest() == name.rsplit("/", 1)[-1]
 
 
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
 def _hex_name(name: str, prefix: str) -> bytes | None:
-    tail = name[len(prefix):].rsplit("/", 1)[-1]
-    try:
-        raw = bytes.fromhex(tail)
-    except ValueError:
+    """The id an object name of the format stands for: exactly ``<prefix><64 lowercase hex>`` (for packs,
+    ``data/<first 2>/<64 hex>``), else None -- never read, reported or removed. (bytes.fromhex took "ab ab ...",
+    upper case, and any directory: a planted ``data/zz/<id of an intact pack>`` was listed as that pack, with its
+    own size, and repair unindexed the intact one; one planted name made every command an internal error.)"""
+    if not name.startswith(prefix):
         return None
-    return raw if len(raw) == 32 else None
+    rest = name[len(prefix):]
+    if prefix == "data/":
+        if len(rest) != 67 or rest[2] != "/" or rest[:2] != rest[3:5]:
+            return None
+        rest = rest[3:]
+    if not _HEX64.fullmatch(rest):
+        return None
+    return bytes.fromhex(rest)
 
 
 class Repository:
