@@ -613,9 +613,13 @@ class Checker:
             if info is None and name == self.repo.key_name:  # (its bytes changed where the key is not)
                 self._damage(name, "key slot damaged (its content does not match its name), though this password "
                                    "opens it: add a key ('vault key add'), then remove this one ('vault key remove')")
+            elif info is None and self.repo.slot_malformed(name):
+                self._damage(name, "not a usable key slot (malformed: no password can open the repository with it; "
+                                   "'vault repair index' removes it)")
             elif info is None:
-                self._damage(name, "not a usable key slot (damaged or malformed: its password may no longer open "
-                                   "the repository; 'vault repair index' removes it)")
+                self._damage(name, "key slot damaged (its content does not match its name): its password may no "
+                                   "longer open the repository; if it still does, add a key with it ('vault key "
+                                   "add') and remove this one ('vault key remove'), else just remove this one")
             elif "unsupported" in info:
                 self.report.info.append(f"{name}: not usable here: {info['unsupported']}; left alone")
 
