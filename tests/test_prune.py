@@ -383,3 +383,30 @@ def test_a_comma_in_a_backup_tag_makes_two_tags_that_filters_and_keep_tag_select
     assert [s["id"] for s in repo("--json", "snapshots", "--tag", "release").json] == [snaps[0]["id"]]
     out = repo("--json", "forget", "--keep-last", "1", "--keep-tag", "release,v1", "--dry-run").json
     assert out["removed"] == []
+
+
+def test_prune_removes_only_its_own_temp_files_where_it_writes_them(repo, tmp_path):
+    """data/ a symlink (to another disk, or planted): prune walked the whole target and deleted every `.tmp-*`
+    file below it, at any depth and of any name. Only `.tmp-<16 hex>` files, in data/<2 hex>/ and the flat
+    directories, are vault's."""
+    import os as os_mod
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(os_mod.urandom(10_000))
+    repo("backup", src)
+    other = tmp_path / "other-disk"
+    os_mod.rename(repo.repo / "data", other)
+    os_mod.symlink(other, repo.repo / "data")
+    (other / "deep" / "er").mkdir(parents=True)
+    theirs = [other / ".tmp-precious", other / "deep" / "er" / ".tmp-0123456789abcdef", other / "ab" / ".tmp-x"]
+    (other / "ab").mkdir(exist_ok=True)
+    for p in theirs:
+        p.write_text("not vault's")
+    sub = next(d for d in other.iterdir() if len(d.name) == 2 and d.name != "ab" and d.is_dir())
+    ours = [sub / ".tmp-0123456789abcdef", repo.repo / "index" / ".tmp-fedcba9876543210"]
+    for p in ours:
+        p.write_text("a killed writer's")
+    repo("prune")
+    assert all(p.exists() for p in theirs) and not any(p.exists() for p in ours)
+    repo("verify", "--read-data")

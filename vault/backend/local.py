@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import secrets
 import stat
 import time
@@ -21,6 +22,8 @@ from vault.backend.base import STORE_CONTENT, check_name, exists_by_size
 from vault.errors import BackendError, ObjectExists, ObjectNotFound, PermanentError, TransientError
 
 TEMP_PREFIX = ".tmp-"
+_TEMP_NAME = re.compile(r"\.tmp-[0-9a-f]{16}")  # (TEMP_PREFIX + secrets.token_hex(8): exactly what ``put`` makes)
+_FANOUT = re.compile(r"[0-9a-f]{2}")
 
 _PERMANENT = {
     errno.ENOSPC: "disk full",
@@ -292,12 +295,24 @@ class LocalBackend:
         now = time.time()
         for prefix in (*prefixes, *aged):
             top = os.path.join(self.root, prefix.rstrip("/"))
-            for dirpath, _dirs, files in os.walk(top):
+            # only where this backend writes (data/<2 hex>/ for packs, the directory itself for the others) and
+            # only its own names (``.tmp-<16 hex>``): a data/ that is a symlink (to another disk) was walked
+            # whole, and every `.tmp-*` file anywhere below its target deleted
+            dirs = [top]
+            if prefix == "data/":
+                with contextlib.suppress(OSError):
+                    dirs += [os.path.join(top, d) for d in os.listdir(top) if _FANOUT.fullmatch(d)]
+            for dirpath in dirs:
+                try:
+                    files = os.listdir(dirpath)
+                except OSError:
+                    continue
                 for f in files:
-                    if f.startswith(TEMP_PREFIX):
+                    if _TEMP_NAME.fullmatch(f):
                         path = os.path.join(dirpath, f)
                         with contextlib.suppress(FileNotFoundError):
-                            if prefix in aged and now - os.lstat(path).st_mtime < min_age:
+                            st = os.lstat(path)
+                            if not stat.S_ISREG(st.st_mode) or (prefix in aged and now - st.st_mtime < min_age):
                                 continue
                             os.unlink(path)
                             removed += 1
