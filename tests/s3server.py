@@ -201,7 +201,7 @@ class FaultProxy:
     Per request, in this order of the random draw: ``slowdown_rate`` answer 503 SlowDown, ``error_rate``
     answer 500 InternalError (neither is forwarded), ``reset_rate`` forward and reset the connection halfway
     through the response, ``headcut_rate`` forward and close the connection part way through the response's
-    head (status line and headers: a client may then see a 200 with no body), ``shortbody_rate`` forward a 200
+    head (status line and headers: a client may then see a 200 with no body), ``shortbody_rate`` forward a 200 or 206
     with half its body and a Content-Length that agrees (a broken cache or gateway: only the length the reader
     expected tells), ``latency_rate`` forward after
     sleeping ``latency`` seconds (a (lo, hi) range);
@@ -410,7 +410,7 @@ class FaultProxy:
                         client.sendall(rhead[: self._rng_int(first, len(rhead) - 3)])
                         client.shutdown(socket.SHUT_WR)  # a clean end of stream (FIN), not a reset
                         return
-                    if action == "shortbody" and status == 200 and len(rbody) >= 2:
+                    if action == "shortbody" and status in (200, 206) and len(rbody) >= 2:
                         rbody = rbody[: len(rbody) // 2]
                         rhead = b"".join(ln + b"\r\n" for ln in rhead.split(b"\r\n")[:-2]
                                          if not ln.lower().startswith(b"content-length:"))

@@ -823,3 +823,23 @@ def test_planted_names_that_are_not_the_formats_are_ignored(repo, tmp_path):
     assert repo("--json", "restore", "latest", "--target", tmp_path / "r").json["files"] == 2
     assert [s["tags"] for s in repo("--json", "snapshots").json] == [[]]
     assert all(p.exists() for p in packs)
+
+
+def test_planted_giant_objects_are_not_read_whole(repo, tmp_path):
+    """A 1 GiB junk `config` cost every command 4.2 GB of memory, a junk index segment 2-3 GB, a junk log or
+    key slot 1-2 GB: they were read whole (up to three times) with no bound. Each kind now has one."""
+    src = make_tree(tmp_path / "src", {"f": b"x"})
+    repo("backup", src)
+    junk = {"config": repo.repo / "config", "index": repo.repo / "index" / ("a" * 64),
+            "logs": repo.repo / "logs" / ("e" * 64), "keys": repo.repo / "keys" / ("c" * 64)}
+    junk["logs"].parent.mkdir(exist_ok=True)
+    for path in junk.values():
+        with open(path, "wb") as f:
+            f.truncate(1 << 30)  # (sparse: no disk)
+    probe = ("import resource, subprocess, sys; subprocess.run([sys.executable, '-m', 'vault.cli.main'] + "
+             "sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
+             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    env = {**os.environ, **repo.env()}
+    for args in (["snapshots"], ["verify"], ["key", "list"], ["forget", "--keep-last", "1"]):
+        out = subprocess.run([sys.executable, "-c", probe, *args], env=env, capture_output=True, text=True)
+        assert int(out.stdout.strip()) < 400_000, (args, out.stdout, out.stderr)  # KiB

@@ -30,7 +30,7 @@ from .entries import entry, split_ids
 from .forkpool import ForkPool
 from .model import DIR, FILE, Tree, replaced_by_repair
 from .pack import PackEntry, decode_header, header_length, parse_pack
-from .repository import Repository, Scratch, pack_name
+from .repository import MAX_SEGMENT_STORED, Repository, Scratch, pack_name
 
 
 MAX_SIZE_MISMATCHES = 10_000  # files whose size their blocks contradict, named in one report (more: the next)
@@ -344,8 +344,11 @@ class Checker:
                     self._damage(f"index/{sid}", problem)
 
     def _index_problem(self, sid: str) -> str | None:
+        size = self.repo.listed_size("index", sid)  # (hashed a piece at a time: never held whole)
+        if size is not None and size > MAX_SEGMENT_STORED:
+            return f"{size:,} bytes, more than an index segment holds (damaged)"
         try:
-            self.repo.check_stored(f"index/{sid}", sid)
+            self.repo.check_stored(f"index/{sid}", sid, size)
         except VaultError as exc:
             if not is_damage(exc):
                 raise

@@ -45,6 +45,9 @@ T = TypeVar("T")
 FORMAT_VERSION = 1
 SNAPSHOT_AAD = b"vault snapshot"
 MAX_SLOT = 64 << 10  # a key slot is ~500 bytes
+MAX_CONFIG = 1 << 20  # a config is a few hundred bytes of JSON
+MAX_SEGMENT_STORED = index_mod.MAX_SEGMENT_PLAIN + (1 << 20)  # (format.md: plaintext <= 512 MiB; + zstd, AEAD)
+MAX_LOG = 64 << 20  # a forget record: a line per snapshot decided
 MAX_MANIFEST = 64 << 20  # a snapshot manifest is a few hundred bytes (paths, tags, summary); 100,000 PATHs ~10 MB
 LOG_AAD = b"vault log"
 
@@ -125,7 +128,7 @@ def _stored_config(backend: Backend) -> tuple[RepoConfig | None, str]:
 def _read_config(backend: Backend) -> RepoConfig:
     """The config object (``_read_checked``: a body cut short is TruncatedResponse, never "damaged" -- its sealed
     copy would be used, and 'repair' write it back)."""
-    return _read_checked(backend, "config", RepoConfig.decode)
+    return _read_checked(backend, "config", RepoConfig.decode, MAX_CONFIG)
 
 
 def _read_checked(backend: Backend, name: str, check: Callable[[bytes], T], limit: int | None = None) -> T:
@@ -138,7 +141,7 @@ def _read_checked(backend: Backend, name: str, check: Callable[[bytes], T], limi
     for _ in range(3):
         data = backend.get(name) if limit is None else backend.get(name, 0, limit + 1)
         if limit is not None and len(data) > limit:
-            raise IntegrityError(f"{name}: over {limit:,} bytes, more than such an object holds (damaged)")
+            raise IntegrityError(f"{name}: over {limit} bytes, more than such an object holds (damaged)")
         try:
             return check(data)
         except IntegrityError as exc:
@@ -279,6 +282,7 @@ class Repository:
         self.key_name = key_name
         self.cipher = Cipher(keys.enc_key)
         self.chunker = Chunker(config.chunker, keys.chunker_seed)
+        self._listed: dict[str, int] = {}  # sizes of index segments and logs as last listed (read no further)
 
     @property
     def id(self) -> str:
@@ -456,7 +460,9 @@ class Repository:
         """Object ``kind/sid`` read once: "opens" (these keys open it), "foreign" (intact, but they do not; a
         manifest too large to be one is not read, and counts here: never deleted for what was not looked at),
         or None (gone, or its bytes do not match its name: damage)."""
-        limit = MAX_MANIFEST if kind == "snapshots" else None
+        limit = {"snapshots": MAX_MANIFEST, "index": MAX_SEGMENT_STORED, "logs": MAX_LOG}.get(kind)
+        if limit is not None and self._listed.get(f"{kind}/{sid}", 0) > limit:
+            return "foreign"
         try:
             name = f"{kind}/{sid}"
             data = self.backend.get(name) if limit is None else self.backend.get(name, 0, limit + 1)
@@ -517,6 +523,9 @@ class Repository:
     def list_keys(self) -> list[tuple[str, dict | None]]:
         out = []
         for name, size in _slots(self.backend):
+            if size > MAX_SLOT:  # (not read: a slot is ~500 bytes)
+                out.append((name, None))
+                continue
             try:  # (read as the size listed: a body cut short is retried, never called a malformed slot)
                 data = self.backend.get(name, 0, size)
                 # (damaged when its bytes do not match its name, even if they still parse: a flipped bit in
@@ -626,10 +635,33 @@ class Repository:
             raise IntegrityError(f"{name}: content does not match its name (damaged)")
 
     def load_index(self, sid: str) -> index_mod.IndexSegment:
-        return self._open_verified("index", sid, self._load_verified(f"index/{sid}", sid))
+        return self._open_verified("index", sid, self._load_bounded("index", sid, MAX_SEGMENT_STORED))
 
     def list_index(self) -> list[str]:
-        return [n.rsplit("/", 1)[-1] for n, _ in self.backend.list("index/") if _hex_name(n, "index/")]
+        return self._list_sized("index")
+
+    def _list_sized(self, kind: str) -> list[str]:
+        """The ids of ``kind/``'s objects, their sizes noted (``_load_bounded`` reads no object that is listed
+        larger than such an object can be: junk of a GiB named by its own hash cost every command GiBs)."""
+        out = []
+        for n, size in self.backend.list(f"{kind}/"):
+            if _hex_name(n, f"{kind}/"):
+                sid = n.rsplit("/", 1)[-1]
+                self._listed[f"{kind}/{sid}"] = size
+                out.append(sid)
+        return out
+
+    def listed_size(self, kind: str, sid: str) -> int | None:
+        """The size ``kind/sid`` had when ``list_index``/``list_logs`` last listed it (None: not listed so)."""
+        return self._listed.get(f"{kind}/{sid}")
+
+    def _load_bounded(self, kind: str, sid: str, limit: int) -> bytes:
+        name = f"{kind}/{sid}"
+        size = self._listed.get(name)
+        if size is not None and size > limit:
+            raise IntegrityError(f"{name}: {size:,} bytes listed, more than such an object holds (damaged)")
+        # (as listed when it was: a ranged read asks for a buffer of its length at once)
+        return self._load_verified(name, sid, limit=limit if size is None else size)
 
     # --- snapshots ----------------------------------------------------------------------------------
     def save_snapshot(self, snap: Snapshot) -> str:
@@ -658,10 +690,10 @@ class Repository:
         return lid
 
     def load_log(self, lid: str) -> dict:
-        return json.loads(self.cipher.open(self._load_verified(f"logs/{lid}", lid), LOG_AAD, f"log {lid[:8]}"))
+        return json.loads(self.cipher.open(self._load_bounded("logs", lid, MAX_LOG), LOG_AAD, f"log {lid[:8]}"))
 
     def list_logs(self) -> list[str]:
-        return [n.rsplit("/", 1)[-1] for n, _ in self.backend.list("logs/") if _hex_name(n, "logs/")]
+        return self._list_sized("logs")
 
     def delete_snapshot(self, sid: str) -> None:
         self.backend.delete(f"snapshots/{sid}")
