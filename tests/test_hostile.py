@@ -843,3 +843,30 @@ def test_planted_giant_objects_are_not_read_whole(repo, tmp_path):
     for args in (["snapshots"], ["verify"], ["key", "list"], ["forget", "--keep-last", "1"]):
         out = subprocess.run([sys.executable, "-c", probe, *args], env=env, capture_output=True, text=True)
         assert int(out.stdout.strip()) < 400_000, (args, out.stdout, out.stderr)  # KiB
+
+
+def test_an_index_segment_prune_superseded_put_back_later_is_not_loaded_again(repo, tmp_path):
+    """prune replaced a segment (some of its packs deleted); the old segment put back afterwards (a copy of an
+    old store, or anyone who can write it) was loaded as new by the catalog that saw the prune -- it had let the
+    superseded id go -- and the next backup deduplicated against its deleted packs: "1 new", exit 0, a snapshot
+    that does not restore."""
+    import shutil
+
+    cli = repo
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "base.txt").write_text("base")
+    data = os.urandom(3_000_000)
+    (src / "f.bin").write_bytes(data)
+    cli("backup", src, "--time", "2026-01-01T00:00:00Z")
+    shutil.copytree(cli.repo / "index", tmp_path / "old-index")
+    (src / "f.bin").unlink()
+    cli("backup", src, "--time", "2026-01-02T00:00:00Z")
+    cli("forget", "--keep-last", "1", "--prune")
+    for old in (tmp_path / "old-index").iterdir():
+        if not (cli.repo / "index" / old.name).exists():
+            shutil.copy(old, cli.repo / "index" / old.name)
+    (src / "f.bin").write_bytes(data)
+    cli("backup", src)
+    cli("restore", "latest", "--target", tmp_path / "r")
+    assert (tmp_path / "r" / src.relative_to("/") / "f.bin").read_bytes() == data

@@ -506,13 +506,12 @@ class Catalog:
         return {r[0] for r in self._q("SELECT id FROM superseded")}
 
     def _holds_superseded(self, in_repo: set[str]) -> bool:
-        """Whether a pack was loaded from a segment that another present one supersedes; superseded ids no
-        longer in the repository (prune finished) are let go."""
-        superseded = self._superseded()
-        gone = superseded - in_repo
-        if gone:
-            self._tx(lambda c: c.executemany("DELETE FROM superseded WHERE id=?", [(s,) for s in sorted(gone)]))
-        return any(self._q("SELECT 1 FROM packs WHERE segment=? LIMIT 1", (sid,)) for sid in sorted(superseded - gone))
+        """Whether a pack was loaded from a segment that another present one supersedes. Superseded ids stay
+        known after prune deleted their segments (32 bytes each): one put back later (a copy of an old store,
+        or by anyone who can write it) is never loaded again -- its packs are gone, and a backup deduplicating
+        against it stored no data while it said it did."""
+        superseded = self._superseded() & in_repo
+        return any(self._q("SELECT 1 FROM packs WHERE segment=? LIMIT 1", (sid,)) for sid in sorted(superseded))
 
     @staticmethod
     def _load_segment(repo, sid: str, rep: SyncReport) -> index_mod.IndexSegment | None:
