@@ -870,3 +870,34 @@ def test_an_index_segment_prune_superseded_put_back_later_is_not_loaded_again(re
     cli("backup", src)
     cli("restore", "latest", "--target", tmp_path / "r")
     assert (tmp_path / "r" / src.relative_to("/") / "f.bin").read_bytes() == data
+
+
+def test_an_index_segment_prune_emptied_put_back_on_a_new_machine_is_not_loaded(repo, tmp_path):
+    """prune deleted a segment all of whose packs went, superseded by nothing: a copy of it put back later was a
+    valid segment to every reader (a new machine, a rebuilt catalog), and the next backup deduplicated against
+    its deleted packs ("1 new", exit 0, a snapshot that does not restore). Such segments are superseded now, by
+    one segment of no packs that the next such prune takes over."""
+    import shutil
+
+    src = tmp_path / "src"
+    src.mkdir()
+    data = os.urandom(3_000_000)
+    for round_ in range(2):  # (twice: the second prune takes the first one's segment of no packs over)
+        (src / "f.bin").write_bytes(data if round_ == 0 else os.urandom(10))
+        repo("backup", src)
+        shutil.copytree(repo.repo / "index", tmp_path / f"old-index-{round_}")
+        (src / "f.bin").unlink()
+        (src / "other.txt").write_text(f"other {round_}")
+        repo("backup", src)
+        repo("forget", "--keep-last", "1", "--prune")
+    for d in (tmp_path / "old-index-0", tmp_path / "old-index-1"):
+        for old in d.iterdir():
+            if not (repo.repo / "index" / old.name).exists():
+                shutil.copy(old, repo.repo / "index" / old.name)
+    repo.cache = tmp_path / "new-machine"
+    (src / "f.bin").write_bytes(data)
+    repo("backup", src)
+    repo("restore", "latest", "--target", tmp_path / "r")
+    assert (tmp_path / "r" / src.relative_to("/") / "f.bin").read_bytes() == data
+    repo("prune")  # (the copies put back are superseded: left by "an interrupted prune", deleted)
+    repo("verify", "--read-data")

@@ -288,10 +288,13 @@ class Pruner:
         present = self.repo.list_index()
         superseded: set[str] = set()
         affected: list[str] = []
+        tombstones: dict[str, list[bytes]] = {}  # segments with no packs: what they supersede
         self.catalog.at_risk_begin()
         for sid in present:
             seg = self._load_segment(sid)
             superseded.update(s.hex() for s in seg.supersedes)
+            if not seg.packs:
+                tombstones[sid] = list(seg.supersedes)
             removed = self.catalog.removed_among(seg.packs)
             if removed:
                 affected.append(sid)
@@ -299,6 +302,7 @@ class Pruner:
         self._check_nothing_lost(present, superseded)
         # left by an interrupted prune: already replaced, so deleted (never rewritten: they may name removed packs)
         to_delete = [s for s in present if s in superseded]
+        emptied: list[bytes] = []
         for sid in affected:
             if sid in superseded:
                 continue
@@ -308,7 +312,18 @@ class Pruner:
             if keep:
                 self.repo.save_index(index_mod.from_packs(keep, supersedes=[bytes.fromhex(sid)]))
                 self.report.segments_written += 1
+            else:
+                emptied.append(bytes.fromhex(sid))
             to_delete.append(sid)
+        if emptied:
+            # a segment all of whose packs go is superseded too, by a segment of no packs (one: it takes over the
+            # list of the one before): deleted unsuperseded, a copy of it put back later was a valid segment to
+            # every reader, and a backup deduplicated against its deleted packs
+            live = {t: sup for t, sup in tombstones.items() if t not in superseded}
+            names = set(emptied) | {bytes.fromhex(t) for t in live} | {b for sup in live.values() for b in sup}
+            self.repo.save_index(index_mod.from_packs([], supersedes=sorted(names)))
+            self.report.segments_written += 1
+            to_delete.extend(live)
         return to_delete
 
     def _check_nothing_lost(self, present: list[str], superseded: set[str]) -> None:
