@@ -660,3 +660,24 @@ def test_a_nearly_full_cache_disk_still_serves_reads(repo, tmp_path):
         fill(cache, leave=600_000)
         assert len(repo("--cache-dir", cache, "--json", "snapshots").json) == 1
         repo("--cache-dir", cache, "restore", "latest", "--target", tmp_path / "r")
+
+
+def test_an_earlier_vaults_row_of_a_manifest_deleted_without_a_forget_is_kept(repo, tmp_path):
+    """The rows an earlier vault wrote (no seal) were all dropped at the first sync, before the sync compared
+    them with the listing: a manifest deleted by hand was then no longer reported ("manifest missing", exit 20)
+    and `repair snapshots` could not write it back. An unsealed row is read again only when its manifest is
+    listed; otherwise it stays, the only record of what was lost."""
+    src = make_tree(tmp_path / "src", {"f": b"x"})
+    repo("backup", src, "--time", "2026-01-01T00:00:00Z")
+    repo("backup", src, "--time", "2026-01-02T00:00:00Z")
+    db = next(repo.cache.rglob("catalog.db"))
+    con = sqlite3.connect(db)
+    con.execute("UPDATE snapshots SET seal=NULL")
+    (first,) = con.execute("SELECT id FROM snapshots ORDER BY time LIMIT 1").fetchone()
+    con.commit()
+    con.close()
+    (repo.repo / "snapshots" / first).unlink()
+    res = repo("verify", ok=20)
+    assert "manifest missing" in res.out + res.err
+    repo("repair", "snapshots")
+    assert sorted(s["time"][:10] for s in repo("--json", "snapshots").json) == ["2026-01-01", "2026-01-02"]

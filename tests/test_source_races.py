@@ -386,3 +386,17 @@ def test_a_directory_whose_parent_moved_during_the_walk_is_an_error_not_deleted(
     assert not any("deleted while the backup ran" in w["warning"] for w in res.json["warnings"]), res.out
     # (a file of a directory walked before the move, read after it: not "deleted" either)
     assert any(e["path"] == f"{src}/a/s0/f" and "moved" in e["error"] for e in res.json["errors"]), res.out
+
+
+def test_a_directory_deleted_deep_down_is_left_out_too(repo, tmp_path, monkeypatch):
+    """Past KEEP_OPEN levels the walk lets its parents' descriptors go, and a directory deleted there after its
+    parent's listing was an error again (exit 3) where one higher up was a warning. (KEEP_OPEN lowered to 1.)"""
+    import shutil
+
+    monkeypatch.setattr(archiver, "KEEP_OPEN", 1)
+    src = make_tree(tmp_path / "src", {"a": {"b": {"victim": {"f": b"x"}, "kept": {"g": b"y"}}}})
+    _before_walking(monkeypatch, b"/victim", lambda: shutil.rmtree(src / "a" / "b" / "victim"))
+    res = with_jobs(repo, "1", "--json", "backup", src)
+    assert res.code == 0 and not res.json["errors"], res.out
+    assert any(w["path"].endswith("/victim") and "deleted while the backup ran" in w["warning"]
+               for w in res.json["warnings"]), res.json["warnings"]

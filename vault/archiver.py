@@ -435,7 +435,7 @@ class Archiver:
         return {e[0]: e for e in entries}, indexed and not lost, lost
 
     def _save_dir(self, path: bytes, parent_tree: bytes | None, only: dict | None, root_dev: int,
-                  node: Node | None, at: tuple[int, bytes] | None = None) -> bool:
+                  node: Node | None, at: tuple[int | None, bytes, bytes, tuple[int, int]] | None = None) -> bool:
         """Walk one directory: stat its entries, reuse unchanged files, submit the others to the workers,
         recurse into subdirectories. Its tree is stored later, by ``_finalize``, once every entry is known
         -- so the walk never waits for the workers at a directory boundary."""
@@ -448,7 +448,7 @@ class Archiver:
         here, names, fd, listed_at = self._open_dir(path, only, None if node is None else (node.dev, node.inode),
                                                     may_vanish)
         if here is _VANISHED:
-            if _gone(*at):  # (deleted since its parent was listed: as if the listing had come a moment later)
+            if self._gone_from_parent(*at):  # (deleted since its parent was listed: as if listed a moment later)
                 self.stats.warnings.append((_display(path), "deleted while the backup ran: not in the snapshot"))
                 return False
             # still in its parent: its path failed because a directory above it was moved meanwhile
@@ -519,8 +519,7 @@ class Archiver:
                             sub.subtree = self._store_tree(Tree([]))
                     else:  # a named PATH is walked whole, on its own file system (-x stops at mounts below it)
                         dev = st.st_dev if (only is not None and sub_only is None) or named else root_dev
-                        if not self._save_dir(child, old_sub, sub_only, dev, sub,
-                                              None if fd is None else (fd, name)):
+                        if not self._save_dir(child, old_sub, sub_only, dev, sub, (fd, name, path, here)):
                             same = False
                             continue
                     self.stats.dirs += 1
@@ -615,6 +614,20 @@ class Archiver:
         if (st.st_mtime_ns, st.st_ctime_ns) != listed_at:
             self.stats.warnings.append((_display(path), "changed while the backup ran (entries added, removed or "
                                                         "renamed meanwhile): the snapshot may lack or double some"))
+
+    def _gone_from_parent(self, fd: int | None, name: bytes, path: bytes, here: tuple[int, int]) -> bool:
+        """``_gone`` through the parent's descriptor; deep down, where the walk let it go (KEEP_OPEN), through
+        one opened again and proved to be that parent (not there any more as itself: moved, not gone)."""
+        if fd is not None:
+            return _gone(fd, name)
+        try:
+            again = longpath.open_dir(path, longpath.SEARCH_FLAGS, here)[0]
+        except (longpath.Replaced, OSError):
+            return False
+        try:
+            return _gone(again, name)
+        finally:
+            os.close(again)
 
     def _reopen(self, path: bytes, here: tuple[int, int]) -> int | None:
         """A descriptor of the directory at ``path`` again, proved to be ``here`` (None, named, when not)."""

@@ -292,7 +292,7 @@ class Catalog:
     @staticmethod
     def _add_seal_columns(conn: sqlite3.Connection) -> None:
         """Snapshot rows carry a seal (``_snapshot_seal``) since schema 5 was first released without one: the
-        column is added in place; rows without a seal are read again from the repository (``_drop_unsealed``)."""
+        column is added in place; rows without a seal are read again from the repository (``_check_seals``)."""
         for table in ("snapshots", "lost_snapshots"):
             cols = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
             if cols and "seal" not in cols:
@@ -406,13 +406,17 @@ class Catalog:
         # adds its segment and snapshot here only after writing them there, so whatever is known and not listed
         # is really gone -- read after the listing, another's new ones looked gone: a snapshot was called lost
         # and the whole index dropped and reloaded, under a restore running from the same catalog
-        self._drop_unsealed(repo)
+        unsealed = self._check_seals(repo)
         known = {r[0] for r in self._q("SELECT id FROM segments")}
         snaps_known = {r[0] for r in self._q("SELECT id FROM snapshots")}
         # snapshots listed first: a backup writes its index segment before its snapshot, so every snapshot
         # listed here has its segment in the index listing below (the other order let a snapshot in without
         # its index, and its trees were reported missing)
         snaps_repo = set(repo.list_snapshots())
+        reread = unsealed & snaps_repo & snaps_known  # (an earlier vault's rows: read again, sealed this time)
+        if reread:
+            self._tx(lambda c: c.executemany("DELETE FROM snapshots WHERE id=?", [(i,) for i in sorted(reread)]))
+            snaps_known -= reread
         in_repo = set(repo.list_index())
         rebuild = bool(known - in_repo)  # a segment was superseded (prune) or lost
         superseding = None
@@ -680,18 +684,26 @@ class Catalog:
         self._tx(lambda c: c.execute(f"INSERT OR REPLACE INTO snapshots ({_SEALED_COLUMNS}) "
                                      "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (*row, seal)))
 
-    def _drop_unsealed(self, repo) -> None:
-        """Delete the snapshot rows whose seal does not hold (edited, damaged, or from before rows were sealed):
-        the sync then reads those manifests again from the repository. An unsealed row was trusted: one changed
-        tree id made `restore latest` restore another snapshot's tree, exit 0, verify clean."""
+    def _check_seals(self, repo) -> set[str]:
+        """Delete the snapshot rows whose seal does not hold (edited or damaged: the sync reads those manifests
+        again from the repository -- one changed tree id made `restore latest` restore another snapshot's tree,
+        exit 0, verify clean). Returns the ids of rows with no seal at all (written by an earlier vault): read
+        again when their manifest is listed; kept when it is not, as the only record of a manifest lost."""
         key = self._key(repo)
+        unsealed: set[str] = set()
         for table in ("snapshots", "lost_snapshots"):
             if table == "lost_snapshots" and not self._has_table(table):
                 continue
-            bad = [(row[0],) for row in self._q(f"SELECT {_SEALED_COLUMNS} FROM {table}")
-                   if not _seal_holds(key, row[:-1], row[-1])]
+            bad = []
+            for row in self._q(f"SELECT {_SEALED_COLUMNS} FROM {table}"):
+                if row[-1] is None:
+                    if table == "snapshots":
+                        unsealed.add(row[0])
+                elif not _seal_holds(key, row[:-1], row[-1]):
+                    bad.append((row[0],))
             if bad:
                 self._tx(lambda c: c.executemany(f"DELETE FROM {table} WHERE id=?", bad))
+        return unsealed
 
     def snapshots(self, table: str = "snapshots") -> list[Snapshot]:
         rows = self._q(f"SELECT {_SNAPSHOT_COLUMNS} FROM {table}")
