@@ -663,15 +663,26 @@ class Archiver:
     def _stat_at(self, fd: int, path: bytes, name: bytes) -> tuple:
         """(lstat or the OSError, a symlink's target or OSError, for a symlink on the way to a PATH named below
         it the directory it leads to) of entry ``name`` of the directory open as ``fd``."""
+        try:
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except OSError as exc:
+            return exc, None, None
+        if not stat.S_ISLNK(st.st_mode):  # (all but symlinks: one call per entry, the walk's hot path)
+            return st, None, None
+        return self._symlink_at(fd, path, name, st)
+
+    def _symlink_at(self, fd: int, path: bytes, name: bytes, st: os.stat_result) -> tuple:
+        """``_stat_at`` of an entry that lstat found a symlink: its target, looked at again when it stopped
+        being a symlink before readlink (replaced meanwhile: stored as what it now is)."""
         target = st_dir = None
-        for _ in range(3):  # (again when it stopped being a symlink between the two calls: replaced meanwhile)
-            target = None
-            try:
-                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-            except OSError as exc:
-                return exc, None, None
-            if not stat.S_ISLNK(st.st_mode):
-                break
+        for attempt in range(3):
+            if attempt:
+                try:
+                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                except OSError as exc:
+                    return exc, None, None
+                if not stat.S_ISLNK(st.st_mode):
+                    return st, None, None
             try:
                 target = os.readlink(name, dir_fd=fd)
                 break
@@ -681,14 +692,13 @@ class Archiver:
                     break
         if isinstance(target, OSError) and target.errno == errno.EINVAL:
             target = OSError(errno.EINVAL, "replaced again and again while the backup ran: not in the snapshot")
-        if stat.S_ISLNK(st.st_mode):
-            if self._named_below(_join(path, name)):
-                try:
-                    st_dir = os.stat(name, dir_fd=fd)
-                except OSError:
-                    st_dir = None
-                if st_dir is not None and not stat.S_ISDIR(st_dir.st_mode):
-                    st_dir = None
+        if self._named_below(_join(path, name)):
+            try:
+                st_dir = os.stat(name, dir_fd=fd)
+            except OSError:
+                st_dir = None
+            if st_dir is not None and not stat.S_ISDIR(st_dir.st_mode):
+                st_dir = None
         return st, target, st_dir
 
     def _finalize(self, block: bool) -> None:
