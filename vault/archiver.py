@@ -174,6 +174,7 @@ def _gone(parent_fd: int, name: bytes) -> bool:
         return False
     return False
 
+
 KEEP_OPEN = 64  # directory levels that keep their descriptor while a subdirectory is walked
 
 
