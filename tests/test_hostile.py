@@ -901,3 +901,15 @@ def test_an_index_segment_prune_emptied_put_back_on_a_new_machine_is_not_loaded(
     assert (tmp_path / "r" / src.relative_to("/") / "f.bin").read_bytes() == data
     repo("prune")  # (the copies put back are superseded: left by "an interrupted prune", deleted)
     repo("verify", "--read-data")
+
+
+def test_prune_names_a_foreign_manifest_and_the_way_out(repo, tmp_path):
+    """A junk object named by its own hash under snapshots/ blocked prune for good with "run 'vault verify' and
+    'vault repair'" -- but repair leaves such an object alone (it may be another repository's). Prune now says
+    what it is and what to do."""
+    src = make_tree(tmp_path / "src", {"f": b"x"})
+    repo("backup", src)
+    junk = os.urandom(100)
+    (repo.repo / "snapshots" / hashlib.sha256(junk).hexdigest()).write_bytes(junk)
+    res = repo("prune", ok=1)
+    assert "keys in use do not open it" in res.err and "by hand" in res.err, res.err

@@ -147,6 +147,11 @@ class Pruner:
         self.report.snapshots = len(snaps)
         # a manifest the catalog could not load (damaged, or a read that failed) still counts on its data
         unreadable = sorted(set(self.repo.list_snapshots()) - {s.id for s in snaps} - ignored)
+        if unreadable and self.repo.foreign("snapshots", unreadable[0]):  # ('vault repair' leaves it alone)
+            raise PruneRefused(f"prune refused, nothing deleted: snapshots/{unreadable[0]} is intact (its bytes match "
+                               "its name) but the keys in use do not open it: another repository's, or planted. "
+                               "Repair leaves such an object alone; if it is not this repository's, move it out "
+                               "of the store by hand (docs/operations.md, \"When verify or restore reports damage\")")
         if unreadable or self.sync_problems:
             what = f"snapshot {unreadable[0][:8]} could not be read" if unreadable else self.sync_problems[0]
             raise PruneRefused(f"prune refused, nothing deleted: {what}; run 'vault verify' and 'vault repair'")
