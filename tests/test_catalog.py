@@ -679,5 +679,28 @@ def test_an_earlier_vaults_row_of_a_manifest_deleted_without_a_forget_is_kept(re
     (repo.repo / "snapshots" / first).unlink()
     res = repo("verify", ok=20)
     assert "manifest missing" in res.out + res.err
+    # repair does not write it back from an unsealed record (a row forged in the cache, its seal set to NULL,
+    # would have become a real snapshot): it says so and lets it go
+    res = repo("repair", "snapshots")
+    assert f"snapshot {first[:8]}" in res.out + res.err and "not sealed" in res.out + res.err
+    assert [s["time"][:10] for s in repo("--json", "snapshots").json] == ["2026-01-02"]
+    repo("verify")
+
+
+def test_a_row_forged_in_the_cache_never_becomes_a_snapshot(repo, tmp_path):
+    """A snapshot row planted in the cache with no seal, naming another snapshot's tree under other paths:
+    repair snapshots wrote it into the repository as a real, sealed snapshot, and restore latest restored it."""
+    src = make_tree(tmp_path / "src", {"f": b"x"})
+    repo("backup", src)
+    db = next(repo.cache.rglob("catalog.db"))
+    con = sqlite3.connect(db)
+    row = list(con.execute("SELECT id, time, host, paths, tags, tree, username, parent, summary FROM snapshots")
+               .fetchone())
+    row[0], row[1], row[3] = "ab" * 32, "2027-01-01T00:00:00.000000Z", '["/elsewhere"]'
+    con.execute("INSERT INTO snapshots (id, time, host, paths, tags, tree, username, parent, summary, seal) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)", row)
+    con.commit()
+    con.close()
+    repo("verify", ok=20)
     repo("repair", "snapshots")
-    assert sorted(s["time"][:10] for s in repo("--json", "snapshots").json) == ["2026-01-01", "2026-01-02"]
+    assert len(repo("--json", "snapshots").json) == 1 and len(list((repo.repo / "snapshots").iterdir())) == 1

@@ -783,6 +783,14 @@ class Catalog:
     def lost_snapshots(self) -> list[Snapshot]:
         return self.snapshots("lost_snapshots") if self._has_table("lost_snapshots") else []
 
+    def unsealed_lost(self) -> set[str]:
+        """The lost snapshots whose record here has no seal (read by an earlier vault, or a row set so by hand):
+        still reported as lost, but never written back into the repository from this record -- a forged row
+        would have become a real snapshot."""
+        if not self._has_table("lost_snapshots"):
+            return set()
+        return {r[0] for r in self._q("SELECT id FROM lost_snapshots WHERE seal IS NULL")}
+
     def drop_lost(self, ids: list[str]) -> None:
         self._tx(lambda c: c.executemany("DELETE FROM lost_snapshots WHERE id=?", [(i,) for i in ids]))
 

@@ -31,7 +31,7 @@ from .backend.base import confirmed_size
 from .catalog import Catalog
 from .errors import IntegrityError, ObjectNotFound, VaultError, is_damage
 from . import entries as entries_mod
-from .model import DEEPEST, DIR, FILE, Node, Snapshot, Tree, moved_summary, replaced_by_repair
+from .model import DEEPEST, DIR, FILE, Node, Snapshot, Tree, format_time, moved_summary, replaced_by_repair
 from .pack import DATA, TREE, PackEntry, parse_pack
 from .packwriter import PackWriter
 from .repository import Repository, pack_name
@@ -478,8 +478,16 @@ class Repairer:
         lost = self.catalog.lost_snapshots()  # (as of this run's sync, under its exclusive lock: settled by then)
         if not lost:
             return
+        unsealed = self.catalog.unsealed_lost()
         done = []
         for snap in lost:
+            if snap.id in unsealed:  # (let go, said: a forged record must never become a real snapshot)
+                self.report.warnings.append(
+                    f"snapshot {snap.short_id} ({snap.host}, {', '.join(snap.paths)[:200]}, {format_time(snap.time)}): "
+                    "manifest missing, and this machine's record of it is not sealed (read by an earlier vault, or "
+                    "edited): not written back from it; let go")
+                done.append((snap.id, snap.tree, "manifest missing; this machine's record of it not sealed"))
+                continue
             entry = {"old": snap.id, "new": None, "files_dropped": 0, "manifest": "missing (deleted without a forget)",
                      "restored_from_catalog": True}
             if not self.dry_run:
