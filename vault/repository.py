@@ -660,8 +660,7 @@ class Repository:
         size = self._listed.get(name)
         if size is not None and size > limit:
             raise IntegrityError(f"{name}: {size:,} bytes listed, more than such an object holds (damaged)")
-        # (as listed when it was: a ranged read asks for a buffer of its length at once)
-        return self._load_verified(name, sid, limit=limit if size is None else size)
+        return self._load_verified(name, sid, limit=limit)
 
     # --- snapshots ----------------------------------------------------------------------------------
     def save_snapshot(self, snap: Snapshot) -> str:

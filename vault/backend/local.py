@@ -190,8 +190,9 @@ class LocalBackend:
         with self._os_errors("reading", name, missing=True):
             fd, st = self._open_object(path, name)
             try:
-                if length is None:
-                    length = max(st.st_size - offset, 0)
+                # (never more than the file holds: pread allocates what it is asked for, so a bounded read of a
+                # small object -- a segment read up to the format's 512 MiB -- took that much address space)
+                length = max(st.st_size - offset, 0) if length is None else min(length, max(st.st_size - offset, 0))
                 parts: list[bytes] = []
                 pos, remaining = offset, length
                 while remaining > 0:
