@@ -69,6 +69,7 @@ _SUPERSEDED_TABLE = "CREATE TABLE IF NOT EXISTS superseded (id TEXT PRIMARY KEY)
 # packs' verification times across an index reset (every prune causes one): ``verify --read-data-subset``'s
 # rotation went back to the same lowest pack ids each night, and most packs were never read
 _VERIFIED_TABLE = "CREATE TABLE IF NOT EXISTS verified (id BLOB PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID"
+ROWS_AHEAD, ROW_AHEAD_MAX, ROWS_AHEAD_BYTES = 512, 16384, 2 << 20  # ``Catalog._read_rows_ahead``
 AHEAD = 256  # trees a walk of a remote repository's cold cache fetches ahead at most (``Catalog._fetch_ahead``)
 OPEN_WAIT = 60.0  # seconds to wait for the catalog's opening lock (another process holds it for milliseconds)
 SCHEMA_VERSION = 5  # 5: trees.checked (4 is migrated in place)
@@ -187,6 +188,8 @@ class Catalog:
         self.trees_unusable = False  # reading the cached trees failed (damage): trees come from the repository
         self.prefetch = 0  # a remote repository: trees fetched this many at a time ahead of a walk (0/1: off)
         self._ahead: dict[bytes, Future] = {}  # tree id -> its fetch into the cache, under way
+        self._rows_ahead: dict[bytes, tuple] = {}  # tree id -> its cached row, read with its parent's siblings
+        self._rows_ahead_bytes = 0
         self._pool: ThreadPoolExecutor | None = None
         self._closed = False
 
@@ -833,6 +836,10 @@ class Catalog:
         return set(ids).difference(self._present("main.blocks", ids))
 
     def _forget_tree(self, tree_id: bytes) -> None:
+        with self._lock:
+            old = self._rows_ahead.pop(tree_id, None)
+            if old is not None:
+                self._rows_ahead_bytes -= len(old[0])
         self._tx(lambda c: c.execute("DELETE FROM trees WHERE id=?", (tree_id,)))
 
     def tree(self, repo, tree_id: bytes) -> list[Node]:
@@ -900,14 +907,22 @@ class Catalog:
         return (entries if nodes is None else [entries_mod.entry(n) for n in nodes]), indexed, checked
 
     def _cached_or_load(self, repo, tree_id: bytes) -> tuple[list[tuple], bool, list[Node] | None, bool]:
-        try:
-            rows = self._q("SELECT entries, EXISTS(SELECT 1 FROM blocks b WHERE b.id = t.id), checked FROM trees t "
-                           "WHERE t.id=?", (tree_id,))
-        except CatalogError:  # the cached trees cannot be read (a damaged page): the repository has them all
-            rows, self.trees_unusable = [], True
+        with self._lock:
+            row = self._rows_ahead.pop(tree_id, None)
+            if row is not None:
+                self._rows_ahead_bytes -= len(row[0])
+        if row is not None:
+            rows = [row]
+        else:
+            try:
+                rows = self._q("SELECT entries, EXISTS(SELECT 1 FROM blocks b WHERE b.id = t.id), checked FROM trees "
+                               "t WHERE t.id=?", (tree_id,))
+            except CatalogError:  # the cached trees cannot be read (a damaged page): the repository has them all
+                rows, self.trees_unusable = [], True
         if rows:
             entries = self._unseal(repo, tree_id, rows[0][0])
             if entries is not None:
+                self._read_rows_ahead([e[2] for e in entries if e[1][0] == DIR and e[2] is not None])
                 return entries, bool(rows[0][1]), None, rows[0][2] == 1
         loc = self.lookup(tree_id)  # not cached, or the cached copy was damaged: fetch it again
         if loc is None:
@@ -917,6 +932,29 @@ class Catalog:
             self.add_tree(repo, tree_id, nodes)
         self._fetch_ahead(repo, [n.subtree for n in nodes if n.type == DIR and n.subtree is not None])
         return [], True, nodes, False
+
+    def _read_rows_ahead(self, tree_ids: list[bytes]) -> None:
+        """Read the cached rows of a walked tree's subdirectories in one query (a walk asks for them next: one
+        query per directory cost a re-run of an unchanged tree ~15 % of its time). At most ROWS_AHEAD rows of
+        up to ROW_AHEAD_MAX bytes each are held (the oldest let go first); bigger ones are read when asked.
+        Trees are immutable: a row held is the row the walk would read (its seal is checked when it is used)."""
+        todo = [t for t in tree_ids if t not in self._rows_ahead][:ROWS_AHEAD]
+        if len(todo) < 2 or self.trees_unusable:  # (one subdirectory: no query saved)
+            return
+        try:
+            rows = self._q(f"SELECT id, entries, EXISTS(SELECT 1 FROM blocks b WHERE b.id = t.id), checked FROM "
+                           f"trees t WHERE t.id IN ({','.join('?' * len(todo))}) AND length(entries) <= ?",
+                           (*todo, ROW_AHEAD_MAX))
+        except CatalogError:
+            return  # (each read again on its own when asked, and the damage handled there)
+        with self._lock:
+            for tid, *row in rows:
+                old = self._rows_ahead.pop(bytes(tid), None)
+                self._rows_ahead_bytes += len(row[0]) - (len(old[0]) if old is not None else 0)
+                self._rows_ahead[bytes(tid)] = tuple(row)
+            while len(self._rows_ahead) > ROWS_AHEAD or self._rows_ahead_bytes > ROWS_AHEAD_BYTES:
+                old = self._rows_ahead.pop(next(iter(self._rows_ahead)))
+                self._rows_ahead_bytes -= len(old[0])
 
     def _tree(self, repo, tree_id: bytes) -> tuple[list[tuple], bool, list[Node] | None, bool]:
         """``_cached_or_load``, after waiting for the tree's fetch when one is under way (``_fetch_ahead``): a
