@@ -704,3 +704,82 @@ def test_a_row_forged_in_the_cache_never_becomes_a_snapshot(repo, tmp_path):
     repo("verify", ok=20)
     repo("repair", "snapshots")
     assert len(repo("--json", "snapshots").json) == 1 and len(list((repo.repo / "snapshots").iterdir())) == 1
+
+
+def _forge_seal(key: bytes, row) -> bytes:
+    import hmac
+    import json
+    i, t, h, p, tg, tree, u, par, s = row
+    text = json.dumps([i, t, h, p, tg, bytes(tree).hex(), u, par, s], separators=(",", ":"))
+    return hmac.digest(key, b"vault catalog snapshot v1\0" + text.encode("utf-8", "surrogateescape"), "sha256")
+
+
+def test_the_catalogs_sealing_key_is_no_blocks_id(repo, tmp_path):
+    """The sealing key was HMAC-SHA256(mac_key, a fixed label): the id of a block holding that label, which the
+    catalog lists in the clear. A file with those 29 bytes in a backed-up tree and write access to the cache (no
+    password) were enough to seal a row: `restore latest` then restored an older tree, exit 0, verify clean."""
+    src = make_tree(tmp_path / "src", {"innocent.txt": b"vault catalog tree entries v1", "app.conf": b"old"})
+    repo("backup", src, "--time", "2026-01-01T00:00:00Z")
+    (src / "app.conf").write_bytes(b"new")
+    repo("backup", src, "--time", "2026-02-01T00:00:00Z")
+    db = next(repo.cache.rglob("catalog.db"))
+    con = sqlite3.connect(db)
+    cols = "id, time, host, paths, tags, tree, username, parent, summary"
+    rows = con.execute(f"SELECT {cols}, seal FROM snapshots ORDER BY time").fetchall()
+    keys = [bytes(b) for (b,) in con.execute("SELECT id FROM blocks")]
+    assert not [k for k in keys if _forge_seal(k, rows[0][:-1]) == rows[0][-1]], "a block id seals the rows"
+    # the attack itself, with every block id tried as the key
+    forged = list(rows[-1][:-1])
+    forged[5] = rows[0][5]
+    for n, k in enumerate(keys):
+        con.execute("UPDATE snapshots SET tree=?, seal=? WHERE id=?", (rows[0][5], _forge_seal(k, forged), forged[0]))
+        con.commit()
+        repo("restore", "latest", "--target", tmp_path / f"r{n}")
+        assert (tmp_path / f"r{n}" / src.relative_to("/") / "app.conf").read_bytes() == b"new"
+    con.close()
+
+
+def test_rows_sealed_with_the_earlier_forgeable_key_count_as_unsealed(repo, tmp_path):
+    """A catalog of vault before the sealing key changed: its tree rows are read again from the repository, its
+    snapshot rows count as an earlier vault's (read again when their manifest is listed), and a lost manifest's
+    row stays reported but is never written back from that record."""
+    import hmac
+
+    from vault.entries import legacy_cache_key, seal
+    src = make_tree(tmp_path / "src", {"f": b"x", "d": {"g": b"y"}})
+    repo("backup", src, "--time", "2026-01-01T00:00:00Z")
+    repo("backup", src, "--time", "2026-01-02T00:00:00Z")
+    db = next(repo.cache.rglob("catalog.db"))
+    con = sqlite3.connect(db)
+    cols = "id, time, host, paths, tags, tree, username, parent, summary"
+    # the legacy key, recovered as an attacker would: the id of a block holding the label
+    mac_key = _mac_key(repo)
+    old = legacy_cache_key(mac_key)
+    assert old == hmac.digest(mac_key, b"vault catalog tree entries v1", "sha256")
+    for row in con.execute(f"SELECT {cols} FROM snapshots").fetchall():
+        con.execute("UPDATE snapshots SET seal=? WHERE id=?", (_forge_seal(old, row), row[0]))
+    from vault.model import Tree
+    for tid, in con.execute("SELECT id FROM trees").fetchall():
+        con.execute("UPDATE trees SET entries=? WHERE id=?", (seal(old, bytes(tid), Tree([]).nodes), tid))
+    (first,) = con.execute("SELECT id FROM snapshots ORDER BY time LIMIT 1").fetchone()
+    con.commit()
+    con.close()
+    (repo.repo / "snapshots" / first).unlink()
+    res = repo("verify", ok=20)
+    assert "manifest missing" in res.out + res.err
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT count(*) FROM lost_snapshots WHERE seal IS NULL").fetchone()[0] == 1
+    assert con.execute("SELECT count(*) FROM snapshots WHERE seal IS NOT NULL").fetchone()[0] == 1
+    con.close()
+    repo("restore", "latest", "--target", tmp_path / "r")  # (the empty cached trees are not believed)
+    assert (tmp_path / "r" / src.relative_to("/") / "d" / "g").read_bytes() == b"y"
+    res = repo("repair", "snapshots")
+    assert "not sealed" in res.out + res.err
+    assert len(list((repo.repo / "snapshots").iterdir())) == 1
+
+
+def _mac_key(repo) -> bytes:
+    from conftest import PASSWORD
+    from vault.backend import open_backend
+    from vault.repository import Repository
+    return Repository.open(open_backend(str(repo.repo)), PASSWORD.encode()).keys.mac_key

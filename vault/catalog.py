@@ -697,15 +697,21 @@ class Catalog:
         for table in ("snapshots", "lost_snapshots"):
             if table == "lost_snapshots" and not self._has_table(table):
                 continue
-            bad = []
+            bad, legacy = [], []
             for row in self._q(f"SELECT {_SEALED_COLUMNS} FROM {table}"):
                 if row[-1] is None:
                     if table == "snapshots":
                         unsealed.add(row[0])
                 elif not _seal_holds(key, row[:-1], row[-1]):
-                    bad.append((row[0],))
-            if bad:
-                self._tx(lambda c: c.executemany(f"DELETE FROM {table} WHERE id=?", bad))
+                    if _seal_holds(self._legacy_key(repo), row[:-1], row[-1]):  # (no better than no seal)
+                        legacy.append((row[0],))
+                        if table == "snapshots":
+                            unsealed.add(row[0])
+                    else:
+                        bad.append((row[0],))
+            if bad or legacy:
+                self._tx(lambda c: (c.executemany(f"DELETE FROM {table} WHERE id=?", bad),
+                                    c.executemany(f"UPDATE {table} SET seal=NULL WHERE id=?", legacy)))
         return unsealed
 
     def snapshots(self, table: str = "snapshots") -> list[Snapshot]:
@@ -803,6 +809,9 @@ class Catalog:
         if self._sealing[0] != mac_key:
             self._sealing = (mac_key, entries_mod.cache_key(mac_key))
         return self._sealing[1]
+
+    def _legacy_key(self, repo) -> bytes:
+        return entries_mod.legacy_cache_key(repo.keys.mac_key)
 
     def add_tree(self, repo, tree_id: bytes, nodes: list[Node]) -> None:
         """Cache a tree's entries (validated: built by vault, or decoded from the repository)."""

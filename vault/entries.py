@@ -30,7 +30,16 @@ _PERSON = b"vault-entries-2"  # the layout above, version 2 (1: no xattrs; its r
 
 
 def cache_key(mac_key: bytes) -> bytes:
-    """The catalog's sealing key: derived from (never equal to) the key that makes block and tree ids."""
+    """The catalog's sealing key: derived from (never equal to) the key that makes block and tree ids -- with
+    another function than ids are made with. (It was HMAC-SHA256(mac_key, a label): the id of a file holding
+    that label, which a catalog lists in the clear; whoever got such a file into a backed-up tree could seal
+    rows of their own. See ``legacy_cache_key``.)"""
+    return hashlib.blake2b(b"catalog sealing key", key=mac_key, digest_size=32, person=b"vault-cachekey-2").digest()
+
+
+def legacy_cache_key(mac_key: bytes) -> bytes:
+    """The sealing key of vault before 0.1.1 (forgeable, see ``cache_key``): a row sealed with it counts as
+    unsealed -- a tree is read again from the repository, a snapshot row as one an earlier vault wrote."""
     return hmac.digest(mac_key, b"vault catalog tree entries v1", "sha256")
 
 
@@ -90,4 +99,4 @@ def unseal(key: bytes, tree_id: bytes, sealed: bytes) -> list[tuple]:
     return entries
 
 
-__all__ = ["cache_key", "entry", "node", "seal", "unseal", "split_ids"]
+__all__ = ["cache_key", "legacy_cache_key", "entry", "node", "seal", "unseal", "split_ids"]
