@@ -596,3 +596,33 @@ def test_a_bit_flipped_in_the_unsealed_part_of_the_slot_in_use_is_named(repo):
     repo("key", "add", "--new-password-file", new)
     repo("key", "remove", slot.name[:12], "--password-file", new)
     repo("verify", "--password-file", new)
+
+
+def _slot_kdfs(cli) -> list[dict]:
+    import json
+    return sorted((json.loads(p.read_bytes())["kdf"] for p in (cli.repo / "keys").iterdir()),
+                  key=lambda d: sorted(d.items()))
+
+
+def test_a_new_slot_keeps_the_kdf_of_the_slot_in_use(cli, pwfiles, tmp_path):
+    """`key passwd` and `key add` wrote every new slot with the default KDF (Argon2id t=4, 32 MiB): a repository
+    made with `--kdf-memory 256 --kdf-iterations 10` (or scrypt) ended up behind a slot ~20x cheaper per guess.
+    A new slot now takes the parameters of the slot in use, unless given."""
+    old, new = pwfiles
+    cli("init", "--kdf-memory", "2", "--kdf-iterations", "3")
+    cli("key", "passwd", "--new-password-file", new)
+    assert _slot_kdfs(cli) == [{"name": "argon2id", "iterations": 3, "memory_kib": 2048, "lanes": 4}]
+    with_pw(cli, new, "key", "add", "--new-password-file", old, "--kdf-iterations", "2")
+    assert _slot_kdfs(cli) == [{"name": "argon2id", "iterations": 2, "memory_kib": 2048, "lanes": 4},
+                               {"name": "argon2id", "iterations": 3, "memory_kib": 2048, "lanes": 4}]
+    res = with_pw(cli, new, "key", "add", "--new-password-file", old, "--kdf", "scrypt", "--kdf-memory", "4", ok=2)
+    assert "argon2id only" in res.err and len(_slot_kdfs(cli)) == 2
+
+
+def test_a_scrypt_repositorys_new_slot_is_scrypt(cli, pwfiles):
+    old, new = pwfiles
+    cli("init", "--kdf", "scrypt")
+    cli("key", "passwd", "--new-password-file", new)
+    assert [k["name"] for k in _slot_kdfs(cli)] == ["scrypt"]
+    res = with_pw(cli, new, "key", "add", "--new-password-file", old, "--kdf-iterations", "2", ok=2)
+    assert "argon2id only" in res.err

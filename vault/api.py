@@ -761,6 +761,17 @@ def catalog_rebuild(settings: Settings, password: PasswordFn) -> dict:
 
 
 # --- keys ---------------------------------------------------------------------------------------------
+def new_slot_kdf(sess: Session, name: str | None = None, memory_kib: int | None = None,
+                 iterations: int | None = None) -> KdfParams:
+    """The KDF of a new key slot: what is given, the rest as the slot in use has it (a repository made with a
+    costlier KDF than the default must not get a cheaper slot from ``key passwd``), else the defaults."""
+    cur = sess.repo.slot_kdf() or KdfParams()
+    base = cur if (name or cur.name) == cur.name else KdfParams(name=name)
+    if base.name != "argon2id" and (memory_kib is not None or iterations is not None):
+        raise UsageError(f"--kdf-memory and --kdf-iterations apply to argon2id only (the new slot's KDF: {base.name})")
+    return dataclasses.replace(base, iterations=iterations or base.iterations, memory_kib=memory_kib or base.memory_kib)
+
+
 def key_add(sess: Session, new_password: bytes, kdf: KdfParams | None = None) -> str:
     return sess.repo.add_key(new_password, kdf or KdfParams()).rsplit("/", 1)[-1]
 

@@ -491,6 +491,15 @@ class Repository:
                          socket.gethostname(), _username(), self.config.encode())
         return f"keys/{hashlib.sha256(slot).hexdigest()}", slot
 
+    def slot_kdf(self) -> KdfParams | None:
+        """The KDF parameters of the key slot that opened the repository (None when it cannot be read now): a
+        new slot gets them by default, so that ``key passwd`` never leaves a repository made with a costlier
+        KDF behind a cheaper one."""
+        try:
+            return KdfParams.from_json(slot_info(self.backend.get(self.key_name, 0, MAX_SLOT))["kdf"])
+        except (IntegrityError, ObjectNotFound, ValueError, KeyError, TypeError):
+            return None
+
     def add_key(self, password: bytes, kdf: KdfParams = KdfParams()) -> str:
         name, slot = self.make_key(password, kdf)
         self.backend.put(name, slot)

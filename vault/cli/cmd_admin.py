@@ -252,15 +252,36 @@ def key_list() -> None:
               + (f"  not usable here: {k['unsupported']}" if k.get("unsupported") else ""))
 
 
+def _kdf_options(f):
+    """--kdf, --kdf-memory, --kdf-iterations of a new key slot: by default those of the slot in use."""
+    f = click.option("--kdf-iterations", type=click.IntRange(1, 100), default=None,
+                     help="Argon2id time cost of the new slot [default: the slot in use's, else 4].")(f)
+    f = click.option("--kdf-memory", type=click.IntRange(1, 1024), default=None, metavar="MiB",
+                     help="Argon2id memory cost of the new slot [default: the slot in use's, else 32].")(f)
+    return click.option("--kdf", type=click.Choice(["argon2id", "scrypt"]), default=None,
+                        help="KDF of the new slot [default: the slot in use's].")(f)
+
+
+def _kdf(kdf: str | None, memory: int | None, iterations: int | None) -> dict:
+    """The KDF choices given (``api.new_slot_kdf`` fills in the rest from the slot in use)."""
+    if kdf == "scrypt" and (memory is not None or iterations is not None):
+        given = [n for n, v in (("--kdf-memory", memory), ("--kdf-iterations", iterations)) if v is not None]
+        raise UsageError(f"{' and '.join(given)} {'apply' if len(given) > 1 else 'applies'} to --kdf argon2id only")
+    return {"name": kdf, "memory_kib": None if memory is None else memory * 1024, "iterations": iterations}
+
+
 @key.command("add")
 @click.option("--new-password-file", type=click.Path(dir_okay=False), help="Read the new password from FILE "
               "[env: VAULT_NEW_PASSWORD_FILE, VAULT_NEW_PASSWORD].")
+@_kdf_options
 @global_options
-def key_add(new_password_file: str | None) -> None:
+def key_add(new_password_file: str | None, kdf: str | None, kdf_memory: int | None,
+            kdf_iterations: int | None) -> None:
     """Add a key slot for another password. Example: vault key add --new-password-file pw2"""
     c = get_ctx()
+    choice = _kdf(kdf, kdf_memory, kdf_iterations)
     with api.session(c.settings, c.password_fn(), sync=False) as sess:
-        kid = api.key_add(sess, _new_password(new_password_file))
+        kid = api.key_add(sess, _new_password(new_password_file), api.new_slot_kdf(sess, **choice))
     c.emit_json({"id": kid}) if c.json else c.out(f"added key {kid[:8]}")
 
 
@@ -278,13 +299,17 @@ def key_remove(key_id: str) -> None:
 @key.command("passwd")
 @click.option("--new-password-file", type=click.Path(dir_okay=False), help="Read the new password from FILE "
               "[env: VAULT_NEW_PASSWORD_FILE, VAULT_NEW_PASSWORD].")
+@_kdf_options
 @global_options
-def key_passwd(new_password_file: str | None) -> None:
+def key_passwd(new_password_file: str | None, kdf: str | None, kdf_memory: int | None,
+               kdf_iterations: int | None) -> None:
     """Change the password of the key slot in use. Example: vault key passwd --new-password-file pw2"""
     c = get_ctx()
+    choice = _kdf(kdf, kdf_memory, kdf_iterations)
     old = c.password()
     with api.session(c.settings, lambda: old, lock="exclusive", operation="key passwd", sync=False) as sess:
-        kid = api.key_passwd(sess, _new_password(new_password_file), old_password=old)
+        kid = api.key_passwd(sess, _new_password(new_password_file), api.new_slot_kdf(sess, **choice),
+                             old_password=old)
     c.emit_json({"id": kid}) if c.json else c.out(f"password changed (new key {kid[:8]})")
 
 
