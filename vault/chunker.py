@@ -1,7 +1,8 @@
 """Content-defined chunking: FastCDC 2020 with normalized chunking (pyfastcdc, Cython, releases the GIL).
 
 The gear table is XORed with a per-repository secret 64-bit seed (``MasterKeys.chunker_seed``), so chunk
-boundaries -- and therefore chunk sizes -- do not reveal which well-known files a repository holds.
+boundaries differ from an unseeded FastCDC's and between repositories. It is no keyed PRF: chunk lengths of known
+data, which packs of one block give away to read access, narrow the seed down (docs/format.md section 13).
 Pure apart from reading the stream it is given.
 """
 
