@@ -675,9 +675,23 @@ def repair(settings: Settings, password: PasswordFn, what: str = "all", read_dat
         finally:
             rep.close()
         verify_report = None
-        if not dry_run:
-            verify_report = Checker(sess.repo, sess.catalog, read_data, None).run()
+        if not dry_run:  # (the sync's problems as they are now, after the repair: what `vault verify` would say)
+            verify_report = _with_sync_problems(Checker(sess.repo, sess.catalog, read_data, None).run(),
+                                                sess.catalog.sync(sess.repo).problems)
         return rep.report, verify_report, sess.requests()
+
+
+def _with_sync_problems(report: VerifyReport, problems: list[str]) -> VerifyReport:
+    """The damage the catalog's sync found (a manifest or index segment that cannot be read, a manifest lost)
+    added to a verify report, unless its own checks named that object already."""
+    from .checker import Damage
+
+    for p in problems:
+        obj, _, why = p.partition(": ")
+        obj = obj.replace("index segment ", "index/").replace("snapshot ", "snapshots/")
+        if not any(d.object.startswith(obj) for d in report.damage):  # (verify's own check found it: full id)
+            report.damage.insert(0, Damage(obj, why))
+    return report
 
 
 # --- verify / stats / keys / locks / catalog ----------------------------------------------------------
@@ -693,14 +707,7 @@ def verify(settings: Settings, password: PasswordFn, read_data: bool = False,
         checker = Checker(sess.repo, sess.catalog, read_data or max_bytes is not None, parse_subset(subset),
                           jobs=jobs, max_bytes=max_bytes, processes=processes,
                           fresh_backend=lambda: _backend(settings), piecewise=processes > 0)
-        report = checker.run()
-        for p in sess.sync.problems:
-            from .checker import Damage
-
-            obj, _, why = p.partition(": ")
-            obj = obj.replace("index segment ", "index/").replace("snapshot ", "snapshots/")
-            if not any(d.object.startswith(obj) for d in report.damage):  # (verify's own check found it: full id)
-                report.damage.insert(0, Damage(obj, why))
+        report = _with_sync_problems(checker.run(), sess.sync.problems)
         return report, sum_stats([sess.requests(), checker.requests])
 
 

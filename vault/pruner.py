@@ -124,6 +124,13 @@ class _Plan:
         return self.delete.total() + self.repack.total() + self.unindexed.total()
 
 
+def _foreign(name: str) -> PruneRefused:
+    return PruneRefused(f"prune refused, nothing deleted: {name} is intact (its bytes match its name) but the keys in "
+                        "use do not open it: another repository's, or planted. Repair leaves such an object alone; if "
+                        "it is not this repository's, move it out of the store by hand (docs/operations.md, \"When "
+                        "verify or restore reports damage\")")
+
+
 class Pruner:
     def __init__(self, repo: Repository, catalog: Catalog, opts: PruneOptions,
                  log: Callable[[str], None] = lambda _m: None, uploaders: int = 0,
@@ -148,10 +155,12 @@ class Pruner:
         # a manifest the catalog could not load (damaged, or a read that failed) still counts on its data
         unreadable = sorted(set(self.repo.list_snapshots()) - {s.id for s in snaps} - ignored)
         if unreadable and self.repo.foreign("snapshots", unreadable[0]):  # ('vault repair' leaves it alone)
-            raise PruneRefused(f"prune refused, nothing deleted: snapshots/{unreadable[0]} is intact (its bytes match "
-                               "its name) but the keys in use do not open it: another repository's, or planted. "
-                               "Repair leaves such an object alone; if it is not this repository's, move it out "
-                               "of the store by hand (docs/operations.md, \"When verify or restore reports damage\")")
+            raise _foreign(f"snapshots/{unreadable[0]}")
+        for problem in self.sync_problems:  # (an index segment the same way)
+            prefix = problem.split(":", 1)[0].removeprefix("index segment ") if problem.startswith("index ") else ""
+            seg = next((s for s in self.repo.list_index() if prefix and s.startswith(prefix)), None)
+            if seg is not None and self.repo.foreign("index", seg):
+                raise _foreign(f"index/{seg}")
         if unreadable or self.sync_problems:
             what = f"snapshot {unreadable[0][:8]} could not be read" if unreadable else self.sync_problems[0]
             raise PruneRefused(f"prune refused, nothing deleted: {what}; run 'vault verify' and 'vault repair'")
