@@ -783,3 +783,63 @@ def _mac_key(repo) -> bytes:
     from vault.backend import open_backend
     from vault.repository import Repository
     return Repository.open(open_backend(str(repo.repo)), PASSWORD.encode()).keys.mac_key
+
+
+def test_block_rows_deleted_from_the_catalog_are_the_catalogs_fault_not_damage(repo, tmp_path):
+    """Rows deleted from the catalog's block table (a damaged or edited cache) made verify report the blocks
+    "missing from the index", exit 20, naming files of an intact repository. The repository's index is asked
+    first: it lists them, so the catalog is at fault -- exit 1, rebuild it."""
+    src = make_tree(tmp_path / "src", {"d": {"f": os.urandom(5000), "g": b"more"}})
+    repo("backup", src)
+    db = next(repo.cache.rglob("catalog.db"))
+    con = sqlite3.connect(db)
+    con.execute("DELETE FROM blocks WHERE kind='D'")
+    con.commit()
+    con.close()
+    res = repo("verify", ok=1)
+    assert "catalog rebuild" in res.err and "damaged, not the repository" in res.err, res.err
+    repo("catalog", "rebuild")
+    repo("verify")
+    # a pack really gone is still damage
+    for p in (repo.repo / "data").rglob("*"):
+        if p.is_file():
+            p.unlink()
+    assert repo("verify", ok=20).out
+    # and restore says so too, rather than naming files of an intact repository as damaged
+    repo("catalog", "rebuild")
+
+
+def test_restore_with_block_rows_deleted_from_the_catalog_says_rebuild(repo, tmp_path):
+    src = make_tree(tmp_path / "src", {"d": {"f": os.urandom(5000)}})
+    repo("backup", src)
+    db = next(repo.cache.rglob("catalog.db"))
+    con = sqlite3.connect(db)
+    con.execute("DELETE FROM blocks WHERE kind='D'")
+    con.commit()
+    con.close()
+    res = repo("restore", "latest", "--target", tmp_path / "r", ok=1)
+    assert "catalog rebuild" in res.err, res.err
+    repo("catalog", "rebuild")
+    repo("restore", "latest", "--target", tmp_path / "r")
+    assert (tmp_path / "r" / src.relative_to("/") / "d" / "f").read_bytes() == (src / "d" / "f").read_bytes()
+
+
+def test_a_byte_copy_of_a_repository_gets_a_catalog_of_its_own(repo, tmp_path):
+    """Two stores with one repository id (a `cp -a` or rsync copy, as usage.md suggests for moving one) used from
+    one cache directory shared one catalog: each took the other's snapshots for lost manifests -- verify called
+    the intact copy damaged (exit 20), and the repair it advised wrote the other's snapshot into it."""
+    import shutil
+    src = make_tree(tmp_path / "src", {"a": b"a"})
+    other = make_tree(tmp_path / "other", {"b": b"b"})
+    repo("backup", src)
+    copy = tmp_path / "copy"
+    shutil.copytree(repo.repo, copy, symlinks=True)
+    (src / "c").write_bytes(b"c")
+    repo("backup", src)
+    repo("--repo", copy, "backup", other)
+    repo("--repo", copy, "verify")
+    repo("verify")
+    res = repo("--repo", copy, "repair")
+    assert "again" not in res.out and len(list((copy / "snapshots").iterdir())) == 2
+    assert [s["paths"] for s in repo("--repo", copy, "--json", "snapshots").json] == [[str(src)], [str(other)]]
+    assert [s["paths"] for s in repo("--json", "snapshots").json] == [[str(src)], [str(src)]]

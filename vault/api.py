@@ -22,7 +22,7 @@ from .backup_workers import BackupWorkers
 from .backend import open_backend, parse_url
 from .backend.counting import sum_stats
 from .backend.retry import RetryBackend
-from .catalog import OPEN_WAIT, Catalog, SyncReport, open_synced
+from .catalog import OPEN_WAIT, Catalog, SyncReport, open_synced, store_key
 from .checker import Checker, VerifyReport, parse_subset
 from .chunker import ChunkerParams
 from .config import DEFAULT_LOCK_WAIT, Settings
@@ -99,9 +99,11 @@ def session(settings: Settings, password: PasswordFn, lock: str | None = None, o
         if before_catalog is not None:
             before_catalog(repo)
         if sync:
-            catalog, report = open_synced(settings.cache_dir, repo, wait=_catalog_wait(settings))
+            catalog, report = open_synced(settings.cache_dir, repo, wait=_catalog_wait(settings),
+                                          key=_cache_key(settings, repo.id))
         else:
-            catalog, report = Catalog.open(settings.cache_dir, repo.id, wait=_catalog_wait(settings)), SyncReport()
+            catalog = Catalog.open(settings.cache_dir, _cache_key(settings, repo.id), wait=_catalog_wait(settings))
+            report = SyncReport()
         if local_repo_path(settings) is None:  # a cold cache's walks fetch trees side by side (see Catalog)
             catalog.prefetch = min(settings.connections or 8, 8)
         try:
@@ -114,8 +116,23 @@ def session(settings: Settings, password: PasswordFn, lock: str | None = None, o
         counter.close()
 
 
+def _store_location(settings: Settings) -> str:
+    """Where the repository is, canonical: its real path, or bucket, prefix and endpoint."""
+    scheme, loc = parse_url(settings.require_repo())
+    if scheme == "file":
+        return os.path.realpath(loc)
+    endpoint = settings.effective_s3_endpoint()
+    return f"s3://{loc}" + (f" at {endpoint}" if endpoint else "")
+
+
+def _cache_key(settings: Settings, repo_id: str) -> str:
+    """The catalog's directory under the cache directory (``catalog.store_key``)."""
+    return store_key(settings.cache_dir, repo_id, _store_location(settings))
+
+
 def _slot_file(settings: Settings, repo_id: str) -> str:
-    return os.path.join(os.path.dirname(Catalog.file_path(settings.cache_dir, repo_id)), "key-slot")
+    return os.path.join(os.path.dirname(Catalog.file_path(settings.cache_dir, _cache_key(settings, repo_id))),
+                        "key-slot")
 
 
 def _slot_hint(settings: Settings, repo_id: str) -> str | None:
@@ -341,7 +358,8 @@ def backup(settings: Settings, password: PasswordFn, opts: BackupOptions,
         if remote or opts.dry_run or processes < 2 or not forkpool.available():
             return
         try:
-            workers.append(BackupWorkers(repo, processes, Catalog.file_path(settings.cache_dir, repo.id)))
+            workers.append(BackupWorkers(repo, processes, Catalog.file_path(settings.cache_dir,
+                                                                         _cache_key(settings, repo.id))))
         except OSError:  # (no anonymous file for the claims lock, no fork): threads do it
             pass
 
@@ -744,7 +762,7 @@ def catalog_rebuild(settings: Settings, password: PasswordFn) -> dict:
     deadline = time.monotonic() + (settings.lock_wait if settings.lock_wait is not None else DEFAULT_LOCK_WAIT)
     while True:
         try:
-            catalog = Catalog.open(settings.cache_dir, repo.id, fresh=True)
+            catalog = Catalog.open(settings.cache_dir, _cache_key(settings, repo.id), fresh=True)
             break
         except CatalogInUse:
             if time.monotonic() >= deadline:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import hmac
 import itertools
 import json
@@ -630,6 +631,26 @@ class Catalog:
                     f"JOIN packs p ON p.rowid = b.pack WHERE b.id IN ({marks})", part):
                 out[bytes(bid)] = (bytes(pid), PackEntry(kind, bytes(bid), off, length, raw))
         return out
+
+    def indexed_after_all(self, repo, ids: set[bytes]) -> set[bytes]:
+        """Of ``ids`` (blocks this catalog's index lacks), those an index segment of the repository lists -- one
+        no other segment supersedes, for a pack the store holds: the catalog (a cache: rows deleted, a damaged
+        page) is then what is wrong, not the repository. Reads every segment: for verify's rare case only."""
+        from .repository import pack_name  # (repository imports this module)
+
+        gone: set[str] = set()
+        found: list[tuple[str, bytes, bytes]] = []  # (segment, pack, block): one segment in memory at a time
+        for sid in repo.list_index():
+            try:
+                seg = repo.load_index(sid)
+            except VaultError:
+                continue
+            gone.update(x.hex() for x in seg.supersedes)
+            found.extend((sid, pid, e.block_id) for pid, entries in seg.packs.items() for e in entries
+                         if e.block_id in ids)
+        packs = {pid for sid, pid, _ in found if sid not in gone}
+        held = {pid for pid in packs if repo.backend.exists(pack_name(pid))}
+        return {bid for sid, pid, bid in found if sid not in gone and pid in held}
 
     def unconfirmed(self, repo, failed: dict[bytes, set[bytes]]) -> set[bytes]:
         """Of ``failed`` (pack id -> ids of its blocks that failed their check when read at this catalog's
@@ -1296,9 +1317,51 @@ def block_lookup(path: str) -> Callable[[bytes], bool]:
     return has_block
 
 
-def open_synced(cache_dir: str, repo, wait: float = OPEN_WAIT) -> tuple[Catalog, SyncReport]:
-    """Open the catalog and sync it; a catalog that fails mid-way is rebuilt once from scratch."""
-    cat = Catalog.open(cache_dir, repo.id, wait=wait)
+def store_key(cache_dir: str, repo_id: str, location: str) -> str:
+    """The name of the catalog's directory under ``cache_dir``: the repository's id -- unless that directory
+    belongs to another store with the same id (a byte copy of the repository: rsync, cp -a, a replicated
+    bucket), then the id and a hash of this store's location. Sharing one catalog, the two took each other's
+    snapshots for lost manifests: verify called the intact one damaged (exit 20), and the repair it advised
+    wrote the other's snapshots into it. The first store to use the directory claims it (file ``store``)."""
+    want = location.encode("utf-8", "surrogateescape")
+    mark = os.path.join(cache_dir, repo_id, "store")
+    for _ in range(2):
+        try:
+            with open(mark, "rb") as f:
+                have = f.read(len(want) + 1)
+            break
+        except FileNotFoundError:
+            try:  # (claimed whole or not at all: written beside it, then linked into place)
+                os.makedirs(os.path.dirname(mark), mode=0o700, exist_ok=True)
+                tmp = f"{mark}.{os.getpid()}.tmp"
+                with open(tmp, "wb") as f:
+                    f.write(want)
+                try:
+                    os.link(tmp, mark)
+                    return repo_id
+                except FileExistsError:
+                    continue  # (another process claimed it just now: read whose)
+                except OSError:  # (no hard links there, FAT: created in place; a torn claim is another store's)
+                    os.replace(tmp, mark) if not os.path.exists(mark) else None
+                    return repo_id
+                finally:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(tmp)
+            except OSError:
+                return repo_id  # (an unusable cache directory: the catalog's own open says so)
+        except OSError:
+            return repo_id
+    else:
+        return repo_id
+    if have == want:
+        return repo_id
+    return f"{repo_id}.{hashlib.sha256(want).hexdigest()[:16]}"
+
+
+def open_synced(cache_dir: str, repo, wait: float = OPEN_WAIT, key: str | None = None) -> tuple[Catalog, SyncReport]:
+    """Open the catalog (in directory ``key``, default the repository's id: see ``store_key``) and sync it; a
+    catalog that fails mid-way is rebuilt once from scratch."""
+    cat = Catalog.open(cache_dir, key or repo.id, wait=wait)
     try:
         return cat, cat.sync(repo)
     except CatalogError as exc:
@@ -1308,7 +1371,7 @@ def open_synced(cache_dir: str, repo, wait: float = OPEN_WAIT) -> tuple[Catalog,
     except BaseException:  # a backend error, an interrupt: the catalog (and its lock) is closed, never leaked
         cat.close()
         raise
-    cat = Catalog.open(cache_dir, repo.id, fresh=True, wait=wait)
+    cat = Catalog.open(cache_dir, key or repo.id, fresh=True, wait=wait)
     try:
         return cat, cat.sync(repo)
     except BaseException:
@@ -1316,7 +1379,7 @@ def open_synced(cache_dir: str, repo, wait: float = OPEN_WAIT) -> tuple[Catalog,
         raise
 
 
-__all__ = ["Catalog", "SyncReport", "open_synced"]
+__all__ = ["Catalog", "SyncReport", "open_synced", "store_key"]
 
 
 class UsedMarker:

@@ -511,7 +511,14 @@ class Checker:
         marker.flush()
         self.report.trees = trees
         self.report.blocks_referenced = cat.used_count()
-        self._missing.update(cat.used_missing(limit=-1)[1])
+        missing = set(cat.used_missing(limit=-1)[1])
+        if missing:  # (the catalog's index is a cache: rows deleted from it are not the repository's damage)
+            wrong = cat.indexed_after_all(self.repo, missing)
+            if wrong:
+                raise CatalogError(f"this machine's catalog lacks {len(wrong)} block(s) the repository's index lists "
+                                   f"(e.g. {min(wrong).hex()[:16]}; the catalog is damaged, not the repository): run "
+                                   "'vault catalog rebuild', then verify again")
+        self._missing.update(missing)
         for blocks, size, held in itertools.islice(cat.size_mismatches(), MAX_SIZE_MISMATCHES):
             self._bad_sizes[(blocks, size)] = held
 

@@ -51,6 +51,11 @@ class Settings:
             extra=dict(self.extra),
         )
 
+    def effective_s3_endpoint(self) -> str | None:
+        """The S3 endpoint in use: ours, else boto3's own ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``."""
+        env = os.environ
+        return self.s3_endpoint or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
+
     def require_repo(self) -> str:
         repo = self.repo or os.environ.get("VAULT_REPOSITORY")
         if not repo:
