@@ -359,3 +359,50 @@ def make_special(dir_fd: int, name: bytes, node: Node) -> None:
 
 __all__ = ["read_xattrs", "apply_xattrs", "entry_path", "node_from_stat", "stat_key", "apply_metadata", "apply_metadata_at", "chmod_nofollow", "current_umask", "make_special", "node_type", "IS_ROOT", "DIR",
            "SOCKET"]
+
+
+# --- names a file system takes for one another (FAT, exFAT, SMB, ext4 casefold: case-insensitive) ---------
+def fold_key(name: bytes) -> bytes | str:
+    """A name as a case-insensitive, normalizing file system may compare it (ASCII: lower case; else Unicode
+    NFC and case folding): names of one directory with the same key may be one name there."""
+    if name.isascii():
+        return name.lower()
+    import unicodedata
+
+    return unicodedata.normalize("NFC", name.decode("utf-8", "surrogateescape")).casefold()
+
+
+def folding_names(names: list[bytes]) -> set[bytes]:
+    """The names among ``names`` (one directory's) that share a ``fold_key`` with another: usually none."""
+    keys = [fold_key(n) for n in names]
+    if len(set(keys)) == len(keys):
+        return set()
+    seen: dict = {}
+    for n, k in zip(names, keys):
+        seen.setdefault(k, []).append(n)
+    return {n for group in seen.values() if len(group) > 1 for n in group}
+
+
+_RENAME_NOREPLACE = 1
+_renameat2 = None
+
+
+def rename_noreplace(src_dir_fd: int, src: bytes, dst_dir_fd: int, dst: bytes) -> None:
+    """rename(2) that fails with EEXIST when ``dst`` exists -- as the file system compares names (renameat2
+    RENAME_NOREPLACE). OSError(ENOSYS) where there is no renameat2, EINVAL where the file system lacks the flag."""
+    global _renameat2
+    if _renameat2 is None:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = getattr(libc, "renameat2", False)
+        if fn:
+            fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+        _renameat2 = fn
+    if not _renameat2:
+        raise OSError(errno.ENOSYS, "renameat2 is not available")
+    import ctypes
+
+    if _renameat2(src_dir_fd, src, dst_dir_fd, dst, _RENAME_NOREPLACE) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))

@@ -43,7 +43,8 @@ from .errors import CatalogError, IntegrityError, VaultError, is_damage
 from .dirhandles import DirHandles, split
 from .excludes import Matcher
 from .forkpool import ForkPool
-from .fsmeta import IS_ROOT, apply_metadata, apply_metadata_at, chmod_nofollow, current_umask, make_special
+from .fsmeta import (IS_ROOT, apply_metadata, apply_metadata_at, chmod_nofollow, current_umask, fold_key, folding_names,
+                     make_special, rename_noreplace)
 from .model import DIR, FILE, SYMLINK, Node, Snapshot
 from .repository import Repository, Scratch, pack_name
 
@@ -105,7 +106,7 @@ class _LazyDir:
 
 class _FileTask:
     __slots__ = ("path", "dir", "tmp", "node", "remaining", "problem", "local", "created", "mode_ok", "owner_ok", "end", "done",
-                 "spare", "lock", "written")
+                 "spare", "lock", "written", "folds")
 
     def __init__(self, path: bytes, node: Node, tmp: bytes | None = None, remaining: int | None = None,
                  problem: str | None = None):
@@ -123,6 +124,23 @@ class _FileTask:
         self.spare = False  # complete, but its name was taken: tmp waits for another name of its hardlinks
         self.lock = threading.Lock()
         self.written = 0  # data bytes written (holes not counted); in bytes_written once the file is in place
+        self.folds = False  # its name may be another's of its directory on a case-insensitive file system
+
+
+def _same_spelling(dfd: int, name: bytes) -> None:
+    """Unless the entry the file system finds for ``name`` in directory ``dfd`` is listed under exactly that
+    name: OSError -- a case-insensitive file system took it for an entry of another spelling."""
+    fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dfd)  # (dfd may be O_PATH: no listing)
+    try:
+        listed = os.listdir(fd)
+    finally:
+        os.close(fd)
+    if os.fsdecode(name) in listed:
+        return
+    want = fold_key(name)
+    other = next((n for n in listed if fold_key(os.fsencode(n)) == want), "another entry")
+    raise OSError(errno.EEXIST, f"this file system takes its name for that of {other!r}, already there (names "
+                                "that differ only in case)")
 
 
 def _new_tmp_prefix() -> None:
@@ -204,6 +222,7 @@ class Restorer:
         """``fresh_backend``: opens the repository's backend anew, for worker processes (a counting backend:
         their requests are added up in ``result.requests``); without it they use the inherited one."""
         self.repo, self.catalog, self.snap, self.opts = repo, catalog, snapshot, opts
+        self._index_asked = False  # whether blocks the catalog lacked were looked for in the repository's index
         self._fresh_backend = fresh_backend
         self.result = RestoreResult()
         self._include = Matcher(opts.include)
@@ -212,6 +231,7 @@ class Restorer:
         self._links: list[tuple[bytes, _FileTask]] = []  # (path, first task)
         self._spares: list[_FileTask] = []  # complete files whose name was taken (see _finish_file)
         self._others: list[tuple[bytes, Node]] = []  # symlinks and special files
+        self._folding: set[bytes] = set()  # paths whose name may be a sibling's on a case-insensitive file system
         self._dirs: list[tuple[int, bytes, bytes]] = []  # directories made, to the catalog in batches (depth,
         #                                                 path, metadata): their metadata is set at the end
         self._dirs_held = False  # some are in the catalog's temporary table already
@@ -276,6 +296,8 @@ class Restorer:
                 made = True
             except FileExistsError:
                 made = False
+                if path in self._folding:  # (Photos and photos: never merged into one)
+                    _same_spelling(dfd, name)
             st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
             if (not made and stat.S_ISDIR(st.st_mode) and st.st_mode & 0o300 != 0o300
                     and st.st_uid == os.geteuid()):
@@ -300,8 +322,11 @@ class Restorer:
                 else:
                     self.result.errors.append((_show(base or b"/"), f"directory listing unreadable: {exc}"))
                 continue
+            folds = folding_names([n.name for n in nodes])  # (README and readme: one name on FAT)
             for n in nodes:
                 path = base + b"/" + n.name
+                if folds and n.name in folds:
+                    self._folding.add(path)
                 want, descend = self._wanted(path, n.type == DIR)
                 if not want:
                     if descend and n.subtree is not None:  # only what --include matches below it
@@ -321,6 +346,7 @@ class Restorer:
                         self._links.append((path, first))
                         continue  # (names of one inode with other contents -- a crafted tree -- stay apart)
                     task = _FileTask(path, n)
+                    task.folds = path in self._folding
                     if n.nlink > 1 and first is None:
                         first_of_inode[key] = task
                     yield task
@@ -335,6 +361,13 @@ class Restorer:
         all missing (or which has none) is in no part."""
         ids = [b for t in tasks for b in t.node.blocks]
         where = self.catalog.lookup_many(ids)
+        if len(where) < len(set(ids)) and not self._index_asked:  # (once a run: asked again, a real loss would
+            self._index_asked = True                              # cost a read of every segment per batch)
+            wrong = self.catalog.indexed_after_all(self.repo, set(ids) - where.keys())
+            if wrong:  # the catalog (a cache) lacks rows of the repository's index: not the repository's damage
+                raise CatalogError(f"this machine's catalog lacks {len(wrong)} block(s) the repository's index lists "
+                                   f"(e.g. {min(wrong).hex()[:16]}; the catalog is damaged, not the repository): run "
+                                   "'vault catalog rebuild', then restore again")
         out: list[tuple[list[_FileTask], _Packs]] = [([], {}) for _ in range(parts)]
         owner: dict[tuple[bytes, int], int] = {}
         for task in tasks:
@@ -514,7 +547,7 @@ class Restorer:
             finally:
                 os.close(fd)
             ready = True
-            self._rename(task.dir, task.tmp, task.path)
+            self._rename(task.dir, task.tmp, task.path, task.folds)
         except OSError as exc:
             if ready and task.node.nlink > 1:
                 task.spare = True  # complete: the hardlink group's other names may still take it
@@ -532,18 +565,42 @@ class Restorer:
             for p in problems:
                 self.result.warnings.append((_show(task.path), p))
 
-    def _rename(self, tmp_dir: bytes, tmp: bytes, path: bytes) -> None:
-        """Rename the temp file ``tmp`` in directory ``tmp_dir`` to snapshot path ``path``."""
+    def _rename(self, tmp_dir: bytes, tmp: bytes, path: bytes, folds: bool = False) -> None:
+        """Rename the temp file ``tmp`` in directory ``tmp_dir`` to snapshot path ``path``. ``folds``: another
+        name of its directory may be this one's on a case-insensitive file system (README, readme): it then
+        never replaces an entry of another spelling (restored a moment ago: a file lost without a word)."""
         parent, name = split(path)
         try:  # never replaces a directory, empty or not: rename(2) fails with EISDIR
-            if tmp_dir == parent:  # (the usual case: one handle)
+            if tmp_dir == parent and not folds:  # (the usual case: one handle)
                 with self._at.at(parent) as dfd:
                     os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
             else:
                 with self._at.at(tmp_dir) as src, self._at.at(parent) as dst:
-                    os.rename(tmp, name, src_dir_fd=src, dst_dir_fd=dst)
+                    if folds:
+                        self._rename_folding(src, tmp, dst, name)
+                    else:
+                        os.rename(tmp, name, src_dir_fd=src, dst_dir_fd=dst)
         except IsADirectoryError:
             raise OSError(errno.EISDIR, "kept: a directory is in the way") from None
+
+    @staticmethod
+    def _rename_folding(src: int, tmp: bytes, dst: int, name: bytes) -> None:
+        """``_rename`` of a name that may fold into another: replaces only an entry of exactly this name."""
+        try:
+            rename_noreplace(src, tmp, dst, name)
+            return
+        except FileExistsError:
+            pass
+        except OSError as exc:  # (no renameat2, or not on this file system: looked at first, then renamed)
+            if exc.errno not in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise
+            try:
+                os.stat(name, dir_fd=dst, follow_symlinks=False)
+            except FileNotFoundError:
+                os.rename(tmp, name, src_dir_fd=src, dst_dir_fd=dst)
+                return
+        _same_spelling(dst, name)
+        os.rename(tmp, name, src_dir_fd=src, dst_dir_fd=dst)
 
     def _discard(self, tmp_dir: bytes, tmp: bytes, created: bool) -> None:
         """Remove a temp file we made; if its directory is gone or was swapped (a symlink now), it stays."""
@@ -564,7 +621,7 @@ class Restorer:
                 continue
             if not first.done and first.spare:
                 try:
-                    self._rename(first.dir, first.tmp, path)
+                    self._rename(first.dir, first.tmp, path, path in self._folding)
                 except OSError as exc:
                     self.result.errors.append((_show(path), f"cannot restore: {exc.strerror or exc}"))
                     continue
@@ -580,30 +637,62 @@ class Restorer:
                 self._hardlink(first.path, path)
                 self.result.files += 1
             except OSError as exc:
+                if exc.errno in _NO_LINKS and exc.errno != errno.EXDEV and self._copy_instead(first, path):
+                    continue
                 self.result.errors.append((_show(path), f"cannot create hardlink: {exc.strerror or exc}"))
         for task in self._spares:  # no other name took it (or none is being restored)
             if task.spare:
                 task.spare = False
                 self._discard(task.dir, task.tmp, True)
 
+    def _copy_instead(self, first: _FileTask, path: bytes) -> bool:
+        """Another name of a hardlinked file, on a file system without hard links (FAT, exFAT): a copy of the
+        restored first name (its data was lost otherwise), with a warning. False (and named) when that fails."""
+        parent = split(path)[0]
+        tmp = _tmp_name()
+        try:
+            src_dir, src_name = split(first.path)
+            with self._at.at(src_dir) as sdfd:
+                src = os.open(src_name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=sdfd)
+            try:
+                with self._at.at(parent) as dfd:
+                    dst = os.open(tmp, _OPEN_FLAGS | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=dfd)
+                try:
+                    while os.sendfile(dst, src, None, 1 << 24):
+                        pass
+                    problems = apply_metadata(dst, first.node)
+                finally:
+                    os.close(dst)
+            finally:
+                os.close(src)
+            self._rename(parent, tmp, path, path in self._folding)
+        except OSError as exc:
+            self._discard(parent, tmp, True)
+            self.result.errors.append((_show(path), f"cannot create hardlink, nor a copy: {exc.strerror or exc}"))
+            return True
+        self.result.files += 1
+        self.result.bytes_written += first.written
+        self.result.warnings.append((_show(path), f"restored as a copy of {_show(first.path)}: this file system "
+                                                  "has no hard links"))
+        self.result.warnings.extend((_show(path), p) for p in problems)
+        return True
+
     def _hardlink(self, first: bytes, path: bytes) -> None:
         """``path`` made another name of the restored ``first`` (a temp name linked, then renamed over)."""
         parent = split(path)[0]
         tmp = _tmp_name()
-        created = False
         try:
             src_dir, src_name = split(first)
             with self._at.at(src_dir) as src, self._at.at(parent) as dst:
                 os.link(src_name, tmp, src_dir_fd=src, dst_dir_fd=dst, follow_symlinks=False)
-            created = True
-            self._rename(parent, tmp, path)
+            self._rename(parent, tmp, path, path in self._folding)
             with self._at.at(parent) as dst:
                 try:  # the name already was this inode: rename(2) did nothing
                     os.unlink(tmp, dir_fd=dst)
                 except FileNotFoundError:
                     pass
         except OSError:
-            self._discard(parent, tmp, created)
+            self._discard(parent, tmp, True)  # (ours by its random name: a file system may fail after creating it)
             raise
 
     def _finish_others(self) -> None:
@@ -626,21 +715,19 @@ class Restorer:
                 # (a file system that cannot link these: made on its own below, as before)
             parent = split(path)[0]
             tmp = _tmp_name()
-            created = False
             try:
                 with self._at.at(parent) as dfd:
                     if node.type == SYMLINK:
                         os.symlink(node.target or b"", tmp, dir_fd=dfd)
                     else:
                         make_special(dfd, tmp, node)
-                    created = True
                     # (as made: a file system may give new entries another owner than this euid -- vfat or cifs
                     # with uid=, NFS squashing root)
                     st = os.stat(tmp, dir_fd=dfd, follow_symlinks=False)
                     problems = apply_metadata_at(dfd, tmp, node, (st.st_dev, st.st_ino, st.st_uid))
-                self._rename(parent, tmp, path)
+                self._rename(parent, tmp, path, path in self._folding)
             except OSError as exc:
-                self._discard(parent, tmp, created)
+                self._discard(parent, tmp, True)  # (even when the call failed: exFAT on FUSE creates, then fails)
                 if exc.errno in (errno.ENOTSUP, errno.EPERM):
                     self.result.warnings.append((_show(path), f"not restored: {exc.strerror}"))
                 else:
@@ -697,7 +784,7 @@ class Restorer:
             index = {id(t): i for i, t in enumerate(mine)}
             ranges = [(pid, [(entry, [(index[id(t)], off) for t, off in users]) for entry, users in items])
                       for pid, wanted in packs.items() for items in self._ranges(wanted)]
-            files = [(t.path, t.tmp, t.remaining, t.problem, _slim(t.node)) for t in mine]
+            files = [(t.path, t.tmp, t.remaining, t.problem, _slim(t.node), t.folds) for t in mine]
             out.append((mine, (files, ranges)))
         self._finish_empty(tasks)
         return out
@@ -714,7 +801,10 @@ class Restorer:
     def _run_part(self, msg: tuple) -> tuple:
         """In a worker process: fill and finish the files of one message; what the parent needs back."""
         files, ranges = msg
-        tasks = [_FileTask(path, _unslim(meta), tmp, remaining, problem) for path, tmp, remaining, problem, meta in files]
+        tasks = []
+        for path, tmp, remaining, problem, meta, folds in files:
+            tasks.append(_FileTask(path, _unslim(meta), tmp, remaining, problem))
+            tasks[-1].folds = folds
         self.result, self._spares = RestoreResult(), []
         units = [(pid, [(entry, [(tasks[i], off) for i, off in users]) for entry, users in items])
                  for pid, items in ranges]
