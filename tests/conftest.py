@@ -140,14 +140,15 @@ def tmpfs(path: Path, size: str):
 
 
 @contextlib.contextmanager
-def ext4(path: Path, size_mb: int):
+def ext4(path: Path, size_mb: int, inodes: int | None = None):
     """A real ext4 file system of ``size_mb`` MiB (an image file on a loop device) mounted at ``path`` for the
     block; the test is skipped where that is not allowed (no root, no loop devices, no mkfs.ext4)."""
     path.mkdir(parents=True, exist_ok=True)
     image = path.parent / (path.name + ".img")
     with open(image, "wb") as f:
         f.truncate(size_mb << 20)
-    made = subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], capture_output=True)
+    made = subprocess.run(["mkfs.ext4", "-q", "-F", *(["-N", str(inodes)] if inodes else []), str(image)],
+                          capture_output=True)
     if made.returncode != 0 or subprocess.run(["mount", "-o", "loop", str(image), str(path)],
                                               capture_output=True).returncode != 0:
         image.unlink()

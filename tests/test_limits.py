@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import FAST_INIT, make_tree, with_jobs
+from conftest import FAST_INIT, ext4, make_tree, with_jobs
 
 from vault import api, keys
 from vault.backend.local import LocalBackend
@@ -197,3 +197,18 @@ def test_a_hangup_whose_clean_up_meets_the_dead_terminal_is_still_129(repo, monk
     monkeypatch.setattr(api, "list_snapshots", hung_up)
     res = repo("snapshots", ok=129)
     assert "internal error" not in res.err
+
+
+def test_a_repository_disk_out_of_inodes_is_not_called_full(cli, tmp_path):
+    """ENOSPC with free blocks and no free inodes said "disk full", while df showed room."""
+    with ext4(tmp_path / "disk", 32, inodes=64) as disk:
+        cli("--repo", disk / "repo", "init", *FAST_INIT)
+        n = 0
+        try:
+            while True:
+                (disk / f"f{n}").touch()
+                n += 1
+        except OSError:
+            pass
+        res = cli("--repo", disk / "repo", "backup", make_tree(tmp_path / "src", {"a": b"x"}), ok=1)
+        assert "no free inodes" in res.err and "df -i" in res.err, res.err

@@ -66,6 +66,7 @@ class BackupOptions:
     excludes: list[str] = field(default_factory=list)
     one_file_system: bool = False
     dry_run: bool = False
+    force: bool = False  # read every file again, unchanged or not (the parent snapshot's blocks are not reused)
     jobs: int = 0
     uploaders: int = 0  # packs stored in the background at once (local: 0 = by the worker; S3: connections)
     skip_paths: list[str] = field(default_factory=list)  # repository and cache dirs, never backed up
@@ -458,6 +459,7 @@ class Archiver:
             here = None
         self._depth += 1
         items: list[Node | tuple[Future, bytes, bytes]] = []
+        force = self.opts.force
         try:
             for name in names:
                 child = _join(path, name)
@@ -529,7 +531,7 @@ class Archiver:
                     self.stats.bytes_processed += st.st_size
                     # same: every field matched just above; else the content is unchanged when the type, size,
                     # mtime, ctime and inode are (a chmod or chown changes only the tree)
-                    if (old is not None and (same or (old[1][0] == FILE and old[1][4:8] == key[4:8]))
+                    if (old is not None and not force and (same or (old[1][0] == FILE and old[1][4:8] == key[4:8]))
                             and not (lost and not lost.isdisjoint(split_ids(old[2])))):
                         self.stats.files_unmodified += 1
                         xattrs = old[3]
@@ -541,7 +543,8 @@ class Archiver:
                         same = False
                         # (was: None for a new name; the parent's blocks of a file it stored with ctime 0 -- read
                         # again only to be sure, see filereader.racy: the same blocks are no change; else False)
-                        was = None if old is None else old[2] if old[1][0] == FILE and old[1][6] == 0 else False
+                        was = (None if old is None else old[2] if old[1][0] == FILE and (old[1][6] == 0 or force)
+                               else False)  # (--force: read again; the same blocks are no change)
                         items.append((*self._submit_file(child, name, st, here), child, name, st.st_size,
                                       st.st_mtime_ns, was, (st.st_dev, st.st_ino), here))
                 elif t == SYMLINK:

@@ -55,10 +55,20 @@ def translate_os_error(err: OSError, verb: str, name: str, root: str, *, missing
     if err.errno in _TRANSIENT:
         return TransientError(f"error {verb} {what}: {err.strerror or err}")
     reason = _PERMANENT.get(err.errno or 0)
+    if err.errno == errno.ENOSPC and _no_inodes(root):  # (df shows room: "disk full" sent people looking in vain)
+        reason = "no free inodes (the file system has room, but no more files: df -i)"
     if reason:
         hint = " (raise the limit: `ulimit -n`)" if err.errno == errno.EMFILE else ""
         return PermanentError(f"{reason} {verb} {what}{hint}")
     return BackendError(f"error {verb} {what}: {err.strerror or err}")
+
+
+def _no_inodes(root: str) -> bool:
+    try:
+        st = os.statvfs(root)
+    except OSError:
+        return False
+    return st.f_files > 0 and st.f_favail == 0 and st.f_bavail > 0
 
 
 def _fsync_dir(path: str) -> None:

@@ -84,9 +84,13 @@ def init(pack_size: int, compression_level: int, chunk_min: int, chunk_avg: int,
               help="Read exclude globs from FILE, one per line (# comments).")
 @click.option("-x", "--one-file-system", is_flag=True, help="Do not cross filesystem boundaries.")
 @click.option("-n", "--dry-run", is_flag=True, help="Read and chunk, but store nothing.")
+@click.option("--force", is_flag=True, help="Read every file again, even those whose size, times and inode match "
+              "the last snapshot's (a source whose inode numbers or times cannot be trusted: FAT after a "
+              "remount, a clock set back).")
 @global_options
 def backup(paths: tuple[str, ...], tags: tuple[str, ...], host: str | None, time_: str | None,
-           excludes: tuple[str, ...], exclude_files: tuple[str, ...], one_file_system: bool, dry_run: bool) -> int:
+           excludes: tuple[str, ...], exclude_files: tuple[str, ...], one_file_system: bool, dry_run: bool,
+           force: bool) -> int:
     """Back up PATHS into a new snapshot. Unchanged files are not read again.
 
     Exit 3 when the snapshot was written but some files could not be read (each is named).
@@ -110,7 +114,7 @@ def backup(paths: tuple[str, ...], tags: tuple[str, ...], host: str | None, time
     if not all(_is_text(t) for t in tags):
         raise UsageError("--tag must be text (UTF-8): tags are matched and shown as text")
     opts = BackupOptions(paths=list(paths), tags=list(tags), host=host, time=when, excludes=patterns,
-                         one_file_system=one_file_system, dry_run=dry_run,
+                         one_file_system=one_file_system, dry_run=dry_run, force=force,
                          on_file=(lambda kind, path: c.err(printable(f"{kind:8} {path}"))) if c.verbose else None)
     progress = BackupProgress(enabled=not (c.quiet or c.json or c.verbose))
     try:
