@@ -333,10 +333,10 @@ def test_a_directory_renamed_within_its_parent_during_the_walk_is_named(repo, tm
     own moment). The parent's mtime and ctime moved on during its walk: it is named now."""
     src = make_tree(tmp_path / "src", {"p": {"e": {f"f{i}": b"%d" % i for i in range(5)}}})
     os.symlink("e", src / "p" / ".alt")
-    real, done = archiver.Archiver._stat_at, []
+    real, done = archiver.Archiver._symlink_at, []
 
-    def stat_at(self, fd, path, name):
-        got = real(self, fd, path, name)
+    def symlink_at(self, fd, path, name, st):
+        got = real(self, fd, path, name, st)
         if name == b".alt" and not done:
             done.append(1)
             p = src / "p"
@@ -345,7 +345,7 @@ def test_a_directory_renamed_within_its_parent_during_the_walk_is_named(repo, tm
             os.rename(p / "tmp", p / ".alt")
         return got
 
-    monkeypatch.setattr(archiver.Archiver, "_stat_at", stat_at)
+    monkeypatch.setattr(archiver.Archiver, "_symlink_at", symlink_at)
     res = with_jobs(repo, "1", "--json", "backup", src)
     assert done and any(w["path"] == f"{src}/p" and "changed while the backup ran" in w["warning"]
                         for w in res.json["warnings"]), res.json["warnings"]

@@ -36,7 +36,8 @@ from .excludes import Matcher
 from .filereader import FileReader, FileResult
 from .entries import node as entry_node, split_ids
 from .fsmeta import entry_path, node_from_stat, node_type, read_xattrs, stat_key
-from .model import DEEPEST, DIR, FILE, SYMLINK, XATTRS_MARK, Node, Snapshot, Tree, holds_xattrs, replaced_by_repair
+from .model import (BLOCKDEV, CHARDEV, DEEPEST, DIR, FIFO, FILE, SOCKET, SYMLINK, XATTRS_MARK, Node, Snapshot, Tree,
+                    holds_xattrs, replaced_by_repair)
 from .pack import TREE, PackEntry, sealed_size
 from .packwriter import PackWriter, adopt_leftover_packs
 from .repository import Repository
@@ -199,6 +200,11 @@ def _node(name: bytes, st: os.stat_result, xattrs: tuple | None, unread: bool) -
     if unread:
         n.ctime_ns = 0
     return n
+
+
+_S_IFMT = 0o170000
+_TYPE_OF = {stat.S_IFREG: FILE, stat.S_IFDIR: DIR, stat.S_IFLNK: SYMLINK, stat.S_IFIFO: FIFO, stat.S_IFCHR: CHARDEV,
+            stat.S_IFBLK: BLOCKDEV, stat.S_IFSOCK: SOCKET}  # (fsmeta.node_type as one lookup)
 
 
 def _join(base: bytes, name: bytes) -> bytes:
@@ -460,22 +466,34 @@ class Archiver:
         self._depth += 1
         items: list[Node | tuple[Future, bytes, bytes]] = []
         force = self.opts.force
+        # (the loop below runs once per entry of the tree: what it looks up every time is fetched here once)
+        excludes = self._excludes if only is None and self._excludes else None
+        named_paths, base = self._named, (path if path.endswith(b"/") else path + b"/")
+        lstat = os.stat
         try:
             for name in names:
-                child = _join(path, name)
+                child = base + name
                 if fd is None:  # (let go before a deep subdirectory: opened again, proved the same directory)
                     fd = self._reopen(path, here)
                     if fd is None:
                         same = False
                         break
-                st, target, st_dir = self._stat_at(fd, path, name)
+                try:  # (_stat_at, its common case inline: all but symlinks, one call per entry)
+                    st = lstat(name, dir_fd=fd, follow_symlinks=False)
+                    target = st_dir = None
+                    t = _TYPE_OF.get(st.st_mode & _S_IFMT)
+                    if t == SYMLINK:
+                        st, target, st_dir = self._symlink_at(fd, path, name, st)
+                except OSError as exc:
+                    st = exc
                 if isinstance(st, OSError):
                     if not isinstance(st, FileNotFoundError):
                         self._error(child, _not_ours(st).strerror or str(st))
                     elif only is not None:
                         self._error(child, "no such file or directory")
                     continue
-                t = node_type(st.st_mode)
+                if t == SYMLINK:
+                    t = node_type(st.st_mode)  # (it stopped being a symlink before readlink: what it now is)
                 if t is None:
                     continue
                 via_link = False
@@ -485,8 +503,7 @@ class Archiver:
                     st, t, via_link = st_dir, DIR, True
                 # a PATH named on the command line is never excluded (at the top or inside another PATH), nor are
                 # the directories leading to it: an excluded one holds only the named PATHs below it
-                excluded = (only is None and self._excludes and child not in self._named
-                            and self._excludes.matches(child, t == DIR))
+                excluded = (excludes is not None and child not in named_paths and excludes.matches(child, t == DIR))
                 if excluded and (t != DIR or not self._named_below(child)):
                     continue
                 old = parent.get(name)
@@ -576,7 +593,7 @@ class Archiver:
                   ) -> tuple[tuple[int, int] | None, list[bytes], int | None, tuple[int, int] | None]:
         """The directory's (dev, ino), its entry names in order, a descriptor of it, and its (mtime, ctime) as it
         was listed (None for ``only``, or when not listed; see ``_changed_since_listed``): every entry is then
-        stat'ed relative to the directory itself (``_stat_at``), once it is proved to be the one its parent
+        stat'ed relative to the directory itself (``_save_dir``), once it is proved to be the one its parent
         listed (``expect``) -- so nothing is ever looked up through a symlink swapped in for it or for a
         directory above it meanwhile, and nothing from outside the tree gets into the snapshot. ``only``: these
         names (the PATHs' skeleton) instead of a listing; such a directory needs only search permission
@@ -664,20 +681,10 @@ class Archiver:
             self.stats.warnings.append((_display(child), note))
         return xattrs, note is not None
 
-    def _stat_at(self, fd: int, path: bytes, name: bytes) -> tuple:
-        """(lstat or the OSError, a symlink's target or OSError, for a symlink on the way to a PATH named below
-        it the directory it leads to) of entry ``name`` of the directory open as ``fd``."""
-        try:
-            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-        except OSError as exc:
-            return exc, None, None
-        if not stat.S_ISLNK(st.st_mode):  # (all but symlinks: one call per entry, the walk's hot path)
-            return st, None, None
-        return self._symlink_at(fd, path, name, st)
-
     def _symlink_at(self, fd: int, path: bytes, name: bytes, st: os.stat_result) -> tuple:
-        """``_stat_at`` of an entry that lstat found a symlink: its target, looked at again when it stopped
-        being a symlink before readlink (replaced meanwhile: stored as what it now is)."""
+        """(lstat or the OSError, its target or OSError, for a symlink on the way to a PATH named below it the
+        directory it leads to) of an entry that lstat found a symlink (``_save_dir``): its target, looked at
+        again when it stopped being a symlink before readlink (replaced meanwhile: stored as what it now is)."""
         target = st_dir = None
         for attempt in range(3):
             if attempt:
