@@ -622,12 +622,12 @@ def test_an_edited_snapshot_row_of_the_catalog_is_read_again_from_the_repository
     repo("restore", "latest", "--target", tmp_path / "r")
     assert (tmp_path / "r" / src.relative_to("/") / "a" / "file").read_bytes() == b"new"
     con = sqlite3.connect(db)  # (a catalog of an earlier vault: no seals at all)
-    con.execute("UPDATE snapshots SET seal=NULL")
+    con.execute("UPDATE snapshots SET seal=NULL, seal2=NULL")
     con.commit()
     con.close()
     assert len(repo("--json", "snapshots").json) == 2
     con = sqlite3.connect(db)
-    assert con.execute("SELECT count(*) FROM snapshots WHERE seal IS NOT NULL").fetchone()[0] == 2
+    assert con.execute("SELECT count(*) FROM snapshots WHERE seal2 IS NOT NULL").fetchone()[0] == 2
     con.close()
 
 
@@ -672,7 +672,7 @@ def test_an_earlier_vaults_row_of_a_manifest_deleted_without_a_forget_is_kept(re
     repo("backup", src, "--time", "2026-01-02T00:00:00Z")
     db = next(repo.cache.rglob("catalog.db"))
     con = sqlite3.connect(db)
-    con.execute("UPDATE snapshots SET seal=NULL")
+    con.execute("UPDATE snapshots SET seal=NULL, seal2=NULL")
     (first,) = con.execute("SELECT id FROM snapshots ORDER BY time LIMIT 1").fetchone()
     con.commit()
     con.close()
@@ -725,14 +725,16 @@ def test_the_catalogs_sealing_key_is_no_blocks_id(repo, tmp_path):
     db = next(repo.cache.rglob("catalog.db"))
     con = sqlite3.connect(db)
     cols = "id, time, host, paths, tags, tree, username, parent, summary"
-    rows = con.execute(f"SELECT {cols}, seal FROM snapshots ORDER BY time").fetchall()
+    rows = con.execute(f"SELECT {cols}, seal2 FROM snapshots ORDER BY time").fetchall()
     keys = [bytes(b) for (b,) in con.execute("SELECT id FROM blocks")]
     assert not [k for k in keys if _forge_seal(k, rows[0][:-1]) == rows[0][-1]], "a block id seals the rows"
     # the attack itself, with every block id tried as the key
     forged = list(rows[-1][:-1])
     forged[5] = rows[0][5]
-    for n, k in enumerate(keys):
-        con.execute("UPDATE snapshots SET tree=?, seal=? WHERE id=?", (rows[0][5], _forge_seal(k, forged), forged[0]))
+    for n, (k, cols2) in enumerate((k, c) for k in keys for c in (("seal", "seal2"), ("seal",))):
+        con.execute("UPDATE snapshots SET tree=?, seal=NULL, seal2=NULL WHERE id=?", (rows[0][5], forged[0]))
+        for col in cols2:  # (the forged seal in either column; the old key's column alone counts as no seal)
+            con.execute(f"UPDATE snapshots SET {col}=? WHERE id=?", (_forge_seal(k, forged), forged[0]))
         con.commit()
         repo("restore", "latest", "--target", tmp_path / f"r{n}")
         assert (tmp_path / f"r{n}" / src.relative_to("/") / "app.conf").read_bytes() == b"new"
@@ -757,7 +759,7 @@ def test_rows_sealed_with_the_earlier_forgeable_key_count_as_unsealed(repo, tmp_
     old = legacy_cache_key(mac_key)
     assert old == hmac.digest(mac_key, b"vault catalog tree entries v1", "sha256")
     for row in con.execute(f"SELECT {cols} FROM snapshots").fetchall():
-        con.execute("UPDATE snapshots SET seal=? WHERE id=?", (_forge_seal(old, row), row[0]))
+        con.execute("UPDATE snapshots SET seal=?, seal2=NULL WHERE id=?", (_forge_seal(old, row), row[0]))
     from vault.model import Tree
     for tid, in con.execute("SELECT id FROM trees").fetchall():
         con.execute("UPDATE trees SET entries=? WHERE id=?", (seal(old, bytes(tid), Tree([]).nodes), tid))
@@ -768,8 +770,8 @@ def test_rows_sealed_with_the_earlier_forgeable_key_count_as_unsealed(repo, tmp_
     res = repo("verify", ok=20)
     assert "manifest missing" in res.out + res.err
     con = sqlite3.connect(db)
-    assert con.execute("SELECT count(*) FROM lost_snapshots WHERE seal IS NULL").fetchone()[0] == 1
-    assert con.execute("SELECT count(*) FROM snapshots WHERE seal IS NOT NULL").fetchone()[0] == 1
+    assert con.execute("SELECT count(*) FROM lost_snapshots WHERE seal2 IS NULL").fetchone()[0] == 1
+    assert con.execute("SELECT count(*) FROM snapshots WHERE seal2 IS NOT NULL").fetchone()[0] == 1
     con.close()
     repo("restore", "latest", "--target", tmp_path / "r")  # (the empty cached trees are not believed)
     assert (tmp_path / "r" / src.relative_to("/") / "d" / "g").read_bytes() == b"y"
@@ -843,3 +845,23 @@ def test_a_byte_copy_of_a_repository_gets_a_catalog_of_its_own(repo, tmp_path):
     assert "again" not in res.out and len(list((copy / "snapshots").iterdir())) == 2
     assert [s["paths"] for s in repo("--repo", copy, "--json", "snapshots").json] == [[str(src)], [str(other)]]
     assert [s["paths"] for s in repo("--json", "snapshots").json] == [[str(src)], [str(src)]]
+
+
+@pytest.mark.parametrize("drop_trees", [False, True])
+def test_tree_rows_deleted_from_the_catalog_are_the_catalogs_fault_too(repo, tmp_path, drop_trees):
+    """The same for tree blocks: verify, restore and ls said exit 20 ("tree block missing from the index",
+    "directory listing lost") of an intact repository."""
+    src = make_tree(tmp_path / "src", {"d": {"f": b"data"}})
+    repo("backup", src)
+    db = next(repo.cache.rglob("catalog.db"))
+    con = sqlite3.connect(db)
+    con.execute("DELETE FROM blocks WHERE kind='T'")
+    if drop_trees:
+        con.execute("DELETE FROM trees")
+    con.commit()
+    con.close()
+    for args in (("verify",), ("restore", "latest", "--target", tmp_path / "r"), ("ls", "latest")):
+        res = repo(*args, ok=1 if drop_trees or args[0] == "verify" else 0)  # (cached trees: they serve)
+        assert res.code == 0 or "catalog rebuild" in res.err, (args, res.err)
+    repo("catalog", "rebuild")
+    repo("verify")

@@ -119,9 +119,24 @@ def session(settings: Settings, password: PasswordFn, lock: str | None = None, o
 def _store_location(settings: Settings) -> str:
     """Where the repository is, canonical: its real path, or bucket, prefix and endpoint."""
     scheme, loc = parse_url(settings.require_repo())
-    if scheme == "file":
-        return os.path.realpath(loc)
+    if scheme == "file":  # (and the file system it is on: two cloned disks rotated at one mount point differ)
+        real = probe = os.path.realpath(loc)
+        while True:
+            try:
+                fsid = os.statvfs(probe).f_fsid
+                break
+            except OSError:  # (not made yet, init: the file system it will be on)
+                if os.path.dirname(probe) == probe:
+                    fsid = 0
+                    break
+                probe = os.path.dirname(probe)
+        return f"{real} on file system {fsid:x}" if fsid else real
     endpoint = settings.effective_s3_endpoint()
+    if endpoint:  # (http://Host:9000/ and http://host:9000 are one endpoint: one catalog, not two)
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(endpoint.strip())
+        endpoint = f"{parts.scheme.lower()}://{(parts.netloc or parts.path).lower()}{parts.path.rstrip('/') if parts.netloc else ''}"
     return f"s3://{loc}" + (f" at {endpoint}" if endpoint else "")
 
 
@@ -148,14 +163,15 @@ def _remember_slot(settings: Settings, repo: Repository) -> None:
     if _slot_hint(settings, repo.id) == repo.key_name:
         return
     path = _slot_file(settings, repo.id)
+    tmp = f"{path}.{os.getpid()}.tmp"
     try:
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
         with open(tmp, "w", encoding="ascii") as f:
             f.write(repo.key_name)
         os.replace(tmp, path)
     except OSError:  # a read-only or full cache: the next run just tries the slots in order
-        pass
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)  # (a full disk: not left behind)
 
 
 def _catalog_wait(settings: Settings) -> float:

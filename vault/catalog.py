@@ -48,8 +48,11 @@ from .pack import PackEntry
 _SNAPSHOT_COLUMNS = "id, time, host, paths, tags, tree, username, parent, summary"  # (snapshots, lost_snapshots)
 _LOST_TABLE = ("CREATE TABLE IF NOT EXISTS lost_snapshots (id TEXT PRIMARY KEY, time TEXT NOT NULL, host TEXT NOT NULL, "
                "paths TEXT NOT NULL, tags TEXT NOT NULL, tree BLOB NOT NULL, username TEXT, parent TEXT, summary TEXT, "
-               "seal BLOB)")
-_SEALED_COLUMNS = _SNAPSHOT_COLUMNS + ", seal"
+               "seal BLOB, seal2 BLOB)")
+# seal: written by vault before 0.1.1 (a key anyone could learn: see entries.cache_key), NULL since -- so that an
+# earlier vault sharing the cache takes 0.1.1's rows for unsealed ones (kept, read again) rather than forged
+# ones (deleted: a record of a lost manifest was gone with them); seal2: 0.1.1's
+_SEALED_COLUMNS = _SNAPSHOT_COLUMNS + ", seal, seal2"
 
 
 def _snapshot_seal(key: bytes, row: tuple) -> bytes:
@@ -87,7 +90,7 @@ CREATE TABLE IF NOT EXISTS blocks (
 CREATE INDEX IF NOT EXISTS blocks_pack ON blocks(pack);
 CREATE TABLE IF NOT EXISTS snapshots (
     id TEXT PRIMARY KEY, time TEXT NOT NULL, host TEXT NOT NULL, paths TEXT NOT NULL, tags TEXT NOT NULL,
-    tree BLOB NOT NULL, username TEXT, parent TEXT, summary TEXT, seal BLOB);
+    tree BLOB NOT NULL, username TEXT, parent TEXT, summary TEXT, seal BLOB, seal2 BLOB);
 CREATE TABLE IF NOT EXISTS trees (rowid INTEGER PRIMARY KEY, id BLOB UNIQUE NOT NULL, entries BLOB NOT NULL,
     checked INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS trees_pending ON trees(checked) WHERE checked < 0;
@@ -191,6 +194,7 @@ class Catalog:
         self._ahead: dict[bytes, Future] = {}  # tree id -> its fetch into the cache, under way
         self._rows_ahead: dict[bytes, tuple] = {}  # tree id -> its cached row, read with its parent's siblings
         self._rows_ahead_bytes = 0
+        self._index_asked = False  # a tree the catalog's index lacks was looked for in the repository's index
         self._pool: ThreadPoolExecutor | None = None
         self._closed = False
 
@@ -299,9 +303,10 @@ class Catalog:
         column is added in place; rows without a seal are read again from the repository (``_check_seals``)."""
         for table in ("snapshots", "lost_snapshots"):
             cols = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
-            if cols and "seal" not in cols:
-                with contextlib.suppress(sqlite3.OperationalError):  # (another process added it just now)
-                    conn.execute(f"ALTER TABLE {table} ADD COLUMN seal BLOB")
+            for col in ("seal", "seal2"):
+                if cols and col not in cols:
+                    with contextlib.suppress(sqlite3.OperationalError):  # (another process added it just now)
+                        conn.execute(f"ALTER TABLE {table} ADD COLUMN {col} BLOB")
 
     @staticmethod
     def _migrate_4(conn: sqlite3.Connection) -> None:
@@ -706,7 +711,7 @@ class Catalog:
                snap.tree, storable_text(snap.username), snap.parent, json.dumps(snap.summary))
         seal = _snapshot_seal(self._sealing[1], row) if self._sealing[1] else None  # (the key: known once synced)
         self._tx(lambda c: c.execute(f"INSERT OR REPLACE INTO snapshots ({_SEALED_COLUMNS}) "
-                                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (*row, seal)))
+                                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (*row, None, seal)))
 
     def _check_seals(self, repo) -> set[str]:
         """Delete the snapshot rows whose seal does not hold (edited or damaged: the sync reads those manifests
@@ -718,21 +723,18 @@ class Catalog:
         for table in ("snapshots", "lost_snapshots"):
             if table == "lost_snapshots" and not self._has_table(table):
                 continue
-            bad, legacy = [], []
+            bad = []
             for row in self._q(f"SELECT {_SEALED_COLUMNS} FROM {table}"):
-                if row[-1] is None:
-                    if table == "snapshots":
-                        unsealed.add(row[0])
-                elif not _seal_holds(key, row[:-1], row[-1]):
-                    if _seal_holds(self._legacy_key(repo), row[:-1], row[-1]):  # (no better than no seal)
-                        legacy.append((row[0],))
-                        if table == "snapshots":
-                            unsealed.add(row[0])
-                    else:
+                fields, old, seal = row[:-2], row[-2], row[-1]
+                if seal is not None:
+                    if not _seal_holds(key, fields, seal):
                         bad.append((row[0],))
-            if bad or legacy:
-                self._tx(lambda c: (c.executemany(f"DELETE FROM {table} WHERE id=?", bad),
-                                    c.executemany(f"UPDATE {table} SET seal=NULL WHERE id=?", legacy)))
+                elif old is not None and not _seal_holds(self._legacy_key(repo), fields, old):
+                    bad.append((row[0],))  # (as the earlier vault that wrote it would have it: damaged or edited)
+                elif table == "snapshots":  # (no seal, or only the old one -- no better than none)
+                    unsealed.add(row[0])
+            if bad:
+                self._tx(lambda c: c.executemany(f"DELETE FROM {table} WHERE id=?", bad))
         return unsealed
 
     def snapshots(self, table: str = "snapshots") -> list[Snapshot]:
@@ -819,7 +821,7 @@ class Catalog:
         would have become a real snapshot."""
         if not self._has_table("lost_snapshots"):
             return set()
-        return {r[0] for r in self._q("SELECT id FROM lost_snapshots WHERE seal IS NULL")}
+        return {r[0] for r in self._q("SELECT id FROM lost_snapshots WHERE seal2 IS NULL")}
 
     def drop_lost(self, ids: list[str]) -> None:
         self._tx(lambda c: c.executemany("DELETE FROM lost_snapshots WHERE id=?", [(i,) for i in ids]))
@@ -956,6 +958,12 @@ class Catalog:
                 return entries, bool(rows[0][1]), None, rows[0][2] == 1
         loc = self.lookup(tree_id)  # not cached, or the cached copy was damaged: fetch it again
         if loc is None:
+            if not self._index_asked:  # (once: a real loss must not cost a read of every segment per tree)
+                self._index_asked = True
+                if self.indexed_after_all(repo, {tree_id}):
+                    raise CatalogError(f"this machine's catalog lacks tree {tree_id.hex()[:16]}, which the "
+                                       "repository's index lists (the catalog is damaged, not the repository): run "
+                                       "'vault catalog rebuild', then try again")
             raise IntegrityError(f"tree {tree_id.hex()[:16]} is not in the index (missing)")
         nodes = Tree.decode(self.load_block(repo, loc)).nodes
         if not self.trees_unusable:  # (not written into a table that failed to read)
@@ -1331,11 +1339,16 @@ def store_key(cache_dir: str, repo_id: str, location: str) -> str:
                 have = f.read(len(want) + 1)
             break
         except FileNotFoundError:
+            tmp = f"{mark}.{os.getpid()}.tmp"
             try:  # (claimed whole or not at all: written beside it, then linked into place)
                 os.makedirs(os.path.dirname(mark), mode=0o700, exist_ok=True)
-                tmp = f"{mark}.{os.getpid()}.tmp"
-                with open(tmp, "wb") as f:
-                    f.write(want)
+                try:
+                    with open(tmp, "wb") as f:
+                        f.write(want)
+                except OSError:
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp)  # (a full cache disk: no claim, and no half-written file left behind)
+                    raise
                 try:
                     os.link(tmp, mark)
                     return repo_id

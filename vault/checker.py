@@ -109,6 +109,9 @@ def parse_subset(text: str | None) -> tuple[str, float] | None:
     raise UsageError(f"bad --read-data-subset {text!r}: use a percentage like 5% or n/m like 1/20")
 
 
+_TREE_MISSING = "tree block missing from the index"
+
+
 class Checker:
     def __init__(self, repo: Repository, catalog: Catalog, read_data: bool = False,
                  subset: tuple[str, float] | None = None, now: float | None = None, jobs: int = 0,
@@ -512,8 +515,9 @@ class Checker:
         self.report.trees = trees
         self.report.blocks_referenced = cat.used_count()
         missing = set(cat.used_missing(limit=-1)[1])
-        if missing:  # (the catalog's index is a cache: rows deleted from it are not the repository's damage)
-            wrong = cat.indexed_after_all(self.repo, missing)
+        trees = {tid for tid, problem in self._bad_trees.items() if problem == _TREE_MISSING}
+        if missing or trees:  # (the catalog's index is a cache: rows deleted from it are not the repository's damage)
+            wrong = cat.indexed_after_all(self.repo, missing | trees)
             if wrong:
                 raise CatalogError(f"this machine's catalog lacks {len(wrong)} block(s) the repository's index lists "
                                    f"(e.g. {min(wrong).hex()[:16]}; the catalog is damaged, not the repository): run "
@@ -604,7 +608,7 @@ class Checker:
         """(the tree's entries, None) or (None, what is wrong with it)."""
         loc = self.catalog.lookup(tid)
         if loc is None:
-            return None, "tree block missing from the index"
+            return None, _TREE_MISSING
         if tid in self._bad_blocks:
             return None, self._bad_blocks[tid]
         try:

@@ -362,14 +362,15 @@ __all__ = ["read_xattrs", "apply_xattrs", "entry_path", "node_from_stat", "stat_
 
 
 # --- names a file system takes for one another (FAT, exFAT, SMB, ext4 casefold: case-insensitive) ---------
-def fold_key(name: bytes) -> bytes | str:
-    """A name as a case-insensitive, normalizing file system may compare it (ASCII: lower case; else Unicode
-    NFC and case folding): names of one directory with the same key may be one name there."""
+def fold_key(name: bytes) -> str:
+    """A name as a case-insensitive, normalizing file system may compare it (Unicode NFC and case folding;
+    ASCII: lower case, the same thing): names of one directory with the same key may be one name there. Always
+    text: 'k' and KELVIN SIGN fold together, so an ASCII name must compare with a non-ASCII one."""
     if name.isascii():
-        return name.lower()
+        return name.decode("ascii").lower()
     import unicodedata
 
-    return unicodedata.normalize("NFC", name.decode("utf-8", "surrogateescape")).casefold()
+    return unicodedata.normalize("NFC", name.decode("utf-8", "surrogateescape").casefold())
 
 
 def folding_names(names: list[bytes]) -> set[bytes]:
