@@ -654,7 +654,9 @@ def copy(settings: Settings, password: PasswordFn, specs: list[str], to: Setting
         else:
             snaps = list_snapshots(src, flt)
         with other_session("the destination (--to)", to, to_password, lock="shared", operation="copy",
-                           not_id=(src.repo.id, "source and destination are the same repository")) as dst:
+                           not_id=(src.repo.id, "source and destination are the same repository (the same id: "
+                                                          "the same store, or a byte copy of it -- cp -a, rsync -- "
+                                                          "which holds the same objects already)")) as dst:
             remote = local_repo_path(to) is None
             workers = max(settings.jobs or 0, min(settings.connections or 8, 8)) if (
                 remote or local_repo_path(settings) is None) else max(settings.jobs or 0, 2)
@@ -678,7 +680,10 @@ def repair(settings: Settings, password: PasswordFn, what: str = "all", read_dat
         if from_repo is not None:  # opened (its password checked) before anything here is changed
             other = stack.enter_context(other_session("the repository of --from-repo", from_repo[0], from_repo[1],
                                                       lock="shared", operation="repair (source)",
-                                                      not_id=(sess.repo.id, "--from-repo names this same repository")))
+                                                      not_id=(sess.repo.id, "--from-repo names this same repository (the same "
+                                                              "id: this store, or a byte copy of it -- to heal from "
+                                                              "a byte copy, copy the objects verify names back by "
+                                                              "hand: docs/operations.md)")))
         if sess.repo.keys_open_nothing():  # (before anything is called damaged: the keys must be this repository's)
             raise IntegrityError("none of the repository's snapshots and index segments opens with the keys in use, "
                                  "though they are intact: the key slot that opened it is another repository's (was "
