@@ -375,6 +375,8 @@ def fold_key(name: bytes) -> str:
 
 def folding_names(names: list[bytes]) -> set[bytes]:
     """The names among ``names`` (one directory's) that share a ``fold_key`` with another: usually none."""
+    if b"".join(names).isascii() and len({n.lower() for n in names}) == len(names):
+        return set()  # (the common case, in C: no two ASCII names differ only in case)
     keys = [fold_key(n) for n in names]
     if len(set(keys)) == len(keys):
         return set()
