@@ -547,7 +547,8 @@ def _flip_in(path, field: bytes) -> None:
     data = bytearray(path.read_bytes())
     at = data.index(b'"' + field + b'": "') + len(field) + 5  # (the value's first character)
     # (to another character of the base64 alphabet: '+' ^ 2 is ')', which no longer parses -- 1 run in 30)
-    data[at] ^= next(b for b in (1, 2, 4, 8, 16) if chr(data[at] ^ b).isascii() and chr(data[at] ^ b).isalnum())
+    alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    data[at] ^= next(b for b in (1, 2, 4, 8, 16, 32) if data[at] ^ b in alphabet)
     path.write_bytes(bytes(data))
 
 
