@@ -22,13 +22,14 @@ from .backup_workers import BackupWorkers
 from .backend import open_backend, parse_url
 from .backend.counting import sum_stats
 from .backend.retry import RetryBackend
+from .cachedir import read_small, write_small
 from .catalog import OPEN_WAIT, Catalog, SyncReport, open_synced, store_key
 from .checker import Checker, VerifyReport, parse_subset
 from .chunker import ChunkerParams
 from .config import DEFAULT_LOCK_WAIT, Settings
 from .crypto import KdfParams, MasterKeys
 from .copier import Copier, CopyReport
-from .errors import CacheUnavailable, CatalogBusy, CatalogInUse, IntegrityError, PermanentError, RepositoryNotFound, SnapshotNotFound, UsageError, VaultError, WrongPassword
+from .errors import CacheUnavailable, CatalogBusy, CatalogError, CatalogInUse, IntegrityError, PermanentError, RepositoryNotFound, SnapshotNotFound, UsageError, VaultError, WrongPassword
 from .excludes import Matcher
 from .ids import resolve_prefix
 from .locks import Lock, remove_locks
@@ -153,25 +154,20 @@ def _slot_file(settings: Settings, repo_id: str) -> str:
 def _slot_hint(settings: Settings, repo_id: str) -> str | None:
     """The key slot that opened this repository last time (a hint: it only decides which slot is tried first)."""
     try:
-        with open(_slot_file(settings, repo_id), encoding="ascii") as f:
-            return f.read(100).strip() or None
-    except (OSError, ValueError):
+        data = read_small(_slot_file(settings, repo_id), 100)
+        return data.decode("ascii").strip() or None if data is not None else None
+    except (OSError, ValueError, CatalogError):
         return None
 
 
 def _remember_slot(settings: Settings, repo: Repository) -> None:
     if _slot_hint(settings, repo.id) == repo.key_name:
         return
-    path = _slot_file(settings, repo.id)
-    tmp = f"{path}.{os.getpid()}.tmp"
     try:
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        with open(tmp, "w", encoding="ascii") as f:
-            f.write(repo.key_name)
-        os.replace(tmp, path)
-    except OSError:  # a read-only or full cache: the next run just tries the slots in order
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)  # (a full disk: not left behind)
+        path = _slot_file(settings, repo.id)
+        write_small(path, repo.key_name.encode("ascii"))
+    except (OSError, CatalogError):  # a read-only, full or unsafe cache: the catalog's open says so
+        pass
 
 
 def _catalog_wait(settings: Settings) -> float:

@@ -32,7 +32,7 @@ class FileLock:
     def __init__(self, path: str, shared: bool = False, wait: float | None = None):
         """Wait for and take the lock on ``path`` (created if missing); with ``wait``, for at most that many
         seconds, then BlockingIOError (a holder that is stopped or hung never blocks us for ever)."""
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
         op = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
         try:
             if wait is None:

@@ -31,6 +31,7 @@ import sqlite3
 import tempfile
 import threading
 import time
+import urllib.parse
 
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -38,6 +39,7 @@ from dataclasses import dataclass, field
 
 from . import entries as entries_mod
 from . import index as index_mod
+from .cachedir import private_dir, read_small, write_small
 from .cachelock import FileLock
 from .errors import CacheUnavailable, CatalogBusy, CatalogError, CatalogInUse, IntegrityError, ObjectNotFound, VaultError
 from .entries import split_ids
@@ -133,6 +135,17 @@ def _disk_full(path: str) -> CacheUnavailable:
                             "--cache-dir another place")
 
 
+def _uri(path: str, create: bool = False) -> str:
+    """The catalog's SQLite URI: never opened through a symlink (``nofollow``); made 0600 first when ``create``
+    (SQLite gives the -wal and -shm files the database's mode: they were 0644, the names readable by all)."""
+    if create:
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+        except OSError:
+            pass  # (SQLite's own open says what is wrong)
+    return "file:" + urllib.parse.quote(os.path.abspath(path)) + "?nofollow=1"
+
+
 def _room_for_wal_index(path: str) -> None:
     """Refuse (CacheUnavailable) when the catalog's file system cannot give WAL_INDEX_ROOM bytes now. SQLite
     maps the WAL index (``catalog.db-shm``) and extends it by writing a byte per page, which ext4 takes on
@@ -210,7 +223,7 @@ class Catalog:
         path = cls.file_path(cache_dir, repo_id)
         directory = os.path.dirname(path)
         try:
-            os.makedirs(directory, mode=0o700, exist_ok=True)
+            private_dir(cache_dir, repo_id)  # (0700, this user's; CatalogError: someone else could write there)
             opening = FileLock(os.path.join(directory, "catalog.open.lock"), wait=wait)
             in_use = None
             try:
@@ -266,7 +279,8 @@ class Catalog:
 
     def _connect(self) -> sqlite3.Connection:
         _room_for_wal_index(self.path)
-        conn = sqlite3.connect(self.path, check_same_thread=False, timeout=self._wait, isolation_level=None)
+        conn = sqlite3.connect(_uri(self.path, create=True), uri=True, check_same_thread=False, timeout=self._wait,
+                               isolation_level=None)
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
@@ -1317,7 +1331,7 @@ def block_lookup(path: str) -> Callable[[bytes], bool]:
     def has_block(bid: bytes) -> bool:
         try:
             if not conn:
-                conn.append(sqlite3.connect(path, timeout=60, isolation_level=None))
+                conn.append(sqlite3.connect(_uri(path), uri=True, timeout=60, isolation_level=None))
             return conn[0].execute("SELECT 1 FROM blocks WHERE id=?", (bid,)).fetchone() is not None
         except sqlite3.DatabaseError as exc:
             raise _db_error(exc, path) from None
@@ -1330,43 +1344,23 @@ def store_key(cache_dir: str, repo_id: str, location: str) -> str:
     belongs to another store with the same id (a byte copy of the repository: rsync, cp -a, a replicated
     bucket), then the id and a hash of this store's location. Sharing one catalog, the two took each other's
     snapshots for lost manifests: verify called the intact one damaged (exit 20), and the repair it advised
-    wrote the other's snapshots into it. The first store to use the directory claims it (file ``store``)."""
+    wrote the other's snapshots into it. The first store to use the directory claims it (file ``store``).
+    CatalogError when the cache directory is not private (``cachedir``)."""
     want = location.encode("utf-8", "surrogateescape")
-    mark = os.path.join(cache_dir, repo_id, "store")
-    for _ in range(2):
+    try:
+        directory = private_dir(cache_dir, repo_id)
+    except OSError:
+        return repo_id  # (an unusable cache directory: the catalog's own open says so)
+    mark = os.path.join(directory, "store")
+    have = read_small(mark, len(want) + 1)
+    if have is None:
         try:
-            with open(mark, "rb") as f:
-                have = f.read(len(want) + 1)
-            break
-        except FileNotFoundError:
-            tmp = f"{mark}.{os.getpid()}.tmp"
-            try:  # (claimed whole or not at all: written beside it, then linked into place)
-                os.makedirs(os.path.dirname(mark), mode=0o700, exist_ok=True)
-                try:
-                    with open(tmp, "wb") as f:
-                        f.write(want)
-                except OSError:
-                    with contextlib.suppress(OSError):
-                        os.unlink(tmp)  # (a full cache disk: no claim, and no half-written file left behind)
-                    raise
-                try:
-                    os.link(tmp, mark)
-                    return repo_id
-                except FileExistsError:
-                    continue  # (another process claimed it just now: read whose)
-                except OSError:  # (no hard links there, FAT: created in place; a torn claim is another store's)
-                    os.replace(tmp, mark) if not os.path.exists(mark) else None
-                    return repo_id
-                finally:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(tmp)
-            except OSError:
-                return repo_id  # (an unusable cache directory: the catalog's own open says so)
+            if write_small(mark, want, replace=False):
+                return repo_id
         except OSError:
             return repo_id
-    else:
-        return repo_id
-    if have == want:
+        have = read_small(mark, len(want) + 1)  # (another process claimed it just now: whose?)
+    if have is None or have == want:
         return repo_id
     return f"{repo_id}.{hashlib.sha256(want).hexdigest()[:16]}"
 

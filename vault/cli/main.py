@@ -6,9 +6,11 @@ found, 11 repository locked, 12 wrong password, 20 verify/restore found damage.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gc
 import os
+import resource
 import signal
 import sys
 import warnings
@@ -190,8 +192,17 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+def _harden() -> None:
+    """No core dumps: a crash (a C extension's segfault, SIGBUS, SIGABRT) wrote the master key and the password
+    to disk in one. RLIMIT_CORE 0 is honoured by the kernel and by systemd-coredump and apport; vault's own
+    workers inherit it. (Not PR_SET_DUMPABLE: it would also hide /proc/PID from the user's own monitoring.)"""
+    with contextlib.suppress(OSError, ValueError):
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
 def entry() -> None:
     """The ``vault`` console script: process-wide tuning that a library user keeps control of, then main."""
+    _harden()
     # sqlite-utils imports numpy when it is installed (only to convert numpy values); vault never passes
     # any, and numpy costs ~100 ms of start-up plus an OpenBLAS thread pool that spins beside the workers.
     sys.modules.setdefault("numpy", None)  # type: ignore[arg-type]
