@@ -662,6 +662,17 @@ def test_a_nearly_full_cache_disk_still_serves_reads(repo, tmp_path):
         repo("--cache-dir", cache, "restore", "latest", "--target", tmp_path / "r")
 
 
+def _lose_first_manifest(repo, con) -> str:
+    """Commit and close ``con``, delete the oldest snapshot's manifest (no forget): verify calls it lost."""
+    (first,) = con.execute("SELECT id FROM snapshots ORDER BY time LIMIT 1").fetchone()
+    con.commit()
+    con.close()
+    (repo.repo / "snapshots" / first).unlink()
+    res = repo("verify", ok=20)
+    assert "manifest missing" in res.out + res.err
+    return first
+
+
 def test_an_earlier_vaults_row_of_a_manifest_deleted_without_a_forget_is_kept(repo, tmp_path):
     """The rows an earlier vault wrote (no seal) were all dropped at the first sync, before the sync compared
     them with the listing: a manifest deleted by hand was then no longer reported ("manifest missing", exit 20)
@@ -673,12 +684,7 @@ def test_an_earlier_vaults_row_of_a_manifest_deleted_without_a_forget_is_kept(re
     db = next(repo.cache.rglob("catalog.db"))
     con = sqlite3.connect(db)
     con.execute("UPDATE snapshots SET seal=NULL, seal2=NULL")
-    (first,) = con.execute("SELECT id FROM snapshots ORDER BY time LIMIT 1").fetchone()
-    con.commit()
-    con.close()
-    (repo.repo / "snapshots" / first).unlink()
-    res = repo("verify", ok=20)
-    assert "manifest missing" in res.out + res.err
+    first = _lose_first_manifest(repo, con)
     # repair does not write it back from an unsealed record (a row forged in the cache, its seal set to NULL,
     # would have become a real snapshot): it says so and lets it go
     res = repo("repair", "snapshots")
@@ -763,12 +769,7 @@ def test_rows_sealed_with_the_earlier_forgeable_key_count_as_unsealed(repo, tmp_
     from vault.model import Tree
     for tid, in con.execute("SELECT id FROM trees").fetchall():
         con.execute("UPDATE trees SET entries=? WHERE id=?", (seal(old, bytes(tid), Tree([]).nodes), tid))
-    (first,) = con.execute("SELECT id FROM snapshots ORDER BY time LIMIT 1").fetchone()
-    con.commit()
-    con.close()
-    (repo.repo / "snapshots" / first).unlink()
-    res = repo("verify", ok=20)
-    assert "manifest missing" in res.out + res.err
+    _lose_first_manifest(repo, con)
     con = sqlite3.connect(db)
     assert con.execute("SELECT count(*) FROM lost_snapshots WHERE seal2 IS NULL").fetchone()[0] == 1
     assert con.execute("SELECT count(*) FROM snapshots WHERE seal2 IS NOT NULL").fetchone()[0] == 1
@@ -792,12 +793,7 @@ def test_block_rows_deleted_from_the_catalog_are_the_catalogs_fault_not_damage(r
     "missing from the index", exit 20, naming files of an intact repository. The repository's index is asked
     first: it lists them, so the catalog is at fault -- exit 1, rebuild it."""
     src = make_tree(tmp_path / "src", {"d": {"f": os.urandom(5000), "g": b"more"}})
-    repo("backup", src)
-    db = next(repo.cache.rglob("catalog.db"))
-    con = sqlite3.connect(db)
-    con.execute("DELETE FROM blocks WHERE kind='D'")
-    con.commit()
-    con.close()
+    _backup_then_delete_rows(repo, src, "DELETE FROM blocks WHERE kind='D'")
     res = repo("verify", ok=1)
     assert "catalog rebuild" in res.err and "damaged, not the repository" in res.err, res.err
     repo("catalog", "rebuild")
@@ -807,18 +803,21 @@ def test_block_rows_deleted_from_the_catalog_are_the_catalogs_fault_not_damage(r
         if p.is_file():
             p.unlink()
     assert repo("verify", ok=20).out
-    # and restore says so too, rather than naming files of an intact repository as damaged
-    repo("catalog", "rebuild")
+
+
+def _backup_then_delete_rows(repo, src, sql: str) -> None:
+    """Back up ``src``, then run ``sql`` on the catalog (rows deleted: a damaged or edited cache)."""
+    repo("backup", src)
+    con = sqlite3.connect(next(repo.cache.rglob("catalog.db")))
+    con.execute(sql)
+    con.commit()
+    con.close()
 
 
 def test_restore_with_block_rows_deleted_from_the_catalog_says_rebuild(repo, tmp_path):
+    """... and restore says so too, rather than naming files of an intact repository as damaged."""
     src = make_tree(tmp_path / "src", {"d": {"f": os.urandom(5000)}})
-    repo("backup", src)
-    db = next(repo.cache.rglob("catalog.db"))
-    con = sqlite3.connect(db)
-    con.execute("DELETE FROM blocks WHERE kind='D'")
-    con.commit()
-    con.close()
+    _backup_then_delete_rows(repo, src, "DELETE FROM blocks WHERE kind='D'")
     res = repo("restore", "latest", "--target", tmp_path / "r", ok=1)
     assert "catalog rebuild" in res.err, res.err
     repo("catalog", "rebuild")
