@@ -101,7 +101,8 @@ def session(settings: Settings, password: PasswordFn, lock: str | None = None, o
             before_catalog(repo)
         if sync:
             catalog, report = open_synced(settings.cache_dir, repo, wait=_catalog_wait(settings),
-                                          key=_cache_key(settings, repo.id))
+                                          key=_cache_key(settings, repo.id),
+                                          prefetch=0 if local_repo_path(settings) else min(settings.connections or 8, 8))
         else:
             catalog = Catalog.open(settings.cache_dir, _cache_key(settings, repo.id), wait=_catalog_wait(settings))
             report = SyncReport()
@@ -786,6 +787,8 @@ def catalog_rebuild(settings: Settings, password: PasswordFn) -> dict:
             if time.monotonic() >= deadline:
                 raise
             time.sleep(0.5)
+    if local_repo_path(settings) is None:  # (remote: manifests, segments and trees fetched side by side)
+        catalog.prefetch = min(settings.connections or 8, 8)
     try:
         report = catalog.sync(repo)
         for snap in catalog.snapshots():  # cache every tree (verified as it is read)
