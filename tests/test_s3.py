@@ -451,6 +451,19 @@ def test_json_request_counts_are_the_requests_sent(s3_repo, moto_endpoint, tmp_p
                      f"wire saw {wire['GET']} (CountingBackend sits above RetryBackend)")
 
 
+def test_a_listing_counts_one_list_request_a_page(s3_repo, moto_endpoint, tmp_path):
+    """S3 answers a listing 1,000 keys a request: --json counted one LIST per listing, 7 where the server got 12
+    for 1,000 snapshots. Now a page is a request."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(16) as pool:  # (keys vault ignores but lists: stats lists the whole store)
+        list(pool.map(lambda i: s3_repo.client.put_object(Bucket=s3_repo.bucket, Key=f"repo/zz/{i:04}", Body=b"x"),
+                      range(2100)))
+    with FaultProxy(moto_endpoint, seed=1) as proxy:
+        st = json.loads(ok(run(s3_repo, "--json", "stats", VAULT_S3_ENDPOINT=proxy.url)).stdout)
+    assert st["requests"]["LIST"] == wire_counts(proxy)["LIST"] >= 4, (st["requests"], wire_counts(proxy))
+
+
 def test_endpoint_from_boto3s_own_variable(s3_repo, moto_endpoint, tmp_path):
     """With no --s3-endpoint / VAULT_S3_ENDPOINT, boto3's AWS_ENDPOINT_URL_S3 is honoured."""
     p = ok(run(s3_repo, "--json", "snapshots", VAULT_S3_ENDPOINT="", AWS_ENDPOINT_URL_S3=moto_endpoint))

@@ -27,7 +27,7 @@ import random
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import boto3
 import botocore.config
@@ -118,6 +118,7 @@ class S3Backend:
         if self.prefix:
             check_prefix(self.prefix)
         self.location = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+        self.on_page: Callable[[], None] | None = None  # called for each page a listing fetches (CountingBackend)
         if storage_class and storage_class.upper() in _ARCHIVE_CLASSES:
             raise UsageError(f"--s3-storage-class {storage_class}: packs in an archive class cannot be read without "
                              "a restore request first (restore, verify, prune and backup's deduplication read "
@@ -315,6 +316,8 @@ class S3Backend:
         pages = self._s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base + prefix, **extra)
         with self._errors("LIST", prefix):
             for page in _whole_pages(pages, f"LIST {self.location}/{prefix}"):
+                if self.on_page is not None:
+                    self.on_page()  # (a request each: a counter above counts pages, not calls)
                 for obj in page.get("Contents", []):
                     if obj["Key"].endswith("/"):  # a "folder" marker (S3 consoles, rclone mkdir): no object of ours
                         continue
