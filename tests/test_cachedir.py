@@ -85,3 +85,18 @@ def test_no_core_dump_holds_the_keys(repo, tmp_path):
             "print(*resource.getrlimit(resource.RLIMIT_CORE))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out[0] == "0", out
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+def test_a_cache_below_a_directory_another_user_owns_is_fine_when_no_one_else_can_write(cli, tmp_path):
+    """A container's root with its cache in a workspace a host user owns (0755): the owner above cannot write
+    what vault writes below (its own 0700 directory), so it is not refused; a directory above that others can
+    write to (not sticky) is."""
+    cli("init", *FAST_INIT)
+    ws = tmp_path / "workspace"
+    ws.mkdir(mode=0o755)
+    os.chown(ws, NOBODY, NOBODY)
+    cli("--cache-dir", ws / "cache", "snapshots")
+    os.chmod(ws, 0o777)
+    res = cli("--cache-dir", ws / "cache", "snapshots", ok=1)
+    assert "above it" in res.err and "other users can write to it" in res.err, res.err

@@ -3,9 +3,9 @@
 The catalog holds file names and metadata in clear (sealed, not encrypted: docs/format.md §17), and vault often
 runs as root. A cache directory another user can write to let them plant symlinks where vault then creates its
 files (a root vault truncated and rewrote a file of their choosing) and read the names. So: every directory vault
-makes here is 0700; the cache directory, the directories above it and the repository's directory in it must be
-owned by this user (or root) and writable by no one else (ssh's StrictModes; a sticky directory such as /tmp may be
-world-writable: others cannot rename what is ours in it); the small files vault writes here are made under a
+makes here is 0700; the cache directory and the repository's directory in it must be owned by this user (or root),
+and they and the directories above them writable by no one else (as ssh's StrictModes; a sticky directory such as
+/tmp may be world-writable: others cannot rename what is ours in it); the small files vault writes here are made under a
 random name with O_EXCL and moved into place; files are opened without following symlinks.
 """
 
@@ -19,10 +19,12 @@ import tempfile
 from .errors import CatalogError
 
 
-def _why_unsafe(st: os.stat_result, sticky_ok: bool) -> str | None:
+def _why_unsafe(st: os.stat_result, sticky_ok: bool, owner: bool = True) -> str | None:
     """Why another user could change what is in this directory (None: no one can). A sticky one (/tmp) lets
-    others add entries but not rename or delete ours: fine above the repository's own directory."""
-    if st.st_uid not in (os.geteuid(), 0):
+    others add entries but not rename or delete ours: fine above the repository's own directory. ``owner``:
+    it must be this user's or root's too (the cache directory and the repository's; above them only the write
+    bits count -- a container's root below a workspace a host user owns is no attack)."""
+    if owner and st.st_uid not in (os.geteuid(), 0):
         return f"it belongs to another user (uid {st.st_uid})"
     if sticky_ok and st.st_mode & stat.S_ISVTX:
         return None
@@ -40,9 +42,10 @@ def _refuse(path: str, why: str) -> CatalogError:
 
 
 def private_dir(cache_dir: str, name: str) -> str:
-    """``cache_dir/name``, made if missing (each level vault makes: 0700) and checked: it and every directory
-    above it belong to this user or root and no one else can write to them (a sticky one above excepted); it is
-    a real directory, not a symlink. CatalogError (one line) otherwise; OSError when it cannot be made."""
+    """``cache_dir/name``, made if missing (each level vault makes: 0700) and checked: it and the cache directory
+    belong to this user or root, and no one else can write to them or to any directory above (a sticky one
+    above excepted); it is a real directory, not a symlink. CatalogError (one line) otherwise; OSError when it
+    cannot be made."""
     cache_dir = os.path.abspath(cache_dir)
     missing = []
     p = cache_dir
@@ -60,7 +63,7 @@ def private_dir(cache_dir: str, name: str) -> str:
     p = real
     while True:
         st = os.stat(p)
-        why = _why_unsafe(st, sticky_ok=True)
+        why = _why_unsafe(st, sticky_ok=True, owner=p == real)
         if why is not None:
             raise _refuse(cache_dir, why if p == real else f"{p}, above it: {why}")
         parent = os.path.dirname(p)
