@@ -100,3 +100,33 @@ def test_a_cache_below_a_directory_another_user_owns_is_fine_when_no_one_else_ca
     os.chmod(ws, 0o777)
     res = cli("--cache-dir", ws / "cache", "snapshots", ok=1)
     assert "above it" in res.err and "other users can write to it" in res.err, res.err
+
+
+def _grant_acl(d, uid: int) -> None:
+    """POSIX ACL user:UID:rwx on directory ``d`` (setfacl's xattr; there may be no setfacl)."""
+    import struct
+    m = stat.S_IMODE(os.stat(d).st_mode)
+    ents = [(1, (m >> 6) & 7, 0xFFFFFFFF), (2, 7, uid), (4, (m >> 3) & 7, 0xFFFFFFFF), (0x10, 7, 0xFFFFFFFF),
+            (0x20, m & 7, 0xFFFFFFFF)]
+    os.setxattr(d, "system.posix_acl_access", struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in ents))
+
+
+def test_an_acl_that_lets_another_user_write_is_refused(cli, tmp_path):
+    """Mode 0770 of the user's own group passed, while an ACL (user:nobody:rwx) let another user plant files."""
+    cli("init", *FAST_INIT)
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    try:
+        _grant_acl(cache, NOBODY)
+    except OSError:
+        pytest.skip("no POSIX ACLs here")
+    res = cli("--cache-dir", cache, "snapshots", ok=1)
+    assert "access control list" in res.err, res.err
+
+
+def test_a_cache_directory_whose_path_is_not_utf8(cli, tmp_path):
+    """The catalog's SQLite URI was quoted as UTF-8: a cache path with a byte like 0xff was an internal error."""
+    cli("init", *FAST_INIT)
+    cache = os.fsdecode(os.fsencode(str(tmp_path)) + b"/cache\xff")
+    cli("--cache-dir", cache, "backup", make_tree(tmp_path / "src", {"a": b"x"}))
+    assert len(cli("--cache-dir", cache, "--json", "snapshots").json) == 1

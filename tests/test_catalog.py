@@ -864,3 +864,34 @@ def test_tree_rows_deleted_from_the_catalog_are_the_catalogs_fault_too(repo, tmp
         assert res.code == 0 or "catalog rebuild" in res.err, (args, res.err)
     repo("catalog", "rebuild")
     repo("verify")
+
+
+def test_this_keys_seal_in_the_old_column_is_moved_not_dropped(repo, tmp_path):
+    """A vault of this session (a2bceff) wrote seals made with the new key into `seal`: they failed the old key's
+    check and were deleted as forged -- with them a record of a lost manifest (verify then clean)."""
+    src = make_tree(tmp_path / "src", {"f": b"x"})
+    repo("backup", src, "--time", "2026-01-01T00:00:00Z")
+    repo("backup", src, "--time", "2026-01-02T00:00:00Z")
+    db = next(repo.cache.rglob("catalog.db"))
+    first = _lose_first_manifest(repo, sqlite3.connect(db))
+    con = sqlite3.connect(db)
+    for table in ("snapshots", "lost_snapshots"):
+        con.execute(f"UPDATE {table} SET seal=seal2, seal2=NULL")
+    con.commit()
+    con.close()
+    res = repo("verify", ok=20)
+    assert f"snapshots/{first[:8]}" in res.out + res.err and "manifest missing" in res.out + res.err
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT count(*) FROM lost_snapshots WHERE seal2 IS NOT NULL").fetchone()[0] == 1
+    con.close()
+
+
+def test_a_store_claimed_by_its_path_alone_stays_this_stores(repo, tmp_path):
+    """A claim written before the location named its file system (a2bceff): the next vault took the store for
+    another and started a new, empty catalog -- its record of a lost manifest left behind."""
+    repo("backup", make_tree(tmp_path / "src", {"f": b"x"}))
+    (d,) = [p for p in repo.cache.iterdir() if p.is_dir()]
+    (d / "store").write_bytes(os.fsencode(os.path.realpath(repo.repo)))
+    repo("snapshots")
+    assert [p for p in repo.cache.iterdir() if p.is_dir()] == [d]
+    assert b" on file system " in (d / "store").read_bytes()

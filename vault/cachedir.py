@@ -35,6 +35,17 @@ def _why_unsafe(st: os.stat_result, sticky_ok: bool, owner: bool = True) -> str 
     return None
 
 
+def _acl_lets_others_write(path: str, st: os.stat_result) -> bool:
+    """An access ACL (setfacl) whose mask -- shown as the group bits -- lets a named user or group write: its
+    mode bits alone said 0770 of this user's own group while another user could write."""
+    if not st.st_mode & 0o020:
+        return False
+    try:
+        return "system.posix_acl_access" in os.listxattr(path) or "system.nfs4_acl" in os.listxattr(path)
+    except OSError:
+        return False
+
+
 def _refuse(path: str, why: str) -> CatalogError:
     return CatalogError(f"cannot use the cache directory {path}: {why}; the cache holds file names in clear, and "
                         "vault would write through what others put there. Make it yours and private (chmod 700), or "
@@ -64,6 +75,8 @@ def private_dir(cache_dir: str, name: str) -> str:
     while True:
         st = os.stat(p)
         why = _why_unsafe(st, sticky_ok=True, owner=p == real)
+        if why is None and not st.st_mode & stat.S_ISVTX and _acl_lets_others_write(p, st):
+            why = "an access control list (ACL) may let other users write to it"
         if why is not None:
             raise _refuse(cache_dir, why if p == real else f"{p}, above it: {why}")
         parent = os.path.dirname(p)
@@ -77,6 +90,8 @@ def private_dir(cache_dir: str, name: str) -> str:
     if not stat.S_ISDIR(st.st_mode):
         raise _refuse(d, "it is not a directory" + (" (a symlink)" if stat.S_ISLNK(st.st_mode) else ""))
     why = _why_unsafe(st, sticky_ok=False)
+    if why is None and _acl_lets_others_write(d, st):
+        why = "an access control list (ACL) may let other users write to it"
     if why is not None:
         raise _refuse(d, why)
     return d

@@ -144,7 +144,7 @@ def _uri(path: str, create: bool = False) -> str:
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
         except OSError:
             pass  # (SQLite's own open says what is wrong)
-    return "file:" + urllib.parse.quote(os.path.abspath(path)) + "?nofollow=1"
+    return "file:" + urllib.parse.quote(os.fsencode(os.path.abspath(path))) + "?nofollow=1"  # (any bytes)
 
 
 def _room_for_wal_index(path: str) -> None:
@@ -781,18 +781,21 @@ class Catalog:
         for table in ("snapshots", "lost_snapshots"):
             if table == "lost_snapshots" and not self._has_table(table):
                 continue
-            bad = []
+            bad, moved = [], []
             for row in self._q(f"SELECT {_SEALED_COLUMNS} FROM {table}"):
                 fields, old, seal = row[:-2], row[-2], row[-1]
                 if seal is not None:
                     if not _seal_holds(key, fields, seal):
                         bad.append((row[0],))
+                elif old is not None and _seal_holds(key, fields, old):
+                    moved.append((row[0],))  # (this key's seal in the old column: a vault of this session, a2bceff)
                 elif old is not None and not _seal_holds(self._legacy_key(repo), fields, old):
                     bad.append((row[0],))  # (as the earlier vault that wrote it would have it: damaged or edited)
                 elif table == "snapshots":  # (no seal, or only the old one -- no better than none)
                     unsealed.add(row[0])
-            if bad:
-                self._tx(lambda c: c.executemany(f"DELETE FROM {table} WHERE id=?", bad))
+            if bad or moved:
+                self._tx(lambda c: (c.executemany(f"DELETE FROM {table} WHERE id=?", bad),
+                                    c.executemany(f"UPDATE {table} SET seal2=seal, seal=NULL WHERE id=?", moved)))
         return unsealed
 
     def snapshots(self, table: str = "snapshots") -> list[Snapshot]:
@@ -1405,6 +1408,10 @@ def store_key(cache_dir: str, repo_id: str, location: str) -> str:
             return repo_id
         have = read_small(mark, len(want) + 1)  # (another process claimed it just now: whose?)
     if have is None or have == want:
+        return repo_id
+    if b" on file system " in want and have == want.split(b" on file system ")[0]:
+        with contextlib.suppress(OSError):  # (claimed with the path alone, before the file system was named)
+            write_small(mark, want)
         return repo_id
     return f"{repo_id}.{hashlib.sha256(want).hexdigest()[:16]}"
 
