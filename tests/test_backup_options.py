@@ -168,6 +168,21 @@ def test_an_empty_tag_filter_selects_untagged_snapshots(repo, tree):
     assert len(repo("--json", "snapshots", "--tag", "", "--tag", "x").json) == 2
 
 
+def test_snapshots_latest_keeps_the_newest_of_each_host_and_paths(repo, tree, tmp_path):
+    """restic's --latest N: at 8,760 hourly snapshots a listing printed them all."""
+    other = make_tree(tmp_path / "other", {"o": b"o"})
+    for day in range(1, 5):
+        repo("backup", tree, "--host", "h1", "--time", f"2026-01-0{day}T00:00:00Z")
+        repo("backup", tree, "--host", "h2", "--time", f"2026-01-0{day}T01:00:00Z")
+    repo("backup", other, "--host", "h1", "--time", "2026-01-01T02:00:00Z")
+    got = repo("--json", "snapshots", "--latest", "2").json
+    assert [(s["host"], s["time"][:10], s["paths"] == [str(other)]) for s in got] == [
+        ("h1", "2026-01-01", True), ("h1", "2026-01-03", False), ("h2", "2026-01-03", False),
+        ("h1", "2026-01-04", False), ("h2", "2026-01-04", False)]
+    assert len(repo("--json", "snapshots", "--latest", "1", "--host", "h2").json) == 1
+    repo("snapshots", "--latest", "0", ok=2)
+
+
 # --- dry run ----------------------------------------------------------------------------------------------
 def test_dry_run_changes_nothing_but_reports(repo, tree):
     before = tree_listing(repo.repo)

@@ -22,8 +22,10 @@ def _filters(f):
 
 @cli.command()
 @_filters
+@click.option("--latest", type=click.IntRange(1), metavar="N", help="Only the N newest snapshots of each host and "
+              "set of paths (as restic's --latest).")
 @global_options
-def snapshots(hosts, tags, paths) -> None:
+def snapshots(hosts, tags, paths, latest) -> None:
     """List snapshots, oldest first.
 
     Example: vault --repo /srv/backup snapshots --host web1 --json
@@ -31,6 +33,14 @@ def snapshots(hosts, tags, paths) -> None:
     c = get_ctx()
     with api.session(c.settings, c.password_fn()) as sess:
         snaps = api.list_snapshots(sess, api.SnapshotFilter(list(hosts), list(tags), list(paths)))
+    if latest is not None:  # (snaps are oldest first: each group's last N, the order kept)
+        kept, seen = [], {}
+        for s in reversed(snaps):
+            group = (s.host, tuple(sorted(s.paths)))
+            if seen.get(group, 0) < latest:
+                seen[group] = seen.get(group, 0) + 1
+                kept.append(s)
+        snaps = kept[::-1]
     c.warn_unreadable(sess.sync.unreadable, "not listed; run 'vault verify'")
     if c.json:
         c.emit_json([api.snapshot_json(s) for s in snaps])
