@@ -3,10 +3,11 @@
 The catalog holds file names and metadata in clear (sealed, not encrypted: docs/format.md §17), and vault often
 runs as root. A cache directory another user can write to let them plant symlinks where vault then creates its
 files (a root vault truncated and rewrote a file of their choosing) and read the names. So: every directory vault
-makes here is 0700; the cache directory and the repository's directory in it must be owned by this user (or root),
-and they and the directories above them writable by no one else (as ssh's StrictModes; a sticky directory such as
-/tmp may be world-writable: others cannot rename what is ours in it); the small files vault writes here are made under a
-random name with O_EXCL and moved into place; files are opened without following symlinks.
+makes here is 0700; the repository's directory in it must be a real directory owned by this user (or root) that
+no one else can write to; for root, so must the cache directory and the directories above it (as ssh's
+StrictModes; a sticky directory such as /tmp may be world-writable: others cannot rename what is ours in it); the
+small files vault writes here are made under a random name with O_EXCL and moved into place; files are opened
+without following symlinks.
 """
 
 from __future__ import annotations
@@ -53,10 +54,10 @@ def _refuse(path: str, why: str) -> CatalogError:
 
 
 def private_dir(cache_dir: str, name: str) -> str:
-    """``cache_dir/name``, made if missing (each level vault makes: 0700) and checked: it and the cache directory
-    belong to this user or root, and no one else can write to them or to any directory above (a sticky one
-    above excepted); it is a real directory, not a symlink. CatalogError (one line) otherwise; OSError when it
-    cannot be made."""
+    """``cache_dir/name``, made if missing (each level vault makes: 0700) and checked: it is a real directory, not
+    a symlink, of this user (or root), that no one else can write to; and, when vault runs as root, so are the
+    cache directory and every directory above (a sticky one above excepted). CatalogError (one line) otherwise;
+    OSError when it cannot be made."""
     cache_dir = os.path.abspath(cache_dir)
     missing = []
     p = cache_dir
@@ -69,10 +70,13 @@ def private_dir(cache_dir: str, name: str) -> str:
     for d in reversed(missing):
         with contextlib.suppress(FileExistsError):
             os.mkdir(d, 0o700)
-    # the cache directory and everything above it (symlinks followed, each checked where it points)
+    # the cache directory and everything above it (symlinks followed, each checked where it points) -- for root,
+    # whom a symlink swapped in there would make write anywhere; another user's vault is refused only a
+    # repository directory that is not its own and private (a test harness's chmod 777 cache for `nobody`
+    # keeps working; what such a vault could be made to write is that user's own)
     real = os.path.realpath(cache_dir)
     p = real
-    while True:
+    while os.geteuid() == 0:
         st = os.stat(p)
         why = _why_unsafe(st, sticky_ok=True, owner=p == real)
         if why is None and not st.st_mode & stat.S_ISVTX and _acl_lets_others_write(p, st):
