@@ -81,11 +81,18 @@ def session(settings: Settings, password: PasswordFn, lock: str | None = None, o
     ``not_id``: (repository id, message): a UsageError with the message when this is that repository, before
     its lock is asked for (a second session on the first one's repository would wait for its own lock)."""
     counter = _backend(settings)
-    repo = Repository.open(counter, password, first_slot=lambda rid: _slot_hint(settings, rid))
+    keys: dict[str, str] = {}
+
+    def key_of(repo_id: str) -> str:  # (the catalog's directory: looked up once a command, see store_key)
+        if repo_id not in keys:
+            keys[repo_id] = _cache_key(settings, repo_id)
+        return keys[repo_id]
+
+    repo = Repository.open(counter, password, first_slot=lambda rid: _slot_hint(settings, key_of, rid))
     if not_id is not None and repo.id == not_id[0]:
         counter.close()
         raise UsageError(not_id[1])
-    _remember_slot(settings, repo)
+    _remember_slot(settings, key_of, repo)
     held = None
     if lock == "shared" and operation in _READ_ONLY and settings.no_lock:
         lock = None  # --no-lock: a read-only repository (a prune running meanwhile can make this fail)
@@ -100,14 +107,11 @@ def session(settings: Settings, password: PasswordFn, lock: str | None = None, o
         if before_catalog is not None:
             before_catalog(repo)
         if sync:
-            catalog, report = open_synced(settings.cache_dir, repo, wait=_catalog_wait(settings),
-                                          key=_cache_key(settings, repo.id),
-                                          prefetch=0 if local_repo_path(settings) else min(settings.connections or 8, 8))
+            catalog, report = open_synced(settings.cache_dir, repo, wait=_catalog_wait(settings), key=key_of(repo.id),
+                                          prefetch=_prefetch(settings))
         else:
-            catalog = Catalog.open(settings.cache_dir, _cache_key(settings, repo.id), wait=_catalog_wait(settings))
-            report = SyncReport()
-        if local_repo_path(settings) is None:  # a cold cache's walks fetch trees side by side (see Catalog)
-            catalog.prefetch = min(settings.connections or 8, 8)
+            catalog = Catalog.open(settings.cache_dir, key_of(repo.id), wait=_catalog_wait(settings))
+            catalog.prefetch, report = _prefetch(settings), SyncReport()
         try:
             yield Session(repo, catalog, report, counter, held)
         finally:
@@ -147,26 +151,29 @@ def _cache_key(settings: Settings, repo_id: str) -> str:
     return store_key(settings.cache_dir, repo_id, _store_location(settings))
 
 
-def _slot_file(settings: Settings, repo_id: str) -> str:
-    return os.path.join(os.path.dirname(Catalog.file_path(settings.cache_dir, _cache_key(settings, repo_id))),
-                        "key-slot")
+def _prefetch(settings: Settings) -> int:
+    """``Catalog.prefetch``: a remote repository's manifests, segments and trees are fetched side by side."""
+    return 0 if local_repo_path(settings) else min(settings.connections or 8, 8)
 
 
-def _slot_hint(settings: Settings, repo_id: str) -> str | None:
+def _slot_file(settings: Settings, key_of: Callable[[str], str], repo_id: str) -> str:
+    return os.path.join(settings.cache_dir, key_of(repo_id), "key-slot")
+
+
+def _slot_hint(settings: Settings, key_of: Callable[[str], str], repo_id: str) -> str | None:
     """The key slot that opened this repository last time (a hint: it only decides which slot is tried first)."""
     try:
-        data = read_small(_slot_file(settings, repo_id), 100)
+        data = read_small(_slot_file(settings, key_of, repo_id), 100)
         return data.decode("ascii").strip() or None if data is not None else None
     except (OSError, ValueError, CatalogError):
         return None
 
 
-def _remember_slot(settings: Settings, repo: Repository) -> None:
-    if _slot_hint(settings, repo.id) == repo.key_name:
+def _remember_slot(settings: Settings, key_of: Callable[[str], str], repo: Repository) -> None:
+    if _slot_hint(settings, key_of, repo.id) == repo.key_name:
         return
     try:
-        path = _slot_file(settings, repo.id)
-        write_small(path, repo.key_name.encode("ascii"))
+        write_small(_slot_file(settings, key_of, repo.id), repo.key_name.encode("ascii"))
     except (OSError, CatalogError):  # a read-only, full or unsafe cache: the catalog's open says so
         pass
 
@@ -787,8 +794,7 @@ def catalog_rebuild(settings: Settings, password: PasswordFn) -> dict:
             if time.monotonic() >= deadline:
                 raise
             time.sleep(0.5)
-    if local_repo_path(settings) is None:  # (remote: manifests, segments and trees fetched side by side)
-        catalog.prefetch = min(settings.connections or 8, 8)
+    catalog.prefetch = _prefetch(settings)
     try:
         report = catalog.sync(repo)
         for snap in catalog.snapshots():  # cache every tree (verified as it is read)

@@ -35,9 +35,8 @@ from .claims import Claims
 from .excludes import Matcher
 from .filereader import FileReader, FileResult
 from .entries import node as entry_node, split_ids
-from .fsmeta import entry_path, node_from_stat, node_type, read_xattrs, stat_key
-from .model import (BLOCKDEV, CHARDEV, DEEPEST, DIR, FIFO, FILE, SOCKET, SYMLINK, XATTRS_MARK, Node, Snapshot, Tree,
-                    holds_xattrs, replaced_by_repair)
+from .fsmeta import TYPE_OF, entry_path, node_from_stat, node_type, read_xattrs, stat_key
+from .model import DEEPEST, DIR, FILE, SYMLINK, XATTRS_MARK, Node, Snapshot, Tree, holds_xattrs, replaced_by_repair
 from .pack import TREE, PackEntry, sealed_size
 from .packwriter import PackWriter, adopt_leftover_packs
 from .repository import Repository
@@ -200,11 +199,6 @@ def _node(name: bytes, st: os.stat_result, xattrs: tuple | None, unread: bool) -
     if unread:
         n.ctime_ns = 0
     return n
-
-
-_S_IFMT = 0o170000
-_TYPE_OF = {stat.S_IFREG: FILE, stat.S_IFDIR: DIR, stat.S_IFLNK: SYMLINK, stat.S_IFIFO: FIFO, stat.S_IFCHR: CHARDEV,
-            stat.S_IFBLK: BLOCKDEV, stat.S_IFSOCK: SOCKET}  # (fsmeta.node_type as one lookup)
 
 
 def _join(base: bytes, name: bytes) -> bytes:
@@ -481,7 +475,7 @@ class Archiver:
                 try:  # (_stat_at, its common case inline: all but symlinks, one call per entry)
                     st = lstat(name, dir_fd=fd, follow_symlinks=False)
                     target = st_dir = None
-                    t = _TYPE_OF.get(st.st_mode & _S_IFMT)
+                    t = TYPE_OF.get(st.st_mode & 0o170000)  # (fsmeta.node_type inline: S_IFMT)
                     if t == SYMLINK:
                         st, target, st_dir = self._symlink_at(fd, path, name, st)
                 except OSError as exc:

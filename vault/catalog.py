@@ -20,11 +20,11 @@ thread-safe (one connection behind a lock).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import hashlib
 import hmac
-import collections
 import itertools
 import json
 import os
@@ -544,16 +544,8 @@ class Catalog:
         return any(self._q("SELECT 1 FROM packs WHERE segment=? LIMIT 1", (sid,)) for sid in sorted(superseded))
 
     @staticmethod
-    def _load_segment(repo, sid: str, rep: SyncReport) -> index_mod.IndexSegment | None:
-        try:
-            return repo.load_index(sid)
-        except (IntegrityError, ObjectNotFound) as exc:
-            rep.problems.append(f"index segment {sid[:16]}: {exc}")
-            return None
-
-    @staticmethod
     def _segment_or_problem(sid: str, seg, exc: BaseException | None, rep: SyncReport):
-        """``_load_segment`` for a segment ``_fetched`` already tried."""
+        """A segment ``_fetched`` tried: it, or None with its damage in ``rep.problems`` (else its error raised)."""
         if exc is None:
             return seg
         if not isinstance(exc, (IntegrityError, ObjectNotFound)):
@@ -714,6 +706,15 @@ class Catalog:
         packs = {pid for sid, pid, _ in found if sid not in gone}
         held = {pid for pid in packs if repo.backend.exists(pack_name(pid))}
         return {bid for sid, pid, bid in found if sid not in gone and pid in held}
+
+    def check_not_lacking(self, repo, ids: set[bytes], then: str) -> None:
+        """CatalogError (exit 1: rebuild it, then ``then``) when the repository's index lists some of ``ids``,
+        blocks or trees this catalog lacks: the cache is damaged, not the repository (``indexed_after_all``)."""
+        wrong = self.indexed_after_all(repo, ids)
+        if wrong:
+            raise CatalogError(f"this machine's catalog lacks {len(wrong)} block(s) the repository's index lists "
+                               f"(e.g. {min(wrong).hex()[:16]}; the catalog is damaged, not the repository): run "
+                               f"'vault catalog rebuild', then {then}")
 
     def unconfirmed(self, repo, failed: dict[bytes, set[bytes]]) -> set[bytes]:
         """Of ``failed`` (pack id -> ids of its blocks that failed their check when read at this catalog's
@@ -929,10 +930,7 @@ class Catalog:
         return set(ids).difference(self._present("main.blocks", ids))
 
     def _forget_tree(self, tree_id: bytes) -> None:
-        with self._lock:
-            old = self._rows_ahead.pop(tree_id, None)
-            if old is not None:
-                self._rows_ahead_bytes -= len(old[0])
+        self._take_row_ahead(tree_id)
         self._tx(lambda c: c.execute("DELETE FROM trees WHERE id=?", (tree_id,)))
 
     def tree(self, repo, tree_id: bytes) -> list[Node]:
@@ -1000,10 +998,7 @@ class Catalog:
         return (entries if nodes is None else [entries_mod.entry(n) for n in nodes]), indexed, checked
 
     def _cached_or_load(self, repo, tree_id: bytes) -> tuple[list[tuple], bool, list[Node] | None, bool]:
-        with self._lock:
-            row = self._rows_ahead.pop(tree_id, None)
-            if row is not None:
-                self._rows_ahead_bytes -= len(row[0])
+        row = self._take_row_ahead(tree_id)
         if row is not None:
             rows = [row]
         else:
@@ -1021,10 +1016,7 @@ class Catalog:
         if loc is None:
             if not self._index_asked:  # (once: a real loss must not cost a read of every segment per tree)
                 self._index_asked = True
-                if self.indexed_after_all(repo, {tree_id}):
-                    raise CatalogError(f"this machine's catalog lacks tree {tree_id.hex()[:16]}, which the "
-                                       "repository's index lists (the catalog is damaged, not the repository): run "
-                                       "'vault catalog rebuild', then try again")
+                self.check_not_lacking(repo, {tree_id}, "try again")
             raise IntegrityError(f"tree {tree_id.hex()[:16]} is not in the index (missing)")
         nodes = Tree.decode(self.load_block(repo, loc)).nodes
         if not self.trees_unusable:  # (not written into a table that failed to read)
@@ -1048,12 +1040,19 @@ class Catalog:
             return  # (each read again on its own when asked, and the damage handled there)
         with self._lock:
             for tid, *row in rows:
-                old = self._rows_ahead.pop(bytes(tid), None)
-                self._rows_ahead_bytes += len(row[0]) - (len(old[0]) if old is not None else 0)
+                self._take_row_ahead(bytes(tid))
                 self._rows_ahead[bytes(tid)] = tuple(row)
+                self._rows_ahead_bytes += len(row[0])
             while len(self._rows_ahead) > ROWS_AHEAD or self._rows_ahead_bytes > ROWS_AHEAD_BYTES:
-                old = self._rows_ahead.pop(next(iter(self._rows_ahead)))
-                self._rows_ahead_bytes -= len(old[0])
+                self._take_row_ahead(next(iter(self._rows_ahead)))
+
+    def _take_row_ahead(self, tree_id: bytes) -> tuple | None:
+        """The row read ahead for ``tree_id`` (``_read_rows_ahead``), let go of; None when none is held."""
+        with self._lock:
+            row = self._rows_ahead.pop(tree_id, None)
+            if row is not None:
+                self._rows_ahead_bytes -= len(row[0])
+            return row
 
     def _tree(self, repo, tree_id: bytes) -> tuple[list[tuple], bool, list[Node] | None, bool]:
         """``_cached_or_load``, after waiting for the tree's fetch when one is under way (``_fetch_ahead``): a

@@ -517,11 +517,7 @@ class Checker:
         missing = set(cat.used_missing(limit=-1)[1])
         trees = {tid for tid, problem in self._bad_trees.items() if problem == _TREE_MISSING}
         if missing or trees:  # (the catalog's index is a cache: rows deleted from it are not the repository's damage)
-            wrong = cat.indexed_after_all(self.repo, missing | trees)
-            if wrong:
-                raise CatalogError(f"this machine's catalog lacks {len(wrong)} block(s) the repository's index lists "
-                                   f"(e.g. {min(wrong).hex()[:16]}; the catalog is damaged, not the repository): run "
-                                   "'vault catalog rebuild', then verify again")
+            cat.check_not_lacking(self.repo, missing | trees, "verify again")
         self._missing.update(missing)
         for blocks, size, held in itertools.islice(cat.size_mismatches(), MAX_SIZE_MISMATCHES):
             self._bad_sizes[(blocks, size)] = held

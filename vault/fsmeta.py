@@ -15,22 +15,13 @@ from .model import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SOCKET, SYMLINK, XATTR_MA
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 
+TYPE_OF = {stat.S_IFREG: FILE, stat.S_IFDIR: DIR, stat.S_IFLNK: SYMLINK, stat.S_IFIFO: FIFO, stat.S_IFCHR: CHARDEV,
+           stat.S_IFBLK: BLOCKDEV, stat.S_IFSOCK: SOCKET}  # st_mode's file-type bits -> the node type (a backup's
+#                                                          walk looks it up inline: one dict lookup an entry)
+
+
 def node_type(mode: int) -> str | None:
-    if stat.S_ISREG(mode):
-        return FILE
-    if stat.S_ISDIR(mode):
-        return DIR
-    if stat.S_ISLNK(mode):
-        return SYMLINK
-    if stat.S_ISFIFO(mode):
-        return FIFO
-    if stat.S_ISCHR(mode):
-        return CHARDEV
-    if stat.S_ISBLK(mode):
-        return BLOCKDEV
-    if stat.S_ISSOCK(mode):
-        return SOCKET
-    return None
+    return TYPE_OF.get(stat.S_IFMT(mode))
 
 
 def node_from_stat(name: bytes, st: os.stat_result) -> Node:
@@ -357,7 +348,7 @@ def make_special(dir_fd: int, name: bytes, node: Node) -> None:
         raise OSError(errno.ENOTSUP, "sockets are not restored")
 
 
-__all__ = ["read_xattrs", "apply_xattrs", "entry_path", "node_from_stat", "stat_key", "apply_metadata", "apply_metadata_at", "chmod_nofollow", "current_umask", "make_special", "node_type", "IS_ROOT", "DIR",
+__all__ = ["TYPE_OF", "read_xattrs", "apply_xattrs", "entry_path", "node_from_stat", "stat_key", "apply_metadata", "apply_metadata_at", "chmod_nofollow", "current_umask", "make_special", "node_type", "IS_ROOT", "DIR",
            "SOCKET"]
 
 
@@ -393,19 +384,16 @@ _renameat2 = None
 def rename_noreplace(src_dir_fd: int, src: bytes, dst_dir_fd: int, dst: bytes) -> None:
     """rename(2) that fails with EEXIST when ``dst`` exists -- as the file system compares names (renameat2
     RENAME_NOREPLACE). OSError(ENOSYS) where there is no renameat2, EINVAL where the file system lacks the flag."""
+    import ctypes  # (only here: restores onto a case-insensitive file system)
+
     global _renameat2
     if _renameat2 is None:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        fn = getattr(libc, "renameat2", False)
+        fn = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", False)
         if fn:
             fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
         _renameat2 = fn
     if not _renameat2:
         raise OSError(errno.ENOSYS, "renameat2 is not available")
-    import ctypes
-
     if _renameat2(src_dir_fd, src, dst_dir_fd, dst, _RENAME_NOREPLACE) != 0:
         e = ctypes.get_errno()
         raise OSError(e, os.strerror(e))

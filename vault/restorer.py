@@ -363,11 +363,7 @@ class Restorer:
         where = self.catalog.lookup_many(ids)
         if len(where) < len(set(ids)) and not self._index_asked:  # (once a run: asked again, a real loss would
             self._index_asked = True                              # cost a read of every segment per batch)
-            wrong = self.catalog.indexed_after_all(self.repo, set(ids) - where.keys())
-            if wrong:  # the catalog (a cache) lacks rows of the repository's index: not the repository's damage
-                raise CatalogError(f"this machine's catalog lacks {len(wrong)} block(s) the repository's index lists "
-                                   f"(e.g. {min(wrong).hex()[:16]}; the catalog is damaged, not the repository): run "
-                                   "'vault catalog rebuild', then restore again")
+            self.catalog.check_not_lacking(self.repo, set(ids) - where.keys(), "restore again")
         out: list[tuple[list[_FileTask], _Packs]] = [([], {}) for _ in range(parts)]
         owner: dict[tuple[bytes, int], int] = {}
         for task in tasks:
@@ -637,7 +633,8 @@ class Restorer:
                 self._hardlink(first.path, path)
                 self.result.files += 1
             except OSError as exc:
-                if exc.errno in _NO_LINKS and exc.errno != errno.EXDEV and self._copy_instead(first, path):
+                if exc.errno in _NO_LINKS and exc.errno != errno.EXDEV:
+                    self._copy_instead(first, path)
                     continue
                 self.result.errors.append((_show(path), f"cannot create hardlink: {exc.strerror or exc}"))
         for task in self._spares:  # no other name took it (or none is being restored)
@@ -645,9 +642,9 @@ class Restorer:
                 task.spare = False
                 self._discard(task.dir, task.tmp, True)
 
-    def _copy_instead(self, first: _FileTask, path: bytes) -> bool:
+    def _copy_instead(self, first: _FileTask, path: bytes) -> None:
         """Another name of a hardlinked file, on a file system without hard links (FAT, exFAT): a copy of the
-        restored first name (its data was lost otherwise), with a warning. False (and named) when that fails."""
+        restored first name (its data was lost otherwise), with a warning; named as an error when that fails."""
         parent = split(path)[0]
         tmp = _tmp_name()
         try:
@@ -669,13 +666,12 @@ class Restorer:
         except OSError as exc:
             self._discard(parent, tmp, True)
             self.result.errors.append((_show(path), f"cannot create hardlink, nor a copy: {exc.strerror or exc}"))
-            return True
+            return
         self.result.files += 1
         self.result.bytes_written += first.written
         self.result.warnings.append((_show(path), f"restored as a copy of {_show(first.path)}: this file system "
                                                   "has no hard links"))
         self.result.warnings.extend((_show(path), p) for p in problems)
-        return True
 
     def _hardlink(self, first: bytes, path: bytes) -> None:
         """``path`` made another name of the restored ``first`` (a temp name linked, then renamed over)."""
