@@ -1260,6 +1260,17 @@ class Catalog:
     def stored_add(self, packs: Iterable[tuple[bytes, int]]) -> None:
         self._tx(lambda c: c.executemany("INSERT OR REPLACE INTO temp.stored (id, size) VALUES (?, ?)", packs))
 
+    def small_segments(self, below: int) -> int:
+        """How many loaded index segments list fewer than ``below`` packs (prune merges them)."""
+        (n,), = self._q("SELECT count(*) FROM (SELECT segment FROM packs WHERE segment IS NOT NULL GROUP BY segment "
+                        "HAVING count(*) < ?)", (below,))
+        return n
+
+    def superseded_known(self) -> bool:
+        """Whether the last sync met a segment that another one supersedes (an interrupted prune's, or merge's)."""
+        return self._has_table("superseded") and bool(
+            self._q("SELECT 1 FROM superseded JOIN segments USING (id) LIMIT 1"))
+
     def pack_usage(self) -> Iterator[tuple[bytes, str, int, int | None, int, int, int]]:
         """Per indexed pack: (id, kind, indexed size, stored size or None, blocks located here, of which
         referenced, referenced bytes)."""

@@ -13,6 +13,7 @@
 5. Delete the replaced (and already superseded) segments, then the removed packs, then abort unfinished
    multipart uploads. Readers ignore a segment that a present segment supersedes, so a kill at any moment
    leaves a repository where every snapshot restores: at worst leftovers that the next prune removes.
+   Small segments (one per backup) are merged the same way once there are MERGE_AT of them.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ from .packwriter import PackWriter
 from .repository import Repository, pack_name
 
 SEGMENT_PACKS = 64  # packs listed per new index segment
+SEGMENT_ENTRIES = 100_000  # and at most this many blocks, when small segments are merged
+SMALL_SEGMENT = SEGMENT_PACKS // 4  # a segment listing fewer packs than this is merged with others ...
+MERGE_AT = 32  # ... once there are this many (every backup writes one: a year of hourly ones is 8,800)
 
 
 class PruneRefused(VaultError):
@@ -68,6 +72,7 @@ class PruneReport:
     bytes_freed: int = 0  # net: deleted - written
     bytes_unused_kept: int = 0  # unreferenced bytes left in packs below the repack threshold
     segments_written: int = 0
+    segments_merged: int = 0  # small segments replaced by fewer, larger ones
     segments_deleted: int = 0
     multipart_aborted: int = 0
     temp_files_removed: int = 0  # left by killed writers (local repositories)
@@ -303,12 +308,14 @@ class Pruner:
         superseded: set[str] = set()
         affected: list[str] = []
         tombstones: dict[str, list[bytes]] = {}  # segments with no packs: what they supersede
+        small: list[str] = []  # segments to merge, if there are enough of them
         self.catalog.at_risk_begin()
-        for sid in present:
-            seg = self._load_segment(sid)
+        for sid, seg in self._segments(present):
             superseded.update(s.hex() for s in seg.supersedes)
             if not seg.packs:
                 tombstones[sid] = list(seg.supersedes)
+            elif len(seg.packs) < SMALL_SEGMENT and sid not in self._written:
+                small.append(sid)
             removed = self.catalog.removed_among(seg.packs)
             if removed:
                 affected.append(sid)
@@ -338,7 +345,42 @@ class Pruner:
             self.repo.save_index(index_mod.from_packs([], supersedes=sorted(names)))
             self.report.segments_written += 1
             to_delete.extend(live)
+        small = [sid for sid in small if sid not in superseded and sid not in affected]
+        if len(small) >= MERGE_AT:
+            to_delete.extend(self._merge(small))
         return to_delete
+
+    def _merge(self, small: list[str]) -> list[str]:
+        """Replace small segments by segments of up to SEGMENT_PACKS packs, each superseding the ones it merges
+        (and what those superseded: a copy of one of them put back later stays superseded); return the merged
+        ones, to delete. Every backup writes a segment of its own, and a new machine's first sync, a catalog
+        rebuild and verify read them all: one request each. A kill leaves the old ones, or old and new side by
+        side, which readers resolve as for an interrupted rewrite."""
+        merged: list[str] = []
+        group: list[tuple[str, index_mod.IndexSegment]] = []
+        packs = entries = 0
+
+        def flush() -> None:
+            if len(group) > 1:
+                names = {bytes.fromhex(sid) for sid, _ in group} | {b for _, seg in group for b in seg.supersedes}
+                self.repo.save_index(index_mod.from_packs(
+                    ((pid, seg.sizes.get(pid, 0), ents) for _, seg in group for pid, ents in seg.packs.items()),
+                    supersedes=sorted(names)))
+                self.report.segments_written += 1
+                self.report.segments_merged += len(group)
+                merged.extend(sid for sid, _ in group)
+            group.clear()
+
+        for sid, seg in self._segments(small):
+            n = sum(len(e) for e in seg.packs.values())
+            if group and (packs + len(seg.packs) > SEGMENT_PACKS or entries + n > SEGMENT_ENTRIES):
+                flush()
+                packs = entries = 0
+            group.append((sid, seg))
+            packs += len(seg.packs)
+            entries += n
+        flush()
+        return merged
 
     def _check_nothing_lost(self, present: list[str], superseded: set[str]) -> None:
         """Every referenced block that the repository's own index places in a pack this prune removes must be
@@ -363,6 +405,14 @@ class Pruner:
         raise PruneRefused(f"prune stopped before deleting anything: {n} block(s) that snapshots reference (e.g. "
                            f"{first.hex()[:16]}) would be lost with the packs it removes -- this machine's catalog "
                            "disagrees with the repository's index; run 'vault catalog rebuild', then prune again")
+
+    def _segments(self, sids: list[str]) -> Iterator[tuple[str, index_mod.IndexSegment]]:
+        """(id, segment) for each of ``sids``, in order; from a remote repository a few are fetched ahead (a
+        repository of a year of hourly backups has thousands)."""
+        for sid, seg, exc in Catalog._fetched(self._load_segment, sids, min(self.catalog.prefetch, 4)):
+            if exc is not None:
+                raise exc
+            yield sid, seg
 
     def _load_segment(self, sid: str) -> index_mod.IndexSegment:
         try:
@@ -403,7 +453,9 @@ class Pruner:
         self.log(f"prune: {rep.snapshots} snapshots reference {rep.blocks_referenced} blocks; {rep.packs_total} "
                  f"packs: {len(plan.delete)} to delete, {len(plan.repack)} to repack, {rep.packs_kept} kept; "
                  f"{len(plan.unindexed)} unindexed leftovers")
-        if not self.opts.dry_run and (plan.delete or plan.repack or plan.unindexed):
+        work = (plan.delete or plan.repack or plan.unindexed or self.catalog.superseded_known()
+                or self.catalog.small_segments(SMALL_SEGMENT) >= MERGE_AT)
+        if not self.opts.dry_run and work:
             self._repack(plan)
             # the replaced index first, then (only then) what it no longer names
             old_segments = self._rewrite_index(plan)
