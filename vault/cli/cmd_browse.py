@@ -43,7 +43,7 @@ def snapshots(hosts, tags, paths, latest) -> None:
         snaps = kept[::-1]
     c.warn_unreadable(sess.sync.unreadable, "not listed; run 'vault verify'")
     if c.json:
-        c.emit_json([api.snapshot_json(s) for s in snaps])
+        c.emit_json_stream(None, (api.snapshot_json(s) for s in snaps))  # (built whole: 86 MiB at 5,800)
         return
     times = [local_time(s.time) for s in snaps]
     width = max(map(len, times), default=0)  # (wider with an offset: see local_time)
