@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
+import itertools
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +29,7 @@ from .checker import Checker, VerifyReport, parse_subset
 from .chunker import ChunkerParams
 from .config import DEFAULT_LOCK_WAIT, Settings
 from .crypto import KdfParams, MasterKeys
+from .dumper import Dumper
 from .copier import Copier, CopyReport
 from .errors import CacheUnavailable, CatalogBusy, CatalogError, CatalogInUse, IntegrityError, PermanentError, RepositoryNotFound, SnapshotNotFound, UsageError, VaultError, WrongPassword
 from .excludes import Matcher
@@ -436,6 +438,28 @@ def restore(settings: Settings, password: PasswordFn, spec: str | None, opts: Re
         result.requests = sum_stats([sess.requests(), result.requests])
         result.passed_over = passed_over(sess, spec, at, snap)
         return snap, result
+
+
+def dump(settings: Settings, password: PasswordFn, spec: str | None, path: str, out, at: str | None = None,
+         flt: SnapshotFilter | None = None, warn: Callable[[str], None] = lambda _m: None
+         ) -> tuple[Snapshot, Dumper, dict[str, str]]:
+    """``vault dump``: PATH of the snapshot to ``out`` -- a regular file's bytes, anything else (a directory,
+    ``/``: the whole snapshot) as a tar stream. Returns the snapshot, the dumper (its counts) and the unreadable
+    snapshots ``latest``/``--at`` passed over."""
+    with session(settings, password, lock="shared", operation="dump") as sess:
+        snap = find_snapshot(sess, spec, at, flt)
+        window = 4 if local_repo_path(settings) is not None else (settings.connections or 8)
+        dumper = Dumper(sess.repo, sess.catalog, out, window, warn)
+        if _normalize(path) == b"/":
+            dumper.tar(sess.catalog.walk(sess.repo, snap.tree))
+        else:
+            entries = ls(sess, snap, path)
+            base, node = next(entries)
+            if node.type == FILE and not path.endswith("/"):
+                dumper.file(base, node)
+            else:
+                dumper.tar(itertools.chain([(base, node)], entries))
+        return snap, dumper, passed_over(sess, spec, at, snap)
 
 
 # --- ls / find / diff ---------------------------------------------------------------------------------
