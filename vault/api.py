@@ -377,7 +377,7 @@ def backup(settings: Settings, password: PasswordFn, opts: BackupOptions,
     def fork_workers(repo: Repository) -> None:
         """A local repository: files are read by worker processes, forked before the catalog is opened."""
         processes = min(opts.jobs or _default_processes(), forkpool.fd_room(per=8))
-        if remote or opts.dry_run or processes < 2 or not forkpool.available():
+        if remote or opts.dry_run or opts.stdin_name is not None or processes < 2 or not forkpool.available():
             return
         try:
             workers.append(BackupWorkers(repo, processes, Catalog.file_path(settings.cache_dir,
@@ -390,7 +390,10 @@ def backup(settings: Settings, password: PasswordFn, opts: BackupOptions,
                      before_catalog=fork_workers) as sess:
             opts = dataclasses.replace(opts, before_commit=sess.check_lock)
             arch = Archiver(sess.repo, sess.catalog, opts, progress=progress, workers=workers[0] if workers else None)
-            snap = arch.run()
+            if opts.stdin_name is not None:
+                snap = arch.run_stream(opts.stdin_name, opts.stdin_fd, opts.stdin_check)
+            else:
+                snap = arch.run()
             s = arch.stats
             requests = sum_stats([sess.requests(), *(workers[0].requests if workers else [])])
             return BackupResult(snap.id if snap else None, s.files_new, s.files_changed, s.files_unmodified, s.dirs,

@@ -37,7 +37,7 @@ from .filereader import FileReader, FileResult
 from .entries import node as entry_node, split_ids
 from .fsmeta import TYPE_OF, entry_path, node_from_stat, node_type, read_xattrs, stat_key
 from .model import DEEPEST, DIR, FILE, SYMLINK, XATTRS_MARK, Node, Snapshot, Tree, holds_xattrs, replaced_by_repair
-from .pack import TREE, PackEntry, sealed_size
+from .pack import DATA, TREE, PackEntry, sealed_size
 from .packwriter import PackWriter, adopt_leftover_packs
 from .repository import Repository
 
@@ -72,6 +72,9 @@ class BackupOptions:
     skip_paths: list[str] = field(default_factory=list)  # repository and cache dirs, never backed up
     before_commit: Callable[[], None] | None = None  # raises to stop before the snapshot is written (lock check)
     on_file: Callable[[str, str], None] | None = None  # ("new" | "modified", path) for each file read (-v)
+    stdin_name: bytes | None = None  # back up what ``stdin_fd`` yields as the file /NAME (``Archiver.run_stream``)
+    stdin_fd: int = 0
+    stdin_check: Callable[[], None] = lambda: None  # raises at the end of the stream when its producer failed
 
 
 @dataclass
@@ -867,6 +870,66 @@ class Archiver:
                 self._pool.shutdown(wait=not stopped, cancel_futures=True)
             self.packer.close(wait=not stopped)
         self.stats_duration = time.monotonic() - t0
+        return self._commit(host, paths, parent, root)
+
+    def run_stream(self, name: bytes, fd: int, check_source: Callable[[], None] = lambda: None) -> Snapshot | None:
+        """Back up what ``fd`` yields until its end (a pipe: ``backup --stdin``) as one file ``/name`` -- the
+        snapshot's path. ``check_source`` is called at the end of the stream, before anything is committed: it
+        raises when the producer failed (``--stdin-from-command``), and no snapshot is written."""
+        t0 = time.monotonic()
+        host = self.opts.host or socket.gethostname()
+        paths = [_display(b"/" + name)]
+        parent = self.find_parent(host, paths)
+        old = None
+        if parent is not None:
+            try:
+                old = next((n for n in self.catalog.tree(self.repo, parent.tree) if n.name == name), None)
+            except VaultError:  # (an unreadable parent: the stream is new to it)
+                old = None
+        if not self.opts.dry_run:
+            self._adopt_leftover_packs()
+        stopped = False
+        try:
+            blocks: list[bytes] = []
+            for chunk in self.repo.chunker.cut_fd(fd):
+                bid = self.repo.block_id(chunk)
+                if self._claim(bid):
+                    stored = self._store(DATA, bid, chunk)
+                    if stored:
+                        self.stats.bytes_added += stored
+                        self.stats.blocks_added += 1
+                blocks.append(bid)
+                self.stats.bytes_read += len(chunk)
+                self.stats.bytes_processed = self.stats.bytes_read
+                if self._progress is not None:
+                    self._progress(self.stats)
+            check_source()
+            node = Node(name, FILE, mode=0o600, uid=os.getuid(), gid=os.getgid(), size=self.stats.bytes_read,
+                        mtime_ns=time.time_ns(), blocks=blocks)
+            if old is None:
+                self.stats.files_new = 1
+            elif old.type == FILE and old.blocks == blocks:
+                self.stats.files_unmodified = 1
+            else:
+                self.stats.files_changed = 1
+            root = self._store_tree(Tree([node]))
+            if not self.opts.dry_run:
+                self.packer.flush()
+            self._checkpoint(force=True)
+            self._flush_tree_rows(force=True)
+            if not self.opts.dry_run:
+                self.catalog.confirm_pending(self._tree_token)
+        except KeyboardInterrupt:
+            stopped = True
+            raise
+        finally:
+            self._pool.shutdown(wait=not stopped, cancel_futures=True)
+            self.packer.close(wait=not stopped)
+        self.stats_duration = time.monotonic() - t0
+        return self._commit(host, paths, parent, root)
+
+    def _commit(self, host: str, paths: list[str], parent: Snapshot | None, root: bytes) -> Snapshot | None:
+        """Write the snapshot of a finished run (none for a dry run)."""
         if self.opts.dry_run:
             return None
         when = self.opts.time or self._now()

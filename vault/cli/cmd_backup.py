@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 
 import click
@@ -11,8 +17,9 @@ from .. import api
 from ..archiver import BackupOptions
 from ..chunker import ChunkerParams
 from ..crypto import KdfParams
-from ..errors import UsageError
+from ..errors import UsageError, VaultError
 from ..excludes import read_exclude_file
+from ..model import valid_name
 from ..timespec import parse_time
 from .common import get_ctx, global_options, human_bytes, printable
 from .progress import BackupProgress
@@ -74,7 +81,7 @@ def init(pack_size: int, compression_level: int, chunk_min: int, chunk_avg: int,
 
 
 @cli.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(readable=False))
+@click.argument("paths", nargs=-1, type=click.Path(readable=False))
 @click.option("--tag", "tags", multiple=True, metavar="TAG", help="Tag the snapshot (repeatable; a,b: two tags).")
 @click.option("--host", metavar="HOST", help="Host name to record (default: this machine's).")
 @click.option("--time", "time_", metavar="TIME", help="Record TIME (ISO-8601) as the snapshot's time.")
@@ -87,17 +94,49 @@ def init(pack_size: int, compression_level: int, chunk_min: int, chunk_avg: int,
 @click.option("--force", is_flag=True, help="Read every file again, even those whose size, times and inode match "
               "the last snapshot's (a source whose inode numbers or times cannot be trusted: FAT after a "
               "remount, a clock set back).")
+@click.option("--stdin", "stdin", is_flag=True, help="Back up standard input (a pipe) as one file, "
+              "/--stdin-filename; no PATHS.")
+@click.option("--stdin-filename", metavar="NAME", default="stdin", show_default=True,
+              help="The file name standard input is stored as (--stdin, --stdin-from-command).")
+@click.option("--stdin-from-command", "from_command", is_flag=True, help="PATHS are a command and its arguments "
+              "(after --): back up its output as one file; if it exits non-zero, no snapshot is written (exit 1).")
 @global_options
 def backup(paths: tuple[str, ...], tags: tuple[str, ...], host: str | None, time_: str | None,
            excludes: tuple[str, ...], exclude_files: tuple[str, ...], one_file_system: bool, dry_run: bool,
-           force: bool) -> int:
+           force: bool, stdin: bool, stdin_filename: str, from_command: bool) -> int:
     """Back up PATHS into a new snapshot. Unchanged files are not read again.
 
     Exit 3 when the snapshot was written but some files could not be read (each is named).
 
     Example: vault --repo /srv/backup backup /etc /home --exclude '*.tmp' --tag nightly
+
+    Example: vault --repo /srv/backup backup --stdin-from-command --stdin-filename db.sql -- pg_dump mydb
     """
     c = get_ctx()
+    ctx = click.get_current_context()
+    streamed = stdin or from_command
+    if stdin and from_command:
+        raise UsageError("give --stdin or --stdin-from-command, not both")
+    if not streamed and ctx.get_parameter_source("stdin_filename") != ParameterSource.DEFAULT:
+        raise UsageError("--stdin-filename applies to --stdin and --stdin-from-command only")
+    if streamed:
+        for given, what in ((excludes or exclude_files, "--exclude"), (one_file_system, "--one-file-system"),
+                            (force, "--force")):
+            if given:
+                raise UsageError(f"{what} does not apply to --stdin{'-from-command' if from_command else ''}")
+        name = os.fsencode(stdin_filename)
+        if not valid_name(name) or len(name) > 255:
+            raise UsageError("--stdin-filename must be one file name (no '/', not '.' or '..', at most 255 bytes)")
+        if stdin and paths not in ((), ("-",)):
+            raise UsageError("--stdin backs up standard input: give no PATHS")
+        if from_command and not paths:
+            raise UsageError("--stdin-from-command needs the command: vault backup --stdin-from-command -- CMD ARGS")
+        if stdin and sys.stdin is None:  # (started with it closed: descriptor 0 may be any file vault opens)
+            raise UsageError("--stdin: standard input is closed; pipe the data in (cmd | vault backup --stdin)")
+        if stdin and sys.stdin.isatty():
+            raise UsageError("--stdin: standard input is a terminal; pipe the data in (cmd | vault backup --stdin)")
+    elif not paths:
+        raise UsageError("Missing argument 'PATHS...': name what to back up")
     patterns = list(excludes)
     for f in exclude_files:
         try:
@@ -113,12 +152,15 @@ def backup(paths: tuple[str, ...], tags: tuple[str, ...], host: str | None, time
     tags = tuple(dict.fromkeys(p for t in tags for p in t.split(",") if p))
     if not all(_is_text(t) for t in tags):
         raise UsageError("--tag must be text (UTF-8): tags are matched and shown as text")
-    opts = BackupOptions(paths=list(paths), tags=list(tags), host=host, time=when, excludes=patterns,
-                         one_file_system=one_file_system, dry_run=dry_run, force=force,
+    opts = BackupOptions(paths=[] if streamed else list(paths), tags=list(tags), host=host, time=when,
+                         excludes=patterns, one_file_system=one_file_system, dry_run=dry_run, force=force,
                          on_file=(lambda kind, path: c.err(printable(f"{kind:8} {path}"))) if c.verbose else None)
     progress = BackupProgress(enabled=not (c.quiet or c.json or c.verbose))
     try:
-        res = api.backup(c.settings, c.password_fn(), opts, progress=progress)
+        with _source(stdin, from_command, paths) as (fd, check):
+            if streamed:
+                opts = dataclasses.replace(opts, stdin_name=name, stdin_fd=fd, stdin_check=check)
+            res = api.backup(c.settings, c.password_fn(), opts, progress=progress)
     finally:
         progress.done()
     for path, msg in res.errors:
@@ -137,6 +179,35 @@ def backup(paths: tuple[str, ...], tags: tuple[str, ...], host: str | None, time
         c.err(f"vault: {len(res.errors)} path(s) could not be read; the snapshot holds everything else")
         return 3
     return 0
+
+
+@contextlib.contextmanager
+def _source(stdin: bool, from_command: bool, argv: tuple[str, ...]) -> Iterator[tuple[int, Callable[[], None]]]:
+    """(the descriptor to back up, the check of its producer at the end of the stream)."""
+    if not from_command:
+        yield (0 if stdin else -1), (lambda: None)
+        return
+    try:
+        proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE)
+    except OSError as exc:
+        raise VaultError(f"--stdin-from-command: cannot run {argv[0]}: {exc.strerror or exc}") from None
+
+    def check() -> None:
+        proc.stdout.close()
+        code = proc.wait()
+        if code != 0:
+            how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+            raise VaultError(f"--stdin-from-command: {argv[0]} {how}: no snapshot written (its output is "
+                             "not trusted whole; what was stored goes with the next prune)")
+
+    try:
+        yield proc.stdout.fileno(), check
+    finally:
+        if proc.poll() is None:  # (vault failed or was stopped first)
+            proc.kill()
+            proc.wait()
+        if proc.stdout and not proc.stdout.closed:
+            proc.stdout.close()
 
 
 def _is_text(value: str) -> bool:

@@ -66,8 +66,9 @@ def global_options(f: Callable) -> Callable:
 
 
 def terminal_prompt() -> Callable[[str], str] | None:
-    """How to ask for a password: on the terminal when stdin is one, else not at all (None)."""
-    return ask if sys.stdin.isatty() else None
+    """How to ask for a password: on the terminal when stdin is one, else not at all (None). Started with stdin
+    closed (`<&-`), Python's sys.stdin is None: every command was an internal error."""
+    return ask if sys.stdin is not None and sys.stdin.isatty() else None
 
 
 def ask(prompt: str) -> str:
