@@ -539,3 +539,21 @@ def test_a_path_the_kernel_cannot_resolve_is_an_error_not_what_its_text_normalis
     again = repo("--json", "backup", f"{t}/x").json
     assert again["files_unmodified"] == 1, again
     assert {tuple(s["paths"]) for s in repo("--json", "snapshots").json} == {(f"{t}/x",)}
+
+
+def test_exclude_caches_and_exclude_if_present_keep_the_directory_and_its_tag(repo, tmp_path):
+    sig = b"Signature: 8a477f597d28d172789f06886806bc55\n# a cache\n"
+    src = make_tree(tmp_path / "src", {
+        "app": {"cache": {"CACHEDIR.TAG": sig, "blob": b"x", "sub": {"deep": b"y"}}, "conf": b"c"},
+        "fake": {"CACHEDIR.TAG": b"not the signature", "data": b"d"},
+        "vm": {".nobackup": b"", "disk.img": b"i", "named": {"keep.me": b"k"}},
+        "other": {"keep": b"k"},
+    })
+    repo("backup", src, src / "vm" / "named", "--exclude-caches", "--exclude-if-present", ".nobackup")
+    got = rel(src, paths_in(repo))
+    assert got == {"app", "app/cache", "app/cache/CACHEDIR.TAG", "app/conf", "fake", "fake/CACHEDIR.TAG",
+                   "fake/data", "vm", "vm/.nobackup", "vm/named", "vm/named/keep.me", "other", "other/keep"}, got
+    # without the options everything is in; a name with '/' is a usage error
+    repo("backup", src)
+    assert "app/cache/sub/deep" in rel(src, paths_in(repo))
+    assert repo("backup", src, "--exclude-if-present", "a/b", ok=2).code == 2

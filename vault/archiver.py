@@ -57,6 +57,10 @@ CHECKPOINT_PACKS = 16
 CHECKPOINT_ENTRIES = 16_384
 
 
+CACHEDIR_TAG = b"CACHEDIR.TAG"  # https://bford.info/cachedir/
+CACHEDIR_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
+
+
 @dataclass(frozen=True)
 class BackupOptions:
     paths: list[str]
@@ -72,6 +76,8 @@ class BackupOptions:
     skip_paths: list[str] = field(default_factory=list)  # repository and cache dirs, never backed up
     before_commit: Callable[[], None] | None = None  # raises to stop before the snapshot is written (lock check)
     on_file: Callable[[str, str], None] | None = None  # ("new" | "modified", path) for each file read (-v)
+    exclude_if_present: list[str] = field(default_factory=list)  # a directory holding such a file: only it kept
+    exclude_caches: bool = False  # the same for CACHEDIR.TAG files with their signature
     stdin_name: bytes | None = None  # back up what ``stdin_fd`` yields as the file /NAME (``Archiver.run_stream``)
     stdin_fd: int = 0
     stdin_check: Callable[[], None] = lambda: None  # raises at the end of the stream when its producer failed
@@ -288,6 +294,8 @@ class Archiver:
         self._depth = 0  # directory levels being walked (``_save_dir``)
         self._xattrs_known = False  # the parent snapshot's trees hold extended attributes (``run``)
         self._excludes = Matcher(opts.excludes)
+        self._tags = {os.fsencode(t) for t in opts.exclude_if_present} | ({CACHEDIR_TAG} if opts.exclude_caches
+                                                                            else set())
         self._named: set[bytes] = set()  # the PATHs given, absolute
         self._skip = set()
         for p in opts.skip_paths:
@@ -460,6 +468,8 @@ class Archiver:
             self._error(path, "a directory above it was moved while the backup ran: its entries are not in the "
                               "snapshot")
             here = None
+        if only is None and fd is not None and self._tags and names:
+            names = self._tagged(fd, path, names)
         self._depth += 1
         items: list[Node | tuple[Future, bytes, bytes]] = []
         force = self.opts.force
@@ -585,6 +595,30 @@ class Archiver:
         self._pending_items += len(items)
         self._finalize(block=False)
         return True
+
+    def _tagged(self, fd: int, path: bytes, names: list[bytes]) -> list[bytes]:
+        """``names``, or only the tag files among them when the directory holds one (``--exclude-if-present``,
+        ``--exclude-caches``: the directory and its tag are kept, the rest of its content is not -- restic's
+        rule), and the way to any PATH named below it."""
+        found = [n for n in names if n in self._tags and (n != CACHEDIR_TAG or self._cachedir_tag(fd, n))]
+        if not found:
+            return names
+        keep = set(found) | {p.lstrip(b"/").split(b"/")[0] for p in self._named_below(path)}
+        return [n for n in names if n in keep]
+
+    @staticmethod
+    def _cachedir_tag(fd: int, name: bytes) -> bool:
+        """Whether ``name`` is a regular file starting with the Cache Directory Tagging signature."""
+        try:
+            tag = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
+        except OSError:
+            return False
+        try:
+            return stat.S_ISREG(os.fstat(tag).st_mode) and os.read(tag, len(CACHEDIR_SIGNATURE)) == CACHEDIR_SIGNATURE
+        except OSError:
+            return False
+        finally:
+            os.close(tag)
 
     def _open_dir(self, path: bytes, only: dict | None, expect: tuple[int, int] | None, may_vanish: bool = False
                   ) -> tuple[tuple[int, int] | None, list[bytes], int | None, tuple[int, int] | None]:

@@ -89,6 +89,10 @@ def init(pack_size: int, compression_level: int, chunk_min: int, chunk_avg: int,
               "(repeatable; without '/' matches a name at any depth).")
 @click.option("--exclude-file", "exclude_files", multiple=True, type=click.Path(dir_okay=False),
               help="Read exclude globs from FILE, one per line (# comments).")
+@click.option("--exclude-if-present", "if_present", multiple=True, metavar="NAME", help="Leave out the content of "
+              "directories holding a file NAME (the directory and NAME are kept; repeatable).")
+@click.option("--exclude-caches", is_flag=True, help="Leave out the content of directories holding a CACHEDIR.TAG "
+              "file with its signature (bford.info/cachedir).")
 @click.option("-x", "--one-file-system", is_flag=True, help="Do not cross filesystem boundaries.")
 @click.option("-n", "--dry-run", is_flag=True, help="Read and chunk, but store nothing.")
 @click.option("--force", is_flag=True, help="Read every file again, even those whose size, times and inode match "
@@ -102,8 +106,9 @@ def init(pack_size: int, compression_level: int, chunk_min: int, chunk_avg: int,
               "(after --): back up its output as one file; if it exits non-zero, no snapshot is written (exit 1).")
 @global_options
 def backup(paths: tuple[str, ...], tags: tuple[str, ...], host: str | None, time_: str | None,
-           excludes: tuple[str, ...], exclude_files: tuple[str, ...], one_file_system: bool, dry_run: bool,
-           force: bool, stdin: bool, stdin_filename: str, from_command: bool) -> int:
+           excludes: tuple[str, ...], exclude_files: tuple[str, ...], if_present: tuple[str, ...],
+           exclude_caches: bool, one_file_system: bool, dry_run: bool, force: bool, stdin: bool,
+           stdin_filename: str, from_command: bool) -> int:
     """Back up PATHS into a new snapshot. Unchanged files are not read again.
 
     Exit 3 when the snapshot was written but some files could not be read (each is named).
@@ -119,9 +124,12 @@ def backup(paths: tuple[str, ...], tags: tuple[str, ...], host: str | None, time
         raise UsageError("give --stdin or --stdin-from-command, not both")
     if not streamed and ctx.get_parameter_source("stdin_filename") != ParameterSource.DEFAULT:
         raise UsageError("--stdin-filename applies to --stdin and --stdin-from-command only")
+    for name in if_present:
+        if not valid_name(os.fsencode(name)):
+            raise UsageError(f"--exclude-if-present takes a file name (no '/'), not {name!r}")
     if streamed:
-        for given, what in ((excludes or exclude_files, "--exclude"), (one_file_system, "--one-file-system"),
-                            (force, "--force")):
+        for given, what in ((excludes or exclude_files or if_present or exclude_caches, "--exclude"),
+                            (one_file_system, "--one-file-system"), (force, "--force")):
             if given:
                 raise UsageError(f"{what} does not apply to --stdin{'-from-command' if from_command else ''}")
         name = os.fsencode(stdin_filename)
@@ -153,7 +161,8 @@ def backup(paths: tuple[str, ...], tags: tuple[str, ...], host: str | None, time
     if not all(_is_text(t) for t in tags):
         raise UsageError("--tag must be text (UTF-8): tags are matched and shown as text")
     opts = BackupOptions(paths=[] if streamed else list(paths), tags=list(tags), host=host, time=when,
-                         excludes=patterns, one_file_system=one_file_system, dry_run=dry_run, force=force,
+                         excludes=patterns, exclude_if_present=list(if_present), exclude_caches=exclude_caches,
+                         one_file_system=one_file_system, dry_run=dry_run, force=force,
                          on_file=(lambda kind, path: c.err(printable(f"{kind:8} {path}"))) if c.verbose else None)
     progress = BackupProgress(enabled=not (c.quiet or c.json or c.verbose))
     try:
