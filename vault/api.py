@@ -420,8 +420,20 @@ def _capped(jobs: int, processes: int) -> tuple[int, int]:
 
 def restore(settings: Settings, password: PasswordFn, spec: str | None, opts: RestoreOptions, at: str | None = None,
             flt: SnapshotFilter | None = None) -> tuple[Snapshot, RestoreResult]:
+    sub = None
+    if spec is not None and ":" in spec:  # SNAPSHOT:PATH (restic's): that directory's content into the target
+        spec, sub = spec.split(":", 1)
+        if not spec or not sub:
+            raise UsageError("SNAPSHOT:PATH needs both: e.g. latest:/srv/www")
     with session(settings, password, lock="shared", operation="restore") as sess:
         snap = find_snapshot(sess, spec, at, flt)
+        root = snap
+        if sub is not None:
+            _, node = next(ls(sess, snap, sub))
+            if node.type != DIR or node.subtree is None:
+                raise VaultError(f"{sub} is a {node.type} in snapshot {snap.short_id}: SNAPSHOT:PATH restores a "
+                                 "directory's content (one file: 'vault dump SNAPSHOT PATH > FILE')")
+            root = dataclasses.replace(snap, tree=node.subtree)
         jobs = opts.jobs or settings.jobs or 0
         if local_repo_path(settings) is None:  # remote: threads, one range fetch per connection (the network
             processes = 1                       # is the wait: all connections can serve one big file)
@@ -430,7 +442,7 @@ def restore(settings: Settings, password: PasswordFn, spec: str | None, opts: Re
             processes = jobs = opts.processes or jobs or _default_processes()
         jobs, processes = _capped(jobs, processes)
         opts = RestoreOptions(**{**opts.__dict__, "jobs": jobs, "processes": processes})
-        result = Restorer(sess.repo, sess.catalog, snap, opts, fresh_backend=lambda: _backend(settings)).run()
+        result = Restorer(sess.repo, sess.catalog, root, opts, fresh_backend=lambda: _backend(settings)).run()
         # every damaged file failed a block check in a pack no index segment confirms: the catalog's doing
         if (result.failed and all(why.startswith("damaged: block") for _, why in result.damaged)
                 and sess.catalog.unconfirmed(sess.repo, result.failed) == set(result.failed)):

@@ -34,7 +34,8 @@ def _target(ctx, param, value: str) -> str:
 @global_options
 def restore(snapshot: str | None, target: str, at: str | None, includes: tuple[str, ...], excludes: tuple[str, ...],
             hosts: tuple[str, ...], tags: tuple[str, ...], paths: tuple[str, ...]) -> int:
-    """Restore SNAPSHOT (id, prefix or 'latest') or the state --at TIME into --target.
+    """Restore SNAPSHOT (id, prefix or 'latest') or the state --at TIME into --target; SNAPSHOT:PATH restores
+    that directory's content into --target itself.
 
     Every block is checked against its hash. A file with damaged or missing data is named and not left
     behind; everything else is restored; exit 20.

@@ -1,0 +1,21 @@
+"""restore SNAPSHOT:PATH (restic's syntax): one directory's content straight into the target."""
+
+from __future__ import annotations
+
+from conftest import FAST_INIT, assert_trees_equal, make_tree
+
+
+def test_restore_a_directory_of_a_snapshot_into_the_target_itself(repo, tmp_path):
+    src = make_tree(tmp_path / "src", {"www": {"index.html": b"<html>", "img": {"a.png": b"png"}, "x.tmp": b"t"},
+                                       "other": {"f": b"f"}})
+    sid = repo("--json", "backup", src).json["snapshot_id"]
+    repo("restore", f"latest:{src / 'www'}", "--target", tmp_path / "r1")
+    assert_trees_equal(src / "www", tmp_path / "r1")  # (its content, not /.../src/www below the target)
+    repo("restore", f"{sid[:8]}:{src / 'www'}", "--target", tmp_path / "r2", "--exclude", "*.tmp",
+         "--include", "/img")  # (patterns are paths within the directory)
+    assert sorted(p.name for p in (tmp_path / "r2").rglob("*")) == ["a.png", "img"]
+    assert repo("restore", f"latest:{src / 'www' / 'index.html'}", "--target", tmp_path / "r3", ok=1).err.count(
+        "vault dump") == 1
+    assert repo("restore", f"latest:{src / 'nope'}", "--target", tmp_path / "r4", ok=1).code == 1
+    assert repo("restore", "latest:", "--target", tmp_path / "r5", ok=2).code == 2
+    assert not (tmp_path / "r3").exists() and not (tmp_path / "r4").exists()
