@@ -674,6 +674,47 @@ def forget(settings: Settings, password: PasswordFn, ids: list[str], policy: Pol
     return ForgetResult(groups, [s for s in removed if s not in still], dry_run, report, requests, still)
 
 
+@dataclass
+class TagResult:
+    changed: list[tuple[str, str, list[str]]]  # (old id, new id, tags)
+    unchanged: list[str]
+    requests: dict
+
+    def to_json(self) -> dict:
+        return {"changed": [{"old": o, "new": n, "tags": t} for o, n, t in self.changed], "unchanged": self.unchanged,
+                **self.requests}
+
+
+def tag(settings: Settings, password: PasswordFn, specs: list[str], add: list[str], remove: list[str],
+        set_: list[str] | None, flt: SnapshotFilter) -> TagResult:
+    """Change the tags of snapshots (restic's ``tag``): a manifest is immutable (its id is its hash), so each
+    changed one is written anew -- same time, host, paths and tree, its origin kept, so that ``copy`` still
+    knows it -- and the old one let go with a ``logs/`` record (forgotten, not lost), then deleted. Under the
+    exclusive lock: two runs retagging one snapshot at once would leave two."""
+    with session(settings, password, lock="exclusive", operation="tag") as sess:
+        chosen = {find_snapshot(sess, spec, flt=flt).id for spec in specs}
+        snaps = sorted((s for s in sess.catalog.snapshots() if s.id in chosen), key=lambda s: (s.time, s.id))
+        res = TagResult([], [], {})
+        for snap in snaps:
+            tags = set(snap.tags) if set_ is None else set(set_)
+            tags = sorted((tags | set(add)) - set(remove))
+            if tags == sorted(snap.tags):
+                res.unchanged.append(snap.id)
+                continue
+            new = Snapshot(time=snap.time, host=snap.host, paths=list(snap.paths), tree=snap.tree, tags=tags,
+                           username=snap.username, parent=snap.parent,
+                           summary={**snap.summary, "origin": snap.origin, "retagged_from": snap.id})
+            sid = sess.repo.commit_snapshot(new, sess.check_lock, "tag")
+            sess.repo.save_log("tag", "tags changed", [{"id": snap.id, "tree": snap.tree.hex(), "keep": False,
+                                                         "reasons": [f"tags changed: now {sid}"]}])
+            sess.repo.delete_snapshot(snap.id)
+            res.changed.append((snap.id, sid, tags))
+        if res.changed:
+            sess.catalog.sync(sess.repo)
+        res.requests = sess.requests()
+        return res
+
+
 def prune_repository(settings: Settings, password: PasswordFn, opts: PruneOptions,
                      log: Callable[[str], None] = lambda _m: None) -> tuple[PruneReport, dict]:
     """Delete unreferenced data under the exclusive lock (a dry run takes no lock and changes nothing)."""

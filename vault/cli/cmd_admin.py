@@ -1,4 +1,4 @@
-"""Maintenance commands: verify, forget, prune, copy, repair, unlock, key, catalog."""
+"""Maintenance commands: verify, forget, prune, tag, copy, repair, unlock, key, catalog."""
 
 from __future__ import annotations
 
@@ -171,6 +171,48 @@ def prune(dry_run: bool, max_unused: float) -> None:
         c.emit_json({**rep.to_json(), **requests})
         return
     _print_prune(c, rep)
+
+
+def _tag_list(values: tuple[str, ...]) -> list[str]:
+    tags = list(dict.fromkeys(p for t in values for p in t.split(",") if p))  # (a,b: two tags, as backup)
+    for t in tags:
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UsageError("tags must be text (UTF-8)") from None
+    return tags
+
+
+@cli.command()
+@click.argument("snapshots", nargs=-1, required=True)
+@click.option("--add", "add", multiple=True, metavar="TAG", help="Add TAG (repeatable; a,b: two tags).")
+@click.option("--remove", "remove", multiple=True, metavar="TAG", help="Remove TAG (repeatable).")
+@click.option("--set", "set_", multiple=True, metavar="TAG", help="Replace the tags by these (repeatable; "
+              "--set '' removes every tag).")
+@click.option("--host", "hosts", multiple=True, help="With latest: only snapshots of this host.")
+@click.option("--tag", "tags", multiple=True, help="With latest: only snapshots with this tag.")
+@click.option("--path", "paths", multiple=True, help="With latest: only snapshots of this path.")
+@global_options
+def tag(snapshots: tuple[str, ...], add: tuple[str, ...], remove: tuple[str, ...], set_: tuple[str, ...],
+        hosts: tuple[str, ...], tags: tuple[str, ...], paths: tuple[str, ...]) -> None:
+    """Change the tags of SNAPSHOTS (ids, prefixes or 'latest'): each is written anew with its new tags (a new
+    id) and the old manifest is let go (exclusive lock).
+
+    Example: vault --repo /srv/backup tag --add release 1a2b3c4d
+    """
+    c = get_ctx()
+    if not (add or remove or set_):
+        raise UsageError("say what to change: --add TAG, --remove TAG or --set TAG")
+    if set_ and (add or remove):
+        raise UsageError("--set replaces the tags: give it alone, not with --add or --remove")
+    res = api.tag(c.settings, c.password_fn(), list(snapshots), _tag_list(add), _tag_list(remove),
+                  _tag_list(set_) if set_ else None, api.SnapshotFilter(list(hosts), list(tags), list(paths)))
+    if c.json:
+        c.emit_json(res.to_json())
+        return
+    for old, new, now in res.changed:
+        c.out(f"snapshot {old[:8]} -> {new[:8]}: tags {printable(','.join(now)) or '(none)'}")
+    c.out(f"{len(res.changed)} snapshot(s) changed, {len(res.unchanged)} already so")
 
 
 @cli.command()

@@ -1,0 +1,40 @@
+"""vault tag: change a snapshot's tags (restic's tag); the old manifest is let go, not lost."""
+
+from __future__ import annotations
+
+import shutil
+
+from conftest import FAST_INIT, make_tree
+
+
+def test_tag_add_remove_set_keeps_the_state_and_copy_knows_it(cli, tmp_path):
+    cli("init", *FAST_INIT)
+    src = make_tree(tmp_path / "src", {"f": b"data"})
+    first = cli("--json", "backup", src, "--tag", "nightly", "--time", "2026-01-01T10:00:00Z").json["snapshot_id"]
+    cli("backup", src, "--time", "2026-01-02T10:00:00Z")
+    second = tmp_path / "second"
+    cli("init", *FAST_INIT, "--repo", second, "--copy-chunker-params-from", cli.repo)
+    cli("copy", "--to", second)
+    res = cli("--json", "tag", "--add", "release,keep", first[:8]).json
+    ((old, new, tags),) = [(c["old"], c["new"], c["tags"]) for c in res["changed"]]
+    assert old == first and new != first and tags == ["keep", "nightly", "release"]
+    snaps = {s["id"]: s for s in cli("--json", "snapshots").json}
+    assert first not in snaps and snaps[new]["tags"] == tags and snaps[new]["time"].startswith("2026-01-01T10:00:00")
+    # the same tree: restores as before; forget --keep-tag sees the new tag
+    cli("restore", new, "--target", tmp_path / "r")
+    assert (tmp_path / "r" / str(src).lstrip("/") / "f").read_bytes() == b"data"
+    assert cli("--json", "tag", "--add", "release", new).json["unchanged"] == [new]
+    third = cli("--json", "tag", "--remove", "keep", "--remove", "nightly", new).json["changed"][0]
+    assert third["tags"] == ["release"]
+    assert cli("--json", "tag", "--set", "", third["new"]).json["changed"][0]["tags"] == []
+    assert cli("--json", "tag", "--set", "a", "--set", "b", "latest").json["changed"][0]["tags"] == ["a", "b"]
+    # nothing is called lost, from this catalog or a new one; the mirror still has it: copy skips it
+    assert cli("--json", "verify").json["ok"] is True
+    shutil.rmtree(cli.cache)
+    assert cli("--json", "verify").json["ok"] is True
+    again = cli("--json", "copy", "--to", second).json
+    assert again["copied"] == [] and len(again["skipped"]) == 2, again
+    # usage
+    assert cli("tag", "latest", ok=2).code == 2
+    assert cli("tag", "--set", "a", "--add", "b", "latest", ok=2).code == 2
+    assert cli("tag", "--add", "x", "ffffffff", ok=1).code == 1
