@@ -84,6 +84,8 @@ def test_no_memory_for_the_key_derivation_is_not_a_wrong_password(repo, monkeypa
 
 
 @pytest.mark.parametrize("exc, says", [(MemoryError(), "out of memory"),
+                                       (OSError(12, "Cannot allocate memory"), "out of memory"),  # (mmap, fork)
+                                       (BlockingIOError(11, "Resource temporarily unavailable"), "ulimit -u"),
                                        (RuntimeError("can't start new thread"), "cannot start a thread"),
                                        (RecursionError("maximum recursion depth"), "levels deep")])
 def test_resource_exhaustion_is_one_line(repo, monkeypatch, exc, says):
@@ -155,6 +157,8 @@ def test_running_out_of_descriptors_is_recognised_for_the_catalog_message():
             "try:\n"
             "    while True: held.append(os.open(os.devnull, os.O_RDONLY))\n"
             "except OSError: pass\n"
+            "assert catalog._out_of_descriptors()\n"
+            "os.close(held.pop()); os.close(held.pop())\n"  # (two left: SQLite's WAL mode needs three at once)
             "assert catalog._out_of_descriptors()\n")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
@@ -212,3 +216,20 @@ def test_a_repository_disk_out_of_inodes_is_not_called_full(cli, tmp_path):
             pass
         res = cli("--repo", disk / "repo", "backup", make_tree(tmp_path / "src", {"a": b"x"}), ok=1)
         assert "no free inodes" in res.err and "df -i" in res.err, res.err
+
+
+def test_the_file_size_limit_is_named(repo, tmp_path):
+    """`ulimit -f`: a pack write fails with EFBIG ("File too large", no hint), the catalog with SQLite's "disk I/O
+    error" and "check the cache directory and its disk"; both now name the limit."""
+    src = make_tree(tmp_path / "src", {"big": os.urandom(3 * MiB)})
+    code = ("import resource, sys\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (%d, %d))\n"
+            "from vault.cli.main import entry\n"
+            "sys.argv = ['vault', 'backup', %r]\n"
+            "entry()\n")
+    for limit, cache in ((1 * MiB, repo.cache), (16_000, tmp_path / "new-cache")):  # (a pack; a new catalog)
+        p = subprocess.run([sys.executable, "-c", code % (limit, limit, str(src))],
+                           env={**os.environ, **repo.env(), "VAULT_CACHE_DIR": str(cache)}, capture_output=True,
+                           text=True)
+        assert p.returncode == 1 and "ulimit -f" in p.stderr and len(p.stderr.splitlines()) == 1, (limit, p.stderr)
+        assert ("catalog" in p.stderr) == (cache != repo.cache), p.stderr

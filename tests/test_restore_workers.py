@@ -251,3 +251,32 @@ def test_bytes_written_counts_a_hardlinked_file_put_in_place_under_another_name(
         on_disk = sum(p.stat().st_size for p in (target / src.relative_to("/")).rglob("x"))
         assert on_disk == sum(20_000 + g for g in range(6))
         assert out["bytes_written"] == on_disk, (jobs, out["bytes_written"], on_disk)
+
+
+@pytest.mark.parametrize("forks", [1, 0])
+def test_the_process_limit_stopping_the_forks(repo, tmp_path, monkeypatch, forks):
+    """`ulimit -u` reached: fork fails with EAGAIN (BlockingIOError). Restore, verify --read-data and backup were
+    an internal error; now the workers forked so far do the work, and with none it is one line, exit 1."""
+    src = _tree(tmp_path, files=30)
+    with_jobs(repo, "2", "backup", src)
+    real, made = forkpool._fork, []
+
+    def limited() -> int:
+        if len(made) >= forks:
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        pid = real()
+        if pid:
+            made.append(pid)
+        return pid
+
+    monkeypatch.setattr(forkpool, "_fork", limited)
+    if forks:
+        with_jobs(repo, "3", "restore", "latest", "--target", tmp_path / "r")
+        assert scan(tmp_path / "r" / str(src).lstrip("/")) == scan(src) and len(made) == 1
+        made.clear()
+        assert with_jobs(repo, "3", "--json", "verify", "--read-data").json["ok"] is True
+    else:
+        res = with_jobs(repo, "3", "restore", "latest", "--target", tmp_path / "r", ok=1)
+        assert "ulimit -u" in res.err and len(res.err.strip().splitlines()) == 1 and "internal" not in res.err, res.err
+        res = with_jobs(repo, "3", "verify", "--read-data", ok=1)
+        assert "ulimit -u" in res.err and "internal" not in res.err, res.err

@@ -65,6 +65,7 @@ class BackupWorkers:
         self._unread = [0] * processes  # bytes of the messages sent to each worker and not answered yet
         self._abort = mmap.mmap(-1, 1)  # shared: set by ``close``, the workers read no further
         self._pool = ForkPool(processes, self._serve, self._child_init, on_note=self._noted)
+        del self._sent[len(self._pool):], self._unread[len(self._pool):]  # (fewer forked: `ulimit -u`)
         self._room = min(ROOM, self._pool.send_buffer() // 2)
         self._finished = False
         self.requests: list[dict] = []  # what each worker's requests were (known once it finished)

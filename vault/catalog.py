@@ -28,6 +28,7 @@ import hmac
 import itertools
 import json
 import os
+import resource
 import sqlite3
 import tempfile
 import threading
@@ -118,13 +119,28 @@ _ENVIRONMENT = {sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CA
                 sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_NOMEM, sqlite3.SQLITE_INTERRUPT}
 
 
-def _out_of_descriptors() -> bool:
-    """Whether this process cannot open one more file (SQLite says only "unable to open database file")."""
+def _out_of_descriptors(room: int = 4) -> bool:
+    """Whether this process cannot open ``room`` more files (SQLite says only "unable to open database file";
+    a catalog in WAL mode needs three at once -- with one or two left the probe of a single file passed, and a
+    full descriptor table was blamed on the cache directory)."""
+    fds: list[int] = []
     try:
-        os.close(os.open(os.devnull, os.O_RDONLY))
+        for _ in range(room):
+            fds.append(os.open(os.devnull, os.O_RDONLY))
     except OSError as exc:
         return exc.errno in (errno.EMFILE, errno.ENFILE)
+    finally:
+        for fd in fds:
+            os.close(fd)
     return False
+
+
+def _file_size_limited() -> bool:
+    """Whether ``ulimit -f`` caps the size of the files this process writes (SQLite says only "disk I/O error")."""
+    try:
+        return resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY
+    except (OSError, ValueError):
+        return False
 
 
 WAL_INDEX_ROOM = 64 << 10  # bytes the cache's file system must give at once before SQLite maps the WAL index
@@ -132,6 +148,9 @@ WAL_INDEX_ROOM = 64 << 10  # bytes the cache's file system must give at once bef
 
 
 def _disk_full(path: str) -> CacheUnavailable:
+    if _file_size_limited():  # (SQLite and posix_fallocate say "full" for EFBIG too)
+        return CacheUnavailable(f"the catalog {path} cannot grow: the disk under the cache directory is full, or "
+                                "this process's file-size limit (`ulimit -f`) is reached")
     return CacheUnavailable(f"the disk under the cache directory is full (catalog {path}); free some space, or give "
                             "--cache-dir another place")
 
@@ -183,6 +202,9 @@ def _db_error(exc: sqlite3.DatabaseError, path: str) -> CatalogError:
                            "time given (--lock-wait; stopped or hung?): try again later, or use another --cache-dir")
     if code & 0xFF == sqlite3.SQLITE_CANTOPEN and _out_of_descriptors():
         return CacheUnavailable(f"cannot open the catalog {path}: too many open files (raise the limit: `ulimit -n`)")
+    if code & 0xFF == sqlite3.SQLITE_IOERR and _file_size_limited():
+        return CacheUnavailable(f"cannot use the catalog {path} ({exc}): this process may write files only up to "
+                                "the size `ulimit -f` allows; raise the limit (or check the cache directory's disk)")
     if code & 0xFF in _ENVIRONMENT:
         return CacheUnavailable(f"cannot use the catalog {path} ({exc}); check the cache directory and its disk, "
                                 "or give --cache-dir another place")

@@ -166,6 +166,12 @@ class ForkPool:
                 try:
                     with stopsignals.held():  # (the at-fork callbacks run Python code: see stopsignals)
                         pid = _fork()
+                except BlockingIOError:  # (`ulimit -u`, or memory: the workers forked so far do the work)
+                    mine.close()
+                    theirs.close()
+                    if self._conns:
+                        break
+                    raise
                 finally:
                     if pid != 0:
                         signal.pthread_sigmask(signal.SIG_SETMASK, old)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from . import index as index_mod
 from . import pack as pack_mod
 from .catalog import Catalog
-from .errors import IntegrityError, ObjectNotFound, VaultError
+from .errors import IntegrityError, ObjectNotFound, PermanentError, VaultError
 from .ids import ID_LEN
 from .model import replaced_by_repair
 from .packwriter import PackWriter
@@ -456,7 +456,14 @@ class Pruner:
         work = (plan.delete or plan.repack or plan.unindexed or self.catalog.superseded_known()
                 or self.catalog.small_segments(SMALL_SEGMENT) >= MERGE_AT)
         if not self.opts.dry_run and work:
-            self._repack(plan)
+            try:
+                self._repack(plan)
+            except PermanentError as exc:
+                if not str(exc).startswith(("disk full", "no free inodes", "disk quota")):
+                    raise
+                raise PermanentError(f"{exc}; prune writes the repacked packs before it deletes anything: free some "
+                                     "space, or run 'vault prune --max-unused 100%' first (it deletes the wholly "
+                                     "unused packs and repacks nothing)") from None
             # the replaced index first, then (only then) what it no longer names
             old_segments = self._rewrite_index(plan)
             self._before_delete()  # still our exclusive lock? else stop: deleting is the one unsafe step

@@ -840,6 +840,8 @@ class Restorer:
         self._worker_requests: dict[int, dict] = {}
         self._abort = mmap.mmap(-1, 1)  # shared with the workers: set on Ctrl-C, they read no further range
         pool = ForkPool(processes, self._run_part, lambda: self._child_init(threads))
+        processes = len(pool)  # (fewer when the process limit stopped the forks: `ulimit -u`)
+        self._load = [0] * processes
         queued: list[collections.deque] = [collections.deque() for _ in range(processes)]
         in_hand: list[_FileTask] = []
         try:

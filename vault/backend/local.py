@@ -34,6 +34,7 @@ _PERMANENT = {
     errno.EMFILE: "too many open files",
     errno.ENFILE: "the system's table of open files is full",
     errno.ENOMEM: "out of memory",
+    errno.EFBIG: "file too large (for this process's file-size limit, `ulimit -f`, or the file system)",
 }
 if hasattr(errno, "EDQUOT"):
     _PERMANENT[errno.EDQUOT] = "disk quota exceeded"
