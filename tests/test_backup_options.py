@@ -557,3 +557,12 @@ def test_exclude_caches_and_exclude_if_present_keep_the_directory_and_its_tag(re
     repo("backup", src)
     assert "app/cache/sub/deep" in rel(src, paths_in(repo))
     assert repo("backup", src, "--exclude-if-present", "a/b", ok=2).code == 2
+
+
+def test_ls_long_shows_mode_owner_size_and_mtime(repo, tmp_path):
+    src = make_tree(tmp_path / "src", {"f.txt": b"12345"}, mtime_ns=1_700_000_000_000_000_000)
+    repo("backup", src)
+    line = next(ln for ln in repo("ls", "-l", "latest", src / "f.txt").out.splitlines() if ln.endswith("/f.txt"))
+    st = (src / "f.txt").stat()
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(1_700_000_000))
+    assert line.split() == ["-rw-r--r--", str(st.st_uid), str(st.st_gid), "5", *when.split(), str(src / "f.txt")]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 
 import click
 
@@ -58,10 +59,15 @@ _TYPE_BITS = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK
 
 
 def _line(path: bytes, n) -> str:
+    """``ls -l``: mode, owner and group ids, size, mtime (local time, to the second), path (as restic's)."""
     mode = stat.filemode(n.mode | _TYPE_BITS.get(n.type, 0))
     size = n.size if n.type == FILE else 0
     tail = f" -> {printable(os.fsdecode(n.target))}" if n.type == SYMLINK and n.target is not None else ""
-    return f"{mode} {size:>12} {printable(os.fsdecode(path))}{tail}"
+    try:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(n.mtime_ns // 1_000_000_000))
+    except (OverflowError, OSError, ValueError):  # (a time out of the platform's range)
+        when = "????-??-?? ??:??:??"
+    return f"{mode} {n.uid:>5} {n.gid:>5} {size:>12} {when} {printable(os.fsdecode(path))}{tail}"
 
 
 @cli.command()
