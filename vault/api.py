@@ -820,7 +820,8 @@ def _with_sync_problems(report: VerifyReport, problems: list[str]) -> VerifyRepo
 
 # --- verify / stats / keys / locks / catalog ----------------------------------------------------------
 def verify(settings: Settings, password: PasswordFn, read_data: bool = False,
-           subset: str | None = None, max_bytes: int | None = None) -> tuple[VerifyReport, dict]:
+           subset: str | None = None, max_bytes: int | None = None,
+           progress: Callable[[VerifyReport], None] | None = None) -> tuple[VerifyReport, dict]:
     with session(settings, password, lock="shared", operation="verify") as sess:
         jobs, processes = settings.jobs or 0, 0
         if local_repo_path(settings) is None:  # remote: threads (the network is the wait)
@@ -831,6 +832,7 @@ def verify(settings: Settings, password: PasswordFn, read_data: bool = False,
         checker = Checker(sess.repo, sess.catalog, read_data or max_bytes is not None, parse_subset(subset),
                           jobs=jobs, max_bytes=max_bytes, processes=processes,
                           fresh_backend=lambda: _backend(settings), piecewise=processes > 0)
+        checker.progress = progress
         report = _with_sync_problems(checker.run(), sess.sync.problems)
         return report, sum_stats([sess.requests(), checker.requests])
 

@@ -122,6 +122,7 @@ class Checker:
         ``requests``). ``piecewise``: packs are read ``READ_PIECE`` bytes at a time (a local repository), else
         whole (one request each: a remote store)."""
         self.repo, self.catalog = repo, catalog
+        self.progress: Callable[[VerifyReport], None] | None = None  # called as packs are read (this process)
         self.processes, self._fresh_backend, self.piecewise = processes, fresh_backend, piecewise
         self.requests: dict = {}
         self._failed: dict[bytes, set[bytes]] = {}  # pack -> its blocks the reads found bad (bounded by damage)
@@ -313,6 +314,8 @@ class Checker:
         if res.read:
             self.report.packs_read += 1
             self.report.bytes_read += res.read
+            if self.progress is not None:
+                self.progress(self.report)
         if not res.damage and not res.bad:
             good.append(res.pid)
 

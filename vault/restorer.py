@@ -77,6 +77,7 @@ class RestoreOptions:
     jobs: int = 0  # fetching threads (remote repositories: the connections)
     cpu_jobs: int = 0  # of those, how many decrypt/decompress/write at once (default: cores)
     processes: int = 0  # worker processes writing the files (0, 1: ``jobs`` threads of this process; see forkpool)
+    progress: Callable[[RestoreResult], None] | None = None  # called (this process only) as files are done
 
 
 @dataclass
@@ -225,6 +226,7 @@ class Restorer:
         self._index_asked = False  # whether blocks the catalog lacked were looked for in the repository's index
         self._fresh_backend = fresh_backend
         self.result = RestoreResult()
+        self._progress = opts.progress
         self._include = Matcher(opts.include)
         self._exclude = Matcher(opts.exclude)
         self._target = os.path.abspath(os.fsencode(opts.target))
@@ -560,6 +562,8 @@ class Restorer:
             self.result.bytes_written += task.written  # (a damaged or failed file's partial data: not counted)
             for p in problems:
                 self.result.warnings.append((_show(task.path), p))
+        if self._progress is not None:
+            self._progress(self.result)
 
     def _rename(self, tmp_dir: bytes, tmp: bytes, path: bytes, folds: bool = False) -> None:
         """Rename the temp file ``tmp`` in directory ``tmp_dir`` to snapshot path ``path``. ``folds``: another
@@ -791,6 +795,7 @@ class Restorer:
             self.repo = copy.copy(self.repo)
             self.repo.backend = self._fresh_backend()
         self._cpu = threading.BoundedSemaphore(1)
+        self._progress = None  # (the parent shows it, from the replies)
         self._bufs, self._tls = [], threading.local()
         self._child_pool = ThreadPoolExecutor(threads, thread_name_prefix="vault-restore") if threads > 1 else None
 
@@ -832,6 +837,8 @@ class Restorer:
             r.failed.setdefault(pid, set()).update(bids)
         if stats is not None:
             self._worker_requests[worker] = stats
+        if self._progress is not None:
+            self._progress(r)
 
     def _run_processes(self, processes: int, threads: int) -> None:
         """Fill the files in forked worker processes (no GIL shared between them); this process walks the

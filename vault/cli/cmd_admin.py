@@ -13,6 +13,7 @@ from ..checker import parse_size
 from ..pruner import PruneOptions
 from .common import get_ctx, global_options, human_bytes, local_time, printable, terminal_prompt
 from .main import cli
+from .progress import VerifyProgress
 
 
 @cli.command()
@@ -30,8 +31,12 @@ def verify(read_data: bool, read_data_subset: str | None, max_bytes: str | None)
     c = get_ctx()
     if read_data and read_data_subset is not None:
         raise UsageError("--read-data reads every pack and --read-data-subset some of them: give one")
-    report, requests = api.verify(c.settings, c.password_fn(), read_data, read_data_subset,
-                                  parse_size(max_bytes) if max_bytes is not None else None)
+    progress = VerifyProgress(enabled=not (c.quiet or c.json))
+    try:
+        report, requests = api.verify(c.settings, c.password_fn(), read_data, read_data_subset,
+                                      parse_size(max_bytes) if max_bytes is not None else None, progress=progress)
+    finally:
+        progress.done()
     if c.json:
         c.emit_json({"ok": report.ok, "snapshots": report.snapshots, "trees": report.trees,
                      "blocks_referenced": report.blocks_referenced, "packs": report.packs,

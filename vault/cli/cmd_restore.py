@@ -11,6 +11,7 @@ from .. import api
 from ..errors import UsageError
 from ..restorer import RestoreOptions
 from .common import get_ctx, global_options, human_bytes, printable
+from .progress import RestoreProgress
 from .main import cli
 
 
@@ -48,8 +49,12 @@ def restore(snapshot: str | None, target: str, at: str | None, includes: tuple[s
     if not snapshot and not at:
         raise UsageError("name a snapshot (id, prefix or 'latest') or use --at TIME")
     flt = api.SnapshotFilter(list(hosts), list(tags), list(paths))
-    snap, res = api.restore(c.settings, c.password_fn(), snapshot, RestoreOptions(target, list(includes),
-                            list(excludes)), at=at, flt=flt)
+    progress = RestoreProgress(enabled=not (c.quiet or c.json))
+    try:
+        snap, res = api.restore(c.settings, c.password_fn(), snapshot, RestoreOptions(
+            target, list(includes), list(excludes), progress=progress), at=at, flt=flt)
+    finally:
+        progress.done()
     c.warn_unreadable(res.passed_over, f"it may be newer than {snap.short_id}, the snapshot restored", always=True)
     original, dropped = snap.summary.get("repaired_from"), snap.summary.get("files_dropped")
     if isinstance(original, str):  # (latest and --at prefer repair's replacement: it lacks what was lost)

@@ -3,28 +3,32 @@
 from __future__ import annotations
 
 import sys
+import threading
 import time
 
 from .common import drop_dead_stderr, human_bytes, is_terminal
 
 
-class BackupProgress:
+class Progress:
+    """Called with the run's counters as it goes (from any thread); shows ``line(counters, seconds so far)`` in
+    place, at most every ``interval`` seconds."""
+
     def __init__(self, enabled: bool, interval: float = 0.2):
         self.enabled = enabled and is_terminal(sys.stderr)
         self.interval = interval
         self._last = 0.0
         self._start = time.monotonic()
+        self._lock = threading.Lock()
 
     def __call__(self, stats) -> None:
         now = time.monotonic()
-        if not self.enabled or now - self._last < self.interval:
+        if not self.enabled or now - self._last < self.interval or not self._lock.acquire(blocking=False):
             return
-        self._last = now
-        files = stats.files_new + stats.files_changed + stats.files_unmodified
-        rate = stats.bytes_read / max(now - self._start, 1e-3)
-        line = (f"{files} files, {stats.dirs} dirs, {human_bytes(stats.bytes_processed)} seen, "
-                f"{human_bytes(stats.bytes_read)} read ({human_bytes(rate)}/s), {human_bytes(stats.bytes_added)} added")
-        self._write("\r\033[K" + line[:200])
+        try:
+            self._last = now
+            self._write("\r\033[K" + self.line(stats, now - self._start)[:200])
+        finally:
+            self._lock.release()
 
     def done(self) -> None:
         if self.enabled and self._last:
@@ -39,4 +43,27 @@ class BackupProgress:
             self.enabled = False
             drop_dead_stderr()
 
+    def line(self, stats, elapsed: float) -> str:
+        raise NotImplementedError
 
+
+class BackupProgress(Progress):
+    def line(self, stats, elapsed: float) -> str:
+        files = stats.files_new + stats.files_changed + stats.files_unmodified
+        rate = stats.bytes_read / max(elapsed, 1e-3)
+        return (f"{files} files, {stats.dirs} dirs, {human_bytes(stats.bytes_processed)} seen, "
+                f"{human_bytes(stats.bytes_read)} read ({human_bytes(rate)}/s), {human_bytes(stats.bytes_added)} added")
+
+
+class RestoreProgress(Progress):
+    def line(self, res, elapsed: float) -> str:
+        rate = res.bytes_written / max(elapsed, 1e-3)
+        return (f"{res.files} files restored, {human_bytes(res.bytes_written)} written ({human_bytes(rate)}/s), "
+                f"{len(res.damaged)} damaged, {len(res.errors)} errors, {elapsed:.0f} s")
+
+
+class VerifyProgress(Progress):
+    def line(self, rep, elapsed: float) -> str:
+        rate = rep.bytes_read / max(elapsed, 1e-3)
+        return (f"{rep.packs_read} packs read, {human_bytes(rep.bytes_read)} ({human_bytes(rate)}/s), "
+                f"{len(rep.damage)} damaged objects so far, {elapsed:.0f} s")

@@ -1,0 +1,47 @@
+"""The progress line: on stderr only when it is a terminal -- backup, restore and verify --read-data."""
+
+from __future__ import annotations
+
+import os
+import pty
+import subprocess
+import sys
+
+from conftest import FAST_INIT, make_tree
+
+
+def _on_a_terminal(cli, *args) -> tuple[int, bytes, bytes]:
+    master, slave = pty.openpty()
+    try:
+        p = subprocess.run([sys.executable, "-m", "vault.cli.main", *map(str, args)], env={**os.environ, **cli.env()},
+                           stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL, timeout=120)
+        os.close(slave)
+        slave = -1
+        seen = b""
+        while True:
+            try:
+                piece = os.read(master, 65536)
+            except OSError:  # (EIO: the other side is closed and drained)
+                break
+            if not piece:
+                break
+            seen += piece
+        return p.returncode, p.stdout, seen
+    finally:
+        if slave >= 0:
+            os.close(slave)
+        os.close(master)
+
+
+def test_restore_and_verify_show_progress_on_a_terminal_only(cli, tmp_path):
+    cli("init", *FAST_INIT)
+    src = make_tree(tmp_path / "src", {f"f{i}": os.urandom(20_000) for i in range(20)})
+    cli("backup", src)
+    code, out, tty = _on_a_terminal(cli, "restore", "latest", "--target", tmp_path / "r")
+    assert code == 0 and b"files restored" in tty and b"\r" not in out and b"restored snapshot" in out, tty
+    code, out, tty = _on_a_terminal(cli, "verify", "--read-data")
+    assert code == 0 and b"packs read" in tty and b"no errors found" in out, tty
+    p = cli.proc("restore", "latest", "--target", tmp_path / "r2")  # (stderr a pipe: nothing but the result)
+    assert p.returncode == 0 and p.stderr == b"", p.stderr
+    code, out, tty = _on_a_terminal(cli, "-q", "verify", "--read-data")
+    assert code == 0 and b"packs read" not in tty
