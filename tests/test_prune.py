@@ -463,3 +463,31 @@ def test_a_merge_stopped_before_its_deletes_leaves_every_snapshot_restorable(rep
     shutil.rmtree(repo.cache)
     assert repo("--json", "verify", "--read-data").json["ok"] is True
     restores(repo, vs[3][0], src, vs[3][1], tmp_path / "fresh")
+
+
+def test_a_cache_disk_full_after_the_prune_is_a_warning_not_a_failed_prune(repo, tmp_path, monkeypatch):
+    """The cache filled up while the catalog reloaded the index the prune had rewritten: exit 1, "disk full",
+    for a prune that had done all its work (the next one found nothing to do) -- a monitoring job saw a failure."""
+    from vault.catalog import Catalog
+    from vault.errors import CacheUnavailable
+
+    src, vs = versions(tmp_path, repo, 4, unique=300_000)
+    repo("forget", "--keep-last", "2")
+    real, calls = Catalog.sync, []
+
+    def sync_then_full(self, r):
+        calls.append(1)
+        if len(calls) == 2:  # (the one after the prune)
+            raise CacheUnavailable("the disk under the cache directory is full (test)")
+        return real(self, r)
+
+    monkeypatch.setattr(Catalog, "sync", sync_then_full)
+    res = repo("--json", "prune", "--max-unused", "0%")
+    monkeypatch.undo()
+    assert res.json["packs_deleted"] + res.json["packs_repacked"] > 0
+    assert any("prune is done" in w for w in res.json["warnings"]), res.json["warnings"]
+    again = repo("--json", "prune", "--max-unused", "0%").json
+    assert again["packs_deleted"] == again["packs_repacked"] == 0
+    assert repo("--json", "verify", "--read-data").json["ok"] is True
+    for i, (sid, copy) in enumerate(vs[-2:]):
+        restores(repo, sid, src, copy, tmp_path / f"r{i}")

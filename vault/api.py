@@ -626,7 +626,11 @@ def _prune_in_session(sess: Session, settings: Settings, opts: PruneOptions,
     pruner.sync_problems = list(sess.sync.problems)
     report = pruner.run()
     if not opts.dry_run:
-        sess.sync = sess.catalog.sync(sess.repo)  # the index changed under the catalog: reload what moved
+        try:
+            sess.sync = sess.catalog.sync(sess.repo)  # the index changed under the catalog: reload what moved
+        except CacheUnavailable as exc:  # (a full cache disk: the repository's work is done, the cache waits)
+            report.warnings.append(f"prune is done, but this machine's catalog could not be brought up to date "
+                                   f"({exc}); the next command does it")
     return report
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from . import index as index_mod
 from . import pack as pack_mod
 from .catalog import Catalog
-from .errors import IntegrityError, ObjectNotFound, PermanentError, VaultError
+from .errors import CacheUnavailable, IntegrityError, ObjectNotFound, PermanentError, VaultError
 from .ids import ID_LEN
 from .model import replaced_by_repair
 from .packwriter import PackWriter
@@ -474,7 +474,10 @@ class Pruner:
         if not self.opts.dry_run:
             self._abort_multipart(started)
             rep.temp_files_removed = self.repo.backend.remove_temp_files()
-            self.catalog.drop_unwalked_trees()
+            try:
+                self.catalog.drop_unwalked_trees()
+            except CacheUnavailable as exc:  # (a full cache disk: what it would free is only the cache's)
+                rep.warnings.append(f"the catalog's trees of pruned snapshots are kept for now ({exc})")
         else:
             self._estimate_repack(plan)
         rep.bytes_freed = rep.bytes_deleted - rep.bytes_repacked_written
