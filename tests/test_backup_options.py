@@ -566,3 +566,17 @@ def test_ls_long_shows_mode_owner_size_and_mtime(repo, tmp_path):
     st = (src / "f.txt").stat()
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(1_700_000_000))
     assert line.split() == ["-rw-r--r--", str(st.st_uid), str(st.st_gid), "5", *when.split(), str(src / "f.txt")]
+
+
+def test_files_from_and_files_from_raw(repo, tmp_path):
+    src = make_tree(tmp_path / "src", {"a": {"x": b"1"}, "b": {"y": b"2"}, "c": b"3", os.fsdecode(b"n\xffme"): b"4"})
+    listing = tmp_path / "list.txt"
+    listing.write_bytes(f"{src / 'a'}\n# a comment\n\n{src / 'c'}\r\n".encode())
+    raw = tmp_path / "list.raw"
+    raw.write_bytes(os.fsencode(src / "b") + b"\0" + os.fsencode(src) + b"/n\xffme\0")
+    snap = repo("--json", "backup", "--files-from", listing, "--files-from-raw", raw).json["snapshot_id"]
+    got = rel(src, paths_in(repo, snap))
+    assert got == {"a", "a/x", "b", "b/y", "c", os.fsdecode(b"n\xffme")}, got
+    assert repo("backup", "--files-from", tmp_path / "missing", ok=2).code == 2
+    (tmp_path / "empty").write_bytes(b"# nothing\n")
+    assert repo("backup", "--files-from", tmp_path / "empty", ok=2).code == 2

@@ -93,6 +93,10 @@ def init(pack_size: int, compression_level: int, chunk_min: int, chunk_avg: int,
               "directories holding a file NAME (the directory and NAME are kept; repeatable).")
 @click.option("--exclude-caches", is_flag=True, help="Leave out the content of directories holding a CACHEDIR.TAG "
               "file with its signature (bford.info/cachedir).")
+@click.option("--files-from", "files_from", multiple=True, metavar="FILE", help="Read PATHS from FILE, one per line "
+              "('-': stdin; blank lines and lines starting with # skipped).")
+@click.option("--files-from-raw", "files_from_raw", multiple=True, metavar="FILE", help="Read PATHS from FILE, "
+              "separated by NUL bytes (find -print0; '-': stdin).")
 @click.option("-x", "--one-file-system", is_flag=True, help="Do not cross filesystem boundaries.")
 @click.option("-n", "--dry-run", is_flag=True, help="Read and chunk, but store nothing.")
 @click.option("--force", is_flag=True, help="Read every file again, even those whose size, times and inode match "
@@ -107,8 +111,8 @@ def init(pack_size: int, compression_level: int, chunk_min: int, chunk_avg: int,
 @global_options
 def backup(paths: tuple[str, ...], tags: tuple[str, ...], host: str | None, time_: str | None,
            excludes: tuple[str, ...], exclude_files: tuple[str, ...], if_present: tuple[str, ...],
-           exclude_caches: bool, one_file_system: bool, dry_run: bool, force: bool, stdin: bool,
-           stdin_filename: str, from_command: bool) -> int:
+           exclude_caches: bool, files_from: tuple[str, ...], files_from_raw: tuple[str, ...], one_file_system: bool,
+           dry_run: bool, force: bool, stdin: bool, stdin_filename: str, from_command: bool) -> int:
     """Back up PATHS into a new snapshot. Unchanged files are not read again.
 
     Exit 3 when the snapshot was written but some files could not be read (each is named).
@@ -120,6 +124,12 @@ def backup(paths: tuple[str, ...], tags: tuple[str, ...], host: str | None, time
     c = get_ctx()
     ctx = click.get_current_context()
     streamed = stdin or from_command
+    if (files_from or files_from_raw) and streamed:
+        raise UsageError("--files-from does not apply to --stdin or --stdin-from-command")
+    if files_from or files_from_raw:
+        paths = paths + _paths_from(files_from, files_from_raw)
+        if not paths:
+            raise UsageError("--files-from: the file(s) name no path")
     if stdin and from_command:
         raise UsageError("give --stdin or --stdin-from-command, not both")
     if not streamed and ctx.get_parameter_source("stdin_filename") != ParameterSource.DEFAULT:
@@ -188,6 +198,32 @@ def backup(paths: tuple[str, ...], tags: tuple[str, ...], host: str | None, time
         c.err(f"vault: {len(res.errors)} path(s) could not be read; the snapshot holds everything else")
         return 3
     return 0
+
+
+def _paths_from(lists: tuple[str, ...], raw: tuple[str, ...]) -> tuple[str, ...]:
+    """The PATHS of ``--files-from`` (lines; # comments) and ``--files-from-raw`` (NUL-separated) files, in
+    order, as the bytes they hold (any name: as str with surrogate escapes, the way click passes arguments)."""
+    out: list[str] = []
+    if (lists + raw).count("-") > 1:
+        raise UsageError("standard input ('-') can be read by one --files-from only")
+    for name, sep in [(f, b"\n") for f in lists] + [(f, b"\0") for f in raw]:
+        try:
+            if name == "-":
+                data = sys.stdin.buffer.read() if sys.stdin is not None else b""
+            else:
+                with open(name, "rb") as fh:
+                    data = fh.read()
+        except OSError as exc:
+            raise UsageError(f"cannot read --files-from {name}: {exc.strerror or exc}") from None
+        for item in data.split(sep):
+            if sep == b"\n":
+                item = item.removesuffix(b"\r")
+                if not item.strip() or item.startswith(b"#"):
+                    continue
+            elif not item:
+                continue
+            out.append(os.fsdecode(item))
+    return tuple(out)
 
 
 @contextlib.contextmanager
