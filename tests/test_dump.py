@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAST_INIT, make_tree
+from conftest import FAST_INIT, PASSWORD, make_tree
 from test_damage import first_data_pack_of, layout, pack_path
 
 MiB = 1 << 20
@@ -112,3 +113,71 @@ def test_dump_of_damaged_data_stops_names_the_file_and_exits_20(cli, tmp_path):
     path.unlink()
     p = cli.proc("dump", "latest", src / "f1.bin")
     assert p.returncode == 20 and str(src / "f1.bin").encode() in p.stderr, p.stderr
+
+
+def test_dump_reads_only_a_few_blocks_ahead_of_a_slow_writer(cli, tmp_path, monkeypatch):
+    """It submitted a whole batch of 256 block reads at once: a multi-GB file into a slow reader held up to 256
+    blocks (of up to 8 MiB) in memory -- 744 MB RSS for a 1 GB file."""
+    from vault import api
+    from vault.catalog import Catalog
+    from vault.config import Settings
+
+    cli("init", *FAST_INIT, "--chunk-min", "4096", "--chunk-avg", "8192", "--chunk-max", "16384")
+    src = make_tree(tmp_path / "src", {"f": random.Random(1).randbytes(3 * MiB)})
+    cli("backup", src)
+    real, loads = Catalog.load_block, [0]
+
+    def counted(self, repo, loc):
+        loads[0] += 1
+        return real(self, repo, loc)
+
+    monkeypatch.setattr(Catalog, "load_block", counted)
+
+    class SlowOut:
+        written = ahead = 0
+
+        def write(self, data):
+            self.written += 1
+            SlowOut.ahead = max(SlowOut.ahead, loads[0] - self.written)
+
+        def flush(self):
+            pass
+
+    out = SlowOut()
+    settings = Settings(repo=str(cli.repo), cache_dir=str(cli.cache))
+    api.dump(settings, lambda: PASSWORD.encode(), "latest", str(src / "f"), out)
+    assert out.written > 200 and SlowOut.ahead <= 4 + 1, (out.written, SlowOut.ahead)
+
+
+def test_dump_into_a_full_disk_or_a_closed_stdout_is_one_line_exit_1(cli, tmp_path, tree):
+    cli("init", *FAST_INIT)
+    cli("backup", tree)
+    for path in (tree / "big.bin", tree / "etc"):
+        with open("/dev/full", "wb") as full:
+            p = subprocess.run([sys.executable, "-m", "vault.cli.main", "dump", "latest", str(path)],
+                               env={**os.environ, **cli.env()}, stdout=full, stderr=subprocess.PIPE)
+        assert p.returncode == 1 and b"cannot write the output" in p.stderr and b"internal" not in p.stderr, p.stderr
+    p = subprocess.run([sys.executable, "-m", "vault.cli.main", "dump", "latest", str(tree / "big.bin")],
+                       env={**os.environ, **cli.env()}, stderr=subprocess.PIPE, preexec_fn=lambda: os.close(1))
+    assert p.returncode == 1 and b"closed" in p.stderr, p.stderr
+
+
+@pytest.mark.skipif(not shutil.which("tar"), reason="no tar")
+def test_gnu_tar_extracts_a_dumped_tree_with_its_directory_mtimes(cli, tmp_path):
+    """The stream listed every entry of a directory before their contents: GNU tar set each directory's mtime
+    when it met the first entry outside it, and the later entries inside then changed it to the time of the
+    extraction."""
+    cli("init", *FAST_INIT)
+    src = make_tree(tmp_path / "src", {"a": {"f": b"1", "deep": {"g": b"2"}}, "b": {"h": b"3"}, "z": b"4"},
+                    mtime_ns=1_577_836_800_000_000_000)
+    for d in ("a/deep", "a", "b", ""):  # (directories too: 2020-01-01, far from the time of the extraction)
+        os.utime(src / d, ns=(1_577_836_800_000_000_000, 1_577_836_800_000_000_000))
+    cli("backup", src)
+    out = tmp_path / "x"
+    out.mkdir()
+    tar = subprocess.run(["tar", "-x", "-C", str(out)], input=_dump(cli, "latest", src), capture_output=True)
+    assert tar.returncode == 0, tar.stderr
+    got = out / str(src).lstrip("/")
+    for d in ("", "a", "a/deep", "b"):
+        assert (got / d).stat().st_mtime_ns == (src / d).stat().st_mtime_ns, d
+    assert (got / "a/deep/g").read_bytes() == b"2"

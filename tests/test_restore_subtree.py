@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import FAST_INIT, assert_trees_equal, make_tree
+from conftest import assert_trees_equal, make_tree
 
 
 def test_restore_a_directory_of_a_snapshot_into_the_target_itself(repo, tmp_path):
@@ -19,3 +19,14 @@ def test_restore_a_directory_of_a_snapshot_into_the_target_itself(repo, tmp_path
     assert repo("restore", f"latest:{src / 'nope'}", "--target", tmp_path / "r4", ok=1).code == 1
     assert repo("restore", "latest:", "--target", tmp_path / "r5", ok=2).code == 2
     assert not (tmp_path / "r3").exists() and not (tmp_path / "r4").exists()
+
+
+def test_snapshot_colon_slash_is_the_whole_snapshot(repo, tmp_path):
+    """`latest:/` restored only the content of the snapshot's first top-level directory (exit 0)."""
+    one = make_tree(tmp_path / "one", {"f": b"1"})
+    two = make_tree(tmp_path / "two", {"g": b"2"})
+    repo("backup", one, two)
+    repo("restore", "latest:/", "--target", tmp_path / "r1")
+    repo("restore", "latest", "--target", tmp_path / "r2")
+    assert_trees_equal(tmp_path / "r2", tmp_path / "r1")
+    assert (tmp_path / "r1" / str(two).lstrip("/") / "g").read_bytes() == b"2"

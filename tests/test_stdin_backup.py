@@ -8,6 +8,7 @@ import random
 import stat
 import subprocess
 import sys
+import time
 
 from conftest import FAST_INIT
 
@@ -77,3 +78,22 @@ def test_standard_input_closed_is_no_internal_error(cli, tmp_path):
     p = subprocess.run([sys.executable, "-m", "vault.cli.main", "backup", "--stdin"], env={**os.environ, **cli.env()},
                        capture_output=True, timeout=60, **closed)
     assert p.returncode == 2 and b"closed" in p.stderr, p.stderr
+
+
+def test_a_non_blocking_pipe_and_a_slow_producer(cli, tmp_path):
+    """A parent (node, libuv) may leave the pipe non-blocking: the read failed with EAGAIN whenever the producer
+    was slow, and was reported as "the process limit is reached"."""
+    cli("init", *FAST_INIT)
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    p = subprocess.Popen([sys.executable, "-m", "vault.cli.main", "backup", "--stdin", "--stdin-filename", "slow"],
+                         env={**os.environ, **cli.env()}, stdin=r, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    os.close(r)
+    for i in range(5):
+        time.sleep(0.2)
+        os.write(w, b"piece %d\n" % i)
+    os.close(w)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert cli.proc("dump", "latest", "/slow").stdout == b"".join(b"piece %d\n" % i for i in range(5))
+    assert b"--exclude-caches" in _run(cli, "backup", "--stdin", "--exclude-caches", input=b"x").stderr

@@ -38,3 +38,17 @@ def test_tag_add_remove_set_keeps_the_state_and_copy_knows_it(cli, tmp_path):
     assert cli("tag", "latest", ok=2).code == 2
     assert cli("tag", "--set", "a", "--add", "b", "latest", ok=2).code == 2
     assert cli("tag", "--add", "x", "ffffffff", ok=1).code == 1
+
+
+def test_copy_warns_when_a_snapshot_was_retagged_since_it_was_copied(cli, tmp_path):
+    cli("init", *FAST_INIT)
+    src = make_tree(tmp_path / "src", {"f": b"data"})
+    cli("backup", src)
+    second = tmp_path / "second"
+    cli("init", *FAST_INIT, "--repo", second, "--copy-chunker-params-from", cli.repo)
+    cli("copy", "--to", second)
+    assert "other tags" not in cli("copy", "--to", second).err
+    cli("tag", "--add", "release", "latest")
+    res = cli("copy", "--to", second)
+    assert "1 snapshot(s) already there have other tags" in res.err and "vault tag" in res.err, res.err
+    assert len(cli("--json", "copy", "--to", second).json["tags_differ"]) == 1

@@ -382,7 +382,7 @@ def backup(settings: Settings, password: PasswordFn, opts: BackupOptions,
         try:
             workers.append(BackupWorkers(repo, processes, Catalog.file_path(settings.cache_dir,
                                                                          _cache_key(settings, repo.id))))
-        except OSError:  # (no anonymous file for the claims lock, no fork): threads do it
+        except (OSError, forkpool.ForkFailed):  # (no anonymous file for the claims lock, no fork): threads do it
             pass
 
     try:
@@ -428,8 +428,8 @@ def restore(settings: Settings, password: PasswordFn, spec: str | None, opts: Re
     with session(settings, password, lock="shared", operation="restore") as sess:
         snap = find_snapshot(sess, spec, at, flt)
         root = snap
-        if sub is not None:
-            _, node = next(ls(sess, snap, sub))
+        if sub is not None and _normalize(sub) != b"/":  # ("latest:/" is the whole snapshot)
+            _, node = next(ls(sess, snap, sub))  # (the first entry ``ls`` yields is PATH itself)
             if node.type != DIR or node.subtree is None:
                 raise VaultError(f"{sub} is a {node.type} in snapshot {snap.short_id}: SNAPSHOT:PATH restores a "
                                  "directory's content (one file: 'vault dump SNAPSHOT PATH > FILE')")
@@ -466,14 +466,14 @@ def dump(settings: Settings, password: PasswordFn, spec: str | None, path: str, 
         window = 4 if local_repo_path(settings) is not None else (settings.connections or 8)
         dumper = Dumper(sess.repo, sess.catalog, out, window, warn)
         if _normalize(path) == b"/":
-            dumper.tar(sess.catalog.walk(sess.repo, snap.tree))
+            dumper.tar(dumper.preorder(b"", snap.tree))
         else:
-            entries = ls(sess, snap, path)
-            base, node = next(entries)
+            base, node = next(ls(sess, snap, path))  # (PATH itself; its content is walked in tar's order)
             if node.type == FILE and not path.endswith("/"):
                 dumper.file(base, node)
             else:
-                dumper.tar(itertools.chain([(base, node)], entries))
+                below = dumper.preorder(base, node.subtree) if node.type == DIR and node.subtree else iter(())
+                dumper.tar(itertools.chain([(base, node)], below))
         return snap, dumper, passed_over(sess, spec, at, snap)
 
 

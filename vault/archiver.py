@@ -924,6 +924,7 @@ class Archiver:
             self._adopt_leftover_packs()
         stopped = False
         try:
+            os.set_blocking(fd, True)  # (a pipe a parent left non-blocking: EAGAIN whenever the producer is slow)
             blocks: list[bytes] = []
             for chunk in self.repo.chunker.cut_fd(fd):
                 bid = self.repo.block_id(chunk)

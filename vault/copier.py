@@ -42,6 +42,7 @@ class CopyReport:
     bytes_stored: int = 0
     trees_skipped: int = 0
     packs_adopted: int = 0  # left by an interrupted copy: indexed, not sent again
+    tags_differ: list[tuple[str, str]] = field(default_factory=list)  # (source, destination): retagged since
     duration_s: float = 0.0
 
     def to_json(self) -> dict:
@@ -49,6 +50,7 @@ class CopyReport:
                 "blocks_read": self.blocks_read, "blocks_stored": self.blocks_stored, "bytes_read": self.bytes_read,
                 "bytes_stored": self.bytes_stored, "trees_skipped": self.trees_skipped,
                 "packs_adopted": self.packs_adopted,
+                "tags_differ": [{"source": a, "destination": b} for a, b in self.tags_differ],
                 "duration_s": round(self.duration_s, 2)}
 
 
@@ -219,6 +221,7 @@ class Copier:
         # destination holds it already
         # (any number of copies back: A -> B -> C, then C -> A; see Snapshot.copy_keys)
         present = set().union(*(s.copy_keys() for s in theirs))
+        theirs_by_key = {k: s for s in theirs for k in s.copy_keys()}
         # (and one the destination lost without a forget: its repair writes it again from its catalog -- copied
         # now as well, the destination would hold it twice)
         present |= set().union(*(s.copy_keys() for s in self.dst_cat.lost_snapshots()))
@@ -229,6 +232,9 @@ class Copier:
             for snap in sorted(snaps, key=lambda s: (s.time, s.id)):
                 if snap.copy_keys() & present:
                     self.report.skipped.append(snap.id)
+                    there = next((theirs_by_key[k] for k in snap.copy_keys() if k in theirs_by_key), None)
+                    if there is not None and sorted(there.tags) != sorted(snap.tags):  # (a `vault tag` since)
+                        self.report.tags_differ.append((snap.id, there.id))
                     continue
                 self.log(f"copying snapshot {snap.short_id} ({snap.host}: {' '.join(snap.paths)})")
                 try:

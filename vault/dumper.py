@@ -7,6 +7,8 @@ passed off as whole. Memory stays flat: blocks are located a batch at a time and
 from __future__ import annotations
 
 import collections
+import contextlib
+import errno
 import os
 import stat
 import tarfile
@@ -15,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO
 
 from .catalog import Catalog
-from .errors import IntegrityError, ObjectNotFound
+from .errors import IntegrityError, ObjectNotFound, VaultError
 from .model import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SOCKET, SYMLINK, Node
 from .repository import Repository
 
@@ -36,24 +38,29 @@ class Dumper:
 
     # --- one file's bytes ---------------------------------------------------------------------------
     def _blocks(self, path: bytes, node: Node) -> Iterator[bytes]:
-        """The file's content, block by block, each checked; IntegrityError names the file."""
+        """The file's content, block by block, each checked; IntegrityError names the file. Blocks are located
+        LOOKUP_BATCH at a time, and at most ``window`` are read ahead of the writer (a slow reader, or blocks of
+        8 MiB: memory stays a few blocks)."""
         name = os.fsdecode(path)
         total = 0
+        ids = iter(node.blocks)
+        located: collections.deque = collections.deque()
         with ThreadPoolExecutor(max_workers=self.window, thread_name_prefix="vault-dump") as pool:
             ahead: collections.deque = collections.deque()
-            ids = iter(node.blocks)
             while True:
                 while len(ahead) < self.window:
-                    batch = [bid for _, bid in zip(range(LOOKUP_BATCH), ids)]
-                    if not batch:
-                        break
-                    where = self.catalog.lookup_many(batch)
-                    missing = {bid for bid in batch if bid not in where}
-                    if missing:
-                        self.catalog.check_not_lacking(self.repo, missing, "dump again")
-                        raise IntegrityError(f"{name}: block {min(missing).hex()[:16]} is in no index segment "
-                                             "(data missing; 'vault verify' names the damage)")
-                    ahead.extend(pool.submit(self.catalog.load_block, self.repo, where[bid]) for bid in batch)
+                    if not located:
+                        batch = [bid for _, bid in zip(range(LOOKUP_BATCH), ids)]
+                        if not batch:
+                            break
+                        where = self.catalog.lookup_many(batch)
+                        missing = {bid for bid in batch if bid not in where}
+                        if missing:
+                            self.catalog.check_not_lacking(self.repo, missing, "dump again")
+                            raise IntegrityError(f"{name}: block {min(missing).hex()[:16]} is in no index segment "
+                                                 "(data missing; 'vault verify' names the damage)")
+                        located.extend(where[bid] for bid in batch)
+                    ahead.append(pool.submit(self.catalog.load_block, self.repo, located.popleft()))
                 if not ahead:
                     break
                 try:
@@ -70,9 +77,10 @@ class Dumper:
             raise IntegrityError(f"{name}: its blocks hold {total} bytes, its entry says {node.size} (damaged tree)")
 
     def file(self, path: bytes, node: Node) -> None:
-        for data in self._blocks(path, node):
-            self.out.write(data)
-            self.bytes_written += len(data)
+        with _writing():
+            for data in self._blocks(path, node):
+                self.out.write(data)
+                self.bytes_written += len(data)
         self.entries += 1
 
     # --- a tree as tar ------------------------------------------------------------------------------
@@ -80,8 +88,8 @@ class Dumper:
         """A POSIX (pax) tar stream of ``entries`` (path, node), paths relative to the root as tar writes
         absolute ones. Hard links within the stream are tar links; sockets cannot be in a tar (a warning)."""
         links: dict[tuple[int, int], str] = {}
-        with tarfile.open(fileobj=self.out, mode="w|", format=tarfile.PAX_FORMAT, encoding="utf-8",
-                          errors="surrogateescape") as tf:
+        with _writing(), tarfile.open(fileobj=self.out, mode="w|", format=tarfile.PAX_FORMAT, encoding="utf-8",
+                                      errors="surrogateescape") as tf:
             for path, node in entries:
                 name = os.fsdecode(path.lstrip(b"/")) or "."
                 if node.type == SOCKET:
@@ -113,6 +121,37 @@ class Dumper:
                 else:
                     tf.addfile(ti)
                 self.entries += 1
+
+
+    def preorder(self, base: bytes, tree_id: bytes) -> Iterator[tuple[bytes, Node]]:
+        """Every entry below the tree ``tree_id`` (at ``base``), each directory followed at once by its whole
+        content: tar's order (GNU tar sets a directory's mtime when it meets the first entry outside it -- with all
+        of a directory's entries before their contents, the directories got the time of the extraction). One
+        tree per level is held (an explicit stack: no recursion limit)."""
+        stack: list[tuple[bytes, Iterator[Node]]] = [(base, iter(self.catalog.tree(self.repo, tree_id)))]
+        while stack:
+            where, entries = stack[-1]
+            child = next(entries, None)
+            if child is None:
+                stack.pop()
+                continue
+            path = where + b"/" + child.name
+            yield path, child
+            if child.type == DIR and child.subtree is not None:
+                stack.append((path, iter(self.catalog.tree(self.repo, child.subtree))))
+
+
+@contextlib.contextmanager
+def _writing() -> Iterator[None]:
+    """Writing to the output fails (a full disk behind the redirection, `ulimit -f`): one line, exit 1 -- not an
+    internal error. A closed pipe stays BrokenPipeError (exit 141, as any writer's)."""
+    try:
+        yield
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        hint = " (the file-size limit, `ulimit -f`?)" if exc.errno == errno.EFBIG else ""
+        raise VaultError(f"cannot write the output: {exc.strerror or exc}{hint}") from None
 
 
 class _Reader:

@@ -79,6 +79,11 @@ class WorkerError(VaultError):
     pass
 
 
+class ForkFailed(WorkerError):
+    """Not one worker process could be started (fork's EAGAIN: `ulimit -u`, or memory): the callers then do the
+    work in this process."""
+
+
 class WorkerCrash(RuntimeError):
     """An unexpected exception in a worker: ``str`` is its one line; the child's traceback is a note."""
 
@@ -171,7 +176,8 @@ class ForkPool:
                     theirs.close()
                     if self._conns:
                         break
-                    raise
+                    raise ForkFailed("cannot start a worker process: the process limit is reached (`ulimit -u`) "
+                                     "or memory is short") from None
                 finally:
                     if pid != 0:
                         signal.pthread_sigmask(signal.SIG_SETMASK, old)

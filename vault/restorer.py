@@ -975,9 +975,13 @@ class Restorer:
     def _run(self) -> RestoreResult:
         jobs = self.opts.jobs or max(2, os.cpu_count() or 2)
         processes = self.opts.processes
-        if processes > 1 and forkpool.available():
-            self._run_processes(processes, max(1, -(-jobs // processes)))
-        else:
+        forked = processes > 1 and forkpool.available()
+        if forked:
+            try:
+                self._run_processes(processes, max(1, -(-jobs // processes)))
+            except forkpool.ForkFailed:  # (not one worker could be forked, before any work: threads do it)
+                forked = False
+        if not forked:
             self._run_threads(jobs)
         self._finish_links()
         self._finish_others()

@@ -138,7 +138,8 @@ def backup(paths: tuple[str, ...], tags: tuple[str, ...], host: str | None, time
         if not valid_name(os.fsencode(name)):
             raise UsageError(f"--exclude-if-present takes a file name (no '/'), not {name!r}")
     if streamed:
-        for given, what in ((excludes or exclude_files or if_present or exclude_caches, "--exclude"),
+        for given, what in ((excludes, "--exclude"), (exclude_files, "--exclude-file"),
+                            (if_present, "--exclude-if-present"), (exclude_caches, "--exclude-caches"),
                             (one_file_system, "--one-file-system"), (force, "--force")):
             if given:
                 raise UsageError(f"{what} does not apply to --stdin{'-from-command' if from_command else ''}")

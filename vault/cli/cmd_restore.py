@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 import click
 
 from .. import api
-from ..errors import UsageError
+from ..errors import UsageError, VaultError
 from ..restorer import RestoreOptions
 from .common import get_ctx, global_options, human_bytes, printable
 from .progress import RestoreProgress
@@ -132,7 +131,9 @@ def dump(args: tuple[str, ...], at: str | None, hosts: tuple[str, ...], tags: tu
     if c.json:
         raise UsageError("dump writes the data itself to stdout: --json does not apply")
     spec, path = (None, args[0]) if at else args
-    out = sys.stdout.buffer if sys.stdout is not None else open(os.devnull, "wb")
+    if sys.stdout is None:  # (started with it closed: the data would go nowhere, and exit 0 would say it went)
+        raise VaultError("dump writes to standard output, which is closed: redirect it (vault dump ... > FILE)")
+    out = sys.stdout.buffer
     snap, dumper, passed = api.dump(c.settings, c.password_fn(), spec, path, out, at=at,
                                     flt=api.SnapshotFilter(list(hosts), list(tags), list(paths)),
                                     warn=lambda m: c.err(printable(f"vault: warning: {m}")))

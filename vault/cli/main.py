@@ -149,10 +149,6 @@ def main(argv: list[str] | None = None) -> int:
         elif exc.errno in (errno.EMFILE, errno.ENFILE):  # (anywhere: even a module loaded late, e.g. _strptime)
             stderr_line("vault: too many open files (raise the limit: `ulimit -n`)")
             code = 1
-        elif exc.errno == errno.EAGAIN and isinstance(exc, BlockingIOError):  # (fork: worker processes)
-            stderr_line("vault: cannot start a worker process: the process limit is reached (`ulimit -u`) or memory "
-                        "is short (--jobs 1 runs in one process); nothing already in the repository is affected")
-            code = 1
         elif exc.errno == errno.ENOMEM:  # (mmap of a pack buffer, fork: an OSError, not a MemoryError)
             stderr_line("vault: out of memory (a limit such as `ulimit -v`, or the machine's); nothing already in "
                         "the repository is affected")
