@@ -544,14 +544,17 @@ def test_a_path_the_kernel_cannot_resolve_is_an_error_not_what_its_text_normalis
 def test_exclude_caches_and_exclude_if_present_keep_the_directory_and_its_tag(repo, tmp_path):
     sig = b"Signature: 8a477f597d28d172789f06886806bc55\n# a cache\n"
     src = make_tree(tmp_path / "src", {
+        "linked": {"junk": b"j"}, "real.tag": sig,
         "app": {"cache": {"CACHEDIR.TAG": sig, "blob": b"x", "sub": {"deep": b"y"}}, "conf": b"c"},
         "fake": {"CACHEDIR.TAG": b"not the signature", "data": b"d"},
         "vm": {".nobackup": b"", "disk.img": b"i", "named": {"keep.me": b"k"}},
         "other": {"keep": b"k"},
     })
+    os.symlink("../real.tag", src / "linked" / "CACHEDIR.TAG")  # (a symlink to a tag counts, as for restic)
     repo("backup", src, src / "vm" / "named", "--exclude-caches", "--exclude-if-present", ".nobackup")
     got = rel(src, paths_in(repo))
-    assert got == {"app", "app/cache", "app/cache/CACHEDIR.TAG", "app/conf", "fake", "fake/CACHEDIR.TAG",
+    assert got == {"linked", "linked/CACHEDIR.TAG", "real.tag",
+                   "app", "app/cache", "app/cache/CACHEDIR.TAG", "app/conf", "fake", "fake/CACHEDIR.TAG",
                    "fake/data", "vm", "vm/.nobackup", "vm/named", "vm/named/keep.me", "other", "other/keep"}, got
     # without the options everything is in; a name with '/' is a usage error
     repo("backup", src)
@@ -577,6 +580,16 @@ def test_files_from_and_files_from_raw(repo, tmp_path):
     snap = repo("--json", "backup", "--files-from", listing, "--files-from-raw", raw).json["snapshot_id"]
     got = rel(src, paths_in(repo, snap))
     assert got == {"a", "a/x", "b", "b/y", "c", os.fsdecode(b"n\xffme")}, got
+    # restic's rules: lines trimmed, globs expanded (one that matches nothing skipped, with a warning);
+    # --files-from-verbatim takes each line as it is
+    globs = tmp_path / "globs.txt"
+    globs.write_bytes(f"  {src / 'a'}  \n{src / '[bc]'}\n{src / 'nothing-*'}\n".encode())
+    res = repo("--json", "backup", "--files-from", globs)
+    assert "nothing-*" in res.err and "matches nothing" in res.err
+    assert rel(src, paths_in(repo, res.json["snapshot_id"])) == {"a", "a/x", "b", "b/y", "c"}
+    verbatim = tmp_path / "verbatim.txt"
+    verbatim.write_bytes(f"{src / 'a'}\n\n{src / '[bc]'}\n".encode())
+    assert repo("backup", "--files-from-verbatim", verbatim, ok=3).code == 3  # ('[bc]' is no file of that name)
     assert repo("backup", "--files-from", tmp_path / "missing", ok=2).code == 2
     (tmp_path / "empty").write_bytes(b"# nothing\n")
     assert repo("backup", "--files-from", tmp_path / "empty", ok=2).code == 2

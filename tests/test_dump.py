@@ -160,6 +160,21 @@ def test_dump_into_a_full_disk_or_a_closed_stdout_is_one_line_exit_1(cli, tmp_pa
     p = subprocess.run([sys.executable, "-m", "vault.cli.main", "dump", "latest", str(tree / "big.bin")],
                        env={**os.environ, **cli.env()}, stderr=subprocess.PIPE, preexec_fn=lambda: os.close(1))
     assert p.returncode == 1 and b"closed" in p.stderr, p.stderr
+    # PYTHONUNBUFFERED (Docker, CI): stdout is a raw FileIO, whose write takes part of the bytes at a full disk
+    # and says so only by its count -- the dump was cut short with exit 0
+    with open("/dev/full", "wb") as full:
+        p = subprocess.run([sys.executable, "-m", "vault.cli.main", "dump", "latest", str(tree / "etc" / "hosts")],
+                           env={**os.environ, **cli.env(), "PYTHONUNBUFFERED": "1"}, stdout=full, stderr=subprocess.PIPE)
+    assert p.returncode == 1 and b"cannot write the output" in p.stderr, p.stderr
+    limited = tmp_path / "limited"
+    p = subprocess.run([sys.executable, "-c", "import resource, runpy, sys; "
+                        "resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000)); "
+                        "sys.argv = ['vault', 'dump', 'latest', sys.argv[1]]; runpy.run_module('vault.cli.main', "
+                        "run_name='__main__')", str(tree / "big.bin")],
+                       env={**os.environ, **cli.env(), "PYTHONUNBUFFERED": "1"}, stdout=open(limited, "wb"),
+                       stderr=subprocess.PIPE)
+    assert p.returncode == 1 and b"ulimit -f" in p.stderr, p.stderr
+    assert cli.proc("dump", "latest", "").returncode == 2
 
 
 @pytest.mark.skipif(not shutil.which("tar"), reason="no tar")

@@ -45,3 +45,20 @@ def test_restore_and_verify_show_progress_on_a_terminal_only(cli, tmp_path):
     assert p.returncode == 0 and p.stderr == b"", p.stderr
     code, out, tty = _on_a_terminal(cli, "-q", "verify", "--read-data")
     assert code == 0 and b"packs read" not in tty
+
+
+def test_a_tar_stream_is_not_written_to_a_terminal(cli, tmp_path):
+    cli("init", *FAST_INIT)
+    src = make_tree(tmp_path / "src", {"f": b"text\n"})
+    cli("backup", src)
+    master, slave = pty.openpty()
+    try:
+        p = subprocess.run([sys.executable, "-m", "vault.cli.main", "dump", "latest", str(src)],
+                           env={**os.environ, **cli.env()}, stdout=slave, stderr=subprocess.PIPE, timeout=60)
+        assert p.returncode == 1 and b"terminal" in p.stderr, p.stderr
+        p = subprocess.run([sys.executable, "-m", "vault.cli.main", "dump", "latest", str(src / "f")],
+                           env={**os.environ, **cli.env()}, stdout=slave, stderr=subprocess.PIPE, timeout=60)
+        assert p.returncode == 0 and os.read(master, 100).replace(b"\r", b"") == b"text\n"  # (one file: shown)
+    finally:
+        os.close(slave)
+        os.close(master)

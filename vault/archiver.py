@@ -608,9 +608,10 @@ class Archiver:
 
     @staticmethod
     def _cachedir_tag(fd: int, name: bytes) -> bool:
-        """Whether ``name`` is a regular file starting with the Cache Directory Tagging signature."""
+        """Whether ``name`` is a regular file starting with the Cache Directory Tagging signature (a symlink to one
+        counts, as restic and tar count it: only its first bytes are compared; a FIFO or device never blocks)."""
         try:
-            tag = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
+            tag = os.open(name, os.O_RDONLY | os.O_NONBLOCK, dir_fd=fd)
         except OSError:
             return False
         try:

@@ -77,7 +77,7 @@ class Dumper:
             raise IntegrityError(f"{name}: its blocks hold {total} bytes, its entry says {node.size} (damaged tree)")
 
     def file(self, path: bytes, node: Node) -> None:
-        with _writing():
+        with writing():
             for data in self._blocks(path, node):
                 self.out.write(data)
                 self.bytes_written += len(data)
@@ -87,8 +87,10 @@ class Dumper:
     def tar(self, entries: Iterator[tuple[bytes, Node]]) -> None:
         """A POSIX (pax) tar stream of ``entries`` (path, node), paths relative to the root as tar writes
         absolute ones. Hard links within the stream are tar links; sockets cannot be in a tar (a warning)."""
+        if self.out.isatty():  # (restic refuses any dump to a terminal; one file of text there is useful)
+            raise VaultError("a tar stream is not written to a terminal: redirect it (> FILE.tar, | tar -x)")
         links: dict[tuple[int, int], str] = {}
-        with _writing(), tarfile.open(fileobj=self.out, mode="w|", format=tarfile.PAX_FORMAT, encoding="utf-8",
+        with writing(), tarfile.open(fileobj=self.out, mode="w|", format=tarfile.PAX_FORMAT, encoding="utf-8",
                                       errors="surrogateescape") as tf:
             for path, node in entries:
                 name = os.fsdecode(path.lstrip(b"/")) or "."
@@ -142,7 +144,7 @@ class Dumper:
 
 
 @contextlib.contextmanager
-def _writing() -> Iterator[None]:
+def writing() -> Iterator[None]:
     """Writing to the output fails (a full disk behind the redirection, `ulimit -f`): one line, exit 1 -- not an
     internal error. A closed pipe stays BrokenPipeError (exit 141, as any writer's)."""
     try:

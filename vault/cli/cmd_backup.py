@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import os
 import subprocess
 import sys
@@ -94,7 +95,9 @@ def init(pack_size: int, compression_level: int, chunk_min: int, chunk_avg: int,
 @click.option("--exclude-caches", is_flag=True, help="Leave out the content of directories holding a CACHEDIR.TAG "
               "file with its signature (bford.info/cachedir).")
 @click.option("--files-from", "files_from", multiple=True, metavar="FILE", help="Read PATHS from FILE, one per line "
-              "('-': stdin; blank lines and lines starting with # skipped).")
+              "('-': stdin; lines trimmed, blank ones and # comments skipped, glob patterns expanded).")
+@click.option("--files-from-verbatim", "files_verbatim", multiple=True, metavar="FILE", help="Read PATHS from FILE, "
+              "one per line, each taken as it is ('-': stdin).")
 @click.option("--files-from-raw", "files_from_raw", multiple=True, metavar="FILE", help="Read PATHS from FILE, "
               "separated by NUL bytes (find -print0; '-': stdin).")
 @click.option("-x", "--one-file-system", is_flag=True, help="Do not cross filesystem boundaries.")
@@ -111,7 +114,8 @@ def init(pack_size: int, compression_level: int, chunk_min: int, chunk_avg: int,
 @global_options
 def backup(paths: tuple[str, ...], tags: tuple[str, ...], host: str | None, time_: str | None,
            excludes: tuple[str, ...], exclude_files: tuple[str, ...], if_present: tuple[str, ...],
-           exclude_caches: bool, files_from: tuple[str, ...], files_from_raw: tuple[str, ...], one_file_system: bool,
+           exclude_caches: bool, files_from: tuple[str, ...], files_verbatim: tuple[str, ...],
+           files_from_raw: tuple[str, ...], one_file_system: bool,
            dry_run: bool, force: bool, stdin: bool, stdin_filename: str, from_command: bool) -> int:
     """Back up PATHS into a new snapshot. Unchanged files are not read again.
 
@@ -124,10 +128,11 @@ def backup(paths: tuple[str, ...], tags: tuple[str, ...], host: str | None, time
     c = get_ctx()
     ctx = click.get_current_context()
     streamed = stdin or from_command
-    if (files_from or files_from_raw) and streamed:
+    if (files_from or files_verbatim or files_from_raw) and streamed:
         raise UsageError("--files-from does not apply to --stdin or --stdin-from-command")
-    if files_from or files_from_raw:
-        paths = paths + _paths_from(files_from, files_from_raw)
+    if files_from or files_verbatim or files_from_raw:
+        paths = paths + _paths_from(files_from, files_verbatim, files_from_raw,
+                                    lambda m: c.err(printable(f"vault: warning: {m}")))
         if not paths:
             raise UsageError("--files-from: the file(s) name no path")
     if stdin and from_command:
@@ -201,13 +206,16 @@ def backup(paths: tuple[str, ...], tags: tuple[str, ...], host: str | None, time
     return 0
 
 
-def _paths_from(lists: tuple[str, ...], raw: tuple[str, ...]) -> tuple[str, ...]:
-    """The PATHS of ``--files-from`` (lines; # comments) and ``--files-from-raw`` (NUL-separated) files, in
-    order, as the bytes they hold (any name: as str with surrogate escapes, the way click passes arguments)."""
+def _paths_from(lists: tuple[str, ...], verbatim: tuple[str, ...], raw: tuple[str, ...],
+                warn: Callable[[str], None]) -> tuple[str, ...]:
+    """The PATHS of the ``--files-from*`` files, in order, as the bytes they hold (str with surrogate escapes, as
+    click passes arguments). ``--files-from`` is restic's: lines trimmed, blank ones and ``#`` comments skipped,
+    glob patterns expanded (one that matches nothing is skipped with a warning); ``--files-from-verbatim``: each
+    line as it is; ``--files-from-raw``: NUL-separated."""
     out: list[str] = []
-    if (lists + raw).count("-") > 1:
+    if (lists + verbatim + raw).count("-") > 1:
         raise UsageError("standard input ('-') can be read by one --files-from only")
-    for name, sep in [(f, b"\n") for f in lists] + [(f, b"\0") for f in raw]:
+    for name, kind in [(f, "lines") for f in lists] + [(f, "verbatim") for f in verbatim] + [(f, "raw") for f in raw]:
         try:
             if name == "-":
                 data = sys.stdin.buffer.read() if sys.stdin is not None else b""
@@ -216,14 +224,21 @@ def _paths_from(lists: tuple[str, ...], raw: tuple[str, ...]) -> tuple[str, ...]
                     data = fh.read()
         except OSError as exc:
             raise UsageError(f"cannot read --files-from {name}: {exc.strerror or exc}") from None
-        for item in data.split(sep):
-            if sep == b"\n":
+        for item in data.split(b"\0" if kind == "raw" else b"\n"):
+            if kind == "verbatim":
                 item = item.removesuffix(b"\r")
-                if not item.strip() or item.startswith(b"#"):
+            elif kind == "lines":
+                item = item.strip()
+                if item.startswith(b"#"):
                     continue
-            elif not item:
-                continue
-            out.append(os.fsdecode(item))
+                if glob.has_magic(item):
+                    found = sorted(glob.glob(item))
+                    if not found:
+                        warn(f"--files-from {name}: {os.fsdecode(item)} matches nothing: skipped")
+                    out.extend(os.fsdecode(p) for p in found)
+                    continue
+            if item:
+                out.append(os.fsdecode(item))
     return tuple(out)
 
 

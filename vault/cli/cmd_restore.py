@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
+import os
 import sys
 
 import click
 
 from .. import api
+from ..dumper import writing
 from ..errors import UsageError, VaultError
 from ..restorer import RestoreOptions
 from .common import get_ctx, global_options, human_bytes, printable
@@ -131,13 +134,20 @@ def dump(args: tuple[str, ...], at: str | None, hosts: tuple[str, ...], tags: tu
     if c.json:
         raise UsageError("dump writes the data itself to stdout: --json does not apply")
     spec, path = (None, args[0]) if at else args
+    if not path:
+        raise UsageError("PATH is empty: name a path in the snapshot ('/' for all of it)")
     if sys.stdout is None:  # (started with it closed: the data would go nowhere, and exit 0 would say it went)
         raise VaultError("dump writes to standard output, which is closed: redirect it (vault dump ... > FILE)")
     out = sys.stdout.buffer
+    if not isinstance(out, io.BufferedIOBase):  # (PYTHONUNBUFFERED, python -u: a raw FileIO, whose write may take
+        # part of the bytes and say so only by its count -- a full disk cut the dump short with exit 0; a
+        # BufferedWriter raises instead. Over a copy of the descriptor: closing it must not close stdout)
+        out = io.BufferedWriter(io.FileIO(os.dup(out.fileno()), "wb"), 1 << 20)
     snap, dumper, passed = api.dump(c.settings, c.password_fn(), spec, path, out, at=at,
                                     flt=api.SnapshotFilter(list(hosts), list(tags), list(paths)),
                                     warn=lambda m: c.err(printable(f"vault: warning: {m}")))
-    out.flush()
+    with writing():
+        out.flush()
     c.warn_unreadable(passed, f"it may be newer than {snap.short_id}, the snapshot dumped", always=True)
     if c.verbose:
         c.err(f"dumped {dumper.entries} entr{'y' if dumper.entries == 1 else 'ies'} of snapshot {snap.short_id}, "
