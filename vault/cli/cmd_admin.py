@@ -252,9 +252,10 @@ def copy(snapshots, to_url, to_password_file, to_password_command, hosts, tags, 
     c.out(f"copied {len(rep.copied)} snapshot(s), {len(rep.skipped)} already there; stored {rep.blocks_stored} "
           f"new blocks ({human_bytes(rep.bytes_stored)}), read {rep.blocks_read} blocks ({human_bytes(rep.bytes_read)})")
     if rep.tags_differ and not c.quiet:
+        there = " ".join(d[:8] for _, d in rep.tags_differ[:10]) + (" ..." if len(rep.tags_differ) > 10 else "")
         c.err(f"vault: warning: {len(rep.tags_differ)} snapshot(s) already there have other tags there (retagged "
-              f"since they were copied, e.g. {rep.tags_differ[0][0][:8]} here, {rep.tags_differ[0][1][:8]} there): "
-              "copy does not change them; run the same 'vault tag' on the destination")
+              "since they were copied; copy does not change them): retag them there, by their ids there: "
+              f"vault --repo {to_url} tag ... {there}")
 
 
 @cli.command()
