@@ -644,8 +644,8 @@ def forget(settings: Settings, password: PasswordFn, ids: list[str], policy: Pol
         raise UsageError("no policy and no snapshot given: refusing to forget anything "
                          "(e.g. --keep-daily 7 --keep-weekly 5, or name snapshots)")
     if policy is not None and policy.is_empty() and not ids:
-        raise UsageError("no --keep-* option that keeps anything (none given, or all 0): refusing to forget every "
-                         "snapshot (e.g. --keep-daily 7)")
+        raise UsageError("no --keep-* option that keeps anything (none given, or all 0): refusing to forget all but "
+                         "the newest snapshot of each group (e.g. --keep-daily 7)")
     still: list[str] = []
     with session(settings, password, lock=None if dry_run else "shared", operation="forget") as sess:
         snaps = [s for s in sess.catalog.snapshots() if flt.matches(s)]
