@@ -60,7 +60,8 @@ def test_a_command_that_fails_writes_no_snapshot(cli, tmp_path):
 def test_stdin_usage_errors(cli, tmp_path):
     cli("init", *FAST_INIT)
     for args in (["--stdin", "/etc"], ["--stdin", "--stdin-from-command", "--", "true"], ["--stdin-from-command"],
-                 ["--stdin", "--exclude", "*.tmp"], ["--stdin", "--stdin-filename", "a/b"],
+                 ["--stdin", "--exclude", "*.tmp"], ["--stdin", "--stdin-filename", "a//b"],
+                 ["--stdin", "--stdin-filename", "a/../b"], ["--stdin", "--stdin-filename", "/"],
                  ["--stdin", "--stdin-filename", ".."], ["--stdin-filename", "x", str(tmp_path)], []):
         p = _run(cli, "backup", *args, input=b"data")
         assert p.returncode == 2 and len(p.stderr.splitlines()) == 1 and b"Traceback" not in p.stderr, (args, p.stderr)
@@ -97,3 +98,17 @@ def test_a_non_blocking_pipe_and_a_slow_producer(cli, tmp_path):
     assert p.returncode == 0, err
     assert cli.proc("dump", "latest", "/slow").stdout == b"".join(b"piece %d\n" % i for i in range(5))
     assert b"--exclude-caches" in _run(cli, "backup", "--stdin", "--exclude-caches", input=b"x").stderr
+
+
+def test_a_stdin_filename_with_directories(cli, tmp_path):
+    """restic stores `--stdin-filename dumps/db.sql` as /dumps/db.sql; vault refused any '/'."""
+    cli("init", *FAST_INIT)
+    for name in ("/var/dumps/db.sql", "var/dumps/db.sql"):
+        p = _run(cli, "--json", "backup", "--stdin", "--stdin-filename", name, input=b"dump\n")
+        assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["files_unmodified"] == 1  # (the second: the same path, the first its parent)
+    assert cli("--json", "snapshots").json[-1]["paths"] == ["/var/dumps/db.sql"]
+    assert cli.proc("dump", "latest", "/var/dumps/db.sql").stdout == b"dump\n"
+    cli("restore", "latest", "--target", tmp_path / "r")
+    assert (tmp_path / "r" / "var" / "dumps" / "db.sql").read_bytes() == b"dump\n"
+    assert stat.S_IMODE((tmp_path / "r" / "var" / "dumps").stat().st_mode) == 0o700

@@ -909,16 +909,22 @@ class Archiver:
 
     def run_stream(self, name: bytes, fd: int, check_source: Callable[[], None] = lambda: None) -> Snapshot | None:
         """Back up what ``fd`` yields until its end (a pipe: ``backup --stdin``) as one file ``/name`` -- the
-        snapshot's path. ``check_source`` is called at the end of the stream, before anything is committed: it
-        raises when the producer failed (``--stdin-from-command``), and no snapshot is written."""
+        snapshot's path; ``name`` may hold directories (``dumps/db.sql``: they are made, 0700). ``check_source``
+        is called at the end of the stream, before anything is committed: it raises when the producer failed
+        (``--stdin-from-command``), and no snapshot is written."""
         t0 = time.monotonic()
         host = self.opts.host or socket.gethostname()
-        paths = [_display(b"/" + name)]
+        parts = name.strip(b"/").split(b"/")
+        paths = [_display(b"/" + b"/".join(parts))]
         parent = self.find_parent(host, paths)
         old = None
         if parent is not None:
             try:
-                old = next((n for n in self.catalog.tree(self.repo, parent.tree) if n.name == name), None)
+                tree_id: bytes | None = parent.tree
+                for part in parts:
+                    old = next((n for n in self.catalog.tree(self.repo, tree_id) if n.name == part), None) \
+                        if tree_id is not None else None
+                    tree_id = old.subtree if old is not None else None
             except VaultError:  # (an unreadable parent: the stream is new to it)
                 old = None
         if not self.opts.dry_run:
@@ -940,14 +946,18 @@ class Archiver:
                 if self._progress is not None:
                     self._progress(self.stats)
             check_source()
-            node = Node(name, FILE, mode=0o600, uid=os.getuid(), gid=os.getgid(), size=self.stats.bytes_read,
-                        mtime_ns=time.time_ns(), blocks=blocks)
+            now = time.time_ns()
+            node = Node(parts[-1], FILE, mode=0o600, uid=os.getuid(), gid=os.getgid(), size=self.stats.bytes_read,
+                        mtime_ns=now, blocks=blocks)
             if old is None:
                 self.stats.files_new = 1
             elif old.type == FILE and old.blocks == blocks:
                 self.stats.files_unmodified = 1
             else:
                 self.stats.files_changed = 1
+            for part in reversed(parts[:-1]):  # (the directories above it, innermost first)
+                node = Node(part, DIR, mode=0o700, uid=os.getuid(), gid=os.getgid(), mtime_ns=now,
+                            subtree=self._store_tree(Tree([node])))
             root = self._store_tree(Tree([node]))
             if not self.opts.dry_run:
                 self.packer.flush()

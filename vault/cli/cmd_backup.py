@@ -149,8 +149,10 @@ def backup(paths: tuple[str, ...], tags: tuple[str, ...], host: str | None, time
             if given:
                 raise UsageError(f"{what} does not apply to --stdin{'-from-command' if from_command else ''}")
         name = os.fsencode(stdin_filename)
-        if not valid_name(name) or len(name) > 255:
-            raise UsageError("--stdin-filename must be one file name (no '/', not '.' or '..', at most 255 bytes)")
+        parts = name.strip(b"/").split(b"/")
+        if not all(valid_name(p) and len(p) <= 255 for p in parts):
+            raise UsageError("--stdin-filename must be a file name or a path of names (dumps/db.sql: no empty "
+                             "component, '.' or '..'; at most 255 bytes each)")
         if stdin and paths not in ((), ("-",)):
             raise UsageError("--stdin backs up standard input: give no PATHS")
         if from_command and not paths:
