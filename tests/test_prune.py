@@ -429,6 +429,8 @@ def test_prune_merges_the_small_index_segments_every_backup_writes(anyrepo, tmp_
     src, vs = versions(tmp_path, anyrepo, 8, unique=20_000)
     before = _segments(anyrepo)
     assert before >= 8
+    assert anyrepo("--json", "prune", "--dry-run").json["segments_merged"] >= 5  # (what it would merge)
+    assert _segments(anyrepo) == before
     res = anyrepo("--json", "prune").json  # (nothing to delete: merging alone is the work)
     assert res["segments_merged"] >= 5 and res["packs_deleted"] == 0, res
     assert _segments(anyrepo) <= before - res["segments_merged"] + res["segments_written"] < before

@@ -480,6 +480,8 @@ class Pruner:
                 rep.warnings.append(f"the catalog's trees of pruned snapshots are kept for now ({exc})")
         else:
             self._estimate_repack(plan)
+            small = self.catalog.small_segments(SMALL_SEGMENT)  # (an estimate: those a rewrite replaces count)
+            rep.segments_merged = small if small >= MERGE_AT else 0
         rep.bytes_freed = rep.bytes_deleted - rep.bytes_repacked_written
         rep.duration_s = time.monotonic() - t0
         return rep
