@@ -233,3 +233,27 @@ def test_the_file_size_limit_is_named(repo, tmp_path):
                            text=True)
         assert p.returncode == 1 and "ulimit -f" in p.stderr and len(p.stderr.splitlines()) == 1, (limit, p.stderr)
         assert ("catalog" in p.stderr) == (cache != repo.cache), p.stderr
+
+
+def test_a_restore_out_of_descriptors_stops_instead_of_restoring_nothing(repo, tmp_path, monkeypatch):
+    """ulimit -n 12: every directory listing failed with "too many open files", each was named as an error and
+    the restore went on to print "restored snapshot ...: 0 files" -- now it stops, one line, exit 1."""
+    from vault.catalog import Catalog
+
+    src = _files(tmp_path, 3)
+    repo("backup", src)
+    real, calls = Catalog.tree, []
+
+    def out_of_fds(self, r, tid):
+        calls.append(tid)
+        if len(calls) > 2:
+            try:
+                raise OSError(24, "Too many open files")
+            except OSError as err:
+                raise PermanentError("too many open files reading data/xx in repo") from err
+        return real(self, r, tid)
+
+    monkeypatch.setattr(Catalog, "tree", out_of_fds)
+    res = repo("restore", "latest", "--target", tmp_path / "r", ok=1)
+    assert "too many open files" in res.err and "restored snapshot" not in res.out, (res.out, res.err)
+    assert len(res.err.strip().splitlines()) == 1, res.err

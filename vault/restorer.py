@@ -319,6 +319,9 @@ class Restorer:
             except CatalogError:  # this machine's cache, not the snapshot: the restore stops and says so
                 raise
             except VaultError as exc:
+                cause = exc.__cause__
+                if isinstance(cause, OSError) and cause.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
+                    raise  # this machine's limits: every listing after it would fail too (a summary of 0 files)
                 if is_damage(exc):
                     self.result.damaged.append((_show(base or b"/"), f"directory listing lost: {exc}"))
                 else:
