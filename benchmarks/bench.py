@@ -387,7 +387,7 @@ def corpus(args):
                 fp = m.group(1)
                 log(f"corpus: reusing {tree} (fingerprint checked in {time.perf_counter() - t0:.1f}s)")
             else:
-                log(f"corpus: cached tree does not match its fingerprint; rebuilding")
+                log("corpus: cached tree does not match its fingerprint; rebuilding")
     if fp is None:
         os.makedirs(cdir, exist_ok=True)
         log(f"corpus: building {tree} (scale {args.scale:g}, seed {args.seed}) ...")
@@ -669,7 +669,6 @@ def print_table(args, summary, tools):
     log(head)
     log("-" * len(head))
     ratios = {}
-    rows = []
     for s in args.scenarios:
         figs = list(figures)
         if s in ("S1", "S3"):
