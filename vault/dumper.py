@@ -124,7 +124,6 @@ class Dumper:
                     tf.addfile(ti)
                 self.entries += 1
 
-
     def preorder(self, base: bytes, tree_id: bytes) -> Iterator[tuple[bytes, Node]]:
         """Every entry below the tree ``tree_id`` (at ``base``), each directory followed at once by its whole
         content: tar's order (GNU tar sets a directory's mtime when it meets the first entry outside it -- with all
