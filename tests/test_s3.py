@@ -364,7 +364,8 @@ def test_storage_class_for_data_packs_only(s3_repo, tmp_path):
 
 def test_killed_backup_leaves_no_multipart_upload_below_threshold(s3cli, tmp_path):
     s3cli("init", *FAST_INIT, "--pack-size", "1")
-    src = random_tree(tmp_path / "src", seed=11, files=30, size=MiB)
+    # (80 MiB: a busy machine's polling must not miss the window -- with 30 the backup once finished first)
+    src = random_tree(tmp_path / "src", seed=11, files=80, size=MiB)
     kill_when(popen(s3cli, "backup", src), lambda: count(s3cli, "data/") >= 5, poll=0.01, what="the backup")
     assert count(s3cli, "data/") >= 5 and count(s3cli, "snapshots/") == 0
     assert multipart_uploads(s3cli) == []
