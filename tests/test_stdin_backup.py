@@ -66,6 +66,8 @@ def test_stdin_usage_errors(cli, tmp_path):
         p = _run(cli, "backup", *args, input=b"data")
         assert p.returncode == 2 and len(p.stderr.splitlines()) == 1 and b"Traceback" not in p.stderr, (args, p.stderr)
     assert cli("--json", "snapshots").json == []
+    p = _run(cli, "backup", "-", input=b"data")  # (borg's way: told of --stdin)
+    assert p.returncode == 2 and b"--stdin" in p.stderr, p.stderr
 
 
 def test_standard_input_closed_is_no_internal_error(cli, tmp_path):

@@ -163,6 +163,9 @@ def backup(paths: tuple[str, ...], tags: tuple[str, ...], host: str | None, time
             raise UsageError("--stdin: standard input is a terminal; pipe the data in (cmd | vault backup --stdin)")
     elif not paths:
         raise UsageError("Missing argument 'PATHS...': name what to back up")
+    elif paths == ("-",) and not os.path.lexists("-"):  # (borg's way to say standard input)
+        raise UsageError("'-' is no file here: to back up standard input use --stdin "
+                         "(cmd | vault backup --stdin --stdin-filename NAME)")
     patterns = list(excludes)
     for f in exclude_files:
         try:
