@@ -428,8 +428,9 @@ def restore(settings: Settings, password: PasswordFn, spec: str | None, opts: Re
     with session(settings, password, lock="shared", operation="restore") as sess:
         snap = find_snapshot(sess, spec, at, flt)
         root = snap
-        if sub is not None and _normalize(sub) != b"/":  # ("latest:/" is the whole snapshot)
-            _, node = next(ls(sess, snap, sub))  # (the first entry ``ls`` yields is PATH itself)
+        found = _entry_at(sess, snap, sub) if sub is not None else None  # (None: "latest:/", the whole snapshot)
+        if found is not None:
+            _, node = found
             if node.type != DIR or node.subtree is None:
                 raise VaultError(f"{sub} is a {node.type} in snapshot {snap.short_id}: SNAPSHOT:PATH restores a "
                                  "directory's content (one file: 'vault dump SNAPSHOT PATH > FILE')")
@@ -465,10 +466,11 @@ def dump(settings: Settings, password: PasswordFn, spec: str | None, path: str, 
         snap = find_snapshot(sess, spec, at, flt)
         window = 4 if local_repo_path(settings) is not None else (settings.connections or 8)
         dumper = Dumper(sess.repo, sess.catalog, out, window, warn)
-        if _normalize(path) == b"/":
+        found = _entry_at(sess, snap, path)
+        if found is None:  # (/: the whole snapshot)
             dumper.tar(dumper.preorder(b"", snap.tree))
         else:
-            base, node = next(ls(sess, snap, path))  # (PATH itself; its content is walked in tar's order)
+            base, node = found  # (its content is walked in tar's order, not as ``ls`` walks it)
             if node.type == FILE and not path.endswith("/"):
                 dumper.file(base, node)
             else:
@@ -505,12 +507,12 @@ def _normalize(path: str) -> bytes:
     return os.path.normpath(b) if b != b"/" else b
 
 
-def ls(sess: Session, snap: Snapshot, path: str | None = None) -> Iterator[tuple[bytes, Node]]:
-    """Every entry below ``path`` (default: the whole snapshot), recursively; ``path`` itself first."""
-    want = _normalize(path) if path else b"/"
+def _entry_at(sess: Session, snap: Snapshot, path: str) -> tuple[bytes, Node] | None:
+    """PATH's entry in the snapshot, (its path, its node); None for ``/``, the root, which is no entry. VaultError
+    when it is not there, or when a trailing ``/`` names something other than a directory."""
+    want = _normalize(path)
     if want == b"/":
-        yield from sess.catalog.walk(sess.repo, snap.tree)
-        return
+        return None
     tree_id, base, node = snap.tree, b"", None
     for part in want.strip(b"/").split(b"/"):
         if node is not None:
@@ -526,6 +528,16 @@ def ls(sess: Session, snap: Snapshot, path: str | None = None) -> Iterator[tuple
         raise VaultError(f"{os.fsdecode(want)} is not in snapshot {snap.short_id}")
     if path.endswith(("/", "/.")) and node.type != DIR:  # (as a shell: `ls file/` is "Not a directory")
         raise VaultError(f"{path}: not a directory in snapshot {snap.short_id} (it is a {node.type})")
+    return base, node
+
+
+def ls(sess: Session, snap: Snapshot, path: str | None = None) -> Iterator[tuple[bytes, Node]]:
+    """Every entry below ``path`` (default: the whole snapshot), recursively; ``path`` itself first."""
+    found = _entry_at(sess, snap, path) if path else None
+    if found is None:
+        yield from sess.catalog.walk(sess.repo, snap.tree)
+        return
+    base, node = found
     yield base, node
     if node.type == DIR and node.subtree is not None:
         yield from sess.catalog.walk(sess.repo, node.subtree, base)
