@@ -11,7 +11,7 @@ from .. import retention
 from ..errors import DamageFound, UsageError
 from ..checker import parse_size
 from ..pruner import PruneOptions
-from .common import get_ctx, global_options, human_bytes, local_time, printable, terminal_prompt
+from .common import get_ctx, global_options, human_bytes, local_time, printable, split_tags, terminal_prompt
 from .main import cli
 from .progress import VerifyProgress
 
@@ -178,16 +178,6 @@ def prune(dry_run: bool, max_unused: float) -> None:
     _print_prune(c, rep)
 
 
-def _tag_list(values: tuple[str, ...]) -> list[str]:
-    tags = list(dict.fromkeys(p for t in values for p in t.split(",") if p))  # (a,b: two tags, as backup)
-    for t in tags:
-        try:
-            t.encode("utf-8")
-        except UnicodeEncodeError:
-            raise UsageError("tags must be text (UTF-8)") from None
-    return tags
-
-
 @cli.command()
 @click.argument("snapshots", nargs=-1, required=True)
 @click.option("--add", "add", multiple=True, metavar="TAG", help="Add TAG (repeatable; a,b: two tags).")
@@ -210,8 +200,9 @@ def tag(snapshots: tuple[str, ...], add: tuple[str, ...], remove: tuple[str, ...
         raise UsageError("say what to change: --add TAG, --remove TAG or --set TAG")
     if set_ and (add or remove):
         raise UsageError("--set replaces the tags: give it alone, not with --add or --remove")
-    res = api.tag(c.settings, c.password_fn(), list(snapshots), _tag_list(add), _tag_list(remove),
-                  _tag_list(set_) if set_ else None, api.SnapshotFilter(list(hosts), list(tags), list(paths)))
+    res = api.tag(c.settings, c.password_fn(), list(snapshots), split_tags(add, "--add"),
+                  split_tags(remove, "--remove"), split_tags(set_, "--set") if set_ else None,
+                  api.SnapshotFilter(list(hosts), list(tags), list(paths)))
     if c.json:
         c.emit_json(res.to_json())
         return

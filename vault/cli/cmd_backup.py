@@ -22,7 +22,7 @@ from ..errors import UsageError, VaultError
 from ..excludes import read_exclude_file
 from ..model import valid_name
 from ..timespec import parse_time
-from .common import get_ctx, global_options, human_bytes, printable
+from .common import get_ctx, global_options, human_bytes, is_text, printable, split_tags
 from .progress import BackupProgress
 from .main import cli
 
@@ -128,9 +128,10 @@ def backup(paths: tuple[str, ...], tags: tuple[str, ...], host: str | None, time
     c = get_ctx()
     ctx = click.get_current_context()
     streamed = stdin or from_command
-    if (files_from or files_verbatim or files_from_raw) and streamed:
+    listed = files_from or files_verbatim or files_from_raw
+    if listed and streamed:
         raise UsageError("--files-from does not apply to --stdin or --stdin-from-command")
-    if files_from or files_verbatim or files_from_raw:
+    if listed:
         paths = paths + _paths_from(files_from, files_verbatim, files_from_raw,
                                     lambda m: c.err(printable(f"vault: warning: {m}")))
         if not paths:
@@ -174,13 +175,11 @@ def backup(paths: tuple[str, ...], tags: tuple[str, ...], host: str | None, time
         except OSError as exc:
             raise UsageError(f"cannot read exclude file {f}: {exc.strerror}") from None
     when = parse_time(time_, datetime.now(timezone.utc)) if time_ is not None else None  # ("" is an error)
-    if host is not None and not _is_text(host):
+    if host is not None and not is_text(host):
         raise UsageError("--host must be text (UTF-8): host names are matched and shown as text")
     # (--tag a,b is two tags, as restic takes it: the filters read "a,b" as both, and could not select one tag
     # holding a comma)
-    tags = tuple(dict.fromkeys(p for t in tags for p in t.split(",") if p))
-    if not all(_is_text(t) for t in tags):
-        raise UsageError("--tag must be text (UTF-8): tags are matched and shown as text")
+    tags = split_tags(tags, "--tag")
     opts = BackupOptions(paths=[] if streamed else list(paths), tags=list(tags), host=host, time=when,
                          excludes=patterns, exclude_if_present=list(if_present), exclude_caches=exclude_caches,
                          one_file_system=one_file_system, dry_run=dry_run, force=force,
@@ -274,11 +273,3 @@ def _source(stdin: bool, from_command: bool, argv: tuple[str, ...]) -> Iterator[
             proc.wait()
         if proc.stdout and not proc.stdout.closed:
             proc.stdout.close()
-
-
-def _is_text(value: str) -> bool:
-    try:
-        value.encode("utf-8")
-        return True
-    except UnicodeEncodeError:  # bytes that are not UTF-8 reach click's str as lone surrogates
-        return False

@@ -19,7 +19,7 @@ from datetime import datetime
 import click
 
 from ..config import Settings, get_password, get_second_password
-from ..errors import NoPassword, VaultError
+from ..errors import NoPassword, UsageError, VaultError
 from ..timespec import parse_wait, to_utc
 
 _KEY = "vault.globals"
@@ -181,6 +181,24 @@ def local_time(t: datetime) -> str:
 
 
 _CONTROL = {c: "?" for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)]}
+
+
+def is_text(value: str) -> bool:
+    """Whether a command-line value is UTF-8 (bytes that are not reach click's str as lone surrogates)."""
+    try:
+        value.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def split_tags(values: Iterable[str], option: str) -> list[str]:
+    """The tags given (``a,b`` is two, as restic takes it), each once, in order; UsageError for one that is not
+    text (tags are matched and shown as text)."""
+    tags = list(dict.fromkeys(p for t in values for p in t.split(",") if p))
+    if not all(is_text(t) for t in tags):
+        raise UsageError(f"{option} must be text (UTF-8): tags are matched and shown as text")
+    return tags
 
 
 def printable(text: str) -> str:
