@@ -220,8 +220,8 @@ class Copier:
         # `repair --from-repo` healed from one of theirs (it records that snapshot): either way the
         # destination holds it already
         # (any number of copies back: A -> B -> C, then C -> A; see Snapshot.copy_keys)
-        present = set().union(*(s.copy_keys() for s in theirs))
         theirs_by_key = {k: s for s in theirs for k in s.copy_keys()}
+        present = set(theirs_by_key)
         # (and one the destination lost without a forget: its repair writes it again from its catalog -- copied
         # now as well, the destination would hold it twice)
         present |= set().union(*(s.copy_keys() for s in self.dst_cat.lost_snapshots()))

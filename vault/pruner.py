@@ -453,9 +453,8 @@ class Pruner:
         self.log(f"prune: {rep.snapshots} snapshots reference {rep.blocks_referenced} blocks; {rep.packs_total} "
                  f"packs: {len(plan.delete)} to delete, {len(plan.repack)} to repack, {rep.packs_kept} kept; "
                  f"{len(plan.unindexed)} unindexed leftovers")
-        work = (plan.delete or plan.repack or plan.unindexed or self.catalog.superseded_known()
-                or self.catalog.small_segments(SMALL_SEGMENT) >= MERGE_AT)
-        if not self.opts.dry_run and work:
+        if not self.opts.dry_run and (plan.delete or plan.repack or plan.unindexed or self.catalog.superseded_known()
+                                      or self.catalog.small_segments(SMALL_SEGMENT) >= MERGE_AT):
             try:
                 self._repack(plan)
             except PermanentError as exc:
