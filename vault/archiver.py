@@ -877,35 +877,17 @@ class Archiver:
             self._adopt_leftover_packs()
         if self._workers is not None:
             self._workers.start(self._on_pack)
-        stopped = False
-        try:
-            root_dev = os.lstat(b"/").st_dev
-            self._save_dir(b"/", parent.tree if parent else None, skeleton, root_dev, None)
+
+        def walk() -> bytes:
+            self._save_dir(b"/", parent.tree if parent else None, skeleton, os.lstat(b"/").st_dev, None)
             self._finalize(block=True)
-            root = self._root
             if self._workers is not None:
                 self._workers.finish()  # their last packs stored before ours (trees) and the last segment
             else:
                 self._pool.shutdown(wait=True)
-            if not self.opts.dry_run:
-                self.packer.flush()
-            self._checkpoint(force=True)
-            self._flush_tree_rows(force=True)
-            if not self.opts.dry_run:  # the last segment names every block this run stored: its trees are checked
-                self.catalog.confirm_pending(self._tree_token)
-        except KeyboardInterrupt:  # (Ctrl-C, SIGTERM)
-            stopped = True
-            raise
-        finally:
-            # stopped: an upload that gets no answer (a stalled store: 2 minutes of retries) is not waited for --
-            # its pack, if it lands, names nothing and is adopted or removed later; the CLI exits without it
-            if self._workers is not None:
-                self._workers.close()
-            else:
-                self._pool.shutdown(wait=not stopped, cancel_futures=True)
-            self.packer.close(wait=not stopped)
-        self.stats_duration = time.monotonic() - t0
-        return self._commit(host, paths, parent, root)
+            return self._root
+
+        return self._stored(t0, host, paths, parent, walk)
 
     def run_stream(self, name: bytes, fd: int, check_source: Callable[[], None] = lambda: None) -> Snapshot | None:
         """Back up what ``fd`` yields until its end (a pipe: ``backup --stdin``) as one file ``/name`` -- the
@@ -929,8 +911,8 @@ class Archiver:
                 old = None
         if not self.opts.dry_run:
             self._adopt_leftover_packs()
-        stopped = False
-        try:
+
+        def stream() -> bytes:
             os.set_blocking(fd, True)  # (a pipe a parent left non-blocking: EAGAIN whenever the producer is slow)
             blocks: list[bytes] = []
             for chunk in self.repo.chunker.cut_fd(fd):
@@ -958,24 +940,35 @@ class Archiver:
             for part in reversed(parts[:-1]):  # (the directories above it, innermost first)
                 node = Node(part, DIR, mode=0o700, uid=os.getuid(), gid=os.getgid(), mtime_ns=now,
                             subtree=self._store_tree(Tree([node])))
-            root = self._store_tree(Tree([node]))
+            return self._store_tree(Tree([node]))
+
+        return self._stored(t0, host, paths, parent, stream)
+
+    def _stored(self, t0: float, host: str, paths: list[str], parent: Snapshot | None,
+                produce: Callable[[], bytes]) -> Snapshot | None:
+        """``produce`` stores a run's blocks and trees and returns its root tree; then the last pack, index
+        segment and tree rows are stored, and the snapshot written (none for a dry run)."""
+        stopped = False
+        try:
+            root = produce()
             if not self.opts.dry_run:
                 self.packer.flush()
             self._checkpoint(force=True)
             self._flush_tree_rows(force=True)
-            if not self.opts.dry_run:
+            if not self.opts.dry_run:  # the last segment names every block this run stored: its trees are checked
                 self.catalog.confirm_pending(self._tree_token)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # (Ctrl-C, SIGTERM)
             stopped = True
             raise
         finally:
-            self._pool.shutdown(wait=not stopped, cancel_futures=True)
+            # stopped: an upload that gets no answer (a stalled store: 2 minutes of retries) is not waited for --
+            # its pack, if it lands, names nothing and is adopted or removed later; the CLI exits without it
+            if self._workers is not None:
+                self._workers.close()
+            else:
+                self._pool.shutdown(wait=not stopped, cancel_futures=True)
             self.packer.close(wait=not stopped)
         self.stats_duration = time.monotonic() - t0
-        return self._commit(host, paths, parent, root)
-
-    def _commit(self, host: str, paths: list[str], parent: Snapshot | None, root: bytes) -> Snapshot | None:
-        """Write the snapshot of a finished run (none for a dry run)."""
         if self.opts.dry_run:
             return None
         when = self.opts.time or self._now()
