@@ -60,12 +60,12 @@ class BackupWorkers:
         self.claims = Claims(processes=True)  # (OSError: no anonymous file for its lock: the caller uses threads)
         self._repo, self._catalog_path = repo, catalog_path
         self._on_pack = None
-        self._sent: list[collections.deque] = [collections.deque() for _ in range(processes)]
         self._waiting: collections.deque = collections.deque()
-        self._unread = [0] * processes  # bytes of the messages sent to each worker and not answered yet
         self._abort = mmap.mmap(-1, 1)  # shared: set by ``close``, the workers read no further
         self._pool = ForkPool(processes, self._serve, self._child_init, on_note=self._noted)
-        del self._sent[len(self._pool):], self._unread[len(self._pool):]  # (fewer forked: `ulimit -u`)
+        # (per worker forked: fewer than asked for when the process limit stopped the forks, `ulimit -u`)
+        self._sent: list[collections.deque] = [collections.deque() for _ in range(len(self._pool))]
+        self._unread = [0] * len(self._pool)  # bytes of the messages sent to each worker and not answered yet
         self._room = min(ROOM, self._pool.send_buffer() // 2)
         self._finished = False
         self.requests: list[dict] = []  # what each worker's requests were (known once it finished)

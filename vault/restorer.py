@@ -846,7 +846,6 @@ class Restorer:
     def _run_processes(self, processes: int, threads: int) -> None:
         """Fill the files in forked worker processes (no GIL shared between them); this process walks the
         snapshot, makes the directories, plans and hands out batches, and does the finishing steps."""
-        self._load = [0] * processes
         self._worker_requests: dict[int, dict] = {}
         self._abort = mmap.mmap(-1, 1)  # shared with the workers: set on Ctrl-C, they read no further range
         pool = ForkPool(processes, self._run_part, lambda: self._child_init(threads))
