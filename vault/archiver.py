@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from . import index as index_mod
 from . import longpath
 from .catalog import Catalog
-from .errors import SourceNotFound, VaultError
+from .errors import MACHINE_LIMITS, SourceNotFound, VaultError
 from .backup_workers import BackupWorkers
 from .claims import Claims
 from .excludes import Matcher
@@ -188,14 +188,11 @@ def _gone(parent_fd: int, name: bytes) -> bool:
 KEEP_OPEN = 64  # directory levels that keep their descriptor while a subdirectory is walked
 
 
-_LIMITS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM}
-
-
 def _not_ours(exc: OSError) -> OSError:
     """``exc`` when it is the source's (named, exit 3); raised when it is this machine's limits (too many open
     files, no memory): a snapshot missing whatever could not be opened must not pass for a backup that read
     all it could (exit 1, no snapshot; the packs written are adopted by the next run)."""
-    if exc.errno in _LIMITS:
+    if exc.errno in MACHINE_LIMITS:
         raise exc
     return exc
 

@@ -6,6 +6,12 @@ Foreign errors (OSError, botocore) are translated at the boundary that sees them
 
 from __future__ import annotations
 
+import errno
+
+# errno values that are this machine's limits (descriptors, memory), never a file's or the repository's: an
+# operation meeting one stops (exit 1, the limit named) instead of naming each file or listing it could not read
+MACHINE_LIMITS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
+
 
 class VaultError(Exception):
     """Root of every error vault raises on purpose. ``exit_code`` is the documented process exit code."""

@@ -7,7 +7,6 @@ this run (``claims``, shared by every worker) and, when the index may hold some 
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 import threading
@@ -17,7 +16,7 @@ from dataclasses import dataclass
 
 from .claims import Claims
 from .entries import split_ids
-from .errors import VaultError
+from .errors import MACHINE_LIMITS, VaultError
 from . import longpath
 from .fsmeta import node_from_stat, read_xattrs
 from .model import Node
@@ -152,7 +151,7 @@ class FileReader:
             res.error = "its directory was replaced, moved or deleted while the backup ran: not in the snapshot"
             return res
         except OSError as exc:
-            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):  # this machine's limits, not the file's:
+            if exc.errno in MACHINE_LIMITS:  # this machine's limits, not the file's:
                 raise  # the backup fails (exit 1), never a snapshot missing the files that could not be opened
             res.error = exc.strerror or str(exc)
             return res

@@ -39,7 +39,7 @@ from . import forkpool
 from .backend.base import Backend
 from .backend.counting import sum_stats
 from .catalog import Catalog
-from .errors import CatalogError, IntegrityError, VaultError, is_damage
+from .errors import MACHINE_LIMITS, CatalogError, IntegrityError, VaultError, is_damage
 from .dirhandles import DirHandles, split
 from .excludes import Matcher
 from .forkpool import ForkPool
@@ -320,7 +320,7 @@ class Restorer:
                 raise
             except VaultError as exc:
                 cause = exc.__cause__
-                if isinstance(cause, OSError) and cause.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
+                if isinstance(cause, OSError) and cause.errno in MACHINE_LIMITS:
                     raise  # this machine's limits: every listing after it would fail too (a summary of 0 files)
                 if is_damage(exc):
                     self.result.damaged.append((_show(base or b"/"), f"directory listing lost: {exc}"))
