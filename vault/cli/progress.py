@@ -21,8 +21,10 @@ class Progress:
         self._lock = threading.Lock()
 
     def __call__(self, stats) -> None:
+        if not self.enabled:  # (called for every file restored: off the terminal, nothing more)
+            return
         now = time.monotonic()
-        if not self.enabled or now - self._last < self.interval or not self._lock.acquire(blocking=False):
+        if now - self._last < self.interval or not self._lock.acquire(blocking=False):
             return
         try:
             self._last = now
