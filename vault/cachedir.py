@@ -42,9 +42,10 @@ def _acl_lets_others_write(path: str, st: os.stat_result) -> bool:
     if not st.st_mode & 0o020:
         return False
     try:
-        return "system.posix_acl_access" in os.listxattr(path) or "system.nfs4_acl" in os.listxattr(path)
+        names = os.listxattr(path)
     except OSError:
         return False
+    return "system.posix_acl_access" in names or "system.nfs4_acl" in names
 
 
 def _refuse(path: str, why: str) -> CatalogError:
