@@ -888,3 +888,60 @@ def test_a_snapshot_the_mirror_lost_is_not_copied_again_beside_its_repair(cli, t
     cli("--repo", mirror, "repair")
     assert len(cli("--json", "--repo", mirror, "snapshots").json) == 1
     assert cli("--json", "--repo", mirror, "verify").json["ok"] is True
+
+
+def _index_listing(repo: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in (repo / "index").iterdir()}
+
+
+def test_repair_of_a_healthy_repository_leaves_its_index_as_it_is(cli, tmp_path, setup):
+    """`repair` by habit (from cron) on a repository with nothing wrong rewrote the whole index every time: new
+    segments, the old ones deleted, and every machine's catalog reloaded all of it at its next command. An index
+    found intact is now left alone, with or without --read-data."""
+    src, lay = setup
+    cli("backup", src, "--time", "2026-03-02T10:00:00Z")
+    before = _index_listing(cli.repo)
+    for extra in ((), ("--read-data",)):
+        res = cli("--json", "repair", *extra).json
+        assert res["index_rewritten"] is False and res["segments_written"] == 0 and res["segments_deleted"] == 0
+        assert res["packs_checked"] == len(set(p for p, _ in lay.blocks.values())) and res["verify"]["ok"] is True
+        assert _index_listing(cli.repo) == before
+    assert "the index is intact" in cli("repair").out
+
+
+def test_repair_rewrites_an_index_segment_damaged_after_this_machine_loaded_it(cli, tmp_path, setup):
+    """The catalog's copy of a segment is fine, the store's is not: the index is not intact, and repair writes it
+    again (verify reports the damaged segment until then)."""
+    src, lay = setup
+    seg = next((cli.repo / "index").iterdir())
+    flip(seg, 40)
+    assert any(d["object"] == f"index/{seg.name}" for d in cli("--json", "verify", ok=20).json["damage"])
+    res = cli("--json", "repair", "index").json
+    assert res["index_rewritten"] is True and res["verify"]["ok"] is True and res["files_dropped"] == []
+    assert seg.name not in _index_listing(cli.repo)
+    got = restored_files(cli, tmp_path, "r")
+    assert all(got[f] == Path(f).read_bytes() for f in lay.files)
+
+
+def test_packs_that_agreed_before_a_stray_pack_are_listed_again(cli, tmp_path, setup, monkeypatch):
+    """The index agrees with the first packs, then a pack no segment lists (an interrupted backup's) turns up:
+    the index is written again with every pack, those that agreed before included (a segment at a time)."""
+    import vault.repairer as repairer
+
+    src, lay = setup
+    monkeypatch.setattr(repairer, "SEGMENT_PACKS", 2)
+    packs = sorted(set(p for p, _ in lay.blocks.values()))
+    stray_src = make_tree(tmp_path / "more", {"late.bin": random.Random(5).randbytes(300_000)})
+    segs = set(_index_listing(cli.repo))
+    cli("backup", stray_src, "--time", "2026-03-02T10:00:00Z")
+    for name in set(_index_listing(cli.repo)) - segs:
+        (cli.repo / "index" / name).unlink()  # (its pack stays: no index lists it)
+    shutil.rmtree(cli.cache)
+    res = cli("--json", "repair", "index").json
+    assert res["index_rewritten"] is True and res["packs_checked"] > len(packs)
+    assert res["verify"]["ok"] is True and res["files_dropped"] == [] and res["snapshots_rewritten"] == []
+    assert len(_index_listing(cli.repo)) >= (len(packs) + 1) // 2
+    shutil.rmtree(cli.cache)
+    assert cli("--json", "verify", "--read-data").json["ok"] is True
+    got = restored_files(cli, tmp_path, "r", "latest")
+    assert got[str(stray_src / "late.bin")] == (stray_src / "late.bin").read_bytes()

@@ -557,6 +557,10 @@ class Catalog:
             return set()
         return {r[0] for r in self._q("SELECT id FROM superseded")}
 
+    def live_segments(self) -> set[str]:
+        """The index segments loaded into this catalog that no loaded segment supersedes."""
+        return {r[0] for r in self._q("SELECT id FROM segments")} - self._superseded()
+
     def _holds_superseded(self, in_repo: set[str]) -> bool:
         """Whether a pack was loaded from a segment that another present one supersedes. Superseded ids stay
         known after prune deleted their segments (32 bytes each): one put back later (a copy of an old store,

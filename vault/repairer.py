@@ -52,6 +52,7 @@ class RepairReport:
     trees_from_cache: int = 0  # lost directory listings stored again from this machine's catalog
     segments_written: int = 0
     segments_deleted: int = 0
+    index_rewritten: bool = True  # False: the index was found intact and left as it was
     packs_deleted: int = 0
     snapshots_rewritten: list[dict] = field(default_factory=list)
     files_dropped: list[str] = field(default_factory=list)
@@ -153,6 +154,12 @@ class Repairer:
         good: list[tuple[bytes, int, list[PackEntry]]] = []  # listed in new segments, SEGMENT_PACKS at a time
         damaged: list[bytes] = []
         old = set(self.repo.list_index())
+        # While the index is found intact (every segment whole, none superseded, every pack it lists stored with
+        # the header it records, no pack left out) nothing is written: the packs that agree are only counted,
+        # and listed again (from the catalog, which matched them) once something is found that does not agree.
+        # A repair run on a healthy repository (by habit, from cron) rewrote the whole index every time, and
+        # every machine's catalog then reloaded all of it.
+        agreeing: list[tuple[bytes, int]] | None = [] if not rep.packs_missing and self._segments_intact(old) else None
         if self.dry_run:  # the blocks the new index would list, kept on disk (a dry run writes no index)
             self.catalog.planned_begin()
         for pid, size in sorted(stored.items()):
@@ -164,6 +171,14 @@ class Repairer:
                 entries: list[PackEntry] | None = self.repo.read_pack_header(pid, size)
             except (IntegrityError, ObjectNotFound):
                 entries = None
+            if agreeing is not None:
+                if (entries is not None and indexed.get(pid) == size and _one_kind(entries)
+                        and (not self.read_data or self._hash_matches(pid, size))
+                        and entries == self.catalog.pack_blocks(pid)):
+                    agreeing.append((pid, size))
+                    continue
+                good += self._relist(agreeing)
+                agreeing = None
             if entries is not None and not self.read_data and _one_kind(entries):
                 good.append((pid, size, entries))
                 continue
@@ -195,6 +210,9 @@ class Repairer:
                 rep.warnings.append(f"pack {pid.hex()[:16]} is damaged and not every block could be salvaged; "
                                     "it is kept (a copy may still heal it: repair --from-repo)")
                 self._kept.append((pid, entries))
+        if agreeing is not None:  # (every pack agreed: the index already lists exactly these, as they are)
+            rep.index_rewritten = False
+            return
         self._list_packs(good)
         if self.dry_run:
             self._planned = True
@@ -217,6 +235,36 @@ class Repairer:
             self.repo.backend.delete(pack_name(pid))
         rep.packs_deleted = len(damaged)
         self.catalog.sync(self.repo)
+
+    def _segments_intact(self, old: set[str]) -> bool:
+        """Every index segment in the store is loaded in the catalog, none is superseded or another key's, and
+        each one's bytes still match its name (read again: one damaged since the catalog loaded it must go)."""
+        if old != self.catalog.live_segments() or any(self.repo.foreign("index", s) for s in old):
+            return False
+        for sid in sorted(old):
+            try:
+                self.repo.check_stored(f"index/{sid}", sid, self.repo.listed_size("index", sid))
+            except (IntegrityError, ObjectNotFound):
+                return False
+        return True
+
+    def _hash_matches(self, pid: bytes, size: int) -> bool:
+        """``--read-data``: the pack's bytes match its name (read a piece at a time, never whole)."""
+        try:
+            self.repo.check_stored(pack_name(pid), pid.hex(), size)
+        except (IntegrityError, ObjectNotFound):
+            return False
+        return True
+
+    def _relist(self, agreeing: list[tuple[bytes, int]]) -> list[tuple[bytes, int, list[PackEntry]]]:
+        """The packs found agreeing with the index so far, with their entries (the catalog's, which matched
+        their headers), listed in new segments as the index is rewritten after all; the last part is returned
+        to go on filling."""
+        out = [(pid, size, self.catalog.pack_blocks(pid)) for pid, size in agreeing]
+        while len(out) >= SEGMENT_PACKS:  # (the rest, with the pack that did not agree, fills one at most)
+            self._list_packs(out[:SEGMENT_PACKS])
+            out = out[SEGMENT_PACKS:]
+        return out
 
     def _list_packs(self, packs: list[tuple[bytes, int, list[PackEntry]]]) -> None:
         """Packs the new index lists: written as a segment -- or, in a dry run, kept in the plan table."""

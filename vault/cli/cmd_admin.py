@@ -415,6 +415,7 @@ def repair(what: str, read_data: bool, from_repo: str | None, from_password_file
         c.out(f"repair{' (dry run: nothing changed)' if dry_run else ''}: {rep.packs_checked} packs checked, "
               f"{len(rep.packs_damaged)} damaged ({rep.blocks_salvaged} blocks {'to salvage' if dry_run else 'salvaged'}, "
               f"{rep.blocks_lost} lost), {rep.packs_missing} missing"
+              + ("; the index is intact and was left as it is" if not rep.index_rewritten else "")
               + (f"; {rep.blocks_healed} blocks and {rep.trees_healed} trees {'would be ' if dry_run else ''}healed "
                  "from the second repository" if from_repo else ""))
         if rep.trees_from_cache:
