@@ -178,6 +178,10 @@ def apply_metadata(fd: int, node: Node, mode_set: bool = False, owner_set: bool 
 _BY_DESCRIPTOR = hasattr(os, "O_PATH") and os.path.isdir("/proc/self/fd")
 
 
+#: apply_metadata_at's problem for an entry that is not the one the restore made or found there
+REPLACED = "metadata not set: replaced while the restore ran"
+
+
 def apply_metadata_at(dir_fd: int, name: bytes, node: Node, made: tuple[int, int, int] | None = None) -> list[str]:
     """The same for the directory, symlink, fifo or device node ``name`` in the directory open as ``dir_fd``
     (which may be an O_PATH descriptor), set on exactly the entry checked, never on whatever the name leads to by
@@ -195,7 +199,7 @@ def apply_metadata_at(dir_fd: int, name: bytes, node: Node, made: tuple[int, int
         fd = os.open(name, flags, dir_fd=dir_fd)
     except OSError as exc:
         if exc.errno in (errno.ENOTDIR, errno.ELOOP):  # (a file or a symlink where the directory was made)
-            return ["metadata not set: replaced while the restore ran"]
+            return [REPLACED]
         return [f"metadata not set: {exc.strerror or exc}"]
     try:
         st = os.fstat(fd)
@@ -203,7 +207,7 @@ def apply_metadata_at(dir_fd: int, name: bytes, node: Node, made: tuple[int, int
         same = (node_type(st.st_mode) == node.type and st.st_uid == owner and (node.type == DIR or st.st_nlink == 1)
                 and ((st.st_dev, st.st_ino) == (dev, ino) or _inodes_do_not_last(fd)))
         if not same:
-            return ["metadata not set: replaced while the restore ran"]
+            return [REPLACED]
         return _apply_through(fd, node)
     finally:
         os.close(fd)
@@ -348,7 +352,7 @@ def make_special(dir_fd: int, name: bytes, node: Node) -> None:
         raise OSError(errno.ENOTSUP, "sockets are not restored")
 
 
-__all__ = ["TYPE_OF", "read_xattrs", "apply_xattrs", "entry_path", "node_from_stat", "stat_key", "apply_metadata", "apply_metadata_at", "chmod_nofollow", "current_umask", "make_special", "node_type", "IS_ROOT", "DIR",
+__all__ = ["REPLACED", "TYPE_OF", "read_xattrs", "apply_xattrs", "entry_path", "node_from_stat", "stat_key", "apply_metadata", "apply_metadata_at", "chmod_nofollow", "current_umask", "make_special", "node_type", "IS_ROOT", "DIR",
            "SOCKET"]
 
 

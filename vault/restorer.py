@@ -43,9 +43,9 @@ from .errors import MACHINE_LIMITS, CatalogError, IntegrityError, VaultError, is
 from .dirhandles import DirHandles, split
 from .excludes import Matcher
 from .forkpool import ForkPool
-from .fsmeta import (IS_ROOT, apply_metadata, apply_metadata_at, chmod_nofollow, current_umask, fold_key, folding_names,
+from .fsmeta import (IS_ROOT, REPLACED, apply_metadata, apply_metadata_at, chmod_nofollow, current_umask, fold_key, folding_names,
                      make_special, rename_noreplace)
-from .model import DIR, FILE, SYMLINK, Node, Snapshot
+from .model import DIR, FILE, SOCKET, SYMLINK, Node, Snapshot
 from .repository import Repository, Scratch, pack_name
 
 MAX_GAP = 256 * 1024
@@ -238,6 +238,8 @@ class Restorer:
         #                                                 path, metadata): their metadata is set at the end
         self._dirs_held = False  # some are in the catalog's temporary table already
         self._at: DirHandles | None = None  # opened by run() once the target exists
+        self._loosened: list[tuple[bytes, int, int, int]] = []  # (path, dev, ino, mode) of directories that were
+        #                                                        read-only, made writable for the run
         self._lock = threading.Lock()
         self._cpu = threading.BoundedSemaphore(opts.cpu_jobs or max(2, os.cpu_count() or 2))
         self._bufs: list[Scratch] = []  # decryption buffers, one per CPU slot (list ops are atomic)
@@ -304,8 +306,9 @@ class Restorer:
             if (not made and stat.S_ISDIR(st.st_mode) and st.st_mode & 0o300 != 0o300
                     and st.st_uid == os.geteuid()):
                 # ours but not writable (a 0555 or 0000 directory an earlier restore made): writable for now, its
-                # mode from the snapshot is set at the end
+                # mode from the snapshot is set at the end -- or, when the run stops first, its own given back
                 chmod_nofollow(dfd, name, stat.S_IMODE(st.st_mode) | 0o700)
+                self._loosened.append((path, st.st_dev, st.st_ino, stat.S_IMODE(st.st_mode)))
         return (st.st_dev, st.st_ino, st.st_uid) if stat.S_ISDIR(st.st_mode) else None
 
     def _walk(self) -> Iterator[_FileTask]:
@@ -718,12 +721,14 @@ class Restorer:
                 # (a file system that cannot link these: made on its own below, as before)
             parent = split(path)[0]
             tmp = _tmp_name()
+            made = False
             try:
                 with self._at.at(parent) as dfd:
                     if node.type == SYMLINK:
                         os.symlink(node.target or b"", tmp, dir_fd=dfd)
                     else:
                         make_special(dfd, tmp, node)
+                    made = True
                     # (as made: a file system may give new entries another owner than this euid -- vfat or cifs
                     # with uid=, NFS squashing root)
                     st = os.stat(tmp, dir_fd=dfd, follow_symlinks=False)
@@ -731,9 +736,12 @@ class Restorer:
                 self._rename(parent, tmp, path, path in self._folding)
             except OSError as exc:
                 self._discard(parent, tmp, True)  # (even when the call failed: exFAT on FUSE creates, then fails)
-                if exc.errno in (errno.ENOTSUP, errno.EPERM):
+                if node.type == SOCKET and not made:  # (never recreated: documented, a warning)
                     self.result.warnings.append((_show(path), f"not restored: {exc.strerror}"))
-                else:
+                elif made:  # (it could not take its name: what is there -- an immutable file, another user's
+                    #          in a sticky directory -- stays, named, as for a file)
+                    self.result.errors.append((_show(path), f"cannot restore: {exc.strerror or exc}"))
+                else:  # (a file system without symlinks or fifos, a device node without root: named, exit 1)
                     self.result.errors.append((_show(path), f"cannot create {node.type}: {exc.strerror or exc}"))
                 continue
             self._count_other(node)
@@ -764,7 +772,12 @@ class Restorer:
             except OSError as exc:  # the directory above is gone or was swapped for a symlink: left alone
                 problems = [f"metadata not set: {exc.strerror or exc}"]
             for p in problems:
-                self.result.warnings.append((_show(path), p))
+                if p == REPLACED:  # (moved away and something put in its place: what the restore wrote into it
+                    #               went along -- the files are not at their paths in DIR)
+                    self.result.errors.append((_show(path), "moved or replaced while the restore ran: what was "
+                                                            "restored below it is not here (restore again)"))
+                else:
+                    self.result.warnings.append((_show(path), p))
             self.result.dirs += 1
 
     # --- run ---------------------------------------------------------------------------------------
@@ -971,8 +984,23 @@ class Restorer:
             raise VaultError(f"cannot open --target {_show(self._target)}: {exc.strerror or exc}") from None
         try:
             return self._run()
+        except BaseException:  # (Ctrl-C, an error that stops the run: no directory the user had made read-only
+            self._give_back_modes()  # is left writable)
+            raise
         finally:
             self._at.close()
+
+    def _give_back_modes(self) -> None:
+        """The modes of the read-only directories ``_ensure_dir`` made writable, each still that very directory."""
+        for path, dev, ino, mode in reversed(self._loosened):
+            parent, name = split(path)
+            try:
+                with self._at.at(parent) as dfd:
+                    st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                    if (st.st_dev, st.st_ino) == (dev, ino) and stat.S_ISDIR(st.st_mode):
+                        chmod_nofollow(dfd, name, mode)
+            except OSError:
+                pass  # (gone, or swapped for something else: left alone)
 
     def _run(self) -> RestoreResult:
         jobs = self.opts.jobs or max(2, os.cpu_count() or 2)
