@@ -30,3 +30,14 @@ def test_snapshot_colon_slash_is_the_whole_snapshot(repo, tmp_path):
     repo("restore", "latest", "--target", tmp_path / "r2")
     assert_trees_equal(tmp_path / "r2", tmp_path / "r1")
     assert (tmp_path / "r1" / str(two).lstrip("/") / "g").read_bytes() == b"2"
+
+
+def test_what_a_subtree_restore_names_is_named_by_its_path_in_the_snapshot(repo, tmp_path):
+    """`restore ID:/srv/www` named a file it could not restore "/sub/b": neither its path in the snapshot nor
+    in the target, and it looked like a path on this machine."""
+    src = make_tree(tmp_path / "src", {"www": {"sub": {"b": b"b", "c": b"c"}}})
+    repo("backup", src)
+    (tmp_path / "r" / "sub" / "b").mkdir(parents=True)  # (a directory in the way of file b)
+    res = repo("--json", "restore", f"latest:{src / 'www'}", "--target", tmp_path / "r", ok=1).json
+    assert [e["path"] for e in res["errors"]] == [str(src / "www" / "sub" / "b")], res
+    assert (tmp_path / "r" / "sub" / "c").read_bytes() == b"c"

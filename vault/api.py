@@ -444,6 +444,10 @@ def restore(settings: Settings, password: PasswordFn, spec: str | None, opts: Re
         jobs, processes = _capped(jobs, processes)
         opts = RestoreOptions(**{**opts.__dict__, "jobs": jobs, "processes": processes})
         result = Restorer(sess.repo, sess.catalog, root, opts, fresh_backend=lambda: _backend(settings)).run()
+        if found is not None:  # (named by their paths in the snapshot, as a whole restore names them: "/sub/b"
+            base = os.fsdecode(found[0])  # looked like a path on this machine)
+            for named in (result.damaged, result.errors, result.warnings):
+                named[:] = [(base + p if p.startswith("/") else f"{base}/{p}", why) for p, why in named]
         # every damaged file failed a block check in a pack no index segment confirms: the catalog's doing
         if (result.failed and all(why.startswith("damaged: block") for _, why in result.damaged)
                 and sess.catalog.unconfirmed(sess.repo, result.failed) == set(result.failed)):
