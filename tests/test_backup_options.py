@@ -593,3 +593,24 @@ def test_files_from_and_files_from_raw(repo, tmp_path):
     assert repo("backup", "--files-from", tmp_path / "missing", ok=2).code == 2
     (tmp_path / "empty").write_bytes(b"# nothing\n")
     assert repo("backup", "--files-from", tmp_path / "empty", ok=2).code == 2
+
+
+def test_case_insensitive_patterns_in_backup_restore_and_find(repo, tmp_path):
+    """restic's --iexclude / --iexclude-file (backup), --iinclude / --iexclude (restore) and find -i: the same
+    globs, case ignored (Unicode case for UTF-8 names)."""
+    src = make_tree(tmp_path / "src", {"a.JPG": b"1", "b.jpg": b"2", "c.Jpg": b"3", "d.png": b"4",
+                                       "Cache": {"x": b"x"}, "ÉTÉ.txt": b"e", "keep.txt": b"k"})
+    ex = tmp_path / "ex"
+    ex.write_text("# comment\n/**/CACHE\n")
+    repo("backup", src, "--iexclude", "*.jpg", "--iexclude-file", ex, "--iexclude", "été.TXT")
+    names = {os.path.basename(line) for line in repo("ls", "latest").out.split()}
+    assert {"a.JPG", "b.jpg", "c.Jpg", "Cache", "x", "ÉTÉ.txt"}.isdisjoint(names) and {"d.png", "keep.txt"} <= names
+    repo("backup", src)
+    r = tmp_path / "r"
+    repo("restore", "latest", "--target", r, "--iinclude", "*.JPG", "--iexclude", "A.*")
+    got = sorted(p.name for p in r.rglob("*") if p.is_file())
+    assert got == ["b.jpg", "c.Jpg"]
+    found = repo("find", "-i", "*.JPG").out
+    assert found.count(".jpg") + found.count(".JPG") + found.count(".Jpg") == 3 and "d.png" not in found
+    assert "b.jpg" not in repo("find", "*.JPG").out
+    assert repo("backup", "--stdin", "--iexclude", "x", ok=2).err.count("--iexclude") == 1

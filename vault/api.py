@@ -32,7 +32,7 @@ from .crypto import KdfParams, MasterKeys
 from .dumper import Dumper
 from .copier import Copier, CopyReport
 from .errors import CacheUnavailable, CatalogBusy, CatalogError, CatalogInUse, IntegrityError, PermanentError, RepositoryNotFound, SnapshotNotFound, UsageError, VaultError, WrongPassword
-from .excludes import Matcher
+from .excludes import Matcher, compile_glob
 from .ids import resolve_prefix
 from .locks import Lock, remove_locks
 from .model import DIR, FILE, Node, Snapshot, format_time, replaced_by_repair
@@ -547,8 +547,9 @@ def ls(sess: Session, snap: Snapshot, path: str | None = None) -> Iterator[tuple
         yield from sess.catalog.walk(sess.repo, node.subtree, base)
 
 
-def find(sess: Session, pattern: str, flt: SnapshotFilter | None = None) -> Iterator[tuple[Snapshot, bytes, Node]]:
-    m = Matcher([pattern])
+def find(sess: Session, pattern: str, flt: SnapshotFilter | None = None,
+         ignore_case: bool = False) -> Iterator[tuple[Snapshot, bytes, Node]]:
+    m = Matcher([compile_glob(pattern, fold=ignore_case)])
     for snap in list_snapshots(sess, flt):
         for path, node in sess.catalog.walk(sess.repo, snap.tree):
             if m.matches(path, node.type == DIR):

@@ -23,6 +23,10 @@ Where a pattern matches:
 
 A trailing ``/`` restricts the pattern to directories (the caller says whether a path is one). Repeated ``/`` in
 a pattern count as one. Only the pattern ``/`` matches the root path ``b"/"``.
+
+A pattern compiled with ``fold=True`` (``--iexclude``, ``--iinclude``, ``find -i``, as restic's) ignores case:
+the pattern and every path it is asked about are lower-cased first (Unicode case of UTF-8 names; the bytes of a
+name that is not UTF-8 are kept).
 """
 
 from __future__ import annotations
@@ -207,15 +211,15 @@ def _component_regex(component: list[_Token], cross: bool) -> tuple[bytes, bool]
 class Glob:
     """One compiled pattern. Build with :func:`compile_glob`."""
 
-    __slots__ = ("pattern", "dir_only", "anchored", "_root", "_re", "_below_re", "_prefix")
+    __slots__ = ("pattern", "dir_only", "anchored", "fold", "_root", "_re", "_below_re", "_prefix")
 
-    def __init__(self, pattern: bytes) -> None:
+    def __init__(self, pattern: bytes, fold: bool = False) -> None:
         if not pattern:
             raise _bad(pattern, "empty pattern")
         if b"\0" in pattern:
             raise _bad(pattern, "NUL byte")
-        self.pattern = pattern
-        raw = _tokenize(pattern)
+        self.pattern, self.fold = pattern, fold
+        raw = _tokenize(_lower(pattern) if fold else pattern)
         self.anchored = not raw[0]
         self.dir_only = len(raw) > 1 and not raw[-1]
         components = [c for c in raw if c]
@@ -248,6 +252,8 @@ class Glob:
     def matches(self, path: bytes, is_dir: bool = False) -> bool:
         """True if ``path`` itself matches (a directory-only pattern needs ``is_dir``)."""
         _check_path(path)
+        if self.fold:
+            path = _lower(path)
         if self.dir_only and not is_dir:
             return False
         if path == b"/":
@@ -257,12 +263,16 @@ class Glob:
     def matches_ancestor(self, path: bytes) -> bool:
         """True if some proper ancestor directory of ``path`` matches."""
         _check_path(path)
+        if self.fold:
+            path = _lower(path)
         return path != b"/" and self._below_re.fullmatch(path) is not None
 
     def could_match_below(self, dir_path: bytes) -> bool:
         """False only when no path strictly below ``dir_path`` can satisfy :meth:`matches` or
         :meth:`matches_ancestor`. Exact for anchored patterns up to the first ``**``; True otherwise."""
         _check_path(dir_path)
+        if self.fold:
+            dir_path = _lower(dir_path)
         if self._prefix is None:
             return True
         names = dir_path.split(b"/")[1:] if dir_path != b"/" else []
@@ -277,14 +287,22 @@ class Glob:
         return True
 
 
+def _lower(path: bytes) -> bytes:
+    """``path`` in lower case: ASCII at C speed; else as text (UTF-8; a byte that is not stays as it is)."""
+    if path.isascii():
+        return path.lower()
+    return path.decode("utf-8", "surrogateescape").lower().encode("utf-8", "surrogateescape")
+
+
 def _check_path(path: bytes) -> None:
     if path[:1] != b"/":
         raise ValueError(f"expected an absolute bytes path, got {path!r}")
 
 
-def compile_glob(pattern: str | bytes) -> Glob:
-    """Compile one shell-style pattern (see the module docstring). Raises UsageError if malformed."""
-    return Glob(os.fsencode(pattern) if isinstance(pattern, str) else bytes(pattern))
+def compile_glob(pattern: str | bytes, fold: bool = False) -> Glob:
+    """Compile one shell-style pattern (see the module docstring; ``fold``: case ignored). Raises UsageError if
+    malformed."""
+    return Glob(os.fsencode(pattern) if isinstance(pattern, str) else bytes(pattern), fold)
 
 
 class Matcher:

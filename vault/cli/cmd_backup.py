@@ -19,12 +19,20 @@ from ..archiver import BackupOptions
 from ..chunker import ChunkerParams
 from ..crypto import KdfParams
 from ..errors import UsageError, VaultError
-from ..excludes import read_exclude_file
+from ..excludes import Glob, compile_glob, read_exclude_file
 from ..model import valid_name
 from ..timespec import parse_time
 from .common import get_ctx, global_options, human_bytes, is_text, printable, split_tags
 from .progress import BackupProgress
 from .main import cli
+
+
+def _exclude_file(path: str) -> list[str]:
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as fh:
+            return read_exclude_file(fh.read())
+    except OSError as exc:
+        raise UsageError(f"cannot read exclude file {path}: {exc.strerror}") from None
 
 
 @cli.command()
@@ -90,6 +98,10 @@ def init(pack_size: int, compression_level: int, chunk_min: int, chunk_avg: int,
               "(repeatable; without '/' matches a name at any depth).")
 @click.option("--exclude-file", "exclude_files", multiple=True, type=click.Path(dir_okay=False),
               help="Read exclude globs from FILE, one per line (# comments).")
+@click.option("--iexclude", "iexcludes", multiple=True, metavar="GLOB", help="As --exclude, ignoring case "
+              "(restic's).")
+@click.option("--iexclude-file", "iexclude_files", multiple=True, type=click.Path(dir_okay=False),
+              help="As --exclude-file, ignoring case.")
 @click.option("--exclude-if-present", "if_present", multiple=True, metavar="NAME", help="Leave out the content of "
               "directories holding a file NAME (the directory and NAME are kept; repeatable).")
 @click.option("--exclude-caches", is_flag=True, help="Leave out the content of directories holding a CACHEDIR.TAG "
@@ -113,7 +125,8 @@ def init(pack_size: int, compression_level: int, chunk_min: int, chunk_avg: int,
               "(after --): back up its output as one file; if it exits non-zero, no snapshot is written (exit 1).")
 @global_options
 def backup(paths: tuple[str, ...], tags: tuple[str, ...], host: str | None, time_: str | None,
-           excludes: tuple[str, ...], exclude_files: tuple[str, ...], if_present: tuple[str, ...],
+           excludes: tuple[str, ...], exclude_files: tuple[str, ...], iexcludes: tuple[str, ...],
+           iexclude_files: tuple[str, ...], if_present: tuple[str, ...],
            exclude_caches: bool, files_from: tuple[str, ...], files_verbatim: tuple[str, ...],
            files_from_raw: tuple[str, ...], one_file_system: bool,
            dry_run: bool, force: bool, stdin: bool, stdin_filename: str, from_command: bool) -> int:
@@ -144,7 +157,8 @@ def backup(paths: tuple[str, ...], tags: tuple[str, ...], host: str | None, time
         if not valid_name(os.fsencode(name)):
             raise UsageError(f"--exclude-if-present takes a file name (no '/'), not {name!r}")
     if streamed:
-        for given, what in ((excludes, "--exclude"), (exclude_files, "--exclude-file"),
+        for given, what in ((excludes, "--exclude"), (exclude_files, "--exclude-file"), (iexcludes, "--iexclude"),
+                            (iexclude_files, "--iexclude-file"),
                             (if_present, "--exclude-if-present"), (exclude_caches, "--exclude-caches"),
                             (one_file_system, "--one-file-system"), (force, "--force")):
             if given:
@@ -167,13 +181,12 @@ def backup(paths: tuple[str, ...], tags: tuple[str, ...], host: str | None, time
     elif paths == ("-",) and not os.path.lexists("-"):  # (borg's way to say standard input)
         raise UsageError("'-' is no file here: to back up standard input use --stdin "
                          "(cmd | vault backup --stdin --stdin-filename NAME)")
-    patterns = list(excludes)
+    patterns: list[str | Glob] = list(excludes)
     for f in exclude_files:
-        try:
-            with open(f, encoding="utf-8", errors="surrogateescape") as fh:
-                patterns += read_exclude_file(fh.read())
-        except OSError as exc:
-            raise UsageError(f"cannot read exclude file {f}: {exc.strerror}") from None
+        patterns += _exclude_file(f)
+    patterns += [compile_glob(p, fold=True) for p in iexcludes]
+    for f in iexclude_files:
+        patterns += [compile_glob(p, fold=True) for p in _exclude_file(f)]
     when = parse_time(time_, datetime.now(timezone.utc)) if time_ is not None else None  # ("" is an error)
     if host is not None and not is_text(host):
         raise UsageError("--host must be text (UTF-8): host names are matched and shown as text")

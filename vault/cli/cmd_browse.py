@@ -94,16 +94,18 @@ def ls(snapshot: str, path: str | None, long_: bool) -> None:
 
 @cli.command()
 @click.argument("pattern")
+@click.option("-i", "--ignore-case", is_flag=True, help="Ignore case in PATTERN and in the names (restic's).")
 @_filters
 @global_options
-def find(pattern: str, hosts, tags, paths) -> None:
+def find(pattern: str, ignore_case: bool, hosts, tags, paths) -> None:
     """Find paths matching a GLOB in every snapshot (a GLOB without '/' matches names at any depth).
 
     Example: vault --repo /srv/backup find '*.conf'
     """
     c = get_ctx()
     with api.session(c.settings, c.password_fn(), lock="shared", operation="find") as sess:
-        hits = api.find(sess, pattern, api.SnapshotFilter(list(hosts), list(tags), list(paths)))  # streamed
+        hits = api.find(sess, pattern, api.SnapshotFilter(list(hosts), list(tags), list(paths)),  # streamed
+                        ignore_case=ignore_case)
         c.warn_unreadable(sess.sync.unreadable, "not searched; run 'vault verify'")
         if c.json:
             c.emit_json_stream(None, ({"snapshot_id": s.id, "short_id": s.short_id, "time": format_time(s.time),

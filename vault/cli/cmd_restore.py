@@ -11,6 +11,7 @@ import click
 from .. import api
 from ..dumper import writing
 from ..errors import UsageError, VaultError
+from ..excludes import compile_glob
 from ..restorer import RestoreOptions
 from .common import get_ctx, global_options, human_bytes, printable
 from .progress import RestoreProgress
@@ -31,11 +32,14 @@ def _target(ctx, param, value: str) -> str:
               "TIME (ISO-8601 or 'N days ago').")
 @click.option("-i", "--include", "includes", multiple=True, metavar="GLOB", help="Restore only matching paths.")
 @click.option("-e", "--exclude", "excludes", multiple=True, metavar="GLOB", help="Do not restore matching paths.")
+@click.option("--iinclude", "iincludes", multiple=True, metavar="GLOB", help="As --include, ignoring case.")
+@click.option("--iexclude", "iexcludes", multiple=True, metavar="GLOB", help="As --exclude, ignoring case.")
 @click.option("--host", "hosts", multiple=True, help="With latest/--at: only snapshots of this host.")
 @click.option("--tag", "tags", multiple=True, help="With latest/--at: only snapshots with this tag.")
 @click.option("--path", "paths", multiple=True, help="With latest/--at: only snapshots of this path.")
 @global_options
 def restore(snapshot: str | None, target: str, at: str | None, includes: tuple[str, ...], excludes: tuple[str, ...],
+            iincludes: tuple[str, ...], iexcludes: tuple[str, ...],
             hosts: tuple[str, ...], tags: tuple[str, ...], paths: tuple[str, ...]) -> int:
     """Restore SNAPSHOT (id, prefix or 'latest') or the state --at TIME into --target; SNAPSHOT:PATH restores
     that directory's content into --target itself.
@@ -54,7 +58,8 @@ def restore(snapshot: str | None, target: str, at: str | None, includes: tuple[s
     progress = RestoreProgress(enabled=not (c.quiet or c.json))
     try:
         snap, res = api.restore(c.settings, c.password_fn(), snapshot, RestoreOptions(
-            target, list(includes), list(excludes), progress=progress), at=at, flt=flt)
+            target, [*includes, *(compile_glob(p, fold=True) for p in iincludes)],
+            [*excludes, *(compile_glob(p, fold=True) for p in iexcludes)], progress=progress), at=at, flt=flt)
     finally:
         progress.done()
     c.warn_unreadable(res.passed_over, f"it may be newer than {snap.short_id}, the snapshot restored", always=True)
@@ -64,10 +69,11 @@ def restore(snapshot: str | None, target: str, at: str | None, includes: tuple[s
                         + (f", without {dropped} file(s) lost then" if isinstance(dropped, int) else "")
                         + f": restore {original[:8]} to have them named (or restored, if their data was stored "
                           "again since)"))
-    if includes and not (res.files or res.dirs or res.symlinks or res.other or res.damaged or res.errors):
-        also = " that --exclude leaves in" if excludes else ""
+    if (includes or iincludes) and not (res.files or res.dirs or res.symlinks or res.other or res.damaged
+                                        or res.errors):
+        also = " that --exclude leaves in" if excludes or iexcludes else ""
         c.err(printable(f"vault: warning: nothing in snapshot {snap.short_id} matches --include "
-                        f"{' '.join(includes)}{also} (its paths: {' '.join(snap.paths)})"))
+                        f"{' '.join((*includes, *iincludes))}{also} (its paths: {' '.join(snap.paths)})"))
     for path, why in res.damaged:
         c.err(printable(f"damaged: {path}: {why}"))
     for path, why in res.errors:
