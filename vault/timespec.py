@@ -64,8 +64,10 @@ def _quote(text: str) -> str:
 
 
 def _local_midnight_utc(day: datetime) -> datetime:
-    """Local midnight of ``day``'s calendar date, as UTC (DST-correct: the naive time is resolved by the OS)."""
-    return datetime(day.year, day.month, day.day).astimezone(timezone.utc)
+    """Local midnight of ``day``'s calendar date, as UTC: on a day whose midnight never showed on the clocks
+    (summer time starting at 00:00: Santiago, Havana) the instant of the jump, as for a date alone (``to_utc``);
+    the OS's own resolution put it an hour early, at 23:00 of the day before."""
+    return to_utc(datetime(day.year, day.month, day.day))
 
 
 def to_utc(dt: datetime) -> datetime:
@@ -115,11 +117,13 @@ def parse_time(text: str, now: datetime, whole: bool = False) -> datetime:
         match = _AGO.fullmatch(lowered)
         if match and match["unit"] in _UNIT_SECONDS:
             return to_utc(now) - timedelta(seconds=int(match["n"]) * _UNIT_SECONDS[match["unit"]])
-        if match and match["unit"] in _UNIT_MONTHS:
-            when = Duration(months=int(match["n"]) * _UNIT_MONTHS[match["unit"]]).subtract_from(to_utc(now))
+        if match and match["unit"] in _UNIT_MONTHS:  # on the local calendar (as a date alone, and --keep-within):
+            # on the UTC one, "1 month ago" just after midnight on 1 March in Berlin was 29 January
+            wall = to_utc(now).astimezone().replace(tzinfo=None)
+            when = Duration(months=int(match["n"]) * _UNIT_MONTHS[match["unit"]]).subtract_from(wall)
             if when.year < 2:
                 raise ValueError("before year 1")
-            return when
+            return to_utc(when)
         match = _ISO.fullmatch(raw) or _ISO_BASIC.fullmatch(raw)
         if match:
             when = _from_iso(match)
