@@ -892,3 +892,24 @@ def test_final_error_line_survives_a_full_non_blocking_stderr(tmp_path):
     os.close(r)
     assert proc.wait() == 10
     assert out[filled:].decode().startswith("vault: ") and out.endswith(b"\n") and out.count(b"\n") == 1
+
+
+def test_a_utf16_output_with_names_that_are_not_utf8_and_utf8_tags_in_the_c_locale(repo, tmp_path):
+    """Under PYTHONIOENCODING=utf-16 a name that is not UTF-8 made `ls` an internal error and a message naming
+    one a bare traceback (a lone byte is no UTF-16 code unit); with Python's UTF-8 mode off in the C locale
+    (argv read as ASCII), a UTF-8 tag or host was refused as "not UTF-8", and a filter on it matched nothing."""
+    src = make_tree(tmp_path / "src", {"ok": b"1"})
+    (src / os.fsdecode(b"caf\xe9")).write_bytes(b"2")
+    repo("backup", src)
+    utf16 = {"PYTHONIOENCODING": "utf-16"}
+    p = repo.proc("ls", "latest", env=utf16, stdin=subprocess.DEVNULL)
+    assert p.returncode == 0 and "caf?" in p.stdout.decode("utf-16"), p.stderr
+    p = repo.proc("dump", "latest", os.fsdecode(bytes(src) + b"/x\xff"), env=utf16, stdin=subprocess.DEVNULL)
+    err = p.stderr.decode("utf-16")
+    assert p.returncode == 1 and "is not in snapshot" in err and "Traceback" not in err, err
+    c_locale = {"LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    p = repo.proc("--json", "backup", src, "--tag", "ünï", "--host", "hôst", env=c_locale, stdin=subprocess.DEVNULL)
+    assert p.returncode == 0, p.stderr
+    snaps = json.loads(repo.proc("--json", "snapshots", "--tag", "ünï", env=c_locale).stdout)
+    assert [(s["host"], s["tags"]) for s in snaps] == [("hôst", ["ünï"])]
+    assert [s["host"] for s in repo("--json", "snapshots", "--host", "hôst").json] == ["hôst"]

@@ -196,3 +196,19 @@ def test_gnu_tar_extracts_a_dumped_tree_with_its_directory_mtimes(cli, tmp_path)
     for d in ("", "a", "a/deep", "b"):
         assert (got / d).stat().st_mtime_ns == (src / d).stat().st_mtime_ns, d
     assert (got / "a/deep/g").read_bytes() == b"2"
+
+
+def test_dump_keeps_each_mtime_exact_to_the_nanosecond(cli, tmp_path):
+    """mtimes went into the tar through a float: 0.99999995 s past a second became the next second (`ls -l`
+    and `tar -tv` showed another minute at :59), and above 2^33 s it was 1.9 us off."""
+    cli("init", *FAST_INIT)
+    times = {"a": 1_764_000_000_999_999_950, "b": 8_589_934_592_000_001_500, "c": -1_500_000_000, "d": 1_000}
+    src = make_tree(tmp_path / "src", {n: n.encode() for n in times})
+    for n, ns in times.items():
+        os.utime(src / n, ns=(ns, ns))
+    cli("backup", src)
+    out = tmp_path / "x"
+    out.mkdir()
+    subprocess.run(["tar", "-x", "-C", out], input=_dump(cli, "latest", src), check=True, capture_output=True)
+    for n, ns in times.items():
+        assert os.stat(out / str(src).lstrip("/") / n).st_mtime_ns == ns, n

@@ -438,3 +438,14 @@ def test_today_on_a_day_whose_midnight_never_showed_is_the_jump(zone) -> None:
     assert parse_time("2026-09-06", NOW) == jump
     assert parse_time("today", datetime.fromisoformat("2026-09-06T12:00:00-03:00")) == jump
     assert parse_time("yesterday", datetime.fromisoformat("2026-09-07T12:00:00-03:00")) == jump
+
+
+def test_a_year_one_time_west_of_utc_is_shown_so_that_at_reads_it_back(zone) -> None:
+    """Year 1 in New York is shown in local mean time (-4:56), which --at could not read back (before year 1
+    in UTC): "cannot parse time", exit 2, where the docs promise a copied time selects its snapshot."""
+    from vault.cli.common import local_time
+
+    zone("America/New_York")
+    t = datetime(1, 1, 2, tzinfo=UTC)
+    shown = local_time(t)
+    assert shown == "0001-01-02 00:00:00Z" and parse_time(shown, NOW, whole=True) == t.replace(microsecond=999999)

@@ -102,8 +102,10 @@ class Dumper:
                 ti.mode = stat.S_IMODE(node.mode)
                 ti.uid, ti.gid = node.uid, node.gid
                 ti.uname = ti.gname = ""
-                ti.mtime = node.mtime_ns // 1_000_000_000 if node.mtime_ns % 1_000_000_000 == 0 \
-                    else node.mtime_ns / 1e9
+                ti.mtime = node.mtime_ns // 1_000_000_000
+                if node.mtime_ns % 1_000_000_000:  # (exact, in decimal: through a float 0.99999995 s was the next
+                    sec, ns = divmod(abs(node.mtime_ns), 1_000_000_000)  # second, and above 2^33 s 1.9 us off)
+                    ti.pax_headers["mtime"] = f"{'-' if node.mtime_ns < 0 else ''}{sec}.{ns:09d}".rstrip("0")
                 if node.type == SYMLINK:
                     ti.linkname = os.fsdecode(node.target or b"")
                 elif node.type in (CHARDEV, BLOCKDEV):

@@ -11,7 +11,7 @@ from .. import retention
 from ..errors import DamageFound, UsageError
 from ..checker import parse_size
 from ..pruner import PruneOptions
-from .common import get_ctx, global_options, human_bytes, local_time, printable, split_tags, terminal_prompt
+from .common import get_ctx, global_options, human_bytes, local_time, printable, split_tags, terminal_prompt, texts
 from .main import cli
 from .progress import VerifyProgress
 
@@ -131,11 +131,11 @@ def forget(snapshots, keep_last, keep_hourly, keep_daily, keep_weekly, keep_mont
     """
     c = get_ctx()
     policy = retention.Policy(last=keep_last, hourly=keep_hourly, daily=keep_daily, weekly=keep_weekly,
-                              monthly=keep_monthly, yearly=keep_yearly, within=keep_within, tags=tuple(keep_tags))
+                              monthly=keep_monthly, yearly=keep_yearly, within=keep_within, tags=tuple(texts(keep_tags)))
     if snapshots and not policy.is_empty():
         raise UsageError("give either snapshots to forget or a --keep-* policy, not both")
     res = api.forget(c.settings, c.password_fn(), list(snapshots), None if snapshots else policy,
-                     api.SnapshotFilter(list(hosts), list(tags), list(paths)), group_by, dry_run,
+                     api.SnapshotFilter(texts(hosts), texts(tags), list(paths)), group_by, dry_run,
                      PruneOptions(max_unused=max_unused) if do_prune else None, log=c.err if c.verbose else _quiet)
     if res.still_listed:
         c.err(f"vault: warning: the store still lists {len(res.still_listed)} of the snapshots it was told to delete "
@@ -202,7 +202,7 @@ def tag(snapshots: tuple[str, ...], add: tuple[str, ...], remove: tuple[str, ...
         raise UsageError("--set replaces the tags: give it alone, not with --add or --remove")
     res = api.tag(c.settings, c.password_fn(), list(snapshots), split_tags(add, "--add"),
                   split_tags(remove, "--remove"), split_tags(set_, "--set") if set_ else None,
-                  api.SnapshotFilter(list(hosts), list(tags), list(paths)))
+                  api.SnapshotFilter(texts(hosts), texts(tags), list(paths)))
     if c.json:
         c.emit_json(res.to_json())
         return
@@ -233,7 +233,7 @@ def copy(snapshots, to_url, to_password_file, to_password_command, hosts, tags, 
     to = api.second_settings(c.settings, to_url)
     rep, requests = api.copy(c.settings, c.password_fn(), list(snapshots), to,
                              lambda: c.second_password("TO", to_password_file, to_password_command),
-                             api.SnapshotFilter(list(hosts), list(tags), list(paths)),
+                             api.SnapshotFilter(texts(hosts), texts(tags), list(paths)),
                              log=c.err if c.verbose else _quiet)
     if c.json:
         c.emit_json({**rep.to_json(), "requests": requests})

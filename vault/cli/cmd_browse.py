@@ -10,7 +10,7 @@ import click
 
 from .. import api
 from ..model import FILE, SYMLINK, format_time
-from .common import get_ctx, global_options, human_bytes, local_time, printable
+from .common import get_ctx, global_options, human_bytes, local_time, printable, texts
 from .main import cli
 
 
@@ -33,7 +33,7 @@ def snapshots(hosts, tags, paths, latest) -> None:
     """
     c = get_ctx()
     with api.session(c.settings, c.password_fn()) as sess:
-        snaps = api.list_snapshots(sess, api.SnapshotFilter(list(hosts), list(tags), list(paths)))
+        snaps = api.list_snapshots(sess, api.SnapshotFilter(texts(hosts), texts(tags), list(paths)))
     if latest is not None:  # (snaps are oldest first: each group's last N, the order kept)
         kept, seen = [], {}
         for s in reversed(snaps):
@@ -104,7 +104,7 @@ def find(pattern: str, ignore_case: bool, hosts, tags, paths) -> None:
     """
     c = get_ctx()
     with api.session(c.settings, c.password_fn(), lock="shared", operation="find") as sess:
-        hits = api.find(sess, pattern, api.SnapshotFilter(list(hosts), list(tags), list(paths)),  # streamed
+        hits = api.find(sess, pattern, api.SnapshotFilter(texts(hosts), texts(tags), list(paths)),  # streamed
                         ignore_case=ignore_case)
         c.warn_unreadable(sess.sync.unreadable, "not searched; run 'vault verify'")
         if c.json:

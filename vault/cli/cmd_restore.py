@@ -13,7 +13,7 @@ from ..dumper import writing
 from ..errors import UsageError, VaultError
 from ..excludes import compile_glob
 from ..restorer import RestoreOptions
-from .common import get_ctx, global_options, human_bytes, printable
+from .common import get_ctx, global_options, human_bytes, printable, texts
 from .progress import RestoreProgress
 from .main import cli
 
@@ -54,7 +54,7 @@ def restore(snapshot: str | None, target: str, at: str | None, includes: tuple[s
         raise UsageError("give either SNAPSHOT or --at TIME, not both")
     if not snapshot and not at:
         raise UsageError("name a snapshot (id, prefix or 'latest') or use --at TIME")
-    flt = api.SnapshotFilter(list(hosts), list(tags), list(paths))
+    flt = api.SnapshotFilter(texts(hosts), texts(tags), list(paths))
     progress = RestoreProgress(enabled=not (c.quiet or c.json))
     try:
         snap, res = api.restore(c.settings, c.password_fn(), snapshot, RestoreOptions(
@@ -150,7 +150,7 @@ def dump(args: tuple[str, ...], at: str | None, hosts: tuple[str, ...], tags: tu
         # BufferedWriter raises instead. Over a copy of the descriptor: closing it must not close stdout)
         out = io.BufferedWriter(io.FileIO(os.dup(out.fileno()), "wb"), 1 << 20)
     snap, dumper, passed = api.dump(c.settings, c.password_fn(), spec, path, out, at=at,
-                                    flt=api.SnapshotFilter(list(hosts), list(tags), list(paths)),
+                                    flt=api.SnapshotFilter(texts(hosts), texts(tags), list(paths)),
                                     warn=lambda m: c.err(printable(f"vault: warning: {m}")))
     with writing():
         out.flush()

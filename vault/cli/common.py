@@ -170,8 +170,8 @@ def local_time(t: datetime) -> str:
         shown = f"{local.year:04d}-{local:%m-%d %H:%M:%S}"
         try:
             ambiguous = to_utc(local.replace(tzinfo=None, microsecond=0)) != t.replace(microsecond=0)
-        except (OverflowError, ValueError):  # (year 1 west of UTC: no summer time to tell apart there)
-            ambiguous = False
+        except (OverflowError, ValueError):  # (year 1 west of UTC: as local time it could not be read back)
+            return f"{t.year:04d}-{t:%m-%d %H:%M:%S}Z"
         if ambiguous:
             offset = local.strftime("%z")
             shown += f"{offset[:3]}:{offset[3:5]}"
@@ -183,13 +183,25 @@ def local_time(t: datetime) -> str:
 _CONTROL = {c: "?" for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)]}
 
 
+def utf8_text(value: str) -> str | None:
+    """A command-line value as text: the bytes given, read as UTF-8 (``os.fsencode`` gives them back whatever
+    Python decoded argv with: ASCII with lone surrogates in the C locale when its UTF-8 mode is off, where a
+    UTF-8 tag was refused as "not UTF-8"); None when they are not UTF-8."""
+    try:
+        return os.fsencode(value).decode("utf-8")
+    except UnicodeError:
+        return None
+
+
 def is_text(value: str) -> bool:
     """Whether a command-line value is UTF-8 (bytes that are not reach click's str as lone surrogates)."""
-    try:
-        value.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False
+    return utf8_text(value) is not None
+
+
+def texts(values: Iterable[str]) -> list[str]:
+    """Command-line values (hosts, tags to filter on) as text, to compare with the stored ones (one that is not
+    UTF-8 is kept as given: it matches nothing)."""
+    return [utf8_text(v) or v for v in values]
 
 
 def split_tags(values: Iterable[str], option: str) -> list[str]:
@@ -198,7 +210,7 @@ def split_tags(values: Iterable[str], option: str) -> list[str]:
     tags = list(dict.fromkeys(p for t in values for p in t.split(",") if p))
     if not all(is_text(t) for t in tags):
         raise UsageError(f"{option} must be text (UTF-8): tags are matched and shown as text")
-    return tags
+    return [utf8_text(t) for t in tags]
 
 
 def printable(text: str) -> str:
@@ -236,10 +248,21 @@ def _own_bytes(exc: UnicodeError) -> tuple[bytes, int]:
     such character never changes how the rest of a line or batch comes out."""
     if not isinstance(exc, UnicodeEncodeError):
         raise exc
+    if not _ascii_based(exc.encoding):  # (UTF-16, UTF-32: a lone byte is no code unit there -- the codec
+        return "?" * (exc.end - exc.start), exc.end  # refuses it, and the error escaped as an internal one)
     out = bytearray()
     for ch in exc.object[exc.start : exc.end]:
         out += bytes([ord(ch) - 0xDC00]) if 0xDC80 <= ord(ch) <= 0xDCFF else b"?"
     return bytes(out), exc.end
+
+
+@functools.lru_cache(maxsize=None)
+def _ascii_based(encoding: str) -> bool:
+    """Whether ``encoding`` writes ASCII as ASCII, one byte each (then a name's own bytes can be written too)."""
+    try:
+        return "?a/".encode(encoding) == b"?a/"
+    except (LookupError, UnicodeError):
+        return False
 
 
 codecs.register_error("vault-own-bytes", _own_bytes)
