@@ -8,7 +8,7 @@ import os
 import secrets
 from pathlib import Path
 
-from conftest import Symlink, make_tree
+from conftest import FAST_INIT, Symlink, make_tree
 
 
 def repo_files(root: Path) -> list[Path]:
@@ -92,3 +92,45 @@ def test_many_small_files_few_objects(repo, tmp_path):
     data_files = repo_files(repo.repo / "data")
     assert 0 < len(data_files) < 20, f"{len(data_files)} objects under data/ for 2000 tiny files"
     assert len(repo_files(repo.repo)) < 40
+
+
+def _modes(root: Path) -> dict[str, int]:
+    import stat
+
+    out = {}
+    for dirpath, dirs, files in os.walk(root):
+        for n in dirs + files + ([] if dirpath != str(root) else ["."]):
+            p = Path(dirpath) / n
+            out[str(p.relative_to(root))] = stat.S_IMODE(os.lstat(p).st_mode)
+    return out
+
+
+def test_a_new_repository_is_private_whatever_the_umask(cli, tmp_path):
+    """Under umask 000 every directory of the repository was 0777 and every object 0644: any local user could
+    delete packs, or read the key slots to guess the password offline. init makes the root 0700, and what is
+    written follows it."""
+    old = os.umask(0)
+    try:
+        cli("init", *FAST_INIT)
+        cli("backup", make_tree(tmp_path / "src", {"a": b"a", "d": {"b": b"b"}}))
+    finally:
+        os.umask(old)
+    modes = _modes(cli.repo)
+    assert modes["."] == 0o700 and len(modes) > 8
+    assert all(m & 0o077 == 0 for m in modes.values()), {p: oct(m) for p, m in modes.items() if m & 0o077}
+
+
+def test_a_group_shared_repository_stays_shared_whatever_the_umask(cli, tmp_path):
+    """A repository root made 2770 beforehand (a backup group) is followed: directories 2770, objects 0660, under
+    a umask of 022 that would have taken the group's write bit (another member could not add a pack)."""
+    cli.repo.mkdir()
+    os.chmod(cli.repo, 0o2770)
+    old = os.umask(0o022)
+    try:
+        cli("init", *FAST_INIT)
+        cli("backup", make_tree(tmp_path / "src", {"a": b"a"}))
+    finally:
+        os.umask(old)
+    modes = _modes(cli.repo)
+    dirs = {p for p in modes if (cli.repo / p).is_dir()}
+    assert {modes[p] for p in dirs} == {0o2770} and {modes[p] for p in modes if p not in dirs} == {0o660}

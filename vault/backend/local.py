@@ -94,6 +94,21 @@ class LocalBackend:
     def __init__(self, root: str | os.PathLike[str]):
         self.root = os.path.abspath(os.fspath(root))
         self.location = self.root
+        self._modes: tuple[int, int] | None = None  # (directories, files): see ``_modes_of_root``
+
+    def _modes_of_root(self) -> tuple[int, int]:
+        """The modes of new directories and objects, from the root's (as restic follows its config's): a private
+        root (0700, what init makes) keeps everything private, a group-shared one (2770) shares it with the group
+        -- whatever the umask of the process writing -- and nothing is ever writable by others (a root made under
+        umask 000 gave every directory 0777: any local user could delete packs)."""
+        if self._modes is None:
+            try:
+                root = stat.S_IMODE(os.stat(self.root).st_mode)
+            except OSError:
+                root = 0o700
+            dirs = (root & 0o2775) | 0o700  # (setgid kept: new entries take the shared group)
+            self._modes = (dirs, (dirs & 0o664) | 0o600)
+        return self._modes
 
     # -- helpers -------------------------------------------------------------------------------------------
 
@@ -133,11 +148,15 @@ class LocalBackend:
         while directory != self.root and not os.path.isdir(directory):
             missing.append(directory)
             directory = os.path.dirname(directory)
+        mode = self._modes_of_root()[0]
         for path in reversed(missing):
             try:
-                os.mkdir(path)
+                os.mkdir(path, mode)
             except FileExistsError:  # another writer made it; a file in the way fails on open
                 continue
+            if mode & 0o070:  # (a shared repository: the umask may have taken the group's bits)
+                with suppress(OSError):
+                    os.chmod(path, mode)
             _fsync_dir(os.path.dirname(path))
 
     def _open_temp(self, directory: str) -> tuple[int, str]:
@@ -145,11 +164,16 @@ class LocalBackend:
         for attempt in (1, 2):
             tmp = os.path.join(directory, TEMP_PREFIX + secrets.token_hex(8))
             try:
-                return os.open(tmp, flags, 0o644), tmp
+                fd = os.open(tmp, flags, self._modes_of_root()[1])
             except FileNotFoundError:
                 if attempt == 2:
                     raise
                 self._make_dirs(directory)
+                continue
+            if self._modes_of_root()[1] & 0o060:  # (a shared repository: the group's bits whatever the umask)
+                with suppress(OSError):
+                    os.fchmod(fd, self._modes_of_root()[1])
+            return fd, tmp
         raise AssertionError("unreachable")
 
     def _link_into_place(self, name: str, tmp: str, final: str) -> None:
@@ -346,7 +370,12 @@ class LocalBackend:
     def create_store(self) -> None:
         """Create the root directory (and its parents) if needed."""
         with self._os_errors("creating", ""):
-            os.makedirs(self.root, exist_ok=True)
+            parent = os.path.dirname(self.root)
+            if parent and not os.path.isdir(parent):
+                os.makedirs(parent, exist_ok=True)
+            with suppress(FileExistsError):  # (one made beforehand keeps its mode: a group-shared
+                os.mkdir(self.root, 0o700)     #  2770 is followed, see ``_modes_of_root``)
+            self._modes = None
 
     def close(self) -> None:
         """Nothing to release."""
