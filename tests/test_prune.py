@@ -493,3 +493,32 @@ def test_a_cache_disk_full_after_the_prune_is_a_warning_not_a_failed_prune(repo,
     assert repo("--json", "verify", "--read-data").json["ok"] is True
     for i, (sid, copy) in enumerate(vs[-2:]):
         restores(repo, sid, src, copy, tmp_path / f"r{i}")
+
+
+@pytest.mark.parametrize("why", ["locked", "interrupted"])
+def test_forget_prune_whose_prune_cannot_run_still_reports_the_forget(repo, tmp_path, monkeypatch, why):
+    """`forget --prune` forgot the snapshots, then its prune found the repository locked (a backup, a verify or a
+    restore held it longer than --lock-wait): exit 11, "repository is locked" and nothing else -- no JSON, no
+    list of what was forgotten, and 11 tells a script that nothing happened. The forget's report now comes out
+    first; then the prune's error, with its exit code."""
+    from vault import api
+    from vault.errors import RepositoryLocked
+
+    src = tmp_path / "src"
+    for day in range(1, 5):
+        make_tree(src, {"f": str(day).encode()})
+        repo("backup", src, "--time", f"2025-01-0{day}T00:00:00Z")
+
+    def refuse(*_a, **_k):
+        if why == "locked":
+            raise RepositoryLocked("repository is locked: shared lock held by backup (pid 1 on h, 5s ago)")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(api, "prune_repository", refuse)
+    res = repo("--json", "forget", "--keep-last", "1", "--prune", ok=11 if why == "locked" else 130)
+    doc = json.loads(res.out)
+    assert len(doc["removed"]) == 3 and doc["prune"] is None and doc["prune_error"]
+    assert "forgot 3 snapshot(s), but the prune did not run to its end" in res.err
+    assert len(repo("--json", "snapshots").json) == 1
+    res = repo("forget", "--keep-last", "1", "--prune", ok=11 if why == "locked" else 130)
+    assert "forgot 0 snapshot(s)" in res.out

@@ -621,6 +621,8 @@ class ForgetResult:
     prune: PruneReport | None
     requests: dict
     still_listed: list[str] = dataclasses.field(default_factory=list)  # deleted, yet listed again after
+    prune_failed: BaseException | None = None  # why the prune asked for did not run to its end (raised by the CLI
+    #                                             once the forget's report is out)
 
     def to_json(self) -> dict:
         return {"dry_run": self.dry_run, "removed": self.removed, "still_listed": self.still_listed,
@@ -630,7 +632,9 @@ class ForgetResult:
                                            "time": format_time(d.snapshot.time), "keep": d.keep,
                                            "reasons": d.reasons} for d in g.decisions]}
                            for g in self.groups],
-                "prune": self.prune.to_json() if self.prune is not None else None, **self.requests}
+                "prune": self.prune.to_json() if self.prune is not None else None,
+                **({"prune_error": str(self.prune_failed) or "interrupted"} if self.prune_failed is not None else {}),
+                **self.requests}
 
 
 def _prune_in_session(sess: Session, settings: Settings, opts: PruneOptions,
@@ -688,11 +692,14 @@ def forget(settings: Settings, password: PasswordFn, ids: list[str], policy: Pol
                 # (a store that acknowledges a DELETE and keeps the object: said, not reported as forgotten)
                 still = sorted(set(removed) & {s.id for s in sess.catalog.snapshots()})
         requests = sess.requests()
-    report = None
+    report, failed = None, None
     if prune is not None:
         extra = {"dry_run": dry_run, "ignore_snapshots": tuple(removed) if dry_run else ()}
-        report, requests = prune_repository(settings, password, PruneOptions(**{**prune.__dict__, **extra}), log)
-    return ForgetResult(groups, [s for s in removed if s not in still], dry_run, report, requests, still)
+        try:
+            report, requests = prune_repository(settings, password, PruneOptions(**{**prune.__dict__, **extra}), log)
+        except (VaultError, KeyboardInterrupt) as exc:  # (the forget is done: its report must still come out --
+            failed = exc  # a locked repository's exit 11 alone said nothing happened, and --json printed nothing)
+    return ForgetResult(groups, [s for s in removed if s not in still], dry_run, report, requests, still, failed)
 
 
 @dataclass

@@ -143,6 +143,7 @@ def forget(snapshots, keep_last, keep_hourly, keep_daily, keep_weekly, keep_mont
               "out, or its listing is not up to date yet; run 'vault forget' again later")
     if c.json:
         c.emit_json(res.to_json())
+        _prune_failed(c, res)
         return
     for g in res.groups:
         key = " ".join(f"{k}={','.join(v) if isinstance(v, list) else v}" for k, v in g.key.items()) or "all"
@@ -153,6 +154,16 @@ def forget(snapshots, keep_last, keep_hourly, keep_daily, keep_weekly, keep_mont
     c.out(f"{'would forget' if dry_run else 'forgot'} {len(res.removed)} snapshot(s)")
     if res.prune is not None:
         _print_prune(c, res.prune)
+    _prune_failed(c, res)
+
+
+def _prune_failed(c, res: api.ForgetResult) -> None:
+    """The prune after a forget that did not run to its end: said, then its error raised (its exit code)."""
+    if res.prune_failed is not None:
+        if res.removed and not res.dry_run:
+            c.err(f"vault: forgot {len(res.removed)} snapshot(s), but the prune did not run to its end (run "
+                  "'vault prune' later):")
+        raise res.prune_failed
 
 
 def _quiet(_msg: str) -> None:
