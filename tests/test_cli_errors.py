@@ -913,3 +913,18 @@ def test_a_utf16_output_with_names_that_are_not_utf8_and_utf8_tags_in_the_c_loca
     snaps = json.loads(repo.proc("--json", "snapshots", "--tag", "ünï", env=c_locale).stdout)
     assert [(s["host"], s["tags"]) for s in snaps] == [("hôst", ["ünï"])]
     assert [s["host"] for s in repo("--json", "snapshots", "--host", "hôst").json] == ["hôst"]
+
+
+def test_ctrl_c_while_the_cli_loads_its_first_modules_is_one_line(tmp_path):
+    """The loading handler was installed after the config import: a Ctrl-C there (about 0.1 s in; a storm of
+    concurrent hosts hit it 4 times) printed a traceback from the middle of an import."""
+    code = ("import os, signal, sys\n"
+            "class Hook:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name == 'vault.config':\n"
+            "            os.kill(os.getpid(), signal.SIGINT)\n"
+            "        return None\n"
+            "sys.meta_path.insert(0, Hook())\n"
+            "import vault.cli.main\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, cwd=tmp_path)
+    assert (p.returncode, p.stderr) == (130, b"vault: interrupted\n"), p.stderr[-600:]

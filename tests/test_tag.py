@@ -52,3 +52,27 @@ def test_copy_warns_when_a_snapshot_was_retagged_since_it_was_copied(cli, tmp_pa
     res = cli("copy", "--to", second)
     assert "1 snapshot(s) already there have other tags" in res.err and " tag ... " in res.err, res.err
     assert len(cli("--json", "copy", "--to", second).json["tags_differ"]) == 1
+
+
+def test_ctrl_c_right_after_the_new_manifest_is_written_still_lets_the_old_one_go(cli, tmp_path, monkeypatch):
+    """A Ctrl-C landing between the retagged manifest's write and the old one's delete left both snapshots (the
+    same time and tree; retention and copy then saw two). It now takes effect once that snapshot is done."""
+    import signal
+
+    from vault.repository import Repository
+
+    cli("init", *FAST_INIT)
+    src = make_tree(tmp_path / "src", {"f": b"x"})
+    old = cli("--json", "backup", src).json["snapshot_id"]
+    real = Repository.commit_snapshot
+
+    def commit_then_ctrl_c(self, *a, **k):
+        sid = real(self, *a, **k)
+        signal.raise_signal(signal.SIGINT)
+        return sid
+
+    monkeypatch.setattr(Repository, "commit_snapshot", commit_then_ctrl_c)
+    cli("tag", "--add", "x", "latest", ok=130)
+    monkeypatch.setattr(Repository, "commit_snapshot", real)
+    snaps = cli("--json", "snapshots").json
+    assert [s["tags"] for s in snaps] == [["x"]] and snaps[0]["id"] != old

@@ -732,11 +732,13 @@ def tag(settings: Settings, password: PasswordFn, specs: list[str], add: list[st
             new = Snapshot(time=snap.time, host=snap.host, paths=list(snap.paths), tree=snap.tree, tags=tags,
                            username=snap.username, parent=snap.parent,
                            summary={**snap.summary, "origin": snap.origin, "retagged_from": snap.id})
-            sid = sess.repo.commit_snapshot(new, sess.check_lock, "tag")
-            sess.repo.save_log("tag", "tags changed", [{"id": snap.id, "tree": snap.tree.hex(), "keep": False,
-                                                         "reasons": [f"tags changed: now {sid}"]}])
-            sess.repo.delete_snapshot(snap.id)
-            res.changed.append((snap.id, sid, tags))
+            with stopsignals.held():  # (a Ctrl-C between the new manifest and the old one's delete left both:
+                #                         it takes effect between two snapshots)
+                sid = sess.repo.commit_snapshot(new, sess.check_lock, "tag")
+                sess.repo.save_log("tag", "tags changed", [{"id": snap.id, "tree": snap.tree.hex(), "keep": False,
+                                                             "reasons": [f"tags changed: now {sid}"]}])
+                sess.repo.delete_snapshot(snap.id)
+                res.changed.append((snap.id, sid, tags))
         if res.changed:
             sess.catalog.sync(sess.repo)
         res.requests = sess.requests()
