@@ -29,7 +29,7 @@ from .errors import CatalogError, IntegrityError, ObjectNotFound, UsageError, Va
 from .entries import entry, split_ids
 from .forkpool import ForkPool
 from .model import DIR, FILE, Tree, replaced_by_repair
-from .pack import PackEntry, decode_header, header_length, parse_pack
+from .pack import PackEntry, header_length, header_rows, sealed_header
 from .repository import MAX_SEGMENT_STORED, Repository, Scratch, pack_name
 
 
@@ -241,20 +241,21 @@ class Checker:
         return res
 
     def _header(self, name: str, size: int, res: _PackCheck, data: memoryview | None = None) -> dict:
-        """The pack's header entries by block id ({} and the damage noted when it cannot be read)."""
+        """The pack's header entries by block id, as (offset, length) ({} and the damage noted when it cannot
+        be read)."""
         try:
-            if data is not None:
-                entries = parse_pack(data, self.repo.cipher)
-            else:
+            if data is None:
                 n = header_length(self.repo.backend.get(name, max(0, size - 4), 4), size)
                 sealed = self.repo.backend.get(name, size - 4 - n, n)
                 if len(sealed) != n:
                     raise IntegrityError("pack shorter than its index says")
-                entries = decode_header(sealed, size, self.repo.cipher)
+            else:
+                sealed = sealed_header(data)
+            rows = header_rows(sealed, size, self.repo.cipher)
         except IntegrityError as exc:
             res.damage.append((name, f"header unreadable: {exc}"))
             return {}
-        return {e.block_id: e for e in entries}
+        return {bid: (offset, length) for _, bid, offset, length, _ in rows}
 
     def _pieces(self, name: str, size: int, entries: list[PackEntry]) -> Iterator[tuple[int, memoryview, list]]:
         """(offset, bytes, the index entries starting in them) of the pack in order, covering every byte: a
@@ -277,8 +278,7 @@ class Checker:
             yield size, memoryview(b""), [e]
 
     def _check_block(self, e: PackEntry, view: memoryview, start: int, header: dict, res: _PackCheck) -> None:
-        h = header.get(e.block_id)
-        if header and (h is None or (h.offset, h.length) != (e.offset, e.length)):
+        if header and header.get(e.block_id) != (e.offset, e.length):
             res.bad[e.block_id] = "index entry does not match the pack header"
             return
         if e.offset < start or e.offset + e.length > start + len(view):

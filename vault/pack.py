@@ -24,6 +24,7 @@ from .errors import IntegrityError
 
 DATA, TREE = "D", "T"
 KINDS = (DATA, TREE)
+_KIND_NAMES = {k.encode(): k for k in KINDS}
 HEADER_MAGIC = b"VPH1"
 _ENTRY = struct.Struct("<c32sII")
 _TRAILER = struct.Struct("<I")
@@ -69,6 +70,12 @@ def header_length(tail: bytes, pack_size: int) -> int:
 
 def decode_header(sealed: bytes, pack_size: int, cipher: Cipher) -> list[PackEntry]:
     """Decrypt and validate a header: every entry must lie inside the pack's block area."""
+    return [PackEntry(*row) for row in header_rows(sealed, pack_size, cipher)]
+
+
+def header_rows(sealed: bytes, pack_size: int, cipher: Cipher) -> list[tuple[str, bytes, int, int, int]]:
+    """``decode_header`` as plain (kind, block id, offset, length, raw length) tuples (verify compares every
+    block with its header entry: building a frozen dataclass for each cost more than the comparison)."""
     plain = cipher.open(sealed, HEADER_AAD, "pack header")
     if plain[:4] != HEADER_MAGIC or len(plain) < 8:
         raise IntegrityError("pack header: bad magic")
@@ -77,22 +84,26 @@ def decode_header(sealed: bytes, pack_size: int, cipher: Cipher) -> list[PackEnt
         raise IntegrityError("pack header: entry count does not match its length")
     body_end = pack_size - len(sealed) - _TRAILER.size
     entries, offset = [], 0
-    for i in range(count):
-        kind, bid, length, raw = _ENTRY.unpack_from(plain, 8 + i * _ENTRY.size)
-        k = kind.decode("latin-1")
-        if k not in KINDS or length < BLOCK_OVERHEAD:
+    for kind, bid, length, raw in _ENTRY.iter_unpack(memoryview(plain)[8:]):
+        k = _KIND_NAMES.get(kind)
+        if k is None or length < BLOCK_OVERHEAD:
             raise IntegrityError("pack header: malformed entry")
-        entries.append(PackEntry(k, bid, offset, length, raw))
+        entries.append((k, bid, offset, length, raw))
         offset += length
     if offset != body_end:
         raise IntegrityError(f"pack header lists {offset} bytes of blocks, pack holds {body_end}")
     return entries
 
 
+def sealed_header(data: bytes | memoryview) -> bytes | memoryview:
+    """The sealed header of a whole pack held in memory (its length validated)."""
+    n = header_length(data[-_TRAILER.size:], len(data))
+    return data[len(data) - _TRAILER.size - n : len(data) - _TRAILER.size]
+
+
 def parse_pack(data: bytes, cipher: Cipher) -> list[PackEntry]:
     """Header entries of a whole pack held in memory."""
-    n = header_length(data[-_TRAILER.size:], len(data))
-    return decode_header(data[len(data) - _TRAILER.size - n : len(data) - _TRAILER.size], len(data), cipher)
+    return decode_header(sealed_header(data), len(data), cipher)
 
 
 def sealed_size(payload_len: int) -> int:

@@ -46,6 +46,7 @@ from .forkpool import ForkPool
 from .fsmeta import (IS_ROOT, REPLACED, apply_metadata, apply_metadata_at, chmod_nofollow, current_umask, fold_key, folding_names,
                      make_special, rename_noreplace)
 from .model import DIR, FILE, SOCKET, SYMLINK, Node, Snapshot
+from .pack import PackEntry
 from .repository import Repository, Scratch, pack_name
 
 MAX_GAP = 256 * 1024
@@ -798,7 +799,10 @@ class Restorer:
         out = []
         for mine, packs in self._plan(tasks, len(self._load)):
             index = {id(t): i for i, t in enumerate(mine)}
-            ranges = [(pid, [(entry, [(index[id(t)], off) for t, off in users]) for entry, users in items])
+            # each PackEntry as a plain tuple: a frozen slotted dataclass pickles through Python-level
+            # __getstate__/__setstate__, 4-8x the cost of a tuple on both sides of the pipe
+            ranges = [(pid, [((e.kind, e.block_id, e.offset, e.length, e.raw_length),
+                              [(index[id(t)], off) for t, off in users]) for e, users in items])
                       for pid, wanted in packs.items() for items in self._ranges(wanted)]
             files = [(t.path, t.tmp, t.remaining, t.problem, _slim(t.node), t.folds) for t in mine]
             out.append((mine, (files, ranges)))
@@ -823,7 +827,7 @@ class Restorer:
             tasks.append(_FileTask(path, _unslim(meta), tmp, remaining, problem))
             tasks[-1].folds = folds
         self.result, self._spares = RestoreResult(), []
-        units = [(pid, [(entry, [(tasks[i], off) for i, off in users]) for entry, users in items])
+        units = [(pid, [(PackEntry(*entry), [(tasks[i], off) for i, off in users]) for entry, users in items])
                  for pid, items in ranges]
         if self._child_pool is None:
             for pid, items in units:
