@@ -928,3 +928,32 @@ def test_ctrl_c_while_the_cli_loads_its_first_modules_is_one_line(tmp_path):
             "import vault.cli.main\n")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, cwd=tmp_path)
     assert (p.returncode, p.stderr) == (130, b"vault: interrupted\n"), p.stderr[-600:]
+
+
+def test_lists_without_end_and_blank_commands_and_odd_zones_are_one_line(repo, tmp_path):
+    """Found by a fuzzer: `--exclude-file /dev/zero` (and the --files-from lists, and `yes | ... --files-from -`)
+    read until the kernel killed vault; a blank --password-command was "internal error: IndexError"; TZ=UTC+24
+    (glibc takes it, Python cannot) made `snapshots` an internal error; click's usage errors took four lines,
+    echoing a value's escape sequences raw; into 2>/dev/full one exited 120."""
+    src = make_tree(tmp_path / "src", {"f": b"x"})
+    repo("backup", src)
+    import resource
+
+    def capped() -> None:  # (a vault that reads without end fails here, not the machine)
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+    for opt in ("--exclude-file", "--files-from", "--files-from-verbatim", "--files-from-raw"):
+        p = repo.proc("backup", "-n", *([src] if opt == "--exclude-file" else []), opt, "/dev/zero",
+                      stdin=subprocess.DEVNULL, preexec_fn=capped)
+        assert p.returncode == 2 and p.stderr.count(b"\n") == 1 and b"is longer than" in p.stderr, p.stderr
+    p = repo.proc("snapshots", env={"VAULT_PASSWORD": "", "VAULT_PASSWORD_COMMAND": " "}, stdin=subprocess.DEVNULL)
+    assert p.returncode == 1 and p.stderr == b"vault: password command could not run: it is empty\n", p.stderr
+    p = repo.proc("snapshots", env={"TZ": "UTC+24"}, stdin=subprocess.DEVNULL)
+    assert p.returncode == 0 and b"internal error" not in p.stderr and b"times are shown and read in UTC" in p.stderr
+    p = repo.proc("ls", "latest", "\x1b]0;pwned\x07", "extra", stdin=subprocess.DEVNULL)
+    assert p.returncode == 2 and p.stderr.count(b"\n") == 1 and b"\x1b" not in p.stderr, p.stderr
+    with open("/dev/full", "wb") as full:
+        p = subprocess.run([sys.executable, "-m", "vault.cli.main", "bogus"], stderr=full, stdout=subprocess.PIPE)
+        assert p.returncode == 2
+        p = subprocess.run([sys.executable, "-m", "vault.cli.main", "--help"], stdout=full, stderr=subprocess.PIPE)
+        assert (p.returncode, p.stderr) == (1, b"vault: cannot write the output: No space left on device\n")

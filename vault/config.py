@@ -107,7 +107,10 @@ def _run_password_command(cmd: str, timeout: float = 120.0) -> bytes:
     """The command's output, once it has exited: a background process it left holding the output open is not
     waited for. The command line is not repeated in messages (it may hold a secret)."""
     try:
-        proc = subprocess.Popen(shlex.split(cmd), stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        argv = shlex.split(cmd)
+        if not argv:  # (' ': Popen([]) is an IndexError -- it was an internal error)
+            raise ValueError("it is empty")
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
     except (OSError, ValueError) as exc:
         raise NoPassword(f"password command could not run: {getattr(exc, 'strerror', None) or exc}") from None
     try:

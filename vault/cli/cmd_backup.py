@@ -27,12 +27,24 @@ from .progress import BackupProgress
 from .main import cli
 
 
+MAX_EXCLUDE_FILE = 16 << 20  # bytes: longer is no exclude file (one pointed at /dev/zero grew until killed)
+MAX_PATH_LIST = 256 << 20  # bytes of a --files-from list (millions of paths; /dev/zero, `yes |`: refused)
+
+
+def _read_bounded(fh, limit: int, what: str) -> bytes:
+    data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise UsageError(f"{what} is longer than {limit >> 20} MiB: refused (not a list of that kind?)")
+    return data
+
+
 def _exclude_file(path: str) -> list[str]:
     try:
-        with open(path, encoding="utf-8", errors="surrogateescape") as fh:
-            return read_exclude_file(fh.read())
+        with open(path, "rb") as fh:
+            data = _read_bounded(fh, MAX_EXCLUDE_FILE, f"exclude file {path}")
     except OSError as exc:
         raise UsageError(f"cannot read exclude file {path}: {exc.strerror}") from None
+    return read_exclude_file(data.decode("utf-8", "surrogateescape"))
 
 
 @cli.command()
@@ -236,10 +248,10 @@ def _paths_from(lists: tuple[str, ...], verbatim: tuple[str, ...], raw: tuple[st
     for name, kind in [(f, "lines") for f in lists] + [(f, "verbatim") for f in verbatim] + [(f, "raw") for f in raw]:
         try:
             if name == "-":
-                data = sys.stdin.buffer.read() if sys.stdin is not None else b""
+                data = _read_bounded(sys.stdin.buffer, MAX_PATH_LIST, "--files-from -") if sys.stdin else b""
             else:
                 with open(name, "rb") as fh:
-                    data = fh.read()
+                    data = _read_bounded(fh, MAX_PATH_LIST, f"--files-from {name}")
         except OSError as exc:
             raise UsageError(f"cannot read --files-from {name}: {exc.strerror or exc}") from None
         for item in data.split(b"\0" if kind == "raw" else b"\n"):

@@ -7,12 +7,14 @@ found, 11 repository locked, 12 wrong password, 20 verify/restore found damage.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import errno
 import gc
 import os
 import resource
 import signal
 import sys
+import time
 import warnings
 
 import click
@@ -100,15 +102,19 @@ def _on_sigint(signum: int, frame: object) -> None:  # noqa: ARG001
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ARG001
     """The library's warnings (``VaultWarning``) as one line on stderr, even with -q (like an error: something
-    the user must hear of); others as Python prints them."""
+    the user must hear of); a third-party library's only with -v, as Python prints them (dateutil's about a
+    response header cut short by the network -- which vault retries -- reached cron's mail with -q, exit 0)."""
     if issubclass(category, VaultWarning):
         stderr_line(printable(f"vault: warning: {message}"))
-    elif sys.stderr is not None:  # (None: stderr closed, `2>&-`)
+    elif _verbose and sys.stderr is not None:  # (None: stderr closed, `2>&-`)
         sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
+_verbose = False
+
+
 def main(argv: list[str] | None = None) -> int:
-    global _sigints, _terminated
+    global _sigints, _terminated, _verbose
     _sigints, _terminated = 0, 0
     stopsignals.reset()
     _register()
@@ -118,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):  # (not when ignored: `nohup vault ...` keeps running)
         if signal.getsignal(sig) == signal.SIG_DFL:
             signal.signal(sig, _on_sigterm)
-    verbose = "-v" in (argv or sys.argv) or "--verbose" in (argv or sys.argv)
+    verbose = _verbose = "-v" in (argv or sys.argv) or "--verbose" in (argv or sys.argv)
+    _usable_time_zone()
     warnings.showwarning = _show_warning
     warnings.simplefilter("always", VaultWarning)
     try:
@@ -129,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Exit as exc:
         code = exc.exit_code
     except click.ClickException as exc:
-        exc.show()
+        _usage_line(exc)
         code = exc.exit_code
     except (click.exceptions.Abort, EOFError):  # (a prompt answered by end of input, or declined)
         code = _stopped()
@@ -155,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             code = 1
         elif _from_click_echo(exc):  # (--help or --version into >/dev/full or a closed stdout)
             stderr_line(f"vault: cannot write the output: {exc.strerror or exc}")
+            _drop_dead_stdout()  # (what is still buffered would fail again: said twice, then Python's exit 120)
             code = 1
         else:
             _internal_error(exc)
@@ -192,8 +200,32 @@ def main(argv: list[str] | None = None) -> int:
         code = code or 141
     except OSError as exc:  # the output could not be delivered (e.g. >/dev/full): say so, do not claim success
         stderr_line(f"vault: cannot write the output: {exc.strerror or exc}")
+        _drop_dead_stdout()
         code = code or 1
     return code
+
+
+def _usable_time_zone() -> None:
+    """A local time zone Python cannot represent (glibc takes TZ=UTC+24; Python's offsets stay under 24 h): UTC
+    instead, said once -- listing snapshots, forget and find were internal errors, `--at` "cannot parse"."""
+    try:
+        datetime.datetime.now().astimezone()
+    except (ValueError, OverflowError, OSError):
+        stderr_line(printable(f"vault: warning: the local time zone (TZ={os.environ.get('TZ', '')}) has an offset "
+                              "of a day or more, which vault cannot use: times are shown and read in UTC"))
+        os.environ["TZ"] = "UTC"
+        time.tzset()
+
+
+def _usage_line(exc: click.ClickException) -> None:
+    """A usage error click found, in one line as vault's own (click's four -- "Usage:", "Try", a blank line,
+    "Error:" -- echoed values raw: a newline split it, an escape sequence reached the terminal), naming the
+    help to read; into a stderr that cannot take it (2>/dev/full), lost, never an exit status of 120."""
+    text = exc.format_message().strip().rstrip(".")
+    ctx = getattr(exc, "ctx", None)
+    if isinstance(exc, click.UsageError) and ctx is not None:
+        text += f" (try '{ctx.command_path} --help')"
+    stderr_line(printable(f"vault: {text}"))
 
 
 def _harden() -> None:
