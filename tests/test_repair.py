@@ -945,3 +945,30 @@ def test_packs_that_agreed_before_a_stray_pack_are_listed_again(cli, tmp_path, s
     assert cli("--json", "verify", "--read-data").json["ok"] is True
     got = restored_files(cli, tmp_path, "r", "latest")
     assert got[str(stray_src / "late.bin")] == (stray_src / "late.bin").read_bytes()
+
+
+@pytest.mark.parametrize("how", ["wrong size", "shifted", "twice"])
+def test_a_second_listing_of_a_pack_is_not_an_intact_index(cli, tmp_path, setup, how):
+    """This machine's catalog keeps a pack's first listing only: a second segment listing the same pack (another
+    size, swapped offsets, or the same again) was invisible to the intact-index check, so repair left it -- and
+    every machine with a fresh catalog then failed verify. Every pack must be listed exactly once."""
+    from vault import index as index_mod
+    from vault.pack import PackEntry
+
+    src, lay = setup
+    cli("snapshots")  # (this machine's catalog loads the index as it is)
+    r = Repository.open(LocalBackend(cli.repo), PASSWORD.encode())
+    pid, size = next((p, n) for p, n in sorted(r.list_packs()) if len(r.read_pack_header(p, n)) > 1)
+    entries = r.read_pack_header(pid, size)
+    if how == "wrong size":
+        size += 7
+    elif how == "shifted":
+        a, b = entries[0], entries[1]
+        entries = [PackEntry(a.kind, a.block_id, b.offset, a.length, a.raw_length),
+                   PackEntry(b.kind, b.block_id, a.offset, b.length, b.raw_length), *entries[2:]]
+    r.save_index(index_mod.from_packs([(pid, size, entries)]))
+    res = cli("--json", "repair").json
+    assert res["index_rewritten"] is True and res["verify"]["ok"] is True, res
+    shutil.rmtree(cli.cache)
+    assert cli("--json", "verify", "--read-data").json["ok"] is True
+    assert cli("--json", "repair").json["index_rewritten"] is False

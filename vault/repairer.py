@@ -159,7 +159,8 @@ class Repairer:
         # and listed again (from the catalog, which matched them) once something is found that does not agree.
         # A repair run on a healthy repository (by habit, from cron) rewrote the whole index every time, and
         # every machine's catalog then reloaded all of it.
-        agreeing: list[tuple[bytes, int]] | None = [] if not rep.packs_missing and self._segments_intact(old) else None
+        agreeing: list[tuple[bytes, int]] | None = [] if (not rep.packs_missing
+                                                          and self._segments_intact(old, indexed)) else None
         if self.dry_run:  # the blocks the new index would list, kept on disk (a dry run writes no index)
             self.catalog.planned_begin()
         for pid, size in sorted(stored.items()):
@@ -236,17 +237,26 @@ class Repairer:
         rep.packs_deleted = len(damaged)
         self.catalog.sync(self.repo)
 
-    def _segments_intact(self, old: set[str]) -> bool:
-        """Every index segment in the store is loaded in the catalog, none is superseded or another key's, and
-        each one's bytes still match its name (read again: one damaged since the catalog loaded it must go)."""
+    def _segments_intact(self, old: set[str], indexed: dict[bytes, int]) -> bool:
+        """Every index segment in the store is loaded in the catalog, none is superseded or another key's, each
+        one is read again and still opens (one damaged since the catalog loaded it must go), and every pack is
+        listed exactly once, as the catalog has it: the catalog keeps a pack's first listing only, so a second
+        one (another size, other entries) was invisible here -- left in place, it failed every other machine's
+        verify while this one's repair called the index intact."""
         if old != self.catalog.live_segments() or any(self.repo.foreign("index", s) for s in old):
             return False
+        listed = 0
         for sid in sorted(old):
             try:
-                self.repo.check_stored(f"index/{sid}", sid, self.repo.listed_size("index", sid))
+                seg = self.repo.load_index(sid)
             except (IntegrityError, ObjectNotFound):
                 return False
-        return True
+            for pid, entries in seg.packs.items():
+                listed += 1
+                if (seg.sizes.get(pid) != indexed.get(pid)
+                        or sorted(entries, key=lambda e: e.offset) != self.catalog.pack_blocks(pid)):
+                    return False
+        return listed == len(indexed)
 
     def _hash_matches(self, pid: bytes, size: int) -> bool:
         """``--read-data``: the pack's bytes match its name (read a piece at a time, never whole)."""
