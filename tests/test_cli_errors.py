@@ -957,3 +957,11 @@ def test_lists_without_end_and_blank_commands_and_odd_zones_are_one_line(repo, t
         assert p.returncode == 2
         p = subprocess.run([sys.executable, "-m", "vault.cli.main", "--help"], stdout=full, stderr=subprocess.PIPE)
         assert (p.returncode, p.stderr) == (1, b"vault: cannot write the output: No space left on device\n")
+
+
+def test_a_group_alone_still_shows_its_help(tmp_path):
+    """With usage errors made one line, `vault` and `vault key` alone (click raises the help as a usage error)
+    printed the whole help flattened into one line of '?'."""
+    for args in ([], ["key"], ["catalog"]):
+        p = subprocess.run([sys.executable, "-m", "vault.cli.main", *args], capture_output=True, cwd=tmp_path)
+        assert p.returncode == 2 and p.stderr.startswith(b"Usage: vault") and p.stderr.count(b"\n") > 5, p.stderr

@@ -221,6 +221,12 @@ def _usage_line(exc: click.ClickException) -> None:
     """A usage error click found, in one line as vault's own (click's four -- "Usage:", "Try", a blank line,
     "Error:" -- echoed values raw: a newline split it, an escape sequence reached the terminal), naming the
     help to read; into a stderr that cannot take it (2>/dev/full), lost, never an exit status of 120."""
+    if type(exc).__name__ == "NoArgsIsHelpError":  # (`vault`, `vault key` alone: the help is the message)
+        try:
+            exc.show()
+        except OSError:  # (2>/dev/full: lost, as any line)
+            pass
+        return
     text = exc.format_message().strip().rstrip(".")
     ctx = getattr(exc, "ctx", None)
     if isinstance(exc, click.UsageError) and ctx is not None:
