@@ -134,3 +134,23 @@ def test_a_group_shared_repository_stays_shared_whatever_the_umask(cli, tmp_path
     modes = _modes(cli.repo)
     dirs = {p for p in modes if (cli.repo / p).is_dir()}
     assert {modes[p] for p in dirs} == {0o2770} and {modes[p] for p in modes if p not in dirs} == {0o660}
+
+
+def test_the_umask_still_applies_in_a_repository_made_by_an_earlier_vault(cli, tmp_path):
+    """A 0755 root (an earlier vault's, or a plain mkdir) gave its read bits for others to every new object, even
+    under umask 077 (which the earlier vault honoured); and a root writable by others was taken without a word."""
+    cli.repo.mkdir(mode=0o755)
+    os.chmod(cli.repo, 0o755)
+    cli("init", *FAST_INIT)
+    old = os.umask(0o077)
+    try:
+        cli("backup", make_tree(tmp_path / "src", {"a": b"a"}))
+    finally:
+        os.umask(old)
+    new = [m for p, m in _modes(cli.repo).items() if p.startswith(("data", "index", "snapshots"))]
+    assert new and all(m & 0o077 == 0 for m in new), [oct(m) for m in new]
+    wide = tmp_path / "wide"
+    wide.mkdir()
+    os.chmod(wide, 0o777)
+    res = cli("--repo", wide, "init", *FAST_INIT)
+    assert "writable by every local user (mode 0777)" in res.err

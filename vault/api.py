@@ -12,7 +12,9 @@ import contextlib
 import dataclasses
 import itertools
 import os
+import stat
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -31,7 +33,8 @@ from .config import DEFAULT_LOCK_WAIT, Settings
 from .crypto import KdfParams, MasterKeys
 from .dumper import Dumper
 from .copier import Copier, CopyReport
-from .errors import CacheUnavailable, CatalogBusy, CatalogError, CatalogInUse, IntegrityError, PermanentError, RepositoryNotFound, SnapshotNotFound, UsageError, VaultError, WrongPassword
+from .errors import (CacheUnavailable, CatalogBusy, CatalogError, CatalogInUse, IntegrityError, PermanentError,
+                     RepositoryNotFound, SnapshotNotFound, UsageError, VaultError, VaultWarning, WrongPassword)
 from .excludes import Matcher, compile_glob
 from .ids import resolve_prefix
 from .locks import Lock, remove_locks
@@ -215,6 +218,12 @@ def init(settings: Settings, password: bytes | PasswordFn, kdf: KdfParams | None
     backend = _backend(settings)
     repo = Repository.create(backend, password, kdf=kdf or KdfParams(), chunker=chunker or ChunkerParams(),
                              compression_level=compression_level, pack_size=pack_size, keys=keys)
+    root = local_repo_path(settings)
+    with contextlib.suppress(OSError):
+        mode = os.stat(root).st_mode if root else 0
+        if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:  # (a directory made beforehand: followed as it is)
+            warnings.warn(f"{root} is writable by every local user (mode {stat.S_IMODE(mode):04o}): anyone here "
+                          f"can delete the repository's files; chmod o-rwx {root}", VaultWarning, stacklevel=2)
     return InitResult(repo.id, backend.location)
 
 

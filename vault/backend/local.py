@@ -94,20 +94,22 @@ class LocalBackend:
     def __init__(self, root: str | os.PathLike[str]):
         self.root = os.path.abspath(os.fspath(root))
         self.location = self.root
-        self._modes: tuple[int, int] | None = None  # (directories, files): see ``_modes_of_root``
+        self._modes: tuple[int, int, int] | None = None  # see ``_modes_of_root``
 
-    def _modes_of_root(self) -> tuple[int, int]:
-        """The modes of new directories and objects, from the root's (as restic follows its config's): a private
-        root (0700, what init makes) keeps everything private, a group-shared one (2770) shares it with the group
-        -- whatever the umask of the process writing -- and nothing is ever writable by others (a root made under
-        umask 000 gave every directory 0777: any local user could delete packs)."""
+    def _modes_of_root(self) -> tuple[int, int, int]:
+        """(new directories' mode, new objects' mode, the group bits forced on both), from the root's (as restic
+        follows its config's): the process's umask applies, and nothing is ever writable by others (a root made
+        under umask 000 gave every directory 0777: any local user could delete packs); a group-shared root
+        (setgid or group-writable: 2770) gives its group bits to what is written whatever the umask (a member's
+        umask 022 left directories another member could not add a pack to)."""
         if self._modes is None:
             try:
                 root = stat.S_IMODE(os.stat(self.root).st_mode)
             except OSError:
                 root = 0o700
             dirs = (root & 0o2775) | 0o700  # (setgid kept: new entries take the shared group)
-            self._modes = (dirs, (dirs & 0o664) | 0o600)
+            shared = root & 0o2070 if root & 0o2020 else 0
+            self._modes = (dirs, (dirs & 0o664) | 0o600, shared)
         return self._modes
 
     # -- helpers -------------------------------------------------------------------------------------------
@@ -148,15 +150,15 @@ class LocalBackend:
         while directory != self.root and not os.path.isdir(directory):
             missing.append(directory)
             directory = os.path.dirname(directory)
-        mode = self._modes_of_root()[0]
+        mode, _, shared = self._modes_of_root()
         for path in reversed(missing):
             try:
                 os.mkdir(path, mode)
             except FileExistsError:  # another writer made it; a file in the way fails on open
                 continue
-            if mode & 0o070:  # (a shared repository: the umask may have taken the group's bits)
+            if shared:  # (a shared repository: the umask may have taken the group's bits)
                 with suppress(OSError):
-                    os.chmod(path, mode)
+                    os.chmod(path, stat.S_IMODE(os.stat(path).st_mode) | shared)
             _fsync_dir(os.path.dirname(path))
 
     def _open_temp(self, directory: str) -> tuple[int, str]:
@@ -170,9 +172,10 @@ class LocalBackend:
                     raise
                 self._make_dirs(directory)
                 continue
-            if self._modes_of_root()[1] & 0o060:  # (a shared repository: the group's bits whatever the umask)
+            shared = self._modes_of_root()[2] & 0o060
+            if shared:  # (a shared repository: the group's bits whatever the umask)
                 with suppress(OSError):
-                    os.fchmod(fd, self._modes_of_root()[1])
+                    os.fchmod(fd, stat.S_IMODE(os.fstat(fd).st_mode) | shared)
             return fd, tmp
         raise AssertionError("unreachable")
 
