@@ -316,3 +316,19 @@ def test_could_match_below_is_conservative(parts: list[bytes], k: int) -> None:
     if matcher.matches_or_parent(path):
         for i in range(len(parts)):
             assert matcher.could_match_below(b"/" + b"/".join(parts[:i]))
+
+
+def test_case_folding_keeps_bracket_ranges_and_uses_simple_mappings():
+    """Folding lower-cased the pattern's text before parsing it: `[Z-a]` became the reversed `[z-a]` (a usage
+    error naming a pattern nobody typed), `[A-z]` lost its punctuation, and `İ` became `i` plus a combining dot
+    where restic (Go) takes `i`."""
+    from vault.excludes import compile_glob
+
+    def m(pattern: str, path: str) -> bool:
+        return compile_glob(pattern, fold=True).matches(path.encode())
+
+    assert m("[Z-a]*", "/x/_q") and m("[Z-a]*", "/x/Az")
+    assert m("[A-z]x", "/y/_x") and m("[A-z]x", "/y/QX")
+    assert not m("[!A]*", "/y/a") and m("[!A]*", "/y/b")
+    assert m("istanbul*", "/x/İstanbul.log") and m("İSTANBUL*", "/x/istanbul.log")
+    assert m("*.JPG", "/a/b.jpg") and m("ÉTÉ", "/x/été") and not m("*.jpg", "/a/b.png")

@@ -25,8 +25,9 @@ A trailing ``/`` restricts the pattern to directories (the caller says whether a
 a pattern count as one. Only the pattern ``/`` matches the root path ``b"/"``.
 
 A pattern compiled with ``fold=True`` (``--iexclude``, ``--iinclude``, ``find -i``, as restic's) ignores case:
-the pattern and every path it is asked about are lower-cased first (Unicode case of UTF-8 names; the bytes of a
-name that is not UTF-8 are kept).
+every path it is asked about is lower-cased first (Unicode case of UTF-8 names, by each character's simple
+mapping, as Go's; the bytes of a name that is not UTF-8 are kept), and so are the pattern's letters as it is
+parsed -- a bracket class gets the lower case of its upper-case members, so ranges keep their characters.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def _byte_set_regex(allowed: set[int]) -> bytes:
     return b"[" + b"".join(runs) + b"]"
 
 
-def _parse_class(pattern: bytes, i: int) -> tuple[bytes, int] | None:
+def _parse_class(pattern: bytes, i: int, fold: bool = False) -> tuple[bytes, int] | None:
     """Parse the bracket expression starting at ``pattern[i] == '['``.
 
     Returns (regex, index after the closing ``]``), or None when there is no closing ``]`` before the next ``/``
@@ -126,6 +127,8 @@ def _parse_class(pattern: bytes, i: int) -> tuple[bytes, int] | None:
             members.update(range(lo, hi + 1))
         else:
             members.add(lo)
+    if fold:  # (paths are lower-cased: an upper-case member stands for its lower case, before any negation)
+        members |= {b + 32 for b in members if 65 <= b <= 90}
     if negate:
         members = set(range(256)) - members
     members.discard(_SLASH)
@@ -143,8 +146,9 @@ def _class_char(pattern: bytes, j: int) -> tuple[int | None, int]:
     return pattern[j], j + 1
 
 
-def _tokenize(pattern: bytes) -> list[list[_Token]]:
-    """Split ``pattern`` on unescaped ``/`` into components of tokens (empty components kept)."""
+def _tokenize(pattern: bytes, fold: bool = False) -> list[list[_Token]]:
+    """Split ``pattern`` on unescaped ``/`` into components of tokens (empty components kept); ``fold``: ASCII
+    letters stand for their lower case (in classes too: ``[A-z]`` keeps its punctuation, ``[Z-a]`` its order)."""
     components: list[list[_Token]] = [[]]
     i, n = 0, len(pattern)
     while i < n:
@@ -156,7 +160,7 @@ def _tokenize(pattern: bytes) -> list[list[_Token]]:
             if pattern[i] == _SLASH:
                 components.append([])
             else:
-                components[-1].append(re.escape(pattern[i : i + 1]))
+                components[-1].append(re.escape(pattern[i : i + 1].lower() if fold else pattern[i : i + 1]))
             i += 1
         elif ch == _SLASH:
             components.append([])
@@ -168,7 +172,7 @@ def _tokenize(pattern: bytes) -> list[list[_Token]]:
             components[-1].append(b"[^/]")
             i += 1
         elif ch == ord("["):
-            parsed = _parse_class(pattern, i)
+            parsed = _parse_class(pattern, i, fold)
             if parsed is None:
                 components[-1].append(re.escape(b"["))
                 i += 1
@@ -176,7 +180,7 @@ def _tokenize(pattern: bytes) -> list[list[_Token]]:
                 components[-1].append(parsed[0])
                 i = parsed[1]
         else:
-            components[-1].append(re.escape(pattern[i : i + 1]))
+            components[-1].append(re.escape(pattern[i : i + 1].lower() if fold else pattern[i : i + 1]))
             i += 1
     return components
 
@@ -219,7 +223,7 @@ class Glob:
         if b"\0" in pattern:
             raise _bad(pattern, "NUL byte")
         self.pattern, self.fold = pattern, fold
-        raw = _tokenize(_lower(pattern) if fold else pattern)
+        raw = _tokenize(_lower(pattern, ascii_too=False) if fold else pattern, fold)
         self.anchored = not raw[0]
         self.dir_only = len(raw) > 1 and not raw[-1]
         components = [c for c in raw if c]
@@ -287,11 +291,15 @@ class Glob:
         return True
 
 
-def _lower(path: bytes) -> bytes:
-    """``path`` in lower case: ASCII at C speed; else as text (UTF-8; a byte that is not stays as it is)."""
+def _lower(path: bytes, ascii_too: bool = True) -> bytes:
+    """``path`` in lower case: ASCII at C speed; else as text (UTF-8; a byte that is not stays as it is), each
+    character by its simple mapping, as restic's (Go's) -- ``İ`` is ``i``, not ``i`` and a combining dot.
+    ``ascii_too=False``: only the characters beyond ASCII (a pattern's ASCII is folded as it is tokenized)."""
     if path.isascii():
-        return path.lower()
-    return path.decode("utf-8", "surrogateescape").lower().encode("utf-8", "surrogateescape")
+        return path.lower() if ascii_too else path
+    text = path.decode("utf-8", "surrogateescape")
+    return "".join(c if c.isascii() and not ascii_too else c.lower()[:1] for c in text).encode(
+        "utf-8", "surrogateescape")
 
 
 def _check_path(path: bytes) -> None:
