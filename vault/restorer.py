@@ -43,8 +43,8 @@ from .errors import MACHINE_LIMITS, CatalogError, IntegrityError, VaultError, is
 from .dirhandles import DirHandles, split
 from .excludes import Matcher
 from .forkpool import ForkPool
-from .fsmeta import (IS_ROOT, REPLACED, apply_metadata, apply_metadata_at, chmod_nofollow, current_umask, fold_key, folding_names,
-                     make_special, rename_noreplace)
+from .fsmeta import (IS_ROOT, REPLACED, apply_metadata, apply_metadata_at, chmod_nofollow, current_umask, fold_key,
+                     folding_names, make_special, rename_noreplace)
 from .model import DIR, FILE, SOCKET, SYMLINK, Node, Snapshot
 from .pack import PackEntry
 from .repository import Repository, Scratch, pack_name

@@ -131,7 +131,8 @@ def forget(snapshots, keep_last, keep_hourly, keep_daily, keep_weekly, keep_mont
     """
     c = get_ctx()
     policy = retention.Policy(last=keep_last, hourly=keep_hourly, daily=keep_daily, weekly=keep_weekly,
-                              monthly=keep_monthly, yearly=keep_yearly, within=keep_within, tags=tuple(texts(keep_tags)))
+                              monthly=keep_monthly, yearly=keep_yearly, within=keep_within,
+                              tags=tuple(texts(keep_tags)))
     if snapshots and not policy.is_empty():
         raise UsageError("give either snapshots to forget or a --keep-* policy, not both")
     res = api.forget(c.settings, c.password_fn(), list(snapshots), None if snapshots else policy,
