@@ -238,3 +238,20 @@ def bytecode_disabled_by_environment() -> bool:
     cache anyway (see ``vault.cli``)."""
     return bool(os.environ.get("PYTHONDONTWRITEBYTECODE"))
 
+
+
+def use_utc_if_zone_unusable() -> str | None:
+    """glibc takes a TZ offset of a day or more (``TZ=UTC+24``); Python's tzinfo refuses it, and every local time
+    failed (listing snapshots, forget and find were internal errors, ``--at`` "cannot parse"): TZ is set to UTC
+    for this process, and the reason returned to be said."""
+    import datetime
+
+    try:
+        datetime.datetime.now().astimezone()
+        return None
+    except (ValueError, OverflowError, OSError):
+        zone = os.environ.get("TZ", "")
+        os.environ["TZ"] = "UTC"
+        time.tzset()
+        return (f"the local time zone (TZ={zone}) has an offset of a day or more, which vault cannot use: times are "
+                "shown and read in UTC")
