@@ -154,3 +154,12 @@ def test_the_umask_still_applies_in_a_repository_made_by_an_earlier_vault(cli, t
     os.chmod(wide, 0o777)
     res = cli("--repo", wide, "init", *FAST_INIT)
     assert "writable by every local user (mode 0777)" in res.err
+
+
+def test_init_onto_a_file_still_names_the_file(cli, tmp_path):
+    """Making the root 0700 at init swallowed "File exists" for a file in the repository's place: init went on
+    and failed writing its key slot ("Not a directory")."""
+    f = tmp_path / "afile"
+    f.write_bytes(b"x")
+    res = cli("--repo", f, "init", *FAST_INIT, ok=1)
+    assert "error creating" in res.err and "File exists" in res.err and f.read_bytes() == b"x", res.err

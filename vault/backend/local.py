@@ -165,14 +165,15 @@ class LocalBackend:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
         for attempt in (1, 2):
             tmp = os.path.join(directory, TEMP_PREFIX + secrets.token_hex(8))
+            _, mode, shared = self._modes_of_root()
             try:
-                fd = os.open(tmp, flags, self._modes_of_root()[1])
+                fd = os.open(tmp, flags, mode)
             except FileNotFoundError:
                 if attempt == 2:
                     raise
                 self._make_dirs(directory)
                 continue
-            shared = self._modes_of_root()[2] & 0o060
+            shared &= 0o060
             if shared:  # (a shared repository: the group's bits whatever the umask)
                 with suppress(OSError):
                     os.fchmod(fd, stat.S_IMODE(os.fstat(fd).st_mode) | shared)
@@ -373,11 +374,12 @@ class LocalBackend:
     def create_store(self) -> None:
         """Create the root directory (and its parents) if needed."""
         with self._os_errors("creating", ""):
-            parent = os.path.dirname(self.root)
-            if parent and not os.path.isdir(parent):
-                os.makedirs(parent, exist_ok=True)
-            with suppress(FileExistsError):  # (one made beforehand keeps its mode: a group-shared
-                os.mkdir(self.root, 0o700)     #  2770 is followed, see ``_modes_of_root``)
+            os.makedirs(os.path.dirname(self.root), exist_ok=True)
+            try:
+                os.mkdir(self.root, 0o700)
+            except FileExistsError:  # (a directory made beforehand keeps its mode: a group-shared 2770 is
+                if not os.path.isdir(self.root):  # followed, see ``_modes_of_root``; a file is in the way)
+                    raise
             self._modes = None
 
     def close(self) -> None:
