@@ -239,7 +239,6 @@ def bytecode_disabled_by_environment() -> bool:
     return bool(os.environ.get("PYTHONDONTWRITEBYTECODE"))
 
 
-
 def use_utc_if_zone_unusable() -> str | None:
     """glibc takes a TZ offset of a day or more (``TZ=UTC+24``); Python's tzinfo refuses it, and every local time
     failed (listing snapshots, forget and find were internal errors, ``--at`` "cannot parse"): TZ is set to UTC

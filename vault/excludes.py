@@ -160,7 +160,7 @@ def _tokenize(pattern: bytes, fold: bool = False) -> list[list[_Token]]:
             if pattern[i] == _SLASH:
                 components.append([])
             else:
-                components[-1].append(re.escape(pattern[i : i + 1].lower() if fold else pattern[i : i + 1]))
+                components[-1].append(_literal(pattern[i : i + 1], fold))
             i += 1
         elif ch == _SLASH:
             components.append([])
@@ -180,9 +180,14 @@ def _tokenize(pattern: bytes, fold: bool = False) -> list[list[_Token]]:
                 components[-1].append(parsed[0])
                 i = parsed[1]
         else:
-            components[-1].append(re.escape(pattern[i : i + 1].lower() if fold else pattern[i : i + 1]))
+            components[-1].append(_literal(pattern[i : i + 1], fold))
             i += 1
     return components
+
+
+def _literal(char: bytes, fold: bool) -> bytes:
+    """One pattern byte matched as itself (folded: its lower case, as the paths asked about are)."""
+    return re.escape(char.lower() if fold else char)
 
 
 def _is_globstar(component: list[_Token]) -> bool:
@@ -253,11 +258,14 @@ class Glob:
     def __repr__(self) -> str:
         return f"Glob({self.pattern!r})"
 
+    def _asked(self, path: bytes) -> bytes:
+        """A path this pattern is asked about: absolute, and lower-cased when the pattern ignores case."""
+        _check_path(path)
+        return _lower(path) if self.fold else path
+
     def matches(self, path: bytes, is_dir: bool = False) -> bool:
         """True if ``path`` itself matches (a directory-only pattern needs ``is_dir``)."""
-        _check_path(path)
-        if self.fold:
-            path = _lower(path)
+        path = self._asked(path)
         if self.dir_only and not is_dir:
             return False
         if path == b"/":
@@ -266,17 +274,13 @@ class Glob:
 
     def matches_ancestor(self, path: bytes) -> bool:
         """True if some proper ancestor directory of ``path`` matches."""
-        _check_path(path)
-        if self.fold:
-            path = _lower(path)
+        path = self._asked(path)
         return path != b"/" and self._below_re.fullmatch(path) is not None
 
     def could_match_below(self, dir_path: bytes) -> bool:
         """False only when no path strictly below ``dir_path`` can satisfy :meth:`matches` or
         :meth:`matches_ancestor`. Exact for anchored patterns up to the first ``**``; True otherwise."""
-        _check_path(dir_path)
-        if self.fold:
-            dir_path = _lower(dir_path)
+        dir_path = self._asked(dir_path)
         if self._prefix is None:
             return True
         names = dir_path.split(b"/")[1:] if dir_path != b"/" else []
@@ -326,6 +330,11 @@ class Matcher:
 
     def __repr__(self) -> str:
         return f"Matcher({[g.pattern for g in self.globs]!r})"
+
+    def _asked(self, path: bytes) -> bytes:
+        """A path this pattern is asked about: absolute, and lower-cased when the pattern ignores case."""
+        _check_path(path)
+        return _lower(path) if self.fold else path
 
     def matches(self, path: bytes, is_dir: bool = False) -> bool:
         """True if any pattern matches ``path`` itself."""

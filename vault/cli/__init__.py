@@ -29,4 +29,3 @@ from ..config import bytecode_disabled_by_environment as _bytecode_disabled  # n
 
 if _bytecode_disabled():
     _sys.dont_write_bytecode = False
-

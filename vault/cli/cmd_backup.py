@@ -22,7 +22,7 @@ from ..errors import UsageError, VaultError
 from ..excludes import Glob, compile_glob, read_exclude_file
 from ..model import valid_name
 from ..timespec import parse_time
-from .common import get_ctx, global_options, human_bytes, is_text, printable, split_tags, utf8_text
+from .common import get_ctx, global_options, human_bytes, printable, split_tags, utf8_text
 from .progress import BackupProgress
 from .main import cli
 
@@ -200,9 +200,8 @@ def backup(paths: tuple[str, ...], tags: tuple[str, ...], host: str | None, time
     for f in iexclude_files:
         patterns += [compile_glob(p, fold=True) for p in _exclude_file(f)]
     when = parse_time(time_, datetime.now(timezone.utc)) if time_ is not None else None  # ("" is an error)
-    if host is not None and not is_text(host):
+    if host is not None and (host := utf8_text(host)) is None:
         raise UsageError("--host must be text (UTF-8): host names are matched and shown as text")
-    host = utf8_text(host) if host is not None else None
     # (--tag a,b is two tags, as restic takes it: the filters read "a,b" as both, and could not select one tag
     # holding a comma)
     tags = split_tags(tags, "--tag")

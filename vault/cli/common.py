@@ -193,11 +193,6 @@ def utf8_text(value: str) -> str | None:
         return None
 
 
-def is_text(value: str) -> bool:
-    """Whether a command-line value is UTF-8 (bytes that are not reach click's str as lone surrogates)."""
-    return utf8_text(value) is not None
-
-
 def texts(values: Iterable[str]) -> list[str]:
     """Command-line values (hosts, tags to filter on) as text, to compare with the stored ones (one that is not
     UTF-8 is kept as given: it matches nothing)."""
@@ -207,10 +202,10 @@ def texts(values: Iterable[str]) -> list[str]:
 def split_tags(values: Iterable[str], option: str) -> list[str]:
     """The tags given (``a,b`` is two, as restic takes it), each once, in order; UsageError for one that is not
     text (tags are matched and shown as text)."""
-    tags = list(dict.fromkeys(p for t in values for p in t.split(",") if p))
-    if not all(is_text(t) for t in tags):
+    tags = [utf8_text(t) for t in dict.fromkeys(p for t in values for p in t.split(",") if p)]
+    if None in tags:
         raise UsageError(f"{option} must be text (UTF-8): tags are matched and shown as text")
-    return [utf8_text(t) for t in tags]
+    return tags
 
 
 def printable(text: str) -> str:

@@ -212,11 +212,14 @@ def _usable_time_zone() -> None:
         stderr_line(printable(f"vault: warning: {problem}"))
 
 
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # (click 8.2 and later)
+
+
 def _usage_line(exc: click.ClickException) -> None:
     """A usage error click found, in one line as vault's own (click's four -- "Usage:", "Try", a blank line,
     "Error:" -- echoed values raw: a newline split it, an escape sequence reached the terminal), naming the
     help to read; into a stderr that cannot take it (2>/dev/full), lost, never an exit status of 120."""
-    if type(exc).__name__ == "NoArgsIsHelpError":  # (`vault`, `vault key` alone: the help is the message)
+    if isinstance(exc, _NO_ARGS_IS_HELP):  # (`vault`, `vault key` alone: the help is the message)
         try:
             exc.show()
         except OSError:  # (2>/dev/full: lost, as any line)
