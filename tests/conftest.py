@@ -9,6 +9,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -369,3 +370,15 @@ def restricted_ok(tmp_path):
     probe.chmod(0o600)
     if p.returncode == 0:
         pytest.skip("cannot make a file unreadable to the backup process here")
+
+
+@pytest.fixture
+def local_tz(monkeypatch):
+    """Set this process's local time zone for the test (``local_tz("America/New_York")``)."""
+    def use(name: str) -> None:
+        monkeypatch.setenv("TZ", name)
+        time.tzset()
+
+    yield use
+    monkeypatch.undo()
+    time.tzset()

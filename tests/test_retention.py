@@ -217,20 +217,6 @@ def test_times_at_the_edge_of_the_calendar_do_not_break_forget(berlin):
         assert retention.decide(edge, p, tz=None)[0].snapshot.id == edge[0].id
 
 
-@pytest.fixture
-def local_tz(monkeypatch):
-    """Set this process's local time zone for the test (``local_tz("America/New_York")``)."""
-    import time
-
-    def use(name: str) -> None:
-        monkeypatch.setenv("TZ", name)
-        time.tzset()
-
-    yield use
-    monkeypatch.undo()
-    time.tzset()
-
-
 def _local(text: str) -> datetime:
     """A local wall-clock time (this process's TZ) as the aware UTC time backup records."""
     return datetime.fromisoformat(text).astimezone(UTC)

@@ -407,45 +407,35 @@ def test_a_time_copied_from_the_text_output_selects_that_snapshot_even_in_the_re
     assert not any(text.endswith("-04:00") for text in shown)
 
 
-@pytest.fixture
-def zone(monkeypatch: pytest.MonkeyPatch):
-    def use(tz: str) -> None:
-        monkeypatch.setenv("TZ", tz)
-        time.tzset()
-    yield use
-    monkeypatch.undo()
-    time.tzset()
-
-
-def test_months_and_years_ago_are_on_the_local_calendar(zone) -> None:
+def test_months_and_years_ago_are_on_the_local_calendar(local_tz) -> None:
     """Worked out on the UTC calendar, "1 month ago" just after midnight on 1 March in Berlin was 29 January,
     and in New York in November an hour off (EDT a month before, EST now)."""
-    zone("Europe/Berlin")
+    local_tz("Europe/Berlin")
     berlin = lambda s: datetime.fromisoformat(s)  # noqa: E731
     assert parse_time("1 month ago", berlin("2026-03-01T00:30:00+01:00")) == berlin("2026-02-01T00:30:00+01:00")
     assert parse_time("1 year ago", berlin("2029-03-01T00:30:00+01:00")) == berlin("2028-03-01T00:30:00+01:00")
     assert parse_time("1 month ago", berlin("2026-05-01T01:00:00+02:00")) == berlin("2026-04-01T01:00:00+02:00")
-    zone("EST5EDT,M3.2.0,M11.1.0")
+    local_tz("EST5EDT,M3.2.0,M11.1.0")
     assert parse_time("1 month ago", datetime.fromisoformat("2026-11-28T18:22:59-05:00")) == \
         datetime.fromisoformat("2026-10-28T18:22:59-04:00")
 
 
-def test_today_on_a_day_whose_midnight_never_showed_is_the_jump(zone) -> None:
+def test_today_on_a_day_whose_midnight_never_showed_is_the_jump(local_tz) -> None:
     """Summer time starting at 00:00 (Santiago, Havana): local midnight of that day does not exist; `today`
     was 23:00 of the day before, where a date alone is (as documented) the instant of the jump."""
-    zone("XST4XDT,M9.1.0/0,M4.1.0/0")  # (2026-09-06, a Sunday: 00:00 -04 jumps to 01:00 -03)
+    local_tz("XST4XDT,M9.1.0/0,M4.1.0/0")  # (2026-09-06, a Sunday: 00:00 -04 jumps to 01:00 -03)
     jump = datetime(2026, 9, 6, 4, tzinfo=UTC)
     assert parse_time("2026-09-06", NOW) == jump
     assert parse_time("today", datetime.fromisoformat("2026-09-06T12:00:00-03:00")) == jump
     assert parse_time("yesterday", datetime.fromisoformat("2026-09-07T12:00:00-03:00")) == jump
 
 
-def test_a_year_one_time_west_of_utc_is_shown_so_that_at_reads_it_back(zone) -> None:
+def test_a_year_one_time_west_of_utc_is_shown_so_that_at_reads_it_back(local_tz) -> None:
     """Year 1 in New York is shown in local mean time (-4:56), which --at could not read back (before year 1
     in UTC): "cannot parse time", exit 2, where the docs promise a copied time selects its snapshot."""
     from vault.cli.common import local_time
 
-    zone("America/New_York")
+    local_tz("America/New_York")
     t = datetime(1, 1, 2, tzinfo=UTC)
     shown = local_time(t)
     assert shown == "0001-01-02 00:00:00Z" and parse_time(shown, NOW, whole=True) == t.replace(microsecond=999999)
