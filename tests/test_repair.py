@@ -962,10 +962,10 @@ def test_a_second_listing_of_a_pack_is_not_an_intact_index(cli, tmp_path, setup,
     entries = r.read_pack_header(pid, size)
     if how == "wrong size":
         size += 7
-    elif how == "shifted":
-        a, b = entries[0], entries[1]
-        entries = [PackEntry(a.kind, a.block_id, b.offset, a.length, a.raw_length),
-                   PackEntry(b.kind, b.block_id, a.offset, b.length, b.raw_length), *entries[2:]]
+    elif how == "shifted":  # (two blocks' ids swapped, every entry's place kept: a listing that still parses --
+        a, b = entries[0], entries[1]  # swapped offsets could put an entry past the pack's end, refused at load)
+        entries = [PackEntry(a.kind, b.block_id, a.offset, a.length, b.raw_length),
+                   PackEntry(b.kind, a.block_id, b.offset, b.length, a.raw_length), *entries[2:]]
     r.save_index(index_mod.from_packs([(pid, size, entries)]))
     res = cli("--json", "repair").json
     assert res["index_rewritten"] is True and res["verify"]["ok"] is True, res
