@@ -76,3 +76,21 @@ def test_ctrl_c_right_after_the_new_manifest_is_written_still_lets_the_old_one_g
     monkeypatch.setattr(Repository, "commit_snapshot", real)
     snaps = cli("--json", "snapshots").json
     assert [s["tags"] for s in snaps] == [["x"]] and snaps[0]["id"] != old
+
+
+def test_without_snapshot_ids_the_filters_choose_as_restic_tag_does(cli, tmp_path):
+    """restic's `tag --add X --host H` retags every snapshot of host H (every snapshot with no filter); vault
+    refused any call without ids (usage error)."""
+    cli("init", *FAST_INIT)
+    src = make_tree(tmp_path / "src", {"f": b"data"})
+    for host in ("h1", "h1", "h2"):
+        cli("backup", src, "--host", host)
+    res = cli("--json", "tag", "--add", "weekly", "--host", "h1").json
+    assert len(res["changed"]) == 2 and res["unchanged"] == []
+    assert sorted((s["host"], s["tags"]) for s in cli("--json", "snapshots").json) == [
+        ("h1", ["weekly"]), ("h1", ["weekly"]), ("h2", [])]
+    res = cli("--json", "tag", "--add", "all").json
+    assert len(res["changed"]) == 3
+    assert cli("--json", "tag", "--remove", "weekly", "--tag", "weekly,all", "--host", "h1").json["unchanged"] == []
+    assert [s["tags"] for s in cli("--json", "snapshots").json] == [["all"]] * 3
+    assert "0 snapshot(s) changed" in cli("tag", "--add", "x", "--host", "nobody").out

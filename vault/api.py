@@ -729,7 +729,10 @@ def tag(settings: Settings, password: PasswordFn, specs: list[str], add: list[st
     knows it -- and the old one let go with a ``logs/`` record (forgotten, not lost), then deleted. Under the
     exclusive lock: two runs retagging one snapshot at once would leave two."""
     with session(settings, password, lock="exclusive", operation="tag") as sess:
-        chosen = {find_snapshot(sess, spec, flt=flt).id for spec in specs}
+        if specs:
+            chosen = {find_snapshot(sess, spec, flt=flt).id for spec in specs}
+        else:  # (restic: every snapshot the filters select, all of them with none)
+            chosen = {s.id for s in list_snapshots(sess, flt)}
         snaps = sorted((s for s in sess.catalog.snapshots() if s.id in chosen), key=lambda s: (s.time, s.id))
         res = TagResult([], [], {})
         for snap in snaps:

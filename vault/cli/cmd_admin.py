@@ -191,19 +191,21 @@ def prune(dry_run: bool, max_unused: float) -> None:
 
 
 @cli.command()
-@click.argument("snapshots", nargs=-1, required=True)
+@click.argument("snapshots", nargs=-1)
 @click.option("--add", "add", multiple=True, metavar="TAG", help="Add TAG (repeatable; a,b: two tags).")
 @click.option("--remove", "remove", multiple=True, metavar="TAG", help="Remove TAG (repeatable).")
 @click.option("--set", "set_", multiple=True, metavar="TAG", help="Replace the tags by these (repeatable; "
               "--set '' removes every tag).")
-@click.option("--host", "hosts", multiple=True, help="With latest: only snapshots of this host.")
-@click.option("--tag", "tags", multiple=True, help="With latest: only snapshots with this tag.")
-@click.option("--path", "paths", multiple=True, help="With latest: only snapshots of this path.")
+@click.option("--host", "hosts", multiple=True, help="Only snapshots of this host (with SNAPSHOTS: for latest).")
+@click.option("--tag", "tags", multiple=True, help="Only snapshots with this tag (a,b = both; with SNAPSHOTS: for "
+              "latest).")
+@click.option("--path", "paths", multiple=True, help="Only snapshots of this path (with SNAPSHOTS: for latest).")
 @global_options
 def tag(snapshots: tuple[str, ...], add: tuple[str, ...], remove: tuple[str, ...], set_: tuple[str, ...],
         hosts: tuple[str, ...], tags: tuple[str, ...], paths: tuple[str, ...]) -> None:
-    """Change the tags of SNAPSHOTS (ids, prefixes or 'latest'): each is written anew with its new tags (a new
-    id) and the old manifest is let go (exclusive lock).
+    """Change the tags of SNAPSHOTS (ids, prefixes or 'latest'; none: every snapshot --host, --tag and --path
+    select, as restic's tag): each is written anew with its new tags (a new id) and the old manifest is let go
+    (exclusive lock).
 
     Example: vault --repo /srv/backup tag --add release 1a2b3c4d
     """
