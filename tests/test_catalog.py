@@ -895,3 +895,25 @@ def test_a_store_claimed_by_its_path_alone_stays_this_stores(repo, tmp_path):
     repo("snapshots")
     assert [p for p in repo.cache.iterdir() if p.is_dir()] == [d]
     assert b" on file system " in (d / "store").read_bytes()
+
+
+def _edit_catalog(repo, sql: str) -> None:
+    db = next(repo.cache.rglob("catalog.db"))
+    conn = sqlite3.connect(db)
+    conn.execute(sql)
+    conn.commit()
+    conn.close()
+
+
+@pytest.mark.parametrize("value", ["-5", "'ten'", "4294967296"])
+def test_a_block_row_with_an_impossible_length_is_the_catalogs_damage_not_an_internal_error(repo, tmp_path, value):
+    """A negative (or non-numeric, or over-long) length in a catalog row made dump and restore die with
+    "internal error: ValueError: invalid range"; it is now the catalog's message (exit 1), and a rebuild mends it."""
+    src = make_tree(tmp_path / "src", {"f": os.urandom(40000)})
+    repo("backup", src)
+    _edit_catalog(repo, f"UPDATE blocks SET length={value} WHERE kind='D'")
+    for args in (["dump", "latest", f"{src}/f"], ["restore", "latest", "--target", tmp_path / "t"]):
+        res = repo(*args, ok=1)
+        assert "catalog" in res.err and "rebuild" in res.err and "internal error" not in res.err, res.err
+    repo("catalog", "rebuild")
+    assert repo.proc("dump", "latest", f"{src}/f").stdout == (src / "f").read_bytes()

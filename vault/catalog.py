@@ -47,7 +47,7 @@ from .errors import CacheUnavailable, CatalogBusy, CatalogError, CatalogInUse, I
 from .entries import split_ids
 from .ids import ID_LEN
 from .model import DIR, FILE, Node, Snapshot, Tree, parse_stored_time, format_time, storable_text
-from .pack import PackEntry
+from .pack import KINDS, PackEntry
 
 _SNAPSHOT_COLUMNS = "id, time, host, paths, tags, tree, username, parent, summary"  # (snapshots, lost_snapshots)
 _LOST_TABLE = ("CREATE TABLE IF NOT EXISTS lost_snapshots (id TEXT PRIMARY KEY, time TEXT NOT NULL, host TEXT NOT NULL, "
@@ -209,6 +209,20 @@ def _db_error(exc: sqlite3.DatabaseError, path: str) -> CatalogError:
         return CacheUnavailable(f"cannot use the catalog {path} ({exc}); check the cache directory and its disk, "
                                 "or give --cache-dir another place")
     return CatalogError(f"catalog damaged ({exc}); run 'vault catalog rebuild'")
+
+
+_U32 = 1 << 32
+
+
+def _entry(kind, bid: bytes, off, length, raw) -> PackEntry:
+    """A block's location as a row of this catalog gives it: what no index segment can hold (a negative or
+    over-long offset or length, a value that is not a number: a damaged page, an edited row) is the catalog's
+    damage, said as such -- a range read at it was an internal error."""
+    if not (type(off) is int and type(length) is int and type(raw) is int and 0 <= off < _U32 and 0 < length < _U32
+            and 0 <= raw < _U32 and kind in KINDS):
+        raise CatalogError(f"this machine's catalog is damaged (block {bid.hex()[:16]} has an impossible location: "
+                           f"{off!r}+{length!r}); run 'vault catalog rebuild'")
+    return PackEntry(kind, bid, off, length, raw)
 
 
 def _unusable(directory: str, exc: OSError) -> CatalogError:
@@ -684,7 +698,7 @@ class Catalog:
         if not rows:
             return None
         pid, kind, off, length, raw = rows[0]
-        return bytes(pid), PackEntry(kind, bid, off, length, raw)
+        return bytes(pid), _entry(kind, bid, off, length, raw)
 
     def load_block(self, repo, loc: tuple[bytes, PackEntry]) -> bytes:
         """``repo.load_block`` at a location this catalog gave; a block that fails its check there is first
@@ -710,7 +724,7 @@ class Catalog:
             for bid, pid, kind, off, length, raw in self._q(
                     f"SELECT b.id, p.id, b.kind, b.offset, b.length, b.raw_length FROM blocks b "
                     f"JOIN packs p ON p.rowid = b.pack WHERE b.id IN ({marks})", part):
-                out[bytes(bid)] = (bytes(pid), PackEntry(kind, bytes(bid), off, length, raw))
+                out[bytes(bid)] = (bytes(pid), _entry(kind, bytes(bid), off, length, raw))
         return out
 
     def indexed_after_all(self, repo, ids: set[bytes]) -> set[bytes]:
@@ -1394,7 +1408,7 @@ class Catalog:
         rows = self._q("SELECT b.id, b.kind, b.offset, b.length, b.raw_length FROM blocks b "
                        "JOIN packs p ON p.rowid = b.pack JOIN temp.used u ON u.id = b.id "
                        "WHERE p.id = ? ORDER BY b.offset", (pid,))
-        return [PackEntry(k, bytes(i), o, n, r) for i, k, o, n, r in rows]
+        return [_entry(k, bytes(i), o, n, r) for i, k, o, n, r in rows]
 
     # --- stats --------------------------------------------------------------------------------------
     def stats(self) -> dict:
