@@ -339,6 +339,23 @@ def test_a_damaged_catalog_row_never_makes_prune_delete_a_referenced_block(repo,
     assert_trees_equal(src, tmp_path / "r" / src.relative_to("/"))
 
 
+def test_a_block_row_the_catalog_lost_is_named_as_the_catalogs_damage(repo, tmp_path):
+    """A referenced block's row deleted from the catalog: prune advised 'vault repair index' (which rewrites an
+    intact index) where verify, on the same catalog, says 'vault catalog rebuild'."""
+    import sqlite3
+
+    src = make_tree(tmp_path / "src", {"a": b"a" * 5000, "b": b"b" * 7000})
+    repo("backup", src)
+    with sqlite3.connect(next(repo.cache.rglob("catalog.db"))) as conn:
+        conn.execute("DELETE FROM blocks WHERE id=(SELECT min(id) FROM blocks WHERE kind='D')")
+    for args in (["prune"], ["forget", "--keep-last", "1", "--prune"]):
+        res = repo(*args, ok=1)
+        assert "catalog rebuild" in res.err and "repair index" not in res.err, res.err
+    repo("catalog", "rebuild")
+    repo("prune")
+    assert repo("--json", "verify", "--read-data").json["ok"] is True
+
+
 def test_a_repack_that_fails_takes_back_the_packs_no_segment_names(cli, tmp_path, monkeypatch):
     """prune on a nearly full disk: the repack failed ('disk full') and kept every pack it had written, so each
     retry found less room and failed at the same point. Those not named by a segment yet are deleted again."""

@@ -181,7 +181,8 @@ class Pruner:
         marker.flush()
         self.report.blocks_referenced = cat.used_count()
         missing, examples = cat.used_missing()
-        if missing:
+        if missing:  # (the catalog's index is a cache: rows it lost are its damage, not the repository's)
+            cat.check_not_lacking(self.repo, set(cat.used_missing(limit=-1)[1]), "prune again")
             replaced = sorted(s.short_id for s in snaps if s.id in replaced_by_repair(snaps))
             advice = (f"snapshot(s) {' '.join(replaced)}, replaced by 'vault repair', still name the lost data: "
                       f"forget them (vault forget {' '.join(replaced)}) or back up the files again"
