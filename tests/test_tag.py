@@ -94,3 +94,29 @@ def test_without_snapshot_ids_the_filters_choose_as_restic_tag_does(cli, tmp_pat
     assert cli("--json", "tag", "--remove", "weekly", "--tag", "weekly,all", "--host", "h1").json["unchanged"] == []
     assert [s["tags"] for s in cli("--json", "snapshots").json] == [["all"]] * 3
     assert "0 snapshot(s) changed" in cli("tag", "--add", "x", "--host", "nobody").out
+
+
+def test_a_tag_that_fails_after_writing_the_new_manifest_says_so_and_a_second_run_does_not_write_it_twice(
+        cli, tmp_path, monkeypatch):
+    """A full disk on the logs/ record after the retagged manifest was written: exit 1 with no word of the new
+    snapshot, and the same command run again wrote a second retagged copy (two snapshots of one state, forever)."""
+    from vault.errors import VaultError
+    from vault.repository import Repository
+
+    cli("init", *FAST_INIT)
+    src = make_tree(tmp_path / "src", {"f": b"x"})
+    old = cli("--json", "backup", src).json["snapshot_id"]
+    real = Repository.save_log
+
+    def full_disk(self, *a, **k):
+        raise VaultError("disk full writing logs/x")
+
+    monkeypatch.setattr(Repository, "save_log", full_disk)
+    res = cli("tag", "--add", "x", old[:8], ok=1)
+    assert "already written anew" in res.err and "run the same 'vault tag' again" in res.err, res.err
+    monkeypatch.setattr(Repository, "save_log", real)
+    assert sorted(s["tags"] for s in cli("--json", "snapshots").json) == [[], ["x"]]
+    new = cli("--json", "tag", "--add", "x", old[:8]).json["changed"][0]["new"]
+    snaps = cli("--json", "snapshots").json
+    assert [(s["id"], s["tags"]) for s in snaps] == [(new, ["x"])]
+    assert cli("--json", "verify").json["ok"] is True

@@ -735,6 +735,12 @@ def tag(settings: Settings, password: PasswordFn, specs: list[str], add: list[st
             chosen = {s.id for s in list_snapshots(sess, flt)}
         snaps = sorted((s for s in sess.catalog.snapshots() if s.id in chosen), key=lambda s: (s.time, s.id))
         res = TagResult([], [], {})
+        # the manifests an earlier run wrote anew but could not let the old one go (a full disk, a kill): taken
+        # as they are, not written a second time (the same state twice, counted twice by retention)
+        written: dict[str, Snapshot] = {}
+        for s in sess.catalog.snapshots():
+            if isinstance(s.summary.get("retagged_from"), str):
+                written.setdefault(s.summary["retagged_from"], s)
         for snap in snaps:
             tags = set(snap.tags) if set_ is None else set(set_)
             tags = sorted((tags | set(add)) - set(remove))
@@ -744,12 +750,21 @@ def tag(settings: Settings, password: PasswordFn, specs: list[str], add: list[st
             new = Snapshot(time=snap.time, host=snap.host, paths=list(snap.paths), tree=snap.tree, tags=tags,
                            username=snap.username, parent=snap.parent,
                            summary={**snap.summary, "origin": snap.origin, "retagged_from": snap.id})
+            done = written.get(snap.id)
             with stopsignals.held():  # (a Ctrl-C between the new manifest and the old one's delete left both:
                 #                         it takes effect between two snapshots)
-                sid = sess.repo.commit_snapshot(new, sess.check_lock, "tag")
-                sess.repo.save_log("tag", "tags changed", [{"id": snap.id, "tree": snap.tree.hex(), "keep": False,
-                                                             "reasons": [f"tags changed: now {sid}"]}])
-                sess.repo.delete_snapshot(snap.id)
+                if done is not None and sorted(done.tags) == tags and done.tree == snap.tree:
+                    sid = done.id
+                else:
+                    sid = sess.repo.commit_snapshot(new, sess.check_lock, "tag")
+                try:
+                    sess.repo.save_log("tag", "tags changed", [{"id": snap.id, "tree": snap.tree.hex(),
+                                                                 "keep": False, "reasons": [f"tags changed: now {sid}"]}])
+                    sess.repo.delete_snapshot(snap.id)
+                except VaultError as exc:  # (the new one is there: said, and a second run lets the old one go)
+                    exc.args = (f"{exc}; snapshot {snap.short_id} is already written anew with its new tags as "
+                                f"{sid[:8]}, but the old one could not be let go: run the same 'vault tag' again",)
+                    raise
                 res.changed.append((snap.id, sid, tags))
         if res.changed:
             sess.catalog.sync(sess.repo)
