@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ext4, fill, make_tree, tmpfs
+from conftest import assert_trees_equal, ext4, fill, make_tree, tmpfs
 
 
 def _tamper_cached_trees(tmp_path, change) -> int:
@@ -917,3 +917,25 @@ def test_a_block_row_with_an_impossible_length_is_the_catalogs_damage_not_an_int
         assert "catalog" in res.err and "rebuild" in res.err and "internal error" not in res.err, res.err
     repo("catalog", "rebuild")
     assert repo.proc("dump", "latest", f"{src}/f").stdout == (src / "f").read_bytes()
+
+
+@pytest.mark.parametrize("edit", ["UPDATE blocks SET raw_length=raw_length+1 WHERE id=(SELECT min(id) FROM blocks WHERE "
+                                  "kind='D')",
+                                  "UPDATE packs SET size=size+7 WHERE rowid=(SELECT min(rowid) FROM packs WHERE kind='D')"])
+def test_a_wrong_length_or_pack_size_in_the_catalog_is_not_blamed_on_an_intact_repository(repo, tmp_path, edit):
+    """One block's raw length off by one in the catalog: verify and restore said the repository was damaged
+    (exit 20: 'records a file size its blocks do not hold'), and restore left that intact file out; a pack size
+    off by 7: verify called every block of the pack damaged. Both are the catalog's damage now (exit 1)."""
+    src = make_tree(tmp_path / "src", {f"f{i}": os.urandom(40000 + i) for i in range(4)})
+    repo("backup", src)
+    _edit_catalog(repo, edit)
+    runs = [["verify"], ["verify", "--read-data"]]
+    if "raw_length" in edit:
+        runs.append(["restore", "latest", "--target", tmp_path / "t"])
+    for args in runs:
+        res = repo(*args, ok=1)
+        assert "catalog rebuild" in res.err and "damaged" in res.err, res.err
+    repo("catalog", "rebuild")
+    assert repo("--json", "verify", "--read-data").json["ok"] is True
+    repo("restore", "latest", "--target", tmp_path / "t2")
+    assert_trees_equal(src, tmp_path / "t2" / src.relative_to("/"))

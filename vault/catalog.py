@@ -783,6 +783,34 @@ class Catalog:
                     confirmed.add(pid)
         return set(todo) - confirmed
 
+    def not_in_index(self, repo, entries: dict[bytes, set[tuple]] | None = None,
+                     sizes: dict[bytes, int] | None = None) -> set[bytes]:
+        """Of the packs named -- ``entries``: pack id -> this catalog's rows of some of its blocks, as (id, offset,
+        length, raw length, kind); ``sizes``: pack id -> this catalog's size of it -- those for which no index
+        segment of the repository lists one of those rows, or that size: what this catalog says there is its
+        own (a cache: a flipped bit, an edited row), not the repository's. Each pack's own segment is read
+        first, the others only for what is left; a segment that cannot be read is skipped. For the rare case
+        where a check is about to blame the repository on this catalog's word."""
+        left = {pid: set(rows) for pid, rows in (entries or {}).items() if rows}
+        size_left = dict(sizes or {})
+        todo = set(left) | set(size_left)
+        first = {r[0] for pid in todo for r in self._q("SELECT segment FROM packs WHERE id=?", (pid,))}
+        for sid in itertools.chain(sorted(first), (sid for sid in repo.list_index() if sid not in first)):
+            if not left and not size_left:
+                break
+            try:
+                seg = repo.load_index(sid)
+            except VaultError:
+                continue
+            for pid in todo.intersection(seg.packs):
+                if pid in left:
+                    left[pid] -= {(e.block_id, e.offset, e.length, e.raw_length, e.kind) for e in seg.packs[pid]}
+                    if not left[pid]:
+                        del left[pid]
+                if pid in size_left and seg.sizes.get(pid) == size_left[pid]:
+                    del size_left[pid]
+        return set(left) | set(size_left)
+
     def has_pack(self, pid: bytes) -> bool:
         return bool(self._q("SELECT 1 FROM packs WHERE id=?", (pid,)))
 

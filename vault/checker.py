@@ -151,6 +151,7 @@ class Checker:
         cat.stored_begin()
         cat.stored_add(self.repo.list_packs())
         self.report.packs = cat.pack_count()
+        wrong: list[tuple[bytes, int, int | None]] = []
         for pid, size, stored in cat.packs_not_stored():
             if stored is None:  # not listed: asked for by name before it is called missing (a listing can
                 try:            # come back short; the pack is damage only if it is really gone)
@@ -159,6 +160,13 @@ class Checker:
                     pass
                 if stored == size:
                     continue
+            wrong.append((pid, size, stored))
+        # (the size, and that the pack exists, are the catalog's word: confirmed before the repository is blamed)
+        if wrong and (mine := cat.not_in_index(self.repo, sizes={pid: size for pid, size, _ in wrong})):
+            raise CatalogError(f"this machine's catalog disagrees with the repository's index about pack "
+                               f"{min(mine).hex()[:16]} (the catalog is damaged, not the repository): run 'vault "
+                               "catalog rebuild', then verify again")
+        for pid, size, stored in wrong:
             if stored is None:
                 self._mark_pack_blocks(pid, "pack missing")
                 self._damage(pack_name(pid), "missing")
@@ -524,6 +532,15 @@ class Checker:
         self._missing.update(missing)
         for blocks, size, held in itertools.islice(cat.size_mismatches(), MAX_SIZE_MISMATCHES):
             self._bad_sizes[(blocks, size)] = held
+        if self._bad_sizes:  # (the blocks' lengths are the catalog's word: confirmed before the repository is blamed)
+            rows: dict[bytes, set[tuple]] = {}
+            for pid, e in cat.lookup_many(b for blocks, _ in self._bad_sizes for b in split_ids(blocks)).values():
+                rows.setdefault(pid, set()).add((e.block_id, e.offset, e.length, e.raw_length, e.kind))
+            wrong = cat.not_in_index(self.repo, rows)
+            if wrong:
+                raise CatalogError(f"this machine's catalog disagrees with the repository's index about the blocks "
+                                   f"of pack {min(wrong).hex()[:16]} (the catalog is damaged, not the repository): "
+                                   "run 'vault catalog rebuild', then verify again")
 
     def _attribute(self, snaps: list) -> None:
         """Name the snapshots and files each damaged tree or block affects: a second walk, per snapshot (a

@@ -375,6 +375,7 @@ class Restorer:
             self.catalog.check_not_lacking(self.repo, set(ids) - where.keys(), "restore again")
         out: list[tuple[list[_FileTask], _Packs]] = [([], {}) for _ in range(parts)]
         owner: dict[tuple[bytes, int], int] = {}
+        sized_wrong: dict[bytes, set[tuple]] = {}  # pack -> rows of the blocks of files whose sizes do not add up
         for task in tasks:
             offset = 0
             found = []
@@ -388,6 +389,8 @@ class Restorer:
                 offset += loc[1].raw_length
             if task.problem is None and offset != task.node.size:
                 task.problem = f"its blocks hold {offset} bytes but the file is recorded as {task.node.size}"
+                for pid, e, bid, _ in found:
+                    sized_wrong.setdefault(pid, set()).add((bid, e.offset, e.length, e.raw_length, e.kind))
             if not found:
                 continue
             part = 0
@@ -403,6 +406,12 @@ class Restorer:
                 # keyed by id too: a (hostile) index placing two ids at one offset gets each checked on its own
                 slot = packs.setdefault(pid, {}).setdefault((entry.offset, bid), (entry, []))
                 slot[1].append((task, off))
+        if sized_wrong:  # (the lengths are this machine's catalog's word: confirmed before a file is called damaged)
+            wrong = self.catalog.not_in_index(self.repo, sized_wrong)
+            if wrong:
+                raise CatalogError(f"this machine's catalog disagrees with the repository's index about the blocks of "
+                                   f"pack {min(wrong).hex()[:16]} (the catalog is damaged, not the repository): run "
+                                   "'vault catalog rebuild', then restore again")
         return out
 
     @staticmethod
