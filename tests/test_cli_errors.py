@@ -634,6 +634,19 @@ def test_a_relative_xdg_cache_home_is_ignored(monkeypatch, tmp_path):
     assert default_cache_dir() == str(tmp_path / "xdg" / "vault")
 
 
+@pytest.mark.parametrize("home", ["", "relhome"])
+def test_an_empty_or_relative_home_takes_the_users_home_from_the_password_database(monkeypatch, home):
+    """HOME= (or a relative HOME) with no XDG_CACHE_HOME put the cache in /.cache/vault, or below wherever the
+    command ran."""
+    import pwd
+
+    from vault.config import default_cache_dir
+
+    monkeypatch.setenv("HOME", home)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    assert default_cache_dir() == os.path.join(pwd.getpwuid(os.getuid()).pw_dir, ".cache", "vault")
+
+
 def test_snapshots_text_output_shows_no_control_characters(repo, src):
     """A host or tag with a newline or a terminal escape sequence (OSC) is shown with '?' in the text
     listing (one line per snapshot, nothing sent to the terminal); JSON keeps it exactly."""

@@ -74,10 +74,29 @@ def _int_env(name: str, low: int, high: int) -> int:
     return int(v)
 
 
+def _home() -> str:
+    """$HOME when it is an absolute path, else the user's home in the password database: an empty or relative
+    HOME (``HOME= vault ...``, a stripped-down cron or container environment) put the cache in /.cache or below
+    wherever the command ran."""
+    home = os.environ.get("HOME", "")
+    if os.path.isabs(home):
+        return home
+    try:
+        import pwd
+
+        home = pwd.getpwuid(os.getuid()).pw_dir
+    except (ImportError, KeyError):
+        home = ""
+    if not os.path.isabs(home):
+        raise UsageError("no place for the local catalog: HOME is not an absolute path and this user has no home "
+                         "directory; give --cache-dir DIR (or VAULT_CACHE_DIR)")
+    return home
+
+
 def default_cache_dir() -> str:
     xdg = os.environ.get("XDG_CACHE_HOME", "")
     # the XDG spec: a relative value is invalid and ignored (it would put the cache wherever the command runs)
-    base = xdg if os.path.isabs(xdg) else os.path.join(os.path.expanduser("~"), ".cache")
+    base = xdg if os.path.isabs(xdg) else os.path.join(_home(), ".cache")
     return os.path.join(base, "vault")
 
 
