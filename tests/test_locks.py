@@ -599,3 +599,18 @@ def test_a_store_that_does_not_carry_out_deletes_neither_fakes_a_forget_nor_lock
     res = repo("forget", "--keep-last", "1", "--prune", "--lock-wait", "0")
     assert "still lists 2 of the snapshots" in res.err and "forgot 0 snapshot(s)" in res.out, (res.out, res.err)
     assert snapshot_count(repo) == 3
+
+
+def test_a_locked_second_repository_is_named_by_copy_and_repair(repo, src, tmp_path):
+    """copy --to B and repair --from-repo B with B locked by a prune: exit 11 with "repository is locked", not
+    saying which of the two repositories it was."""
+    from conftest import FAST_INIT
+
+    repo("backup", src)
+    second = tmp_path / "second"
+    repo("init", *FAST_INIT, "--repo", second, "--copy-chunker-params-from", repo.repo)
+    with Lock(LocalBackend(second), exclusive=True, operation="prune", wait=0):
+        res = repo("copy", "--to", second, "--lock-wait", "0", ok=11)
+        assert res.err.startswith("vault: the destination (--to): repository is locked"), res.err
+        res = repo("repair", "--from-repo", second, "--lock-wait", "0", ok=11)
+        assert "--from-repo" in res.err and "repository is locked" in res.err, res.err

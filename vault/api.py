@@ -34,7 +34,8 @@ from .crypto import KdfParams, MasterKeys
 from .dumper import Dumper
 from .copier import Copier, CopyReport
 from .errors import (CacheUnavailable, CatalogBusy, CatalogError, CatalogInUse, IntegrityError, PermanentError,
-                     RepositoryNotFound, SnapshotNotFound, UsageError, VaultError, VaultWarning, WrongPassword)
+                     RepositoryLocked, RepositoryNotFound, SnapshotNotFound, UsageError, VaultError, VaultWarning,
+                     WrongPassword)
 from .excludes import Matcher, compile_glob
 from .ids import resolve_prefix
 from .locks import Lock, remove_locks
@@ -329,7 +330,7 @@ def _naming(role: str) -> Iterator[None]:
     """Failures to open a second repository say which one it is (same exception class: same exit code)."""
     try:
         yield
-    except (WrongPassword, RepositoryNotFound) as exc:
+    except (WrongPassword, RepositoryNotFound, RepositoryLocked) as exc:
         raise type(exc)(f"{role}: {exc}") from None
 
 
