@@ -359,6 +359,30 @@ def test_heal_from_a_copy(cli, tmp_path, setup):
     assert_trees_equal(src, tmp_path / "r" / src.relative_to("/"))
 
 
+def test_blocks_the_copy_holds_are_healed_even_when_the_copy_lost_the_listings_that_pair_them(cli, tmp_path, setup):
+    """The copy lost its directory trees (every tree pack) but holds every data block; this repository lost a data
+    pack. Healing paired each snapshot's trees with its copy's, found none, and dropped the files -- "the second
+    repository could not supply them", though it stores them. Every pack of the copy is now searched."""
+    src, lay = setup
+    second = tmp_path / "second"
+    cli("init", *FAST_INIT, "--repo", second, "--copy-chunker-params-from", cli.repo)
+    cli("copy", "--to", second)
+    theirs = layout(second)
+    for p in {p for p, e in theirs.blocks.values() if e.kind != DATA}:
+        pack_path(second, p).unlink()
+    pack_path(cli.repo, data_pack_of(lay, "f2.bin")).unlink()
+    shutil.rmtree(cli.cache)  # (a new machine: no tree of the copy cached here)
+    res = cli("--json", "repair", "--from-repo", second).json
+    assert res["verify"]["ok"] is True and res["blocks_healed"] >= 1 and res["files_dropped"] == [], res
+    assert [s["id"] for s in cli("--json", "snapshots").json] == [lay.snapshot]
+    assert cli("--json", "verify", "--read-data").json["ok"] is True
+    cli("restore", lay.snapshot, "--target", tmp_path / "r")
+    assert_trees_equal(src, tmp_path / "r" / src.relative_to("/"))
+    # and the copy heals its lost listings from this repository, whole again
+    res = cli("--json", "--repo", second, "repair", "--from-repo", cli.repo).json
+    assert res["verify"]["ok"] is True and res["trees_healed"] >= 1 and res["files_dropped"] == [], res
+
+
 def test_heal_a_lost_manifest_from_a_copy(cli, tmp_path, setup):
     src, lay = setup
     second = tmp_path / "second"

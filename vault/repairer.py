@@ -368,6 +368,7 @@ class Repairer:
             if mate is None:
                 continue
             self._heal_tree(snap.tree, mate.tree, other, other_cat, set())
+        self._heal_by_scan(other, other_cat)
         if not self.dry_run:
             self._flush_new()
             self._drop_healed()
@@ -376,6 +377,42 @@ class Repairer:
                                           ": what snapshots need of it was sought in the copy (the verify after repair names "
                                           "anything still missing)")
                                 for w in self.report.warnings]
+
+    def _heal_by_scan(self, other: Repository, other_cat: Catalog) -> None:
+        """The last resort, when pairing each snapshot with its copy left blocks missing -- the copy lost the
+        directory listing that pairs them, or holds them only under other snapshots: every block of the second
+        repository is read (pack by pack, each pack whole) and hashed with this repository's key, and one whose
+        id is a missing one is stored. Reads the whole copy, only when something is still missing."""
+        missing = self._missing_refs()
+        if not missing:
+            return
+        self.log(f"repair: {len(missing)} block(s) still missing: looking for them in every pack of "
+                 f"{other.backend.location}")
+        largest = other.config.pack_size + other.config.chunker.max_size + (256 << 20)
+        for pid, _kind, size in other_cat.packs():
+            if not missing:
+                break
+            if size > largest:  # (no pack vault writes is this big: never read whole into memory)
+                continue
+            try:
+                data = other.backend.get(pack_name(pid), 0, size)
+            except VaultError as exc:
+                _unless_damage(exc)
+                continue
+            view = memoryview(data)
+            for e in other_cat.pack_blocks(pid):
+                if e.offset + e.length > len(data):
+                    continue
+                try:
+                    plain = other.open_block(e, view[e.offset : e.offset + e.length])
+                except IntegrityError:
+                    continue
+                ours = self.repo.block_id(plain)
+                if ours in missing:
+                    missing.discard(ours)
+                    self._store(e.kind, ours, plain)
+                    self.report.blocks_healed += 1
+            del view, data
 
     def _drop_healed(self) -> None:
         """Delete the damaged packs repair kept whose every block is now stored in another pack (healed from the
@@ -705,6 +742,11 @@ class Repairer:
 
     def still_missing(self) -> int:
         """Referenced blocks no index locates (after the steps run), over every snapshot."""
+        self.report.still_missing = len(self._missing_refs())
+        return self.report.still_missing
+
+    def _missing_refs(self) -> set[bytes]:
+        """The blocks and trees the snapshots reference that neither the index nor this run locates."""
         missing: set[bytes] = set()
         seen: set[bytes] = set()
         for snap in self.catalog.snapshots():
@@ -720,8 +762,7 @@ class Repairer:
                     continue
                 missing |= self._missing([b for n in nodes if n.type == FILE for b in n.blocks])
                 stack.extend(n.subtree for n in nodes if n.type == DIR and n.subtree is not None)
-        self.report.still_missing = len(missing)
-        return len(missing)
+        return missing
 
 
 _FOREIGN = ("{} is intact (its bytes match its name) but the keys in use do not open it: written with other keys "
