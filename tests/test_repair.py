@@ -383,6 +383,39 @@ def test_blocks_the_copy_holds_are_healed_even_when_the_copy_lost_the_listings_t
     assert res["verify"]["ok"] is True and res["trees_healed"] >= 1 and res["files_dropped"] == [], res
 
 
+def test_a_manifest_deleted_without_a_forget_comes_back_from_the_copy_on_a_new_machine(cli, tmp_path, setup):
+    """A manifest deleted from the store (no forget) and a new machine (no catalog that had read it): repair
+    --from-repo said clean, and the next prune deleted that snapshot's data. The copy's record of it (copied from
+    this very repository, and let go by no forget here) now writes it back. A snapshot forgotten here, and one
+    the copy got from a third repository, are not."""
+    src, lay = setup
+    (src / "f9.bin").write_bytes(os.urandom(300_000))
+    second, third = tmp_path / "second", tmp_path / "third"
+    cli("init", *FAST_INIT, "--repo", second, "--copy-chunker-params-from", cli.repo)
+    cli("init", *FAST_INIT, "--repo", third)
+    cli("--repo", third, "backup", make_tree(tmp_path / "other", {"o": b"other"}))
+    cli("--repo", third, "copy", "--to", second)
+    newest = cli("--json", "backup", src, "--time", "2026-03-02T10:00:00Z").json["snapshot_id"]
+    forgotten = cli("--json", "backup", src, "--time", "2026-03-03T10:00:00Z", "--tag", "x").json["snapshot_id"]
+    cli("copy", "--to", second)
+    cli("forget", forgotten)
+    (cli.repo / "snapshots" / newest).unlink()
+    shutil.rmtree(cli.cache)
+    res = cli("--json", "repair", "--from-repo", second).json
+    assert res["verify"]["ok"] is True, res
+    (entry,) = [e for e in res["snapshots_rewritten"] if e["old"] == newest]
+    assert entry["new"] and entry["healed_from_copy"], res
+    snaps = cli("--json", "snapshots").json
+    assert sorted(s["time"][:10] for s in snaps) == ["2026-03-01", "2026-03-02"], snaps
+    cli("prune")
+    cli("restore", entry["new"], "--target", tmp_path / "r")
+    assert_trees_equal(src, tmp_path / "r" / src.relative_to("/"))
+    # a second run has nothing more to write back, and the copy does not take it for a new snapshot
+    again = cli("--json", "repair", "--from-repo", second).json
+    assert again["snapshots_rewritten"] == [], again
+    assert cli("--json", "copy", "--to", second).json["copied"] == []
+
+
 def test_heal_a_lost_manifest_from_a_copy(cli, tmp_path, setup):
     src, lay = setup
     second = tmp_path / "second"

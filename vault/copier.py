@@ -247,6 +247,7 @@ class Copier:
                 new = Snapshot(time=snap.time, host=snap.host, paths=list(snap.paths), tree=root,
                                tags=list(snap.tags), username=snap.username, parent=None,
                                summary={**moved_summary(snap.summary, snap.tree, root), "copied_from": snap.id,
+                                        "copied_from_repo": self.src.id,
                                         "origin": snap.origin})
                 if self._copied_meanwhile(snap.copy_keys()):  # (its data stays unused: prune removes it)
                     self.report.skipped.append(snap.id)

@@ -332,7 +332,8 @@ class Snapshot:
                        parent=doc.get("parent"), summary=dict(doc.get("summary") or {}), id=snap_id)
             if snap.parent is not None and not (isinstance(snap.parent, str) and len(snap.parent) == 64):
                 raise ValueError("bad parent")
-            for key in ("copied_from", "origin", "restored_from_copy", "restored_from_catalog", "repaired_from"):
+            for key in ("copied_from", "copied_from_repo", "origin", "restored_from_copy", "restored_from_catalog",
+                        "repaired_from"):
                 if key in snap.summary and not isinstance(snap.summary[key], str):
                     del snap.summary[key]  # (a list or dict there made copy and repair fail: unhashable)
         except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError, RecursionError):

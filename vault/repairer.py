@@ -531,21 +531,11 @@ class Repairer:
             entry = {"old": sid, "new": None, "files_dropped": 0, "manifest": "unreadable"}
             mate = mates.get(sid)
             if mate is not None and other is not None:
-                root = self._rebuild_tree(mate.tree, other, other_cat)
-                if root is not None and self.dry_run:
-                    entry["healed_from_copy"] = mate.id
-                elif root is not None:
-                    self._flush_new()
-                    new = Snapshot(time=mate.time, host=mate.host, paths=list(mate.paths), tree=root,
-                                   tags=list(mate.tags), username=mate.username, parent=None,
-                                   summary={**{k: v for k, v in moved_summary(mate.summary, mate.tree, root).items()
-                                               if k != "copied_from"}, "restored_from_copy": mate.id,
-                                            "origin": mate.origin})
-                    self.repo.save_snapshot(new)
-                    self.catalog.add_snapshot(new)
-                    entry["new"], entry["healed_from_copy"] = new.id, mate.id
+                self._write_from_copy(mate, other, other_cat, entry)
             entries.append(entry)
         self.report.snapshots_rewritten += entries
+        if other is not None:
+            self._restore_deleted_from_copy(other, other_cat, set(unreadable))
         if self.dry_run or not unreadable:
             return
         if any(e["new"] is None for e in entries):
@@ -557,6 +547,54 @@ class Repairer:
         for sid in unreadable:
             self.repo.backend.delete(f"snapshots/{sid}")
         self.catalog.sync(self.repo)
+
+    def _write_from_copy(self, mate: Snapshot, other: Repository, other_cat: Catalog, entry: dict) -> None:
+        """Write snapshot ``mate`` of the second repository here again (same time, host, paths and tags; its tree
+        rebuilt and checked block by block), noting it in ``entry``; nothing when the tree cannot be."""
+        root = self._rebuild_tree(mate.tree, other, other_cat)
+        if root is not None and self.dry_run:
+            entry["healed_from_copy"] = mate.id
+        elif root is not None:
+            self._flush_new()
+            new = Snapshot(time=mate.time, host=mate.host, paths=list(mate.paths), tree=root,
+                           tags=list(mate.tags), username=mate.username, parent=None,
+                           summary={**{k: v for k, v in moved_summary(mate.summary, mate.tree, root).items()
+                                       if k not in ("copied_from", "copied_from_repo")},
+                                    "restored_from_copy": mate.id, "origin": mate.origin})
+            self.repo.save_snapshot(new)
+            self.catalog.add_snapshot(new)
+            entry["new"], entry["healed_from_copy"] = new.id, mate.id
+
+    def _restore_deleted_from_copy(self, other: Repository, other_cat: Catalog, unreadable: set[str]) -> None:
+        """A manifest deleted from this repository without a forget, that no catalog here had read (a new
+        machine): the second repository's copy of it says it was here (``copied_from``, of a copy made from this
+        very repository: ``copied_from_repo``), and no ``logs/`` record here lets it go -- it is written again
+        from the copy. Otherwise nothing here knew of it: repair and verify said clean, and the next prune
+        deleted its data."""
+        listed = set(self.repo.list_snapshots())
+        held = set().union(*(s.copy_keys() for s in self.catalog.snapshots()), *(s.copy_keys() for s in
+                                                                                  self.catalog.lost_snapshots()))
+        candidates = [m for m in other_cat.snapshots()
+                      if m.summary.get("copied_from_repo") == self.repo.id and isinstance(m.summary.get("copied_from"), str)
+                      and m.summary["copied_from"] not in listed | unreadable and not (m.copy_keys() & held)]
+        if not candidates:
+            return
+        let_go: set[str] = set()
+        for lid in self.repo.list_logs():
+            try:
+                let_go.update(d["id"] for d in self.repo.load_log(lid).get("decisions", [])
+                              if not d.get("keep") and isinstance(d.get("id"), str))
+            except (VaultError, ValueError, TypeError, AttributeError, KeyError):
+                continue
+        for mate in sorted(candidates, key=lambda s: (s.time, s.id)):
+            if mate.summary["copied_from"] in let_go or mate.copy_keys() & held:
+                continue
+            entry = {"old": mate.summary["copied_from"], "new": None, "files_dropped": 0,
+                     "manifest": "missing (deleted without a forget; the copy holds it)"}
+            self._write_from_copy(mate, other, other_cat, entry)
+            if entry.get("healed_from_copy"):
+                held |= mate.copy_keys()
+                self.report.snapshots_rewritten.append(entry)
 
     def _record(self, gone: list[tuple[str, bytes | None, str]]) -> None:
         """A ``logs/`` record of the manifests repair lets go, (id, root tree or None, why) each, written before
