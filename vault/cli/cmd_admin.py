@@ -470,6 +470,8 @@ def repair(what: str, read_data: bool, from_repo: str | None, from_password_file
             for d in verify_report.damage:
                 c.err(printable(f"damaged: {d.object}: {d.problem}"))
             scope = "" if read_data or from_repo else " (structure only: add --read-data to read every pack)"
-            c.out(f"verify after repair{scope}: " + ("no errors found" if ok else
+            lost = (f" -- but {len(rep.files_dropped)} file(s) could not be recovered: dropped from the rewritten "
+                    "snapshots (listed above)") if ok and rep.files_dropped else ""
+            c.out(f"verify after repair{scope}: " + ("no errors found" + lost if ok else
                                                      f"{len(verify_report.damage)} problem(s)"))
     return 0 if ok else DamageFound.exit_code
