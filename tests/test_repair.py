@@ -383,6 +383,52 @@ def test_blocks_the_copy_holds_are_healed_even_when_the_copy_lost_the_listings_t
     assert res["verify"]["ok"] is True and res["trees_healed"] >= 1 and res["files_dropped"] == [], res
 
 
+def test_a_copy_that_lost_its_listings_heals_from_a_repository_that_lost_data_of_the_same_files(cli, tmp_path,
+                                                                                                  setup):
+    """The copy lost every directory listing, this repository a data pack, and the copy is repaired first: its
+    snapshot's root could not be rebuilt whole from here (some data is lost here), so the whole listing was
+    dropped -- an empty 'repaired' snapshot, though the copy itself still held that data. The blocks this
+    repository lacks are now looked for in the copy's own packs, and nothing is lost."""
+    src, lay = setup
+    second = tmp_path / "second"
+    cli("init", *FAST_INIT, "--repo", second, "--copy-chunker-params-from", cli.repo)
+    cli("copy", "--to", second)
+    theirs = layout(second)
+    for p in {p for p, e in theirs.blocks.values() if e.kind != DATA}:
+        pack_path(second, p).unlink()
+    pack_path(cli.repo, data_pack_of(lay, "f2.bin")).unlink()
+    shutil.rmtree(cli.cache)  # (a new machine: no listing of the copy cached here)
+    res = cli("--json", "--repo", second, "repair", "--from-repo", cli.repo).json
+    assert res["verify"]["ok"] is True and res["files_dropped"] == [], res
+    assert [s["id"] for s in cli("--json", "--repo", second, "snapshots").json] == [theirs.snapshot]
+    cli("--repo", second, "restore", "latest", "--target", tmp_path / "r")
+    assert_trees_equal(src, tmp_path / "r" / src.relative_to("/"))
+    res = cli("--json", "repair", "--from-repo", second).json
+    assert res["verify"]["ok"] is True and res["files_dropped"] == [] and res["blocks_healed"] >= 1, res
+
+
+def test_a_lost_listing_rebuilt_from_a_copy_that_lacks_some_data_drops_only_those_files(cli, tmp_path, setup):
+    """The copy lost every listing and one file's data, and this repository lost the same file's data: the copy's
+    repair dropped its snapshot's whole root listing (every file). Only that one file is dropped now."""
+    src, lay = setup
+    second = tmp_path / "second"
+    cli("init", *FAST_INIT, "--repo", second, "--copy-chunker-params-from", cli.repo)
+    cli("copy", "--to", second)
+    theirs = layout(second)
+    for p in {p for p, e in theirs.blocks.values() if e.kind != DATA}:
+        pack_path(second, p).unlink()
+    for repo_dir, lay_ in ((second, theirs), (cli.repo, lay)):
+        f2 = next(f for f in lay_.files if f.endswith("f2.bin"))
+        for p in {lay_.blocks[b][0] for b in lay_.files[f2]}:
+            pack_path(repo_dir, p).unlink(missing_ok=True)
+    shutil.rmtree(cli.cache)
+    res = cli("--json", "--repo", second, "repair", "--from-repo", cli.repo).json
+    assert res["verify"]["ok"] is True, res
+    dropped = res["files_dropped"]
+    assert dropped and all("/f2.bin" in f or "f1.bin" in f or "f3.bin" in f for f in dropped), dropped
+    assert len(dropped) < len(lay.files) - 2, dropped
+
+
 def test_a_manifest_deleted_without_a_forget_comes_back_from_the_copy_on_a_new_machine(cli, tmp_path, setup):
     """A manifest deleted from the store (no forget) and a new machine (no catalog that had read it): repair
     --from-repo said clean, and the next prune deleted that snapshot's data. The copy's record of it (copied from

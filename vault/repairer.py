@@ -23,7 +23,7 @@ import dataclasses
 import hashlib
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from . import index as index_mod
@@ -98,6 +98,12 @@ class Repairer:
         # packs that are missing or damaged (their blocks count as lost unless salvaged or healed)
         self._gone: set[bytes] = set()
         self._planned = False  # ... and the blocks of intact packs that it would list: catalog table "planned"
+        # healing from a second repository: our lost trees whose copy could not be rebuilt whole (our id -> their
+        # tree and repository), the blocks of theirs it could not supply, and those found here under our own ids
+        self._lost_mates: dict[bytes, tuple[bytes, Repository, Catalog]] = {}
+        self._untaken: set[bytes] = set()
+        self._scanned: set[bytes] = set()
+        self._ours_of: dict[bytes, bytes] = {}
 
     # --- storing (new packs, indexed at the end of each step) -----------------------------------------
     def _on_pack(self, pid: bytes, size: int, entries: list[PackEntry]) -> None:
@@ -388,31 +394,12 @@ class Repairer:
             return
         self.log(f"repair: {len(missing)} block(s) still missing: looking for them in every pack of "
                  f"{other.backend.location}")
-        largest = other.config.pack_size + other.config.chunker.max_size + (256 << 20)
-        for pid, _kind, size in other_cat.packs():
-            if not missing:
-                break
-            if size > largest:  # (no pack vault writes is this big: never read whole into memory)
-                continue
-            try:
-                data = other.backend.get(pack_name(pid), 0, size)
-            except VaultError as exc:
-                _unless_damage(exc)
-                continue
-            view = memoryview(data)
-            for e in other_cat.pack_blocks(pid):
-                if e.offset + e.length > len(data):
-                    continue
-                try:
-                    plain = other.open_block(e, view[e.offset : e.offset + e.length])
-                except IntegrityError:
-                    continue
-                ours = self.repo.block_id(plain)
-                if ours in missing:
-                    missing.discard(ours)
-                    self._store(e.kind, ours, plain)
-                    self.report.blocks_healed += 1
-            del view, data
+        for e, plain in _every_block(other, other_cat, lambda: bool(missing)):
+            ours = self.repo.block_id(plain)
+            if ours in missing:
+                missing.discard(ours)
+                self._store(e.kind, ours, plain)
+                self.report.blocks_healed += 1
 
     def _drop_healed(self) -> None:
         """Delete the damaged packs repair kept whose every block is now stored in another pack (healed from the
@@ -444,6 +431,7 @@ class Repairer:
         if nodes is None:  # our tree is lost: rebuild it from theirs, it must hash to our id
             built = self._rebuild(their_nodes, other, other_cat)
             if built is None or built[0] != ours:
+                self._lost_mates.setdefault(ours, (theirs, other, other_cat))  # (rebuilt in part by repair_snapshots)
                 return False
             self._store(TREE, ours, built[1])
             self.report.trees_healed += 1
@@ -495,13 +483,18 @@ class Repairer:
 
     def _take(self, their_id: bytes, other: Repository, other_cat: Catalog, want: bytes | None) -> bytes | None:
         """Read their block; store it here under our id (which must be ``want`` when given)."""
+        mine = self._ours_of.get(their_id)  # (held here already, found by _scan_own)
+        if mine is not None and (want is None or mine == want):
+            return mine
         loc = other_cat.lookup(their_id)
         if loc is None:
+            self._untaken.add(their_id)
             return None
         try:
             plain = other.load_block(*loc)
         except VaultError as exc:
             _unless_damage(exc)
+            self._untaken.add(their_id)
             return None
         ours = self.repo.block_id(plain)
         if want is not None and ours != want:
@@ -736,6 +729,11 @@ class Repairer:
         if tid in memo:
             return memo[tid]
         nodes = self._tree(self.catalog, self.repo, tid) if self._have(tid) else self._from_cache(tid)
+        if nodes is None and tid in self._lost_mates:
+            new = self._from_copy_in_part(tid, base, dropped, memo)
+            if new is not None:
+                memo[tid] = new
+                return new
         if nodes is None:
             dropped.append(os.fsdecode(base) + "/ (directory listing lost)")
             out_nodes: list[Node] = []
@@ -759,6 +757,63 @@ class Repairer:
         self._store(TREE, new, data)
         memo[tid] = new
         return new
+
+    def _from_copy_in_part(self, tid: bytes, base: bytes, dropped: list[str], memo: dict) -> bytes | None:
+        """Our lost tree ``tid`` whose copy could not be rebuilt whole (the copy lost some of its data too): a new
+        tree from the copy's, with the files whose data neither repository holds left out (named in
+        ``dropped``) -- not the whole listing dropped. The blocks the copy lacks are first looked for here, under
+        our own ids (``_scan_own``): only the listing may be lost here, and only the data there."""
+        theirs, other, other_cat = self._lost_mates[tid]
+        lost: list[str] = []
+        nodes = self._nodes_from_copy(theirs, other, other_cat, base, lost)
+        if self._untaken - self._scanned:
+            self._scan_own(other, self._untaken - self._scanned)
+            lost = []
+            nodes = self._nodes_from_copy(theirs, other, other_cat, base, lost)
+        if nodes is None:
+            return None
+        dropped += lost
+        data = Tree(nodes).encode()
+        new = self.repo.block_id(data)
+        self._store(TREE, new, data)
+        memo[new] = new
+        return new
+
+    def _nodes_from_copy(self, theirs: bytes, other: Repository, other_cat: Catalog, base: bytes,
+                         lost: list[str]) -> list[Node] | None:
+        their_nodes = self._tree(other_cat, other, theirs)
+        if their_nodes is None:
+            return None
+        out = []
+        for n in their_nodes:
+            path = base + b"/" + n.name
+            if n.type == FILE:
+                ids = [self._take(b, other, other_cat, None) for b in n.blocks]
+                if None in ids:
+                    lost.append(os.fsdecode(path))
+                    continue
+                n = dataclasses.replace(n, blocks=ids)
+            elif n.type == DIR and n.subtree is not None:
+                sub = self._nodes_from_copy(n.subtree, other, other_cat, path, lost)
+                if sub is None:
+                    lost.append(os.fsdecode(path) + "/ (directory listing lost)")
+                    sub = []
+                data = Tree(sub).encode()
+                sid = self.repo.block_id(data)
+                self._store(TREE, sid, data)
+                n = dataclasses.replace(n, subtree=sid)
+            out.append(n)
+        return out
+
+    def _scan_own(self, other: Repository, wanted: set[bytes]) -> None:
+        """Every block of this repository, hashed with the second one's key: those whose id there is one of
+        ``wanted`` (blocks the copy could not supply) are held here already -- under which id of ours."""
+        self._scanned |= wanted
+        self.log(f"repair: {len(wanted)} block(s) the second repository lacks: looking for them in every pack here")
+        for e, plain in _every_block(self.repo, self.catalog, lambda: len(self._ours_of) < len(self._scanned)):
+            t = other.block_id(plain)
+            if t in wanted:
+                self._ours_of[t] = e.block_id
 
     def _from_cache(self, tid: bytes) -> list[Node] | None:
         """A lost directory listing that this machine's catalog still holds (sealed when it was validated): stored
@@ -806,6 +861,32 @@ class Repairer:
 _FOREIGN = ("{} is intact (its bytes match its name) but the keys in use do not open it: written with other keys "
             "(a key slot copied in from another repository, or planted); left alone -- delete it by hand only if "
             "it is not this repository's")
+
+
+def _every_block(repo: Repository, cat: Catalog, more: Callable[[], bool]) -> Iterator[tuple[PackEntry, bytes]]:
+    """(entry, plaintext) of every block of ``repo`` that authenticates, pack by pack (each pack read whole,
+    none larger than any pack vault writes), while ``more()``; packs that cannot be read are passed over."""
+    largest = repo.config.pack_size + repo.config.chunker.max_size + (256 << 20)
+    for pid, _kind, size in cat.packs():
+        if not more():
+            return
+        if size > largest:
+            continue
+        try:
+            data = repo.backend.get(pack_name(pid), 0, size)
+        except VaultError as exc:
+            _unless_damage(exc)
+            continue
+        view = memoryview(data)
+        for e in cat.pack_blocks(pid):
+            if e.offset + e.length > len(data):
+                continue
+            try:
+                plain = repo.open_block(e, view[e.offset : e.offset + e.length])
+            except IntegrityError:
+                continue
+            yield e, plain
+        del view, data
 
 
 def _one_kind(entries: list[PackEntry]) -> bool:
