@@ -612,6 +612,36 @@ def test_find_glob_any_depth(repo, tmp_path):
     assert repo("--json", "find", "*.nothing").json == []
 
 
+def test_find_over_many_snapshots_gives_what_a_walk_of_each_gives(repo, tmp_path):
+    """find skips a subtree that matched nothing at the same path in an earlier snapshot (the same tree): its
+    answer must stay exactly a walk of every snapshot -- also when a tree moves to another path, comes back, or
+    a match appears deep in an unchanged-looking directory."""
+    import random
+
+    from vault.excludes import Matcher, compile_glob
+
+    rnd = random.Random(3)
+    src = make_tree(tmp_path / "src", {f"d{i}": {f"e{j}": {f"f{k}.dat": b"%d" % k for k in range(3)} for j in range(3)}
+                                       for i in range(4)})
+    for night in range(5):
+        if night:
+            d = src / f"d{rnd.randrange(4)}" / f"e{rnd.randrange(3)}"
+            (d / f"n{night}.conf").write_bytes(b"new")
+            if night == 2:
+                os.rename(src / "d1", src / "moved")
+            if night == 4:
+                os.rename(src / "moved", src / "d1")
+                (src / "d0" / "e0" / "f0.dat").unlink()
+        repo("backup", src)
+    snaps = [s["id"] for s in repo("--json", "snapshots").json]
+    for pattern in ("*.conf", "f0.dat", f"{src}/d1/*", "e1", "*"):
+        got = sorted((h["snapshot_id"], h["path"]) for h in repo("--json", "find", pattern).json)
+        m = Matcher([compile_glob(pattern)])
+        want = sorted((sid, e["path"]) for sid in snaps for e in repo("--json", "ls", sid).json["entries"]
+                      if m.matches(os.fsencode(e["path"]), e["type"] == "dir"))
+        assert got == want, pattern
+
+
 def test_every_mode_comes_back_exactly(repo, tmp_path):
     """Temp files are created with the file's own mode when that is safe (no chmod afterwards); read-only,
     mode-0 and setuid/setgid/sticky files get theirs at the end. Multi-block files included (they are reopened

@@ -557,13 +557,47 @@ def ls(sess: Session, snap: Snapshot, path: str | None = None) -> Iterator[tuple
         yield from sess.catalog.walk(sess.repo, node.subtree, base)
 
 
+BARREN_CAP = 500_000  # (path, tree) pairs find remembers as matching nothing (about 150 bytes each)
+
+
 def find(sess: Session, pattern: str, flt: SnapshotFilter | None = None,
          ignore_case: bool = False) -> Iterator[tuple[Snapshot, bytes, Node]]:
+    """Every (snapshot, path, node) matching ``pattern``, snapshot by snapshot, each depth-first in name order.
+    A directory tree found at some path with nothing matching below it is not walked again when a later
+    snapshot holds the same tree at the same path (a match depends on the path only): nightly snapshots of
+    mostly unchanged data cost about their changes each, not a whole walk."""
     m = Matcher([compile_glob(pattern, fold=ignore_case)])
+    barren: set[tuple[bytes, bytes]] = set()
     for snap in list_snapshots(sess, flt):
-        for path, node in sess.catalog.walk(sess.repo, snap.tree):
-            if m.matches(path, node.type == DIR):
-                yield snap, path, node
+        yield from _find_in(sess, m, snap, barren)
+
+
+def _find_in(sess: Session, m: Matcher, snap: Snapshot,
+             barren: set[tuple[bytes, bytes]]) -> Iterator[tuple[Snapshot, bytes, Node]]:
+    # a frame: [path, tree id, matches below, subdirectories not finished, parent frame]
+    stack: list[list] = [[b"", snap.tree, 0, 0, None]]
+    while stack:
+        frame = stack.pop()
+        base, tid = frame[0], frame[1]
+        subs: list[list] = []
+        if (base, tid) not in barren:
+            for n in sess.catalog.tree(sess.repo, tid):
+                path = base + b"/" + n.name
+                if m.matches(path, n.type == DIR):
+                    frame[2] += 1
+                    yield snap, path, n
+                if n.type == DIR and n.subtree is not None:
+                    subs.append([path, n.subtree, 0, 0, frame])
+        frame[3] = len(subs)
+        stack.extend(reversed(subs))
+        while frame is not None and frame[3] == 0:  # finished: its count goes up; barren ones are remembered
+            if frame[2] == 0 and len(barren) < BARREN_CAP:
+                barren.add((frame[0], frame[1]))
+            parent = frame[4]
+            if parent is not None:
+                parent[2] += frame[2]
+                parent[3] -= 1
+            frame = parent
 
 
 @dataclass
