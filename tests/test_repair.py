@@ -563,6 +563,35 @@ def test_recovering_a_lost_manifest_never_resurrects_a_forgotten_snapshot(cli, t
     assert got[str(src / "f0.bin")] == b"changed\n"
 
 
+def test_an_edited_copy_map_row_never_puts_one_files_content_under_another(cli, tmp_path):
+    """The destination catalog's map of source to destination block ids was trusted: swapping two rows made the
+    next copy store good.txt with secret.txt's content -- exit 0, and the destination verified clean. Its rows
+    are sealed now; a row that fails its seal is as if absent."""
+    cli("init", *FAST_INIT)
+    src = make_tree(tmp_path / "src", {"good.txt": b"G" * 5000, "secret.txt": b"S" * 5000, "changing": b"v1"})
+    second = tmp_path / "second"
+    cli("init", *FAST_INIT, "--repo", second)
+    cli("backup", src)
+    cli("copy", "--to", second)
+    (src / "changing").write_bytes(b"v2")
+    cli("backup", src)
+    def tables(db) -> list[str]:
+        return [r[0] for r in sqlite3.connect(db).execute("SELECT name FROM sqlite_master WHERE name LIKE 'copy_%'")]
+
+    ((db, names),) = [(db, t) for db in cli.cache.rglob("catalog.db") if (t := tables(db))]
+    blocks, trees = sorted(n for n in names if n.startswith("copy_map")), sorted(n for n in names if "trees" in n)
+    with sqlite3.connect(db) as conn:
+        rows = [(bytes(s), bytes(d)) for s, d in conn.execute(f"SELECT src, dst FROM {blocks[-1]}")]
+        sizes = {d: conn.execute("SELECT raw_length FROM blocks WHERE id=?", (d,)).fetchone()[0] for _, d in rows}
+        (s1, d1), (s2, d2) = [(s, d) for s, d in rows if sizes[d] == 5000]
+        conn.execute(f"UPDATE {blocks[-1]} SET dst=? WHERE src=?", (d2, s1))
+        conn.execute(f"UPDATE {blocks[-1]} SET dst=? WHERE src=?", (d1, s2))
+        conn.execute(f"DELETE FROM {trees[-1]}")
+    cli("copy", "--to", second)
+    cli("--repo", second, "restore", "latest", "--target", tmp_path / "r")
+    assert_trees_equal(src, tmp_path / "r" / src.relative_to("/"))
+
+
 def test_a_killed_copy_resumes_into_a_sound_destination(cli, tmp_path):
     import subprocess
     import sys

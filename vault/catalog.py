@@ -450,8 +450,8 @@ class Catalog:
         def run(c: sqlite3.Connection) -> None:
             for t in ("segments", "packs", "blocks", "snapshots", "trees"):
                 c.execute(f"DELETE FROM {t}")
-            c.execute("DROP TABLE IF EXISTS copy_map")
-            c.execute("DROP TABLE IF EXISTS copy_trees")
+            for t in ("copy_map", "copy_trees", "copy_map2", "copy_trees2"):
+                c.execute(f"DROP TABLE IF EXISTS {t}")
             c.execute("DROP TABLE IF EXISTS superseded")
             c.execute("DROP TABLE IF EXISTS verified")
         self._tx(run)
@@ -1199,29 +1199,48 @@ class Catalog:
         self._tx(lambda c: c.execute("INSERT OR REPLACE INTO rejected_packs (id, size) VALUES (?, ?)", (pid, size)))
 
     # --- copy support: source block id -> destination block id (created on first use) -------------------
+    # Each row is sealed (a keyed MAC with the destination's key, as cached trees are): an unsealed map was
+    # trusted, and one edited row made copy write a file with another file's content into the destination,
+    # where nothing could ever see it (the ids and sizes there are self-consistent).
     def copy_map_init(self) -> None:
         def run(c: sqlite3.Connection) -> None:
-            c.execute("CREATE TABLE IF NOT EXISTS copy_map (src BLOB PRIMARY KEY, dst BLOB NOT NULL) WITHOUT ROWID")
-            c.execute("CREATE TABLE IF NOT EXISTS copy_trees (src BLOB PRIMARY KEY, dst BLOB NOT NULL, "
-                      "epoch INTEGER NOT NULL) WITHOUT ROWID")
+            c.execute("DROP TABLE IF EXISTS copy_map")  # (0.1.1's, unsealed)
+            c.execute("DROP TABLE IF EXISTS copy_trees")
+            c.execute("CREATE TABLE IF NOT EXISTS copy_map2 (src BLOB PRIMARY KEY, dst BLOB NOT NULL, seal BLOB NOT "
+                      "NULL) WITHOUT ROWID")
+            c.execute("CREATE TABLE IF NOT EXISTS copy_trees2 (src BLOB PRIMARY KEY, dst BLOB NOT NULL, "
+                      "epoch INTEGER NOT NULL, seal BLOB NOT NULL) WITHOUT ROWID")
         self._tx(run)
 
-    def copy_map_get(self, src: bytes) -> bytes | None:
-        rows = self._q("SELECT dst FROM copy_map WHERE src=?", (src,))
-        return bytes(rows[0][0]) if rows else None
+    def _copy_seal(self, repo, what: bytes, src: bytes, dst: bytes, epoch: int = 0) -> bytes:
+        return hmac.new(self._key(repo), b"%s %d %s %s" % (what, epoch, src, dst), hashlib.sha256).digest()[:16]
 
-    def copy_map_put(self, pairs: list[tuple[bytes, bytes]]) -> None:
-        self._tx(lambda c: c.executemany("INSERT OR REPLACE INTO copy_map (src, dst) VALUES (?, ?)", pairs))
+    def _copy_get(self, repo, table: str, what: bytes, src: bytes, epoch: int = 0) -> bytes | None:
+        rows = self._q(f"SELECT dst, seal FROM {table} WHERE src=?" + (" AND epoch=?" if table == "copy_trees2" else ""),
+                       (src, epoch) if table == "copy_trees2" else (src,))
+        if not rows or not isinstance(rows[0][0], bytes) or not isinstance(rows[0][1], bytes):
+            return None
+        dst = bytes(rows[0][0])
+        ok = hmac.compare_digest(bytes(rows[0][1]), self._copy_seal(repo, what, src, dst, epoch))
+        return dst if ok else None  # (a row that fails its seal: as if absent -- the block is read and sent)
 
-    def copy_tree_get(self, src: bytes, epoch: int) -> bytes | None:
+    def copy_map_get(self, repo, src: bytes) -> bytes | None:
+        """The destination (``repo``) id of source block ``src``, when copied before."""
+        return self._copy_get(repo, "copy_map2", b"block", src)
+
+    def copy_map_put(self, repo, pairs: list[tuple[bytes, bytes]]) -> None:
+        rows = [(s, d, self._copy_seal(repo, b"block", s, d)) for s, d in pairs]
+        self._tx(lambda c: c.executemany("INSERT OR REPLACE INTO copy_map2 (src, dst, seal) VALUES (?, ?, ?)", rows))
+
+    def copy_tree_get(self, repo, src: bytes, epoch: int) -> bytes | None:
         """The destination tree a source tree was copied to, when every block below it was indexed in this
         index epoch (``index_epoch``): a tree mapped before the index was last reset is walked again."""
-        rows = self._q("SELECT dst FROM copy_trees WHERE src=? AND epoch=?", (src, epoch))
-        return bytes(rows[0][0]) if rows else None
+        return self._copy_get(repo, "copy_trees2", b"tree", src, epoch)
 
-    def copy_tree_put(self, pairs: list[tuple[bytes, bytes]], epoch: int) -> None:
-        self._tx(lambda c: c.executemany("INSERT OR REPLACE INTO copy_trees (src, dst, epoch) VALUES (?, ?, ?)",
-                                         [(s, d, epoch) for s, d in pairs]))
+    def copy_tree_put(self, repo, pairs: list[tuple[bytes, bytes]], epoch: int) -> None:
+        rows = [(s, d, epoch, self._copy_seal(repo, b"tree", s, d, epoch)) for s, d in pairs]
+        self._tx(lambda c: c.executemany("INSERT OR REPLACE INTO copy_trees2 (src, dst, epoch, seal) VALUES "
+                                         "(?, ?, ?, ?)", rows))
 
     # --- prune support (temporary tables, on disk: memory stays flat however big the repository) ----------
     def marker(self, sizes: bool = False) -> "UsedMarker":

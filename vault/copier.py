@@ -134,7 +134,7 @@ class Copier:
 
     def _known(self, src_id: bytes) -> bytes | None:
         """The destination id of a source block the destination already holds, if known without reading it."""
-        dst_id = self.dst_cat.copy_map_get(src_id)
+        dst_id = self.dst_cat.copy_map_get(self.dst, src_id)
         return dst_id if dst_id is not None and self._present(dst_id) else None
 
     def _read(self, src_id: bytes) -> bytes:
@@ -170,7 +170,7 @@ class Copier:
                 self.report.bytes_read += len(plain)
                 out[bid] = self._store(DATA, plain, packer)
         if todo:
-            self.dst_cat.copy_map_put([(b, out[b]) for b in todo])
+            self.dst_cat.copy_map_put(self.dst, [(b, out[b]) for b in todo])
         return out
 
     # --- trees (iterative post-order: directory depth is not limited by the Python stack) ---------------
@@ -181,7 +181,7 @@ class Copier:
             tid, expanded = stack.pop()
             if tid in done:
                 continue
-            known = self.dst_cat.copy_tree_get(tid, self._epoch)
+            known = self.dst_cat.copy_tree_get(self.dst, tid, self._epoch)
             if known is not None and self._present(known):
                 done[tid] = known
                 self.report.trees_skipped += 1
@@ -258,7 +258,7 @@ class Copier:
                     continue
                 self._dst_ids.add(sid)
                 self.dst_cat.add_snapshot(new)
-                self.dst_cat.copy_tree_put(self._tree_pairs, self._epoch)  # every block below them indexed now
+                self.dst_cat.copy_tree_put(self.dst, self._tree_pairs, self._epoch)  # every block below them indexed now
                 self._tree_pairs = []
                 self.report.copied.append((snap.id, new.id))
         except KeyboardInterrupt:  # (Ctrl-C, SIGTERM)
