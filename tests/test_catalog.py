@@ -1,5 +1,6 @@
 """The catalog is a cache: a damaged cached tree is detected (keyed MAC) and fetched again, never trusted."""
 
+import json
 import os
 import sqlite3
 import sys
@@ -939,3 +940,36 @@ def test_a_wrong_length_or_pack_size_in_the_catalog_is_not_blamed_on_an_intact_r
     assert repo("--json", "verify", "--read-data").json["ok"] is True
     repo("restore", "latest", "--target", tmp_path / "t2")
     assert_trees_equal(src, tmp_path / "t2" / src.relative_to("/"))
+
+
+@pytest.mark.parametrize("kind", ["symlink", "dangling", "fifo", "empty dir", "wal symlink"])
+def test_a_catalog_that_is_not_a_regular_file_is_replaced_never_written_through(repo, tmp_path, kind):
+    """A symlinked catalog.db was opened and written through (SQLite follows symlinks: the 'nofollow' URI
+    parameter vault gave it does not exist) -- the file it led to, anywhere, was rewritten or created; a fifo
+    made every command wait for ever. Both are replaced now, like a damaged catalog."""
+    import subprocess
+
+    src = make_tree(tmp_path / "src", {"f": b"data"})
+    repo("backup", src)
+    db = next(repo.cache.rglob("catalog.db"))
+    victim = tmp_path / "victim.db"
+    if kind in ("symlink", "wal symlink"):
+        victim.write_bytes(db.read_bytes())
+    before = victim.read_bytes() if victim.exists() else None
+    files = [db, db.with_name("catalog.db-wal"), db.with_name("catalog.db-shm")]
+    if kind != "wal symlink":
+        for f in files:
+            f.unlink(missing_ok=True)
+    target = db.with_name("catalog.db-wal") if kind == "wal symlink" else db
+    target.unlink(missing_ok=True)
+    if kind in ("symlink", "dangling", "wal symlink"):
+        target.symlink_to(victim)
+    elif kind == "fifo":
+        os.mkfifo(target)
+    else:
+        target.mkdir()
+    p = repo.proc("--json", "snapshots", timeout=60, stdin=subprocess.DEVNULL)
+    assert p.returncode == 0 and len(json.loads(p.stdout)) == 1, p.stderr
+    repo("backup", src)
+    assert (victim.read_bytes() if victim.exists() else None) == before
+    assert db.is_file() and not db.is_symlink()

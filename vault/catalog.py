@@ -30,6 +30,7 @@ import json
 import os
 import resource
 import sqlite3
+import stat
 import tempfile
 import threading
 import time
@@ -156,14 +157,16 @@ def _disk_full(path: str) -> CacheUnavailable:
 
 
 def _uri(path: str, create: bool = False) -> str:
-    """The catalog's SQLite URI: never opened through a symlink (``nofollow``); made 0600 first when ``create``
-    (SQLite gives the -wal and -shm files the database's mode: they were 0644, the names readable by all)."""
+    """The catalog's SQLite URI; the file made 0600 first when ``create`` (SQLite gives the -wal and -shm files
+    the database's mode: they were 0644, the names readable by all). SQLite itself follows symlinks (its
+    no-follow flag cannot be passed from Python): ``Catalog.open`` replaces a catalog that is not a regular file
+    before it gets here."""
     if create:
         try:
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600))
         except OSError:
             pass  # (SQLite's own open says what is wrong)
-    return "file:" + urllib.parse.quote(os.fsencode(os.path.abspath(path))) + "?nofollow=1"  # (any bytes)
+    return "file:" + urllib.parse.quote(os.fsencode(os.path.abspath(path)))  # (any bytes)
 
 
 def _room_for_wal_index(path: str) -> None:
@@ -276,7 +279,10 @@ class Catalog:
         with opening:
             try:
                 reason = "a rebuild was asked for"
-                if not fresh:
+                odd = None if fresh else cls._not_regular(path)
+                if odd is not None:  # (SQLite would open through a symlink, and wait on a fifo for ever)
+                    reason = odd
+                elif not fresh:
                     try:
                         return cls(path, repo_id, in_use, wait)
                     except (sqlite3.DatabaseError, CatalogError, ValueError) as exc:
@@ -307,12 +313,34 @@ class Catalog:
         return os.path.join(cache_dir, repo_id, "catalog.db")
 
     @staticmethod
+    def _not_regular(path: str) -> str | None:
+        """Why the catalog's files are no catalog -- one is a symlink (SQLite has no way to refuse to follow it:
+        the file it leads to, anywhere, was written), a fifo (its open waited for ever), a directory or a device
+        -- or None. Such a catalog is replaced like a damaged one."""
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            try:
+                st = os.lstat(path + suffix)
+            except OSError:
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                what = "a symlink" if stat.S_ISLNK(st.st_mode) else "a directory" if stat.S_ISDIR(st.st_mode) else \
+                    "not a regular file"
+                return f"{path}{suffix} is {what}"
+        return None
+
+    @staticmethod
     def remove_files(path: str) -> None:
         for suffix in ("", "-wal", "-shm", "-journal"):
             try:
                 os.unlink(path + suffix)
             except FileNotFoundError:
                 pass
+            except IsADirectoryError:  # (an empty one goes; one with something in it is not vault's to remove)
+                try:
+                    os.rmdir(path + suffix)
+                except OSError:
+                    raise CatalogError(f"{path}{suffix} is a directory, where vault's catalog file goes: move it "
+                                       "away, then try again") from None
 
     def _connect(self) -> sqlite3.Connection:
         _room_for_wal_index(self.path)
