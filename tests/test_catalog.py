@@ -906,13 +906,17 @@ def _edit_catalog(repo, sql: str) -> None:
     conn.close()
 
 
-@pytest.mark.parametrize("value", ["-5", "'ten'", "4294967296"])
-def test_a_block_row_with_an_impossible_length_is_the_catalogs_damage_not_an_internal_error(repo, tmp_path, value):
+@pytest.mark.parametrize("edit", ["UPDATE blocks SET length=-5 WHERE kind='D'",
+                                  "UPDATE blocks SET length='ten' WHERE kind='D'",
+                                  "UPDATE blocks SET length=4294967296 WHERE kind='D'",
+                                  "UPDATE packs SET id=substr(id, 1, 5) WHERE kind='D'"])
+def test_a_block_row_with_an_impossible_length_is_the_catalogs_damage_not_an_internal_error(repo, tmp_path, edit):
     """A negative (or non-numeric, or over-long) length in a catalog row made dump and restore die with
-    "internal error: ValueError: invalid range"; it is now the catalog's message (exit 1), and a rebuild mends it."""
+    "internal error: ValueError: invalid range"; a pack id cut short made them blame the repository (exit 20: not
+    found). It is now the catalog's message (exit 1), and a rebuild mends it."""
     src = make_tree(tmp_path / "src", {"f": os.urandom(40000)})
     repo("backup", src)
-    _edit_catalog(repo, f"UPDATE blocks SET length={value} WHERE kind='D'")
+    _edit_catalog(repo, edit)
     for args in (["dump", "latest", f"{src}/f"], ["restore", "latest", "--target", tmp_path / "t"]):
         res = repo(*args, ok=1)
         assert "catalog" in res.err and "rebuild" in res.err and "internal error" not in res.err, res.err

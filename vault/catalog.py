@@ -217,14 +217,16 @@ def _db_error(exc: sqlite3.DatabaseError, path: str) -> CatalogError:
 _U32 = 1 << 32
 
 
-def _entry(kind, bid: bytes, off, length, raw) -> PackEntry:
+def _entry(kind, bid: bytes, off, length, raw, pid=b"\0" * ID_LEN) -> PackEntry:
     """A block's location as a row of this catalog gives it: what no index segment can hold (a negative or
-    over-long offset or length, a value that is not a number: a damaged page, an edited row) is the catalog's
-    damage, said as such -- a range read at it was an internal error."""
+    over-long offset or length, a value that is not a number, a pack id of another length: a damaged page, an
+    edited row) is the catalog's damage, said as such -- a range read at it was an internal error, a pack id cut
+    short an object 'not found' blamed on the repository (exit 20)."""
     if not (type(off) is int and type(length) is int and type(raw) is int and 0 <= off < _U32 and 0 < length < _U32
-            and 0 <= raw < _U32 and kind in KINDS):
-        raise CatalogError(f"this machine's catalog is damaged (block {bid.hex()[:16]} has an impossible location: "
-                           f"{off!r}+{length!r}); run 'vault catalog rebuild'")
+            and 0 <= raw < _U32 and kind in KINDS and type(pid) is bytes and len(pid) == ID_LEN):
+        name = bid.hex()[:16] if isinstance(bid, bytes) else repr(bid)[:16]
+        raise CatalogError(f"this machine's catalog is damaged (block {name} has an impossible location); run "
+                           "'vault catalog rebuild'")
     return PackEntry(kind, bid, off, length, raw)
 
 
@@ -726,7 +728,7 @@ class Catalog:
         if not rows:
             return None
         pid, kind, off, length, raw = rows[0]
-        return bytes(pid), _entry(kind, bid, off, length, raw)
+        return bytes(pid), _entry(kind, bid, off, length, raw, pid)
 
     def load_block(self, repo, loc: tuple[bytes, PackEntry]) -> bytes:
         """``repo.load_block`` at a location this catalog gave; a block that fails its check there is first
@@ -752,7 +754,7 @@ class Catalog:
             for bid, pid, kind, off, length, raw in self._q(
                     f"SELECT b.id, p.id, b.kind, b.offset, b.length, b.raw_length FROM blocks b "
                     f"JOIN packs p ON p.rowid = b.pack WHERE b.id IN ({marks})", part):
-                out[bytes(bid)] = (bytes(pid), _entry(kind, bytes(bid), off, length, raw))
+                out[bytes(bid)] = (pid, _entry(kind, bid, off, length, raw, pid))
         return out
 
     def indexed_after_all(self, repo, ids: set[bytes]) -> set[bytes]:
