@@ -707,9 +707,14 @@ def test_catalog_rebuild_with_a_directory_in_the_catalogs_place_is_one_line(repo
     (db,) = list(repo.cache.glob("*/catalog.db"))
     db.unlink()
     db.mkdir()
+    (db / "something").write_bytes(b"not vault's")
     for args in (["catalog", "rebuild"], ["snapshots"]):
         r = repo(*args, ok=1)
         assert "internal error" not in r.err and len(r.err.strip().splitlines()) == 1, r.err
+        assert f"{db} is a directory" in r.err and "move it away" in r.err, r.err
+    assert (db / "something").exists()
+    (db / "something").unlink()  # an empty directory there is replaced by the catalog (a rebuild)
+    assert len(repo("--json", "snapshots").json) == 1
 
 
 def test_a_missing_repository_is_said_before_any_password_is_asked_for(tmp_path, capfd, monkeypatch):
@@ -978,3 +983,19 @@ def test_a_group_alone_still_shows_its_help(tmp_path):
     for args in ([], ["key"], ["catalog"]):
         p = subprocess.run([sys.executable, "-m", "vault.cli.main", *args], capture_output=True, cwd=tmp_path)
         assert p.returncode == 2 and p.stderr.startswith(b"Usage: vault") and p.stderr.count(b"\n") > 5, p.stderr
+
+
+def test_an_error_after_the_retries_ran_out_says_so(repo, monkeypatch):
+    """The backends note 'gave up after 6 attempts on ...' on the error they give up with; the CLI printed only
+    the last attempt's botocore text, which reads as one dropped connection."""
+    from vault import api
+    from vault.errors import VaultError
+
+    def flaky(*a, **k):
+        err = VaultError("S3 GET s3://b/p/config: Connection was closed before we received a valid response")
+        err.add_note("gave up after 6 attempts on s3://b/p")
+        raise err
+
+    monkeypatch.setattr(api, "list_snapshots", flaky)
+    r = repo("snapshots", ok=1)
+    assert r.err.strip().endswith("(gave up after 6 attempts on s3://b/p)") and len(r.err.splitlines()) == 1, r.err

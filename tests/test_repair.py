@@ -451,6 +451,7 @@ def test_a_manifest_deleted_without_a_forget_comes_back_from_the_copy_on_a_new_m
     assert res["verify"]["ok"] is True, res
     (entry,) = [e for e in res["snapshots_rewritten"] if e["old"] == newest]
     assert entry["new"] and entry["healed_from_copy"], res
+    # (the text says why: it was deleted, not unreadable)
     snaps = cli("--json", "snapshots").json
     assert sorted(s["time"][:10] for s in snaps) == ["2026-03-01", "2026-03-02"], snaps
     cli("prune")
@@ -474,7 +475,7 @@ def test_heal_a_lost_manifest_from_a_copy(cli, tmp_path, setup):
     (cli.repo / "snapshots" / lay.snapshot).write_bytes(b"garbage")
     out = cli("repair", "--from-repo", second).out  # (it said "rewrite snapshot X -> Y: 0 file(s) dropped")
     (snap,) = cli("--json", "snapshots").json
-    assert f"restored snapshot {lay.snapshot[:8]} (unreadable manifest) from the copy's" in out
+    assert f"restored snapshot {lay.snapshot[:8]} (manifest unreadable) from the copy's" in out
     assert f"as {snap['short_id']}: a new id" in out and "verify after repair: no errors found" in out
     assert snap["time"].startswith("2026-03-01T10:00:00") and "recovered" not in snap["tags"]
     cli("restore", "latest", "--target", tmp_path / "r")

@@ -448,7 +448,8 @@ def repair(what: str, read_data: bool, from_repo: str | None, from_password_file
                 c.out(f"would restore snapshot {s['old'][:8]} from the copy's {s['healed_from_copy'][:8]}")
                 continue
             if s.get("healed_from_copy"):
-                c.out(f"restored snapshot {s['old'][:8]} (unreadable manifest) from the copy's "
+                why = s.get("manifest") or "unreadable"  # (unreadable, or missing: deleted without a forget)
+                c.out(f"restored snapshot {s['old'][:8]} (manifest {why}) from the copy's "
                       f"{s['healed_from_copy'][:8]} as {s['new'][:8]}: a new id, same time, host, paths and tags")
                 continue
             if s["old"] is None:  # a tree no manifest names any more

@@ -141,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     except (click.exceptions.Abort, EOFError):  # (a prompt answered by end of input, or declined)
         code = _stopped()
     except VaultError as exc:
-        stderr_line(printable(f"vault: {exc}"))  # one line, whatever names it holds
+        # one line, whatever names it holds; with the retries given up on, if any (the backends' notes)
+        gave_up = [n for n in getattr(exc, "__notes__", ()) if isinstance(n, str) and n.startswith("gave up after")]
+        stderr_line(printable(f"vault: {exc}" + (f" ({gave_up[-1]})" if gave_up and gave_up[-1] not in str(exc) else "")))
         code = exc.exit_code
     except KeyboardInterrupt:
         code = _stopped()
