@@ -977,3 +977,21 @@ def test_a_catalog_that_is_not_a_regular_file_is_replaced_never_written_through(
     repo("backup", src)
     assert (victim.read_bytes() if victim.exists() else None) == before
     assert db.is_file() and not db.is_symlink()
+
+
+def test_a_missing_pack_whose_index_segment_is_damaged_too_is_the_repositorys_damage(repo, tmp_path):
+    """A data pack deleted and a bit flipped in the index segment listing it: verify said the catalog disagreed
+    with the index ('the catalog is damaged, not the repository', exit 1) -- the segment that would have confirmed
+    the catalog could not be read. It is the repository's damage: exit 20."""
+    src = make_tree(tmp_path / "src", {f"f{i}": os.urandom(300_000) for i in range(3)})
+    repo("backup", src)
+    packs = sorted((p for p in (repo.repo / "data").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    packs[-1].unlink()
+    for seg in (repo.repo / "index").iterdir():
+        data = bytearray(seg.read_bytes())
+        data[len(data) // 2] ^= 1
+        os.chmod(seg, 0o600)
+        seg.write_bytes(bytes(data))
+    for args in (["verify"], ["verify", "--read-data"]):
+        res = repo(*args, ok=20)
+        assert "catalog is damaged" not in res.err, res.err

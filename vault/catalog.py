@@ -819,8 +819,9 @@ class Catalog:
         length, raw length, kind); ``sizes``: pack id -> this catalog's size of it -- those for which no index
         segment of the repository lists one of those rows, or that size: what this catalog says there is its
         own (a cache: a flipped bit, an edited row), not the repository's. Each pack's own segment is read
-        first, the others only for what is left; a segment that cannot be read is skipped. For the rare case
-        where a check is about to blame the repository on this catalog's word."""
+        first, the others only for what is left. When a segment cannot be read, nothing is called the catalog's
+        (empty set): the repository's index is damaged itself, and the check's report of the damage stands. For
+        the rare case where a check is about to blame the repository on this catalog's word."""
         left = {pid: set(rows) for pid, rows in (entries or {}).items() if rows}
         size_left = dict(sizes or {})
         todo = set(left) | set(size_left)
@@ -830,8 +831,8 @@ class Catalog:
                 break
             try:
                 seg = repo.load_index(sid)
-            except VaultError:
-                continue
+            except VaultError:  # (it may be the very one listing them: the repository's damage, not ours)
+                return set()
             for pid in todo.intersection(seg.packs):
                 if pid in left:
                     left[pid] -= {(e.block_id, e.offset, e.length, e.raw_length, e.kind) for e in seg.packs[pid]}
