@@ -465,6 +465,32 @@ def test_a_manifest_deleted_without_a_forget_comes_back_from_the_copy_on_a_new_m
     again = cli("--json", "repair", "--from-repo", second).json
     assert again["snapshots_rewritten"] == [], again
     assert cli("--json", "copy", "--to", second).json["copied"] == []
+    # the snapshot written back, forgotten on purpose, stays forgotten (the write-back let the old id go in logs/)
+    cli("forget", entry["new"])
+    shutil.rmtree(cli.cache)
+    assert cli("--json", "repair", "--from-repo", second).json["snapshots_rewritten"] == []
+    assert [s["time"][:10] for s in cli("--json", "snapshots").json] == ["2026-03-01"]
+
+
+def test_a_forget_record_that_cannot_be_read_stops_the_write_back_of_deleted_manifests(cli, tmp_path, setup):
+    """A bit flipped in the logs/ record of a forget: on a new machine repair --from-repo took the forgotten
+    snapshot for one deleted without a forget and wrote it back. With a record unreadable, the forgets are not
+    all known: nothing is written back, and the repair says why."""
+    src, lay = setup
+    second = tmp_path / "second"
+    cli("init", *FAST_INIT, "--repo", second, "--copy-chunker-params-from", cli.repo)
+    cli("backup", src, "--time", "2026-03-02T10:00:00Z")
+    cli("copy", "--to", second)
+    cli("forget", lay.snapshot)
+    (log,) = list((cli.repo / "logs").iterdir())
+    data = bytearray(log.read_bytes())
+    data[len(data) // 2] ^= 1
+    os.chmod(log, 0o600)
+    log.write_bytes(bytes(data))
+    shutil.rmtree(cli.cache)
+    res = cli("repair", "--from-repo", second)
+    assert "cannot be read" in res.err and "not written back" in res.err, res.err
+    assert [s["time"][:10] for s in cli("--json", "snapshots").json] == ["2026-03-02"]
 
 
 def test_heal_a_lost_manifest_from_a_copy(cli, tmp_path, setup):

@@ -577,8 +577,16 @@ class Repairer:
             try:
                 let_go.update(d["id"] for d in self.repo.load_log(lid).get("decisions", [])
                               if not d.get("keep") and isinstance(d.get("id"), str))
-            except (VaultError, ValueError, TypeError, AttributeError, KeyError):
-                continue
+            except (VaultError, ValueError, TypeError, AttributeError, KeyError) as exc:
+                # the forgets are not all known: one of these may have been forgotten -- none is written back
+                if isinstance(exc, VaultError):
+                    _unless_damage(exc)
+                self.report.warnings.append(
+                    f"logs/{lid} cannot be read ({exc}): the snapshots this repository forgot are not all known, so "
+                    f"{len(candidates)} snapshot(s) of the copy that are not here are not written back (restore them "
+                    "from the copy, or copy them back with 'vault copy')")
+                return
+        written = []
         for mate in sorted(candidates, key=lambda s: (s.time, s.id)):
             if mate.summary["copied_from"] in let_go or mate.copy_keys() & held:
                 continue
@@ -588,6 +596,11 @@ class Repairer:
             if entry.get("healed_from_copy"):
                 held |= mate.copy_keys()
                 self.report.snapshots_rewritten.append(entry)
+                if entry["new"]:
+                    written.append((entry["old"], None, f"manifest missing: written again from the copy as "
+                                                        f"{entry['new']}"))
+        if written:  # (the old ids let go: forgetting the new one later is final, never undone by the next repair)
+            self._record(written)
 
     def _record(self, gone: list[tuple[str, bytes | None, str]]) -> None:
         """A ``logs/`` record of the manifests repair lets go, (id, root tree or None, why) each, written before
