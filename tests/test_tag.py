@@ -120,3 +120,11 @@ def test_a_tag_that_fails_after_writing_the_new_manifest_says_so_and_a_second_ru
     snaps = cli("--json", "snapshots").json
     assert [(s["id"], s["tags"]) for s in snaps] == [(new, ["x"])]
     assert cli("--json", "verify").json["ok"] is True
+    # the same with `latest`, which may name either of the two (the same time): the old one is let go all the same
+    for _ in range(6):
+        monkeypatch.setattr(Repository, "save_log", full_disk)
+        cli("tag", "--add", "y", "latest", ok=1)
+        monkeypatch.setattr(Repository, "save_log", real)
+        cli("tag", "--add", "y", "latest")
+        assert [s["tags"] for s in cli("--json", "snapshots").json] == [["x", "y"]]
+        cli("tag", "--remove", "y", "latest")

@@ -768,6 +768,11 @@ def tag(settings: Settings, password: PasswordFn, specs: list[str], add: list[st
             chosen = {find_snapshot(sess, spec, flt=flt).id for spec in specs}
         else:  # (restic: every snapshot the filters select, all of them with none)
             chosen = {s.id for s in list_snapshots(sess, flt)}
+        live = {s.id: s for s in sess.catalog.snapshots()}
+        for sid in list(chosen):  # a manifest written anew by a run that failed before letting the old one go:
+            old = live[sid].summary.get("retagged_from") if sid in live else None  # the old one is taken too (the
+            if isinstance(old, str) and old in live and live[old].tree == live[sid].tree:  # same time: `latest`
+                chosen.add(old)  # may have named the new one)
         snaps = sorted((s for s in sess.catalog.snapshots() if s.id in chosen), key=lambda s: (s.time, s.id))
         res = TagResult([], [], {})
         # the manifests an earlier run wrote anew but could not let the old one go (a full disk, a kill): taken
