@@ -612,5 +612,6 @@ def test_a_locked_second_repository_is_named_by_copy_and_repair(repo, src, tmp_p
     with Lock(LocalBackend(second), exclusive=True, operation="prune", wait=0):
         res = repo("copy", "--to", second, "--lock-wait", "0", ok=11)
         assert res.err.startswith("vault: the destination (--to): repository is locked"), res.err
+        assert f"'vault --repo {second} unlock'" in res.err, res.err
         res = repo("repair", "--from-repo", second, "--lock-wait", "0", ok=11)
         assert "--from-repo" in res.err and "repository is locked" in res.err, res.err

@@ -326,12 +326,14 @@ def passed_over(sess: Session, spec: str | None, at: str | None = None,
 
 
 @contextlib.contextmanager
-def _naming(role: str) -> Iterator[None]:
-    """Failures to open a second repository say which one it is (same exception class: same exit code)."""
+def _naming(role: str, url: str = "") -> Iterator[None]:
+    """Failures to open a second repository say which one it is (same exception class: same exit code); the
+    advice to unlock names it too (a bare 'vault unlock' would unlock the first)."""
     try:
         yield
     except (WrongPassword, RepositoryNotFound, RepositoryLocked) as exc:
-        raise type(exc)(f"{role}: {exc}") from None
+        text = str(exc).replace("'vault unlock'", f"'vault --repo {url} unlock'") if url else str(exc)
+        raise type(exc)(f"{role}: {text}") from None
 
 
 @contextlib.contextmanager
@@ -339,7 +341,7 @@ def other_session(role: str, settings: Settings, password: PasswordFn, **kw) -> 
     """``session`` on a second repository (copy's destination, repair's --from-repo), its opening failures
     naming ``role``."""
     cm = session(settings, password, **kw)
-    with _naming(role):
+    with _naming(role, settings.repo):
         sess = cm.__enter__()
     with contextlib.ExitStack() as stack:
         stack.push(cm)

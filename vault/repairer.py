@@ -789,6 +789,8 @@ class Repairer:
         data = Tree(nodes).encode()
         new = self.repo.block_id(data)
         self._store(TREE, new, data)
+        if new == tid:  # (rebuilt whole after all: the lost listing itself, healed)
+            self.report.trees_healed += 1
         memo[new] = new
         return new
 
