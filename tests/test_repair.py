@@ -359,11 +359,9 @@ def test_heal_from_a_copy(cli, tmp_path, setup):
     assert_trees_equal(src, tmp_path / "r" / src.relative_to("/"))
 
 
-def test_blocks_the_copy_holds_are_healed_even_when_the_copy_lost_the_listings_that_pair_them(cli, tmp_path, setup):
-    """The copy lost its directory trees (every tree pack) but holds every data block; this repository lost a data
-    pack. Healing paired each snapshot's trees with its copy's, found none, and dropped the files -- "the second
-    repository could not supply them", though it stores them. Every pack of the copy is now searched."""
-    src, lay = setup
+def _copy_losing_its_listings_and_a_pack_lost_here(cli, tmp_path, lay):
+    """A copy made, every tree pack of it deleted, a data pack of this repository (f2.bin's) deleted, and the cache
+    emptied (a new machine: no listing of the copy cached here). The copy's path and layout."""
     second = tmp_path / "second"
     cli("init", *FAST_INIT, "--repo", second, "--copy-chunker-params-from", cli.repo)
     cli("copy", "--to", second)
@@ -371,7 +369,16 @@ def test_blocks_the_copy_holds_are_healed_even_when_the_copy_lost_the_listings_t
     for p in {p for p, e in theirs.blocks.values() if e.kind != DATA}:
         pack_path(second, p).unlink()
     pack_path(cli.repo, data_pack_of(lay, "f2.bin")).unlink()
-    shutil.rmtree(cli.cache)  # (a new machine: no tree of the copy cached here)
+    shutil.rmtree(cli.cache)
+    return second, theirs
+
+
+def test_blocks_the_copy_holds_are_healed_even_when_the_copy_lost_the_listings_that_pair_them(cli, tmp_path, setup):
+    """The copy lost its directory trees (every tree pack) but holds every data block; this repository lost a data
+    pack. Healing paired each snapshot's trees with its copy's, found none, and dropped the files -- "the second
+    repository could not supply them", though it stores them. Every pack of the copy is now searched."""
+    src, lay = setup
+    second, theirs = _copy_losing_its_listings_and_a_pack_lost_here(cli, tmp_path, lay)
     res = cli("--json", "repair", "--from-repo", second).json
     assert res["verify"]["ok"] is True and res["blocks_healed"] >= 1 and res["files_dropped"] == [], res
     assert [s["id"] for s in cli("--json", "snapshots").json] == [lay.snapshot]
@@ -390,14 +397,7 @@ def test_a_copy_that_lost_its_listings_heals_from_a_repository_that_lost_data_of
     dropped -- an empty 'repaired' snapshot, though the copy itself still held that data. The blocks this
     repository lacks are now looked for in the copy's own packs, and nothing is lost."""
     src, lay = setup
-    second = tmp_path / "second"
-    cli("init", *FAST_INIT, "--repo", second, "--copy-chunker-params-from", cli.repo)
-    cli("copy", "--to", second)
-    theirs = layout(second)
-    for p in {p for p, e in theirs.blocks.values() if e.kind != DATA}:
-        pack_path(second, p).unlink()
-    pack_path(cli.repo, data_pack_of(lay, "f2.bin")).unlink()
-    shutil.rmtree(cli.cache)  # (a new machine: no listing of the copy cached here)
+    second, theirs = _copy_losing_its_listings_and_a_pack_lost_here(cli, tmp_path, lay)
     res = cli("--json", "--repo", second, "repair", "--from-repo", cli.repo).json
     assert res["verify"]["ok"] is True and res["files_dropped"] == [], res
     assert [s["id"] for s in cli("--json", "--repo", second, "snapshots").json] == [theirs.snapshot]
@@ -411,12 +411,7 @@ def test_a_lost_listing_rebuilt_from_a_copy_that_lacks_some_data_drops_only_thos
     """The copy lost every listing and one file's data, and this repository lost the same file's data: the copy's
     repair dropped its snapshot's whole root listing (every file). Only that one file is dropped now."""
     src, lay = setup
-    second = tmp_path / "second"
-    cli("init", *FAST_INIT, "--repo", second, "--copy-chunker-params-from", cli.repo)
-    cli("copy", "--to", second)
-    theirs = layout(second)
-    for p in {p for p, e in theirs.blocks.values() if e.kind != DATA}:
-        pack_path(second, p).unlink()
+    second, theirs = _copy_losing_its_listings_and_a_pack_lost_here(cli, tmp_path, lay)
     deleted = {}
     for repo_dir, lay_ in ((second, theirs), (cli.repo, lay)):
         f2 = next(f for f in lay_.files if f.endswith("f2.bin"))
@@ -427,7 +422,6 @@ def test_a_lost_listing_rebuilt_from_a_copy_that_lacks_some_data_drops_only_thos
     lost = {f for f in lay.files if any(lay.blocks[a][0] in deleted[cli.repo] and theirs.blocks[b][0] in deleted[second]
                                         for a, b in zip(lay.files[f], theirs.files[f]))}
     assert lost and len(lost) < len(lay.files)
-    shutil.rmtree(cli.cache)
     res = cli("--json", "--repo", second, "repair", "--from-repo", cli.repo).json
     assert res["verify"]["ok"] is True, res
     assert set(res["files_dropped"]) == lost, (res["files_dropped"], lost)
