@@ -995,3 +995,24 @@ def test_a_missing_pack_whose_index_segment_is_damaged_too_is_the_repositorys_da
     for args in (["verify"], ["verify", "--read-data"]):
         res = repo(*args, ok=20)
         assert "catalog is damaged" not in res.err, res.err
+
+
+def test_a_catalog_file_this_user_cannot_read_says_so(repo, tmp_path):
+    """A catalog.db of mode 0000 (as another user than root sees it): "cannot use the catalog ... (unable to open
+    database file); check the cache directory and its disk", naming neither the file's problem nor the fix."""
+    import subprocess
+
+    src = make_tree(tmp_path / "src", {"f": b"x"})
+    repo("backup", src)
+    db = next(repo.cache.rglob("catalog.db"))
+    for f in db.parent.glob("catalog.db-*"):
+        f.unlink()
+    os.chmod(db, 0)
+    # root reads any file: drop the capability that lets it (setpriv), else run as is (not root: the mode holds)
+    pre = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--inh-caps", "-all"] if os.geteuid() == 0 else []
+    if pre and subprocess.run(pre + ["true"]).returncode != 0:
+        pytest.skip("setpriv cannot drop capabilities here")
+    p = subprocess.run(pre + [sys.executable, "-m", "vault.cli.main", "snapshots"], env={**os.environ, **repo.env()},
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1 and "cannot be both read and written by this user" in p.stderr, p.stderr
+    assert "catalog rebuild" in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr

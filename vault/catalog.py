@@ -230,6 +230,17 @@ def _entry(kind, bid: bytes, off, length, raw, pid=b"\0" * ID_LEN) -> PackEntry:
     return PackEntry(kind, bid, off, length, raw)
 
 
+def _unopenable(path: str) -> CacheUnavailable | None:
+    """What is wrong with the catalog's files when this user cannot both read and write one (a mode 0400 or 0000
+    file, one another user owns): SQLite says only "unable to open database file" or "readonly database"."""
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.lexists(path + suffix) and not os.access(path + suffix, os.R_OK | os.W_OK):
+            return CacheUnavailable(f"the catalog file {path}{suffix} cannot be both read and written by this user "
+                                    "(its mode or owner): fix that, or run 'vault catalog rebuild' (it makes a new "
+                                    "catalog)")
+    return None
+
+
 def _unusable(directory: str, exc: OSError) -> CatalogError:
     where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
     return CatalogError(f"cannot use the cache directory {directory}: {exc.strerror or exc}{where} (see --cache-dir)")
@@ -290,7 +301,7 @@ class Catalog:
                     except (sqlite3.DatabaseError, CatalogError, ValueError) as exc:
                         err = _db_error(exc, path) if isinstance(exc, sqlite3.DatabaseError) else exc
                         if isinstance(err, CacheUnavailable):
-                            raise err from None  # not damage: never delete a catalog for that
+                            raise _unopenable(path) or err from None  # not damage: never delete a catalog for that
                         reason = str(exc)
                 if not in_use.try_exclusive():
                     raise CatalogInUse(f"catalog {path} cannot be replaced ({reason}): another vault process has "
