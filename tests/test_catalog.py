@@ -1016,3 +1016,24 @@ def test_a_catalog_file_this_user_cannot_read_says_so(repo, tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 1 and "cannot be both read and written by this user" in p.stderr, p.stderr
     assert "catalog rebuild" in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+def test_an_unrelated_damaged_index_segment_does_not_turn_the_catalogs_word_into_damage(repo, tmp_path):
+    """A pack size edited in the catalog, and another index segment (not the one listing that pack) damaged: any
+    segment that failed to load made every disagreement the repository's -- a healthy pack, its snapshot and
+    files were called damaged (exit 20). Only the segment listing the pack decides that."""
+    src = make_tree(tmp_path / "src", {"f": os.urandom(50_000)})
+    repo("backup", src)
+    make_tree(tmp_path / "src2", {"g": os.urandom(50_000)})
+    repo("backup", tmp_path / "src2")
+    _edit_catalog(repo, "UPDATE packs SET size=size+7 WHERE rowid=(SELECT min(rowid) FROM packs WHERE kind='D')")
+    with sqlite3.connect(next(repo.cache.rglob("catalog.db"))) as conn:
+        (mine,) = conn.execute("SELECT segment FROM packs WHERE rowid=(SELECT min(rowid) FROM packs WHERE kind='D')"
+                               ).fetchone()
+    other = next(s for s in (repo.repo / "index").iterdir() if s.name != mine)
+    data = bytearray(other.read_bytes())
+    data[len(data) // 2] ^= 1
+    os.chmod(other, 0o600)
+    other.write_bytes(bytes(data))
+    res = repo("verify", ok=1)
+    assert "catalog" in res.err and "rebuild" in res.err and "wrong size" not in res.err, res.err

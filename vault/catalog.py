@@ -44,7 +44,8 @@ from . import entries as entries_mod
 from . import index as index_mod
 from .cachedir import private_dir, read_small, write_small
 from .cachelock import FileLock
-from .errors import CacheUnavailable, CatalogBusy, CatalogError, CatalogInUse, IntegrityError, ObjectNotFound, VaultError
+from .errors import (CacheUnavailable, CatalogBusy, CatalogError, CatalogInUse, IntegrityError, ObjectNotFound,
+                     VaultError, is_damage)
 from .entries import split_ids
 from .ids import ID_LEN
 from .model import DIR, FILE, Node, Snapshot, Tree, parse_stored_time, format_time, storable_text
@@ -830,9 +831,10 @@ class Catalog:
         length, raw length, kind); ``sizes``: pack id -> this catalog's size of it -- those for which no index
         segment of the repository lists one of those rows, or that size: what this catalog says there is its
         own (a cache: a flipped bit, an edited row), not the repository's. Each pack's own segment is read
-        first, the others only for what is left. When a segment cannot be read, nothing is called the catalog's
-        (empty set): the repository's index is damaged itself, and the check's report of the damage stands. For
-        the rare case where a check is about to blame the repository on this catalog's word."""
+        first, the others only for what is left. When the segment this catalog says lists one of them cannot be
+        read, nothing is called the catalog's (empty set): the repository's index is damaged itself, and the
+        check's report of the damage stands; another segment that cannot be read is passed over. For the rare
+        case where a check is about to blame the repository on this catalog's word."""
         left = {pid: set(rows) for pid, rows in (entries or {}).items() if rows}
         size_left = dict(sizes or {})
         todo = set(left) | set(size_left)
@@ -842,8 +844,12 @@ class Catalog:
                 break
             try:
                 seg = repo.load_index(sid)
-            except VaultError:  # (it may be the very one listing them: the repository's damage, not ours)
-                return set()
+            except VaultError as exc:
+                if not is_damage(exc):  # (the store, not the data: the check cannot be made now)
+                    raise
+                if sid in first:  # the very segment that lists them is damaged: the repository's damage, not ours
+                    return set()
+                continue  # (another one: it says nothing of these packs)
             for pid in todo.intersection(seg.packs):
                 if pid in left:
                     left[pid] -= {(e.block_id, e.offset, e.length, e.raw_length, e.kind) for e in seg.packs[pid]}
