@@ -459,6 +459,12 @@ def test_a_manifest_deleted_without_a_forget_comes_back_from_the_copy_on_a_new_m
     again = cli("--json", "repair", "--from-repo", second).json
     assert again["snapshots_rewritten"] == [], again
     assert cli("--json", "copy", "--to", second).json["copied"] == []
+    # the same accident again, to the snapshot written back: written back again
+    (cli.repo / "snapshots" / entry["new"]).unlink()
+    shutil.rmtree(cli.cache)
+    res = cli("--json", "repair", "--from-repo", second).json
+    (entry,) = [e for e in res["snapshots_rewritten"] if e.get("healed_from_copy")]
+    assert sorted(s["time"][:10] for s in cli("--json", "snapshots").json) == ["2026-03-01", "2026-03-02"]
     # the snapshot written back, forgotten on purpose, stays forgotten (the write-back let the old id go in logs/)
     cli("forget", entry["new"])
     shutil.rmtree(cli.cache)

@@ -572,11 +572,17 @@ class Repairer:
                       and m.summary["copied_from"] not in listed | unreadable and not (m.copy_keys() & held)]
         if not candidates:
             return
-        let_go: set[str] = set()
+        let_go: set[str] = set()  # ids let go for good (forget, tag, repair)
+        written_as: dict[str, list[str]] = {}  # ids an earlier run wrote back from the copy -> as which
         for lid in self.repo.list_logs():
             try:
-                let_go.update(d["id"] for d in self.repo.load_log(lid).get("decisions", [])
-                              if not d.get("keep") and isinstance(d.get("id"), str))
+                for d in self.repo.load_log(lid).get("decisions", []):
+                    if d.get("keep") or not isinstance(d.get("id"), str):
+                        continue
+                    if isinstance(d.get("written_as"), str):
+                        written_as.setdefault(d["id"], []).append(d["written_as"])
+                    else:
+                        let_go.add(d["id"])
             except (VaultError, ValueError, TypeError, AttributeError, KeyError) as exc:
                 # the forgets are not all known: one of these may have been forgotten -- none is written back
                 if isinstance(exc, VaultError):
@@ -588,19 +594,22 @@ class Repairer:
                 return
         written = []
         for mate in sorted(candidates, key=lambda s: (s.time, s.id)):
-            if mate.summary["copied_from"] in let_go or mate.copy_keys() & held:
+            old = mate.summary["copied_from"]
+            # forgotten: the id itself, or the one an earlier repair wrote it back as (that forget is final); one
+            # written back whose new manifest is gone again without a forget is written back again
+            if old in let_go or any(n in let_go for n in written_as.get(old, ())) or mate.copy_keys() & held:
                 continue
-            entry = {"old": mate.summary["copied_from"], "new": None, "files_dropped": 0,
+            entry = {"old": old, "new": None, "files_dropped": 0,
                      "manifest": "missing (deleted without a forget; the copy holds it)"}
             self._write_from_copy(mate, other, other_cat, entry)
             if entry.get("healed_from_copy"):
                 held |= mate.copy_keys()
                 self.report.snapshots_rewritten.append(entry)
                 if entry["new"]:
-                    written.append((entry["old"], None, f"manifest missing: written again from the copy as "
-                                                        f"{entry['new']}"))
-        if written:  # (the old ids let go: forgetting the new one later is final, never undone by the next repair)
-            self._record(written)
+                    written.append({"id": old, "keep": False, "written_as": entry["new"],
+                                    "reasons": [f"manifest missing: written again from the copy as {entry['new']}"]})
+        if written:  # (the old id is let go as written back, not forgotten: a forget of the new one is then final)
+            self.repo.save_log("repair", "repair", written)
 
     def _record(self, gone: list[tuple[str, bytes | None, str]]) -> None:
         """A ``logs/`` record of the manifests repair lets go, (id, root tree or None, why) each, written before
