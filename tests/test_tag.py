@@ -120,6 +120,17 @@ def test_a_tag_that_fails_after_writing_the_new_manifest_says_so_and_a_second_ru
     snaps = cli("--json", "snapshots").json
     assert [(s["id"], s["tags"]) for s in snaps] == [(new, ["x"])]
     assert cli("--json", "verify").json["ok"] is True
+    # another change than the failed one: the old one is let go, the change applies to the one written anew
+    for args, want in ((["--set", "final", "latest"], ["final"]), (["--remove", "z", "latest"], ["final"]),
+                       (["--add", "w", "OLD"], ["final", "w", "z"])):
+        monkeypatch.setattr(Repository, "save_log", full_disk)
+        cli("tag", "--add", "z", "latest", ok=1)
+        monkeypatch.setattr(Repository, "save_log", real)
+        assert len(cli("--json", "snapshots").json) == 2
+        first = next(s["id"] for s in cli("--json", "snapshots").json if "z" not in s["tags"])
+        cli("tag", *(first[:8] if a == "OLD" else a for a in args))
+        assert [s["tags"] for s in cli("--json", "snapshots").json] == [want], args
+    cli("tag", "--set", "x", "latest")
     # the same with `latest`, which may name either of the two (the same time): the old one is let go all the same
     for _ in range(6):
         monkeypatch.setattr(Repository, "save_log", full_disk)

@@ -771,47 +771,61 @@ def tag(settings: Settings, password: PasswordFn, specs: list[str], add: list[st
         else:  # (restic: every snapshot the filters select, all of them with none)
             chosen = {s.id for s in list_snapshots(sess, flt)}
         live = {s.id: s for s in sess.catalog.snapshots()}
-        for sid in list(chosen):  # a manifest written anew by a run that failed before letting the old one go:
-            old = live[sid].summary.get("retagged_from") if sid in live else None  # the old one is taken too (the
-            if isinstance(old, str) and old in live and live[old].tree == live[sid].tree:  # same time: `latest`
-                chosen.add(old)  # may have named the new one)
-        snaps = sorted((s for s in sess.catalog.snapshots() if s.id in chosen), key=lambda s: (s.time, s.id))
+        # a manifest an earlier run wrote anew and could not let the old one go (a full disk, a kill): the pair is
+        # one snapshot -- naming either (``latest`` may name either: the same time) names both; the old one is
+        # let go, never written anew a second time (two of one state, counted twice by retention), and the change
+        # asked for applies to the new one
+        successor: dict[str, Snapshot] = {}
+        for s in live.values():
+            old = s.summary.get("retagged_from")
+            if isinstance(old, str) and old in live and live[old].tree == s.tree and live[old].time == s.time:
+                successor.setdefault(old, s)
+        for old, s in successor.items():
+            if old in chosen or s.id in chosen:
+                chosen |= {old, s.id}
+        snaps = sorted((s for s in live.values() if s.id in chosen and s.id not in successor),
+                       key=lambda s: (s.time, s.id))
         res = TagResult([], [], {})
-        # the manifests an earlier run wrote anew but could not let the old one go (a full disk, a kill): taken
-        # as they are, not written a second time (the same state twice, counted twice by retention)
-        written: dict[str, Snapshot] = {}
-        for s in sess.catalog.snapshots():
-            if isinstance(s.summary.get("retagged_from"), str):
-                written.setdefault(s.summary["retagged_from"], s)
+        now: dict[str, tuple[str, list[str]]] = {}  # snapshot -> (its id after this run, its tags)
         for snap in snaps:
             tags = set(snap.tags) if set_ is None else set(set_)
             tags = sorted((tags | set(add)) - set(remove))
             if tags == sorted(snap.tags):
                 res.unchanged.append(snap.id)
+                now[snap.id] = (snap.id, tags)
                 continue
             new = Snapshot(time=snap.time, host=snap.host, paths=list(snap.paths), tree=snap.tree, tags=tags,
                            username=snap.username, parent=snap.parent,
                            summary={**snap.summary, "origin": snap.origin, "retagged_from": snap.id})
-            done = written.get(snap.id)
             with stopsignals.held():  # (a Ctrl-C between the new manifest and the old one's delete left both:
                 #                         it takes effect between two snapshots)
-                if done is not None and sorted(done.tags) == tags and done.tree == snap.tree:
-                    sid = done.id
-                else:
-                    sid = sess.repo.commit_snapshot(new, sess.check_lock, "tag")
-                try:
-                    sess.repo.save_log("tag", "tags changed", [{"id": snap.id, "tree": snap.tree.hex(),
-                                                                 "keep": False, "reasons": [f"tags changed: now {sid}"]}])
-                    sess.repo.delete_snapshot(snap.id)
-                except VaultError as exc:  # (the new one is there: said, and a second run lets the old one go)
-                    exc.args = (f"{exc}; snapshot {snap.short_id} is already written anew with its new tags as "
-                                f"{sid[:8]}, but the old one could not be let go: run the same 'vault tag' again",)
-                    raise
+                sid = sess.repo.commit_snapshot(new, sess.check_lock, "tag")
+                _let_go_retagged(sess, snap, sid)
                 res.changed.append((snap.id, sid, tags))
+                now[snap.id] = (sid, tags)
+        for old, s in sorted(successor.items()):
+            if old in chosen:
+                sid, tags = now.get(s.id, (s.id, sorted(s.tags)))
+                with stopsignals.held():
+                    _let_go_retagged(sess, live[old], sid)
+                res.changed.append((old, sid, tags))
         if res.changed:
             sess.catalog.sync(sess.repo)
         res.requests = sess.requests()
         return res
+
+
+def _let_go_retagged(sess: Session, snap: Snapshot, sid: str) -> None:
+    """Let ``snap`` go for its retagged manifest ``sid`` (written): a ``logs/`` record, then the delete. A failure
+    says that the new one is there, and which old one a second run lets go."""
+    try:
+        sess.repo.save_log("tag", "tags changed", [{"id": snap.id, "tree": snap.tree.hex(), "keep": False,
+                                                     "reasons": [f"tags changed: now {sid}"]}])
+        sess.repo.delete_snapshot(snap.id)
+    except VaultError as exc:
+        exc.args = (f"{exc}; snapshot {snap.short_id} is already written anew with its new tags as {sid[:8]}, but "
+                    f"the old one could not be let go: run the same 'vault tag' again",)
+        raise
 
 
 def prune_repository(settings: Settings, password: PasswordFn, opts: PruneOptions,
