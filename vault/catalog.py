@@ -859,6 +859,16 @@ class Catalog:
                     del size_left[pid]
         return set(left) | set(size_left)
 
+    def check_in_index(self, repo, then: str, entries: dict[bytes, set[tuple]] | None = None,
+                       sizes: dict[bytes, int] | None = None) -> None:
+        """CatalogError (exit 1: rebuild it, then ``then``) when ``not_in_index`` finds any of these rows or sizes
+        this catalog's own: a check must not blame the repository for them."""
+        wrong = self.not_in_index(repo, entries, sizes)
+        if wrong:
+            raise CatalogError(f"this machine's catalog disagrees with the repository's index about pack "
+                               f"{min(wrong).hex()[:16]} (the catalog is damaged, not the repository): run 'vault "
+                               f"catalog rebuild', then {then}")
+
     def has_pack(self, pid: bytes) -> bool:
         return bool(self._q("SELECT 1 FROM packs WHERE id=?", (pid,)))
 

@@ -162,10 +162,8 @@ class Checker:
                     continue
             wrong.append((pid, size, stored))
         # (the size, and that the pack exists, are the catalog's word: confirmed before the repository is blamed)
-        if wrong and (mine := cat.not_in_index(self.repo, sizes={pid: size for pid, size, _ in wrong})):
-            raise CatalogError(f"this machine's catalog disagrees with the repository's index about pack "
-                               f"{min(mine).hex()[:16]} (the catalog is damaged, not the repository): run 'vault "
-                               "catalog rebuild', then verify again")
+        if wrong:
+            cat.check_in_index(self.repo, "verify again", sizes={pid: size for pid, size, _ in wrong})
         for pid, size, stored in wrong:
             if stored is None:
                 self._mark_pack_blocks(pid, "pack missing")
@@ -536,11 +534,7 @@ class Checker:
             rows: dict[bytes, set[tuple]] = {}
             for pid, e in cat.lookup_many(b for blocks, _ in self._bad_sizes for b in split_ids(blocks)).values():
                 rows.setdefault(pid, set()).add((e.block_id, e.offset, e.length, e.raw_length, e.kind))
-            wrong = cat.not_in_index(self.repo, rows)
-            if wrong:
-                raise CatalogError(f"this machine's catalog disagrees with the repository's index about the blocks "
-                                   f"of pack {min(wrong).hex()[:16]} (the catalog is damaged, not the repository): "
-                                   "run 'vault catalog rebuild', then verify again")
+            cat.check_in_index(self.repo, "verify again", rows)
 
     def _attribute(self, snaps: list) -> None:
         """Name the snapshots and files each damaged tree or block affects: a second walk, per snapshot (a

@@ -290,9 +290,7 @@ class Repairer:
             self._save_segment(packs)
 
     def _largest_pack(self) -> int:
-        """Beyond this size an object in data/ is no pack vault wrote (one is at most ``pack_size`` plus one
-        block and its header; tree blocks given room): it is never read whole into memory (``_Ranges``)."""
-        return self.repo.config.pack_size + self.repo.config.chunker.max_size + (256 << 20)
+        return _largest_pack(self.repo)
 
     def _read_pack_twice(self, pid: bytes, size: int) -> bytes | None:
         """The pack's bytes; read again when they do not match its name (a read can fail once). Read as the
@@ -887,10 +885,16 @@ _FOREIGN = ("{} is intact (its bytes match its name) but the keys in use do not 
             "it is not this repository's")
 
 
+def _largest_pack(repo: Repository) -> int:
+    """Beyond this size an object in data/ is no pack vault wrote (one is at most ``pack_size`` plus one block
+    and its header; tree blocks given room): it is never read whole into memory (``_Ranges``)."""
+    return repo.config.pack_size + repo.config.chunker.max_size + (256 << 20)
+
+
 def _every_block(repo: Repository, cat: Catalog, more: Callable[[], bool]) -> Iterator[tuple[PackEntry, bytes]]:
     """(entry, plaintext) of every block of ``repo`` that authenticates, pack by pack (each pack read whole,
     none larger than any pack vault writes), while ``more()``; packs that cannot be read are passed over."""
-    largest = repo.config.pack_size + repo.config.chunker.max_size + (256 << 20)
+    largest = _largest_pack(repo)
     for pid, _kind, size in cat.packs():
         if not more():
             return

@@ -407,11 +407,7 @@ class Restorer:
                 slot = packs.setdefault(pid, {}).setdefault((entry.offset, bid), (entry, []))
                 slot[1].append((task, off))
         if sized_wrong:  # (the lengths are this machine's catalog's word: confirmed before a file is called damaged)
-            wrong = self.catalog.not_in_index(self.repo, sized_wrong)
-            if wrong:
-                raise CatalogError(f"this machine's catalog disagrees with the repository's index about the blocks of "
-                                   f"pack {min(wrong).hex()[:16]} (the catalog is damaged, not the repository): run "
-                                   "'vault catalog rebuild', then restore again")
+            self.catalog.check_in_index(self.repo, "restore again", sized_wrong)
         return out
 
     @staticmethod
