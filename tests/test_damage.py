@@ -390,3 +390,40 @@ def test_a_manifest_forgotten_while_the_catalog_syncs_is_not_damage(repo, tmp_pa
     monkeypatch.setattr(Repository, "list_snapshots", listing_then_forget)
     res = repo("restore", "latest", "--target", tmp_path / "out")
     assert "cannot be read" not in res.err
+
+
+@pytest.mark.parametrize("how", ["flip", "truncate", "junk"])
+def test_a_damaged_forget_record_is_found_by_verify(repo, tmp_path, how):
+    """A ``logs/`` record (what a forget let go) is part of the repository: one that no longer opens is damage
+    verify names (exit 20), not a clean report -- a machine that had not read it would call the forgotten
+    snapshot lost, and repair --from-repo stops writing deleted manifests back while it stays."""
+    src = make_tree(tmp_path / "src", {"a": b"one"})
+    repo("backup", src, "--time", "2026-01-01T00:00:00Z")
+    (src / "a").write_bytes(b"two")
+    repo("backup", src, "--time", "2026-01-02T00:00:00Z")
+    repo("forget", "--keep-last", "1")
+    repo("verify")  # (a readable record: clean)
+    (log,) = (repo.repo / "logs").iterdir()
+    data = bytearray(log.read_bytes())
+    os.chmod(log, 0o644)
+    if how == "flip":
+        data[len(data) // 2] ^= 0x01
+    elif how == "truncate":
+        del data[len(data) // 2:]
+    else:
+        data = bytearray(b"not a record at all")
+    log.write_bytes(bytes(data))
+    res = repo("--json", "verify", ok=20)
+    import json
+    damage = json.loads(res.out)["damage"]
+    assert [d["object"] for d in damage] == [f"logs/{log.name}"], damage
+    assert "let go" in damage[0]["problem"]
+    res = repo("verify", ok=20)
+    assert f"logs/{log.name}" in res.out + res.err and "Traceback" not in res.err
+    # repair settles it: a record that it was lost stands for it (what it let go stays unknown), verify is clean
+    assert "would be replaced" in repo("repair", "--dry-run").err
+    assert log.exists()
+    res = repo("repair")
+    assert "replaced by" in res.err and not log.exists(), res.err
+    repo("verify")
+    assert len(list((repo.repo / "logs").iterdir())) == 1

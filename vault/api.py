@@ -74,7 +74,9 @@ def _backend(settings: Settings) -> RetryBackend:
                         settings.s3_storage_class, count=True)
 
 
-_READ_ONLY = {"ls", "find", "diff", "restore", "verify"}  # what --no-lock may run without its shared lock
+# what --no-lock may run without its shared lock: what only reads the repository (copy's source and the
+# repository repair --from-repo heals from are read only too: a read-only mount or S3 credentials can feed them)
+_READ_ONLY = {"ls", "find", "diff", "restore", "verify", "dump", "copy (source)", "repair (source)"}
 
 
 @contextlib.contextmanager
@@ -107,7 +109,8 @@ def session(settings: Settings, password: PasswordFn, lock: str | None = None, o
             held = Lock(counter, exclusive=(lock == "exclusive"), operation=operation, wait=settings.lock_wait or 0)
         except PermanentError as exc:  # a full or read-only repository cannot take a lock object
             if lock == "shared" and operation in _READ_ONLY:
-                raise type(exc)(f"{exc} (cannot take the repository lock; {operation} can run without one: --no-lock)") from None
+                raise type(exc)(f"{exc} (cannot take the repository lock; {operation.split(' (')[0]} can read it "
+                                "without one: --no-lock)") from None
             raise
     try:
         if before_catalog is not None:
@@ -331,7 +334,7 @@ def _naming(role: str, url: str = "") -> Iterator[None]:
     advice to unlock names it too (a bare 'vault unlock' would unlock the first)."""
     try:
         yield
-    except (WrongPassword, RepositoryNotFound, RepositoryLocked) as exc:
+    except (WrongPassword, RepositoryNotFound, RepositoryLocked, PermanentError) as exc:  # (the last: read-only)
         text = str(exc).replace("'vault unlock'", f"'vault --repo {url} unlock'") if url else str(exc)
         raise type(exc)(f"{role}: {text}") from None
 
@@ -845,7 +848,7 @@ def second_settings(settings: Settings, url: str) -> Settings:
 def copy(settings: Settings, password: PasswordFn, specs: list[str], to: Settings, to_password: PasswordFn,
          flt: SnapshotFilter | None = None, log: Callable[[str], None] = lambda _m: None) -> tuple[CopyReport, dict]:
     """Copy snapshots (all matching ``flt`` when ``specs`` is empty) into the repository ``to``."""
-    with session(settings, password, lock="shared", operation="copy") as src:
+    with session(settings, password, lock="shared", operation="copy (source)") as src:
         if specs:
             snaps = list({(s := find_snapshot(src, spec, flt=flt)).id: s for spec in specs}.values())
         else:
@@ -905,6 +908,7 @@ def repair(settings: Settings, password: PasswordFn, what: str = "all", read_dat
             if what in ("snapshots", "all"):
                 log("repair: rewriting snapshots that still reference lost data")
                 rep.repair_snapshots()
+                rep.settle_logs()
             rep.still_missing()
         except KeyboardInterrupt:  # (Ctrl-C, SIGTERM: an upload that gets no answer is not waited for)
             rep.close(wait=False)

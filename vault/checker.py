@@ -647,11 +647,37 @@ class Checker:
             elif "unsupported" in info:
                 self.report.info.append(f"{name}: not usable here: {info['unsupported']}; left alone")
 
+    def _check_logs(self) -> None:
+        """Every ``logs/`` record (what a forget, tag or repair let go) still opens: a damaged one leaves the
+        snapshots it let go unknown to a machine that had not read it yet (it may call them lost), and stops
+        ``repair --from-repo`` writing deleted manifests back from a copy. Small objects, read whole."""
+        lids = self.repo.list_logs()
+        with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="vault-verify") as pool:
+            for lid, problem in zip(lids, pool.map(self._log_problem, lids)):  # (a remote store: in parallel)
+                if problem is not None:
+                    self._damage(f"logs/{lid}", f"{problem}: this record of the snapshots a forget, tag or repair "
+                                 "let go cannot be read (a machine that did not read it before may call them lost; "
+                                 "repair --from-repo writes no deleted manifest back while it stays)")
+
+    def _log_problem(self, lid: str) -> str | None:
+        try:
+            doc = self.repo.load_log(lid)
+        except VaultError as exc:
+            if not is_damage(exc):
+                raise
+            return f"unreadable: {exc}"
+        except (ValueError, TypeError) as exc:  # (authentic, yet not JSON: written so by a bug or a hostile key holder)
+            return f"malformed: {exc}"
+        if not isinstance(doc, dict) or not isinstance(doc.get("decisions"), list):
+            return "malformed: not a record of decisions"
+        return None
+
     def run(self) -> VerifyReport:
         self._missing: set[bytes] = set()
         self._repaired: list = []
         self._snaps: list = []
         self._check_keys()
+        self._check_logs()
         self._check_packs()
         snaps = self._load_snapshots()
         # the walk first, then the reads: run side by side in threads they fight over the GIL and take more

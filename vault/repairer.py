@@ -574,7 +574,11 @@ class Repairer:
         written_as: dict[str, list[str]] = {}  # ids an earlier run wrote back from the copy -> as which
         for lid in self.repo.list_logs():
             try:
-                for d in self.repo.load_log(lid).get("decisions", []):
+                doc = self.repo.load_log(lid)
+                if doc.get("replaces_unreadable"):  # (standing for a record repair found unreadable: as that one)
+                    raise ValueError(f"it stands for logs/{str(doc['replaces_unreadable'])[:16]}, which could not "
+                                     "be read")
+                for d in doc.get("decisions", []):
                     if d.get("keep") or not isinstance(d.get("id"), str):
                         continue
                     if isinstance(d.get("written_as"), str):
@@ -699,6 +703,32 @@ class Repairer:
             self.catalog.add_snapshot(new)
             self.report.snapshots_rewritten.append({"old": None, "new": new.id, "files_dropped": 0,
                                                     "manifest": "recovered from an orphan tree"})
+
+    def settle_logs(self) -> None:
+        """A ``logs/`` record that no longer opens (verify calls it damage) is replaced by one that says so
+        (``replaces_unreadable``), then deleted: what it let go stays unknown, so ``repair --from-repo`` keeps
+        writing no deleted manifest back from a copy, as with the damaged record; verify is clean again."""
+        for lid in self.repo.list_logs():
+            try:
+                doc = self.repo.load_log(lid)
+                if isinstance(doc, dict) and isinstance(doc.get("decisions"), list):
+                    continue
+                problem = "malformed"
+            except VaultError as exc:
+                _unless_damage(exc)
+                problem = str(exc)
+            except (ValueError, TypeError) as exc:
+                problem = f"malformed: {exc}"
+            if self.dry_run:
+                self.report.warnings.append(f"logs/{lid} cannot be read ({problem}): would be replaced by a record "
+                                            "that it was lost")
+                continue
+            new = self.repo.save_log("repair", "an unreadable record replaced", [], replaces=lid)
+            self.repo.backend.delete(f"logs/{lid}")
+            self.report.warnings.append(
+                f"logs/{lid} cannot be read ({problem}): replaced by logs/{new[:16]}, a record that it was lost; the "
+                "snapshots it let go are not known, so repair --from-repo writes no deleted manifest back from a copy "
+                "(copy them back with 'vault copy')")
 
     def repair_keys(self) -> None:
         """Put back a ``config`` changed since init (from the copy sealed in the key slot that opened it); delete

@@ -599,8 +599,10 @@ class Repository:
         except ObjectExists:
             pass  # same name = same bytes: another run stored this pack already
         # verify after write: the store must hold exactly what we sent
-        if confirmed_size(self.backend, name, size) != size:
-            raise IntegrityError(f"pack {pid.hex()[:16]} was stored with the wrong size")
+        stored = confirmed_size(self.backend, name, size)
+        if stored != size:  # a failing store, not damage found in the repository: exit 1, as any I/O error
+            raise PermanentError(f"pack {pid.hex()[:16]} was stored with the wrong size ({stored:,} bytes of "
+                                 f"{size:,}): the store did not keep what was sent; no snapshot names it -- run again")
         return pid
 
     def read_pack_header(self, pid: bytes, size: int | None = None) -> list[pack_mod.PackEntry]:
@@ -686,12 +688,15 @@ class Repository:
     def list_snapshots(self) -> list[str]:
         return [n.rsplit("/", 1)[-1] for n, _ in self.backend.list("snapshots/") if _hex_name(n, "snapshots/")]
 
-    def save_log(self, operation: str, policy: str, decisions: list[dict]) -> str:
+    def save_log(self, operation: str, policy: str, decisions: list[dict], replaces: str | None = None) -> str:
         """Record a maintenance decision (what forget removed and why; the manifests repair, or a run that lost
         its lock, let go): ``logs/<id>``, sealed JSON with this time and host; ``decisions``: {"id", "tree",
-        "keep", "reasons"} each -- a manifest one lets go (keep false) is forgotten, not lost (format.md §17)."""
+        "keep", "reasons"} each -- a manifest one lets go (keep false) is forgotten, not lost (format.md §17).
+        ``replaces``: the id of an unreadable record repair deletes, this one standing for it (what it let go
+        stays unknown: ``"replaces_unreadable"``)."""
         doc = {"v": 1, "operation": operation, "time": format_time(datetime.now(timezone.utc)),
-               "host": socket.gethostname(), "policy": policy, "decisions": decisions}
+               "host": socket.gethostname(), "policy": policy, "decisions": decisions,
+               **({"replaces_unreadable": replaces} if replaces else {})}
         stored = self.cipher.seal(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode(), LOG_AAD)
         lid = hashlib.sha256(stored).hexdigest()
         self.backend.put(f"logs/{lid}", stored)

@@ -97,7 +97,7 @@ def restore(snapshot: str | None, target: str, at: str | None, includes: tuple[s
     else:
         c.out(f"restored snapshot {snap.short_id} to {printable(str(target))}: {res.files} files, {res.dirs} dirs, "
               f"{res.symlinks} symlinks, " + (f"{res.other} other (fifos, devices), " if res.other else "")
-              + human_bytes(res.bytes_written))
+              + human_bytes(res.bytes_written) + " written")  # (runs of zeros left as holes are not counted)
     if res.damaged and res.catalog_problem:  # not the repository's damage: an error, exit 1
         c.err(f"vault: {len(res.damaged)} file(s) not restored; {res.catalog_problem}")
         return 1

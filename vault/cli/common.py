@@ -43,7 +43,8 @@ _GLOBALS: list[tuple[tuple[str, ...], dict]] = [
     (("--lock-wait",), dict(metavar="DURATION", help="Wait this long for a conflicting lock before failing "
                             "with exit 11 (0, 30s, 5m, 1h, 1d; default 3m).")),
     (("--no-lock",), dict(is_flag=True, help="Read without a shared lock (a read-only repository: ls, find, "
-                           "diff, restore, verify). A prune running meanwhile can make it fail.")),
+                           "diff, restore, dump, verify; copy's source; the repository repair --from-repo heals "
+                           "from). A prune running meanwhile can make it fail.")),
     (("-j", "--jobs"), dict(type=click.IntRange(0, 256), help="Workers (default: number of cores): with a local "
                             "repository, backup, restore and verify --read-data use worker processes (at most "
                             "4 by default; 1: one process), else threads [env: VAULT_JOBS].")),
