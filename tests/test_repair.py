@@ -110,6 +110,31 @@ def test_a_repaired_original_whose_data_a_later_backup_stored_again_is_called_wh
     assert restored_files(cli, tmp_path, "whole", lay.snapshot) == {f: Path(f).read_bytes() for f in lay.files}
 
 
+def test_latest_takes_a_repaired_original_again_once_it_restores_whole(cli, tmp_path, setup):
+    """`restore latest` and `--at` took repair's replacement (without the file whose data was lost) even after
+    a copy healed the lost block and the original restored whole: that file was left out for nothing."""
+    src, lay = setup
+    second = tmp_path / "second"
+    cli("init", *FAST_INIT, "--repo", second, "--copy-chunker-params-from", cli.repo)
+    cli("copy", "--to", second)
+    pid = data_pack_of(lay, "/f2.bin")
+    victim = min((e for p, e in lay.blocks.values() if p == pid), key=lambda e: e.offset)
+    flip(pack_path(cli.repo, pid), victim.offset + 10)
+    cli("repair", "--read-data")  # (no copy named: the file is dropped, a replacement written)
+    f2 = next(f for f in lay.files if f.endswith("/f2.bin"))
+    assert f2 not in restored_files(cli, tmp_path, "before")
+    cli("repair", "--from-repo", second)  # the lost block comes back from the copy
+    whole = {f: Path(f).read_bytes() for f in lay.files}
+    for spec in ("latest", "--at=2026-03-01T10:00:00Z"):
+        target = tmp_path / spec[:6]
+        res = cli("restore", spec, "--target", target)
+        assert f"snapshot {lay.snapshot[:8]} was repaired as" in res.err and "restores whole" in res.err, res.err
+        assert "replacement of" not in res.err
+        got = {str(p)[len(str(target)):]: p.read_bytes() for p in target.rglob("*") if p.is_file()}
+        assert got == whole, sorted(got)
+    assert cli("--json", "restore", "latest", "--target", tmp_path / "j").json["snapshot_id"] == lay.snapshot
+
+
 def test_restoring_repairs_replacement_says_what_it_lacks(cli, tmp_path, setup):
     """After `repair --read-data`, `restore latest` (and --at) takes repair's replacement: it restored without the
     lost files, exit 0, not a word (operations.md's disaster recovery: "a damaged file is named"). It now says

@@ -35,7 +35,7 @@ from .dumper import Dumper
 from .copier import Copier, CopyReport
 from .errors import (CacheUnavailable, CatalogBusy, CatalogError, CatalogInUse, IntegrityError, PermanentError,
                      RepositoryLocked, RepositoryNotFound, SnapshotNotFound, UsageError, VaultError, VaultWarning,
-                     WrongPassword)
+                     WrongPassword, is_damage)
 from .excludes import Matcher, compile_glob
 from .ids import resolve_prefix
 from .locks import Lock, remove_locks
@@ -271,9 +271,9 @@ def find_snapshot(sess: Session, spec: str | None, at: str | None = None, flt: S
                   now: datetime | None = None) -> Snapshot:
     """Resolve a full id, unique prefix, ``latest``, or ``--at TIME`` (newest at or before TIME). For
     ``latest`` and ``--at``, a snapshot that 'vault repair' replaced yields to its replacement."""
-    snaps = list_snapshots(sess, flt)
-    replaced = replaced_by_repair(snaps)
-    snaps = [s for s in snaps if s.id not in replaced]
+    every = list_snapshots(sess, flt)
+    replaced = replaced_by_repair(every)
+    snaps = [s for s in every if s.id not in replaced]
     unreadable = sess.sync.unreadable
     if at is not None:
         when = parse_time(at, now or datetime.now(timezone.utc), whole=True)
@@ -284,7 +284,7 @@ def find_snapshot(sess: Session, spec: str | None, at: str | None = None, flt: S
             if unreadable:  # one of them may be it: damage (exit 20), not "none"
                 raise IntegrityError(f"{what} can be read ({_unreadable_ids(unreadable)} cannot: run 'vault verify')")
             raise SnapshotNotFound(what)
-        return older[-1]
+        return _whole_original(sess, older[-1], every)
     if spec is None:
         raise UsageError("name a snapshot (id, prefix or 'latest') or use --at TIME")
     if spec == "latest":
@@ -295,7 +295,7 @@ def find_snapshot(sess: Session, spec: str | None, at: str | None = None, flt: S
                 raise IntegrityError(f"{what} that can be read ({_unreadable_ids(unreadable)} cannot: run "
                                      "'vault verify')")
             raise SnapshotNotFound(what)
-        return snaps[-1]
+        return _whole_original(sess, snaps[-1], every)
     sid = resolve_prefix(spec, [s.id for s in list_snapshots(sess)] + list(unreadable))
     if sid in unreadable:  # named, but its manifest is damaged or lost: damage, not "no such snapshot"
         lost = unreadable[sid].startswith("manifest missing")  # (the advice is in the reason)
@@ -305,6 +305,41 @@ def find_snapshot(sess: Session, spec: str | None, at: str | None = None, flt: S
     if flt is not None and not flt.matches(snap):  # (a full id or prefix the filters leave out: never taken)
         raise SnapshotNotFound(f"snapshot {snap.short_id} does not match the --host/--tag/--path given")
     return snap
+
+
+def _whole_original(sess: Session, snap: Snapshot, every: list[Snapshot]) -> Snapshot:
+    """``latest`` and ``--at`` take repair's replacement of a snapshot (it lacks the files whose data was lost),
+    unless the original restores whole again -- a later backup, a copy or ``repair --from-repo`` stored what it
+    lacked: then the original, with a warning (the replacement would leave those files out for nothing)."""
+    original = next((s for s in every if s.id == snap.repaired_from and s.id != snap.id), None)
+    if original is None or (original.time, original.host, original.paths) != (snap.time, snap.host, snap.paths):
+        return snap
+    if not _restores_whole(sess, original):
+        return snap
+    warnings.warn(f"snapshot {original.short_id} was repaired as {snap.short_id}, but the data it lost has been "
+                  f"stored again since: {original.short_id} restores whole, and is the one used (forget whichever "
+                  "of the two you do not need)", VaultWarning, stacklevel=2)
+    return _whole_original(sess, original, every)  # (repaired twice: the one before)
+
+
+def _restores_whole(sess: Session, snap: Snapshot) -> bool:
+    """Whether every tree and file block ``snap`` references is in the index: one walk of its trees (the
+    catalog's cache where it holds them), its block ids in the catalog's ``used`` table."""
+    broken: list[bytes] = []
+
+    def load(tid: bytes) -> list | None:
+        try:
+            return sess.catalog.tree_entries(sess.repo, tid)
+        except VaultError as exc:
+            if isinstance(exc, CatalogError) or not is_damage(exc):
+                raise
+            broken.append(tid)
+            return None
+
+    marker = sess.catalog.marker()
+    marker.walk(snap.tree, lambda tids: sess.catalog.iter_cached_or(sess.repo, tids, load, indexed=True))
+    marker.flush()
+    return not broken and sess.catalog.used_missing(limit=0)[0] == 0
 
 
 def _unreadable_ids(unreadable: dict[str, str]) -> str:
