@@ -244,7 +244,7 @@ class SnapshotFilter:
         if self.tags and not any(_has_tags(t, s.tags) for t in self.tags):
             return False
         if self.paths:
-            want = {os.path.abspath(p) for p in self.paths}
+            want = {os.fsdecode(_normalize(p)) for p in self.paths}  # ("//x" is "/x", as backup stored it)
             if not want <= set(s.paths):
                 return False
         return True
@@ -556,6 +556,8 @@ def node_json(path: bytes, n: Node) -> dict:
 
 def _normalize(path: str) -> bytes:
     """A PATH in a snapshot: absolute as given, or relative to the working directory (as backup took it)."""
+    if not path:  # (abspath would make it the working directory: `ls latest "$DIR"` with DIR unset)
+        raise UsageError("PATH is empty: name a path in the snapshot ('/' for all of it)")
     b = os.path.abspath(os.fsencode(path))
     b = b"/" + b.strip(b"/")
     return os.path.normpath(b) if b != b"/" else b
@@ -587,7 +589,7 @@ def _entry_at(sess: Session, snap: Snapshot, path: str) -> tuple[bytes, Node] | 
 
 def ls(sess: Session, snap: Snapshot, path: str | None = None) -> Iterator[tuple[bytes, Node]]:
     """Every entry below ``path`` (default: the whole snapshot), recursively; ``path`` itself first."""
-    found = _entry_at(sess, snap, path) if path else None
+    found = _entry_at(sess, snap, path) if path is not None else None
     if found is None:
         yield from sess.catalog.walk(sess.repo, snap.tree)
         return

@@ -195,9 +195,14 @@ def _is_globstar(component: list[_Token]) -> bool:
 
 
 def _component_regex(component: list[_Token], cross: bool) -> tuple[bytes, bool]:
-    """Regex for one component; the flag says whether it contains a ``**`` that crosses ``/``."""
-    out: list[bytes] = []
-    crossed = False
+    """Regex for one component; the flag says whether it contains a ``**`` that crosses ``/``.
+
+    Each ``*`` between two others' pieces takes the leftmost place where the piece after it fits, and keeps it
+    (an atomic group): the pieces have one length each, so the leftmost fit leaves the most room for the rest
+    and the match is the same -- without it a name of 200 bytes against ``*a*a*a*a*a*b`` backtracked for hours
+    (a nightly backup hung on a file name). Python's ``fnmatch`` does the same."""
+    pieces: list[list[bytes]] = [[]]
+    stars: list[bytes] = []
     k = 0
     while k < len(component):
         token = component[k]
@@ -205,15 +210,20 @@ def _component_regex(component: list[_Token], cross: bool) -> tuple[bytes, bool]
             run = 1
             while k + run < len(component) and component[k + run] is _STAR:
                 run += 1
-            if run >= 2 and cross:
-                out.append(b".*")
-                crossed = True
-            else:
-                out.append(b"[^/]*")
+            stars.append(b".*" if run >= 2 and cross else b"[^/]*")
+            pieces.append([])
             k += run
         else:
-            out.append(token)
+            pieces[-1].append(token)
             k += 1
+    crossed = b".*" in stars
+    out = [b"".join(pieces[0])]
+    for i, star in enumerate(stars):
+        piece = b"".join(pieces[i + 1])
+        if i < len(stars) - 1 and not crossed:  # (a middle star: its piece is never empty)
+            out.append(b"(?>" + star[:-1] + b"*?" + piece + b")")
+        else:
+            out.append(star + piece)
     return b"".join(out), crossed
 
 
@@ -230,26 +240,28 @@ class Glob:
         self.pattern, self.fold = pattern, fold
         raw = _tokenize(_lower(pattern, ascii_too=False) if fold else pattern, fold)
         self.anchored = not raw[0]
-        self.dir_only = len(raw) > 1 and not raw[-1]
-        components = [c for c in raw if c]
+        self.dir_only = len(raw) > 1 and (not raw[-1] or raw[-1] == _DOT)  # ("x/." names a directory too)
+        components = _lexical([c for c in raw if c])
         has_slash = self.anchored or len(components) > 1
         self._root = not components  # the pattern is just "/"
 
-        parts: list[bytes] = []
+        # (kind, regex, crossing): "c" a component (with its "/" unless last), "**" a globstar before more
+        # components, "**$" a last one
+        items: list[tuple[str, bytes, bool]] = []
         # For anchored patterns: per-component regexes to prune walks; None = globstar or crossing '**'.
         prefix: list[re.Pattern[bytes] | None] = []
         for idx, component in enumerate(components):
             last = idx == len(components) - 1
             if has_slash and _is_globstar(component):
-                if not last and parts and parts[-1] == b"(?:.*/)?":
+                if not last and items and items[-1][0] == "**":
                     continue  # "**/**/" is the same as "**/"
-                parts.append(b".+" if last else b"(?:.*/)?")
+                items.append(("**$", b".+", False) if last else ("**", b"(?:.*/)?", False))
                 prefix.append(None)
                 continue
             regex, crossed = _component_regex(component, cross=has_slash)
-            parts.append(regex if last else regex + b"/")
+            items.append(("c", regex if last else regex + b"/", crossed))
             prefix.append(None if crossed else re.compile(regex, re.DOTALL))
-        body = b"".join(parts)
+        body = _joined(items)
         full = (b"/" if self.anchored else b".*/") + body
         self._re = re.compile(full, re.DOTALL)
         self._below_re = re.compile(b"/.+" if self._root else full + b"/.+", re.DOTALL)
@@ -293,6 +305,49 @@ class Glob:
             if regex.fullmatch(name) is None:
                 return False
         return True
+
+
+_DOT, _DOTDOT = [re.escape(b".")], [re.escape(b"."), re.escape(b".")]
+
+
+def _lexical(components: list[list[_Token]]) -> list[list[_Token]]:
+    """Components without ``.``, and ``..`` taking back the name before it (``./a/b``, ``/x/./a``, ``a/../a/b``:
+    the paths asked about are normalized, so such a component never matched -- the files a user meant to
+    exclude went into the backup, exit 0). A ``..`` with no plain name before it stays (it names nothing)."""
+    out: list[list[_Token]] = []
+    for c in components:
+        if c == _DOT:
+            continue
+        if c == _DOTDOT and out and out[-1] != _DOTDOT and not _is_globstar(out[-1]):
+            out.pop()
+            continue
+        out.append(c)
+    return out
+
+
+def _joined(items: list[tuple[str, bytes, bool]]) -> bytes:
+    """The pattern's regex from its components: a ``**`` followed by components and then another ``**`` takes
+    the first directory where those components fit, and keeps it (an atomic group; they match whole names, so
+    the first fit leaves the most room) -- else ``a/**/b/**/c/**/d`` backtracked over every split of a deep
+    path. Not where a component holds a crossing ``**`` (its span is not one name)."""
+    out: list[bytes] = []
+    i = 0
+    while i < len(items):
+        kind, regex, _ = items[i]
+        if kind != "**":
+            out.append(regex)
+            i += 1
+            continue
+        j = i + 1
+        while j < len(items) and items[j][0] == "c":
+            j += 1
+        run = b"".join(r for _, r, _ in items[i + 1 : j])
+        if j < len(items) and run and not any(c for _, _, c in items[i + 1 : j]):
+            out.append(b"(?>(?:.*?/)??" + run + b")")
+        else:
+            out.append(regex + run)
+        i = j
+    return b"".join(out)
 
 
 def _lower(path: bytes, ascii_too: bool = True) -> bytes:
@@ -357,11 +412,13 @@ class Matcher:
 def read_exclude_file(text: str) -> list[str]:
     """Patterns from an exclude file: one per line; blank lines and lines starting with ``#`` are skipped.
 
-    Trailing whitespace is stripped, leading whitespace kept. ``\\#`` starts a pattern with a literal ``#``;
-    a trailing ``\\ `` keeps one escaped trailing space.
+    Each line is trimmed of surrounding whitespace, as restic's (an indented pattern or comment silently matched
+    nothing), and a UTF-8 byte order mark (Notepad's) is dropped. ``\\#`` starts a pattern with a literal
+    ``#``; ``\\ `` keeps an escaped space, leading or trailing.
     """
     patterns: list[str] = []
-    for line in text.splitlines():
+    for line in text.removeprefix("\ufeff").splitlines():
+        line = line.lstrip()
         stripped = line.rstrip()
         if not stripped or stripped.startswith("#"):
             continue

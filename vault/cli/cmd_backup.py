@@ -190,6 +190,8 @@ def backup(paths: tuple[str, ...], tags: tuple[str, ...], host: str | None, time
             raise UsageError("--stdin: standard input is a terminal; pipe the data in (cmd | vault backup --stdin)")
     elif not paths:
         raise UsageError("Missing argument 'PATHS...': name what to back up")
+    elif "" in paths:  # (abspath would make it the working directory: `vault backup "$SRC"` with SRC unset backed
+        raise UsageError("a PATH is empty: name what to back up (was a variable unset?)")  # up $HOME from cron)
     elif paths == ("-",) and not os.path.lexists("-"):  # (borg's way to say standard input)
         raise UsageError("'-' is no file here: to back up standard input use --stdin "
                          "(cmd | vault backup --stdin --stdin-filename NAME)")

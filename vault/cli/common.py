@@ -338,6 +338,8 @@ def drop_dead_stderr() -> None:
 def get_ctx() -> Ctx:
     ctx = click.get_current_context()
     g = ctx.find_root().meta.get(_KEY, {})
+    if g.get("quiet") and g.get("verbose"):  # (-q is for cron: nothing on success; -v would print anyway)
+        raise UsageError("-q/--quiet and -v/--verbose contradict each other: give one")
     wait = g.get("lock_wait")
     s = Settings(repo=g.get("repo"), password_file=g.get("password_file"),
                  password_command=g.get("password_command"), cache_dir=g.get("cache_dir"),

@@ -12,6 +12,7 @@ import gc
 import os
 import resource
 import signal
+import re
 import sys
 import threading
 import warnings
@@ -113,6 +114,17 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 _verbose = False
 
 
+def _asks_verbose(args: list[str]) -> bool:
+    """Whether -v is given (before any ``--``), also in a cluster of flags (``-vv``): decided before click parses
+    the command line, since an error may come first (a module that cannot load, no descriptors left)."""
+    for a in args:
+        if a == "--":
+            return False
+        if a == "--verbose" or re.fullmatch(r"-[qvn]*v[qvn]*", a):
+            return True
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     global _sigints, _terminated, _verbose
     _sigints, _terminated = 0, 0
@@ -124,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):  # (not when ignored: `nohup vault ...` keeps running)
         if signal.getsignal(sig) == signal.SIG_DFL:
             signal.signal(sig, _on_sigterm)
-    verbose = _verbose = "-v" in (argv or sys.argv) or "--verbose" in (argv or sys.argv)
+    verbose = _verbose = _asks_verbose(list(sys.argv[1:] if argv is None else argv))
     _usable_time_zone()
     warnings.showwarning = _show_warning
     warnings.simplefilter("always", VaultWarning)
@@ -153,8 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         if _terminated:  # (stopped by a signal, and the clean-up then hit a terminal that went away: EIO)
             code = _stopped()
-        elif verbose:
-            raise
+        elif verbose and exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOMEM) and not _from_click_echo(exc):
+            raise  # (an internal error's traceback; these three have their own line, which says more)
         elif exc.errno in (errno.EMFILE, errno.ENFILE):  # (anywhere: even a module loaded late, e.g. _strptime)
             stderr_line("vault: too many open files (raise the limit: `ulimit -n`)")
             code = 1
