@@ -403,3 +403,41 @@ def test_dot_components_in_a_pattern_are_resolved_lexically(pattern: str, path: 
     """`./a/b` and `/x/./a` matched nothing (the paths asked about have no '.' components): the files meant to
     be excluded were backed up, exit 0."""
     assert compile_glob(pattern).matches(path, is_dir=True) is expected
+
+
+@pytest.mark.parametrize("pattern, name, expected", [
+    ("?t?.txt", "été.txt", True),  # (bash in a UTF-8 locale and restic: '?' is one character)
+    ("[é]t[é].txt", "été.txt", True),
+    ("na?ve.txt", "naïve.txt", True),
+    ("na[ïi]ve.txt", "naïve.txt", True),
+    ("[!é]", "é", False),
+    ("[!é]", "x", True),
+    ("??", "é", False),  # (one character, two bytes)
+    ("*??", "€", False),  # (a star never stops inside a character for a '?' to take the rest)
+    ("[à-ü]", "é", True),
+    ("[à-ü]", "a", False),
+    ("x?", b"x\xff", True),  # (a byte that is no UTF-8 character is one)
+    ("x?", b"x\xc3", True),
+    ("x??", b"x\xc3\xa9", False),
+])
+def test_question_mark_and_classes_take_one_character(pattern, name, expected) -> None:
+    """`?` and `[...]` matched one byte: `?t?.txt` missed `été.txt`, and `--exclude '[é]t[é].txt'` excluded
+    nothing (restic and the shell match one character)."""
+    raw = name if isinstance(name, bytes) else name.encode()
+    assert compile_glob(pattern).matches(b"/d/" + raw) is expected
+
+
+def test_character_globs_agree_with_fnmatch_on_utf8_names() -> None:
+    import random
+
+    rnd = random.Random(11)
+    toks = ["?", "*", "[é]", "[!a]", "a", "é", "€", "[a-é]"]
+    for _ in range(3000):
+        pat = "".join(rnd.choice(toks) for _ in range(rnd.randint(1, 5)))
+        name = "".join(rnd.choice("aé€b") for _ in range(rnd.randint(1, 6)))
+        assert compile_glob(pat).matches(b"/d/" + name.encode()) == fnmatch.fnmatchcase(name, pat), (pat, name)
+
+
+def test_case_folded_classes_take_characters() -> None:
+    g = compile_glob("[É]T*", fold=True)
+    assert g.matches("/d/été.txt".encode()) and g.matches("/d/ÉTÉ2.txt".encode())

@@ -6,10 +6,11 @@ non-UTF-8 name that reached us through ``argv`` (surrogate-escaped) still matche
 
 Pattern syntax:
 
-* ``*`` any run of bytes except ``/``; ``?`` one byte except ``/``.
-* ``[abc]``, ``[a-z]``, ``[!a-z]`` (``[^a-z]`` too): one byte except ``/``. A ``]`` first in the class is literal;
+* ``*`` any run of bytes except ``/``; ``?`` one character except ``/``.
+* ``[abc]``, ``[a-z]``, ``[!a-z]`` (``[^a-z]`` too): one character except ``/``. A ``]`` first in the class is literal;
   ``[:alpha:]``-style ASCII classes work inside brackets. A ``[`` with no closing ``]`` in the same path component
-  is a literal ``[``, as in the shell.
+  is a literal ``[``, as in the shell. A character is a whole UTF-8 sequence in a path that is not ASCII (a byte
+  that starts none is one character); an ASCII path is matched by a plain byte regex, the same answers faster.
 * ``\\x`` matches ``x`` literally (``\\*``, ``\\[``, ``\\#``). A trailing lone ``\\`` is a :class:`UsageError`.
 * ``**`` as a whole component matches zero or more directories (``a/**/b`` matches ``a/b`` and ``a/x/y/b``);
   as the last component it matches everything below (``a/**``). Inside a component of a pattern that contains
@@ -85,11 +86,19 @@ def _byte_set_regex(allowed: set[int]) -> bytes:
     return b"[" + b"".join(runs) + b"]"
 
 
-def _parse_class(pattern: bytes, i: int, fold: bool = False) -> tuple[bytes, int] | None:
+# One character of a name, for paths that are not ASCII: a valid UTF-8 sequence whole (kept: atomic), else one
+# byte -- so ``?`` and a bracket class match one character, as the shell's and restic's do (``?t?.txt`` matches
+# ``été.txt``), and a name that is not UTF-8 still matches byte by byte.
+_CHAR = b"(?>[\xc2-\xdf][\x80-\xbf]|[\xe0-\xef][\x80-\xbf]{2}|[\xf0-\xf4][\x80-\xbf]{3}|[^/])"
+MAX_CLASS_CHARS = 4096  # characters beyond ASCII one bracket range may span (each is an alternative)
+
+
+def _parse_class(pattern: bytes, i: int, fold: bool = False, chars: bool = False) -> tuple[bytes, int] | None:
     """Parse the bracket expression starting at ``pattern[i] == '['``.
 
     Returns (regex, index after the closing ``]``), or None when there is no closing ``]`` before the next ``/``
-    (the caller then takes the ``[`` literally).
+    (the caller then takes the ``[`` literally). ``chars``: the regex matches one character (``_CHAR``), its
+    members whole UTF-8 characters; else one byte.
     """
     n = len(pattern)
     j = i + 1
@@ -115,38 +124,63 @@ def _parse_class(pattern: bytes, i: int, fold: bool = False) -> tuple[bytes, int
                 members |= _POSIX_CLASSES[name]
                 j = end + 2
                 continue
-        lo, j = _class_char(pattern, j)
+        lo, j = _class_char(pattern, j, chars)
         if lo is None:
             return None
         if j + 1 < n and pattern[j] == ord("-") and pattern[j + 1] != ord("]"):
-            hi, j = _class_char(pattern, j + 1)
+            hi, j = _class_char(pattern, j + 1, chars)
             if hi is None:
                 return None
             if hi < lo:
                 raise _bad(pattern, f"reversed range {chr(lo)!r}-{chr(hi)!r}")
+            if chars and hi - max(lo, 128) >= MAX_CLASS_CHARS:
+                raise _bad(pattern, f"the range {chr(lo)!r}-{chr(hi)!r} spans more than {MAX_CLASS_CHARS:,} characters")
             members.update(range(lo, hi + 1))
         else:
             members.add(lo)
     if fold:  # (paths are lower-cased: an upper-case member stands for its lower case, before any negation)
         members |= {b + 32 for b in members if 65 <= b <= 90}
+    if chars:
+        return _char_class_regex(members, negate), j
     if negate:
         members = set(range(256)) - members
     members.discard(_SLASH)
     return _byte_set_regex(members), j
 
 
-def _class_char(pattern: bytes, j: int) -> tuple[int | None, int]:
-    """One (possibly backslash-escaped) byte inside brackets; None if the pattern ends or hits ``/`` first."""
+def _char_class_regex(members: set[int], negate: bool) -> bytes:
+    """One character (``_CHAR``) in ``members`` (code points; a byte that is no UTF-8 character is one above
+    0x10FFFF: ``_class_char``), or not in them."""
+    ascii_ = {m for m in members if m < 128} - {_SLASH}
+    wide = sorted(m for m in members if m >= 128)
+    alts = [_byte_set_regex(ascii_)] if ascii_ else []
+    alts += [re.escape(bytes([m - 0x110000])) if m >= 0x110000 else re.escape(chr(m).encode()) for m in wide]
+    any_of = b"(?:" + b"|".join(alts) + b")" if alts else b"(?!)"
+    if negate:
+        return b"(?!" + any_of + b")" + _CHAR
+    return any_of if not wide else b"(?=" + _CHAR + b")" + any_of  # (a wide member: never half a character)
+
+
+def _class_char(pattern: bytes, j: int, chars: bool = False) -> tuple[int | None, int]:
+    """One (possibly backslash-escaped) byte inside brackets -- ``chars``: one UTF-8 character, as its code point
+    (a byte that starts none: 0x110000 + the byte) --; None if the pattern ends or hits ``/`` first."""
     if pattern[j] == ord("\\"):
         j += 1
         if j >= len(pattern) or pattern[j] == _SLASH:
             return None, j
     if pattern[j] == _SLASH:
         return None, j
+    if chars and pattern[j] >= 128:
+        m = re.match(_CHAR, pattern[j:j + 4])
+        piece = m.group() if m else pattern[j:j + 1]
+        try:
+            return ord(piece.decode()), j + len(piece)
+        except UnicodeDecodeError:  # (a UTF-8 form of a surrogate, say: a byte, as the names that hold it)
+            return 0x110000 + pattern[j], j + 1
     return pattern[j], j + 1
 
 
-def _tokenize(pattern: bytes, fold: bool = False) -> list[list[_Token]]:
+def _tokenize(pattern: bytes, fold: bool = False, chars: bool = False) -> list[list[_Token]]:
     """Split ``pattern`` on unescaped ``/`` into components of tokens (empty components kept); ``fold``: ASCII
     letters stand for their lower case (in classes too: ``[A-z]`` keeps its punctuation, ``[Z-a]`` its order)."""
     components: list[list[_Token]] = [[]]
@@ -169,10 +203,10 @@ def _tokenize(pattern: bytes, fold: bool = False) -> list[list[_Token]]:
             components[-1].append(_STAR)
             i += 1
         elif ch == ord("?"):
-            components[-1].append(b"[^/]")
+            components[-1].append(_CHAR if chars else b"[^/]")
             i += 1
         elif ch == ord("["):
-            parsed = _parse_class(pattern, i, fold)
+            parsed = _parse_class(pattern, i, fold, chars)
             if parsed is None:
                 components[-1].append(re.escape(b"["))
                 i += 1
@@ -194,7 +228,7 @@ def _is_globstar(component: list[_Token]) -> bool:
     return len(component) >= 2 and all(t is _STAR for t in component)
 
 
-def _component_regex(component: list[_Token], cross: bool) -> tuple[bytes, bool]:
+def _component_regex(component: list[_Token], cross: bool, chars: bool = False) -> tuple[bytes, bool]:
     """Regex for one component; the flag says whether it contains a ``**`` that crosses ``/``.
 
     Each ``*`` between two others' pieces takes the leftmost place where the piece after it fits, and keeps it
@@ -210,7 +244,8 @@ def _component_regex(component: list[_Token], cross: bool) -> tuple[bytes, bool]
             run = 1
             while k + run < len(component) and component[k + run] is _STAR:
                 run += 1
-            stars.append(b".*" if run >= 2 and cross else b"[^/]*")
+            # (``chars``: whole characters, so that a ``?`` after it never takes half of one)
+            stars.append(b".*" if run >= 2 and cross else b"(?:" + _CHAR + b")*" if chars else b"[^/]*")
             pieces.append([])
             k += run
         else:
@@ -230,7 +265,7 @@ def _component_regex(component: list[_Token], cross: bool) -> tuple[bytes, bool]
 class Glob:
     """One compiled pattern. Build with :func:`compile_glob`."""
 
-    __slots__ = ("pattern", "dir_only", "anchored", "fold", "_root", "_re", "_below_re", "_prefix")
+    __slots__ = ("pattern", "dir_only", "anchored", "fold", "_root", "_re", "_below_re", "_prefix", "_wide")
 
     def __init__(self, pattern: bytes, fold: bool = False) -> None:
         if not pattern:
@@ -238,34 +273,14 @@ class Glob:
         if b"\0" in pattern:
             raise _bad(pattern, "NUL byte")
         self.pattern, self.fold = pattern, fold
-        raw = _tokenize(_lower(pattern, ascii_too=False) if fold else pattern, fold)
-        self.anchored = not raw[0]
-        self.dir_only = len(raw) > 1 and (not raw[-1] or raw[-1] == _DOT)  # ("x/." names a directory too)
-        components = _lexical([c for c in raw if c])
-        has_slash = self.anchored or len(components) > 1
-        self._root = not components  # the pattern is just "/"
+        given = _lower(pattern, ascii_too=False) if fold else pattern
+        self.anchored, self.dir_only, self._root, self._re, self._below_re, self._prefix = _compiled(given, fold)
+        # a path that is not ASCII is matched a character at a time (``_CHAR``): only ``?`` and bracket classes
+        # differ (a star, and a literal piece, never meet half a character of valid UTF-8)
+        self._wide = _compiled(given, fold, chars=True)[3:] if b"?" in given or b"[" in given else None
 
-        # (kind, regex, crossing): "c" a component (with its "/" unless last), "**" a globstar before more
-        # components, "**$" a last one
-        items: list[tuple[str, bytes, bool]] = []
-        # For anchored patterns: per-component regexes to prune walks; None = globstar or crossing '**'.
-        prefix: list[re.Pattern[bytes] | None] = []
-        for idx, component in enumerate(components):
-            last = idx == len(components) - 1
-            if has_slash and _is_globstar(component):
-                if not last and items and items[-1][0] == "**":
-                    continue  # "**/**/" is the same as "**/"
-                items.append(("**$", b".+", False) if last else ("**", b"(?:.*/)?", False))
-                prefix.append(None)
-                continue
-            regex, crossed = _component_regex(component, cross=has_slash)
-            items.append(("c", regex if last else regex + b"/", crossed))
-            prefix.append(None if crossed else re.compile(regex, re.DOTALL))
-        body = _joined(items)
-        full = (b"/" if self.anchored else b".*/") + body
-        self._re = re.compile(full, re.DOTALL)
-        self._below_re = re.compile(b"/.+" if self._root else full + b"/.+", re.DOTALL)
-        self._prefix = tuple(prefix) if self.anchored else None
+    def _regexes(self, path: bytes) -> tuple:
+        return (self._re, self._below_re, self._prefix) if self._wide is None or path.isascii() else self._wide
 
     def __repr__(self) -> str:
         return f"Glob({self.pattern!r})"
@@ -282,29 +297,59 @@ class Glob:
             return False
         if path == b"/":
             return self._root
-        return self._re.fullmatch(path) is not None
+        return self._regexes(path)[0].fullmatch(path) is not None
 
     def matches_ancestor(self, path: bytes) -> bool:
         """True if some proper ancestor directory of ``path`` matches."""
         path = self._asked(path)
-        return path != b"/" and self._below_re.fullmatch(path) is not None
+        return path != b"/" and self._regexes(path)[1].fullmatch(path) is not None
 
     def could_match_below(self, dir_path: bytes) -> bool:
         """False only when no path strictly below ``dir_path`` can satisfy :meth:`matches` or
         :meth:`matches_ancestor`. Exact for anchored patterns up to the first ``**``; True otherwise."""
         dir_path = self._asked(dir_path)
-        if self._prefix is None:
+        prefixes = self._regexes(dir_path)[2]
+        if prefixes is None:
             return True
         names = dir_path.split(b"/")[1:] if dir_path != b"/" else []
         for i, name in enumerate(names):
-            if i >= len(self._prefix):
+            if i >= len(prefixes):
                 return True  # an ancestor-or-self of dir_path matched the whole pattern
-            regex = self._prefix[i]
+            regex = prefixes[i]
             if regex is None:
                 return True
             if regex.fullmatch(name) is None:
                 return False
         return True
+
+
+def _compiled(pattern: bytes, fold: bool, chars: bool = False) -> tuple:
+    """(anchored, dir_only, root, full regex, regex of what lies below a match, per-component regexes of an
+    anchored pattern to prune walks -- None for a globstar or a crossing ``**`` -- or None)."""
+    raw = _tokenize(pattern, fold, chars)
+    anchored = not raw[0]
+    dir_only = len(raw) > 1 and (not raw[-1] or raw[-1] == _DOT)  # ("x/." names a directory too)
+    components = _lexical([c for c in raw if c])
+    has_slash = anchored or len(components) > 1
+    root = not components  # the pattern is just "/"
+    # (kind, regex, crossing): "c" a component (with its "/" unless last), "**" a globstar before more
+    # components, "**$" a last one
+    items: list[tuple[str, bytes, bool]] = []
+    prefix: list[re.Pattern[bytes] | None] = []
+    for idx, component in enumerate(components):
+        last = idx == len(components) - 1
+        if has_slash and _is_globstar(component):
+            if not last and items and items[-1][0] == "**":
+                continue  # "**/**/" is the same as "**/"
+            items.append(("**$", b".+", False) if last else ("**", b"(?:.*/)?", False))
+            prefix.append(None)
+            continue
+        regex, crossed = _component_regex(component, cross=has_slash, chars=chars)
+        items.append(("c", regex if last else regex + b"/", crossed))
+        prefix.append(None if crossed else re.compile(regex, re.DOTALL))
+    full = (b"/" if anchored else b".*/") + _joined(items)
+    return (anchored, dir_only, root, re.compile(full, re.DOTALL),
+            re.compile(b"/.+" if root else full + b"/.+", re.DOTALL), tuple(prefix) if anchored else None)
 
 
 _DOT, _DOTDOT = [re.escape(b".")], [re.escape(b"."), re.escape(b".")]
