@@ -99,8 +99,11 @@ class Ctx:
         return functools.partial(self.password)
 
     def emit_json(self, doc: object) -> None:
-        # ASCII-escaped: names that are not UTF-8 come out as \udcXX escapes, still valid JSON
-        _stdout(json.dumps(doc, indent=2, ensure_ascii=True, default=str))
+        # ASCII-escaped: names that are not UTF-8 come out as \udcXX escapes, still valid JSON; each such path
+        # also as its exact bytes (``with_b64``), which parsers outside Python cannot get back from the escapes
+        from ..api import with_b64
+
+        _stdout(json.dumps(with_b64(doc), indent=2, ensure_ascii=True, default=str))
 
     def emit_json_stream(self, head: dict | None, items: Iterable[object], tail: Callable[[], dict] | None = None,
                          key: str = "entries") -> None:

@@ -1,0 +1,41 @@
+"""Paths that are not UTF-8 in --json output: next to the \\udcXX escapes (Python's surrogateescape, which jq,
+Go and JavaScript turn into U+FFFD), their exact bytes in base64, in every document that names files -- as
+ls --json gives path_b64."""
+import base64
+import os
+
+from conftest import make_tree
+
+BAD = b"bad\xff\xfe"
+
+
+def _b64(p: bytes) -> str:
+    return base64.b64encode(p).decode()
+
+
+def test_non_utf8_paths_come_with_their_bytes_in_every_json_document(repo, tmp_path):
+    src = make_tree(tmp_path / "src", {"ok.txt": b"fine"})
+    with open(os.path.join(os.fsencode(src), BAD), "wb") as f:
+        f.write(b"x" * 5000)
+    bad = os.fsencode(src) + b"/" + BAD
+    first = repo("--json", "backup", src, "--time", "2026-01-01T00:00:00Z").json
+    odd = os.fsencode(tmp_path) + b"/odd\xff"  # (a backed-up path that is not UTF-8: snapshots' "paths")
+    os.mkdir(odd)
+    second = repo("--json", "backup", os.fsdecode(odd), "--time", "2026-01-02T00:00:00Z").json
+    snaps = repo("--json", "snapshots").json
+    assert snaps[1]["paths_b64"] == [_b64(odd)] and "paths_b64" not in snaps[0]
+    diff = repo("--json", "diff", first["snapshot_id"], second["snapshot_id"]).json
+    assert _b64(bad) in diff["removed_b64"] and len(diff["removed_b64"]) == len(diff["removed"])
+    assert _b64(odd) in diff["added_b64"]
+    for pack in (repo.repo / "data").rglob("*"):
+        if pack.is_file():
+            pack.unlink()
+    damage = repo("--json", "verify", ok=20).json["damage"]
+    assert any(_b64(bad) in d.get("files_b64", []) for d in damage), damage
+    for d in damage:
+        if "files_b64" in d:
+            assert [base64.b64decode(b) for b in d["files_b64"]] == [os.fsencode(f) for f in d["files"]]
+    res = repo("--json", "restore", first["snapshot_id"], "--target", tmp_path / "r", ok=20).json
+    named = {base64.b64decode(d["path_b64"]) for d in res["damaged"] if "path_b64" in d}
+    assert bad in named, res["damaged"]
+    assert all("path_b64" not in d for d in res["damaged"] if d["path"].isascii())
