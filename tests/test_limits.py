@@ -183,6 +183,7 @@ def test_a_terminal_gone_ends_the_progress_line_not_the_backup(monkeypatch):
 
     class Stats:
         files_new = files_changed = files_unmodified = dirs = bytes_processed = bytes_read = bytes_added = 0
+        stored_so_far = 0
 
     p(Stats())  # (raised OSError: the backup failed as "internal error", exit 1)
     assert not p.enabled and sys.stderr is not dead

@@ -62,3 +62,21 @@ def test_a_tar_stream_is_not_written_to_a_terminal(cli, tmp_path):
     finally:
         os.close(slave)
         os.close(master)
+
+
+def test_backup_progress_moves_while_one_big_file_is_read(cli, tmp_path):
+    """The backup's progress line was drawn only as directories were finished: a big file (or a directory of
+    many files read by the workers) left the terminal blank until the end, then one line, cleared at once.
+    Now it is drawn every quarter second while batches are waited for, and its 'added' counts the packs
+    stored so far."""
+    cli("init", *FAST_INIT)
+    src = tmp_path / "src"
+    src.mkdir()
+    with open(src / "big", "wb") as f:
+        for _ in range(25):
+            f.write(os.urandom(8 << 20))
+    code, out, tty = _on_a_terminal(cli, "backup", src)
+    assert code == 0 and b"saved" in out, (out, tty)
+    lines = [seg for seg in tty.split(b"\r\033[K") if b"added" in seg]
+    assert len(lines) >= 2, tty
+    assert len(set(lines)) >= 2, lines  # (it moved: more added, or the file done)

@@ -22,7 +22,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait as wait_futures
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -30,7 +30,7 @@ from . import index as index_mod
 from . import longpath
 from .catalog import Catalog
 from .errors import MACHINE_LIMITS, SourceNotFound, VaultError
-from .backup_workers import BackupWorkers
+from .backup_workers import BackupWorkers, Pending
 from .claims import Claims
 from .excludes import Matcher
 from .filereader import FileReader, FileResult
@@ -51,6 +51,7 @@ PROCESS_BATCH_BYTES = 16 * 1024 * 1024
 MAX_PENDING_ITEMS = 100_000  # entries of walked directories waiting to be stored (bounds memory)
 HARDLINKS_KEPT = 10_000  # hardlinked files whose read later names share (more: the oldest's are read again)
 CHECKPOINT_SECONDS = 60.0
+TICK = 0.25  # seconds between progress lines while a batch of files is waited for (only with a progress line)
 CHECKPOINT_PACKS = 16
 # ... or this many block entries, whichever comes first: the catalog takes ~5 us an entry, and the last
 # checkpoint (after the last pack) is on the critical path -- 60,000 small-file entries cost it 0.3 s
@@ -93,6 +94,7 @@ class BackupStats:
     bytes_read: int = 0
     bytes_added: int = 0
     blocks_added: int = 0
+    stored_so_far: int = 0  # bytes of the packs stored so far (the progress line, while files are still read)
     packs_adopted: int = 0
     errors: list[tuple[str, str]] = field(default_factory=list)
     warnings: list[tuple[str, str]] = field(default_factory=list)
@@ -115,6 +117,13 @@ class _Batch:
 
     def result(self) -> list[FileResult]:
         self.submit()
+        tick = self.arch._progress if getattr(self.arch._progress, "enabled", True) else None
+        while tick is not None and not self.future.done():  # (the progress line moves while a big file is read)
+            tick(self.arch.stats)
+            if isinstance(self.future, Pending):
+                self.future.wait(TICK)
+            else:
+                wait_futures([self.future], TICK)
         return self.future.result()
 
 
@@ -335,6 +344,7 @@ class Archiver:
         with self._lock:
             self._pending.append((pid, size, entries))
             self._pending_entries += len(entries)
+            self.stats.stored_so_far += size
         self._checkpoint()
 
     def _checkpoint(self, force: bool = False) -> None:

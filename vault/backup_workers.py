@@ -54,6 +54,11 @@ class Pending:
             self._workers.pump(block=True)
         return self.value
 
+    def wait(self, timeout: float) -> None:
+        """Until this batch is answered, or about ``timeout`` seconds (a progress line meanwhile)."""
+        if not self.finished:
+            self._workers.pump(block=True, timeout=timeout)
+
 
 class BackupWorkers:
     def __init__(self, repo: Repository, processes: int, catalog_path: str):
@@ -130,9 +135,10 @@ class BackupWorkers:
             self._unread[i] += size
             fut.size = size
 
-    def pump(self, block: bool) -> None:
-        """Take in the replies that have come (with ``block``, wait for at least one), then send more."""
-        got = self._pool.receive(None if block and any(self._pool.busy) else 0)
+    def pump(self, block: bool, timeout: float | None = None) -> None:
+        """Take in the replies that have come (with ``block``, wait for at least one, at most ``timeout``
+        seconds), then send more."""
+        got = self._pool.receive(timeout if block and any(self._pool.busy) else 0)
         while got is not None:
             i, results = got
             fut = self._sent[i].popleft()

@@ -54,7 +54,8 @@ class BackupProgress(Progress):
         files = stats.files_new + stats.files_changed + stats.files_unmodified
         rate = stats.bytes_read / max(elapsed, 1e-3)
         return (f"{files} files, {stats.dirs} dirs, {human_bytes(stats.bytes_processed)} seen, "
-                f"{human_bytes(stats.bytes_read)} read ({human_bytes(rate)}/s), {human_bytes(stats.bytes_added)} added")
+                f"{human_bytes(stats.bytes_read)} read ({human_bytes(rate)}/s), "
+                f"{human_bytes(max(stats.bytes_added, stats.stored_so_far))} added")  # (packs: during a big file)
 
 
 class RestoreProgress(Progress):
