@@ -297,12 +297,14 @@ class Glob:
             return False
         if path == b"/":
             return self._root
-        return self._regexes(path)[0].fullmatch(path) is not None
+        rx = self._re if self._wide is None or path.isascii() else self._wide[0]  # (inline: per entry backed up)
+        return rx.fullmatch(path) is not None
 
     def matches_ancestor(self, path: bytes) -> bool:
         """True if some proper ancestor directory of ``path`` matches."""
         path = self._asked(path)
-        return path != b"/" and self._regexes(path)[1].fullmatch(path) is not None
+        rx = self._below_re if self._wide is None or path.isascii() else self._wide[1]
+        return path != b"/" and rx.fullmatch(path) is not None
 
     def could_match_below(self, dir_path: bytes) -> bool:
         """False only when no path strictly below ``dir_path`` can satisfy :meth:`matches` or
