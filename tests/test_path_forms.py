@@ -41,3 +41,11 @@ def test_verbose_in_a_cluster_is_seen_before_parsing():
 
     assert _asks_verbose(["-vv", "snapshots"]) and _asks_verbose(["snapshots", "--verbose"])
     assert _asks_verbose(["-qv"]) and not _asks_verbose(["--", "-v"]) and not _asks_verbose(["-j4"])
+
+
+def test_an_empty_second_repository_is_a_usage_error(repo, tmp_path):
+    """`copy --to "$MIRROR"` with MIRROR unset said the source and destination were the same repository, and
+    `repair --from-repo ""` ran a plain repair, healing nothing, exit 0."""
+    for args in (["copy", "--to", ""], ["repair", "--from-repo", "", "--dry-run"]):
+        res = repo(*args, ok=2)
+        assert "is empty" in res.err, res.err

@@ -244,6 +244,8 @@ def copy(snapshots, to_url, to_password_file, to_password_command, hosts, tags, 
     Example: vault --repo /srv/backup copy --to s3://offsite-bucket/vault
     """
     c = get_ctx()
+    if not to_url:  # (an unset variable: it named this very repository, or none)
+        raise UsageError("--to is empty: name the destination repository")
     to = api.second_settings(c.settings, to_url)
     rep, requests = api.copy(c.settings, c.password_fn(), list(snapshots), to,
                              lambda: c.second_password("TO", to_password_file, to_password_command),
@@ -414,6 +416,8 @@ def repair(what: str, read_data: bool, from_repo: str | None, from_password_file
     """
     c = get_ctx()
     other = None
+    if from_repo == "":  # (an unset variable: a plain repair ran instead, healing nothing)
+        raise UsageError("--from-repo is empty: name the repository to heal from")
     if from_repo:
         read_data = True
         other = (api.second_settings(c.settings, from_repo),
