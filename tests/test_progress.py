@@ -80,3 +80,18 @@ def test_backup_progress_moves_while_one_big_file_is_read(cli, tmp_path):
     lines = [seg for seg in tty.split(b"\r\033[K") if b"added" in seg]
     assert len(lines) >= 2, tty
     assert len(set(lines)) >= 2, lines  # (it moved: more added, or the file done)
+
+
+def test_restore_progress_shows_while_one_big_file_is_written(cli, tmp_path):
+    """Restore's line was drawn as files were done: one big file left the terminal blank until the end."""
+    cli("init", *FAST_INIT)
+    src = tmp_path / "src"
+    src.mkdir()
+    with open(src / "big", "wb") as f:
+        for _ in range(40):
+            f.write(os.urandom(8 << 20))
+    cli("backup", src)
+    code, out, tty = _on_a_terminal(cli, "--jobs", "2", "restore", "latest", "--target", tmp_path / "r")
+    assert code == 0 and b"restored snapshot" in out, (out, tty)
+    lines = [seg for seg in tty.split(b"\r\033[K") if b"files restored" in seg]
+    assert len(lines) >= 2, tty

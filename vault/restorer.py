@@ -59,6 +59,7 @@ PROCESS_BATCH = 1024  # files and blocks, with worker processes: each has its ow
 #                       together, was 117 MiB with 4096 and four parts queued, 96-102 with 2048, 89 with 1024
 SLICE = 4 * 1024 * 1024  # worker processes: a pack's files are shared out by slices of this many bytes
 FILE_COST = 16 * 1024  # the work of creating a file, in bytes written (for sharing work out evenly)
+TICK = 0.25  # seconds between progress lines while worker processes are waited for (only with a progress line)
 _OPEN_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
 
@@ -889,9 +890,14 @@ class Restorer:
                     while pool.busy[i] < min(2, len(q)):
                         pool.send_later(i, q[pool.busy[i]][1])
 
+            tick = self._progress if getattr(self._progress, "enabled", False) else None
+
             def pump(block: bool) -> None:
                 top_up()
-                got = pool.receive(None if block else 0)
+                got = pool.receive(0 if not block else TICK if tick is not None else None)
+                while block and got is None and tick is not None and any(pool.busy):
+                    tick(self.result)  # (the progress line: shown, and its seconds moving, while a big file is done)
+                    got = pool.receive(TICK)
                 while got is not None:
                     i, reply = got
                     self._merge_part(queued[i].popleft()[0], reply, i)
