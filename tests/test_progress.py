@@ -88,7 +88,7 @@ def test_restore_progress_shows_while_one_big_file_is_written(cli, tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     with open(src / "big", "wb") as f:
-        for _ in range(40):
+        for _ in range(25):
             f.write(os.urandom(8 << 20))
     cli("backup", src)
     code, out, tty = _on_a_terminal(cli, "--jobs", "2", "restore", "latest", "--target", tmp_path / "r")
