@@ -265,7 +265,8 @@ def test_read_exclude_file() -> None:
 
 # --- properties ----------------------------------------------------------------------------------------------
 
-NAME = st.binary(min_size=1, max_size=12).filter(lambda b: b"/" not in b and b"\0" not in b)
+# (the paths asked about are normalized: no '.' or '..' names -- a pattern naming one is resolved lexically)
+NAME = st.binary(min_size=1, max_size=12).filter(lambda b: b"/" not in b and b"\0" not in b and b not in (b".", b".."))
 PATH = st.lists(NAME, min_size=1, max_size=5).map(lambda parts: b"/" + b"/".join(parts))
 # fnmatch agrees with us on these (no '\\' escapes, no '^' negation, no POSIX classes)
 SIMPLE_PATTERN = st.text(alphabet="ab*?[]!-.\xff", min_size=1, max_size=8).map(os.fsencode)
@@ -385,7 +386,9 @@ def test_a_many_star_glob_against_a_long_name_does_not_hang():
     code = ("from vault.excludes import Glob\n"
             "assert not Glob(b'*a*a*a*a*a*b').matches(b'/x/' + b'a' * 250)\n"
             "assert not Glob(b'/**/a*a*a/**/a/**/a/**/b').matches(b'/' + b'/'.join([b'a' * 40] * 60))\n"
-            "assert Glob(b'*a*a*a*a*a*b').matches(b'/x/' + b'a' * 250 + b'b')\n")
+            "assert Glob(b'*a*a*a*a*a*b').matches(b'/x/' + b'a' * 250 + b'b')\n"
+            "assert not Glob(b'/x/**a**a**a**a**a**a**b').matches(b'/x/' + b'a' * 200)\n"
+            "assert not Glob('/x/**é**é**é**é**é**?b'.encode()).matches(b'/x/' + 'é'.encode() * 150)\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
@@ -441,3 +444,30 @@ def test_character_globs_agree_with_fnmatch_on_utf8_names() -> None:
 def test_case_folded_classes_take_characters() -> None:
     g = compile_glob("[É]T*", fold=True)
     assert g.matches("/d/été.txt".encode()) and g.matches("/d/ÉTÉ2.txt".encode())
+
+
+@pytest.mark.parametrize("pattern", [".", "build/..", "\\.", "a/./..", "/x/.."])
+def test_a_pattern_whose_dot_components_leave_no_name_is_refused(pattern: str) -> None:
+    """Resolved to no component, `build/..` became the root pattern: `restore --include build/..` restored the
+    whole snapshot (before '.' and '..' were resolved it matched nothing, with a warning)."""
+    with pytest.raises(UsageError):
+        compile_glob(pattern)
+
+
+@pytest.mark.parametrize("pattern, name, expected", [
+    ("/x/**??", "中", False),  # (bash: no -- a '**' inside a name never stops inside a character)
+    ("/x/**[!中]", "中", False),
+    ("/x/**?", "中", True),
+    ("/x/**[一-龥]", "a中", True),  # (a range of 20,902 characters: a few byte-range sequences)
+    ("/x/*[!Ā-ჿ]x*", "ΩΩΩx", False),
+    ("/x/*[!Ā-ჿ]x*", "ΩΩaxΩ", True),
+])
+def test_wide_classes_and_crossing_stars_take_whole_characters(pattern: str, name: str, expected: bool) -> None:
+    assert compile_glob(pattern).matches(b"/x/" + name.encode()) is expected
+
+
+def test_a_case_folded_range_that_turns_round_matches_nothing_instead_of_failing() -> None:
+    """`[Ω-α]` is a range; folded to lower case it reads `[ω-α]`: that was a usage error, exit 2, for a pattern
+    the user did not type (restic's matches nothing for the folded range)."""
+    g = compile_glob("x[Ω-α]", fold=True)
+    assert not g.matches("/d/xβ".encode())

@@ -28,7 +28,9 @@ a pattern count as one. Only the pattern ``/`` matches the root path ``b"/"``.
 A pattern compiled with ``fold=True`` (``--iexclude``, ``--iinclude``, ``find -i``, as restic's) ignores case:
 every path it is asked about is lower-cased first (Unicode case of UTF-8 names, by each character's simple
 mapping, as Go's; the bytes of a name that is not UTF-8 are kept), and so are the pattern's letters as it is
-parsed -- a bracket class gets the lower case of its upper-case members, so ranges keep their characters.
+parsed -- a bracket class gets the lower case of its ASCII upper-case members, so ASCII ranges keep their
+characters; beyond ASCII the pattern's text is lower-cased before it is parsed, as restic's (a range's ends are
+lower-cased; one that turns round, ``[Ω-α]`` read as ``[ω-α]``, matches nothing).
 """
 
 from __future__ import annotations
@@ -89,8 +91,10 @@ def _byte_set_regex(allowed: set[int]) -> bytes:
 # One character of a name, for paths that are not ASCII: a valid UTF-8 sequence whole (kept: atomic), else one
 # byte -- so ``?`` and a bracket class match one character, as the shell's and restic's do (``?t?.txt`` matches
 # ``été.txt``), and a name that is not UTF-8 still matches byte by byte.
-_CHAR = b"(?>[\xc2-\xdf][\x80-\xbf]|[\xe0-\xef][\x80-\xbf]{2}|[\xf0-\xf4][\x80-\xbf]{3}|[^/])"
-MAX_CLASS_CHARS = 4096  # characters beyond ASCII one bracket range may span (each is an alternative)
+_MB = b"[\xc2-\xdf][\x80-\xbf]|[\xe0-\xef][\x80-\xbf]{2}|[\xf0-\xf4][\x80-\xbf]{3}"
+_CHAR = b"(?>" + _MB + b"|[^/])"
+_CROSS_CHARS = b"(?:" + _CHAR + b"|/)*"  # a ``**`` inside a component, a character (or a ``/``) at a time
+_INVALID = 0x110000  # a byte that starts no UTF-8 character, as a class member: this plus the byte
 
 
 def _parse_class(pattern: bytes, i: int, fold: bool = False, chars: bool = False) -> tuple[bytes, int] | None:
@@ -106,6 +110,7 @@ def _parse_class(pattern: bytes, i: int, fold: bool = False, chars: bool = False
     if negate:
         j += 1
     members: set[int] = set()
+    wide: list[tuple[int, int]] = []  # ``chars``: ranges of code points beyond ASCII
     first = True
     while True:
         if j >= n or pattern[j] == _SLASH:
@@ -131,34 +136,82 @@ def _parse_class(pattern: bytes, i: int, fold: bool = False, chars: bool = False
             hi, j = _class_char(pattern, j + 1, chars)
             if hi is None:
                 return None
+            if hi < lo and fold:  # (folded to lower case, a range may turn round: restic's then matches nothing)
+                continue
             if hi < lo:
-                raise _bad(pattern, f"reversed range {chr(lo)!r}-{chr(hi)!r}")
-            if chars and hi - max(lo, 128) >= MAX_CLASS_CHARS:
-                raise _bad(pattern, f"the range {chr(lo)!r}-{chr(hi)!r} spans more than {MAX_CLASS_CHARS:,} characters")
-            members.update(range(lo, hi + 1))
+                raise _bad(pattern, f"reversed range {_shown(lo)!r}-{_shown(hi)!r}")
+            if not chars or hi < 128:
+                members.update(range(lo, hi + 1))
+            elif lo >= _INVALID and hi >= _INVALID:  # (bytes that are no characters: that run of bytes)
+                members.update(range(lo, hi + 1))
+            elif lo >= _INVALID or hi >= _INVALID:  # (a byte that is no character at one end: the two only)
+                members.update((lo, hi))
+            else:
+                members.update(range(lo, 128))
+                wide.append((max(lo, 128), hi))
+        elif chars and 128 <= lo < _INVALID:
+            wide.append((lo, lo))
         else:
             members.add(lo)
     if fold:  # (paths are lower-cased: an upper-case member stands for its lower case, before any negation)
         members |= {b + 32 for b in members if 65 <= b <= 90}
     if chars:
-        return _char_class_regex(members, negate), j
+        return _char_class_regex(members, wide, negate), j
     if negate:
         members = set(range(256)) - members
     members.discard(_SLASH)
     return _byte_set_regex(members), j
 
 
-def _char_class_regex(members: set[int], negate: bool) -> bytes:
-    """One character (``_CHAR``) in ``members`` (code points; a byte that is no UTF-8 character is one above
-    0x10FFFF: ``_class_char``), or not in them."""
+def _char_class_regex(members: set[int], wide: list[tuple[int, int]], negate: bool) -> bytes:
+    """One character (``_CHAR``) in the class, or not in it: ``members`` ASCII bytes and bytes that start no
+    character (``_INVALID`` + the byte: matched only where no character starts), ``wide`` ranges of code points
+    beyond ASCII, each as the few byte-range sequences its UTF-8 encodings take (``_utf8_sequences``: any
+    range, ``[一-龥]`` too, without an alternative per character)."""
     ascii_ = {m for m in members if m < 128} - {_SLASH}
-    wide = sorted(m for m in members if m >= 128)
     alts = [_byte_set_regex(ascii_)] if ascii_ else []
-    alts += [re.escape(bytes([m - 0x110000])) if m >= 0x110000 else re.escape(chr(m).encode()) for m in wide]
+    alts += [b"(?!" + _MB + b")" + re.escape(bytes([m - _INVALID])) for m in sorted(members) if m >= _INVALID]
+    for lo, hi in wide:
+        alts += _utf8_sequences(lo, hi)
     any_of = b"(?:" + b"|".join(alts) + b")" if alts else b"(?!)"
-    if negate:
-        return b"(?!" + any_of + b")" + _CHAR
-    return any_of if not wide else b"(?=" + _CHAR + b")" + any_of  # (a wide member: never half a character)
+    return b"(?!" + any_of + b")" + _CHAR if negate else any_of
+
+
+def _utf8_sequences(lo: int, hi: int) -> list[bytes]:
+    """Regexes, each a sequence of byte ranges, that together match exactly the UTF-8 encodings of the code
+    points lo..hi (>= 0x80; surrogates, which have none, left out): the range is split where the encoded length
+    changes and where a continuation byte would not span all of 0x80-0xBF (as RE2's and Rust's regex do)."""
+    out: list[bytes] = []
+    todo = [(lo, hi)]
+    while todo:
+        lo, hi = todo.pop()
+        if lo > hi:
+            continue
+        if lo <= 0xDFFF and hi >= 0xD800:
+            todo += [(lo, 0xD7FF), (0xE000, hi)]
+            continue
+        cut = next((b for b in (0x7FF, 0xFFFF) if lo <= b < hi), None)
+        if cut is not None:
+            todo += [(lo, cut), (cut + 1, hi)]
+            continue
+        for i in (1, 2, 3):
+            m = (1 << (6 * i)) - 1
+            if lo & ~m != hi & ~m:
+                if lo & m:
+                    todo += [(lo, lo | m), ((lo | m) + 1, hi)]
+                    break
+                if hi & m != m:
+                    todo += [(lo, (hi & ~m) - 1), (hi & ~m, hi)]
+                    break
+        else:
+            a, b = chr(lo).encode(), chr(hi).encode()
+            out.append(b"".join(re.escape(bytes([x])) if x == y else b"[\\x%02x-\\x%02x]" % (x, y)
+                                for x, y in zip(a, b)))
+    return out
+
+
+def _shown(c: int) -> str:
+    return chr(c) if c < _INVALID else f"\\x{c - _INVALID:02x}"
 
 
 def _class_char(pattern: bytes, j: int, chars: bool = False) -> tuple[int | None, int]:
@@ -176,7 +229,7 @@ def _class_char(pattern: bytes, j: int, chars: bool = False) -> tuple[int | None
         try:
             return ord(piece.decode()), j + len(piece)
         except UnicodeDecodeError:  # (a UTF-8 form of a surrogate, say: a byte, as the names that hold it)
-            return 0x110000 + pattern[j], j + 1
+            return _INVALID + pattern[j], j + 1
     return pattern[j], j + 1
 
 
@@ -234,7 +287,10 @@ def _component_regex(component: list[_Token], cross: bool, chars: bool = False) 
     Each ``*`` between two others' pieces takes the leftmost place where the piece after it fits, and keeps it
     (an atomic group): the pieces have one length each, so the leftmost fit leaves the most room for the rest
     and the match is the same -- without it a name of 200 bytes against ``*a*a*a*a*a*b`` backtracked for hours
-    (a nightly backup hung on a file name). Python's ``fnmatch`` does the same."""
+    (a nightly backup hung on a file name). Python's ``fnmatch`` does the same. Where a star crosses ``/``
+    (``**`` inside a component), a piece before it takes its leftmost fit too (that star absorbs whatever a
+    later fit would have skipped); a piece before a star that stays within a name, after one that crosses,
+    keeps its choices (a later fit may be in another name)."""
     pieces: list[list[bytes]] = [[]]
     stars: list[bytes] = []
     k = 0
@@ -245,17 +301,21 @@ def _component_regex(component: list[_Token], cross: bool, chars: bool = False) 
             while k + run < len(component) and component[k + run] is _STAR:
                 run += 1
             # (``chars``: whole characters, so that a ``?`` after it never takes half of one)
-            stars.append(b".*" if run >= 2 and cross else b"(?:" + _CHAR + b")*" if chars else b"[^/]*")
+            if run >= 2 and cross:
+                stars.append(_CROSS_CHARS if chars else b".*")
+            else:
+                stars.append(b"(?:" + _CHAR + b")*" if chars else b"[^/]*")
             pieces.append([])
             k += run
         else:
             pieces[-1].append(token)
             k += 1
-    crossed = b".*" in stars
+    crossing = [st in (b".*", _CROSS_CHARS) for st in stars]
+    crossed = any(crossing)
     out = [b"".join(pieces[0])]
     for i, star in enumerate(stars):
         piece = b"".join(pieces[i + 1])
-        if i < len(stars) - 1 and not crossed:  # (a middle star: its piece is never empty)
+        if i < len(stars) - 1 and (crossing[i + 1] or not crossed):  # (a middle star: its piece is never empty)
             out.append(b"(?>" + star[:-1] + b"*?" + piece + b")")
         else:
             out.append(star + piece)
@@ -331,7 +391,10 @@ def _compiled(pattern: bytes, fold: bool, chars: bool = False) -> tuple:
     raw = _tokenize(pattern, fold, chars)
     anchored = not raw[0]
     dir_only = len(raw) > 1 and (not raw[-1] or raw[-1] == _DOT)  # ("x/." names a directory too)
-    components = _lexical([c for c in raw if c])
+    named = [c for c in raw if c]
+    components = _lexical(named)
+    if named and not components:  # (no root pattern: `--include build/..` restored the whole snapshot)
+        raise _bad(pattern, "its '.' and '..' components leave no name")
     has_slash = anchored or len(components) > 1
     root = not components  # the pattern is just "/"
     # (kind, regex, crossing): "c" a component (with its "/" unless last), "**" a globstar before more

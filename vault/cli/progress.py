@@ -52,10 +52,13 @@ class Progress:
 class BackupProgress(Progress):
     def line(self, stats, elapsed: float) -> str:
         files = stats.files_new + stats.files_changed + stats.files_unmodified
-        rate = stats.bytes_read / max(elapsed, 1e-3)
+        # (the files' bytes read are known as each batch of files comes back; the packs stored are known as they
+        # are stored: during one big file of new data "read" would stand still at 0 while "added" climbed)
+        added = max(stats.bytes_added, stats.stored_so_far)
+        read = max(stats.bytes_read, added)
+        rate = read / max(elapsed, 1e-3)
         return (f"{files} files, {stats.dirs} dirs, {human_bytes(stats.bytes_processed)} seen, "
-                f"{human_bytes(stats.bytes_read)} read ({human_bytes(rate)}/s), "
-                f"{human_bytes(max(stats.bytes_added, stats.stored_so_far))} added")  # (packs: during a big file)
+                f"{human_bytes(read)} read ({human_bytes(rate)}/s), {human_bytes(added)} added")
 
 
 class RestoreProgress(Progress):
