@@ -388,6 +388,8 @@ def test_a_many_star_glob_against_a_long_name_does_not_hang():
             "assert not Glob(b'/**/a*a*a/**/a/**/a/**/b').matches(b'/' + b'/'.join([b'a' * 40] * 60))\n"
             "assert Glob(b'*a*a*a*a*a*b').matches(b'/x/' + b'a' * 250 + b'b')\n"
             "assert not Glob(b'/x/**a**a**a**a**a**a**b').matches(b'/x/' + b'a' * 200)\n"
+            "assert not Glob(b'/' + b'/'.join([b'**x', b'**y'] * 6) + b'/**z').matches(b'/' + b'/'.join([b'x', b'y'] * 100))\n"
+            "assert not Glob(b'/x/**a**b').matches(b'/x/' + b'/'.join([b'a' * 250] * 15))\n"
             "assert not Glob('/x/**é**é**é**é**é**?b'.encode()).matches(b'/x/' + 'é'.encode() * 150)\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
@@ -471,3 +473,19 @@ def test_a_case_folded_range_that_turns_round_matches_nothing_instead_of_failing
     the user did not type (restic's matches nothing for the folded range)."""
     g = compile_glob("x[Ω-α]", fold=True)
     assert not g.matches("/d/xβ".encode())
+
+
+@pytest.mark.parametrize("pattern, name, expected", [
+    ("?x", b"\xed\xa0\x80x", False),  # (a surrogate's UTF-8 form is three bytes, not a character: bash, restic)
+    ("???x", b"\xed\xa0\x80x", True),
+    ("?y", b"\xe0\x80\x80y", False),  # (an overlong form likewise)
+    ("???y", b"\xe0\x80\x80y", True),
+    ("?", "😀".encode(), True),
+])
+def test_only_strict_utf8_is_a_character(pattern: str, name: bytes, expected: bool) -> None:
+    assert compile_glob(pattern).matches(b"/d/" + name) is expected
+
+
+def test_a_reversed_range_is_named_by_the_characters_typed() -> None:
+    with pytest.raises(UsageError, match="'é'-'z'"):  # (it said '©'-'z': the second byte of é)
+        compile_glob("[é-z]x")

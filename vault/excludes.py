@@ -91,7 +91,10 @@ def _byte_set_regex(allowed: set[int]) -> bytes:
 # One character of a name, for paths that are not ASCII: a valid UTF-8 sequence whole (kept: atomic), else one
 # byte -- so ``?`` and a bracket class match one character, as the shell's and restic's do (``?t?.txt`` matches
 # ``été.txt``), and a name that is not UTF-8 still matches byte by byte.
-_MB = b"[\xc2-\xdf][\x80-\xbf]|[\xe0-\xef][\x80-\xbf]{2}|[\xf0-\xf4][\x80-\xbf]{3}"
+# (strict UTF-8, RFC 3629: no overlong forms, no surrogates, nothing past U+10FFFF -- such bytes are bytes, as
+# for Python's decoder, Go's and bash)
+_MB = (b"[\xc2-\xdf][\x80-\xbf]|\xe0[\xa0-\xbf][\x80-\xbf]|[\xe1-\xec\xee\xef][\x80-\xbf]{2}|\xed[\x80-\x9f][\x80-\xbf]"
+       b"|\xf0[\x90-\xbf][\x80-\xbf]{2}|[\xf1-\xf3][\x80-\xbf]{3}|\xf4[\x80-\x8f][\x80-\xbf]{2}")
 _CHAR = b"(?>" + _MB + b"|[^/])"
 _CROSS_CHARS = b"(?:" + _CHAR + b"|/)*"  # a ``**`` inside a component, a character (or a ``/``) at a time
 _INVALID = 0x110000  # a byte that starts no UTF-8 character, as a class member: this plus the byte
@@ -334,10 +337,11 @@ class Glob:
             raise _bad(pattern, "NUL byte")
         self.pattern, self.fold = pattern, fold
         given = _lower(pattern, ascii_too=False) if fold else pattern
-        self.anchored, self.dir_only, self._root, self._re, self._below_re, self._prefix = _compiled(given, fold)
         # a path that is not ASCII is matched a character at a time (``_CHAR``): only ``?`` and bracket classes
-        # differ (a star, and a literal piece, never meet half a character of valid UTF-8)
+        # differ (a star, and a literal piece, never meet half a character of valid UTF-8). Compiled first: its
+        # errors name the characters the user typed (a byte-wise range `[é-z]` read as `'©'-'z'`)
         self._wide = _compiled(given, fold, chars=True)[3:] if b"?" in given or b"[" in given else None
+        self.anchored, self.dir_only, self._root, self._re, self._below_re, self._prefix = _compiled(given, fold)
 
     def _regexes(self, path: bytes) -> tuple:
         return (self._re, self._below_re, self._prefix) if self._wide is None or path.isascii() else self._wide
@@ -397,22 +401,14 @@ def _compiled(pattern: bytes, fold: bool, chars: bool = False) -> tuple:
         raise _bad(pattern, "its '.' and '..' components leave no name")
     has_slash = anchored or len(components) > 1
     root = not components  # the pattern is just "/"
-    # (kind, regex, crossing): "c" a component (with its "/" unless last), "**" a globstar before more
-    # components, "**$" a last one
-    items: list[tuple[str, bytes, bool]] = []
-    prefix: list[re.Pattern[bytes] | None] = []
-    for idx, component in enumerate(components):
-        last = idx == len(components) - 1
+    prefix: list[re.Pattern[bytes] | None] = []  # (per name, to prune walks: None for a '**')
+    for component in components:
         if has_slash and _is_globstar(component):
-            if not last and items and items[-1][0] == "**":
-                continue  # "**/**/" is the same as "**/"
-            items.append(("**$", b".+", False) if last else ("**", b"(?:.*/)?", False))
             prefix.append(None)
-            continue
-        regex, crossed = _component_regex(component, cross=has_slash, chars=chars)
-        items.append(("c", regex if last else regex + b"/", crossed))
-        prefix.append(None if crossed else re.compile(regex, re.DOTALL))
-    full = (b"/" if anchored else b".*/") + _joined(items)
+        else:
+            regex, crossed = _component_regex(component, cross=has_slash, chars=chars)
+            prefix.append(None if crossed else re.compile(regex, re.DOTALL))
+    full = _full_regex(components, has_slash, anchored, chars)
     return (anchored, dir_only, root, re.compile(full, re.DOTALL),
             re.compile(b"/.+" if root else full + b"/.+", re.DOTALL), tuple(prefix) if anchored else None)
 
@@ -435,28 +431,85 @@ def _lexical(components: list[list[_Token]]) -> list[list[_Token]]:
     return out
 
 
-def _joined(items: list[tuple[str, bytes, bool]]) -> bytes:
-    """The pattern's regex from its components: a ``**`` followed by components and then another ``**`` takes
-    the first directory where those components fit, and keeps it (an atomic group; they match whole names, so
-    the first fit leaves the most room) -- else ``a/**/b/**/c/**/d`` backtracked over every split of a deep
-    path. Not where a component holds a crossing ``**`` (its span is not one name)."""
-    out: list[bytes] = []
+# The stars of a pattern, by what they may skip: within a name ("N", ``*``), across names ("C", ``**`` inside a
+# name; "C0", the ``.*/`` that lets a pattern without a leading ``/`` start at any depth), whole directories
+# ("G", a ``**`` component; "GL", a last one: everything below). Each as (regex, lazy regex), bytes / chars.
+_STARS = {
+    "N": ((b"[^/]*", b"[^/]*?"), (b"(?:" + _CHAR + b")*", b"(?:" + _CHAR + b")*?")),
+    "C": ((b".*", b".*?"), (_CROSS_CHARS, _CROSS_CHARS + b"?")),
+    "C0": ((b".*", b".*?"), (b".*", b".*?")),  # (followed by '/': never inside a character)
+    "G": ((b"(?:.*/)?", b"(?:.*?/)??"), (b"(?:.*/)?", b"(?:.*?/)??")),
+    "GL": ((b".+", b".+?"), (b".+", b".+?")),
+}
+
+
+def _full_regex(components: list[list[_Token]], has_slash: bool, anchored: bool, chars: bool) -> bytes:
+    """The pattern's regex: its stars and the pieces between them, across components.
+
+    A star takes the leftmost place where the piece after it fits, and keeps it (an atomic group), wherever that
+    cannot change the answer -- without it a long name against ``*a*a*a*a*b``, or a deep path against
+    ``/**x/**y/**x/**z``, backtracked for hours (a nightly backup hung on a file name anyone can create):
+    * a star within a name ("N"): the piece's leftmost fit in that name leaves the most room for the rest (a
+      piece holding a ``/`` fits where the name ends, once);
+    * any other star, when the next star that is not "N" may skip anything ("C", "G", "GL"): together with the
+      "N" pieces up to that star, the leftmost fit (each piece's, in turn) ends first, and that star absorbs
+      whatever a later fit would have skipped. Not before the end, and not before an "N" star alone (``**a*b``:
+      the leftmost ``a`` may be in a name with no ``b`` after it)."""
+    seq: list[list] = []  # [star kind, piece tokens]
+    head: list[bytes] = [b"/"] if anchored else []
+    if not anchored:
+        seq.append(["C0", [b"/"]])
+    cur = head if anchored else seq[-1][1]
+    for idx, comp in enumerate(components):
+        last = idx == len(components) - 1
+        if has_slash and _is_globstar(comp):
+            if not last and seq and seq[-1][0] == "G" and not seq[-1][1]:
+                continue  # "**/**/" is the same as "**/"
+            seq.append(["GL" if last else "G", []])
+            cur = seq[-1][1]
+            continue
+        k = 0
+        while k < len(comp):
+            if comp[k] is _STAR:
+                run = 1
+                while k + run < len(comp) and comp[k + run] is _STAR:
+                    run += 1
+                seq.append(["C" if run >= 2 and has_slash else "N", []])
+                cur = seq[-1][1]
+                k += run
+            else:
+                cur.append(comp[k])
+                k += 1
+        if not last:
+            cur.append(b"/")
+    mode = 1 if chars else 0
+
+    def plain(i: int) -> bytes:
+        return _STARS[seq[i][0]][mode][0] + b"".join(seq[i][1])
+
+    def leftmost(i: int) -> bytes:
+        return b"(?>" + _STARS[seq[i][0]][mode][1] + b"".join(seq[i][1]) + b")"
+
+    out = [b"".join(head)]
     i = 0
-    while i < len(items):
-        kind, regex, _ = items[i]
-        if kind != "**":
-            out.append(regex)
+    while i < len(seq):
+        last = i == len(seq) - 1
+        if seq[i][0] == "N":
+            out.append(plain(i) if last or not seq[i][1] else leftmost(i))
             i += 1
             continue
         j = i + 1
-        while j < len(items) and items[j][0] == "c":
+        while j < len(seq) and seq[j][0] == "N":
             j += 1
-        run = b"".join(r for _, r, _ in items[i + 1 : j])
-        if j < len(items) and run and not any(c for _, _, c in items[i + 1 : j]):
-            out.append(b"(?>(?:.*?/)??" + run + b")")
+        # another star that may skip anything comes (not just a last '**', which one backtrack serves as well, and
+        # Python's engine runs a plain '.*/' faster): the run takes its first fit
+        if j < len(seq) and not (j == len(seq) - 1 and seq[j][0] == "GL"):
+            out.append(b"(?>" + _STARS[seq[i][0]][mode][1] + b"".join(seq[i][1])
+                       + b"".join(leftmost(k) if seq[k][1] else plain(k) for k in range(i + 1, j)) + b")")
+            i = j
         else:
-            out.append(regex + run)
-        i = j
+            out.append(plain(i))
+            i += 1
     return b"".join(out)
 
 
