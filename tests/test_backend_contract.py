@@ -304,7 +304,7 @@ def test_local_temp_files_of_locks_logs_and_keys_are_removed_once_old(local_back
         (root / d / ".tmp-0000000000000001").write_bytes(b"old")
         os.utime(root / d / ".tmp-0000000000000001", (1, 1))
         (root / d / ".tmp-0000000000000002").write_bytes(b"being written now")
-    assert local_backend.remove_temp_files() == 5
+    assert local_backend.remove_temp_files()[0] == 5
     left = sorted(str(p.relative_to(root)) for p in root.rglob(".tmp-*"))
     assert left == [f"{d}/.tmp-0000000000000002" for d in ("keys", "locks", "logs")]
 

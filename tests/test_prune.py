@@ -539,3 +539,20 @@ def test_forget_prune_whose_prune_cannot_run_still_reports_the_forget(repo, tmp_
     assert len(repo("--json", "snapshots").json) == 1
     res = repo("forget", "--keep-last", "1", "--prune", ok=11 if why == "locked" else 130)
     assert "forgot 0 snapshot(s)" in res.out
+
+
+def test_temp_files_of_killed_runs_are_counted_by_prune_and_named_by_verify(repo, tmp_path):
+    """prune deleted a killed backup's staged packs (data/xx/.tmp-*) but said "freed 0 B", its dry run said
+    nothing of them, and verify never mentioned them: 245 MiB piled up under repeated kills, unseen."""
+    src = make_tree(tmp_path / "src", {"a": b"x" * 1000})
+    repo("backup", src)
+    fan = repo.repo / "data" / "ab"
+    fan.mkdir(exist_ok=True)
+    staged = fan / ".tmp-0123456789abcdef"
+    staged.write_bytes(os.urandom(300_000))
+    info = repo("--json", "verify").json["info"]
+    assert any("1 temp file(s)" in i for i in info), info
+    dry = repo("--json", "prune", "--dry-run").json
+    assert dry["temp_files_removed"] == 1 and dry["bytes_freed"] >= 300_000 and staged.exists(), dry
+    out = repo("prune").out
+    assert "1 temp file(s) of killed runs" in out and not staged.exists(), out

@@ -175,6 +175,11 @@ class Checker:
         if extra:
             self.report.info.append(f"{extra} pack(s) not in any index (left by an interrupted backup, or "
                                     "damaged packs that 'vault repair' left out; 'vault prune' removes them)")
+        counted = getattr(self.repo.backend, "remove_temp_files", None)  # (a local repository's, counted only)
+        temps, size = counted(dry_run=True) if counted is not None else (0, 0)
+        if temps:
+            self.report.info.append(f"{temps} temp file(s), {size:,} bytes, of a write under way or of a killed run "
+                                    "('vault prune' removes those of killed runs)")
 
     def _mark_pack_blocks(self, pid: bytes, problem: str) -> None:
         for e in self.catalog.pack_blocks(pid):

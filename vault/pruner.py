@@ -76,6 +76,7 @@ class PruneReport:
     segments_deleted: int = 0
     multipart_aborted: int = 0
     temp_files_removed: int = 0  # left by killed writers (local repositories)
+    temp_bytes_removed: int = 0  # their space (in bytes_freed)
     duration_s: float = 0.0
     warnings: list[str] = field(default_factory=list)
 
@@ -473,16 +474,17 @@ class Pruner:
             rep.bytes_deleted = plan.removed_bytes()
         if not self.opts.dry_run:
             self._abort_multipart(started)
-            rep.temp_files_removed = self.repo.backend.remove_temp_files()
+            rep.temp_files_removed, rep.temp_bytes_removed = self.repo.backend.remove_temp_files()
             try:
                 self.catalog.drop_unwalked_trees()
             except CacheUnavailable as exc:  # (a full cache disk: what it would free is only the cache's)
                 rep.warnings.append(f"the catalog's trees of pruned snapshots are kept for now ({exc})")
         else:
             self._estimate_repack(plan)
+            rep.temp_files_removed, rep.temp_bytes_removed = self.repo.backend.remove_temp_files(dry_run=True)
             small = self.catalog.small_segments(SMALL_SEGMENT)  # (an estimate: those a rewrite replaces count)
             rep.segments_merged = small if small >= MERGE_AT else 0
-        rep.bytes_freed = rep.bytes_deleted - rep.bytes_repacked_written
+        rep.bytes_freed = rep.bytes_deleted - rep.bytes_repacked_written + rep.temp_bytes_removed
         rep.duration_s = time.monotonic() - t0
         return rep
 

@@ -124,10 +124,10 @@ class CountingBackend:
         self._count("DELETE")
         self.inner.abort_multipart(key, upload_id)
 
-    def remove_temp_files(self) -> int:
-        """Leftover temp files of killed writers (stores that have them; 0 elsewhere)."""
+    def remove_temp_files(self, dry_run: bool = False) -> tuple[int, int]:
+        """Leftover temp files of killed writers, (how many, bytes) (stores that have them; none elsewhere)."""
         fn = getattr(self.inner, "remove_temp_files", None)
-        return fn() if fn is not None else 0
+        return fn(dry_run=dry_run) if fn is not None else (0, 0)
 
     def create_store(self) -> None:
         """Not counted."""

@@ -326,12 +326,13 @@ class LocalBackend:
                     continue
 
     def remove_temp_files(self, prefixes: tuple[str, ...] = ("data/", "index/", "snapshots/"),
-                          aged: tuple[str, ...] = ("locks/", "logs/", "keys/"), min_age: float = 3600.0) -> int:
+                          aged: tuple[str, ...] = ("locks/", "logs/", "keys/"), min_age: float = 3600.0,
+                          dry_run: bool = False) -> tuple[int, int]:
         """Delete the temp files a killed writer left under ``prefixes``; only call this while holding the
         exclusive lock (every writer of those directories holds a lock). Under ``aged`` -- written without the
         lock (a lock object is written before its locker looks), or by a run whose lock was taken over -- only
-        those older than ``min_age`` seconds. Returns how many were removed."""
-        removed = 0
+        those older than ``min_age`` seconds. Returns (how many, their bytes); ``dry_run``: counted, not deleted."""
+        removed = size = 0
         now = time.time()
         for prefix in (*prefixes, *aged):
             top = os.path.join(self.root, prefix.rstrip("/"))
@@ -354,9 +355,11 @@ class LocalBackend:
                             st = os.lstat(path)
                             if not stat.S_ISREG(st.st_mode) or (prefix in aged and now - st.st_mtime < min_age):
                                 continue
-                            os.unlink(path)
+                            if not dry_run:
+                                os.unlink(path)
                             removed += 1
-        return removed
+                            size += st.st_blocks * 512  # (the space it held: a staged pack is written sparse-free)
+        return removed, size
 
     def delete(self, name: str) -> None:
         """Remove the object; a missing object is not an error."""

@@ -95,7 +95,9 @@ def _print_prune(c, rep) -> None:
     c.out(f"prune{' (dry run: nothing changed)' if rep.dry_run else ''}: {rep.packs_deleted} packs {would}deleted, "
           f"{rep.packs_repacked} {would}repacked ({rep.blocks_repacked} blocks into {rep.packs_written} new packs), "
           f"{rep.packs_unindexed_deleted} leftovers {would}removed, {rep.packs_kept} kept; {verb} "
-          f"{human_bytes(rep.bytes_freed)} of {human_bytes(rep.bytes_total)}")
+          f"{human_bytes(rep.bytes_freed)} of {human_bytes(rep.bytes_total)}"
+          + (f" (and {rep.temp_files_removed} temp file(s) of killed runs, {human_bytes(rep.temp_bytes_removed)}, "
+             f"{would}removed)" if rep.temp_files_removed else ""))
     for w in rep.warnings:
         c.err(printable(f"warning: {w}"))
 
