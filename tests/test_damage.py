@@ -427,3 +427,29 @@ def test_a_damaged_forget_record_is_found_by_verify(repo, tmp_path, how):
     assert "replaced by" in res.err and not log.exists(), res.err
     repo("verify")
     assert len(list((repo.repo / "logs").iterdir())) == 1
+
+
+def big_file_over_packs(cli, tmp_path) -> tuple[Path, Layout, str, list[bytes]]:
+    """A repository of 1 MiB packs holding one 3 MiB file, big.bin, over at least two packs: (source, layout,
+    the file's snapshot path, its packs in file order)."""
+    cli("init", *FAST_INIT, "--pack-size", "1")
+    src = make_tree(tmp_path / "src", {"big.bin": random.Random(9).randbytes(3 * MiB)})
+    cli("backup", src, "--jobs", "1")
+    lay = layout(cli.repo)
+    (path,) = [f for f in lay.files if f.endswith("big.bin")]
+    packs: list[bytes] = []
+    for bid in lay.files[path]:
+        if lay.blocks[bid][0] not in packs:
+            packs.append(lay.blocks[bid][0])
+    assert len(packs) >= 2, "the file must span two packs"
+    return src, lay, path, packs
+
+
+def flip_in_file(cli, lay: Layout, path: str, pid: bytes) -> None:
+    """Flip a bit in the middle of the first block of ``path`` that pack ``pid`` holds."""
+    entry = next(lay.blocks[b][1] for b in lay.files[path] if lay.blocks[b][0] == pid)
+    p = pack_path(cli.repo, pid)
+    data = bytearray(p.read_bytes())
+    data[entry.offset + entry.length // 2] ^= 0x10
+    os.chmod(p, 0o644)
+    p.write_bytes(bytes(data))

@@ -6,37 +6,20 @@ the exit code would hide real damage (20)."""
 from __future__ import annotations
 
 import os
-import random
 
 import pytest
-from conftest import FAST_INIT, make_tree, with_jobs
-from test_damage import layout, pack_path
+from conftest import with_jobs
+from test_damage import big_file_over_packs, flip_in_file, pack_path
 
 from vault.backend.local import LocalBackend
 from vault.errors import PermanentError
 
-MiB = 1024 * 1024
-
 
 @pytest.mark.parametrize("refused_first", [True, False])
 def test_damage_outranks_a_read_error_in_the_same_file(cli, tmp_path, monkeypatch, refused_first):
-    cli("init", *FAST_INIT, "--pack-size", "1")
-    src = make_tree(tmp_path / "src", {"big.bin": random.Random(9).randbytes(3 * MiB)})
-    cli("backup", src, "--jobs", "1")
-    lay = layout(cli.repo)
-    (path,) = [f for f in lay.files if f.endswith("big.bin")]
-    packs = []
-    for bid in lay.files[path]:
-        if lay.blocks[bid][0] not in packs:
-            packs.append(lay.blocks[bid][0])
-    assert len(packs) >= 2, "the file must span two packs"
+    src, lay, path, packs = big_file_over_packs(cli, tmp_path)
     refused, damaged = (packs[0], packs[-1]) if refused_first else (packs[-1], packs[0])
-    entry = next(lay.blocks[b][1] for b in lay.files[path] if lay.blocks[b][0] == damaged)
-    p = pack_path(cli.repo, damaged)
-    data = bytearray(p.read_bytes())
-    data[entry.offset + entry.length // 2] ^= 0x10
-    os.chmod(p, 0o644)
-    p.write_bytes(bytes(data))
+    flip_in_file(cli, lay, path, damaged)
     refused_name = os.path.relpath(pack_path(cli.repo, refused), cli.repo)
     real_get, real_get_into = LocalBackend.get, LocalBackend.get_into
 

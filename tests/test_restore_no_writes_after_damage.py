@@ -8,37 +8,19 @@ from __future__ import annotations
 
 import errno
 import os
-import random
 
 import pytest
-from conftest import FAST_INIT, make_tree, with_jobs
-from test_damage import layout, pack_path
+from conftest import with_jobs
+from test_damage import big_file_over_packs, flip_in_file
 
 import vault.restorer as restorer_mod
-
-MiB = 1024 * 1024
 
 
 @pytest.mark.parametrize("damaged_at", ["first", "last"])
 def test_a_write_failing_after_damage_in_the_same_file_does_not_hide_the_damage(cli, tmp_path, monkeypatch,
                                                                                  damaged_at):
-    cli("init", *FAST_INIT, "--pack-size", "1")
-    src = make_tree(tmp_path / "src", {"big.bin": random.Random(9).randbytes(3 * MiB)})
-    cli("backup", src, "--jobs", "1")
-    lay = layout(cli.repo)
-    (path,) = [f for f in lay.files if f.endswith("big.bin")]
-    packs = []
-    for bid in lay.files[path]:
-        if lay.blocks[bid][0] not in packs:
-            packs.append(lay.blocks[bid][0])
-    assert len(packs) >= 2, "the file must span two packs"
-    damaged = packs[0] if damaged_at == "first" else packs[-1]
-    entry = next(lay.blocks[b][1] for b in lay.files[path] if lay.blocks[b][0] == damaged)
-    p = pack_path(cli.repo, damaged)
-    data = bytearray(p.read_bytes())
-    data[entry.offset + entry.length // 2] ^= 0x10
-    os.chmod(p, 0o644)
-    p.write_bytes(bytes(data))
+    src, lay, path, packs = big_file_over_packs(cli, tmp_path)
+    flip_in_file(cli, lay, path, packs[0] if damaged_at == "first" else packs[-1])
 
     def full_disk(fd, data, offset):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
