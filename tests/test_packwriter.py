@@ -181,3 +181,24 @@ def test_close_with_a_view_of_an_open_pack_still_held(tmp_path):
     w.close()
     view.release()
     assert not _temp_files(tmp_path / "r")
+
+
+def test_settled_says_whether_an_upload_is_still_unanswered(tmp_path):
+    """A backup stopped by Ctrl-C names the packs it stored in one more index segment -- only when every
+    upload had been answered: on a stalled store that step held the stop for minutes of retries (245 s against
+    systemd's 90 s stop timeout). ``settled`` is what it asks."""
+    import threading
+
+    repo = _repo(MemoryBackend(), pack_size=MiB)
+    go = threading.Event()
+    w = PackWriter(repo, lambda *a: None, uploaders=1)
+    real_upload = w._upload
+    w._upload = lambda op: (go.wait(30), real_upload(op))[1]
+    assert w.settled()
+    for bid, data in _blocks(repo, 3, MiB // 2 + 7):  # (a pack full: handed to the uploader, which waits)
+        w.add(DATA, bid, data)
+    assert not w.settled()
+    go.set()
+    w.flush()
+    assert w.settled()
+    w.close()

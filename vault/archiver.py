@@ -954,8 +954,9 @@ class Archiver:
     def _name_stored_packs(self) -> None:
         """A run stopped cleanly (Ctrl-C, SIGTERM) names the packs it stored since its last checkpoint in one more
         index segment: the next run reuses their blocks at once, instead of reading every such pack back whole
-        to adopt it (up to 16 packs, ~270 MiB downloaded from S3). A failure here, or a second interrupt, gives
-        up quietly: those packs are adopted as a killed run's are."""
+        to adopt it (up to 16 packs, ~270 MiB downloaded from S3). Only when every upload had been answered: a
+        store that stalled would hold the stop for its retries (minutes; systemd's stop timeout is 90 s). A
+        failure here, or a second interrupt, gives up quietly: those packs are adopted as a killed run's are."""
         try:
             self._checkpoint(force=True)
         except (Exception, KeyboardInterrupt):  # noqa: BLE001 - the run is stopping; nothing here may mask that
@@ -984,8 +985,9 @@ class Archiver:
                 self._workers.close()
             else:
                 self._pool.shutdown(wait=not stopped, cancel_futures=True)
+            settled = self.packer.settled()  # (an upload left unanswered: the store may be stalled -- no more)
             self.packer.close(wait=not stopped)
-            if stopped and not self.opts.dry_run:
+            if stopped and settled and not self.opts.dry_run:
                 self._name_stored_packs()
         self.stats_duration = time.monotonic() - t0
         if self.opts.dry_run:

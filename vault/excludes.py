@@ -139,8 +139,8 @@ def _parse_class(pattern: bytes, i: int, fold: bool = False, chars: bool = False
             hi, j = _class_char(pattern, j + 1, chars)
             if hi is None:
                 return None
-            if hi < lo and fold:  # (folded to lower case, a range may turn round: restic's then matches nothing)
-                continue
+            if hi < lo and fold and max(lo, hi) >= 128:  # (folded to lower case beyond ASCII, a range may turn
+                continue                                   # round: restic's then matches nothing)
             if hi < lo:
                 raise _bad(pattern, f"reversed range {_shown(lo)!r}-{_shown(hi)!r}")
             if not chars or hi < 128:

@@ -170,6 +170,11 @@ class PackWriter:
         if self._failure is not None:
             raise self._failure
 
+    def settled(self) -> bool:
+        """No upload under way and none failed (a run that was stopped: is the store answering?)."""
+        with self._lock:
+            return self._failure is None and all(f.done() and f.exception() is None for f in self._futures)
+
     def close(self, wait: bool = True) -> None:
         """Stop the uploaders; packs not flushed are dropped (a crash-equivalent: nothing references them).
         ``wait=False`` (the command was stopped): uploads under way are not waited for."""

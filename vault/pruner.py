@@ -484,7 +484,9 @@ class Pruner:
             rep.temp_files_removed, rep.temp_bytes_removed = self.repo.backend.remove_temp_files(dry_run=True)
             small = self.catalog.small_segments(SMALL_SEGMENT)  # (an estimate: those a rewrite replaces count)
             rep.segments_merged = small if small >= MERGE_AT else 0
-        rep.bytes_freed = rep.bytes_deleted - rep.bytes_repacked_written + rep.temp_bytes_removed
+        # (a dry run takes no lock: the temp files it counts may be a write under way -- found, not freed)
+        rep.bytes_freed = rep.bytes_deleted - rep.bytes_repacked_written + (0 if self.opts.dry_run else
+                                                                              rep.temp_bytes_removed)
         rep.duration_s = time.monotonic() - t0
         return rep
 

@@ -358,7 +358,8 @@ class LocalBackend:
                             if not dry_run:
                                 os.unlink(path)
                             removed += 1
-                            size += st.st_blocks * 512  # (the space it held: a staged pack is written sparse-free)
+                            if st.st_nlink == 1:  # (a second name of a published pack frees nothing: a writer
+                                size += st.st_blocks * 512  # killed between its link and its unlink left it)
         return removed, size
 
     def delete(self, name: str) -> None:

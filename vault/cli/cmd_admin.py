@@ -96,8 +96,10 @@ def _print_prune(c, rep) -> None:
           f"{rep.packs_repacked} {would}repacked ({rep.blocks_repacked} blocks into {rep.packs_written} new packs), "
           f"{rep.packs_unindexed_deleted} leftovers {would}removed, {rep.packs_kept} kept; {verb} "
           f"{human_bytes(rep.bytes_freed)} of {human_bytes(rep.bytes_total)}"
-          + (f" (and {rep.temp_files_removed} temp file(s) of killed runs, {human_bytes(rep.temp_bytes_removed)}, "
-             f"{would}removed)" if rep.temp_files_removed else ""))
+          + (f" ({rep.temp_files_removed} temp file(s), {human_bytes(rep.temp_bytes_removed)}: of killed runs, which "
+             "the prune removes, or of a write under way)" if rep.temp_files_removed and rep.dry_run else
+             f" (and {rep.temp_files_removed} temp file(s) of killed runs, {human_bytes(rep.temp_bytes_removed)}, "
+             "removed)" if rep.temp_files_removed else ""))
     for w in rep.warnings:
         c.err(printable(f"warning: {w}"))
 
