@@ -307,19 +307,19 @@ def find_snapshot(sess: Session, spec: str | None, at: str | None = None, flt: S
     return snap
 
 
-def _whole_original(sess: Session, snap: Snapshot, every: list[Snapshot]) -> Snapshot:
+def _whole_original(sess: Session, snap: Snapshot, every: list[Snapshot], seen: frozenset = frozenset()) -> Snapshot:
     """``latest`` and ``--at`` take repair's replacement of a snapshot (it lacks the files whose data was lost),
     unless the original restores whole again -- a later backup, a copy or ``repair --from-repo`` stored what it
     lacked: then the original, with a warning (the replacement would leave those files out for nothing)."""
-    original = next((s for s in every if s.id == snap.repaired_from and s.id != snap.id), None)
+    original = next((s for s in every if s.id == snap.repaired_from and s.id not in seen | {snap.id}), None)
     if original is None or (original.time, original.host, original.paths) != (snap.time, snap.host, snap.paths):
-        return snap
+        return snap  # (seen: manifests naming each other in a ring -- only a key holder can write them -- end here)
     if not _restores_whole(sess, original):
         return snap
     warnings.warn(f"snapshot {original.short_id} was repaired as {snap.short_id}, but the data it lost has been "
                   f"stored again since: {original.short_id} restores whole, and is the one used (forget whichever "
                   "of the two you do not need)", VaultWarning, stacklevel=2)
-    return _whole_original(sess, original, every)  # (repaired twice: the one before)
+    return _whole_original(sess, original, every, seen | {snap.id})  # (repaired twice: the one before)
 
 
 def _restores_whole(sess: Session, snap: Snapshot) -> bool:

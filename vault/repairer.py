@@ -724,6 +724,7 @@ class Repairer:
                                             "that it was lost")
                 continue
             new = self.repo.save_log("repair", "an unreadable record replaced", [], replaces=lid)
+            self._before_delete()  # (still our exclusive lock)
             self.repo.backend.delete(f"logs/{lid}")
             self.report.warnings.append(
                 f"logs/{lid} cannot be read ({problem}): replaced by logs/{new[:16]}, a record that it was lost; the "
