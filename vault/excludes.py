@@ -284,45 +284,9 @@ def _is_globstar(component: list[_Token]) -> bool:
     return len(component) >= 2 and all(t is _STAR for t in component)
 
 
-def _component_regex(component: list[_Token], cross: bool, chars: bool = False) -> tuple[bytes, bool]:
-    """Regex for one component; the flag says whether it contains a ``**`` that crosses ``/``.
-
-    Each ``*`` between two others' pieces takes the leftmost place where the piece after it fits, and keeps it
-    (an atomic group): the pieces have one length each, so the leftmost fit leaves the most room for the rest
-    and the match is the same -- without it a name of 200 bytes against ``*a*a*a*a*a*b`` backtracked for hours
-    (a nightly backup hung on a file name). Python's ``fnmatch`` does the same. Where a star crosses ``/``
-    (``**`` inside a component), a piece before it takes its leftmost fit too (that star absorbs whatever a
-    later fit would have skipped); a piece before a star that stays within a name, after one that crosses,
-    keeps its choices (a later fit may be in another name)."""
-    pieces: list[list[bytes]] = [[]]
-    stars: list[bytes] = []
-    k = 0
-    while k < len(component):
-        token = component[k]
-        if token is _STAR:
-            run = 1
-            while k + run < len(component) and component[k + run] is _STAR:
-                run += 1
-            # (``chars``: whole characters, so that a ``?`` after it never takes half of one)
-            if run >= 2 and cross:
-                stars.append(_CROSS_CHARS if chars else b".*")
-            else:
-                stars.append(b"(?:" + _CHAR + b")*" if chars else b"[^/]*")
-            pieces.append([])
-            k += run
-        else:
-            pieces[-1].append(token)
-            k += 1
-    crossing = [st in (b".*", _CROSS_CHARS) for st in stars]
-    crossed = any(crossing)
-    out = [b"".join(pieces[0])]
-    for i, star in enumerate(stars):
-        piece = b"".join(pieces[i + 1])
-        if i < len(stars) - 1 and (crossing[i + 1] or not crossed):  # (a middle star: its piece is never empty)
-            out.append(b"(?>" + star[:-1] + b"*?" + piece + b")")
-        else:
-            out.append(star + piece)
-    return b"".join(out), crossed
+def _crossing(component: list[_Token]) -> bool:
+    """Whether a component holds a ``**`` inside it (in a pattern with a ``/``: it crosses names)."""
+    return any(a is _STAR and b is _STAR for a, b in zip(component, component[1:]))
 
 
 class Glob:
@@ -401,16 +365,12 @@ def _compiled(pattern: bytes, fold: bool, chars: bool = False) -> tuple:
         raise _bad(pattern, "its '.' and '..' components leave no name")
     has_slash = anchored or len(components) > 1
     root = not components  # the pattern is just "/"
-    prefix: list[re.Pattern[bytes] | None] = []  # (per name, to prune walks: None for a '**')
-    for component in components:
-        if has_slash and _is_globstar(component):
-            prefix.append(None)
-        else:
-            regex, crossed = _component_regex(component, cross=has_slash, chars=chars)
-            prefix.append(None if crossed else re.compile(regex, re.DOTALL))
-    full = _full_regex(components, has_slash, anchored, chars)
+    # per name, to prune walks (anchored patterns): one name's regex, None for a '**' (a component, or inside one)
+    prefix = None if not anchored else tuple(
+        None if _crossing(c) else re.compile(_full_regex([c], True, [], chars), re.DOTALL) for c in components)
+    full = _full_regex(components, has_slash, [b"/"] if anchored else None, chars)
     return (anchored, dir_only, root, re.compile(full, re.DOTALL),
-            re.compile(b"/.+" if root else full + b"/.+", re.DOTALL), tuple(prefix) if anchored else None)
+            re.compile(b"/.+" if root else full + b"/.+", re.DOTALL), prefix)
 
 
 _DOT, _DOTDOT = [re.escape(b".")], [re.escape(b"."), re.escape(b".")]
@@ -443,8 +403,9 @@ _STARS = {
 }
 
 
-def _full_regex(components: list[list[_Token]], has_slash: bool, anchored: bool, chars: bool) -> bytes:
-    """The pattern's regex: its stars and the pieces between them, across components.
+def _full_regex(components: list[list[_Token]], has_slash: bool, head: list[bytes] | None, chars: bool) -> bytes:
+    """The pattern's regex: its stars and the pieces between them, across components, after ``head`` (``[b"/"]``
+    anchored at the root, ``[]`` one name alone, None: at any depth).
 
     A star takes the leftmost place where the piece after it fits, and keeps it (an atomic group), wherever that
     cannot change the answer -- without it a long name against ``*a*a*a*a*b``, or a deep path against
@@ -456,10 +417,9 @@ def _full_regex(components: list[list[_Token]], has_slash: bool, anchored: bool,
       whatever a later fit would have skipped. Not before the end, and not before an "N" star alone (``**a*b``:
       the leftmost ``a`` may be in a name with no ``b`` after it)."""
     seq: list[list] = []  # [star kind, piece tokens]
-    head: list[bytes] = [b"/"] if anchored else []
-    if not anchored:
-        seq.append(["C0", [b"/"]])
-    cur = head if anchored else seq[-1][1]
+    if head is None:
+        head, seq = [], [["C0", [b"/"]]]
+    cur = seq[-1][1] if seq else head
     for idx, comp in enumerate(components):
         last = idx == len(components) - 1
         if has_slash and _is_globstar(comp):
