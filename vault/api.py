@@ -27,7 +27,7 @@ from .backend.counting import sum_stats
 from .backend.retry import RetryBackend
 from .cachedir import read_small, write_small
 from .catalog import OPEN_WAIT, Catalog, SyncReport, open_synced, store_key
-from .checker import Checker, VerifyReport, parse_subset
+from .checker import Checker, VerifyReport, parse_subset, whole_below
 from .chunker import ChunkerParams
 from .config import DEFAULT_LOCK_WAIT, Settings
 from .crypto import KdfParams, MasterKeys
@@ -323,23 +323,16 @@ def _whole_original(sess: Session, snap: Snapshot, every: list[Snapshot], seen: 
 
 
 def _restores_whole(sess: Session, snap: Snapshot) -> bool:
-    """Whether every tree and file block ``snap`` references is in the index: one walk of its trees (the
-    catalog's cache where it holds them), its block ids in the catalog's ``used`` table."""
-    broken: list[bytes] = []
-
-    def load(tid: bytes) -> list | None:
+    """Whether every tree and file block ``snap`` references is in the index (``checker.whole_below``)."""
+    def read(tid: bytes) -> tuple[list | None, str | None]:
         try:
-            return sess.catalog.tree_entries(sess.repo, tid)
+            return sess.catalog.tree_entries(sess.repo, tid), None
         except VaultError as exc:
             if isinstance(exc, CatalogError) or not is_damage(exc):
                 raise
-            broken.append(tid)
-            return None
+            return None, str(exc)
 
-    marker = sess.catalog.marker()
-    marker.walk(snap.tree, lambda tids: sess.catalog.iter_cached_or(sess.repo, tids, load, indexed=True))
-    marker.flush()
-    return not broken and sess.catalog.used_missing(limit=0)[0] == 0
+    return whole_below(sess.catalog, sess.repo, snap.tree, read)
 
 
 def _unreadable_ids(unreadable: dict[str, str]) -> str:

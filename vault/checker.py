@@ -112,6 +112,25 @@ def parse_subset(text: str | None) -> tuple[str, float] | None:
 _TREE_MISSING = "tree block missing from the index"
 
 
+def whole_below(catalog: Catalog, repo: Repository, root: bytes,
+                read_tree: Callable[[bytes], tuple[list | None, str | None]]) -> bool:
+    """Whether every tree below ``root`` reads (``read_tree``: (entries, None), or (None, what is wrong)) and every
+    file block they name is in the index: one walk (the catalog's cached trees where the index lists them), the
+    block ids in the catalog's ``used`` table, which it empties first."""
+    broken: list[bytes] = []
+
+    def quiet(tid: bytes) -> list | None:
+        entries, problem = read_tree(tid)
+        if problem is not None:
+            broken.append(tid)
+        return entries
+
+    marker = catalog.marker()
+    marker.walk(root, lambda tids: catalog.iter_cached_or(repo, tids, quiet, indexed=True))
+    marker.flush()
+    return not broken and catalog.used_missing(limit=0)[0] == 0
+
+
 class Checker:
     def __init__(self, repo: Repository, catalog: Catalog, read_data: bool = False,
                  subset: tuple[str, float] | None = None, now: float | None = None, jobs: int = 0,
@@ -497,18 +516,7 @@ class Checker:
                                         "forget it when it is no longer needed")
 
     def _whole(self, snap) -> bool:
-        broken: list[bytes] = []
-
-        def quiet(tid: bytes) -> list | None:  # (_load_tree, without noting damage)
-            entries, problem = self._read_tree(tid)
-            if problem is not None:
-                broken.append(tid)
-            return entries
-
-        marker = self.catalog.marker()
-        marker.walk(snap.tree, lambda tids: self.catalog.iter_cached_or(self.repo, tids, quiet, indexed=True))
-        marker.flush()
-        return not broken and self.catalog.used_missing(limit=0)[0] == 0 and not (
+        return whole_below(self.catalog, self.repo, snap.tree, self._read_tree) and not (
             self._bad_blocks and self.catalog.used_contains(self._bad_blocks))
 
     def _walk_trees(self, snaps: list, loader=None) -> None:
@@ -658,24 +666,11 @@ class Checker:
         ``repair --from-repo`` writing deleted manifests back from a copy. Small objects, read whole."""
         lids = self.repo.list_logs()
         with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="vault-verify") as pool:
-            for lid, problem in zip(lids, pool.map(self._log_problem, lids)):  # (a remote store: in parallel)
+            for lid, problem in zip(lids, pool.map(self.repo.log_problem, lids)):  # (a remote store: in parallel)
                 if problem is not None:
                     self._damage(f"logs/{lid}", f"{problem}: this record of the snapshots a forget, tag or repair "
                                  "let go cannot be read (a machine that did not read it before may call them lost; "
                                  "repair --from-repo writes no deleted manifest back while it stays)")
-
-    def _log_problem(self, lid: str) -> str | None:
-        try:
-            doc = self.repo.load_log(lid)
-        except VaultError as exc:
-            if not is_damage(exc):
-                raise
-            return f"unreadable: {exc}"
-        except (ValueError, TypeError) as exc:  # (authentic, yet not JSON: written so by a bug or a hostile key holder)
-            return f"malformed: {exc}"
-        if not isinstance(doc, dict) or not isinstance(doc.get("decisions"), list):
-            return "malformed: not a record of decisions"
-        return None
 
     def run(self) -> VerifyReport:
         self._missing: set[bytes] = set()

@@ -189,7 +189,7 @@ class Repairer:
             if entries is not None and not self.read_data and _one_kind(entries):
                 good.append((pid, size, entries))
                 continue
-            if size > self._largest_pack():  # (no pack vault writes is this big: damaged or not vault's)
+            if size > _largest_pack(self.repo):  # (no pack vault writes is this big: damaged or not vault's)
                 rep.packs_damaged.append(pid.hex())
                 if self._salvage(pid, _Ranges(self.repo.backend, pack_name(pid), size), entries):
                     damaged.append(pid)
@@ -288,9 +288,6 @@ class Repairer:
             self.catalog.planned_add(packs)
         elif packs:
             self._save_segment(packs)
-
-    def _largest_pack(self) -> int:
-        return _largest_pack(self.repo)
 
     def _read_pack_twice(self, pid: bytes, size: int) -> bytes | None:
         """The pack's bytes; read again when they do not match its name (a read can fail once). Read as the
@@ -709,16 +706,9 @@ class Repairer:
         (``replaces_unreadable``), then deleted: what it let go stays unknown, so ``repair --from-repo`` keeps
         writing no deleted manifest back from a copy, as with the damaged record; verify is clean again."""
         for lid in self.repo.list_logs():
-            try:
-                doc = self.repo.load_log(lid)
-                if isinstance(doc, dict) and isinstance(doc.get("decisions"), list):
-                    continue
-                problem = "malformed"
-            except VaultError as exc:
-                _unless_damage(exc)
-                problem = str(exc)
-            except (ValueError, TypeError) as exc:
-                problem = f"malformed: {exc}"
+            problem = self.repo.log_problem(lid)
+            if problem is None:
+                continue
             if self.dry_run:
                 self.report.warnings.append(f"logs/{lid} cannot be read ({problem}): would be replaced by a record "
                                             "that it was lost")

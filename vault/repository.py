@@ -36,7 +36,7 @@ from .chunker import Chunker, ChunkerParams
 from .compress import compress, decompress, decompress_into
 from .crypto import Cipher, KdfParams, MasterKeys, block_id
 from .errors import (IntegrityError, ObjectExists, ObjectNotFound, PermanentError, RepositoryExists,
-                     RepositoryNotFound, TruncatedResponse, VaultError, VaultWarning, WrongPassword)
+                     RepositoryNotFound, TruncatedResponse, VaultError, VaultWarning, WrongPassword, is_damage)
 from .keys import ForeignSlot, make_slot, open_slot, slot_info
 from .model import Snapshot, Tree, format_time
 
@@ -704,6 +704,21 @@ class Repository:
 
     def load_log(self, lid: str) -> dict:
         return json.loads(self.cipher.open(self._load_bounded("logs", lid, MAX_LOG), LOG_AAD, f"log {lid[:8]}"))
+
+    def log_problem(self, lid: str) -> str | None:
+        """What is wrong with ``logs/<lid>`` -- it cannot be read, or is no record of decisions -- or None. A read
+        failure that says nothing against the data (the store, this machine) is raised, not reported."""
+        try:
+            doc = self.load_log(lid)
+        except VaultError as exc:
+            if not is_damage(exc):
+                raise
+            return f"unreadable: {exc}"
+        except (ValueError, TypeError) as exc:  # (authentic, yet not JSON: written so by a bug or a hostile key holder)
+            return f"malformed: {exc}"
+        if not isinstance(doc, dict) or not isinstance(doc.get("decisions"), list):
+            return "malformed: not a record of decisions"
+        return None
 
     def list_logs(self) -> list[str]:
         return self._list_sized("logs")
