@@ -890,7 +890,7 @@ class Restorer:
                     while pool.busy[i] < min(2, len(q)):
                         pool.send_later(i, q[pool.busy[i]][1])
 
-            tick = self._progress if getattr(self._progress, "enabled", False) else None
+            tick = self._progress if getattr(self._progress, "enabled", True) else None  # (as the archiver's)
 
             def pump(block: bool) -> None:
                 top_up()
