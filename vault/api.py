@@ -562,7 +562,6 @@ def with_b64(doc: object) -> object:
     return out
 
 
-
 def node_json(path: bytes, n: Node) -> dict:
     d = {"path": os.fsdecode(path), "type": n.type, "mode": n.mode, "mtime_ns": n.mtime_ns, "uid": n.uid,
          "gid": n.gid}
