@@ -209,7 +209,7 @@ def test_malformed_repository_url(capfd, tmp_path, url):
         assert url in line
 
 
-@pytest.mark.parametrize("at", ["yesterday-ish", "2024-13-45", "5 fortnights ago", "", "12:00"])
+@pytest.mark.parametrize("at", ["yesterday-ish", "2024-13-45", "5 fortnights ago", "", "25:00", "last 10:00"])
 def test_bad_at_time(repo, src, tmp_path, at):
     repo("backup", src)
     res = repo("restore", "--at", at, "--target", tmp_path / "t", ok=False)

@@ -250,6 +250,20 @@ def test_restore_at_between_snapshots_picks_older(repo, tmp_path, history):
     assert res.code != 0 and "Traceback" not in res.err
 
 
+def test_restore_as_it_was_last_tuesday_at_ten(repo, tmp_path):
+    """The mission's own words: `--at 'last tuesday 10:00'` (local time), with snapshots taken that morning
+    (their times given as `--time` takes them too)."""
+    src = make_tree(tmp_path / "src", {"version.txt": b"v1"})
+    ids = []
+    for i, when in enumerate(["last tuesday 09:00", "last tue at 10:00:40", "last tuesday 10:01", "today"], 1):
+        (src / "version.txt").write_bytes(f"v{i}".encode())
+        ids.append(repo("--json", "backup", src, "--time", when).json["snapshot_id"])
+    assert restore_version(repo, tmp_path, src, "--at", "last tuesday 9:59") == (ids[0], "v1")
+    assert restore_version(repo, tmp_path, src, "--at", "last tuesday 10:00") == (ids[1], "v2")  # (all that minute)
+    assert restore_version(repo, tmp_path, src, "--at", "10am last tuesday") == (ids[0], "v1")  # (its first instant)
+    assert restore_version(repo, tmp_path, src, "--at", "Last Tuesday at 11:00") == (ids[2], "v3")
+
+
 def test_restore_at_with_offset(repo, tmp_path, history):
     src, ids = history
     # 2024-01-02T12:00:00+02:00 is 10:00:00Z; given to the second it stands for all of that second, so it

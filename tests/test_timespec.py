@@ -101,7 +101,7 @@ def test_local_time_uses_system_zone(new_york: None) -> None:
     ],
 )
 def test_bad_times(text: str) -> None:
-    with pytest.raises(UsageError, match=r"^cannot parse time .*: use ISO-8601 \(2026-11-20T10:00:00Z\) or 'N days ago'$"):
+    with pytest.raises(UsageError, match=r"^cannot parse time .*: use ISO-8601 \(2026-11-20T10:00:00Z\), 'N days ago' or 'last tuesday 10:00'$"):
         parse_time(text, NOW)
 
 
@@ -439,3 +439,73 @@ def test_a_year_one_time_west_of_utc_is_shown_so_that_at_reads_it_back(local_tz)
     t = datetime(1, 1, 2, tzinfo=UTC)
     shown = local_time(t)
     assert shown == "0001-01-02 00:00:00Z" and parse_time(shown, NOW, whole=True) == t.replace(microsecond=999999)
+
+
+# --- parse_time: a day and/or a time of day ("give me /etc as it was last Tuesday at 10:00") -----------------
+
+THURSDAY = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)  # (a Thursday)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("last tuesday 10:00", utc(2026, 11, 24, 10)),
+        ("Last Tuesday at 10:00", utc(2026, 11, 24, 10)),
+        ("10:00 last tue", utc(2026, 11, 24, 10)),
+        ("at 10:00 last tuesday", utc(2026, 11, 24, 10)),
+        ("tuesday", utc(2026, 11, 24)),
+        ("thursday", utc(2026, 11, 26)),  # the latest Thursday up to today: today
+        ("last thursday", utc(2026, 11, 19)),  # before today: a week ago
+        ("last thurs 23:59:59", utc(2026, 11, 19, 23, 59, 59)),
+        ("friday 9am", utc(2026, 11, 20, 9)),
+        ("sun 12am", utc(2026, 11, 22)),
+        ("mon 12pm", utc(2026, 11, 23, 12)),
+        ("yesterday 3:30 p.m.", utc(2026, 11, 25, 15, 30)),
+        ("yesterday at 18:00", utc(2026, 11, 25, 18)),
+        ("18:00 yesterday", utc(2026, 11, 25, 18)),
+        ("today 08:15", utc(2026, 11, 26, 8, 15)),
+        ("14:30", utc(2026, 11, 26, 14, 30)),  # a time alone is today's
+        ("at 7:05:09.5", utc(2026, 11, 26, 7, 5, 9, 500000)),
+        ("noon", utc(2026, 11, 26, 12)),
+        ("yesterday midnight", utc(2026, 11, 25)),
+        ("  Yesterday   10:00 ", utc(2026, 11, 25, 10)),
+    ],
+)
+def test_day_and_time_of_day(text: str, expected: datetime) -> None:
+    assert parse_time(text, THURSDAY) == expected
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("last tuesday 10:00", utc(2026, 11, 24, 10, 0, 59, 999999)),  # to the minute: all of that minute
+        ("10:00:30", utc(2026, 11, 26, 10, 0, 30, 999999)),
+        ("10:00:30.25", utc(2026, 11, 26, 10, 0, 30, 250000)),  # a fraction given: exactly that
+        ("10am", utc(2026, 11, 26, 10)),  # an hour alone: its first instant, as 2026-11-26T10Z
+        ("noon", utc(2026, 11, 26, 12)),
+        ("last tuesday", utc(2026, 11, 24)),  # a day alone: its midnight, as a date alone
+    ],
+)
+def test_day_and_time_of_day_for_at(text: str, expected: datetime) -> None:
+    assert parse_time(text, THURSDAY, whole=True) == expected
+
+
+@pytest.mark.parametrize("text", ["10", "last", "last today", "next tuesday", "tuesday tuesday", "13pm", "0am",
+                                  "25:00", "10:61", "10:00 10:00", "yesterday 10", "at", "tuesday at", "10:0",
+                                  "１０:00", "lastt tuesday", "tuesday last 10:00", "", "  "])
+def test_bad_day_and_time_of_day(text: str) -> None:
+    with pytest.raises(UsageError, match=r"^cannot parse time .*'last tuesday 10:00'$"):
+        parse_time(text, THURSDAY)
+
+
+def test_day_and_time_of_day_are_local(new_york: None) -> None:
+    """The day is the local calendar's (late evening in New York is already the next day in UTC) and the time
+    of day local time, across a DST change (1 November 2026: EDT -> EST)."""
+    now = datetime.fromisoformat("2026-11-03T22:30:00-05:00")  # Tuesday evening; 03:30Z on Wednesday
+    assert parse_time("yesterday 10:00", now) == utc(2026, 11, 2, 15)
+    assert parse_time("last sunday 10:00", now) == utc(2026, 11, 1, 15)  # EST that day
+    assert parse_time("last saturday 10:00", now) == utc(2026, 10, 31, 14)  # EDT that day
+    assert parse_time("tuesday", now) == utc(2026, 11, 3, 5)
+    assert parse_time("21:00", now) == utc(2026, 11, 4, 2)
+    assert parse_time("1:30 sunday", now) == utc(2026, 11, 1, 5, 30)  # the repeated hour: its first instant (EDT)
+    assert parse_time("2:30 sunday", now) == utc(2026, 11, 1, 7, 30)

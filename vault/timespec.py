@@ -1,11 +1,12 @@
 """Parsing and formatting of times and durations given on the command line. Pure: the clock is passed in.
 
-* :func:`parse_time` -- ``--time``, ``--at``: ISO-8601, ``N UNIT ago``, ``now``/``today``/``yesterday``.
+* :func:`parse_time` -- ``--time``, ``--at``: ISO-8601, ``N UNIT ago``, ``now``, and a day and/or a time of day
+  (``yesterday``, ``last tuesday 10:00``, ``14:30``, ``fri 9am``).
 * :func:`format_time` -- the one text form of a snapshot time (``2026-11-20T10:00:00.000000Z``).
 * :func:`parse_duration` -- ``--keep-within``: ``1y6m``, ``30d``, ``2w``, ``12h`` (calendar years and months).
 * :func:`parse_wait` -- ``--lock-wait``: ``30s``, ``5m``, ``1h30m`` or bare seconds.
 
-Local time (an ISO-8601 time without offset, ``today``) is the system timezone, as ``datetime.astimezone()``
+Local time (an ISO-8601 time without offset, ``today``, ``10:00``) is the system timezone, as ``datetime.astimezone()``
 sees it; that reads the process's TZ setting, but nothing here touches the environment itself.
 """
 
@@ -15,7 +16,7 @@ import calendar
 import math
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 
 from vault.errors import UsageError
 
@@ -57,6 +58,21 @@ _UNIT_MONTHS = {"month": 1, "months": 1, "y": 12, "yr": 12, "yrs": 12, "year": 1
 
 _AGO = re.compile(r"(?P<n>\d+)\s*(?P<unit>[a-z]+)\s+ago", re.ASCII)
 
+_WEEKDAYS: dict[str, int] = {}
+for _day, _names in enumerate((("monday", "mon"), ("tuesday", "tue", "tues"), ("wednesday", "wed"),
+                               ("thursday", "thu", "thur", "thurs"), ("friday", "fri"), ("saturday", "sat"),
+                               ("sunday", "sun"))):
+    _WEEKDAYS.update(dict.fromkeys(_names, _day))
+_CLOCK = re.compile(  # a time of day: 10:00, 10:00:30, 10:00:30.5, 10am, 3:30 p.m., noon, midnight
+    r"""
+    (?P<hour>\d{1,2})
+    (?: :(?P<minute>\d{2}) (?: :(?P<second>\d{2}) (?:[.,](?P<fraction>\d+))? )? )?
+    (?: \s*(?P<half>a|p)\.?m\.? )?
+    | (?P<word>noon|midnight)
+    """,
+    re.VERBOSE | re.ASCII,
+)
+
 
 def _quote(text: str) -> str:
     """``'text'`` for a message, or its repr when it holds newlines or other unprintables (one-line errors)."""
@@ -96,24 +112,21 @@ def parse_time(text: str, now: datetime, whole: bool = False) -> datetime:
     without an offset the time is local; a date alone (``2026-11-20``) is local midnight; ``T`` may be a space
     and seconds, or minutes and seconds, may be left out; the basic form (``20261120T100000Z``) too. Fractional seconds beyond microseconds are truncated. Also ``N UNIT ago`` (units
     s/sec/second, min/minute, h/hour, d/day, w/week, month, y/year (months and years on the calendar, the day
-    clamped to the month's end), plural ok, ``N`` a whole number), ``now``, ``today`` and ``yesterday`` (local
-    midnight). ``now`` is the clock; naive means local.
+    clamped to the month's end), plural ok, ``N`` a whole number), ``now``, and a local day and/or a time of
+    day (``today``, ``yesterday``, ``tuesday``, ``last tue``, alone their midnight; ``10:00``, ``at 9:30pm``,
+    ``noon`` on it, alone today's: :func:`_day_and_clock`). ``now`` is the clock; naive means local.
 
     ``whole`` (for ``--at``, "at or before"): an ISO time given to the second or the minute stands for all of
     that second or minute -- its last microsecond -- so a time copied from text output, which shows whole
-    seconds, selects the snapshot taken in that second. A date alone stays its midnight, an hour alone its
-    first instant ("as it was at 9" is 09:00:00, not a snapshot taken at 09:45).
+    seconds, selects the snapshot taken in that second (a time of day too: ``yesterday 10:00`` is up to
+    10:00:59.999999). A date alone stays its midnight, an hour alone its first instant ("as it was at 9" is
+    09:00:00, not a snapshot taken at 09:45; ``9am`` too).
     """
     raw = text.strip()
     lowered = raw.lower()
     try:
         if lowered == "now":
             return to_utc(now)
-        if lowered in ("today", "yesterday"):
-            local = now.astimezone()
-            if lowered == "yesterday":
-                local = local.replace(tzinfo=None) - timedelta(days=1)
-            return _local_midnight_utc(local)
         match = _AGO.fullmatch(lowered)
         if match and match["unit"] in _UNIT_SECONDS:
             return to_utc(now) - timedelta(seconds=int(match["n"]) * _UNIT_SECONDS[match["unit"]])
@@ -131,11 +144,71 @@ def parse_time(text: str, now: datetime, whole: bool = False) -> datetime:
                 span = timedelta(seconds=1) if match["second"] is not None else timedelta(minutes=1)
                 when += span - timedelta(microseconds=1)
             return when
+        day = _day_and_clock(lowered, now, whole)
+        if day is not None:
+            return day
     except (ValueError, OverflowError):
         pass
     raise UsageError(
-        f"cannot parse time {_quote(text)}: use ISO-8601 (2026-11-20T10:00:00Z) or 'N days ago'"
+        f"cannot parse time {_quote(text)}: use ISO-8601 (2026-11-20T10:00:00Z), 'N days ago' or "
+        "'last tuesday 10:00'"
     )
+
+
+def _day_and_clock(lowered: str, now: datetime, whole: bool) -> datetime | None:
+    """A local day (``today``, ``yesterday``, ``tuesday``: the latest Tuesday up to today, ``last tuesday``:
+    before today) and/or a time of day on it (``10:00``, ``at 10:00``, ``9:30pm``, ``noon``; either order):
+    the day alone is its local midnight, a time alone is today's. None when ``lowered`` is not such a
+    phrase; ValueError for an impossible time. ``whole`` as in :func:`parse_time`: a time given to the minute
+    or second stands for all of it; an hour (``10am``, ``noon``) is its first instant."""
+    words = lowered.split()
+    if not words:
+        return None
+    day, rest = _day(words, now)
+    if day is None:
+        day, rest = _day(words[::-1], now, backwards=True)
+        rest = rest[::-1]
+    if rest[:1] == ["at"]:
+        rest = rest[1:] or ["at"]  # ("tuesday at": no time of day)
+    clock = _CLOCK.fullmatch(" ".join(rest)) if rest else None
+    if rest and (clock is None or (clock["minute"] is None and clock["half"] is None and clock["word"] is None)):
+        return None  # (a bare "10" is no time of day)
+    if day is None and clock is None:
+        return None
+    if day is None:
+        day = now.astimezone().date()
+    if clock is None:
+        return _local_midnight_utc(datetime(day.year, day.month, day.day))
+    if clock["word"]:
+        hour, minute, second, micro = (12 if clock["word"] == "noon" else 0), 0, 0, 0
+    else:
+        hour, minute, second = int(clock["hour"]), int(clock["minute"] or 0), int(clock["second"] or 0)
+        micro = int((clock["fraction"] or "")[:6].ljust(6, "0"))
+        if clock["half"]:
+            if not 1 <= hour <= 12:
+                raise ValueError("hour out of range for am/pm")
+            hour = hour % 12 + (12 if clock["half"] == "p" else 0)
+    when = to_utc(datetime(day.year, day.month, day.day, hour, minute, second, micro))
+    if whole and clock["minute"] is not None and clock["fraction"] is None:
+        when += (timedelta(seconds=1) if clock["second"] is not None else timedelta(minutes=1)) - \
+            timedelta(microseconds=1)
+    return when
+
+
+def _day(words: list[str], now: datetime, backwards: bool = False) -> tuple[date | None, list[str]]:
+    """The local date the first words of ``words`` name (the last ones, reversed, with ``backwards``), and
+    the words left; (None, ``words``) when they name no day."""
+    today = now.astimezone().date()
+    if words[:1] == ["today"]:
+        return today, words[1:]
+    if words[:1] == ["yesterday"]:
+        return today - timedelta(days=1), words[1:]
+    last = words[1:2] == ["last"] if backwards else words[:1] == ["last"]
+    name = words[0] if backwards or not last else (words[1] if len(words) > 1 else "")
+    if name not in _WEEKDAYS:
+        return None, words
+    back = (today.weekday() - _WEEKDAYS[name]) % 7 or (7 if last else 0)
+    return today - timedelta(days=back), words[2:] if last else words[1:]
 
 
 def _from_iso(match: re.Match[str]) -> datetime:

@@ -105,7 +105,7 @@ def init(pack_size: int, compression_level: int, chunk_min: int, chunk_avg: int,
 @click.argument("paths", nargs=-1, type=click.Path(readable=False))
 @click.option("--tag", "tags", multiple=True, metavar="TAG", help="Tag the snapshot (repeatable; a,b: two tags).")
 @click.option("--host", metavar="HOST", help="Host name to record (default: this machine's).")
-@click.option("--time", "time_", metavar="TIME", help="Record TIME (ISO-8601) as the snapshot's time.")
+@click.option("--time", "time_", metavar="TIME", help="Record TIME (ISO-8601, or as --at takes it) as the snapshot's time.")
 @click.option("-e", "--exclude", "excludes", multiple=True, metavar="GLOB", help="Skip matching paths "
               "(repeatable; without '/' matches a name at any depth).")
 @click.option("--exclude-file", "exclude_files", multiple=True, type=click.Path(dir_okay=False),

@@ -29,7 +29,8 @@ def _target(ctx, param, value: str) -> str:
 @click.option("-t", "--target", required=True, metavar="DIR", callback=_target,
               help="Directory to restore into.")
 @click.option("--at", "at", metavar="TIME", help="Instead of SNAPSHOT: the newest snapshot taken at or before "
-              "TIME (ISO-8601 or 'N days ago').")
+              "TIME: ISO-8601, 'N days ago', or a day and/or a time of day ('last tuesday 10:00', "
+              "'yesterday 18:00', '14:30').")
 @click.option("-i", "--include", "includes", multiple=True, metavar="GLOB", help="Restore only matching paths.")
 @click.option("-e", "--exclude", "excludes", multiple=True, metavar="GLOB", help="Do not restore matching paths.")
 @click.option("--iinclude", "iincludes", multiple=True, metavar="GLOB", help="As --include, ignoring case.")
@@ -47,7 +48,7 @@ def restore(snapshot: str | None, target: str, at: str | None, includes: tuple[s
     Every block is checked against its hash. A file with damaged or missing data is named and not left
     behind; everything else is restored; exit 20.
 
-    Example: vault --repo /srv/backup restore --at '2026-11-24T10:00' --target /tmp/r --include /etc
+    Example: vault --repo /srv/backup restore --at 'last tuesday 10:00' --target /tmp/r --include /etc
     """
     c = get_ctx()
     if snapshot and at:
@@ -117,7 +118,8 @@ def restore(snapshot: str | None, target: str, at: str | None, includes: tuple[s
 @cli.command()
 @click.argument("args", nargs=-1, required=True, metavar="[SNAPSHOT] PATH")
 @click.option("--at", "at", metavar="TIME", help="Instead of SNAPSHOT: the newest snapshot taken at or before "
-              "TIME (ISO-8601 or 'N days ago').")
+              "TIME: ISO-8601, 'N days ago', or a day and/or a time of day ('last tuesday 10:00', "
+              "'yesterday 18:00', '14:30').")
 @click.option("--host", "hosts", multiple=True, help="With latest/--at: only snapshots of this host.")
 @click.option("--tag", "tags", multiple=True, help="With latest/--at: only snapshots with this tag.")
 @click.option("--path", "paths", multiple=True, help="With latest/--at: only snapshots of this path.")
