@@ -282,7 +282,24 @@ def test_password_command(repo, tmp_path):
     assert c_env("--json", "snapshots").json == []
     line = one_error_line(c("snapshots", "--password-command", "false", ok=False), 1)
     assert "password command" in line
-    one_error_line(c("snapshots", "--password-command", str(tmp_path / "no-such-program"), ok=False), 1)
+    line = one_error_line(c("snapshots", "--password-command", str(tmp_path / "no-such-program"), ok=False), 1)
+    assert "'" + str(tmp_path / "no-such-program") + "' could not run: No such file or directory" in line
+
+
+def test_a_password_command_not_in_path_is_named_with_the_path(repo, tmp_path):
+    """The classic cron failure: a helper found in an interactive shell's PATH, not in cron's /usr/bin:/bin.
+    The message named neither the program nor PATH (only the program is named: its arguments may be secret)."""
+    c = _without_password(repo)
+    p = c.proc("snapshots", env={"VAULT_PASSWORD": "", "VAULT_PASSWORD_COMMAND": "getpw-nowhere --secret s3cr3t",
+                                 "PATH": "/usr/bin:/bin"},
+               stdin=subprocess.DEVNULL)
+    assert p.returncode == 1 and p.stderr == (b"vault: password command 'getpw-nowhere' could not run: No such file or "
+                                              b"directory (not found in PATH=/usr/bin:/bin)\n"), p.stderr
+    script = tmp_path / "getpw"
+    script.write_text("#!/bin/sh\necho x\n")
+    script.chmod(0o644)
+    p = c.proc("snapshots", env={"VAULT_PASSWORD": "", "VAULT_PASSWORD_COMMAND": str(script)}, stdin=subprocess.DEVNULL)
+    assert p.returncode == 1 and p.stderr.decode() == f"vault: password command '{script}' could not run: Permission denied\n"
 
 
 def test_password_file_used_by_init(cli, tmp_path):

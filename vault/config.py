@@ -124,14 +124,18 @@ def _read_password_file(path: str) -> bytes:
 
 def _run_password_command(cmd: str, timeout: float = 120.0) -> bytes:
     """The command's output, once it has exited: a background process it left holding the output open is not
-    waited for. The command line is not repeated in messages (it may hold a secret)."""
+    waited for. The command line is not repeated in messages (it may hold a secret), only the program's name."""
     try:
         argv = shlex.split(cmd)
         if not argv:  # (' ': Popen([]) is an IndexError -- it was an internal error)
             raise ValueError("it is empty")
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
-    except (OSError, ValueError) as exc:
-        raise NoPassword(f"password command could not run: {getattr(exc, 'strerror', None) or exc}") from None
+    except ValueError as exc:
+        raise NoPassword(f"password command could not run: {exc}") from None
+    except OSError as exc:  # name the program (under cron's PATH=/usr/bin:/bin one in /usr/local/bin is not found)
+        where = (f" (not found in PATH={os.environ.get('PATH', os.defpath)})"
+                 if isinstance(exc, FileNotFoundError) and "/" not in argv[0] else "")
+        raise NoPassword(f"password command {argv[0]!r} could not run: {exc.strerror or exc}{where}") from None
     try:
         return _password_output(proc, timeout)
     except BaseException:  # (Ctrl-C, SIGTERM: vault stops, and does not leave the command running on its own)
