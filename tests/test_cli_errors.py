@@ -985,6 +985,11 @@ def test_lists_without_end_and_blank_commands_and_odd_zones_are_one_line(repo, t
     assert p.returncode == 1 and p.stderr == b"vault: password command could not run: it is empty\n", p.stderr
     p = repo.proc("snapshots", env={"TZ": "UTC+24"}, stdin=subprocess.DEVNULL)
     assert p.returncode == 0 and b"internal error" not in p.stderr and b"times are shown and read in UTC" in p.stderr
+    # with -q, nothing on success (cron mailed the warning every night)
+    p = repo.proc("-q", "snapshots", env={"TZ": "UTC+24"}, stdin=subprocess.DEVNULL)
+    assert p.returncode == 0 and p.stderr == b"", p.stderr
+    p = repo.proc("-q", "ls", "no-such-snapshot", env={"TZ": "UTC+24"}, stdin=subprocess.DEVNULL)
+    assert p.returncode != 0 and p.stderr.count(b"\n") == 1 and b"UTC" not in p.stderr, p.stderr
     p = repo.proc("ls", "latest", "\x1b]0;pwned\x07", "extra", stdin=subprocess.DEVNULL)
     assert p.returncode == 2 and p.stderr.count(b"\n") == 1 and b"\x1b" not in p.stderr, p.stderr
     with open("/dev/full", "wb") as full:

@@ -338,6 +338,20 @@ def drop_dead_stderr() -> None:
         pass
 
 
+_start_warnings: list[str] = []  # said when the command's options are known: not with -q
+
+
+def warn_at_start(line: str) -> None:
+    """A warning found before the command line was parsed (the time zone): said on stderr by the command's
+    first ``get_ctx``, unless -q (nothing on success: a cron job's mail every night)."""
+    _start_warnings.append(line)
+
+
+def forget_start_warnings() -> None:
+    """At the start of a command: none left over from an earlier one in this process (a usage error came first)."""
+    _start_warnings.clear()
+
+
 def get_ctx() -> Ctx:
     ctx = click.get_current_context()
     g = ctx.find_root().meta.get(_KEY, {})
@@ -349,8 +363,12 @@ def get_ctx() -> Ctx:
                  s3_endpoint=g.get("s3_endpoint"), lock_wait=parse_wait(wait) if wait is not None else None,
                  jobs=g.get("jobs") or 0, connections=g.get("connections") or 0,
                  s3_storage_class=g.get("s3_storage_class"), no_lock=bool(g.get("no_lock")))
-    return Ctx(settings=s.resolved(), json=bool(g.get("json_out")), quiet=bool(g.get("quiet")),
-               verbose=int(g.get("verbose") or 0))
+    c = Ctx(settings=s.resolved(), json=bool(g.get("json_out")), quiet=bool(g.get("quiet")),
+            verbose=int(g.get("verbose") or 0))
+    for line in _start_warnings if not c.quiet else ():
+        stderr_line(line)
+    _start_warnings.clear()
+    return c
 
 
 def human_bytes(n: float) -> str:

@@ -24,7 +24,7 @@ from . import _interrupted_while_loading
 from ..config import use_utc_if_zone_unusable
 from ..errors import VaultError, VaultWarning
 from ..model import DEEPEST
-from .common import global_options, printable, stderr_line
+from .common import forget_start_warnings, global_options, printable, stderr_line, warn_at_start
 from .memory import tune_malloc
 
 
@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     global _sigints, _terminated, _verbose
     _sigints, _terminated = 0, 0
     stopsignals.reset()
+    forget_start_warnings()
     _register()
     tune_malloc()
     if signal.getsignal(signal.SIGINT) in (_interrupted_while_loading, signal.default_int_handler):
@@ -223,7 +224,7 @@ def _usable_time_zone() -> None:
     """A local time zone Python cannot represent: UTC instead, said once (``config.use_utc_if_zone_unusable``)."""
     problem = use_utc_if_zone_unusable()
     if problem:
-        stderr_line(printable(f"vault: warning: {problem}"))
+        warn_at_start(printable(f"vault: warning: {problem}"))
 
 
 _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # (click 8.2 and later)
