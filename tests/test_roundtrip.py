@@ -868,3 +868,22 @@ def test_hardlinked_fifos_symlinks_and_devices_stay_linked(repo, tmp_path):
         assert os.lstat(r / a).st_nlink == 2
     assert os.readlink(r / "sl2") == "target"
     assert "other (fifos, devices)" in out
+
+
+def test_a_target_made_under_umask_000_is_not_world_writable(repo, tmp_path):
+    """Cron daemons and service managers may run jobs under umask 000: the --target a restore made (and the
+    directories above it) were 0777, so any local user could rename a root restore's top directory and plant
+    their own. restic makes it 0700; vault 0755 at most (the umask still narrows it)."""
+    src = make_tree(tmp_path / "src", {"d": {"f": b"x"}})
+    (src / "d").chmod(0o777)  # (the snapshot's own modes are restored as they were)
+    repo("backup", src)
+    for umask, want in ((0o000, 0o755), (0o077, 0o700)):
+        target = tmp_path / f"a{umask}" / "b" / "t"
+        p = repo.proc("restore", "latest", "--target", target, preexec_fn=lambda u=umask: os.umask(u))
+        assert p.returncode == 0, p.stderr
+        for d in (target, target.parent, target.parent.parent):
+            assert stat.S_IMODE(d.stat().st_mode) == want, (umask, d)
+        assert stat.S_IMODE((restored(target, src) / "d").stat().st_mode) == 0o777
+    (tmp_path / "file").write_bytes(b"")
+    line = repo("restore", "latest", "--target", tmp_path / "file", ok=False).err.strip()
+    assert line.endswith("exists and is not a directory"), line

@@ -982,8 +982,21 @@ class Restorer:
         submit(batch)
 
     def _make_target(self) -> None:
+        """--target and any missing directory above it, each made 0755 at most (less under the umask): under
+        umask 000 (some cron daemons and service managers) they were 0777, and any local user could rename a
+        root restore's top directory and plant their own."""
         try:
-            os.makedirs(self._target, exist_ok=True)
+            missing, p = [], self._target
+            while not os.path.lexists(p):
+                missing.append(p)
+                p = os.path.dirname(p)
+            for d in reversed(missing):
+                try:
+                    os.mkdir(d, 0o755)
+                except FileExistsError:  # (made meanwhile by another process)
+                    pass
+            if not os.path.isdir(self._target):
+                raise FileExistsError
         except FileExistsError:  # a file, or a symlink to nowhere
             raise VaultError(f"--target {_show(self._target)} exists and is not a directory") from None
         except OSError as exc:
