@@ -664,6 +664,34 @@ def test_an_empty_or_relative_home_takes_the_users_home_from_the_password_databa
     assert default_cache_dir() == os.path.join(pwd.getpwuid(os.getuid()).pw_dir, ".cache", "vault")
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="root only")
+def test_root_never_takes_another_users_home_for_its_cache(monkeypatch, tmp_path):
+    """`sudo` without -H keeps the user's HOME: a root vault made its cache (a root-owned ~/.cache) in a home the
+    user can rename things in -- swapping directories there, the user read the catalog's file names (found by
+    the cron helper round). Root's own home from the password database is taken instead; so for an
+    XDG_CACHE_HOME in another user's directory. The user's own and root's own are kept."""
+    import pwd
+
+    from vault.config import default_cache_dir
+
+    theirs, mine = tmp_path / "alice", tmp_path / "root"
+    theirs.mkdir()
+    mine.mkdir()
+    os.chown(theirs, 12345, 12345)
+    roots = os.path.join(pwd.getpwuid(0).pw_dir, ".cache", "vault")
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(theirs))
+    assert default_cache_dir() == roots
+    monkeypatch.setenv("HOME", str(theirs / "not-made-yet"))  # (the nearest directory that exists counts)
+    assert default_cache_dir() == roots
+    monkeypatch.setenv("HOME", str(mine))
+    assert default_cache_dir() == str(mine / ".cache" / "vault")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(theirs / "cache"))
+    assert default_cache_dir() == str(mine / ".cache" / "vault")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(mine / "xdg"))
+    assert default_cache_dir() == str(mine / "xdg" / "vault")
+
+
 def test_snapshots_text_output_shows_no_control_characters(repo, src):
     """A host or tag with a newline or a terminal escape sequence (OSC) is shown with '?' in the text
     listing (one line per snapshot, nothing sent to the terminal); JSON keeps it exactly."""

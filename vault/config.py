@@ -74,12 +74,30 @@ def _int_env(name: str, low: int, high: int) -> int:
     return int(v)
 
 
+def _another_users(path: str) -> bool:
+    """Run as root: whether ``path`` (or, when missing, the nearest directory above it) belongs to another user.
+    ``sudo`` without ``-H`` keeps the user's HOME: a root vault made its cache in a home that user can rename
+    things in (and read the file names through a swapped directory), and the user's own ``.cache`` root's."""
+    if os.geteuid() != 0:
+        return False
+    while True:
+        try:
+            return os.stat(path).st_uid != 0
+        except FileNotFoundError:
+            parent = os.path.dirname(path)
+            if parent == path:
+                return False
+            path = parent
+        except OSError:
+            return False
+
+
 def _home() -> str:
-    """$HOME when it is an absolute path, else the user's home in the password database: an empty or relative
-    HOME (``HOME= vault ...``, a stripped-down cron or container environment) put the cache in /.cache or below
-    wherever the command ran."""
+    """$HOME when it is an absolute path (for root: its own), else the user's home in the password database: an
+    empty or relative HOME (``HOME= vault ...``, a stripped-down cron or container environment) put the cache in
+    /.cache or below wherever the command ran."""
     home = os.environ.get("HOME", "")
-    if os.path.isabs(home):
+    if os.path.isabs(home) and not _another_users(home):
         return home
     try:
         import pwd
@@ -96,7 +114,7 @@ def _home() -> str:
 def default_cache_dir() -> str:
     xdg = os.environ.get("XDG_CACHE_HOME", "")
     # the XDG spec: a relative value is invalid and ignored (it would put the cache wherever the command runs)
-    base = xdg if os.path.isabs(xdg) else os.path.join(_home(), ".cache")
+    base = xdg if os.path.isabs(xdg) and not _another_users(xdg) else os.path.join(_home(), ".cache")
     return os.path.join(base, "vault")
 
 
