@@ -2,6 +2,7 @@
 Go and JavaScript turn into U+FFFD), their exact bytes in base64, in every document that names files -- as
 ls --json gives path_b64."""
 import base64
+import json
 import os
 
 from conftest import make_tree
@@ -39,3 +40,30 @@ def test_non_utf8_paths_come_with_their_bytes_in_every_json_document(repo, tmp_p
     named = {base64.b64decode(d["path_b64"]) for d in res["damaged"] if "path_b64" in d}
     assert bad in named, res["damaged"]
     assert all("path_b64" not in d for d in res["damaged"] if d["path"].isascii())
+
+
+def test_names_are_utf8_whatever_the_locale(repo, tmp_path):
+    """Under a locale whose charset is not UTF-8 (here ASCII: LC_ALL=C with PYTHONUTF8=0; ISO-8859-1 alike),
+    Python decoded names with that charset: `ls --json` gave a valid UTF-8 name as "caf\\udcc3\\udca9.txt" with
+    no path_b64 (a name that does not exist), and the snapshot's paths were stored in the manifest so (found by
+    the cron helper round). Names are UTF-8 in JSON and manifests, whatever the locale."""
+    src = tmp_path / "dé"
+    src.mkdir()
+    (src / "café.txt").write_bytes(b"x")
+    latin1 = os.fsencode(src) + b"/caf\xe9.txt"
+    with open(latin1, "wb") as f:
+        f.write(b"y")
+    env = {"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+
+    def run(*args):
+        p = repo.proc("--json", *args, env=env)
+        assert p.returncode == 0, p.stderr
+        return json.loads(p.stdout)
+
+    run("backup", src)  # (the arguments go out as UTF-8 bytes: this process's encoding)
+    assert run("snapshots")[0]["paths"] == [str(src)]
+    entries = {e["path"]: e for e in run("ls", "latest")["entries"]}
+    assert "path_b64" not in entries[str(src / "café.txt")]
+    assert base64.b64decode(entries[os.fsdecode(latin1)]["path_b64"]) == latin1
+    assert [e["path"] for e in run("ls", "latest", src / "café.txt")["entries"]] == [str(src / "café.txt")]
+    assert repo("--json", "snapshots").json[0]["paths"] == [str(src)]  # (and the same in a UTF-8 locale)

@@ -6,6 +6,7 @@ found, 11 repository locked, 12 wrong password, 20 verify/restore found damage.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import errno
 import gc
@@ -255,8 +256,26 @@ def _harden() -> None:
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
+def _in_utf8_mode() -> None:
+    """Names are bytes, shown and stored as UTF-8 whatever the locale (a manifest's ``paths``, docs/format.md;
+    every --json path): under a locale whose charset is not UTF-8 (ISO-8859-1, EUC-JP; or PYTHONUTF8=0 with
+    LC_ALL=C) Python decoded them with that charset -- a valid UTF-8 name came out of --json as mojibake, with no
+    ``path_b64``, and a snapshot's paths were stored so. The interpreter is started again in UTF-8 mode, with
+    the same arguments as bytes (in that mode every name still round-trips: what is not UTF-8 is escaped)."""
+    if sys.flags.utf8_mode or codecs.lookup(sys.getfilesystemencoding()).name == "utf-8" or not sys.executable:
+        return
+    flags = [f for f, on in (("-E", sys.flags.ignore_environment), ("-s", sys.flags.no_user_site),
+                             ("-I", sys.flags.isolated), ("-P", getattr(sys.flags, "safe_path", False))) if on]
+    argv = [sys.executable, *flags, "-X", "utf8", "-m", "vault", *(os.fsencode(a) for a in sys.argv[1:])]
+    try:
+        os.execv(sys.executable, argv)
+    except OSError:  # (no way to start it again: the locale's charset, as before)
+        pass
+
+
 def entry() -> None:
     """The ``vault`` console script: process-wide tuning that a library user keeps control of, then main."""
+    _in_utf8_mode()
     _harden()
     # sqlite-utils imports numpy when it is installed (only to convert numpy values); vault never passes
     # any, and numpy costs ~100 ms of start-up plus an OpenBLAS thread pool that spins beside the workers.
