@@ -596,6 +596,22 @@ def test_diff_reports_metadata_and_type_changes(repo, tmp_path):
     assert set(out["added"]) == {f"{s}/f/inside"}
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="mknod needs root")
+def test_diff_reports_a_device_whose_number_changed(repo, tmp_path):
+    """A device node's number is its content (restoring B makes another device than A): diff said nothing."""
+    src = tmp_path / "src"
+    src.mkdir()
+    os.mknod(src / "dev", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    os.utime(src / "dev", ns=(10**18, 10**18))
+    a = repo("--json", "backup", src).json["snapshot_id"]
+    os.unlink(src / "dev")
+    os.mknod(src / "dev", 0o600 | stat.S_IFCHR, os.makedev(1, 5))
+    os.utime(src / "dev", ns=(10**18, 10**18))
+    os.utime(src, ns=(10**18, 10**18))
+    b = repo("--json", "backup", src).json["snapshot_id"]
+    assert f"{src}/dev" in repo("--json", "diff", a, b).json["modified"]
+
+
 def test_diff_of_a_deep_tree(repo, tmp_path):
     """diff walks with a stack: a change 1,200 levels down is found (in a fresh process, default recursion
     limit), not a RecursionError."""

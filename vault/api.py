@@ -684,7 +684,7 @@ def diff(sess: Session, a: Snapshot, b: Snapshot) -> DiffResult:
     out = DiffResult()
 
     def content(n: Node) -> tuple:
-        return (n.type, n.size, n.blocks, n.target, n.mode, n.mtime_ns, n.uid, n.gid, n.xattrs)
+        return (n.type, n.size, n.blocks, n.target, n.rdev, n.mode, n.mtime_ns, n.uid, n.gid, n.xattrs)
 
     def meta(n: Node) -> tuple:
         return (n.mode, n.mtime_ns, n.uid, n.gid, n.xattrs)
