@@ -457,22 +457,24 @@ class Restorer:
                        buf: Scratch, local: bool) -> None:
         """Decrypt and decompress into ``buf`` (one per CPU slot, reused: no fresh pages faulted in) and write."""
         for entry, users in items:
-            plain, problem = None, None
+            plain, problem, runs = None, None, []
             if data is None:
                 problem = why
             else:
                 try:
                     plain = self.repo.open_block_into(entry, data[entry.offset - start : entry.offset - start + entry.length],
                                                       buf)
-                except IntegrityError as exc:
+                    runs = _data_runs(plain)  # (once for all its users: a sparse file's zero block is in it
+                except IntegrityError as exc:  # every 8 MiB -- 131,072 times a TiB, each scanned, each an open)
                     problem = f"damaged: {exc}"
                     with self._lock:
                         self.result.failed.setdefault(pid, set()).add(entry.block_id)
             for task, off in users:
-                self._write(task, off, plain, problem, local and data is None)
+                self._write(task, off, plain, problem, local and data is None, runs)
 
     def _write(self, task: _FileTask, offset: int, plain: bytes | None, problem: str | None,
-               local: bool = False) -> None:
+               local: bool = False, runs: list[tuple[int, int]] | None = None) -> None:
+        """``runs``: ``plain``'s data runs (``_data_runs``), when known."""
         fd = None
         with task.lock:
             if problem is not None:
@@ -480,7 +482,7 @@ class Restorer:
                     task.problem, task.local = problem, local
             elif task.problem is None:
                 try:  # the file's last block: its descriptor stays open for _finish_file (one open, not two)
-                    fd = self._write_block(task, offset, plain, keep=task.remaining == 1)
+                    fd = self._write_block(task, offset, plain, keep=task.remaining == 1, runs=runs)
                 except OSError as exc:
                     task.problem, task.local = f"cannot write it: {exc.strerror}", True
             task.remaining -= 1
@@ -515,13 +517,19 @@ class Restorer:
             task.owner_ok = (st.st_uid, st.st_gid) == (task.node.uid, task.node.gid)
         return fd
 
-    def _write_block(self, task: _FileTask, offset: int, plain: bytes | memoryview, keep: bool = False) -> int | None:
-        """Write one block's data runs at ``offset``; the descriptor is returned open when ``keep``."""
+    def _write_block(self, task: _FileTask, offset: int, plain: bytes | memoryview, keep: bool = False,
+                     runs: list[tuple[int, int]] | None = None) -> int | None:
+        """Write one block's data runs (``runs``, else found here) at ``offset``; the descriptor is returned open
+        when ``keep``. A block of zeros writes nothing and opens nothing (``_finish_file`` makes the file and
+        gives it its size)."""
+        view = memoryview(plain)  # (slicing bytes would copy)
+        runs = _data_runs(view) if runs is None else runs
+        if not runs:  # zero runs stay holes (the temp file is new: holes read as zeros)
+            return None
         fd = self._open_tmp(task)
         try:
             written = 0
-            view = memoryview(plain)  # (slicing bytes would copy)
-            for a, b in _data_runs(view):  # zero runs stay holes (the temp file is new: holes read as zeros)
+            for a, b in runs:
                 _pwrite_all(fd, view[a:b], offset + a)
                 task.end = max(task.end, offset + b)
                 written += b - a
