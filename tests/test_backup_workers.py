@@ -259,8 +259,12 @@ def test_a_cancelled_reader_reads_nothing_more(tmp_path):
     assert reader.read_files([(bytes(f), b"big.bin", here)])[0].error == "cancelled" and len(stored) == 2
 
 
-def test_a_file_swapped_for_a_fifo_is_an_error_not_a_hang(tmp_path):
-    """Replaced by a FIFO between the directory listing and the read: the open must not wait for a writer."""
+@pytest.mark.parametrize("kind", ["fifo", "symlink", "dir"])
+def test_a_file_swapped_for_another_kind_is_left_out_not_an_error_nor_a_hang(tmp_path, kind):
+    """Replaced by a FIFO between the directory listing and the read: the open must not wait for a writer. By a
+    symlink (`ln -sfn`, a deploy's `current -> releases/N`), a FIFO or a directory: it was an error -- exit 3,
+    "unreadable", for a symlink ELOOP's "Too many levels of symbolic links" -- where a file deleted is a
+    warning: left out as deleted (the next backup stores it), and said so (found by the live-tree helper)."""
     import hashlib
     from types import SimpleNamespace
 
@@ -271,7 +275,7 @@ def test_a_file_swapped_for_a_fifo_is_an_error_not_a_hang(tmp_path):
     repo = SimpleNamespace(config=SimpleNamespace(chunker=params), chunker=Chunker(params, 5),
                            block_id=lambda data: hashlib.sha256(data).digest())
     fifo = tmp_path / "was-a-file"
-    os.mkfifo(fifo)
+    {"fifo": os.mkfifo, "dir": os.mkdir, "symlink": lambda p: os.symlink("/etc/passwd", p)}[kind](fifo)
     reader = filereader.FileReader(repo, claims.Claims(), lambda *a: 1, lambda bid: False, lookups=False)
     signal.signal(signal.SIGALRM, lambda *a: pytest.fail("opening a FIFO hung"))
     signal.alarm(5)
@@ -279,7 +283,9 @@ def test_a_file_swapped_for_a_fifo_is_an_error_not_a_hang(tmp_path):
         (res,) = reader.read_files([(bytes(fifo), b"was-a-file", (tmp_path.stat().st_dev, tmp_path.stat().st_ino))])
     finally:
         signal.alarm(0)
-    assert res.error == "changed type while being backed up" and res.node is None
+    assert res.error is None and res.node is None and not res.vanished
+    assert res.replaced_by == {"fifo": "a FIFO", "dir": "a directory", "symlink": "a symbolic link"}[kind]
+    assert filereader.from_wire(filereader.to_wire(res)) == res
 
 
 @pytest.mark.parametrize("jobs", ["1", "2"])

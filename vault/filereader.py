@@ -7,6 +7,7 @@ this run (``claims``, shared by every worker) and, when the index may hold some 
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import threading
@@ -53,6 +54,7 @@ class FileResult:
     blocks_added: int = 0
     error: str | None = None
     vanished: bool = False  # deleted between the directory listing and the read: not in the snapshot, no error
+    replaced_by: str | None = None  # no longer a file ("a symbolic link"...) at the read: as vanished, said so
     changed_while_reading: bool = False
     note: str | None = None  # a warning about the file (its extended attributes could not be stored)
 
@@ -63,16 +65,22 @@ def to_wire(res: FileResult) -> tuple:
     n = res.node
     node = None if n is None else (n.name, n.type, n.mode, n.uid, n.gid, n.size, n.mtime_ns, n.ctime_ns, n.inode,
                                    n.dev, n.nlink, b"".join(n.blocks), n.rdev, n.xattrs)
-    return node, res.read, res.added, res.blocks_added, res.error, res.vanished, res.changed_while_reading, res.note
+    return (node, res.read, res.added, res.blocks_added, res.error, res.vanished, res.changed_while_reading, res.note,
+            res.replaced_by)
 
 
 def from_wire(t: tuple) -> FileResult:
-    node, read, added, blocks_added, error, vanished, changed, note = t
+    node, read, added, blocks_added, error, vanished, changed, note, replaced_by = t
     if node is not None:
         name, typ, mode, uid, gid, size, mtime, ctime, inode, dev, nlink, blocks, rdev, xattrs = node
         node = Node(name, typ, mode, uid, gid, size, mtime, ctime, inode, dev, nlink, split_ids(blocks), rdev=rdev,
                     xattrs=xattrs)
-    return FileResult(node, read, added, blocks_added, error, vanished, changed, note)
+    return FileResult(node, read, added, blocks_added, error, vanished, replaced_by=replaced_by,
+                      changed_while_reading=changed, note=note)
+
+
+_KINDS = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a device", stat.S_IFBLK: "a device",
+          stat.S_IFSOCK: "a socket"}
 
 
 class FileReader:
@@ -153,12 +161,15 @@ class FileReader:
         except OSError as exc:
             if exc.errno in MACHINE_LIMITS:  # this machine's limits, not the file's:
                 raise  # the backup fails (exit 1), never a snapshot missing the files that could not be opened
+            if exc.errno == errno.ELOOP:  # (O_NOFOLLOW: a symlink now -- `ln -sfn`, a deploy's `current`)
+                res.replaced_by = "a symbolic link"
+                return res
             res.error = exc.strerror or str(exc)
             return res
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                res.error = "changed type while being backed up"
+                res.replaced_by = _KINDS.get(stat.S_IFMT(st.st_mode), "something else")
                 return res
             started = time.time_ns()
             node = node_from_stat(name, st)
