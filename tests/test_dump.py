@@ -214,14 +214,17 @@ def test_dump_keeps_each_mtime_exact_to_the_nanosecond(cli, tmp_path):
         assert os.stat(out / str(src).lstrip("/") / n).st_mtime_ns == ns, n
 
 
-def test_a_hardlinked_symlink_is_one_tar_link_as_gnu_tar_writes_it(cli, tmp_path):
-    """Two names of one symlink inode (`ln -P`): restore keeps them linked, but dump wrote two separate symlinks,
-    where GNU tar writes a hard link (usage.md: "hard links within it as tar links")."""
+def test_a_hardlinked_symlink_or_fifo_is_one_tar_link(cli, tmp_path):
+    """Two names of one symlink inode (`ln -P`), or of one FIFO: restore keeps them linked, but dump wrote two
+    separate entries, where GNU tar writes a hard link for a symlink (usage.md: "hard links within it as tar
+    links")."""
     src = tmp_path / "src"
     (src / "x").mkdir(parents=True)
     (src / "y").mkdir()
     os.symlink("target-of-sl", src / "x" / "sl")
     os.link(src / "x" / "sl", src / "y" / "sl2", follow_symlinks=False)
+    os.mkfifo(src / "x" / "ff")
+    os.link(src / "x" / "ff", src / "y" / "ff2")
     cli("init", *FAST_INIT)
     cli("backup", src)
     with tarfile.open(fileobj=io.BytesIO(_dump(cli, "latest", src))) as tf:
@@ -229,9 +232,12 @@ def test_a_hardlinked_symlink_is_one_tar_link_as_gnu_tar_writes_it(cli, tmp_path
     base = str(src).lstrip("/")
     kinds = sorted((members[f"{base}/x/sl"].type, members[f"{base}/y/sl2"].type))
     assert kinds == sorted((tarfile.SYMTYPE, tarfile.LNKTYPE)), kinds
+    kinds = sorted((members[f"{base}/x/ff"].type, members[f"{base}/y/ff2"].type))
+    assert kinds == sorted((tarfile.FIFOTYPE, tarfile.LNKTYPE)), kinds
     out = tmp_path / "out"
     out.mkdir()
     subprocess.run(["tar", "-x", "-C", out], input=_dump(cli, "latest", src), check=True)
     a, b = out / base / "x" / "sl", out / base / "y" / "sl2"
     assert os.readlink(a) == os.readlink(b) == "target-of-sl"
     assert os.lstat(a).st_ino == os.lstat(b).st_ino
+    assert os.lstat(out / base / "x" / "ff").st_ino == os.lstat(out / base / "y" / "ff2").st_ino

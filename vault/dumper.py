@@ -110,7 +110,7 @@ class Dumper:
                     ti.linkname = os.fsdecode(node.target or b"")
                 elif node.type in (CHARDEV, BLOCKDEV):
                     ti.devmajor, ti.devminor = os.major(node.rdev), os.minor(node.rdev)
-                if node.type in (FILE, SYMLINK) and node.nlink > 1:  # (as GNU tar: also a hardlinked symlink)
+                if node.type != DIR and node.nlink > 1:  # (a symlink's, a FIFO's names too: restore links them)
                     key = (node.dev, node.inode)
                     if key in links:
                         ti.type, ti.linkname = tarfile.LNKTYPE, links[key]
