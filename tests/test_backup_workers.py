@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -259,7 +260,7 @@ def test_a_cancelled_reader_reads_nothing_more(tmp_path):
     assert reader.read_files([(bytes(f), b"big.bin", here)])[0].error == "cancelled" and len(stored) == 2
 
 
-@pytest.mark.parametrize("kind", ["fifo", "symlink", "dir"])
+@pytest.mark.parametrize("kind", ["fifo", "symlink", "dir", "socket"])
 def test_a_file_swapped_for_another_kind_is_left_out_not_an_error_nor_a_hang(tmp_path, kind):
     """Replaced by a FIFO between the directory listing and the read: the open must not wait for a writer. By a
     symlink (`ln -sfn`, a deploy's `current -> releases/N`), a FIFO or a directory: it was an error -- exit 3,
@@ -275,7 +276,8 @@ def test_a_file_swapped_for_another_kind_is_left_out_not_an_error_nor_a_hang(tmp
     repo = SimpleNamespace(config=SimpleNamespace(chunker=params), chunker=Chunker(params, 5),
                            block_id=lambda data: hashlib.sha256(data).digest())
     fifo = tmp_path / "was-a-file"
-    {"fifo": os.mkfifo, "dir": os.mkdir, "symlink": lambda p: os.symlink("/etc/passwd", p)}[kind](fifo)
+    {"fifo": os.mkfifo, "dir": os.mkdir, "symlink": lambda p: os.symlink("/etc/passwd", p),
+     "socket": lambda p: socket.socket(socket.AF_UNIX).bind(str(p))}[kind](fifo)
     reader = filereader.FileReader(repo, claims.Claims(), lambda *a: 1, lambda bid: False, lookups=False)
     signal.signal(signal.SIGALRM, lambda *a: pytest.fail("opening a FIFO hung"))
     signal.alarm(5)
@@ -284,7 +286,8 @@ def test_a_file_swapped_for_another_kind_is_left_out_not_an_error_nor_a_hang(tmp
     finally:
         signal.alarm(0)
     assert res.error is None and res.node is None and not res.vanished
-    assert res.replaced_by == {"fifo": "a FIFO", "dir": "a directory", "symlink": "a symbolic link"}[kind]
+    assert res.replaced_by == {"fifo": "a FIFO", "dir": "a directory", "symlink": "a symbolic link",
+                               "socket": "a socket"}[kind]  # (a socket's open fails: ENXIO, not ELOOP)
     assert filereader.from_wire(filereader.to_wire(res)) == res
 
 
@@ -342,3 +345,24 @@ def test_a_stop_signal_handled_inside_an_at_fork_callback_is_not_dropped(tmp_pat
         "print('ran on'); sys.exit(1)\n")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert p.stdout.strip() == "stopped" and "Exception ignored" not in p.stderr, (p.stdout, p.stderr)
+
+
+def test_a_path_given_that_is_replaced_meanwhile_is_an_error_not_a_warning(repo, tmp_path, monkeypatch):
+    """A file replaced by a symlink (or deleted) between the walk and its read is left out with a warning -- but
+    a PATH given on the command line is an error, as one gone before the walk (usage.md): the review found a
+    named PATH replaced meanwhile left out with exit 0 while the snapshot's paths named it."""
+    from vault import filereader
+
+    src = make_tree(tmp_path / "src", {"named": b"n", "inside": b"i"})
+    real = filereader.FileReader.read_file
+
+    def swapped(self, path, name, parent):
+        if name in (b"named", b"inside"):  # (as if `ln -sfn` ran between the listing and the read)
+            return filereader.FileResult(node=None, replaced_by="a symbolic link")
+        return real(self, path, name, parent)
+
+    monkeypatch.setattr(filereader.FileReader, "read_file", swapped)
+    res = with_jobs(repo, "1", "backup", src / "named", ok=3)
+    assert f"error: {src / 'named'}: replaced by a symbolic link while the backup ran: not in the snapshot" in res.err
+    res = with_jobs(repo, "1", "backup", src)
+    assert f"warning: {src / 'inside'}: replaced by a symbolic link while the backup ran" in res.err

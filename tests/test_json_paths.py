@@ -4,6 +4,8 @@ ls --json gives path_b64."""
 import base64
 import json
 import os
+import subprocess
+import sys
 
 from conftest import make_tree
 
@@ -67,3 +69,20 @@ def test_names_are_utf8_whatever_the_locale(repo, tmp_path):
     assert base64.b64decode(entries[os.fsdecode(latin1)]["path_b64"]) == latin1
     assert [e["path"] for e in run("ls", "latest", src / "café.txt")["entries"]] == [str(src / "café.txt")]
     assert repo("--json", "snapshots").json[0]["paths"] == [str(src)]  # (and the same in a UTF-8 locale)
+
+
+def test_the_utf8_restart_imports_nothing_from_the_working_directory(repo, tmp_path):
+    """The restart under a non-UTF-8 locale ran `python -m vault`, which puts the working directory first on
+    sys.path: a click.py there was imported (the review's finding) -- code run as whoever runs vault, root's cron
+    in /tmp included. The console script's own way of starting is kept."""
+    launcher = tmp_path / "bin" / "vault"
+    launcher.parent.mkdir()
+    launcher.write_text("import sys\nfrom vault.cli.main import entry\nsys.exit(entry())\n")  # (as pip writes it)
+    evil = tmp_path / "cwd"
+    evil.mkdir()
+    (evil / "click.py").write_text("import sys\nsys.exit(99)\n")
+    (evil / "vault").mkdir()
+    (evil / "vault" / "__init__.py").write_text("import sys\nsys.exit(98)\n")
+    env = {**os.environ, **repo.env(), "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    p = subprocess.run([sys.executable, launcher, "--json", "snapshots"], cwd=evil, env=env, capture_output=True)
+    assert p.returncode == 0 and json.loads(p.stdout) == [], p

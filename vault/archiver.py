@@ -798,10 +798,15 @@ class Archiver:
             if first and res.node is not None and res.node.nlink > 1:
                 self._keep_read(walked, batch, idx, res)
             if res.vanished or res.replaced_by:  # as if the listing had been taken a moment later (a name no
-                # longer a file: the walk is over, it is left for the next backup, as a deleted one)
-                self.stats.warnings.append((_display(child), "deleted while the backup ran: not in the snapshot"
-                                            if res.vanished else f"replaced by {res.replaced_by} while the backup "
-                                            "ran: not in the snapshot (the next backup stores it)"))
+                # longer a file: the walk is over, it is left for the next backup, as a deleted one) -- but a
+                # PATH given is an error, as one gone before the walk
+                gone = ("deleted while the backup ran" if res.vanished else
+                        f"replaced by {res.replaced_by} while the backup ran")
+                if child in self._named:
+                    self._error(child, f"{gone}: not in the snapshot")
+                else:
+                    self.stats.warnings.append((_display(child), f"{gone}: not in the snapshot" + (
+                        "" if res.vanished else " (the next backup stores it)")))
                 self.stats.bytes_processed -= seen
                 continue
             if res.error is not None or res.node is None:

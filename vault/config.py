@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import select
 import subprocess
 import time
@@ -75,21 +76,22 @@ def _int_env(name: str, low: int, high: int) -> int:
 
 
 def _another_users(path: str) -> bool:
-    """Run as root: whether ``path`` (or, when missing, the nearest directory above it) belongs to another user.
-    ``sudo`` without ``-H`` keeps the user's HOME: a root vault made its cache in a home that user can rename
-    things in (and read the file names through a swapped directory), and the user's own ``.cache`` root's."""
+    """Run as root: whether ``path`` or a directory above it belongs to another user. ``sudo`` without ``-H``
+    keeps the user's HOME: a root vault made its cache in a home that user can rename things in (and read the
+    file names through a swapped directory), and the user's own ``.cache`` root's."""
     if os.geteuid() != 0:
         return False
+    path = os.path.abspath(path)
     while True:
         try:
-            return os.stat(path).st_uid != 0
-        except FileNotFoundError:
-            parent = os.path.dirname(path)
-            if parent == path:
-                return False
-            path = parent
-        except OSError:
+            if os.stat(path).st_uid != 0:
+                return True
+        except OSError:  # (missing: the directories above it count)
+            pass
+        parent = os.path.dirname(path)
+        if parent == path:
             return False
+        path = parent
 
 
 def _home() -> str:
@@ -151,8 +153,11 @@ def _run_password_command(cmd: str, timeout: float = 120.0) -> bytes:
     except ValueError as exc:
         raise NoPassword(f"password command could not run: {exc}") from None
     except OSError as exc:  # name the program (under cron's PATH=/usr/bin:/bin one in /usr/local/bin is not found)
-        where = (f" (not found in PATH={os.environ.get('PATH', os.defpath)})"
-                 if isinstance(exc, FileNotFoundError) and "/" not in argv[0] else "")
+        where = ""
+        if isinstance(exc, FileNotFoundError):
+            found = argv[0] if "/" in argv[0] else shutil.which(argv[0])
+            where = (f" (not found in PATH={os.environ.get('PATH', os.defpath)})" if found is None else
+                     " (is the interpreter on its '#!' line missing?)" if os.path.exists(found) else "")
         raise NoPassword(f"password command {argv[0]!r} could not run: {exc.strerror or exc}{where}") from None
     try:
         return _password_output(proc, timeout)

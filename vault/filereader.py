@@ -164,6 +164,10 @@ class FileReader:
             if exc.errno == errno.ELOOP:  # (O_NOFOLLOW: a symlink now -- `ln -sfn`, a deploy's `current`)
                 res.replaced_by = "a symbolic link"
                 return res
+            if exc.errno in (errno.ENXIO, errno.ENODEV, errno.EOPNOTSUPP):  # (a socket, a device: what is it?)
+                res.replaced_by = self._kind_now(path, name, parent)
+                if res.replaced_by is not None:
+                    return res
             res.error = exc.strerror or str(exc)
             return res
         try:
@@ -222,6 +226,14 @@ class FileReader:
         finally:
             os.close(fd)
         return res
+
+    def _kind_now(self, path: bytes, name: bytes, parent: tuple[int, int]) -> str | None:
+        """What ``name`` is now when it is no regular file (``_KINDS``), else None."""
+        try:
+            mode = os.stat(name, dir_fd=self._dir_fd(path, name, parent), follow_symlinks=False).st_mode
+        except (OSError, longpath.Replaced):
+            return None
+        return None if stat.S_ISREG(mode) else _KINDS.get(stat.S_IFMT(mode), "something else")
 
     def _zero_id(self, zero: memoryview) -> bytes:
         """The block id of the chunker's zero chunk (a sparse file's holes): hashed once."""

@@ -352,6 +352,13 @@ def forget_start_warnings() -> None:
     _start_warnings.clear()
 
 
+def say_start_warnings() -> None:
+    """The held warnings, now (a -q command failed: they may explain why -- a time read as UTC)."""
+    for line in _start_warnings:
+        stderr_line(line)
+    _start_warnings.clear()
+
+
 def get_ctx() -> Ctx:
     ctx = click.get_current_context()
     g = ctx.find_root().meta.get(_KEY, {})
@@ -365,9 +372,8 @@ def get_ctx() -> Ctx:
                  s3_storage_class=g.get("s3_storage_class"), no_lock=bool(g.get("no_lock")))
     c = Ctx(settings=s.resolved(), json=bool(g.get("json_out")), quiet=bool(g.get("quiet")),
             verbose=int(g.get("verbose") or 0))
-    for line in _start_warnings if not c.quiet else ():
-        stderr_line(line)
-    _start_warnings.clear()
+    if not c.quiet:  # (with -q, held: said only if the command fails)
+        say_start_warnings()
     return c
 
 

@@ -25,7 +25,8 @@ from . import _interrupted_while_loading
 from ..config import use_utc_if_zone_unusable
 from ..errors import VaultError, VaultWarning
 from ..model import DEEPEST
-from .common import forget_start_warnings, global_options, printable, stderr_line, warn_at_start
+from .common import (forget_start_warnings, global_options, printable, say_start_warnings, stderr_line,
+                     warn_at_start)
 from .memory import tune_malloc
 
 
@@ -218,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         stderr_line(f"vault: cannot write the output: {exc.strerror or exc}")
         _drop_dead_stdout()
         code = code or 1
+    if code not in (0, 141):  # (a -q run that failed: the warnings held back may explain it)
+        say_start_warnings()
     return code
 
 
@@ -265,8 +268,12 @@ def _in_utf8_mode() -> None:
     if sys.flags.utf8_mode or codecs.lookup(sys.getfilesystemencoding()).name == "utf-8" or not sys.executable:
         return
     flags = [f for f, on in (("-E", sys.flags.ignore_environment), ("-s", sys.flags.no_user_site),
-                             ("-I", sys.flags.isolated), ("-P", getattr(sys.flags, "safe_path", False))) if on]
-    argv = [sys.executable, *flags, "-X", "utf8", "-m", "vault", *(os.fsencode(a) for a in sys.argv[1:])]
+                             ("-I", sys.flags.isolated)) if on]
+    # -P and the package's own directory first: `-m vault` put the working directory first on sys.path, and a
+    # click.py (or vault/) there was imported -- code run as whoever runs vault, root's cron in /tmp included
+    home = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    code = f"import sys; sys.path.insert(0, {home!r}); from vault.cli.main import entry; entry()"
+    argv = [sys.executable, *flags, "-P", "-X", "utf8", "-c", code, *(os.fsencode(a) for a in sys.argv[1:])]
     try:
         os.execv(sys.executable, argv)
     except OSError:  # (no way to start it again: the locale's charset, as before)
