@@ -80,7 +80,12 @@ def from_wire(t: tuple) -> FileResult:
 
 
 _KINDS = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a device", stat.S_IFBLK: "a device",
-          stat.S_IFSOCK: "a socket"}
+          stat.S_IFSOCK: "a socket", stat.S_IFLNK: "a symbolic link"}
+
+
+def _kind(mode: int) -> str:
+    """What a name that is no longer a regular file now is, for a warning."""
+    return _KINDS.get(stat.S_IFMT(mode), "something else")
 
 
 class FileReader:
@@ -161,10 +166,8 @@ class FileReader:
         except OSError as exc:
             if exc.errno in MACHINE_LIMITS:  # this machine's limits, not the file's:
                 raise  # the backup fails (exit 1), never a snapshot missing the files that could not be opened
-            if exc.errno == errno.ELOOP:  # (O_NOFOLLOW: a symlink now -- `ln -sfn`, a deploy's `current`)
-                res.replaced_by = "a symbolic link"
-                return res
-            if exc.errno in (errno.ENXIO, errno.ENODEV, errno.EOPNOTSUPP):  # (a socket, a device: what is it?)
+            # ELOOP: O_NOFOLLOW met a symlink (`ln -sfn`, a deploy's `current`); ENXIO, ENODEV: a socket, a device
+            if exc.errno in (errno.ELOOP, errno.ENXIO, errno.ENODEV, errno.EOPNOTSUPP):
                 res.replaced_by = self._kind_now(path, name, parent)
                 if res.replaced_by is not None:
                     return res
@@ -173,7 +176,7 @@ class FileReader:
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                res.replaced_by = _KINDS.get(stat.S_IFMT(st.st_mode), "something else")
+                res.replaced_by = _kind(st.st_mode)
                 return res
             started = time.time_ns()
             node = node_from_stat(name, st)
@@ -233,7 +236,7 @@ class FileReader:
             mode = os.stat(name, dir_fd=self._dir_fd(path, name, parent), follow_symlinks=False).st_mode
         except (OSError, longpath.Replaced):
             return None
-        return None if stat.S_ISREG(mode) else _KINDS.get(stat.S_IFMT(mode), "something else")
+        return None if stat.S_ISREG(mode) else _kind(mode)
 
     def _zero_id(self, zero: memoryview) -> bytes:
         """The block id of the chunker's zero chunk (a sparse file's holes): hashed once."""
