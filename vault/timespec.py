@@ -140,10 +140,7 @@ def parse_time(text: str, now: datetime, whole: bool = False) -> datetime:
         match = _ISO.fullmatch(raw) or _ISO_BASIC.fullmatch(raw)
         if match:
             when = _from_iso(match)
-            if whole and match["minute"] is not None and match["fraction"] is None:
-                span = timedelta(seconds=1) if match["second"] is not None else timedelta(minutes=1)
-                when += span - timedelta(microseconds=1)
-            return when
+            return _widened(when, match) if whole else when
         day = _day_and_clock(lowered, now, whole)
         if day is not None:
             return day
@@ -183,16 +180,27 @@ def _day_and_clock(lowered: str, now: datetime, whole: bool) -> datetime | None:
         hour, minute, second, micro = (12 if clock["word"] == "noon" else 0), 0, 0, 0
     else:
         hour, minute, second = int(clock["hour"]), int(clock["minute"] or 0), int(clock["second"] or 0)
-        micro = int((clock["fraction"] or "")[:6].ljust(6, "0"))
+        micro = _micro(clock["fraction"])
         if clock["half"]:
             if not 1 <= hour <= 12:
                 raise ValueError("hour out of range for am/pm")
             hour = hour % 12 + (12 if clock["half"] == "p" else 0)
     when = to_utc(datetime(day.year, day.month, day.day, hour, minute, second, micro))
-    if whole and clock["minute"] is not None and clock["fraction"] is None:
-        when += (timedelta(seconds=1) if clock["second"] is not None else timedelta(minutes=1)) - \
-            timedelta(microseconds=1)
-    return when
+    return _widened(when, clock) if whole else when
+
+
+def _widened(when: datetime, match: re.Match[str]) -> datetime:
+    """For ``--at``: a time given to the second or the minute (no fraction) stands for all of it -- its last
+    microsecond; an hour alone stays its first instant."""
+    if match["minute"] is None or match["fraction"] is not None:
+        return when
+    span = timedelta(seconds=1) if match["second"] is not None else timedelta(minutes=1)
+    return when + span - timedelta(microseconds=1)
+
+
+def _micro(fraction: str | None) -> int:
+    """Fractional seconds as microseconds (digits beyond six truncated)."""
+    return int((fraction or "")[:6].ljust(6, "0"))
 
 
 def _day(words: list[str], now: datetime, backwards: bool = False) -> tuple[date | None, list[str]]:
@@ -213,7 +221,7 @@ def _day(words: list[str], now: datetime, backwards: bool = False) -> tuple[date
 
 def _from_iso(match: re.Match[str]) -> datetime:
     """Build the UTC datetime of an ``_ISO`` match; ValueError for out-of-range fields."""
-    fraction = (match["fraction"] or "")[:6].ljust(6, "0")
+    micro = _micro(match["fraction"])
     naive = datetime(
         int(match["year"]),
         int(match["month"]),
@@ -221,7 +229,7 @@ def _from_iso(match: re.Match[str]) -> datetime:
         int(match["hour"] or 0),
         int(match["minute"] or 0),
         int(match["second"] or 0),
-        int(fraction),
+        micro,
     )
     tz = match["tz"]
     if tz is None:
