@@ -353,7 +353,7 @@ def test_a_path_given_that_is_replaced_meanwhile_is_an_error_not_a_warning(repo,
     named PATH replaced meanwhile left out with exit 0 while the snapshot's paths named it."""
     from vault import filereader
 
-    src = make_tree(tmp_path / "src", {"named": b"n", "inside": b"i"})
+    src = make_tree(tmp_path / "src", {"named": b"n", "inside": b"i", "other": b"o"})
     real = filereader.FileReader.read_file
 
     def swapped(self, path, name, parent):
@@ -362,7 +362,8 @@ def test_a_path_given_that_is_replaced_meanwhile_is_an_error_not_a_warning(repo,
         return real(self, path, name, parent)
 
     monkeypatch.setattr(filereader.FileReader, "read_file", swapped)
-    res = with_jobs(repo, "1", "backup", src / "named", ok=3)
+    res = with_jobs(repo, "1", "backup", src / "named", src / "other", ok=3)
     assert f"error: {src / 'named'}: replaced by a symbolic link while the backup ran: not in the snapshot" in res.err
+    assert repo("--json", "snapshots").json[-1]["paths"] == [str(src / "other")]  # (as a PATH gone before the walk)
     res = with_jobs(repo, "1", "backup", src)
     assert f"warning: {src / 'inside'}: replaced by a symbolic link while the backup ran" in res.err

@@ -704,6 +704,15 @@ def test_root_never_takes_another_users_home_for_its_cache(monkeypatch, tmp_path
     assert default_cache_dir() == str(mine / ".cache" / "vault")
     monkeypatch.setenv("HOME", str(rootcache))
     assert default_cache_dir() == roots
+    sticky = tmp_path / "sticky"  # (a symlink of alice's on the way -- in a sticky directory -- to a root-owned
+    sticky.mkdir(mode=0o1777)      # directory: she can point it elsewhere)
+    os.symlink(mine, sticky / "alicelink")
+    os.chown(sticky / "alicelink", 12345, 12345, follow_symlinks=False)
+    monkeypatch.setenv("HOME", str(sticky / "alicelink"))
+    assert default_cache_dir() == roots
+    os.symlink(rootcache, sticky / "rootlink")  # (root's symlink to a directory below alice's)
+    monkeypatch.setenv("HOME", str(sticky / "rootlink"))
+    assert default_cache_dir() == roots
 
 
 def test_snapshots_text_output_shows_no_control_characters(repo, src):

@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import make_tree
 
 BAD = b"bad\xff\xfe"
@@ -85,4 +87,49 @@ def test_the_utf8_restart_imports_nothing_from_the_working_directory(repo, tmp_p
     (evil / "vault" / "__init__.py").write_text("import sys\nsys.exit(98)\n")
     env = {**os.environ, **repo.env(), "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
     p = subprocess.run([sys.executable, launcher, "--json", "snapshots"], cwd=evil, env=env, capture_output=True)
+    assert p.returncode == 0 and json.loads(p.stdout) == [], p
+
+
+def test_the_utf8_restart_keeps_the_standard_library_first(repo, tmp_path):
+    """The restart put the package's directory (site-packages, a checkout) first on sys.path: a module there
+    named as one of the standard library's (shlex.py here) was imported in its place, under a non-UTF-8 locale
+    only (the second review's finding)."""
+    sp = tmp_path / "site"
+    sp.mkdir()
+    import vault
+
+    os.symlink(os.path.dirname(vault.__file__), sp / "vault")
+    (sp / "shlex.py").write_text("import sys\nsys.exit(98)\n")
+    launcher = tmp_path / "launch.py"
+    launcher.write_text(  # (SP where site-packages goes: after the standard library, vault imported from it)
+        "import site, sys\nsite.main()\n"
+        "i = next(i for i, p in enumerate(sys.path) if 'site-packages' in p)\n"
+        f"sys.path.insert(i, {str(sp)!r})\nfrom vault.cli.main import entry\nentry()\n")
+    env = {**os.environ, **repo.env(), "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    env.pop("PYTHONPATH", None)
+    p = subprocess.run([sys.executable, "-S", launcher, "--json", "snapshots"], cwd=tmp_path, env=env,
+                       capture_output=True)
+    assert p.returncode == 0 and json.loads(p.stdout) == [], p
+
+
+def test_the_utf8_restart_works_from_a_directory_named_in_latin1(repo, tmp_path):
+    """Under an ISO-8859-1 locale, with vault installed below a directory whose name is Latin-1 (a user's
+    home, `pip install --user`), the restart's program text held that name and the new interpreter refused it:
+    every command failed (the second review's finding)."""
+    locales = tmp_path / "locales"
+    locales.mkdir()
+    made = subprocess.run(["localedef", "-i", "en_US", "-f", "ISO-8859-1", str(locales / "en_US.ISO-8859-1")],
+                          capture_output=True)
+    if made.returncode not in (0, 1) or not (locales / "en_US.ISO-8859-1").exists():
+        pytest.skip("no localedef to build an ISO-8859-1 locale")
+    import vault
+
+    home = os.fsencode(tmp_path) + b"/jos\xe9"
+    os.mkdir(home)
+    os.symlink(os.path.dirname(vault.__file__), home + b"/vault")
+    launcher = tmp_path / "launch.py"
+    launcher.write_text("import os, sys\nsys.path.insert(0, os.fsdecode(%r))\nfrom vault.cli.main import entry\n"
+                        "entry()\n" % home)
+    env = {**os.environ, **repo.env(), "LC_ALL": "en_US.ISO-8859-1", "LOCPATH": str(locales)}
+    p = subprocess.run([sys.executable, launcher, "--json", "snapshots"], cwd=tmp_path, env=env, capture_output=True)
     assert p.returncode == 0 and json.loads(p.stdout) == [], p

@@ -303,6 +303,7 @@ class Archiver:
         self._tags = {os.fsencode(t) for t in opts.exclude_if_present} | ({CACHEDIR_TAG} if opts.exclude_caches
                                                                             else set())
         self._named: set[bytes] = set()  # the PATHs given, absolute
+        self._named_gone: set[bytes] = set()  # those deleted or replaced while the walk ran: not in the snapshot
         self._skip = set()
         for p in opts.skip_paths:
             try:
@@ -505,6 +506,7 @@ class Archiver:
                         self._error(child, _not_ours(st).strerror or str(st))
                     elif only is not None:
                         self._error(child, "no such file or directory")
+                        self._named_gone.update(p for p in self._named if p == child or p.startswith(child + b"/"))
                     continue
                 if t == SYMLINK:
                     t = node_type(st.st_mode)  # (it stopped being a symlink before readlink: what it now is)
@@ -804,6 +806,7 @@ class Archiver:
                         f"replaced by {res.replaced_by} while the backup ran")
                 if child in self._named:
                     self._error(child, f"{gone}: not in the snapshot")
+                    self._named_gone.add(child)
                 else:
                     self.stats.warnings.append((_display(child), f"{gone}: not in the snapshot" + (
                         "" if res.vanished else " (the next backup stores it)")))
@@ -1003,6 +1006,8 @@ class Archiver:
         when = self.opts.time or self._now()
         when = when.astimezone(timezone.utc).replace(microsecond=when.microsecond)
         s = self.stats
+        if self._named_gone and self._named - self._named_gone:  # (as PATHs gone before the walk: not named)
+            paths = sorted({_display(p) for p in self._named - self._named_gone})
         snap = Snapshot(time=when, host=host, paths=paths, tree=root, tags=sorted(set(self.opts.tags)),
                         username=_username(), parent=parent.id if parent else None,
                         summary={"files_new": s.files_new, "files_changed": s.files_changed,

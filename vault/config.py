@@ -76,22 +76,24 @@ def _int_env(name: str, low: int, high: int) -> int:
 
 
 def _another_users(path: str) -> bool:
-    """Run as root: whether ``path`` or a directory above it belongs to another user. ``sudo`` without ``-H``
-    keeps the user's HOME: a root vault made its cache in a home that user can rename things in (and read the
-    file names through a swapped directory), and the user's own ``.cache`` root's."""
+    """Run as root: whether ``path`` or a directory above it belongs to another user -- on the way to it (a
+    symlink there, too: its owner can point it elsewhere) and where it really is. ``sudo`` without
+    ``-H`` keeps the user's HOME: a root vault made its cache in a home that user can rename things in (and read
+    the file names through a swapped directory), and the user's own ``.cache`` root's."""
     if os.geteuid() != 0:
         return False
-    path = os.path.abspath(path)
-    while True:
-        try:
-            if os.stat(path).st_uid != 0:
-                return True
-        except OSError:  # (missing: the directories above it count)
-            pass
-        parent = os.path.dirname(path)
-        if parent == path:
-            return False
-        path = parent
+    for p, look in ((os.path.abspath(path), os.lstat), (os.path.realpath(path), os.stat)):
+        while True:
+            try:
+                if look(p).st_uid != 0:
+                    return True
+            except OSError:  # (missing: the directories above it count)
+                pass
+            parent = os.path.dirname(p)
+            if parent == p:
+                break
+            p = parent
+    return False
 
 
 def _home() -> str:

@@ -269,10 +269,14 @@ def _in_utf8_mode() -> None:
         return
     flags = [f for f, on in (("-E", sys.flags.ignore_environment), ("-s", sys.flags.no_user_site),
                              ("-I", sys.flags.isolated)) if on]
-    # -P and the package's own directory first: `-m vault` put the working directory first on sys.path, and a
-    # click.py (or vault/) there was imported -- code run as whoever runs vault, root's cron in /tmp included
-    home = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    code = f"import sys; sys.path.insert(0, {home!r}); from vault.cli.main import entry; entry()"
+    # -P, and the package's own directory last if it is not on the path already: `-m vault` put the working
+    # directory first on sys.path, and a click.py (or vault/) there was imported -- code run as whoever runs
+    # vault, root's cron in /tmp included; first, it put site-packages before the standard library. The
+    # directory goes as the repr of its bytes: the program text must be ASCII (a Latin-1 name in it, decoded
+    # as UTF-8 by the new interpreter, was refused)
+    home = os.fsencode(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    code = (f"import os, sys; h = os.fsdecode({home!r}); h in sys.path or sys.path.append(h); "
+            "from vault.cli.main import entry; entry()")
     argv = [sys.executable, *flags, "-P", "-X", "utf8", "-c", code, *(os.fsencode(a) for a in sys.argv[1:])]
     try:
         os.execv(sys.executable, argv)
