@@ -367,3 +367,23 @@ def test_a_path_given_that_is_replaced_meanwhile_is_an_error_not_a_warning(repo,
     assert repo("--json", "snapshots").json[-1]["paths"] == [str(src / "other")]  # (as a PATH gone before the walk)
     res = with_jobs(repo, "1", "backup", src)
     assert f"warning: {src / 'inside'}: replaced by a symbolic link while the backup ran" in res.err
+
+
+def test_a_directory_moved_under_the_backup_is_one_error_line_not_one_per_file(repo, tmp_path, monkeypatch):
+    """A directory moved or deleted between its listing and the read of its files: each file's read found its
+    path leading elsewhere, and each was an error line -- 600 lines in a cron mail for one `mv` (the live-tree
+    helper). One line now names the directory and how many of its files are not in the snapshot; exit 3."""
+    from vault import filereader
+
+    src = make_tree(tmp_path / "src", {"moved": {f"f{i}": b"x" * i for i in range(1, 6)}, "kept": b"k"})
+    real = filereader.FileReader.read_file
+
+    def moved(self, path, name, parent):
+        if b"/moved/" in path:
+            return filereader.FileResult(node=None, error=filereader.DIR_GONE)
+        return real(self, path, name, parent)
+
+    monkeypatch.setattr(filereader.FileReader, "read_file", moved)
+    res = with_jobs(repo, "1", "--json", "backup", src, ok=3)
+    assert res.json["errors"] == [{"path": str(src / "moved"), "error": "replaced, moved or deleted while the backup "
+                                   "ran: 5 file(s) in it not in the snapshot"}], res.json["errors"]

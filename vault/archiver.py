@@ -33,7 +33,7 @@ from .errors import MACHINE_LIMITS, SourceNotFound, VaultError
 from .backup_workers import BackupWorkers, Pending
 from .claims import Claims
 from .excludes import Matcher
-from .filereader import FileReader, FileResult
+from .filereader import DIR_GONE, FileReader, FileResult
 from .entries import node as entry_node, split_ids
 from .fsmeta import TYPE_OF, entry_path, node_from_stat, node_type, read_xattrs, stat_key
 from .model import DEEPEST, DIR, FILE, SYMLINK, XATTRS_MARK, Node, Snapshot, Tree, holds_xattrs, replaced_by_repair
@@ -777,6 +777,7 @@ class Archiver:
         if d.same_as is not None and all(sub.subtree == old for sub, old in d.subdirs):
             return d.same_as  # nothing changed: the parent's tree, already in the repository
         nodes = []
+        moved_away: collections.Counter[bytes] = collections.Counter()  # directories moved under files to read
         for it in d.items:
             if type(it) is _Reuse:
                 node = entry_node((it.name, it.key, it.blocks, it.xattrs))
@@ -812,6 +813,12 @@ class Archiver:
                         "" if res.vanished else " (the next backup stores it)")))
                 self.stats.bytes_processed -= seen
                 continue
+            if res.error == DIR_GONE:  # one line for the directory, not one per file in it (a `mv` of a
+                moved_away[child.rpartition(b"/")[0] or b"/"] += 1  # directory of 600 files: 600 lines in the cron mail)
+                if child in self._named:
+                    self._named_gone.add(child)
+                self.stats.bytes_processed -= seen
+                continue
             if res.error is not None or res.node is None:
                 self._error(child, res.error or "unreadable")
                 self.stats.bytes_processed -= seen  # not in the snapshot
@@ -838,6 +845,9 @@ class Archiver:
                 self.stats.bytes_added += res.added
                 self.stats.blocks_added += res.blocks_added
             nodes.append(node)
+        for where, n in moved_away.items():
+            self._error(where, f"replaced, moved or deleted while the backup ran: {n:,} file(s) in it not in the "
+                               "snapshot")
         tid = self._store_tree(Tree(nodes))
         self._flush_tree_rows()
         return tid

@@ -79,6 +79,9 @@ def from_wire(t: tuple) -> FileResult:
                       changed_while_reading=changed, note=note)
 
 
+#: A file's error when its directory's path no longer leads to the directory the walk listed (``longpath.Replaced``).
+DIR_GONE = "its directory was replaced, moved or deleted while the backup ran: not in the snapshot"
+
 _KINDS = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a device", stat.S_IFBLK: "a device",
           stat.S_IFSOCK: "a socket", stat.S_IFLNK: "a symbolic link"}
 
@@ -161,7 +164,7 @@ class FileReader:
             res.vanished = True
             return res
         except longpath.Replaced:
-            res.error = "its directory was replaced, moved or deleted while the backup ran: not in the snapshot"
+            res.error = DIR_GONE
             return res
         except OSError as exc:
             if exc.errno in MACHINE_LIMITS:  # this machine's limits, not the file's:
