@@ -472,9 +472,9 @@ class Restorer:
             for task, off in users:
                 self._write(task, off, plain, problem, local and data is None, runs)
 
-    def _write(self, task: _FileTask, offset: int, plain: bytes | None, problem: str | None,
-               local: bool = False, runs: list[tuple[int, int]] | None = None) -> None:
-        """``runs``: ``plain``'s data runs (``_data_runs``), when known."""
+    def _write(self, task: _FileTask, offset: int, plain: bytes | None, problem: str | None, local: bool,
+               runs: list[tuple[int, int]]) -> None:
+        """``runs``: ``plain``'s data runs (``_data_runs``)."""
         fd = None
         with task.lock:
             if problem is not None:
@@ -517,15 +517,14 @@ class Restorer:
             task.owner_ok = (st.st_uid, st.st_gid) == (task.node.uid, task.node.gid)
         return fd
 
-    def _write_block(self, task: _FileTask, offset: int, plain: bytes | memoryview, keep: bool = False,
-                     runs: list[tuple[int, int]] | None = None) -> int | None:
-        """Write one block's data runs (``runs``, else found here) at ``offset``; the descriptor is returned open
-        when ``keep``. A block of zeros writes nothing and opens nothing (``_finish_file`` makes the file and
+    def _write_block(self, task: _FileTask, offset: int, plain: bytes | memoryview, *,
+                     runs: list[tuple[int, int]], keep: bool = False) -> int | None:
+        """Write one block's data runs (``runs``: ``_data_runs(plain)``) at ``offset``; the descriptor is returned
+        open when ``keep``. A block of zeros writes nothing and opens nothing (``_finish_file`` makes the file and
         gives it its size)."""
-        view = memoryview(plain)  # (slicing bytes would copy)
-        runs = _data_runs(view) if runs is None else runs
         if not runs:  # zero runs stay holes (the temp file is new: holes read as zeros)
             return None
+        view = memoryview(plain)  # (slicing bytes would copy)
         fd = self._open_tmp(task)
         try:
             written = 0
