@@ -35,6 +35,7 @@ from vault.errors import (
     PermanentError,
     TransientError,
     UsageError,
+    VaultError,
 )
 
 BACKEND_KINDS = ["memory", "local", "s3"]
@@ -596,9 +597,10 @@ def test_open_backend_local(tmp_path: Path) -> None:
     assert backend.exists_store()
 
 
-def test_open_backend_s3_not_available(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "vault.backend.s3", None)  # as if the module did not exist
-    with pytest.raises(UsageError, match="S3 repositories are not supported yet"):
+def test_open_backend_s3_without_boto3(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delitem(sys.modules, "vault.backend.s3", raising=False)
+    monkeypatch.setitem(sys.modules, "boto3", None)  # as if boto3 were not installed
+    with pytest.raises(VaultError, match="needs boto3.*pip install boto3"):
         open_backend("s3://bucket/prefix")
     with pytest.raises(UsageError):
         open_backend("http://example.com/repo")

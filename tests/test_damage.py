@@ -15,7 +15,8 @@ from conftest import FAST_INIT, PASSWORD, make_tree
 from vault.backend.local import LocalBackend
 from vault.model import DIR, FILE
 from vault.pack import DATA, TREE, PackEntry
-from vault.repository import Repository, pack_name
+from vault.pack import pack_name
+from vault.repository import Repository
 
 MiB = 1024 * 1024
 

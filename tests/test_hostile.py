@@ -26,7 +26,8 @@ from vault.backend.local import LocalBackend
 from vault.errors import IntegrityError
 from vault.model import Snapshot
 from vault.pack import DATA, TREE, PackEntry, encode_header
-from vault.repository import Repository, pack_name
+from vault.pack import pack_name
+from vault.repository import Repository
 
 
 @pytest.fixture(autouse=True)

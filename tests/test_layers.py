@@ -5,9 +5,9 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "vault"
 PURE = {"pack", "index", "crypto", "compress", "chunker", "model", "ids", "errors", "excludes", "timespec", "keys"}
-ENGINES = {"archiver", "restorer", "checker", "pruner", "dumper"}
-ABOVE_REPOSITORY = {"api", "cli", "config", "archiver", "restorer", "checker", "pruner", "catalog", "packwriter",
-                    "filereader", "backup_workers", "dumper"}
+ENGINES = {"archiver", "restorer", "checker", "pruner", "dumper", "repairer", "copier"}
+ABOVE_REPOSITORY = {"api", "cli", "config", "archiver", "restorer", "checker", "pruner", "repairer", "copier",
+                    "catalog", "packwriter", "filereader", "backup_workers", "dumper"}
 
 
 def _modules():

@@ -202,7 +202,7 @@ def test_two_concurrent_backups(repo, tmp_path, shared_cache):
 def test_a_lost_lock_stops_the_commit(repo, src, monkeypatch):
     """A held lock that vanished (unlock --remove-all) or could not be refreshed for too long (a suspended
     laptop: a prune elsewhere may have taken over) makes check() raise, and a backup then writes no snapshot."""
-    from vault.locks import LockLost
+    from vault.errors import LockLost
 
     be = backend(repo)
     now = [1000.0]
@@ -376,7 +376,7 @@ def test_an_exclusive_command_whose_clock_runs_ahead_removes_the_lock_it_overrid
     lock for stale: it ignored it and left it, the backup's next refresh wrote a new one, and its commit check
     passed -- a snapshot naming packs the prune had deleted. The overridden lock is now removed, and the holder
     finds that at its next refresh or check: it commits nothing."""
-    from vault.locks import LockLost
+    from vault.errors import LockLost
 
     be = backend(repo)
     for refreshed_first in (False, True):
@@ -396,7 +396,7 @@ def test_a_holder_refreshing_between_the_listing_and_the_removal_still_loses_its
     """The exclusive command lists the locks, the stale holder refreshes (a new object, the old one deleted),
     then the command deletes the old name, already gone: the new one survived, and the holder committed."""
     from vault import locks
-    from vault.locks import LockLost
+    from vault.errors import LockLost
 
     be = backend(repo)
     holder = Lock(be, exclusive=False, operation="backup", wait=0, clock=lambda: time.time() - STALE_AFTER - 600)
@@ -425,7 +425,7 @@ def test_a_holder_whose_refresh_write_lands_after_the_exclusive_command_still_lo
     """The holder checked its old lock, then the exclusive command listed, removed it and listed again, then
     the holder's new lock landed: it survived and the holder committed. The old lock is now checked after the
     new one is written."""
-    from vault.locks import LockLost
+    from vault.errors import LockLost
 
     be = backend(repo)
     holder = Lock(be, exclusive=False, operation="backup", wait=0, clock=lambda: time.time() - STALE_AFTER - 600)

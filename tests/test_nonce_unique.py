@@ -11,7 +11,8 @@ from conftest import PASSWORD
 from vault import pack as pack_mod
 from vault.backend.local import LocalBackend
 from vault.crypto import NONCE_LEN
-from vault.repository import Repository, pack_name
+from vault.pack import pack_name
+from vault.repository import Repository
 
 
 def test_every_block_and_pack_header_has_its_own_nonce(repo, tmp_path):

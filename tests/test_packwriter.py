@@ -18,7 +18,8 @@ from vault.crypto import FAST_KDF
 from vault.errors import PermanentError
 from vault.pack import DATA, parse_pack
 from vault.packwriter import SPILL, PackWriter
-from vault.repository import Repository, pack_name
+from vault.pack import pack_name
+from vault.repository import Repository
 
 MiB = 1 << 20
 

@@ -41,6 +41,8 @@ def test_verbose_in_a_cluster_is_seen_before_parsing():
 
     assert _asks_verbose(["-vv", "snapshots"]) and _asks_verbose(["snapshots", "--verbose"])
     assert _asks_verbose(["-qv"]) and not _asks_verbose(["--", "-v"]) and not _asks_verbose(["-j4"])
+    assert _asks_verbose(["backup", "-xv", "/x"]) and _asks_verbose(["ls", "-lv", "latest"])
+    assert not _asks_verbose(["restore", "-ev"])  # (-e takes a value: the GLOB "v")
 
 
 def test_an_empty_second_repository_is_a_usage_error(repo, tmp_path):

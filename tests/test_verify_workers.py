@@ -226,3 +226,17 @@ def test_the_verify_subset_rotation_survives_a_prune(cli, tmp_path):
         total = con.execute("SELECT count(*) FROM packs").fetchone()[0]
         con.close()
     assert len(seen) >= total, f"{len(seen)} of {total} packs read in 5 nights at 25 %"
+
+
+def test_the_slices_of_read_data_subset_read_every_pack_once_for_any_m(cli, two_packs):
+    """n/m was packed into one integer (n * 1,000,000 + m): an m of a million or more came apart wrong --
+    `1/1000000` crashed verify ("internal error: ZeroDivisionError"), `1/1000001` read no pack at all."""
+    total = cli("--json", "verify").json["packs"]
+    assert total >= 3
+    for m in (3, 1_000_000, 1_000_001, 2**40):
+        read = 0
+        for n in (range(1, m + 1) if m <= 3 else (1, m)):
+            res = cli("--json", "verify", "--read-data-subset", f"{n}/{m}", ok=False)
+            assert res.code == 0 and "Traceback" not in res.err, res.err
+            read += res.json["packs_read"]
+        assert read == total if m <= 3 else read <= total

@@ -1,13 +1,14 @@
 """The library facade: one function per command. Opens and locks the repository, returns result dataclasses.
 
 Every function takes a resolved ``Settings`` and a password getter; nothing here prints, exits or reads the
-environment (``vault.config`` does). Results are frozen-ish dataclasses whose ``to_json()`` is the ``--json``
-shape of the command.
+environment (``vault.config`` does). Results are dataclasses (``BackupResult``, ``ForgetResult``...) or the
+engines' reports, with the requests the command made; the CLI renders them as text or ``--json``.
 """
 
 from __future__ import annotations
 
 import base64
+import collections
 import contextlib
 import dataclasses
 import itertools
@@ -27,7 +28,7 @@ from .backend.counting import sum_stats
 from .backend.retry import RetryBackend
 from .cachedir import read_small, write_small
 from .catalog import OPEN_WAIT, Catalog, SyncReport, open_synced, store_key
-from .checker import Checker, VerifyReport, parse_subset, whole_below
+from .checker import Checker, Damage, VerifyReport, parse_subset, whole_below
 from .chunker import ChunkerParams
 from .config import DEFAULT_LOCK_WAIT, Settings
 from .crypto import KdfParams, MasterKeys
@@ -70,7 +71,7 @@ class Session:
 
 def _backend(settings: Settings) -> RetryBackend:
     """The repository's backend: retries above a request counter above the store (every attempt counted)."""
-    return open_backend(settings.require_repo(), settings.s3_endpoint, settings.connections or 8,
+    return open_backend(settings.require_repo(), settings.s3_endpoint, settings.connection_count(),
                         settings.s3_storage_class, count=True)
 
 
@@ -162,7 +163,7 @@ def _cache_key(settings: Settings, repo_id: str) -> str:
 
 def _prefetch(settings: Settings) -> int:
     """``Catalog.prefetch``: a remote repository's manifests, segments and trees are fetched side by side."""
-    return 0 if local_repo_path(settings) else min(settings.connections or 8, 8)
+    return 0 if local_repo_path(settings) else min(settings.connection_count(), 8)
 
 
 def _slot_file(settings: Settings, key_of: Callable[[str], str], repo_id: str) -> str:
@@ -241,7 +242,7 @@ class SnapshotFilter:
     def matches(self, s: Snapshot) -> bool:
         if self.hosts and s.host not in self.hosts:
             return False
-        if self.tags and not any(_has_tags(t, s.tags) for t in self.tags):
+        if self.tags and not any(_matches_tag_filter(t, s.tags) for t in self.tags):
             return False
         if self.paths:
             want = {os.fsdecode(_normalize(p)) for p in self.paths}  # ("//x" is "/x", as backup stored it)
@@ -250,7 +251,7 @@ class SnapshotFilter:
         return True
 
 
-def _has_tags(spec: str, tags: list[str]) -> bool:
+def _matches_tag_filter(spec: str, tags: list[str]) -> bool:
     """``--tag a,b``: the snapshot has both (or the one tag "a,b" an older vault stored); ``--tag ''`` (as
     restic): it has no tags at all."""
     wanted = {t for t in spec.split(",") if t}
@@ -263,8 +264,18 @@ def snapshot_json(s: Snapshot) -> dict:
     return d if all(p.isascii() for p in s.paths) else with_b64(d)  # (a path that is not UTF-8: its bytes too)
 
 
-def list_snapshots(sess: Session, flt: SnapshotFilter | None = None) -> list[Snapshot]:
-    return [s for s in sess.catalog.snapshots() if flt is None or flt.matches(s)]
+def list_snapshots(sess: Session, flt: SnapshotFilter | None = None, latest: int | None = None) -> list[Snapshot]:
+    """The snapshots that match ``flt``, oldest first; with ``latest``, only the newest ``latest`` of each
+    (host, paths) group (``snapshots --latest N``, as restic's), the order kept."""
+    snaps = [s for s in sess.catalog.snapshots() if flt is None or flt.matches(s)]
+    if latest is not None:
+        kept, seen = [], collections.Counter()
+        for s in reversed(snaps):
+            if seen[s.group_key()] < latest:
+                seen[s.group_key()] += 1
+                kept.append(s)
+        snaps = kept[::-1]
+    return snaps
 
 
 def find_snapshot(sess: Session, spec: str | None, at: str | None = None, flt: SnapshotFilter | None = None,
@@ -414,7 +425,7 @@ def backup(settings: Settings, password: PasswordFn, opts: BackupOptions,
     remote = local is None
     opts = BackupOptions(**{**opts.__dict__, "skip_paths": [*opts.skip_paths, *skip],
                             "jobs": opts.jobs or settings.jobs,
-                            "uploaders": settings.connections if remote else opts.uploaders})
+                            "uploaders": settings.connection_count() if remote else opts.uploaders})
     workers: list[BackupWorkers] = []
 
     def fork_workers(repo: Repository) -> None:
@@ -481,7 +492,7 @@ def restore(settings: Settings, password: PasswordFn, spec: str | None, opts: Re
         jobs = opts.jobs or settings.jobs or 0
         if local_repo_path(settings) is None:  # remote: threads, one range fetch per connection (the network
             processes = 1                       # is the wait: all connections can serve one big file)
-            jobs = max(jobs, settings.connections or 8)
+            jobs = max(jobs, settings.connection_count())
         else:  # local: worker processes (see forkpool)
             processes = jobs = opts.processes or jobs or _default_processes()
         jobs, processes = _capped(jobs, processes)
@@ -511,7 +522,7 @@ def dump(settings: Settings, password: PasswordFn, spec: str | None, path: str, 
     snapshots ``latest``/``--at`` passed over."""
     with session(settings, password, lock="shared", operation="dump") as sess:
         snap = find_snapshot(sess, spec, at, flt)
-        window = 4 if local_repo_path(settings) is not None else (settings.connections or 8)
+        window = 4 if local_repo_path(settings) is not None else settings.connection_count()
         dumper = Dumper(sess.repo, sess.catalog, out, window, warn)
         found = _entry_at(sess, snap, path)
         if found is None:  # (/: the whole snapshot)
@@ -755,8 +766,8 @@ def _prune_in_session(sess: Session, settings: Settings, opts: PruneOptions,
                       log: Callable[[str], None]) -> PruneReport:
     remote = local_repo_path(settings) is None
     if remote:
-        opts = PruneOptions(**{**opts.__dict__, "workers": max(opts.workers, min(settings.connections or 8, 8))})
-    pruner = Pruner(sess.repo, sess.catalog, opts, log=log, uploaders=(settings.connections or 8) if remote else 0,
+        opts = PruneOptions(**{**opts.__dict__, "workers": max(opts.workers, min(settings.connection_count(), 8))})
+    pruner = Pruner(sess.repo, sess.catalog, opts, log=log, uploaders=settings.connection_count() if remote else 0,
                     before_delete=sess.check_lock)
     pruner.sync_problems = list(sess.sync.problems)
     report = pruner.run()
@@ -923,10 +934,10 @@ def copy(settings: Settings, password: PasswordFn, specs: list[str], to: Setting
                                                           "the same store, or a byte copy of it -- cp -a, rsync -- "
                                                           "which holds the same objects already)")) as dst:
             remote = local_repo_path(to) is None
-            workers = max(settings.jobs or 0, min(settings.connections or 8, 8)) if (
+            workers = max(settings.jobs or 0, min(settings.connection_count(), 8)) if (
                 remote or local_repo_path(settings) is None) else max(settings.jobs or 0, 2)
             report = Copier(src.repo, src.catalog, dst.repo, dst.catalog, workers=workers,
-                            uploaders=(to.connections or 8) if remote else 0, log=log).run(snaps, dst.check_lock)
+                            uploaders=to.connection_count() if remote else 0, log=log).run(snaps, dst.check_lock)
             requests = {"source": src.requests(), "destination": dst.requests()}
     return report, requests
 
@@ -954,7 +965,7 @@ def repair(settings: Settings, password: PasswordFn, what: str = "all", read_dat
                                  "though they are intact: the key slot that opened it is another repository's (was "
                                  "config's id changed?); repair changes nothing (see docs/operations.md)")
         rep = Repairer(sess.repo, sess.catalog, read_data=read_data, dry_run=dry_run,
-                       uploaders=(settings.connections or 8) if remote else 0, log=log,
+                       uploaders=settings.connection_count() if remote else 0, log=log,
                        before_delete=sess.check_lock)
         try:
             if what in ("index", "all"):
@@ -990,8 +1001,6 @@ def repair(settings: Settings, password: PasswordFn, what: str = "all", read_dat
 def _with_sync_problems(report: VerifyReport, problems: list[str]) -> VerifyReport:
     """The damage the catalog's sync found (a manifest or index segment that cannot be read, a manifest lost)
     added to a verify report, unless its own checks named that object already."""
-    from .checker import Damage
-
     for p in problems:
         obj, _, why = p.partition(": ")
         obj = obj.replace("index segment ", "index/").replace("snapshot ", "snapshots/")
@@ -1007,7 +1016,7 @@ def verify(settings: Settings, password: PasswordFn, read_data: bool = False,
     with session(settings, password, lock="shared", operation="verify") as sess:
         jobs, processes = settings.jobs or 0, 0
         if local_repo_path(settings) is None:  # remote: threads (the network is the wait)
-            jobs = max(jobs, min(settings.connections or 8, 8))
+            jobs = max(jobs, min(settings.connection_count(), 8))
         else:  # local: packs read by worker processes (see forkpool)
             processes = jobs = jobs or _default_processes()
         jobs, processes = _capped(jobs, processes)

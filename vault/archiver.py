@@ -35,7 +35,7 @@ from .claims import Claims
 from .excludes import Matcher
 from .filereader import DIR_GONE, FileReader, FileResult
 from .entries import node as entry_node, split_ids
-from .fsmeta import TYPE_OF, entry_path, node_from_stat, node_type, read_xattrs, stat_key
+from .fsmeta import TYPE_OF, entry_path, node_from_stat, node_type, read_xattrs, stat_key, username
 from .model import DEEPEST, DIR, FILE, SYMLINK, XATTRS_MARK, Node, Snapshot, Tree, holds_xattrs, replaced_by_repair
 from .pack import DATA, TREE, PackEntry, sealed_size
 from .packwriter import PackWriter, adopt_leftover_packs
@@ -1019,7 +1019,7 @@ class Archiver:
         if self._named_gone and self._named - self._named_gone:  # (as PATHs gone before the walk: not named)
             paths = sorted({_display(p) for p in self._named - self._named_gone})
         snap = Snapshot(time=when, host=host, paths=paths, tree=root, tags=sorted(set(self.opts.tags)),
-                        username=_username(), parent=parent.id if parent else None,
+                        username=username(), parent=parent.id if parent else None,
                         summary={"files_new": s.files_new, "files_changed": s.files_changed,
                                  "files_unmodified": s.files_unmodified, "dirs": s.dirs,
                                  "bytes_processed": s.bytes_processed, "bytes_added": s.bytes_added,
@@ -1032,11 +1032,3 @@ class Archiver:
         self.catalog.add_snapshot(snap)
         return snap
 
-
-def _username() -> str:
-    try:
-        import pwd
-
-        return pwd.getpwuid(os.getuid()).pw_name
-    except (KeyError, ImportError):
-        return str(os.getuid())

@@ -49,7 +49,7 @@ from .errors import (CacheUnavailable, CatalogBusy, CatalogError, CatalogInUse, 
 from .entries import split_ids
 from .ids import ID_LEN
 from .model import DIR, FILE, Node, Snapshot, Tree, parse_stored_time, format_time, storable_text
-from .pack import KINDS, PackEntry
+from .pack import KINDS, PackEntry, pack_name
 
 _SNAPSHOT_COLUMNS = "id, time, host, paths, tags, tree, username, parent, summary"  # (snapshots, lost_snapshots)
 _LOST_TABLE = ("CREATE TABLE IF NOT EXISTS lost_snapshots (id TEXT PRIMARY KEY, time TEXT NOT NULL, host TEXT NOT NULL, "
@@ -488,16 +488,6 @@ class Catalog:
             except sqlite3.DatabaseError:
                 pass
 
-    def clear(self) -> None:
-        def run(c: sqlite3.Connection) -> None:
-            for t in ("segments", "packs", "blocks", "snapshots", "trees"):
-                c.execute(f"DELETE FROM {t}")
-            for t in ("copy_map", "copy_trees", "copy_map2", "copy_trees2"):
-                c.execute(f"DROP TABLE IF EXISTS {t}")
-            c.execute("DROP TABLE IF EXISTS superseded")
-            c.execute("DROP TABLE IF EXISTS verified")
-        self._tx(run)
-
     # --- sync from the repository ---------------------------------------------------------------------
     def sync(self, repo) -> SyncReport:
         """Bring the catalog in line with the repository: new/removed index segments and snapshots.
@@ -666,15 +656,12 @@ class Catalog:
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
 
-    def reset_index(self) -> None:
-        """Forget every loaded index segment (the next sync reloads them all). The only place blocks leave the
-        catalog's index: so no tree stays 'checked' (see ``add_trees``)."""
-        self._reset_index(None, None)
-
     def _reset_index(self, in_repo: set[str] | None, superseding: str | None) -> bool:
-        """``reset_index``, when (in the same transaction) the catalog still knows a segment not in ``in_repo``,
-        or does not know ``superseding`` yet; False when another process sharing the catalog has reloaded it
-        since this one looked (two resets would empty the index under the first one's reader)."""
+        """Forget every loaded index segment (the next sync reloads them all) when (in the same transaction) the
+        catalog still knows a segment not in ``in_repo``, or does not know ``superseding`` yet; False when another
+        process sharing the catalog has reloaded it since this one looked (two resets would empty the index under
+        the first one's reader). The only place blocks leave the catalog's index: so no tree stays 'checked'
+        (see ``add_trees``)."""
         done = [False]
 
         def run(c: sqlite3.Connection) -> None:
@@ -696,7 +683,7 @@ class Catalog:
         return done[0]
 
     def index_epoch(self) -> int:
-        """How many times the index was reset (``reset_index``): what was known to be indexed under another
+        """How many times the index was reset (``_reset_index``): what was known to be indexed under another
         epoch may have left the index since (a repair dropped lost blocks, a prune deleted packs)."""
         rows = self._q("SELECT value FROM meta WHERE key='index_epoch'")
         try:
@@ -773,8 +760,6 @@ class Catalog:
         """Of ``ids`` (blocks this catalog's index lacks), those an index segment of the repository lists -- one
         no other segment supersedes, for a pack the store holds: the catalog (a cache: rows deleted, a damaged
         page) is then what is wrong, not the repository. Reads every segment: for verify's rare case only."""
-        from .repository import pack_name  # (repository imports this module)
-
         gone: set[str] = set()
         found: list[tuple[str, bytes, bytes]] = []  # (segment, pack, block): one segment in memory at a time
         for sid in repo.list_index():
@@ -1033,7 +1018,7 @@ class Catalog:
 
         ``checked`` is 1 for a tree every block of whose files is known to be in the index: a backup then
         trusts a checked parent tree's blocks without asking the index for each one. Blocks leave the index
-        only through ``reset_index``, which unchecks every tree. A backup caches the trees it writes with
+        only through ``_reset_index``, which unchecks every tree. A backup caches the trees it writes with
         ``pending`` (a negative token of its run: not checked) and ``confirm_pending`` marks them once its
         last index segment names their new blocks; a backup stopped before that leaves them unchecked."""
         key = self._key(repo)

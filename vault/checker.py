@@ -15,6 +15,7 @@ import hashlib
 import itertools
 import math
 import os
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,8 +30,8 @@ from .errors import CatalogError, IntegrityError, ObjectNotFound, UsageError, Va
 from .entries import entry, split_ids
 from .forkpool import ForkPool
 from .model import DIR, FILE, Tree, replaced_by_repair
-from .pack import PackEntry, header_length, header_rows, sealed_header
-from .repository import MAX_SEGMENT_STORED, Repository, Scratch, pack_name
+from .pack import PackEntry, header_length, header_rows, pack_name, sealed_header
+from .repository import MAX_SEGMENT_STORED, Repository, Scratch
 
 
 MAX_SIZE_MISMATCHES = 10_000  # files whose size their blocks contradict, named in one report (more: the next)
@@ -79,8 +80,6 @@ _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 10**3, "kib": 1 << 10, "m": 1 << 20
 
 def parse_size(text: str) -> int:
     """``500M``, ``2GiB``, ``1.5G``, ``10GB``, ``4096``: bytes (K/M/G/T are binary; KB/MB/GB/TB decimal)."""
-    import re
-
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text or "")
     unit = m.group(2).lower() if m else None
     if m is None or unit not in _UNITS:
@@ -88,8 +87,17 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * _UNITS[unit])
 
 
-def parse_subset(text: str | None) -> tuple[str, float] | None:
-    """``P%`` -> ("percent", P), ``n/m`` -> ("slice", n/m encoded); None for no subset."""
+@dataclass(frozen=True)
+class Subset:
+    """Which packs ``--read-data-subset`` reads: the first ``percent`` % (least recently verified first), or
+    slice ``piece`` = (n, m): the packs whose id falls in the n-th of m groups."""
+
+    percent: float | None = None
+    piece: tuple[int, int] | None = None
+
+
+def parse_subset(text: str | None) -> Subset | None:
+    """``P%`` -> Subset(percent=P), ``n/m`` -> Subset(piece=(n, m)); None for no subset."""
     if text is None:
         return None
     t = text.strip()
@@ -97,15 +105,13 @@ def parse_subset(text: str | None) -> tuple[str, float] | None:
         if t.endswith("%"):
             p = float(t[:-1])
             if 0 < p <= 100:
-                return ("percent", p)
+                return Subset(percent=p)
         elif "/" in t:
             n, m = (int(x) for x in t.split("/", 1))
             if 1 <= n <= m:
-                return ("slice", n * 1_000_000 + m)
+                return Subset(piece=(n, m))
     except ValueError:
         pass
-    from .errors import UsageError
-
     raise UsageError(f"bad --read-data-subset {text!r}: use a percentage like 5% or n/m like 1/20")
 
 
@@ -133,7 +139,7 @@ def whole_below(catalog: Catalog, repo: Repository, root: bytes,
 
 class Checker:
     def __init__(self, repo: Repository, catalog: Catalog, read_data: bool = False,
-                 subset: tuple[str, float] | None = None, now: float | None = None, jobs: int = 0,
+                 subset: Subset | None = None, now: float | None = None, jobs: int = 0,
                  max_bytes: int | None = None, processes: int = 0,
                  fresh_backend: Callable[[], object] | None = None, piecewise: bool = False):
         """``processes`` > 1: packs are read by that many forked workers (a local repository), each opening
@@ -211,10 +217,10 @@ class Checker:
         # every row before the first comes back -- an index on verified_at would change that)
         usable = self.catalog.stored_packs_by_verification()
         limit = piece = None
-        if self.subset is not None and self.subset[0] == "slice":
-            piece = divmod(int(self.subset[1]), 1_000_000)  # (n, m)
+        if self.subset is not None and self.subset.piece is not None:
+            piece = self.subset.piece
         elif self.subset is not None:
-            limit = max(1, math.ceil(self.catalog.stored_pack_count() * self.subset[1] / 100))
+            limit = max(1, math.ceil(self.catalog.stored_pack_count() * self.subset.percent / 100))
         taken = total = skipped = 0
         for pid, size in usable:
             if piece is not None and int.from_bytes(pid[:4], "big") % piece[1] != piece[0] - 1:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from .errors import NoPassword, UsageError
 
 DEFAULT_LOCK_WAIT = 180.0
+DEFAULT_CONNECTIONS = 8  # parallel requests to a remote store (S3) when neither --connections nor the env says
 
 
 @dataclass
@@ -46,11 +47,15 @@ class Settings:
             s3_endpoint=self.s3_endpoint or env.get("VAULT_S3_ENDPOINT") or None,
             lock_wait=DEFAULT_LOCK_WAIT if self.lock_wait is None else self.lock_wait,
             jobs=self.jobs or _int_env("VAULT_JOBS", 0, 256),
-            connections=self.connections or _int_env("VAULT_CONNECTIONS", 1, 256) or 8,
+            connections=self.connections or _int_env("VAULT_CONNECTIONS", 1, 256) or DEFAULT_CONNECTIONS,
             s3_storage_class=self.s3_storage_class or env.get("VAULT_S3_STORAGE_CLASS") or None,
             no_lock=self.no_lock,
             extra=dict(self.extra),
         )
+
+    def connection_count(self) -> int:
+        """``connections``, or the default when unset (settings not ``resolved``)."""
+        return self.connections or DEFAULT_CONNECTIONS
 
     def effective_s3_endpoint(self) -> str | None:
         """The S3 endpoint in use: ours, else boto3's own ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``."""

@@ -61,6 +61,18 @@ class IntegrityError(VaultError):
     exit_code = 20
 
 
+class LockLost(VaultError):
+    """Our lock vanished or went stale while we held it: stop before committing anything."""
+
+
+class PruneRefused(VaultError):
+    """Prune cannot prove what is unreferenced; nothing was changed."""
+
+
+class StoreFailed(VaultError):
+    """A block could not be handed to the pack writer (its memory or /dev/zero failed): the backup stops."""
+
+
 class SnapshotNotFound(VaultError):
     """No snapshot matches the id, prefix, ``latest`` or ``--at`` given (or the prefix is ambiguous)."""
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from .claims import Claims
 from .entries import split_ids
-from .errors import MACHINE_LIMITS, VaultError
+from .errors import MACHINE_LIMITS, StoreFailed
 from . import longpath
 from .fsmeta import node_from_stat, read_xattrs
 from .model import Node
@@ -26,10 +26,6 @@ from .repository import Repository
 
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
 GROWTH = 64 << 20  # bytes a file may grow by while it is read (more: another process keeps extending it)
-
-
-class StoreFailed(VaultError):
-    pass
 
 
 RACY_FINE_NS = 20_000_000  # a file system with sub-second timestamps: a few clock ticks of an older kernel

@@ -326,6 +326,17 @@ def chmod_nofollow(dir_fd: int, name: bytes, mode: int) -> None:
         os.close(fd)
 
 
+def username() -> str:
+    """The name of the user this process runs as (recorded in snapshots, locks and key slots; the uid when the
+    system has no name for it). From the user database, not ``$USER``: the same name in all three."""
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.getuid()).pw_name
+    except (KeyError, ImportError):
+        return str(os.getuid())
+
+
 def current_umask() -> int:
     """The process umask, read without changing it where the kernel tells (Linux >= 4.7)."""
     try:

@@ -1,4 +1,4 @@
-"""Typed ids: 32-byte binary ids, their hex form, and unique-prefix lookup."""
+"""Ids: their length (32 bytes, 64 hex digits) and unique-prefix lookup."""
 
 from __future__ import annotations
 
@@ -9,33 +9,9 @@ from .errors import SnapshotNotFound
 ID_LEN = 32
 
 
-def to_hex(raw: bytes) -> str:
-    return raw.hex()
-
-
-def from_hex(text: str) -> bytes:
-    """Parse a full 64-hex-digit id; raise ValueError otherwise."""
-    raw = bytes.fromhex(text)
-    if len(raw) != ID_LEN:
-        raise ValueError(f"not a 32-byte id: {text!r}")
-    return raw
-
-
-def is_hex_id(text: str) -> bool:
-    try:
-        from_hex(text)
-    except ValueError:
-        return False
-    return text == text.lower()
-
-
-def short(hex_id: str) -> str:
-    """The 8-digit short form shown to users; always a prefix of the full id."""
-    return hex_id[:8]
-
-
 def resolve_prefix(prefix: str, candidates: Iterable[str], what: str = "snapshot") -> str:
-    """Return the one candidate starting with ``prefix``; UsageError when none or several do."""
+    """Return the one candidate starting with ``prefix``; SnapshotNotFound (exit 1, a message naming ``what``:
+    a snapshot, a key) when none or several do."""
     p = prefix.strip().lower()
     if not p or any(c not in "0123456789abcdef" for c in p):
         raise SnapshotNotFound(f"invalid {what} id {prefix!r}")

@@ -23,11 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .backend.base import Backend
-from .errors import ObjectNotFound, RepositoryLocked, VaultError
+from .errors import LockLost, ObjectNotFound, RepositoryLocked, VaultError
+from .fsmeta import username
 
-
-class LockLost(VaultError):
-    """Our lock vanished or went stale while we held it: stop before committing anything."""
 
 _LOCK_NAME = re.compile(r"locks/[0-9a-f]{32}")
 STALE_AFTER = 30 * 60.0
@@ -167,7 +165,7 @@ class Lock:
     def _write(self) -> str:
         now = self._clock()
         boot, pid_ns = _this_machine()
-        doc = {"host": socket.gethostname(), "pid": os.getpid(), "username": _username(),
+        doc = {"host": socket.gethostname(), "pid": os.getpid(), "username": username(),
                "operation": self.operation, "exclusive": self.exclusive, "time": self._started, "refreshed": now,
                "boot_id": boot, "pid_ns": pid_ns}
         name = f"locks/{secrets.token_hex(16)}"
@@ -287,11 +285,3 @@ def remove_locks(backend: Backend, all_locks: bool, now: float | None = None) ->
             removed.append(lk)
     return removed
 
-
-def _username() -> str:
-    try:
-        import pwd
-
-        return pwd.getpwuid(os.getuid()).pw_name
-    except (KeyError, ImportError):
-        return str(os.getuid())

@@ -46,6 +46,12 @@ def pack_id(data: bytes | memoryview) -> bytes:
     return hashlib.sha256(data).digest()
 
 
+def pack_name(pid: bytes) -> str:
+    """The store's name of pack ``pid`` (``data/`` and its first two hex digits: no directory too big)."""
+    h = pid.hex()
+    return f"data/{h[:2]}/{h}"
+
+
 def encode_header(entries: list[PackEntry], cipher: Cipher) -> bytes:
     parts = [HEADER_MAGIC, struct.pack("<I", len(entries))]
     parts += [_ENTRY.pack(e.kind.encode(), e.block_id, e.length, e.raw_length) for e in entries]

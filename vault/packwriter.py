@@ -19,10 +19,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable
 
 from . import index as index_mod
-from .errors import IntegrityError, VaultError
-from .locks import LockLost
-from .pack import DATA, KINDS, PackEntry, encode_header, seal_block_into, sealed_size
-from .repository import Repository, pack_name
+from .errors import IntegrityError, LockLost, VaultError
+from .pack import DATA, KINDS, PackEntry, encode_header, pack_name, seal_block_into, sealed_size
+from .repository import Repository
 
 OnPack = Callable[[bytes, int, list[PackEntry]], None]
 

@@ -29,20 +29,17 @@ from dataclasses import dataclass, field
 from . import index as index_mod
 from . import pack as pack_mod
 from .catalog import Catalog
-from .errors import CacheUnavailable, IntegrityError, ObjectNotFound, PermanentError, VaultError
+from .errors import CacheUnavailable, IntegrityError, ObjectNotFound, PermanentError, PruneRefused, VaultError
 from .ids import ID_LEN
 from .model import replaced_by_repair
+from .pack import pack_name
 from .packwriter import PackWriter
-from .repository import Repository, pack_name
+from .repository import Repository
 
 SEGMENT_PACKS = 64  # packs listed per new index segment
 SEGMENT_ENTRIES = 100_000  # and at most this many blocks, when small segments are merged
 SMALL_SEGMENT = SEGMENT_PACKS // 4  # a segment listing fewer packs than this is merged with others ...
 MERGE_AT = 32  # ... once there are this many (every backup writes one: a year of hourly ones is 8,800)
-
-
-class PruneRefused(VaultError):
-    """Prune cannot prove what is unreferenced; nothing was changed."""
 
 
 @dataclass

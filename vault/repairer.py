@@ -32,9 +32,9 @@ from .catalog import Catalog
 from .errors import IntegrityError, ObjectNotFound, VaultError, is_damage
 from . import entries as entries_mod
 from .model import DEEPEST, DIR, FILE, Node, Snapshot, Tree, format_time, moved_summary, replaced_by_repair
-from .pack import DATA, TREE, PackEntry, parse_pack
+from .pack import DATA, TREE, PackEntry, pack_name, parse_pack
 from .packwriter import PackWriter
-from .repository import Repository, pack_name
+from .repository import Repository
 
 SEGMENT_PACKS = 64
 

@@ -15,12 +15,10 @@ then (for blocks) the HMAC id of the plaintext.
 
 from __future__ import annotations
 
-import getpass
 import hashlib
 import re
 import itertools
 import json
-import os
 import secrets
 import socket
 import warnings
@@ -31,12 +29,14 @@ from datetime import datetime, timezone
 
 from . import index as index_mod
 from . import pack as pack_mod
+from .pack import pack_name
 from .backend.base import Backend, confirmed_size
 from .chunker import Chunker, ChunkerParams
 from .compress import compress, decompress, decompress_into
 from .crypto import Cipher, KdfParams, MasterKeys, block_id
-from .errors import (IntegrityError, ObjectExists, ObjectNotFound, PermanentError, RepositoryExists,
+from .errors import (IntegrityError, LockLost, ObjectExists, ObjectNotFound, PermanentError, RepositoryExists,
                      RepositoryNotFound, TruncatedResponse, VaultError, VaultWarning, WrongPassword, is_damage)
+from .fsmeta import username
 from .keys import ForeignSlot, make_slot, open_slot, slot_info
 from .model import Snapshot, Tree, format_time
 
@@ -164,8 +164,6 @@ def _read_checked(backend: Backend, name: str, check: Callable[[bytes], T], limi
 def _under_lock(check_lock: Callable[[], None], write: Callable[[], str], take_back: Callable[[str], None]) -> str:
     """``write()`` an object under a lock asked for before and again once the object landed; when the lock was
     lost meanwhile, ``take_back(its id)`` and LockLost."""
-    from .locks import LockLost
-
     check_lock()
     sid = write()
     try:
@@ -233,11 +231,6 @@ class Scratch:
 
     def __init__(self) -> None:
         self.sealed, self.plain = bytearray(), bytearray()
-
-
-def pack_name(pid: bytes) -> str:
-    h = pid.hex()
-    return f"data/{h[:2]}/{h}"
 
 
 def _slots(backend) -> Iterator[tuple[str, int]]:
@@ -311,7 +304,7 @@ class Repository:
                             pack_size=pack_size)
         keys = keys or MasterKeys.generate()
         slot = make_slot(keys, config.id, password, kdf, format_time(datetime.now(timezone.utc)),
-                         socket.gethostname(), _username(), config.encode())
+                         socket.gethostname(), username(), config.encode())
         key_name = f"keys/{hashlib.sha256(slot).hexdigest()}"
         backend.put(key_name, slot)
         try:
@@ -488,7 +481,7 @@ class Repository:
     def make_key(self, password: bytes, kdf: KdfParams = KdfParams()) -> tuple[str, bytes]:
         """A new key slot for ``password``: (its name, its bytes), not stored yet."""
         slot = make_slot(self.keys, self.id, password, kdf, format_time(datetime.now(timezone.utc)),
-                         socket.gethostname(), _username(), self.config.encode())
+                         socket.gethostname(), username(), self.config.encode())
         return f"keys/{hashlib.sha256(slot).hexdigest()}", slot
 
     def slot_kdf(self) -> KdfParams | None:
@@ -767,9 +760,3 @@ class Repository:
 
         return _read_checked(self.backend, name, check, limit)
 
-
-def _username() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return str(os.getuid())

@@ -46,8 +46,8 @@ from .forkpool import ForkPool
 from .fsmeta import (IS_ROOT, REPLACED, apply_metadata, apply_metadata_at, chmod_nofollow, current_umask, fold_key,
                      folding_names, make_special, rename_noreplace)
 from .model import DIR, FILE, SOCKET, SYMLINK, Node, Snapshot
-from .pack import PackEntry
-from .repository import Repository, Scratch, pack_name
+from .pack import PackEntry, pack_name
+from .repository import Repository, Scratch
 
 MAX_GAP = 256 * 1024
 MAX_RANGE = 4 * 1024 * 1024

@@ -96,7 +96,7 @@ def _local(t: datetime, tz: tzinfo | None) -> datetime:
         return t
 
 
-def _has_tags(snap: Snapshot, spec: str) -> bool:
+def _has_keep_tags(snap: Snapshot, spec: str) -> bool:
     """Whether ``snap`` carries every tag of ``spec`` ("a,b"); an empty spec (``--keep-tag ''``) names no tag,
     so every snapshot has all of them: kept, as restic keeps them."""
     want = {t for t in spec.split(",") if t}
@@ -122,7 +122,7 @@ def decide(snaps: list[Snapshot], policy: Policy, tz: tzinfo | None = timezone.u
     """Keep/forget with reasons for one group of snapshots; returned newest first. ``now`` (default: the clock)
     bounds the snapshot ``--keep-within`` counts back from: the newest one not in the future."""
     # at equal times a replacement written by 'vault repair' ranks above the original it replaces
-    ordered = sorted(snaps, key=lambda s: (s.time, bool(s.summary.get("repaired_from")), s.id), reverse=True)
+    ordered = sorted(snaps, key=lambda s: (s.time, s.repaired_from is not None, s.id), reverse=True)
     if not ordered:
         return []
     counts = {"last": policy.last, **{r: getattr(policy, r) for r in BUCKET_RULES}}
@@ -152,7 +152,7 @@ def decide(snaps: list[Snapshot], policy: Policy, tz: tzinfo | None = timezone.u
         if cutoff is not None and snap.time > cutoff:
             reasons.append(f"within {policy.within}")
         for spec in policy.tags:
-            if _has_tags(snap, spec):
+            if _has_keep_tags(snap, spec):
                 reasons.append(f"tag: {spec}")
         out.append(Decision(snap, bool(reasons), reasons))
     return out

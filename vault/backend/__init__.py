@@ -21,7 +21,7 @@ from vault.backend.counting import CountingBackend
 from vault.backend.local import LocalBackend
 from vault.backend.memory import MemoryBackend
 from vault.backend.retry import RetryBackend
-from vault.errors import UsageError
+from vault.errors import UsageError, VaultError
 
 __all__ = [
     "Backend",
@@ -79,10 +79,9 @@ def parse_url(url: str) -> tuple[str, str]:
 def _open_s3(location: str, endpoint: str | None, connections: int, storage_class: str | None) -> Backend:
     try:
         from vault.backend.s3 import S3Backend
-    except ModuleNotFoundError as err:
-        if err.name != "vault.backend.s3":  # the module exists but a dependency is missing: say so
-            raise
-        raise UsageError("S3 repositories are not supported yet") from None
+    except ModuleNotFoundError as err:  # (boto3, or a module it needs, is not installed)
+        raise VaultError(f"an S3 repository needs boto3, which cannot be loaded here ({err.name or err} is "
+                         "missing): pip install boto3") from None
     bucket, _, prefix = location.partition("/")
     return S3Backend(bucket, prefix, endpoint=endpoint, connections=connections, storage_class=storage_class)
 

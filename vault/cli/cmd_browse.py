@@ -33,15 +33,7 @@ def snapshots(hosts, tags, paths, latest) -> None:
     """
     c = get_ctx()
     with api.session(c.settings, c.password_fn()) as sess:
-        snaps = api.list_snapshots(sess, api.SnapshotFilter(texts(hosts), texts(tags), list(paths)))
-    if latest is not None:  # (snaps are oldest first: each group's last N, the order kept)
-        kept, seen = [], {}
-        for s in reversed(snaps):
-            group = (s.host, tuple(sorted(s.paths)))
-            if seen.get(group, 0) < latest:
-                seen[group] = seen.get(group, 0) + 1
-                kept.append(s)
-        snaps = kept[::-1]
+        snaps = api.list_snapshots(sess, api.SnapshotFilter(texts(hosts), texts(tags), list(paths)), latest)
     c.warn_unreadable(sess.sync.unreadable, "not listed; run 'vault verify'")
     if c.json:
         c.emit_json_stream(None, (api.snapshot_json(s) for s in snaps))  # (built whole: 86 MiB at 5,800)

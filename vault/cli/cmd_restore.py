@@ -64,7 +64,7 @@ def restore(snapshot: str | None, target: str, at: str | None, includes: tuple[s
     finally:
         progress.done()
     c.warn_unreadable(res.passed_over, f"it may be newer than {snap.short_id}, the snapshot restored", always=True)
-    original, dropped = snap.summary.get("repaired_from"), snap.summary.get("files_dropped")
+    original, dropped = snap.repaired_from, snap.summary.get("files_dropped")
     if isinstance(original, str):  # (latest and --at prefer repair's replacement: it lacks what was lost)
         c.err(printable(f"vault: warning: snapshot {snap.short_id} is vault repair's replacement of {original[:8]}"
                         + (f", without {dropped} file(s) lost then" if isinstance(dropped, int) else "")

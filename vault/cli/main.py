@@ -117,12 +117,13 @@ _verbose = False
 
 
 def _asks_verbose(args: list[str]) -> bool:
-    """Whether -v is given (before any ``--``), also in a cluster of flags (``-vv``): decided before click parses
-    the command line, since an error may come first (a module that cannot load, no descriptors left)."""
+    """Whether -v is given (before any ``--``), also in a cluster of flags that take no value (``-vv``, ``-xv``,
+    ``-lv``): decided before click parses the command line, since an error may come first (a module that cannot
+    load, no descriptors left)."""
     for a in args:
         if a == "--":
             return False
-        if a == "--verbose" or re.fullmatch(r"-[qvn]*v[qvn]*", a):
+        if a == "--verbose" or re.fullmatch(r"-[qvnxl]*v[qvnxl]*", a):
             return True
     return False
 
