@@ -3,9 +3,11 @@ next run reuses; the catalog is only a cache, rebuilt from the repository whenev
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -72,6 +74,8 @@ def test_killed_backup_leaves_consistent_repo_and_next_run_resumes(small_packs, 
     b = repo("--json", "backup", src, "--lock-wait", "0").json
     assert b["files_new"] == 100
     assert b["bytes_processed"] == total
+    if packs_at_kill > v["packs"]:  # (its lock, left behind, says a killed run may have left packs: adopted)
+        assert b["packs_adopted"] >= 1, (b, packs_at_kill, v["packs"])
     if index_at_kill:
         assert b["bytes_added"] < total - archiver.CHECKPOINT_PACKS * (512 << 10), \
             f"a checkpoint existed at the kill, yet the new backup added {b['bytes_added']} of {total} bytes"
@@ -354,3 +358,20 @@ def test_a_cleanly_stopped_backup_names_the_packs_it_stored(small_packs, tmp_pat
     b = repo("--json", "backup", src).json
     assert b["packs_adopted"] == 0, b
     repo("verify", "--read-data")
+
+
+def test_a_backup_lists_the_packs_only_after_a_killed_run(repo, tmp_path):
+    """Every backup listed the whole of data/ to adopt the packs a killed run stored: O(packs) requests before
+    the first file is read (~650 LIST pages one after another for a 10 TiB S3 repository), where nothing was
+    to be found after a clean run. A killed run leaves its lock behind: only such a lock makes a backup look."""
+    src = make_tree(tmp_path / "src", {"a": b"x" * 1000})
+    repo("backup", src)
+    quiet = repo("--json", "backup", src).json["requests"]["LIST"]
+    assert repo("--json", "backup", src).json["requests"]["LIST"] == quiet
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # (its pid: a process that is no more)
+    now = time.time()
+    (repo.repo / "locks" / ("ab" * 16)).write_text(json.dumps({
+        "host": socket.gethostname(), "pid": gone.pid, "username": "x", "operation": "backup", "exclusive": False,
+        "time": now, "refreshed": now}))
+    assert repo("--json", "backup", src).json["requests"]["LIST"] == quiet + 1

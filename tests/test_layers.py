@@ -4,10 +4,11 @@ import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "vault"
-PURE = {"pack", "index", "crypto", "compress", "chunker", "model", "ids", "errors", "excludes", "timespec", "keys"}
+PURE = {"pack", "index", "crypto", "compress", "chunker", "model", "ids", "errors", "excludes", "timespec", "keys",
+        "jsonshape"}
 ENGINES = {"archiver", "restorer", "checker", "pruner", "dumper", "repairer", "copier"}
-ABOVE_REPOSITORY = {"api", "cli", "config", "archiver", "restorer", "checker", "pruner", "repairer", "copier",
-                    "catalog", "packwriter", "filereader", "backup_workers", "dumper"}
+ABOVE_REPOSITORY = {"api", "session", "cli", "config", "archiver", "restorer", "checker", "pruner", "repairer",
+                    "copier", "catalog", "packwriter", "filereader", "backup_workers", "dumper"}
 
 
 def _modules():

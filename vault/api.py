@@ -7,7 +7,6 @@ engines' reports, with the requests the command made; the CLI renders them as te
 
 from __future__ import annotations
 
-import base64
 import collections
 import contextlib
 import dataclasses
@@ -23,23 +22,19 @@ from datetime import datetime, timezone
 from . import stopsignals
 from .archiver import Archiver, BackupOptions
 from .backup_workers import BackupWorkers
-from .backend import open_backend, parse_url
 from .backend.counting import sum_stats
-from .backend.retry import RetryBackend
-from .cachedir import read_small, write_small
-from .catalog import OPEN_WAIT, Catalog, SyncReport, open_synced, store_key
+from .catalog import Catalog
 from .checker import Checker, Damage, VerifyReport, parse_subset, whole_below
 from .chunker import ChunkerParams
 from .config import DEFAULT_LOCK_WAIT, Settings
 from .crypto import KdfParams, MasterKeys
 from .dumper import Dumper
 from .copier import Copier, CopyReport
-from .errors import (CacheUnavailable, CatalogBusy, CatalogError, CatalogInUse, IntegrityError, PermanentError,
-                     RepositoryLocked, RepositoryNotFound, SnapshotNotFound, UsageError, VaultError, VaultWarning,
-                     WrongPassword, is_damage)
+from .errors import (CacheUnavailable, CatalogBusy, CatalogError, CatalogInUse, IntegrityError, SnapshotNotFound,
+                     UsageError, VaultError, VaultWarning, is_damage)
 from .excludes import Matcher, compile_glob
 from .ids import resolve_prefix
-from .locks import Lock, remove_locks
+from .locks import remove_locks
 from .model import DIR, FILE, Node, Snapshot, format_time, replaced_by_repair
 from .pruner import PruneOptions, PruneReport, Pruner
 from .repairer import RepairReport, Repairer
@@ -47,157 +42,9 @@ from . import forkpool, retention
 from .retention import Decision, Group, Policy
 from .repository import Repository
 from .restorer import RestoreOptions, RestoreResult, Restorer
+from .session import (PasswordFn, Session, cache_key, local_repo_path, naming, open_store, other_session,
+                      prefetch_width, session)
 from .timespec import parse_time
-
-PasswordFn = Callable[[], bytes]
-
-
-# --- opening ------------------------------------------------------------------------------------------
-@dataclass
-class Session:
-    repo: Repository
-    catalog: Catalog
-    sync: SyncReport
-    counter: RetryBackend
-    lock: Lock | None = None
-
-    def check_lock(self) -> None:
-        if self.lock is not None:
-            self.lock.check()
-
-    def requests(self) -> dict:
-        return self.counter.inner.stats()
-
-
-def _backend(settings: Settings) -> RetryBackend:
-    """The repository's backend: retries above a request counter above the store (every attempt counted)."""
-    return open_backend(settings.require_repo(), settings.s3_endpoint, settings.connection_count(),
-                        settings.s3_storage_class, count=True)
-
-
-# what --no-lock may run without its shared lock: what only reads the repository (copy's source and the
-# repository repair --from-repo heals from are read only too: a read-only mount or S3 credentials can feed them)
-_READ_ONLY = {"ls", "find", "diff", "restore", "verify", "dump", "copy (source)", "repair (source)"}
-
-
-@contextlib.contextmanager
-def session(settings: Settings, password: PasswordFn, lock: str | None = None, operation: str = "",
-            sync: bool = True, before_catalog: Callable[[Repository], None] | None = None,
-            not_id: tuple[str, str] | None = None) -> Iterator[Session]:
-    """Open the repository (verify the password), optionally lock it, open and sync the catalog.
-
-    ``before_catalog(repo)`` runs before this process opens the catalog (backup forks its workers there).
-    ``not_id``: (repository id, message): a UsageError with the message when this is that repository, before
-    its lock is asked for (a second session on the first one's repository would wait for its own lock)."""
-    counter = _backend(settings)
-    keys: dict[str, str] = {}
-
-    def key_of(repo_id: str) -> str:  # (the catalog's directory: looked up once a command, see store_key)
-        if repo_id not in keys:
-            keys[repo_id] = _cache_key(settings, repo_id)
-        return keys[repo_id]
-
-    repo = Repository.open(counter, password, first_slot=lambda rid: _slot_hint(settings, key_of, rid))
-    if not_id is not None and repo.id == not_id[0]:
-        counter.close()
-        raise UsageError(not_id[1])
-    _remember_slot(settings, key_of, repo)
-    held = None
-    if lock == "shared" and operation in _READ_ONLY and settings.no_lock:
-        lock = None  # --no-lock: a read-only repository (a prune running meanwhile can make this fail)
-    if lock is not None:
-        try:
-            held = Lock(counter, exclusive=(lock == "exclusive"), operation=operation, wait=settings.lock_wait or 0)
-        except PermanentError as exc:  # a full or read-only repository cannot take a lock object
-            if lock == "shared" and operation in _READ_ONLY:
-                raise type(exc)(f"{exc} (cannot take the repository lock; {operation.split(' (')[0]} can read it "
-                                "without one: --no-lock)") from None
-            raise
-    try:
-        if before_catalog is not None:
-            before_catalog(repo)
-        if sync:
-            catalog, report = open_synced(settings.cache_dir, repo, wait=_catalog_wait(settings), key=key_of(repo.id),
-                                          prefetch=_prefetch(settings))
-        else:
-            catalog = Catalog.open(settings.cache_dir, key_of(repo.id), wait=_catalog_wait(settings))
-            catalog.prefetch, report = _prefetch(settings), SyncReport()
-        try:
-            yield Session(repo, catalog, report, counter, held)
-        finally:
-            catalog.close()
-    finally:
-        if held is not None:
-            held.release()
-        counter.close()
-
-
-def _store_location(settings: Settings) -> str:
-    """Where the repository is, canonical: its real path, or bucket, prefix and endpoint."""
-    scheme, loc = parse_url(settings.require_repo())
-    if scheme == "file":  # (and the file system it is on: two cloned disks rotated at one mount point differ)
-        real = probe = os.path.realpath(loc)
-        while True:
-            try:
-                fsid = os.statvfs(probe).f_fsid
-                break
-            except OSError:  # (not made yet, init: the file system it will be on)
-                if os.path.dirname(probe) == probe:
-                    fsid = 0
-                    break
-                probe = os.path.dirname(probe)
-        return f"{real} on file system {fsid:x}" if fsid else real
-    endpoint = settings.effective_s3_endpoint()
-    if endpoint:  # (http://Host:9000/ and http://host:9000 are one endpoint: one catalog, not two)
-        from urllib.parse import urlsplit
-
-        parts = urlsplit(endpoint.strip())
-        endpoint = f"{parts.scheme.lower()}://{(parts.netloc or parts.path).lower()}{parts.path.rstrip('/') if parts.netloc else ''}"
-    return f"s3://{loc}" + (f" at {endpoint}" if endpoint else "")
-
-
-def _cache_key(settings: Settings, repo_id: str) -> str:
-    """The catalog's directory under the cache directory (``catalog.store_key``)."""
-    return store_key(settings.cache_dir, repo_id, _store_location(settings))
-
-
-def _prefetch(settings: Settings) -> int:
-    """``Catalog.prefetch``: a remote repository's manifests, segments and trees are fetched side by side."""
-    return 0 if local_repo_path(settings) else min(settings.connection_count(), 8)
-
-
-def _slot_file(settings: Settings, key_of: Callable[[str], str], repo_id: str) -> str:
-    return os.path.join(settings.cache_dir, key_of(repo_id), "key-slot")
-
-
-def _slot_hint(settings: Settings, key_of: Callable[[str], str], repo_id: str) -> str | None:
-    """The key slot that opened this repository last time (a hint: it only decides which slot is tried first)."""
-    try:
-        data = read_small(_slot_file(settings, key_of, repo_id), 100)
-        return data.decode("ascii").strip() or None if data is not None else None
-    except (OSError, ValueError, CatalogError):
-        return None
-
-
-def _remember_slot(settings: Settings, key_of: Callable[[str], str], repo: Repository) -> None:
-    if _slot_hint(settings, key_of, repo.id) == repo.key_name:
-        return
-    try:
-        write_small(_slot_file(settings, key_of, repo.id), repo.key_name.encode("ascii"))
-    except (OSError, CatalogError):  # a read-only, full or unsafe cache: the catalog's open says so
-        pass
-
-
-def _catalog_wait(settings: Settings) -> float:
-    """How long to wait for the local catalog's opening lock: --lock-wait, but never under 5 s (another
-    process holds it for milliseconds; only a stopped or hung one holds it longer)."""
-    return max(5.0, settings.lock_wait if settings.lock_wait is not None else OPEN_WAIT)
-
-
-def local_repo_path(settings: Settings) -> str | None:
-    scheme, loc = parse_url(settings.require_repo())
-    return loc if scheme == "file" else None
-
 
 # --- init ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -216,11 +63,11 @@ def init(settings: Settings, password: bytes | PasswordFn, kdf: KdfParams | None
     parameters and secret seed, so copies between the two cut data identically and deduplicate."""
     keys = None
     if chunker_from is not None:
-        with _naming("the repository of --copy-chunker-params-from"):
-            other = Repository.open(_backend(chunker_from[0]), chunker_from[1])
+        with naming("the repository of --copy-chunker-params-from"):
+            other = Repository.open(open_store(chunker_from[0]), chunker_from[1])
         chunker = other.config.chunker
         keys = dataclasses.replace(MasterKeys.generate(), chunker_seed=other.keys.chunker_seed)
-    backend = _backend(settings)
+    backend = open_store(settings)
     repo = Repository.create(backend, password, kdf=kdf or KdfParams(), chunker=chunker or ChunkerParams(),
                              compression_level=compression_level, pack_size=pack_size, keys=keys)
     root = local_repo_path(settings)
@@ -256,12 +103,6 @@ def _matches_tag_filter(spec: str, tags: list[str]) -> bool:
     restic): it has no tags at all."""
     wanted = {t for t in spec.split(",") if t}
     return (wanted <= set(tags) or spec in tags) if wanted else not tags
-
-
-def snapshot_json(s: Snapshot) -> dict:
-    d = {"id": s.id, "short_id": s.short_id, "time": format_time(s.time), "host": s.host, "paths": s.paths,
-         "tags": s.tags, "username": s.username, "parent": s.parent, "tree": s.tree.hex(), "summary": s.summary}
-    return d if all(p.isascii() for p in s.paths) else with_b64(d)  # (a path that is not UTF-8: its bytes too)
 
 
 def list_snapshots(sess: Session, flt: SnapshotFilter | None = None, latest: int | None = None) -> list[Snapshot]:
@@ -367,29 +208,6 @@ def passed_over(sess: Session, spec: str | None, at: str | None = None,
     return out
 
 
-@contextlib.contextmanager
-def _naming(role: str, url: str = "") -> Iterator[None]:
-    """Failures to open a second repository say which one it is (same exception class: same exit code); the
-    advice to unlock names it too (a bare 'vault unlock' would unlock the first)."""
-    try:
-        yield
-    except (WrongPassword, RepositoryNotFound, RepositoryLocked, PermanentError) as exc:  # (the last: read-only)
-        text = str(exc).replace("'vault unlock'", f"'vault --repo {url} unlock'") if url else str(exc)
-        raise type(exc)(f"{role}: {text}") from None
-
-
-@contextlib.contextmanager
-def other_session(role: str, settings: Settings, password: PasswordFn, **kw) -> Iterator[Session]:
-    """``session`` on a second repository (copy's destination, repair's --from-repo), its opening failures
-    naming ``role``."""
-    cm = session(settings, password, **kw)
-    with _naming(role, settings.repo):
-        sess = cm.__enter__()
-    with contextlib.ExitStack() as stack:
-        stack.push(cm)
-        yield sess
-
-
 # --- backup -------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class BackupResult:
@@ -435,14 +253,14 @@ def backup(settings: Settings, password: PasswordFn, opts: BackupOptions,
             return
         try:
             workers.append(BackupWorkers(repo, processes, Catalog.file_path(settings.cache_dir,
-                                                                         _cache_key(settings, repo.id))))
+                                                                         cache_key(settings, repo.id))))
         except (OSError, forkpool.ForkFailed):  # (no anonymous file for the claims lock, no fork): threads do it
             pass
 
     try:
         with session(settings, password, lock=None if opts.dry_run else "shared", operation="backup",
                      before_catalog=fork_workers) as sess:
-            opts = dataclasses.replace(opts, before_commit=sess.check_lock)
+            opts = dataclasses.replace(opts, before_commit=sess.check_lock, adopt_leftovers=sess.may_hold_leftovers())
             arch = Archiver(sess.repo, sess.catalog, opts, progress=progress, workers=workers[0] if workers else None)
             if opts.stdin_name is not None:
                 snap = arch.run_stream(opts.stdin_name, opts.stdin_fd, opts.stdin_check)
@@ -497,7 +315,7 @@ def restore(settings: Settings, password: PasswordFn, spec: str | None, opts: Re
             processes = jobs = opts.processes or jobs or _default_processes()
         jobs, processes = _capped(jobs, processes)
         opts = RestoreOptions(**{**opts.__dict__, "jobs": jobs, "processes": processes})
-        result = Restorer(sess.repo, sess.catalog, root, opts, fresh_backend=lambda: _backend(settings)).run()
+        result = Restorer(sess.repo, sess.catalog, root, opts, fresh_backend=lambda: open_store(settings)).run()
         if found is not None:  # (named by their paths in the snapshot, as a whole restore names them: "/sub/b"
             base = os.fsdecode(found[0])  # looked like a path on this machine)
             for named in (result.damaged, result.errors, result.warnings):
@@ -538,61 +356,6 @@ def dump(settings: Settings, password: PasswordFn, spec: str | None, path: str, 
 
 
 # --- ls / find / diff ---------------------------------------------------------------------------------
-_PATH_KEYS = frozenset({"path"})  # a path; and lists of paths:
-_PATHS_KEYS = frozenset({"files", "added", "removed", "modified", "files_dropped", "paths"})
-
-
-def _utf8(text: str) -> bool:
-    if text.isascii():
-        return True
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # (surrogate escapes: bytes that are not UTF-8)
-        return False
-    return True
-
-
-def with_b64(doc: object) -> object:
-    """``doc`` with, next to each path that is not UTF-8 (a ``"path"``, or a list under ``"files"``,
-    ``"added"``...), its exact bytes in base64: ``"path_b64"``, or ``"files_b64"`` (the whole list, in order) --
-    as ``ls --json`` gives ``path_b64``. jq, Go and JavaScript turn the ``\\udcXX`` escapes into U+FFFD: a
-    damaged file named so could not be found by a script."""
-    if isinstance(doc, list):
-        return [with_b64(d) for d in doc]
-    if not isinstance(doc, dict):
-        return doc
-    out = {}
-    for k, v in doc.items():
-        out[k] = with_b64(v) if isinstance(v, (dict, list)) else v
-        if k in _PATH_KEYS and isinstance(v, str) and not _utf8(v) and f"{k}_b64" not in doc:
-            out[f"{k}_b64"] = base64.b64encode(os.fsencode(v)).decode("ascii")
-        elif (k in _PATHS_KEYS and isinstance(v, list) and f"{k}_b64" not in doc
-              and any(isinstance(p, str) and not _utf8(p) for p in v)):
-            out[f"{k}_b64"] = [base64.b64encode(os.fsencode(p)).decode("ascii") if isinstance(p, str) else None
-                               for p in v]
-    return out
-
-
-def node_json(path: bytes, n: Node) -> dict:
-    d = {"path": os.fsdecode(path), "type": n.type, "mode": n.mode, "mtime_ns": n.mtime_ns, "uid": n.uid,
-         "gid": n.gid}
-    try:
-        path.decode("utf-8")
-    except UnicodeDecodeError:
-        d["path_b64"] = base64.b64encode(path).decode("ascii")  # the exact bytes of a non-UTF-8 name
-    if n.type == FILE:
-        d["size"] = n.size
-    if n.xattrs:  # (names only: what is stored, e.g. security.capability or system.posix_acl_access)
-        d["xattrs"] = [os.fsdecode(k) for k, _ in n.xattrs]
-    if n.target is not None:
-        d["target"] = os.fsdecode(n.target)
-        try:
-            n.target.decode("utf-8")
-        except UnicodeDecodeError:
-            d["target_b64"] = base64.b64encode(n.target).decode("ascii")  # the exact bytes of the link
-    return d
-
-
 def _normalize(path: str) -> bytes:
     """A PATH in a snapshot: absolute as given, or relative to the working directory (as backup took it)."""
     if not path:  # (abspath would make it the working directory: `ls latest "$DIR"` with DIR unset)
@@ -937,7 +700,8 @@ def copy(settings: Settings, password: PasswordFn, specs: list[str], to: Setting
             workers = max(settings.jobs or 0, min(settings.connection_count(), 8)) if (
                 remote or local_repo_path(settings) is None) else max(settings.jobs or 0, 2)
             report = Copier(src.repo, src.catalog, dst.repo, dst.catalog, workers=workers,
-                            uploaders=to.connection_count() if remote else 0, log=log).run(snaps, dst.check_lock)
+                            uploaders=to.connection_count() if remote else 0, log=log).run(
+                                snaps, dst.check_lock, adopt=dst.may_hold_leftovers())
             requests = {"source": src.requests(), "destination": dst.requests()}
     return report, requests
 
@@ -1022,7 +786,7 @@ def verify(settings: Settings, password: PasswordFn, read_data: bool = False,
         jobs, processes = _capped(jobs, processes)
         checker = Checker(sess.repo, sess.catalog, read_data or max_bytes is not None, parse_subset(subset),
                           jobs=jobs, max_bytes=max_bytes, processes=processes,
-                          fresh_backend=lambda: _backend(settings), piecewise=processes > 0)
+                          fresh_backend=lambda: open_store(settings), piecewise=processes > 0)
         checker.progress = progress
         report = _with_sync_problems(checker.run(), sess.sync.problems)
         return report, sum_stats([sess.requests(), checker.requests])
@@ -1049,25 +813,25 @@ def stats(sess: Session) -> dict:
 
 
 def unlock(settings: Settings, password: PasswordFn, remove_all: bool = False) -> list[str]:
-    counter = _backend(settings)
+    counter = open_store(settings)
     Repository.open(counter, password)
     return [lk.describe() for lk in remove_locks(counter, remove_all)]
 
 
 def catalog_rebuild(settings: Settings, password: PasswordFn) -> dict:
-    counter = _backend(settings)
+    counter = open_store(settings)
     repo = Repository.open(counter, password)
     # the others sharing the cache (cron jobs) are waited for, up to --lock-wait, as for a repository lock
     deadline = time.monotonic() + (settings.lock_wait if settings.lock_wait is not None else DEFAULT_LOCK_WAIT)
     while True:
         try:
-            catalog = Catalog.open(settings.cache_dir, _cache_key(settings, repo.id), fresh=True)
+            catalog = Catalog.open(settings.cache_dir, cache_key(settings, repo.id), fresh=True)
             break
         except CatalogInUse:
             if time.monotonic() >= deadline:
                 raise
             time.sleep(0.5)
-    catalog.prefetch = _prefetch(settings)
+    catalog.prefetch = prefetch_width(settings)
     try:
         report = catalog.sync(repo)
         for snap in catalog.snapshots():  # cache every tree (verified as it is read)

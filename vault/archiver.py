@@ -76,6 +76,7 @@ class BackupOptions:
     uploaders: int = 0  # packs stored in the background at once (local: 0 = by the worker; S3: connections)
     skip_paths: list[str] = field(default_factory=list)  # repository and cache dirs, never backed up
     before_commit: Callable[[], None] | None = None  # raises to stop before the snapshot is written (lock check)
+    adopt_leftovers: bool = True  # look for packs a killed run stored (``adopt_leftover_packs``: lists data/)
     on_file: Callable[[str, str], None] | None = None  # ("new" | "modified", path) for each file read (-v)
     exclude_if_present: list[str] = field(default_factory=list)  # a directory holding such a file: only it kept
     exclude_caches: bool = False  # the same for CACHEDIR.TAG files with their signature
@@ -901,7 +902,7 @@ class Archiver:
         # a parent written before vault stored extended attributes has none: unchanged entries' are read
         self._xattrs_known = parent is not None and holds_xattrs(parent)
         skeleton = _skeleton(abs_paths)
-        if not self.opts.dry_run:
+        if not self.opts.dry_run and self.opts.adopt_leftovers:
             self._adopt_leftover_packs()
         if self._workers is not None:
             self._workers.start(self._on_pack)
@@ -937,7 +938,7 @@ class Archiver:
                     tree_id = old.subtree if old is not None else None
             except VaultError:  # (an unreadable parent: the stream is new to it)
                 old = None
-        if not self.opts.dry_run:
+        if not self.opts.dry_run and self.opts.adopt_leftovers:
             self._adopt_leftover_packs()
 
         def stream() -> bytes:

@@ -209,10 +209,12 @@ class Copier:
         return done[root]
 
     # --- the run ------------------------------------------------------------------------------------
-    def run(self, snaps: list[Snapshot], before_commit: Callable[[], None] = lambda: None) -> CopyReport:
+    def run(self, snaps: list[Snapshot], before_commit: Callable[[], None] = lambda: None,
+            adopt: bool = True) -> CopyReport:
+        """Copy ``snaps``; ``adopt``: first look for the packs a killed copy stored (``adopt_leftover_packs``)."""
         t0 = time.monotonic()
         self._check_lock = before_commit  # (asked around every index segment too: Repository.commit_index)
-        if snaps:  # the packs a killed copy stored after its last checkpoint: their blocks are not sent again
+        if snaps and adopt:  # the packs a killed copy stored after its last checkpoint: not sent again
             self.report.packs_adopted = adopt_leftover_packs(self.dst, self.dst_cat, before_commit)
         theirs = self.dst_cat.snapshots()
         self._dst_ids = {s.id for s in theirs}  # (their copy keys are in ``present``; those written since are not)

@@ -29,6 +29,7 @@ from .fsmeta import username
 
 _LOCK_NAME = re.compile(r"locks/[0-9a-f]{32}")
 STALE_AFTER = 30 * 60.0
+STORES_PACKS = ("backup", "copy", "prune", "repair")  # operations that store packs (a killed one leaves some)
 MAX_LOCK_BYTES = 64 * 1024
 REFRESH_EVERY = 5 * 60.0
 
@@ -155,6 +156,7 @@ class Lock:
         self._started = clock()
         self._refreshed = self._started  # when our lock object was last written
         self._removed = False  # another process removed our lock object (see _refresher)
+        self.others: list[LockInfo] = []  # the other locks, live or stale, there when ours was taken
         self._stop = threading.Event()
         self._mutex = threading.Lock()
         self._acquire(wait)
@@ -208,6 +210,7 @@ class Lock:
                 self._name = None
                 raise
             if not conflicts:
+                self.others = others
                 return
             self.backend.delete(self._name)
             self._name = None
@@ -216,6 +219,15 @@ class Lock:
                                        "wait with --lock-wait, or remove a stale lock with 'vault unlock'")
             self._sleep(min(delay, max(0.0, deadline - self._clock())) + secrets.randbelow(100) / 1000)
             delay = min(delay * 2, 5.0)
+
+    def others_may_have_left_packs(self) -> bool:
+        """Whether packs that no index segment names may be in the repository: only a run that stores packs and
+        was killed (SIGKILL, power loss, the OOM killer) leaves such packs -- one stopped any other way (an
+        error, Ctrl-C, SIGTERM) names what it stored in a last checkpoint -- and a killed run leaves its lock
+        behind as well, until an exclusive command (prune, which deletes such packs) or 'vault unlock' removes
+        it. So a backup lists ``data/`` to adopt them (O(packs): minutes for a big S3 repository) only when
+        another lock of such a run, or one that cannot be read, was there when ours was taken."""
+        return any(lk.operation in STORES_PACKS or lk.operation == "malformed" for lk in self.others)
 
     def _refresher(self) -> None:
         while not self._stop.wait(REFRESH_EVERY):

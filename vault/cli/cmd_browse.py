@@ -9,6 +9,7 @@ import time
 import click
 
 from .. import api
+from ..jsonshape import node_json, snapshot_json
 from ..model import FILE, SYMLINK, format_time
 from .common import get_ctx, global_options, human_bytes, local_time, printable, texts
 from .main import cli
@@ -36,7 +37,7 @@ def snapshots(hosts, tags, paths, latest) -> None:
         snaps = api.list_snapshots(sess, api.SnapshotFilter(texts(hosts), texts(tags), list(paths)), latest)
     c.warn_unreadable(sess.sync.unreadable, "not listed; run 'vault verify'")
     if c.json:
-        c.emit_json_stream(None, (api.snapshot_json(s) for s in snaps))  # (built whole: 86 MiB at 5,800)
+        c.emit_json_stream(None, (snapshot_json(s) for s in snaps))  # (built whole: 86 MiB at 5,800)
         return
     times = [local_time(s.time) for s in snaps]
     width = max(map(len, times), default=0)  # (wider with an offset: see local_time)
@@ -79,7 +80,7 @@ def ls(snapshot: str, path: str | None, long_: bool) -> None:
                           f"'latest' is {snap.short_id}, the newest of the others")
         entries = api.ls(sess, snap, path)  # streamed: a snapshot of millions of files is never held whole
         if c.json:
-            c.emit_json_stream({"snapshot_id": snap.id}, (api.node_json(p, n) for p, n in entries), sess.requests)
+            c.emit_json_stream({"snapshot_id": snap.id}, (node_json(p, n) for p, n in entries), sess.requests)
             return
         c.out_lines(_line(p, n) if long_ else printable(os.fsdecode(p)) for p, n in entries)  # (--json: exact)
 
@@ -101,7 +102,7 @@ def find(pattern: str, ignore_case: bool, hosts, tags, paths) -> None:
         c.warn_unreadable(sess.sync.unreadable, "not searched; run 'vault verify'")
         if c.json:
             c.emit_json_stream(None, ({"snapshot_id": s.id, "short_id": s.short_id, "time": format_time(s.time),
-                                       **api.node_json(p, n)} for s, p, n in hits))
+                                       **node_json(p, n)} for s, p, n in hits))
             return
         heads: dict[str, str] = {}  # (each snapshot's id and time, formatted once, not once per line)
         c.out_lines(f"{heads.get(s.id) or heads.setdefault(s.id, f'{s.short_id}  {local_time(s.time)}  ')}"

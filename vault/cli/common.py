@@ -20,6 +20,7 @@ import click
 
 from ..config import Settings, get_password, get_second_password
 from ..errors import NoPassword, UsageError, VaultError
+from ..jsonshape import with_b64
 from ..timespec import parse_wait, to_utc
 
 _KEY = "vault.globals"
@@ -101,8 +102,6 @@ class Ctx:
     def emit_json(self, doc: object) -> None:
         # ASCII-escaped: names that are not UTF-8 come out as \udcXX escapes, still valid JSON; each such path
         # also as its exact bytes (``with_b64``), which parsers outside Python cannot get back from the escapes
-        from ..api import with_b64
-
         _stdout(json.dumps(with_b64(doc), indent=2, ensure_ascii=True, default=str))
 
     def emit_json_stream(self, head: dict | None, items: Iterable[object], tail: Callable[[], dict] | None = None,
