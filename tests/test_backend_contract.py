@@ -692,3 +692,26 @@ def test_a_size_that_disagrees_stands_only_when_asked_twice():
     assert confirmed_size(Cut([104, 1048576]), "x", expected=1048576) == 1048576
     assert confirmed_size(Cut([104, 10485, 1048576]), "x", expected=1048576) == 1048576
     assert confirmed_size(Cut([500, 500]), "x", expected=1048576) == 500  # really another size: said twice
+
+
+def test_an_s3_put_sends_the_pack_from_its_mapping_without_a_copy(s3_backend: Backend) -> None:
+    """S3Backend.put made bytes(data) of every pack: each upload in flight held the pack twice (a helper measured
+    384-394 MiB at 8 connections, 245-250 without the copy). The body is now read from the caller's buffer in
+    place, and let go of once the PUT returns (the caller then closes its mapping)."""
+    import mmap
+    import tracemalloc
+
+    size = 8 << 20
+    data = os.urandom(size)
+    buf = mmap.mmap(-1, size)
+    buf[:] = data
+    tracemalloc.start()
+    try:
+        with memoryview(buf) as view:
+            s3_backend.put("data/ab/" + "ab" * 32, view)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    buf.close()  # (BufferError if the backend still held a view of it)
+    assert peak < size // 4, peak
+    assert s3_backend.get("data/ab/" + "ab" * 32) == data

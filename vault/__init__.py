@@ -1,3 +1,3 @@
 """vault: deduplicating, encrypted backup and point-in-time restore."""
 
-__version__ = "0.1.2"
+__version__ = "0.1.3"

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import io
 import random
 import threading
 import time
@@ -31,6 +32,7 @@ from collections.abc import Callable, Iterator
 
 import boto3
 import botocore.config
+import botocore.handlers
 import urllib3.exceptions
 from botocore.exceptions import (BotoCoreError, ClientError, ConfigParseError, ConnectionError as BotoConnectionError,
                                  CredentialRetrievalError, FlexibleChecksumError, HTTPClientError,
@@ -110,6 +112,41 @@ def _whole_pages(pages: Iterator[dict], what: str) -> Iterator[dict]:
         raise TruncatedResponse(f"S3 {what}: the listing stopped at a page that says more follows")
 
 
+class _ViewBody(io.RawIOBase):
+    """A request body read from a buffer in place (a pack's mapping), seekable for botocore's own rewinds.
+    Closing it releases its view of the buffer: the caller may close the mapping under it."""
+
+    def __init__(self, data: bytes | memoryview) -> None:
+        super().__init__()
+        self._view = memoryview(data).cast("B")
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        n = max(0, min(len(b), len(self._view) - self._pos))
+        b[:n] = self._view[self._pos : self._pos + n]
+        self._pos += n
+        return n
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def close(self) -> None:
+        if not self.closed:
+            self._view.release()
+        super().close()
+
+
 class S3Backend:
     def __init__(self, bucket: str, prefix: str = "", endpoint: str | None = None, connections: int = 8,
                  storage_class: str | None = None, region: str | None = None, path_style: bool | None = None):
@@ -147,6 +184,9 @@ class S3Backend:
                              f"({exc})") from None
         except BotoCoreError as exc:  # (a profile, a config file, a credential process that fails: not vault's)
             raise PermanentError(f"AWS configuration: {exc}") from None
+        # botocore sends a file-like body (``_ViewBody``) with "Expect: 100-continue": one more round trip per
+        # PUT (50-200 ms over a WAN) for nothing we use -- as with a bytes body, the body goes at once
+        self._s3.meta.events.unregister("before-call.s3", botocore.handlers.add_expect_header)
         self._conditional = True  # If-None-Match supported until the store says otherwise
         self._lock = threading.Lock()
 
@@ -223,23 +263,26 @@ class S3Backend:
                 raise ObjectExists(f"object already exists: {self.location}/{name}")
             self._put_multipart(name, key, data, extra)
             return
-        body = bytes(data)
         # our own CRC32 (zlib releases the GIL; botocore's would feed it 1 MiB at a time from Python)
-        extra["ChecksumCRC32"] = base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode()
-        if not overwrite and self._conditional:
-            try:
-                with self._errors("PUT", name):
-                    self._s3.put_object(Bucket=self.bucket, Key=key, Body=body, IfNoneMatch="*", **extra)
-                return
-            except BackendError as exc:
-                if "NotImplemented" not in str(exc) and " 501 " not in str(exc):
-                    raise
-                with self._lock:
-                    self._conditional = False  # this store cannot do conditional writes: check first
-        if not overwrite and self.exists(name):
-            raise ObjectExists(f"object already exists: {self.location}/{name}")
-        with self._errors("PUT", name):
-            self._s3.put_object(Bucket=self.bucket, Key=key, Body=body, **extra)
+        extra["ChecksumCRC32"] = base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
+        # the body is read from ``data`` in place: bytes(data) held a second copy of every pack in flight
+        # (~16 MiB more per connection: a helper measured 400 MiB at the default 8 connections)
+        with _ViewBody(data) as body:
+            if not overwrite and self._conditional:
+                try:
+                    with self._errors("PUT", name):
+                        self._s3.put_object(Bucket=self.bucket, Key=key, Body=body, IfNoneMatch="*", **extra)
+                    return
+                except BackendError as exc:
+                    if "NotImplemented" not in str(exc) and " 501 " not in str(exc):
+                        raise
+                    with self._lock:
+                        self._conditional = False  # this store cannot do conditional writes: check first
+            if not overwrite and self.exists(name):
+                raise ObjectExists(f"object already exists: {self.location}/{name}")
+            body.seek(0)
+            with self._errors("PUT", name):
+                self._s3.put_object(Bucket=self.bucket, Key=key, Body=body, **extra)
 
     def _sub_request(self, op: str, name: str, call):
         """One request of a multipart upload, retried on TransientError with backoff and full jitter."""
