@@ -403,8 +403,8 @@ def test_a_holder_refreshing_between_the_listing_and_the_removal_still_loses_its
     holder._stop.set()  # (its refreshes happen by hand)
     real, refreshed = locks.list_locks, []
 
-    def list_then_the_holder_refreshes(backend_):
-        out = real(backend_)
+    def list_then_the_holder_refreshes(backend_, ours=None):
+        out = real(backend_, ours)
         if not refreshed and any(lk.operation == "backup" for lk in out):
             refreshed.append(holder._refresh())
         return out
@@ -615,3 +615,25 @@ def test_a_locked_second_repository_is_named_by_copy_and_repair(repo, src, tmp_p
         assert f"'vault --repo {second} unlock'" in res.err, res.err
         res = repo("repair", "--from-repo", second, "--lock-wait", "0", ok=11)
         assert "--from-repo" in res.err and "repository is locked" in res.err, res.err
+
+
+def test_taking_a_lock_does_not_read_back_the_lock_just_written():
+    """list_locks read every lock object, our own too: one round trip (50-200 ms over a WAN) per command for
+    what it had just written."""
+    from vault.backend.counting import CountingBackend
+    from vault.backend.memory import MemoryBackend
+    from vault.locks import Lock
+
+    store = CountingBackend(MemoryBackend())
+    lk = Lock(store, exclusive=True, operation="prune", wait=0)
+    try:
+        assert store.stats()["requests"]["GET"] == 0
+    finally:
+        lk.release()
+    lk = Lock(store, exclusive=False, operation="restore", wait=0)  # (another lock there: read, once)
+    second = Lock(store, exclusive=False, operation="backup", wait=0)
+    try:
+        assert store.stats()["requests"]["GET"] == 1 and second.others and second.others[0].operation == "restore"
+    finally:
+        second.release()
+        lk.release()

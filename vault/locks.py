@@ -103,11 +103,12 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def list_locks(backend: Backend) -> list[LockInfo]:
+def list_locks(backend: Backend, ours: str | None = None) -> list[LockInfo]:
+    """Every lock object but ``ours`` (not read back: a round trip for what we wrote)."""
     out = []
     for name, size in backend.list("locks/"):
-        if not _LOCK_NAME.fullmatch(name):  # (a note, a folder marker: not a lock; never judged or removed)
-            continue
+        if not _LOCK_NAME.fullmatch(name) or name == ours:  # (a note, a folder marker: not a lock; never judged
+            continue                                         # or removed)
         try:
             if size > MAX_LOCK_BYTES:  # (a lock is ~200 bytes: a huge one is not read, only removable)
                 raise ValueError("oversized lock")
@@ -182,7 +183,7 @@ class Lock:
             self._name = self._write()
             now = self._clock()
             try:
-                others = [lk for lk in list_locks(self.backend) if lk.name != self._name]
+                others = list_locks(self.backend, self._name)
                 conflicts = [lk for lk in others if not lk.is_stale(now) and (self.exclusive or lk.exclusive)]
                 if self.exclusive and not conflicts and others:
                     # the stale locks an exclusive command overrides are removed: a holder still running (its
@@ -197,7 +198,7 @@ class Lock:
                     # lock is judged like any other: live -> wait, stale -> removed in turn)
                     listed = {lk.name for lk in others}
                     if recheck < 5 and any(lk.name != self._name and lk.name not in listed
-                                           for lk in list_locks(self.backend)):
+                                           for lk in list_locks(self.backend, self._name)):
                         recheck += 1
                         self.backend.delete(self._name)
                         self._name = None

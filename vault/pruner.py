@@ -18,12 +18,13 @@
 
 from __future__ import annotations
 
+import collections
 import itertools
 import threading
 import time
 from array import array
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from . import index as index_mod
@@ -323,18 +324,26 @@ class Pruner:
         # left by an interrupted prune: already replaced, so deleted (never rewritten: they may name removed packs)
         to_delete = [s for s in present if s in superseded]
         emptied: list[bytes] = []
-        for sid in affected:
-            if sid in superseded:
-                continue
-            seg = self._load_segment(sid)
-            removed = self.catalog.removed_among(seg.packs)
-            keep = [(pid, seg.sizes.get(pid, 0), entries) for pid, entries in seg.packs.items() if pid not in removed]
-            if keep:
-                self.repo.save_index(index_mod.from_packs(keep, supersedes=[bytes.fromhex(sid)]))
-                self.report.segments_written += 1
-            else:
-                emptied.append(bytes.fromhex(sid))
-            to_delete.append(sid)
+        # a remote repository's rewritten segments are fetched and stored a few at a time (one after another,
+        # each cost a round trip: a helper measured prune at 2x restic's time over a 200 ms link)
+        width = max(1, min(self.catalog.prefetch, 4))
+        with ThreadPoolExecutor(max_workers=width, thread_name_prefix="vault-index") as pool:
+            saving: collections.deque[Future] = collections.deque()
+            for sid, seg in self._segments([sid for sid in affected if sid not in superseded]):
+                removed = self.catalog.removed_among(seg.packs)
+                keep = [(pid, seg.sizes.get(pid, 0), entries) for pid, entries in seg.packs.items()
+                        if pid not in removed]
+                if keep:
+                    saving.append(pool.submit(self.repo.save_index,
+                                              index_mod.from_packs(keep, supersedes=[bytes.fromhex(sid)])))
+                    self.report.segments_written += 1
+                    if len(saving) >= width:  # (bounded: each holds a segment, up to SEGMENT_PACKS packs)
+                        saving.popleft().result()
+                else:
+                    emptied.append(bytes.fromhex(sid))
+                to_delete.append(sid)
+            while saving:
+                saving.popleft().result()
         if emptied:
             # a segment all of whose packs go is superseded too, by a segment of no packs (one: it takes over the
             # list of the one before): deleted unsuperseded, a copy of it put back later was a valid segment to
@@ -391,10 +400,8 @@ class Pruner:
         if not self.catalog.at_risk_left()[0]:
             return
         ours = [sid for sid in present if sid in self._written]
-        for sid in ours + [sid for sid in present if sid not in self._written]:
-            if sid in superseded:
-                continue
-            seg = self._load_segment(sid)
+        order = [sid for sid in ours + [sid for sid in present if sid not in self._written] if sid not in superseded]
+        for sid, seg in self._segments(order):  # (a remote repository's fetched side by side, a few ahead)
             removed = self.catalog.removed_among(seg.packs)
             self.catalog.at_risk_found([e.block_id for pid, entries in seg.packs.items() if pid not in removed
                                         for e in entries])
