@@ -164,7 +164,7 @@ def ext4(path: Path, size_mb: int, inodes: int | None = None):
 def fill(path: Path, leave: int = 0) -> Path:
     """Fill the file system under directory ``path`` with a file, then give ``leave`` bytes back."""
     filler = path / "filler"
-    with open(filler, "wb") as f:
+    with open(filler, "wb", buffering=0) as f:  # (unbuffered: a buffered tail would fail again at close)
         try:
             while True:
                 f.write(bytes(65536))

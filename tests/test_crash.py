@@ -375,3 +375,95 @@ def test_a_backup_lists_the_packs_only_after_a_killed_run(repo, tmp_path):
         "host": socket.gethostname(), "pid": gone.pid, "username": "x", "operation": "backup", "exclusive": False,
         "time": now, "refreshed": now}))
     assert repo("--json", "backup", src).json["requests"]["LIST"] == quiet + 1
+
+
+# --- which runs make the next one look for packs no index names (a listing of every pack) ------------------
+
+def _unindexed(repo) -> int:
+    return repo("--json", "prune", "--dry-run").json["packs_unindexed_deleted"]
+
+
+def test_a_backup_that_fails_leaves_its_packs_to_the_next_one(small_packs, tmp_path):
+    """A backup that failed with an error (here its --stdin-from-command producer) released its lock cleanly,
+    with up to 15 packs stored since its last checkpoint: the next backup, finding no lock left, did not look
+    for them and stored everything again. A run now marks itself in the catalog and unmarks only once every
+    pack it stored is named; a mark left behind makes the next run look."""
+    repo = small_packs
+    blob = tmp_path / "blob"
+    blob.write_bytes(os.urandom(6 << 20))
+    res = repo("backup", "--stdin-from-command", "--stdin-filename", "x", "--", "sh", "-c", f"cat {blob}; exit 1",
+               ok=False)
+    assert res.code == 1 and count_files(repo.repo / "locks") == 0, res.err
+    left = _unindexed(repo)
+    assert left >= 1
+    b = repo("--json", "backup", "--stdin-from-command", "--stdin-filename", "x", "--", "cat", str(blob)).json
+    assert b["packs_adopted"] == left and b["bytes_added"] < (6 << 20) - (left - 1) * (1 << 20), b
+    assert _unindexed(repo) == 0
+    quiet = repo("--json", "backup", "--stdin-from-command", "--stdin-filename", "x", "--", "cat", str(blob)).json
+    assert quiet["packs_adopted"] == 0 and quiet["requests"]["LIST"] < b["requests"]["LIST"], (quiet, b)
+
+
+def test_a_killed_backup_whose_lock_an_exclusive_command_removed_is_still_resumed(small_packs, tmp_path):
+    """A killed backup's lock was its only trace: `vault tag` (or key remove, key passwd: any exclusive command)
+    removes stale locks, and the next backup stored everything again. The catalog's mark outlives the lock."""
+    repo = small_packs
+    src = big_tree(tmp_path / "src", dirs=10, files=4, size=1 << 20)
+    repo("backup", tmp_path / "src" / "dir000")
+    env = {**os.environ, **repo.env(), "VAULT_JOBS": "2"}
+    p = subprocess.Popen([sys.executable, "-m", "vault.cli.main", "backup", str(src)], env=env,
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    kill_when(p, lambda: count_files(repo.repo / "data") >= 12, poll=0.001, what="the backup")
+    repo("tag", "--add", "x", "latest")
+    assert count_files(repo.repo / "locks") == 0
+    left = _unindexed(repo)
+    b = repo("--json", "backup", src).json
+    assert b["packs_adopted"] == left and _unindexed(repo) == 0, (b, left)
+
+
+def test_a_copy_stopped_by_sigterm_leaves_its_packs_to_the_next_copy(small_packs, tmp_path):
+    """SIGTERM (or Ctrl-C, an error) stopped a copy after packs had landed in the destination, its lock released:
+    the next copy sent them again (copy names what it stored only at its checkpoints)."""
+    repo = small_packs
+    src = big_tree(tmp_path / "src", dirs=4, files=6, size=1 << 20)
+    repo("backup", src)
+    second = tmp_path / "second"
+    repo("init", *FAST_INIT, "--repo", second, "--pack-size", "1", "--copy-chunker-params-from", repo.repo)
+    p = subprocess.Popen([sys.executable, "-m", "vault.cli.main", "copy", "--to", str(second)],
+                         env={**os.environ, **repo.env()}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while p.poll() is None and time.monotonic() < deadline and count_files(second / "data") < 3:
+        time.sleep(0.001)
+    if p.poll() is not None:
+        pytest.skip("the copy finished before it could be stopped")
+    p.send_signal(signal.SIGTERM)
+    p.communicate(timeout=60)
+    left = repo("--json", "--repo", second, "prune", "--dry-run").json["packs_unindexed_deleted"]
+    again = repo("--json", "copy", "--to", second).json
+    assert again["packs_adopted"] == left, (again, left)
+
+
+def test_the_packs_of_a_backup_whose_worker_was_killed_are_resumed(small_packs, tmp_path):
+    """A worker process killed (the OOM killer) failed the backup, exit 1, its lock released: the next backup
+    stored everything again (a helper measured 500 MB sent twice)."""
+    repo = small_packs
+    src = big_tree(tmp_path / "src", dirs=10, files=4, size=1 << 20)
+    env = {**os.environ, **repo.env(), "VAULT_JOBS": "2"}
+    p = subprocess.Popen([sys.executable, "-m", "vault.cli.main", "backup", str(src)], env=env,
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while p.poll() is None and time.monotonic() < deadline and count_files(repo.repo / "data") < 4:
+        time.sleep(0.001)
+    children = Path(f"/proc/{p.pid}/task/{p.pid}/children")
+    workers = children.read_text().split() if p.poll() is None and children.exists() else []
+    if not workers:
+        p.kill()
+        p.communicate()
+        pytest.skip("no worker process to kill (finished, or threads here)")
+    os.kill(int(workers[0]), signal.SIGKILL)
+    _, err = p.communicate(timeout=60)
+    if p.returncode == 0:
+        pytest.skip("the backup finished before the worker was killed")
+    assert p.returncode == 1 and b"worker" in err and count_files(repo.repo / "locks") == 0, err
+    left = _unindexed(repo)
+    b = repo("--json", "backup", src).json
+    assert b["packs_adopted"] == left and _unindexed(repo) == 0, (b, left)

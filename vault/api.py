@@ -261,12 +261,15 @@ def backup(settings: Settings, password: PasswordFn, opts: BackupOptions,
     try:
         with session(settings, password, lock=None if opts.dry_run else "shared", operation="backup",
                      before_catalog=fork_workers) as sess:
-            opts = dataclasses.replace(opts, before_commit=sess.check_lock, adopt_leftovers=sess.may_hold_leftovers())
+            opts = dataclasses.replace(opts, before_commit=sess.check_lock,
+                                       adopt_leftovers=not opts.dry_run and sess.begin_storing())
             arch = Archiver(sess.repo, sess.catalog, opts, progress=progress, workers=workers[0] if workers else None)
             if opts.stdin_name is not None:
                 snap = arch.run_stream(opts.stdin_name, opts.stdin_fd, opts.stdin_check)
             else:
                 snap = arch.run()
+            if not opts.dry_run:
+                sess.end_storing()  # (reached only when the run named every pack it stored: an error raised)
             s = arch.stats
             requests = sum_stats([sess.requests(), *(workers[0].requests if workers else [])])
             return BackupResult(snap.id if snap else None, s.files_new, s.files_changed, s.files_unmodified, s.dirs,
@@ -308,14 +311,15 @@ def restore(settings: Settings, password: PasswordFn, spec: str | None, opts: Re
                 raise VaultError(f"{sub} is a {node.type} in snapshot {snap.short_id}: SNAPSHOT:PATH restores a "
                                  "directory's content (one file: 'vault dump SNAPSHOT PATH > FILE')")
             root = dataclasses.replace(snap, tree=node.subtree)
-        jobs = opts.jobs or settings.jobs or 0
+        jobs, fetches = opts.jobs or settings.jobs or 0, 0
         if local_repo_path(settings) is None:  # remote: threads, one range fetch per connection (the network
-            processes = 1                       # is the wait: all connections can serve one big file)
-            jobs = max(jobs, settings.connection_count())
+            processes = 1                       # is the wait: all connections can serve one big file), and a
+            fetches = settings.connection_count()  # thread per core more, working on what was fetched
+            jobs = max(jobs, fetches + min(os.cpu_count() or 2, 4))
         else:  # local: worker processes (see forkpool)
             processes = jobs = opts.processes or jobs or _default_processes()
         jobs, processes = _capped(jobs, processes)
-        opts = RestoreOptions(**{**opts.__dict__, "jobs": jobs, "processes": processes})
+        opts = RestoreOptions(**{**opts.__dict__, "jobs": jobs, "processes": processes, "fetches": fetches})
         result = Restorer(sess.repo, sess.catalog, root, opts, fresh_backend=lambda: open_store(settings)).run()
         if found is not None:  # (named by their paths in the snapshot, as a whole restore names them: "/sub/b"
             base = os.fsdecode(found[0])  # looked like a path on this machine)
@@ -704,7 +708,9 @@ def copy(settings: Settings, password: PasswordFn, specs: list[str], to: Setting
                 remote or local_repo_path(settings) is None) else max(settings.jobs or 0, 2)
             report = Copier(src.repo, src.catalog, dst.repo, dst.catalog, workers=workers,
                             uploaders=to.connection_count() if remote else 0, log=log).run(
-                                snaps, dst.check_lock, adopt=dst.may_hold_leftovers())
+                                snaps, dst.check_lock, adopt=bool(snaps) and dst.begin_storing())
+            if snaps:
+                dst.end_storing()
             requests = {"source": src.requests(), "destination": dst.requests()}
     return report, requests
 

@@ -1225,6 +1225,31 @@ class Catalog:
                     subdirs.append((path, n.subtree))
             stack.extend(reversed(subdirs))
 
+    # --- runs that store packs (backup, copy into this repository), marked while they run ------------------
+    # A run that ends any other way than by naming every pack it stored in an index segment (an error, a worker
+    # process killed, a kill whose lock someone removed since) leaves its mark: the next run then looks for
+    # the packs no segment names (``packwriter.adopt_leftover_packs``: a listing of every pack).
+    def _runs_init(self) -> None:
+        if not getattr(self, "_runs_ready", False):
+            self._tx(lambda c: c.execute("CREATE TABLE IF NOT EXISTS runs (token TEXT PRIMARY KEY, host TEXT NOT NULL, "
+                                         "pid INTEGER NOT NULL, boot TEXT NOT NULL, pid_ns TEXT NOT NULL, started REAL "
+                                         "NOT NULL) WITHOUT ROWID"))
+            self._runs_ready = True
+
+    def run_marks(self) -> list[tuple[str, str, int, str, str, float]]:
+        """(token, host, pid, boot id, PID namespace, start time) of each marked run."""
+        self._runs_init()
+        return [tuple(r) for r in self._q("SELECT token, host, pid, boot, pid_ns, started FROM runs")]
+
+    def run_mark(self, token: str, who: tuple[str, int, str, str], started: float) -> None:
+        self._runs_init()
+        self._tx(lambda c: c.execute("INSERT OR REPLACE INTO runs (token, host, pid, boot, pid_ns, started) VALUES "
+                                     "(?, ?, ?, ?, ?, ?)", (token, *who, started)))
+
+    def run_unmark(self, tokens: list[str]) -> None:
+        self._runs_init()
+        self._tx(lambda c: c.executemany("DELETE FROM runs WHERE token=?", [(t,) for t in tokens]))
+
     # --- leftover packs a backup found damaged (never adopted; kept until prune deletes them) -------------
     def _rejected_init(self) -> None:
         if getattr(self, "_rejected_ready", False):

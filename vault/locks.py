@@ -62,16 +62,11 @@ class LockInfo:
         taken for a dead one. Locks of vault versions that did not record them are judged by the pid alone."""
         if now - self.refreshed > STALE_AFTER:
             return True
-        if self.host != socket.gethostname():
-            return False
-        boot, pid_ns = _this_machine()
-        if self.boot_id and boot and self.boot_id != boot:
-            return True
-        if self.pid_ns and pid_ns and self.pid_ns != pid_ns:
-            return False
-        if self.pid == os.getpid():  # this process's: one it released whose delete the store did not carry out
-            return self.name not in {lk._name for lk in list(_live)}  # (or a dead one's, its pid now ours)
-        return not _pid_alive(self.pid)
+        if self.pid == os.getpid() and on_this_machine(self.host, self.boot_id, self.pid_ns):
+            # this process's: one it released whose delete the store did not carry out (or a dead one's, its pid
+            # now ours)
+            return self.name not in {lk._name for lk in list(_live)}
+        return process_gone(self.host, self.pid, self.boot_id, self.pid_ns)
 
 
 @functools.cache
@@ -89,6 +84,31 @@ def _this_machine() -> tuple[str, str]:
     except OSError:
         pid_ns = ""
     return boot, pid_ns
+
+
+def this_process() -> tuple[str, int, str, str]:
+    """(host name, pid, boot id, PID namespace) of this process: what a lock records of its holder."""
+    return (socket.gethostname(), os.getpid(), *_this_machine())
+
+
+def on_this_machine(host: str, boot: str, pid_ns: str) -> bool:
+    """Whether a process so recorded ran on this machine, in this boot and PID namespace ("": not recorded)."""
+    this_boot, this_ns = _this_machine()
+    return (host == socket.gethostname() and not (boot and this_boot and boot != this_boot)
+            and not (pid_ns and this_ns and pid_ns != this_ns))
+
+
+def process_gone(host: str, pid: int, boot: str, pid_ns: str) -> bool:
+    """Whether the process so recorded is known to be gone: it ran on this host in an earlier boot, or in this
+    boot and PID namespace and its pid is dead. False when it cannot be told (another host, another namespace)."""
+    if host != socket.gethostname():
+        return False
+    this_boot, this_ns = _this_machine()
+    if boot and this_boot and boot != this_boot:
+        return True
+    if pid_ns and this_ns and pid_ns != this_ns:
+        return False
+    return not _pid_alive(pid)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -222,12 +242,11 @@ class Lock:
             delay = min(delay * 2, 5.0)
 
     def others_may_have_left_packs(self) -> bool:
-        """Whether packs that no index segment names may be in the repository: only a run that stores packs and
-        was killed (SIGKILL, power loss, the OOM killer) leaves such packs -- one stopped any other way (an
-        error, Ctrl-C, SIGTERM) names what it stored in a last checkpoint -- and a killed run leaves its lock
-        behind as well, until an exclusive command (prune, which deletes such packs) or 'vault unlock' removes
-        it. So a backup lists ``data/`` to adopt them (O(packs): minutes for a big S3 repository) only when
-        another lock of such a run, or one that cannot be read, was there when ours was taken."""
+        """Whether another lock of a run that stores packs, or one that cannot be read, was there when ours was
+        taken, live or stale: a killed run (SIGKILL, power loss, the OOM killer) leaves its lock behind, and may
+        have left packs no index segment names, for a backup or copy to adopt. (Runs that end any other way
+        without naming every pack they stored leave a mark in this machine's catalog instead:
+        ``session.Session.begin_storing``.)"""
         return any(lk.operation in STORES_PACKS or lk.operation == "malformed" for lk in self.others)
 
     def _refresher(self) -> None:

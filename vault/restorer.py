@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import contextlib
 import errno
 import itertools
 import marshal
@@ -78,6 +79,7 @@ class RestoreOptions:
     exclude: list[str] = field(default_factory=list)
     jobs: int = 0  # fetching threads (remote repositories: the connections)
     cpu_jobs: int = 0  # of those, how many decrypt/decompress/write at once (default: cores)
+    fetches: int = 0  # of those, how many fetch a range at once (remote: the connections; 0: all of them)
     processes: int = 0  # worker processes writing the files (0, 1: ``jobs`` threads of this process; see forkpool)
     progress: Callable[[RestoreResult], None] | None = None  # called (this process only) as files are done
 
@@ -244,6 +246,9 @@ class Restorer:
         #                                                        read-only, made writable for the run
         self._lock = threading.Lock()
         self._cpu = threading.BoundedSemaphore(opts.cpu_jobs or max(2, os.cpu_count() or 2))
+        # (more threads than connections: while one decrypts and writes what it fetched, another's request runs
+        # -- with one thread per connection, each connection sat idle during its thread's CPU work)
+        self._net = threading.BoundedSemaphore(opts.fetches) if opts.fetches else contextlib.nullcontext()
         self._bufs: list[Scratch] = []  # decryption buffers, one per CPU slot (list ops are atomic)
         self._tls = threading.local()  # a read buffer per fetching thread
         self._umask = current_umask()
@@ -432,7 +437,8 @@ class Restorer:
         end = max(e.offset + e.length for e, _ in items)  # entries may overlap (a hostile index): the furthest
         why, local = "", False
         try:
-            data = self._get(pack_name(pid), start, end - start)
+            with self._net:
+                data = self._get(pack_name(pid), start, end - start)
         except VaultError as exc:  # damage (exit 20), or it could not be read here and now (an error, exit 1)
             data, why, local = None, f"pack {pid.hex()[:16]} unreadable: {exc}", not is_damage(exc)
         with self._cpu:  # network waits overlap freely; the CPU work never oversubscribes the cores (GIL)

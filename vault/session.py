@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -18,10 +20,13 @@ from .cachedir import read_small, write_small
 from .catalog import OPEN_WAIT, Catalog, SyncReport, open_synced, store_key
 from .config import Settings
 from .errors import CatalogError, PermanentError, RepositoryLocked, RepositoryNotFound, UsageError, WrongPassword
-from .locks import Lock
+from .locks import Lock, on_this_machine, process_gone, this_process
 from .repository import Repository
 
 PasswordFn = Callable[[], bytes]
+DAY = 86400.0
+_running: set[str] = set()  # the run marks of this process's commands still running (a library user may run
+#                             several, one after another or side by side, in one long-lived process)
 
 
 @dataclass
@@ -31,15 +36,42 @@ class Session:
     sync: SyncReport
     counter: RetryBackend
     lock: Lock | None = None
+    run_token: str | None = None  # this command's mark in the catalog while it stores packs (``begin_storing``)
+    run_started: float = 0.0
 
     def check_lock(self) -> None:
         if self.lock is not None:
             self.lock.check()
 
-    def may_hold_leftovers(self) -> bool:
-        """Whether a killed run may have left packs no index names (``Lock.others_may_have_left_packs``; True
-        without a lock: nothing is known)."""
-        return self.lock is None or self.lock.others_may_have_left_packs()
+    def begin_storing(self) -> bool:
+        """Mark this command, about to store packs, as running (in this machine's catalog); whether packs that no
+        index segment names may be in the repository, to be looked for and adopted: another run's lock says so
+        (a killed run leaves its lock behind: ``Lock.others_may_have_left_packs``; True without a lock: nothing is
+        known), or a run on this machine was marked and never finished (an error, a worker process killed, a
+        kill whose lock was removed since by an exclusive command or 'vault unlock'). Else no listing of every
+        pack (O(packs) requests: minutes for a big S3 repository) before the first file is read."""
+        earlier = self.catalog.run_marks()
+        self.run_token, self.run_started = secrets.token_hex(8), time.time()
+        self.catalog.run_mark(self.run_token, this_process(), self.run_started)
+        _running.add(self.run_token)
+        return self.lock is None or self.lock.others_may_have_left_packs() or bool(earlier)
+
+    def end_storing(self) -> None:
+        """Every pack this command stored is named in an index segment: its mark goes, and so do the marks of
+        the runs known dead that began before it (their packs were looked for when it began). A mark of another
+        host (a cache shared over the network) goes once it is a day old."""
+        here, day_ago = this_process()[0], time.time() - DAY
+
+        def gone(token: str, host: str, pid: int, boot: str, pid_ns: str, started: float) -> bool:
+            if pid == os.getpid() and on_this_machine(host, boot, pid_ns):
+                return token not in _running  # (this process's own: one that ended without naming its packs)
+            return process_gone(host, pid, boot, pid_ns) or (host != here and started < day_ago)
+
+        self.catalog.run_unmark([self.run_token, *(m[0] for m in self.catalog.run_marks()
+                                                   if m[0] != self.run_token and m[5] < self.run_started
+                                                   and gone(*m))])
+        _running.discard(self.run_token)
+        self.run_token = None
 
     def requests(self) -> dict:
         return self.counter.inner.stats()
@@ -98,9 +130,12 @@ def session(settings: Settings, password: PasswordFn, lock: str | None = None, o
         else:
             catalog = Catalog.open(settings.cache_dir, key_of(repo.id), wait=_catalog_wait(settings))
             catalog.prefetch, report = prefetch_width(settings), SyncReport()
+        sess = Session(repo, catalog, report, counter, held)
         try:
-            yield Session(repo, catalog, report, counter, held)
+            yield sess
         finally:
+            if sess.run_token is not None:  # (ended without naming every pack it stored: its mark stays)
+                _running.discard(sess.run_token)
             catalog.close()
     finally:
         if held is not None:
