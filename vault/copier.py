@@ -270,6 +270,12 @@ class Copier:
             # stopped: a read or upload that gets no answer (a stalled store: minutes of retries) is not waited
             # for -- a pack that lands names nothing and is adopted by the next copy; the CLI exits without it
             pool.shutdown(wait=not stopped, cancel_futures=True)
+            settled = packer.settled()
             packer.close(wait=not stopped)
+            if stopped and settled:  # (as a backup does: the packs stored since the last checkpoint are named,
+                try:                 # so the next copy need not read each one back whole to adopt it)
+                    self._checkpoint()
+                except (Exception, KeyboardInterrupt):  # noqa: BLE001 - stopping; they are adopted instead
+                    pass
         self.report.duration_s = time.monotonic() - t0
         return self.report
