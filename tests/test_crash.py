@@ -467,3 +467,59 @@ def test_the_packs_of_a_backup_whose_worker_was_killed_are_resumed(small_packs, 
     left = _unindexed(repo)
     b = repo("--json", "backup", src).json
     assert b["packs_adopted"] == left and _unindexed(repo) == 0, (b, left)
+
+
+def _plant_mark(repo, token: str, pid: int, pid_start: str, pid_ns: str | None = None, age: float = 0.0) -> None:
+    """A run mark in this machine's catalog as another vault run would have left it."""
+    import sqlite3
+
+    from vault.locks import this_process
+
+    host, _, boot, ns = this_process()
+    with sqlite3.connect(next(repo.cache.rglob("catalog.db"))) as conn:
+        conn.execute("INSERT INTO run_marks (token, host, pid, boot, pid_ns, pid_start, started) VALUES "
+                     "(?, ?, ?, ?, ?, ?, ?)", (token, host, pid, boot, ns if pid_ns is None else pid_ns, pid_start,
+                                               time.time() - age))
+
+
+def _marks(repo) -> set[str]:
+    import sqlite3
+
+    with sqlite3.connect(next(repo.cache.rglob("catalog.db"))) as conn:
+        return {r[0] for r in conn.execute("SELECT token FROM run_marks")}
+
+
+def test_run_marks_are_kept_while_their_run_may_still_fail_and_dropped_once_it_cannot(repo, tmp_path, monkeypatch):
+    """A review of the marks found three ways to get this wrong. (1) A run still going when another began was
+    unmarked by that other at its end if it had died meanwhile -- after storing packs the other's listing never
+    saw: they were sent again. (2) A mark whose pid an unrelated process had taken was kept for that process's
+    lifetime, every backup meanwhile listing every pack. (3) A mark of another PID namespace (a container
+    that ran once) was kept forever."""
+    from vault import archiver
+    from vault.locks import process_start
+
+    src = make_tree(tmp_path / "src", {"a": b"x" * 1000})
+    repo("backup", src)
+    quiet = repo("--json", "backup", src).json["requests"]["LIST"]
+    # (2) the pid of a live process that is not the one marked (another start): ended
+    _plant_mark(repo, "reused", os.getppid(), "1")
+    # (3) another PID namespace: judged by age
+    _plant_mark(repo, "container-old", 4242, "7", pid_ns="4:1", age=2 * 86400)
+    _plant_mark(repo, "container-new", 4242, "7", pid_ns="4:1")
+    # (1) a run alive when the next one begins, that dies during it
+    sleeper = subprocess.Popen(["sleep", "60"])
+    _plant_mark(repo, "dies-during", sleeper.pid, process_start(sleeper.pid))
+    real_run = archiver.Archiver.run
+
+    def run_while_it_dies(self):
+        sleeper.kill()
+        sleeper.wait()
+        return real_run(self)
+
+    monkeypatch.setattr(archiver.Archiver, "run", run_while_it_dies)
+    b = repo("--json", "backup", src).json
+    monkeypatch.setattr(archiver.Archiver, "run", real_run)
+    assert b["requests"]["LIST"] == quiet + 1  # (it looked for leftovers)
+    assert _marks(repo) == {"dies-during", "container-new"}
+    b = repo("--json", "backup", src).json  # (looks again: the one that died during the last run)
+    assert b["requests"]["LIST"] == quiet + 1 and _marks(repo) == {"container-new"}

@@ -1231,24 +1231,25 @@ class Catalog:
     # the packs no segment names (``packwriter.adopt_leftover_packs``: a listing of every pack).
     def _runs_init(self) -> None:
         if not getattr(self, "_runs_ready", False):
-            self._tx(lambda c: c.execute("CREATE TABLE IF NOT EXISTS runs (token TEXT PRIMARY KEY, host TEXT NOT NULL, "
-                                         "pid INTEGER NOT NULL, boot TEXT NOT NULL, pid_ns TEXT NOT NULL, started REAL "
-                                         "NOT NULL) WITHOUT ROWID"))
+            self._tx(lambda c: c.execute("CREATE TABLE IF NOT EXISTS run_marks (token TEXT PRIMARY KEY, host TEXT "
+                                         "NOT NULL, pid INTEGER NOT NULL, boot TEXT NOT NULL, pid_ns TEXT NOT NULL, "
+                                         "pid_start TEXT NOT NULL, started REAL NOT NULL) WITHOUT ROWID"))
             self._runs_ready = True
 
-    def run_marks(self) -> list[tuple[str, str, int, str, str, float]]:
-        """(token, host, pid, boot id, PID namespace, start time) of each marked run."""
+    def run_marks(self) -> list[tuple[str, str, int, str, str, str, float]]:
+        """(token, host, pid, boot id, PID namespace, the process's start, the run's start time) of each mark."""
         self._runs_init()
-        return [tuple(r) for r in self._q("SELECT token, host, pid, boot, pid_ns, started FROM runs")]
+        return [tuple(r) for r in self._q("SELECT token, host, pid, boot, pid_ns, pid_start, started "
+                                          "FROM run_marks")]
 
-    def run_mark(self, token: str, who: tuple[str, int, str, str], started: float) -> None:
+    def run_mark(self, token: str, who: tuple[str, int, str, str, str], started: float) -> None:
         self._runs_init()
-        self._tx(lambda c: c.execute("INSERT OR REPLACE INTO runs (token, host, pid, boot, pid_ns, started) VALUES "
-                                     "(?, ?, ?, ?, ?, ?)", (token, *who, started)))
+        self._tx(lambda c: c.execute("INSERT OR REPLACE INTO run_marks (token, host, pid, boot, pid_ns, pid_start, "
+                                     "started) VALUES (?, ?, ?, ?, ?, ?, ?)", (token, *who, started)))
 
     def run_unmark(self, tokens: list[str]) -> None:
         self._runs_init()
-        self._tx(lambda c: c.executemany("DELETE FROM runs WHERE token=?", [(t,) for t in tokens]))
+        self._tx(lambda c: c.executemany("DELETE FROM run_marks WHERE token=?", [(t,) for t in tokens]))
 
     # --- leftover packs a backup found damaged (never adopted; kept until prune deletes them) -------------
     def _rejected_init(self) -> None:

@@ -91,6 +91,17 @@ def this_process() -> tuple[str, int, str, str]:
     return (socket.gethostname(), os.getpid(), *_this_machine())
 
 
+def process_start(pid: int) -> str:
+    """When process ``pid`` started (clock ticks since boot, from /proc; "" when it cannot be read: no such
+    process, or no /proc): with the pid, it names one process -- a pid alone is given to another once freed."""
+    try:
+        with open(f"/proc/{int(pid)}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()  # (after the name, which may hold anything)
+        return fields[19].decode("ascii")
+    except (OSError, IndexError, ValueError, UnicodeDecodeError):
+        return ""
+
+
 def on_this_machine(host: str, boot: str, pid_ns: str) -> bool:
     """Whether a process so recorded ran on this machine, in this boot and PID namespace ("": not recorded)."""
     this_boot, this_ns = _this_machine()

@@ -12,7 +12,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .backend import open_backend, parse_url
 from .backend.retry import RetryBackend
@@ -20,13 +20,28 @@ from .cachedir import read_small, write_small
 from .catalog import OPEN_WAIT, Catalog, SyncReport, open_synced, store_key
 from .config import Settings
 from .errors import CatalogError, PermanentError, RepositoryLocked, RepositoryNotFound, UsageError, WrongPassword
-from .locks import Lock, on_this_machine, process_gone, this_process
+from .locks import Lock, on_this_machine, process_gone, process_start, this_process
 from .repository import Repository
 
 PasswordFn = Callable[[], bytes]
 DAY = 86400.0
 _running: set[str] = set()  # the run marks of this process's commands still running (a library user may run
 #                             several, one after another or side by side, in one long-lived process)
+
+
+def _ended(token: str, host: str, pid: int, boot: str, pid_ns: str, pid_start: str, started: float,
+           now: float) -> bool:
+    """Whether the run so marked has ended: on this machine (same boot and PID namespace), its process is gone
+    (its pid dead, or another process's now: the start differs) or, for this process, the run is not among
+    those still going; elsewhere (another host sharing the cache, another PID namespace: a container), only
+    judged by age -- a day."""
+    if on_this_machine(host, boot, pid_ns):
+        if pid_start and process_start(pid) != pid_start:
+            return True
+        if pid == os.getpid():
+            return token not in _running
+        return process_gone(host, pid, boot, pid_ns)
+    return process_gone(host, pid, boot, pid_ns) or started < now - DAY
 
 
 @dataclass
@@ -37,7 +52,7 @@ class Session:
     counter: RetryBackend
     lock: Lock | None = None
     run_token: str | None = None  # this command's mark in the catalog while it stores packs (``begin_storing``)
-    run_started: float = 0.0
+    run_covered: list[str] = field(default_factory=list)  # the marks of ended runs its listing covers
 
     def check_lock(self) -> None:
         if self.lock is not None:
@@ -49,27 +64,25 @@ class Session:
         (a killed run leaves its lock behind: ``Lock.others_may_have_left_packs``; True without a lock: nothing is
         known), or a run on this machine was marked and never finished (an error, a worker process killed, a
         kill whose lock was removed since by an exclusive command or 'vault unlock'). Else no listing of every
-        pack (O(packs) requests: minutes for a big S3 repository) before the first file is read."""
+        pack (O(packs) requests: minutes for a big S3 repository) before the first file is read. The marks of
+        runs that had ended by now are covered by this run's listing: ``end_storing`` removes them."""
         earlier = self.catalog.run_marks()
-        self.run_token, self.run_started = secrets.token_hex(8), time.time()
-        self.catalog.run_mark(self.run_token, this_process(), self.run_started)
+        now = time.time()
+        self.run_covered = [m[0] for m in earlier if _ended(*m, now=now)]
+        self.run_token = secrets.token_hex(8)
+        self.catalog.run_mark(self.run_token, (*this_process(), process_start(os.getpid())), now)
         _running.add(self.run_token)
         return self.lock is None or self.lock.others_may_have_left_packs() or bool(earlier)
 
     def end_storing(self) -> None:
-        """Every pack this command stored is named in an index segment: its mark goes, and so do the marks of
-        the runs known dead that began before it (their packs were looked for when it began). A mark of another
-        host (a cache shared over the network) goes once it is a day old."""
-        here, day_ago = this_process()[0], time.time() - DAY
-
-        def gone(token: str, host: str, pid: int, boot: str, pid_ns: str, started: float) -> bool:
-            if pid == os.getpid() and on_this_machine(host, boot, pid_ns):
-                return token not in _running  # (this process's own: one that ended without naming its packs)
-            return process_gone(host, pid, boot, pid_ns) or (host != here and started < day_ago)
-
-        self.catalog.run_unmark([self.run_token, *(m[0] for m in self.catalog.run_marks()
-                                                   if m[0] != self.run_token and m[5] < self.run_started
-                                                   and gone(*m))])
+        """Every pack this command stored is named in an index segment: its mark goes, with the marks of the runs
+        that had ended when it began (it looked for their packs then). Not those of runs still going then: one
+        may have stored more and failed since. A catalog that cannot be written now only costs the next run a
+        listing (the snapshot is written: not this command's failure)."""
+        try:
+            self.catalog.run_unmark([self.run_token, *self.run_covered])
+        except CatalogError:
+            pass
         _running.discard(self.run_token)
         self.run_token = None
 
