@@ -113,8 +113,9 @@ def list_snapshots(sess: Session, flt: SnapshotFilter | None = None, latest: int
     if latest is not None:
         kept, seen = [], collections.Counter()
         for s in reversed(snaps):
-            if seen[s.group_key()] < latest:
-                seen[s.group_key()] += 1
+            group = s.group_key()
+            if seen[group] < latest:
+                seen[group] += 1
                 kept.append(s)
         snaps = kept[::-1]
     return snaps

@@ -264,6 +264,7 @@ class Catalog:
         self._index_asked = False  # a tree the catalog's index lacks was looked for in the repository's index
         self._pool: ThreadPoolExecutor | None = None
         self._closed = False
+        self._made: set[str] = set()  # the tables made on first use (``_table``) this process has made sure of
 
     # --- opening, damage, rebuild -------------------------------------------------------------------
     @classmethod
@@ -1229,12 +1230,16 @@ class Catalog:
     # A run that ends any other way than by naming every pack it stored in an index segment (an error, a worker
     # process killed, a kill whose lock someone removed since) leaves its mark: the next run then looks for
     # the packs no segment names (``packwriter.adopt_leftover_packs``: a listing of every pack).
+    def _table(self, name: str, columns: str) -> None:
+        """Make table ``name`` if it is not there yet (one created on first use: no schema change, so older
+        versions open the catalog as before); asked once per process."""
+        if name not in self._made:
+            self._tx(lambda c: c.execute(f"CREATE TABLE IF NOT EXISTS {name} ({columns}) WITHOUT ROWID"))
+            self._made.add(name)
+
     def _runs_init(self) -> None:
-        if not getattr(self, "_runs_ready", False):
-            self._tx(lambda c: c.execute("CREATE TABLE IF NOT EXISTS run_marks (token TEXT PRIMARY KEY, host TEXT "
-                                         "NOT NULL, pid INTEGER NOT NULL, boot TEXT NOT NULL, pid_ns TEXT NOT NULL, "
-                                         "pid_start TEXT NOT NULL, started REAL NOT NULL) WITHOUT ROWID"))
-            self._runs_ready = True
+        self._table("run_marks", "token TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL, boot TEXT NOT "
+                                 "NULL, pid_ns TEXT NOT NULL, pid_start TEXT NOT NULL, started REAL NOT NULL")
 
     def run_marks(self) -> list[tuple[str, str, int, str, str, str, float]]:
         """(token, host, pid, boot id, PID namespace, the process's start, the run's start time) of each mark."""
@@ -1253,11 +1258,7 @@ class Catalog:
 
     # --- leftover packs a backup found damaged (never adopted; kept until prune deletes them) -------------
     def _rejected_init(self) -> None:
-        if getattr(self, "_rejected_ready", False):
-            return
-        self._tx(lambda c: c.execute("CREATE TABLE IF NOT EXISTS rejected_packs (id BLOB PRIMARY KEY, "
-                                     "size INTEGER NOT NULL) WITHOUT ROWID"))
-        self._rejected_ready = True
+        self._table("rejected_packs", "id BLOB PRIMARY KEY, size INTEGER NOT NULL")
 
     def is_rejected(self, pid: bytes, size: int) -> bool:
         self._rejected_init()
